@@ -1,0 +1,1 @@
+"""Loom Exchange alerts (built out by later issues)."""

@@ -1,0 +1,1 @@
+"""Loom Exchange dashboards (built out by later issues)."""

@@ -1,0 +1,106 @@
+"""The deterministic engine workload: one symbol, 60% passive limit orders within ±50 ticks of
+a fixed mid (qty 1-100), 30% cancels of random resting orders, 10% aggressive orders that
+cross (half IOC limits at the far edge of the band, half market orders).
+
+Generation runs the commands through an engine of its own so that every cancel names an
+order that really rests (and, in bounded mode, so that the book stays at most
+`max_resting`): the generated list then replays identically into any fresh engine.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from engine.commands import Cancel, NewOrder
+from engine.domain import Instrument, OrderType, Side, TimeInForce
+from engine.events import OrderAccepted, OrderCancelled, OrderDone
+from engine.matcher import MatchingEngine
+
+SYMBOL = "LOOM-USD"
+MID = 100_000
+BAND = 50
+INSTRUMENT = Instrument(SYMBOL, tick_size=1, lot_size=1, min_qty=1, max_qty=1_000_000)
+MAKERS = [f"mm{i:02d}" for i in range(50)]
+TAKERS = [f"tk{i:02d}" for i in range(50)]
+BOUNDED_MAX_RESTING = 5_000
+
+
+@dataclass
+class Workload:
+    commands: list
+    mode: str
+    seed: int
+    state_hash: str  # of the generating engine: a fresh replay must reach the same
+
+
+class RestingPool:
+    """Resting order ids with O(1) add, remove and uniform random pick."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, int]] = []
+        self.index: dict[int, int] = {}
+
+    def add(self, account: str, oid: int) -> None:
+        self.index[oid] = len(self.items)
+        self.items.append((account, oid))
+
+    def discard(self, oid: int) -> None:
+        i = self.index.pop(oid, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if last[1] != oid:
+            self.items[i] = last
+            self.index[last[1]] = i
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def make_engine() -> MatchingEngine:
+    return MatchingEngine([INSTRUMENT])
+
+
+def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
+    from engine.state import state_hash
+
+    if mode not in ("deep", "bounded"):
+        raise ValueError(f"unknown workload mode {mode!r}: use deep or bounded")
+    rng = random.Random(seed)
+    engine = make_engine()
+    pool = RestingPool()
+    commands: list = []
+    buy, sell = int(Side.BUY), int(Side.SELL)
+    limit, market = int(OrderType.LIMIT), int(OrderType.MARKET)
+    gtc, ioc = int(TimeInForce.GTC), int(TimeInForce.IOC)
+    for i in range(ops):
+        r = rng.random()
+        want_cancel = 0.6 <= r < 0.9 or (r < 0.6 and mode == "bounded" and len(pool) >= BOUNDED_MAX_RESTING)
+        if want_cancel and pool:
+            account, oid = pool.items[rng.randrange(len(pool))]
+            cmd = Cancel(account, oid)
+        elif r < 0.9:
+            side = buy if rng.random() < 0.5 else sell
+            offset = rng.randint(1, BAND)
+            price = MID - offset if side == buy else MID + offset
+            cmd = NewOrder(rng.choice(MAKERS), f"o{i}", SYMBOL, side, limit, price, rng.randint(1, 100), gtc)
+        else:
+            side = buy if rng.random() < 0.5 else sell
+            qty = rng.randint(1, 100)
+            if rng.random() < 0.5:
+                price = MID + BAND if side == buy else MID - BAND
+                cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, limit, price, qty, ioc)
+            else:
+                cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, market, 0, qty, ioc)
+        cmd.seq = i + 1
+        cmd.ts = 1_700_000_000_000_000_000 + i * 1_000  # a fixed synthetic clock
+        commands.append(cmd)
+        for ev in engine.apply(cmd):
+            kind = type(ev)
+            if kind is OrderAccepted:
+                if ev.tif == gtc and ev.order_type == limit:
+                    pool.add(ev.account, ev.order_id)
+            elif kind is OrderDone or kind is OrderCancelled:
+                pool.discard(ev.order_id)
+    return Workload(commands, mode, seed, state_hash(engine))

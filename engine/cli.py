@@ -1,0 +1,68 @@
+"""`loom`: the command-line tool of Loom Exchange."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine import __version__
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    from engine.bench.engine_bench import format_engine_bench, run_engine_bench
+
+    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode)
+    print(json.dumps(result) if args.json else format_engine_bench(result))
+    return 0 if result["deterministic"] else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loom", description="Loom Exchange")
+    parser.add_argument("--version", action="version", version=f"loom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the exchange (for now: the in-process demo flow)")
+    run.add_argument("--demo", action="store_true", help="drive simulated traders (default for now)")
+    run.add_argument("--duration", type=float, default=0, help="seconds to run; 0 = until Ctrl-C")
+    run.add_argument("--rate", type=int, default=20_000, help="demo orders per second")
+    run.add_argument("--seed", type=int, default=7)
+    run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    be = bench_sub.add_parser("engine", help="matching engine throughput and per-op latency")
+    be.add_argument("--ops", type=_positive_int, default=1_000_000)
+    be.add_argument("--seed", type=int, default=1)
+    be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.set_defaults(func=_cmd_bench_engine)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Commands: what a client asks of the core. The sequencer stamps `seq` and `ts` before a
+command reaches the core; the core never reads a clock.
+
+Commands are mutable only so the sequencer can stamp them in place without a copy. Field
+*types* are enforced where commands are decoded from the wire (msgspec typed decoding);
+the core validates *values* and answers bad ones with an OrderRejected event.
+The tagged, array-like encoding is the journal's record layout: new fields go at the end
+with a default, so older records still decode.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.domain import SelfTradePrevention, TimeInForce
+
+
+class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
+    account: str
+    client_order_id: str
+    symbol: str
+    side: int  # Side
+    order_type: int  # OrderType
+    price: int  # price units; 0 for market orders
+    qty: int
+    tif: int = TimeInForce.GTC
+    post_only: bool = False
+    stp: int = SelfTradePrevention.CANCEL_NEWEST
+    seq: int = 0
+    ts: int = 0  # nanoseconds since the epoch, stamped by the sequencer
+
+
+class Cancel(msgspec.Struct, tag="C", array_like=True, gc=False):
+    """Cancel by exchange order id, or by client order id when order_id is 0."""
+
+    account: str
+    order_id: int = 0
+    client_order_id: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class Amend(msgspec.Struct, tag="A", array_like=True, gc=False):
+    """Change price and/or total quantity (0 = unchanged). Quantity down at the same price
+    keeps time priority; a price change or quantity up loses it. `new_client_order_id`
+    renames the order (FIX cancel/replace), "" keeps the current one."""
+
+    account: str
+    order_id: int = 0
+    client_order_id: str = ""
+    new_qty: int = 0
+    new_price: int = 0
+    new_client_order_id: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class CancelAll(msgspec.Struct, tag="X", array_like=True, gc=False):
+    """Cancel every open order of the account, or only those in `symbol` when given."""
+
+    account: str
+    symbol: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+Command = NewOrder | Cancel | Amend | CancelAll

@@ -1,0 +1,107 @@
+"""Domain vocabulary of the matching core: sides, order types, time in force, self-trade
+prevention, instruments and the reason codes carried by rejections and cancellations.
+
+Enum values follow FIX 4.4 where FIX has the concept, so gateways translate by value.
+Money is integer: prices in price units (a multiple of the instrument's tick size) and
+quantities in units (a multiple of its lot size). No floats anywhere in the core.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+
+class Side(IntEnum):
+    BUY = 1  # FIX 54=1
+    SELL = 2  # FIX 54=2
+
+
+class OrderType(IntEnum):
+    MARKET = 1  # FIX 40=1
+    LIMIT = 2  # FIX 40=2
+
+
+class TimeInForce(IntEnum):
+    GTC = 1  # FIX 59=1
+    IOC = 3  # FIX 59=3
+    FOK = 4  # FIX 59=4
+
+
+class SelfTradePrevention(IntEnum):
+    """What happens when an incoming order would trade with a resting order of its own account."""
+
+    NONE = 0  # allow the self-trade (surveillance sees it)
+    CANCEL_NEWEST = 1  # cancel the incoming order's remainder; the resting order stays
+    CANCEL_OLDEST = 2  # cancel the resting order; the incoming order goes on matching
+    CANCEL_BOTH = 3  # cancel both
+
+
+class RejectReason(IntEnum):
+    """Why a command was refused. Grouped by range: 1xx order validation, 2xx cancel/amend,
+    3xx matching constraints, 4xx risk (later layers), 5xx system."""
+
+    UNKNOWN_SYMBOL = 101
+    INVALID_QUANTITY = 102  # zero or negative
+    QUANTITY_OFF_LOT = 103  # not a multiple of the lot size
+    QUANTITY_BELOW_MIN = 104
+    QUANTITY_ABOVE_MAX = 105
+    INVALID_PRICE = 106  # zero or negative limit price
+    PRICE_OFF_TICK = 107  # not a multiple of the tick size
+    MARKET_ORDER_WITH_PRICE = 108
+    INVALID_SIDE = 109
+    INVALID_ORDER_TYPE = 110
+    INVALID_TIME_IN_FORCE = 111
+    INVALID_STP_MODE = 112
+    POST_ONLY_NOT_LIMIT_GTC = 113  # post-only needs a resting (GTC limit) order
+    DUPLICATE_CLIENT_ORDER_ID = 114
+    INVALID_ACCOUNT = 115
+    INVALID_CLIENT_ORDER_ID = 116
+    UNKNOWN_ORDER = 201  # no open order with that id (or client id) for this account
+    ORDER_NOT_OPEN = 202  # the order existed but is filled or cancelled: too late
+    AMEND_NO_CHANGE = 203
+    AMEND_QUANTITY_NOT_ABOVE_FILLED = 204  # new total quantity must exceed what has filled
+    POST_ONLY_WOULD_CROSS = 301
+    UNKNOWN_COMMAND = 501
+
+
+class CancelReason(IntEnum):
+    """Why an accepted order left the book without filling completely."""
+
+    USER = 1
+    IOC_REMAINDER = 2
+    FOK_NOT_FILLABLE = 3
+    SELF_TRADE = 4
+    NO_LIQUIDITY = 5  # market order remainder with nothing left to trade against
+    CANCEL_ALL = 6
+    ADMIN = 7
+
+
+class RequestKind(IntEnum):
+    """Which command an OrderRejected answers, so a gateway picks the right reply."""
+
+    NEW = 1
+    CANCEL = 2
+    AMEND = 3
+    CANCEL_ALL = 4
+
+
+class Instrument(msgspec.Struct, frozen=True):
+    """A tradable symbol. `tick_size` and `lot_size` are in the integer price and quantity
+    units of the wire; orders must be multiples of them and within [min_qty, max_qty]."""
+
+    symbol: str
+    tick_size: int = 1
+    lot_size: int = 1
+    min_qty: int = 1
+    max_qty: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        if not self.symbol:
+            raise ValueError("instrument symbol must be non-empty")
+        for name in ("tick_size", "lot_size", "min_qty", "max_qty"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"instrument {self.symbol}: {name} must be positive")
+        if self.min_qty > self.max_qty:
+            raise ValueError(f"instrument {self.symbol}: min_qty exceeds max_qty")

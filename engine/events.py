@@ -1,0 +1,87 @@
+"""Events: what the core did. Immutable records that carry the `seq` and `ts` of the command
+that caused them (the causation link). Every accepted order ends with exactly one terminal
+event: OrderCancelled or OrderDone (fully filled); a refused command yields OrderRejected.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class OrderAccepted(msgspec.Struct, frozen=True, tag="acc", array_like=True, gc=False):
+    seq: int
+    ts: int
+    order_id: int
+    account: str
+    client_order_id: str
+    symbol: str
+    side: int
+    order_type: int
+    tif: int
+    price: int
+    qty: int
+
+
+class OrderRejected(msgspec.Struct, frozen=True, tag="rej", array_like=True, gc=False):
+    seq: int
+    ts: int
+    account: str
+    client_order_id: str
+    symbol: str
+    request: int  # RequestKind
+    reason: int  # RejectReason
+    order_id: int = 0  # the target of a refused cancel/amend, when known
+
+
+class Trade(msgspec.Struct, frozen=True, tag="trd", array_like=True, gc=False):
+    seq: int
+    ts: int
+    trade_id: int
+    symbol: str
+    price: int
+    qty: int
+    aggressor_side: int
+    maker_order_id: int
+    maker_account: str
+    maker_leaves: int  # maker's open quantity after this fill
+    taker_order_id: int
+    taker_account: str
+    taker_leaves: int
+
+
+class OrderCancelled(msgspec.Struct, frozen=True, tag="cxl", array_like=True, gc=False):
+    seq: int
+    ts: int
+    order_id: int
+    account: str
+    symbol: str
+    reason: int  # CancelReason
+    cancelled_qty: int  # open quantity removed
+    filled_qty: int
+
+
+class OrderAmended(msgspec.Struct, frozen=True, tag="amd", array_like=True, gc=False):
+    seq: int
+    ts: int
+    order_id: int
+    account: str
+    client_order_id: str
+    symbol: str
+    price: int
+    qty: int  # new total quantity
+    leaves: int
+    priority_kept: bool
+
+
+class OrderDone(msgspec.Struct, frozen=True, tag="done", array_like=True, gc=False):
+    """The order filled completely."""
+
+    seq: int
+    ts: int
+    order_id: int
+    account: str
+    symbol: str
+    filled_qty: int
+
+
+Event = OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderAmended | OrderDone

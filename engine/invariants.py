@@ -1,0 +1,72 @@
+"""Internal consistency of the books and account indexes. Tests run it after every case;
+`loom` can run it on a recovered engine. Returns the list of violations (empty = sound)."""
+
+from __future__ import annotations
+
+from engine.book import BookSide
+from engine.matcher import MatchingEngine
+
+
+def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str]) -> list:
+    where = f"{symbol} {'bid' if side.is_bid else 'ask'}"
+    expected_order = sorted(side.levels, reverse=side.is_bid)
+    if side.prices() != expected_order:
+        problems.append(f"{where}: level list {side.prices()} != level prices {expected_order}")
+    expected_best = None
+    if side.levels:
+        expected_best = max(side.levels) if side.is_bid else min(side.levels)
+    if side.best != expected_best:
+        problems.append(f"{where}: cached best {side.best} != {expected_best}")
+    live = []
+    for price, level in side.levels.items():
+        orders = [o for o in level.queue if o.leaves]
+        if level.price != price:
+            problems.append(f"{where}: level keyed {price} holds price {level.price}")
+        if not orders:
+            problems.append(f"{where} {price}: empty level kept")
+        if level.count != len(orders):
+            problems.append(f"{where} {price}: count {level.count} != live orders {len(orders)}")
+        if level.qty != sum(o.leaves for o in orders):
+            problems.append(f"{where} {price}: qty {level.qty} != sum of leaves")
+        last_seq = -1
+        for o in orders:
+            if o.price != price or o.side != side_value or o.symbol != symbol:
+                problems.append(f"{where} {price}: order {o.order_id} misplaced")
+            if o.leaves < 0 or o.filled < 0 or o.leaves + o.filled != o.qty:
+                problems.append(f"order {o.order_id}: leaves {o.leaves} + filled {o.filled} != qty {o.qty}")
+            if o.seq < last_seq:
+                problems.append(f"{where} {price}: order {o.order_id} out of time priority")
+            last_seq = o.seq
+        live.extend(orders)
+    return live
+
+
+def check_engine(engine: MatchingEngine) -> list[str]:
+    problems: list[str] = []
+    booked: dict[int, object] = {}
+    for symbol, book in engine.books.items():
+        bids = _check_side(book.bids, symbol, 1, problems)
+        asks = _check_side(book.asks, symbol, 2, problems)
+        bid, ask = book.bids.best, book.asks.best
+        if bid is not None and ask is not None and bid >= ask:
+            problems.append(f"{symbol}: crossed book {bid} >= {ask}")
+        for o in bids + asks:
+            if o.order_id in booked:
+                problems.append(f"order {o.order_id} rests twice")
+            booked[o.order_id] = o
+            if o.order_id >= engine.next_order_id:
+                problems.append(f"order {o.order_id} beyond next id {engine.next_order_id}")
+    indexed = 0
+    for name, acct in engine.accounts.items():
+        for oid, o in acct.open.items():
+            indexed += 1
+            if booked.get(oid) is not o:
+                problems.append(f"account {name}: open order {oid} not in a book")
+            if o.account != name:
+                problems.append(f"account {name}: indexes order {oid} of {o.account}")
+        for clid, oid in acct.by_clid.items():
+            if not 0 < oid < engine.next_order_id:
+                problems.append(f"account {name}: client id {clid!r} maps to bad id {oid}")
+    if indexed != len(booked):
+        problems.append(f"{len(booked)} resting orders but {indexed} in account indexes")
+    return problems

@@ -1,0 +1,625 @@
+"""The matching engine: a pure, deterministic function of (state, command) -> events.
+
+No clock, no I/O, no logging, no telemetry: the sequencer stamps `seq` and `ts` on each
+command and the engine copies them onto the events it emits. User mistakes become
+OrderRejected events; an exception here means a broken invariant (crash-only: the process
+dies and recovers from the journal).
+
+The order path is written for CPython speed: locals instead of attribute chains, integer
+comparisons instead of enum attribute lookups, one list of events per command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.book import COMPACT_MIN_DEAD, BookSide, OrderBook, RestingOrder
+from engine.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.domain import (
+    CancelReason,
+    Instrument,
+    OrderType,
+    RejectReason,
+    RequestKind,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
+from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+
+# Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
+BUY = int(Side.BUY)
+SELL = int(Side.SELL)
+LIMIT = int(OrderType.LIMIT)
+MARKET = int(OrderType.MARKET)
+GTC = int(TimeInForce.GTC)
+IOC = int(TimeInForce.IOC)
+FOK = int(TimeInForce.FOK)
+STP_NONE = int(SelfTradePrevention.NONE)
+STP_NEWEST = int(SelfTradePrevention.CANCEL_NEWEST)
+STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
+_VALID_TIF = frozenset((GTC, IOC, FOK))
+_VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
+MAX_CLIENT_ORDER_ID_LEN = 64
+MAX_ACCOUNT_LEN = 64
+
+R = RejectReason
+C = CancelReason
+REQ_NEW = int(RequestKind.NEW)
+REQ_CANCEL = int(RequestKind.CANCEL)
+REQ_AMEND = int(RequestKind.AMEND)
+REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
+
+
+def new_order_problem(cmd: NewOrder, inst: Instrument) -> RejectReason | int:
+    """The first thing wrong with a new order's fields (0 when none), most basic first."""
+    side, qty, price, order_type, tif = cmd.side, cmd.qty, cmd.price, cmd.order_type, cmd.tif
+    if side != BUY and side != SELL:
+        return R.INVALID_SIDE
+    if qty <= 0:
+        return R.INVALID_QUANTITY
+    if qty % inst.lot_size:
+        return R.QUANTITY_OFF_LOT
+    if qty < inst.min_qty:
+        return R.QUANTITY_BELOW_MIN
+    if qty > inst.max_qty:
+        return R.QUANTITY_ABOVE_MAX
+    if order_type == LIMIT:
+        if price <= 0:
+            return R.INVALID_PRICE
+        if price % inst.tick_size:
+            return R.PRICE_OFF_TICK
+    elif order_type == MARKET:
+        if price:
+            return R.MARKET_ORDER_WITH_PRICE
+    else:
+        return R.INVALID_ORDER_TYPE
+    if tif not in _VALID_TIF:
+        return R.INVALID_TIME_IN_FORCE
+    if cmd.stp not in _VALID_STP:
+        return R.INVALID_STP_MODE
+    if cmd.post_only and (order_type != LIMIT or tif != GTC):
+        return R.POST_ONLY_NOT_LIMIT_GTC
+    if not cmd.account or len(cmd.account) > MAX_ACCOUNT_LEN:
+        return R.INVALID_ACCOUNT
+    if len(cmd.client_order_id) > MAX_CLIENT_ORDER_ID_LEN:
+        return R.INVALID_CLIENT_ORDER_ID
+    return 0
+
+
+class SequenceError(RuntimeError):
+    """A command arrived with a sequence number not above the last one: a sequencer bug."""
+
+
+class AccountOrders:
+    """Per-account index: open orders by id, and every client order id ever accepted
+    (duplicate detection, so a client may resend safely after a failover)."""
+
+    __slots__ = ("open", "by_clid")
+
+    def __init__(self) -> None:
+        self.open: dict[int, RestingOrder] = {}
+        self.by_clid: dict[str, int] = {}
+
+
+class _Market:
+    """What the order path needs of one symbol, gathered for a single dict lookup."""
+
+    __slots__ = ("book", "bids", "asks", "tick", "lot", "min_qty", "max_qty")
+
+    def __init__(self, inst: Instrument, book: OrderBook) -> None:
+        self.book = book
+        self.bids = book.bids
+        self.asks = book.asks
+        self.tick = inst.tick_size
+        self.lot = inst.lot_size
+        self.min_qty = inst.min_qty
+        self.max_qty = inst.max_qty
+
+
+class MatchingEngine:
+    def __init__(self, instruments: Iterable[Instrument]) -> None:
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[str, OrderBook] = {}
+        self._markets: dict[str, _Market] = {}
+        for inst in instruments:
+            if inst.symbol in self.instruments:
+                raise ValueError(f"duplicate instrument {inst.symbol}")
+            self.instruments[inst.symbol] = inst
+            book = self.books[inst.symbol] = OrderBook(inst.symbol)
+            self._markets[inst.symbol] = _Market(inst, book)
+        self.accounts: dict[str, AccountOrders] = {}
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.last_seq = 0
+
+    # -- entry point -------------------------------------------------------------------
+
+    def apply(self, cmd) -> list:
+        """Apply one sequenced command; return the events it caused, in order."""
+        seq = cmd.seq
+        if seq <= self.last_seq:
+            raise SequenceError(f"command seq {seq} not above last seq {self.last_seq}")
+        self.last_seq = seq
+        kind = type(cmd)
+        if kind is NewOrder:  # most traffic: skip the table lookup
+            return self._new_order(cmd)
+        if kind is Cancel:
+            return self._cancel(cmd)
+        if kind is Amend:
+            return self._amend(cmd)
+        if kind is CancelAll:
+            return self._cancel_all(cmd)
+        return [
+            OrderRejected(
+                seq,
+                getattr(cmd, "ts", 0),
+                str(getattr(cmd, "account", "")),
+                "",
+                "",
+                0,
+                R.UNKNOWN_COMMAND,
+            )
+        ]
+
+    # -- new order ---------------------------------------------------------------------
+
+    def _new_order(self, cmd: NewOrder) -> list:
+        symbol = cmd.symbol
+        market = self._markets.get(symbol)
+        if market is None:
+            return self._reject_new(cmd, R.UNKNOWN_SYMBOL)
+        side = cmd.side
+        qty = cmd.qty
+        price = cmd.price
+        order_type = cmd.order_type
+        tif = cmd.tif
+        post_only = cmd.post_only
+        account = cmd.account
+        clid = cmd.client_order_id
+        stp = cmd.stp
+        # One short-circuit expression for the common valid order; the slow path below
+        # names the first problem. A property test keeps the two in agreement.
+        if not (
+            (side == BUY or side == SELL)
+            and market.min_qty <= qty <= market.max_qty
+            and not qty % market.lot
+            and (
+                (order_type == LIMIT and price > 0 and not price % market.tick)
+                or (order_type == MARKET and not price)
+            )
+            and tif in _VALID_TIF
+            and stp in _VALID_STP
+            and (not post_only or (order_type == LIMIT and tif == GTC))
+            and 0 < len(account) <= MAX_ACCOUNT_LEN
+            and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
+        ):
+            return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]))
+        acct = self.accounts.get(account)
+        if clid and acct is not None and clid in acct.by_clid:
+            return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID)
+
+        if side == BUY:
+            own = market.bids
+            opp = market.asks
+            best = opp.best
+            crosses = best is not None and (order_type == MARKET or best <= price)
+        else:
+            own = market.asks
+            opp = market.bids
+            best = opp.best
+            crosses = best is not None and (order_type == MARKET or best >= price)
+        if crosses and post_only:
+            return self._reject_new(cmd, R.POST_ONLY_WOULD_CROSS)
+
+        if acct is None:
+            acct = self.accounts[account] = AccountOrders()
+        oid = self.next_order_id
+        self.next_order_id = oid + 1
+        if clid:
+            acct.by_clid[clid] = oid
+        seq = cmd.seq
+        ts = cmd.ts
+        events = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
+
+        remaining = qty
+        if crosses:
+            if tif == FOK and not self._fok_fillable(opp, side, order_type, price, account, stp, qty):
+                events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
+                return events
+            remaining, stopped = self._match(
+                events, opp, side, order_type == MARKET, price, oid, account, stp, qty, symbol, seq, ts
+            )
+            if not remaining:
+                events.append(OrderDone(seq, ts, oid, account, symbol, qty))
+                return events
+            if stopped:
+                events.append(
+                    OrderCancelled(seq, ts, oid, account, symbol, C.SELF_TRADE, remaining, qty - remaining)
+                )
+                return events
+        if order_type == MARKET:
+            events.append(
+                OrderCancelled(seq, ts, oid, account, symbol, C.NO_LIQUIDITY, remaining, qty - remaining)
+            )
+        elif tif == GTC:
+            order = RestingOrder(
+                oid,
+                account,
+                clid,
+                symbol,
+                side,
+                price,
+                qty,
+                remaining,
+                qty - remaining,
+                tif,
+                post_only,
+                stp,
+                seq,
+            )
+            # BookSide.add, inlined: this is the most frequent operation of all.
+            level = own.levels.get(price)
+            if level is None:
+                level = own.new_level(price)
+            level.queue.append(order)
+            level.qty += remaining
+            level.count += 1
+            acct.open[oid] = order
+        else:
+            reason = C.IOC_REMAINDER if tif == IOC else C.FOK_NOT_FILLABLE
+            events.append(OrderCancelled(seq, ts, oid, account, symbol, reason, remaining, qty - remaining))
+        return events
+
+    def _reject_new(self, cmd: NewOrder, reason: RejectReason) -> list:
+        return [
+            OrderRejected(cmd.seq, cmd.ts, cmd.account, cmd.client_order_id, cmd.symbol, REQ_NEW, int(reason))
+        ]
+
+    def _match(
+        self,
+        events: list,
+        opp: BookSide,
+        side: int,
+        is_market: bool,
+        limit: int,
+        oid: int,
+        account: str,
+        stp: int,
+        qty: int,
+        symbol: str,
+        seq: int,
+        ts: int,
+    ) -> tuple[int, bool]:
+        """Trade `qty` of an incoming order against the opposite side. Returns the quantity
+        left and whether self-trade prevention stopped the incoming order."""
+        remaining = qty
+        levels = opp.levels
+        accounts = self.accounts
+        is_buy = side == BUY
+        while remaining:
+            price = opp.best
+            if price is None:
+                break
+            if not is_market and (price > limit if is_buy else price < limit):
+                break
+            level = levels[price]
+            queue = level.queue
+            while remaining:
+                maker = queue[0]
+                mleaves = maker.leaves
+                if not mleaves:  # dead entry (cancelled earlier): drop it now
+                    queue.popleft()
+                    continue
+                if stp and maker.account == account:
+                    if stp == STP_NEWEST:
+                        return remaining, True
+                    self._cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
+                    if stp == STP_BOTH:
+                        return remaining, True
+                    if opp.best != price:  # that emptied the level
+                        break
+                    queue = level.queue  # the cancel may have compacted the queue
+                    continue
+                fill = remaining if remaining < mleaves else mleaves
+                remaining -= fill
+                mleaves -= fill
+                maker.leaves = mleaves
+                maker.filled += fill
+                level.qty -= fill
+                tid = self.next_trade_id
+                self.next_trade_id = tid + 1
+                maker_account = maker.account
+                events.append(
+                    Trade(
+                        seq,
+                        ts,
+                        tid,
+                        symbol,
+                        price,
+                        fill,
+                        side,
+                        maker.order_id,
+                        maker_account,
+                        mleaves,
+                        oid,
+                        account,
+                        remaining,
+                    )
+                )
+                if not mleaves:
+                    queue.popleft()
+                    level.count -= 1
+                    del accounts[maker_account].open[maker.order_id]
+                    events.append(OrderDone(seq, ts, maker.order_id, maker_account, symbol, maker.filled))
+                    if not level.count:
+                        opp.drop_level(price)
+                        break
+        return remaining, False
+
+    def _fok_fillable(
+        self, opp: BookSide, side: int, order_type: int, limit: int, account: str, stp: int, qty: int
+    ) -> bool:
+        """Whether a fill-or-kill order would fill completely, without changing any state."""
+        need = qty
+        is_buy = side == BUY
+        for level in opp.iter_levels():
+            price = level.price
+            if order_type != MARKET and (price > limit if is_buy else price < limit):
+                return False
+            if stp == STP_NONE:
+                need -= level.qty
+            else:
+                for maker in level.queue:
+                    if not maker.leaves:
+                        continue
+                    if maker.account == account:
+                        if stp == STP_NEWEST or stp == STP_BOTH:
+                            return False
+                        continue  # cancel-oldest removes it: it fills nothing
+                    need -= maker.leaves
+                    if need <= 0:
+                        return True
+            if need <= 0:
+                return True
+        return False
+
+    def _cancel_resting(
+        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list
+    ) -> None:
+        leaves = order.leaves
+        side.remove(order)
+        del self.accounts[order.account].open[order.order_id]
+        events.append(
+            OrderCancelled(seq, ts, order.order_id, order.account, order.symbol, reason, leaves, order.filled)
+        )
+
+    # -- cancel, amend, cancel-all -------------------------------------------------------
+
+    def _find_open(self, cmd: Cancel | Amend) -> tuple[RestingOrder | None, int]:
+        """The account's open order named by id or client id, else (None, reject reason)."""
+        acct = self.accounts.get(cmd.account)
+        if acct is None:
+            return None, R.UNKNOWN_ORDER
+        oid = cmd.order_id
+        if not oid:
+            clid = cmd.client_order_id
+            if not clid:
+                return None, R.UNKNOWN_ORDER
+            oid = acct.by_clid.get(clid)
+            if oid is None:
+                return None, R.UNKNOWN_ORDER
+            order = acct.open.get(oid)
+            return (order, 0) if order is not None else (None, R.ORDER_NOT_OPEN)
+        order = acct.open.get(oid)
+        return (order, 0) if order is not None else (None, R.UNKNOWN_ORDER)
+
+    def _reject_target(self, cmd: Cancel | Amend, request: int, reason: int, symbol: str = "") -> list:
+        return [
+            OrderRejected(
+                cmd.seq,
+                cmd.ts,
+                cmd.account,
+                cmd.client_order_id,
+                symbol,
+                request,
+                int(reason),
+                cmd.order_id,
+            )
+        ]
+
+    def _cancel(self, cmd: Cancel) -> list:
+        acct = self.accounts.get(cmd.account)
+        oid = cmd.order_id
+        if acct is None or not oid:
+            order, reason = self._find_open(cmd)
+            if order is None:
+                return self._reject_target(cmd, REQ_CANCEL, reason)
+        else:
+            order = acct.open.get(oid)
+            if order is None:
+                return self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
+        market = self._markets[order.symbol]
+        side = market.bids if order.side == BUY else market.asks
+        leaves = order.leaves
+        # BookSide.remove, inlined: cancels are a third of all traffic.
+        price = order.price
+        level = side.levels[price]
+        level.qty -= leaves
+        level.count -= 1
+        order.leaves = 0
+        if not level.count:
+            side.drop_level(price)
+        elif len(level.queue) > 2 * level.count + COMPACT_MIN_DEAD:
+            level.compact()
+        del self.accounts[order.account].open[order.order_id]
+        return [
+            OrderCancelled(
+                cmd.seq,
+                cmd.ts,
+                order.order_id,
+                order.account,
+                order.symbol,
+                C.USER,
+                leaves,
+                order.filled,
+            )
+        ]
+
+    def _cancel_all(self, cmd: CancelAll) -> list:
+        symbol = cmd.symbol
+        if symbol and symbol not in self.books:
+            return [
+                OrderRejected(cmd.seq, cmd.ts, cmd.account, "", symbol, REQ_CANCEL_ALL, int(R.UNKNOWN_SYMBOL))
+            ]
+        acct = self.accounts.get(cmd.account)
+        events: list = []
+        if acct is None:
+            return events
+        # Sorted by order id so the event order never depends on dict history (a restored
+        # snapshot rebuilds the index in a different insertion order).
+        targets = sorted(
+            (o for o in acct.open.values() if not symbol or o.symbol == symbol),
+            key=lambda o: o.order_id,
+        )
+        books = self.books
+        for order in targets:
+            book = books[order.symbol]
+            side = book.bids if order.side == BUY else book.asks
+            self._cancel_resting(order, side, C.CANCEL_ALL, cmd.seq, cmd.ts, events)
+        return events
+
+    def _amend(self, cmd: Amend) -> list:
+        order, reason = self._find_open(cmd)
+        if order is None:
+            return self._reject_target(cmd, REQ_AMEND, reason)
+        symbol = order.symbol
+        inst = self.instruments[symbol]
+        new_qty = cmd.new_qty or order.qty
+        new_price = cmd.new_price or order.price
+        new_clid = cmd.new_client_order_id
+        acct = self.accounts[order.account]
+        reason = 0
+        if cmd.new_qty < 0:
+            reason = R.INVALID_QUANTITY
+        elif cmd.new_price < 0:
+            reason = R.INVALID_PRICE
+        elif new_qty % inst.lot_size:
+            reason = R.QUANTITY_OFF_LOT
+        elif new_qty < inst.min_qty:
+            reason = R.QUANTITY_BELOW_MIN
+        elif new_qty > inst.max_qty:
+            reason = R.QUANTITY_ABOVE_MAX
+        elif new_price % inst.tick_size:
+            reason = R.PRICE_OFF_TICK
+        elif new_qty <= order.filled:
+            reason = R.AMEND_QUANTITY_NOT_ABOVE_FILLED
+        elif new_clid and len(new_clid) > MAX_CLIENT_ORDER_ID_LEN:
+            reason = R.INVALID_CLIENT_ORDER_ID
+        elif new_clid and new_clid != order.client_order_id and new_clid in acct.by_clid:
+            reason = R.DUPLICATE_CLIENT_ORDER_ID
+        elif (
+            new_qty == order.qty
+            and new_price == order.price
+            and (not new_clid or new_clid == order.client_order_id)
+        ):
+            reason = R.AMEND_NO_CHANGE
+        book = self.books[symbol]
+        is_buy = order.side == BUY
+        own, opp = (book.bids, book.asks) if is_buy else (book.asks, book.bids)
+        best = opp.best
+        crosses = best is not None and (best <= new_price if is_buy else best >= new_price)
+        if not reason and crosses and order.post_only:
+            reason = R.POST_ONLY_WOULD_CROSS
+        if reason:
+            return self._reject_target(cmd, REQ_AMEND, reason, symbol)
+
+        seq = cmd.seq
+        ts = cmd.ts
+        oid = order.order_id
+        if new_clid and new_clid != order.client_order_id:
+            acct.by_clid[new_clid] = oid
+            order.client_order_id = new_clid
+        if new_price == order.price and new_qty <= order.qty:
+            # Quantity down (or only a new client id): keeps time priority.
+            delta = order.qty - new_qty
+            order.qty = new_qty
+            order.leaves -= delta
+            own.levels[order.price].qty -= delta
+            return [
+                OrderAmended(
+                    seq,
+                    ts,
+                    oid,
+                    order.account,
+                    order.client_order_id,
+                    symbol,
+                    new_price,
+                    new_qty,
+                    order.leaves,
+                    True,
+                )
+            ]
+        # Price change or quantity up: loses priority; may cross and trade as a taker.
+        filled = order.filled
+        own.remove(order)
+        leaves = new_qty - filled
+        events: list = [
+            OrderAmended(
+                seq,
+                ts,
+                oid,
+                order.account,
+                order.client_order_id,
+                symbol,
+                new_price,
+                new_qty,
+                leaves,
+                False,
+            )
+        ]
+        if crosses:
+            remaining, stopped = self._match(
+                events,
+                opp,
+                order.side,
+                False,
+                new_price,
+                oid,
+                order.account,
+                order.stp,
+                leaves,
+                symbol,
+                seq,
+                ts,
+            )
+            filled += leaves - remaining
+            leaves = remaining
+            if not leaves:
+                del acct.open[oid]
+                events.append(OrderDone(seq, ts, oid, order.account, symbol, filled))
+                return events
+            if stopped:
+                del acct.open[oid]
+                events.append(
+                    OrderCancelled(seq, ts, oid, order.account, symbol, C.SELF_TRADE, leaves, filled)
+                )
+                return events
+        moved = RestingOrder(
+            oid,
+            order.account,
+            order.client_order_id,
+            symbol,
+            order.side,
+            new_price,
+            new_qty,
+            leaves,
+            filled,
+            order.tif,
+            order.post_only,
+            order.stp,
+            seq,
+        )
+        own.add(moved)
+        acct.open[oid] = moved  # same key: the account index keeps its order
+        return events

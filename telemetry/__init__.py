@@ -1,0 +1,1 @@
+"""Loom Exchange telemetry (built out by later issues)."""
