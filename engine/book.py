@@ -1,8 +1,8 @@
 """The order book of one symbol: two sides of price levels, each level a FIFO queue.
 
-Cancel is O(1): a cancelled order is marked dead in place (leaves = 0) and its level's
-totals are adjusted; dead entries are dropped when they reach the front of the queue, or
-all at once when they outnumber the live ones (amortised O(1), memory stays bounded).
+A level's queue is an insertion-ordered dict keyed by order id: append, cancel (delete by
+key) and "oldest first" are all O(1), with no dead entries to skip or compact (a deque
+with lazy deletion cost 15% of the bounded benchmark in compaction alone).
 Each side keeps its best price cached and a sorted list of level prices, touched only
 when a level appears or empties.
 """
@@ -10,12 +10,8 @@ when a level appears or empties.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import deque
 
 import msgspec
-
-# Compact a level's queue when dead entries exceed both this and the live count.
-COMPACT_MIN_DEAD = 64
 
 
 class RestingOrder(msgspec.Struct, gc=False):
@@ -28,7 +24,7 @@ class RestingOrder(msgspec.Struct, gc=False):
     side: int
     price: int
     qty: int  # total quantity (amendable)
-    leaves: int  # open quantity; 0 once done (a dead entry in its level queue)
+    leaves: int  # open quantity
     filled: int
     tif: int
     post_only: bool
@@ -37,21 +33,14 @@ class RestingOrder(msgspec.Struct, gc=False):
 
 
 class Level:
-    """All open orders at one price, in time priority."""
+    """All open orders at one price, in time priority (dict order = arrival order)."""
 
-    __slots__ = ("price", "qty", "count", "queue")
+    __slots__ = ("price", "qty", "orders")
 
     def __init__(self, price: int) -> None:
         self.price = price
-        self.qty = 0  # sum of leaves of live orders
-        self.count = 0  # live orders; len(queue) - count entries are dead
-        self.queue: deque[RestingOrder] = deque()
-
-    def compact(self) -> None:
-        self.queue = deque(o for o in self.queue if o.leaves)
-
-    def live_orders(self) -> list[RestingOrder]:
-        return [o for o in self.queue if o.leaves]
+        self.qty = 0  # sum of leaves
+        self.orders: dict[int, RestingOrder] = {}
 
 
 class BookSide:
@@ -75,9 +64,8 @@ class BookSide:
         level = self.levels.get(order.price)
         if level is None:
             level = self.new_level(order.price)
-        level.queue.append(order)
+        level.orders[order.order_id] = order
         level.qty += order.leaves
-        level.count += 1
 
     def new_level(self, price: int) -> Level:
         level = self.levels[price] = Level(price)
@@ -93,13 +81,10 @@ class BookSide:
     def remove(self, order: RestingOrder) -> None:
         """Take a live order out of its level (cancel, or priority lost by an amend)."""
         level = self.levels[order.price]
+        del level.orders[order.order_id]
         level.qty -= order.leaves
-        level.count -= 1
-        order.leaves = 0
-        if level.count == 0:
+        if not level.orders:
             self.drop_level(level.price)
-        elif len(level.queue) > 2 * level.count + COMPACT_MIN_DEAD:
-            level.compact()
 
     def drop_level(self, price: int) -> None:
         del self.levels[price]
@@ -128,7 +113,7 @@ class BookSide:
         for level in self.iter_levels():
             if len(out) == n:
                 break
-            out.append((level.price, level.qty, level.count))
+            out.append((level.price, level.qty, len(level.orders)))
         return out
 
 

@@ -12,7 +12,7 @@ from engine import __version__
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.bench.engine_bench import format_engine_bench, run_engine_bench
 
-    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode)
+    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat)
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--ops", type=_positive_int, default=1_000_000)
     be.add_argument("--seed", type=int, default=1)
     be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
+    be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.set_defaults(func=_cmd_bench_engine)
     return parser

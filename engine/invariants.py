@@ -19,20 +19,21 @@ def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str
         problems.append(f"{where}: cached best {side.best} != {expected_best}")
     live = []
     for price, level in side.levels.items():
-        orders = [o for o in level.queue if o.leaves]
+        orders = list(level.orders.values())
         if level.price != price:
             problems.append(f"{where}: level keyed {price} holds price {level.price}")
         if not orders:
             problems.append(f"{where} {price}: empty level kept")
-        if level.count != len(orders):
-            problems.append(f"{where} {price}: count {level.count} != live orders {len(orders)}")
+        for oid, o in level.orders.items():
+            if oid != o.order_id:
+                problems.append(f"{where} {price}: order {o.order_id} keyed as {oid}")
         if level.qty != sum(o.leaves for o in orders):
             problems.append(f"{where} {price}: qty {level.qty} != sum of leaves")
         last_seq = -1
         for o in orders:
             if o.price != price or o.side != side_value or o.symbol != symbol:
                 problems.append(f"{where} {price}: order {o.order_id} misplaced")
-            if o.leaves < 0 or o.filled < 0 or o.leaves + o.filled != o.qty:
+            if o.leaves <= 0 or o.filled < 0 or o.leaves + o.filled != o.qty:
                 problems.append(f"order {o.order_id}: leaves {o.leaves} + filled {o.filled} != qty {o.qty}")
             if o.seq < last_seq:
                 problems.append(f"{where} {price}: order {o.order_id} out of time priority")

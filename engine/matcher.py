@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.book import COMPACT_MIN_DEAD, BookSide, OrderBook, RestingOrder
+from engine.book import BookSide, OrderBook, RestingOrder
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import (
     CancelReason,
@@ -195,9 +195,14 @@ class MatchingEngine:
             and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
         ):
             return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]))
+        oid = self.next_order_id
         acct = self.accounts.get(account)
-        if clid and acct is not None and clid in acct.by_clid:
-            return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID)
+        # Duplicate check and registration in one probe (undone if post-only refuses below).
+        registered = False
+        if clid and acct is not None:
+            if acct.by_clid.setdefault(clid, oid) != oid:
+                return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID)
+            registered = True
 
         if side == BUY:
             own = market.bids
@@ -210,14 +215,15 @@ class MatchingEngine:
             best = opp.best
             crosses = best is not None and (order_type == MARKET or best >= price)
         if crosses and post_only:
+            if registered:
+                del acct.by_clid[clid]
             return self._reject_new(cmd, R.POST_ONLY_WOULD_CROSS)
 
         if acct is None:
             acct = self.accounts[account] = AccountOrders()
-        oid = self.next_order_id
+            if clid:
+                acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
-        if clid:
-            acct.by_clid[clid] = oid
         seq = cmd.seq
         ts = cmd.ts
         events = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
@@ -262,9 +268,8 @@ class MatchingEngine:
             level = own.levels.get(price)
             if level is None:
                 level = own.new_level(price)
-            level.queue.append(order)
+            level.orders[oid] = order
             level.qty += remaining
-            level.count += 1
             acct.open[oid] = order
         else:
             reason = C.IOC_REMAINDER if tif == IOC else C.FOK_NOT_FILLABLE
@@ -304,13 +309,10 @@ class MatchingEngine:
             if not is_market and (price > limit if is_buy else price < limit):
                 break
             level = levels[price]
-            queue = level.queue
+            orders = level.orders
             while remaining:
-                maker = queue[0]
+                maker = next(iter(orders.values()))
                 mleaves = maker.leaves
-                if not mleaves:  # dead entry (cancelled earlier): drop it now
-                    queue.popleft()
-                    continue
                 if stp and maker.account == account:
                     if stp == STP_NEWEST:
                         return remaining, True
@@ -319,7 +321,6 @@ class MatchingEngine:
                         return remaining, True
                     if opp.best != price:  # that emptied the level
                         break
-                    queue = level.queue  # the cancel may have compacted the queue
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 remaining -= fill
@@ -330,6 +331,7 @@ class MatchingEngine:
                 tid = self.next_trade_id
                 self.next_trade_id = tid + 1
                 maker_account = maker.account
+                maker_id = maker.order_id
                 events.append(
                     Trade(
                         seq,
@@ -339,7 +341,7 @@ class MatchingEngine:
                         price,
                         fill,
                         side,
-                        maker.order_id,
+                        maker_id,
                         maker_account,
                         mleaves,
                         oid,
@@ -348,11 +350,10 @@ class MatchingEngine:
                     )
                 )
                 if not mleaves:
-                    queue.popleft()
-                    level.count -= 1
-                    del accounts[maker_account].open[maker.order_id]
-                    events.append(OrderDone(seq, ts, maker.order_id, maker_account, symbol, maker.filled))
-                    if not level.count:
+                    del orders[maker_id]
+                    del accounts[maker_account].open[maker_id]
+                    events.append(OrderDone(seq, ts, maker_id, maker_account, symbol, maker.filled))
+                    if not orders:
                         opp.drop_level(price)
                         break
         return remaining, False
@@ -370,9 +371,7 @@ class MatchingEngine:
             if stp == STP_NONE:
                 need -= level.qty
             else:
-                for maker in level.queue:
-                    if not maker.leaves:
-                        continue
+                for maker in level.orders.values():
                     if maker.account == account:
                         if stp == STP_NEWEST or stp == STP_BOTH:
                             return False
@@ -435,6 +434,8 @@ class MatchingEngine:
             order, reason = self._find_open(cmd)
             if order is None:
                 return self._reject_target(cmd, REQ_CANCEL, reason)
+            oid = order.order_id
+            acct = self.accounts[order.account]
         else:
             order = acct.open.get(oid)
             if order is None:
@@ -445,19 +446,17 @@ class MatchingEngine:
         # BookSide.remove, inlined: cancels are a third of all traffic.
         price = order.price
         level = side.levels[price]
+        orders = level.orders
+        del orders[oid]
         level.qty -= leaves
-        level.count -= 1
-        order.leaves = 0
-        if not level.count:
+        if not orders:
             side.drop_level(price)
-        elif len(level.queue) > 2 * level.count + COMPACT_MIN_DEAD:
-            level.compact()
-        del self.accounts[order.account].open[order.order_id]
+        del acct.open[oid]
         return [
             OrderCancelled(
                 cmd.seq,
                 cmd.ts,
-                order.order_id,
+                oid,
                 order.account,
                 order.symbol,
                 C.USER,

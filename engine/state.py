@@ -44,8 +44,8 @@ def export_state(engine: MatchingEngine) -> EngineState:
         books.append(
             BookState(
                 symbol,
-                [o for level in book.bids.iter_levels() for o in level.queue if o.leaves],
-                [o for level in book.asks.iter_levels() for o in level.queue if o.leaves],
+                [o for level in book.bids.iter_levels() for o in level.orders.values()],
+                [o for level in book.asks.iter_levels() for o in level.orders.values()],
             )
         )
     accounts = [AccountState(name, list(acct.by_clid.items())) for name, acct in engine.accounts.items()]
