@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 import msgspec
 
 
-class RestingOrder(msgspec.Struct, gc=False):
+class RestingOrder(msgspec.Struct, array_like=True, gc=False):
     """An open order. Mutable: fills and amends change it in place."""
 
     order_id: int

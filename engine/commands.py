@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.domain import SelfTradePrevention, TimeInForce
+from engine.domain import Instrument, SelfTradePrevention, TimeInForce
 
 
 class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
@@ -64,4 +64,14 @@ class CancelAll(msgspec.Struct, tag="X", array_like=True, gc=False):
     ts: int = 0
 
 
-Command = NewOrder | Cancel | Amend | CancelAll
+class ListInstrument(msgspec.Struct, tag="I", array_like=True, gc=False):
+    """Open a symbol for trading. Sequenced and journaled like any command, so a replay
+    never depends on the configuration file of the day. Listing an identical instrument
+    again is a no-op; a different spec for a listed symbol is refused."""
+
+    instrument: Instrument
+    seq: int = 0
+    ts: int = 0
+
+
+Command = NewOrder | Cancel | Amend | CancelAll | ListInstrument

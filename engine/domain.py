@@ -58,12 +58,14 @@ class RejectReason(IntEnum):
     DUPLICATE_CLIENT_ORDER_ID = 114
     INVALID_ACCOUNT = 115
     INVALID_CLIENT_ORDER_ID = 116
+    INSTRUMENT_CONFLICT = 117  # a listed symbol cannot change its spec
     UNKNOWN_ORDER = 201  # no open order with that id (or client id) for this account
     ORDER_NOT_OPEN = 202  # the order existed but is filled or cancelled: too late
     AMEND_NO_CHANGE = 203
     AMEND_QUANTITY_NOT_ABOVE_FILLED = 204  # new total quantity must exceed what has filled
     POST_ONLY_WOULD_CROSS = 301
     UNKNOWN_COMMAND = 501
+    JOURNAL_WRITE_FAILED = 502  # not durable, so not accepted: safe to retry
 
 
 class CancelReason(IntEnum):
@@ -85,6 +87,7 @@ class RequestKind(IntEnum):
     CANCEL = 2
     AMEND = 3
     CANCEL_ALL = 4
+    LIST_INSTRUMENT = 5
 
 
 class Instrument(msgspec.Struct, frozen=True):

@@ -84,4 +84,14 @@ class OrderDone(msgspec.Struct, frozen=True, tag="done", array_like=True, gc=Fal
     filled_qty: int
 
 
-Event = OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderAmended | OrderDone
+class InstrumentListed(msgspec.Struct, frozen=True, tag="lst", array_like=True, gc=False):
+    seq: int
+    ts: int
+    symbol: str
+    tick_size: int
+    lot_size: int
+    min_qty: int
+    max_qty: int
+
+
+Event = OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderAmended | OrderDone | InstrumentListed

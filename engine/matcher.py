@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from engine.book import BookSide, OrderBook, RestingOrder
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
 from engine.domain import (
     CancelReason,
     Instrument,
@@ -25,7 +25,15 @@ from engine.domain import (
     Side,
     TimeInForce,
 )
-from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.events import (
+    InstrumentListed,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderDone,
+    OrderRejected,
+    Trade,
+)
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -49,6 +57,7 @@ REQ_NEW = int(RequestKind.NEW)
 REQ_CANCEL = int(RequestKind.CANCEL)
 REQ_AMEND = int(RequestKind.AMEND)
 REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
+REQ_LIST = int(RequestKind.LIST_INSTRUMENT)
 
 
 def new_order_problem(cmd: NewOrder, inst: Instrument) -> RejectReason | int:
@@ -125,13 +134,16 @@ class MatchingEngine:
         for inst in instruments:
             if inst.symbol in self.instruments:
                 raise ValueError(f"duplicate instrument {inst.symbol}")
-            self.instruments[inst.symbol] = inst
-            book = self.books[inst.symbol] = OrderBook(inst.symbol)
-            self._markets[inst.symbol] = _Market(inst, book)
+            self._list(inst)
         self.accounts: dict[str, AccountOrders] = {}
         self.next_order_id = 1
         self.next_trade_id = 1
         self.last_seq = 0
+
+    def _list(self, inst: Instrument) -> None:
+        self.instruments[inst.symbol] = inst
+        book = self.books[inst.symbol] = OrderBook(inst.symbol)
+        self._markets[inst.symbol] = _Market(inst, book)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -150,6 +162,8 @@ class MatchingEngine:
             return self._amend(cmd)
         if kind is CancelAll:
             return self._cancel_all(cmd)
+        if kind is ListInstrument:
+            return self._list_instrument(cmd)
         return [
             OrderRejected(
                 seq,
@@ -275,6 +289,20 @@ class MatchingEngine:
             reason = C.IOC_REMAINDER if tif == IOC else C.FOK_NOT_FILLABLE
             events.append(OrderCancelled(seq, ts, oid, account, symbol, reason, remaining, qty - remaining))
         return events
+
+    def _list_instrument(self, cmd: ListInstrument) -> list:
+        inst = cmd.instrument
+        listed = self.instruments.get(inst.symbol)
+        if listed == inst:
+            return []
+        if listed is not None:
+            return [OrderRejected(cmd.seq, cmd.ts, "", "", inst.symbol, REQ_LIST, int(R.INSTRUMENT_CONFLICT))]
+        self._list(inst)
+        return [
+            InstrumentListed(
+                cmd.seq, cmd.ts, inst.symbol, inst.tick_size, inst.lot_size, inst.min_qty, inst.max_qty
+            )
+        ]
 
     def _reject_new(self, cmd: NewOrder, reason: RejectReason) -> list:
         return [

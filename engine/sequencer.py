@@ -28,3 +28,10 @@ class Sequencer:
         cmd.seq = self.last_seq
         cmd.ts = ts
         return cmd
+
+    def rewind(self, last_seq: int) -> None:
+        """Give back the numbers of a batch that never became durable, so the journal
+        stays gap-free."""
+        if last_seq > self.last_seq:
+            raise ValueError(f"cannot rewind forward from {self.last_seq} to {last_seq}")
+        self.last_seq = last_seq

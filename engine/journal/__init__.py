@@ -1,0 +1,59 @@
+"""The journal: the durable, append-only record of every sequenced command.
+
+The core is deterministic, so the commands are the source of truth: replaying them into a
+fresh engine reproduces every event and the exact state. Backends share one interface and
+one contract test suite (tests/journal_contract.py): local segment files here, a
+replicated log later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+
+class JournalError(Exception):
+    """Base of the journal's errors."""
+
+
+class JournalWriteError(JournalError):
+    """A batch could not be made durable (disk full, I/O error). Nothing of it counts as
+    written: the caller rejects its commands and may retry later."""
+
+
+class JournalCorruptError(JournalError):
+    """Damage that recovery must not skip: a bad checksum or a sequence gap before the
+    tail. Names the file, the byte offset and the sequence where it was found."""
+
+    def __init__(self, path: str, offset: int, seq: int | None, problem: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.seq = seq
+        self.problem = problem
+        where = f"{path} at byte {offset}" + (f" (sequence {seq})" if seq is not None else "")
+        super().__init__(
+            f"journal damaged: {problem} in {where}; refusing to start. "
+            f"Inspect with `loom journal inspect`, repair with `loom journal repair` "
+            f"(which truncates the journal at the damage)."
+        )
+
+
+class Journal(Protocol):
+    """What every journal backend provides."""
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence of the last durable command (0 when empty)."""
+        ...
+
+    def append(self, commands: Sequence) -> int:
+        """Make a batch durable; return its size in bytes. The commands' `seq` must run on
+        from `last_seq + 1` without gaps. Raises JournalWriteError, leaving nothing of the
+        batch behind."""
+        ...
+
+    def read(self, from_seq: int = 1) -> Iterator:
+        """Every durable command with seq >= from_seq, in order."""
+        ...
+
+    def close(self) -> None: ...

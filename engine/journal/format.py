@@ -1,0 +1,123 @@
+"""The on-disk layout of journal segments.
+
+    segment  := segment-header record*
+    segment-header := b"LOOMJRNL" | version u16 | first_seq u64 | crc32 u32     (22 bytes)
+    record   := b"LMJ1" | payload_len u32 | first_seq u64 | count u32 | crc32 u32 | payload
+    payload  := msgpack array of `count` commands (tagged, array-like; engine/commands.py)
+
+One record holds one group-commit batch. The CRC (zlib CRC-32) covers the record header
+fields after the magic and the payload, so a flipped bit anywhere is caught. The magic lets
+a scanner tell a torn tail (nothing valid after the damage) from damage in the middle (a
+valid record follows). Segment versions name their payload schema; `UPCASTERS` turns an
+older schema's decoded payload into the current one.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from engine.commands import Command
+
+FORMAT_VERSION = 1
+SEGMENT_MAGIC = b"LOOMJRNL"
+SEGMENT_HEADER = struct.Struct("<8sHQI")
+RECORD_MAGIC = b"LMJ1"
+RECORD_HEADER = struct.Struct("<4sIQII")
+MAX_PAYLOAD = 256 * 1024 * 1024  # a larger length field is damage, not data
+
+# version -> function taking that version's decoded payload (plain lists) to version + 1.
+UPCASTERS: dict[int, Callable[[list], list]] = {}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[Command])
+
+
+def encode_segment_header(first_seq: int, version: int = FORMAT_VERSION) -> bytes:
+    body = struct.pack("<HQ", version, first_seq)
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, version, first_seq, zlib.crc32(body))
+
+
+def decode_segment_header(data: bytes) -> tuple[int, int] | None:
+    """(version, first_seq), or None when the header is damaged."""
+    if len(data) < SEGMENT_HEADER.size:
+        return None
+    magic, version, first_seq, crc = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC or zlib.crc32(struct.pack("<HQ", version, first_seq)) != crc:
+        return None
+    return version, first_seq
+
+
+def encode_record(commands) -> bytes:
+    payload = _encoder.encode(commands)
+    first_seq = commands[0].seq
+    fields = struct.pack("<IQI", len(payload), first_seq, len(commands))
+    crc = zlib.crc32(payload, zlib.crc32(fields))
+    return RECORD_HEADER.pack(RECORD_MAGIC, len(payload), first_seq, len(commands), crc) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInfo:
+    offset: int
+    first_seq: int
+    count: int
+    payload: memoryview
+
+    @property
+    def end(self) -> int:
+        return self.offset + RECORD_HEADER.size + len(self.payload)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+
+def parse_record(buf: memoryview, offset: int) -> RecordInfo | str:
+    """The record at `offset`, or a description of why there is none."""
+    if len(buf) - offset < RECORD_HEADER.size:
+        return "incomplete record header"
+    magic, length, first_seq, count, crc = RECORD_HEADER.unpack_from(buf, offset)
+    if magic != RECORD_MAGIC:
+        return "bad record magic"
+    if length > MAX_PAYLOAD or count == 0:
+        return "impossible record length"
+    start = offset + RECORD_HEADER.size
+    if start + length > len(buf):
+        return "record runs past the end of the file"
+    payload = buf[start : start + length]
+    fields = struct.pack("<IQI", length, first_seq, count)
+    if zlib.crc32(payload, zlib.crc32(fields)) != crc:
+        return "checksum mismatch"
+    return RecordInfo(offset, first_seq, count, payload)
+
+
+def next_valid_record(buf: memoryview, offset: int) -> RecordInfo | None:
+    """The first valid record that starts after `offset` (used to tell damage in the middle
+    of a segment from a torn tail)."""
+    data = buf.obj if isinstance(buf.obj, bytes | bytearray) else bytes(buf)
+    pos = offset + 1
+    while True:
+        pos = data.find(RECORD_MAGIC, pos)
+        if pos < 0:
+            return None
+        found = parse_record(buf, pos)
+        if isinstance(found, RecordInfo):
+            return found
+        pos += 1
+
+
+def decode_payload(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
+    if version == FORMAT_VERSION:
+        return _decoder.decode(payload)
+    raw = msgspec.msgpack.decode(payload)
+    while version < FORMAT_VERSION:
+        upcast = UPCASTERS.get(version)
+        if upcast is None:
+            raise ValueError(f"no upcaster from journal format version {version}")
+        raw = upcast(raw)
+        version += 1
+    return msgspec.convert(raw, list[Command])

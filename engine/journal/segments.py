@@ -1,0 +1,349 @@
+"""The embedded journal: append-only segment files in one directory, group commit with
+fdatasync before a batch counts as written, rollover by size, and a startup scan that
+truncates a torn tail but refuses to skip damage anywhere else.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.journal import JournalCorruptError, JournalError, JournalWriteError
+from engine.journal.format import (
+    FORMAT_VERSION,
+    SEGMENT_HEADER,
+    RecordInfo,
+    decode_payload,
+    decode_segment_header,
+    encode_record,
+    encode_segment_header,
+    next_valid_record,
+    parse_record,
+)
+
+log = logging.getLogger("loom.journal")
+
+SEGMENT_RE = re.compile(r"^journal-(\d{20})\.seg$")
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def segment_name(first_seq: int) -> str:
+    return f"journal-{first_seq:020d}.seg"
+
+
+@dataclass
+class Segment:
+    path: Path
+    first_seq: int  # from the header: the seq its first record must start at
+    version: int = FORMAT_VERSION
+    last_seq: int = 0  # last seq held (first_seq - 1 when empty)
+    size: int = 0  # bytes of whole, valid records plus the header
+    records: int = 0
+
+
+@dataclass
+class ScanReport:
+    """What the startup scan found; `loom journal inspect` prints it."""
+
+    segments: list[Segment] = field(default_factory=list)
+    torn_tail_bytes: int = 0  # bytes cut from the end of the last segment
+    torn_tail_path: str = ""
+    damage: JournalCorruptError | None = None
+
+    @property
+    def first_seq(self) -> int:
+        return self.segments[0].first_seq if self.segments else 1
+
+    @property
+    def last_seq(self) -> int:
+        return self.segments[-1].last_seq if self.segments else 0
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self.segments)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+
+def _list_segment_files(directory: Path) -> list[Path]:
+    found = [p for p in directory.iterdir() if SEGMENT_RE.match(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def scan(directory: str | os.PathLike) -> ScanReport:
+    """Read every segment and check every record: checksums, sequence continuity across
+    records and segments. Changes nothing on disk."""
+    directory = Path(directory)
+    report = ScanReport()
+    files = _list_segment_files(directory) if directory.exists() else []
+    expected = None
+    for index, path in enumerate(files):
+        is_last = index == len(files) - 1
+        data = path.read_bytes()
+        header = decode_segment_header(data)
+        if header is None:
+            if is_last and len(data) < SEGMENT_HEADER.size:
+                # Crash while creating the segment: nothing in it was ever acknowledged.
+                report.torn_tail_bytes = len(data)
+                report.torn_tail_path = str(path)
+                break
+            report.damage = JournalCorruptError(str(path), 0, expected, "damaged segment header")
+            return report
+        version, first_seq = header
+        if expected is not None and first_seq != expected:
+            report.damage = JournalCorruptError(
+                str(path), 0, expected, f"sequence gap: segment starts at {first_seq}"
+            )
+            return report
+        seg = Segment(path, first_seq, version, first_seq - 1, SEGMENT_HEADER.size)
+        report.segments.append(seg)
+        buf = memoryview(data)
+        offset = SEGMENT_HEADER.size
+        while offset < len(buf):
+            rec = parse_record(buf, offset)
+            if isinstance(rec, str):
+                later = next_valid_record(buf, offset)
+                if is_last and later is None:
+                    report.torn_tail_bytes = len(buf) - offset
+                    report.torn_tail_path = str(path)
+                    break
+                report.damage = JournalCorruptError(str(path), offset, seg.last_seq + 1, rec)
+                return report
+            if rec.first_seq != seg.last_seq + 1:
+                report.damage = JournalCorruptError(
+                    str(path),
+                    offset,
+                    seg.last_seq + 1,
+                    f"sequence gap: record starts at {rec.first_seq}",
+                )
+                return report
+            seg.last_seq = rec.last_seq
+            seg.records += 1
+            offset = rec.end
+            seg.size = offset
+        expected = seg.last_seq + 1
+    return report
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileJournal:
+    """Append-only segment files. `append` returns only once the batch is on disk."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.torn_tail_truncations = 0
+        self.torn_tail_bytes = 0
+        self.write_errors = 0
+        self.last_fsync_ns = 0
+        self._inject_errno: int | None = None
+        self._pending_truncate = False
+        report = scan(self.directory)
+        if report.damage is not None:
+            raise report.damage
+        if report.torn_tail_bytes:
+            self._truncate_torn_tail(report)
+        self.segments = report.segments
+        self._last_seq = report.last_seq
+        self._fd = -1
+        if self.segments:
+            self._fd = os.open(self.segments[-1].path, os.O_WRONLY)
+        self._closed = False
+
+    def _truncate_torn_tail(self, report: ScanReport) -> None:
+        path = Path(report.torn_tail_path)
+        keep = report.segments[-1].size if report.segments and report.segments[-1].path == path else 0
+        log.warning(
+            "journal: torn tail of %d bytes in %s truncated at byte %d (an unacknowledged "
+            "batch cut short by a crash)",
+            report.torn_tail_bytes,
+            path,
+            keep,
+        )
+        if keep:
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())
+        else:
+            path.unlink()
+            _fsync_dir(self.directory)
+        self.torn_tail_truncations += 1
+        self.torn_tail_bytes += report.torn_tail_bytes
+
+    # -- the Journal interface -------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def append(self, commands: Sequence) -> int:
+        if self._closed:
+            raise JournalError("journal is closed")
+        if not commands:
+            return 0
+        first = commands[0].seq
+        last = commands[-1].seq
+        if first != self._last_seq + 1 or last - first + 1 != len(commands):
+            raise JournalError(
+                f"batch seq {first}..{last} ({len(commands)} commands) does not continue "
+                f"the journal at {self._last_seq}"
+            )
+        record = encode_record(commands)
+        try:
+            if self._pending_truncate:
+                self._undo_partial_write()
+            seg = self.segments[-1] if self.segments else None
+            if seg is None or (seg.size + len(record) > self.segment_bytes and seg.records):
+                seg = self._roll(first)
+            self._write(seg.size, record)
+        except OSError as exc:
+            self.write_errors += 1
+            try:
+                self._undo_partial_write()
+            except OSError:
+                self._pending_truncate = True
+            raise JournalWriteError(
+                f"journal write of seq {first}..{last} failed: {exc.strerror or exc}"
+            ) from exc
+        seg.size += len(record)
+        seg.last_seq = last
+        seg.records += 1
+        self._last_seq = last
+        return len(record)
+
+    def _write(self, offset: int, record: bytes) -> None:
+        if self._inject_errno is not None:
+            raise OSError(self._inject_errno, os.strerror(self._inject_errno))
+        view = memoryview(record)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view = view[n:]
+            offset += n
+        if self.fsync:
+            os.fdatasync(self._fd)
+
+    def _undo_partial_write(self) -> None:
+        """Cut the active segment back to its last whole record, so a failed batch leaves
+        no bytes that a later successful batch would follow."""
+        if self.segments and self._fd >= 0:
+            os.ftruncate(self._fd, self.segments[-1].size)
+            if self.fsync:
+                os.fdatasync(self._fd)
+        self._pending_truncate = False
+
+    def _roll(self, first_seq: int) -> Segment:
+        path = self.directory / segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            header = encode_segment_header(first_seq)
+            os.pwrite(fd, header, 0)
+            if self.fsync:
+                os.fdatasync(fd)
+                _fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        seg = Segment(path, first_seq, FORMAT_VERSION, first_seq - 1, len(header))
+        self.segments.append(seg)
+        return seg
+
+    def read(self, from_seq: int = 1) -> Iterator:
+        for batch in self.read_batches(from_seq):
+            yield from batch
+
+    def read_batches(self, from_seq: int = 1) -> Iterator[list]:
+        """Decoded batches holding seq >= from_seq (the first one trimmed to start there)."""
+        for rec, version in self.records(from_seq):
+            commands = decode_payload(rec.payload, version)
+            if rec.first_seq < from_seq:
+                commands = commands[from_seq - rec.first_seq :]
+            yield commands
+
+    def records(self, from_seq: int = 1) -> Iterator[tuple[RecordInfo, int]]:
+        """Raw records (undecoded) that hold any seq >= from_seq, with their segment version."""
+        segments = list(self.segments)
+        for i, seg in enumerate(segments):
+            if seg.last_seq < from_seq or seg.records == 0:
+                continue
+            if i + 1 < len(segments) and segments[i + 1].first_seq <= from_seq:
+                continue
+            with open(seg.path, "rb") as f:
+                data = f.read(seg.size)
+            buf = memoryview(data)
+            offset = SEGMENT_HEADER.size
+            while offset < seg.size:
+                rec = parse_record(buf, offset)
+                if isinstance(rec, str):  # changed under us since the scan
+                    raise JournalCorruptError(str(seg.path), offset, None, rec)
+                offset = rec.end
+                if rec.last_seq >= from_seq:
+                    yield rec, seg.version
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._closed = True
+
+    # -- operations ------------------------------------------------------------------------
+
+    def fail_writes(self, errno: int | None = errno_mod.EIO) -> None:
+        """Fault injection for drills and tests: every write fails with `errno` until
+        called again with None."""
+        self._inject_errno = errno
+
+
+def repair(directory: str | os.PathLike) -> ScanReport:
+    """The operator's explicit repair: truncate the journal at the first damage and remove
+    every later segment. Returns the scan made before repairing (what was damaged)."""
+    directory = Path(directory)
+    report = scan(directory)
+    damage = report.damage
+    if damage is None:
+        if report.torn_tail_bytes:
+            FileJournal(directory).close()  # opening truncates a torn tail
+        return report
+    damaged = Path(damage.path)
+    for path in _list_segment_files(directory):
+        if path.name > damaged.name:
+            log.warning("journal repair: removing %s (after the damage)", path)
+            path.unlink()
+    if damage.offset <= 0:
+        log.warning("journal repair: removing %s (damaged header)", damaged)
+        damaged.unlink()
+    else:
+        log.warning("journal repair: truncating %s at byte %d", damaged, damage.offset)
+        with open(damaged, "r+b") as f:
+            f.truncate(damage.offset)
+            os.fsync(f.fileno())
+    _fsync_dir(directory)
+    return report

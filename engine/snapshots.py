@@ -1,0 +1,162 @@
+"""Snapshots: the whole engine state at one journal sequence, with its state hash.
+
+    snapshot := b"LOOMSNAP" | version u16 | seq u64 | state_hash 32 bytes | length u64
+                | crc32 u32 | payload (msgpack EngineState)
+
+Written atomically (temporary file, fsync, rename, fsync of the directory); verified on
+load by the checksum and by recomputing the state hash of the restored engine; the newest
+`keep` are kept. A damaged newest snapshot falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.matcher import MatchingEngine
+from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+
+log = logging.getLogger("loom.snapshots")
+
+SNAPSHOT_VERSION = 1
+MAGIC = b"LOOMSNAP"
+HEADER = struct.Struct("<8sHQ32sQI")
+SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.snap$")
+
+
+class SnapshotError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    path: Path
+    seq: int
+    size: int
+
+
+@dataclass(frozen=True)
+class LoadedSnapshot:
+    engine: MatchingEngine
+    seq: int
+    state_hash: str
+    path: Path
+    skipped: tuple[tuple[Path, str], ...]  # newer snapshots that failed verification
+
+
+@dataclass(frozen=True)
+class WrittenSnapshot:
+    path: Path
+    seq: int
+    state_hash: str
+    size: int
+    duration_s: float
+
+
+def encode_snapshot(engine: MatchingEngine) -> tuple[bytes, str]:
+    payload = encode_state(export_state(engine))
+    digest = hashlib.blake2b(payload, digest_size=32)
+    header = HEADER.pack(
+        MAGIC, SNAPSHOT_VERSION, engine.last_seq, digest.digest(), len(payload), zlib.crc32(payload)
+    )
+    return header + payload, digest.hexdigest()
+
+
+def decode_snapshot(data: bytes, name: str = "snapshot") -> LoadedSnapshot:
+    """Verify and restore. Raises SnapshotError naming what is wrong."""
+    if len(data) < HEADER.size:
+        raise SnapshotError(f"{name}: truncated header ({len(data)} bytes)")
+    magic, version, seq, digest, length, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise SnapshotError(f"{name}: not a snapshot (bad magic)")
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotError(f"{name}: unsupported snapshot version {version}")
+    payload = memoryview(data)[HEADER.size :]
+    if len(payload) != length:
+        raise SnapshotError(f"{name}: payload is {len(payload)} bytes, header says {length}")
+    if zlib.crc32(payload) != crc:
+        raise SnapshotError(f"{name}: checksum mismatch")
+    engine = restore_state(decode_state(payload))
+    if engine.last_seq != seq:
+        raise SnapshotError(f"{name}: state is at seq {engine.last_seq}, header says {seq}")
+    recomputed = state_hash(engine)
+    if recomputed != digest.hex():
+        raise SnapshotError(f"{name}: restored state hash {recomputed[:16]} != {digest.hex()[:16]}")
+    return LoadedSnapshot(engine, seq, recomputed, Path(name), ())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SnapshotStore:
+    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError("keep at least one snapshot")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self.load_failures = 0
+
+    def list(self) -> list[SnapshotInfo]:
+        """Snapshots on disk, oldest first."""
+        out = []
+        for p in self.directory.iterdir():
+            m = SNAPSHOT_RE.match(p.name)
+            if m:
+                out.append(SnapshotInfo(p, int(m.group(1)), p.stat().st_size))
+        return sorted(out, key=lambda s: s.seq)
+
+    def write(self, engine: MatchingEngine) -> WrittenSnapshot:
+        started = time.perf_counter()
+        data, digest = encode_snapshot(engine)
+        final = self.directory / f"snapshot-{engine.last_seq:020d}.snap"
+        tmp = final.with_suffix(".snap.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        self._prune()
+        return WrittenSnapshot(final, engine.last_seq, digest, len(data), time.perf_counter() - started)
+
+    def _prune(self) -> None:
+        for info in self.list()[: -self.keep]:
+            info.path.unlink(missing_ok=True)
+        for stale in self.directory.glob("*.snap.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def verify(self, info: SnapshotInfo) -> LoadedSnapshot:
+        return decode_snapshot(info.path.read_bytes(), str(info.path))
+
+    def load_newest_valid(self, max_seq: int | None = None) -> LoadedSnapshot | None:
+        """The newest snapshot that verifies (and covers no more than `max_seq`), falling
+        back past damaged ones; None when there is none."""
+        skipped: list[tuple[Path, str]] = []
+        for info in reversed(self.list()):
+            if max_seq is not None and info.seq > max_seq:
+                reason = f"covers seq {info.seq}, beyond the journal's last seq {max_seq}"
+                log.error("snapshot %s skipped: %s", info.path, reason)
+                skipped.append((info.path, reason))
+                continue
+            try:
+                loaded = self.verify(info)
+            except (SnapshotError, ValueError, OSError) as exc:
+                self.load_failures += 1
+                log.error("snapshot %s failed verification, falling back: %s", info.path, exc)
+                skipped.append((info.path, str(exc)))
+                continue
+            return LoadedSnapshot(loaded.engine, loaded.seq, loaded.state_hash, info.path, tuple(skipped))
+        return None
