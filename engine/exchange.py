@@ -14,7 +14,9 @@ again once writes succeed.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +65,41 @@ def journal_failure_rejection(cmd, reason: RejectReason = RejectReason.JOURNAL_W
     )
 
 
+class DataDirLocked(RuntimeError):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data directory for the life of the process (released
+    by the kernel even on SIGKILL): two writers on one journal would corrupt it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DataDirLocked(f"{data_dir} is in use by {holder}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class ExchangeNode:
     def __init__(self, config: NodeConfig, clock=time.monotonic) -> None:
         self.config = config
         self._clock = clock
         data_dir = Path(config.data_dir)
+        self._lock_fd = lock_data_dir(data_dir)
+        try:
+            self._open(data_dir)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, data_dir: Path) -> None:
+        config = self.config
+        clock = self._clock
         self.journal = FileJournal(data_dir / "journal", config.segment_bytes, config.fsync)
         self.snapshots = SnapshotStore(data_dir / "snapshots", keep=config.keep_snapshots)
         self.recovered: Recovered = recover(self.journal, self.snapshots)
@@ -134,3 +166,6 @@ class ExchangeNode:
 
     def close(self) -> None:
         self.journal.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1

@@ -148,7 +148,10 @@ class FileJournal:
         directory: str | os.PathLike,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
+        read_only: bool = False,
     ) -> None:
+        """`read_only` opens for reading alone (another process may be appending): a torn
+        tail is left in place, only the whole records before it are read."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
@@ -159,15 +162,16 @@ class FileJournal:
         self.last_fsync_ns = 0
         self._inject_errno: int | None = None
         self._pending_truncate = False
+        self.read_only = read_only
         report = scan(self.directory)
         if report.damage is not None:
             raise report.damage
-        if report.torn_tail_bytes:
+        if report.torn_tail_bytes and not read_only:
             self._truncate_torn_tail(report)
         self.segments = report.segments
         self._last_seq = report.last_seq
         self._fd = -1
-        if self.segments:
+        if self.segments and not read_only:
             self._fd = os.open(self.segments[-1].path, os.O_WRONLY)
         self._closed = False
 
@@ -202,8 +206,8 @@ class FileJournal:
         return sum(s.size for s in self.segments)
 
     def append(self, commands: Sequence) -> int:
-        if self._closed:
-            raise JournalError("journal is closed")
+        if self._closed or self.read_only:
+            raise JournalError("journal is closed" if self._closed else "journal is open read-only")
         if not commands:
             return 0
         first = commands[0].seq

@@ -1,0 +1,217 @@
+"""`loom journal …` and `loom snapshot …`: look into and look after a node's data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from engine.journal import JournalCorruptError
+from engine.journal.segments import FileJournal, repair, scan
+
+
+def _journal_dir(path: str) -> Path:
+    """Accept either the node's data directory or its journal directory."""
+    p = Path(path)
+    return p / "journal" if (p / "journal").is_dir() else p
+
+
+def _snapshot_dir(path: str) -> Path:
+    p = Path(path)
+    return p / "snapshots" if (p / "snapshots").is_dir() else p
+
+
+def cmd_journal_inspect(args: argparse.Namespace) -> int:
+    directory = _journal_dir(args.path)
+    if not directory.is_dir():
+        print(f"no journal at {directory}")
+        return 2
+    report = scan(directory)
+    verdict = "ok"
+    if report.damage is not None:
+        verdict = f"DAMAGED: {report.damage.problem} in {report.damage.path} at byte {report.damage.offset}"
+        if report.damage.seq is not None:
+            verdict += f" (sequence {report.damage.seq})"
+    elif report.torn_tail_bytes:
+        verdict = (
+            f"torn tail: {report.torn_tail_bytes} bytes at the end of {report.torn_tail_path} "
+            "(an unacknowledged batch; truncated on the next start)"
+        )
+    result = {
+        "path": str(directory),
+        "segments": [
+            {
+                "file": s.path.name,
+                "first_seq": s.first_seq,
+                "last_seq": s.last_seq,
+                "records": s.records,
+                "bytes": s.size,
+                "version": s.version,
+            }
+            for s in report.segments
+        ],
+        "records": report.records,
+        "first_seq": report.first_seq,
+        "last_seq": report.last_seq,
+        "bytes": report.bytes,
+        "verdict": verdict,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"journal {directory}")
+        for s in result["segments"]:
+            print(
+                f"  {s['file']}  seq {s['first_seq']}..{s['last_seq']}  "
+                f"{s['records']} records  {s['bytes']:,} bytes  format v{s['version']}"
+            )
+        print(
+            f"  {report.records:,} records (group-commit batches), commands seq "
+            f"{report.first_seq}..{report.last_seq}, {report.bytes:,} bytes"
+        )
+        print(f"  integrity: {verdict}")
+    return 1 if report.damage is not None else 0
+
+
+def cmd_journal_replay(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.matcher import MatchingEngine
+    from engine.recovery import replay
+    from engine.state import state_hash
+
+    directory = _journal_dir(args.path)
+    try:
+        journal = FileJournal(directory, read_only=args.read_only)
+    except JournalCorruptError as exc:
+        print(exc)
+        return 1
+    total = journal.last_seq
+    engine = MatchingEngine([])
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} commands"),
+        TimeRemainingColumn(),
+        disable=args.json,
+    ) as progress:
+        task = progress.add_task("replay", total=total)
+        commands, events = replay(engine, journal, 1, lambda done, _ev: progress.update(task, completed=done))
+    elapsed = time.perf_counter() - started
+    journal.close()
+    result = {
+        "commands": commands,
+        "events": events,
+        "seconds": round(elapsed, 3),
+        "commands_per_s": round(commands / elapsed) if elapsed else 0,
+        "events_per_s": round(events / elapsed) if elapsed else 0,
+        "last_seq": engine.last_seq,
+        "state_hash": state_hash(engine),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"replayed {commands:,} commands -> {events:,} events in {elapsed:.2f} s "
+            f"({result['commands_per_s']:,} commands/s, {result['events_per_s']:,} events/s)"
+        )
+        print(f"last seq {engine.last_seq}, state hash {result['state_hash']}")
+    return 0
+
+
+def cmd_journal_repair(args: argparse.Namespace) -> int:
+    directory = _journal_dir(args.path)
+    if not args.yes:
+        report = scan(directory)
+        if report.damage is None:
+            print("journal is intact; nothing to repair")
+            return 0
+        print(f"would truncate at: {report.damage}")
+        print("re-run with --yes to truncate the journal there (later records are lost)")
+        return 1
+    report = repair(directory)
+    if report.damage is None:
+        print("journal is intact" + (" (a torn tail was truncated)" if report.torn_tail_bytes else ""))
+    else:
+        print(f"repaired: truncated at {report.damage.path} byte {report.damage.offset}")
+    after = scan(directory)
+    print(f"journal now holds seq {after.first_seq}..{after.last_seq}")
+    return 0
+
+
+def cmd_snapshot_list(args: argparse.Namespace) -> int:
+    from engine.snapshots import SnapshotStore
+
+    store = SnapshotStore(_snapshot_dir(args.path))
+    infos = store.list()
+    if args.json:
+        print(json.dumps([{"file": i.path.name, "seq": i.seq, "bytes": i.size} for i in infos]))
+    else:
+        for i in infos:
+            print(f"{i.path.name}  seq {i.seq}  {i.size:,} bytes")
+        if not infos:
+            print("no snapshots")
+    return 0
+
+
+def cmd_snapshot_verify(args: argparse.Namespace) -> int:
+    from engine.snapshots import SnapshotError, SnapshotStore
+
+    store = SnapshotStore(_snapshot_dir(args.path))
+    bad = 0
+    for info in store.list():
+        try:
+            loaded = store.verify(info)
+            print(f"ok   {info.path.name}  seq {loaded.seq}  hash {loaded.state_hash[:16]}")
+        except (SnapshotError, ValueError) as exc:
+            bad += 1
+            print(f"BAD  {info.path.name}: {exc}")
+    return 1 if bad else 0
+
+
+def cmd_snapshot_take(args: argparse.Namespace) -> int:
+    from engine.exchange import ExchangeNode, NodeConfig
+
+    node = ExchangeNode(NodeConfig(Path(args.path)))
+    try:
+        written = node.take_snapshot()
+    finally:
+        node.close()
+    print(f"snapshot {written.path} at seq {written.seq}, {written.size:,} bytes")
+    print(f"state hash {written.state_hash}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    journal = sub.add_parser("journal", help="inspect, replay or repair a journal")
+    jsub = journal.add_subparsers(dest="journal_command", required=True)
+    p = jsub.add_parser("inspect", help="segments, sequence range and integrity verdict")
+    p.add_argument("path", help="data directory or journal directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_journal_inspect)
+    p = jsub.add_parser("replay", help="replay into a fresh engine: events/s and the state hash")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--read-only", action="store_true", help="do not truncate a torn tail (inspect a live node's journal)"
+    )
+    p.set_defaults(func=cmd_journal_replay)
+    p = jsub.add_parser("repair", help="truncate the journal at the first damage (explicit, lossy)")
+    p.add_argument("path")
+    p.add_argument("--yes", action="store_true", help="really truncate")
+    p.set_defaults(func=cmd_journal_repair)
+
+    snap = sub.add_parser("snapshot", help="take, list or verify snapshots")
+    ssub = snap.add_subparsers(dest="snapshot_command", required=True)
+    p = ssub.add_parser("take", help="recover the node's state offline and snapshot it")
+    p.add_argument("path", help="data directory (the node must not be running)")
+    p.set_defaults(func=cmd_snapshot_take)
+    p = ssub.add_parser("list")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot_list)
+    p = ssub.add_parser("verify", help="check every snapshot's checksum and state hash")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_snapshot_verify)
