@@ -104,7 +104,10 @@ class ExchangeNode:
         self.snapshots = SnapshotStore(data_dir / "snapshots", keep=config.keep_snapshots)
         self.recovered: Recovered = recover(self.journal, self.snapshots)
         self.engine = self.recovered.engine
-        self.sequencer = Sequencer(last_seq=self.engine.last_seq)
+        last_ts = 0
+        if self.journal.last_seq:
+            last_ts = next(iter(self.journal.read(self.journal.last_seq))).ts
+        self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
         self.last_snapshot_seq = self.recovered.snapshot_seq
         self.last_snapshot_at = clock()
         self.last_snapshot: WrittenSnapshot | None = None

@@ -258,7 +258,9 @@ class MatchingEngine:
                     OrderCancelled(seq, ts, oid, account, symbol, C.SELF_TRADE, remaining, qty - remaining)
                 )
                 return events
-        if order_type == MARKET:
+        if tif == FOK:  # nothing to trade against at all
+            events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
+        elif order_type == MARKET:
             events.append(
                 OrderCancelled(seq, ts, oid, account, symbol, C.NO_LIQUIDITY, remaining, qty - remaining)
             )
@@ -286,8 +288,9 @@ class MatchingEngine:
             level.qty += remaining
             acct.open[oid] = order
         else:
-            reason = C.IOC_REMAINDER if tif == IOC else C.FOK_NOT_FILLABLE
-            events.append(OrderCancelled(seq, ts, oid, account, symbol, reason, remaining, qty - remaining))
+            events.append(
+                OrderCancelled(seq, ts, oid, account, symbol, C.IOC_REMAINDER, remaining, qty - remaining)
+            )
         return events
 
     def _list_instrument(self, cmd: ListInstrument) -> list:
@@ -437,7 +440,10 @@ class MatchingEngine:
             if oid is None:
                 return None, R.UNKNOWN_ORDER
             order = acct.open.get(oid)
-            return (order, 0) if order is not None else (None, R.ORDER_NOT_OPEN)
+            # A client id replaced by an amend (FIX OrigClOrdID) no longer names the order.
+            if order is None or order.client_order_id != clid:
+                return None, R.ORDER_NOT_OPEN
+            return order, 0
         order = acct.open.get(oid)
         return (order, 0) if order is not None else (None, R.UNKNOWN_ORDER)
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 
 class Sequencer:
-    def __init__(self, last_seq: int = 0, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, last_seq: int = 0, clock: Callable[[], int] = time.time_ns, last_ts: int = 0) -> None:
         self.last_seq = last_seq
         self._clock = clock
-        self._last_ts = 0
+        self._last_ts = last_ts  # the journal's last timestamp: time never runs backwards
 
     def stamp(self, cmd):
         """Give `cmd` the next sequence number and a timestamp that never goes backwards

@@ -1,6 +1,10 @@
 """The engine's whole state as one plain record: the basis of the state hash and of
 snapshots. Export and restore are exact inverses; the hash covers everything that can
 change a future event, so equal histories give equal hashes in any process.
+
+An exported state shares the live engine's order objects, and a restored engine takes
+ownership of the objects it is given: go through encode/decode (as snapshots do) to get an
+independent copy.
 """
 
 from __future__ import annotations
