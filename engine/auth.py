@@ -1,0 +1,73 @@
+"""Accounts, API keys and per-session rate limits.
+
+Keys are kept only as SHA-256 digests and compared in constant time. One API key names
+one account; the admin key (a separate credential) is for admin endpoints only and trades
+for nobody.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Accounts:
+    def __init__(self, keys: dict[str, str] | None = None, admin_key: str = "") -> None:
+        """`keys` maps api key -> account name."""
+        self._by_digest: dict[bytes, str] = {}
+        self._admin = _digest(admin_key) if admin_key else None
+        for key, account in (keys or {}).items():
+            self.add(account, key)
+
+    def add(self, account: str, key: str) -> None:
+        if not account or len(account) > 64:
+            raise ValueError(f"account name must be 1-64 characters: {account!r}")
+        if len(key) < 16:
+            raise ValueError(f"API key for {account} is too short (at least 16 characters)")
+        self._by_digest[_digest(key)] = account
+
+    def authenticate(self, key: str | None) -> str | None:
+        """The account an API key belongs to, or None."""
+        if not key:
+            return None
+        return self._by_digest.get(_digest(key))
+
+    def is_admin(self, key: str | None) -> bool:
+        return bool(key) and self._admin is not None and hmac.compare_digest(_digest(key), self._admin)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(set(self._by_digest.values()))
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class TokenBucket:
+    """`rate` requests per second on average, bursts up to `burst`. The caller passes the
+    time in, so it is trivially testable."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        if self.rate <= 0:
+            return True  # unlimited
+        if self.tokens < 0:
+            self.tokens, self.stamp = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False

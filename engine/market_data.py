@@ -1,0 +1,119 @@
+"""Market data from the durable events: L2 book snapshots and incremental updates with a
+per-symbol sequence number (a client that sees a gap resubscribes), and trades.
+
+After each batch, every symbol the batch touched has its top `depth` levels compared with
+what was last published; the differences go out as one update (qty 0 removes a level).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, Trade
+from engine.matcher import MatchingEngine
+
+log = logging.getLogger("loom.marketdata")
+
+Subscriber = Callable[[dict], None]
+_TOUCHING = (OrderAccepted, OrderCancelled, OrderAmended, OrderDone, Trade)
+
+
+class SymbolFeed:
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.seq = 0
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.book_subscribers: set[Subscriber] = set()
+        self.trade_subscribers: set[Subscriber] = set()
+
+
+class MarketData:
+    def __init__(self, engine: MatchingEngine, depth: int = 50) -> None:
+        self.engine = engine
+        self.depth = depth
+        self.feeds: dict[str, SymbolFeed] = {}
+        self.updates_published = 0
+
+    def feed(self, symbol: str) -> SymbolFeed:
+        feed = self.feeds.get(symbol)
+        if feed is None:
+            feed = self.feeds[symbol] = SymbolFeed(symbol)
+            self._refresh(feed)
+        return feed
+
+    def _levels(self, symbol: str) -> tuple[dict[int, int], dict[int, int]]:
+        book = self.engine.books[symbol]
+        bids = {p: q for p, q, _n in book.bids.depth(self.depth)}
+        asks = {p: q for p, q, _n in book.asks.depth(self.depth)}
+        return bids, asks
+
+    def _refresh(self, feed: SymbolFeed) -> list[list]:
+        bids, asks = self._levels(feed.symbol)
+        changes = []
+        for side, old, new in (("bid", feed.bids, bids), ("ask", feed.asks, asks)):
+            for price, qty in new.items():
+                if old.get(price) != qty:
+                    changes.append([side, price, qty])
+            for price in old:
+                if price not in new:
+                    changes.append([side, price, 0])
+        feed.bids, feed.asks = bids, asks
+        return changes
+
+    def snapshot(self, symbol: str) -> dict:
+        feed = self.feed(symbol)
+        return {
+            "type": "l2snapshot",
+            "symbol": symbol,
+            "seq": feed.seq,
+            "bids": sorted(([p, q] for p, q in feed.bids.items()), reverse=True),
+            "asks": sorted([p, q] for p, q in feed.asks.items()),
+        }
+
+    def on_batch(self, _commands: list, results: list[list]) -> None:
+        touched: set[str] = set()
+        trades: list[Trade] = []
+        for events in results:
+            for ev in events:
+                if isinstance(ev, _TOUCHING):
+                    touched.add(ev.symbol)
+                    if type(ev) is Trade:
+                        trades.append(ev)
+        for symbol in touched:
+            feed = self.feeds.get(symbol)
+            if feed is None or symbol not in self.engine.books:
+                continue  # nobody has asked for it yet: the first subscriber gets a snapshot
+            changes = self._refresh(feed)
+            if changes:
+                feed.seq += 1
+                self.updates_published += 1
+                self._publish(
+                    feed.book_subscribers,
+                    {"type": "l2update", "symbol": symbol, "seq": feed.seq, "changes": changes},
+                )
+        for t in trades:
+            feed = self.feeds.get(t.symbol)
+            if feed is not None and feed.trade_subscribers:
+                self._publish(
+                    feed.trade_subscribers,
+                    {
+                        "type": "trade",
+                        "symbol": t.symbol,
+                        "trade_id": t.trade_id,
+                        "price": t.price,
+                        "qty": t.qty,
+                        "aggressor": "buy" if t.aggressor_side == 1 else "sell",
+                        "seq": t.seq,
+                        "ts": t.ts,
+                    },
+                )
+
+    def _publish(self, subscribers: set[Subscriber], message: dict) -> None:
+        for sub in list(subscribers):
+            try:
+                sub(message)
+            except Exception:
+                log.exception("market data subscriber failed; dropping it")
+                subscribers.discard(sub)

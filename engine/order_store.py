@@ -1,0 +1,181 @@
+"""The order store: a read model of orders built from the durable events, for order
+queries (`GET /v1/orders/{id}`), open-order lists and recent trades. Open orders are all
+kept; finished ones are kept up to a bound (the journal holds the full history)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from engine.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
+from engine.events import (
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderDone,
+    OrderRejected,
+    Trade,
+)
+
+OPEN = "open"
+FILLED = "filled"
+CANCELLED = "cancelled"
+
+
+@dataclass
+class Fill:
+    trade_id: int
+    price: int
+    qty: int
+    seq: int
+    ts: int
+    liquidity: str  # "maker" or "taker"
+
+    def to_json(self) -> dict:
+        return {
+            "trade_id": self.trade_id,
+            "price": self.price,
+            "qty": self.qty,
+            "seq": self.seq,
+            "ts": self.ts,
+            "liquidity": self.liquidity,
+        }
+
+
+@dataclass
+class OrderView:
+    order_id: int
+    account: str
+    client_order_id: str
+    symbol: str
+    side: int
+    order_type: int
+    tif: int
+    price: int
+    qty: int
+    leaves: int
+    filled: int = 0
+    status: str = OPEN
+    cancel_reason: int = 0
+    accepted_seq: int = 0
+    accepted_ts: int = 0
+    updated_seq: int = 0
+    updated_ts: int = 0
+    fills: list[Fill] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "order_id": self.order_id,
+            "account": self.account,
+            "client_order_id": self.client_order_id,
+            "symbol": self.symbol,
+            "side": Side(self.side).name.lower(),
+            "type": OrderType(self.order_type).name.lower(),
+            "tif": TimeInForce(self.tif).name.lower(),
+            "price": self.price,
+            "qty": self.qty,
+            "leaves": self.leaves,
+            "filled": self.filled,
+            "status": self.status,
+            "cancel_reason": CancelReason(self.cancel_reason).name.lower() if self.cancel_reason else None,
+            "accepted_seq": self.accepted_seq,
+            "accepted_ts": self.accepted_ts,
+            "updated_seq": self.updated_seq,
+            "updated_ts": self.updated_ts,
+            "fills": [f.to_json() for f in self.fills],
+        }
+
+
+def reject_reason_name(code: int) -> str:
+    try:
+        return RejectReason(code).name
+    except ValueError:
+        return f"REASON_{code}"
+
+
+class OrderStore:
+    def __init__(self, keep_done: int = 100_000, keep_trades: int = 1_000) -> None:
+        self.orders: dict[int, OrderView] = {}  # open orders
+        self.done: OrderedDict[int, OrderView] = OrderedDict()  # most recent last
+        self.keep_done = keep_done
+        self.keep_trades = keep_trades
+        self.trades: dict[str, deque[Trade]] = {}
+
+    def get(self, order_id: int) -> OrderView | None:
+        return self.orders.get(order_id) or self.done.get(order_id)
+
+    def open_orders(self, account: str, symbol: str = "") -> list[OrderView]:
+        return [
+            o for o in self.orders.values() if o.account == account and (not symbol or o.symbol == symbol)
+        ]
+
+    def recent_trades(self, symbol: str, limit: int = 100) -> list[Trade]:
+        trades = self.trades.get(symbol)
+        return list(trades)[-limit:] if trades else []
+
+    def _finish(self, view: OrderView, status: str) -> None:
+        view.status = status
+        self.orders.pop(view.order_id, None)
+        self.done[view.order_id] = view
+        if len(self.done) > self.keep_done:
+            self.done.popitem(last=False)
+
+    def on_batch(self, _commands: list, results: list[list]) -> None:
+        for events in results:
+            for ev in events:
+                self.apply(ev)
+
+    def apply(self, ev) -> None:
+        kind = type(ev)
+        if kind is OrderAccepted:
+            self.orders[ev.order_id] = OrderView(
+                ev.order_id,
+                ev.account,
+                ev.client_order_id,
+                ev.symbol,
+                ev.side,
+                ev.order_type,
+                ev.tif,
+                ev.price,
+                ev.qty,
+                ev.qty,
+                accepted_seq=ev.seq,
+                accepted_ts=ev.ts,
+                updated_seq=ev.seq,
+                updated_ts=ev.ts,
+            )
+        elif kind is Trade:
+            trades = self.trades.get(ev.symbol)
+            if trades is None:
+                trades = self.trades[ev.symbol] = deque(maxlen=self.keep_trades)
+            trades.append(ev)
+            for oid, leaves, liquidity in (
+                (ev.maker_order_id, ev.maker_leaves, "maker"),
+                (ev.taker_order_id, ev.taker_leaves, "taker"),
+            ):
+                view = self.orders.get(oid)
+                if view is not None:
+                    view.filled += ev.qty
+                    view.leaves = leaves
+                    view.updated_seq, view.updated_ts = ev.seq, ev.ts
+                    view.fills.append(Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity))
+        elif kind is OrderDone:
+            view = self.orders.get(ev.order_id)
+            if view is not None:
+                view.leaves = 0
+                self._finish(view, FILLED)
+        elif kind is OrderCancelled:
+            view = self.orders.get(ev.order_id)
+            if view is not None:
+                view.leaves = 0
+                view.cancel_reason = ev.reason
+                view.updated_seq, view.updated_ts = ev.seq, ev.ts
+                self._finish(view, CANCELLED)
+        elif kind is OrderAmended:
+            view = self.orders.get(ev.order_id)
+            if view is not None:
+                view.price, view.qty, view.leaves = ev.price, ev.qty, ev.leaves
+                view.client_order_id = ev.client_order_id
+                view.updated_seq, view.updated_ts = ev.seq, ev.ts
+        elif kind is OrderRejected:
+            pass  # never an order: the submitter gets the rejection directly
