@@ -109,9 +109,12 @@ class ExchangeNode:
             last_ts = next(iter(self.journal.read(self.journal.last_seq))).ts
         self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
         self.last_snapshot_seq = self.recovered.snapshot_seq
+        self.last_snapshot_attempt_seq = self.last_snapshot_seq
         self.last_snapshot_at = clock()
+        self.snapshot_failures = 0
         self.last_snapshot: WrittenSnapshot | None = None
         self.rejected_batches = 0
+        self.journal_ok = True  # did the last journal write succeed (readiness)
         new = [i for i in config.instruments if i.symbol not in self.engine.instruments]
         if new:
             results = self.submit([ListInstrument(i) for i in new])
@@ -133,8 +136,10 @@ class ExchangeNode:
         except JournalWriteError as exc:
             self.sequencer.rewind(before)
             self.rejected_batches += 1
+            self.journal_ok = False
             log.error("batch of %d commands refused: %s", len(commands), exc)
             return [[journal_failure_rejection(cmd)] for cmd in commands]
+        self.journal_ok = True
         apply = self.engine.apply
         results = [apply(cmd) for cmd in commands]
         self._maybe_snapshot()
@@ -144,18 +149,26 @@ class ExchangeNode:
         cfg = self.config
         due = (
             cfg.snapshot_every_commands
-            and self.engine.last_seq - self.last_snapshot_seq >= cfg.snapshot_every_commands
+            and self.engine.last_seq - self.last_snapshot_attempt_seq >= cfg.snapshot_every_commands
         ) or (
             cfg.snapshot_every_s
             and self._clock() - self.last_snapshot_at >= cfg.snapshot_every_s
             and self.engine.last_seq > self.last_snapshot_seq
         )
         if due:
-            self.take_snapshot()
+            # The batch is already durable and applied: a snapshot that cannot be written
+            # must not fail it. Logged and counted; tried again after another interval.
+            try:
+                self.take_snapshot()
+            except OSError as exc:
+                self.snapshot_failures += 1
+                self.last_snapshot_attempt_seq = self.engine.last_seq
+                self.last_snapshot_at = self._clock()
+                log.error("scheduled snapshot at seq %d failed: %s", self.engine.last_seq, exc)
 
     def take_snapshot(self) -> WrittenSnapshot:
         written = self.snapshots.write(self.engine)
-        self.last_snapshot_seq = written.seq
+        self.last_snapshot_seq = self.last_snapshot_attempt_seq = written.seq
         self.last_snapshot_at = self._clock()
         self.last_snapshot = written
         log.info(

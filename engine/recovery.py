@@ -90,7 +90,7 @@ def recover(
         engine=engine,
         snapshot_seq=loaded.seq if loaded else 0,
         snapshot_path=str(loaded.path) if loaded else "",
-        snapshots_skipped=len(loaded.skipped) if loaded else (snapshots.load_failures if snapshots else 0),
+        snapshots_skipped=len(snapshots.last_skipped) if snapshots else 0,
         replayed_commands=commands,
         replayed_events=events,
         state_hash=digest,

@@ -24,7 +24,8 @@ BatchListener = Callable[[list, list[list]], None]
 @dataclass
 class _Pending:
     commands: list
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future | None = field(repr=False)
+    callback: Callable[[list[list]], None] | None = field(default=None, repr=False)
 
 
 class ExchangeService:
@@ -73,6 +74,16 @@ class ExchangeService:
         self._wakeup.set()
         return await future
 
+    def enqueue(self, commands: list, callback: Callable[[list[list]], None]) -> None:
+        """Like submit, without a future: `callback(events per command)` runs in the commit
+        loop once the batch is durable. For pipelined sessions (one order per message)
+        where a task or future per order would cost more than the order itself."""
+        if not self.accepting:
+            raise ServiceStopped("the exchange is shutting down")
+        if commands:
+            self._queue.append(_Pending(commands, None, callback))
+            self._wakeup.set()
+
     async def submit_one(self, command) -> list:
         return (await self.submit([command]))[0]
 
@@ -102,7 +113,7 @@ class ExchangeService:
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
                 log.critical("commit loop failed on a batch of %d commands", len(batch), exc_info=True)
                 for pending in [*taken, *self._queue]:
-                    if not pending.future.done():
+                    if pending.future is not None and not pending.future.done():
                         pending.future.set_exception(exc)
                 raise
             self.batches += 1
@@ -110,7 +121,12 @@ class ExchangeService:
             start = 0
             for pending in taken:
                 end = start + len(pending.commands)
-                if not pending.future.done():  # the submitter may have been cancelled
+                if pending.callback is not None:
+                    try:
+                        pending.callback(results[start:end])
+                    except Exception:
+                        log.exception("submission callback failed")
+                elif not pending.future.done():  # the submitter may have been cancelled
                     pending.future.set_result(results[start:end])
                 start = end
             for listener in self._listeners:

@@ -108,6 +108,8 @@ class SnapshotStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self.load_failures = 0
+        self.write_failures = 0
+        self.last_skipped: list[tuple[Path, str]] = []  # from the last load_newest_valid
 
     def list(self) -> list[SnapshotInfo]:
         """Snapshots on disk, oldest first."""
@@ -123,12 +125,17 @@ class SnapshotStore:
         data, digest = encode_snapshot(engine)
         final = self.directory / f"snapshot-{engine.last_seq:020d}.snap"
         tmp = final.with_suffix(".snap.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+        except OSError:
+            self.write_failures += 1
+            tmp.unlink(missing_ok=True)
+            raise
         self._prune()
         return WrittenSnapshot(final, engine.last_seq, digest, len(data), time.perf_counter() - started)
 
@@ -145,10 +152,19 @@ class SnapshotStore:
         """The newest snapshot that verifies (and covers no more than `max_seq`), falling
         back past damaged ones; None when there is none."""
         skipped: list[tuple[Path, str]] = []
+        self.last_skipped = skipped
         for info in reversed(self.list()):
             if max_seq is not None and info.seq > max_seq:
-                reason = f"covers seq {info.seq}, beyond the journal's last seq {max_seq}"
-                log.error("snapshot %s skipped: %s", info.path, reason)
+                # From a history the journal no longer holds (repaired, or a tail lost with
+                # fsync off): set aside for good, or it would be taken for the new history
+                # once the journal grows past its seq.
+                stale = info.path.with_name(info.path.name + ".stale")
+                os.replace(info.path, stale)
+                _fsync_dir(self.directory)
+                reason = (
+                    f"covers seq {info.seq}, beyond the journal's last seq {max_seq}; moved to {stale.name}"
+                )
+                log.error("snapshot %s set aside: %s", info.path, reason)
                 skipped.append((info.path, reason))
                 continue
             try:

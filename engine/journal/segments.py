@@ -89,7 +89,9 @@ def scan(directory: str | os.PathLike) -> ScanReport:
         data = path.read_bytes()
         header = decode_segment_header(data)
         if header is None:
-            if is_last and len(data) < SEGMENT_HEADER.size:
+            # A crash while creating the segment leaves it short or zero-filled: nothing in
+            # it was ever acknowledged.
+            if is_last and (len(data) < SEGMENT_HEADER.size or not data.strip(b"\0")):
                 # Crash while creating the segment: nothing in it was ever acknowledged.
                 report.torn_tail_bytes = len(data)
                 report.torn_tail_path = str(path)
@@ -166,7 +168,7 @@ class FileJournal:
         report = scan(self.directory)
         if report.damage is not None:
             raise report.damage
-        if report.torn_tail_bytes and not read_only:
+        if report.torn_tail_path and not read_only:
             self._truncate_torn_tail(report)
         self.segments = report.segments
         self._last_seq = report.last_seq
@@ -212,11 +214,14 @@ class FileJournal:
             return 0
         first = commands[0].seq
         last = commands[-1].seq
-        if first != self._last_seq + 1 or last - first + 1 != len(commands):
-            raise JournalError(
-                f"batch seq {first}..{last} ({len(commands)} commands) does not continue "
-                f"the journal at {self._last_seq}"
-            )
+        expected = self._last_seq + 1
+        for cmd in commands:  # every seq, not only the ends: replay would refuse a disorder
+            if cmd.seq != expected:
+                raise JournalError(
+                    f"batch seq {first}..{last} ({len(commands)} commands) does not continue the "
+                    f"journal at {self._last_seq}: found seq {cmd.seq} where {expected} belongs"
+                )
+            expected += 1
         record = encode_record(commands)
         try:
             if self._pending_truncate:
@@ -333,7 +338,7 @@ def repair(directory: str | os.PathLike) -> ScanReport:
     report = scan(directory)
     damage = report.damage
     if damage is None:
-        if report.torn_tail_bytes:
+        if report.torn_tail_path:
             FileJournal(directory).close()  # opening truncates a torn tail
         return report
     damaged = Path(damage.path)
