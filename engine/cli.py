@@ -34,9 +34,31 @@ def _cmd_bench_recovery(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
+    import asyncio
+    import logging
 
-    return run_demo(duration=args.duration, rate=args.rate, seed=args.seed)
+    from engine.app import serve
+    from engine.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(
+            args.config,
+            data_dir=args.data_dir,
+            host=args.host,
+            http_port=args.http_port,
+            fix_port=args.fix_port,
+            binary_port=args.binary_port,
+            demo=args.demo or None,
+            demo_rate=args.rate,
+        )
+    except ConfigError as exc:
+        print(f"loom run: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.instruments:
+        print("loom run: no instruments configured (use --demo or a config file)", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(cfg))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the exchange (for now: the in-process demo flow)")
-    run.add_argument("--demo", action="store_true", help="drive simulated traders (default for now)")
-    run.add_argument("--duration", type=float, default=0, help="seconds to run; 0 = until Ctrl-C")
-    run.add_argument("--rate", type=int, default=20_000, help="demo orders per second")
-    run.add_argument("--seed", type=int, default=7)
+    run = sub.add_parser("run", help="run the exchange (single node, local journal)")
+    run.add_argument("--config", help="TOML configuration file (or LOOM_CONFIG)")
+    run.add_argument("--demo", action="store_true", help="demo instruments, accounts and simulated traders")
+    run.add_argument("--rate", type=int, default=None, help="demo orders per second (default 2000)")
+    run.add_argument("--data-dir", help="where the journal and snapshots live (default ./data)")
+    run.add_argument("--host", help="listen address (loopback unless LOOM_ALLOW_PUBLIC_BIND=1)")
+    run.add_argument("--http-port", type=int, help="REST and WebSocket port (0 = any free port)")
+    run.add_argument("--fix-port", type=int, help="FIX 4.4 port (-1 = off)")
+    run.add_argument("--binary-port", type=int, help="binary protocol port (-1 = off)")
     run.set_defaults(func=_cmd_run)
 
     from engine.cli_persistence import add_parsers as add_persistence_parsers

@@ -4,14 +4,11 @@ takers crossing the spread, so the book, the trades and (later) the metrics move
 from __future__ import annotations
 
 import random
-import time
 
 from engine.bench.workload import RestingPool
 from engine.commands import Cancel, NewOrder
 from engine.domain import Instrument, OrderType, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderDone, Trade
-from engine.matcher import MatchingEngine
-from engine.sequencer import Sequencer
+from engine.events import OrderAccepted, OrderCancelled, OrderDone
 
 DEMO_INSTRUMENTS = [
     Instrument("BTC-USD", tick_size=5, lot_size=1, min_qty=1, max_qty=10_000),
@@ -79,35 +76,24 @@ class DemoTraders:
                 self.resting[ev.symbol].discard(ev.order_id)
 
 
-def run_demo(duration: float = 0, rate: int = 20_000, seed: int = 7) -> int:
-    engine = MatchingEngine(DEMO_INSTRUMENTS)
-    traders = DemoTraders(DEMO_INSTRUMENTS, seed)
-    sequencer = Sequencer()
-    print(f"loom demo: {len(DEMO_INSTRUMENTS)} symbols, {rate:,} orders/s; Ctrl-C to stop", flush=True)
-    start = time.monotonic()
-    next_report = start + 1.0
-    sent = trades = 0
-    tick = 0.01  # pace in 10 ms slices
-    while not duration or time.monotonic() - start < duration:
-        slice_start = time.monotonic()
-        for _ in range(max(1, int(rate * tick))):
-            events = engine.apply(sequencer.stamp(traders.next_command()))
+async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: float = 0.01) -> None:
+    """Submit the simulated traders' orders through the real service (journaled, durable,
+    visible to every gateway and metric) at about `rate` orders per second."""
+    import asyncio
+
+    traders = DemoTraders(
+        [service.node.engine.instruments[s] for s in sorted(service.node.engine.instruments)], seed
+    )
+    per_slice = max(1, round(rate * slice_s))
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        batch = [traders.next_command() for _ in range(per_slice)]
+        for events in await service.submit(batch):
             traders.observe(events)
-            sent += 1
-            trades += sum(1 for e in events if type(e) is Trade)
-        now = time.monotonic()
-        if now >= next_report:
-            tops = []
-            for sym, book in engine.books.items():
-                tops.append(f"{sym} {book.bids.best}/{book.asks.best}")
-            resting = sum(len(a.open) for a in engine.accounts.values())
-            print(
-                f"seq {sequencer.last_seq:,}  orders {sent:,}  trades {trades:,}  resting {resting:,}  "
-                + "  ".join(tops),
-                flush=True,
-            )
-            next_report = now + 1.0
-        spare = tick - (time.monotonic() - slice_start)
-        if spare > 0:
-            time.sleep(spare)
-    return 0
+        next_at += slice_s
+        delay = next_at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            next_at = loop.time()  # fell behind: do not try to catch up in a burst

@@ -1,0 +1,119 @@
+"""Node configuration: a TOML file, then LOOM_* environment variables, then flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.domain import Instrument
+
+DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
+DEMO_ADMIN_KEY = "demo-admin-key-000000"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    fix_port: int = 9878  # -1 disables a listener, 0 picks a free port
+    binary_port: int = 9879
+    admin_key: str = ""
+    api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
+    instruments: list[Instrument] = field(default_factory=list)
+    rate_limit: float = 0.0  # requests per second per session; 0 = off
+    rate_burst: float = 0.0
+    snapshot_every_commands: int = 500_000
+    snapshot_every_s: float = 300.0
+    keep_snapshots: int = 3
+    fsync: bool = True
+    demo: bool = False
+    demo_rate: int = 2_000
+
+
+_ENV = {
+    "LOOM_DATA_DIR": ("data_dir", Path),
+    "LOOM_HOST": ("host", str),
+    "LOOM_HTTP_PORT": ("http_port", int),
+    "LOOM_FIX_PORT": ("fix_port", int),
+    "LOOM_BINARY_PORT": ("binary_port", int),
+    "LOOM_ADMIN_KEY": ("admin_key", str),
+    "LOOM_RATE_LIMIT": ("rate_limit", float),
+}
+
+
+def load_config(path: str | None, env: dict[str, str] | None = None, **overrides) -> Config:
+    env = dict(os.environ if env is None else env)
+    cfg = Config()
+    path = path or env.get("LOOM_CONFIG")
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _apply_file(cfg, raw, path)
+    for var, (name, kind) in _ENV.items():
+        if var in env:
+            try:
+                setattr(cfg, name, kind(env[var]))
+            except ValueError:
+                raise ConfigError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(cfg, name, Path(value) if name == "data_dir" else value)
+    if cfg.demo:
+        if not cfg.api_keys:
+            cfg.api_keys = dict(DEMO_KEYS)
+        if not cfg.admin_key:
+            cfg.admin_key = DEMO_ADMIN_KEY
+        if not cfg.instruments:
+            from engine.demo import DEMO_INSTRUMENTS
+
+            cfg.instruments = list(DEMO_INSTRUMENTS)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
+        raise ConfigError(
+            f"host {cfg.host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
+            "this machine (put TLS and a firewall in front first)"
+        )
+    return cfg
+
+
+def _apply_file(cfg: Config, raw: dict, path: str) -> None:
+    simple = {
+        "data_dir": Path,
+        "host": str,
+        "http_port": int,
+        "fix_port": int,
+        "binary_port": int,
+        "admin_key": str,
+        "rate_limit": float,
+        "rate_burst": float,
+        "fsync": bool,
+    }
+    for key, value in raw.items():
+        if key in simple:
+            setattr(cfg, key, simple[key](value))
+        elif key == "snapshots":
+            cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
+            cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
+            cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
+        elif key == "instruments":
+            try:
+                cfg.instruments = [Instrument(**spec) for spec in value]
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}: bad [[instruments]] entry: {exc}") from None
+        elif key == "accounts":
+            for entry in value:
+                if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
+                    raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
+                cfg.api_keys[str(entry["api_key"])] = str(entry["name"])
+        else:
+            raise ConfigError(f"{path}: unknown setting {key!r}")

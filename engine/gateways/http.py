@@ -1,0 +1,632 @@
+"""REST (under /v1) and WebSocket gateway on aiohttp.
+
+Every error is JSON `{"error": {"code": ..., "message": ...}}`; client mistakes are 4xx,
+never 500. Orders are acknowledged only once durable (the service resolves after the
+journal commit). The account always comes from the API key, never from the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from engine.auth import Accounts, TokenBucket
+from engine.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
+from engine.events import OrderRejected
+from engine.gateways.json_events import event_json
+from engine.gateways.openapi import OPENAPI
+from engine.gateways.texts import reject_code, reject_text
+from engine.market_data import MarketData
+from engine.order_store import OrderStore
+from engine.routing import ExecutionRouter
+from engine.service import ExchangeService, ServiceStopped
+
+log = logging.getLogger("loom.http")
+
+MAX_BODY = 64 * 1024
+SIDES = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
+TYPES = {"limit": int(OrderType.LIMIT), "market": int(OrderType.MARKET)}
+TIFS = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC), "fok": int(TimeInForce.FOK)}
+STPS = {m.name.lower(): int(m) for m in SelfTradePrevention}
+_json = msgspec.json.Encoder()
+
+
+class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
+    symbol: str
+    side: Literal["buy", "sell"]
+    qty: int
+    type: Literal["limit", "market"] = "limit"
+    price: int = 0
+    tif: Literal["gtc", "ioc", "fok"] = "gtc"
+    post_only: bool = False
+    stp: Literal["none", "cancel_newest", "cancel_oldest", "cancel_both"] = "cancel_newest"
+    client_order_id: str = ""
+
+
+class AmendRequest(msgspec.Struct, forbid_unknown_fields=True):
+    qty: int = 0  # new total quantity; 0 = unchanged
+    price: int = 0  # 0 = unchanged
+    new_client_order_id: str = ""
+
+
+@dataclass
+class GatewayContext:
+    service: ExchangeService
+    order_store: OrderStore
+    market_data: MarketData
+    router: ExecutionRouter
+    accounts: Accounts
+    rate: float = 0.0  # requests per second per account (REST) or per session (WS); 0 = off
+    burst: float = 0.0
+    take_snapshot: Callable[[], object] | None = None
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    rate_limited: int = 0
+
+    @property
+    def engine(self):
+        return self.service.node.engine
+
+    def allow(self, key: str) -> bool:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst or max(1.0, self.rate))
+        if bucket.allow(time.monotonic()):
+            return True
+        self.rate_limited += 1
+        return False
+
+
+CTX = web.AppKey("ctx", GatewayContext)
+
+
+def error(status: int, code: str, message: str, **extra) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return web.Response(
+        status=status, body=_json.encode(body), content_type="application/json", headers=headers
+    )
+
+
+def ok(body, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_json.encode(body), content_type="application/json")
+
+
+_REJECT_STATUS = {
+    RejectReason.DUPLICATE_CLIENT_ORDER_ID: 409,
+    RejectReason.ORDER_NOT_OPEN: 409,
+    RejectReason.UNKNOWN_ORDER: 404,
+    RejectReason.JOURNAL_WRITE_FAILED: 503,
+}
+
+
+def rejection(ev: OrderRejected) -> web.Response:
+    return error(
+        _REJECT_STATUS.get(ev.reason, 422),
+        reject_code(ev.reason),
+        reject_text(ev.reason),
+        events=[event_json(ev)],
+    )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        code = exc.reason.upper().replace(" ", "_")
+        return error(exc.status, code, exc.text or exc.reason)
+    except ServiceStopped as exc:
+        return error(503, "SHUTTING_DOWN", str(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "INTERNAL", "internal error (logged)")
+
+
+def _api_key(request: web.Request) -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key
+    auth = request.headers.get("Authorization", "")
+    return auth[7:] if auth.startswith("Bearer ") else None
+
+
+class _Denied(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+def _account(request: web.Request) -> str:
+    ctx = request.app[CTX]
+    account = ctx.accounts.authenticate(_api_key(request))
+    if account is None:
+        raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
+    if not ctx.allow(account):
+        raise _Denied(error(429, "RATE_LIMITED", f"more than {ctx.rate:g} requests per second"))
+    return account
+
+
+def authenticated(handler):
+    async def wrapper(request: web.Request) -> web.Response:
+        try:
+            account = _account(request)
+        except _Denied as denied:
+            return denied.response
+        return await handler(request, account)
+
+    return wrapper
+
+
+async def _decode(request: web.Request, kind):
+    body = await request.read()
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise _Denied(error(400, "INVALID_REQUEST", str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise _Denied(error(400, "MALFORMED_JSON", f"body is not valid JSON: {exc}")) from None
+
+
+def _order_id(request: web.Request) -> int:
+    text = request.match_info["order_id"]
+    try:
+        value = int(text)
+    except ValueError:
+        raise _Denied(error(400, "INVALID_ORDER_ID", f"order id must be a whole number: {text!r}")) from None
+    if value <= 0:
+        raise _Denied(error(400, "INVALID_ORDER_ID", "order id must be positive"))
+    return value
+
+
+def new_order_command(account: str, req: OrderRequest) -> NewOrder:
+    return NewOrder(
+        account, req.client_order_id, req.symbol, SIDES[req.side], TYPES[req.type], req.price, req.qty,
+        TIFS[req.tif], req.post_only, STPS[req.stp],
+    )  # fmt: skip
+
+
+def _result(events: list, status: int = 200, order: dict | None = None) -> web.Response:
+    if events and type(events[0]) is OrderRejected:
+        return rejection(events[0])
+    body: dict = {"events": [event_json(e) for e in events]}
+    if order is not None:
+        body["order"] = order
+    return ok(body, status)
+
+
+# -- orders -------------------------------------------------------------------------------
+
+
+@authenticated
+async def post_order(request: web.Request, account: str) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        req = await _decode(request, OrderRequest)
+    except _Denied as denied:
+        return denied.response
+    events = await ctx.service.submit_one(new_order_command(account, req))
+    if type(events[0]) is OrderRejected:
+        return rejection(events[0])
+    view = ctx.order_store.get(events[0].order_id)
+    return _result(events, 201, view.to_json() if view else None)
+
+
+@authenticated
+async def get_order(request: web.Request, account: str) -> web.Response:
+    try:
+        oid = _order_id(request)
+    except _Denied as denied:
+        return denied.response
+    view = request.app[CTX].order_store.get(oid)
+    if view is None or view.account != account:
+        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account in the order store")
+    return ok(view.to_json())
+
+
+@authenticated
+async def delete_order(request: web.Request, account: str) -> web.Response:
+    try:
+        oid = _order_id(request)
+    except _Denied as denied:
+        return denied.response
+    return _result(await request.app[CTX].service.submit_one(Cancel(account, oid)))
+
+
+@authenticated
+async def delete_order_by_client_id(request: web.Request, account: str) -> web.Response:
+    clid = request.match_info["client_order_id"]
+    return _result(await request.app[CTX].service.submit_one(Cancel(account, 0, clid)))
+
+
+@authenticated
+async def patch_order(request: web.Request, account: str) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        oid = _order_id(request)
+        req = await _decode(request, AmendRequest)
+    except _Denied as denied:
+        return denied.response
+    events = await ctx.service.submit_one(
+        Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
+    )
+    view = ctx.order_store.get(oid)
+    return _result(events, 200, view.to_json() if view and view.account == account else None)
+
+
+@authenticated
+async def list_orders(request: web.Request, account: str) -> web.Response:
+    symbol = request.query.get("symbol", "")
+    views = request.app[CTX].order_store.open_orders(account, symbol)
+    return ok({"orders": [v.to_json() for v in sorted(views, key=lambda v: v.order_id)]})
+
+
+@authenticated
+async def cancel_all(request: web.Request, account: str) -> web.Response:
+    symbol = request.query.get("symbol", "")
+    return _result(await request.app[CTX].service.submit_one(CancelAll(account, symbol)))
+
+
+# -- market data and reference --------------------------------------------------------------
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise _Denied(error(400, "INVALID_QUERY", f"{name} must be a whole number")) from None
+    if not lo <= value <= hi:
+        raise _Denied(error(400, "INVALID_QUERY", f"{name} must be between {lo} and {hi}"))
+    return value
+
+
+async def get_book(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    symbol = request.match_info["symbol"]
+    book = ctx.engine.books.get(symbol)
+    if book is None:
+        return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
+    try:
+        depth = _int_query(request, "depth", 10, 1, 1000)
+    except _Denied as denied:
+        return denied.response
+    return ok(
+        {
+            "symbol": symbol,
+            "seq": ctx.engine.last_seq,
+            "bids": [list(level) for level in book.bids.depth(depth)],
+            "asks": [list(level) for level in book.asks.depth(depth)],
+        }
+    )
+
+
+async def get_trades(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    symbol = request.match_info["symbol"]
+    if symbol not in ctx.engine.books:
+        return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
+    try:
+        limit = _int_query(request, "limit", 100, 1, 1000)
+    except _Denied as denied:
+        return denied.response
+    trades = ctx.order_store.recent_trades(symbol, limit)
+    return ok({"symbol": symbol, "trades": [event_json(t) for t in trades]})
+
+
+async def get_instruments(request: web.Request) -> web.Response:
+    engine = request.app[CTX].engine
+    return ok({"instruments": [msgspec.to_builtins(i) for i in engine.instruments.values()]})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    problems = []
+    if not ctx.service.accepting:
+        problems.append("not accepting orders (starting or shutting down)")
+    if not ctx.service.node.journal_ok:
+        problems.append("the last journal write failed")
+    if problems:
+        return error(503, "NOT_READY", "; ".join(problems))
+    return ok({"status": "ready", "seq": ctx.engine.last_seq})
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    return ok(OPENAPI)
+
+
+async def admin_snapshot(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    if ctx.take_snapshot is None:
+        return error(501, "NOT_AVAILABLE", "snapshots are not configured")
+    written = ctx.take_snapshot()
+    return ok(
+        {
+            "seq": written.seq,
+            "path": str(written.path),
+            "bytes": written.size,
+            "state_hash": written.state_hash,
+            "seconds": round(written.duration_s, 4),
+        }
+    )
+
+
+# -- WebSocket ------------------------------------------------------------------------------
+
+
+class WsSession:
+    """One WebSocket connection: order entry, market data and execution streams. Replies
+    and pushes go through an outbox drained by one writer task, so the commit loop never
+    waits on a slow client (a client too far behind is disconnected)."""
+
+    MAX_OUTBOX = 50_000
+
+    def __init__(self, ctx: GatewayContext, ws: web.WebSocketResponse, account: str | None) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.account = account
+        self.outbox: list[str] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.unsubscribers: dict[tuple, Callable[[], None]] = {}
+        self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+
+    def send(self, message: dict) -> None:
+        if self.closed:
+            return
+        if len(self.outbox) >= self.MAX_OUTBOX:
+            log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
+            self.closed = True
+            self.wake.set()
+            return
+        self.outbox.append(_json.encode(message).decode())
+        self.wake.set()
+
+    async def writer(self) -> None:
+        while not self.closed or self.outbox:
+            if not self.outbox:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            batch, self.outbox = self.outbox, []
+            for data in batch:
+                if self.ws.closed:
+                    return
+                await self.ws.send_str(data)
+        if not self.ws.closed:
+            await self.ws.close()
+
+    def fail(self, req_id, code: str, message: str) -> None:
+        self.send({"type": "error", "req_id": req_id, "code": code, "message": message})
+
+    def handle(self, raw: str | bytes) -> None:
+        try:
+            msg = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            self.fail(None, "MALFORMED_JSON", f"message is not valid JSON: {exc}")
+            return
+        if not isinstance(msg, dict):
+            self.fail(None, "INVALID_REQUEST", "a message must be a JSON object with an 'op'")
+            return
+        req_id = msg.pop("req_id", None)
+        op = msg.pop("op", None)
+        handler = _WS_OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self.fail(req_id, "UNKNOWN_OP", f"unknown op {op!r}; one of {sorted(_WS_OPS)}")
+            return
+        try:
+            handler(self, req_id, msg)
+        except msgspec.ValidationError as exc:
+            self.fail(req_id, "INVALID_REQUEST", str(exc))
+        except ServiceStopped as exc:
+            self.fail(req_id, "SHUTTING_DOWN", str(exc))
+
+    def _trading(self, req_id) -> bool:
+        if self.account is None:
+            self.fail(req_id, "UNAUTHENTICATED", "send {'op': 'auth', 'api_key': ...} first")
+            return False
+        if not self.bucket.allow(time.monotonic()):
+            self.ctx.rate_limited += 1
+            self.fail(req_id, "RATE_LIMITED", f"more than {self.ctx.rate:g} requests per second")
+            return False
+        return True
+
+    def _submit(self, req_id, command) -> None:
+        def done(results: list[list]) -> None:
+            events = results[0]
+            if events and type(events[0]) is OrderRejected:
+                ev = events[0]
+                self.send(
+                    {
+                        "type": "rejected",
+                        "req_id": req_id,
+                        "code": reject_code(ev.reason),
+                        "message": reject_text(ev.reason),
+                        "events": [event_json(ev)],
+                    }
+                )
+            else:
+                self.send({"type": "ack", "req_id": req_id, "events": [event_json(e) for e in events]})
+
+        self.ctx.service.enqueue([command], done)
+
+    def op_auth(self, req_id, msg: dict) -> None:
+        account = self.ctx.accounts.authenticate(msg.get("api_key"))
+        if account is None:
+            self.fail(req_id, "UNAUTHENTICATED", "unknown API key")
+            return
+        self.account = account
+        self.send({"type": "authenticated", "req_id": req_id, "account": account})
+
+    def op_order(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, OrderRequest)
+        if self._trading(req_id):
+            self._submit(req_id, new_order_command(self.account, req))
+
+    def op_cancel(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsCancel)
+        if not req.order_id and not req.client_order_id:
+            self.fail(req_id, "INVALID_REQUEST", "cancel needs order_id or client_order_id")
+        elif self._trading(req_id):
+            self._submit(req_id, Cancel(self.account, req.order_id, req.client_order_id))
+
+    def op_amend(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsAmend)
+        if self._trading(req_id):
+            cmd = Amend(
+                self.account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
+            )
+            self._submit(req_id, cmd)
+
+    def op_cancel_all(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsCancelAll)
+        if self._trading(req_id):
+            self._submit(req_id, CancelAll(self.account, req.symbol))
+
+    def op_subscribe(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsSubscribe)
+        key = (req.channel, req.symbol)
+        if key in self.unsubscribers:
+            self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
+            return
+        if req.channel == "executions":
+            if self.account is None:
+                self.fail(req_id, "UNAUTHENTICATED", "executions need an authenticated session")
+                return
+            self.unsubscribers[key] = self.ctx.router.subscribe(
+                self.account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
+            )
+            self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
+            return
+        if req.symbol not in self.ctx.engine.books:
+            self.fail(req_id, "UNKNOWN_SYMBOL", f"unknown symbol {req.symbol!r}")
+            return
+        feed = self.ctx.market_data.feed(req.symbol)
+        subscribers = feed.book_subscribers if req.channel == "book" else feed.trade_subscribers
+        subscribers.add(self.send)
+        self.unsubscribers[key] = lambda: subscribers.discard(self.send)
+        self.send({"type": "subscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
+        if req.channel == "book":
+            self.send(self.ctx.market_data.snapshot(req.symbol))
+
+    def op_unsubscribe(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsSubscribe)
+        stop = self.unsubscribers.pop((req.channel, req.symbol), None)
+        if stop is None:
+            self.fail(req_id, "NOT_SUBSCRIBED", f"not subscribed to {req.channel} {req.symbol}")
+            return
+        stop()
+        self.send({"type": "unsubscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
+
+    def op_ping(self, req_id, _msg: dict) -> None:
+        self.send({"type": "pong", "req_id": req_id})
+
+    def close(self) -> None:
+        self.closed = True
+        for stop in self.unsubscribers.values():
+            stop()
+        self.unsubscribers.clear()
+        self.wake.set()
+
+
+class _WsCancel(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: int = 0
+    client_order_id: str = ""
+
+
+class _WsAmend(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: int = 0
+    client_order_id: str = ""
+    qty: int = 0
+    price: int = 0
+    new_client_order_id: str = ""
+
+
+class _WsCancelAll(msgspec.Struct, forbid_unknown_fields=True):
+    symbol: str = ""
+
+
+class _WsSubscribe(msgspec.Struct, forbid_unknown_fields=True):
+    channel: Literal["book", "trades", "executions"]
+    symbol: str = ""
+
+
+_WS_OPS = {
+    "auth": WsSession.op_auth,
+    "order": WsSession.op_order,
+    "cancel": WsSession.op_cancel,
+    "amend": WsSession.op_amend,
+    "cancel_all": WsSession.op_cancel_all,
+    "subscribe": WsSession.op_subscribe,
+    "unsubscribe": WsSession.op_unsubscribe,
+    "ping": WsSession.op_ping,
+}
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ctx = request.app[CTX]
+    key = _api_key(request)
+    account = ctx.accounts.authenticate(key) if key else None
+    if key and account is None:
+        return error(401, "UNAUTHENTICATED", "unknown API key")
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY)
+    await ws.prepare(request)
+    session = WsSession(ctx, ws, account)
+    writer = asyncio.create_task(session.writer())
+    request.app[SESSIONS].add(session)
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                session.handle(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+            if session.closed:
+                break
+    finally:
+        request.app[SESSIONS].discard(session)
+        session.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 5)
+    return ws
+
+
+SESSIONS = web.AppKey("sessions", set)
+
+
+def build_app(ctx: GatewayContext) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app[CTX] = ctx
+    app[SESSIONS] = set()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_post("/v1/orders", post_order)
+    app.router.add_get("/v1/orders", list_orders)
+    app.router.add_delete("/v1/orders", cancel_all)
+    app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_delete("/v1/orders/{order_id}", delete_order)
+    app.router.add_patch("/v1/orders/{order_id}", patch_order)
+    app.router.add_delete("/v1/orders/by-client-id/{client_order_id}", delete_order_by_client_id)
+    app.router.add_get("/v1/book/{symbol}", get_book)
+    app.router.add_get("/v1/trades/{symbol}", get_trades)
+    app.router.add_get("/v1/instruments", get_instruments)
+    app.router.add_post("/v1/admin/snapshot", admin_snapshot)
+    app.router.add_get("/v1/ws", websocket)
+    return app

@@ -1,0 +1,66 @@
+"""Events as JSON objects for REST and WebSocket clients: enum values by name."""
+
+from __future__ import annotations
+
+from engine.domain import OrderType, RequestKind, Side, TimeInForce
+from engine.events import (
+    InstrumentListed,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderDone,
+    OrderRejected,
+    Trade,
+)
+from engine.gateways.texts import cancel_code, reject_code, reject_text
+
+_SIDE = {int(s): s.name.lower() for s in Side}
+_TYPE = {int(t): t.name.lower() for t in OrderType}
+_TIF = {int(t): t.name.lower() for t in TimeInForce}
+_REQUEST = {int(r): r.name.lower() for r in RequestKind}
+
+
+def event_json(ev) -> dict:
+    kind = type(ev)
+    if kind is OrderAccepted:
+        return {
+            "type": "accepted", "seq": ev.seq, "ts": ev.ts, "order_id": ev.order_id,
+            "account": ev.account, "client_order_id": ev.client_order_id, "symbol": ev.symbol,
+            "side": _SIDE.get(ev.side), "order_type": _TYPE.get(ev.order_type), "tif": _TIF.get(ev.tif),
+            "price": ev.price, "qty": ev.qty,
+        }  # fmt: skip
+    if kind is Trade:
+        return {
+            "type": "trade", "seq": ev.seq, "ts": ev.ts, "trade_id": ev.trade_id, "symbol": ev.symbol,
+            "price": ev.price, "qty": ev.qty, "aggressor_side": _SIDE.get(ev.aggressor_side),
+            "maker_order_id": ev.maker_order_id, "maker_account": ev.maker_account,
+            "maker_leaves": ev.maker_leaves, "taker_order_id": ev.taker_order_id,
+            "taker_account": ev.taker_account, "taker_leaves": ev.taker_leaves,
+        }  # fmt: skip
+    if kind is OrderCancelled:
+        return {
+            "type": "cancelled", "seq": ev.seq, "ts": ev.ts, "order_id": ev.order_id,
+            "account": ev.account, "symbol": ev.symbol, "reason": cancel_code(ev.reason),
+            "cancelled_qty": ev.cancelled_qty, "filled_qty": ev.filled_qty,
+        }  # fmt: skip
+    if kind is OrderDone:
+        return {
+            "type": "filled", "seq": ev.seq, "ts": ev.ts, "order_id": ev.order_id,
+            "account": ev.account, "symbol": ev.symbol, "filled_qty": ev.filled_qty,
+        }  # fmt: skip
+    if kind is OrderAmended:
+        return {
+            "type": "amended", "seq": ev.seq, "ts": ev.ts, "order_id": ev.order_id,
+            "account": ev.account, "client_order_id": ev.client_order_id, "symbol": ev.symbol,
+            "price": ev.price, "qty": ev.qty, "leaves": ev.leaves, "priority_kept": ev.priority_kept,
+        }  # fmt: skip
+    if kind is OrderRejected:
+        return {
+            "type": "rejected", "seq": ev.seq, "ts": ev.ts, "account": ev.account,
+            "client_order_id": ev.client_order_id, "symbol": ev.symbol,
+            "request": _REQUEST.get(ev.request, str(ev.request)), "code": reject_code(ev.reason),
+            "message": reject_text(ev.reason), "order_id": ev.order_id,
+        }  # fmt: skip
+    if kind is InstrumentListed:
+        return {"type": "instrument_listed", "seq": ev.seq, "ts": ev.ts, "symbol": ev.symbol}
+    return {"type": kind.__name__}

@@ -1,0 +1,199 @@
+"""The OpenAPI 3.1 document served at /v1/openapi.json."""
+
+from __future__ import annotations
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {
+        400: "malformed request",
+        401: "missing or unknown API key",
+        403: "admin key required",
+        404: "not found",
+        409: "conflict (duplicate client order id, order no longer open)",
+        422: "refused by the exchange (reason code in error.code)",
+        429: "rate limited",
+        503: "not durable / not ready; safe to retry",
+    }
+    return {str(c): _json(_ERROR, text[c]) for c in codes}
+
+
+_ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_SYMBOL = {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}}
+_EVENTS = {"$ref": "#/components/schemas/EventsResult"}
+
+OPENAPI: dict = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Loom Exchange",
+        "version": "1",
+        "description": "Order entry, order queries and market data. Prices and quantities are "
+        "integers in the instrument's units. Orders are acknowledged only once durable.",
+    },
+    "components": {
+        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            },
+            "OrderRequest": {
+                "type": "object",
+                "required": ["symbol", "side", "qty"],
+                "additionalProperties": False,
+                "properties": {
+                    "symbol": {"type": "string"},
+                    "side": {"enum": ["buy", "sell"]},
+                    "qty": {"type": "integer"},
+                    "type": {"enum": ["limit", "market"], "default": "limit"},
+                    "price": {"type": "integer", "default": 0},
+                    "tif": {"enum": ["gtc", "ioc", "fok"], "default": "gtc"},
+                    "post_only": {"type": "boolean", "default": False},
+                    "stp": {
+                        "enum": ["none", "cancel_newest", "cancel_oldest", "cancel_both"],
+                        "default": "cancel_newest",
+                    },
+                    "client_order_id": {"type": "string", "maxLength": 64, "default": ""},
+                },
+            },
+            "AmendRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "qty": {"type": "integer", "description": "new total quantity; 0 = unchanged"},
+                    "price": {"type": "integer", "description": "0 = unchanged"},
+                    "new_client_order_id": {"type": "string"},
+                },
+            },
+            "Event": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "seq": {"type": "integer"}},
+            },
+            "EventsResult": {
+                "type": "object",
+                "properties": {
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                    "order": {"$ref": "#/components/schemas/Order"},
+                },
+            },
+            "Order": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "integer"},
+                    "client_order_id": {"type": "string"},
+                    "symbol": {"type": "string"},
+                    "side": {"type": "string"},
+                    "status": {"enum": ["open", "filled", "cancelled"]},
+                    "price": {"type": "integer"},
+                    "qty": {"type": "integer"},
+                    "leaves": {"type": "integer"},
+                    "filled": {"type": "integer"},
+                    "fills": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+    },
+    "security": [{"apiKey": []}],
+    "paths": {
+        "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {
+            "get": {
+                "security": [],
+                "responses": {"200": {"description": "ready"}, **_errors(503)},
+            }
+        },
+        "/v1/orders": {
+            "post": {
+                "summary": "Submit an order",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/OrderRequest"}}
+                    },
+                },
+                "responses": {
+                    "201": _json(_EVENTS, "accepted (durable)"),
+                    **_errors(400, 401, 409, 422, 429, 503),
+                },
+            },
+            "get": {
+                "summary": "Open orders of the account",
+                "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "open orders"}, **_errors(401, 429)},
+            },
+            "delete": {
+                "summary": "Cancel all open orders (optionally of one symbol)",
+                "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 422, 429, 503)},
+            },
+        },
+        "/v1/orders/{order_id}": {
+            "parameters": [_ORDER_ID],
+            "get": {
+                "summary": "Order state and fills",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Order"}, "the order"),
+                    **_errors(400, 401, 404, 429),
+                },
+            },
+            "delete": {
+                "summary": "Cancel an order",
+                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(400, 401, 404, 409, 429, 503)},
+            },
+            "patch": {
+                "summary": "Amend price and/or quantity",
+                "requestBody": {
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AmendRequest"}}}
+                },
+                "responses": {"200": _json(_EVENTS, "amended"), **_errors(400, 401, 404, 409, 422, 429, 503)},
+            },
+        },
+        "/v1/orders/by-client-id/{client_order_id}": {
+            "delete": {
+                "summary": "Cancel an order by client order id",
+                "parameters": [
+                    {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 404, 409, 429, 503)},
+            }
+        },
+        "/v1/book/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "Order book depth: [price, qty, orders] per level, best first",
+                "parameters": [_SYMBOL, {"name": "depth", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "depth"}, **_errors(400, 404)},
+            }
+        },
+        "/v1/trades/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "Recent trades",
+                "parameters": [_SYMBOL, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "trades"}, **_errors(400, 404)},
+            }
+        },
+        "/v1/instruments": {
+            "get": {"security": [], "responses": {"200": {"description": "listed instruments"}}}
+        },
+        "/v1/admin/snapshot": {
+            "post": {
+                "summary": "Take a snapshot now (admin key)",
+                "responses": {"200": {"description": "snapshot written"}, **_errors(403)},
+            }
+        },
+        "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
+    },
+}

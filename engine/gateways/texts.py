@@ -1,0 +1,52 @@
+"""Human messages for the machine codes every gateway returns."""
+
+from __future__ import annotations
+
+from engine.domain import CancelReason, RejectReason
+
+R = RejectReason
+
+REJECT_TEXT: dict[int, str] = {
+    R.UNKNOWN_SYMBOL: "unknown symbol",
+    R.INVALID_QUANTITY: "quantity must be a positive whole number",
+    R.QUANTITY_OFF_LOT: "quantity must be a multiple of the instrument's lot size",
+    R.QUANTITY_BELOW_MIN: "quantity is below the instrument's minimum",
+    R.QUANTITY_ABOVE_MAX: "quantity is above the instrument's maximum",
+    R.INVALID_PRICE: "a limit order needs a positive price",
+    R.PRICE_OFF_TICK: "price must be a multiple of the instrument's tick size",
+    R.MARKET_ORDER_WITH_PRICE: "a market order must not carry a price",
+    R.INVALID_SIDE: "side must be buy or sell",
+    R.INVALID_ORDER_TYPE: "type must be limit or market",
+    R.INVALID_TIME_IN_FORCE: "time in force must be gtc, ioc or fok",
+    R.INVALID_STP_MODE: "unknown self-trade prevention mode",
+    R.POST_ONLY_NOT_LIMIT_GTC: "post-only needs a GTC limit order",
+    R.DUPLICATE_CLIENT_ORDER_ID: "this client order id was already used by the account",
+    R.INVALID_ACCOUNT: "invalid account",
+    R.INVALID_CLIENT_ORDER_ID: "client order id is too long (64 characters at most)",
+    R.INSTRUMENT_CONFLICT: "the symbol is already listed with a different specification",
+    R.UNKNOWN_ORDER: "no open order with that id for this account",
+    R.ORDER_NOT_OPEN: "the order is no longer open (filled, cancelled or renamed)",
+    R.AMEND_NO_CHANGE: "the amendment changes nothing",
+    R.AMEND_QUANTITY_NOT_ABOVE_FILLED: "the new quantity must exceed what has already filled",
+    R.POST_ONLY_WOULD_CROSS: "post-only order would trade on arrival",
+    R.UNKNOWN_COMMAND: "unknown command",
+    R.JOURNAL_WRITE_FAILED: "the order could not be made durable; nothing was done, retry later",
+}
+
+
+def reject_code(reason: int) -> str:
+    try:
+        return RejectReason(reason).name
+    except ValueError:
+        return f"REASON_{reason}"
+
+
+def reject_text(reason: int) -> str:
+    return REJECT_TEXT.get(reason, reject_code(reason).lower().replace("_", " "))
+
+
+def cancel_code(reason: int) -> str:
+    try:
+        return CancelReason(reason).name
+    except ValueError:
+        return f"REASON_{reason}"
