@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_persistence import add_parsers as add_persistence_parsers
 
     add_persistence_parsers(sub)
+    from engine.load.cli import add_parser as add_load_parser
+
+    add_load_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

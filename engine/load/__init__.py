@@ -1,0 +1,1 @@
+"""`loom load`: an open-loop load generator for every gateway protocol."""

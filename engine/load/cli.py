@@ -1,0 +1,72 @@
+"""`loom load --protocol binary|rest|ws|fix --rate R --duration D [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+
+from engine.load.runner import run_open_loop
+from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
+
+PROTOCOLS = ("binary", "rest", "ws", "fix")
+
+
+def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: int | None):
+    if protocol == "rest":
+        from engine.load.http_driver import RestDriver
+
+        return RestDriver(host, ports["http"], api_key, connections or 32)
+    if protocol == "ws":
+        from engine.load.http_driver import WsDriver
+
+        return WsDriver(host, ports["http"], api_key, connections or 4)
+    if protocol == "binary":
+        from engine.load.binary_driver import BinaryDriver
+
+        return BinaryDriver(host, ports["binary"], api_key, connections or 1)
+    if protocol == "fix":
+        from engine.load.fix_driver import FixDriver
+
+        return FixDriver(host, ports["fix"], api_key, connections or 1)
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    api_key = args.api_key or next(iter(LOAD_ACCOUNTS))
+    run_id = f"L{int(time.time() * 1000) % 10**9}"
+    with contextlib.ExitStack() as stack:
+        if args.port is None:
+            info = stack.enter_context(spawned_exchange())
+            host, ports = info["host"], info
+        else:
+            host = args.host
+            ports = {"http": args.port, "binary": args.port, "fix": args.port}
+        driver = _driver(args.protocol, host, ports, api_key, args.connections)
+        result = asyncio.run(run_open_loop(driver, args.protocol, args.rate, args.duration, run_id))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        r = result
+        print(
+            f"{r['protocol']}: offered {r['offered_rate']:,}/s, achieved {r['achieved_rate']:,}/s over "
+            f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}, errors {r['errors']:,}\n"
+            f"  order-to-ack from the scheduled send: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  "
+            f"p99.9 {r['p999_us']} µs  max {r['max_us']} µs"
+        )
+    return 0 if result["errors"] == 0 else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="open-loop load generator against a gateway")
+    p.add_argument("--protocol", choices=PROTOCOLS, required=True)
+    p.add_argument("--rate", type=float, default=10_000, help="orders per second offered")
+    p.add_argument("--duration", type=float, default=10, help="seconds of sending")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, help="target an existing server (default: spawn one)")
+    p.add_argument("--api-key", help="API key of the trading account (spawned server: built in)")
+    p.add_argument("--connections", type=int, help="connections to spread the load over")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_load)

@@ -1,0 +1,170 @@
+"""REST and WebSocket load drivers.
+
+REST uses a minimal pipelining HTTP/1.1 client on raw asyncio protocols: an aiohttp client
+costs more CPU per request than the server it is measuring, and the load generator shares
+the machine with the server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import msgspec
+
+from engine.load.runner import SYMBOL, LoadOrder
+
+_json = msgspec.json.Encoder()
+
+
+def _order_body(o: LoadOrder) -> bytes:
+    return _json.encode(
+        {
+            "symbol": SYMBOL,
+            "side": o.side,
+            "qty": o.qty,
+            "price": o.price,
+            "tif": o.tif,
+            "client_order_id": o.client_order_id,
+        }
+    )
+
+
+class _HttpConnection(asyncio.Protocol):
+    def __init__(self, on_ack, on_error) -> None:
+        self.on_ack = on_ack
+        self.on_error = on_error
+        self.buf = bytearray()
+        self.inflight: deque[int] = deque()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        now = time.perf_counter_ns()
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end])
+            status = int(head[9:12])
+            i = head.lower().find(b"content-length:")
+            length = 0
+            if i >= 0:
+                j = head.find(b"\r\n", i)
+                length = int(head[i + 15 : j if j > 0 else len(head)])
+            if len(buf) < end + 4 + length:
+                return
+            del buf[: end + 4 + length]
+            index = self.inflight.popleft()
+            self.on_ack(index, status in (200, 201), now)
+
+    def connection_lost(self, exc) -> None:
+        self.on_error(len(self.inflight))
+
+
+class RestDriver:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 32) -> None:
+        self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.conns: list[_HttpConnection] = []
+        self.errors = 0
+        self._next = 0
+
+    async def connect(self, on_ack) -> None:
+        loop = asyncio.get_running_loop()
+
+        def lost(n: int) -> None:
+            self.errors += n
+
+        for _ in range(self.n):
+            _t, proto = await loop.create_connection(
+                lambda: _HttpConnection(on_ack, lost), self.host, self.port
+            )
+            self.conns.append(proto)
+        self.head = (
+            f"POST /v1/orders HTTP/1.1\r\nHost: {self.host}\r\nX-API-Key: {self.api_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
+
+    def send(self, orders: list[LoadOrder]) -> None:
+        per_conn: dict[int, list[bytes]] = {}
+        for o in orders:
+            c = self._next
+            self._next = (c + 1) % self.n
+            body = _order_body(o)
+            per_conn.setdefault(c, []).append(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.conns[c].inflight.append(o.index)
+        for c, chunks in per_conn.items():
+            self.conns[c].transport.write(b"".join(chunks))
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.transport.close()
+
+
+class WsDriver:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 4) -> None:
+        self.url = f"http://{host}:{port}/v1/ws"
+        self.api_key, self.n = api_key, connections
+        self.session = None
+        self.sockets: list = []
+        self.readers: list[asyncio.Task] = []
+        self.queues: list[asyncio.Queue] = []
+        self.writers: list[asyncio.Task] = []
+        self._next = 0
+
+    async def connect(self, on_ack) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession()
+        for _ in range(self.n):
+            ws = await self.session.ws_connect(self.url, headers={"X-API-Key": self.api_key}, max_msg_size=0)
+            self.sockets.append(ws)
+            queue: asyncio.Queue = asyncio.Queue()
+            self.queues.append(queue)
+            self.readers.append(asyncio.create_task(self._read(ws, on_ack)))
+            self.writers.append(asyncio.create_task(self._write(ws, queue)))
+
+    async def _read(self, ws, on_ack) -> None:
+        decode = msgspec.json.decode
+        async for msg in ws:
+            data = decode(msg.data)
+            req_id = data.get("req_id")
+            if req_id is not None:
+                on_ack(req_id, data.get("type") == "ack", time.perf_counter_ns())
+
+    async def _write(self, ws, queue: asyncio.Queue) -> None:
+        while True:
+            frames = await queue.get()
+            for frame in frames:
+                await ws.send_str(frame)
+
+    def send(self, orders: list[LoadOrder]) -> None:
+        per: dict[int, list[str]] = {}
+        for o in orders:
+            c = self._next
+            self._next = (c + 1) % self.n
+            msg = {
+                "op": "order",
+                "req_id": o.index,
+                "symbol": SYMBOL,
+                "side": o.side,
+                "qty": o.qty,
+                "price": o.price,
+                "tif": o.tif,
+                "client_order_id": o.client_order_id,
+            }
+            per.setdefault(c, []).append(_json.encode(msg).decode())
+        for c, frames in per.items():
+            self.queues[c].put_nowait(frames)
+
+    async def close(self) -> None:
+        for t in self.writers + self.readers:
+            t.cancel()
+        for ws in self.sockets:
+            await ws.close()
+        if self.session is not None:
+            await self.session.close()

@@ -1,0 +1,124 @@
+"""Open-loop load: orders are sent on a fixed schedule (order i at start + i/rate) whether or
+not earlier ones were answered, and latency is measured from the *scheduled* send time, so
+a stall in the server shows up as latency instead of silently lowering the offered rate
+(coordinated omission)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engine.bench.stats import percentile_us
+
+MID = 100_000
+SYMBOL = "LOAD-USD"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOrder:
+    index: int
+    client_order_id: str
+    side: str  # "buy" | "sell"
+    price: int
+    qty: int
+    tif: str  # "gtc" | "ioc"
+
+
+def make_order(run: str, i: int) -> LoadOrder:
+    """Deterministic flow: 45% passive buys, 45% passive sells, 10% IOC orders that cross."""
+    k = (i * 2654435761) % 100  # cheap scramble of the index, reproducible
+    qty = 1 + (i * 7) % 100
+    if k < 10:
+        side = "buy" if k % 2 else "sell"
+        price = MID + 60 if side == "buy" else MID - 60
+        return LoadOrder(i, f"{run}-{i}", side, price, qty, "ioc")
+    side = "buy" if k < 55 else "sell"
+    offset = 1 + (i * 13) % 50
+    price = MID - offset if side == "buy" else MID + offset
+    return LoadOrder(i, f"{run}-{i}", side, price, qty, "gtc")
+
+
+class Driver(Protocol):
+    async def connect(self, on_ack) -> None: ...
+
+    def send(self, orders: list[LoadOrder]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class LoadStats:
+    protocol: str
+    offered_rate: float
+    duration_s: float
+    sent: int = 0
+    acked: int = 0
+    rejected: int = 0
+    errors: int = 0
+    scheduled_ns: list[int] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)
+    first_ack_ns: int = 0
+    last_ack_ns: int = 0
+
+    def on_ack(self, index: int, ok: bool, now_ns: int | None = None) -> None:
+        now = now_ns if now_ns is not None else time.perf_counter_ns()
+        if ok:
+            self.acked += 1
+        else:
+            self.rejected += 1
+        self.latencies_ns.append(now - self.scheduled_ns[index])
+        if not self.first_ack_ns:
+            self.first_ack_ns = now
+        self.last_ack_ns = now
+
+    def report(self, elapsed_s: float) -> dict:
+        lat = sorted(self.latencies_ns)
+        answered = self.acked + self.rejected
+        return {
+            "protocol": self.protocol,
+            "offered_rate": round(self.offered_rate),
+            "achieved_rate": round(answered / elapsed_s) if elapsed_s else 0,
+            "duration_s": round(elapsed_s, 3),
+            "sent": self.sent,
+            "acked": self.acked,
+            "rejected": self.rejected,
+            "errors": self.errors + (self.sent - answered),
+            "p50_us": percentile_us(lat, 50),
+            "p99_us": percentile_us(lat, 99),
+            "p999_us": percentile_us(lat, 99.9),
+            "max_us": round(lat[-1] / 1000, 1) if lat else 0.0,
+        }
+
+
+async def run_open_loop(
+    driver: Driver, protocol: str, rate: float, duration: float, run_id: str, drain_s: float = 10.0
+) -> dict:
+    total = int(rate * duration)
+    stats = LoadStats(protocol, rate, duration)
+    stats.scheduled_ns = [0] * total
+    await driver.connect(stats.on_ack)
+    clock = time.perf_counter_ns
+    interval_ns = 1e9 / rate
+    start = clock()
+    sent = 0
+    tick = 0.0005  # send whatever is due every half millisecond
+    while sent < total:
+        now = clock()
+        due = min(total, int((now - start) / interval_ns) + 1)
+        if due > sent:
+            batch = []
+            for i in range(sent, due):
+                stats.scheduled_ns[i] = start + int(i * interval_ns)
+                batch.append(make_order(run_id, i))
+            driver.send(batch)
+            sent = due
+            stats.sent = sent
+        await asyncio.sleep(tick)
+    deadline = clock() + int(drain_s * 1e9)
+    while stats.acked + stats.rejected < sent and clock() < deadline:
+        await asyncio.sleep(0.005)
+    elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
+    await driver.close()
+    return stats.report(elapsed)

@@ -1,0 +1,94 @@
+"""Start a throwaway `loom run` in a subprocess for `loom load` (server and load generator
+on one machine, each its own process)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+LOAD_ACCOUNTS = {"load-trader-a-key-0000": "load-a", "load-trader-b-key-0000": "load-b"}
+LOAD_ADMIN_KEY = "load-admin-key-000000"
+_READY = re.compile(r"loom: ready on (\S+) \((.*)\);")
+
+
+def _config_text() -> str:
+    lines = [
+        'host = "127.0.0.1"',
+        f'admin_key = "{LOAD_ADMIN_KEY}"',
+        "[snapshots]",
+        "every_commands = 0",
+        "every_seconds = 0",
+        "[[instruments]]",
+        'symbol = "LOAD-USD"',
+        "tick_size = 1",
+        "lot_size = 1",
+        "min_qty = 1",
+        "max_qty = 1000000",
+    ]
+    for key, name in LOAD_ACCOUNTS.items():
+        lines += ["[[accounts]]", f'name = "{name}"', f'api_key = "{key}"']
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def spawned_exchange(timeout: float = 60.0):
+    """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}."""
+    tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
+    config = tmp / "load.toml"
+    config.write_text(_config_text())
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "run",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(tmp / "data"),
+        "--http-port",
+        "0",
+        "--fix-port",
+        "0",
+        "--binary-port",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        info: dict = {}
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"loom run exited with {proc.wait()} before it was ready")
+            m = _READY.search(line)
+            if m:
+                info["host"] = m.group(1)
+                for part in m.group(2).split(", "):
+                    name, port = part.split()
+                    info[name] = int(port)
+                break
+        else:
+            raise RuntimeError("loom run did not become ready in time")
+        info["data_dir"] = tmp / "data"
+        # Keep draining the server's output so it never blocks on a full pipe.
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        yield info
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
