@@ -153,32 +153,9 @@ class MatchingEngine:
         if seq <= self.last_seq:
             raise SequenceError(f"command seq {seq} not above last seq {self.last_seq}")
         self.last_seq = seq
-        kind = type(cmd)
-        if kind is NewOrder:  # most traffic: skip the table lookup
-            return self._new_order(cmd)
-        if kind is Cancel:
-            return self._cancel(cmd)
-        if kind is Amend:
-            return self._amend(cmd)
-        if kind is CancelAll:
-            return self._cancel_all(cmd)
-        if kind is ListInstrument:
-            return self._list_instrument(cmd)
-        return [
-            OrderRejected(
-                seq,
-                getattr(cmd, "ts", 0),
-                str(getattr(cmd, "account", "")),
-                "",
-                "",
-                0,
-                R.UNKNOWN_COMMAND,
-            )
-        ]
-
-    # -- new order ---------------------------------------------------------------------
-
-    def _new_order(self, cmd: NewOrder) -> list:
+        if type(cmd) is not NewOrder:
+            return self._apply_other(cmd)
+        # A new order: most of the traffic, so handled here without a further call.
         symbol = cmd.symbol
         market = self._markets.get(symbol)
         if market is None:
@@ -238,7 +215,6 @@ class MatchingEngine:
             if clid:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
-        seq = cmd.seq
         ts = cmd.ts
         events = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
 
@@ -292,6 +268,30 @@ class MatchingEngine:
                 OrderCancelled(seq, ts, oid, account, symbol, C.IOC_REMAINDER, remaining, qty - remaining)
             )
         return events
+
+    def _apply_other(self, cmd) -> list:
+        kind = type(cmd)
+        if kind is Cancel:
+            return self._cancel(cmd)
+        if kind is Amend:
+            return self._amend(cmd)
+        if kind is CancelAll:
+            return self._cancel_all(cmd)
+        if kind is ListInstrument:
+            return self._list_instrument(cmd)
+        return [
+            OrderRejected(
+                cmd.seq,
+                getattr(cmd, "ts", 0),
+                str(getattr(cmd, "account", "")),
+                "",
+                "",
+                0,
+                R.UNKNOWN_COMMAND,
+            )
+        ]
+
+    # -- new order ---------------------------------------------------------------------
 
     def _list_instrument(self, cmd: ListInstrument) -> list:
         inst = cmd.instrument
