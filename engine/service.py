@@ -112,6 +112,10 @@ class ExchangeService:
                 results = self.node.submit(batch)
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
                 log.critical("commit loop failed on a batch of %d commands", len(batch), exc_info=True)
+                # FIX (tests/test_http_gateway.py): with the loop gone, later submissions
+                # queued forever while /readyz still said ready. Refuse them instead
+                # (ServiceStopped: 503) and report not ready.
+                self.accepting = False
                 for pending in [*taken, *self._queue]:
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_exception(exc)

@@ -1,0 +1,478 @@
+"""The binary order-entry server: one asyncio Protocol per connection (no streams).
+
+Per read, `data_received` decodes every whole frame, builds the engine commands straight
+from the fields (the account is the session's, from the login, never from a frame) and
+hands them to the service in ONE `service.submit` call, so the group commit sees large
+batches and the order of a session's requests is kept. Nothing is acknowledged here:
+execution reports come from the `ExecutionRouter` stream, after the journal holds the batch,
+and every report of a batch goes out in one `transport.write`.
+
+Backpressure: a session with too many commands in flight (submitted, not yet durable), or
+whose socket does not drain, stops being read until it catches up; a client that never
+reads its reports is disconnected (slow consumer) rather than buffered without bound.
+
+Bad input never reaches the journal: a malformed frame gets an Error frame and the session
+goes on; an impossible length gets an Error frame and the connection is closed (once the
+requests before it are answered). The per-session token bucket refuses excess requests
+with Rejected(reason RATE_LIMITED), also without touching the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.auth import Accounts, TokenBucket
+from engine.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.domain import RequestKind
+from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.gateways.binary import protocol as p
+from engine.routing import ExecutionRouter
+from engine.service import ExchangeService, ServiceStopped
+
+log = logging.getLogger("loom.gateway.binary")
+
+DEFAULT_RATE = 20_000.0  # requests per second per session (0 = unlimited)
+DEFAULT_BURST = 40_000.0
+MAX_IN_FLIGHT = 16_384  # commands per session submitted and not yet durable: stop reading above
+MAX_OUTPUT_BUFFER = 32 * 1024 * 1024  # unsent report bytes before a session is dropped
+
+_NOT_LOGGED_IN = p.encode_error(p.ErrorCode.NOT_LOGGED_IN, "log in first")
+_ALREADY_LOGGED_IN = p.encode_error(p.ErrorCode.ALREADY_LOGGED_IN, "already logged in")
+_REQ_NEW = int(RequestKind.NEW)
+_REQ_CANCEL = int(RequestKind.CANCEL)
+_REQ_AMEND = int(RequestKind.AMEND)
+_REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
+_MAKER = int(p.Liquidity.MAKER)
+_TAKER = int(p.Liquidity.TAKER)
+
+
+@dataclass
+class _Config:
+    service: ExchangeService
+    router: ExecutionRouter
+    accounts: Accounts
+    rate: float
+    burst: float
+    max_in_flight: int
+    max_output: int
+    clock: Callable[[], float]
+
+
+# -- execution reports: engine event -> frame bytes (for the session's account) -------------
+
+_ref = p.client_ref_of
+
+
+def _r_accepted(ev: OrderAccepted, _account: str) -> bytes:
+    return p.encode_accepted(
+        ev.seq,
+        ev.ts,
+        ev.order_id,
+        _ref(ev.client_order_id),
+        ev.symbol,
+        ev.side,
+        ev.order_type,
+        ev.tif,
+        ev.price,
+        ev.qty,
+    )
+
+
+def _r_rejected(ev: OrderRejected, _account: str) -> bytes:
+    return p.encode_rejected(ev.seq, ev.ts, ev.request, ev.reason, _ref(ev.client_order_id), ev.order_id)
+
+
+def _r_trade(ev: Trade, account: str) -> bytes:
+    frames = b""
+    if ev.maker_account == account:  # a self-trade (STP none) gives the account both fills
+        frames = p.encode_fill(
+            ev.seq,
+            ev.ts,
+            ev.trade_id,
+            ev.maker_order_id,
+            3 - ev.aggressor_side,
+            _MAKER,
+            ev.price,
+            ev.qty,
+            ev.maker_leaves,
+        )
+    if ev.taker_account == account:
+        frames += p.encode_fill(
+            ev.seq,
+            ev.ts,
+            ev.trade_id,
+            ev.taker_order_id,
+            ev.aggressor_side,
+            _TAKER,
+            ev.price,
+            ev.qty,
+            ev.taker_leaves,
+        )
+    return frames
+
+
+def _r_cancelled(ev: OrderCancelled, _account: str) -> bytes:
+    return p.encode_cancelled(ev.seq, ev.ts, ev.order_id, ev.reason, ev.cancelled_qty, ev.filled_qty)
+
+
+def _r_amended(ev: OrderAmended, _account: str) -> bytes:
+    return p.encode_amended(
+        ev.seq,
+        ev.ts,
+        ev.order_id,
+        _ref(ev.client_order_id),
+        ev.price,
+        ev.qty,
+        ev.leaves,
+        ev.priority_kept,
+    )
+
+
+def _r_done(ev: OrderDone, _account: str) -> bytes:
+    return p.encode_done(ev.seq, ev.ts, ev.order_id, ev.filled_qty)
+
+
+_REPORTS: dict[type, Callable[[object, str], bytes]] = {
+    OrderAccepted: _r_accepted,
+    OrderRejected: _r_rejected,
+    Trade: _r_trade,
+    OrderCancelled: _r_cancelled,
+    OrderAmended: _r_amended,
+    OrderDone: _r_done,
+}
+
+
+def gateway_rejection(cmd, reason: int) -> bytes:
+    """A Rejected frame for a command the gateway refuses itself (seq 0: never sequenced)."""
+    kind = type(cmd)
+    if kind is NewOrder:
+        return p.encode_rejected(0, 0, _REQ_NEW, reason, _ref(cmd.client_order_id), 0)
+    if kind is Cancel:
+        return p.encode_rejected(0, 0, _REQ_CANCEL, reason, _ref(cmd.client_order_id), cmd.order_id)
+    if kind is Amend:
+        return p.encode_rejected(0, 0, _REQ_AMEND, reason, _ref(cmd.client_order_id), cmd.order_id)
+    return p.encode_rejected(0, 0, _REQ_CANCEL_ALL, reason, 0, 0)
+
+
+# -- the session ---------------------------------------------------------------------------
+
+
+class BinarySession(asyncio.Protocol):
+    def __init__(self, config: _Config, sessions: set) -> None:
+        self._cfg = config
+        self._service = config.service
+        self._sessions = sessions
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self.peer = None
+        self.account: str | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._bucket = TokenBucket(config.rate, config.burst) if config.rate > 0 else None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._in_flight = 0  # commands submitted, not yet resolved
+        self._tasks: set[asyncio.Task] = set()
+        self._cancel_alls = 0  # CancelAll commands built so far (to spot them in a submission)
+        self._paused_flight = False
+        self._paused_write = False
+        self._reading_paused = False
+        self._closing = False  # no more input is processed; close once the in-flight work is answered
+        self._closed = False
+        self._decoder = p.Decoder.for_server(
+            {
+                p.FrameType.LOGIN: self._b_login,
+                p.FrameType.NEW_ORDER: self._b_new_order,
+                p.FrameType.CANCEL: self._b_cancel,
+                p.FrameType.AMEND: self._b_amend,
+                p.FrameType.CANCEL_ALL: self._b_cancel_all,
+                p.FrameType.HEARTBEAT: p.encode_heartbeat,
+            }
+        )
+        self.requests = 0  # commands submitted over the session's life
+        self.read_pauses = 0  # times reading stopped for backpressure
+
+    # -- builders: decoded fields -> engine command (or reply bytes) ------------------------
+
+    def _b_login(self, api_key: str, version: int) -> bytes:
+        if self.account is not None:
+            return _ALREADY_LOGGED_IN
+        if self._closing:  # a refused login earlier in the same read: no second try
+            return _NOT_LOGGED_IN
+        if version != p.PROTOCOL_VERSION:
+            self._closing = True
+            log.info("binary login from %s refused: protocol version %d", self.peer, version)
+            return p.encode_login_reject(p.LoginRejectReason.UNSUPPORTED_VERSION)
+        account = self._cfg.accounts.authenticate(api_key)
+        if account is None:
+            self._closing = True
+            log.info("binary login from %s refused: bad credentials", self.peer)
+            return p.encode_login_reject(p.LoginRejectReason.BAD_CREDENTIALS)
+        self.account = account
+        self._unsubscribe = self._cfg.router.subscribe(account, self._on_event)
+        log.info("binary session %s logged in as %s", self.peer, account)
+        cfg = self._cfg
+        return p.encode_login_ack(
+            p.PROTOCOL_VERSION,
+            min(int(cfg.rate), 0xFFFFFFFF) if cfg.rate > 0 else 0,
+            min(int(cfg.burst), 0xFFFFFFFF) if cfg.rate > 0 else 0,
+            account,
+        )
+
+    def _b_new_order(self, ref, symbol, side, order_type, tif, post_only, stp, price, qty):
+        account = self.account
+        if account is None:
+            return _NOT_LOGGED_IN
+        return NewOrder(
+            account, str(ref) if ref else "", symbol, side, order_type, price, qty, tif, post_only, stp
+        )
+
+    def _b_cancel(self, order_id, ref):
+        account = self.account
+        if account is None:
+            return _NOT_LOGGED_IN
+        return Cancel(account, order_id, str(ref) if ref else "")
+
+    def _b_amend(self, order_id, ref, new_qty, new_price, new_ref):
+        account = self.account
+        if account is None:
+            return _NOT_LOGGED_IN
+        return Amend(
+            account, order_id, str(ref) if ref else "", new_qty, new_price, str(new_ref) if new_ref else ""
+        )
+
+    def _b_cancel_all(self, symbol):
+        account = self.account
+        if account is None:
+            return _NOT_LOGGED_IN
+        self._cancel_alls += 1
+        return CancelAll(account, symbol)
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self._sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        decoder = self._decoder
+        decoder.feed(data)
+        cancel_alls = self._cancel_alls  # the builders count the CancelAll commands they make
+        items = decoder.drain()
+        if not items:
+            return
+        out = self._out
+        cmds = []
+        for item in items:
+            kind = type(item)
+            if kind is bytes:  # a reply made by a builder: login, heartbeat, not logged in
+                out.append(item)
+                if self._closing:  # refused login: ignore whatever follows it
+                    break
+            elif kind is p.DecodeError:
+                out.append(p.encode_error(item.code, item.text))
+                if item.fatal:
+                    log.warning("binary session %s: %s; closing", self.peer, item.text)
+                    self._closing = True
+            else:
+                cmds.append(item)
+        if cmds:
+            if self._bucket is not None:
+                cmds = self._rate_limit(cmds)
+            if cmds:
+                self._submit(cmds, self._cancel_alls != cancel_alls)
+        if self._closing:
+            self._update_reading()
+            self._close_when_answered()
+        self._flush()
+
+    def pause_writing(self) -> None:
+        self._paused_write = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_write = False
+        self._update_reading()
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        self._closing = True
+        self._out.clear()
+        self._sessions.discard(self)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.account is not None:
+            log.info("binary session %s (%s) closed", self.peer, self.account)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _rate_limit(self, cmds: list) -> list:
+        bucket = self._bucket
+        now = self._cfg.clock()
+        if bucket.allow(now, len(cmds)):
+            return cmds
+        allowed = []
+        out = self._out
+        limited = int(p.GatewayRejectReason.RATE_LIMITED)
+        for cmd in cmds:
+            if bucket.allow(now, 1.0):
+                allowed.append(cmd)
+            else:
+                out.append(gateway_rejection(cmd, limited))
+        return allowed
+
+    def _submit(self, cmds: list, has_cancel_all: bool) -> None:
+        self._in_flight += len(cmds)
+        self.requests += len(cmds)
+        task = self._loop.create_task(self._service.submit(cmds))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._submitted(t, cmds, has_cancel_all))
+        if self._in_flight >= self._cfg.max_in_flight and not self._paused_flight:
+            self._paused_flight = True
+            self._update_reading()
+
+    def _submitted(self, task: asyncio.Task, cmds: list, has_cancel_all: bool) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= len(cmds)
+        exc = None if not task.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            exc = task.exception()
+        if not self._closed:
+            if exc is None:
+                if has_cancel_all:
+                    self._report_mass_cancels(cmds, task.result())
+            elif isinstance(exc, ServiceStopped):
+                reason = int(p.GatewayRejectReason.SERVICE_UNAVAILABLE)
+                self._out.extend(gateway_rejection(cmd, reason) for cmd in cmds)
+            else:  # the commit loop failed (crash-only): the outcome is unknown, say so and go
+                log.error("binary session %s: submission failed: %r", self.peer, exc)
+                self._out.append(
+                    p.encode_error(p.ErrorCode.SERVICE_UNAVAILABLE, "exchange failed; reconnect")
+                )
+                self._closing = True
+        if self._paused_flight and self._in_flight <= self._cfg.max_in_flight // 2:
+            self._paused_flight = False
+            self._update_reading()
+        if self._closing:
+            self._close_when_answered()
+        if self._out:
+            self._flush()
+
+    def _report_mass_cancels(self, cmds: list, results: list) -> None:
+        out = self._out
+        for cmd, events in zip(cmds, results, strict=False):
+            if type(cmd) is CancelAll and not (events and type(events[0]) is OrderRejected):
+                count = sum(1 for ev in events if type(ev) is OrderCancelled)
+                out.append(p.encode_mass_cancelled(cmd.seq, cmd.ts, count))
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def _on_event(self, ev) -> None:
+        """Router callback: every durable event of the account, in sequence order."""
+        try:
+            frame = _REPORTS[type(ev)](ev, self.account)
+        except KeyError:
+            return
+        except (struct.error, ValueError, OverflowError) as exc:
+            # e.g. an order entered elsewhere with a price beyond i64: cannot be carried here
+            log.warning("binary session %s: cannot encode %r: %s", self.peer, ev, exc)
+            frame = p.encode_error(p.ErrorCode.INTERNAL, f"unreportable event at seq {ev.seq}")
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        if self._closed:
+            out.clear()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self._transport
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._cfg.max_output:
+            log.warning("binary session %s (%s): slow consumer, disconnecting", self.peer, self.account)
+            self._closed = True
+            transport.abort()
+
+    # -- flow control and closing -----------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        pause = self._paused_flight or self._paused_write or self._closing
+        if pause != self._reading_paused and not self._closed:
+            self._reading_paused = pause
+            if pause:
+                self.read_pauses += not self._closing
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
+    def _close_when_answered(self) -> None:
+        if self._in_flight == 0 and not self._closed:
+            self._flush()
+            self._closed = True
+            self._transport.close()  # sends what is buffered, then closes
+
+    def close(self) -> None:
+        """Server shutdown: drop the connection now."""
+        if self._transport is not None and not self._closed:
+            self._flush()
+            self._closed = True
+            self._transport.close()
+
+
+# -- server ----------------------------------------------------------------------------------
+
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.Server, set[BinarySession]] = weakref.WeakKeyDictionary()
+
+
+async def start_binary_server(
+    service: ExchangeService,
+    router: ExecutionRouter,
+    accounts: Accounts,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    rate: float = DEFAULT_RATE,
+    burst: float = DEFAULT_BURST,
+    *,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    max_output: int = MAX_OUTPUT_BUFFER,
+    clock: Callable[[], float] = time.monotonic,
+) -> asyncio.Server:
+    """Listen for binary sessions. `rate`/`burst`: the per-session token bucket (requests/s;
+    rate 0 = unlimited). Port 0 picks a free port: read it from `server.sockets`.
+    The router must already receive the service's batches (`service.add_listener(router.on_batch)`)."""
+    loop = asyncio.get_running_loop()
+    sessions: set[BinarySession] = set()
+    config = _Config(service, router, accounts, rate, burst, max_in_flight, max_output, clock)
+    server = await loop.create_server(lambda: BinarySession(config, sessions), host, port)
+    _SESSIONS[server] = sessions
+    bound = server.sockets[0].getsockname() if server.sockets else (host, port)
+    log.info("binary gateway listening on %s:%s", bound[0], bound[1])
+    return server
+
+
+def binary_sessions(server: asyncio.Server) -> set[BinarySession]:
+    """The live sessions of a server started by `start_binary_server`."""
+    return set(_SESSIONS.get(server, ()))
+
+
+async def stop_binary_server(server: asyncio.Server) -> None:
+    """Stop listening and close every session (asyncio.Server.close leaves them open)."""
+    server.close()
+    for session in binary_sessions(server):
+        session.close()
+    await server.wait_closed()
