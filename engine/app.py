@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -41,7 +42,7 @@ class RunningExchange:
     accounts: Accounts
     http_runner: web.AppRunner
     ports: dict[str, int] = field(default_factory=dict)
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    servers: list[tuple[asyncio.AbstractServer, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -52,12 +53,10 @@ class RunningExchange:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.service.stop()  # commits whatever was queued
-        for server in self.servers:
-            server.close()
-        await self.http_runner.cleanup()
-        for server in self.servers:
+        for _server, stop in self.servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+                await asyncio.wait_for(stop(), 5)
+        await self.http_runner.cleanup()
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
@@ -106,6 +105,14 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.ports["http"] = runner.addresses[0][1]
+    if cfg.binary_port >= 0:
+        from engine.gateways.binary.server import start_binary_server, stop_binary_server
+
+        server = await start_binary_server(
+            service, router, accounts, cfg.host, cfg.binary_port, cfg.binary_rate_limit, cfg.binary_rate_burst
+        )
+        running.servers.append((server, lambda s=server: stop_binary_server(s)))
+        running.ports["binary"] = server.sockets[0].getsockname()[1]
     if cfg.demo:
         from engine.demo import run_demo_flow
 

@@ -27,8 +27,10 @@ class Config:
     admin_key: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
     instruments: list[Instrument] = field(default_factory=list)
-    rate_limit: float = 0.0  # requests per second per session; 0 = off
-    rate_burst: float = 0.0
+    rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
+    rate_burst: float = 2_000.0
+    binary_rate_limit: float = 20_000.0  # binary and FIX, per session; 0 = off
+    binary_rate_burst: float = 40_000.0
     snapshot_every_commands: int = 500_000
     snapshot_every_s: float = 300.0
     keep_snapshots: int = 3
@@ -96,24 +98,37 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "admin_key": str,
         "rate_limit": float,
         "rate_burst": float,
+        "binary_rate_limit": float,
+        "binary_rate_burst": float,
         "fsync": bool,
     }
     for key, value in raw.items():
-        if key in simple:
-            setattr(cfg, key, simple[key](value))
-        elif key == "snapshots":
-            cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
-            cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
-            cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
-        elif key == "instruments":
-            try:
-                cfg.instruments = [Instrument(**spec) for spec in value]
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{path}: bad [[instruments]] entry: {exc}") from None
-        elif key == "accounts":
-            for entry in value:
-                if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
-                    raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
-                cfg.api_keys[str(entry["api_key"])] = str(entry["name"])
-        else:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+        # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",
+        # snapshots = 5, accounts = 5) raised ValueError/TypeError/AttributeError, so
+        # `loom run` died with a traceback (exit 1) instead of naming the file (exit 2); and
+        # a string for a boolean (fsync = "no") was truthy, i.e. silently true.
+        try:
+            if key in simple:
+                if simple[key] is bool and not isinstance(value, bool):
+                    raise TypeError(f"expected true or false, not {value!r}")
+                setattr(cfg, key, simple[key](value))
+            elif key == "snapshots":
+                cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
+                cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
+                cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
+            elif key == "instruments":
+                try:
+                    cfg.instruments = [Instrument(**spec) for spec in value]
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{path}: bad [[instruments]] entry: {exc}") from None
+            elif key == "accounts":
+                for entry in value:
+                    if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
+                        raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
+                    cfg.api_keys[str(entry["api_key"])] = str(entry["name"])
+            else:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{path}: bad value for {key!r}: {exc}") from None

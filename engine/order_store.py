@@ -5,7 +5,8 @@ kept; finished ones are kept up to a bound (the journal holds the full history).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+
+import msgspec
 
 from engine.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
 from engine.events import (
@@ -22,8 +23,7 @@ FILLED = "filled"
 CANCELLED = "cancelled"
 
 
-@dataclass
-class Fill:
+class Fill(msgspec.Struct, gc=False):
     trade_id: int
     price: int
     qty: int
@@ -42,8 +42,10 @@ class Fill:
         }
 
 
-@dataclass
-class OrderView:
+class OrderView(msgspec.Struct, gc=False):
+    """Untracked by the garbage collector (gc=False, fills a tuple): a hundred thousand of
+    these must not make every full collection a multi-millisecond pause."""
+
     order_id: int
     account: str
     client_order_id: str
@@ -61,7 +63,7 @@ class OrderView:
     accepted_ts: int = 0
     updated_seq: int = 0
     updated_ts: int = 0
-    fills: list[Fill] = field(default_factory=list)
+    fills: tuple[Fill, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -158,7 +160,7 @@ class OrderStore:
                     view.filled += ev.qty
                     view.leaves = leaves
                     view.updated_seq, view.updated_ts = ev.seq, ev.ts
-                    view.fills.append(Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity))
+                    view.fills += (Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity),)
         elif kind is OrderDone:
             view = self.orders.get(ev.order_id)
             if view is not None:

@@ -9,6 +9,8 @@ import errno as errno_mod
 import logging
 import os
 import re
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +163,7 @@ class FileJournal:
         self.torn_tail_truncations = 0
         self.torn_tail_bytes = 0
         self.write_errors = 0
-        self.last_fsync_ns = 0
+        self.fsync_ns: deque[int] = deque(maxlen=65_536)  # recent fdatasync durations
         self._inject_errno: int | None = None
         self._pending_truncate = False
         self.read_only = read_only
@@ -254,7 +256,9 @@ class FileJournal:
             view = view[n:]
             offset += n
         if self.fsync:
+            started = time.perf_counter_ns()
             os.fdatasync(self._fd)
+            self.fsync_ns.append(time.perf_counter_ns() - started)
 
     def _undo_partial_write(self) -> None:
         """Cut the active segment back to its last whole record, so a failed batch leaves

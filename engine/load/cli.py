@@ -34,6 +34,24 @@ def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: in
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
+def _server_stats(host: str, port: int) -> dict:
+    import urllib.request
+
+    from engine.load.spawn import LOAD_ADMIN_KEY
+
+    req = urllib.request.Request(
+        f"http://{host}:{port}/v1/admin/stats", headers={"X-API-Key": LOAD_ADMIN_KEY}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        stats = json.loads(resp.read())
+    return {
+        "server_fsync_p50_us": stats["fsync_p50_us"],
+        "server_fsync_p99_us": stats["fsync_p99_us"],
+        "server_batches": stats["batches"],
+        "server_mean_batch": round(stats["commands"] / stats["batches"], 1) if stats["batches"] else 0,
+    }
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     api_key = args.api_key or next(iter(LOAD_ACCOUNTS))
     run_id = f"L{int(time.time() * 1000) % 10**9}"
@@ -46,6 +64,8 @@ def cmd_load(args: argparse.Namespace) -> int:
             ports = {"http": args.port, "binary": args.port, "fix": args.port}
         driver = _driver(args.protocol, host, ports, api_key, args.connections)
         result = asyncio.run(run_open_loop(driver, args.protocol, args.rate, args.duration, run_id))
+        if args.port is None:  # our own server: report the physical floor of an ack beside it
+            result.update(_server_stats(host, ports["http"]))
     if args.json:
         print(json.dumps(result))
     else:
@@ -56,6 +76,11 @@ def cmd_load(args: argparse.Namespace) -> int:
             f"  order-to-ack from the scheduled send: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  "
             f"p99.9 {r['p999_us']} µs  max {r['max_us']} µs"
         )
+        if "server_fsync_p99_us" in r:
+            print(
+                f"  server: fdatasync p50 {r['server_fsync_p50_us']} µs  p99 {r['server_fsync_p99_us']} µs; "
+                f"{r['server_batches']:,} batches, {r['server_mean_batch']} orders per batch"
+            )
     return 0 if result["errors"] == 0 else 1
 
 

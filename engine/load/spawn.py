@@ -22,6 +22,8 @@ def _config_text() -> str:
     lines = [
         'host = "127.0.0.1"',
         f'admin_key = "{LOAD_ADMIN_KEY}"',
+        "rate_limit = 0",  # the load generator measures the exchange, not its limits
+        "binary_rate_limit = 0",
         "[snapshots]",
         "every_commands = 0",
         "every_seconds = 0",

@@ -1,0 +1,55 @@
+"""Binary-protocol load driver: pre-encoded frames, many per write, acks matched by
+client_ref (the load order's index)."""
+
+from __future__ import annotations
+
+import time
+
+from engine.domain import OrderType, SelfTradePrevention, Side, TimeInForce
+from engine.gateways.binary import protocol as p
+from engine.gateways.binary.client import BinaryClient
+from engine.load.runner import SYMBOL, LoadOrder
+
+_SIDE = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
+_TIF = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC)}
+_LIMIT = int(OrderType.LIMIT)
+_STP = int(SelfTradePrevention.CANCEL_NEWEST)
+
+
+class BinaryDriver:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1) -> None:
+        self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.clients: list[BinaryClient] = []
+        self._next = 0
+
+    async def connect(self, on_ack) -> None:
+        accepted, rejected = p.Accepted, p.Rejected
+
+        def on_frames(frames: list) -> None:
+            now = time.perf_counter_ns()
+            for f in frames:
+                kind = type(f)
+                if kind is accepted:
+                    on_ack(f.client_ref, True, now)
+                elif kind is rejected and f.request == 1:
+                    on_ack(f.client_ref, False, now)
+
+        for _ in range(self.n):
+            self.clients.append(
+                await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=on_frames)
+            )
+
+    def send(self, orders: list[LoadOrder]) -> None:
+        encode = p.encode_new_order
+        per: dict[int, list[bytes]] = {}
+        for o in orders:
+            c = self._next
+            self._next = (c + 1) % self.n
+            frame = encode(o.index, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
+            per.setdefault(c, []).append(frame)
+        for c, frames in per.items():
+            self.clients[c].send_many(frames)
+
+    async def close(self) -> None:
+        for c in self.clients:
+            c.close()
