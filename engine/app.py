@@ -52,7 +52,16 @@ class RunningExchange:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.service.stop()  # commits whatever was queued
+        try:
+            await self.service.stop()  # commits whatever was queued
+        except Exception:  # a dead commit loop: still close the listeners and the data dir
+            log.exception("the commit loop had failed; closing without a final snapshot")
+            for _server, stop in self.servers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stop(), 5)
+            await self.http_runner.cleanup()
+            self.node.close()
+            raise
         for _server, stop in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)

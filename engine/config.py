@@ -125,7 +125,13 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                 for entry in value:
                     if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
                         raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
-                    cfg.api_keys[str(entry["api_key"])] = str(entry["name"])
+                    key, name = str(entry["api_key"]), str(entry["name"])
+                    if len(key) < 16 or not 0 < len(name) <= 64:
+                        raise ConfigError(
+                            f"{path}: account {name!r} needs a name of 1-64 characters and an "
+                            "api_key of at least 16 characters"
+                        )
+                    cfg.api_keys[key] = name
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
         except ConfigError:

@@ -13,12 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from engine.auth import Accounts, TokenBucket
+from engine.bench.stats import percentile_us
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
 from engine.events import OrderRejected
@@ -38,14 +39,20 @@ TYPES = {"limit": int(OrderType.LIMIT), "market": int(OrderType.MARKET)}
 TIFS = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC), "fok": int(TimeInForce.FOK)}
 STPS = {m.name.lower(): int(m) for m in SelfTradePrevention}
 _json = msgspec.json.Encoder()
+# FIX (tests/test_http_gateway.py): msgspec decodes JSON integers of any size, but the
+# journal stores 64-bit integers: a qty/price/order id beyond them made encoding the batch
+# raise OverflowError inside the commit loop, which killed it (every later order hung, a 500
+# for this one). Out-of-range integers are now a 400 at the gateway, before sequencing.
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=INT64_MAX)]
 
 
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
     symbol: str
     side: Literal["buy", "sell"]
-    qty: int
+    qty: Int64
     type: Literal["limit", "market"] = "limit"
-    price: int = 0
+    price: Int64 = 0
     tif: Literal["gtc", "ioc", "fok"] = "gtc"
     post_only: bool = False
     stp: Literal["none", "cancel_newest", "cancel_oldest", "cancel_both"] = "cancel_newest"
@@ -53,8 +60,8 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AmendRequest(msgspec.Struct, forbid_unknown_fields=True):
-    qty: int = 0  # new total quantity; 0 = unchanged
-    price: int = 0  # 0 = unchanged
+    qty: Int64 = 0  # new total quantity; 0 = unchanged
+    price: Int64 = 0  # 0 = unchanged
     new_client_order_id: str = ""
 
 
@@ -125,7 +132,11 @@ async def json_errors(request: web.Request, handler):
         if exc.content_type == "application/json":
             raise
         code = exc.reason.upper().replace(" ", "_")
-        return error(exc.status, code, exc.text or exc.reason)
+        response = error(exc.status, code, exc.text or exc.reason)
+        # FIX: keep the Allow header of a 405 (RFC 9110 requires it); it was dropped.
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
     except Exception:
@@ -135,10 +146,17 @@ async def json_errors(request: web.Request, handler):
 
 def _api_key(request: web.Request) -> str | None:
     key = request.headers.get("X-API-Key")
+    if not key:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else None
+    # FIX: a header with bytes that are not UTF-8 arrives with surrogate escapes, which
+    # made hashing the key raise UnicodeEncodeError (a 500): no such key can exist.
     if key:
-        return key
-    auth = request.headers.get("Authorization", "")
-    return auth[7:] if auth.startswith("Bearer ") else None
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            return None
+    return key
 
 
 class _Denied(Exception):
@@ -167,13 +185,24 @@ def authenticated(handler):
     return wrapper
 
 
+def _is_json(content_type: str) -> bool:
+    content_type = content_type.lower()
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
 async def _decode(request: web.Request, kind):
     body = await request.read()
+    # FIX: a body declared as something else (a form, text/plain, ...) was parsed as JSON
+    # and executed anyway; it is a 415 now. No Content-Type at all is still read as JSON.
+    if body and hdrs.CONTENT_TYPE in request.headers and not _is_json(request.content_type):
+        message = f"send the body as application/json, not {request.content_type}"
+        raise _Denied(error(415, "UNSUPPORTED_MEDIA_TYPE", message))
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
         raise _Denied(error(400, "INVALID_REQUEST", str(exc))) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # FIX: invalid UTF-8 raises UnicodeDecodeError (not a DecodeError): it was a 500.
         raise _Denied(error(400, "MALFORMED_JSON", f"body is not valid JSON: {exc}")) from None
 
 
@@ -185,6 +214,8 @@ def _order_id(request: web.Request) -> int:
         raise _Denied(error(400, "INVALID_ORDER_ID", f"order id must be a whole number: {text!r}")) from None
     if value <= 0:
         raise _Denied(error(400, "INVALID_ORDER_ID", "order id must be positive"))
+    if value > INT64_MAX:  # FIX: see Int64 above (the journal holds 64-bit integers)
+        raise _Denied(error(400, "INVALID_ORDER_ID", f"order id must be at most {INT64_MAX}"))
     return value
 
 
@@ -306,6 +337,7 @@ async def get_book(request: web.Request) -> web.Response:
         {
             "symbol": symbol,
             "seq": ctx.engine.last_seq,
+            "md_seq": ctx.market_data.feed(symbol).seq,  # lines up with the WebSocket l2update seq
             "bids": [list(level) for level in book.bids.depth(depth)],
             "asks": [list(level) for level in book.asks.depth(depth)],
         }
@@ -344,6 +376,29 @@ async def readyz(request: web.Request) -> web.Response:
     if problems:
         return error(503, "NOT_READY", "; ".join(problems))
     return ok({"status": "ready", "seq": ctx.engine.last_seq})
+
+
+async def admin_stats(request: web.Request) -> web.Response:
+    """Operator figures until the metrics endpoint exists: journal and batching."""
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    node = ctx.service.node
+    fsyncs = sorted(node.journal.fsync_ns)
+    return ok(
+        {
+            "seq": node.engine.last_seq,
+            "batches": ctx.service.batches,
+            "commands": ctx.service.commands,
+            "journal_bytes": node.journal.size_bytes,
+            "fsyncs_sampled": len(fsyncs),
+            "fsync_p50_us": percentile_us(fsyncs, 50),
+            "fsync_p99_us": percentile_us(fsyncs, 99),
+            "fsync_max_us": round(fsyncs[-1] / 1000, 1) if fsyncs else 0.0,
+            "rejected_batches": node.rejected_batches,
+            "rate_limited": ctx.rate_limited,
+        }
+    )
 
 
 async def openapi(_request: web.Request) -> web.Response:
@@ -419,7 +474,9 @@ class WsSession:
     def handle(self, raw: str | bytes) -> None:
         try:
             msg = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # FIX: a binary frame that is not UTF-8 raises UnicodeDecodeError, which escaped
+            # and closed the session; it is a MALFORMED_JSON error like any other.
             self.fail(None, "MALFORMED_JSON", f"message is not valid JSON: {exc}")
             return
         if not isinstance(msg, dict):
@@ -468,7 +525,13 @@ class WsSession:
         self.ctx.service.enqueue([command], done)
 
     def op_auth(self, req_id, msg: dict) -> None:
-        account = self.ctx.accounts.authenticate(msg.get("api_key"))
+        key = msg.get("api_key")
+        if key is not None and not isinstance(key, str):
+            # FIX: a non-string api_key (a number, a list) raised inside the key hashing and
+            # closed the session; it is an INVALID_REQUEST error now.
+            self.fail(req_id, "INVALID_REQUEST", "api_key must be a string")
+            return
+        account = self.ctx.accounts.authenticate(key)
         if account is None:
             self.fail(req_id, "UNAUTHENTICATED", "unknown API key")
             return
@@ -502,7 +565,7 @@ class WsSession:
 
     def op_subscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
-        key = (req.channel, req.symbol)
+        key = _sub_key(req)
         if key in self.unsubscribers:
             self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
             return
@@ -528,7 +591,7 @@ class WsSession:
 
     def op_unsubscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
-        stop = self.unsubscribers.pop((req.channel, req.symbol), None)
+        stop = self.unsubscribers.pop(_sub_key(req), None)
         if stop is None:
             self.fail(req_id, "NOT_SUBSCRIBED", f"not subscribed to {req.channel} {req.symbol}")
             return
@@ -547,15 +610,15 @@ class WsSession:
 
 
 class _WsCancel(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: int = 0
+    order_id: Int64 = 0  # FIX: Int64, see above
     client_order_id: str = ""
 
 
 class _WsAmend(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: int = 0
+    order_id: Int64 = 0  # FIX: Int64, see above
     client_order_id: str = ""
-    qty: int = 0
-    price: int = 0
+    qty: Int64 = 0
+    price: Int64 = 0
     new_client_order_id: str = ""
 
 
@@ -566,6 +629,13 @@ class _WsCancelAll(msgspec.Struct, forbid_unknown_fields=True):
 class _WsSubscribe(msgspec.Struct, forbid_unknown_fields=True):
     channel: Literal["book", "trades", "executions"]
     symbol: str = ""
+
+
+def _sub_key(req: _WsSubscribe) -> tuple:
+    # FIX (tests/test_ws_gateway.py): executions are per account, not per symbol; keyed by
+    # (channel, symbol) a second subscription naming another symbol was accepted and every
+    # execution report was then delivered twice.
+    return (req.channel, "" if req.channel == "executions" else req.symbol)
 
 
 _WS_OPS = {
@@ -628,5 +698,6 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/trades/{symbol}", get_trades)
     app.router.add_get("/v1/instruments", get_instruments)
     app.router.add_post("/v1/admin/snapshot", admin_snapshot)
+    app.router.add_get("/v1/admin/stats", admin_stats)
     app.router.add_get("/v1/ws", websocket)
     return app

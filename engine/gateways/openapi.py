@@ -114,6 +114,13 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "ready"}, **_errors(503)},
             }
         },
+        "/v1/openapi.json": {
+            "get": {
+                "security": [],
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI"}},
+            }
+        },
         "/v1/orders": {
             "post": {
                 "summary": "Submit an order",
@@ -192,6 +199,12 @@ OPENAPI: dict = {
             "post": {
                 "summary": "Take a snapshot now (admin key)",
                 "responses": {"200": {"description": "snapshot written"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/stats": {
+            "get": {
+                "summary": "Journal and batching figures (admin key)",
+                "responses": {"200": {"description": "figures"}, **_errors(403)},
             }
         },
         "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
