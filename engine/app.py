@@ -88,10 +88,15 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     rec = node.recovered
     log.info(
         "recovered to seq %d (snapshot %d, %d commands replayed, state hash %s) in %.2f s",
-        node.engine.last_seq, rec.snapshot_seq, rec.replayed_commands, rec.state_hash[:16], rec.duration_s,
-    )  # fmt: skip
+        node.engine.last_seq,
+        rec.snapshot_seq,
+        rec.replayed_commands,
+        rec.state_hash[:16],
+        rec.duration_s,
+    )
     service = ExchangeService(node)
     order_store = OrderStore()
+    order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
     for listener in (order_store.on_batch, market_data.on_batch, router.on_batch):
@@ -122,6 +127,22 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         )
         running.servers.append((server, lambda s=server: stop_binary_server(s)))
         running.ports["binary"] = server.sockets[0].getsockname()[1]
+    if cfg.fix_port >= 0:
+        from engine.gateways.fix.server import start_fix_server, stop_fix_server
+        from engine.gateways.fix.session import SessionConfig
+
+        server = await start_fix_server(
+            service,
+            router,
+            order_store,
+            accounts,
+            cfg.host,
+            cfg.fix_port,
+            cfg.data_dir / "fix",
+            config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
+        )
+        running.servers.append((server, lambda s=server: stop_fix_server(s)))
+        running.ports["fix"] = server.sockets[0].getsockname()[1]
     if cfg.demo:
         from engine.demo import run_demo_flow
 

@@ -103,6 +103,30 @@ class OrderStore:
         self.keep_trades = keep_trades
         self.trades: dict[str, deque[Trade]] = {}
 
+    def seed_open_orders(self, engine) -> int:
+        """After recovery: every resting order as an open view (their fills before the
+        restart are in the journal, not here)."""
+        n = 0
+        for account in engine.accounts.values():
+            for o in account.open.values():
+                self.orders[o.order_id] = OrderView(
+                    o.order_id,
+                    o.account,
+                    o.client_order_id,
+                    o.symbol,
+                    o.side,
+                    2,
+                    o.tif,
+                    o.price,
+                    o.qty,
+                    o.leaves,
+                    o.filled,
+                    accepted_seq=o.seq,
+                    updated_seq=o.seq,
+                )
+                n += 1
+        return n
+
     def get(self, order_id: int) -> OrderView | None:
         return self.orders.get(order_id) or self.done.get(order_id)
 

@@ -1,0 +1,215 @@
+"""A thin asyncio acceptor for the FIX 4.4 gateway.
+
+One task per connection reads bytes into its `FixSession`, writes what the session has to
+send, and submits the commands the session produced as one batch (awaiting the batch
+before reading more, which is the flow control). Execution reports come from the
+execution router, which calls the session for every durable event of its account. A
+second small task per connection drives the session's timers (heartbeats, TestRequest,
+logon and logout timeouts).
+
+    server = await start_fix_server(service, router, order_store, accounts,
+                                    "127.0.0.1", 0, store_dir)
+    port = server.sockets[0].getsockname()[1]
+    ...
+    await stop_fix_server(server)   # Logout to every session, then close
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv
+from engine.gateways.fix.store import FileStore
+
+log = logging.getLogger("loom.fix")
+
+MAX_WRITE_BUFFER = 16 * 1024 * 1024  # a client this far behind is dropped (it can resend)
+READ_CHUNK = 64 * 1024
+
+
+class _Connection:
+    def __init__(self, session: FixSession, writer: asyncio.StreamWriter) -> None:
+        self.session = session
+        self.writer = writer
+        self.task: asyncio.Task | None = None
+        self.peer = writer.get_extra_info("peername")
+
+    def flush(self) -> None:
+        """Write what the session has to send; close the transport once the session is
+        closed (after the bytes already queued, e.g. a Logout, are sent)."""
+        data = self.session.data_to_send()
+        writer = self.writer
+        if writer.is_closing():
+            return
+        if data:
+            writer.write(data)
+        if self.session.closed:
+            writer.close()
+        elif writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning(
+                "FIX %s at %s reads too slowly: dropping the connection", self.session.counterparty, self.peer
+            )
+            writer.transport.abort()
+
+    def on_event(self, event) -> None:
+        self.session.on_event(event)
+        self.flush()
+
+
+@dataclass
+class FixGateway:
+    """The state behind one listening FIX server."""
+
+    service: object
+    router: object
+    order_store: object
+    accounts: object
+    store_dir: Path
+    config: SessionConfig
+    timer_interval: float = 0.5
+    sessions: dict[str, FixSession] = field(default_factory=dict)  # logged on, by SenderCompID
+    connections: set[_Connection] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        lookup = getattr(self.order_store, "get", None)
+        self.env = SessionEnv(
+            authenticate=self.accounts.authenticate,  # type: ignore[attr-defined]
+            open_store=lambda comp_id: FileStore(self.store_dir, comp_id),
+            order_lookup=lookup,
+            claim=self._claim,
+            release=self._release,
+        )
+
+    def _claim(self, comp_id: str, session: FixSession) -> bool:
+        # A session that is still settling its commands keeps its SenderCompID (and its
+        # store files) until its connection task ends.
+        if comp_id in self.sessions:
+            return False
+        self.sessions[comp_id] = session
+        return True
+
+    def _release(self, comp_id: str, session: FixSession) -> None:
+        if self.sessions.get(comp_id) is session:
+            del self.sessions[comp_id]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = FixSession(self.env, self.config)
+        conn = _Connection(session, writer)
+        conn.task = asyncio.current_task()
+        self.connections.add(conn)
+        timer = asyncio.get_running_loop().create_task(self._tick(conn))
+        unsubscribe = None
+        reason = "connection closed by the counterparty"
+        try:
+            while not session.closed:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                session.receive_data(data)
+                if unsubscribe is None and session.account:
+                    unsubscribe = self.router.subscribe(session.account, conn.on_event)  # type: ignore[attr-defined]
+                conn.flush()
+                commands = session.take_commands()
+                if commands:
+                    try:
+                        await self.service.submit(commands)  # type: ignore[attr-defined]
+                    except Exception as exc:
+                        log.error(
+                            "FIX %s: batch of %d commands failed: %s",
+                            session.counterparty,
+                            len(commands),
+                            exc,
+                        )
+                        session.submit_done(commands, exc)
+                    else:
+                        session.submit_done(commands)
+                    conn.flush()
+                if not writer.is_closing():
+                    await writer.drain()
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc}"
+        except Exception:
+            log.exception("FIX connection from %s failed", conn.peer)
+            reason = "internal error"
+        finally:
+            timer.cancel()
+            session.close(reason)
+            conn.flush()
+            if unsubscribe is not None:
+                unsubscribe()
+            self.connections.discard(conn)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _tick(self, conn: _Connection) -> None:
+        session = conn.session
+        while not session.closed:
+            await asyncio.sleep(self.timer_interval)
+            session.on_timer()
+            conn.flush()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Log every session out (waiting up to `timeout` for the answers), then drop
+        whatever is left."""
+        for conn in list(self.connections):
+            conn.session.logout("the exchange is shutting down")
+            conn.flush()
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for conn in list(self.connections):
+                conn.writer.transport.abort()
+            if pending:
+                _, still = await asyncio.wait(pending, timeout=1.0)
+                for task in still:
+                    task.cancel()
+
+
+_GATEWAYS: weakref.WeakKeyDictionary[asyncio.base_events.Server, FixGateway] = weakref.WeakKeyDictionary()
+
+
+async def start_fix_server(
+    service,
+    router,
+    order_store,
+    accounts,
+    host: str,
+    port: int,
+    store_dir: Path | str,
+    heartbeat_timeout: float = 10.0,
+    *,
+    config: SessionConfig | None = None,
+    timer_interval: float = 0.5,
+) -> asyncio.base_events.Server:
+    """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
+    answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
+    out and disconnected; `store_dir` keeps each SenderCompID's sequence numbers and sent
+    messages across restarts."""
+    cfg = replace(config or SessionConfig(), heartbeat_timeout=heartbeat_timeout)
+    gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
+    server = await asyncio.start_server(gateway.serve, host, port)
+    _GATEWAYS[server] = gateway
+    log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
+    return server
+
+
+def fix_gateway(server: asyncio.base_events.Server) -> FixGateway:
+    """The gateway state behind a server from `start_fix_server` (live sessions etc.)."""
+    return _GATEWAYS[server]
+
+
+async def stop_fix_server(server: asyncio.base_events.Server, timeout: float = 5.0) -> None:
+    """Stop accepting, log every session out, close the connections and the stores."""
+    server.close()
+    gateway = _GATEWAYS.pop(server, None)
+    if gateway is not None:
+        await gateway.close(timeout)
+    await server.wait_closed()

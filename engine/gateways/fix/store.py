@@ -1,0 +1,136 @@
+"""Persistent FIX session state, one directory per counterparty SenderCompID: the next
+sequence numbers in both directions, the account the session belongs to, and every
+application message sent (for ResendRequest). It survives a restart of the exchange, so a
+client resuming its session keeps its numbers and can ask for what it missed.
+
+Layout of ``<store_dir>/<comp id>/``:
+
+- ``seqnums``  one fixed-width line "<next sender> <next target>", rewritten in place
+- ``messages`` records "<seq> <length>\\n<raw message>\\n", appended
+- ``account``  the account that owns the SenderCompID (a different account cannot take it)
+
+A record cut short by a crash is truncated away when the store is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_SEQNUM_LINE = 42  # "%020d %020d\n"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def store_dir_name(comp_id: str) -> str:
+    """A file-system-safe, collision-free directory name for a SenderCompID."""
+    if _SAFE_NAME.fullmatch(comp_id):
+        return comp_id
+    return "=" + comp_id.encode("utf-8", "surrogateescape").hex()
+
+
+class MemoryStore:
+    """The same interface without files (tests, or sessions that need no recovery)."""
+
+    def __init__(self) -> None:
+        self.next_sender_seq = 1
+        self.next_target_seq = 1
+        self.account = ""
+        self._messages: dict[int, bytes] = {}
+
+    def set_seqnums(self, next_sender: int, next_target: int) -> None:
+        self.next_sender_seq, self.next_target_seq = next_sender, next_target
+
+    def set_account(self, account: str) -> None:
+        self.account = account
+
+    def save_message(self, seq: int, raw: bytes) -> None:
+        self._messages[seq] = raw
+
+    def messages(self, begin: int, end: int) -> list[tuple[int, bytes]]:
+        return [(s, self._messages[s]) for s in sorted(self._messages) if begin <= s <= end]
+
+    def reset(self) -> None:
+        self.next_sender_seq = self.next_target_seq = 1
+        self._messages.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class FileStore(MemoryStore):
+    def __init__(self, root: Path, comp_id: str, sync: bool = False) -> None:
+        super().__init__()
+        self.path = Path(root) / store_dir_name(comp_id)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
+        self._index: dict[int, tuple[int, int]] = {}  # seq -> (offset, length) of the raw bytes
+        self._seq_fd = os.open(self.path / "seqnums", os.O_RDWR | os.O_CREAT, 0o644)
+        self._msg_fd = os.open(self.path / "messages", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._load()
+
+    def _load(self) -> None:
+        line = os.pread(self._seq_fd, _SEQNUM_LINE, 0).split()
+        if len(line) == 2 and all(part.isdigit() for part in line):
+            self.next_sender_seq, self.next_target_seq = int(line[0]), int(line[1])
+        else:
+            self._write_seqnums()
+        account_file = self.path / "account"
+        if account_file.exists():
+            self.account = account_file.read_text().strip()
+        data = os.pread(self._msg_fd, os.fstat(self._msg_fd).st_size, 0)
+        pos = 0
+        while True:
+            nl = data.find(b"\n", pos, pos + 48)
+            parts = data[pos:nl].split() if nl >= 0 else []
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                break
+            seq, length = int(parts[0]), int(parts[1])
+            start = nl + 1
+            if data[start + length : start + length + 1] != b"\n":
+                break
+            self._index[seq] = (start, length)
+            pos = start + length + 1
+        if pos < len(data):  # a torn tail from a crash: cut it off
+            os.ftruncate(self._msg_fd, pos)
+
+    def _write_seqnums(self) -> None:
+        os.pwrite(self._seq_fd, b"%020d %020d\n" % (self.next_sender_seq, self.next_target_seq), 0)
+        if self.sync:
+            os.fdatasync(self._seq_fd)
+
+    def set_seqnums(self, next_sender: int, next_target: int) -> None:
+        if (next_sender, next_target) != (self.next_sender_seq, self.next_target_seq):
+            super().set_seqnums(next_sender, next_target)
+            self._write_seqnums()
+
+    def set_account(self, account: str) -> None:
+        if account != self.account:
+            self.account = account
+            tmp = self.path / "account.tmp"
+            tmp.write_text(account + "\n")
+            os.replace(tmp, self.path / "account")
+
+    def save_message(self, seq: int, raw: bytes) -> None:
+        offset = os.fstat(self._msg_fd).st_size
+        head = b"%d %d\n" % (seq, len(raw))
+        os.write(self._msg_fd, head + raw + b"\n")
+        if self.sync:
+            os.fdatasync(self._msg_fd)
+        self._index[seq] = (offset + len(head), len(raw))
+
+    def messages(self, begin: int, end: int) -> list[tuple[int, bytes]]:
+        wanted = sorted(s for s in self._index if begin <= s <= end)
+        return [(s, os.pread(self._msg_fd, self._index[s][1], self._index[s][0])) for s in wanted]
+
+    def reset(self) -> None:
+        os.ftruncate(self._msg_fd, 0)
+        self._index.clear()
+        self.next_sender_seq = self.next_target_seq = 1
+        self._write_seqnums()
+
+    def close(self) -> None:
+        for fd in (self._seq_fd, self._msg_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._seq_fd = self._msg_fd = -1
