@@ -1,0 +1,104 @@
+"""FIX load driver: a minimal initiator on the project's own codec (Logon, then
+NewOrderSingle per order; an ExecutionReport New or Rejected for ClOrdID i is the ack)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
+
+_SIDE = {"buy": "1", "sell": "2"}
+_TIF = {"gtc": "1", "ioc": "3"}
+
+
+class _FixConnection(asyncio.Protocol):
+    def __init__(self, driver: FixDriver, comp_id: str) -> None:
+        self.driver = driver
+        self.comp_id = comp_id
+        self.parser = FixParser()
+        self.seq = 0
+        self.transport: asyncio.Transport | None = None
+        self.logged_on = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def next_header(self) -> tuple[int, str]:
+        self.seq += 1
+        return self.seq, utc_timestamp(time.time())
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.receive_data(data)
+        now = time.perf_counter_ns()
+        on_ack = self.driver.on_ack
+        for msg in self.parser.events():
+            if not isinstance(msg, FixMessage):
+                continue
+            kind = msg.msg_type
+            if kind == "8":
+                exec_type = msg.get(150)
+                if exec_type in ("0", "8"):
+                    clid = msg.get(11, "")
+                    index = clid.rsplit("-", 1)[-1]
+                    if index.isdigit():
+                        on_ack(int(index), exec_type == "0", now)
+            elif kind == "A" and not self.logged_on.done():
+                self.logged_on.set_result(True)
+            elif kind == "5" and not self.logged_on.done():
+                self.logged_on.set_exception(ConnectionError(f"logon refused: {msg.get(58)}"))
+            elif kind == "1":  # TestRequest: answer with a Heartbeat
+                seq, ts = self.next_header()
+                self.transport.write(
+                    encode_message("0", self.comp_id, "LOOM", seq, ts, [(112, msg.get(112, ""))])
+                )
+
+
+class FixDriver:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1) -> None:
+        self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.conns: list[_FixConnection] = []
+        self.on_ack = None
+        self._next = 0
+
+    async def connect(self, on_ack) -> None:
+        from engine.load.spawn import LOAD_ACCOUNTS
+
+        self.on_ack = on_ack
+        account = LOAD_ACCOUNTS.get(self.api_key, "load-a")
+        loop = asyncio.get_running_loop()
+        for i in range(self.n):
+            comp = f"LOAD{i}-{int(time.time() * 1000) % 10**8}"
+            _t, conn = await loop.create_connection(
+                lambda c=comp: _FixConnection(self, c), self.host, self.port
+            )
+            seq, ts = conn.next_header()
+            logon = [(98, 0), (108, 30), (141, "Y"), (553, account), (554, self.api_key)]
+            conn.transport.write(encode_message("A", comp, "LOOM", seq, ts, logon))
+            await asyncio.wait_for(conn.logged_on, 10)
+            self.conns.append(conn)
+
+    def send(self, orders) -> None:
+        per: dict[int, list[bytes]] = {}
+        for o in orders:
+            c = self._next
+            self._next = (c + 1) % self.n
+            conn = self.conns[c]
+            seq, ts = conn.next_header()
+            body = [
+                (11, o.client_order_id),
+                (55, "LOAD-USD"),
+                (54, _SIDE[o.side]),
+                (60, ts),
+                (38, o.qty),
+                (40, "2"),
+                (44, o.price),
+                (59, _TIF[o.tif]),
+            ]
+            per.setdefault(c, []).append(encode_message("D", conn.comp_id, "LOOM", seq, ts, body))
+        for c, frames in per.items():
+            self.conns[c].transport.write(b"".join(frames))
+
+    async def close(self) -> None:
+        for conn in self.conns:
+            conn.transport.close()
