@@ -21,6 +21,7 @@ class Accounts:
     def __init__(self, keys: dict[str, str] | None = None, admin_key: str = "") -> None:
         """`keys` maps api key -> account name."""
         self._by_digest: dict[bytes, str] = {}
+        self._recent: dict[str, str] = {}  # key -> account: skips a SHA-256 per request
         self._admin = _digest(admin_key) if admin_key else None
         for key, account in (keys or {}).items():
             self.add(account, key)
@@ -36,7 +37,14 @@ class Accounts:
         """The account an API key belongs to, or None."""
         if not key:
             return None
-        return self._by_digest.get(_digest(key))
+        account = self._recent.get(key)
+        if account is None:
+            account = self._by_digest.get(_digest(key))
+            if account is not None:  # only valid keys: a flood of bad ones cannot grow it
+                if len(self._recent) >= 1024:
+                    self._recent.clear()
+                self._recent[key] = account
+        return account
 
     def is_admin(self, key: str | None) -> bool:
         return bool(key) and self._admin is not None and hmac.compare_digest(_digest(key), self._admin)

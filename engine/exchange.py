@@ -127,17 +127,35 @@ class ExchangeNode:
         command, in order. On a journal failure every command gets a rejection instead."""
         if not commands:
             return []
-        stamp = self.sequencer.stamp
+        before = self.stamp(commands)
+        return self.finish(commands, before, self.write(commands))
+
+    # The three steps of submit, apart so the service can run `write` (fdatasync) on a
+    # worker thread while the event loop goes on reading requests for the next batch.
+
+    def stamp(self, commands: list) -> int:
+        """Give the batch its sequence numbers and timestamps; returns the seq before it."""
         before = self.sequencer.last_seq
+        stamp = self.sequencer.stamp
         for cmd in commands:
             stamp(cmd)
+        return before
+
+    def write(self, commands: list) -> JournalWriteError | None:
+        """Make the batch durable. Touches only the journal (safe on a worker thread)."""
         try:
             self.journal.append(commands)
         except JournalWriteError as exc:
+            return exc
+        return None
+
+    def finish(self, commands: list, before: int, error: JournalWriteError | None) -> list[list]:
+        """Apply a durable batch, or refuse a batch that could not be written."""
+        if error is not None:
             self.sequencer.rewind(before)
             self.rejected_batches += 1
             self.journal_ok = False
-            log.error("batch of %d commands refused: %s", len(commands), exc)
+            log.error("batch of %d commands refused: %s", len(commands), error)
             return [[journal_failure_rejection(cmd)] for cmd in commands]
         self.journal_ok = True
         apply = self.engine.apply

@@ -585,10 +585,10 @@ def test_a_failed_commit_loop_ends_the_session_with_an_error(tmp_path):
             alice = await h.connect(ALICE_KEY)
             bob = await h.connect(BOB_KEY)
 
-            def broken(batch):
+            def broken(*_args):
                 raise RuntimeError("a broken invariant")
 
-            h.node.submit = broken
+            h.node.finish = broken  # where the engine applies a durable batch
             h.expect_crash = True
             alice.new_order(1, BTC, BUY, price=90, qty=1)
             frames = await assert_closed_by_server(alice)

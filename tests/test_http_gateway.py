@@ -545,10 +545,10 @@ async def test_a_dead_commit_loop_makes_the_node_unready_instead_of_hanging(srv)
     the node must say so and refuse orders, not queue them forever."""
     await srv.order("alice", "buy", 100, 1)
 
-    def broken_invariant(_batch):
+    def broken_invariant(*_args):
         raise RuntimeError("injected: broken invariant")
 
-    srv.node.submit = broken_invariant
+    srv.node.finish = broken_invariant  # where the engine applies a durable batch
     async with srv.http.post("/v1/orders", json=ORDER, headers={"X-API-Key": KEY["alice"]}) as resp:
         assert (resp.status, resp.content_type) == (500, "application/json")
         assert (await resp.json())["error"]["code"] == "INTERNAL"

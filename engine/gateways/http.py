@@ -128,6 +128,8 @@ def rejection(ev: OrderRejected) -> web.Response:
 async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
+    except _Denied as denied:  # a client mistake found before any work: its 4xx reply
+        return denied.response
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
@@ -172,17 +174,6 @@ def _account(request: web.Request) -> str:
     if not ctx.allow(account):
         raise _Denied(error(429, "RATE_LIMITED", f"more than {ctx.rate:g} requests per second"))
     return account
-
-
-def authenticated(handler):
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            account = _account(request)
-        except _Denied as denied:
-            return denied.response
-        return await handler(request, account)
-
-    return wrapper
 
 
 def _is_json(content_type: str) -> bool:
@@ -238,13 +229,10 @@ def _result(events: list, status: int = 200, order: dict | None = None) -> web.R
 # -- orders -------------------------------------------------------------------------------
 
 
-@authenticated
-async def post_order(request: web.Request, account: str) -> web.Response:
+async def post_order(request: web.Request) -> web.Response:
+    account = _account(request)
     ctx = request.app[CTX]
-    try:
-        req = await _decode(request, OrderRequest)
-    except _Denied as denied:
-        return denied.response
+    req = await _decode(request, OrderRequest)
     events = await ctx.service.submit_one(new_order_command(account, req))
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
@@ -252,41 +240,32 @@ async def post_order(request: web.Request, account: str) -> web.Response:
     return _result(events, 201, view.to_json() if view else None)
 
 
-@authenticated
-async def get_order(request: web.Request, account: str) -> web.Response:
-    try:
-        oid = _order_id(request)
-    except _Denied as denied:
-        return denied.response
+async def get_order(request: web.Request) -> web.Response:
+    account = _account(request)
+    oid = _order_id(request)
     view = request.app[CTX].order_store.get(oid)
     if view is None or view.account != account:
         return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account in the order store")
     return ok(view.to_json())
 
 
-@authenticated
-async def delete_order(request: web.Request, account: str) -> web.Response:
-    try:
-        oid = _order_id(request)
-    except _Denied as denied:
-        return denied.response
+async def delete_order(request: web.Request) -> web.Response:
+    account = _account(request)
+    oid = _order_id(request)
     return _result(await request.app[CTX].service.submit_one(Cancel(account, oid)))
 
 
-@authenticated
-async def delete_order_by_client_id(request: web.Request, account: str) -> web.Response:
+async def delete_order_by_client_id(request: web.Request) -> web.Response:
+    account = _account(request)
     clid = request.match_info["client_order_id"]
     return _result(await request.app[CTX].service.submit_one(Cancel(account, 0, clid)))
 
 
-@authenticated
-async def patch_order(request: web.Request, account: str) -> web.Response:
+async def patch_order(request: web.Request) -> web.Response:
+    account = _account(request)
     ctx = request.app[CTX]
-    try:
-        oid = _order_id(request)
-        req = await _decode(request, AmendRequest)
-    except _Denied as denied:
-        return denied.response
+    oid = _order_id(request)
+    req = await _decode(request, AmendRequest)
     events = await ctx.service.submit_one(
         Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
     )
@@ -294,15 +273,15 @@ async def patch_order(request: web.Request, account: str) -> web.Response:
     return _result(events, 200, view.to_json() if view and view.account == account else None)
 
 
-@authenticated
-async def list_orders(request: web.Request, account: str) -> web.Response:
+async def list_orders(request: web.Request) -> web.Response:
+    account = _account(request)
     symbol = request.query.get("symbol", "")
     views = request.app[CTX].order_store.open_orders(account, symbol)
     return ok({"orders": [v.to_json() for v in sorted(views, key=lambda v: v.order_id)]})
 
 
-@authenticated
-async def cancel_all(request: web.Request, account: str) -> web.Response:
+async def cancel_all(request: web.Request) -> web.Response:
+    account = _account(request)
     symbol = request.query.get("symbol", "")
     return _result(await request.app[CTX].service.submit_one(CancelAll(account, symbol)))
 
@@ -329,10 +308,7 @@ async def get_book(request: web.Request) -> web.Response:
     book = ctx.engine.books.get(symbol)
     if book is None:
         return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
-    try:
-        depth = _int_query(request, "depth", 10, 1, 1000)
-    except _Denied as denied:
-        return denied.response
+    depth = _int_query(request, "depth", 10, 1, 1000)
     return ok(
         {
             "symbol": symbol,
@@ -349,10 +325,7 @@ async def get_trades(request: web.Request) -> web.Response:
     symbol = request.match_info["symbol"]
     if symbol not in ctx.engine.books:
         return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
-    try:
-        limit = _int_query(request, "limit", 100, 1, 1000)
-    except _Denied as denied:
-        return denied.response
+    limit = _int_query(request, "limit", 100, 1, 1000)
     trades = ctx.order_store.recent_trades(symbol, limit)
     return ok({"symbol": symbol, "trades": [event_json(t) for t in trades]})
 
