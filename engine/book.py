@@ -109,7 +109,7 @@ class BookSide:
 
     def depth(self, n: int) -> list[tuple[int, int, int]]:
         """The best `n` levels as (price, qty, order count)."""
-        out = []
+        out: list[tuple[int, int, int]] = []
         for level in self.iter_levels():
             if len(out) == n:
                 break

@@ -206,7 +206,7 @@ class MatchingEngine:
             best = opp.best
             crosses = best is not None and (order_type == MARKET or best >= price)
         if crosses and post_only:
-            if registered:
+            if acct is not None and registered:
                 del acct.by_clid[clid]
             return self._reject_new(cmd, R.POST_ONLY_WOULD_CROSS)
 
@@ -216,7 +216,7 @@ class MatchingEngine:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
         ts = cmd.ts
-        events = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
+        events: list = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
 
         remaining = qty
         if crosses:
@@ -307,7 +307,7 @@ class MatchingEngine:
             )
         ]
 
-    def _reject_new(self, cmd: NewOrder, reason: RejectReason) -> list:
+    def _reject_new(self, cmd: NewOrder, reason: int) -> list:
         return [
             OrderRejected(cmd.seq, cmd.ts, cmd.account, cmd.client_order_id, cmd.symbol, REQ_NEW, int(reason))
         ]
@@ -436,9 +436,10 @@ class MatchingEngine:
             clid = cmd.client_order_id
             if not clid:
                 return None, R.UNKNOWN_ORDER
-            oid = acct.by_clid.get(clid)
-            if oid is None:
+            found = acct.by_clid.get(clid)
+            if found is None:
                 return None, R.UNKNOWN_ORDER
+            oid = found
             order = acct.open.get(oid)
             # A client id replaced by an amend (FIX OrigClOrdID) no longer names the order.
             if order is None or order.client_order_id != clid:
