@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.fsutil import fsync_dir
 from engine.matcher import MatchingEngine
 from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
 
@@ -92,14 +93,6 @@ def decode_snapshot(data: bytes, name: str = "snapshot") -> LoadedSnapshot:
     return LoadedSnapshot(engine, seq, recomputed, Path(name), ())
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SnapshotStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
         if keep < 1:
@@ -131,7 +124,7 @@ class SnapshotStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             self.write_failures += 1
             tmp.unlink(missing_ok=True)
@@ -160,7 +153,7 @@ class SnapshotStore:
                 # once the journal grows past its seq.
                 stale = info.path.with_name(info.path.name + ".stale")
                 os.replace(info.path, stale)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 reason = (
                     f"covers seq {info.seq}, beyond the journal's last seq {max_seq}; moved to {stale.name}"
                 )

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.fsutil import fsync_dir
 from engine.journal import JournalCorruptError, JournalError, JournalWriteError
 from engine.journal.format import (
     FORMAT_VERSION,
@@ -136,14 +137,6 @@ def scan(directory: str | os.PathLike) -> ScanReport:
     return report
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileJournal:
     """Append-only segment files. `append` returns only once the batch is on disk."""
 
@@ -195,7 +188,7 @@ class FileJournal:
                 os.fsync(f.fileno())
         else:
             path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self.torn_tail_truncations += 1
         self.torn_tail_bytes += report.torn_tail_bytes
 
@@ -277,7 +270,7 @@ class FileJournal:
             os.pwrite(fd, header, 0)
             if self.fsync:
                 os.fdatasync(fd)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -358,5 +351,5 @@ def repair(directory: str | os.PathLike) -> ScanReport:
         with open(damaged, "r+b") as f:
             f.truncate(damage.offset)
             os.fsync(f.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return report

@@ -247,14 +247,14 @@ def install_stall(spec: str, node_holder: dict, out) -> None:
 
         snapshots_mod.os = _OsProxy(replace=replace)
     elif phase == "snapshot-renamed":
-        real_fsync_dir = snapshots_mod._fsync_dir
+        real_fsync_dir = snapshots_mod.fsync_dir
 
         def fsync_dir(directory) -> None:
             if hit():
                 _stall(out, phase, engine_seq(), str(directory))
             real_fsync_dir(directory)
 
-        snapshots_mod._fsync_dir = fsync_dir
+        snapshots_mod.fsync_dir = fsync_dir
     else:  # journal-torn, segment-torn: a partial pwrite of a record / of a segment header
         want_header = phase == "segment-torn"
 
