@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -58,7 +59,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not cfg.instruments:
         print("loom run: no instruments configured (use --demo or a config file)", file=sys.stderr)
         return 2
-    return asyncio.run(serve(cfg))
+    from engine.exchange import DataDirLocked
+    from engine.journal import JournalCorruptError
+
+    try:
+        return asyncio.run(serve(cfg))
+    except DataDirLocked as exc:
+        print(f"loom run: {exc}; is another loom running on the same --data-dir?", file=sys.stderr)
+        return 2
+    except JournalCorruptError as exc:
+        print(f"loom run: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            print(f"loom run: cannot listen: {exc.strerror}", file=sys.stderr)
+            print("  choose other ports with --http-port/--fix-port/--binary-port", file=sys.stderr)
+            return 2
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:

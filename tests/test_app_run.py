@@ -348,3 +348,32 @@ def test_other_startup_errors_exit_2(tmp_path):
         run_loom(["--demo", "--data-dir", str(tmp_path / "d")], clean_env(LOOM_HTTP_PORT="eighty")),
         "LOOM_HTTP_PORT='eighty'",
     )
+
+
+def test_a_port_in_use_or_a_locked_data_dir_exits_2_with_a_message(tmp_path):
+    import socket
+
+    from engine.exchange import lock_data_dir
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_loom(
+            ["--demo", "--data-dir", str(tmp_path / "d"), *NO_LISTENERS, "--http-port", str(port)]
+        )
+    # Recovery already ran (its log lines come first); the refusal is the last word.
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("loom run: cannot listen") and "address already in use" in last[0], last
+    assert "--http-port" in last[1]
+    # A second writer on the same data directory is refused before it recovers anything.
+    held = lock_data_dir(tmp_path / "held")
+    try:
+        result = run_loom(["--demo", "--data-dir", str(tmp_path / "held"), *NO_LISTENERS, "--http-port", "0"])
+        assert_config_error(result, "in use by pid", "another loom")
+    finally:
+        import os
+
+        os.close(held)
