@@ -14,6 +14,7 @@ run: $(STAMP)
 	$(BIN)/loom run --demo
 
 test: $(STAMP)
+	scripts/install-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -21,11 +21,13 @@ from aiohttp import web
 from engine.auth import Accounts
 from engine.config import Config
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.gateways.http import GatewayContext, build_app
+from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.market_data import MarketData
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
+from telemetry.collectors import ExchangeCollector
+from telemetry.metrics import ExchangeMetrics
 
 log = logging.getLogger("loom.app")
 
@@ -75,6 +77,15 @@ class RunningExchange:
             self.node.close()
 
 
+def _fix_session_count(server) -> int:
+    from engine.gateways.fix.server import fix_gateway
+
+    try:
+        return len(fix_gateway(server).sessions)
+    except KeyError:  # stopped
+        return 0
+
+
 async def start_exchange(cfg: Config) -> RunningExchange:
     node = ExchangeNode(
         NodeConfig(
@@ -95,13 +106,16 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.state_hash[:16],
         rec.duration_s,
     )
-    service = ExchangeService(node)
+    metrics = ExchangeMetrics()
+    service = ExchangeService(node, metrics=metrics)
     order_store = OrderStore()
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
-    for listener in (order_store.on_batch, market_data.on_batch, router.on_batch):
+    for listener in (order_store.on_batch, market_data.on_batch, router.on_batch, metrics.on_batch):
         service.add_listener(listener)
+    sessions: dict[str, Callable[[], int]] = {}
+    metrics.registry.register(ExchangeCollector(service, sessions))
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
     ctx = GatewayContext(
@@ -113,20 +127,24 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cfg.rate_limit,
         cfg.rate_burst,
         node.take_snapshot,
+        metrics=metrics,
     )
-    runner = web.AppRunner(build_app(ctx), access_log=None)
+    app = build_app(ctx)
+    sessions["websocket"] = lambda: len(app[SESSIONS])
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:
-        from engine.gateways.binary.server import start_binary_server, stop_binary_server
+        from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
         server = await start_binary_server(
             service, router, accounts, cfg.host, cfg.binary_port, cfg.binary_rate_limit, cfg.binary_rate_burst
         )
         running.servers.append((server, lambda s=server: stop_binary_server(s)))
+        sessions["binary"] = lambda s=server: len(binary_sessions(s))
         running.ports["binary"] = server.sockets[0].getsockname()[1]
     if cfg.fix_port >= 0:
         from engine.gateways.fix.server import start_fix_server, stop_fix_server
@@ -143,6 +161,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
+        sessions["fix"] = lambda s=server: _fix_session_count(s)
         running.ports["fix"] = server.sockets[0].getsockname()[1]
     if cfg.demo:
         from engine.demo import run_demo_flow

@@ -115,6 +115,7 @@ class ExchangeNode:
         self.last_snapshot: WrittenSnapshot | None = None
         self.rejected_batches = 0
         self.journal_ok = True  # did the last journal write succeed (readiness)
+        self.last_write_bytes = 0
         new = [i for i in config.instruments if i.symbol not in self.engine.instruments]
         if new:
             results = self.submit([ListInstrument(i) for i in new])
@@ -144,8 +145,9 @@ class ExchangeNode:
     def write(self, commands: list) -> JournalWriteError | None:
         """Make the batch durable. Touches only the journal (safe on a worker thread)."""
         try:
-            self.journal.append(commands)
+            self.last_write_bytes = self.journal.append(commands)
         except JournalWriteError as exc:
+            self.last_write_bytes = 0
             return exc
         return None
 

@@ -34,8 +34,12 @@ class _Pending:
 
 
 class ExchangeService:
-    def __init__(self, node: ExchangeNode, max_batch: int = 4096, write_thread: bool = True) -> None:
+    def __init__(
+        self, node: ExchangeNode, max_batch: int = 4096, write_thread: bool = True, metrics=None
+    ) -> None:
         self.node = node
+        self.metrics = metrics  # telemetry.metrics.ExchangeMetrics, or None
+        self._snapshot_failures_seen = 0
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
         self._queue: deque[_Pending] = deque()
@@ -104,6 +108,27 @@ class ExchangeService:
     def queued(self) -> int:
         return sum(len(p.commands) for p in self._queue)
 
+    def _observe(self, batch, error, snapshot_before, t0, t1, t2, t3, t4) -> None:
+        m = self.metrics
+        node = self.node
+        m.batch_commands.observe(len(batch))
+        m.stage_sequence.observe(t1 - t0)
+        m.stage_journal.observe(t2 - t1)
+        m.stage_match.observe(t3 - t2)
+        m.stage_publish.observe(t4 - t3)
+        if error is None:
+            m.commands.inc(len(batch))
+            m.written_bytes.inc(node.last_write_bytes)
+            if node.journal.fsync:
+                m.fsync.observe(node.journal.last_fsync_ns / 1e9)
+        else:
+            m.write_errors.inc()
+        if node.last_snapshot is not snapshot_before and node.last_snapshot is not None:
+            m.snapshot_duration.observe(node.last_snapshot.duration_s)
+        if node.snapshot_failures > self._snapshot_failures_seen:
+            m.snapshot_failures.inc(node.snapshot_failures - self._snapshot_failures_seen)
+            self._snapshot_failures_seen = node.snapshot_failures
+
     # -- the commit loop -----------------------------------------------------------------
 
     def _cpu_saturated(self) -> bool:
@@ -133,7 +158,9 @@ class ExchangeService:
                 batch.extend(pending.commands)
             try:
                 node = self.node
+                t0 = time.perf_counter()
                 before = node.stamp(batch)
+                t1 = time.perf_counter()
                 if self._io is not None and self._cpu_saturated():
                     # The core is busy (e.g. parsing HTTP): fdatasync waits on the disk, not
                     # the CPU, so on a worker thread the event loop keeps parsing requests
@@ -143,7 +170,10 @@ class ExchangeService:
                     error = await asyncio.get_running_loop().run_in_executor(self._io, node.write, batch)
                 else:
                     error = node.write(batch)
+                t2 = time.perf_counter()
+                snapshot_before = node.last_snapshot
                 results = node.finish(batch, before, error)
+                t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
                 log.critical("commit loop failed on a batch of %d commands", len(batch), exc_info=True)
                 # FIX (tests/test_http_gateway.py): with the loop gone, later submissions
@@ -172,6 +202,8 @@ class ExchangeService:
                     listener(batch, results)
                 except Exception:
                     log.exception("batch listener %r failed", listener)
+            if self.metrics is not None:
+                self._observe(batch, error, snapshot_before, t0, t1, t2, t3, time.perf_counter())
             # Let gateways read more input before the next batch.
             await asyncio.sleep(0)
 

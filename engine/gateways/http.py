@@ -17,6 +17,10 @@ from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import WSMsgType, hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from engine.auth import Accounts, TokenBucket
 from engine.bench.stats import percentile_us
@@ -75,6 +79,7 @@ class GatewayContext:
     rate: float = 0.0  # requests per second per account (REST) or per session (WS); 0 = off
     burst: float = 0.0
     take_snapshot: Callable[[], object] | None = None
+    metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -89,6 +94,8 @@ class GatewayContext:
         if bucket.allow(time.monotonic()):
             return True
         self.rate_limited += 1
+        if self.metrics is not None:
+            self.metrics.rate_limited("rest")
         return False
 
 
@@ -374,6 +381,19 @@ async def admin_stats(request: web.Request) -> web.Response:
     )
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text, or OpenMetrics (which carries exemplars) when the scraper asks."""
+    ctx = request.app[CTX]
+    if ctx.metrics is None:
+        return error(404, "NOT_AVAILABLE", "metrics are not configured")
+    registry = ctx.metrics.registry
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        body, content_type = openmetrics_latest(registry), OPENMETRICS_CONTENT_TYPE
+    else:
+        body, content_type = generate_latest(registry), PROMETHEUS_CONTENT_TYPE
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def openapi(_request: web.Request) -> web.Response:
     return ok(OPENAPI)
 
@@ -496,6 +516,8 @@ class WsSession:
             return False
         if not self.bucket.allow(time.monotonic()):
             self.ctx.rate_limited += 1
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.rate_limited("websocket")
             self.fail(req_id, "RATE_LIMITED", f"more than {self.ctx.rate:g} requests per second")
             return False
         return True
@@ -682,6 +704,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/orders", post_order)
     app.router.add_get("/v1/orders", list_orders)
     app.router.add_delete("/v1/orders", cancel_all)

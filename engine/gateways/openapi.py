@@ -114,6 +114,13 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "ready"}, **_errors(503)},
             }
         },
+        "/metrics": {
+            "get": {
+                "security": [],
+                "summary": "Prometheus metrics (OpenMetrics with exemplars when asked for)",
+                "responses": {"200": {"description": "metrics"}},
+            }
+        },
         "/v1/openapi.json": {
             "get": {
                 "security": [],

@@ -157,6 +157,7 @@ class FileJournal:
         self.torn_tail_bytes = 0
         self.write_errors = 0
         self.fsync_ns: deque[int] = deque(maxlen=65_536)  # recent fdatasync durations
+        self.last_fsync_ns = 0
         self._inject_errno: int | None = None
         self._pending_truncate = False
         self.read_only = read_only
@@ -251,7 +252,8 @@ class FileJournal:
         if self.fsync:
             started = time.perf_counter_ns()
             os.fdatasync(self._fd)
-            self.fsync_ns.append(time.perf_counter_ns() - started)
+            self.last_fsync_ns = time.perf_counter_ns() - started
+            self.fsync_ns.append(self.last_fsync_ns)
 
     def _undo_partial_write(self) -> None:
         """Cut the active segment back to its last whole record, so a failed batch leaves

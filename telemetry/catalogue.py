@@ -1,0 +1,173 @@
+"""The one catalogue of every metric the exchange emits.
+
+The code, the dashboards and the alert rules take metric names from here; a test fails
+when anything queries a name this catalogue does not declare. Names follow Prometheus
+conventions (`loom_` prefix, base units, `_total` on counters, unit suffixes). Order ids
+never appear as labels: their cardinality is unbounded (they go on spans and in the
+journal instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+# Latency buckets from 10 µs to 5 s: the journal's fdatasync sits near 0.2 ms, a whole
+# order-to-ack under load near 1 ms, and a stall is anything past 10 ms.
+LATENCY_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # the exposed name (counters without the `_total` suffix, as prometheus_client wants)
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """The names a query can use for this metric."""
+        if self.kind == COUNTER:
+            return (f"{self.name}_total", f"{self.name}_created")
+        if self.kind == HISTOGRAM:
+            return tuple(f"{self.name}{s}" for s in ("_bucket", "_sum", "_count", "_created"))
+        return (self.name,)
+
+
+_SPECS = [
+    # -- order flow (from the durable events, per batch) ---------------------------------
+    MetricSpec("loom_orders", COUNTER, "New orders accepted.", ("symbol", "side", "type")),
+    MetricSpec("loom_rejects", COUNTER, "Commands refused, by reason code.", ("request", "reason")),
+    MetricSpec("loom_trades", COUNTER, "Trades.", ("symbol",)),
+    MetricSpec("loom_traded_quantity", COUNTER, "Quantity traded, in lots.", ("symbol",)),
+    MetricSpec("loom_cancels", COUNTER, "Orders cancelled, by reason.", ("symbol", "reason")),
+    MetricSpec("loom_orders_filled", COUNTER, "Orders filled completely.", ("symbol",)),
+    MetricSpec("loom_commands", COUNTER, "Commands sequenced and journaled.", ()),
+    # -- stages of the order path --------------------------------------------------------
+    MetricSpec(
+        "loom_stage_duration_seconds",
+        HISTOGRAM,
+        "Time one group-commit batch spends in a stage of the order path "
+        "(sequence, journal = write + fdatasync, match, publish).",
+        ("stage",),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_order_to_ack_seconds",
+        HISTOGRAM,
+        "From receiving an order to sending its durable acknowledgement, by protocol.",
+        ("protocol",),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec("loom_batch_commands", HISTOGRAM, "Commands per group-commit batch.", (), "", BATCH_BUCKETS),
+    # -- journal ---------------------------------------------------------------------------
+    MetricSpec(
+        "loom_journal_fsync_seconds",
+        HISTOGRAM,
+        "fdatasync of one journal batch.",
+        (),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec("loom_journal_written_bytes", COUNTER, "Bytes appended to the journal.", (), "bytes"),
+    MetricSpec("loom_journal_write_errors", COUNTER, "Journal batches that could not be written.", ()),
+    MetricSpec("loom_journal_size_bytes", GAUGE, "Bytes in the journal's segments.", (), "bytes"),
+    MetricSpec("loom_journal_segments", GAUGE, "Journal segment files.", ()),
+    MetricSpec("loom_journal_last_seq", GAUGE, "Sequence number of the last durable command.", ()),
+    MetricSpec(
+        "loom_journal_torn_tail_truncations",
+        GAUGE,
+        "Torn tails truncated when the journal was opened (since start).",
+        (),
+    ),
+    # -- snapshots and recovery --------------------------------------------------------------
+    MetricSpec("loom_snapshot_age_seconds", GAUGE, "Seconds since the last snapshot.", (), "seconds"),
+    MetricSpec("loom_snapshot_seq", GAUGE, "Sequence number the newest snapshot covers.", ()),
+    MetricSpec("loom_snapshot_size_bytes", GAUGE, "Size of the newest snapshot written.", (), "bytes"),
+    MetricSpec(
+        "loom_snapshot_duration_seconds",
+        HISTOGRAM,
+        "Time to write one snapshot.",
+        (),
+        "seconds",
+        DURATION_BUCKETS,
+    ),
+    MetricSpec("loom_snapshot_failures", COUNTER, "Snapshots that could not be written.", ()),
+    MetricSpec("loom_recovery_duration_seconds", GAUGE, "Duration of the start-up recovery.", (), "seconds"),
+    MetricSpec(
+        "loom_recovery_replayed_commands", GAUGE, "Commands replayed after the snapshot at start.", ()
+    ),
+    # -- the book (read at scrape time) ---------------------------------------------------------
+    MetricSpec(
+        "loom_book_best_price", GAUGE, "Best bid or ask price (absent when empty).", ("symbol", "side")
+    ),
+    MetricSpec("loom_book_spread", GAUGE, "Best ask minus best bid, in price units.", ("symbol",)),
+    MetricSpec(
+        "loom_book_depth_quantity", GAUGE, "Quantity resting in the best 10 levels.", ("symbol", "side")
+    ),
+    MetricSpec("loom_book_levels", GAUGE, "Price levels on a side of the book.", ("symbol", "side")),
+    MetricSpec("loom_open_orders", GAUGE, "Orders resting in the book.", ("symbol",)),
+    # -- gateways ---------------------------------------------------------------------------------
+    MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
+    MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
+    MetricSpec("loom_ready", GAUGE, "1 when the node accepts orders and its journal is writable.", ()),
+]
+
+CATALOGUE: dict[str, MetricSpec] = {}
+for _spec in _SPECS:
+    if _spec.name in CATALOGUE:
+        raise ValueError(f"metric {_spec.name} declared twice")
+    CATALOGUE[_spec.name] = _spec
+
+
+def declared_series() -> set[str]:
+    """Every series name a dashboard or rule may query (plus the process collector's)."""
+    names = {n for spec in CATALOGUE.values() for n in spec.series_names}
+    names |= PROCESS_SERIES
+    return names
+
+
+# From prometheus_client's process and GC collectors, registered beside the catalogue.
+PROCESS_SERIES = {
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
+    "python_info",
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+}

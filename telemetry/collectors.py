@@ -1,0 +1,86 @@
+"""Scrape-time collectors: state read when Prometheus asks, costing the order path
+nothing (book depth and prices, open orders, journal size, snapshot age, sessions)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from telemetry.catalogue import CATALOGUE
+
+DEPTH_LEVELS = 10
+
+
+def _gauge(name: str) -> GaugeMetricFamily:
+    spec = CATALOGUE[name]
+    return GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
+
+
+class ExchangeCollector(Collector):
+    def __init__(
+        self,
+        service,
+        sessions: dict[str, Callable[[], int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.sessions = sessions if sessions is not None else {}  # filled in as listeners start
+        self.clock = clock
+
+    def collect(self):
+        node = self.service.node
+        engine = node.engine
+        journal = node.journal
+
+        size = _gauge("loom_journal_size_bytes")
+        size.add_metric([], journal.size_bytes)
+        segments = _gauge("loom_journal_segments")
+        segments.add_metric([], len(journal.segments))
+        last = _gauge("loom_journal_last_seq")
+        last.add_metric([], journal.last_seq)
+        torn = _gauge("loom_journal_torn_tail_truncations")
+        torn.add_metric([], journal.torn_tail_truncations)
+        yield from (size, segments, last, torn)
+
+        age = _gauge("loom_snapshot_age_seconds")
+        age.add_metric([], max(0.0, self.clock() - node.last_snapshot_at))
+        snap_seq = _gauge("loom_snapshot_seq")
+        snap_seq.add_metric([], node.last_snapshot_seq)
+        snap_size = _gauge("loom_snapshot_size_bytes")
+        snap_size.add_metric([], node.last_snapshot.size if node.last_snapshot else 0)
+        rec_s = _gauge("loom_recovery_duration_seconds")
+        rec_s.add_metric([], node.recovered.duration_s)
+        rec_n = _gauge("loom_recovery_replayed_commands")
+        rec_n.add_metric([], node.recovered.replayed_commands)
+        yield from (age, snap_seq, snap_size, rec_s, rec_n)
+
+        best = _gauge("loom_book_best_price")
+        spread = _gauge("loom_book_spread")
+        depth = _gauge("loom_book_depth_quantity")
+        levels = _gauge("loom_book_levels")
+        open_orders = _gauge("loom_open_orders")
+        per_symbol_open: dict[str, int] = {}
+        for account in engine.accounts.values():
+            for order in account.open.values():
+                per_symbol_open[order.symbol] = per_symbol_open.get(order.symbol, 0) + 1
+        for symbol, book in engine.books.items():
+            for side_name, side in (("bid", book.bids), ("ask", book.asks)):
+                if side.best is not None:
+                    best.add_metric([symbol, side_name], side.best)
+                depth.add_metric([symbol, side_name], sum(q for _p, q, _n in side.depth(DEPTH_LEVELS)))
+                levels.add_metric([symbol, side_name], len(side.levels))
+            if book.bids.best is not None and book.asks.best is not None:
+                spread.add_metric([symbol], book.asks.best - book.bids.best)
+            open_orders.add_metric([symbol], per_symbol_open.get(symbol, 0))
+        yield from (best, spread, depth, levels, open_orders)
+
+        sessions = _gauge("loom_sessions")
+        for protocol, count in self.sessions.items():
+            sessions.add_metric([protocol], count())
+        yield sessions
+        ready = _gauge("loom_ready")
+        ready.add_metric([], 1 if self.service.accepting and node.journal_ok else 0)
+        yield ready

@@ -1,0 +1,162 @@
+"""/metrics of a real `loom run --demo`: Prometheus text that the real promtool accepts,
+OpenMetrics by content negotiation, and only names the catalogue declares."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from telemetry.catalogue import CATALOGUE, COUNTER, HISTOGRAM, declared_series
+
+REPO = Path(__file__).resolve().parent.parent
+READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory):
+    data = tmp_path_factory.mktemp("metrics") / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            "--demo",
+            "--rate",
+            "3000",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            "0",
+            "--fix-port",
+            "0",
+            "--binary-port",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        port = None
+        while time.monotonic() < deadline and port is None:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"loom run exited with {proc.poll()}")
+            m = READY.search(line)
+            if m:
+                port = int(m.group(1))
+        assert port, "no readiness line"
+        base = f"http://127.0.0.1:{port}"
+        # Wait (by polling, not sleeping blind) until the demo flow has traded.
+        while time.monotonic() < deadline:
+            if 'loom_trades_total{symbol="BTC-USD"}' in fetch(base + "/metrics")[1]:
+                break
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fetch(url: str, accept: str | None = None) -> tuple[str, str]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.headers["Content-Type"], resp.read().decode()
+
+
+def families(text: str) -> set[str]:
+    """Metric families by catalogue name (a counter's _total/_created series folded in)."""
+    out = set()
+    for m in re.finditer(r"^# TYPE (\S+) ", text, re.M):
+        name = m.group(1)
+        for suffix in ("_total", "_created"):
+            if name.endswith(suffix) and name.removesuffix(suffix) in CATALOGUE:
+                name = name.removesuffix(suffix)
+        out.add(name)
+    return out
+
+
+def test_promtool_accepts_the_metrics(exchange):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make test` installs it (scripts/install-tools.sh)"
+    _ctype, text = fetch(exchange + "/metrics")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout.strip(), (result.stdout, result.stderr)
+
+
+def test_promtool_catches_a_bad_metric():
+    """The check above can fail: promtool flags a counter without _total."""
+    bad = "# HELP loom_bad A counter.\n# TYPE loom_bad counter\nloom_bad 1\n"
+    result = subprocess.run(["promtool", "check", "metrics"], input=bad, capture_output=True, text=True)
+    assert "loom_bad" in result.stdout + result.stderr
+
+
+def test_content_negotiation(exchange):
+    ctype, text = fetch(exchange + "/metrics")
+    assert ctype.startswith("text/plain"), ctype
+    assert not text.rstrip().endswith("# EOF")
+    ctype, text = fetch(exchange + "/metrics", "application/openmetrics-text; version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
+
+
+def test_every_exposed_loom_metric_is_in_the_catalogue_and_back(exchange):
+    _ctype, text = fetch(exchange + "/metrics")
+    exposed = {f for f in families(text) if f.startswith("loom_")}
+    assert exposed <= set(CATALOGUE), exposed - set(CATALOGUE)
+    # Every catalogue family is exposed once the demo has run (labelled families appear
+    # with their first sample).
+    assert set(CATALOGUE) - exposed <= {"loom_rate_limited", "loom_rejects"}, set(CATALOGUE) - exposed
+    for line in text.splitlines():
+        if line.startswith("loom_"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            assert name in declared_series(), name
+
+
+def test_the_figures_are_alive(exchange):
+    _ctype, text = fetch(exchange + "/metrics")
+
+    def value(series: str) -> float:
+        m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+        assert m, series
+        return float(m.group(1))
+
+    assert value("loom_ready") == 1.0
+    assert value("loom_journal_last_seq") > 100
+    assert value("loom_commands_total") >= value("loom_journal_last_seq") - 3  # listings at start
+    assert value('loom_stage_duration_seconds_count{stage="journal"}') > 0
+    assert value("loom_journal_fsync_seconds_count") > 0
+    assert value('loom_sessions{protocol="binary"}') == 0.0
+    assert value('loom_book_spread{symbol="BTC-USD"}') > 0
+
+
+def test_catalogue_follows_prometheus_conventions():
+    for name, spec in CATALOGUE.items():
+        assert re.fullmatch(r"loom_[a-z0-9_]+", name), name
+        assert not name.endswith("_total"), f"{name}: prometheus_client adds _total to counters"
+        if spec.unit == "seconds":
+            assert name.endswith("_seconds"), name
+        if spec.unit == "bytes":
+            assert name.endswith("_bytes"), name
+        if spec.kind == HISTOGRAM:
+            assert list(spec.buckets) == sorted(spec.buckets) and spec.buckets, name
+        assert "order_id" not in spec.labels, f"{name}: order ids are never labels"
+        assert spec.help.endswith(".") or spec.help.endswith(")"), name
+        assert spec.kind in (COUNTER, HISTOGRAM) or not spec.buckets
