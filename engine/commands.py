@@ -28,6 +28,9 @@ class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
     stp: int = SelfTradePrevention.CANCEL_NEWEST
     seq: int = 0
     ts: int = 0  # nanoseconds since the epoch, stamped by the sequencer
+    # W3C trace id (32 hex) given by the gateway: journaled with the order, so its trace
+    # can be found again after a restart or a failover. The core only carries it.
+    trace_id: str = ""
 
 
 class Cancel(msgspec.Struct, tag="C", array_like=True, gc=False):

@@ -89,7 +89,7 @@ async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: floa
     next_at = loop.time()
     while True:
         batch = [traders.next_command() for _ in range(per_slice)]
-        for events in await service.submit(batch):
+        for events in await service.submit(batch, "demo"):
             traders.observe(events)
         next_at += slice_s
         delay = next_at - loop.time()

@@ -240,7 +240,7 @@ async def post_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
     req = await _decode(request, OrderRequest)
-    events = await ctx.service.submit_one(new_order_command(account, req))
+    events = await ctx.service.submit_one(new_order_command(account, req), "rest")
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
@@ -539,7 +539,7 @@ class WsSession:
             else:
                 self.send({"type": "ack", "req_id": req_id, "events": [event_json(e) for e in events]})
 
-        self.ctx.service.enqueue([command], done)
+        self.ctx.service.enqueue([command], done, "websocket")
 
     def op_auth(self, req_id, msg: dict) -> None:
         key = msg.get("api_key")

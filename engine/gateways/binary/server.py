@@ -333,7 +333,7 @@ class BinarySession(asyncio.Protocol):
     def _submit(self, cmds: list, has_cancel_all: bool) -> None:
         self._in_flight += len(cmds)
         self.requests += len(cmds)
-        task = self._loop.create_task(self._service.submit(cmds))
+        task = self._loop.create_task(self._service.submit(cmds, "binary"))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._submitted(t, cmds, has_cancel_all))
         if self._in_flight >= self._cfg.max_in_flight and not self._paused_flight:
