@@ -34,6 +34,31 @@ def _cmd_bench_recovery(args: argparse.Namespace) -> int:
     return 0 if result["hash_matches"] else 1
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from engine.journal import JournalCorruptError
+    from engine.order_history import history_json, order_history
+
+    try:
+        found = order_history(args.data_dir, args.order_id)
+    except (JournalCorruptError, FileNotFoundError) as exc:
+        print(f"loom trace: {exc}", file=sys.stderr)
+        return 2
+    if found is None:
+        print(f"loom trace: order {args.order_id} is not in the journal at {args.data_dir}", file=sys.stderr)
+        return 1
+    out = history_json(found)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    who = f"{out['account']}, {out['symbol']}, client id {out['client_order_id']!r}"
+    print(f"order {out['order_id']} ({who}): {out['status']}")
+    print(f"trace {out['trace_id'] or '(none recorded)'}  {out['trace_url']}")
+    for ev in out["events"]:
+        detail = {k: v for k, v in ev.items() if k not in ("type", "seq", "ts")}
+        print(f"  seq {ev['seq']:>10}  ts {ev['ts']}  {ev['type']:<10} {detail}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -100,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.load.cli import add_parser as add_load_parser
 
     add_load_parser(sub)
+
+    tr = sub.add_parser("trace", help="an order's trace id, link and whole history from the journal")
+    tr.add_argument("order_id", type=_positive_int)
+    tr.add_argument("--data-dir", default="data", help="the node's data directory (default ./data)")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=_cmd_trace)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

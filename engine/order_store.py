@@ -64,6 +64,7 @@ class OrderView(msgspec.Struct, gc=False):
     updated_seq: int = 0
     updated_ts: int = 0
     fills: tuple[Fill, ...] = ()
+    trace_id: str = ""
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +86,7 @@ class OrderView(msgspec.Struct, gc=False):
             "updated_seq": self.updated_seq,
             "updated_ts": self.updated_ts,
             "fills": [f.to_json() for f in self.fills],
+            "trace_id": self.trace_id,
         }
 
 
@@ -146,10 +148,14 @@ class OrderStore:
         if len(self.done) > self.keep_done:
             self.done.popitem(last=False)
 
-    def on_batch(self, _commands: list, results: list[list]) -> None:
-        for events in results:
+    def on_batch(self, commands: list, results: list[list]) -> None:
+        for cmd, events in zip(commands, results, strict=True):
             for ev in events:
                 self.apply(ev)
+            if events and type(events[0]) is OrderAccepted:
+                view = self.get(events[0].order_id)
+                if view is not None:
+                    view.trace_id = getattr(cmd, "trace_id", "")
 
     def apply(self, ev) -> None:
         kind = type(ev)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +35,12 @@ from engine.market_data import MarketData
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, ServiceStopped
+from telemetry.tracing import new_trace_id, parse_traceparent
 
 log = logging.getLogger("loom.http")
 
 MAX_BODY = 64 * 1024
+TRACE_LOOKUP_TIMEOUT_S = 60
 SIDES = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
 TYPES = {"limit": int(OrderType.LIMIT), "market": int(OrderType.MARKET)}
 TIFS = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC), "fok": int(TimeInForce.FOK)}
@@ -219,9 +222,17 @@ def _order_id(request: web.Request) -> int:
 
 def new_order_command(account: str, req: OrderRequest) -> NewOrder:
     return NewOrder(
-        account, req.client_order_id, req.symbol, SIDES[req.side], TYPES[req.type], req.price, req.qty,
-        TIFS[req.tif], req.post_only, STPS[req.stp],
-    )  # fmt: skip
+        account,
+        req.client_order_id,
+        req.symbol,
+        SIDES[req.side],
+        TYPES[req.type],
+        req.price,
+        req.qty,
+        TIFS[req.tif],
+        req.post_only,
+        STPS[req.stp],
+    )
 
 
 def _result(events: list, status: int = 200, order: dict | None = None) -> web.Response:
@@ -240,11 +251,17 @@ async def post_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
     req = await _decode(request, OrderRequest)
-    events = await ctx.service.submit_one(new_order_command(account, req), "rest")
+    cmd = new_order_command(account, req)
+    # Continue the caller's trace (W3C traceparent) or start one; journaled with the order.
+    incoming = parse_traceparent(request.headers.get("traceparent", ""))
+    cmd.trace_id = incoming[0] if incoming else new_trace_id()
+    events = await ctx.service.submit_one(cmd, "rest")
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
-    return _result(events, 201, view.to_json() if view else None)
+    response = _result(events, 201, view.to_json() if view else None)
+    response.headers["X-Trace-Id"] = cmd.trace_id
+    return response
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -254,6 +271,50 @@ async def get_order(request: web.Request) -> web.Response:
     if view is None or view.account != account:
         return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account in the order store")
     return ok(view.to_json())
+
+
+async def get_order_trace(request: web.Request) -> web.Response:
+    """The order's trace id, a link to it and its history: from the order store when it is
+    there, else read back from the journal by a `loom trace` subprocess (so a long scan
+    never stalls the event loop)."""
+    from engine.order_history import trace_url
+
+    account = _account(request)
+    oid = _order_id(request)
+    ctx = request.app[CTX]
+    view = ctx.order_store.get(oid)
+    if view is not None:
+        if view.account != account:
+            return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
+        body = view.to_json()
+        body["trace_url"] = trace_url(view.trace_id)
+        body["source"] = "order-store"
+        return ok(body)
+    data_dir = str(ctx.service.node.config.data_dir)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "trace",
+        str(oid),
+        "--data-dir",
+        data_dir,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, _err = await asyncio.wait_for(proc.communicate(), TRACE_LOOKUP_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return error(504, "LOOKUP_TIMEOUT", f"reading the journal took over {TRACE_LOOKUP_TIMEOUT_S} s")
+    if proc.returncode != 0:
+        return error(404, "UNKNOWN_ORDER", f"no order {oid} in the journal")
+    body = msgspec.json.decode(out)
+    if body.get("account") != account:
+        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
+    return ok(body)
 
 
 async def delete_order(request: web.Request) -> web.Response:
@@ -556,9 +617,13 @@ class WsSession:
         self.send({"type": "authenticated", "req_id": req_id, "account": account})
 
     def op_order(self, req_id, msg: dict) -> None:
+        traceparent = msg.pop("traceparent", "")
         req = msgspec.convert(msg, OrderRequest)
         if self._trading(req_id):
-            self._submit(req_id, new_order_command(self.account, req))
+            cmd = new_order_command(self.account, req)
+            incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
+            cmd.trace_id = incoming[0] if incoming else new_trace_id()
+            self._submit(req_id, cmd)
 
     def op_cancel(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsCancel)
@@ -709,6 +774,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/orders", list_orders)
     app.router.add_delete("/v1/orders", cancel_all)
     app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_get("/v1/orders/{order_id}/trace", get_order_trace)
     app.router.add_delete("/v1/orders/{order_id}", delete_order)
     app.router.add_patch("/v1/orders/{order_id}", patch_order)
     app.router.add_delete("/v1/orders/by-client-id/{client_order_id}", delete_order_by_client_id)

@@ -174,6 +174,13 @@ OPENAPI: dict = {
                 "responses": {"200": _json(_EVENTS, "amended"), **_errors(400, 401, 404, 409, 422, 429, 503)},
             },
         },
+        "/v1/orders/{order_id}/trace": {
+            "parameters": [_ORDER_ID],
+            "get": {
+                "summary": "Trace id, trace link and the order's whole history (journal-backed)",
+                "responses": {"200": {"description": "history"}, **_errors(400, 401, 404, 429)},
+            },
+        },
         "/v1/orders/by-client-id/{client_order_id}": {
             "delete": {
                 "summary": "Cancel an order by client order id",

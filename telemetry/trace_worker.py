@@ -1,0 +1,214 @@
+"""Order tracing, the expensive half: the child process that turns records into spans.
+
+`TraceShipper` (telemetry/tracing.py) starts `python -m telemetry.trace_worker` and writes
+length-prefixed (u32 little-endian) msgpack `OrderTrace` records to its stdin. For each one
+this builds OpenTelemetry SDK spans with explicit start and end times, so the span timings
+are the exchange's own stamps, not the moment this process got round to them:
+
+  order            received -> acked  (child of the incoming `traceparent` span, if any)
+    receive/decode received -> decoded
+    journal        journal_start -> journal_end (durable)
+    match          journal_end -> matched
+    ack            matched -> acked
+  and one "fill" event on "order" per fill, at the fill's time.
+
+The spans carry the record's trace id. The exporter is configured by the standard variables:
+OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (http/protobuf by default, or grpc),
+OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, OTEL_SERVICE_NAME (default "loom-exchange"),
+OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*; OTEL_TRACES_EXPORTER=console|none for debugging.
+On EOF (or SIGTERM) it exports what it holds and exits 0. Records that do not decode are
+counted and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import BinaryIO
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+
+from telemetry.tracing import FRAME_HEADER, MAX_RECORD_BYTES, OrderTrace
+
+DEFAULT_SERVICE_NAME = "loom-exchange"
+DEFAULT_MAX_QUEUE_SIZE = 65_536  # the SDK's 2048 drops spans in a burst (5 spans an order)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class RecordIdGenerator(RandomIdGenerator):
+    """Hands the SDK the trace id of the record being built. The SDK asks the generator for a
+    trace id only for a root span (no valid parent), which is exactly when it must be the
+    record's; span ids stay random."""
+
+    def __init__(self) -> None:
+        self.next_trace_id = 0
+
+    def generate_trace_id(self) -> int:
+        return self.next_trace_id or super().generate_trace_id()
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{name}", default
+    )
+
+
+def make_exporter() -> SpanExporter | None:
+    kind = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter()
+    protocol = _env("PROTOCOL", "http/protobuf").strip().lower()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    if protocol != "http/protobuf":
+        print(f"trace_worker: protocol {protocol!r} unsupported, using http/protobuf", file=sys.stderr)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter()
+
+
+def make_resource() -> Resource:
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return resource
+
+
+class SpanBuilder:
+    """Builds the spans of one `OrderTrace` on a tracer whose provider uses `ids`."""
+
+    def __init__(self, tracer: trace.Tracer, ids: RecordIdGenerator) -> None:
+        self.tracer = tracer
+        self.ids = ids
+
+    def build(self, rec: OrderTrace) -> int:
+        """Emit the record's spans; returns how many. Raises ValueError for a bad trace id."""
+        trace_id = int(rec.trace_id, 16)
+        if not 0 < trace_id < 1 << 128 or len(rec.trace_id) != 32:
+            raise ValueError(f"bad trace id {rec.trace_id!r}")
+        parent_ctx = None
+        if rec.parent_span_id:
+            try:
+                parent_span_id = int(rec.parent_span_id, 16)
+            except ValueError:
+                parent_span_id = 0
+            if 0 < parent_span_id < 1 << 64:
+                remote = SpanContext(trace_id, parent_span_id, is_remote=True, trace_flags=_SAMPLED)
+                parent_ctx = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+        stamps = [
+            t
+            for t in (rec.decoded_ns, rec.journal_start_ns, rec.journal_end_ns, rec.matched_ns, rec.acked_ns)
+            if t
+        ]
+        start = rec.received_ns or min(stamps, default=0)
+        end = rec.acked_ns or max([start, *stamps, *(f[3] for f in rec.fills)])
+        attributes = {
+            "exchange.order.id": rec.order_id,
+            "exchange.client_order.id": rec.client_order_id,
+            "exchange.account": rec.account,
+            "exchange.symbol": rec.symbol,
+            "exchange.side": rec.side,
+            "exchange.order.type": rec.order_type,
+            "exchange.outcome": rec.outcome,
+            "exchange.protocol": rec.protocol,
+        }
+        self.ids.next_trace_id = trace_id
+        try:
+            root = self.tracer.start_span(
+                "order",
+                context=parent_ctx,
+                kind=trace.SpanKind.SERVER,
+                attributes=attributes,
+                start_time=start,
+            )
+        finally:
+            self.ids.next_trace_id = 0
+        if rec.outcome.startswith("rejected"):
+            root.set_status(Status(StatusCode.ERROR, rec.outcome.partition(":")[2] or rec.outcome))
+        for trade_id, price, qty, ts_ns in rec.fills:
+            root.add_event(
+                "fill",
+                {"exchange.trade.id": trade_id, "exchange.fill.price": price, "exchange.fill.qty": qty},
+                timestamp=ts_ns,
+            )
+        ctx = trace.set_span_in_context(root)
+        count = 1
+        for name, t0, t1 in (
+            ("receive/decode", rec.received_ns, rec.decoded_ns),
+            ("journal", rec.journal_start_ns, rec.journal_end_ns),
+            ("match", rec.journal_end_ns, rec.matched_ns),
+            ("ack", rec.matched_ns, rec.acked_ns),
+        ):
+            if t0 and t1 and t1 >= t0:  # a stage the order never reached has no span
+                self.tracer.start_span(name, context=ctx, start_time=t0).end(end_time=t1)
+                count += 1
+        root.end(end_time=end)
+        return count
+
+
+def read_frames(stream: BinaryIO):
+    """Yield each record's bytes until EOF. A length past MAX_RECORD_BYTES or a truncated
+    frame means the stream itself is broken: stop."""
+    while True:
+        header = stream.read(FRAME_HEADER)
+        if len(header) < FRAME_HEADER:
+            return
+        size = int.from_bytes(header, "little")
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(f"frame of {size} bytes: stream out of sync")
+        payload = stream.read(size)
+        if len(payload) < size:
+            raise ValueError("truncated frame at EOF")
+        yield payload
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run(stream: BinaryIO, exporter: SpanExporter | None) -> dict[str, int]:
+    ids = RecordIdGenerator()
+    provider = TracerProvider(resource=make_resource(), id_generator=ids, sampler=ALWAYS_ON)
+    if exporter is not None:
+        queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE))
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
+    builder = SpanBuilder(provider.get_tracer("loom.exchange.orders"), ids)
+    decode = msgspec.msgpack.Decoder(OrderTrace).decode
+    stats = {"records": 0, "spans": 0, "malformed": 0, "broken_stream": 0}
+    try:
+        for payload in read_frames(stream):
+            try:
+                stats["spans"] += builder.build(decode(payload))
+                stats["records"] += 1
+            except (msgspec.DecodeError, ValueError, TypeError, OverflowError):
+                stats["malformed"] += 1
+    except ValueError as exc:
+        stats["broken_stream"] = 1
+        print(f"trace_worker: {exc}", file=sys.stderr)
+    finally:
+        provider.shutdown()  # exports what the batch processor still holds
+    return stats
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    stats = run(sys.stdin.buffer, make_exporter())
+    if stats["malformed"] or stats["broken_stream"] or os.environ.get("LOOM_TRACE_WORKER_VERBOSE"):
+        print(f"trace_worker: {stats}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
