@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -28,6 +29,8 @@ from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from telemetry.collectors import ExchangeCollector
 from telemetry.metrics import ExchangeMetrics
+from telemetry.order_traces import OrderTraceRecorder
+from telemetry.tracing import TraceShipper
 
 log = logging.getLogger("loom.app")
 
@@ -47,6 +50,7 @@ class RunningExchange:
     ports: dict[str, int] = field(default_factory=dict)
     servers: list[tuple[asyncio.AbstractServer, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    shipper: TraceShipper | None = None
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -69,6 +73,8 @@ class RunningExchange:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)
         await self.http_runner.cleanup()
+        if self.shipper is not None:
+            self.shipper.close()
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
@@ -108,6 +114,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     metrics = ExchangeMetrics()
     service = ExchangeService(node, metrics=metrics)
+    shipper = None
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        # Spans are built and exported by a child process; this one only writes records.
+        shipper = TraceShipper()
+        service.tracer = OrderTraceRecorder(shipper)
+        log.info("exporting order traces (sampling %s)", shipper.sampler.spec)
     order_store = OrderStore()
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     market_data = MarketData(node.engine)
@@ -136,6 +148,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
+    running.shipper = shipper
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server

@@ -31,6 +31,7 @@ class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
     # W3C trace id (32 hex) given by the gateway: journaled with the order, so its trace
     # can be found again after a restart or a failover. The core only carries it.
     trace_id: str = ""
+    trace_parent: str = ""  # the caller's span id (16 hex) when it sent a traceparent
 
 
 class Cancel(msgspec.Struct, tag="C", array_like=True, gc=False):

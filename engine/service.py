@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.exchange import ExchangeNode
+from telemetry.order_traces import assign_trace_ids
 
 log = logging.getLogger("loom.service")
 
@@ -41,6 +42,7 @@ class ExchangeService:
     ) -> None:
         self.node = node
         self.metrics = metrics  # telemetry.metrics.ExchangeMetrics, or None
+        self.tracer = None  # telemetry.order_traces.OrderTraceRecorder, when exporting traces
         self._snapshot_failures_seen = 0
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
@@ -162,6 +164,7 @@ class ExchangeService:
                 batch.extend(pending.commands)
             try:
                 node = self.node
+                assign_trace_ids(batch)
                 t0 = time.perf_counter()
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
@@ -206,8 +209,13 @@ class ExchangeService:
                     listener(batch, results)
                 except Exception:
                     log.exception("batch listener %r failed", listener)
+            t4 = time.perf_counter()
+            if self.tracer is not None:
+                try:
+                    self.tracer.record_batch(taken, results, (t0, t1, t2, t3, t4))
+                except Exception:
+                    log.exception("order trace recording failed")
             if self.metrics is not None:
-                t4 = time.perf_counter()
                 self._observe(batch, error, snapshot_before, t0, t1, t2, t3, t4)
                 # Queue to durable answer, once per submission (a binary read of many orders
                 # counts once: an observation per order would cost ~8% at 150k orders/s).

@@ -85,28 +85,45 @@ class ExchangeMetrics:
         self.child("loom_rate_limited", protocol).inc()
 
     def on_batch(self, _commands: list, results: list[list]) -> None:
-        """Count the durable events of one batch (a service listener)."""
-        child = self.child
+        """Count the durable events of one batch (a service listener). Counts are summed
+        per label set first: a prometheus_client inc takes a lock, a dict add does not."""
+        counts: dict[tuple, int] = {}
+        get = counts.get
         for events in results:
             for ev in events:
                 kind = type(ev)
                 if kind is OrderAccepted:
-                    child(
-                        "loom_orders", ev.symbol, _SIDE.get(ev.side, "?"), _TYPE.get(ev.order_type, "?")
-                    ).inc()
+                    key = ("o", ev.symbol, ev.side, ev.order_type)
+                    counts[key] = get(key, 0) + 1
                 elif kind is Trade:
-                    child("loom_trades", ev.symbol).inc()
-                    child("loom_traded_quantity", ev.symbol).inc(ev.qty)
+                    key = ("t", ev.symbol)
+                    counts[key] = get(key, 0) + 1
+                    key = ("q", ev.symbol)
+                    counts[key] = get(key, 0) + ev.qty
                 elif kind is OrderCancelled:
-                    child("loom_cancels", ev.symbol, _reason(CancelReason, ev.reason)).inc()
+                    key = ("c", ev.symbol, ev.reason)
+                    counts[key] = get(key, 0) + 1
                 elif kind is OrderDone:
-                    child("loom_orders_filled", ev.symbol).inc()
+                    key = ("d", ev.symbol)
+                    counts[key] = get(key, 0) + 1
                 elif kind is OrderRejected:
-                    child(
-                        "loom_rejects",
-                        _REQUEST.get(ev.request, str(ev.request)),
-                        _reason(RejectReason, ev.reason),
-                    ).inc()
+                    key = ("r", ev.request, ev.reason)
+                    counts[key] = get(key, 0) + 1
+        child = self.child
+        for key, n in counts.items():
+            tag = key[0]
+            if tag == "o":
+                child("loom_orders", key[1], _SIDE.get(key[2], "?"), _TYPE.get(key[3], "?")).inc(n)
+            elif tag == "t":
+                child("loom_trades", key[1]).inc(n)
+            elif tag == "q":
+                child("loom_traded_quantity", key[1]).inc(n)
+            elif tag == "c":
+                child("loom_cancels", key[1], _reason(CancelReason, key[2])).inc(n)
+            elif tag == "d":
+                child("loom_orders_filled", key[1]).inc(n)
+            else:
+                child("loom_rejects", _REQUEST.get(key[1], str(key[1])), _reason(RejectReason, key[2])).inc(n)
 
 
 SCRAPE_TIME = {

@@ -147,14 +147,16 @@ class Sampler:
             return False
 
     def should_sample(self, trace: OrderTrace) -> bool:
+        latency = trace.acked_ns - trace.received_ns if trace.acked_ns else 0
+        return self.keep(trace.trace_id, trace.outcome.startswith("rejected"), latency)
+
+    def keep(self, trace_id: str, rejected: bool, latency_ns: int) -> bool:
+        """The decision on raw values, so a caller can skip building a record it drops."""
         if self.keep_all:
             return True
-        if self.keep_errors:
-            if trace.outcome.startswith("rejected"):
-                return True
-            if trace.acked_ns and trace.acked_ns - trace.received_ns > self.slow_ns:
-                return True
-        return self.ratio_keeps(trace.trace_id)
+        if self.keep_errors and (rejected or latency_ns > self.slow_ns):
+            return True
+        return self.ratio_keeps(trace_id)
 
     def __repr__(self) -> str:
         return f"Sampler({self.spec!r})"

@@ -254,7 +254,10 @@ async def post_order(request: web.Request) -> web.Response:
     cmd = new_order_command(account, req)
     # Continue the caller's trace (W3C traceparent) or start one; journaled with the order.
     incoming = parse_traceparent(request.headers.get("traceparent", ""))
-    cmd.trace_id = incoming[0] if incoming else new_trace_id()
+    if incoming:
+        cmd.trace_id, cmd.trace_parent = incoming
+    else:
+        cmd.trace_id = new_trace_id()
     events = await ctx.service.submit_one(cmd, "rest")
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
@@ -429,6 +432,7 @@ async def admin_stats(request: web.Request) -> web.Response:
     return ok(
         {
             "seq": node.engine.last_seq,
+            "data_dir": str(node.config.data_dir),
             "batches": ctx.service.batches,
             "commands": ctx.service.commands,
             "journal_bytes": node.journal.size_bytes,
@@ -622,7 +626,10 @@ class WsSession:
         if self._trading(req_id):
             cmd = new_order_command(self.account, req)
             incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
-            cmd.trace_id = incoming[0] if incoming else new_trace_id()
+            if incoming:
+                cmd.trace_id, cmd.trace_parent = incoming
+            else:
+                cmd.trace_id = new_trace_id()
             self._submit(req_id, cmd)
 
     def op_cancel(self, req_id, msg: dict) -> None:

@@ -1,0 +1,175 @@
+"""A trace for every order, end to end: the real `loom run` exporting OTLP/HTTP to a
+receiver that decodes the real protobuf; the trace id the order's lookup returns is the
+one on the spans; an incoming traceparent is continued; exemplars carry trace ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from otlp_receiver import OtlpReceiver
+
+REPO = Path(__file__).resolve().parent.parent
+READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
+KEY = "demo-alice-key-000000"
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    rx = OtlpReceiver()
+    data = tmp_path_factory.mktemp("traced") / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            "--demo",
+            "--rate",
+            "20",
+            "--data-dir",
+            str(data),
+            "--http-port",
+            "0",
+            "--fix-port",
+            "-1",
+            "--binary-port",
+            "-1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"loom run exited with {proc.poll()}")
+            m = READY.search(line)
+            port = int(m.group(1)) if m else None
+        yield f"http://127.0.0.1:{port}", rx
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rx.close()
+
+
+def call(method: str, url: str, body: dict | None = None, headers: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"X-API-Key": KEY, **(headers or {})})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+def order_body(clid: str) -> dict:
+    return {"symbol": "BTC-USD", "side": "buy", "qty": 1, "price": 6_000_000, "client_order_id": clid}
+
+
+def test_an_incoming_traceparent_is_continued_and_the_lookup_names_the_same_trace(traced):
+    base, rx = traced
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    status, headers, body = call(
+        "POST", base + "/v1/orders", order_body("t-1"), {"traceparent": f"00-{trace_id}-{parent}-01"}
+    )
+    assert status == 201 and headers["X-Trace-Id"] == trace_id
+    order_id = json.loads(body)["order"]["order_id"]
+    _s, _h, looked = call("GET", f"{base}/v1/orders/{order_id}/trace")
+    found = json.loads(looked)
+    assert found["trace_id"] == trace_id and str(trace_id) in found["trace_url"]
+    spans = rx.wait_for(lambda spans: {s.name for s in spans if s.trace_id == trace_id} >= {"order", "ack"})
+    mine = {s.name: s for s in spans if s.trace_id == trace_id}
+    root = mine["order"]
+    assert root.parent_span_id == parent  # continued from the caller's span
+    assert root.attributes["exchange.order.id"] == order_id
+    assert root.attributes["exchange.client_order.id"] == "t-1"
+    assert root.attributes["exchange.account"] == "alice"
+    assert root.attributes["exchange.protocol"] == "rest"
+    for stage in ("receive/decode", "journal", "match", "ack"):
+        assert mine[stage].parent_span_id == root.span_id, stage
+        assert root.start_ns <= mine[stage].start_ns <= mine[stage].end_ns <= root.end_ns, stage
+    assert mine["journal"].end_ns <= mine["match"].start_ns + 1
+
+
+def test_an_order_without_traceparent_starts_a_trace(traced):
+    base, rx = traced
+    status, headers, body = call("POST", base + "/v1/orders", order_body("t-2"))
+    trace_id = headers["X-Trace-Id"]
+    assert status == 201 and re.fullmatch(r"[0-9a-f]{32}", trace_id) and int(trace_id, 16)
+    spans = rx.wait_for(lambda spans: any(s.trace_id == trace_id and s.name == "order" for s in spans))
+    root = next(s for s in spans if s.trace_id == trace_id and s.name == "order")
+    assert root.parent_span_id == ""
+    # The journal holds the trace id too: the lookup from the journal (not the store) agrees.
+    order_id = json.loads(body)["order"]["order_id"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "trace",
+            str(order_id),
+            "--json",
+            "--data-dir",
+            str(Path(_data_dir(base))),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["trace_id"] == trace_id
+
+
+def _data_dir(base: str) -> str:
+    _s, _h, body = call("GET", base + "/v1/admin/stats", headers={"X-API-Key": "demo-admin-key-000000"})
+    return json.loads(body)["data_dir"]
+
+
+def test_exemplars_carry_trace_ids_in_openmetrics(traced):
+    base, _rx = traced
+    _status, headers, _body = call("POST", base + "/v1/orders", order_body("t-3"))
+    assert headers["X-Trace-Id"]
+    req = urllib.request.Request(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    exemplars = re.findall(
+        r'^loom_order_to_ack_seconds_bucket\{[^}]*protocol="rest"[^}]*\} \S+ # \{trace_id="([0-9a-f]{32})"\}',
+        text,
+        re.M,
+    )
+    assert exemplars, "no exemplar on the REST order-to-ack histogram"
+
+
+def test_a_foreign_order_has_no_trace_for_this_account(traced):
+    base, _rx = traced
+    _s, _h, body = call("POST", base + "/v1/orders", order_body("t-4"))
+    order_id = json.loads(body)["order"]["order_id"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        call("GET", f"{base}/v1/orders/{order_id}/trace", headers={"X-API-Key": "demo-bob-key-000000"})
+    assert err.value.code == 404
