@@ -6,73 +6,40 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from loomproc import loom_run
 
 from telemetry.catalogue import CATALOGUE, COUNTER, HISTOGRAM, declared_series
-
-REPO = Path(__file__).resolve().parent.parent
-READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
 
 
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory):
     data = tmp_path_factory.mktemp("metrics") / "data"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "run",
-            "--demo",
-            "--rate",
-            "3000",
-            "--data-dir",
-            str(data),
-            "--http-port",
-            "0",
-            "--fix-port",
-            "0",
-            "--binary-port",
-            "0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        port = None
-        while time.monotonic() < deadline and port is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"loom run exited with {proc.poll()}")
-            m = READY.search(line)
-            if m:
-                port = int(m.group(1))
-        assert port, "no readiness line"
-        base = f"http://127.0.0.1:{port}"
+    args = [
+        "--demo",
+        "--rate",
+        "3000",
+        "--data-dir",
+        str(data),
+        "--http-port",
+        "0",
+        "--fix-port",
+        "0",
+        "--binary-port",
+        "0",
+    ]
+    with loom_run(args, dict(os.environ)) as base:
         # Wait (by polling, not sleeping blind) until the demo flow has traded.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if 'loom_trades_total{symbol="BTC-USD"}' in fetch(base + "/metrics")[1]:
                 break
             time.sleep(0.05)
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def fetch(url: str, accept: str | None = None) -> tuple[str, str]:

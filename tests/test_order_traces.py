@@ -7,39 +7,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from loomproc import loom_run
 from otlp_receiver import OtlpReceiver
 
 REPO = Path(__file__).resolve().parent.parent
-READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
 KEY = "demo-alice-key-000000"
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    rx = OtlpReceiver()
     data = tmp_path_factory.mktemp("traced") / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_BSP_SCHEDULE_DELAY="50",
-        PYTHONUNBUFFERED="1",
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "run",
+    with OtlpReceiver() as rx:
+        env.update(
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_BSP_SCHEDULE_DELAY="50",
+        )
+        args = [
             "--demo",
             "--rate",
             "20",
@@ -51,31 +43,9 @@ def traced(tmp_path_factory):
             "-1",
             "--binary-port",
             "-1",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        port = None
-        while port is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"loom run exited with {proc.poll()}")
-            m = READY.search(line)
-            port = int(m.group(1)) if m else None
-        yield f"http://127.0.0.1:{port}", rx
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        rx.close()
+        ]
+        with loom_run(args, env) as base:
+            yield base, rx
 
 
 def call(method: str, url: str, body: dict | None = None, headers: dict | None = None):

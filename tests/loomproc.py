@@ -1,0 +1,46 @@
+"""Start the real `loom run` as a subprocess for a test and stop it afterwards."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
+
+
+@contextmanager
+def loom_run(args: list[str], env: dict[str, str], timeout: float = 60.0):
+    """Yields the base URL of the REST port once the readiness line appears (no fixed
+    sleep); SIGTERM on exit, SIGKILL if it does not stop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"loom run exited with {proc.poll()} before it was ready")
+            m = READY.search(line)
+            port = int(m.group(1)) if m else None
+        assert port, "loom run printed no readiness line in time"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
