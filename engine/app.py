@@ -29,8 +29,8 @@ from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from telemetry.collectors import ExchangeCollector
 from telemetry.metrics import ExchangeMetrics
-from telemetry.order_traces import OrderTraceRecorder
-from telemetry.tracing import TraceShipper
+from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
+from telemetry.tracing import Sampler, TraceShipper
 
 log = logging.getLogger("loom.app")
 
@@ -117,11 +117,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     shipper = None
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         # Spans are built and exported by a child process; this one only writes records.
-        shipper = TraceShipper()
-        service.tracer = OrderTraceRecorder(shipper)
+        sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
+        shipper = TraceShipper(Sampler(sampling))
+        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of)
         log.info("exporting order traces (sampling %s)", shipper.sampler.spec)
     order_store = OrderStore()
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
+    order_store.trace_id_of = node.trace_id_of
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
     for listener in (order_store.on_batch, market_data.on_batch, router.on_batch, metrics.on_batch):

@@ -59,6 +59,16 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
+    from engine.bench.telemetry_bench import format_telemetry, run_telemetry_bench
+
+    result = run_telemetry_bench(
+        orders=args.orders, rounds=args.rounds, seed=args.seed, sampling=args.sampling
+    )
+    print(json.dumps(result) if args.json else format_telemetry(result))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -153,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--seed", type=int, default=1)
     br.add_argument("--json", action="store_true")
     br.set_defaults(func=_cmd_bench_recovery)
+    bt = bench_sub.add_parser("telemetry", help="the same durable run with telemetry off and on: the ratio")
+    bt.add_argument("--orders", type=_positive_int, default=200_000)
+    bt.add_argument("--rounds", type=_positive_int, default=3)
+    bt.add_argument("--sampling", default="", help="trace export sampling (default: loom run's)")
+    bt.add_argument("--seed", type=int, default=1)
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=_cmd_bench_telemetry)
     return parser
 
 

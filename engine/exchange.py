@@ -116,12 +116,27 @@ class ExchangeNode:
         self.rejected_batches = 0
         self.journal_ok = True  # did the last journal write succeed (readiness)
         self.last_write_bytes = 0
+        self._venue_id = 0
         new = [i for i in config.instruments if i.symbol not in self.engine.instruments]
         if new:
             results = self.submit([ListInstrument(i) for i in new])
             for inst, events in zip(new, results, strict=True):
                 if events and isinstance(events[0], OrderRejected):
                     raise RuntimeError(f"cannot list {inst.symbol}: reason {events[0].reason}")
+
+    @property
+    def venue_id(self) -> int:
+        """The timestamp of the journal's first command: names this venue's history (the
+        prefix of derived trace ids). 0 until anything is journaled."""
+        if not self._venue_id and self.journal.last_seq:
+            self._venue_id = next(iter(self.journal.read(1))).ts
+        return self._venue_id
+
+    def trace_id_of(self, cmd) -> str:
+        """The order's trace id: the caller's, or derived from (venue, seq)."""
+        from telemetry.tracing import derived_trace_id
+
+        return getattr(cmd, "trace_id", "") or derived_trace_id(self.venue_id, cmd.seq)
 
     def submit(self, commands: list) -> list[list]:
         """Sequence, journal (durably) and apply one group-commit batch; the events of each

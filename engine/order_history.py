@@ -14,6 +14,7 @@ from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejecte
 from engine.journal.segments import FileJournal
 from engine.matcher import MatchingEngine
 from engine.snapshots import SnapshotError, SnapshotStore
+from telemetry.tracing import derived_trace_id
 
 
 def _start_engine(snapshots_dir: Path, order_id: int) -> MatchingEngine:
@@ -39,6 +40,10 @@ def _concerns(ev, order_id: int) -> bool:
     return getattr(ev, "order_id", None) == order_id
 
 
+def _venue(journal: FileJournal) -> int:
+    return next(iter(journal.read(1))).ts if journal.last_seq else 0
+
+
 def order_history(data_dir: str | Path, order_id: int) -> dict | None:
     """{"order_id", "trace_id", "accepted_seq", "events": [every event of the order, each
     with the seq and ts of the command that caused it], "done"}, or None when the journal
@@ -59,7 +64,7 @@ def order_history(data_dir: str | Path, order_id: int) -> dict | None:
                         if type(ev) is OrderAccepted and ev.order_id == order_id:
                             found = {
                                 "order_id": order_id,
-                                "trace_id": getattr(cmd, "trace_id", ""),
+                                "trace_id": cmd.trace_id or derived_trace_id(_venue(journal), cmd.seq),
                                 "accepted_seq": ev.seq,
                                 "events": [],
                                 "done": False,

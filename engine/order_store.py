@@ -104,6 +104,7 @@ class OrderStore:
         self.keep_done = keep_done
         self.keep_trades = keep_trades
         self.trades: dict[str, deque[Trade]] = {}
+        self.trace_id_of = None  # cmd -> trace id (the node's, set by the app)
 
     def seed_open_orders(self, engine) -> int:
         """After recovery: every resting order as an open view (their fills before the
@@ -155,7 +156,9 @@ class OrderStore:
             if events and type(events[0]) is OrderAccepted:
                 view = self.get(events[0].order_id)
                 if view is not None:
-                    view.trace_id = getattr(cmd, "trace_id", "")
+                    view.trace_id = (
+                        self.trace_id_of(cmd) if self.trace_id_of else getattr(cmd, "trace_id", "")
+                    )
 
     def apply(self, ev) -> None:
         kind = type(ev)

@@ -30,6 +30,7 @@ def traced(tmp_path_factory):
             OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
             OTEL_BSP_SCHEDULE_DELAY="50",
+            LOOM_TRACE_SAMPLING="all",  # export every order: the test follows single orders
         )
         args = [
             "--demo",

@@ -35,7 +35,7 @@ from engine.market_data import MarketData
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, ServiceStopped
-from telemetry.tracing import new_trace_id, parse_traceparent
+from telemetry.tracing import parse_traceparent
 
 log = logging.getLogger("loom.http")
 
@@ -256,14 +256,12 @@ async def post_order(request: web.Request) -> web.Response:
     incoming = parse_traceparent(request.headers.get("traceparent", ""))
     if incoming:
         cmd.trace_id, cmd.trace_parent = incoming
-    else:
-        cmd.trace_id = new_trace_id()
     events = await ctx.service.submit_one(cmd, "rest")
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
     response = _result(events, 201, view.to_json() if view else None)
-    response.headers["X-Trace-Id"] = cmd.trace_id
+    response.headers["X-Trace-Id"] = ctx.service.node.trace_id_of(cmd)
     return response
 
 
@@ -628,8 +626,6 @@ class WsSession:
             incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
             if incoming:
                 cmd.trace_id, cmd.trace_parent = incoming
-            else:
-                cmd.trace_id = new_trace_id()
             self._submit(req_id, cmd)
 
     def op_cancel(self, req_id, msg: dict) -> None:
