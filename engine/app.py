@@ -118,9 +118,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         # Spans are built and exported by a child process; this one only writes records.
         sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
-        shipper = TraceShipper(Sampler(sampling))
-        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of)
-        log.info("exporting order traces (sampling %s)", shipper.sampler.spec)
+        shipper = TraceShipper(Sampler("all"))
+        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+        log.info("exporting order traces (sampling %s)", sampling)
     order_store = OrderStore()
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     order_store.trace_id_of = node.trace_id_of

@@ -30,9 +30,11 @@ _TYPE = {int(t): t.name.lower() for t in OrderType}
 
 
 class OrderTraceRecorder:
-    def __init__(self, shipper: TraceShipper, trace_id_of: Callable[[object], str]) -> None:
+    def __init__(self, shipper: TraceShipper, trace_id_of: Callable[[object], str], sampler: Sampler) -> None:
+        """`shipper` should keep everything (Sampler("all")): the choice is made here,
+        before any record is built, and must not be made twice."""
         self.shipper = shipper
-        self.sampler: Sampler = shipper.sampler
+        self.sampler = sampler
         self.trace_id_of = trace_id_of
         ratio = self.sampler.ratio
         self.stride = 1 if self.sampler.keep_all else (round(1 / ratio) if ratio > 0 else 0)

@@ -202,9 +202,23 @@ def run(stream: BinaryIO, exporter: SpanExporter | None) -> dict[str, int]:
     return stats
 
 
+def _signal_ready() -> None:
+    """Tell the shipper the SDK is imported and the exporter built (one byte on the fd it
+    passed in LOOM_TRACE_READY_FD), so a benchmark can start its clock after start-up."""
+    fd = os.environ.get("LOOM_TRACE_READY_FD")
+    if fd and fd.isdigit():
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
-    stats = run(sys.stdin.buffer, make_exporter())
+    exporter = make_exporter()
+    _signal_ready()
+    stats = run(sys.stdin.buffer, exporter)
     if stats["malformed"] or stats["broken_stream"] or os.environ.get("LOOM_TRACE_WORKER_VERBOSE"):
         print(f"trace_worker: {stats}", file=sys.stderr)
     return 0

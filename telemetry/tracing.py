@@ -229,9 +229,20 @@ class TraceShipper:
         argv = list(command) if command is not None else [sys.executable, "-m", "telemetry.trace_worker"]
         # Own session: a Ctrl-C at the terminal stops the exchange, which then closes the
         # pipe; the child sees EOF and exports what it holds instead of dying mid-batch.
+        ready_r, ready_w = os.pipe()
+        child_env["LOOM_TRACE_READY_FD"] = str(ready_w)
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, env=child_env, bufsize=0, start_new_session=True
+            argv,
+            stdin=subprocess.PIPE,
+            env=child_env,
+            bufsize=0,
+            start_new_session=True,
+            pass_fds=(ready_w,),
         )
+        os.close(ready_w)
+        os.set_blocking(ready_r, False)
+        self._ready_fd = ready_r
+        self._ready = False
         assert self.process.stdin is not None
         self._fd = self.process.stdin.fileno()
         _set_pipe_size(self._fd, pipe_size)
@@ -304,6 +315,20 @@ class TraceShipper:
     @property
     def buffered(self) -> int:
         return len(self._ends)
+
+    def worker_ready(self) -> bool:
+        """Whether the child has finished starting (imported the SDK, built its exporter)."""
+        if not self._ready and self._ready_fd >= 0:
+            try:
+                if os.read(self._ready_fd, 1):
+                    self._ready = True
+            except BlockingIOError:
+                return False
+            except OSError:
+                pass
+            os.close(self._ready_fd)
+            self._ready_fd = -1
+        return self._ready
 
     def alive(self) -> bool:
         return not self._dead and self.process.poll() is None

@@ -25,7 +25,9 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 
 
-async def _run(commands: list, telemetry: bool, batch: int, sampling: str) -> tuple[float, dict]:
+async def _run(
+    commands: list, telemetry: bool, batch: int, sampling: str, traces: bool = True
+) -> tuple[float, dict]:
     from prometheus_client import generate_latest
 
     from telemetry.collectors import ExchangeCollector
@@ -41,21 +43,32 @@ async def _run(commands: list, telemetry: bool, batch: int, sampling: str) -> tu
     if telemetry:
         service.add_listener(metrics.on_batch)
         metrics.registry.register(ExchangeCollector(service, {}))
-        shipper = TraceShipper(Sampler(sampling), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of)
+    if telemetry and traces:
+        shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
+        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
     service.start()
     extra: dict = {}
     try:
+        # Warm-up, untimed in both modes: the first tenth of the orders, and (with
+        # telemetry) until the span worker has started and imported the SDK.
+        warm = (len(commands) // 10) // batch * batch
+        for i in range(0, warm, batch):
+            await service.submit([c.__copy__() for c in commands[i : i + batch]])
+        if shipper is not None:
+            deadline = time.monotonic() + 30
+            while not shipper.worker_ready() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         gc.collect()
         started = time.perf_counter()
         next_scrape = started + 1.0
-        for i in range(0, len(commands), batch):
+        for i in range(warm, len(commands), batch):
             # Fresh command objects each run: the service stamps them in place.
             await service.submit([c.__copy__() for c in commands[i : i + batch]])
             if telemetry and time.perf_counter() >= next_scrape:
                 generate_latest(metrics.registry)
                 next_scrape += 1.0
         elapsed = time.perf_counter() - started
+        timed = len(commands) - warm
         await service.stop()
         if shipper is not None:
             shipper.close()
@@ -63,7 +76,7 @@ async def _run(commands: list, telemetry: bool, batch: int, sampling: str) -> tu
     finally:
         node.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return len(commands) / elapsed, extra
+    return timed / elapsed, extra
 
 
 def run_telemetry_bench(
@@ -73,13 +86,15 @@ def run_telemetry_bench(
 
     sampling = sampling or DEFAULT_EXPORT_SAMPLING
     commands = generate(orders, seed, "deep").commands
-    off, on = [], []
+    off, metrics_only, on = [], [], []
     shipped = {}
     for _ in range(rounds):
         off.append(asyncio.run(_run(commands, False, batch, sampling))[0])
+        metrics_only.append(asyncio.run(_run(commands, True, batch, sampling, traces=False))[0])
         rate, shipped = asyncio.run(_run(commands, True, batch, sampling))
         on.append(rate)
     off_rate, on_rate = statistics.median(off), statistics.median(on)
+    metrics_rate = statistics.median(metrics_only)
     return {
         "bench": "telemetry",
         "orders": len(commands),
@@ -91,6 +106,10 @@ def run_telemetry_bench(
         "sampling": sampling,
         "ratio": round(on_rate / off_rate, 3),
         "overhead_pct": round((1 - on_rate / off_rate) * 100, 1),
+        "metrics_only_orders_per_s": round(metrics_rate),
+        "metrics_only_runs": [round(r) for r in metrics_only],
+        "tracing_ratio": round(on_rate / metrics_rate, 3),
+        "tracing_overhead_pct": round((1 - on_rate / metrics_rate) * 100, 1),
         "traces_shipped": shipped.get("shipped", 0),
         "traces_dropped": shipped.get("dropped", 0),
     }
@@ -102,6 +121,8 @@ def format_telemetry(r: dict) -> str:
         f"  off {r['off_orders_per_s']:,} orders/s {r['off_runs']}\n"
         f"  on  {r['on_orders_per_s']:,} orders/s {r['on_runs']} "
         f"(metrics fed and scraped, spans exported for sampling {r['sampling']})\n"
-        f"  ratio on/off {r['ratio']} ({r['overhead_pct']}% overhead); traces shipped "
+        f"  metrics only {r['metrics_only_orders_per_s']:,} orders/s {r['metrics_only_runs']}\n"
+        f"  ratio on/off {r['ratio']} ({r['overhead_pct']}% overhead); tracing on top of metrics "
+        f"{r['tracing_ratio']} ({r['tracing_overhead_pct']}%); traces shipped "
         f"{r['traces_shipped']:,}, dropped {r['traces_dropped']:,} in the last run"
     )
