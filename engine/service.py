@@ -218,7 +218,9 @@ class ExchangeService:
                 # Queue to durable answer, once per submission (a binary read of many orders
                 # counts once: an observation per order would cost ~8% at 150k orders/s).
                 order_to_ack = self.metrics.order_to_ack
+                queue_wait = self.metrics.stage_queue
                 for pending in taken:
+                    queue_wait.observe(t0 - pending.queued_at)  # waiting for the next batch
                     first = pending.commands[0]
                     exemplar = {"trace_id": node.trace_id_of(first)} if first.seq else None
                     order_to_ack(pending.protocol).observe(t4 - pending.queued_at, exemplar)

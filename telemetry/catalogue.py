@@ -73,8 +73,9 @@ _SPECS = [
     MetricSpec(
         "loom_stage_duration_seconds",
         HISTOGRAM,
-        "Time one group-commit batch spends in a stage of the order path "
-        "(sequence, journal = write + fdatasync, match, publish).",
+        "Time in a stage of the order path: queue (a submission waiting for its batch, "
+        "per submission), then per group-commit batch sequence, journal (write + "
+        "fdatasync), match and publish.",
         ("stage",),
         "seconds",
         LATENCY_BUCKETS,

@@ -59,6 +59,7 @@ class ExchangeMetrics:
         self.m = {spec.name: _build(spec, self.registry) for spec in direct}
         self._children: dict[tuple, object] = {}
         stage = self.m["loom_stage_duration_seconds"]
+        self.stage_queue = stage.labels("queue")
         self.stage_sequence = stage.labels("sequence")
         self.stage_journal = stage.labels("journal")
         self.stage_match = stage.labels("match")
