@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench dashboards clean
 
 $(STAMP): pyproject.toml scripts/setup-venv.sh
 	PY=$(PY) VENV=$(VENV) scripts/setup-venv.sh
@@ -30,6 +30,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/loom bench engine --mode deep --ops 1000000
 	$(BIN)/loom bench engine --mode bounded --ops 1000000
+
+dashboards: $(STAMP)
+	$(BIN)/loom dashboards build
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -69,6 +69,24 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboards_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboards.build import GENERATED, build, differences
+
+    out = Path(args.out) if args.out else GENERATED
+    if args.check:
+        stale = differences(out)
+        for name in stale:
+            print(
+                f"loom dashboards build: {out / name} is stale; run `loom dashboards build`", file=sys.stderr
+            )
+        return 1 if stale else 0
+    for path in build(out):
+        print(path)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -141,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default="data", help="the node's data directory (default ./data)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=_cmd_trace)
+
+    dash = sub.add_parser("dashboards", help="Grafana dashboards generated from the metrics catalogue")
+    dash_sub = dash.add_subparsers(dest="dashboards", required=True)
+    db = dash_sub.add_parser("build", help="write dashboards/generated/<uid>.json (or --check them)")
+    db.add_argument("--out", help="output directory (default dashboards/generated)")
+    db.add_argument("--check", action="store_true", help="exit 1 if the JSON there differs from the sources")
+    db.set_defaults(func=_cmd_dashboards_build)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,411 @@
+"""The Loom Exchange dashboards, as grafanalib objects.
+
+Every query is built with `dashboards.catalogue_queries` (so from catalogue names only);
+`dashboards.build` writes them to `dashboards/generated/<uid>.json`. Boards that need
+metrics the exchange does not emit yet (cluster: lease, replication lag, fencing; risk:
+limit utilisation, margin) are left out until the catalogue declares those metrics.
+"""
+
+from __future__ import annotations
+
+import attr
+from grafanalib.core import (
+    BYTES_FORMAT,
+    BYTES_PER_SEC_FORMAT,
+    OPS_FORMAT,
+    SECONDS_FORMAT,
+    SHORT_FORMAT,
+    Dashboard,
+    DashboardLink,
+    DataLink,
+    GridPos,
+    Stat,
+    Target,
+    Template,
+    Templating,
+    Text,
+    Time,
+    TimeSeries,
+)
+
+from dashboards.catalogue_queries import m, mean, quantile, rate
+
+DS = "${datasource}"
+TAGS = ["loom"]
+WIDTH = 24
+HEIGHT = 8
+
+
+@attr.s
+class ExemplarTarget(Target):
+    """A Prometheus target that also asks Grafana for exemplars (trace ids on latency)."""
+
+    def to_json_data(self):
+        return {**super().to_json_data(), "exemplar": True}
+
+
+def target(expr: str, legend: str = "", exemplar: bool = False) -> Target:
+    cls = ExemplarTarget if exemplar else Target
+    return cls(expr=expr, legendFormat=legend, datasource=DS)
+
+
+def series(title: str, targets: list[Target], unit: str = SHORT_FORMAT, description: str = "") -> TimeSeries:
+    return TimeSeries(
+        title=title,
+        dataSource=DS,
+        targets=targets,
+        unit=unit,
+        description=description or None,
+        tooltipMode="multi",
+        legendDisplayMode="table",
+        legendCalcs=["lastNotNull", "max"],
+    )
+
+
+def stat(title: str, targets: list[Target], unit: str = SHORT_FORMAT, description: str = "") -> Stat:
+    return Stat(
+        title=title,
+        dataSource=DS,
+        targets=targets,
+        format=unit,
+        reduceCalc="lastNotNull",
+        description=description or None,
+    )
+
+
+def layout(rows: list[list]) -> list:
+    """Places panels row by row, each row's panels sharing the 24-column width."""
+    placed = []
+    y = 0
+    for row in rows:
+        width = WIDTH // len(row)
+        height = 4 if all(isinstance(p, Stat) for p in row) else HEIGHT
+        for i, panel in enumerate(row):
+            placed.append(attr.evolve(panel, gridPos=GridPos(h=height, w=width, x=i * width, y=y)))
+        y += height
+    return placed
+
+
+def datasource_variable() -> Template:
+    return Template(
+        name="datasource", label="Data source", query="prometheus", type="datasource", default=None
+    )
+
+
+def board(uid: str, title: str, rows: list[list], description: str, extra_vars=()) -> Dashboard:
+    return Dashboard(
+        title=title,
+        uid=uid,
+        description=description,
+        tags=TAGS,
+        timezone="utc",
+        refresh="10s",
+        time=Time("now-30m", "now"),
+        graphTooltip=1,
+        templating=Templating(list=[datasource_variable(), *extra_vars]),
+        links=[DashboardLink(title="Loom dashboards", type="dashboards", tags=TAGS, asDropdown=True)],
+        panels=layout(rows),
+    ).auto_panel_ids()
+
+
+def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
+    return [
+        target(quantile(q, "loom_order_to_ack_seconds", by), f"p{label} {{{{protocol}}}}", exemplar=True)
+        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
+    ]
+
+
+def overview() -> Dashboard:
+    return board(
+        "loom-overview",
+        "Loom / Exchange overview",
+        [
+            [
+                stat("Ready", [target(m("loom_ready"))], description="1 when the node accepts orders."),
+                stat("Orders/s", [target(f"sum({rate('loom_orders_total')})")], OPS_FORMAT),
+                stat("Trades/s", [target(f"sum({rate('loom_trades_total')})")], OPS_FORMAT),
+                stat("Rejects/s", [target(f"sum({rate('loom_rejects_total')})")], OPS_FORMAT),
+            ],
+            [
+                series(
+                    "Order to ack (p50 / p99 / p99.9) by protocol",
+                    ack_quantiles(),
+                    SECONDS_FORMAT,
+                    "From receiving an order to its durable acknowledgement.",
+                )
+            ],
+            [
+                series(
+                    "Orders/s by symbol",
+                    [target(f"sum by (symbol) ({rate('loom_orders_total')})", "{{symbol}}")],
+                    OPS_FORMAT,
+                ),
+                series(
+                    "Trades/s by symbol",
+                    [target(f"sum by (symbol) ({rate('loom_trades_total')})", "{{symbol}}")],
+                    OPS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Rejects/s by reason",
+                    [
+                        target(
+                            f"sum by (request, reason) ({rate('loom_rejects_total')})",
+                            "{{request}} {{reason}}",
+                        )
+                    ],
+                    OPS_FORMAT,
+                ),
+                series(
+                    "Commands sequenced/s",
+                    [target(f"sum({rate('loom_commands_total')})", "commands")],
+                    OPS_FORMAT,
+                ),
+            ],
+        ],
+        "Order flow and order-to-ack latency of the whole exchange.",
+    )
+
+
+def matching() -> Dashboard:
+    stage = ("stage",)
+    return board(
+        "loom-matching",
+        "Loom / Matching engine",
+        [
+            [
+                series(
+                    "Stage latency p99 by stage",
+                    [target(quantile(0.99, "loom_stage_duration_seconds", stage), "p99 {{stage}}")],
+                    SECONDS_FORMAT,
+                    "queue is per submission; sequence, journal, match and publish are per batch.",
+                ),
+                series(
+                    "Stage latency p50 by stage",
+                    [target(quantile(0.5, "loom_stage_duration_seconds", stage), "p50 {{stage}}")],
+                    SECONDS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Mean stage time by stage",
+                    [target(mean("loom_stage_duration_seconds", stage), "{{stage}}")],
+                    SECONDS_FORMAT,
+                ),
+                series(
+                    "Commands per batch",
+                    [
+                        target(quantile(0.5, "loom_batch_commands"), "p50"),
+                        target(quantile(0.99, "loom_batch_commands"), "p99"),
+                        target(mean("loom_batch_commands"), "mean"),
+                    ],
+                ),
+            ],
+            [
+                series(
+                    "Book depth (best 10 levels) by symbol and side",
+                    [
+                        target(
+                            f"sum by (symbol, side) ({m('loom_book_depth_quantity')})", "{{symbol}} {{side}}"
+                        )
+                    ],
+                ),
+                series(
+                    "Spread by symbol",
+                    [target(f"sum by (symbol) ({m('loom_book_spread')})", "{{symbol}}")],
+                ),
+            ],
+            [
+                series(
+                    "Open orders by symbol",
+                    [target(f"sum by (symbol) ({m('loom_open_orders')})", "{{symbol}}")],
+                ),
+                series(
+                    "Price levels by symbol and side",
+                    [target(f"sum by (symbol, side) ({m('loom_book_levels')})", "{{symbol}} {{side}}")],
+                ),
+            ],
+            [
+                series(
+                    "Cancels/s by reason",
+                    [target(f"sum by (reason) ({rate('loom_cancels_total')})", "{{reason}}")],
+                    OPS_FORMAT,
+                ),
+                series(
+                    "Orders filled/s by symbol",
+                    [target(f"sum by (symbol) ({rate('loom_orders_filled_total')})", "{{symbol}}")],
+                    OPS_FORMAT,
+                ),
+            ],
+        ],
+        "Stage latencies of the order path, batching and the state of the books.",
+    )
+
+
+def persistence() -> Dashboard:
+    return board(
+        "loom-persistence",
+        "Loom / Persistence",
+        [
+            [
+                stat("Journal size", [target(m("loom_journal_size_bytes"))], BYTES_FORMAT),
+                stat("Journal segments", [target(m("loom_journal_segments"))]),
+                stat("Snapshot age", [target(m("loom_snapshot_age_seconds"))], SECONDS_FORMAT),
+                stat("Recovery duration", [target(m("loom_recovery_duration_seconds"))], SECONDS_FORMAT),
+                stat("Commands replayed at start", [target(m("loom_recovery_replayed_commands"))]),
+            ],
+            [
+                series(
+                    "fdatasync latency (p50 / p99 / p99.9)",
+                    [
+                        target(quantile(q, "loom_journal_fsync_seconds"), f"p{label}")
+                        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
+                    ],
+                    SECONDS_FORMAT,
+                ),
+                series(
+                    "Group-commit batch size",
+                    [
+                        target(quantile(0.5, "loom_batch_commands"), "p50"),
+                        target(quantile(0.99, "loom_batch_commands"), "p99"),
+                    ],
+                ),
+            ],
+            [
+                series(
+                    "Journal growth",
+                    [target(f"sum({rate('loom_journal_written_bytes_total')})", "written")],
+                    BYTES_PER_SEC_FORMAT,
+                ),
+                series("Journal size", [target(m("loom_journal_size_bytes"), "size")], BYTES_FORMAT),
+            ],
+            [
+                series(
+                    "Journal write errors and snapshot failures /s",
+                    [
+                        target(f"sum({rate('loom_journal_write_errors_total')})", "journal write errors"),
+                        target(f"sum({rate('loom_snapshot_failures_total')})", "snapshot failures"),
+                    ],
+                    OPS_FORMAT,
+                ),
+                series(
+                    "Durable commands/s (last seq)",
+                    [target(f"deriv({m('loom_journal_last_seq')}[$__rate_interval])", "seq/s")],
+                    OPS_FORMAT,
+                ),
+            ],
+            [
+                series("Snapshot age", [target(m("loom_snapshot_age_seconds"), "age")], SECONDS_FORMAT),
+                series(
+                    "Snapshot write duration",
+                    [
+                        target(
+                            f"max({m('loom_snapshot_duration_seconds_sum')} / "
+                            f"{m('loom_snapshot_duration_seconds_count')})",
+                            "mean since start",
+                        ),
+                        target(quantile(0.99, "loom_snapshot_duration_seconds"), "p99"),
+                    ],
+                    SECONDS_FORMAT,
+                ),
+                series("Snapshot size", [target(m("loom_snapshot_size_bytes"), "size")], BYTES_FORMAT),
+            ],
+        ],
+        "Journal (fdatasync, growth, segments), snapshots and start-up recovery.",
+    )
+
+
+def gateways() -> Dashboard:
+    return board(
+        "loom-gateways",
+        "Loom / Gateways",
+        [
+            [
+                series(
+                    "Sessions by protocol",
+                    [target(f"sum by (protocol) ({m('loom_sessions')})", "{{protocol}}")],
+                ),
+                series(
+                    "Rate-limit hits/s by protocol",
+                    [target(f"sum by (protocol) ({rate('loom_rate_limited_total')})", "{{protocol}}")],
+                    OPS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Order to ack by protocol (p50 / p99 / p99.9)",
+                    ack_quantiles(),
+                    SECONDS_FORMAT,
+                ),
+                series(
+                    "Acknowledged orders/s by protocol",
+                    [
+                        target(
+                            f"sum by (protocol) ({rate('loom_order_to_ack_seconds_count')})", "{{protocol}}"
+                        )
+                    ],
+                    OPS_FORMAT,
+                ),
+            ],
+        ],
+        "Sessions, rate limits and order-to-ack latency per gateway protocol.",
+    )
+
+
+# Grafana Explore on a data source named "tempo", the trace id as its TraceQL query.
+TEMPO_EXPLORE = (
+    "/explore?left=%7B%22datasource%22:%22tempo%22,%22queries%22:%5B%7B%22query%22:"
+    "%22${trace_id}%22,%22queryType%22:%22traceql%22%7D%5D%7D"
+)
+
+LOOKUP_TEXT = """\
+Enter an order id above, then follow a link:
+
+* [Order history and trace id](${loom_url}/v1/orders/${order_id}/trace) — `GET /v1/orders/${order_id}/trace`
+  (same JSON as `loom trace ${order_id}`): the order's events and its `trace_id`.
+* With the `trace_id` from that answer in the box above:
+  [open in Jaeger](${trace_ui}/trace/${trace_id}) ·
+  [open in Grafana Explore (Tempo)](TEMPO_EXPLORE)
+
+Order ids are never metric labels (cardinality); the latency panel below carries trace ids as
+exemplars, which lead to the same traces.
+""".replace("TEMPO_EXPLORE", TEMPO_EXPLORE)
+
+
+def order_lookup() -> Dashboard:
+    def textbox(name: str, label: str, default: str) -> Template:
+        return Template(name=name, label=label, query=default, default=default, type="textbox")
+
+    links = [
+        DataLink(
+            title="Order trace lookup", linkUrl="${loom_url}/v1/orders/${order_id}/trace", isNewTab=True
+        ),
+        DataLink(title="Trace in Jaeger / Tempo", linkUrl="${trace_ui}/trace/${trace_id}", isNewTab=True),
+    ]
+    lookup = attr.evolve(Text(title="Order lookup", content=LOOKUP_TEXT, mode="markdown"), links=links)
+    latency = attr.evolve(
+        series(
+            "Order to ack p99 by protocol (exemplars link to traces)",
+            [ack_quantiles()[1]],
+            SECONDS_FORMAT,
+        ),
+        links=links,
+    )
+    return board(
+        "loom-order-lookup",
+        "Loom / Order lookup",
+        [[lookup], [latency]],
+        "Follow one order: its journaled history and trace id, then the trace itself.",
+        extra_vars=(
+            textbox("order_id", "Order id", ""),
+            textbox("trace_id", "Trace id", ""),
+            textbox("loom_url", "Exchange URL", "http://127.0.0.1:8080"),
+            textbox("trace_ui", "Trace UI (Jaeger)", "http://127.0.0.1:16686"),
+        ),
+    )
+
+
+def dashboards() -> list[Dashboard]:
+    """Every board, in a stable order."""
+    return [overview(), matching(), persistence(), gateways(), order_lookup()]
