@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from engine.auth import Accounts
+from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
@@ -142,6 +143,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cfg.rate_burst,
         node.take_snapshot,
         metrics=metrics,
+        automation=RunbookAutomation(
+            node.take_snapshot, os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key, metrics=metrics
+        ),
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])

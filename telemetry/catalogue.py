@@ -140,6 +140,13 @@ _SPECS = [
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
     MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
     MetricSpec("loom_ready", GAUGE, "1 when the node accepts orders and its journal is writable.", ()),
+    # -- runbook automation ---------------------------------------------------------------------
+    MetricSpec(
+        "loom_automation_actions",
+        COUNTER,
+        "Runbook automation decisions on alerts, by action and outcome.",
+        ("action", "outcome"),
+    ),
 ]
 
 CATALOGUE: dict[str, MetricSpec] = {}

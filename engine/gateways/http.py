@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sys
 import time
@@ -24,6 +25,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from engine.auth import Accounts, TokenBucket
+from engine.automation import RunbookAutomation, WebhookPayload
 from engine.bench.stats import percentile_us
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
@@ -83,6 +85,7 @@ class GatewayContext:
     burst: float = 0.0
     take_snapshot: Callable[[], object] | None = None
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
+    automation: RunbookAutomation | None = None
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -479,6 +482,43 @@ async def admin_snapshot(request: web.Request) -> web.Response:
     )
 
 
+async def admin_automation(request: web.Request) -> web.Response:
+    """Alertmanager's webhook: runs the runbook actions its firing alerts name."""
+    automation = request.app[CTX].automation
+    if automation is None:
+        return error(501, "NOT_AVAILABLE", "runbook automation is not configured")
+    if not automation.authorized(request.headers.get("Authorization")):
+        return error(401, "UNAUTHENTICATED", "Authorization: Bearer <automation token> is required")
+    payload = await _decode(request, WebhookPayload)
+    if payload.version != "4":
+        return error(400, "INVALID_REQUEST", f"webhook payload version {payload.version!r}; expected '4'")
+    return ok(automation.handle(payload))
+
+
+async def admin_automation_audit(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    if ctx.automation is None:
+        return error(501, "NOT_AVAILABLE", "runbook automation is not configured")
+    return ok({"records": ctx.automation.audit_records()})
+
+
+class FaultsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    journal_write_errors: bool
+
+
+async def admin_faults(request: web.Request) -> web.Response:
+    """Fault injection for drills and tests: every journal write fails (EIO) while on."""
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    req = await _decode(request, FaultsRequest)
+    ctx.service.node.journal.fail_writes(errno.EIO if req.journal_write_errors else None)
+    log.warning("drill: journal write errors %s", "injected" if req.journal_write_errors else "cleared")
+    return ok({"journal_write_errors": req.journal_write_errors})
+
+
 # -- WebSocket ------------------------------------------------------------------------------
 
 
@@ -786,5 +826,8 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/instruments", get_instruments)
     app.router.add_post("/v1/admin/snapshot", admin_snapshot)
     app.router.add_get("/v1/admin/stats", admin_stats)
+    app.router.add_post("/v1/admin/automation", admin_automation)
+    app.router.add_get("/v1/admin/automation/audit", admin_automation_audit)
+    app.router.add_post("/v1/admin/faults", admin_faults)
     app.router.add_get("/v1/ws", websocket)
     return app

@@ -221,6 +221,26 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "figures"}, **_errors(403)},
             }
         },
+        "/v1/admin/automation": {
+            "post": {
+                "security": [],
+                "summary": "Alertmanager webhook (payload version 4) driving runbook automation; "
+                "Authorization: Bearer <automation token> (the admin key by default)",
+                "responses": {"200": {"description": "what was done, per outcome"}, **_errors(400, 401)},
+            }
+        },
+        "/v1/admin/automation/audit": {
+            "get": {
+                "summary": "Runbook automation audit records (admin key)",
+                "responses": {"200": {"description": "audit records, oldest first"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/faults": {
+            "post": {
+                "summary": 'Fault injection for drills (admin key): {"journal_write_errors": true|false}',
+                "responses": {"200": {"description": "faults now injected"}, **_errors(400, 403)},
+            }
+        },
         "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
     },
 }
