@@ -73,9 +73,9 @@ _SPECS = [
     MetricSpec(
         "loom_stage_duration_seconds",
         HISTOGRAM,
-        "Time in a stage of the order path: queue (a submission waiting for its batch, "
-        "per submission), then per group-commit batch sequence, journal (write + "
-        "fdatasync), match and publish.",
+        "Time in a stage of the order path: decode (per request, message or read, in the "
+        "gateway), queue (a submission waiting for its batch), then per group-commit batch "
+        "sequence, journal (write + fdatasync), match and publish.",
         ("stage",),
         "seconds",
         LATENCY_BUCKETS,

@@ -59,6 +59,7 @@ class ExchangeMetrics:
         self.m = {spec.name: _build(spec, self.registry) for spec in direct}
         self._children: dict[tuple, object] = {}
         stage = self.m["loom_stage_duration_seconds"]
+        self.stage_decode = stage.labels("decode")
         self.stage_queue = stage.labels("queue")
         self.stage_sequence = stage.labels("sequence")
         self.stage_journal = stage.labels("journal")
@@ -82,8 +83,8 @@ class ExchangeMetrics:
     def order_to_ack(self, protocol: str):
         return self.child("loom_order_to_ack_seconds", protocol)
 
-    def rate_limited(self, protocol: str) -> None:
-        self.child("loom_rate_limited", protocol).inc()
+    def rate_limited(self, protocol: str, n: int = 1) -> None:
+        self.child("loom_rate_limited", protocol).inc(n)
 
     def on_batch(self, _commands: list, results: list[list]) -> None:
         """Count the durable events of one batch (a service listener). Counts are summed

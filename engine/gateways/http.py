@@ -253,8 +253,11 @@ def _result(events: list, status: int = 200, order: dict | None = None) -> web.R
 async def post_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
+    started = time.perf_counter()
     req = await _decode(request, OrderRequest)
     cmd = new_order_command(account, req)
+    if ctx.metrics is not None:
+        ctx.metrics.stage_decode.observe(time.perf_counter() - started)
     # Continue the caller's trace (W3C traceparent) or start one; journaled with the order.
     incoming = parse_traceparent(request.headers.get("traceparent", ""))
     if incoming:

@@ -263,6 +263,7 @@ class BinarySession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        started = time.perf_counter()
         decoder = self._decoder
         decoder.feed(data)
         cancel_alls = self._cancel_alls  # the builders count the CancelAll commands they make
@@ -284,6 +285,9 @@ class BinarySession(asyncio.Protocol):
                     self._closing = True
             else:
                 cmds.append(item)
+        metrics = getattr(self._service, "metrics", None)
+        if metrics is not None:
+            metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
         if cmds:
             if self._bucket is not None:
                 cmds = self._rate_limit(cmds)
@@ -328,6 +332,9 @@ class BinarySession(asyncio.Protocol):
                 allowed.append(cmd)
             else:
                 out.append(gateway_rejection(cmd, limited))
+        metrics = getattr(self._service, "metrics", None)
+        if metrics is not None and len(allowed) < len(cmds):
+            metrics.rate_limited("binary", len(cmds) - len(allowed))
         return allowed
 
     def _submit(self, cmds: list, has_cancel_all: bool) -> None:

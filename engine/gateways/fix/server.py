@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,7 +113,15 @@ class FixGateway:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
+                started = time.perf_counter()
+                limited_before = session.stats.get("rate_limited", 0)
                 session.receive_data(data)
+                metrics = getattr(self.service, "metrics", None)
+                if metrics is not None:
+                    metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
+                    limited = session.stats.get("rate_limited", 0) - limited_before
+                    if limited:
+                        metrics.rate_limited("fix", limited)
                 if unsubscribe is None and session.account:
                     unsubscribe = self.router.subscribe(session.account, conn.on_event)  # type: ignore[attr-defined]
                 conn.flush()
