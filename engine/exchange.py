@@ -29,6 +29,7 @@ from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
 from engine.recovery import Recovered, recover
 from engine.sequencer import Sequencer
 from engine.snapshots import SnapshotStore, WrittenSnapshot
+from telemetry.tracing import derived_trace_id
 
 log = logging.getLogger("loom.exchange")
 
@@ -134,9 +135,7 @@ class ExchangeNode:
 
     def trace_id_of(self, cmd) -> str:
         """The order's trace id: the caller's, or derived from (venue, seq)."""
-        from telemetry.tracing import derived_trace_id
-
-        return getattr(cmd, "trace_id", "") or derived_trace_id(self.venue_id, cmd.seq)
+        return getattr(cmd, "trace_id", "") or derived_trace_id(self._venue_id or self.venue_id, cmd.seq)
 
     def submit(self, commands: list) -> list[list]:
         """Sequence, journal (durably) and apply one group-commit batch; the events of each

@@ -267,7 +267,10 @@ async def post_order(request: web.Request) -> web.Response:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
     response = _result(events, 201, view.to_json() if view else None)
-    response.headers["X-Trace-Id"] = ctx.service.node.trace_id_of(cmd)
+    # The order store already derived it for the view; derive only when there is none.
+    response.headers["X-Trace-Id"] = (
+        view.trace_id if view and view.trace_id else ctx.service.node.trace_id_of(cmd)
+    )
     return response
 
 
