@@ -124,7 +124,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         log.info("exporting order traces (sampling %s)", sampling)
     order_store = OrderStore()
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
-    order_store.trace_id_of = node.trace_id_of
+    order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
     for listener in (order_store.on_batch, market_data.on_batch, router.on_batch, metrics.on_batch):

@@ -133,9 +133,12 @@ class ExchangeNode:
             self._venue_id = next(iter(self.journal.read(1))).ts
         return self._venue_id
 
+    def derived_trace_id(self, seq: int) -> str:
+        return derived_trace_id(self._venue_id or self.venue_id, seq)
+
     def trace_id_of(self, cmd) -> str:
         """The order's trace id: the caller's, or derived from (venue, seq)."""
-        return getattr(cmd, "trace_id", "") or derived_trace_id(self._venue_id or self.venue_id, cmd.seq)
+        return getattr(cmd, "trace_id", "") or self.derived_trace_id(cmd.seq)
 
     def submit(self, commands: list) -> list[list]:
         """Sequence, journal (durably) and apply one group-commit batch; the events of each

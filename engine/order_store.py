@@ -104,7 +104,9 @@ class OrderStore:
         self.keep_done = keep_done
         self.keep_trades = keep_trades
         self.trades: dict[str, deque[Trade]] = {}
-        self.trace_id_of = None  # cmd -> trace id (the node's, set by the app)
+        # seq -> trace id for orders that came without one (the node's, set by the app).
+        # Derived when a view is shown, never per order on the order path.
+        self.derive_trace_id = None
 
     def seed_open_orders(self, engine) -> int:
         """After recovery: every resting order as an open view (their fills before the
@@ -130,6 +132,17 @@ class OrderStore:
                 n += 1
         return n
 
+    def trace_id(self, view: OrderView) -> str:
+        """The caller's trace id, else the one derived from the acceptance seq."""
+        if view.trace_id or self.derive_trace_id is None or not view.accepted_seq:
+            return view.trace_id
+        return self.derive_trace_id(view.accepted_seq)
+
+    def json(self, view: OrderView) -> dict:
+        body = view.to_json()
+        body["trace_id"] = self.trace_id(view)
+        return body
+
     def get(self, order_id: int) -> OrderView | None:
         return self.orders.get(order_id) or self.done.get(order_id)
 
@@ -153,12 +166,10 @@ class OrderStore:
         for cmd, events in zip(commands, results, strict=True):
             for ev in events:
                 self.apply(ev)
-            if events and type(events[0]) is OrderAccepted:
+            if events and type(events[0]) is OrderAccepted and getattr(cmd, "trace_id", ""):
                 view = self.get(events[0].order_id)
                 if view is not None:
-                    view.trace_id = (
-                        self.trace_id_of(cmd) if self.trace_id_of else getattr(cmd, "trace_id", "")
-                    )
+                    view.trace_id = cmd.trace_id
 
     def apply(self, ev) -> None:
         kind = type(ev)

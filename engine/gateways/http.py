@@ -266,21 +266,20 @@ async def post_order(request: web.Request) -> web.Response:
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
-    response = _result(events, 201, view.to_json() if view else None)
-    # The order store already derived it for the view; derive only when there is none.
-    response.headers["X-Trace-Id"] = (
-        view.trace_id if view and view.trace_id else ctx.service.node.trace_id_of(cmd)
-    )
+    body = ctx.order_store.json(view) if view else None
+    response = _result(events, 201, body)
+    response.headers["X-Trace-Id"] = body["trace_id"] if body else ctx.service.node.trace_id_of(cmd)
     return response
 
 
 async def get_order(request: web.Request) -> web.Response:
     account = _account(request)
     oid = _order_id(request)
-    view = request.app[CTX].order_store.get(oid)
+    store = request.app[CTX].order_store
+    view = store.get(oid)
     if view is None or view.account != account:
         return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account in the order store")
-    return ok(view.to_json())
+    return ok(store.json(view))
 
 
 async def get_order_trace(request: web.Request) -> web.Response:
@@ -296,8 +295,8 @@ async def get_order_trace(request: web.Request) -> web.Response:
     if view is not None:
         if view.account != account:
             return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
-        body = view.to_json()
-        body["trace_url"] = trace_url(view.trace_id)
+        body = ctx.order_store.json(view)
+        body["trace_url"] = trace_url(body["trace_id"])
         body["source"] = "order-store"
         return ok(body)
     data_dir = str(ctx.service.node.config.data_dir)
@@ -348,14 +347,15 @@ async def patch_order(request: web.Request) -> web.Response:
         Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
     )
     view = ctx.order_store.get(oid)
-    return _result(events, 200, view.to_json() if view and view.account == account else None)
+    return _result(events, 200, ctx.order_store.json(view) if view and view.account == account else None)
 
 
 async def list_orders(request: web.Request) -> web.Response:
     account = _account(request)
     symbol = request.query.get("symbol", "")
-    views = request.app[CTX].order_store.open_orders(account, symbol)
-    return ok({"orders": [v.to_json() for v in sorted(views, key=lambda v: v.order_id)]})
+    store = request.app[CTX].order_store
+    views = store.open_orders(account, symbol)
+    return ok({"orders": [store.json(v) for v in sorted(views, key=lambda v: v.order_id)]})
 
 
 async def cancel_all(request: web.Request) -> web.Response:
