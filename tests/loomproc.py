@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from serverproc import stop
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
@@ -38,9 +39,4 @@ def loom_run(args: list[str], env: dict[str, str], timeout: float = 60.0):
         assert port, "loom run printed no readiness line in time"
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

@@ -20,33 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
     TraceServiceServicer,
     add_TraceServiceServicer_to_server,
 )
-from otlp_receiver import ReceivedEvent, ReceivedSpan, _attrs
-
-
-def decode_spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
-    spans = []
-    for rs in request.resource_spans:
-        resource = _attrs(rs.resource.attributes)
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                spans.append(
-                    ReceivedSpan(
-                        trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(),
-                        parent_span_id=s.parent_span_id.hex(),
-                        name=s.name,
-                        start_ns=s.start_time_unix_nano,
-                        end_ns=s.end_time_unix_nano,
-                        kind=s.kind,
-                        status_code=s.status.code,
-                        attributes=_attrs(s.attributes),
-                        events=[
-                            ReceivedEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events
-                        ],
-                        resource=resource,
-                    )
-                )
-    return spans
+from otlp_receiver import ReceivedSpan, decode_spans
 
 
 class _TraceService(TraceServiceServicer):

@@ -56,6 +56,33 @@ class ReceivedSpan:
     resource: dict[str, object] = field(default_factory=dict)
 
 
+def decode_spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    """Every span of an OTLP export request (the HTTP and the gRPC receiver share it)."""
+    spans = []
+    for rs in request.resource_spans:
+        resource = _attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append(
+                    ReceivedSpan(
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(),
+                        name=s.name,
+                        start_ns=s.start_time_unix_nano,
+                        end_ns=s.end_time_unix_nano,
+                        kind=s.kind,
+                        status_code=s.status.code,
+                        attributes=_attrs(s.attributes),
+                        events=[
+                            ReceivedEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events
+                        ],
+                        resource=resource,
+                    )
+                )
+    return spans
+
+
 class OtlpReceiver:
     """`with OtlpReceiver() as rx: ... rx.endpoint ... rx.wait_for(lambda spans: ...)`."""
 
@@ -108,29 +135,7 @@ class OtlpReceiver:
         self._thread.start()
 
     def _store(self, request: ExportTraceServiceRequest) -> None:
-        spans = []
-        for rs in request.resource_spans:
-            resource = _attrs(rs.resource.attributes)
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    spans.append(
-                        ReceivedSpan(
-                            trace_id=s.trace_id.hex(),
-                            span_id=s.span_id.hex(),
-                            parent_span_id=s.parent_span_id.hex(),
-                            name=s.name,
-                            start_ns=s.start_time_unix_nano,
-                            end_ns=s.end_time_unix_nano,
-                            kind=s.kind,
-                            status_code=s.status.code,
-                            attributes=_attrs(s.attributes),
-                            events=[
-                                ReceivedEvent(e.name, e.time_unix_nano, _attrs(e.attributes))
-                                for e in s.events
-                            ],
-                            resource=resource,
-                        )
-                    )
+        spans = decode_spans(request)
         with self._cond:
             self.requests += 1
             self.spans.extend(spans)

@@ -196,11 +196,12 @@ def receiver():
     rx.close()
 
 
-def otlp_env(rx: OtlpReceiver, **extra) -> dict[str, str]:
+def otlp_env(rx, protocol: str = "http/protobuf", **extra) -> dict[str, str]:
+    """The worker's environment for exporting to a test receiver (HTTP or gRPC)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         OTEL_BSP_SCHEDULE_DELAY="50",
         OTEL_SERVICE_NAME="loom-test",
         **extra,

@@ -5,11 +5,9 @@ carries the same ids, parentage and attributes."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from otlp_grpc_receiver import OtlpGrpcReceiver
-from test_tracing import order
+from test_tracing import order, otlp_env
 
 from telemetry.tracing import Sampler, TraceShipper, new_trace_id
 
@@ -22,16 +20,7 @@ def grpc_receiver():
 
 
 def grpc_env(rx: OtlpGrpcReceiver, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(
-        OTEL_EXPORTER_OTLP_ENDPOINT=rx.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-        OTEL_EXPORTER_OTLP_INSECURE="true",
-        OTEL_BSP_SCHEDULE_DELAY="50",
-        OTEL_SERVICE_NAME="loom-test",
-        **extra,
-    )
-    return env
+    return otlp_env(rx, "grpc", OTEL_EXPORTER_OTLP_INSECURE="true", **extra)
 
 
 def test_end_to_end_over_grpc_keeps_trace_ids_parents_and_order_ids(grpc_receiver):

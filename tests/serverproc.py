@@ -1,0 +1,95 @@
+"""What every test helper that runs a real server needs: a free loopback port, the
+binary, readiness by polling (never a fixed sleep), the log's tail in failures, and a
+clean stop (SIGTERM, then SIGKILL)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1 (bound to port 0, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_binary(path: str, name: str, missing: str) -> str:
+    found = path if Path(path).is_file() else shutil.which(name)
+    assert found, missing
+    return found
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Server:
+    """A running server: `base` is its HTTP URL."""
+
+    name = "server"
+
+    def __init__(self, base: str, proc: subprocess.Popen, log: Path):
+        self.base = base
+        self.proc = proc
+        self.log = log
+
+    def wait_for(self, what: str, probe: Callable[[], object], timeout: float = 60.0, interval: float = 0.25):
+        """Polls `probe()` until it returns something truthy (returned) or the deadline
+        passes (AssertionError naming `what`, the last value and the log's tail)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                last = probe()
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                last = exc
+            else:
+                if last:
+                    return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@contextmanager
+def run_server(cls: type[Server], argv: Callable[[int], list[str]], workdir: Path, timeout: float):
+    """Starts `argv(port)` on a free port with its output in `workdir/<name>.log`, yields a
+    `cls` once GET /-/ready answers 200, and stops it on exit."""
+    port = free_port()
+    log = workdir / f"{cls.name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv(port), cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    server = cls(f"http://127.0.0.1:{port}", proc, log)
+    try:
+
+        def ready() -> bool:
+            with urllib.request.urlopen(server.base + "/-/ready", timeout=5) as resp:
+                return resp.status == 200
+
+        server.wait_for(f"{cls.name} /-/ready", ready, timeout=timeout, interval=0.1)
+        yield server
+    finally:
+        stop(proc)
