@@ -35,6 +35,12 @@ SLO_TARGET = 0.99
 SLO_LATENCY_LE = "0.005"  # a bucket bound of LATENCY_BUCKETS, as prometheus_client formats it
 ERROR_BUDGET = round(1 - SLO_TARGET, 6)
 SLO_WINDOWS = ("5m", "30m", "1h", "6h")
+# Availability SLO: 99.9% of commands made durable, over 30 days. A command fails for the
+# exchange's fault when its batch could not be journaled (reason journal_write_failed);
+# every client-caused reject counts as served.
+AVAILABILITY_TARGET = 0.999
+AVAILABILITY_BUDGET = round(1 - AVAILABILITY_TARGET, 6)
+FAILED = f'{JOB},reason="journal_write_failed"'
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,20 @@ def _slo_error_ratio(window: str) -> Recording:
     )
 
 
-def _burn(long: str, short: str, factor: float) -> str:
-    threshold = f"({factor} * {ERROR_BUDGET})"
-    return (
-        f"job:loom_order_to_ack_slow:ratio_rate{long} > {threshold}\n"
-        f"and\n"
-        f"job:loom_order_to_ack_slow:ratio_rate{short} > {threshold}"
+def _availability_error_ratio(window: str) -> Recording:
+    """Fraction of commands that failed to become durable over `window` (by job)."""
+    failed = f"sum by (job) (rate(loom_rejects_total{{{FAILED}}}[{window}]))"
+    return Recording(
+        f"job:loom_commands_failed:ratio_rate{window}",
+        f"{failed}\n/\n(\n  sum by (job) (rate(loom_commands_total{{{JOB}}}[{window}]))\n  + {failed}\n)",
     )
+
+
+def _burn(
+    long: str, short: str, factor: float, sli: str = "loom_order_to_ack_slow", budget: float = ERROR_BUDGET
+) -> str:
+    threshold = f"({factor} * {budget})"
+    return f"job:{sli}:ratio_rate{long} > {threshold}\nand\njob:{sli}:ratio_rate{short} > {threshold}"
 
 
 GROUPS: tuple[Group, ...] = (
@@ -222,6 +235,49 @@ GROUPS: tuple[Group, ...] = (
             ),
         ),
     ),
+    Group(
+        "loom-slo-availability",
+        (
+            *(_availability_error_ratio(w) for w in SLO_WINDOWS),
+            Alert(
+                "LoomAvailabilityFastBurn",
+                _burn("1h", "5m", 14.4, "loom_commands_failed", AVAILABILITY_BUDGET),
+                "critical",
+                "Loom is burning its availability error budget fast.",
+                "Over 1h and 5m, more than 1.44% of the commands to {{ $labels.job }} could not be made "
+                "durable (journal_write_failed; SLO: 99.9% durable). 2% of the 30-day budget is gone "
+                "within an hour at this rate.",
+                for_="2m",
+                labels={"slo": "availability", "window": "1h"},
+            ),
+            Alert(
+                "LoomAvailabilitySlowBurn",
+                _burn("6h", "30m", 6, "loom_commands_failed", AVAILABILITY_BUDGET),
+                "warning",
+                "Loom is burning its availability error budget.",
+                "Over 6h and 30m, more than 0.6% of the commands to {{ $labels.job }} could not be made "
+                "durable (SLO: 99.9% durable); 5% of the 30-day budget is gone within 6 hours at this rate.",
+                for_="15m",
+                labels={"slo": "availability", "window": "6h"},
+            ),
+        ),
+    ),
+    Group(
+        "loom-gateways",
+        (
+            Alert(
+                "LoomDecodeErrorSpike",
+                f"sum by (job, instance, protocol) (rate(loom_decode_errors_total{{{JOB}}}[5m])) > 1",
+                "warning",
+                "A Loom gateway is refusing unreadable messages at more than 1 per second.",
+                "{{ $labels.instance }} refused {{ $value | humanize }} unreadable {{ $labels.protocol }} "
+                "messages per second over 5 minutes, for 10 minutes: a client is sending malformed input "
+                "(a broken release, a wrong protocol version, or a port scan). Look at "
+                "loom_decode_errors_total by code.",
+                for_="10m",
+            ),
+        ),
+    ),
 )
 
 # Wanted, but the metrics do not exist yet (see the catalogue); add them with the metrics.
@@ -231,7 +287,6 @@ SKIPPED = {
     "LoomReplicationLagHigh": "no replication lag metric (e.g. loom_replication_lag_commands)",
     "LoomKillSwitchEngaged": "no kill-switch metric (e.g. loom_kill_switch_engaged)",
     "LoomAnomalyDetected": "no anomaly metric (e.g. loom_anomaly_score)",
-    "LoomDecodeErrorSpike": "no gateway decode-error counter (e.g. loom_decode_errors_total)",
 }
 
 

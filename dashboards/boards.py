@@ -28,7 +28,7 @@ from grafanalib.core import (
     TimeSeries,
 )
 
-from dashboards.catalogue_queries import m, mean, quantile, rate
+from dashboards.catalogue_queries import RATE, m, mean, quantile, rate
 
 DS = "${datasource}"
 TAGS = ["loom"]
@@ -115,6 +115,54 @@ def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
     ]
 
 
+# The SLOs of alerts/rules.py: 99% of orders acked within 5 ms; 99.9% of commands durable.
+ACK_SLO_LE = "0.005"
+DECODE_STAGE = 'stage="decode"'
+ACK_BUDGET = 0.01
+AVAILABILITY_BUDGET = 0.001
+
+
+def slow_ack_ratio(window: str) -> str:
+    """Fraction of orders acknowledged later than the SLO's 5 ms over `window`."""
+    fast = f'sum(increase({m("loom_order_to_ack_seconds_bucket")}{{le="{ACK_SLO_LE}"}}[{window}]))'
+    return f"(1 - {fast} / sum(increase({m('loom_order_to_ack_seconds_count')}[{window}])))"
+
+
+def failed_command_ratio(window: str) -> str:
+    """Fraction of commands refused as not durable (journal_write_failed) over `window`;
+    0, not empty, while no command has failed."""
+    failed = f'sum(increase({m("loom_rejects_total")}{{reason="journal_write_failed"}}[{window}]))'
+    total = f"sum(increase({m('loom_commands_total')}[{window}]))"
+    return f"(({failed} or vector(0)) / ({total} + ({failed} or vector(0))))"
+
+
+def slo_row() -> list:
+    return [
+        stat(
+            "Order-to-ack error budget left (30d)",
+            [target(f"1 - {slow_ack_ratio('30d')} / {ACK_BUDGET}")],
+            "percentunit",
+            "SLO: 99% of orders acknowledged within 5 ms over 30 days. 100% = nothing spent, "
+            "below 0 = SLO missed.",
+        ),
+        series(
+            "Error budget burn rate (1 = spent exactly in 30 days)",
+            [
+                target(f"{slow_ack_ratio(RATE)} / {ACK_BUDGET}", "order-to-ack"),
+                target(f"{failed_command_ratio(RATE)} / {AVAILABILITY_BUDGET}", "availability"),
+            ],
+            description="Multi-window alerts page at 14.4 (1h and 5m) and ticket at 6 (6h and 30m); "
+            "see alerts/rules.py.",
+        ),
+        stat(
+            "Availability error budget left (30d)",
+            [target(f"1 - {failed_command_ratio('30d')} / {AVAILABILITY_BUDGET}")],
+            "percentunit",
+            "SLO: 99.9% of commands made durable over 30 days (journal_write_failed spends it).",
+        ),
+    ]
+
+
 def overview() -> Dashboard:
     return board(
         "loom-overview",
@@ -134,6 +182,7 @@ def overview() -> Dashboard:
                     "From receiving an order to its durable acknowledgement.",
                 )
             ],
+            slo_row(),
             [
                 series(
                     "Orders/s by symbol",
@@ -330,6 +379,32 @@ def gateways() -> Dashboard:
                     "Rate-limit hits/s by protocol",
                     [target(f"sum by (protocol) ({rate('loom_rate_limited_total')})", "{{protocol}}")],
                     OPS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Unreadable messages refused/s by protocol and code",
+                    [
+                        target(
+                            f"sum by (protocol, code) ({rate('loom_decode_errors_total')})",
+                            "{{protocol}} {{code}}",
+                        )
+                    ],
+                    OPS_FORMAT,
+                    "Input refused before sequencing (malformed JSON, bad FIX checksum, unknown binary "
+                    "frame...): it never reaches the journal. LoomDecodeErrorSpike fires above 1/s.",
+                ),
+                series(
+                    "Decode time per request, message or read (p50 / p99)",
+                    [
+                        target(
+                            f"histogram_quantile({q}, sum by (le) "
+                            f"({rate('loom_stage_duration_seconds_bucket', DECODE_STAGE)}))",
+                            f"p{label}",
+                        )
+                        for q, label in ((0.5, "50"), (0.99, "99"))
+                    ],
+                    SECONDS_FORMAT,
                 ),
             ],
             [

@@ -139,6 +139,13 @@ _SPECS = [
     # -- gateways ---------------------------------------------------------------------------------
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
     MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
+    MetricSpec(
+        "loom_decode_errors",
+        COUNTER,
+        "Inbound messages refused as unreadable or invalid before sequencing, by protocol and "
+        "error code (a bounded set per protocol).",
+        ("protocol", "code"),
+    ),
     MetricSpec("loom_ready", GAUGE, "1 when the node accepts orders and its journal is writable.", ()),
     # -- runbook automation ---------------------------------------------------------------------
     MetricSpec(

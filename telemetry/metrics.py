@@ -83,6 +83,9 @@ class ExchangeMetrics:
     def order_to_ack(self, protocol: str):
         return self.child("loom_order_to_ack_seconds", protocol)
 
+    def decode_error(self, protocol: str, code: str, n: int = 1) -> None:
+        self.child("loom_decode_errors", protocol, code).inc(n)
+
     def rate_limited(self, protocol: str, n: int = 1) -> None:
         self.child("loom_rate_limited", protocol).inc(n)
 

@@ -15,10 +15,21 @@ REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"loom: ready on \S+ \(http (\d+)")
 
 
+PORT = re.compile(r"(\w+) (\d+)")
+
+
 @contextmanager
 def loom_run(args: list[str], env: dict[str, str], timeout: float = 60.0):
     """Yields the base URL of the REST port once the readiness line appears (no fixed
     sleep); SIGTERM on exit, SIGKILL if it does not stop."""
+    with loom_run_ports(args, env, timeout) as ports:
+        yield f"http://127.0.0.1:{ports['http']}"
+
+
+@contextmanager
+def loom_run_ports(args: list[str], env: dict[str, str], timeout: float = 60.0):
+    """Like loom_run, but yields every listening port by protocol ({"http": 8080, ...}),
+    read from the readiness line."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run", *args],
         cwd=REPO,
@@ -37,6 +48,7 @@ def loom_run(args: list[str], env: dict[str, str], timeout: float = 60.0):
             m = READY.search(line)
             port = int(m.group(1)) if m else None
         assert port, "loom run printed no readiness line in time"
-        yield f"http://127.0.0.1:{port}"
+        listed = line[line.index("(") + 1 : line.index(")")]
+        yield {name: int(number) for name, number in PORT.findall(listed)}
     finally:
         stop(proc)

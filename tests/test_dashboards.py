@@ -25,6 +25,10 @@ EMPTY_OUTSIDE_INCIDENTS = {
         "loom_rate_limited has per-protocol children only once a rate limit has refused a request; "
         "the demo traders stay under their limits"
     ),
+    "sum by (protocol, code) (rate(loom_decode_errors_total[1m]))": (
+        "loom_decode_errors has children only once a gateway has refused unreadable input; the demo "
+        "flow sends well-formed commands (tests/test_decode_errors.py covers the counter)"
+    ),
 }
 
 

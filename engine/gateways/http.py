@@ -142,8 +142,12 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except _Denied as denied:  # a client mistake found before any work: its 4xx reply
+        if denied.decode_error:
+            _count_decode_error(request, denied.decode_error)
         return denied.response
     except web.HTTPException as exc:
+        if exc.status == 413:  # a body beyond client_max_size: unreadable by definition
+            _count_decode_error(request, "PAYLOAD_TOO_LARGE")
         if exc.content_type == "application/json":
             raise
         code = exc.reason.upper().replace(" ", "_")
@@ -157,6 +161,12 @@ async def json_errors(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "INTERNAL", "internal error (logged)")
+
+
+def _count_decode_error(request: web.Request, code: str) -> None:
+    metrics = request.app[CTX].metrics
+    if metrics is not None:
+        metrics.decode_error("rest", code)
 
 
 def _api_key(request: web.Request) -> str | None:
@@ -175,8 +185,14 @@ def _api_key(request: web.Request) -> str | None:
 
 
 class _Denied(Exception):
-    def __init__(self, response: web.Response) -> None:
+    def __init__(self, response: web.Response, decode_error: str = "") -> None:
         self.response = response
+        self.decode_error = decode_error  # set when the request itself was unreadable
+
+
+def _unreadable(status: int, code: str, message: str) -> _Denied:
+    """A refusal of a body, path or query that cannot be read: counted in loom_decode_errors."""
+    return _Denied(error(status, code, message), code)
 
 
 def _account(request: web.Request) -> str:
@@ -200,14 +216,14 @@ async def _decode(request: web.Request, kind):
     # and executed anyway; it is a 415 now. No Content-Type at all is still read as JSON.
     if body and hdrs.CONTENT_TYPE in request.headers and not _is_json(request.content_type):
         message = f"send the body as application/json, not {request.content_type}"
-        raise _Denied(error(415, "UNSUPPORTED_MEDIA_TYPE", message))
+        raise _unreadable(415, "UNSUPPORTED_MEDIA_TYPE", message)
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
-        raise _Denied(error(400, "INVALID_REQUEST", str(exc))) from None
+        raise _unreadable(400, "INVALID_REQUEST", str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # FIX: invalid UTF-8 raises UnicodeDecodeError (not a DecodeError): it was a 500.
-        raise _Denied(error(400, "MALFORMED_JSON", f"body is not valid JSON: {exc}")) from None
+        raise _unreadable(400, "MALFORMED_JSON", f"body is not valid JSON: {exc}") from None
 
 
 def _order_id(request: web.Request) -> int:
@@ -215,11 +231,11 @@ def _order_id(request: web.Request) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _Denied(error(400, "INVALID_ORDER_ID", f"order id must be a whole number: {text!r}")) from None
+        raise _unreadable(400, "INVALID_ORDER_ID", f"order id must be a whole number: {text!r}") from None
     if value <= 0:
-        raise _Denied(error(400, "INVALID_ORDER_ID", "order id must be positive"))
+        raise _unreadable(400, "INVALID_ORDER_ID", "order id must be positive")
     if value > INT64_MAX:  # FIX: see Int64 above (the journal holds 64-bit integers)
-        raise _Denied(error(400, "INVALID_ORDER_ID", f"order id must be at most {INT64_MAX}"))
+        raise _unreadable(400, "INVALID_ORDER_ID", f"order id must be at most {INT64_MAX}")
     return value
 
 
@@ -374,9 +390,9 @@ def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) 
     try:
         value = int(text)
     except ValueError:
-        raise _Denied(error(400, "INVALID_QUERY", f"{name} must be a whole number")) from None
+        raise _unreadable(400, "INVALID_QUERY", f"{name} must be a whole number") from None
     if not lo <= value <= hi:
-        raise _Denied(error(400, "INVALID_QUERY", f"{name} must be between {lo} and {hi}"))
+        raise _unreadable(400, "INVALID_QUERY", f"{name} must be between {lo} and {hi}")
     return value
 
 
@@ -595,27 +611,33 @@ class WsSession:
     def fail(self, req_id, code: str, message: str) -> None:
         self.send({"type": "error", "req_id": req_id, "code": code, "message": message})
 
+    def unreadable(self, req_id, code: str, message: str) -> None:
+        """An error for a message that cannot be read: counted in loom_decode_errors."""
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.decode_error("websocket", code)
+        self.fail(req_id, code, message)
+
     def handle(self, raw: str | bytes) -> None:
         try:
             msg = msgspec.json.decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             # FIX: a binary frame that is not UTF-8 raises UnicodeDecodeError, which escaped
             # and closed the session; it is a MALFORMED_JSON error like any other.
-            self.fail(None, "MALFORMED_JSON", f"message is not valid JSON: {exc}")
+            self.unreadable(None, "MALFORMED_JSON", f"message is not valid JSON: {exc}")
             return
         if not isinstance(msg, dict):
-            self.fail(None, "INVALID_REQUEST", "a message must be a JSON object with an 'op'")
+            self.unreadable(None, "INVALID_REQUEST", "a message must be a JSON object with an 'op'")
             return
         req_id = msg.pop("req_id", None)
         op = msg.pop("op", None)
         handler = _WS_OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            self.fail(req_id, "UNKNOWN_OP", f"unknown op {op!r}; one of {sorted(_WS_OPS)}")
+            self.unreadable(req_id, "UNKNOWN_OP", f"unknown op {op!r}; one of {sorted(_WS_OPS)}")
             return
         try:
             handler(self, req_id, msg)
         except msgspec.ValidationError as exc:
-            self.fail(req_id, "INVALID_REQUEST", str(exc))
+            self.unreadable(req_id, "INVALID_REQUEST", str(exc))
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 

@@ -272,6 +272,7 @@ class BinarySession(asyncio.Protocol):
             return
         out = self._out
         cmds = []
+        decode_errors: list[int] = []
         for item in items:
             kind = type(item)
             if kind is bytes:  # a reply made by a builder: login, heartbeat, not logged in
@@ -280,6 +281,7 @@ class BinarySession(asyncio.Protocol):
                     break
             elif kind is p.DecodeError:
                 out.append(p.encode_error(item.code, item.text))
+                decode_errors.append(item.code)
                 if item.fatal:
                     log.warning("binary session %s: %s; closing", self.peer, item.text)
                     self._closing = True
@@ -288,6 +290,8 @@ class BinarySession(asyncio.Protocol):
         metrics = getattr(self._service, "metrics", None)
         if metrics is not None:
             metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
+            for code in decode_errors:
+                metrics.decode_error("binary", _error_name(code))
         if cmds:
             if self._bucket is not None:
                 cmds = self._rate_limit(cmds)
@@ -483,3 +487,10 @@ async def stop_binary_server(server: asyncio.Server) -> None:
     for session in binary_sessions(server):
         session.close()
     await server.wait_closed()
+
+
+def _error_name(code: int) -> str:
+    try:
+        return p.ErrorCode(code).name.lower()
+    except ValueError:
+        return str(code)

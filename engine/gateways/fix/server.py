@@ -122,6 +122,10 @@ class FixGateway:
                     limited = session.stats.get("rate_limited", 0) - limited_before
                     if limited:
                         metrics.rate_limited("fix", limited)
+                    if session.decode_errors:
+                        for code, n in session.decode_errors.items():
+                            metrics.decode_error("fix", code, n)
+                        session.decode_errors.clear()
                 if unsubscribe is None and session.account:
                     unsubscribe = self.router.subscribe(session.account, conn.on_event)  # type: ignore[attr-defined]
                 conn.flush()

@@ -151,6 +151,8 @@ class FixSession:
         self.expected = 1  # next inbound MsgSeqNum
         self.close_reason = ""
         self.stats: Counter[str] = Counter()
+        # Unreadable or invalid input by code, drained by the server into loom_decode_errors.
+        self.decode_errors: Counter[str] = Counter()
         self._out: list[bytes] = []
         now = env.monotonic()
         self._created = self.last_received = self.last_sent = now
@@ -341,6 +343,7 @@ class FixSession:
             body.append((Tag.RefMsgType, ref_msg_type))
         body += [(Tag.SessionRejectReason, reason), (Tag.Text, text)]
         self.stats["rejects"] += 1
+        self.decode_errors[getattr(reason, "name", str(reason)).lower()] += 1
         self._send(MsgType.REJECT, body)
 
     def _business_reject(
@@ -357,6 +360,7 @@ class FixSession:
 
     def _on_parse_error(self, error: ParseError) -> None:
         self.stats[f"parse_error.{error.code}"] += 1
+        self.decode_errors[str(error.code)] += 1
         log.warning("FIX session %s: %s", self.counterparty or "(not logged on)", error.text)
         if self.state is State.AWAIT_LOGON:
             self._close(f"unreadable input before Logon: {error.text}")
