@@ -14,6 +14,7 @@ import itertools
 
 import msgspec
 import pytest
+from natsproc import nats_cluster, nats_link  # noqa: F401 (session fixtures: a real NATS cluster)
 
 from engine.book import RestingOrder
 from engine.commands import Amend, Cancel, CancelAll, NewOrder

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from journal_contract import JournalContract, flatten, make_batches
+from natsproc import unique_stream
 
+from engine.cluster.journal import NatsJournal
 from engine.journal.format import SEGMENT_HEADER
 from engine.journal.memory import MemoryJournal
 from engine.journal.segments import SEGMENT_RE, FileJournal, scan
@@ -75,3 +78,24 @@ class TestFileJournalNoFsync(TestFileJournal):
     """fsync=False (benchmarks, tests) must not change what is written."""
 
     fsync = False
+
+
+class TestNatsJournal(JournalContract):
+    """The replicated backend, on a real 3-node JetStream cluster (tests/natsproc.py)."""
+
+    @pytest.fixture(autouse=True)
+    def _link(self, nats_link):
+        self.link = nats_link
+        self.names = unique_stream()
+
+    def make_journal(self, tmp_path):
+        return NatsJournal(self.link, *self.names)
+
+    def reopen(self, journal, tmp_path):
+        journal.close()
+        return NatsJournal(self.link, *self.names)
+
+    def test_each_batch_is_one_stream_message(self, journal):
+        batches = self.fill(journal, [3, 1, 4])
+        assert journal.expected == len(batches)  # stream seq of the last message
+        assert [len(m.commands) for m in journal.messages(1, 3, journal.batch_subject)] == [3, 1, 4]

@@ -1,0 +1,380 @@
+"""The replicated journal: the Journal protocol on a JetStream stream (R3, fsync always).
+
+    stream LOOM_JOURNAL, subjects:
+      <prefix>.batch   one group-commit batch per message, the bytes of
+                       engine/journal/format.encode_record (CRC and all)
+      <prefix>.epoch   a leader's fence: written once on promotion, read past by readers
+
+Every publish carries `Nats-Expected-Last-Sequence` = the last stream sequence this writer
+has seen. A deposed leader's next append is therefore refused by the stream itself
+(err_code 10071) as soon as anyone else has written, which surfaces as FencedError. The
+PubAck of an R3 stream means a majority has the batch on disk: that is the durability point
+before any order in the batch is acknowledged.
+
+One message per batch keeps the stream sequence and the command sequence apart: headers
+name each batch's first and last command seq, so a reader can find the batch holding any
+seq by bisecting stream sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as errno_mod
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from engine.cluster.link import NatsLink
+from engine.commands import Command
+from engine.journal import JournalCorruptError, JournalError, JournalWriteError
+from engine.journal.format import FORMAT_VERSION, decode_payload, encode_record, parse_record
+
+log = logging.getLogger("loom.cluster.journal")
+
+DEFAULT_STREAM = "LOOM_JOURNAL"
+DEFAULT_PREFIX = "loom.journal"
+WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+FIRST_SEQ = "Loom-First-Seq"
+LAST_SEQ = "Loom-Last-Seq"
+EXPECTED_LAST = "Nats-Expected-Last-Sequence"
+FETCH = 512  # messages per pull
+
+
+class FencedError(JournalWriteError):
+    """Someone else wrote to the stream since this writer last looked: it is no longer (or
+    not yet) the leader, and must not append."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """One message read from the stream: a batch (commands) or an epoch marker (None)."""
+
+    stream_seq: int
+    commands: list | None
+    marker: bytes = b""
+
+
+NOT_WRITABLE = (
+    nats.errors.Error,  # timeouts, no responders, connection closed
+    asyncio.TimeoutError,
+    TimeoutError,
+    OSError,
+)
+
+
+class NatsJournal:
+    """The journal on a JetStream stream. `link` is shared with the lease (one connection
+    per node); `owns_link` closes it with the journal."""
+
+    remote = True  # the service awaits append_async instead of blocking its loop
+    fsync = False  # no local fdatasync to time (publish→PubAck is its own histogram)
+    last_fsync_ns = 0
+    torn_tail_truncations = 0
+    segments: tuple = ()  # no segment files: recovery replays from seq 1
+
+    def __init__(
+        self,
+        link: NatsLink,
+        stream: str = DEFAULT_STREAM,
+        prefix: str = DEFAULT_PREFIX,
+        replicas: int = 3,
+        publish_timeout: float = 2.0,
+        owns_link: bool = False,
+    ) -> None:
+        self.link = link
+        self.stream = stream
+        self.batch_subject = f"{prefix}.batch"
+        self.epoch_subject = f"{prefix}.epoch"
+        self.all_subjects = f"{prefix}.>"
+        self.replicas = replicas
+        self.publish_timeout = publish_timeout
+        self.owns_link = owns_link
+        self.directory = f"nats stream {stream}"  # what errors name in place of a path
+        self.on_publish: Callable[[float], None] | None = None  # publish→PubAck seconds
+        self.fenced = 0
+        self.write_errors = 0
+        self._inject_errno: int | None = None
+        self._closed = False
+        self._consumers = 0
+        self.expected, self._last_seq, self.size_bytes = link.call(self._open())
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    async def _open(self) -> tuple[int, int, int]:
+        js = self.link.js
+        config = api.StreamConfig(
+            name=self.stream,
+            subjects=[self.all_subjects],
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            max_msg_size=-1,
+            duplicate_window=0,
+            allow_direct=False,  # reads go to the stream leader: never a stale tail
+        )
+        try:
+            info = await js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # exists with another config: use it as it is
+            info = await js.stream_info(self.stream)
+        tail = info.state.last_seq
+        last = await self._last_batch()
+        return tail, (last[2] if last else 0), info.state.bytes
+
+    async def _last_batch(self) -> tuple[int, int, int] | None:
+        """(stream seq, first seq, last seq) of the newest batch, or None."""
+        try:
+            msg = await self.link.js.get_msg(self.stream, subject=self.batch_subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq, *_seq_range(msg.headers, msg.data)
+
+    # -- the Journal interface ---------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def append(self, commands: Sequence[Command]) -> int:
+        record = self._prepare(commands)
+        if record is None:
+            return 0
+        try:
+            return self.link.call(self._publish(record, commands[0].seq, commands[-1].seq), None)
+        except RuntimeError as exc:  # the link's loop is gone
+            raise JournalWriteError(f"journal write failed: {exc}") from exc
+
+    async def append_async(self, commands: Sequence[Command]) -> int:
+        """append, awaited from another event loop (the service's commit loop)."""
+        record = self._prepare(commands)
+        if record is None:
+            return 0
+        return await self.link.wait(self._publish(record, commands[0].seq, commands[-1].seq))
+
+    def read(self, from_seq: int = 1) -> Iterator[Command]:
+        for batch in self.read_batches(from_seq):
+            yield from batch
+
+    def read_batches(self, from_seq: int = 1) -> Iterator[list[Command]]:
+        """Decoded batches holding seq >= from_seq (the first trimmed to start there), as
+        the stream stood when reading began."""
+        if self._closed:
+            raise JournalError("journal is closed")
+        plan = self.link.call(self._plan_read(max(from_seq, 1)))
+        if plan is None:
+            return
+        start, end = plan
+        for msg in self.messages(start, end, self.batch_subject):
+            commands = msg.commands
+            if commands[-1].seq < from_seq:
+                continue
+            if commands[0].seq < from_seq:
+                commands = commands[from_seq - commands[0].seq :]
+            yield commands
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.owns_link:
+            self.link.close()
+
+    def fail_writes(self, errno: int | None = errno_mod.EIO) -> None:
+        """Fault injection: every append fails with `errno` until called again with None."""
+        self._inject_errno = errno
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _prepare(self, commands: Sequence[Command]) -> bytes | None:
+        if self._closed:
+            raise JournalError("journal is closed")
+        if not commands:
+            return None
+        expected = self._last_seq + 1
+        for i, cmd in enumerate(commands):
+            if cmd.seq != expected + i:
+                raise JournalError(
+                    f"batch seq {commands[0].seq}..{commands[-1].seq} ({len(commands)} commands) "
+                    f"does not continue the journal at {self._last_seq}: command {i} has seq "
+                    f"{cmd.seq}, expected {expected + i}"
+                )
+        if self._inject_errno is not None:
+            self.write_errors += 1
+            raise JournalWriteError(
+                f"journal write of seq {expected}..{commands[-1].seq} failed: "
+                f"{os.strerror(self._inject_errno)}"
+            )
+        return encode_record(commands)
+
+    async def _publish(self, record: bytes, first: int, last: int) -> int:
+        headers = {EXPECTED_LAST: str(self.expected), FIRST_SEQ: str(first), LAST_SEQ: str(last)}
+        started = time.perf_counter()
+        ack = await self._publish_fenced(self.batch_subject, record, headers, f"seq {first}..{last}")
+        if self.on_publish is not None:
+            self.on_publish(time.perf_counter() - started)
+        self.expected = ack.seq
+        self._last_seq = last
+        self.size_bytes += len(record)
+        return len(record)
+
+    async def write_marker(self, body: bytes) -> int:
+        """A promoted leader's fence: one message after the tail it caught up to. From here
+        on nobody whose view of the stream is older can append. Returns its stream seq."""
+        ack = await self._publish_fenced(
+            self.epoch_subject, body, {EXPECTED_LAST: str(self.expected)}, "epoch"
+        )
+        self.expected = ack.seq
+        return ack.seq
+
+    async def _publish_fenced(self, subject: str, payload: bytes, headers: dict, what: str) -> api.PubAck:
+        try:
+            return await self.link.js.publish(subject, payload, timeout=self.publish_timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                self.fenced += 1
+                raise FencedError(
+                    f"journal write of {what} fenced: the stream moved past {self.expected} "
+                    f"(another leader wrote): {exc.description}"
+                ) from None
+            self.write_errors += 1
+            raise JournalWriteError(f"journal write of {what} refused: {exc}") from None
+        except NOT_WRITABLE as exc:
+            # Outcome unknown (the batch may yet land): the next append's expected sequence
+            # then no longer matches and fences, and the follower replays it. Never guessed.
+            self.write_errors += 1
+            raise JournalWriteError(f"journal write of {what} failed: {type(exc).__name__} {exc}") from None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _plan_read(self, from_seq: int) -> tuple[int, int] | None:
+        """(first stream seq to read, stream seq of the last batch) for commands from
+        `from_seq`, or None when there is nothing to read."""
+        last = await self._last_batch()
+        if last is None or last[2] < from_seq:
+            return None
+        info = await self.link.js.stream_info(self.stream)
+        lo, hi = info.state.first_seq, last[0]
+        # Bisect on "the first batch at or after stream seq p ends at or past from_seq",
+        # which is false and then true as p grows; start reading at the first true p.
+        while lo < hi:
+            mid = (lo + hi) // 2
+            msg = await self.link.js.get_msg(self.stream, seq=mid, subject=self.batch_subject, next=True)
+            if _seq_range(msg.headers, msg.data)[1] >= from_seq:
+                hi = mid
+            else:
+                lo = msg.seq + 1
+        return lo, last[0]
+
+    def messages(self, start: int, end: int, subjects: str) -> Iterator[StreamMessage]:
+        """Stream messages start..end on `subjects`, decoded (a synchronous generator)."""
+        sub = self.link.call(self._subscribe(start, subjects))
+        try:
+            while True:
+                batch = self.link.call(self._fetch(sub))
+                for msg in batch:
+                    if msg.stream_seq > end:
+                        return
+                    yield msg
+                    if msg.stream_seq == end:
+                        return
+        finally:
+            self.link.submit(self._unsubscribe(sub))
+
+    async def _subscribe(self, start: int, subjects: str):
+        self._consumers += 1
+        name = f"reader-{os.getpid()}-{id(self):x}-{self._consumers}"
+        config = api.ConsumerConfig(
+            name=name,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start, 1),
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=subjects,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=10.0,  # a reader that vanished is cleaned up by the server
+        )
+        await self.link.js.add_consumer(self.stream, config)
+        return await self.link.js.pull_subscribe_bind(stream=self.stream, name=name)
+
+    async def _unsubscribe(self, sub) -> None:
+        try:
+            await sub.unsubscribe()
+            await self.link.js.delete_consumer(self.stream, sub._consumer)
+        except Exception:  # the server removes idle consumers by itself
+            log.debug("could not remove reader consumer", exc_info=True)
+
+    async def _fetch(self, sub, timeout: float = 2.0) -> list[StreamMessage]:
+        for attempt in range(1, 40):
+            try:
+                msgs = await sub.fetch(FETCH, timeout=timeout)
+                break
+            except nats.js.errors.ServiceUnavailableError:
+                # A consumer just created on another server: its interest takes a moment
+                # to reach ours ("no responders"). Not an error yet.
+                await asyncio.sleep(0.005 * attempt)
+        else:
+            msgs = await sub.fetch(FETCH, timeout=timeout)
+        return [self._decode(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in msgs]
+
+    def _decode(self, stream_seq: int, subject: str, headers: dict | None, data: bytes) -> StreamMessage:
+        if subject != self.batch_subject:
+            return StreamMessage(stream_seq, None, data)
+        rec = parse_record(memoryview(data), 0)
+        if isinstance(rec, str):
+            raise JournalCorruptError(self.directory, stream_seq, None, f"message {stream_seq}: {rec}")
+        return StreamMessage(stream_seq, decode_payload(rec.payload, FORMAT_VERSION))
+
+    async def follow(self, start: int, deliver: Callable[[list[StreamMessage]], None]) -> None:
+        """Every message from stream seq `start` on, forever (a standby's feed), handed to
+        `deliver` in order. Runs on the link's loop until cancelled; survives a server
+        going away by resubscribing after the last message delivered."""
+        next_seq = start
+        while True:
+            try:
+                sub = await self._subscribe(next_seq, self.all_subjects)
+            except (*NOT_WRITABLE, nats.js.errors.Error):
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                idle = 0
+                while True:
+                    try:
+                        msgs = await self._fetch(sub, timeout=1.0)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        idle += 1
+                        if idle % 3 == 0:  # a quiet stream, or a consumer lost with its server?
+                            await self.link.js.consumer_info(self.stream, sub._consumer)
+                        continue
+                    idle = 0
+                    if msgs:
+                        next_seq = msgs[-1].stream_seq + 1
+                        deliver(msgs)
+            except asyncio.CancelledError:
+                await self._unsubscribe(sub)
+                raise
+            except (*NOT_WRITABLE, nats.js.errors.Error) as exc:
+                log.warning("journal follower resubscribing at stream seq %d: %s", next_seq, exc)
+                await self._unsubscribe(sub)
+                await asyncio.sleep(0.1)
+
+    async def tail(self) -> tuple[int, int]:
+        """(stream last seq, last command seq in the stream)."""
+        info = await self.link.js.stream_info(self.stream)
+        last = await self._last_batch()
+        return info.state.last_seq, (last[2] if last else 0)
+
+
+def _seq_range(headers: dict | None, data: bytes) -> tuple[int, int]:
+    """(first, last) command seq of a batch message: from its headers, else its record."""
+    if headers and FIRST_SEQ in headers:
+        return int(headers[FIRST_SEQ]), int(headers[LAST_SEQ])
+    rec = parse_record(memoryview(data), 0)
+    if isinstance(rec, str):
+        raise JournalCorruptError(DEFAULT_STREAM, 0, None, rec)
+    return rec.first_seq, rec.last_seq

@@ -1,0 +1,93 @@
+"""One NATS connection on its own event-loop thread.
+
+The journal protocol is synchronous (recovery, the contract suite and the snapshot tools
+call it from plain code), while nats-py is asyncio. Giving the connection its own loop
+lets both worlds use it: synchronous callers block on `call`, the service's loop awaits
+`wait`, and the lease keeps renewing on this thread even while the service's loop is busy
+(a snapshot write, a GC pause), which is what keeps a live leader's lease from lapsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger("loom.cluster.link")
+
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 5.0
+
+
+class NatsLink:
+    def __init__(self, servers: Sequence[str], name: str = "loom") -> None:
+        self.servers = list(servers)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"nats-{name}", daemon=True)
+        self._thread.start()
+        self.nc: Client = self.call(self._connect(name), CONNECT_TIMEOUT_S + 1)
+        self.js = self.nc.jetstream(timeout=2.0)
+        self.closed = False
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _connect(self, name: str) -> Client:
+        async def quiet_error(exc: Exception) -> None:
+            # Without an error callback nats-py prints a traceback per failed reconnect.
+            log.debug("nats: %s", exc)
+
+        async def disconnected() -> None:
+            log.warning("nats: disconnected")
+
+        async def reconnected() -> None:
+            log.info(
+                "nats: reconnected to %s", self.nc.connected_url.netloc if self.nc.connected_url else "?"
+            )
+
+        return await nats.connect(
+            self.servers,
+            name=name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reconnect_time_wait=0.2,
+            max_reconnect_attempts=-1,
+            ping_interval=1,
+            max_outstanding_pings=3,
+            error_cb=quiet_error,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 10.0) -> T:
+        """Run `coro` on the link's loop and wait for it (from any other thread)."""
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"NATS operation timed out after {timeout} s") from None
+
+    async def wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the link's loop and await it from another event loop."""
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.call(self.nc.close(), 5)
+        except Exception:  # closing a dead connection: nothing to save
+            log.debug("closing the NATS connection failed", exc_info=True)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
