@@ -28,7 +28,7 @@ from engine.market_data import MarketData
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
-from telemetry.collectors import ExchangeCollector
+from telemetry.collectors import ClusterCollector, ExchangeCollector, StandaloneRoleCollector
 from telemetry.metrics import ExchangeMetrics
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
 from telemetry.tracing import Sampler, TraceShipper
@@ -52,6 +52,7 @@ class RunningExchange:
     servers: list[tuple[asyncio.AbstractServer, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
     shipper: TraceShipper | None = None
+    cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -70,6 +71,8 @@ class RunningExchange:
             await self.http_runner.cleanup()
             self.node.close()
             raise
+        if self.cluster is not None:  # hand the lease over now rather than on expiry
+            await self.cluster.stop()
         for _server, stop in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)
@@ -94,15 +97,23 @@ def _fix_session_count(server) -> int:
 
 
 async def start_exchange(cfg: Config) -> RunningExchange:
+    journal = lease = None
+    if cfg.cluster:
+        # The replicated journal replaces the local one; instruments are listed by whichever
+        # node first leads (a standby never writes).
+        from engine.cluster.setup import connect_cluster
+
+        journal, lease = await asyncio.to_thread(connect_cluster, cfg)
     node = ExchangeNode(
         NodeConfig(
             cfg.data_dir,
-            tuple(cfg.instruments),
+            () if cfg.cluster else tuple(cfg.instruments),
             snapshot_every_commands=cfg.snapshot_every_commands,
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
             fsync=cfg.fsync,
-        )
+        ),
+        journal=journal,
     )
     rec = node.recovered
     log.info(
@@ -131,6 +142,16 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         service.add_listener(listener)
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
+    member = None
+    if cfg.cluster:
+        from engine.cluster.member import ClusterMember
+
+        member = ClusterMember(cfg.node_id, service, journal, lease, tuple(cfg.instruments))
+        collector = ClusterCollector(member)
+        journal.on_publish = collector.publish_seconds.observe
+        metrics.registry.register(collector)
+    else:
+        metrics.registry.register(StandaloneRoleCollector())
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
     ctx = GatewayContext(
@@ -144,8 +165,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         node.take_snapshot,
         metrics=metrics,
         automation=RunbookAutomation(
-            node.take_snapshot, os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key, metrics=metrics
+            node.take_snapshot,
+            os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key,
+            metrics=metrics,
+            actions=member.automation_actions() if member is not None else None,
         ),
+        cluster=member,
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
@@ -156,6 +181,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.shipper = shipper
     running.ports["http"] = runner.addresses[0][1]
+    if member is not None:
+        running.cluster = member
+        member.start(f"http://{cfg.host}:{running.ports['http']}")
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
@@ -203,6 +231,11 @@ async def serve(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     ports = ", ".join(f"{name} {port}" for name, port in running.ports.items())
     print(f"loom: ready on {cfg.host} ({ports}); data in {cfg.data_dir}", flush=True)
+    if cfg.cluster:
+        print(
+            f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)",
+            flush=True,
+        )
     if cfg.demo:
         keys = ", ".join(f"{account}={key}" for key, account in sorted(cfg.api_keys.items()))
         print(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}", flush=True)

@@ -65,6 +65,7 @@ class RunbookAutomation:
         clock: Callable[[], float] = time.time,
         metrics=None,  # telemetry.metrics.ExchangeMetrics
         max_audit: int = MAX_AUDIT,
+        actions: dict[str, Callable[[], str]] | None = None,  # more, by name (cluster hooks)
     ) -> None:
         self.token = token or None
         self.clock = clock
@@ -72,6 +73,7 @@ class RunbookAutomation:
         self.actions: dict[str, Callable[[], str]] = {}
         if take_snapshot is not None:
             self.actions["take-snapshot"] = lambda: _describe_snapshot(take_snapshot())
+        self.actions.update(actions or {})
         self.audit: deque[AuditRecord] = deque(maxlen=max_audit)
         self._done: OrderedDict[tuple[str, str], float] = OrderedDict()
         if metrics is not None:  # every series exists (at 0) from the start

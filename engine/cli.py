@@ -105,6 +105,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             binary_port=args.binary_port,
             demo=args.demo or None,
             demo_rate=args.rate,
+            cluster=args.cluster,
+            node_id=args.node_id,
         )
     except ConfigError as exc:
         print(f"loom run: {exc}", file=sys.stderr)
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the exchange (single node, local journal)")
+    run = sub.add_parser("run", help="run the exchange (single node, or a cluster member with --cluster)")
     run.add_argument("--config", help="TOML configuration file (or LOOM_CONFIG)")
     run.add_argument("--demo", action="store_true", help="demo instruments, accounts and simulated traders")
     run.add_argument("--rate", type=int, default=None, help="demo orders per second (default 2000)")
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http-port", type=int, help="REST and WebSocket port (0 = any free port)")
     run.add_argument("--fix-port", type=int, help="FIX 4.4 port (-1 = off)")
     run.add_argument("--binary-port", type=int, help="binary protocol port (-1 = off)")
+    run.add_argument(
+        "--cluster",
+        help="NATS servers (comma-separated nats:// URLs): replicated journal and leader lease "
+        "instead of the local journal (or LOOM_CLUSTER)",
+    )
+    run.add_argument("--node-id", help="this node's name in the cluster (or LOOM_NODE_ID)")
     run.set_defaults(func=_cmd_run)
 
     from engine.cli_persistence import add_parsers as add_persistence_parsers

@@ -37,6 +37,12 @@ class Config:
     fsync: bool = True
     demo: bool = False
     demo_rate: int = 2_000
+    # Cluster mode: the replicated journal and leader lease on these NATS servers (empty:
+    # the embedded single node with its local journal).
+    cluster: list[str] = field(default_factory=list)
+    node_id: str = ""
+    cluster_stream: str = "LOOM_JOURNAL"
+    lease_ttl: float = 1.2
 
 
 _ENV = {
@@ -47,6 +53,8 @@ _ENV = {
     "LOOM_BINARY_PORT": ("binary_port", int),
     "LOOM_ADMIN_KEY": ("admin_key", str),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
+    "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
+    "LOOM_NODE_ID": ("node_id", str),
 }
 
 
@@ -67,10 +75,18 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             try:
                 setattr(cfg, name, kind(env[var]))
             except ValueError:
-                raise ConfigError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
+                raise ConfigError(
+                    f"{var}={env[var]!r} is not a valid {getattr(kind, '__name__', 'value')}"
+                ) from None
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, Path(value) if name == "data_dir" else value)
+    if isinstance(cfg.cluster, str):
+        cfg.cluster = [u.strip() for u in cfg.cluster.split(",") if u.strip()]
+    if cfg.cluster and not cfg.node_id:
+        raise ConfigError("cluster mode needs a node id (--node-id, LOOM_NODE_ID or node_id)")
+    if cfg.cluster and not 0.3 <= cfg.lease_ttl <= 30:
+        raise ConfigError(f"lease_ttl {cfg.lease_ttl} is outside 0.3..30 seconds")
     if cfg.demo:
         if not cfg.api_keys:
             cfg.api_keys = dict(DEMO_KEYS)
@@ -101,6 +117,9 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "binary_rate_limit": float,
         "binary_rate_burst": float,
         "fsync": bool,
+        "node_id": str,
+        "cluster_stream": str,
+        "lease_ttl": float,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",
@@ -112,6 +131,9 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                 if simple[key] is bool and not isinstance(value, bool):
                     raise TypeError(f"expected true or false, not {value!r}")
                 setattr(cfg, key, simple[key](value))
+            elif key == "cluster":
+                urls = value.split(",") if isinstance(value, str) else list(value)
+                cfg.cluster = [str(u).strip() for u in urls if str(u).strip()]
             elif key == "snapshots":
                 cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
                 cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))

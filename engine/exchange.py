@@ -87,9 +87,12 @@ def lock_data_dir(data_dir: Path) -> int:
 
 
 class ExchangeNode:
-    def __init__(self, config: NodeConfig, clock=time.monotonic) -> None:
+    def __init__(self, config: NodeConfig, clock=time.monotonic, journal=None) -> None:
+        """`journal`: a backend to use instead of the local segment files (the replicated
+        journal of engine/cluster); the node then closes it too."""
         self.config = config
         self._clock = clock
+        self._given_journal = journal
         data_dir = Path(config.data_dir)
         self._lock_fd = lock_data_dir(data_dir)
         try:
@@ -101,7 +104,10 @@ class ExchangeNode:
     def _open(self, data_dir: Path) -> None:
         config = self.config
         clock = self._clock
-        self.journal = FileJournal(data_dir / "journal", config.segment_bytes, config.fsync)
+        self.journal = self._given_journal or FileJournal(
+            data_dir / "journal", config.segment_bytes, config.fsync
+        )
+        self.remote_journal = getattr(self.journal, "remote", False)
         self.snapshots = SnapshotStore(data_dir / "snapshots", keep=config.keep_snapshots)
         self.recovered: Recovered = recover(self.journal, self.snapshots)
         self.engine = self.recovered.engine
@@ -109,6 +115,7 @@ class ExchangeNode:
         if self.journal.last_seq:
             last_ts = next(iter(self.journal.read(self.journal.last_seq))).ts
         self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
+        self.last_applied_ts = last_ts
         self.last_snapshot_seq = self.recovered.snapshot_seq
         self.last_snapshot_attempt_seq = self.last_snapshot_seq
         self.last_snapshot_at = clock()
@@ -168,6 +175,30 @@ class ExchangeNode:
             return exc
         return None
 
+    async def write_async(self, commands: list) -> JournalWriteError | None:
+        """`write` for a remote journal: the commit loop awaits the replication instead of
+        blocking its event loop on it."""
+        try:
+            self.last_write_bytes = await self.journal.append_async(commands)
+        except JournalWriteError as exc:
+            self.last_write_bytes = 0
+            return exc
+        return None
+
+    def apply_replicated(self, commands: list) -> list[list]:
+        """Apply a batch another node made durable (a standby following the replicated
+        journal): the recovery path that never stops. Snapshots stay on schedule."""
+        apply = self.engine.apply
+        results = [apply(cmd) for cmd in commands]
+        self.last_applied_ts = commands[-1].ts
+        self._maybe_snapshot()
+        return results
+
+    def resume_sequencing(self) -> None:
+        """Continue numbering after what was applied (a promoted standby)."""
+        last_ts = max(self.last_applied_ts, self.sequencer.last_ts)
+        self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
+
     def finish(self, commands: list, before: int, error: JournalWriteError | None) -> list[list]:
         """Apply a durable batch, or refuse a batch that could not be written."""
         if error is not None:
@@ -179,6 +210,7 @@ class ExchangeNode:
         self.journal_ok = True
         apply = self.engine.apply
         results = [apply(cmd) for cmd in commands]
+        self.last_applied_ts = commands[-1].ts
         self._maybe_snapshot()
         return results
 

@@ -17,6 +17,10 @@ class Sequencer:
         self._clock = clock
         self._last_ts = last_ts  # the journal's last timestamp: time never runs backwards
 
+    @property
+    def last_ts(self) -> int:
+        return self._last_ts
+
     def stamp(self, cmd):
         """Give `cmd` the next sequence number and a timestamp that never goes backwards
         (a wall clock may step back; event time must not)."""

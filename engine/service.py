@@ -56,6 +56,8 @@ class ExchangeService:
         self._window = (time.perf_counter(), time.process_time())
         self._saturated = False
         self.accepting = True
+        # Builds the error for "not accepting" when it is not a shutdown (a cluster standby).
+        self.refusal: Callable[[], ServiceStopped] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class ExchangeService:
     async def stop(self) -> None:
         """Refuse new work, commit what is queued, then stop the loop."""
         self.accepting = False
+        self.refusal = None
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -75,6 +78,15 @@ class ExchangeService:
                 self._task = None
                 if self._io is not None:
                     self._io.shutdown(wait=True)
+
+    def publish_replicated(self, batch: list, results: list[list]) -> None:
+        """Hand a batch applied from the replicated journal (a standby) to the listeners,
+        as if this node had committed it: order store, market data, metrics."""
+        for listener in self._listeners:
+            try:
+                listener(batch, results)
+            except Exception:
+                log.exception("batch listener %r failed", listener)
 
     def add_listener(self, listener: BatchListener) -> None:
         """Called after every durable batch with (commands, events per command)."""
@@ -86,7 +98,7 @@ class ExchangeService:
         """Queue commands for the next batch; resolves with each command's events once the
         batch is durable and applied."""
         if not self.accepting:
-            raise ServiceStopped("the exchange is shutting down")
+            raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if not commands:
             return []
         future = asyncio.get_running_loop().create_future()
@@ -101,7 +113,7 @@ class ExchangeService:
         loop once the batch is durable. For pipelined sessions (one order per message)
         where a task or future per order would cost more than the order itself."""
         if not self.accepting:
-            raise ServiceStopped("the exchange is shutting down")
+            raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if commands:
             self._queue.append(_Pending(commands, None, callback, protocol, time.perf_counter()))
             self._wakeup.set()
@@ -166,7 +178,9 @@ class ExchangeService:
                 t0 = time.perf_counter()
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
-                if self._io is not None and self._cpu_saturated():
+                if node.remote_journal:  # replication: await the PubAck, keep serving
+                    error = await node.write_async(batch)
+                elif self._io is not None and self._cpu_saturated():
                     # The core is busy (e.g. parsing HTTP): fdatasync waits on the disk, not
                     # the CPU, so on a worker thread the event loop keeps parsing requests
                     # meanwhile. With CPU to spare the thread hand-off (GIL, wake-ups) would
@@ -230,3 +244,12 @@ class ExchangeService:
 
 class ServiceStopped(RuntimeError):
     pass
+
+
+class NotLeader(ServiceStopped):
+    """A cluster node that is not the leader: orders go to `leader` (node id, url, epoch;
+    empty while nobody leads)."""
+
+    def __init__(self, message: str, leader: dict) -> None:
+        super().__init__(message)
+        self.leader = leader

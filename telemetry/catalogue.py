@@ -147,6 +147,45 @@ _SPECS = [
         ("protocol", "code"),
     ),
     MetricSpec("loom_ready", GAUGE, "1 when the node accepts orders and its journal is writable.", ()),
+    # -- cluster: lease, replication, fencing (read at scrape time) -------------------------------
+    MetricSpec(
+        "loom_cluster_role",
+        GAUGE,
+        "1 for this node's current role (leader, standby, candidate or standalone), else 0.",
+        ("role",),
+    ),
+    MetricSpec("loom_lease_held", GAUGE, "1 while this node holds the leader lease.", ()),
+    MetricSpec(
+        "loom_lease_renewals", COUNTER, "Leader lease renewals by this node, by outcome.", ("outcome",)
+    ),
+    MetricSpec(
+        "loom_lease_epoch",
+        GAUGE,
+        "Epoch of the lease as last observed (the KV revision of the acquiring write).",
+        (),
+    ),
+    MetricSpec(
+        "loom_replication_lag_commands",
+        GAUGE,
+        "Commands in the replicated journal that this node has not applied yet.",
+        (),
+    ),
+    MetricSpec(
+        "loom_replication_publish_seconds",
+        HISTOGRAM,
+        "From publishing a batch to the replicated journal to its PubAck (the durability point).",
+        (),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_fencing_rejections",
+        COUNTER,
+        "Appends refused because another leader had written to the stream (fencing).",
+        (),
+    ),
+    MetricSpec("loom_failovers", COUNTER, "Promotions of this node to leader.", ()),
+    MetricSpec("loom_leader_changes", COUNTER, "Changes of lease holder this node has observed.", ()),
     # -- runbook automation ---------------------------------------------------------------------
     MetricSpec(
         "loom_automation_actions",
@@ -155,6 +194,19 @@ _SPECS = [
         ("action", "outcome"),
     ),
 ]
+
+# Exposed only by a cluster node (`loom run --cluster`); a standalone node exports
+# loom_cluster_role{role="standalone"} 1 and none of these.
+CLUSTER_ONLY = {
+    "loom_lease_held",
+    "loom_lease_renewals",
+    "loom_lease_epoch",
+    "loom_replication_lag_commands",
+    "loom_replication_publish_seconds",
+    "loom_fencing_rejections",
+    "loom_failovers",
+    "loom_leader_changes",
+}
 
 CATALOGUE: dict[str, MetricSpec] = {}
 for _spec in _SPECS:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from telemetry.catalogue import CATALOGUE
@@ -17,6 +18,57 @@ DEPTH_LEVELS = 10
 def _gauge(name: str) -> GaugeMetricFamily:
     spec = CATALOGUE[name]
     return GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
+
+
+def _counter(name: str) -> CounterMetricFamily:
+    spec = CATALOGUE[name]
+    return CounterMetricFamily(name, spec.help, labels=list(spec.labels))
+
+
+ROLES = ("leader", "standby", "candidate", "standalone")
+
+
+class StandaloneRoleCollector(Collector):
+    """A node without a cluster: loom_cluster_role{role="standalone"} 1, nothing else."""
+
+    def collect(self):
+        role = _gauge("loom_cluster_role")
+        role.add_metric(["standalone"], 1)
+        yield role
+
+
+class ClusterCollector(Collector):
+    """A cluster member's role, lease, lag and fencing, read from it at scrape time; the
+    publish→PubAck histogram is observed by the journal (on the NATS thread)."""
+
+    def __init__(self, member) -> None:  # engine.cluster.member.ClusterMember
+        self.member = member
+        spec = CATALOGUE["loom_replication_publish_seconds"]
+        self.publish_seconds = Histogram(spec.name, spec.help, buckets=spec.buckets, registry=None)
+
+    def collect(self):
+        member = self.member
+        lease = member.lease
+        role = _gauge("loom_cluster_role")
+        for name in ROLES:
+            role.add_metric([name], 1 if str(member.role) == name else 0)
+        held = _gauge("loom_lease_held")
+        held.add_metric([], 1 if lease.held else 0)
+        renewals = _counter("loom_lease_renewals")
+        for outcome, count in lease.renewals.items():
+            renewals.add_metric([outcome], count)
+        epoch = _gauge("loom_lease_epoch")
+        epoch.add_metric([], lease.epoch if lease.held else lease.view.epoch)
+        lag = _gauge("loom_replication_lag_commands")
+        lag.add_metric([], member.lag)
+        fenced = _counter("loom_fencing_rejections")
+        fenced.add_metric([], member.journal.fenced)
+        failovers = _counter("loom_failovers")
+        failovers.add_metric([], member.failovers)
+        changes = _counter("loom_leader_changes")
+        changes.add_metric([], lease.leader_changes)
+        yield from (role, held, renewals, epoch, lag, fenced, failovers, changes)
+        yield from self.publish_seconds.collect()
 
 
 class ExchangeCollector(Collector):

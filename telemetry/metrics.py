@@ -148,6 +148,15 @@ SCRAPE_TIME = {
     "loom_open_orders",
     "loom_sessions",
     "loom_ready",
+    "loom_cluster_role",
+    "loom_lease_held",
+    "loom_lease_renewals",
+    "loom_lease_epoch",
+    "loom_replication_lag_commands",
+    "loom_replication_publish_seconds",
+    "loom_fencing_rejections",
+    "loom_failovers",
+    "loom_leader_changes",
 }
 
 

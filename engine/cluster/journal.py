@@ -40,6 +40,7 @@ log = logging.getLogger("loom.cluster.journal")
 DEFAULT_STREAM = "LOOM_JOURNAL"
 DEFAULT_PREFIX = "loom.journal"
 WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+NO_MESSAGE = 10037  # JSNoMessageFoundErr (vs. 10059, the stream itself not found)
 FIRST_SEQ = "Loom-First-Seq"
 LAST_SEQ = "Loom-Last-Seq"
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
@@ -77,6 +78,7 @@ class NatsJournal:
     last_fsync_ns = 0
     torn_tail_truncations = 0
     segments: tuple = ()  # no segment files: recovery replays from seq 1
+    fsync_ns: tuple = ()
 
     def __init__(
         self,
@@ -97,12 +99,16 @@ class NatsJournal:
         self.owns_link = owns_link
         self.directory = f"nats stream {stream}"  # what errors name in place of a path
         self.on_publish: Callable[[float], None] | None = None  # publish→PubAck seconds
+        self.on_fenced: Callable[[], None] | None = None  # called on the link's loop
         self.fenced = 0
         self.write_errors = 0
+        self.writable = True  # False on a cluster standby: appends are refused before publishing
+        self.in_flight = 0  # appends awaiting their PubAck
         self._inject_errno: int | None = None
         self._closed = False
         self._consumers = 0
-        self.expected, self._last_seq, self.size_bytes = link.call(self._open())
+        opened = link.call_retrying(self._open, f"opening stream {stream}")
+        self.expected, self._last_seq, self.size_bytes = opened
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -131,8 +137,10 @@ class NatsJournal:
         """(stream seq, first seq, last seq) of the newest batch, or None."""
         try:
             msg = await self.link.js.get_msg(self.stream, subject=self.batch_subject)
-        except nats.js.errors.NotFoundError:
-            return None
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == NO_MESSAGE:
+                return None
+            raise
         return msg.seq, *_seq_range(msg.headers, msg.data)
 
     # -- the Journal interface ---------------------------------------------------------------
@@ -155,7 +163,11 @@ class NatsJournal:
         record = self._prepare(commands)
         if record is None:
             return 0
-        return await self.link.wait(self._publish(record, commands[0].seq, commands[-1].seq))
+        self.in_flight += 1
+        try:
+            return await self.link.wait(self._publish(record, commands[0].seq, commands[-1].seq))
+        finally:
+            self.in_flight -= 1
 
     def read(self, from_seq: int = 1) -> Iterator[Command]:
         for batch in self.read_batches(from_seq):
@@ -169,7 +181,10 @@ class NatsJournal:
         plan = self.link.call(self._plan_read(max(from_seq, 1)))
         if plan is None:
             return
-        start, end = plan
+        start, end, last_seq = plan
+        # Someone may have appended since this journal opened (a leader, while a standby
+        # recovers): what the stream holds is durable, so last_seq moves up to it.
+        self._last_seq = max(self._last_seq, last_seq)
         for msg in self.messages(start, end, self.batch_subject):
             commands = msg.commands
             if commands[-1].seq < from_seq:
@@ -189,6 +204,12 @@ class NatsJournal:
         """Fault injection: every append fails with `errno` until called again with None."""
         self._inject_errno = errno
 
+    def note_applied(self, stream_seq: int, last_seq: int) -> None:
+        """A follower applied messages up to `stream_seq` (commands up to `last_seq`): the
+        position a promoted writer continues from."""
+        self.expected = stream_seq
+        self._last_seq = last_seq
+
     # -- writing -----------------------------------------------------------------------------
 
     def _prepare(self, commands: Sequence[Command]) -> bytes | None:
@@ -204,6 +225,8 @@ class NatsJournal:
                     f"does not continue the journal at {self._last_seq}: command {i} has seq "
                     f"{cmd.seq}, expected {expected + i}"
                 )
+        if not self.writable:
+            raise FencedError("this node is not the leader: the journal is read-only here")
         if self._inject_errno is not None:
             self.write_errors += 1
             raise JournalWriteError(
@@ -238,6 +261,8 @@ class NatsJournal:
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 self.fenced += 1
+                if self.on_fenced is not None:
+                    self.on_fenced()
                 raise FencedError(
                     f"journal write of {what} fenced: the stream moved past {self.expected} "
                     f"(another leader wrote): {exc.description}"
@@ -252,9 +277,9 @@ class NatsJournal:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def _plan_read(self, from_seq: int) -> tuple[int, int] | None:
-        """(first stream seq to read, stream seq of the last batch) for commands from
-        `from_seq`, or None when there is nothing to read."""
+    async def _plan_read(self, from_seq: int) -> tuple[int, int, int] | None:
+        """(first stream seq to read, stream seq of the last batch, its last command seq)
+        for commands from `from_seq`, or None when there is nothing to read."""
         last = await self._last_batch()
         if last is None or last[2] < from_seq:
             return None
@@ -269,7 +294,7 @@ class NatsJournal:
                 hi = mid
             else:
                 lo = msg.seq + 1
-        return lo, last[0]
+        return lo, last[0], last[2]
 
     def messages(self, start: int, end: int, subjects: str) -> Iterator[StreamMessage]:
         """Stream messages start..end on `subjects`, decoded (a synchronous generator)."""

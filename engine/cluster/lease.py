@@ -80,7 +80,7 @@ class Lease:
         self._seen = (0, 0.0)  # (revision, when first seen) for expiry
         self._hold_off_until = 0.0
         self._wake = asyncio.Event()
-        self.kv = link.call(self._open(bucket, replicas))
+        self.kv = link.call_retrying(lambda: self._open(bucket, replicas), f"opening KV bucket {bucket}")
 
     async def _open(self, bucket: str, replicas: int):
         js = self.link.js

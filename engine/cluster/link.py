@@ -13,16 +13,27 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 log = logging.getLogger("loom.cluster.link")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
+SETTLING = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NotFoundError,
+    nats.js.errors.ServerError,
+    TimeoutError,
+)
 
 
 class NatsLink:
@@ -76,6 +87,22 @@ class NatsLink:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"NATS operation timed out after {timeout} s") from None
+
+    def call_retrying(self, make: Callable[[], Coroutine[Any, Any, T]], what: str, within: float = 20.0) -> T:
+        """`call(make())`, retried while the cluster is still settling: a stream or bucket
+        another node has just created answers nothing (or "not found") until its own Raft
+        group has elected a leader."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return self.call(make(), None)
+            except SETTLING as exc:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{what}: the NATS cluster did not answer in {within} s: {exc!r}"
+                    ) from exc
+                log.info("%s: cluster settling (%s), retrying", what, type(exc).__name__)
+                time.sleep(0.1)
 
     async def wait(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the link's loop and await it from another event loop."""

@@ -36,7 +36,8 @@ from engine.gateways.texts import reject_code, reject_text
 from engine.market_data import MarketData
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
-from engine.service import ExchangeService, ServiceStopped
+from engine.service import ExchangeService, NotLeader, ServiceStopped
+from engine.state import state_hash
 from telemetry.tracing import parse_traceparent
 
 log = logging.getLogger("loom.http")
@@ -86,6 +87,7 @@ class GatewayContext:
     take_snapshot: Callable[[], object] | None = None
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     automation: RunbookAutomation | None = None
+    cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -156,6 +158,8 @@ async def json_errors(request: web.Request, handler):
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except NotLeader as exc:  # a cluster standby: the client goes to the leader
+        return error(503, "NOT_LEADER", str(exc), leader=exc.leader)
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
     except Exception:
@@ -437,7 +441,8 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     problems = []
     if not ctx.service.accepting:
-        problems.append("not accepting orders (starting or shutting down)")
+        refusal = ctx.service.refusal
+        problems.append(str(refusal()) if refusal else "not accepting orders (starting or shutting down)")
     if not ctx.service.node.journal_ok:
         problems.append("the last journal write failed")
     if problems:
@@ -524,6 +529,29 @@ async def admin_automation_audit(request: web.Request) -> web.Response:
     if ctx.automation is None:
         return error(501, "NOT_AVAILABLE", "runbook automation is not configured")
     return ok({"records": ctx.automation.audit_records()})
+
+
+async def admin_cluster(request: web.Request) -> web.Response:
+    """This node's place in the cluster: role, leader, epoch, lag (`?verify=1` adds the
+    state hash, computed now)."""
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    if ctx.cluster is None:
+        return ok({"role": "standalone", "applied_seq": ctx.engine.last_seq})
+    status = ctx.cluster.status()
+    if request.query.get("verify") == "1":
+        status["state_hash"] = state_hash(ctx.engine)
+    return ok(status)
+
+
+async def admin_cluster_step_down(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    if not ctx.accounts.is_admin(_api_key(request)):
+        return error(403, "FORBIDDEN", "the admin key is required")
+    if ctx.cluster is None:
+        return error(409, "NOT_CLUSTERED", "this node runs standalone: there is no lease to release")
+    return ok(await ctx.cluster.step_down())
 
 
 class FaultsRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -857,5 +885,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_post("/v1/admin/automation", admin_automation)
     app.router.add_get("/v1/admin/automation/audit", admin_automation_audit)
     app.router.add_post("/v1/admin/faults", admin_faults)
+    app.router.add_get("/v1/admin/cluster", admin_cluster)
+    app.router.add_post("/v1/admin/cluster/step-down", admin_cluster_step_down)
     app.router.add_get("/v1/ws", websocket)
     return app

@@ -1,0 +1,320 @@
+"""A node's place in the cluster: standby (following), candidate (promoting), leader.
+
+    standby    follows the replicated journal and applies every batch to its own engine
+               (the recovery path that never stops); refuses orders with NOT_LEADER
+    candidate  holds the lease: catches up to the stream tail, then writes an epoch marker
+               with the tail as the expected last sequence. Refused = someone appended
+               meanwhile: catch up again. Accepted = every older writer is fenced off.
+    leader     accepts orders; each batch is acknowledged after its PubAck
+    demotion   lease lost, fenced, or stepping down: stop accepting at once, let the
+               batch in flight finish, follow again from where this node's writes ended
+
+Runs on the service's event loop; the lease and the follower's reads run on the NATS
+link's loop and hand their results over with call_soon_threadsafe (in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+
+from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
+from engine.cluster.lease import Lease
+from engine.commands import ListInstrument
+from engine.domain import Instrument
+from engine.journal import JournalCorruptError, JournalWriteError
+from engine.service import ExchangeService, NotLeader
+from engine.state import state_hash
+
+log = logging.getLogger("loom.cluster")
+
+TAIL_POLL_S = 0.5
+
+
+class Role(StrEnum):
+    LEADER = "leader"
+    STANDBY = "standby"
+    CANDIDATE = "candidate"
+    STANDALONE = "standalone"
+
+
+class ClusterMember:
+    def __init__(
+        self,
+        node_id: str,
+        service: ExchangeService,
+        journal: NatsJournal,
+        lease: Lease,
+        instruments: tuple[Instrument, ...] = (),
+    ) -> None:
+        self.node_id = node_id
+        self.service = service
+        self.node = service.node
+        self.journal = journal
+        self.lease = lease
+        self.link = journal.link
+        self.instruments = instruments
+        self.role = Role.STANDBY
+        self.failovers = 0
+        self.failed = ""  # set when following hit damage: crash-only, never leads after
+        # Recovery read the stream at least this far (its tail when the journal opened).
+        self.applied_stream_seq = journal.expected
+        self.stream_last_seq = journal.last_seq
+        self._applied = asyncio.Event()
+        self._follower: concurrent.futures.Future | None = None
+        self._background: list[concurrent.futures.Future] = []
+        self._promotion: asyncio.Task | None = None
+        self._transitions: set[asyncio.Task] = set()
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, url: str) -> None:
+        """Begin as a standby; the lease loop decides the rest. `url`: this node's HTTP base,
+        advertised in the lease so standbys can name the leader."""
+        self.loop = asyncio.get_running_loop()
+        self.journal.writable = False
+        self.service.accepting = False
+        self.service.refusal = self._not_leader
+        self.lease.url = url
+        self.lease.on_acquired = lambda: self.loop.call_soon_threadsafe(self._on_acquired)
+        self.lease.on_lost = lambda reason: self.loop.call_soon_threadsafe(self._demote_soon, reason)
+        self.journal.on_fenced = lambda: self.loop.call_soon_threadsafe(self._on_fenced)
+        self._start_follower()
+        self._background = [self.link.submit(self.lease.run()), self.link.submit(self._watch_tail())]
+        log.info("cluster: node %s started as standby at seq %d", self.node_id, self.node.engine.last_seq)
+
+    async def stop(self) -> None:
+        """Shutdown: hand the lease over at once instead of letting it expire."""
+        self._stopping = True
+        for task in [self._promotion, *self._transitions]:
+            if task is not None:
+                task.cancel()
+        for future in self._background:
+            future.cancel()
+        await self._stop_follower()
+        if self.lease.held:
+            with contextlib.suppress(Exception):
+                await self.link.wait(self.lease.release())
+        self.journal.writable = False
+
+    # -- what the gateways and operators see ---------------------------------------------------
+
+    def _not_leader(self) -> NotLeader:
+        view = self.lease.view
+        who = f"node {view.holder} at {view.url}" if view.holder else "no node yet (election under way)"
+        leader = {"node": view.holder, "url": view.url, "epoch": view.epoch}
+        return NotLeader(f"this node ({self.node_id}) is a {self.role}; the leader is {who}", leader)
+
+    @property
+    def lag(self) -> int:
+        """Commands in the stream this node has not applied yet."""
+        return max(0, max(self.stream_last_seq, self.journal.last_seq) - self.node.engine.last_seq)
+
+    def status(self) -> dict:
+        view = self.lease.view
+        return {
+            "node": self.node_id,
+            "role": str(self.role),
+            "leader": view.holder,
+            "leader_url": view.url,
+            "epoch": view.epoch,
+            "lease_held": self.lease.held,
+            "applied_seq": self.node.engine.last_seq,
+            "stream_last_seq": max(self.stream_last_seq, self.journal.last_seq),
+            "lag": self.lag,
+            "failovers": self.failovers,
+            "leader_changes": self.lease.leader_changes,
+            "fencing_rejections": self.journal.fenced,
+            "failed": self.failed,
+        }
+
+    def promote(self) -> dict:
+        """Runbook hook: try to take the lease now (it is taken only if vacant or expired;
+        a live leader is never robbed). Returns the status to verify against."""
+        self.lease.hold_off(0)
+        self.lease.poke()
+        return self.status()
+
+    async def step_down(self) -> dict:
+        """Runbook hook: the leader stops accepting, finishes its batch in flight and
+        releases the lease so a standby takes over without waiting for expiry."""
+        if self.role not in (Role.LEADER, Role.CANDIDATE):
+            return {**self.status(), "stepped_down": False}
+        await self._demote("step down requested")
+        await self.link.wait(self.lease.release())
+        return {**self.status(), "stepped_down": True}
+
+    def automation_actions(self) -> dict[str, Callable[[], str]]:
+        """Runbook automation hooks (alert label `automation=<name>`)."""
+
+        def describe(status: dict) -> str:
+            return (
+                f"{self.node_id} is {status['role']}; leader {status['leader'] or 'none'} "
+                f"(epoch {status['epoch']}), lag {status['lag']} commands"
+            )
+
+        def step_down() -> str:
+            if self.role != Role.LEADER:
+                return f"not stepping down: {describe(self.status())}"
+            self._spawn(self.step_down())
+            return f"stepping down: {describe(self.status())}"
+
+        return {"promote-standby": lambda: describe(self.promote()), "step-down": step_down}
+
+    # -- following ---------------------------------------------------------------------------
+
+    def _start_follower(self) -> None:
+        if self._follower is None or self._follower.done():
+            deliver = lambda msgs: self.loop.call_soon_threadsafe(self._apply, msgs)  # noqa: E731
+            self._follower = self.link.submit(self.journal.follow(self.applied_stream_seq + 1, deliver))
+
+    async def _stop_follower(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
+            # A round trip through the link's loop, then one through ours: every batch the
+            # follower had handed over is applied before we go on.
+            await self.link.wait(asyncio.sleep(0))
+            await asyncio.sleep(0)
+
+    def _apply(self, msgs: list[StreamMessage]) -> None:
+        if self.role == Role.LEADER or self.failed:
+            return  # late deliveries of messages already applied
+        node = self.node
+        for msg in msgs:
+            if msg.stream_seq <= self.applied_stream_seq:
+                continue
+            commands = msg.commands
+            if commands is not None and commands[-1].seq > node.engine.last_seq:
+                if commands[0].seq != node.engine.last_seq + 1:
+                    self._fail(
+                        JournalCorruptError(
+                            self.journal.directory,
+                            msg.stream_seq,
+                            node.engine.last_seq + 1,
+                            f"batch {commands[0].seq}..{commands[-1].seq} does not continue "
+                            f"the applied state at {node.engine.last_seq}",
+                        )
+                    )
+                    return
+                results = node.apply_replicated(commands)
+                self.service.publish_replicated(commands, results)
+            self.applied_stream_seq = msg.stream_seq
+            self.journal.note_applied(msg.stream_seq, node.engine.last_seq)
+        self._applied.set()
+
+    def _fail(self, exc: Exception) -> None:
+        """Crash-only: a standby that cannot follow must never lead."""
+        log.critical("cluster: following stopped: %s", exc)
+        self.failed = str(exc)
+        self.lease.eligible = False
+        if self._follower is not None:
+            self._follower.cancel()
+
+    async def _watch_tail(self) -> None:
+        """The stream's last command seq, for the replication lag (on the link's loop)."""
+        while True:
+            with contextlib.suppress(Exception):
+                self.stream_last_seq = (await self.journal.tail())[1]
+            await asyncio.sleep(TAIL_POLL_S)
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = self.loop.create_task(coro)
+        self._transitions.add(task)
+        task.add_done_callback(self._transitions.discard)
+        return task
+
+    def _on_acquired(self) -> None:
+        if self.failed:
+            return
+        if self._promotion is None or self._promotion.done():
+            self._promotion = self._spawn(self._promote())
+
+    def _demote_soon(self, reason: str) -> None:
+        self._spawn(self._demote(reason))
+
+    def _on_fenced(self) -> None:
+        async def recover_or_follow() -> None:
+            await self._demote("fenced: another writer appended to the stream")
+            if self.lease.held:  # still ours: a write of ours landed late; catch up, go on
+                self._on_acquired()
+
+        if self.role == Role.LEADER:
+            self._spawn(recover_or_follow())
+
+    async def _promote(self) -> None:
+        self.role = Role.CANDIDATE
+        log.warning("cluster: %s promoting (epoch %d)", self.node_id, self.lease.epoch)
+        while True:
+            if not self.lease.held:
+                await self._demote("lease lost while promoting")
+                return
+            tail, _ = await self.link.wait(self.journal.tail())
+            while self.applied_stream_seq < tail and self.lease.held:
+                self._start_follower()
+                self._applied.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied.wait(), 0.5)
+            if not self.lease.held:
+                continue
+            await self._stop_follower()
+            self.journal.note_applied(self.applied_stream_seq, self.node.engine.last_seq)
+            marker = json.dumps({"node": self.node_id, "epoch": self.lease.epoch}).encode()
+            try:
+                self.applied_stream_seq = await self.link.wait(self.journal.write_marker(marker))
+                break
+            except FencedError:
+                log.warning("cluster: the stream moved past %d while promoting; catching up", tail)
+            except JournalWriteError as exc:
+                log.warning("cluster: epoch marker not written (%s); retrying", exc)
+                await asyncio.sleep(0.1)
+            self._start_follower()
+        if self.node.engine.last_seq != self.journal.last_seq:
+            raise JournalCorruptError(
+                self.journal.directory,
+                self.applied_stream_seq,
+                self.node.engine.last_seq,
+                f"promoted at seq {self.node.engine.last_seq}, the stream ends at {self.journal.last_seq}",
+            )
+        self.node.resume_sequencing()
+        self.journal.writable = True
+        missing = [i for i in self.instruments if i.symbol not in self.node.engine.instruments]
+        if missing:
+            self.node.submit([ListInstrument(i) for i in missing])
+        self.role = Role.LEADER
+        self.failovers += 1
+        self.service.refusal = None
+        self.service.accepting = True
+        log.warning(
+            "cluster: %s is the leader (epoch %d) at seq %d, state hash %s",
+            self.node_id,
+            self.lease.epoch,
+            self.node.engine.last_seq,
+            state_hash(self.node.engine)[:16],
+        )
+
+    async def _demote(self, reason: str) -> None:
+        promotion = self._promotion
+        if promotion is not None and not promotion.done() and promotion is not asyncio.current_task():
+            promotion.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await promotion
+        self.service.refusal = self._not_leader
+        self.service.accepting = False
+        self.journal.writable = False
+        if self.role != Role.STANDBY:
+            log.warning("cluster: %s demoted to standby: %s", self.node_id, reason)
+        self.role = Role.STANDBY
+        while self.journal.in_flight:  # the batch being replicated finishes (or fails) first
+            await asyncio.sleep(0.002)
+        self.applied_stream_seq = max(self.applied_stream_seq, self.journal.expected)
+        if not self._stopping:
+            self._start_follower()
