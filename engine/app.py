@@ -213,7 +213,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     if cfg.demo:
         from engine.demo import run_demo_flow
 
-        running.tasks.append(asyncio.create_task(run_demo_flow(service, cfg.demo_rate), name="demo"))
+        flow = (
+            _demo_while_leading(service, cfg.demo_rate)
+            if cfg.cluster
+            else run_demo_flow(service, cfg.demo_rate)
+        )
+        running.tasks.append(asyncio.create_task(flow, name="demo"))
     # Start-up objects are long-lived: keep them out of every future collection.
     gc.collect()
     gc.freeze()
@@ -221,6 +226,18 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
     sys.setswitchinterval(0.0005)
     return running
+
+
+async def _demo_while_leading(service: ExchangeService, rate: int) -> None:
+    """The demo traders of a cluster node: they trade while this node leads."""
+    from engine.demo import run_demo_flow
+    from engine.service import ServiceStopped
+
+    while True:
+        while not service.accepting or not service.node.engine.instruments:
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ServiceStopped):
+            await run_demo_flow(service, rate)
 
 
 async def serve(cfg: Config) -> int:

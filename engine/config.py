@@ -55,6 +55,7 @@ _ENV = {
     "LOOM_RATE_LIMIT": ("rate_limit", float),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
     "LOOM_NODE_ID": ("node_id", str),
+    "LOOM_CLUSTER_STREAM": ("cluster_stream", str),
 }
 
 

@@ -244,7 +244,11 @@ class ClusterMember:
     def _on_fenced(self) -> None:
         async def recover_or_follow() -> None:
             await self._demote("fenced: another writer appended to the stream")
-            if self.lease.held:  # still ours: a write of ours landed late; catch up, go on
+            # Still ours? Only a write that succeeded proves it (a renewal, compare-and-set):
+            # then a write of ours landed late, and catching up puts it right.
+            if self.lease.held:
+                await self.link.wait(self.lease.renew())
+            if self.lease.held:
                 self._on_acquired()
 
         if self.role == Role.LEADER:

@@ -3,8 +3,8 @@ the replicated journal (which owns it) and the leader lease."""
 
 from __future__ import annotations
 
-from engine.cluster.journal import NatsJournal
-from engine.cluster.lease import Lease
+from engine.cluster.journal import DEFAULT_PREFIX, DEFAULT_STREAM, NatsJournal
+from engine.cluster.lease import DEFAULT_BUCKET, Lease
 from engine.cluster.link import NatsLink
 from engine.config import Config
 
@@ -12,8 +12,13 @@ from engine.config import Config
 def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease]:
     link = NatsLink(cfg.cluster, name=f"loom-{cfg.node_id}")
     try:
-        journal = NatsJournal(link, stream=cfg.cluster_stream, owns_link=True)
-        lease = Lease(link, cfg.node_id, ttl=cfg.lease_ttl, renew_every=cfg.lease_ttl / 4)
+        # Another stream name is another exchange on the same NATS: its own subjects and lease.
+        stream = cfg.cluster_stream
+        own = stream == DEFAULT_STREAM
+        prefix = DEFAULT_PREFIX if own else f"loom.{stream.lower()}"
+        bucket = DEFAULT_BUCKET if own else f"{stream.lower()}_lease"
+        journal = NatsJournal(link, stream=stream, prefix=prefix, owns_link=True)
+        lease = Lease(link, cfg.node_id, bucket=bucket, ttl=cfg.lease_ttl, renew_every=cfg.lease_ttl / 4)
     except BaseException:
         link.close()
         raise

@@ -1,0 +1,100 @@
+"""Fencing and demotion of whole nodes (two in-process `start_exchange` cluster members on
+a real NATS cluster): a leader whose lease lapsed without it noticing (its lease loop is
+stopped, as if paused) keeps believing it leads; once the standby has taken over, the old
+leader's next batch is refused by the stream, the order is not acknowledged, and the old
+leader demotes itself and follows the new one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from natsproc import unique_stream
+
+from engine.app import start_exchange
+from engine.cluster.member import Role
+from engine.commands import NewOrder
+from engine.config import Config
+from engine.domain import Instrument, OrderType, RejectReason, Side
+from engine.events import OrderAccepted, OrderRejected
+from engine.service import NotLeader
+
+SYMBOL = "BTC-USD"
+
+
+def order(clid: str) -> NewOrder:
+    return NewOrder("alice", clid, SYMBOL, int(Side.BUY), int(OrderType.LIMIT), 100, 1)
+
+
+async def until(what: str, probe, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def config(tmp_path, node_id: str, urls: list[str], stream: str) -> Config:
+    return Config(
+        data_dir=tmp_path / node_id,
+        http_port=0,
+        fix_port=-1,
+        binary_port=-1,
+        admin_key="admin-key-0000000000",
+        api_keys={"alice-key-0000000000": "alice"},
+        instruments=[Instrument(SYMBOL, tick_size=1, lot_size=1)],
+        cluster=urls,
+        node_id=node_id,
+        cluster_stream=stream,
+        lease_ttl=0.6,
+    )
+
+
+def test_a_deposed_leader_is_fenced_and_demotes(nats_cluster, tmp_path):
+    stream, _ = unique_stream()
+
+    async def scenario() -> None:
+        a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream))
+        b = None
+        try:
+            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            assert (await a.service.submit_one(order("a1")))[0].__class__ is OrderAccepted
+            b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream))
+            await until("b follows", lambda: b.node.engine.last_seq == a.node.engine.last_seq)
+            await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
+            assert b.cluster.role == Role.STANDBY
+            try:
+                await b.service.submit_one(order("b0"))
+                raise AssertionError("a standby accepted an order")
+            except NotLeader as exc:
+                assert exc.leader["node"] == "a"
+
+            # a's lease loop stops (a long pause): a still thinks it leads; b takes over.
+            a.cluster._background[0].cancel()
+            await until("b leads", lambda: b.cluster.role == Role.LEADER)
+            assert a.cluster.role == Role.LEADER and a.cluster.lease.held  # a has not noticed
+            assert (await b.service.submit_one(order("b1")))[0].__class__ is OrderAccepted
+
+            # a's next batch is fenced by the stream: refused, not acknowledged; a demotes.
+            events = await a.service.submit_one(order("a2"))
+            assert isinstance(events[0], OrderRejected)
+            assert events[0].reason == RejectReason.JOURNAL_WRITE_FAILED
+            assert a.node.journal.fenced == 1
+            # (a's renewal, the proof it would need to promote again, is refused)
+            await until("a demotes", lambda: a.cluster.role == Role.STANDBY and not a.cluster.lease.held)
+            assert not a.service.accepting
+            # ...and follows b: b's order arrives, a's refused one never existed.
+            assert (await b.service.submit_one(order("b2")))[0].__class__ is OrderAccepted
+            await until("a catches up", lambda: a.node.engine.last_seq == b.node.engine.last_seq)
+            clids = {o.client_order_id for o in a.order_store.open_orders("alice")}
+            assert clids == {"a1", "b1", "b2"}
+            # The pause ends: a's lease loop runs again, sees b lead, and stays a standby.
+            a.cluster._background[0] = a.cluster.link.submit(a.cluster.lease.run())
+            await until("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
+            assert a.cluster.role == Role.STANDBY and b.cluster.role == Role.LEADER
+            assert b.cluster.status()["epoch"] > 1
+        finally:
+            for running in (b, a):
+                if running is not None:
+                    await running.stop()
+
+    asyncio.run(scenario())
