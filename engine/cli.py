@@ -34,6 +34,18 @@ def _cmd_bench_recovery(args: argparse.Namespace) -> int:
     return 0 if result["hash_matches"] else 1
 
 
+def _cmd_bench_failover(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.bench.failover_bench import format_failover, run_failover_bench
+
+    logging.getLogger("loom").setLevel(logging.ERROR)  # the drill's reconnects are expected
+
+    result = run_failover_bench(kills=args.kills, appends=args.appends, orders=args.orders, batch=args.batch)
+    print(json.dumps(result) if args.json else format_failover(result))
+    return 0
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
     from engine.order_history import history_json, order_history
@@ -203,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=1)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=_cmd_bench_telemetry)
+    bf = bench_sub.add_parser(
+        "failover",
+        help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",
+    )
+    bf.add_argument("--kills", type=_positive_int, default=5, help="leader SIGKILLs to time")
+    bf.add_argument("--appends", type=_positive_int, default=1000, help="sequential publishes to time")
+    bf.add_argument(
+        "--orders", type=_positive_int, default=100_000, help="orders through the replicated journal"
+    )
+    bf.add_argument("--batch", type=_positive_int, default=512, help="commands per group commit")
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(func=_cmd_bench_failover)
     return parser
 
 

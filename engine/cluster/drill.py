@@ -73,6 +73,8 @@ class NodeProcess:
         argv += ["--data-dir", str(self.workdir / self.node_id), "--http-port", "0"]
         argv += ["--fix-port", "-1", "--binary-port", "-1"]
         env = {**_env(), "LOOM_CLUSTER_STREAM": self.stream, "PYTHONUNBUFFERED": "1"}
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
+        self.base = ""
         out = open(self.log, "a")  # noqa: SIM115 (the child writes it for its whole life)
         self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=_repo())
         out.close()
@@ -80,7 +82,10 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.node_id} exited with {self.proc.returncode}:\n{self.tail()}")
-            for line in self.log.read_text(errors="replace").splitlines():
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                lines = f.read().decode(errors="replace").splitlines()
+            for line in lines:
                 if "loom: ready on" in line:
                     self.base = "http://127.0.0.1:" + line.split("(http ")[1].split(")")[0].split(",")[0]
             if self.base:
@@ -146,12 +151,13 @@ def in_sync(nodes: list[NodeProcess]) -> bool:
     leader = leader_of(nodes)
     if leader is None:
         return False
-    seq = leader.status().get("applied_seq")
-    return all(
-        n.status().get("role") == "standby" and n.status().get("applied_seq") == seq
-        for n in nodes
-        if n is not leader and n.alive()
-    )
+    seq = leader.status().get("applied_seq", 0)
+    for node in nodes:
+        if node is not leader and node.alive():
+            status = node.status()  # asked after the leader: caught up means at least its seq
+            if status.get("role") != "standby" or status.get("applied_seq", -1) < seq:
+                return False
+    return True
 
 
 @dataclass
@@ -160,7 +166,7 @@ class OrderSender:
 
     nodes: list[NodeProcess]
     acked: dict[str, int] = field(default_factory=dict)  # client order id -> order id
-    accepted_at: list[float] = field(default_factory=list)  # monotonic time of each ack
+    accepted_at: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, node id)
     refused: int = 0
     counter: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -179,7 +185,7 @@ class OrderSender:
             )
             if status == 201:
                 self.acked[clid] = body["order"]["order_id"]
-                self.accepted_at.append(time.monotonic())
+                self.accepted_at.append((time.monotonic(), node.node_id))
                 clid = ""
             elif status == 409:  # an earlier try of this id landed without its ack reaching us
                 clid = ""
@@ -188,8 +194,9 @@ class OrderSender:
                 target += 1
                 time.sleep(0.005)
 
-    def first_ack_after(self, t: float) -> float | None:
-        return next((a for a in self.accepted_at if a > t), None)
+    def first_ack_after(self, t: float, not_by: str) -> float | None:
+        """When a node other than `not_by` first acknowledged an order after `t`."""
+        return next((at for at, node in self.accepted_at if at > t and node != not_by), None)
 
 
 def failover_once(nodes: list[NodeProcess], sender: OrderSender, before: int = 20, after: int = 20) -> dict:
@@ -201,7 +208,9 @@ def failover_once(nodes: list[NodeProcess], sender: OrderSender, before: int = 2
     wait_for(f"{before} acked orders", lambda: len(sender.acked) >= start + before)
     killed_at = time.monotonic()
     leader.kill()
-    first = wait_for("an order accepted after the kill", lambda: sender.first_ack_after(killed_at))
+    first = wait_for(
+        "an order accepted by another node", lambda: sender.first_ack_after(killed_at, leader.node_id)
+    )
     acked_at_kill = len(sender.acked)
     wait_for(f"{after} acked orders after the kill", lambda: len(sender.acked) >= acked_at_kill + after)
     new_leader = leader_of(nodes)

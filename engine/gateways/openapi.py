@@ -241,6 +241,19 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "faults now injected"}, **_errors(400, 403)},
             }
         },
+        "/v1/admin/cluster": {
+            "get": {
+                "summary": "This node's place in the cluster (admin key): role, leader, epoch, lag; "
+                "?verify=1 adds the state hash",
+                "responses": {"200": {"description": "cluster status"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/cluster/step-down": {
+            "post": {
+                "summary": "The leader stops accepting and releases the lease to a standby (admin key)",
+                "responses": {"200": {"description": "status after stepping down"}, **_errors(403, 409)},
+            }
+        },
         "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
     },
 }
