@@ -98,3 +98,46 @@ def test_a_deposed_leader_is_fenced_and_demotes(nats_cluster, tmp_path):
                     await running.stop()
 
     asyncio.run(scenario())
+
+
+def test_step_down_over_rest_hands_over_and_the_automation_knows_the_hooks(nats_cluster, tmp_path):
+    stream, _ = unique_stream()
+
+    async def scenario() -> None:
+        import aiohttp
+
+        a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream))
+        b = None
+        try:
+            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream))
+            await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
+            admin = {"X-API-Key": "admin-key-0000000000"}
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{a.ports['http']}/v1/admin/cluster"
+                async with http.get(url) as resp:
+                    assert resp.status == 403
+                async with http.get(url, headers=admin) as resp:
+                    status = await resp.json()
+                assert (status["role"], status["leader"], status["lag"]) == ("leader", "a", 0)
+                async with http.post(url + "/step-down", headers=admin) as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["stepped_down"] is True
+                assert a.cluster.role == Role.STANDBY and not a.service.accepting
+                await until("b leads", lambda: b.cluster.role == Role.LEADER)
+                assert (await b.service.submit_one(order("b1")))[0].__class__ is OrderAccepted
+                await until("a follows b", lambda: a.node.engine.last_seq == b.node.engine.last_seq)
+                await until("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
+                async with http.get(f"http://127.0.0.1:{a.ports['http']}/readyz") as resp:
+                    assert resp.status == 503 and "leader is node b" in (await resp.text())
+            actions = a.cluster.automation_actions()
+            assert set(actions) == {"promote-standby", "step-down"}
+            assert "not stepping down" in actions["step-down"]()  # a is no longer the leader
+            assert "leader b" in actions["promote-standby"]()  # b's lease is live: nothing taken
+            assert a.cluster.role == Role.STANDBY and b.cluster.role == Role.LEADER
+        finally:
+            for running in (b, a):
+                if running is not None:
+                    await running.stop()
+
+    asyncio.run(scenario())

@@ -196,6 +196,7 @@ class Lease:
         if not self.held:
             return
         self.held = False
+        self.view = LeaseView()  # whoever holds it next is seen on the next poll
         log.warning("lease: lost by %s (epoch %d): %s", self.node_id, self.epoch, reason)
         if self.on_lost is not None:
             self.on_lost(reason)

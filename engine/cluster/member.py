@@ -173,6 +173,13 @@ class ClusterMember:
         if self._follower is None or self._follower.done():
             deliver = lambda msgs: self.loop.call_soon_threadsafe(self._apply, msgs)  # noqa: E731
             self._follower = self.link.submit(self.journal.follow(self.applied_stream_seq + 1, deliver))
+            self._follower.add_done_callback(self._follower_ended)
+
+    def _follower_ended(self, future: concurrent.futures.Future) -> None:
+        """Following ends only by cancellation; anything else (damage in the stream) is
+        fatal for this node's right to lead."""
+        if not future.cancelled() and future.exception() is not None:
+            self.loop.call_soon_threadsafe(self._fail, future.exception())
 
     async def _stop_follower(self) -> None:
         if self._follower is not None:
@@ -282,12 +289,17 @@ class ClusterMember:
                 await asyncio.sleep(0.1)
             self._start_follower()
         if self.node.engine.last_seq != self.journal.last_seq:
-            raise JournalCorruptError(
-                self.journal.directory,
-                self.applied_stream_seq,
-                self.node.engine.last_seq,
-                f"promoted at seq {self.node.engine.last_seq}, the stream ends at {self.journal.last_seq}",
+            self._fail(
+                JournalCorruptError(
+                    self.journal.directory,
+                    self.applied_stream_seq,
+                    self.node.engine.last_seq,
+                    f"caught up to {self.node.engine.last_seq}, the stream ends at {self.journal.last_seq}",
+                )
             )
+            await self.link.wait(self.lease.release(hold_off=float("inf")))
+            self.role = Role.STANDBY
+            return
         self.node.resume_sequencing()
         self.journal.writable = True
         missing = [i for i in self.instruments if i.symbol not in self.node.engine.instruments]
