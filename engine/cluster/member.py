@@ -268,7 +268,12 @@ class ClusterMember:
             if not self.lease.held:
                 await self._demote("lease lost while promoting")
                 return
-            tail, _ = await self.link.wait(self.journal.tail())
+            try:
+                tail, _ = await self.link.wait(self.journal.tail())
+            except Exception as exc:  # the stream is electing a leader, or NATS is away
+                log.warning("cluster: the stream's tail is unknown (%s); retrying", exc)
+                await asyncio.sleep(0.2)
+                continue
             while self.applied_stream_seq < tail and self.lease.held:
                 self._start_follower()
                 self._applied.clear()
