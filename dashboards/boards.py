@@ -1,9 +1,7 @@
 """The Loom Exchange dashboards, as grafanalib objects.
 
 Every query is built with `dashboards.catalogue_queries` (so from catalogue names only);
-`dashboards.build` writes them to `dashboards/generated/<uid>.json`. Boards that need
-metrics the exchange does not emit yet (cluster: lease, replication lag, fencing; risk:
-limit utilisation, margin) are left out until the catalogue declares those metrics.
+`dashboards.build` writes them to `dashboards/generated/<uid>.json`.
 """
 
 from __future__ import annotations
@@ -483,4 +481,6 @@ def order_lookup() -> Dashboard:
 
 def dashboards() -> list[Dashboard]:
     """Every board, in a stable order."""
-    return [overview(), matching(), persistence(), gateways(), order_lookup()]
+    from dashboards.cluster import cluster  # it builds on the helpers above
+
+    return [overview(), matching(), persistence(), gateways(), cluster(), order_lookup()]

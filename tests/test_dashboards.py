@@ -12,11 +12,13 @@ import urllib.parse
 
 import pytest
 from loomproc import REPO, loom_run
+from natsproc import unique_stream
 from prometheus_proc import prometheus_run
 
 from dashboards.build import GENERATED, build, differences, render
 from dashboards.catalogue_queries import UndeclaredMetric, m, referenced_metrics, undeclared
 from engine.cli import main as loom_main
+from engine.cluster.drill import TRADER_KEY, NodeProcess, http, in_sync, wait_for
 from telemetry.catalogue import declared_series
 
 # Queries that are empty while nothing is wrong, with the reason. Each must still parse.
@@ -32,10 +34,18 @@ EMPTY_OUTSIDE_INCIDENTS = {
 }
 
 
-def board_targets() -> list[tuple[str, str, str]]:
-    """(board uid, panel title, expr) for every target of every committed board."""
+# Boards whose series only a `loom run --cluster` node exports: queried against a real
+# two-node cluster below instead of the standalone demo.
+CLUSTER_BOARDS = {"loom-cluster"}
+
+
+def board_targets(uids: set[str] | None = None) -> list[tuple[str, str, str]]:
+    """(board uid, panel title, expr) for every target of every committed board (or of
+    the boards named)."""
     found = []
     for path in sorted(GENERATED.glob("*.json")):
+        if uids is not None and path.stem not in uids:
+            continue
         board = json.loads(path.read_text())
         for panel in board["panels"]:
             for t in panel.get("targets", []):
@@ -69,6 +79,7 @@ def test_build_is_deterministic_and_check_detects_drift(tmp_path, capsys):
         "loom-matching.json",
         "loom-persistence.json",
         "loom-gateways.json",
+        "loom-cluster.json",
         "loom-order-lookup.json",
     }
     assert loom_main(["dashboards", "build", "--out", str(tmp_path), "--check"]) == 0
@@ -129,37 +140,79 @@ def test_the_check_catches_undeclared_names():
 # -- (c) every query answers against the real exchange ---------------------------------------
 
 
+def assert_every_query_answers(prom, queries: list[str], empty_ok: set[str]) -> None:
+    """Runs every query until each has data (those in `empty_ok` need only parse)."""
+    # rate() and deriv() need two scrapes in their window.
+    prom.wait_for("two scrapes of loom", lambda: prom.query("count_over_time(up[1m]) >= 2"), 30)
+    pending = set(queries)
+    answered: dict[str, list] = {}
+    deadline = time.monotonic() + 20
+    while pending and time.monotonic() < deadline:
+        for q in sorted(pending):
+            try:
+                result = prom.query(q)
+            except urllib.error.HTTPError as exc:  # a PromQL error: fail at once
+                raise AssertionError(f"prometheus refused {q!r}: {exc.read()!r}") from exc
+            answered[q] = result
+            if result:
+                pending.discard(q)
+        if pending - empty_ok:
+            time.sleep(0.5)
+        else:
+            break
+    missing = pending - empty_ok
+    assert not missing, f"queries with no data after the deadline: {sorted(missing)}"
+    # Every allowlisted query was run (so it parses).
+    assert empty_ok & set(queries) <= answered.keys()
+
+
+def scrape_config(*bases: str) -> list[dict]:
+    targets = [urllib.parse.urlsplit(base).netloc for base in bases]
+    return [{"job_name": "loom", "metrics_path": "/metrics", "static_configs": [{"targets": targets}]}]
+
+
 def test_every_query_returns_data_from_a_real_exchange(tmp_path):
-    queries = sorted({runnable(expr) for _, _, expr in board_targets()})
+    uids = {json.loads(p.read_text())["uid"] for p in GENERATED.glob("*.json")} - CLUSTER_BOARDS
+    queries = sorted({runnable(expr) for _, _, expr in board_targets(uids)})
     assert set(EMPTY_OUTSIDE_INCIDENTS) <= set(queries), "allowlist names a query no board has"
     args = ["--demo", "--rate", "500", "--data-dir", str(tmp_path / "data"), "--http-port", "0"]
     args += ["--fix-port", "-1", "--binary-port", "-1"]
-    with loom_run(args, dict(os.environ)) as base:
-        target = urllib.parse.urlsplit(base).netloc
-        scrape = [{"job_name": "loom", "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}]
-        with prometheus_run(tmp_path / "prometheus", scrape) as prom:
-            # rate() and deriv() need two scrapes in their window.
-            prom.wait_for("two scrapes of loom", lambda: prom.query("count_over_time(up[1m]) >= 2"), 30)
-            pending = set(queries)
-            answered: dict[str, list] = {}
-            deadline = time.monotonic() + 20
-            while pending and time.monotonic() < deadline:
-                for q in sorted(pending):
-                    try:
-                        result = prom.query(q)
-                    except urllib.error.HTTPError as exc:  # a PromQL error: fail at once
-                        raise AssertionError(f"prometheus refused {q!r}: {exc.read()!r}") from exc
-                    answered[q] = result
-                    if result:
-                        pending.discard(q)
-                if pending - set(EMPTY_OUTSIDE_INCIDENTS):
-                    time.sleep(0.5)
-                else:
-                    break
-            missing = pending - set(EMPTY_OUTSIDE_INCIDENTS)
-            assert not missing, f"queries with no data after the deadline: {sorted(missing)}"
-            # Every allowlisted query was run (so it parses); note which ones did have data.
-            assert set(EMPTY_OUTSIDE_INCIDENTS) <= answered.keys()
+    with (
+        loom_run(args, dict(os.environ)) as base,
+        prometheus_run(tmp_path / "prometheus", scrape_config(base)) as prom,
+    ):
+        assert_every_query_answers(prom, queries, set(EMPTY_OUTSIDE_INCIDENTS))
+
+
+def test_every_cluster_query_returns_data_from_a_real_cluster(nats_cluster, tmp_path):
+    """The Cluster board against a leader and a standby on a real 3-server NATS cluster,
+    with orders flowing through the replicated journal."""
+    queries = sorted({runnable(expr) for _, _, expr in board_targets(CLUSTER_BOARDS)})
+    assert len(queries) >= 10, queries
+    stream, _prefix = unique_stream()
+    nodes = [NodeProcess(n, nats_cluster.urls, tmp_path, stream) for n in ("a", "b")]
+    try:
+        nodes[0].start()
+        wait_for("a to lead", lambda: nodes[0].status().get("role") == "leader")
+        nodes[1].start()
+        wait_for("b to follow a", lambda: in_sync(nodes))
+        with prometheus_run(tmp_path / "prometheus", scrape_config(*(n.base for n in nodes))) as prom:
+            for i in range(20):  # replicated appends for the publish→PubAck histogram
+                order = {
+                    "client_order_id": f"dash-{i}",
+                    "symbol": "BTC-USD",
+                    "side": "buy",
+                    "qty": 1,
+                    "price": 5,
+                }
+                status, body = http("POST", nodes[0].base + "/v1/orders", order, key=TRADER_KEY)
+                assert status == 201, body
+            assert_every_query_answers(prom, queries, set())
+            leaders = prom.query(runnable('sum(loom_cluster_role{role="leader"})'))
+            assert float(leaders[0]["value"][1]) == 1.0
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def test_generated_dir_is_inside_the_repo():
