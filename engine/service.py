@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.exchange import ExchangeNode
+from engine.journal.format import BatchMeta
+from engine.stage_timings import Durations, RecentBatches
 
 log = logging.getLogger("loom.service")
 
@@ -33,6 +35,7 @@ class _Pending:
     callback: Callable[[list[list]], None] | None = field(default=None, repr=False)
     protocol: str = "internal"
     queued_at: float = 0.0  # perf_counter when it entered the queue
+    received: float = 0.0  # perf_counter when the gateway received it (queued_at if unknown)
 
 
 class ExchangeService:
@@ -56,6 +59,10 @@ class ExchangeService:
         self._window = (time.perf_counter(), time.process_time())
         self._saturated = False
         self.accepting = True
+        self.recent = RecentBatches()  # stage timings of the newest batches (order lookup)
+        # (first seq, journal, match, ack ns) of the last journaled batch: its durations are
+        # known only once it is done, so they are journaled with the next batch.
+        self._prev_durations = (0, 0, 0, 0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -82,15 +89,17 @@ class ExchangeService:
 
     # -- submission --------------------------------------------------------------------
 
-    async def submit(self, commands: list, protocol: str = "internal") -> list[list]:
+    async def submit(self, commands: list, protocol: str = "internal", received: float = 0.0) -> list[list]:
         """Queue commands for the next batch; resolves with each command's events once the
-        batch is durable and applied."""
+        batch is durable and applied. `received`: the gateway's perf_counter when the
+        request arrived (before decoding), for the journaled stage timings."""
         if not self.accepting:
             raise ServiceStopped("the exchange is shutting down")
         if not commands:
             return []
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(commands, future, None, protocol, time.perf_counter()))
+        now = time.perf_counter()
+        self._queue.append(_Pending(commands, future, None, protocol, now, received or now))
         self._wakeup.set()
         return await future
 
@@ -103,11 +112,12 @@ class ExchangeService:
         if not self.accepting:
             raise ServiceStopped("the exchange is shutting down")
         if commands:
-            self._queue.append(_Pending(commands, None, callback, protocol, time.perf_counter()))
+            now = time.perf_counter()
+            self._queue.append(_Pending(commands, None, callback, protocol, now, now))
             self._wakeup.set()
 
-    async def submit_one(self, command, protocol: str = "internal") -> list:
-        return (await self.submit([command], protocol))[0]
+    async def submit_one(self, command, protocol: str = "internal", received: float = 0.0) -> list:
+        return (await self.submit([command], protocol, received))[0]
 
     @property
     def queued(self) -> int:
@@ -164,6 +174,12 @@ class ExchangeService:
             try:
                 node = self.node
                 t0 = time.perf_counter()
+                meta = BatchMeta(
+                    time.time_ns(),
+                    [len(p.commands) for p in taken],
+                    [int((t0 - p.received) * 1e9) for p in taken],
+                    *self._prev_durations,
+                )
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
                 if self._io is not None and self._cpu_saturated():
@@ -172,9 +188,11 @@ class ExchangeService:
                     # meanwhile. With CPU to spare the thread hand-off (GIL, wake-ups) would
                     # only add latency, so the write stays inline.
                     self.threaded_writes += 1
-                    error = await asyncio.get_running_loop().run_in_executor(self._io, node.write, batch)
+                    error = await asyncio.get_running_loop().run_in_executor(
+                        self._io, node.write, batch, meta
+                    )
                 else:
-                    error = node.write(batch)
+                    error = node.write(batch, meta)
                 t2 = time.perf_counter()
                 snapshot_before = node.last_snapshot
                 results = node.finish(batch, before, error)
@@ -208,6 +226,17 @@ class ExchangeService:
                 except Exception:
                     log.exception("batch listener %r failed", listener)
             t4 = time.perf_counter()
+            if error is None:
+                durations = Durations(int((t2 - t1) * 1e9), int((t3 - t2) * 1e9), int((t4 - t3) * 1e9))
+                self._prev_durations = (
+                    batch[0].seq,
+                    durations.journal_ns,
+                    durations.match_ns,
+                    durations.ack_ns,
+                )
+                self.recent.add(batch[0].seq, len(batch), meta, durations)
+            else:
+                self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self.tracer is not None:
                 try:
                     self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4))
