@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from engine.batch_events import BatchEvents
 from engine.exchange import ExchangeNode
 from engine.journal.format import BatchMeta
 from engine.stage_timings import Durations, RecentBatches
@@ -26,6 +27,7 @@ log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
 BatchListener = Callable[[list, list[list]], None]
+EventListener = Callable[[list, list[list], BatchEvents], None]
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ExchangeService:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._listeners: list[BatchListener] = []
+        self._event_listeners: list[EventListener] = []
         self._task: asyncio.Task | None = None
         self._closing = False
         self.batches = 0
@@ -86,6 +89,11 @@ class ExchangeService:
     def add_listener(self, listener: BatchListener) -> None:
         """Called after every durable batch with (commands, events per command)."""
         self._listeners.append(listener)
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Called after every durable batch with (commands, events per command, the batch's
+        events split by type): one walk of the events, however many listeners."""
+        self._event_listeners.append(listener)
 
     # -- submission --------------------------------------------------------------------
 
@@ -223,6 +231,12 @@ class ExchangeService:
             for listener in self._listeners:
                 try:
                     listener(batch, results)
+                except Exception:
+                    log.exception("batch listener %r failed", listener)
+            split = BatchEvents(results) if self._event_listeners else None
+            for listener in self._event_listeners:
+                try:
+                    listener(batch, results, split)
                 except Exception:
                     log.exception("batch listener %r failed", listener)
             t4 = time.perf_counter()

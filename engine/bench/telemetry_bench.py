@@ -41,7 +41,7 @@ async def _run(
     service = ExchangeService(node, metrics=metrics)
     shipper = None
     if telemetry:
-        service.add_listener(metrics.on_batch)
+        service.add_event_listener(metrics.on_events)
         metrics.registry.register(ExchangeCollector(service, {}))
     if telemetry and traces:
         shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
