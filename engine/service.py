@@ -233,7 +233,7 @@ class ExchangeService:
                     listener(batch, results)
                 except Exception:
                     log.exception("batch listener %r failed", listener)
-            split = BatchEvents(results) if self._event_listeners else None
+            split = BatchEvents(results) if self._event_listeners or self.tracer is not None else None
             for listener in self._event_listeners:
                 try:
                     listener(batch, results, split)
@@ -253,7 +253,7 @@ class ExchangeService:
                 self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self.tracer is not None:
                 try:
-                    self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4))
+                    self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4), split)
                 except Exception:
                     log.exception("order trace recording failed")
             if self.metrics is not None:
