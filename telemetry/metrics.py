@@ -67,12 +67,12 @@ class ExchangeMetrics:
         self.m = {spec.name: _build(spec, self.registry) for spec in direct}
         self._children: dict[tuple, object] = {}
         stage = self.m["loom_stage_duration_seconds"]
+        # The stages, in path order (risk joins when the risk layer does).
         self.stage_decode = stage.labels("decode")
-        self.stage_queue = stage.labels("queue")
-        self.stage_sequence = stage.labels("sequence")
+        self.stage_sequencer_wait = stage.labels("sequencer_wait")
         self.stage_journal = stage.labels("journal")
         self.stage_match = stage.labels("match")
-        self.stage_publish = stage.labels("publish")
+        self.stage_ack = stage.labels("ack")
         self.batch_commands = self.m["loom_batch_commands"]
         self.fsync = self.m["loom_journal_fsync_seconds"]
         self.commands = self.m["loom_commands"]
