@@ -51,7 +51,9 @@ class OrderTraceRecorder:
         # order id -> (trace id, account, symbol, side) of exported orders still resting
         self.resting: dict[int, tuple[str, str, str, str]] = {}
 
-    def _chosen(self, batch: list, results: list[list], taken: list, starts: list[int], stages) -> list[int]:
+    def _chosen(
+        self, batch: list, results: list[list], taken: list, starts: list[int], stages, split: BatchEvents
+    ) -> list[int]:
         n = len(batch)
         sampler = self.sampler
         if sampler.keep_all:
@@ -61,15 +63,22 @@ class OrderTraceRecorder:
             first = (-batch[0].seq) % self.stride
             chosen.update(range(first, n, self.stride))
         if sampler.keep_errors:
-            for i, events in enumerate(results):
-                if events and type(events[0]) is OrderRejected:
-                    chosen.add(i)
+            chosen.update(self._rejected(batch, results, split))
             acked = stages[-1]
             for k, pending in enumerate(taken):
                 if (acked - pending.queued_at) * 1e9 > sampler.slow_ns:
                     end = starts[k + 1] if k + 1 < len(starts) else n
                     chosen.update(range(starts[k], end))
         return sorted(chosen)
+
+    @staticmethod
+    def _rejected(batch: list, results: list[list], split: BatchEvents) -> list[int]:
+        """Indexes of the batch's rejected commands: from the shared walk by seq, or by a
+        scan when a rejection carries no seq (a batch the journal refused)."""
+        first = batch[0].seq if batch else 0
+        if first and all(ev.seq for ev in split.rejected):
+            return [ev.seq - first for ev in split.rejected]
+        return [i for i, events in enumerate(results) if events and type(events[0]) is OrderRejected]
 
     def record_batch(
         self,
@@ -83,11 +92,13 @@ class OrderTraceRecorder:
         and `results`: every command and its events; `stages_perf`: perf_counter at stamp,
         journal start, durable, matched, published; `split`: the events by type (the
         service's shared walk; built here when not given)."""
+        if split is None:
+            split = BatchEvents(results)
         starts, pos = [], 0
         for pending in taken:
             starts.append(pos)
             pos += len(pending.commands)
-        chosen = self._chosen(batch, results, taken, starts, stages_perf)
+        chosen = self._chosen(batch, results, taken, starts, stages_perf, split)
         if not chosen and not self.resting:
             return
         now_perf, now_ns = time.perf_counter(), time.time_ns()
@@ -141,7 +152,7 @@ class OrderTraceRecorder:
             if outcome == "accepted":  # resting: later fills belong on this trace too
                 self._remember(order_id, (trace_id, cmd.account, cmd.symbol, side))
         if self.resting:
-            self._record_maker_fills(batch, split or BatchEvents(results), j1, matched)
+            self._record_maker_fills(batch, split, j1, matched)
         self.shipper.flush()
 
     def _remember(self, order_id: int, labels: tuple[str, str, str, str]) -> None:
