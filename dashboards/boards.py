@@ -226,7 +226,7 @@ def matching() -> Dashboard:
                     "Stage latency p99 by stage",
                     [target(quantile(0.99, "loom_stage_duration_seconds", stage), "p99 {{stage}}")],
                     SECONDS_FORMAT,
-                    "queue is per submission; sequence, journal, match and publish are per batch.",
+                    "sequencer_wait is per submission; journal, match and ack are per batch.",
                 ),
                 series(
                     "Stage latency p50 by stage",

@@ -138,8 +138,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
-    for listener in (order_store.on_batch, market_data.on_batch, router.on_batch, metrics.on_batch):
-        service.add_listener(listener)
+    service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
+    for listener in (order_store.on_events, market_data.on_events, metrics.on_events):
+        service.add_event_listener(listener)  # one shared walk of the batch's events
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
     member = None

@@ -49,6 +49,7 @@ def _cmd_bench_failover(args: argparse.Namespace) -> int:
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
     from engine.order_history import history_json, order_history
+    from engine.stage_timings import format_stages
 
     try:
         found = order_history(args.data_dir, args.order_id)
@@ -65,6 +66,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     who = f"{out['account']}, {out['symbol']}, client id {out['client_order_id']!r}"
     print(f"order {out['order_id']} ({who}): {out['status']}")
     print(f"trace {out['trace_id'] or '(none recorded)'}  {out['trace_url']}")
+    print(f"stages {format_stages(out['stages'])}")
     for ev in out["events"]:
         detail = {k: v for k, v in ev.items() if k not in ("type", "seq", "ts")}
         print(f"  seq {ev['seq']:>10}  ts {ev['ts']}  {ev['type']:<10} {detail}")

@@ -25,6 +25,7 @@ from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
 from engine.domain import Instrument, RejectReason, RequestKind
 from engine.events import OrderRejected
 from engine.journal import JournalWriteError
+from engine.journal.format import BatchMeta
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
 from engine.recovery import Recovered, recover
 from engine.sequencer import Sequencer
@@ -166,20 +167,21 @@ class ExchangeNode:
             stamp(cmd)
         return before
 
-    def write(self, commands: list) -> JournalWriteError | None:
-        """Make the batch durable. Touches only the journal (safe on a worker thread)."""
+    def write(self, commands: list, meta: BatchMeta | None = None) -> JournalWriteError | None:
+        """Make the batch durable (with its timings, when given). Touches only the journal
+        (safe on a worker thread)."""
         try:
-            self.last_write_bytes = self.journal.append(commands)
+            self.last_write_bytes = self.journal.append(commands, meta)
         except JournalWriteError as exc:
             self.last_write_bytes = 0
             return exc
         return None
 
-    async def write_async(self, commands: list) -> JournalWriteError | None:
+    async def write_async(self, commands: list, meta: BatchMeta | None = None) -> JournalWriteError | None:
         """`write` for a remote journal: the commit loop awaits the replication instead of
         blocking its event loop on it."""
         try:
-            self.last_write_bytes = await self.journal.append_async(commands)
+            self.last_write_bytes = await self.journal.append_async(commands, meta)
         except JournalWriteError as exc:
             self.last_write_bytes = 0
             return exc

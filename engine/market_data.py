@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, Trade
+from engine.batch_events import BatchEvents
 from engine.matcher import MatchingEngine
 
 log = logging.getLogger("loom.marketdata")
 
 Subscriber = Callable[[dict], None]
-_TOUCHING = (OrderAccepted, OrderCancelled, OrderAmended, OrderDone, Trade)
 
 
 class SymbolFeed:
@@ -72,16 +71,13 @@ class MarketData:
             "asks": sorted([p, q] for p, q in feed.asks.items()),
         }
 
-    def on_batch(self, _commands: list, results: list[list]) -> None:
-        touched: set[str] = set()
-        trades: list[Trade] = []
-        for events in results:
-            for ev in events:
-                if isinstance(ev, _TOUCHING):
-                    touched.add(ev.symbol)
-                    if type(ev) is Trade:
-                        trades.append(ev)
-        for symbol in touched:
+    def on_batch(self, commands: list, results: list[list]) -> None:
+        self.on_events(commands, results, BatchEvents(results))
+
+    def on_events(self, _commands: list, _results: list[list], split: BatchEvents) -> None:
+        if not self.feeds:
+            return  # nobody has subscribed to anything: nothing to compare or publish
+        for symbol in split.symbols():
             feed = self.feeds.get(symbol)
             if feed is None or symbol not in self.engine.books:
                 continue  # nobody has asked for it yet: the first subscriber gets a snapshot
@@ -93,7 +89,7 @@ class MarketData:
                     feed.book_subscribers,
                     {"type": "l2update", "symbol": symbol, "seq": feed.seq, "changes": changes},
                 )
-        for t in trades:
+        for t in split.trades:
             feed = self.feeds.get(t.symbol)
             if feed is not None and feed.trade_subscribers:
                 self._publish(

@@ -3,7 +3,9 @@
 Order ids are assigned by the engine in sequence, so the newest snapshot taken before the
 order existed (its next order id is at most the one sought) is a safe place to start; the
 journal is replayed from there, watching for the order's events, until it is finished or
-the journal ends. Reads the journal read-only: it can run beside a live node.
+the journal ends. The stage timings come from the batch records' `BatchMeta`: the order's
+own record (receive time) and the one after it (its batch's journal, match and ack
+durations). Reads the journal read-only: it can run beside a live node.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.journal.format import BatchMeta
 from engine.journal.segments import FileJournal
 from engine.matcher import MatchingEngine
 from engine.snapshots import SnapshotError, SnapshotStore
+from engine.stage_timings import Durations, stages_json
 from telemetry.tracing import derived_trace_id
 
 
@@ -46,15 +50,22 @@ def _venue(journal: FileJournal) -> int:
 
 def order_history(data_dir: str | Path, order_id: int) -> dict | None:
     """{"order_id", "trace_id", "accepted_seq", "events": [every event of the order, each
-    with the seq and ts of the command that caused it], "done"}, or None when the journal
-    holds no such order."""
+    with the seq and ts of the command that caused it], "done", "stages": the order's stage
+    timings (engine/stage_timings.py)}, or None when the journal holds no such order."""
     data_dir = Path(data_dir)
     journal = FileJournal(data_dir / "journal", read_only=True)
     try:
         engine = _start_engine(data_dir / "snapshots", order_id)
         apply = engine.apply
         found: dict | None = None
-        for batch in journal.read_batches(engine.last_seq + 1):
+        accepted_in = None  # (meta, first_seq, count, seq, ts) of the order's batch
+        for meta, batch in journal.read_records(engine.last_seq + 1):
+            if accepted_in is not None:
+                # This batch's meta holds the durations of the batch before it.
+                found["stages"] = _stages(accepted_in, meta)
+                accepted_in = None
+            if found is not None and found["done"]:
+                return found
             for cmd in batch:
                 events = apply(cmd)
                 if found is None:
@@ -69,6 +80,8 @@ def order_history(data_dir: str | Path, order_id: int) -> dict | None:
                                 "events": [],
                                 "done": False,
                             }
+                            accepted_in = (meta, batch[0].seq, len(batch), cmd.seq, cmd.ts)
+                            found["stages"] = _stages(accepted_in, None)
                             break
                     if found is None:
                         continue
@@ -77,11 +90,17 @@ def order_history(data_dir: str | Path, order_id: int) -> dict | None:
                         found["events"].append(ev)
                         if type(ev) in (OrderDone, OrderCancelled):
                             found["done"] = True
-                if found["done"]:
-                    return found
         return found
     finally:
         journal.close()
+
+
+def _stages(accepted_in: tuple, next_meta: BatchMeta | None) -> dict:
+    meta, first_seq, count, seq, ts = accepted_in
+    durations = None
+    if next_meta is not None and next_meta.prev_first_seq == first_seq:
+        durations = Durations(next_meta.prev_journal_ns, next_meta.prev_match_ns, next_meta.prev_ack_ns)
+    return stages_json(meta, first_seq, count, seq, ts, durations)
 
 
 def trace_url(trace_id: str, template: str | None = None) -> str:
@@ -112,5 +131,6 @@ def history_json(found: dict) -> dict:
         "status": {"filled": "filled", "cancelled": "cancelled"}.get(last, "open"),
         "accepted_seq": found["accepted_seq"],
         "events": events,
+        "stages": found.get("stages"),
         "source": "journal",
     }

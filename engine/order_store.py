@@ -8,6 +8,7 @@ from collections import OrderedDict, deque
 
 import msgspec
 
+from engine.batch_events import BatchEvents
 from engine.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
 from engine.events import (
     OrderAccepted,
@@ -163,60 +164,58 @@ class OrderStore:
             self.done.popitem(last=False)
 
     def on_batch(self, commands: list, results: list[list]) -> None:
-        for cmd, events in zip(commands, results, strict=True):
-            for ev in events:
-                self.apply(ev)
-            if events and type(events[0]) is OrderAccepted and getattr(cmd, "trace_id", ""):
-                view = self.get(events[0].order_id)
+        self.on_events(commands, results, BatchEvents(results))
+
+    def on_events(self, commands: list, results: list[list], split: BatchEvents) -> None:
+        """Apply a durable batch from its events split by type (the service's shared walk).
+        Per type is the same as in order (an order is accepted before it trades and trades
+        before it is done or cancelled) except for amends, which set the quantity a later
+        fill changes: a batch holding any is applied event by event. (The finished orders
+        of a batch enter `done` filled first, then cancelled: only the eviction order among
+        them differs.)"""
+        if split.amended:
+            for events in results:
+                for ev in events:
+                    self.apply(ev)
+        else:
+            accept, trade = self._accept, self._trade
+            for ev in split.accepted:
+                accept(ev)
+            for ev in split.trades:
+                trade(ev)
+            for ev in split.done:
+                view = self.orders.get(ev.order_id)
                 if view is not None:
-                    view.trace_id = cmd.trace_id
+                    view.leaves = 0
+                    self._finish(view, FILLED)
+            for ev in split.cancelled:
+                self._cancelled(ev)
+        if split.accepted and commands:
+            # The caller's trace id, journaled with the order (commands of a batch have
+            # consecutive seqs, so the accepting command is found by its seq).
+            first = commands[0].seq
+            for ev in split.accepted:
+                i = ev.seq - first
+                cmd = commands[i] if 0 <= i < len(commands) else None
+                trace_id = getattr(cmd, "trace_id", "") if cmd is not None and cmd.seq == ev.seq else ""
+                if trace_id:
+                    view = self.get(ev.order_id)
+                    if view is not None:
+                        view.trace_id = trace_id
 
     def apply(self, ev) -> None:
         kind = type(ev)
         if kind is OrderAccepted:
-            self.orders[ev.order_id] = OrderView(
-                ev.order_id,
-                ev.account,
-                ev.client_order_id,
-                ev.symbol,
-                ev.side,
-                ev.order_type,
-                ev.tif,
-                ev.price,
-                ev.qty,
-                ev.qty,
-                accepted_seq=ev.seq,
-                accepted_ts=ev.ts,
-                updated_seq=ev.seq,
-                updated_ts=ev.ts,
-            )
+            self._accept(ev)
         elif kind is Trade:
-            trades = self.trades.get(ev.symbol)
-            if trades is None:
-                trades = self.trades[ev.symbol] = deque(maxlen=self.keep_trades)
-            trades.append(ev)
-            for oid, leaves, liquidity in (
-                (ev.maker_order_id, ev.maker_leaves, "maker"),
-                (ev.taker_order_id, ev.taker_leaves, "taker"),
-            ):
-                view = self.orders.get(oid)
-                if view is not None:
-                    view.filled += ev.qty
-                    view.leaves = leaves
-                    view.updated_seq, view.updated_ts = ev.seq, ev.ts
-                    view.fills += (Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity),)
+            self._trade(ev)
         elif kind is OrderDone:
             view = self.orders.get(ev.order_id)
             if view is not None:
                 view.leaves = 0
                 self._finish(view, FILLED)
         elif kind is OrderCancelled:
-            view = self.orders.get(ev.order_id)
-            if view is not None:
-                view.leaves = 0
-                view.cancel_reason = ev.reason
-                view.updated_seq, view.updated_ts = ev.seq, ev.ts
-                self._finish(view, CANCELLED)
+            self._cancelled(ev)
         elif kind is OrderAmended:
             view = self.orders.get(ev.order_id)
             if view is not None:
@@ -225,3 +224,45 @@ class OrderStore:
                 view.updated_seq, view.updated_ts = ev.seq, ev.ts
         elif kind is OrderRejected:
             pass  # never an order: the submitter gets the rejection directly
+
+    def _accept(self, ev: OrderAccepted) -> None:
+        self.orders[ev.order_id] = OrderView(
+            ev.order_id,
+            ev.account,
+            ev.client_order_id,
+            ev.symbol,
+            ev.side,
+            ev.order_type,
+            ev.tif,
+            ev.price,
+            ev.qty,
+            ev.qty,
+            accepted_seq=ev.seq,
+            accepted_ts=ev.ts,
+            updated_seq=ev.seq,
+            updated_ts=ev.ts,
+        )
+
+    def _trade(self, ev: Trade) -> None:
+        trades = self.trades.get(ev.symbol)
+        if trades is None:
+            trades = self.trades[ev.symbol] = deque(maxlen=self.keep_trades)
+        trades.append(ev)
+        for oid, leaves, liquidity in (
+            (ev.maker_order_id, ev.maker_leaves, "maker"),
+            (ev.taker_order_id, ev.taker_leaves, "taker"),
+        ):
+            view = self.orders.get(oid)
+            if view is not None:
+                view.filled += ev.qty
+                view.leaves = leaves
+                view.updated_seq, view.updated_ts = ev.seq, ev.ts
+                view.fills += (Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity),)
+
+    def _cancelled(self, ev: OrderCancelled) -> None:
+        view = self.orders.get(ev.order_id)
+        if view is not None:
+            view.leaves = 0
+            view.cancel_reason = ev.reason
+            view.updated_seq, view.updated_ts = ev.seq, ev.ts
+            self._finish(view, CANCELLED)

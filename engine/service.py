@@ -18,12 +18,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from engine.batch_events import BatchEvents
 from engine.exchange import ExchangeNode
+from engine.journal.format import BatchMeta
+from engine.stage_timings import Durations, RecentBatches
 
 log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
 BatchListener = Callable[[list, list[list]], None]
+EventListener = Callable[[list, list[list], BatchEvents], None]
 
 
 @dataclass
@@ -33,6 +37,7 @@ class _Pending:
     callback: Callable[[list[list]], None] | None = field(default=None, repr=False)
     protocol: str = "internal"
     queued_at: float = 0.0  # perf_counter when it entered the queue
+    received: float = 0.0  # perf_counter when the gateway received it (queued_at if unknown)
 
 
 class ExchangeService:
@@ -48,6 +53,7 @@ class ExchangeService:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._listeners: list[BatchListener] = []
+        self._event_listeners: list[EventListener] = []
         self._task: asyncio.Task | None = None
         self._closing = False
         self.batches = 0
@@ -58,6 +64,10 @@ class ExchangeService:
         self.accepting = True
         # Builds the error for "not accepting" when it is not a shutdown (a cluster standby).
         self.refusal: Callable[[], ServiceStopped] | None = None
+        self.recent = RecentBatches()  # stage timings of the newest batches (order lookup)
+        # (first seq, journal, match, ack ns) of the last journaled batch: its durations are
+        # known only once it is done, so they are journaled with the next batch.
+        self._prev_durations = (0, 0, 0, 0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -82,27 +92,46 @@ class ExchangeService:
     def publish_replicated(self, batch: list, results: list[list]) -> None:
         """Hand a batch applied from the replicated journal (a standby) to the listeners,
         as if this node had committed it: order store, market data, metrics."""
+        self._publish(batch, results)
+
+    def _publish(self, batch: list, results: list[list]) -> BatchEvents | None:
+        """Every listener sees the batch: the plain ones, then those sharing one walk of
+        its events. Returns that walk (None when nobody needed it)."""
         for listener in self._listeners:
             try:
                 listener(batch, results)
             except Exception:
                 log.exception("batch listener %r failed", listener)
+        split = BatchEvents(results) if self._event_listeners or self.tracer is not None else None
+        for listener in self._event_listeners:
+            try:
+                listener(batch, results, split)
+            except Exception:
+                log.exception("batch listener %r failed", listener)
+        return split
 
     def add_listener(self, listener: BatchListener) -> None:
         """Called after every durable batch with (commands, events per command)."""
         self._listeners.append(listener)
 
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Called after every durable batch with (commands, events per command, the batch's
+        events split by type): one walk of the events, however many listeners."""
+        self._event_listeners.append(listener)
+
     # -- submission --------------------------------------------------------------------
 
-    async def submit(self, commands: list, protocol: str = "internal") -> list[list]:
+    async def submit(self, commands: list, protocol: str = "internal", received: float = 0.0) -> list[list]:
         """Queue commands for the next batch; resolves with each command's events once the
-        batch is durable and applied."""
+        batch is durable and applied. `received`: the gateway's perf_counter when the
+        request arrived (before decoding), for the journaled stage timings."""
         if not self.accepting:
             raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if not commands:
             return []
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(commands, future, None, protocol, time.perf_counter()))
+        now = time.perf_counter()
+        self._queue.append(_Pending(commands, future, None, protocol, now, received or now))
         self._wakeup.set()
         return await future
 
@@ -115,11 +144,12 @@ class ExchangeService:
         if not self.accepting:
             raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if commands:
-            self._queue.append(_Pending(commands, None, callback, protocol, time.perf_counter()))
+            now = time.perf_counter()
+            self._queue.append(_Pending(commands, None, callback, protocol, now, now))
             self._wakeup.set()
 
-    async def submit_one(self, command, protocol: str = "internal") -> list:
-        return (await self.submit([command], protocol))[0]
+    async def submit_one(self, command, protocol: str = "internal", received: float = 0.0) -> list:
+        return (await self.submit([command], protocol, received))[0]
 
     @property
     def queued(self) -> int:
@@ -129,10 +159,9 @@ class ExchangeService:
         m = self.metrics
         node = self.node
         m.batch_commands.observe(len(batch))
-        m.stage_sequence.observe(t1 - t0)
         m.stage_journal.observe(t2 - t1)
         m.stage_match.observe(t3 - t2)
-        m.stage_publish.observe(t4 - t3)
+        m.stage_ack.observe(t4 - t3)
         if error is None:
             m.commands.inc(len(batch))
             m.written_bytes.inc(node.last_write_bytes)
@@ -176,19 +205,27 @@ class ExchangeService:
             try:
                 node = self.node
                 t0 = time.perf_counter()
+                meta = BatchMeta(
+                    time.time_ns(),
+                    [len(p.commands) for p in taken],
+                    [int((t0 - p.received) * 1e9) for p in taken],
+                    *self._prev_durations,
+                )
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
                 if node.remote_journal:  # replication: await the PubAck, keep serving
-                    error = await node.write_async(batch)
+                    error = await node.write_async(batch, meta)
                 elif self._io is not None and self._cpu_saturated():
                     # The core is busy (e.g. parsing HTTP): fdatasync waits on the disk, not
                     # the CPU, so on a worker thread the event loop keeps parsing requests
                     # meanwhile. With CPU to spare the thread hand-off (GIL, wake-ups) would
                     # only add latency, so the write stays inline.
                     self.threaded_writes += 1
-                    error = await asyncio.get_running_loop().run_in_executor(self._io, node.write, batch)
+                    error = await asyncio.get_running_loop().run_in_executor(
+                        self._io, node.write, batch, meta
+                    )
                 else:
-                    error = node.write(batch)
+                    error = node.write(batch, meta)
                 t2 = time.perf_counter()
                 snapshot_before = node.last_snapshot
                 results = node.finish(batch, before, error)
@@ -216,15 +253,22 @@ class ExchangeService:
                 elif not pending.future.done():  # the submitter may have been cancelled
                     pending.future.set_result(results[start:end])
                 start = end
-            for listener in self._listeners:
-                try:
-                    listener(batch, results)
-                except Exception:
-                    log.exception("batch listener %r failed", listener)
+            split = self._publish(batch, results)
             t4 = time.perf_counter()
+            if error is None:
+                durations = Durations(int((t2 - t1) * 1e9), int((t3 - t2) * 1e9), int((t4 - t3) * 1e9))
+                self._prev_durations = (
+                    batch[0].seq,
+                    durations.journal_ns,
+                    durations.match_ns,
+                    durations.ack_ns,
+                )
+                self.recent.add(batch[0].seq, len(batch), meta, durations)
+            else:
+                self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self.tracer is not None:
                 try:
-                    self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4))
+                    self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4), split)
                 except Exception:
                     log.exception("order trace recording failed")
             if self.metrics is not None:
@@ -232,9 +276,10 @@ class ExchangeService:
                 # Queue to durable answer, once per submission (a binary read of many orders
                 # counts once: an observation per order would cost ~8% at 150k orders/s).
                 order_to_ack = self.metrics.order_to_ack
-                queue_wait = self.metrics.stage_queue
+                sequencer_wait = self.metrics.stage_sequencer_wait
                 for pending in taken:
-                    queue_wait.observe(t0 - pending.queued_at)  # waiting for the next batch
+                    # Queued -> sequenced: waiting for the next batch, then its stamping.
+                    sequencer_wait.observe(t1 - pending.queued_at)
                     first = pending.commands[0]
                     exemplar = {"trace_id": node.trace_id_of(first)} if first.seq else None
                     order_to_ack(pending.protocol).observe(t4 - pending.queued_at, exemplar)

@@ -74,8 +74,9 @@ _SPECS = [
         "loom_stage_duration_seconds",
         HISTOGRAM,
         "Time in a stage of the order path: decode (per request, message or read, in the "
-        "gateway), queue (a submission waiting for its batch), then per group-commit batch "
-        "sequence, journal (write + fdatasync), match and publish.",
+        "gateway), sequencer_wait (per submission, queued until its group-commit batch is "
+        "sequenced), then per batch journal (write + fdatasync), match, and ack (answers to "
+        "the submitters, then the order store, market data, execution reports and metrics).",
         ("stage",),
         "seconds",
         LATENCY_BUCKETS,

@@ -10,6 +10,12 @@ Sampling without touching every order: `ratio:p` keeps every (1/p)-th sequence n
 (a stride over the batch, not a test per order); `errors-and-slow:ms[:p]` also scans the
 batch for rejections and keeps every order of a submission slower than `ms`; `all` keeps
 everything (the costly choice, for debugging).
+
+Fills on the maker's trace: an exported order that rests is remembered (order id -> its
+trace id and labels; bounded, forgotten when it is filled or cancelled); when a later
+order trades against it, a `FillTrace` goes to the worker, which hangs a "fill" span
+under that order's root span. Which orders were exported is known only to this process,
+so after a restart the resting orders of before it get no maker fills on their traces.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 
+from engine.batch_events import BatchEvents
 from engine.commands import NewOrder
 from engine.domain import OrderType, Side
 from engine.events import OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.texts import reject_code
-from telemetry.tracing import OrderTrace, Sampler, TraceShipper
+from telemetry.tracing import FillTrace, OrderTrace, Sampler, TraceShipper
 
 DEFAULT_EXPORT_SAMPLING = "errors-and-slow:10:0.01"
+MAX_RESTING = 100_000  # exported resting orders remembered for their maker fills
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
 
@@ -39,8 +47,13 @@ class OrderTraceRecorder:
         ratio = self.sampler.ratio
         self.stride = 1 if self.sampler.keep_all else (round(1 / ratio) if ratio > 0 else 0)
         self.recorded = 0
+        self.maker_fills = 0
+        # order id -> (trace id, account, symbol, side) of exported orders still resting
+        self.resting: dict[int, tuple[str, str, str, str]] = {}
 
-    def _chosen(self, batch: list, results: list[list], taken: list, starts: list[int], stages) -> list[int]:
+    def _chosen(
+        self, batch: list, results: list[list], taken: list, starts: list[int], stages, split: BatchEvents
+    ) -> list[int]:
         n = len(batch)
         sampler = self.sampler
         if sampler.keep_all:
@@ -50,9 +63,7 @@ class OrderTraceRecorder:
             first = (-batch[0].seq) % self.stride
             chosen.update(range(first, n, self.stride))
         if sampler.keep_errors:
-            for i, events in enumerate(results):
-                if events and type(events[0]) is OrderRejected:
-                    chosen.add(i)
+            chosen.update(self._rejected(batch, results, split))
             acked = stages[-1]
             for k, pending in enumerate(taken):
                 if (acked - pending.queued_at) * 1e9 > sampler.slow_ns:
@@ -60,16 +71,35 @@ class OrderTraceRecorder:
                     chosen.update(range(starts[k], end))
         return sorted(chosen)
 
-    def record_batch(self, taken: list, batch: list, results: list[list], stages_perf: tuple) -> None:
+    @staticmethod
+    def _rejected(batch: list, results: list[list], split: BatchEvents) -> list[int]:
+        """Indexes of the batch's rejected commands: from the shared walk by seq, or by a
+        scan when a rejection carries no seq (a batch the journal refused)."""
+        first = batch[0].seq if batch else 0
+        if first and all(ev.seq for ev in split.rejected):
+            return [ev.seq - first for ev in split.rejected]
+        return [i for i, events in enumerate(results) if events and type(events[0]) is OrderRejected]
+
+    def record_batch(
+        self,
+        taken: list,
+        batch: list,
+        results: list[list],
+        stages_perf: tuple,
+        split: BatchEvents | None = None,
+    ) -> None:
         """`taken`: the batch's submissions (commands, protocol, queued_at) in order; `batch`
         and `results`: every command and its events; `stages_perf`: perf_counter at stamp,
-        journal start, durable, matched, published."""
+        journal start, durable, matched, published; `split`: the events by type (the
+        service's shared walk; built here when not given)."""
+        if split is None:
+            split = BatchEvents(results)
         starts, pos = [], 0
         for pending in taken:
             starts.append(pos)
             pos += len(pending.commands)
-        chosen = self._chosen(batch, results, taken, starts, stages_perf)
-        if not chosen:
+        chosen = self._chosen(batch, results, taken, starts, stages_perf, split)
+        if not chosen and not self.resting:
             return
         now_perf, now_ns = time.perf_counter(), time.time_ns()
 
@@ -95,15 +125,17 @@ class OrderTraceRecorder:
                     "filled" if last is OrderDone else "cancelled" if last is OrderCancelled else "accepted"
                 )
             fills = [(e.trade_id, e.price, e.qty, e.ts) for e in events if type(e) is Trade]
+            trace_id = self.trace_id_of(cmd)
+            side = _SIDE.get(cmd.side, "?")
             record(
                 OrderTrace(
-                    self.trace_id_of(cmd),
+                    trace_id,
                     cmd.trace_parent,
                     order_id,
                     cmd.client_order_id,
                     cmd.account,
                     cmd.symbol,
-                    _SIDE.get(cmd.side, "?"),
+                    side,
                     _TYPE.get(cmd.order_type, "?"),
                     outcome,
                     pending.protocol,
@@ -117,4 +149,51 @@ class OrderTraceRecorder:
                 )
             )
             self.recorded += 1
+            if outcome == "accepted":  # resting: later fills belong on this trace too
+                self._remember(order_id, (trace_id, cmd.account, cmd.symbol, side))
+        if self.resting:
+            self._record_maker_fills(batch, split, j1, matched)
         self.shipper.flush()
+
+    def _remember(self, order_id: int, labels: tuple[str, str, str, str]) -> None:
+        resting = self.resting
+        if len(resting) >= MAX_RESTING:
+            del resting[next(iter(resting))]  # the oldest: bounded memory over completeness
+        resting[order_id] = labels
+
+    def _record_maker_fills(self, batch: list, split: BatchEvents, start_ns: int, end_ns: int) -> None:
+        resting = self.resting
+        first_seq = batch[0].seq
+        for t in split.trades:
+            maker = resting.get(t.maker_order_id)
+            if maker is None:
+                continue
+            trace_id, account, symbol, side = maker
+            i = t.seq - first_seq
+            taker_cmd = batch[i] if 0 <= i < len(batch) else None
+            # An amend that crosses trades too: its trace is not the resting taker's.
+            taker_trace = self.trace_id_of(taker_cmd) if type(taker_cmd) is NewOrder else ""
+            self.shipper.record_fill(
+                FillTrace(
+                    trace_id,
+                    t.maker_order_id,
+                    account,
+                    symbol,
+                    side,
+                    t.trade_id,
+                    t.price,
+                    t.qty,
+                    t.maker_leaves,
+                    t.ts,
+                    start_ns,
+                    end_ns,
+                    t.taker_order_id,
+                    taker_trace,
+                )
+            )
+            self.maker_fills += 1
+            if not t.maker_leaves:
+                del resting[t.maker_order_id]
+        pop = resting.pop
+        for ev in split.cancelled:
+            pop(ev.order_id, None)

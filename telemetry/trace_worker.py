@@ -12,6 +12,11 @@ are the exchange's own stamps, not the moment this process got round to them:
     ack            matched -> acked
   and one "fill" event on "order" per fill, at the fill's time.
 
+A `FillTrace` (a resting order filled by a later order) becomes one more child of that
+order's root span: "fill", durable -> matched of the batch that traded, with a "fill" event
+at the trade's time and a link to the taker's root span. Root span ids are a function of
+(trace id, order id) (`root_span_id`), so the fill finds its parent with no shared state.
+
 The spans carry the record's trace id. The exporter is configured by the standard variables:
 OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL (http/protobuf by default, or grpc),
 OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, OTEL_SERVICE_NAME (default "loom-exchange"),
@@ -34,9 +39,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from telemetry.tracing import FRAME_HEADER, MAX_RECORD_BYTES, OrderTrace
+from telemetry.tracing import FRAME_HEADER, MAX_RECORD_BYTES, FillTrace, OrderTrace, root_span_id
 
 DEFAULT_SERVICE_NAME = "loom-exchange"
 DEFAULT_MAX_QUEUE_SIZE = 65_536  # the SDK's 2048 drops spans in a burst (5 spans an order)
@@ -46,13 +51,18 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 class RecordIdGenerator(RandomIdGenerator):
     """Hands the SDK the trace id of the record being built. The SDK asks the generator for a
     trace id only for a root span (no valid parent), which is exactly when it must be the
-    record's; span ids stay random."""
+    record's; the root's span id is `root_span_id`, the others' random."""
 
     def __init__(self) -> None:
         self.next_trace_id = 0
+        self.next_span_id = 0
 
     def generate_trace_id(self) -> int:
         return self.next_trace_id or super().generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        span_id, self.next_span_id = self.next_span_id, 0  # once: the root's only
+        return span_id or super().generate_span_id()
 
 
 def _env(name: str, default: str = "") -> str:
@@ -93,11 +103,11 @@ class SpanBuilder:
         self.tracer = tracer
         self.ids = ids
 
-    def build(self, rec: OrderTrace) -> int:
+    def build(self, rec: OrderTrace | FillTrace) -> int:
         """Emit the record's spans; returns how many. Raises ValueError for a bad trace id."""
-        trace_id = int(rec.trace_id, 16)
-        if not 0 < trace_id < 1 << 128 or len(rec.trace_id) != 32:
-            raise ValueError(f"bad trace id {rec.trace_id!r}")
+        trace_id = _trace_id(rec.trace_id)
+        if type(rec) is FillTrace:
+            return self.build_fill(rec, trace_id)
         parent_ctx = None
         if rec.parent_span_id:
             try:
@@ -125,6 +135,7 @@ class SpanBuilder:
             "exchange.protocol": rec.protocol,
         }
         self.ids.next_trace_id = trace_id
+        self.ids.next_span_id = int(root_span_id(rec.trace_id, rec.order_id), 16)
         try:
             root = self.tracer.start_span(
                 "order",
@@ -134,7 +145,7 @@ class SpanBuilder:
                 start_time=start,
             )
         finally:
-            self.ids.next_trace_id = 0
+            self.ids.next_trace_id = self.ids.next_span_id = 0
         if rec.outcome.startswith("rejected"):
             root.set_status(Status(StatusCode.ERROR, rec.outcome.partition(":")[2] or rec.outcome))
         for trade_id, price, qty, ts_ns in rec.fills:
@@ -156,6 +167,48 @@ class SpanBuilder:
                 count += 1
         root.end(end_time=end)
         return count
+
+    def build_fill(self, rec: FillTrace, trace_id: int) -> int:
+        """The maker's fill as a child of the maker's root span (whenever that was exported)."""
+        parent = SpanContext(
+            trace_id, int(root_span_id(rec.trace_id, rec.order_id), 16), is_remote=False, trace_flags=_SAMPLED
+        )
+        links = []
+        if rec.taker_trace_id:
+            taker = _trace_id(rec.taker_trace_id)
+            span_id = int(root_span_id(rec.taker_trace_id, rec.taker_order_id), 16)
+            links.append(Link(SpanContext(taker, span_id, is_remote=False, trace_flags=_SAMPLED)))
+        fill = {
+            "exchange.trade.id": rec.trade_id,
+            "exchange.fill.price": rec.price,
+            "exchange.fill.qty": rec.qty,
+        }
+        span = self.tracer.start_span(
+            "fill",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            attributes={
+                "exchange.order.id": rec.order_id,
+                "exchange.account": rec.account,
+                "exchange.symbol": rec.symbol,
+                "exchange.side": rec.side,
+                "exchange.liquidity": "maker",
+                "exchange.order.leaves": rec.leaves,
+                "exchange.counterparty.order.id": rec.taker_order_id,
+                **fill,
+            },
+            links=links,
+            start_time=rec.start_ns,
+        )
+        span.add_event("fill", fill, timestamp=rec.ts_ns)
+        span.end(end_time=max(rec.end_ns, rec.start_ns))
+        return 1
+
+
+def _trace_id(text: str) -> int:
+    trace_id = int(text, 16)
+    if not 0 < trace_id < 1 << 128 or len(text) != 32:
+        raise ValueError(f"bad trace id {text!r}")
+    return trace_id
 
 
 def read_frames(stream: BinaryIO):
@@ -185,7 +238,7 @@ def run(stream: BinaryIO, exporter: SpanExporter | None) -> dict[str, int]:
         queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE))
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
     builder = SpanBuilder(provider.get_tracer("loom.exchange.orders"), ids)
-    decode = msgspec.msgpack.Decoder(OrderTrace).decode
+    decode = msgspec.msgpack.Decoder(OrderTrace | FillTrace).decode
     stats = {"records": 0, "spans": 0, "malformed": 0, "broken_stream": 0}
     try:
         for payload in read_frames(stream):

@@ -63,6 +63,20 @@ def derived_trace_id(venue: int, seq: int) -> str:
     return f"{(venue & _M64) or 1:016x}{z or 1:016x}"
 
 
+def root_span_id(trace_id: str, order_id: int) -> str:
+    """The span id of an order's root ("order") span: a function of its trace id and order
+    id, so a later record (a fill of the order while it rests) can name that span as its
+    parent without either process remembering it, across restarts of either."""
+    try:
+        z = (int(trace_id[16:], 16) ^ (order_id * 0x9E3779B97F4A7C15)) & _M64
+    except ValueError:
+        z = order_id & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return f"{z or 1:016x}"
+
+
 def parse_traceparent(header: str) -> tuple[str, str] | None:
     """`(trace_id, parent_span_id)` from a W3C `traceparent` header, or None when it is invalid
     (malformed, uppercase hex, version ff, an all-zero id, or version 00 with extra fields)."""
@@ -84,7 +98,7 @@ def format_traceparent(trace_id: str, span_id: str, sampled: bool = True) -> str
     return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
 
 
-class OrderTrace(msgspec.Struct, array_like=True, gc=False):
+class OrderTrace(msgspec.Struct, tag="o", array_like=True, gc=False):
     """What one order's trip through the exchange looked like. Timestamps are epoch
     nanoseconds (`time.time_ns()`); 0 means the order never reached that stage (e.g. a
     gateway rejection is never journaled)."""
@@ -106,6 +120,27 @@ class OrderTrace(msgspec.Struct, array_like=True, gc=False):
     matched_ns: int = 0
     acked_ns: int = 0
     fills: list[tuple[int, int, int, int]] = []  # (trade_id, price, qty, ts_ns)
+
+
+class FillTrace(msgspec.Struct, tag="f", array_like=True, gc=False):
+    """A fill of a resting (maker) order, for the maker's own trace: the order was accepted
+    and exported in an earlier batch, and another order traded against it now. Times are
+    epoch nanoseconds."""
+
+    trace_id: str  # the maker's
+    order_id: int
+    account: str
+    symbol: str
+    side: str
+    trade_id: int
+    price: int
+    qty: int
+    leaves: int  # the maker's open quantity after the fill
+    ts_ns: int  # the trade's time (the sequencer's stamp of the taker's command)
+    start_ns: int  # the batch durable: matching began
+    end_ns: int  # the batch matched
+    taker_order_id: int = 0
+    taker_trace_id: str = ""
 
 
 class Sampler:
@@ -259,7 +294,18 @@ class TraceShipper:
         if self._dead:
             self.dropped += 1
             return
-        data = self._encode(trace)
+        self._append(trace)
+
+    def record_fill(self, fill: FillTrace) -> None:
+        """Buffer a maker fill: no sampling here, it belongs to an order already exported."""
+        self.recorded += 1
+        if self._dead:
+            self.dropped += 1
+            return
+        self._append(fill)
+
+    def _append(self, record: OrderTrace | FillTrace) -> None:
+        data = self._encode(record)
         buf = self._buf
         buf += len(data).to_bytes(FRAME_HEADER, "little")
         buf += data

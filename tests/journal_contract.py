@@ -28,6 +28,7 @@ import pytest
 from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
 from engine.domain import Instrument, OrderType, Side, TimeInForce
 from engine.journal import Journal, JournalError, JournalWriteError
+from engine.journal.format import BatchMeta
 
 T0 = 1_700_000_000_000_000_000
 
@@ -190,6 +191,25 @@ class JournalContract:
         assert encoded(journal.read(10)) == first
         more = self.fill(journal, [3])
         self.assert_contents(journal, batches + more)
+
+    def test_batch_meta_round_trips_with_its_batch_and_defaults_when_absent(self, journal, tmp_path):
+        batches = make_batches([3, 2, 4])
+        meta = BatchMeta(T0, [1, 2], [5_000, 7_250], 0, 0, 0, 0)
+        later = BatchMeta(T0 + 9, [4], [1], 4, 180_000, 40_000, 12_000)  # the durations of 4..5
+        journal.append(batches[0], meta)
+        journal.append(batches[1])
+        journal.append(batches[2], later)
+
+        def check(j) -> None:
+            got = list(j.read_records())
+            assert [m for m, _ in got] == [meta, BatchMeta(), later]
+            assert [encoded(c) for _, c in got] == [encoded(b) for b in batches]
+            # From the middle of a batch: its commands trimmed, its meta whole.
+            first_meta, first_commands = next(iter(j.read_records(2)))
+            assert first_meta == meta and [c.seq for c in first_commands] == [2, 3]
+
+        check(journal)  # before the restart closes it (a closed journal may refuse reads)
+        check(self.restart(journal, tmp_path))
 
     def test_commands_of_every_kind_survive_the_round_trip(self, journal):
         batch = make_commands(12)

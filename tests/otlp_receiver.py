@@ -54,6 +54,7 @@ class ReceivedSpan:
     attributes: dict[str, object]
     events: list[ReceivedEvent]
     resource: dict[str, object] = field(default_factory=dict)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (trace id, span id) hex
 
 
 def decode_spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
@@ -78,6 +79,7 @@ def decode_spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
                             ReceivedEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events
                         ],
                         resource=resource,
+                        links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
                     )
                 )
     return spans

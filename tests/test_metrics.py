@@ -114,6 +114,9 @@ def test_the_figures_are_alive(exchange):
     assert value("loom_journal_last_seq") > 100
     assert value("loom_commands_total") >= value("loom_journal_last_seq") - 3  # listings at start
     assert value('loom_stage_duration_seconds_count{stage="journal"}') > 0
+    # The stages, in path order (risk is added with the risk layer).
+    stages = set(re.findall(r'^loom_stage_duration_seconds_count\{stage="([a-z_]+)"\}', text, re.M))
+    assert stages == {"decode", "sequencer_wait", "journal", "match", "ack"}
     assert value("loom_journal_fsync_seconds_count") > 0
     assert value('loom_sessions{protocol="binary"}') == 0.0
     assert value('loom_book_spread{symbol="BTC-USD"}') > 0

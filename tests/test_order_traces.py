@@ -97,24 +97,20 @@ def test_an_order_without_traceparent_starts_a_trace(traced):
     assert root.parent_span_id == ""
     # The journal holds the trace id too: the lookup from the journal (not the store) agrees.
     order_id = json.loads(body)["order"]["order_id"]
+    assert journal_lookup(base, order_id)["trace_id"] == trace_id
+
+
+def journal_lookup(base: str, order_id: int) -> dict:
+    """`loom trace ID --json` on the running node's data directory: the journal alone."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "trace",
-            str(order_id),
-            "--json",
-            "--data-dir",
-            str(Path(_data_dir(base))),
-        ],
+        [sys.executable, "-m", "engine.cli", "trace", str(order_id), "--json", "--data-dir", _data_dir(base)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["trace_id"] == trace_id
+    return json.loads(out.stdout)
 
 
 def _data_dir(base: str) -> str:
@@ -144,3 +140,18 @@ def test_a_foreign_order_has_no_trace_for_this_account(traced):
     with pytest.raises(urllib.error.HTTPError) as err:
         call("GET", f"{base}/v1/orders/{order_id}/trace", headers={"X-API-Key": "demo-bob-key-000000"})
     assert err.value.code == 404
+
+
+def test_the_lookup_gives_stage_timings_from_the_store_and_the_same_from_the_journal(traced):
+    base, _rx = traced
+    _s, _h, body = call("POST", base + "/v1/orders", order_body("t-5"))
+    order_id = json.loads(body)["order"]["order_id"]
+    call("POST", base + "/v1/orders", order_body("t-6"))  # a later batch: it journals t-5's durations
+    _s, _h, looked = call("GET", f"{base}/v1/orders/{order_id}/trace")
+    found = json.loads(looked)
+    assert found["source"] == "order-store"
+    stages = found["stages"]
+    for key in ("receive_to_sequenced_us", "journal_us", "match_us", "ack_us"):
+        assert stages[key] is not None and stages[key] >= 0, key
+    assert stages["received_ns"] <= stages["sequenced_ns"]
+    assert journal_lookup(base, order_id)["stages"] == stages

@@ -33,7 +33,7 @@ from nats.js import api
 from engine.cluster.link import NatsLink
 from engine.commands import Command
 from engine.journal import JournalCorruptError, JournalError, JournalWriteError
-from engine.journal.format import FORMAT_VERSION, decode_payload, encode_record, parse_record
+from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 
 log = logging.getLogger("loom.cluster.journal")
 
@@ -43,6 +43,7 @@ WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
 NO_MESSAGE = 10037  # JSNoMessageFoundErr (vs. 10059, the stream itself not found)
 FIRST_SEQ = "Loom-First-Seq"
 LAST_SEQ = "Loom-Last-Seq"
+FORMAT = "Loom-Format"  # the record's journal format version, for the upcasters
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
 FETCH = 512  # messages per pull
 
@@ -59,6 +60,7 @@ class StreamMessage:
     stream_seq: int
     commands: list | None
     marker: bytes = b""
+    meta: BatchMeta | None = None  # the batch's timings (format v2), for the order lookup
 
 
 NOT_WRITABLE = (
@@ -149,8 +151,8 @@ class NatsJournal:
     def last_seq(self) -> int:
         return self._last_seq
 
-    def append(self, commands: Sequence[Command]) -> int:
-        record = self._prepare(commands)
+    def append(self, commands: Sequence[Command], meta: BatchMeta | None = None) -> int:
+        record = self._prepare(commands, meta)
         if record is None:
             return 0
         try:
@@ -158,9 +160,9 @@ class NatsJournal:
         except RuntimeError as exc:  # the link's loop is gone
             raise JournalWriteError(f"journal write failed: {exc}") from exc
 
-    async def append_async(self, commands: Sequence[Command]) -> int:
+    async def append_async(self, commands: Sequence[Command], meta: BatchMeta | None = None) -> int:
         """append, awaited from another event loop (the service's commit loop)."""
-        record = self._prepare(commands)
+        record = self._prepare(commands, meta)
         if record is None:
             return 0
         self.in_flight += 1
@@ -170,12 +172,16 @@ class NatsJournal:
             self.in_flight -= 1
 
     def read(self, from_seq: int = 1) -> Iterator[Command]:
-        for batch in self.read_batches(from_seq):
+        for _meta, batch in self.read_records(from_seq):
             yield from batch
 
     def read_batches(self, from_seq: int = 1) -> Iterator[list[Command]]:
-        """Decoded batches holding seq >= from_seq (the first trimmed to start there), as
-        the stream stood when reading began."""
+        for _meta, batch in self.read_records(from_seq):
+            yield batch
+
+    def read_records(self, from_seq: int = 1) -> Iterator[tuple[BatchMeta, list[Command]]]:
+        """(BatchMeta, commands) of the batches holding seq >= from_seq (the first trimmed
+        to start there), as the stream stood when reading began."""
         if self._closed:
             raise JournalError("journal is closed")
         plan = self.link.call(self._plan_read(max(from_seq, 1)))
@@ -191,7 +197,7 @@ class NatsJournal:
                 continue
             if commands[0].seq < from_seq:
                 commands = commands[from_seq - commands[0].seq :]
-            yield commands
+            yield msg.meta, commands
 
     def close(self) -> None:
         if self._closed:
@@ -212,7 +218,7 @@ class NatsJournal:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _prepare(self, commands: Sequence[Command]) -> bytes | None:
+    def _prepare(self, commands: Sequence[Command], meta: BatchMeta | None = None) -> bytes | None:
         if self._closed:
             raise JournalError("journal is closed")
         if not commands:
@@ -233,10 +239,15 @@ class NatsJournal:
                 f"journal write of seq {expected}..{commands[-1].seq} failed: "
                 f"{os.strerror(self._inject_errno)}"
             )
-        return encode_record(commands)
+        return encode_record(commands, meta)
 
     async def _publish(self, record: bytes, first: int, last: int) -> int:
-        headers = {EXPECTED_LAST: str(self.expected), FIRST_SEQ: str(first), LAST_SEQ: str(last)}
+        headers = {
+            EXPECTED_LAST: str(self.expected),
+            FIRST_SEQ: str(first),
+            LAST_SEQ: str(last),
+            FORMAT: str(FORMAT_VERSION),
+        }
         started = time.perf_counter()
         ack = await self._publish_fenced(self.batch_subject, record, headers, f"seq {first}..{last}")
         if self.on_publish is not None:
@@ -353,7 +364,10 @@ class NatsJournal:
         rec = parse_record(memoryview(data), 0)
         if isinstance(rec, str):
             raise JournalCorruptError(self.directory, stream_seq, None, f"message {stream_seq}: {rec}")
-        return StreamMessage(stream_seq, decode_payload(rec.payload, FORMAT_VERSION))
+        # A message without the header predates it: format 2, the first replicated one.
+        version = int(headers[FORMAT]) if headers and FORMAT in headers else 2
+        meta, commands = decode_record(rec.payload, version)
+        return StreamMessage(stream_seq, commands, meta=meta)
 
     async def follow(self, start: int, deliver: Callable[[list[StreamMessage]], None]) -> None:
         """Every message from stream seq `start` on, forever (a standby's feed), handed to

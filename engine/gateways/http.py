@@ -282,7 +282,7 @@ async def post_order(request: web.Request) -> web.Response:
     incoming = parse_traceparent(request.headers.get("traceparent", ""))
     if incoming:
         cmd.trace_id, cmd.trace_parent = incoming
-    events = await ctx.service.submit_one(cmd, "rest")
+    events = await ctx.service.submit_one(cmd, "rest", started)
     if type(events[0]) is OrderRejected:
         return rejection(events[0])
     view = ctx.order_store.get(events[0].order_id)
@@ -303,22 +303,39 @@ async def get_order(request: web.Request) -> web.Response:
 
 
 async def get_order_trace(request: web.Request) -> web.Response:
-    """The order's trace id, a link to it and its history: from the order store when it is
-    there, else read back from the journal by a `loom trace` subprocess (so a long scan
-    never stalls the event loop)."""
+    """The order's trace id, a link to it, its history and its stage timings: from the order
+    store (and the service's recent batch timings) when it is there, else read back from
+    the journal by a `loom trace` subprocess (so a long scan never stalls the event loop)."""
     from engine.order_history import trace_url
 
     account = _account(request)
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = ctx.order_store.get(oid)
-    if view is not None:
-        if view.account != account:
+    if view is None:
+        body = await _journal_lookup(ctx, oid)
+        if isinstance(body, web.Response):
+            return body
+        if body.get("account") != account:
             return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
-        body = ctx.order_store.json(view)
-        body["trace_url"] = trace_url(body["trace_id"])
-        body["source"] = "order-store"
         return ok(body)
+    if view.account != account:
+        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
+    body = ctx.order_store.json(view)
+    body["trace_url"] = trace_url(body["trace_id"])
+    body["source"] = "order-store"
+    body["stages"] = ctx.service.recent.stages(view.accepted_seq, view.accepted_ts)
+    if body["stages"] is None and view.accepted_seq:
+        # Older than the recent batches held in memory (or from before a restart): the
+        # journal has them.
+        found = await _journal_lookup(ctx, oid)
+        if not isinstance(found, web.Response):
+            body["stages"] = found.get("stages")
+    return ok(body)
+
+
+async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
+    """`loom trace OID --json` against this node's data directory, or an error response."""
     data_dir = str(ctx.service.node.config.data_dir)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -340,10 +357,7 @@ async def get_order_trace(request: web.Request) -> web.Response:
         return error(504, "LOOKUP_TIMEOUT", f"reading the journal took over {TRACE_LOOKUP_TIMEOUT_S} s")
     if proc.returncode != 0:
         return error(404, "UNKNOWN_ORDER", f"no order {oid} in the journal")
-    body = msgspec.json.decode(out)
-    if body.get("account") != account:
-        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
-    return ok(body)
+    return msgspec.json.decode(out)
 
 
 async def delete_order(request: web.Request) -> web.Response:

@@ -177,7 +177,10 @@ OPENAPI: dict = {
         "/v1/orders/{order_id}/trace": {
             "parameters": [_ORDER_ID],
             "get": {
-                "summary": "Trace id, trace link and the order's whole history (journal-backed)",
+                "summary": (
+                    "Trace id, trace link, the order's whole history and its stage timings "
+                    "(receive->sequenced, journal, match, ack; journal-backed)"
+                ),
                 "responses": {"200": {"description": "history"}, **_errors(400, 401, 404, 429)},
             },
         },

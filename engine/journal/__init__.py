@@ -46,14 +46,20 @@ class Journal(Protocol):
         """Sequence of the last durable command (0 when empty)."""
         ...
 
-    def append(self, commands: Sequence) -> int:
-        """Make a batch durable; return its size in bytes. The commands' `seq` must run on
+    def append(self, commands: Sequence, meta=None) -> int:
+        """Make a batch durable, with its BatchMeta (timings; engine/journal/format.py)
+        when given; return its size in bytes. The commands' `seq` must run on
         from `last_seq + 1` without gaps. Raises JournalWriteError, leaving nothing of the
         batch behind."""
         ...
 
     def read(self, from_seq: int = 1) -> Iterator:
         """Every durable command with seq >= from_seq, in order."""
+        ...
+
+    def read_records(self, from_seq: int = 1) -> Iterator:
+        """(BatchMeta, commands) for every batch holding seq >= from_seq, the first batch
+        trimmed to start there."""
         ...
 
     def close(self) -> None: ...

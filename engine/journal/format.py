@@ -3,13 +3,19 @@
     segment  := segment-header record*
     segment-header := b"LOOMJRNL" | version u16 | first_seq u64 | crc32 u32     (22 bytes)
     record   := b"LMJ1" | payload_len u32 | first_seq u64 | count u32 | crc32 u32 | payload
-    payload  := msgpack array of `count` commands (tagged, array-like; engine/commands.py)
+    payload  := [BatchMeta, [command * count]]   (msgpack; commands tagged, array-like;
+                engine/commands.py)
 
-One record holds one group-commit batch. The CRC (zlib CRC-32) covers the record header
-fields after the magic and the payload, so a flipped bit anywhere is caught. The magic lets
-a scanner tell a torn tail (nothing valid after the damage) from damage in the middle (a
-valid record follows). Segment versions name their payload schema; `UPCASTERS` turns an
-older schema's decoded payload into the current one.
+One record holds one group-commit batch. Its `BatchMeta` carries the stage timings that
+`loom trace` shows without a trace backend: when each submission was received and, for
+the batch journaled just before, how long its journal write+fsync, match and ack took
+(measured only once that batch was done, so they travel in the next record).
+
+The CRC (zlib CRC-32) covers the record header fields after the magic and the payload, so
+a flipped bit anywhere is caught. The magic lets a scanner tell a torn tail (nothing valid
+after the damage) from damage in the middle (a valid record follows). Segment versions name
+their payload schema; `UPCASTERS` turns an older schema's decoded payload into the current
+one, and a segment only ever holds records of its own version.
 """
 
 from __future__ import annotations
@@ -23,18 +29,39 @@ import msgspec
 
 from engine.commands import Command
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: payload = [command * count], no BatchMeta
 SEGMENT_MAGIC = b"LOOMJRNL"
 SEGMENT_HEADER = struct.Struct("<8sHQI")
 RECORD_MAGIC = b"LMJ1"
 RECORD_HEADER = struct.Struct("<4sIQII")
 MAX_PAYLOAD = 256 * 1024 * 1024  # a larger length field is damage, not data
 
+
+class BatchMeta(msgspec.Struct, array_like=True, gc=False):
+    """Timings of a group-commit batch, journaled with it; never read by replay.
+    All zero/empty when unknown (a batch written outside the service, or an old record)."""
+
+    stamped_ns: int = 0  # epoch ns when the batch was formed, just before sequencing
+    counts: list[int] = []  # commands per submission, in batch order
+    waits_ns: list[int] = []  # per submission: gateway receive -> batch formed
+    prev_first_seq: int = 0  # the batch the durations below belong to (the previous record)
+    prev_journal_ns: int = 0  # its journal write + fdatasync
+    prev_match_ns: int = 0  # its match (the engine applying every command)
+    prev_ack_ns: int = 0  # its ack (answers to submitters, listeners)
+
+
+NO_META = BatchMeta()
+
+
+def _upcast_v1(raw: list) -> list:
+    return [[], raw]  # no timings were journaled
+
+
 # version -> function taking that version's decoded payload (plain lists) to version + 1.
-UPCASTERS: dict[int, Callable[[list], list]] = {}
+UPCASTERS: dict[int, Callable[[list], list]] = {1: _upcast_v1}
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Command])
+_decoder = msgspec.msgpack.Decoder(tuple[BatchMeta, list[Command]])
 
 
 def encode_segment_header(first_seq: int, version: int = FORMAT_VERSION) -> bytes:
@@ -52,8 +79,8 @@ def decode_segment_header(data: bytes) -> tuple[int, int] | None:
     return version, first_seq
 
 
-def encode_record(commands) -> bytes:
-    payload = _encoder.encode(commands)
+def encode_record(commands, meta: BatchMeta | None = None) -> bytes:
+    payload = _encoder.encode((meta or NO_META, commands))
     first_seq = commands[0].seq
     fields = struct.pack("<IQI", len(payload), first_seq, len(commands))
     crc = zlib.crc32(payload, zlib.crc32(fields))
@@ -111,8 +138,16 @@ def next_valid_record(buf: memoryview, offset: int) -> RecordInfo | None:
 
 
 def decode_payload(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
+    """The record's commands."""
+    return decode_record(payload, version)[1]
+
+
+def decode_record(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> tuple[BatchMeta, list]:
+    """The record's (BatchMeta, commands), older versions upcast to the current one."""
     if version == FORMAT_VERSION:
         return _decoder.decode(payload)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"journal format version {version} is newer than this build ({FORMAT_VERSION})")
     raw = msgspec.msgpack.decode(payload)
     while version < FORMAT_VERSION:
         upcast = UPCASTERS.get(version)
@@ -120,4 +155,4 @@ def decode_payload(payload: memoryview | bytes, version: int = FORMAT_VERSION) -
             raise ValueError(f"no upcaster from journal format version {version}")
         raw = upcast(raw)
         version += 1
-    return msgspec.convert(raw, list[Command])
+    return msgspec.convert(raw, tuple[BatchMeta, list[Command]])

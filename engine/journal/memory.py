@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from engine.commands import Command
 from engine.journal import JournalCorruptError, JournalError, JournalWriteError
-from engine.journal.format import FORMAT_VERSION, decode_payload, encode_record, parse_record
+from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 
 MEMORY_PATH = "<memory>"  # what errors name in place of a file
 
@@ -41,7 +41,7 @@ class MemoryJournal:
     def size_bytes(self) -> int:
         return self._size
 
-    def append(self, commands: Sequence[Command]) -> int:
+    def append(self, commands: Sequence[Command], meta: BatchMeta | None = None) -> int:
         if self._closed:
             raise JournalError("journal is closed")
         if not commands:
@@ -60,7 +60,7 @@ class MemoryJournal:
                 f"journal write of seq {expected}..{commands[-1].seq} failed: "
                 f"{os.strerror(self._inject_errno)}"
             )
-        record = encode_record(commands)
+        record = encode_record(commands, meta)
         self._records.append(record)
         self._size += len(record)
         self._last_seq = commands[-1].seq
@@ -72,6 +72,11 @@ class MemoryJournal:
 
     def read_batches(self, from_seq: int = 1) -> Iterator[list[Command]]:
         """Decoded batches holding seq >= from_seq (the first one trimmed to start there)."""
+        for _meta, commands in self.read_records(from_seq):
+            yield commands
+
+    def read_records(self, from_seq: int = 1) -> Iterator[tuple[BatchMeta, list[Command]]]:
+        """Like read_batches, each batch with the BatchMeta journaled with it."""
         offset = 0
         for record in self._records[:]:  # a snapshot: appends during iteration are not seen
             rec = parse_record(memoryview(record), 0)
@@ -80,10 +85,10 @@ class MemoryJournal:
             offset += len(record)
             if rec.last_seq < from_seq:
                 continue
-            commands = decode_payload(rec.payload, FORMAT_VERSION)
+            meta, commands = decode_record(rec.payload, FORMAT_VERSION)
             if rec.first_seq < from_seq:
                 commands = commands[from_seq - rec.first_seq :]
-            yield commands
+            yield meta, commands
 
     def close(self) -> None:
         self._closed = True

@@ -20,8 +20,9 @@ from engine.journal import JournalCorruptError, JournalError, JournalWriteError
 from engine.journal.format import (
     FORMAT_VERSION,
     SEGMENT_HEADER,
+    BatchMeta,
     RecordInfo,
-    decode_payload,
+    decode_record,
     decode_segment_header,
     encode_record,
     encode_segment_header,
@@ -203,7 +204,7 @@ class FileJournal:
     def size_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
-    def append(self, commands: Sequence) -> int:
+    def append(self, commands: Sequence, meta: BatchMeta | None = None) -> int:
         if self._closed or self.read_only:
             raise JournalError("journal is closed" if self._closed else "journal is open read-only")
         if not commands:
@@ -218,12 +219,18 @@ class FileJournal:
                     f"journal at {self._last_seq}: found seq {cmd.seq} where {expected} belongs"
                 )
             expected += 1
-        record = encode_record(commands)
+        record = encode_record(commands, meta)
         try:
             if self._pending_truncate:
                 self._undo_partial_write()
             seg = self.segments[-1] if self.segments else None
-            if seg is None or (seg.size + len(record) > self.segment_bytes and seg.records):
+            # A segment holds records of one format version: an older one is left as it is
+            # (its records stay readable through the upcasters) and a new segment begins.
+            if (
+                seg is None
+                or seg.version != FORMAT_VERSION
+                or (seg.size + len(record) > self.segment_bytes and seg.records)
+            ):
                 seg = self._roll(first)
             self._write(seg.size, record)
         except OSError as exc:
@@ -290,11 +297,16 @@ class FileJournal:
 
     def read_batches(self, from_seq: int = 1) -> Iterator[list]:
         """Decoded batches holding seq >= from_seq (the first one trimmed to start there)."""
+        for _meta, commands in self.read_records(from_seq):
+            yield commands
+
+    def read_records(self, from_seq: int = 1) -> Iterator[tuple[BatchMeta, list]]:
+        """Like read_batches, each batch with the BatchMeta journaled with it."""
         for rec, version in self.records(from_seq):
-            commands = decode_payload(rec.payload, version)
+            meta, commands = decode_record(rec.payload, version)
             if rec.first_seq < from_seq:
                 commands = commands[from_seq - rec.first_seq :]
-            yield commands
+            yield meta, commands
 
     def records(self, from_seq: int = 1) -> Iterator[tuple[RecordInfo, int]]:
         """Raw records (undecoded) that hold any seq >= from_seq, with their segment version."""

@@ -296,7 +296,7 @@ class BinarySession(asyncio.Protocol):
             if self._bucket is not None:
                 cmds = self._rate_limit(cmds)
             if cmds:
-                self._submit(cmds, self._cancel_alls != cancel_alls)
+                self._submit(cmds, self._cancel_alls != cancel_alls, started)
         if self._closing:
             self._update_reading()
             self._close_when_answered()
@@ -341,10 +341,10 @@ class BinarySession(asyncio.Protocol):
             metrics.rate_limited("binary", len(cmds) - len(allowed))
         return allowed
 
-    def _submit(self, cmds: list, has_cancel_all: bool) -> None:
+    def _submit(self, cmds: list, has_cancel_all: bool, received: float = 0.0) -> None:
         self._in_flight += len(cmds)
         self.requests += len(cmds)
-        task = self._loop.create_task(self._service.submit(cmds, "binary"))
+        task = self._loop.create_task(self._service.submit(cmds, "binary", received))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._submitted(t, cmds, has_cancel_all))
         if self._in_flight >= self._cfg.max_in_flight and not self._paused_flight:

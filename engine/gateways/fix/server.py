@@ -132,7 +132,7 @@ class FixGateway:
                 commands = session.take_commands()
                 if commands:
                     try:
-                        await self.service.submit(commands, "fix")  # type: ignore[attr-defined]
+                        await self.service.submit(commands, "fix", started)  # type: ignore[attr-defined]
                     except Exception as exc:
                         log.error(
                             "FIX %s: batch of %d commands failed: %s",
