@@ -26,9 +26,11 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.market_data import MarketData
 from engine.order_store import OrderStore
+from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
-from telemetry.collectors import ExchangeCollector
+from engine.surveillance import Surveillance
+from telemetry.collectors import ExchangeCollector, RiskCollector
 from telemetry.metrics import ExchangeMetrics
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
 from telemetry.tracing import Sampler, TraceShipper
@@ -127,10 +129,23 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
-    for listener in (order_store.on_batch, market_data.on_batch, router.on_batch, metrics.on_batch):
+    surveillance = Surveillance()
+    listeners = (
+        order_store.on_batch,
+        market_data.on_batch,
+        router.on_batch,
+        metrics.on_batch,
+        surveillance.on_batch,
+    )
+    for listener in listeners:
         service.add_listener(listener)
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
+    metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
+    automation = RunbookAutomation(
+        node.take_snapshot, os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key, metrics=metrics
+    )
+    KillSwitchActions(service).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
     ctx = GatewayContext(
@@ -143,9 +158,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cfg.rate_burst,
         node.take_snapshot,
         metrics=metrics,
-        automation=RunbookAutomation(
-            node.take_snapshot, os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key, metrics=metrics
-        ),
+        automation=automation,
+        surveillance=surveillance,
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])

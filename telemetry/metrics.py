@@ -18,13 +18,15 @@ from prometheus_client import (
     process_collector,
 )
 
-from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, Side
-from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
+from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, RiskLimitsChanged, Trade
 from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
 _REQUEST = {int(r): r.name.lower() for r in RequestKind}
+_SCOPE = {int(s): s.name.lower() for s in RiskScope}
+RISK_REASONS = [r for r in RejectReason if risk_layer(r)]
 
 
 def _reason(enum, code: int) -> str:
@@ -72,6 +74,11 @@ class ExchangeMetrics:
         self.write_errors = self.m["loom_journal_write_errors"]
         self.snapshot_duration = self.m["loom_snapshot_duration_seconds"]
         self.snapshot_failures = self.m["loom_snapshot_failures"]
+        # Bounded label sets, so every series exists (at 0) before the first risk event.
+        for reason in RISK_REASONS:
+            self.child("loom_risk_rejects", risk_layer(reason), reason.name.lower())
+        for scope in _SCOPE.values():
+            self.child("loom_risk_limit_changes", scope)
 
     def child(self, name: str, *labels: str):
         key = (name, *labels)
@@ -111,6 +118,9 @@ class ExchangeMetrics:
                 elif kind is OrderRejected:
                     key = ("r", ev.request, ev.reason)
                     counts[key] = get(key, 0) + 1
+                elif kind is RiskLimitsChanged:
+                    key = ("l", ev.scope)
+                    counts[key] = get(key, 0) + 1
         child = self.child
         for key, n in counts.items():
             tag = key[0]
@@ -124,8 +134,14 @@ class ExchangeMetrics:
                 child("loom_cancels", key[1], _reason(CancelReason, key[2])).inc(n)
             elif tag == "d":
                 child("loom_orders_filled", key[1]).inc(n)
+            elif tag == "l":
+                child("loom_risk_limit_changes", _SCOPE.get(key[1], str(key[1]))).inc(n)
             else:
-                child("loom_rejects", _REQUEST.get(key[1], str(key[1])), _reason(RejectReason, key[2])).inc(n)
+                reason = _reason(RejectReason, key[2])
+                child("loom_rejects", _REQUEST.get(key[1], str(key[1])), reason).inc(n)
+                layer = risk_layer(key[2])
+                if layer:
+                    child("loom_risk_rejects", layer, reason).inc(n)
 
 
 SCRAPE_TIME = {
@@ -145,6 +161,12 @@ SCRAPE_TIME = {
     "loom_open_orders",
     "loom_sessions",
     "loom_ready",
+    "loom_kill_switch_engaged",
+    "loom_trading_halts",
+    "loom_surveillance_anomaly_score",
+    "loom_surveillance_account_score",
+    "loom_surveillance_alerts",
+    "loom_surveillance_accounts",
 }
 
 
