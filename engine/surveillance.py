@@ -40,6 +40,7 @@ class SurveillanceConfig:
     max_accounts: int = 10_000  # beyond this the least recently active accounts are dropped
     top_n: int = 5
     top_min_score: float = 0.5  # accounts scoring less are not exported by name
+    rearm_below: float = 0.8  # hysteresis: a score must fall this low before it counts again
 
 
 @dataclass
@@ -137,14 +138,16 @@ class Surveillance:
         }
 
     def _edge(self, account: str, scores: dict[str, float]) -> None:
-        """Counts an alert when a score reaches 1 from below (not again while it stays up)."""
+        """Counts an alert when a score reaches 1, and not again until it has fallen below
+        `rearm_below` (a ratio hovering at the threshold would count on every order)."""
+        rearm = self.config.rearm_below
         for kind, score in scores.items():
             key = (account, kind)
             if score >= 1.0:
                 if key not in self._above:
                     self._above.add(key)
                     self.alerts[kind] += 1
-            else:
+            elif score < rearm:
                 self._above.discard(key)
 
     def evaluate(self) -> dict[str, list[tuple[str, float]]]:
