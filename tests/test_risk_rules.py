@@ -318,3 +318,42 @@ def test_risk_state_changes_the_hash():
 def test_rejected_risk_commands_name_the_account_for_account_scope(ex):
     [rej] = ex.apply(SetRiskLimits(ACCOUNT, "a" * 65, RiskLimits(max_order_qty=1)))
     assert isinstance(rej, OrderRejected) and rej.account == "a" * 65
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_restarted_node_recovers_risk_state_from_the_journal_and_snapshots(tmp_path, snapshot):
+    from conftest import INSTRUMENTS
+
+    from engine.commands import NewOrder
+    from engine.exchange import ExchangeNode, NodeConfig
+
+    def open_node() -> ExchangeNode:
+        return ExchangeNode(NodeConfig(tmp_path, INSTRUMENTS, snapshot_every_commands=0, snapshot_every_s=0))
+
+    node = open_node()
+    node.submit(
+        [NewOrder("a", "c1", ETH, int(SELL), 2, 100, 5), NewOrder("b", "c2", ETH, int(BUY), 2, 100, 2)]
+    )
+    node.submit(
+        [
+            SetRiskLimits(VENUE, "", RiskLimits(max_order_qty=10, price_band_bps=100)),
+            SetKillSwitch(ACCOUNT, "a", True, "why"),
+            SetTradingHalt(BTC, True, "news"),
+        ]
+    )
+    if snapshot:
+        node.take_snapshot()
+    [[rejected]] = node.submit([NewOrder("b", "c3", ETH, int(BUY), 2, 100, 11)])
+    assert rejected.reason == R.ORDER_QUANTITY_LIMIT
+    expected = state_hash(node.engine)
+    node.close()
+    node = open_node()
+    try:
+        assert node.recovered.snapshot_seq == (8 if snapshot else 0)  # 3 listings, 2 orders, 3 risk
+        assert state_hash(node.engine) == expected
+        assert node.engine.risk.kill_switches == {(ACCOUNT, "a"): "why"}
+        assert node.engine.last_price == {ETH: 100} and node.engine.risk_on
+        [[again]] = node.submit([NewOrder("b", "c4", ETH, int(BUY), 2, 102, 1)])
+        assert again.reason == R.PRICE_OUTSIDE_BAND
+    finally:
+        node.close()
