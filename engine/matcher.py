@@ -342,7 +342,7 @@ class MatchingEngine:
         remaining = qty
         levels = opp.levels
         accounts = self.accounts
-        last_price = self.last_price
+        traded = 0  # the last fill's price, kept for risk's price band once per call
         is_buy = side == BUY
         while remaining:
             price = opp.best
@@ -357,9 +357,13 @@ class MatchingEngine:
                 mleaves = maker.leaves
                 if stp and maker.account == account:
                     if stp == STP_NEWEST:
+                        if traded:
+                            self.last_price[symbol] = traded
                         return remaining, True
                     self._cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
                     if stp == STP_BOTH:
+                        if traded:
+                            self.last_price[symbol] = traded
                         return remaining, True
                     if opp.best != price:  # that emptied the level
                         break
@@ -372,7 +376,7 @@ class MatchingEngine:
                 level.qty -= fill
                 tid = self.next_trade_id
                 self.next_trade_id = tid + 1
-                last_price[symbol] = price
+                traded = price
                 maker_account = maker.account
                 maker_id = maker.order_id
                 events.append(
@@ -399,6 +403,8 @@ class MatchingEngine:
                     if not orders:
                         opp.drop_level(price)
                         break
+        if traded:
+            self.last_price[symbol] = traded
         return remaining, False
 
     def _fok_fillable(
