@@ -26,13 +26,13 @@ SYMBOL = int(RiskScope.SYMBOL)
 ACCOUNT = int(RiskScope.ACCOUNT)
 REQ_RISK = int(RequestKind.RISK)
 BUY = 1
-LIMIT = 2
 GTC = 1
 BPS = 10_000
 MAX_TARGET_LEN = 64
 MAX_CACHED = 65_536  # effective-limit cache entries before it is cleared (bounded memory)
 _FIELDS = RiskLimits.__struct_fields__
 _NO_LIMITS = RiskLimits()
+_MISSING = object()
 RISK_COMMANDS = frozenset((SetRiskLimits, SetKillSwitch, SetTradingHalt))
 
 
@@ -95,17 +95,6 @@ class RiskState:
 # -- the checks -------------------------------------------------------------------------------
 
 
-def reference_price(engine, symbol: str, side: int) -> int:
-    """Last trade price, else the best opposite price, else the best same-side price; 0
-    when the symbol has none of them."""
-    last = engine.last_price.get(symbol)
-    if last:
-        return last
-    book = engine.books[symbol]
-    own, opp = (book.bids, book.asks) if side == BUY else (book.asks, book.bids)
-    return opp.best or own.best or 0
-
-
 def _open_notional(acct, symbol: str, skip_order_id: int = 0) -> int:
     if acct is None:
         return 0
@@ -117,42 +106,73 @@ def _open_notional(acct, symbol: str, skip_order_id: int = 0) -> int:
 def _order_checks(
     engine, lim: RiskLimits, symbol: str, side: int, limit_price: int, qty: int
 ) -> tuple[int, int]:
-    """Layer 2. Returns (reason, notional); notional is 0 when there is no price to value
-    the order at (a market order on a symbol that never traded and has an empty book)."""
-    if lim.max_order_qty and qty > lim.max_order_qty:
+    """Layer 2 (`limit_price` 0 for a market order). Returns (reason, notional); notional is
+    0 when nothing needs it, or when there is no price to value a market order at."""
+    max_qty = lim.max_order_qty
+    if max_qty and qty > max_qty:
         return R.ORDER_QUANTITY_LIMIT, 0
-    ref = 0
-    if lim.price_band_bps or lim.max_order_notional or lim.max_open_notional or not limit_price:
-        ref = reference_price(engine, symbol, side)
-    price = limit_price or ref
-    notional = price * qty
-    if lim.max_order_notional and notional > lim.max_order_notional:
+    band = lim.price_band_bps
+    max_notional = lim.max_order_notional
+    if not (band or max_notional or lim.max_open_notional):
+        return 0, 0
+    ref = engine.last_price.get(symbol) or _book_reference(engine, symbol, side)
+    notional = (limit_price or ref) * qty
+    if max_notional and notional > max_notional:
         return R.ORDER_NOTIONAL_LIMIT, notional
-    if lim.price_band_bps and limit_price and ref and abs(limit_price - ref) * BPS > lim.price_band_bps * ref:
+    if band and limit_price and ref and abs(limit_price - ref) * BPS > band * ref:
         return R.PRICE_OUTSIDE_BAND, notional
     return 0, notional
 
 
+def _book_reference(engine, symbol: str, side: int) -> int:
+    """Without a last trade: the best opposite price, else the best same-side price, else 0."""
+    book = engine.books[symbol]
+    own, opp = (book.bids, book.asks) if side == BUY else (book.asks, book.bids)
+    return opp.best or own.best or 0
+
+
 def check_new(engine, cmd) -> int:
-    """The first risk layer a (field-valid) new order fails, or 0."""
+    """The first risk layer a (field-valid) new order fails, or 0. A field-valid order has
+    a positive price exactly when it is a limit order."""
     risk: RiskState = engine.risk
     symbol = cmd.symbol
     account = cmd.account
-    reason = risk.gate(account, symbol)
-    if reason:
-        return reason
-    lim = risk.effective(account, symbol)
+    if risk.kill_switches or risk.halts:
+        reason = risk.gate(account, symbol)
+        if reason:
+            return reason
+    lim = risk._effective.get((account, symbol), _MISSING)
+    if lim is _MISSING:
+        lim = risk.effective(account, symbol)
     if lim is None:
         return 0
-    limit_price = cmd.price if cmd.order_type == LIMIT else 0
-    reason, notional = _order_checks(engine, lim, symbol, cmd.side, limit_price, cmd.qty)
-    if reason:
-        return reason
-    acct = engine.accounts.get(account)
-    resting = cmd.order_type == LIMIT and cmd.tif == GTC  # only an order that may rest counts
-    if lim.max_open_orders and resting and acct is not None and len(acct.open) >= lim.max_open_orders:
-        return R.OPEN_ORDERS_LIMIT
-    if lim.max_open_notional and _open_notional(acct, symbol) + notional > lim.max_open_notional:
+    # Layer 2, as in _order_checks (inlined: this runs for every new order while limits exist).
+    price = cmd.price
+    qty = cmd.qty
+    max_qty = lim.max_order_qty
+    if max_qty and qty > max_qty:
+        return R.ORDER_QUANTITY_LIMIT
+    notional = 0
+    band = lim.price_band_bps
+    max_notional = lim.max_order_notional
+    if band or max_notional or lim.max_open_notional:
+        ref = engine.last_price.get(symbol) or _book_reference(engine, symbol, cmd.side)
+        notional = (price or ref) * qty
+        if max_notional and notional > max_notional:
+            return R.ORDER_NOTIONAL_LIMIT
+        if band and price and ref and abs(price - ref) * BPS > band * ref:
+            return R.PRICE_OUTSIDE_BAND
+    max_open = lim.max_open_orders
+    if max_open and price and cmd.tif == GTC:  # only an order that may rest counts
+        acct = engine.accounts.get(account)
+        if acct is not None and len(acct.open) >= max_open:
+            return R.OPEN_ORDERS_LIMIT
+    max_open_notional = lim.max_open_notional
+    # A scan of the account's open orders (only with this limit): pair it with max_open_orders.
+    if (
+        max_open_notional
+        and _open_notional(engine.accounts.get(account), symbol) + notional > max_open_notional
+    ):
         return R.OPEN_NOTIONAL_LIMIT
     return 0
 

@@ -7,6 +7,7 @@ Most cases trade ETH-USD (tick 1, lot 1) so prices and quantities are plain numb
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from conftest import (
     BTC,
@@ -22,6 +23,8 @@ from conftest import (
     of_type,
     open_ids,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
 from engine.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope, risk_layer
@@ -357,3 +360,32 @@ def test_a_restarted_node_recovers_risk_state_from_the_journal_and_snapshots(tmp
         assert again.reason == R.PRICE_OUTSIDE_BAND
     finally:
         node.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    qty=st.integers(1, 300),
+    price=st.integers(0, 2_000),  # 0: a market order
+    max_qty=st.integers(0, 200),
+    max_notional=st.integers(0, 200_000),
+    band=st.integers(0, 3_000),
+    traded=st.booleans(),
+)
+def test_the_inlined_new_order_checks_agree_with_the_shared_order_layer(
+    qty, price, max_qty, max_notional, band, traded
+):
+    """check_new inlines layer 2 for speed; check_amend uses _order_checks: same answers."""
+    from engine.commands import NewOrder
+    from engine.risk import _order_checks, check_new
+
+    ex = Exchange()
+    ex.place("m", SELL, 1_000, 5, symbol=ETH)
+    ex.place("m", BUY, 900, 5, symbol=ETH)
+    if traded:
+        ex.buy("t", 1_000, 1, symbol=ETH)
+    lim = RiskLimits(max_qty, max_notional, band)
+    if not lim.is_empty():
+        limits(ex, **msgspec.structs.asdict(lim))
+    cmd = NewOrder("a", "", ETH, int(BUY), 2 if price else 1, price, qty)
+    expected = _order_checks(ex.engine, lim, ETH, int(BUY), price, qty)[0] if ex.engine.risk_on else 0
+    assert check_new(ex.engine, cmd) == expected
