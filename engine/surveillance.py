@@ -150,9 +150,16 @@ class Surveillance:
             elif score < rearm:
                 self._above.discard(key)
 
-    def evaluate(self) -> dict[str, list[tuple[str, float]]]:
+    def advance(self, now_ns: int) -> None:
+        """Moves the window to `now_ns` (the sequencer's clock, time.time_ns) even when no
+        events arrive: a quiet venue must not keep a stale score up."""
+        self.now_bucket = max(self.now_bucket, now_ns // self.bucket_ns)
+
+    def evaluate(self, now_ns: int | None = None) -> dict[str, list[tuple[str, float]]]:
         """Every active account's scores, highest first per kind; drops accounts whose
         window is empty and re-arms alerts of accounts that went quiet."""
+        if now_ns is not None:
+            self.advance(now_ns)
         ranked: dict[str, list[tuple[str, float]]] = {k: [] for k in KINDS}
         for account in list(self.accounts):
             acct = self.accounts[account]
@@ -170,11 +177,11 @@ class Surveillance:
             ranked[kind].sort(key=lambda item: (-item[1], item[0]))
         return ranked
 
-    def summary(self) -> dict:
+    def summary(self, now_ns: int | None = None) -> dict:
         """Per kind: the highest score, and the top accounts that score at least
         `top_min_score` (what the metrics and the admin endpoint show)."""
         cfg = self.config
-        ranked = self.evaluate()
+        ranked = self.evaluate(now_ns)
         out: dict = {"accounts": len(self.accounts), "alerts": dict(self.alerts), "kinds": {}}
         for kind, items in ranked.items():
             out["kinds"][kind] = {

@@ -90,9 +90,15 @@ class RiskCollector(Collector):
     """Kill switches and halts from the engine's risk state, and the surveillance scores,
     read at scrape time. Account labels only for the top few scores (bounded)."""
 
-    def __init__(self, engine_of: Callable[[], object], surveillance=None) -> None:
+    def __init__(
+        self,
+        engine_of: Callable[[], object],
+        surveillance=None,
+        wall_ns: Callable[[], int] | None = time.time_ns,
+    ) -> None:
         self.engine_of = engine_of  # the live engine (a failover may replace it)
         self.surveillance = surveillance
+        self.wall_ns = wall_ns  # moves the surveillance window on while no events arrive
 
     def collect(self):
         from engine.domain import RiskScope
@@ -109,7 +115,7 @@ class RiskCollector(Collector):
         yield from (engaged, halts)
         if self.surveillance is None:
             return
-        summary = self.surveillance.summary()
+        summary = self.surveillance.summary(self.wall_ns() if self.wall_ns else None)
         score = _gauge("loom_surveillance_anomaly_score")
         top = _gauge("loom_surveillance_account_score")
         for kind, data in summary["kinds"].items():

@@ -22,7 +22,8 @@ class Watched(Exchange):
         super().__init__()
         self.surveillance = Surveillance(CONFIG)
         self.metrics = ExchangeMetrics(CollectorRegistry(), process=False)
-        self.metrics.registry.register(RiskCollector(lambda: self.engine, self.surveillance))
+        # Event time only (no wall clock): the tests move time with the commands they apply.
+        self.metrics.registry.register(RiskCollector(lambda: self.engine, self.surveillance, wall_ns=None))
 
     def apply(self, cmd) -> list:
         events = super().apply(cmd)
@@ -87,6 +88,17 @@ def test_the_window_slides_on_event_time_and_quiet_accounts_are_dropped():
     assert w.surveillance.indicators("wash")["self_match"] == 0
     w.surveillance.evaluate()
     assert set(w.surveillance.accounts) == {"someone"}
+
+
+def test_a_quiet_venue_lets_scores_decay_when_asked_with_the_time():
+    w = Watched()
+    for _ in range(4):
+        w.place("wash", SELL, 100, 1, symbol=ETH)
+        w.buy("wash", 100, 1, symbol=ETH, stp=STP.NONE)
+    assert w.surveillance.summary()["kinds"][SELF_MATCH]["max_score"] == 1.0
+    later = w.ts + int((CONFIG.window_s + 1) * 1e9)  # no events meanwhile
+    summary = w.surveillance.summary(later)
+    assert summary["kinds"][SELF_MATCH]["max_score"] == 0.0 and summary["accounts"] == 0
 
 
 def test_only_top_scoring_accounts_are_exported_by_name():
