@@ -426,6 +426,97 @@ def gateways() -> Dashboard:
     )
 
 
+def risk() -> Dashboard:
+    return board(
+        "loom-risk",
+        "Loom / Risk",
+        [
+            [
+                stat(
+                    "Venue kill switch",
+                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="venue"}})')],
+                    description="1 while the venue-wide kill switch refuses every new order.",
+                ),
+                stat(
+                    "Symbol kill switches",
+                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="symbol"}})')],
+                ),
+                stat(
+                    "Account kill switches",
+                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="account"}})')],
+                ),
+                stat("Halted symbols", [target(f"sum({m('loom_trading_halts')})")]),
+                stat("Risk rejects/s", [target(f"sum({rate('loom_risk_rejects_total')})")], OPS_FORMAT),
+            ],
+            [
+                series(
+                    "Risk rejects/s by layer",
+                    [target(f"sum by (layer) ({rate('loom_risk_rejects_total')})", "{{layer}}")],
+                    OPS_FORMAT,
+                    "venue: kill switches and halts; order: quantity, notional, price band; "
+                    "account: open orders and open notional.",
+                ),
+                series(
+                    "Risk rejects/s by reason",
+                    [
+                        target(
+                            f"sum by (layer, reason) ({rate('loom_risk_rejects_total')})",
+                            "{{layer}} {{reason}}",
+                        )
+                    ],
+                    OPS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Kill switches engaged by scope",
+                    [target(f"sum by (scope) ({m('loom_kill_switch_engaged')})", "{{scope}}")],
+                ),
+                series(
+                    "Risk limit changes by scope (1h)",
+                    [
+                        target(
+                            f"sum by (scope) (increase({m('loom_risk_limit_changes_total')}[1h]))",
+                            "{{scope}}",
+                        )
+                    ],
+                    description="Limits are set by journaled commands: every change is in the journal.",
+                ),
+            ],
+            [
+                series(
+                    "Anomaly score by kind (highest account)",
+                    [target(f"max by (kind) ({m('loom_surveillance_anomaly_score')})", "{{kind}}")],
+                    description="1 = the alert threshold (LoomAnomalyDetected).",
+                ),
+                series(
+                    "Surveillance alerts/s by kind",
+                    [target(f"sum by (kind) ({rate('loom_surveillance_alerts_total')})", "{{kind}}")],
+                    OPS_FORMAT,
+                ),
+            ],
+            [
+                series(
+                    "Top accounts by anomaly score",
+                    [
+                        target(
+                            f"topk(5, max by (kind, account) ({m('loom_surveillance_account_score')}))",
+                            "{{kind}} {{account}}",
+                        )
+                    ],
+                    description="Only accounts scoring at least 0.5 are exported by name (bounded).",
+                ),
+                series(
+                    "Accounts under surveillance",
+                    [target(f"sum({m('loom_surveillance_accounts')})", "accounts")],
+                ),
+            ],
+        ],
+        "Pre-trade risk rejects by layer, kill switches and halts, limit changes and the "
+        "surveillance anomaly scores.",
+    )
+
+
 # Grafana Explore on a data source named "tempo", the trace id as its TraceQL query.
 TEMPO_EXPLORE = (
     "/explore?left=%7B%22datasource%22:%22tempo%22,%22queries%22:%5B%7B%22query%22:"
@@ -483,4 +574,4 @@ def dashboards() -> list[Dashboard]:
     """Every board, in a stable order."""
     from dashboards.cluster import cluster  # it builds on the helpers above
 
-    return [overview(), matching(), persistence(), gateways(), cluster(), order_lookup()]
+    return [overview(), matching(), persistence(), gateways(), cluster(), risk(), order_lookup()]

@@ -26,9 +26,11 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.market_data import MarketData
 from engine.order_store import OrderStore
+from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
-from telemetry.collectors import ClusterCollector, ExchangeCollector, StandaloneRoleCollector
+from engine.surveillance import Surveillance
+from telemetry.collectors import ClusterCollector, ExchangeCollector, RiskCollector, StandaloneRoleCollector
 from telemetry.metrics import ExchangeMetrics
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
 from telemetry.tracing import Sampler, TraceShipper
@@ -138,11 +140,14 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
     router = ExecutionRouter()
+    surveillance = Surveillance()
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
+    service.add_listener(surveillance.on_batch)
     for listener in (order_store.on_events, market_data.on_events, metrics.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
+    metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
     member = None
     if cfg.cluster:
         from engine.cluster.member import ClusterMember
@@ -153,6 +158,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         metrics.registry.register(collector)
     else:
         metrics.registry.register(StandaloneRoleCollector())
+    automation = RunbookAutomation(
+        node.take_snapshot,
+        os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key,
+        metrics=metrics,
+        actions=member.automation_actions() if member is not None else None,
+    )
+    KillSwitchActions(service).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
     ctx = GatewayContext(
@@ -165,13 +177,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cfg.rate_burst,
         node.take_snapshot,
         metrics=metrics,
-        automation=RunbookAutomation(
-            node.take_snapshot,
-            os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key,
-            metrics=metrics,
-            actions=member.automation_actions() if member is not None else None,
-        ),
+        automation=automation,
         cluster=member,
+        surveillance=surveillance,
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])

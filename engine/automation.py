@@ -8,15 +8,20 @@ change and every repeat_interval, and a repeat must not repeat the action. A fai
 action is not remembered as done, so the next notification of the same alert retries it.
 Resolved alerts are ignored. Every decision is audited (a bounded in-memory list, also
 logged) and counted in loom_automation_actions_total{action, outcome}.
+
+An action gets the alert's labels (e.g. the kill-switch actions read their scope and target
+from them) and returns a description of what it did, directly or as an awaitable (actions
+that journal a command wait for it to be durable).
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -31,6 +36,7 @@ OUTCOMES = (DONE, DUPLICATE, FAILED, UNKNOWN_ACTION)
 UNKNOWN_ACTION_LABEL = "unknown"
 MAX_AUDIT = 1000
 MAX_REMEMBERED = 10_000
+Action = Callable[[dict[str, str]], "str | Awaitable[str]"]
 
 
 class WebhookAlert(msgspec.Struct):
@@ -70,17 +76,25 @@ class RunbookAutomation:
         self.token = token or None
         self.clock = clock
         self.metrics = metrics
-        self.actions: dict[str, Callable[[], str]] = {}
-        if take_snapshot is not None:
-            self.actions["take-snapshot"] = lambda: _describe_snapshot(take_snapshot())
-        self.actions.update(actions or {})
+        self.actions: dict[str, Action] = {}
         self.audit: deque[AuditRecord] = deque(maxlen=max_audit)
         self._done: OrderedDict[tuple[str, str], float] = OrderedDict()
-        if metrics is not None:  # every series exists (at 0) from the start
-            for action in [*self.actions, UNKNOWN_ACTION_LABEL]:
-                for outcome in OUTCOMES:
-                    if (action == UNKNOWN_ACTION_LABEL) == (outcome == UNKNOWN_ACTION):
-                        metrics.child("loom_automation_actions", action, outcome)
+        self._running: set[tuple[str, str]] = set()  # awaiting: a concurrent repeat is a duplicate
+        self._series(UNKNOWN_ACTION_LABEL)
+        if take_snapshot is not None:
+            self.register("take-snapshot", lambda _labels: _describe_snapshot(take_snapshot()))
+        for name, hook in (actions or {}).items():  # hooks that need no alert labels (cluster)
+            self.register(name, lambda _labels, hook=hook: hook())
+
+    def register(self, name: str, action: Action) -> None:
+        self.actions[name] = action
+        self._series(name)
+
+    def _series(self, action: str) -> None:
+        if self.metrics is not None:  # every series exists (at 0) from the start
+            for outcome in OUTCOMES:
+                if (action == UNKNOWN_ACTION_LABEL) == (outcome == UNKNOWN_ACTION):
+                    self.metrics.child("loom_automation_actions", action, outcome)
 
     def authorized(self, authorization: str | None) -> bool:
         """True for an `Authorization: Bearer <token>` header naming the token."""
@@ -91,7 +105,7 @@ class RunbookAutomation:
         except UnicodeEncodeError:
             return False
 
-    def handle(self, payload: WebhookPayload) -> dict:
+    async def handle(self, payload: WebhookPayload) -> dict:
         """Runs the actions the payload's firing alerts ask for; returns a summary."""
         summary = {outcome: 0 for outcome in OUTCOMES}
         summary["ignored"] = 0
@@ -101,22 +115,25 @@ class RunbookAutomation:
             if alert.status != "firing" or not action:
                 summary["ignored"] += 1
                 continue
-            record = self._run(alert, action)
+            record = await self._run(alert, action)
             summary[record.outcome] += 1
             records.append(msgspec.to_builtins(record))
         return {"alerts": len(payload.alerts), **summary, "records": records}
 
-    def _run(self, alert: WebhookAlert, action: str) -> AuditRecord:
+    async def _run(self, alert: WebhookAlert, action: str) -> AuditRecord:
         key = (alert.fingerprint, alert.startsAt)
         run = self.actions.get(action)
         detail = ""
         if run is None:
             outcome, detail = UNKNOWN_ACTION, f"no such action; known: {sorted(self.actions)}"
-        elif key in self._done:
+        elif key in self._done or key in self._running:
             outcome, detail = DUPLICATE, "already done for this alert"
         else:
+            self._running.add(key)
             try:
-                detail = run()
+                detail = run(alert.labels)
+                if inspect.isawaitable(detail):
+                    detail = await detail
             except Exception as exc:
                 log.exception("automation %s for %s failed", action, alert.labels.get("alertname"))
                 outcome, detail = FAILED, f"{type(exc).__name__}: {exc}"
@@ -125,6 +142,8 @@ class RunbookAutomation:
                 self._done[key] = self.clock()
                 while len(self._done) > MAX_REMEMBERED:
                     self._done.popitem(last=False)
+            finally:
+                self._running.discard(key)
         return self._record(alert, action, outcome, detail)
 
     def _record(self, alert: WebhookAlert, action: str, outcome: str, detail: str) -> AuditRecord:

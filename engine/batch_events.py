@@ -25,7 +25,7 @@ _symbol = attrgetter("symbol")
 
 
 class BatchEvents:
-    __slots__ = ("accepted", "amended", "cancelled", "done", "listed", "rejected", "trades")
+    __slots__ = ("accepted", "amended", "cancelled", "done", "listed", "other", "rejected", "trades")
 
     def __init__(self, results: list[list]) -> None:
         self.accepted: list[OrderAccepted] = []
@@ -35,6 +35,7 @@ class BatchEvents:
         self.amended: list[OrderAmended] = []
         self.rejected: list[OrderRejected] = []
         self.listed: list[InstrumentListed] = []
+        self.other: list = []  # the rare rest: risk limits, kill switches, halts
         # Bound appends and an `is` chain in order of frequency: the cheapest dispatch
         # CPython offers (a dict of type -> append costs a lookup and a call more).
         acc, trd, cxl = self.accepted.append, self.trades.append, self.cancelled.append
@@ -56,6 +57,8 @@ class BatchEvents:
                     self.amended.append(ev)
                 elif kind is InstrumentListed:
                     self.listed.append(ev)
+                else:
+                    self.other.append(ev)
 
     def symbols(self) -> set[str]:
         """Every symbol whose book the batch may have changed."""

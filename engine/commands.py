@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.domain import Instrument, SelfTradePrevention, TimeInForce
+from engine.domain import Instrument, RiskLimits, SelfTradePrevention, TimeInForce
 
 
 class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
@@ -78,4 +78,41 @@ class ListInstrument(msgspec.Struct, tag="I", array_like=True, gc=False):
     ts: int = 0
 
 
-Command = NewOrder | Cancel | Amend | CancelAll | ListInstrument
+class SetRiskLimits(msgspec.Struct, tag="RL", array_like=True, gc=False):
+    """Replace the limits of one scope (RiskScope) and target ("" for the venue, else a
+    symbol or an account). All-zero limits remove the entry."""
+
+    scope: int
+    target: str
+    limits: RiskLimits
+    seq: int = 0
+    ts: int = 0
+
+
+class SetKillSwitch(msgspec.Struct, tag="K", array_like=True, gc=False):
+    """Engage or release a kill switch. Engaging refuses new orders and amends in its scope
+    and, with `cancel_orders`, cancels the resting orders there (CancelReason.KILL_SWITCH)."""
+
+    scope: int
+    target: str
+    engaged: bool
+    reason: str = ""
+    cancel_orders: bool = True
+    seq: int = 0
+    ts: int = 0
+
+
+class SetTradingHalt(msgspec.Struct, tag="H", array_like=True, gc=False):
+    """Halt or resume trading in a symbol: new orders and amends are refused, cancels pass."""
+
+    symbol: str
+    halted: bool
+    reason: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+RiskCommand = SetRiskLimits | SetKillSwitch | SetTradingHalt
+Command = (
+    NewOrder | Cancel | Amend | CancelAll | ListInstrument | SetRiskLimits | SetKillSwitch | SetTradingHalt
+)

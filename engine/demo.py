@@ -1,13 +1,15 @@
 """Simulated traders for `loom run --demo`: market makers quoting around a drifting mid and
-takers crossing the spread, so the book, the trades and (later) the metrics move."""
+takers crossing the spread, so the book, the trades and the metrics move. The demo venue
+has pre-trade risk limits, and now and then a trader's "fat finger" order (ten times the
+size, or far from the market) that the limits refuse, so the risk panels have data."""
 
 from __future__ import annotations
 
 import random
 
 from engine.bench.workload import RestingPool
-from engine.commands import Cancel, NewOrder
-from engine.domain import Instrument, OrderType, Side, TimeInForce
+from engine.commands import Cancel, NewOrder, SetRiskLimits
+from engine.domain import Instrument, OrderType, RiskLimits, RiskScope, Side, TimeInForce
 from engine.events import OrderAccepted, OrderCancelled, OrderDone
 
 DEMO_INSTRUMENTS = [
@@ -16,6 +18,19 @@ DEMO_INSTRUMENTS = [
     Instrument("LOOM-USD", tick_size=1, lot_size=10, min_qty=10, max_qty=1_000_000),
 ]
 _START_MID = {"BTC-USD": 6_500_000, "ETH-USD": 350_000, "LOOM-USD": 10_000}
+FAT_FINGER = 0.005  # share of orders that are fat-fingered
+MAX_LOTS = 100  # per-order quantity limit, in lots (normal orders are 1..50 lots)
+
+
+def demo_risk_limits(instruments: list[Instrument]) -> list[SetRiskLimits]:
+    """A price band of 10% venue-wide, at most 2000 open orders per account, and a
+    per-symbol order quantity limit."""
+    venue = SetRiskLimits(int(RiskScope.VENUE), "", RiskLimits(price_band_bps=1_000, max_open_orders=2_000))
+    per_symbol = [
+        SetRiskLimits(int(RiskScope.SYMBOL), i.symbol, RiskLimits(max_order_qty=MAX_LOTS * i.lot_size))
+        for i in instruments
+    ]
+    return [venue, *per_symbol]
 
 
 class DemoTraders:
@@ -46,6 +61,11 @@ class DemoTraders:
         mid = self.mid[sym] // inst.tick_size * inst.tick_size
         if r < 0.9:
             off = inst.tick_size * rng.randint(1, 20)
+            if rng.random() < FAT_FINGER:  # an extra digit: in the quantity or the price offset
+                if rng.random() < 0.5:
+                    qty *= 10
+                else:
+                    off = max(off, mid // 5 // inst.tick_size * inst.tick_size)
             price = mid - off if side == Side.BUY else mid + off
             return NewOrder(
                 f"mm{rng.randint(1, 8)}",
@@ -85,6 +105,7 @@ async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: floa
         [service.node.engine.instruments[s] for s in sorted(service.node.engine.instruments)], seed
     )
     per_slice = max(1, round(rate * slice_s))
+    await service.submit(demo_risk_limits(traders.instruments), "demo")
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while True:

@@ -64,6 +64,20 @@ class RejectReason(IntEnum):
     AMEND_NO_CHANGE = 203
     AMEND_QUANTITY_NOT_ABOVE_FILLED = 204  # new total quantity must exceed what has filled
     POST_ONLY_WOULD_CROSS = 301
+    # 4xx pre-trade risk (engine/risk.py), one decade per layer so a reject names its layer:
+    # 40x venue/instrument, 41x order ("fat finger"), 42x account, 43x risk administration.
+    KILL_SWITCH_VENUE = 401
+    KILL_SWITCH_SYMBOL = 402
+    KILL_SWITCH_ACCOUNT = 403
+    INSTRUMENT_HALTED = 404
+    ORDER_QUANTITY_LIMIT = 411
+    ORDER_NOTIONAL_LIMIT = 412
+    PRICE_OUTSIDE_BAND = 413
+    OPEN_ORDERS_LIMIT = 421
+    OPEN_NOTIONAL_LIMIT = 422
+    INVALID_RISK_SCOPE = 431
+    INVALID_RISK_TARGET = 432  # venue scope names no target; symbol scope a listed symbol
+    INVALID_RISK_LIMIT = 433  # negative limit
     UNKNOWN_COMMAND = 501
     JOURNAL_WRITE_FAILED = 502  # not durable, so not accepted: safe to retry
 
@@ -78,6 +92,7 @@ class CancelReason(IntEnum):
     NO_LIQUIDITY = 5  # market order remainder with nothing left to trade against
     CANCEL_ALL = 6
     ADMIN = 7
+    KILL_SWITCH = 8  # engaging a kill switch cancelled the resting orders in its scope
 
 
 class RequestKind(IntEnum):
@@ -88,6 +103,36 @@ class RequestKind(IntEnum):
     AMEND = 3
     CANCEL_ALL = 4
     LIST_INSTRUMENT = 5
+    RISK = 6  # SetRiskLimits, SetKillSwitch, SetTradingHalt
+
+
+class RiskScope(IntEnum):
+    """What a risk limit or kill switch applies to; the target names it ("" for the venue)."""
+
+    VENUE = 1
+    SYMBOL = 2
+    ACCOUNT = 3
+
+
+RISK_LAYERS = {40: "venue", 41: "order", 42: "account", 43: "admin"}
+
+
+def risk_layer(reason: int) -> str:
+    """The risk layer of a 4xx reject reason ("" for any other reason)."""
+    return RISK_LAYERS.get(reason // 10, "") if 400 <= reason < 500 else ""
+
+
+class RiskLimits(msgspec.Struct, frozen=True, array_like=True):
+    """Pre-trade limits; 0 means no limit. Notional is price units x quantity units."""
+
+    max_order_qty: int = 0
+    max_order_notional: int = 0
+    price_band_bps: int = 0  # around the reference price (last trade, else best price)
+    max_open_orders: int = 0  # per account, all symbols
+    max_open_notional: int = 0  # gross, per account and symbol, the new order included
+
+    def is_empty(self) -> bool:
+        return not any(msgspec.structs.astuple(self))
 
 
 class Instrument(msgspec.Struct, frozen=True):

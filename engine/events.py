@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
+from engine.domain import RiskLimits
+
 
 class OrderAccepted(msgspec.Struct, frozen=True, tag="acc", array_like=True, gc=False):
     seq: int
@@ -94,4 +96,43 @@ class InstrumentListed(msgspec.Struct, frozen=True, tag="lst", array_like=True, 
     max_qty: int
 
 
-Event = OrderAccepted | OrderRejected | Trade | OrderCancelled | OrderAmended | OrderDone | InstrumentListed
+class RiskLimitsChanged(msgspec.Struct, frozen=True, tag="rlim", array_like=True, gc=False):
+    seq: int
+    ts: int
+    scope: int  # RiskScope
+    target: str
+    limits: RiskLimits  # all zero: the entry was removed
+
+
+class KillSwitchChanged(msgspec.Struct, frozen=True, tag="kill", array_like=True, gc=False):
+    """Followed by one OrderCancelled (reason KILL_SWITCH) per resting order it cancelled."""
+
+    seq: int
+    ts: int
+    scope: int  # RiskScope
+    target: str
+    engaged: bool
+    reason: str
+    cancelled: int
+
+
+class TradingHaltChanged(msgspec.Struct, frozen=True, tag="halt", array_like=True, gc=False):
+    seq: int
+    ts: int
+    symbol: str
+    halted: bool
+    reason: str
+
+
+Event = (
+    OrderAccepted
+    | OrderRejected
+    | Trade
+    | OrderCancelled
+    | OrderAmended
+    | OrderDone
+    | InstrumentListed
+    | RiskLimitsChanged
+    | KillSwitchChanged
+    | TradingHaltChanged
+)

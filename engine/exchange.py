@@ -21,7 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
+from engine.commands import (
+    Amend,
+    Cancel,
+    CancelAll,
+    ListInstrument,
+    NewOrder,
+    SetKillSwitch,
+    SetRiskLimits,
+    SetTradingHalt,
+)
 from engine.domain import Instrument, RejectReason, RequestKind
 from engine.events import OrderRejected
 from engine.journal import JournalWriteError
@@ -40,6 +49,9 @@ _REQUEST_OF = {
     Amend: RequestKind.AMEND,
     CancelAll: RequestKind.CANCEL_ALL,
     ListInstrument: RequestKind.LIST_INSTRUMENT,
+    SetRiskLimits: RequestKind.RISK,
+    SetKillSwitch: RequestKind.RISK,
+    SetTradingHalt: RequestKind.RISK,
 }
 
 

@@ -34,6 +34,7 @@ from engine.events import (
     OrderRejected,
     Trade,
 )
+from engine.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -139,6 +140,9 @@ class MatchingEngine:
         self.next_order_id = 1
         self.next_trade_id = 1
         self.last_seq = 0
+        self.risk = RiskState()
+        self.risk_on = False  # any limit, kill switch or halt set: the only cost without any
+        self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
 
     def _list(self, inst: Instrument) -> None:
         self.instruments[inst.symbol] = inst
@@ -186,6 +190,10 @@ class MatchingEngine:
             and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
         ):
             return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]))
+        if self.risk_on:
+            reason = check_new(self, cmd)
+            if reason:
+                return self._reject_new(cmd, reason)
         oid = self.next_order_id
         acct = self.accounts.get(account)
         # Duplicate check and registration in one probe (undone if post-only refuses below).
@@ -279,6 +287,8 @@ class MatchingEngine:
             return self._cancel_all(cmd)
         if kind is ListInstrument:
             return self._list_instrument(cmd)
+        if kind in RISK_COMMANDS:
+            return apply_risk_command(self, cmd)
         return [
             OrderRejected(
                 cmd.seq,
@@ -332,6 +342,7 @@ class MatchingEngine:
         remaining = qty
         levels = opp.levels
         accounts = self.accounts
+        traded = 0  # the last fill's price, kept for risk's price band once per call
         is_buy = side == BUY
         while remaining:
             price = opp.best
@@ -346,9 +357,13 @@ class MatchingEngine:
                 mleaves = maker.leaves
                 if stp and maker.account == account:
                     if stp == STP_NEWEST:
+                        if traded:
+                            self.last_price[symbol] = traded
                         return remaining, True
                     self._cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
                     if stp == STP_BOTH:
+                        if traded:
+                            self.last_price[symbol] = traded
                         return remaining, True
                     if opp.best != price:  # that emptied the level
                         break
@@ -361,6 +376,7 @@ class MatchingEngine:
                 level.qty -= fill
                 tid = self.next_trade_id
                 self.next_trade_id = tid + 1
+                traded = price
                 maker_account = maker.account
                 maker_id = maker.order_id
                 events.append(
@@ -387,6 +403,8 @@ class MatchingEngine:
                     if not orders:
                         opp.drop_level(price)
                         break
+        if traded:
+            self.last_price[symbol] = traded
         return remaining, False
 
     def _fok_fillable(
@@ -565,6 +583,8 @@ class MatchingEngine:
         crosses = best is not None and (best <= new_price if is_buy else best >= new_price)
         if not reason and crosses and order.post_only:
             reason = R.POST_ONLY_WOULD_CROSS
+        if not reason and self.risk_on and (new_price != order.price or new_qty > order.qty):
+            reason = check_amend(self, order, new_qty, new_price)
         if reason:
             return self._reject_target(cmd, REQ_AMEND, reason, symbol)
 

@@ -14,10 +14,10 @@ import hashlib
 import msgspec
 
 from engine.book import RestingOrder
-from engine.domain import Instrument
+from engine.domain import Instrument, RiskLimits
 from engine.matcher import AccountOrders, MatchingEngine
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: last trade prices and risk state (limits, kill switches, halts)
 
 
 class BookState(msgspec.Struct, array_like=True):
@@ -31,6 +31,18 @@ class AccountState(msgspec.Struct, array_like=True):
     client_order_ids: list[tuple[str, int]]  # in acceptance order
 
 
+class RiskLimitsEntry(msgspec.Struct, array_like=True):
+    scope: int
+    target: str
+    limits: RiskLimits
+
+
+class KillSwitchEntry(msgspec.Struct, array_like=True):
+    scope: int
+    target: str
+    reason: str
+
+
 class EngineState(msgspec.Struct, array_like=True):
     version: int
     last_seq: int
@@ -39,6 +51,11 @@ class EngineState(msgspec.Struct, array_like=True):
     instruments: list[Instrument]
     books: list[BookState]
     accounts: list[AccountState]
+    # Sorted by key, like everything above: the hash must not depend on dict history.
+    last_prices: list[tuple[str, int]] = []
+    risk_limits: list[RiskLimitsEntry] = []
+    kill_switches: list[KillSwitchEntry] = []
+    halts: list[tuple[str, str]] = []
 
 
 def export_state(engine: MatchingEngine) -> EngineState:
@@ -61,6 +78,10 @@ def export_state(engine: MatchingEngine) -> EngineState:
         [engine.instruments[s] for s in sorted(engine.instruments)],
         books,
         accounts,
+        sorted(engine.last_price.items()),
+        [RiskLimitsEntry(s, t, lim) for (s, t), lim in sorted(engine.risk.limits.items())],
+        [KillSwitchEntry(s, t, why) for (s, t), why in sorted(engine.risk.kill_switches.items())],
+        sorted(engine.risk.halts.items()),
     )
 
 
@@ -71,6 +92,12 @@ def restore_state(state: EngineState) -> MatchingEngine:
     engine.last_seq = state.last_seq
     engine.next_order_id = state.next_order_id
     engine.next_trade_id = state.next_trade_id
+    engine.last_price.update(state.last_prices)
+    risk = engine.risk
+    risk.limits.update(((e.scope, e.target), e.limits) for e in state.risk_limits)
+    risk.kill_switches.update(((e.scope, e.target), e.reason) for e in state.kill_switches)
+    risk.halts.update(state.halts)
+    engine.risk_on = risk.active
     for acct_state in state.accounts:
         acct = engine.accounts[acct_state.account] = AccountOrders()
         acct.by_clid.update(acct_state.client_order_ids)

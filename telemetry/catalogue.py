@@ -187,6 +187,47 @@ _SPECS = [
     ),
     MetricSpec("loom_failovers", COUNTER, "Promotions of this node to leader.", ()),
     MetricSpec("loom_leader_changes", COUNTER, "Changes of lease holder this node has observed.", ()),
+    # -- pre-trade risk (engine/risk.py) and surveillance (engine/surveillance.py) ---------------
+    MetricSpec(
+        "loom_risk_rejects",
+        COUNTER,
+        "New orders and amends refused by pre-trade risk, by layer (venue, order, account, "
+        "admin) and reason.",
+        ("layer", "reason"),
+    ),
+    MetricSpec(
+        "loom_risk_limit_changes",
+        COUNTER,
+        "Risk limit changes applied, by scope (venue, symbol, account).",
+        ("scope",),
+    ),
+    MetricSpec(
+        "loom_kill_switch_engaged",
+        GAUGE,
+        "Kill switches engaged, by scope (venue: 0 or 1; symbol, account: how many).",
+        ("scope",),
+    ),
+    MetricSpec("loom_trading_halts", GAUGE, "Symbols whose trading is halted.", ()),
+    MetricSpec(
+        "loom_surveillance_anomaly_score",
+        GAUGE,
+        "Highest anomaly score over all accounts, by kind (1 = at the alert threshold).",
+        ("kind",),
+    ),
+    MetricSpec(
+        "loom_surveillance_account_score",
+        GAUGE,
+        "Anomaly score of the few highest-scoring accounts per kind (top 5 with a score of at "
+        "least 0.5 only, so the account label stays bounded).",
+        ("kind", "account"),
+    ),
+    MetricSpec(
+        "loom_surveillance_alerts",
+        COUNTER,
+        "Times an account's anomaly score reached the threshold (1), by kind.",
+        ("kind",),
+    ),
+    MetricSpec("loom_surveillance_accounts", GAUGE, "Accounts with activity in the surveillance window.", ()),
     # -- runbook automation ---------------------------------------------------------------------
     MetricSpec(
         "loom_automation_actions",

@@ -136,3 +136,48 @@ class ExchangeCollector(Collector):
         ready = _gauge("loom_ready")
         ready.add_metric([], 1 if self.service.accepting and node.journal_ok else 0)
         yield ready
+
+
+class RiskCollector(Collector):
+    """Kill switches and halts from the engine's risk state, and the surveillance scores,
+    read at scrape time. Account labels only for the top few scores (bounded)."""
+
+    def __init__(
+        self,
+        engine_of: Callable[[], object],
+        surveillance=None,
+        wall_ns: Callable[[], int] | None = time.time_ns,
+    ) -> None:
+        self.engine_of = engine_of  # the live engine (a failover may replace it)
+        self.surveillance = surveillance
+        self.wall_ns = wall_ns  # moves the surveillance window on while no events arrive
+
+    def collect(self):
+        from engine.domain import RiskScope
+
+        risk = self.engine_of().risk
+        engaged = _gauge("loom_kill_switch_engaged")
+        per_scope = dict.fromkeys((int(s) for s in RiskScope), 0)
+        for scope, _target in risk.kill_switches:
+            per_scope[scope] = per_scope.get(scope, 0) + 1
+        for scope in RiskScope:
+            engaged.add_metric([scope.name.lower()], per_scope[int(scope)])
+        halts = _gauge("loom_trading_halts")
+        halts.add_metric([], len(risk.halts))
+        yield from (engaged, halts)
+        if self.surveillance is None:
+            return
+        summary = self.surveillance.summary(self.wall_ns() if self.wall_ns else None)
+        score = _gauge("loom_surveillance_anomaly_score")
+        top = _gauge("loom_surveillance_account_score")
+        for kind, data in summary["kinds"].items():
+            score.add_metric([kind], data["max_score"])
+            for item in data["top"]:
+                top.add_metric([kind, item["account"]], item["score"])
+        spec = CATALOGUE["loom_surveillance_alerts"]
+        alerts = CounterMetricFamily("loom_surveillance_alerts", spec.help, labels=list(spec.labels))
+        for kind, n in summary["alerts"].items():
+            alerts.add_metric([kind], n)
+        accounts = _gauge("loom_surveillance_accounts")
+        accounts.add_metric([], summary["accounts"])
+        yield from (score, top, alerts, accounts)

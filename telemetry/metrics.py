@@ -22,7 +22,8 @@ from prometheus_client import (
 )
 
 from engine.batch_events import BatchEvents
-from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, Side
+from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
+from engine.events import RiskLimitsChanged
 from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}
@@ -33,6 +34,8 @@ _CANCEL_KEY = attrgetter("symbol", "reason")
 _REJECT_KEY = attrgetter("request", "reason")
 _SYMBOL = attrgetter("symbol")
 _QTY = attrgetter("qty")
+_SCOPE = {int(s): s.name.lower() for s in RiskScope}
+RISK_REASONS = [r for r in RejectReason if risk_layer(r)]
 
 
 def _reason(enum, code: int) -> str:
@@ -80,6 +83,11 @@ class ExchangeMetrics:
         self.write_errors = self.m["loom_journal_write_errors"]
         self.snapshot_duration = self.m["loom_snapshot_duration_seconds"]
         self.snapshot_failures = self.m["loom_snapshot_failures"]
+        # Bounded label sets, so every series exists (at 0) before the first risk event.
+        for reason in RISK_REASONS:
+            self.child("loom_risk_rejects", risk_layer(reason), reason.name.lower())
+        for scope in _SCOPE.values():
+            self.child("loom_risk_limit_changes", scope)
 
     def child(self, name: str, *labels: str):
         key = (name, *labels)
@@ -128,9 +136,14 @@ class ExchangeMetrics:
                 child("loom_orders_filled", symbol).inc(n)
         if split.rejected:
             for (request, reason), n in collections.Counter(map(_REJECT_KEY, split.rejected)).items():
-                child("loom_rejects", _REQUEST.get(request, str(request)), _reason(RejectReason, reason)).inc(
-                    n
-                )
+                name = _reason(RejectReason, reason)
+                child("loom_rejects", _REQUEST.get(request, str(request)), name).inc(n)
+                layer = risk_layer(reason)
+                if layer:
+                    child("loom_risk_rejects", layer, name).inc(n)
+        for ev in split.other:  # rare: risk administration and the like
+            if type(ev) is RiskLimitsChanged:
+                child("loom_risk_limit_changes", _SCOPE.get(ev.scope, str(ev.scope))).inc()
 
 
 SCRAPE_TIME = {
@@ -159,6 +172,12 @@ SCRAPE_TIME = {
     "loom_fencing_rejections",
     "loom_failovers",
     "loom_leader_changes",
+    "loom_kill_switch_engaged",
+    "loom_trading_halts",
+    "loom_surveillance_anomaly_score",
+    "loom_surveillance_account_score",
+    "loom_surveillance_alerts",
+    "loom_surveillance_accounts",
 }
 
 

@@ -81,6 +81,11 @@ def test_amtool_check_config():
         (["severity=warning", "alertname=LoomJournalFsyncLatencyHigh"], "ticket"),
         (["severity=info", "alertname=LoomSomethingInfo"], "ticket"),
         (["severity=warning", "automation=take-snapshot"], "runbook-automation,ticket"),
+        (
+            ["severity=warning", "alertname=LoomAnomalyDetected", "automation=engage-kill-switch"],
+            "runbook-automation,ticket",
+        ),
+        (["severity=warning", "alertname=LoomAnomalyDetected", "kind=cancel_ratio"], "ticket"),
         (["severity=critical", "automation=failover"], "runbook-automation,pager"),
     ],
 )

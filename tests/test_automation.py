@@ -62,6 +62,9 @@ class Fixture:
         self.snapshots += 1
         return SimpleNamespace(seq=42)
 
+    def handle(self, body: WebhookPayload) -> dict:
+        return asyncio.run(self.automation.handle(body))
+
     def count(self, action: str, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
             "loom_automation_actions_total", {"action": action, "outcome": outcome}
@@ -71,16 +74,16 @@ class Fixture:
 
 def test_a_firing_alert_runs_its_action_once_per_alert_instance():
     f = Fixture()
-    summary = f.automation.handle(payload(alert()))
+    summary = f.handle(payload(alert()))
     assert f.snapshots == 1
     assert summary["done"] == 1 and summary["duplicate"] == 0, summary
     assert summary["records"][0]["detail"] == "snapshot at seq 42"
     # Alertmanager repeats the notification: the action is not repeated.
-    summary = f.automation.handle(payload(alert()))
+    summary = f.handle(payload(alert()))
     assert f.snapshots == 1
     assert summary["duplicate"] == 1 and summary["done"] == 0, summary
     # The same alert firing again later (a new startsAt) is a new instance.
-    f.automation.handle(payload(alert(starts_at="2026-01-01T01:00:00Z")))
+    f.handle(payload(alert(starts_at="2026-01-01T01:00:00Z")))
     assert f.snapshots == 2
     assert f.count("take-snapshot", "done") == 2
     assert f.count("take-snapshot", "duplicate") == 1
@@ -88,7 +91,7 @@ def test_a_firing_alert_runs_its_action_once_per_alert_instance():
 
 def test_unknown_actions_are_refused_and_resolved_alerts_ignored():
     f = Fixture()
-    summary = f.automation.handle(
+    summary = f.handle(
         payload(alert(action="rm-rf"), alert(status="resolved"), alert(action=None, fingerprint="fp2"))
     )
     assert f.snapshots == 0
@@ -101,11 +104,11 @@ def test_unknown_actions_are_refused_and_resolved_alerts_ignored():
 
 def test_a_failed_action_is_audited_counted_and_retried_on_the_next_notification():
     f = Fixture(fail=True)
-    summary = f.automation.handle(payload(alert()))
+    summary = f.handle(payload(alert()))
     assert summary["failed"] == 1, summary
     assert "disk full" in summary["records"][0]["detail"]
     f.fail = False
-    summary = f.automation.handle(payload(alert()))
+    summary = f.handle(payload(alert()))
     assert summary["done"] == 1 and f.snapshots == 1, summary
     assert f.count("take-snapshot", "failed") == 1 and f.count("take-snapshot", "done") == 1
 
@@ -115,7 +118,7 @@ def test_the_audit_records_every_decision_and_is_bounded():
     f.automation.audit = f.automation.audit.__class__(maxlen=3)
     for i in range(5):
         f.now = 1000.0 + i
-        f.automation.handle(payload(alert(fingerprint=f"fp{i}")))
+        f.handle(payload(alert(fingerprint=f"fp{i}")))
     records = f.automation.audit_records()
     assert [r["fingerprint"] for r in records] == ["fp2", "fp3", "fp4"]
     assert records[-1] == {

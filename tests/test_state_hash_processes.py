@@ -25,8 +25,8 @@ import random
 
 import msgspec
 
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import Instrument
+from engine.commands import Amend, Cancel, CancelAll, NewOrder, SetKillSwitch, SetRiskLimits
+from engine.domain import Instrument, RiskLimits
 from engine.matcher import MatchingEngine
 from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
 
@@ -51,7 +51,14 @@ def build(n=1500):
         account = rng.choice(ACCOUNTS)
         roll = rng.random()
         open_ids = sorted(engine.accounts[account].open) if account in engine.accounts else []
-        if roll < 0.6 or not open_ids:
+        if seq % 97 == 0:  # risk state keyed by many distinct strings, changing as it goes
+            scope = rng.choice((1, 2, 3)) if seq > 500 else 3
+            cmd = SetRiskLimits(scope, account, RiskLimits(max_open_orders=rng.randint(3, 12)))
+            if cmd.scope != 3:
+                cmd.target = "" if cmd.scope == 1 else rng.choice(sorted(GRID))
+        elif seq % 131 == 0:
+            cmd = SetKillSwitch(3, account, rng.random() < 0.6, f"why-{seq}", rng.random() < 0.5)
+        elif roll < 0.6 or not open_ids:
             symbol = rng.choice(sorted(GRID))
             base, tick, lot = GRID[symbol]
             order_type = 2 if rng.random() < 0.85 else 1

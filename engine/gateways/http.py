@@ -88,6 +88,7 @@ class GatewayContext:
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
+    surveillance: object | None = None  # engine.surveillance.Surveillance
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -533,7 +534,7 @@ async def admin_automation(request: web.Request) -> web.Response:
     payload = await _decode(request, WebhookPayload)
     if payload.version != "4":
         return error(400, "INVALID_REQUEST", f"webhook payload version {payload.version!r}; expected '4'")
-    return ok(automation.handle(payload))
+    return ok(await automation.handle(payload))
 
 
 async def admin_automation_audit(request: web.Request) -> web.Response:
@@ -902,4 +903,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/admin/cluster", admin_cluster)
     app.router.add_post("/v1/admin/cluster/step-down", admin_cluster_step_down)
     app.router.add_get("/v1/ws", websocket)
+    from engine.gateways.risk_http import add_routes as add_risk_routes  # it imports this module
+
+    add_risk_routes(app)
     return app

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from engine.domain import OrderType, RequestKind, Side, TimeInForce
+import msgspec
+
+from engine.domain import OrderType, RequestKind, RiskScope, Side, TimeInForce
 from engine.events import (
     InstrumentListed,
+    KillSwitchChanged,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
     OrderDone,
     OrderRejected,
+    RiskLimitsChanged,
     Trade,
+    TradingHaltChanged,
 )
 from engine.gateways.texts import cancel_code, reject_code, reject_text
 
@@ -18,6 +23,7 @@ _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
 _TIF = {int(t): t.name.lower() for t in TimeInForce}
 _REQUEST = {int(r): r.name.lower() for r in RequestKind}
+SCOPE_NAMES = {int(s): s.name.lower() for s in RiskScope}
 
 
 def event_json(ev) -> dict:
@@ -63,4 +69,21 @@ def event_json(ev) -> dict:
         }  # fmt: skip
     if kind is InstrumentListed:
         return {"type": "instrument_listed", "seq": ev.seq, "ts": ev.ts, "symbol": ev.symbol}
+    if kind is RiskLimitsChanged:
+        return {
+            "type": "risk_limits_changed", "seq": ev.seq, "ts": ev.ts,
+            "scope": SCOPE_NAMES.get(ev.scope, str(ev.scope)), "target": ev.target,
+            "limits": msgspec.structs.asdict(ev.limits),
+        }  # fmt: skip
+    if kind is KillSwitchChanged:
+        return {
+            "type": "kill_switch_changed", "seq": ev.seq, "ts": ev.ts,
+            "scope": SCOPE_NAMES.get(ev.scope, str(ev.scope)), "target": ev.target, "engaged": ev.engaged,
+            "reason": ev.reason, "cancelled": ev.cancelled,
+        }  # fmt: skip
+    if kind is TradingHaltChanged:
+        return {
+            "type": "trading_halt_changed", "seq": ev.seq, "ts": ev.ts, "symbol": ev.symbol,
+            "halted": ev.halted, "reason": ev.reason,
+        }  # fmt: skip
     return {"type": kind.__name__}

@@ -27,6 +27,56 @@ _ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"typ
 _SYMBOL = {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}}
 _EVENTS = {"$ref": "#/components/schemas/EventsResult"}
 
+_SCOPE = {"enum": ["venue", "symbol", "account"]}
+_TARGET = {
+    "type": "string",
+    "maxLength": 64,
+    "default": "",
+    "description": "empty for venue; symbol; account",
+}
+_LIMIT = {"type": "integer", "minimum": 0, "default": 0, "description": "0 = no limit"}
+_RISK_LIMITS = {
+    "type": "object",
+    "required": ["scope"],
+    "additionalProperties": False,
+    "properties": {
+        "scope": _SCOPE,
+        "target": _TARGET,
+        **{
+            name: _LIMIT
+            for name in (
+                "max_order_qty",
+                "max_order_notional",
+                "price_band_bps",
+                "max_open_orders",
+                "max_open_notional",
+            )
+        },
+    },
+}
+_KILL_SWITCH = {
+    "type": "object",
+    "required": ["scope", "engaged"],
+    "additionalProperties": False,
+    "properties": {
+        "scope": _SCOPE,
+        "target": _TARGET,
+        "engaged": {"type": "boolean"},
+        "reason": {"type": "string", "maxLength": 200},
+        "cancel_orders": {"type": "boolean", "default": True},
+    },
+}
+_HALT = {
+    "type": "object",
+    "required": ["symbol", "halted"],
+    "additionalProperties": False,
+    "properties": {
+        "symbol": {"type": "string"},
+        "halted": {"type": "boolean"},
+        "reason": {"type": "string", "maxLength": 200},
+    },
+}
+
 OPENAPI: dict = {
     "openapi": "3.1.0",
     "info": {
@@ -255,6 +305,49 @@ OPENAPI: dict = {
             "post": {
                 "summary": "The leader stops accepting and releases the lease to a standby (admin key)",
                 "responses": {"200": {"description": "status after stepping down"}, **_errors(403, 409)},
+            }
+        },
+        "/v1/admin/risk": {
+            "get": {
+                "summary": "Risk limits, kill switches and halts (admin key)",
+                "responses": {"200": {"description": "the risk state"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/risk/limits": {
+            "put": {
+                "summary": "Replace the risk limits of one scope; all zero removes them (admin key)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _RISK_LIMITS}}},
+                "responses": {
+                    "200": _json(_EVENTS, "risk_limits_changed event"),
+                    **_errors(400, 403, 422, 503),
+                },
+            }
+        },
+        "/v1/admin/risk/kill-switch": {
+            "post": {
+                "summary": "Engage or release a kill switch; engaging cancels resting orders in scope "
+                "unless cancel_orders is false (admin key)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _KILL_SWITCH}}},
+                "responses": {
+                    "200": _json(_EVENTS, "kill_switch_changed event, then the cancellations"),
+                    **_errors(400, 403, 422, 503),
+                },
+            }
+        },
+        "/v1/admin/risk/halt": {
+            "post": {
+                "summary": "Halt or resume trading in a symbol (admin key)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _HALT}}},
+                "responses": {
+                    "200": _json(_EVENTS, "trading_halt_changed event"),
+                    **_errors(400, 403, 422, 503),
+                },
+            }
+        },
+        "/v1/admin/surveillance": {
+            "get": {
+                "summary": "Surveillance anomaly scores and top accounts per kind (admin key)",
+                "responses": {"200": {"description": "scores"}, **_errors(403)},
             }
         },
         "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},

@@ -67,6 +67,20 @@ _ORD_REJ = {
     R.POST_ONLY_NOT_LIMIT_GTC: OrdRejReason.UNSUPPORTED_ORDER_CHARACTERISTIC,
     R.POST_ONLY_WOULD_CROSS: OrdRejReason.EXCHANGE_OPTION,
     R.INVALID_ACCOUNT: OrdRejReason.UNKNOWN_ACCOUNT,
+    **dict.fromkeys(
+        (R.KILL_SWITCH_VENUE, R.KILL_SWITCH_SYMBOL, R.KILL_SWITCH_ACCOUNT, R.INSTRUMENT_HALTED),
+        OrdRejReason.EXCHANGE_CLOSED,
+    ),
+    **dict.fromkeys(
+        (
+            R.ORDER_QUANTITY_LIMIT,
+            R.ORDER_NOTIONAL_LIMIT,
+            R.PRICE_OUTSIDE_BAND,
+            R.OPEN_ORDERS_LIMIT,
+            R.OPEN_NOTIONAL_LIMIT,
+        ),
+        OrdRejReason.ORDER_EXCEEDS_LIMIT,
+    ),
 }
 _CXL_REJ = {
     R.UNKNOWN_ORDER: CxlRejReason.UNKNOWN_ORDER,

@@ -129,6 +129,8 @@ class OrdStatus(StrEnum):  # tag 39
 class OrdRejReason(IntEnum):  # tag 103
     EXCHANGE_OPTION = 0
     UNKNOWN_SYMBOL = 1
+    EXCHANGE_CLOSED = 2  # kill switches, trading halts
+    ORDER_EXCEEDS_LIMIT = 3  # pre-trade risk limits
     DUPLICATE_ORDER = 6
     UNSUPPORTED_ORDER_CHARACTERISTIC = 11
     INCORRECT_QUANTITY = 13

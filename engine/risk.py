@@ -1,0 +1,296 @@
+"""Pre-trade risk: part of the deterministic core (pure, journaled, replayed).
+
+Checks run in layers, cheapest and widest first, each with its own decade of reject codes
+(engine/domain.RejectReason 40x/41x/42x):
+
+1. venue/instrument: a kill switch engaged for the venue, the symbol or the account; the
+   symbol's trading halted;
+2. order ("fat finger"): quantity, notional, price band around a reference price;
+3. account: open orders per account, gross open notional per account and symbol.
+
+Limits come from three scopes (venue, symbol, account); per field the tightest non-zero
+value applies. With no limits, switches or halts the engine skips all of it on one
+attribute test (`MatchingEngine.risk_on`). Cancels are never refused, nor are amends that
+only reduce quantity at the same price: reducing risk must always be possible.
+"""
+
+from __future__ import annotations
+
+from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope
+from engine.events import KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
+
+R = RejectReason
+VENUE = int(RiskScope.VENUE)
+SYMBOL = int(RiskScope.SYMBOL)
+ACCOUNT = int(RiskScope.ACCOUNT)
+REQ_RISK = int(RequestKind.RISK)
+BUY = 1
+GTC = 1
+BPS = 10_000
+MAX_TARGET_LEN = 64
+MAX_CACHED = 65_536  # effective-limit cache entries before it is cleared (bounded memory)
+_FIELDS = RiskLimits.__struct_fields__
+_NO_LIMITS = RiskLimits()
+_MISSING = object()
+RISK_COMMANDS = frozenset((SetRiskLimits, SetKillSwitch, SetTradingHalt))
+
+
+class RiskState:
+    """Limits, kill switches and halts. `effective` results are cached per (account,
+    symbol); the cache is derived data (not exported, not hashed) and cleared on change."""
+
+    __slots__ = ("limits", "kill_switches", "halts", "_effective")
+
+    def __init__(self) -> None:
+        self.limits: dict[tuple[int, str], RiskLimits] = {}
+        self.kill_switches: dict[tuple[int, str], str] = {}  # (scope, target) -> reason
+        self.halts: dict[str, str] = {}  # symbol -> reason
+        self._effective: dict[tuple[str, str], RiskLimits | None] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.limits or self.kill_switches or self.halts)
+
+    def changed(self) -> None:
+        self._effective.clear()
+
+    def effective(self, account: str, symbol: str) -> RiskLimits | None:
+        """The tightest non-zero value of each field over venue, symbol and account."""
+        key = (account, symbol)
+        cache = self._effective
+        if key in cache:
+            return cache[key]
+        get = self.limits.get
+        parts = [p for p in (get((VENUE, "")), get((SYMBOL, symbol)), get((ACCOUNT, account))) if p]
+        found: RiskLimits | None = None
+        if len(parts) == 1:
+            found = parts[0]
+        elif parts:
+            values = []
+            for name in _FIELDS:
+                set_ = [v for v in (getattr(p, name) for p in parts) if v]
+                values.append(min(set_) if set_ else 0)
+            found = RiskLimits(*values)
+        if len(cache) >= MAX_CACHED:
+            cache.clear()
+        cache[key] = found
+        return found
+
+    def gate(self, account: str, symbol: str) -> int:
+        """Layer 1: kill switches and halts (0 when trading is allowed)."""
+        switches = self.kill_switches
+        if switches:
+            if (VENUE, "") in switches:
+                return R.KILL_SWITCH_VENUE
+            if (SYMBOL, symbol) in switches:
+                return R.KILL_SWITCH_SYMBOL
+            if (ACCOUNT, account) in switches:
+                return R.KILL_SWITCH_ACCOUNT
+        if symbol in self.halts:
+            return R.INSTRUMENT_HALTED
+        return 0
+
+
+# -- the checks -------------------------------------------------------------------------------
+
+
+def _open_notional(acct, symbol: str, skip_order_id: int = 0) -> int:
+    if acct is None:
+        return 0
+    return sum(
+        o.price * o.leaves for o in acct.open.values() if o.symbol == symbol and o.order_id != skip_order_id
+    )
+
+
+def _order_checks(
+    engine, lim: RiskLimits, symbol: str, side: int, limit_price: int, qty: int
+) -> tuple[int, int]:
+    """Layer 2 (`limit_price` 0 for a market order). Returns (reason, notional); notional is
+    0 when nothing needs it, or when there is no price to value a market order at."""
+    max_qty = lim.max_order_qty
+    if max_qty and qty > max_qty:
+        return R.ORDER_QUANTITY_LIMIT, 0
+    band = lim.price_band_bps
+    max_notional = lim.max_order_notional
+    if not (band or max_notional or lim.max_open_notional):
+        return 0, 0
+    ref = engine.last_price.get(symbol) or _book_reference(engine, symbol, side)
+    notional = (limit_price or ref) * qty
+    if max_notional and notional > max_notional:
+        return R.ORDER_NOTIONAL_LIMIT, notional
+    if band and limit_price and ref and abs(limit_price - ref) * BPS > band * ref:
+        return R.PRICE_OUTSIDE_BAND, notional
+    return 0, notional
+
+
+def _book_reference(engine, symbol: str, side: int) -> int:
+    """Without a last trade: the best opposite price, else the best same-side price, else 0."""
+    book = engine.books[symbol]
+    own, opp = (book.bids, book.asks) if side == BUY else (book.asks, book.bids)
+    return opp.best or own.best or 0
+
+
+def check_new(engine, cmd) -> int:
+    """The first risk layer a (field-valid) new order fails, or 0. A field-valid order has
+    a positive price exactly when it is a limit order."""
+    risk: RiskState = engine.risk
+    symbol = cmd.symbol
+    account = cmd.account
+    if risk.kill_switches or risk.halts:
+        reason = risk.gate(account, symbol)
+        if reason:
+            return reason
+    lim = risk._effective.get((account, symbol), _MISSING)
+    if lim is _MISSING:
+        lim = risk.effective(account, symbol)
+    if lim is None:
+        return 0
+    # Layer 2, as in _order_checks (inlined: this runs for every new order while limits exist).
+    price = cmd.price
+    qty = cmd.qty
+    max_qty = lim.max_order_qty
+    if max_qty and qty > max_qty:
+        return R.ORDER_QUANTITY_LIMIT
+    notional = 0
+    band = lim.price_band_bps
+    max_notional = lim.max_order_notional
+    if band or max_notional or lim.max_open_notional:
+        ref = engine.last_price.get(symbol) or _book_reference(engine, symbol, cmd.side)
+        notional = (price or ref) * qty
+        if max_notional and notional > max_notional:
+            return R.ORDER_NOTIONAL_LIMIT
+        if band and price and ref and abs(price - ref) * BPS > band * ref:
+            return R.PRICE_OUTSIDE_BAND
+    max_open = lim.max_open_orders
+    if max_open and price and cmd.tif == GTC:  # only an order that may rest counts
+        acct = engine.accounts.get(account)
+        if acct is not None and len(acct.open) >= max_open:
+            return R.OPEN_ORDERS_LIMIT
+    max_open_notional = lim.max_open_notional
+    # A scan of the account's open orders (only with this limit): pair it with max_open_orders.
+    if (
+        max_open_notional
+        and _open_notional(engine.accounts.get(account), symbol) + notional > max_open_notional
+    ):
+        return R.OPEN_NOTIONAL_LIMIT
+    return 0
+
+
+def check_amend(engine, order, new_qty: int, new_price: int) -> int:
+    """Risk layers for an amend that raises quantity or moves the price (0 = allowed)."""
+    risk: RiskState = engine.risk
+    symbol = order.symbol
+    reason = risk.gate(order.account, symbol)
+    if reason:
+        return reason
+    lim = risk.effective(order.account, symbol)
+    if lim is None:
+        return 0
+    if new_price == order.price:  # a quantity increase: the band was checked on entry
+        lim = RiskLimits(*[0 if name == "price_band_bps" else getattr(lim, name) for name in _FIELDS])
+    reason, _ = _order_checks(engine, lim, symbol, order.side, new_price, new_qty)
+    if reason:
+        return reason
+    if lim.max_open_notional:
+        acct = engine.accounts.get(order.account)
+        rest = _open_notional(acct, symbol, order.order_id)
+        if rest + new_price * (new_qty - order.filled) > lim.max_open_notional:
+            return R.OPEN_NOTIONAL_LIMIT
+    return 0
+
+
+# -- the risk commands ------------------------------------------------------------------------
+
+
+def _reject(cmd, reason: int, symbol: str = "") -> list:
+    account = cmd.target if getattr(cmd, "scope", 0) == ACCOUNT else ""
+    return [OrderRejected(cmd.seq, cmd.ts, account, "", symbol, REQ_RISK, int(reason))]
+
+
+def _target_problem(engine, scope: int, target: str) -> int:
+    if scope == VENUE:
+        return R.INVALID_RISK_TARGET if target else 0
+    if scope == SYMBOL:
+        return 0 if target in engine.instruments else R.INVALID_RISK_TARGET
+    if scope == ACCOUNT:
+        return 0 if 0 < len(target) <= MAX_TARGET_LEN else R.INVALID_RISK_TARGET
+    return R.INVALID_RISK_SCOPE
+
+
+def apply_risk_command(engine, cmd) -> list:
+    kind = type(cmd)
+    if kind is SetRiskLimits:
+        events = _set_limits(engine, cmd)
+    elif kind is SetKillSwitch:
+        events = _set_kill_switch(engine, cmd)
+    else:
+        events = _set_halt(engine, cmd)
+    risk = engine.risk
+    risk.changed()
+    engine.risk_on = risk.active
+    return events
+
+
+def _set_limits(engine, cmd: SetRiskLimits) -> list:
+    scope, target, limits = cmd.scope, cmd.target, cmd.limits
+    reason = _target_problem(engine, scope, target)
+    if not reason and any(getattr(limits, name) < 0 for name in _FIELDS):
+        reason = R.INVALID_RISK_LIMIT
+    if reason:
+        return _reject(cmd, reason, target if scope == SYMBOL else "")
+    key = (scope, target)
+    if limits.is_empty():
+        engine.risk.limits.pop(key, None)
+        limits = _NO_LIMITS
+    else:
+        engine.risk.limits[key] = limits
+    return [RiskLimitsChanged(cmd.seq, cmd.ts, scope, target, limits)]
+
+
+def _set_kill_switch(engine, cmd: SetKillSwitch) -> list:
+    scope, target = cmd.scope, cmd.target
+    reason = _target_problem(engine, scope, target)
+    if reason:
+        return _reject(cmd, reason, target if scope == SYMBOL else "")
+    key = (scope, target)
+    switches = engine.risk.kill_switches
+    cancels: list = []
+    if cmd.engaged:
+        switches[key] = cmd.reason
+        if cmd.cancel_orders:
+            _cancel_in_scope(engine, scope, target, cmd.seq, cmd.ts, cancels)
+    else:
+        switches.pop(key, None)
+    return [
+        KillSwitchChanged(cmd.seq, cmd.ts, scope, target, cmd.engaged, cmd.reason, len(cancels)),
+        *cancels,
+    ]
+
+
+def _cancel_in_scope(engine, scope: int, target: str, seq: int, ts: int, events: list) -> None:
+    if scope == ACCOUNT:
+        acct = engine.accounts.get(target)
+        orders = list(acct.open.values()) if acct is not None else []
+    else:
+        orders = [o for a in engine.accounts.values() for o in a.open.values()]
+        if scope == SYMBOL:
+            orders = [o for o in orders if o.symbol == target]
+    # By order id: the event order never depends on dict history (snapshots rebuild it).
+    orders.sort(key=lambda o: o.order_id)
+    books = engine.books
+    for order in orders:
+        book = books[order.symbol]
+        side = book.bids if order.side == BUY else book.asks
+        engine._cancel_resting(order, side, CancelReason.KILL_SWITCH, seq, ts, events)
+
+
+def _set_halt(engine, cmd: SetTradingHalt) -> list:
+    symbol = cmd.symbol
+    if symbol not in engine.instruments:
+        return _reject(cmd, R.UNKNOWN_SYMBOL, symbol)
+    if cmd.halted:
+        engine.risk.halts[symbol] = cmd.reason
+    else:
+        engine.risk.halts.pop(symbol, None)
+    return [TradingHaltChanged(cmd.seq, cmd.ts, symbol, cmd.halted, cmd.reason)]
