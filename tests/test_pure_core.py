@@ -13,7 +13,7 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CORE = ["domain", "commands", "events", "book", "matcher", "risk", "state", "invariants"]
+CORE = ["domain", "commands", "events", "book", "matcher", "risk", "state", "invariants", "replay"]
 ALLOWED = {"__future__", "bisect", "collections", "collections.abc", "enum", "hashlib", "msgspec",
            "typing", "dataclasses"}  # fmt: skip
 

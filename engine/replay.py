@@ -1,0 +1,276 @@
+"""Replay: applying journaled commands when nobody listens to the events.
+
+Recovery applies a million commands and throws every event away, counting them only.
+`SilentReplayer` applies the commands that make up most of any journal - valid new orders
+(resting, trading or both) and cancels by order id - without building events: the engine's
+state changes exactly as under `MatchingEngine.apply`, and the number of events `apply`
+would have emitted is returned. The rare rest - every rejection, fill-or-kill orders,
+post-only orders that would cross, cancels by client order id, amends, cancel-all,
+listings - is handed to `apply` itself.
+
+A property test runs random command streams both ways and compares the state hash and the
+event count after every command. Keep the fast paths in step with `MatchingEngine.apply`
+and `_match`: a new check or state change on the new-order, matching or cancel path there
+(validation, risk) must appear here too, or make these paths hand the command to `apply`.
+
+Pure like the rest of the core: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.book import BookSide, RestingOrder
+from engine.commands import Cancel, NewOrder
+from engine.domain import CancelReason
+from engine.matcher import (
+    _VALID_STP,
+    BUY,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    MAX_ACCOUNT_LEN,
+    MAX_CLIENT_ORDER_ID_LEN,
+    SELL,
+    STP_BOTH,
+    STP_NEWEST,
+    AccountOrders,
+    MatchingEngine,
+)
+
+SELF_TRADE = int(CancelReason.SELF_TRADE)
+
+
+class SilentReplayer:
+    """Applies batches of sequenced commands to one engine without building events.
+
+    Decoded commands carry fresh strings. The replayer remembers, per account name, one
+    string object and the account's index: a new order then finds its account with one
+    probe, and the resting orders of an account share one name instead of a copy each.
+    So the engine must change only through this replayer or `MatchingEngine.apply` while
+    the replayer is in use (neither ever replaces an account's index)."""
+
+    __slots__ = ("engine", "_known")
+
+    def __init__(self, engine: MatchingEngine) -> None:
+        self.engine = engine
+        self._known: dict[str, tuple[str, AccountOrders]] = {}
+
+    def apply(self, commands: Iterable) -> int:
+        """Apply the commands in order; return how many events `MatchingEngine.apply`
+        would have emitted for them."""
+        engine = self.engine
+        apply = engine.apply
+        markets = engine._markets
+        accounts = engine.accounts
+        known = self._known
+        # The engine's counters live in locals here and are handed over around `apply`.
+        last_seq = engine.last_seq
+        next_oid = engine.next_order_id
+        events = 0
+        for cmd in commands:
+            kind = type(cmd)
+            if kind is NewOrder:
+                seq = cmd.seq
+                market = markets.get(cmd.symbol)
+                # Risk checks (any limit, kill switch or halt set) are `apply`'s to make.
+                if seq > last_seq and market is not None and not engine.risk_on:
+                    side = cmd.side
+                    qty = cmd.qty
+                    price = cmd.price
+                    order_type = cmd.order_type
+                    tif = cmd.tif
+                    post_only = cmd.post_only
+                    stp = cmd.stp
+                    account = cmd.account
+                    clid = cmd.client_order_id
+                    # The validation of `apply`, less fill-or-kill (left to it).
+                    if (
+                        (side == BUY or side == SELL)
+                        and market.min_qty <= qty <= market.max_qty
+                        and not qty % market.lot
+                        and (
+                            (order_type == LIMIT and price > 0 and not price % market.tick)
+                            or (order_type == MARKET and not price)
+                        )
+                        and (tif == GTC or tif == IOC)
+                        and stp in _VALID_STP
+                        and (not post_only or (order_type == LIMIT and tif == GTC))
+                        and 0 < len(account) <= MAX_ACCOUNT_LEN
+                        and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
+                    ):
+                        if side == BUY:
+                            own = market.bids
+                            opp = market.asks
+                            best = opp.best
+                            crosses = best is not None and (order_type == MARKET or best <= price)
+                        else:
+                            own = market.asks
+                            opp = market.bids
+                            best = opp.best
+                            crosses = best is not None and (order_type == MARKET or best >= price)
+                        entry = known.get(account)
+                        if entry is not None:
+                            account, acct = entry
+                        else:
+                            acct = accounts.get(account)
+                            if acct is not None:
+                                known[account] = (account, acct)
+                        # A duplicate client id or a post-only order that would cross is
+                        # refused by `apply`: checked before anything changes (the
+                        # registration of the id is the check).
+                        if not (crosses and post_only) and not (
+                            clid and acct is not None and acct.by_clid.setdefault(clid, next_oid) != next_oid
+                        ):
+                            if acct is None:
+                                acct = accounts[account] = AccountOrders()
+                                known[account] = (account, acct)
+                                if clid:
+                                    acct.by_clid[clid] = next_oid
+                            oid = next_oid
+                            next_oid = oid + 1
+                            last_seq = seq
+                            events += 1  # OrderAccepted
+                            remaining = qty
+                            if crosses:
+                                remaining, stopped, emitted = _match_silently(
+                                    engine,
+                                    opp,
+                                    side,
+                                    order_type == MARKET,
+                                    price,
+                                    oid,
+                                    account,
+                                    stp,
+                                    qty,
+                                    seq,
+                                    market.book.symbol,
+                                )
+                                events += emitted
+                                if not remaining or stopped:
+                                    events += 1  # OrderDone, or OrderCancelled by self-trade prevention
+                                    continue
+                            if tif != GTC or order_type != LIMIT:
+                                events += 1  # OrderCancelled: IOC remainder or no liquidity
+                                continue
+                            order = RestingOrder(
+                                oid,
+                                account,
+                                clid,
+                                market.book.symbol,
+                                side,
+                                price,
+                                qty,
+                                remaining,
+                                qty - remaining,
+                                tif,
+                                post_only,
+                                stp,
+                                seq,
+                            )
+                            level = own.levels.get(price)
+                            if level is None:
+                                level = own.new_level(price)
+                            level.orders[oid] = order
+                            level.qty += remaining
+                            acct.open[oid] = order
+                            continue
+            elif kind is Cancel:
+                seq = cmd.seq
+                oid = cmd.order_id
+                if seq > last_seq and oid:
+                    acct = accounts.get(cmd.account)
+                    order = acct.open.get(oid) if acct is not None else None
+                    if order is not None:
+                        last_seq = seq
+                        market = markets[order.symbol]
+                        side = market.bids if order.side == BUY else market.asks
+                        price = order.price
+                        level = side.levels[price]
+                        orders = level.orders
+                        del orders[oid]
+                        level.qty -= order.leaves
+                        if not orders:
+                            side.drop_level(price)
+                        del acct.open[oid]
+                        events += 1  # OrderCancelled
+                        continue
+            engine.last_seq = last_seq
+            engine.next_order_id = next_oid
+            events += len(apply(cmd))
+            last_seq = engine.last_seq
+            next_oid = engine.next_order_id
+        engine.last_seq = last_seq
+        engine.next_order_id = next_oid
+        return events
+
+
+def _match_silently(
+    engine: MatchingEngine,
+    opp: BookSide,
+    side: int,
+    is_market: bool,
+    limit: int,
+    oid: int,
+    account: str,
+    stp: int,
+    qty: int,
+    seq: int,
+    symbol: str,
+) -> tuple[int, bool, int]:
+    """`MatchingEngine._match` without the events: (quantity left, whether self-trade
+    prevention stopped the incoming order, how many events `_match` would have emitted).
+    Like `_match`, it notes the last fill's price (risk's reference price) once."""
+    remaining = qty
+    emitted = 0
+    traded = 0
+    levels = opp.levels
+    accounts = engine.accounts
+    is_buy = side == BUY
+    while remaining:
+        price = opp.best
+        if price is None:
+            break
+        if not is_market and (price > limit if is_buy else price < limit):
+            break
+        level = levels[price]
+        orders = level.orders
+        while remaining:
+            maker = next(iter(orders.values()))
+            mleaves = maker.leaves
+            if stp and maker.account == account:
+                if stp == STP_NEWEST:
+                    if traded:
+                        engine.last_price[symbol] = traded
+                    return remaining, True, emitted
+                # Rare: the cancelled maker's event goes to a list nobody reads.
+                engine._cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
+                emitted += 1
+                if stp == STP_BOTH:
+                    if traded:
+                        engine.last_price[symbol] = traded
+                    return remaining, True, emitted
+                if opp.best != price:  # that emptied the level
+                    break
+                continue
+            fill = remaining if remaining < mleaves else mleaves
+            remaining -= fill
+            mleaves -= fill
+            maker.leaves = mleaves
+            maker.filled += fill
+            level.qty -= fill
+            engine.next_trade_id += 1
+            traded = price
+            emitted += 1  # Trade
+            if not mleaves:
+                maker_id = maker.order_id
+                del orders[maker_id]
+                del accounts[maker.account].open[maker_id]
+                emitted += 1  # OrderDone of the maker
+                if not orders:
+                    opp.drop_level(price)
+                    break
+    if traded:
+        engine.last_price[symbol] = traded
+    return remaining, False, emitted

@@ -1,0 +1,230 @@
+"""The silent replay path (engine/replay.py) against `MatchingEngine.apply`.
+
+Random command streams - crossing and resting orders in every time in force and STP mode,
+post-only, duplicate and over-long client ids, invalid values, unknown symbols, cancels and
+amends of live, finished and never-issued orders, cancel-all, a listing mid-stream, risk
+limits, kill switches and halts set and released - are applied both ways. After every
+command the state hash and the event count must agree; the commands replayed are decoded
+from the wire, so they carry fresh strings as from a journal.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import msgspec
+import pytest
+from conftest import BTC, ETH, INSTRUMENTS, SOL, T0
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.bench.workload import generate, make_engine
+from engine.commands import (
+    Amend,
+    Cancel,
+    CancelAll,
+    Command,
+    ListInstrument,
+    NewOrder,
+    SetKillSwitch,
+    SetRiskLimits,
+    SetTradingHalt,
+)
+from engine.domain import Instrument, RiskLimits
+from engine.invariants import check_engine
+from engine.matcher import MatchingEngine, SequenceError
+from engine.replay import SilentReplayer
+from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+
+LISTED = INSTRUMENTS[:2]  # BTC (tick 5, lot 10, min 10) and ETH; SOL gets listed mid-stream
+# Names longer than one character: CPython shares one-character strings, which would hide
+# a comparison by identity where the engine compares by value.
+ACCOUNTS = ("acct-a", "acct-b", "acct-c")
+CLIDS = ("", "", *(f"c{i}" for i in range(40)), "L" * 65)
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+accounts = st.sampled_from(ACCOUNTS)
+clids = st.sampled_from(CLIDS)
+# Prices around 100 on BTC's tick of 5 (ETH's tick is 1): buys and sells overlap, so many
+# orders cross.
+prices = st.sampled_from([85, 90, 95, 100, 100, 105, 110, 115])
+# One invalid value in some new orders (each a rejection reason of its own).
+MUTATIONS = {
+    "account": ["", "a" * 65],
+    "client_order_id": ["L" * 65],
+    "symbol": ["NOPE-USD"],
+    "side": [0, 3],
+    "order_type": [7],
+    "price": [101, 0, -5],  # 101: off BTC's tick
+    "qty": [5, 0, -10, 10_000_000],
+    "tif": [2, 9],
+    "stp": [9, -1],
+}
+
+
+@st.composite
+def new_orders(draw) -> NewOrder:
+    order_type = draw(st.sampled_from([2, 2, 2, 2, 1]))
+    cmd = NewOrder(
+        draw(accounts),
+        draw(clids),
+        draw(st.sampled_from([BTC, BTC, BTC, ETH, SOL])),  # SOL is valid once listed
+        draw(st.sampled_from([1, 2])),
+        order_type,
+        draw(prices) if order_type == 2 else 0,
+        draw(st.sampled_from([10, 20, 30, 50, 60, 100])),
+        draw(st.sampled_from([1, 1, 1, 3, 3, 4])),
+        draw(st.sampled_from([False] * 4 + [True])),
+        draw(st.sampled_from([0, 1, 2, 3])),
+    )
+    if draw(st.integers(0, 9)) == 0:
+        field = draw(st.sampled_from(sorted(MUTATIONS)))
+        setattr(cmd, field, draw(st.sampled_from(MUTATIONS[field])))
+    return cmd
+
+
+cancels = st.builds(
+    Cancel,
+    account=accounts,
+    order_id=st.integers(0, 30),  # 0: by client id
+    client_order_id=clids,
+)
+amends = st.builds(
+    Amend,
+    account=accounts,
+    order_id=st.integers(0, 30),
+    client_order_id=clids,
+    new_qty=st.sampled_from([0, 0, 10, 20, 40, 100, 5]),
+    new_price=st.sampled_from([0, 0, 90, 95, 100, 105, 110]),
+    new_client_order_id=clids,
+)
+cancel_alls = st.builds(CancelAll, account=accounts, symbol=st.sampled_from(["", BTC, "NOPE-USD"]))
+listings = st.builds(
+    ListInstrument,
+    instrument=st.sampled_from([INSTRUMENTS[2], Instrument(SOL, tick_size=2), INSTRUMENTS[1]]),
+)
+# Risk administration: with any limit, switch or halt set, new orders go through `apply`
+# (its risk checks); released again, the fast path resumes. Targets hit live names.
+scopes = st.sampled_from([(1, ""), (2, BTC), (2, ETH), (3, "acct-a"), (3, "acct-b")])
+risk_limits = st.builds(
+    lambda target, limits: SetRiskLimits(target[0], target[1], limits),
+    scopes,
+    st.sampled_from(
+        [
+            RiskLimits(),  # removes the entry
+            RiskLimits(max_order_qty=40),
+            RiskLimits(price_band_bps=500),
+            RiskLimits(max_open_orders=2),
+            RiskLimits(max_order_notional=3000, max_open_notional=6000),
+        ]
+    ),
+)
+kill_switches = st.builds(
+    lambda target, engaged, cancel: SetKillSwitch(target[0], target[1], engaged, "drill", cancel),
+    scopes,
+    st.booleans(),
+    st.booleans(),
+)
+halts = st.builds(SetTradingHalt, symbol=st.sampled_from([BTC, ETH]), halted=st.booleans())
+risk_commands = st.one_of(risk_limits, kill_switches, halts)
+# Weighted by sampling a kind first (st.one_of would treat repeated branches as one).
+KINDS = {
+    "new": new_orders(),
+    "cancel": cancels,
+    "amend": amends,
+    "cancel_all": cancel_alls,
+    "list": listings,
+    "risk": risk_commands,
+}
+MIX = ("new",) * 12 + ("cancel",) * 6 + ("amend",) * 3 + ("cancel_all", "list", "risk")
+commands = st.sampled_from(MIX).flatmap(KINDS.__getitem__)
+streams = st.one_of(
+    st.lists(commands, min_size=1, max_size=10), st.lists(commands, min_size=30, max_size=120)
+)
+
+
+def sequenced(cmds: list) -> list:
+    for i, cmd in enumerate(cmds):
+        cmd.seq = i + 1
+        cmd.ts = T0 + i
+    return cmds
+
+
+def from_the_wire(cmds: list) -> list:
+    """A fresh copy, as decoded from a journal record."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(cmds), type=list[Command])
+
+
+def live_run(cmds: list) -> tuple[list[int], list[str]]:
+    """Event count and state hash after each command under `apply`."""
+    engine = MatchingEngine(LISTED)
+    counts, hashes = [], []
+    for cmd in from_the_wire(cmds):
+        counts.append(len(engine.apply(cmd)))
+        hashes.append(state_hash(engine))
+    return counts, hashes
+
+
+@SETTINGS
+@given(cmds=streams)
+def test_silent_replay_matches_apply_after_every_command(cmds):
+    cmds = sequenced(cmds)
+    counts, hashes = live_run(cmds)
+    engine = MatchingEngine(LISTED)
+    replayer = SilentReplayer(engine)
+    for i, cmd in enumerate(from_the_wire(cmds)):
+        assert replayer.apply([cmd]) == counts[i], f"command {i}: {cmd}"
+        assert state_hash(engine) == hashes[i], f"command {i}: {cmd}"
+    assert check_engine(engine) == []
+
+
+@SETTINGS
+@given(cmds=streams, cuts=st.lists(st.integers(0, 120), max_size=4), snapshot_at=st.integers(0, 120))
+def test_silent_replay_in_batches_and_after_a_snapshot(cmds, cuts, snapshot_at):
+    """Batches of any size give the same result, and a replayer started on a restored
+    snapshot continues exactly (its account cache starts empty, the accounts do not)."""
+    cmds = sequenced(cmds)
+    counts, hashes = live_run(cmds)
+    wire = from_the_wire(cmds)
+    snapshot_at %= len(wire) + 1
+    bounds = sorted({0, snapshot_at, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    engine = MatchingEngine(LISTED)
+    replayer = SilentReplayer(engine)
+    for lo, hi in itertools.pairwise(bounds):
+        if lo == snapshot_at:
+            engine = restore_state(decode_state(encode_state(export_state(engine))))
+            replayer = SilentReplayer(engine)
+        assert replayer.apply(wire[lo:hi]) == sum(counts[lo:hi])
+        assert state_hash(engine) == hashes[hi - 1]
+    assert check_engine(engine) == []
+
+
+def test_the_benchmark_workload_takes_only_the_silent_paths(monkeypatch: pytest.MonkeyPatch):
+    """Resting and crossing (IOC limit and market) orders and cancels by order
+    id never reach `apply`, and the replay ends on the generator's state hash."""
+    workload = generate(5_000, seed=3)
+    engine = make_engine()
+
+    def no_apply(cmd):
+        raise AssertionError(f"handed to apply: {cmd}")
+
+    monkeypatch.setattr(engine, "apply", no_apply)
+    events = SilentReplayer(engine).apply(from_the_wire(workload.commands))
+    reference = make_engine()
+    assert events == sum(len(reference.apply(cmd)) for cmd in workload.commands)
+    assert state_hash(engine) == workload.state_hash
+
+
+def test_a_stale_sequence_number_is_refused_as_by_apply():
+    engine = MatchingEngine(LISTED)
+    replayer = SilentReplayer(engine)
+    first = sequenced([NewOrder("acct-a", "c1", BTC, 1, 2, 100, 10), Cancel("acct-a", 1)])
+    assert replayer.apply(first) == 2
+    for stale in (NewOrder("acct-a", "c2", BTC, 1, 2, 100, 10, seq=2), Cancel("acct-a", 1, seq=1)):
+        with pytest.raises(SequenceError):
+            replayer.apply([stale])
+    assert engine.last_seq == 2
