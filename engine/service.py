@@ -46,6 +46,8 @@ class ExchangeService:
     ) -> None:
         self.node = node
         self.metrics = metrics  # telemetry.metrics.ExchangeMetrics, or None
+        if metrics is not None:
+            node.risk_check_ns = []  # the node times risk checks on a sample of batches
         self.tracer = None  # telemetry.order_traces.OrderTraceRecorder, when exporting traces
         self._snapshot_failures_seen = 0
         self.max_batch = max_batch
@@ -162,6 +164,12 @@ class ExchangeService:
         m.stage_journal.observe(t2 - t1)
         m.stage_match.observe(t3 - t2)
         m.stage_ack.observe(t4 - t3)
+        risk = node.risk_check_ns
+        if risk:
+            observe = m.stage_risk.observe
+            for ns in risk:
+                observe(ns / 1e9)
+            risk.clear()
         if error is None:
             m.commands.inc(len(batch))
             m.written_bytes.inc(node.last_write_bytes)

@@ -76,7 +76,9 @@ _SPECS = [
         "Time in a stage of the order path: decode (per request, message or read, in the "
         "gateway), sequencer_wait (per submission, queued until its group-commit batch is "
         "sequenced), then per batch journal (write + fdatasync), match, and ack (answers to "
-        "the submitters, then the order store, market data, execution reports and metrics).",
+        "the submitters, then the order store, market data, execution reports and metrics). "
+        "risk: the pre-trade checks of one new order; they run inside match, and are timed on "
+        "one batch in 8 while any risk limit, kill switch or halt is set.",
         ("stage",),
         "seconds",
         LATENCY_BUCKETS,

@@ -70,9 +70,10 @@ class ExchangeMetrics:
         self.m = {spec.name: _build(spec, self.registry) for spec in direct}
         self._children: dict[tuple, object] = {}
         stage = self.m["loom_stage_duration_seconds"]
-        # The stages, in path order (risk joins when the risk layer does).
+        # The stages in path order (risk runs inside match; it is timed on a sample).
         self.stage_decode = stage.labels("decode")
         self.stage_sequencer_wait = stage.labels("sequencer_wait")
+        self.stage_risk = stage.labels("risk")
         self.stage_journal = stage.labels("journal")
         self.stage_match = stage.labels("match")
         self.stage_ack = stage.labels("ack")

@@ -33,10 +33,13 @@ def exchange(tmp_path_factory):
         "0",
     ]
     with loom_run(args, dict(os.environ)) as base:
-        # Wait (by polling, not sleeping blind) until the demo flow has traded.
+        # Wait (by polling, not sleeping blind) until the demo flow has traded and journaled
+        # more than 100 commands (test_the_figures_are_alive expects both).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if 'loom_trades_total{symbol="BTC-USD"}' in fetch(base + "/metrics")[1]:
+            text = fetch(base + "/metrics")[1]
+            last = re.search(r"^loom_journal_last_seq (\S+)$", text, re.M)
+            if 'loom_trades_total{symbol="BTC-USD"}' in text and last and float(last.group(1)) > 100:
                 break
             time.sleep(0.05)
         yield base
@@ -114,12 +117,31 @@ def test_the_figures_are_alive(exchange):
     assert value("loom_journal_last_seq") > 100
     assert value("loom_commands_total") >= value("loom_journal_last_seq") - 3  # listings at start
     assert value('loom_stage_duration_seconds_count{stage="journal"}') > 0
-    # The issue's stages, in path order (risk is added with the risk layer).
+    # The issue's stages, in path order.
     stages = set(re.findall(r'^loom_stage_duration_seconds_count\{stage="([a-z_]+)"\}', text, re.M))
-    assert stages == {"decode", "sequencer_wait", "journal", "match", "ack"}
+    assert stages == {"decode", "sequencer_wait", "risk", "journal", "match", "ack"}
     assert value("loom_journal_fsync_seconds_count") > 0
     assert value('loom_sessions{protocol="binary"}') == 0.0
     assert value('loom_book_spread{symbol="BTC-USD"}') > 0
+
+
+def test_risk_checks_are_timed_while_the_demo_has_limits_set(exchange):
+    """The demo sets risk limits, so one batch in 8 times its orders' pre-trade checks."""
+    deadline = time.monotonic() + 30
+    count = 0.0
+    while time.monotonic() < deadline and not count:
+        m = re.search(
+            r'^loom_stage_duration_seconds_count\{stage="risk"\} (\S+)$',
+            fetch(exchange + "/metrics")[1],
+            re.M,
+        )
+        count = float(m.group(1)) if m else 0.0
+        if not count:
+            time.sleep(0.1)
+    assert count > 0
+    _ctype, text = fetch(exchange + "/metrics")
+    total = float(re.search(r'^loom_stage_duration_seconds_sum\{stage="risk"\} (\S+)$', text, re.M).group(1))
+    assert 0 < total / count < 0.001, "a risk check takes microseconds, not milliseconds"
 
 
 def test_catalogue_follows_prometheus_conventions():
