@@ -142,8 +142,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     router = ExecutionRouter()
     surveillance = Surveillance()
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
-    service.add_listener(surveillance.on_batch)
-    for listener in (order_store.on_events, market_data.on_events, metrics.on_events):
+    for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))

@@ -226,7 +226,8 @@ _SPECS = [
     MetricSpec(
         "loom_surveillance_alerts",
         COUNTER,
-        "Times an account's anomaly score reached the threshold (1), by kind.",
+        "Times an account's anomaly score was found at the threshold (1) when scores are "
+        "evaluated (every scrape), by kind; once until it falls back below 0.8.",
         ("kind",),
     ),
     MetricSpec("loom_surveillance_accounts", GAUGE, "Accounts with activity in the surveillance window.", ()),

@@ -56,6 +56,9 @@ def test_cancel_ratio_and_order_to_trade_score_against_their_thresholds():
     scores = w.surveillance.scores("spoofer")
     assert scores[CANCEL_RATIO] == 1.0 / CONFIG.cancel_ratio_threshold  # above 1
     assert scores[ORDER_TO_TRADE] == 20 / CONFIG.order_to_trade_threshold
+    assert w.surveillance.alerts[CANCEL_RATIO] == 0  # scores are evaluated at scrape time
+    w.surveillance.evaluate()
+    w.surveillance.evaluate()
     assert w.surveillance.alerts[CANCEL_RATIO] == 1  # counted once while it stays up
     summary = w.surveillance.summary()
     assert summary["kinds"][CANCEL_RATIO]["top"][0]["account"] == "spoofer"
@@ -74,6 +77,7 @@ def test_self_trades_and_stp_stops_count_as_self_match():
         w.buy("wash", 100, 1, symbol=ETH)
     assert w.surveillance.indicators("wash")["self_match"] == 4
     assert w.surveillance.scores("wash")[SELF_MATCH] == 1.0
+    w.surveillance.evaluate()
     assert w.surveillance.alerts[SELF_MATCH] == 1
     assert w.surveillance.scores("other")[SELF_MATCH] == 0.0
 
