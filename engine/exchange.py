@@ -149,6 +149,9 @@ class ExchangeNode:
         # Risk-check times (ns) of the new orders of a sampled batch, for the "risk" stage;
         # the service drains it. None: not measured (no metrics).
         self.risk_check_ns: list[int] | None = None
+        # seq -> (perf_counter_ns at the check, its duration) of the last timed batch's new
+        # orders: the "risk" spans of the orders the tracer exports.
+        self.risk_timed: dict[int, tuple[int, int]] = {}
         self._finished_batches = 0
         self.journal_ok = True  # did the last journal write succeed (readiness)
         self.last_write_bytes = 0
@@ -238,6 +241,8 @@ class ExchangeNode:
             return [[journal_failure_rejection(cmd)] for cmd in commands]
         self.journal_ok = True
         self._finished_batches += 1
+        if self.risk_timed:
+            self.risk_timed = {}
         if (
             self.risk_check_ns is not None
             and self.engine.risk_on
@@ -260,12 +265,15 @@ class ExchangeNode:
         engine = self.engine
         apply = engine.apply
         clock = time.perf_counter_ns
+        timed = self.risk_timed
         results = []
         for cmd in commands:
             if type(cmd) is NewOrder and engine.risk_on and _field_valid(engine, cmd):
                 started = clock()
                 check_new(engine, cmd)
-                out.append(clock() - started)
+                took = clock() - started
+                out.append(took)
+                timed[cmd.seq] = (started, took)
             results.append(apply(cmd))
         return results
 

@@ -276,7 +276,9 @@ class ExchangeService:
                 self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self.tracer is not None:
                 try:
-                    self.tracer.record_batch(taken, batch, results, (t0, t1, t2, t3, t4), split)
+                    self.tracer.record_batch(
+                        taken, batch, results, (t0, t1, t2, t3, t4), split, node.risk_timed
+                    )
                 except Exception:
                     log.exception("order trace recording failed")
             if self.metrics is not None:

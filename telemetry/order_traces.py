@@ -87,11 +87,13 @@ class OrderTraceRecorder:
         results: list[list],
         stages_perf: tuple,
         split: BatchEvents | None = None,
+        risk_timed: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         """`taken`: the batch's submissions (commands, protocol, queued_at) in order; `batch`
         and `results`: every command and its events; `stages_perf`: perf_counter at stamp,
         journal start, durable, matched, published; `split`: the events by type (the
-        service's shared walk; built here when not given)."""
+        service's shared walk; built here when not given); `risk_timed`: seq ->
+        (perf_counter_ns, ns) of the new orders whose risk checks were timed."""
         if split is None:
             split = BatchEvents(results)
         starts, pos = [], 0
@@ -125,6 +127,8 @@ class OrderTraceRecorder:
                     "filled" if last is OrderDone else "cancelled" if last is OrderCancelled else "accepted"
                 )
             fills = [(e.trade_id, e.price, e.qty, e.ts) for e in events if type(e) is Trade]
+            risk = risk_timed.get(cmd.seq) if risk_timed else None
+            risk_start = epoch(risk[0] / 1e9) if risk else 0
             trace_id = self.trace_id_of(cmd)
             side = _SIDE.get(cmd.side, "?")
             record(
@@ -146,6 +150,8 @@ class OrderTraceRecorder:
                     matched,
                     acked,
                     fills,
+                    risk_start,
+                    risk_start + risk[1] if risk else 0,
                 )
             )
             self.recorded += 1

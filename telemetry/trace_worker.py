@@ -9,6 +9,8 @@ are the exchange's own stamps, not the moment this process got round to them:
     receive/decode received -> decoded
     journal        journal_start -> journal_end (durable)
     match          journal_end -> matched
+    risk           the pre-trade checks, inside match (only when the order's batch had
+                   them timed: one batch in 8 while risk limits are set)
     ack            matched -> acked
   and one "fill" event on "order" per fill, at the fill's time.
 
@@ -160,6 +162,7 @@ class SpanBuilder:
             ("receive/decode", rec.received_ns, rec.decoded_ns),
             ("journal", rec.journal_start_ns, rec.journal_end_ns),
             ("match", rec.journal_end_ns, rec.matched_ns),
+            ("risk", rec.risk_start_ns, rec.risk_end_ns),
             ("ack", rec.matched_ns, rec.acked_ns),
         ):
             if t0 and t1 and t1 >= t0:  # a stage the order never reached has no span

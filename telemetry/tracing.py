@@ -120,6 +120,9 @@ class OrderTrace(msgspec.Struct, tag="o", array_like=True, gc=False):
     matched_ns: int = 0
     acked_ns: int = 0
     fills: list[tuple[int, int, int, int]] = []  # (trade_id, price, qty, ts_ns)
+    # The pre-trade checks (inside match), when the order's batch had them timed (one in 8).
+    risk_start_ns: int = 0
+    risk_end_ns: int = 0
 
 
 class FillTrace(msgspec.Struct, tag="f", array_like=True, gc=False):

@@ -155,3 +155,19 @@ def test_the_lookup_gives_stage_timings_from_the_store_and_the_same_from_the_jou
         assert stages[key] is not None and stages[key] >= 0, key
     assert stages["received_ns"] <= stages["sequenced_ns"]
     assert journal_lookup(base, order_id)["stages"] == stages
+
+
+def test_risk_checks_appear_as_spans_inside_match_on_a_sample_of_batches(traced):
+    """The demo sets risk limits; one batch in 8 has its orders' pre-trade checks timed,
+    and a traced order of such a batch gets a "risk" span within its "match" span."""
+    base, rx = traced
+    for i in range(24):  # one REST order per batch at this rate: at least 3 timed batches
+        status, _h, _b = call("POST", base + "/v1/orders", order_body(f"risk-{i}"))
+        assert status == 201
+    spans = rx.wait_for(lambda spans: any(s.name == "risk" for s in spans), timeout=30)
+    risk = next(s for s in spans if s.name == "risk")
+    family = {s.name: s for s in spans if s.trace_id == risk.trace_id}
+    assert risk.parent_span_id == family["order"].span_id
+    match = family["match"]
+    assert match.start_ns <= risk.start_ns <= risk.end_ns <= match.end_ns
+    assert 0 < risk.end_ns - risk.start_ns < 1_000_000  # microseconds, not milliseconds
