@@ -33,7 +33,7 @@ async def until(what: str, probe, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def config(tmp_path, node_id: str, urls: list[str], stream: str) -> Config:
+def config(tmp_path, node_id: str, urls: list[str], stream: str, lease_ttl: float = 0.6) -> Config:
     return Config(
         data_dir=tmp_path / node_id,
         http_port=0,
@@ -45,7 +45,7 @@ def config(tmp_path, node_id: str, urls: list[str], stream: str) -> Config:
         cluster=urls,
         node_id=node_id,
         cluster_stream=stream,
-        lease_ttl=0.6,
+        lease_ttl=lease_ttl,
     )
 
 
@@ -106,11 +106,13 @@ def test_step_down_over_rest_hands_over_and_the_automation_knows_the_hooks(nats_
     async def scenario() -> None:
         import aiohttp
 
-        a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream))
+        # A step-down hands the lease over at once, so no short TTL is needed here; a long
+        # one keeps a CPU-starved test run (suites in parallel) from a real, unasked failover.
+        a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream, lease_ttl=3.0))
         b = None
         try:
             await until("a leads", lambda: a.cluster.role == Role.LEADER)
-            b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream))
+            b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream, lease_ttl=3.0))
             await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
             admin = {"X-API-Key": "admin-key-0000000000"}
             async with aiohttp.ClientSession() as http:
