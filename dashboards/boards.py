@@ -241,6 +241,12 @@ def matching() -> Dashboard:
                     SECONDS_FORMAT,
                 ),
                 series(
+                    "Backlog: commands waiting for a batch (max over the interval)",
+                    [target(f"max_over_time({m('loom_commit_backlog_commands')}[{RATE}])", "backlog")],
+                    description="Submissions queued while the previous batch is being journaled; "
+                    "it grows with load (group commit) and keeps growing when the node falls behind.",
+                ),
+                series(
                     "Commands per batch",
                     [
                         target(quantile(0.5, "loom_batch_commands"), "p50"),

@@ -150,6 +150,12 @@ _SPECS = [
         ("protocol", "code"),
     ),
     MetricSpec("loom_ready", GAUGE, "1 when the node accepts orders and its journal is writable.", ()),
+    MetricSpec(
+        "loom_commit_backlog_commands",
+        GAUGE,
+        "Commands submitted and waiting for the next group-commit batch (the sequencer's backlog).",
+        (),
+    ),
     # -- cluster: lease, replication, fencing (read at scrape time) -------------------------------
     MetricSpec(
         "loom_cluster_role",

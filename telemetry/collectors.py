@@ -133,6 +133,9 @@ class ExchangeCollector(Collector):
         for protocol, count in self.sessions.items():
             sessions.add_metric([protocol], count())
         yield sessions
+        backlog = _gauge("loom_commit_backlog_commands")
+        backlog.add_metric([], self.service.queued)
+        yield backlog
         ready = _gauge("loom_ready")
         ready.add_metric([], 1 if self.service.accepting and node.journal_ok else 0)
         yield ready

@@ -164,6 +164,7 @@ SCRAPE_TIME = {
     "loom_open_orders",
     "loom_sessions",
     "loom_ready",
+    "loom_commit_backlog_commands",
     "loom_cluster_role",
     "loom_lease_held",
     "loom_lease_renewals",
