@@ -299,27 +299,59 @@ def test_prometheus_alertmanager_drive_a_snapshot(tmp_path):
                     timeout=20,
                     interval=0.1,
                 )
+                # The fault starts now, with everything watching: a fresh snapshot, then none
+                # (the schedule is 300 s), so the age crosses the threshold THRESHOLD_S later.
+                req = urllib.request.Request(
+                    base + "/v1/admin/snapshot", data=b"", method="POST", headers=admin
+                )
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.status == 200
+                reset_at = time.time()
+
+                def quiet_since_reset():
+                    scraped = prom.query(f'timestamp(loom_snapshot_age_seconds{{job="{JOB}"}})')
+                    return scraped and float(scraped[0]["value"][1]) > reset_at and not firing()
 
                 def firing():
                     alerts = prom.get("/api/v1/alerts")["alerts"]
                     mine = [a for a in alerts if a["labels"]["alertname"] == "LoomSnapshotTooOld"]
                     return [a for a in mine if a["state"] == "firing"]
 
+                # (The age may have crossed the threshold once already, before Prometheus's first
+                # scrape: wait for a scrape after the reset and no alert firing, then the new one.)
+                _wait("a scrape after the reset with no alert firing", quiet_since_reset, 30, procs)
                 [fired] = _wait("the alert to fire", firing, 30, procs)
                 active_at = _rfc3339(fired["activeAt"])
 
                 def done_record():
                     records = _http_json(base + "/v1/admin/automation/audit", admin)["records"]
-                    done = [r for r in records if r["action"] == "take-snapshot" and r["outcome"] == "done"]
+                    done = [
+                        r
+                        for r in records
+                        if r["action"] == "take-snapshot"
+                        and r["outcome"] == "done"
+                        and abs(_rfc3339(r["starts_at"]) - active_at) < 0.01  # this alert, not an earlier one
+                    ]
                     return done and done[0]
 
                 record = _wait("the automation to take a snapshot", done_record, 20, procs)
-                fault_to_action = record["time"] - active_at
-                print(
-                    f"\nfault-to-action: {fault_to_action:.3f} s (alert activeAt {fired['activeAt']}, "
-                    f"snapshot age crossed {THRESHOLD_S} s; audit record at {record['time']:.3f})"
+                # The fault's own moment: the snapshot age grows 1 s per second, so the first
+                # scraped sample above the threshold dates the crossing exactly.
+                query = f'loom_snapshot_age_seconds{{job="{JOB}"}}[5m]'
+                samples = prom.get("/api/v1/query", query=query)["result"][0]["values"]
+                ts, age = next(
+                    (float(t), float(v)) for t, v in samples if float(t) > reset_at and float(v) > THRESHOLD_S
                 )
-                assert 0 <= fault_to_action < 10, (fault_to_action, fired, record)
+                fault_at = ts - (age - THRESHOLD_S)
+                fault_to_action = record["time"] - fault_at
+                alert_to_action = record["time"] - active_at
+                print(
+                    f"\nfault-to-action: {fault_to_action:.3f} s (snapshot age crossed {THRESHOLD_S} s at "
+                    f"{fault_at:.3f}; alert active {active_at - fault_at:.3f} s later, action "
+                    f"{alert_to_action:.3f} s after that; audit record at {record['time']:.3f})"
+                )
+                assert 0 <= alert_to_action < 10, (alert_to_action, fired, record)
+                assert alert_to_action <= fault_to_action < 20, (fault_to_action, samples, record)
 
                 def age_dropped():
                     result = prom.query(f'loom_snapshot_age_seconds{{job="{JOB}"}}')
