@@ -903,7 +903,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/admin/cluster", admin_cluster)
     app.router.add_post("/v1/admin/cluster/step-down", admin_cluster_step_down)
     app.router.add_get("/v1/ws", websocket)
-    from engine.gateways.risk_http import add_routes as add_risk_routes  # it imports this module
+    from engine.gateways.http_controls import add_routes as add_risk_routes  # it imports this module
 
     add_risk_routes(app)
     return app
