@@ -22,6 +22,7 @@ from engine.journal.format import (
     SEGMENT_HEADER,
     BatchMeta,
     RecordInfo,
+    decode_for_replay,
     decode_record,
     decode_segment_header,
     encode_record,
@@ -298,6 +299,15 @@ class FileJournal:
     def read_batches(self, from_seq: int = 1) -> Iterator[list]:
         """Decoded batches holding seq >= from_seq (the first one trimmed to start there)."""
         for _meta, commands in self.read_records(from_seq):
+            yield commands
+
+    def replay_batches(self, from_seq: int = 1) -> Iterator[list]:
+        """Like read_batches, decoded as replay reads them (`decode_for_replay`: new orders
+        and cancels without their timestamps and trace ids), for `SilentReplayer`."""
+        for rec, version in self.records(from_seq):
+            commands = decode_for_replay(rec.payload, version)
+            if rec.first_seq < from_seq:
+                commands = commands[from_seq - rec.first_seq :]
             yield commands
 
     def read_records(self, from_seq: int = 1) -> Iterator[tuple[BatchMeta, list]]:
