@@ -175,13 +175,18 @@ class SilentReplayer:
                                 events += 2  # OrderAccepted, OrderCancelled (IOC remainder or no liquidity)
                                 continue
                             events += 1  # OrderAccepted
+                            level = own.levels.get(price)
+                            if level is None:
+                                level = own.new_level(price)
+                            # The level's price object, not the decoded one: a cancel then
+                            # finds the level without reading another object.
                             order = RestingOrder(
                                 oid,
                                 account,
                                 clid,
                                 cur_symbol,
                                 side,
-                                price,
+                                level.price,
                                 qty,
                                 remaining,
                                 qty - remaining,
@@ -190,10 +195,6 @@ class SilentReplayer:
                                 stp,
                                 seq,
                             )
-                            levels = own.levels
-                            level = levels.get(price)
-                            if level is None:
-                                level = own.new_level(price)
                             level.orders[oid] = order
                             level.qty += remaining
                             acct_open[oid] = order
