@@ -116,3 +116,58 @@ RiskCommand = SetRiskLimits | SetKillSwitch | SetTradingHalt
 Command = (
     NewOrder | Cancel | Amend | CancelAll | ListInstrument | SetRiskLimits | SetKillSwitch | SetTradingHalt
 )
+
+
+# -- as replay reads them ------------------------------------------------------------------
+#
+# A replay builds no events, and the fields after `seq` of new orders and cancels (the
+# sequencer's timestamp, the trace ids) only ever go into events. Replay decodes journal
+# records into these prefixes of `NewOrder` and `Cancel` (msgspec ignores the trailing
+# items of an array-like struct), which saves building and freeing those values for most
+# of a journal's commands. A prefix must stay exactly the leading fields of its command
+# (tests/test_replay_silent.py checks it): a new field that changes state goes before
+# nothing, it is appended, so it must be appended here too.
+
+
+class ReplayNewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
+    """A journaled `NewOrder` up to `seq`."""
+
+    account: str
+    client_order_id: str
+    symbol: str
+    side: int
+    order_type: int
+    price: int
+    qty: int
+    tif: int = TimeInForce.GTC
+    post_only: bool = False
+    stp: int = SelfTradePrevention.CANCEL_NEWEST
+    seq: int = 0
+
+    def full(self) -> NewOrder:
+        """The `NewOrder` for `MatchingEngine.apply` (timestamp and trace ids left out)."""
+        return NewOrder(*msgspec.structs.astuple(self))
+
+
+class ReplayCancel(msgspec.Struct, tag="C", array_like=True, gc=False):
+    """A journaled `Cancel` up to `seq`."""
+
+    account: str
+    order_id: int = 0
+    client_order_id: str = ""
+    seq: int = 0
+
+    def full(self) -> Cancel:
+        return Cancel(*msgspec.structs.astuple(self))
+
+
+ReplayCommand = (
+    ReplayNewOrder
+    | ReplayCancel
+    | Amend
+    | CancelAll
+    | ListInstrument
+    | SetRiskLimits
+    | SetKillSwitch
+    | SetTradingHalt
+)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from engine.book import BookSide, RestingOrder
-from engine.commands import Cancel, NewOrder
+from engine.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
 from engine.domain import CancelReason
 from engine.matcher import (
     _VALID_STP,
@@ -55,7 +55,7 @@ class SilentReplayer:
 
     def __init__(self, engine: MatchingEngine) -> None:
         self.engine = engine
-        self._known: dict[str, tuple[str, AccountOrders]] = {}
+        self._known: dict[str, tuple[str, dict, dict]] = {}
 
     def apply(self, commands: Iterable) -> int:
         """Apply the commands in order; return how many events `MatchingEngine.apply`
@@ -65,29 +65,54 @@ class SilentReplayer:
         markets = engine._markets
         accounts = engine.accounts
         known = self._known
-        # The engine's counters live in locals here and are handed over around `apply`.
+        # The engine's counters and risk switch live in locals here: only `apply` changes
+        # them, and they are handed over and read back around it.
         last_seq = engine.last_seq
         next_oid = engine.next_order_id
+        risk_on = engine.risk_on
+        # The market of the last order or cancel, by its (shared) symbol: most journals
+        # trade few symbols, and a listed symbol's market is never replaced.
+        cur_symbol = cur_market = None
         events = 0
         for cmd in commands:
             kind = type(cmd)
-            if kind is NewOrder:
+            if kind is ReplayNewOrder or kind is NewOrder:
                 seq = cmd.seq
-                market = markets.get(cmd.symbol)
+                symbol = cmd.symbol
+                if symbol == cur_symbol:
+                    market = cur_market
+                else:
+                    market = markets.get(symbol)
+                    if market is not None:
+                        cur_market = market
+                        cur_symbol = market.book.symbol
                 # Risk checks (any limit, kill switch or halt set) are `apply`'s to make.
-                if seq > last_seq and market is not None and not engine.risk_on:
+                if seq > last_seq and market is not None and not risk_on:
                     side = cmd.side
-                    qty = cmd.qty
                     price = cmd.price
                     order_type = cmd.order_type
+                    if side == BUY:
+                        own = market.bids
+                        opp = market.asks
+                        best = opp.best
+                        crosses = best is not None and (order_type == MARKET or best <= price)
+                    elif side == SELL:
+                        own = market.asks
+                        opp = market.bids
+                        best = opp.best
+                        crosses = best is not None and (order_type == MARKET or best >= price)
+                    else:
+                        own = None
+                    qty = cmd.qty
                     tif = cmd.tif
                     post_only = cmd.post_only
                     stp = cmd.stp
                     account = cmd.account
                     clid = cmd.client_order_id
-                    # The validation of `apply`, less fill-or-kill (left to it).
+                    # The validation of `apply`, less fill-or-kill (left to it); a post-only
+                    # order that would cross is refused by `apply` too.
                     if (
-                        (side == BUY or side == SELL)
+                        own is not None
                         and market.min_qty <= qty <= market.max_qty
                         and not qty % market.lot
                         and (
@@ -96,42 +121,35 @@ class SilentReplayer:
                         )
                         and (tif == GTC or tif == IOC)
                         and stp in _VALID_STP
-                        and (not post_only or (order_type == LIMIT and tif == GTC))
-                        and 0 < len(account) <= MAX_ACCOUNT_LEN
+                        and (not post_only or (order_type == LIMIT and tif == GTC and not crosses))
                         and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
                     ):
-                        if side == BUY:
-                            own = market.bids
-                            opp = market.asks
-                            best = opp.best
-                            crosses = best is not None and (order_type == MARKET or best <= price)
-                        else:
-                            own = market.asks
-                            opp = market.bids
-                            best = opp.best
-                            crosses = best is not None and (order_type == MARKET or best >= price)
                         entry = known.get(account)
+                        if entry is None:
+                            # A known account passed this check when it was first seen.
+                            if not 0 < len(account) <= MAX_ACCOUNT_LEN:
+                                own = None
+                            else:
+                                acct = accounts.get(account)
+                                if acct is not None:
+                                    entry = known[account] = (account, acct.by_clid, acct.open)
+                        # A duplicate client id is refused by `apply`: checked before
+                        # anything changes (the registration of the id is the check).
                         if entry is not None:
-                            account, acct = entry
-                        else:
-                            acct = accounts.get(account)
-                            if acct is not None:
-                                known[account] = (account, acct)
-                        # A duplicate client id or a post-only order that would cross is
-                        # refused by `apply`: checked before anything changes (the
-                        # registration of the id is the check).
-                        if not (crosses and post_only) and not (
-                            clid and acct is not None and acct.by_clid.setdefault(clid, next_oid) != next_oid
-                        ):
-                            if acct is None:
-                                acct = accounts[account] = AccountOrders()
-                                known[account] = (account, acct)
-                                if clid:
-                                    acct.by_clid[clid] = next_oid
+                            account, by_clid, acct_open = entry
+                            if clid and by_clid.setdefault(clid, next_oid) != next_oid:
+                                own = None
+                        elif own is not None:
+                            acct = accounts[account] = AccountOrders()
+                            by_clid = acct.by_clid
+                            acct_open = acct.open
+                            known[account] = (account, by_clid, acct_open)
+                            if clid:
+                                by_clid[clid] = next_oid
+                        if own is not None:
                             oid = next_oid
                             next_oid = oid + 1
                             last_seq = seq
-                            events += 1  # OrderAccepted
                             remaining = qty
                             if crosses:
                                 remaining, stopped, emitted = _match_silently(
@@ -145,22 +163,30 @@ class SilentReplayer:
                                     stp,
                                     qty,
                                     seq,
-                                    market.book.symbol,
+                                    cur_symbol,
                                 )
-                                events += emitted
                                 if not remaining or stopped:
-                                    events += 1  # OrderDone, or OrderCancelled by self-trade prevention
+                                    # OrderAccepted, the match, then OrderDone or
+                                    # OrderCancelled by self-trade prevention
+                                    events += emitted + 2
                                     continue
+                                events += emitted
                             if tif != GTC or order_type != LIMIT:
-                                events += 1  # OrderCancelled: IOC remainder or no liquidity
+                                events += 2  # OrderAccepted, OrderCancelled (IOC remainder or no liquidity)
                                 continue
+                            events += 1  # OrderAccepted
+                            level = own.levels.get(price)
+                            if level is None:
+                                level = own.new_level(price)
+                            # The level's price object, not the decoded one: a cancel then
+                            # finds the level without reading another object.
                             order = RestingOrder(
                                 oid,
                                 account,
                                 clid,
-                                market.book.symbol,
+                                cur_symbol,
                                 side,
-                                price,
+                                level.price,
                                 qty,
                                 remaining,
                                 qty - remaining,
@@ -169,14 +195,11 @@ class SilentReplayer:
                                 stp,
                                 seq,
                             )
-                            level = own.levels.get(price)
-                            if level is None:
-                                level = own.new_level(price)
                             level.orders[oid] = order
                             level.qty += remaining
-                            acct.open[oid] = order
+                            acct_open[oid] = order
                             continue
-            elif kind is Cancel:
+            elif kind is ReplayCancel or kind is Cancel:
                 seq = cmd.seq
                 oid = cmd.order_id
                 if seq > last_seq and oid:
@@ -184,8 +207,11 @@ class SilentReplayer:
                     order = acct.open.get(oid) if acct is not None else None
                     if order is not None:
                         last_seq = seq
-                        market = markets[order.symbol]
-                        side = market.bids if order.side == BUY else market.asks
+                        symbol = order.symbol
+                        if symbol is not cur_symbol:
+                            cur_market = markets[symbol]
+                            cur_symbol = cur_market.book.symbol
+                        side = cur_market.bids if order.side == BUY else cur_market.asks
                         price = order.price
                         level = side.levels[price]
                         orders = level.orders
@@ -196,11 +222,14 @@ class SilentReplayer:
                         del acct.open[oid]
                         events += 1  # OrderCancelled
                         continue
+            if kind is ReplayNewOrder or kind is ReplayCancel:
+                cmd = cmd.full()
             engine.last_seq = last_seq
             engine.next_order_id = next_oid
             events += len(apply(cmd))
             last_seq = engine.last_seq
             next_oid = engine.next_order_id
+            risk_on = engine.risk_on
         engine.last_seq = last_seq
         engine.next_order_id = next_oid
         return events
@@ -224,7 +253,8 @@ def _match_silently(
     Like `_match`, it notes the last fill's price (risk's reference price) once."""
     remaining = qty
     emitted = 0
-    traded = 0
+    traded = 0  # the last fill's price
+    trades = 0
     levels = opp.levels
     accounts = engine.accounts
     is_buy = side == BUY
@@ -243,14 +273,16 @@ def _match_silently(
                 if stp == STP_NEWEST:
                     if traded:
                         engine.last_price[symbol] = traded
-                    return remaining, True, emitted
+                        engine.next_trade_id += trades
+                    return remaining, True, emitted + trades
                 # Rare: the cancelled maker's event goes to a list nobody reads.
                 engine._cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
                 emitted += 1
                 if stp == STP_BOTH:
                     if traded:
                         engine.last_price[symbol] = traded
-                    return remaining, True, emitted
+                        engine.next_trade_id += trades
+                    return remaining, True, emitted + trades
                 if opp.best != price:  # that emptied the level
                     break
                 continue
@@ -260,17 +292,17 @@ def _match_silently(
             maker.leaves = mleaves
             maker.filled += fill
             level.qty -= fill
-            engine.next_trade_id += 1
+            trades += 1
             traded = price
-            emitted += 1  # Trade
             if not mleaves:
                 maker_id = maker.order_id
                 del orders[maker_id]
                 del accounts[maker.account].open[maker_id]
-                emitted += 1  # OrderDone of the maker
+                emitted += 1  # OrderDone of the maker (its Trade is counted in `trades`)
                 if not orders:
                     opp.drop_level(price)
                     break
     if traded:
         engine.last_price[symbol] = traded
-    return remaining, False, emitted
+        engine.next_trade_id += trades
+    return remaining, False, emitted + trades

@@ -19,6 +19,7 @@ from journal_contract import encoded, flatten, make_batches, make_commands
 
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal import JournalCorruptError
+from engine.journal import segments as segments_mod
 from engine.journal.format import (
     RECORD_HEADER,
     SEGMENT_HEADER,
@@ -491,3 +492,35 @@ def test_segment_named_after_one_seq_but_starting_at_another_refuses(tmp_path):
     with pytest.raises(JournalCorruptError) as info:
         FileJournal(tmp_path)
     assert_names_the_damage(info.value, paths[1], 0, batches[1][0].seq)
+
+
+@pytest.mark.parametrize("window", [1, 7, 30, 64, 100, 1000, 100_000])
+def test_segments_read_in_windows_of_any_size(tmp_path, monkeypatch, window):
+    """FileJournal.records reads a segment in windows: records cut by a window's end are
+    read whole, from every starting seq, across segments."""
+    batches = build(tmp_path, segment_bytes=700)
+    monkeypatch.setattr(segments_mod, "READ_WINDOW", window)
+    journal = FileJournal(tmp_path, read_only=True)
+    assert len(journal.segments) > 1
+    commands = flatten(batches)
+    for from_seq in (1, 2, 9, 20, len(commands)):
+        assert encoded(journal.read(from_seq)) == encoded(commands[from_seq - 1 :])
+        replayed = [c.seq for batch in journal.replay_batches(from_seq) for c in batch]
+        assert replayed == list(range(from_seq, len(commands) + 1))
+    journal.close()
+
+
+def test_damage_after_the_scan_is_named_at_its_file_offset(tmp_path, monkeypatch):
+    build(tmp_path)
+    monkeypatch.setattr(segments_mod, "READ_WINDOW", 50)
+    journal = FileJournal(tmp_path, read_only=True)
+    (path,) = segment_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    victim = records_of(bytes(data))[6]
+    data[victim.offset + RECORD_HEADER.size + 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorruptError) as info:
+        list(journal.read())
+    assert info.value.offset == victim.offset
+    assert info.value.path == str(path)
+    journal.close()

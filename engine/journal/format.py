@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from engine.commands import Command
+from engine.commands import Command, ReplayCommand
 
 FORMAT_VERSION = 2  # 1: payload = [command * count], no BatchMeta
 SEGMENT_MAGIC = b"LOOMJRNL"
@@ -62,6 +62,13 @@ UPCASTERS: dict[int, Callable[[list], list]] = {1: _upcast_v1}
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[BatchMeta, list[Command]])
+
+
+class _SkippedMeta(msgspec.Struct, array_like=True, gc=False):
+    """A BatchMeta left undecoded (replay never reads it)."""
+
+
+_replay_decoder = msgspec.msgpack.Decoder(tuple[_SkippedMeta, list[ReplayCommand]])
 
 
 def encode_segment_header(first_seq: int, version: int = FORMAT_VERSION) -> bytes:
@@ -139,6 +146,15 @@ def next_valid_record(buf: memoryview, offset: int) -> RecordInfo | None:
 
 def decode_payload(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
     """The record's commands."""
+    return decode_record(payload, version)[1]
+
+
+def decode_for_replay(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
+    """The record's commands as replay reads them: new orders and cancels as their prefixes
+    `ReplayNewOrder` and `ReplayCancel` (engine/commands.py), the rest as `decode_payload`
+    gives them. Older versions decode as `decode_payload` does."""
+    if version == FORMAT_VERSION:
+        return _replay_decoder.decode(payload)[1]
     return decode_record(payload, version)[1]
 
 

@@ -19,9 +19,11 @@ from engine.fsutil import fsync_dir
 from engine.journal import JournalCorruptError, JournalError, JournalWriteError
 from engine.journal.format import (
     FORMAT_VERSION,
+    RECORD_HEADER,
     SEGMENT_HEADER,
     BatchMeta,
     RecordInfo,
+    decode_for_replay,
     decode_record,
     decode_segment_header,
     encode_record,
@@ -34,6 +36,9 @@ log = logging.getLogger("loom.journal")
 
 SEGMENT_RE = re.compile(r"^journal-(\d{20})\.seg$")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+READ_WINDOW = 4 * 1024 * 1024  # bytes read at a time by FileJournal.records
+# What parse_record says of a record cut short by the end of its buffer.
+_CUT_SHORT = frozenset({"incomplete record header", "record runs past the end of the file"})
 
 
 def segment_name(first_seq: int) -> str:
@@ -300,6 +305,15 @@ class FileJournal:
         for _meta, commands in self.read_records(from_seq):
             yield commands
 
+    def replay_batches(self, from_seq: int = 1) -> Iterator[list]:
+        """Like read_batches, decoded as replay reads them (`decode_for_replay`: new orders
+        and cancels without their timestamps and trace ids), for `SilentReplayer`."""
+        for rec, version in self.records(from_seq):
+            commands = decode_for_replay(rec.payload, version)
+            if rec.first_seq < from_seq:
+                commands = commands[from_seq - rec.first_seq :]
+            yield commands
+
     def read_records(self, from_seq: int = 1) -> Iterator[tuple[BatchMeta, list]]:
         """Like read_batches, each batch with the BatchMeta journaled with it."""
         for rec, version in self.records(from_seq):
@@ -317,16 +331,31 @@ class FileJournal:
             if i + 1 < len(segments) and segments[i + 1].first_seq <= from_seq:
                 continue
             with open(seg.path, "rb") as f:
-                data = f.read(seg.size)
-            buf = memoryview(data)
-            offset = SEGMENT_HEADER.size
-            while offset < seg.size:
-                rec = parse_record(buf, offset)
-                if isinstance(rec, str):  # changed under us since the scan
-                    raise JournalCorruptError(str(seg.path), offset, None, rec)
-                offset = rec.end
-                if rec.last_seq >= from_seq:
-                    yield rec, seg.version
+                # The segment is read in windows (a record's offset is in its window): a
+                # buffer of a whole segment would be fresh memory, faulted in page by page,
+                # where windows of a few MB reuse the same memory.
+                base = SEGMENT_HEADER.size  # the file offset of buf[0]
+                f.seek(base)
+                buf = memoryview(f.read(min(READ_WINDOW, seg.size - base)))
+                offset = 0
+                while base + offset < seg.size:
+                    rec = parse_record(buf, offset)
+                    if isinstance(rec, str):
+                        if rec in _CUT_SHORT and base + len(buf) < seg.size:  # the window ends
+                            need = RECORD_HEADER.size
+                            if len(buf) - offset >= RECORD_HEADER.size:
+                                need += RECORD_HEADER.unpack_from(buf, offset)[1]
+                            rest = buf[offset:].tobytes()
+                            base += offset
+                            more = max(READ_WINDOW, need) - len(rest)
+                            buf = memoryview(rest + f.read(min(more, seg.size - base - len(rest))))
+                            offset = 0
+                            continue
+                        # changed under us since the scan
+                        raise JournalCorruptError(str(seg.path), base + offset, None, rec)
+                    offset = rec.end
+                    if rec.last_seq >= from_seq:
+                        yield rec, seg.version
 
     def close(self) -> None:
         if self._fd >= 0:
