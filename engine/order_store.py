@@ -111,7 +111,10 @@ class OrderStore:
 
     def seed_open_orders(self, engine) -> int:
         """After recovery: every resting order as an open view (their fills before the
-        restart are in the journal, not here)."""
+        restart are in the journal, not here). The acceptance seq is left unknown (0): a
+        resting order's `seq` is its time priority, which an amend moves, and the trace id
+        is derived from the acceptance seq (or was journaled with the order), so guessing
+        would name the wrong trace. The trace lookup reads such orders from the journal."""
         n = 0
         for account in engine.accounts.values():
             for o in account.open.values():
@@ -127,7 +130,6 @@ class OrderStore:
                     o.qty,
                     o.leaves,
                     o.filled,
-                    accepted_seq=o.seq,
                     updated_seq=o.seq,
                 )
                 n += 1

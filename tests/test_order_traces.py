@@ -171,3 +171,29 @@ def test_risk_checks_appear_as_spans_inside_match_on_a_sample_of_batches(traced)
     match = family["match"]
     assert match.start_ns <= risk.start_ns <= risk.end_ns <= match.end_ns
     assert 0 < risk.end_ns - risk.start_ns < 1_000_000  # microseconds, not milliseconds
+
+
+def test_after_a_restart_an_amended_resting_order_keeps_its_own_trace(tmp_path):
+    """A resting order that lost its time priority to an amend (so the book's seq is the
+    amend's) and then outlived a restart: the lookup still names the trace the order was
+    sent with, read from the journal, not one derived from the amend's seq."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LOOM_"))}
+    args = ["--demo", "--rate", "5", "--data-dir", str(tmp_path / "data")]
+    args += ["--http-port", "0", "--fix-port", "-1", "--binary-port", "-1"]
+    trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with loom_run(args, env) as base:
+        body = {"symbol": "BTC-USD", "side": "buy", "qty": 1, "price": 10_000, "client_order_id": "amended-1"}
+        status, _h, raw = call(
+            "POST", base + "/v1/orders", body, {"traceparent": f"00-{trace_id}-{parent}-01"}
+        )
+        assert status == 201
+        order_id = json.loads(raw)["order"]["order_id"]
+        status, _h, _raw = call("PATCH", f"{base}/v1/orders/{order_id}", {"price": 10_100})
+        assert status == 200
+    with loom_run(args, env) as base:
+        status, _h, raw = call("GET", f"{base}/v1/orders/{order_id}")
+        assert status == 200 and json.loads(raw)["status"] == "open"  # it survived, in the store
+        status, _h, raw = call("GET", f"{base}/v1/orders/{order_id}/trace")
+        found = json.loads(raw)
+        assert status == 200 and found["trace_id"] == trace_id, found
+        assert found["source"] != "order-store"

@@ -313,7 +313,8 @@ async def get_order_trace(request: web.Request) -> web.Response:
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = ctx.order_store.get(oid)
-    if view is None:
+    # Not in the store, or seeded at a restart (acceptance unknown here): the journal knows.
+    if view is None or not view.accepted_seq:
         body = await _journal_lookup(ctx, oid)
         if isinstance(body, web.Response):
             return body
@@ -326,7 +327,7 @@ async def get_order_trace(request: web.Request) -> web.Response:
     body["trace_url"] = trace_url(body["trace_id"])
     body["source"] = "order-store"
     body["stages"] = ctx.service.recent.stages(view.accepted_seq, view.accepted_ts)
-    if body["stages"] is None and view.accepted_seq:
+    if body["stages"] is None:
         # Older than the recent batches held in memory (or from before a restart): the
         # journal has them.
         found = await _journal_lookup(ctx, oid)
