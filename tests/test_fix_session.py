@@ -18,7 +18,7 @@ from engine.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
 from engine.gateways.fix.session import HANDLERS, TRANSITIONS, FixSession, SessionConfig, SessionEnv, State
-from engine.gateways.fix.store import FileStore, store_dir_name
+from engine.gateways.fix.store import DEFAULT_MAX_MESSAGES, FileStore, MemoryStore, store_dir_name
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 
@@ -74,6 +74,7 @@ class Gateway:
     ):
         self.exchange = exchange
         self.store_dir = store_dir
+        self.store_max = DEFAULT_MAX_MESSAGES  # messages kept for resend per session
         self.clock = clock
         self.config = config or SessionConfig()
         self.accounts = Accounts({KEY_ALICE: "alice", KEY_BOB: "bob", KEY_CAROL: "carol"})
@@ -92,7 +93,7 @@ class Gateway:
     def connect(self, comp_id: str = "CLIENT1", seq: int = 1) -> Client:
         env = SessionEnv(
             authenticate=self.accounts.authenticate,
-            open_store=lambda c: FileStore(self.store_dir, c),
+            open_store=lambda c: FileStore(self.store_dir, c, max_messages=self.store_max),
             order_lookup=self.exchange.orders.get,
             claim=self._claim,
             release=self._release,
@@ -703,6 +704,39 @@ def test_resend_of_a_closed_range(alice):
     alice.order("o2")
     (copy,) = alice.send("2", [(7, 3), (16, 3)])
     assert copy.seq_num == 3 and copy[11] == "o2" and copy[43] == "Y"
+
+
+def test_only_the_newest_messages_are_kept_for_resend_older_ones_are_gap_filled(gw):
+    gw.store_max = 2
+    client = gw.connect()
+    (reply,) = client.logon()
+    assert reply.msg_type == "A"
+    reports = [client.order(f"o{i}")[0] for i in range(5)]  # server seqs 2..6
+    assert [r.seq_num for r in reports] == [2, 3, 4, 5, 6]
+    # Five stored: beyond twice the limit, so the store was rewritten with the newest two.
+    replies = client.send("2", [(7, 1), (16, 0)])
+    assert types(replies) == ["4", "8", "8"]
+    gap, *resent = replies
+    assert (gap.seq_num, gap[123], gap[36]) == (1, "Y", "5")  # 1..4 skipped by a gap fill
+    assert [(r.seq_num, r[11], r[43]) for r in resent] == [(5, "o3", "Y"), (6, "o4", "Y")]
+    lines = (gw.store_dir / "CLIENT1" / "messages").read_bytes().count(b"\n")
+    assert lines == 4  # two records of a header line and a message line each
+
+
+def test_the_file_store_keeps_the_newest_messages_across_a_reopen(tmp_path):
+    store = FileStore(tmp_path, "C", max_messages=3)
+    for seq in range(1, 8):  # the 7th save passes 2 x 3: rewritten with 5, 6, 7
+        store.save_message(seq, b"m%d" % seq)
+    assert store.messages(1, 10) == [(5, b"m5"), (6, b"m6"), (7, b"m7")]
+    store.save_message(8, b"m8")
+    store.close()
+    again = FileStore(tmp_path, "C", max_messages=3)
+    assert again.messages(1, 10) == [(5, b"m5"), (6, b"m6"), (7, b"m7"), (8, b"m8")]
+    assert not (tmp_path / "C" / "messages.tmp").exists()
+    memory = MemoryStore(max_messages=3)
+    for seq in range(1, 8):
+        memory.save_message(seq, b"x")
+    assert [s for s, _ in memory.messages(1, 10)] == [5, 6, 7]
 
 
 def test_reset_seq_num_flag_starts_over(gw, alice):

@@ -10,6 +10,11 @@ Layout of ``<store_dir>/<comp id>/``:
 - ``account``  the account that owns the SenderCompID (a different account cannot take it)
 
 A record cut short by a crash is truncated away when the store is opened.
+
+Retention: only the newest `max_messages` application messages stay available for resend.
+The file is rewritten (temp file, fsync, rename) when it holds twice that, so it cannot grow
+without bound over a long-lived session; a ResendRequest for older ones is answered with a
+SequenceReset-GapFill, as for any message that is not resent.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 from pathlib import Path
 
 _SEQNUM_LINE = 42  # "%020d %020d\n"
+DEFAULT_MAX_MESSAGES = 100_000  # per session: at FIX message sizes, tens of MB at most
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
@@ -32,10 +38,11 @@ def store_dir_name(comp_id: str) -> str:
 class MemoryStore:
     """The same interface without files (tests, or sessions that need no recovery)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.next_sender_seq = 1
         self.next_target_seq = 1
         self.account = ""
+        self.max_messages = max_messages
         self._messages: dict[int, bytes] = {}
 
     def set_seqnums(self, next_sender: int, next_target: int) -> None:
@@ -46,6 +53,9 @@ class MemoryStore:
 
     def save_message(self, seq: int, raw: bytes) -> None:
         self._messages[seq] = raw
+        if len(self._messages) > 2 * self.max_messages:
+            for old in sorted(self._messages)[: -self.max_messages]:
+                del self._messages[old]
 
     def messages(self, begin: int, end: int) -> list[tuple[int, bytes]]:
         return [(s, self._messages[s]) for s in sorted(self._messages) if begin <= s <= end]
@@ -59,8 +69,10 @@ class MemoryStore:
 
 
 class FileStore(MemoryStore):
-    def __init__(self, root: Path, comp_id: str, sync: bool = False) -> None:
-        super().__init__()
+    def __init__(
+        self, root: Path, comp_id: str, sync: bool = False, max_messages: int = DEFAULT_MAX_MESSAGES
+    ) -> None:
+        super().__init__(max_messages)
         self.path = Path(root) / store_dir_name(comp_id)
         self.path.mkdir(parents=True, exist_ok=True)
         self.sync = sync
@@ -118,6 +130,34 @@ class FileStore(MemoryStore):
         if self.sync:
             os.fdatasync(self._msg_fd)
         self._index[seq] = (offset + len(head), len(raw))
+        if len(self._index) > 2 * self.max_messages:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the newest `max_messages` in a rewritten file (atomic: a crash leaves the
+        old file or the new one, never a mix)."""
+        keep = sorted(self._index)[-self.max_messages :]
+        tmp = self.path / "messages.tmp"
+        index: dict[int, tuple[int, int]] = {}
+        with open(tmp, "wb") as out:
+            pos = 0
+            for seq in keep:
+                start, length = self._index[seq]
+                head = b"%d %d\n" % (seq, length)
+                out.write(head + os.pread(self._msg_fd, length, start) + b"\n")
+                index[seq] = (pos + len(head), length)
+                pos += len(head) + length + 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path / "messages")
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.close(self._msg_fd)
+        self._msg_fd = os.open(self.path / "messages", os.O_RDWR | os.O_APPEND, 0o644)
+        self._index = index
 
     def messages(self, begin: int, end: int) -> list[tuple[int, bytes]]:
         wanted = sorted(s for s in self._index if begin <= s <= end)
