@@ -26,6 +26,7 @@ from grafanalib.core import (
     TimeSeries,
 )
 
+from alerts.rules import AVAILABILITY_BUDGET, ERROR_BUDGET, SLO_LATENCY_LE  # the SLOs, defined once
 from dashboards.catalogue_queries import RATE, m, mean, quantile, rate
 
 DS = "${datasource}"
@@ -113,16 +114,12 @@ def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
     ]
 
 
-# The SLOs of alerts/rules.py: 99% of orders acked within 5 ms; 99.9% of commands durable.
-ACK_SLO_LE = "0.005"
 DECODE_STAGE = 'stage="decode"'
-ACK_BUDGET = 0.01
-AVAILABILITY_BUDGET = 0.001
 
 
 def slow_ack_ratio(window: str) -> str:
     """Fraction of orders acknowledged later than the SLO's 5 ms over `window`."""
-    fast = f'sum(increase({m("loom_order_to_ack_seconds_bucket")}{{le="{ACK_SLO_LE}"}}[{window}]))'
+    fast = f'sum(increase({m("loom_order_to_ack_seconds_bucket")}{{le="{SLO_LATENCY_LE}"}}[{window}]))'
     return f"(1 - {fast} / sum(increase({m('loom_order_to_ack_seconds_count')}[{window}])))"
 
 
@@ -138,7 +135,7 @@ def slo_row() -> list:
     return [
         stat(
             "Order-to-ack error budget left (30d)",
-            [target(f"1 - {slow_ack_ratio('30d')} / {ACK_BUDGET}")],
+            [target(f"1 - {slow_ack_ratio('30d')} / {ERROR_BUDGET}")],
             "percentunit",
             "SLO: 99% of orders acknowledged within 5 ms over 30 days. 100% = nothing spent, "
             "below 0 = SLO missed.",
@@ -146,7 +143,7 @@ def slo_row() -> list:
         series(
             "Error budget burn rate (1 = spent exactly in 30 days)",
             [
-                target(f"{slow_ack_ratio(RATE)} / {ACK_BUDGET}", "order-to-ack"),
+                target(f"{slow_ack_ratio(RATE)} / {ERROR_BUDGET}", "order-to-ack"),
                 target(f"{failed_command_ratio(RATE)} / {AVAILABILITY_BUDGET}", "availability"),
             ],
             description="Multi-window alerts page at 14.4 (1h and 5m) and ticket at 6 (6h and 30m); "

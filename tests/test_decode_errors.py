@@ -35,9 +35,8 @@ def metrics(ports) -> str:
 
 
 def count(text: str, protocol: str, code: str) -> float:
-    m = re.search(
-        rf'^loom_decode_errors_total\{{code="{code}",protocol="{protocol}"\}} (\S+)$', text, re.M
-    ) or re.search(rf'^loom_decode_errors_total\{{protocol="{protocol}",code="{code}"\}} (\S+)$', text, re.M)
+    # The text format writes labels sorted by name: code, then protocol.
+    m = re.search(rf'^loom_decode_errors_total\{{code="{code}",protocol="{protocol}"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
 

@@ -144,15 +144,10 @@ def next_valid_record(buf: memoryview, offset: int) -> RecordInfo | None:
         pos += 1
 
 
-def decode_payload(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
-    """The record's commands."""
-    return decode_record(payload, version)[1]
-
-
 def decode_for_replay(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
     """The record's commands as replay reads them: new orders and cancels as their prefixes
-    `ReplayNewOrder` and `ReplayCancel` (engine/commands.py), the rest as `decode_payload`
-    gives them. Older versions decode as `decode_payload` does."""
+    `ReplayNewOrder` and `ReplayCancel` (engine/commands.py), the rest as `decode_record`
+    gives them. Older versions decode as `decode_record` does."""
     if version == FORMAT_VERSION:
         return _replay_decoder.decode(payload)[1]
     return decode_record(payload, version)[1]

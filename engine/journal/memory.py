@@ -2,7 +2,7 @@
 (tests/journal_contract.py) and for tests that need a journal without a disk.
 
 It keeps each batch as the exact bytes `encode_record` produces and decodes them with
-`decode_payload` on read, so it exercises the same record format as the segment files. It
+`decode_record` on read, so it exercises the same record format as the segment files. It
 checks sequence continuity like every backend and offers the same fault injection as
 `FileJournal.fail_writes`. Nothing survives the process: it is not a durable backend.
 """
