@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint format bench dashboards clean
 
-$(STAMP): pyproject.toml scripts/setup-venv.sh
+# setup.py and the C source: the compiled replay loop is built by the install.
+$(STAMP): pyproject.toml setup.py engine/_replay.c scripts/setup-venv.sh
 	PY=$(PY) VENV=$(VENV) scripts/setup-venv.sh
 	touch $(STAMP)
 

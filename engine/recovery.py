@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from engine.journal import JournalCorruptError
 from engine.journal.segments import FileJournal
 from engine.matcher import MatchingEngine
-from engine.replay import SilentReplayer
+from engine.replay import COMPILED, SilentReplayer
 from engine.snapshots import SnapshotStore
 from engine.state import state_hash
 
@@ -37,10 +37,12 @@ def replay(
     journal: FileJournal,
     from_seq: int,
     on_batch: Callable[[int, int], None] | None = None,
+    compiled: bool = COMPILED,
 ) -> tuple[int, int]:
-    """Apply every journaled command from `from_seq`; returns (commands, events)."""
+    """Apply every journaled command from `from_seq`; returns (commands, events).
+    `compiled` picks the replay loop (engine/replay.py); the compiled one when built."""
     # Nobody consumes the events of a replay: they are counted, not built.
-    apply_batch = SilentReplayer(engine).apply
+    apply_batch = SilentReplayer(engine, compiled).apply
     # A file journal decodes for replay (new orders and cancels without the fields that
     # only go into events); other backends give full commands, which replay takes too.
     read = getattr(journal, "replay_batches", None) or journal.read_batches

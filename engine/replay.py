@@ -13,6 +13,11 @@ event count after every command. Keep the fast paths in step with `MatchingEngin
 and `_match`: a new check or state change on the new-order, matching or cancel path there
 (validation, risk) must appear here too, or make these paths hand the command to `apply`.
 
+The same loop is compiled (engine/_replay.c, built by `pip install`): replay speed is
+bounded by the interpreter, and the loop reads some twenty attributes per command. Without
+a compiler the install still succeeds and replay runs this Python loop (`COMPILED` says
+which). The property test runs both against `apply`.
+
 Pure like the rest of the core: no clock, no I/O.
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.book import BookSide, RestingOrder
+from engine.book import BookSide, Level, OrderBook, RestingOrder
 from engine.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
 from engine.domain import CancelReason
 from engine.matcher import (
@@ -37,9 +42,50 @@ from engine.matcher import (
     STP_NEWEST,
     AccountOrders,
     MatchingEngine,
+    _Market,
 )
 
 SELF_TRADE = int(CancelReason.SELF_TRADE)
+
+
+def _load_compiled():
+    """The compiled loop, configured with the engine's types and constants; None when it
+    was not built (no compiler at install time)."""
+    try:
+        import engine._replay as compiled
+    except ImportError:
+        return None
+    compiled.configure(
+        {
+            "ReplayNewOrder": ReplayNewOrder,
+            "NewOrder": NewOrder,
+            "ReplayCancel": ReplayCancel,
+            "Cancel": Cancel,
+            "RestingOrder": RestingOrder,
+            "Level": Level,
+            "BookSide": BookSide,
+            "Market": _Market,
+            "OrderBook": OrderBook,
+            "AccountOrders": AccountOrders,
+            "BUY": BUY,
+            "SELL": SELL,
+            "LIMIT": LIMIT,
+            "MARKET": MARKET,
+            "GTC": GTC,
+            "IOC": IOC,
+            "STP_NEWEST": STP_NEWEST,
+            "STP_BOTH": STP_BOTH,
+            "VALID_STP": sorted(_VALID_STP),
+            "MAX_CLIENT_ORDER_ID_LEN": MAX_CLIENT_ORDER_ID_LEN,
+            "MAX_ACCOUNT_LEN": MAX_ACCOUNT_LEN,
+            "SELF_TRADE": SELF_TRADE,
+        }
+    )
+    return compiled.replay_batch
+
+
+_compiled_batch = _load_compiled()
+COMPILED = _compiled_batch is not None
 
 
 class SilentReplayer:
@@ -51,13 +97,29 @@ class SilentReplayer:
     So the engine must change only through this replayer or `MatchingEngine.apply` while
     the replayer is in use (neither ever replaces an account's index)."""
 
-    __slots__ = ("engine", "_known")
+    __slots__ = ("engine", "_known", "apply", "compiled")
 
-    def __init__(self, engine: MatchingEngine) -> None:
+    def __init__(self, engine: MatchingEngine, compiled: bool = COMPILED) -> None:
         self.engine = engine
         self._known: dict[str, tuple[str, dict, dict]] = {}
+        if compiled and not COMPILED:
+            raise RuntimeError("the compiled replay loop (engine._replay) is not built")
+        self.compiled = compiled
+        # apply(commands) -> the number of events `MatchingEngine.apply` would have emitted
+        self.apply = self._apply_compiled if compiled else self._apply_python
 
-    def apply(self, commands: Iterable) -> int:
+    def _apply_compiled(self, commands: Iterable) -> int:
+        if not isinstance(commands, list | tuple):
+            commands = list(commands)
+        return _compiled_batch(self.engine, self._known, commands, self._handoff)
+
+    def _handoff(self, cmd) -> int:
+        """What the compiled loop does not take, applied by `MatchingEngine.apply`."""
+        if type(cmd) is ReplayNewOrder or type(cmd) is ReplayCancel:
+            cmd = cmd.full()
+        return len(self.engine.apply(cmd))
+
+    def _apply_python(self, commands: Iterable) -> int:
         """Apply the commands in order; return how many events `MatchingEngine.apply`
         would have emitted for them."""
         engine = self.engine

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORE = ["domain", "commands", "events", "book", "matcher", "risk", "state", "invariants", "replay"]
+COMPILED_CORE = ["_replay"]  # engine/_replay.c, the replay loop in C
 ALLOWED = {"__future__", "bisect", "collections", "collections.abc", "enum", "hashlib", "msgspec",
            "typing", "dataclasses"}  # fmt: skip
 
@@ -34,11 +36,21 @@ def test_core_module_imports_only_pure_modules(module: str) -> None:
     bad = []
     for name in _imports(ROOT / "engine" / f"{module}.py"):
         if name.startswith("engine."):
-            if name.removeprefix("engine.") not in CORE:
+            if name.removeprefix("engine.") not in CORE + COMPILED_CORE:
                 bad.append(name)
         elif name not in ALLOWED:
             bad.append(name)
     assert not bad, f"engine/{module}.py imports impure modules: {bad}"
+
+
+def test_the_compiled_core_includes_only_the_python_api() -> None:
+    """The C replay loop may use the Python C API and nothing else: no libc headers, so
+    no clock, file or socket calls can creep in."""
+    for module in COMPILED_CORE:
+        source = (ROOT / "engine" / f"{module}.c").read_text()
+        includes = re.findall(r"^\s*#\s*include\s*[<\"]([^>\"]+)", source, re.MULTILINE)
+        assert includes and set(includes) <= {"Python.h", "structmember.h"}, includes
+        assert not re.search(r"\b(time|clock|gettimeofday|fopen|open|read|write|rand)\s*\(", source)
 
 
 def test_forbidden_import_would_be_caught(tmp_path: pathlib.Path) -> None:

@@ -1,0 +1,46 @@
+"""The `loom bench` commands that print the figures of BENCHMARKS.md run, and their JSON
+carries the keys the issues name (a small run each: the figures are not asserted, only
+that the run is whole and self-consistent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "bench", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_bench_recovery_reports_restart_and_replay_with_matching_hashes():
+    r = bench("recovery", "--orders", "20000")
+    assert {"orders", "journal_bytes", "replay_events_per_s", "recovery_s"} <= r.keys()
+    assert r["orders"] == 20_000
+    assert r["hash_matches"] is True
+    assert r["journal_bytes"] > 20_000 * 20  # every order is in the journal
+    assert r["recovery_replayed_commands"] == 20_000 + 1 - r["snapshot_seq"]  # the tail after the snapshot
+    assert r["replay_loop"] == "compiled"
+    assert r["replay_events_per_s"] > 0 and r["replay_events_per_s_python_loop"] > 0
+
+
+@pytest.mark.parametrize("mode", ["deep", "bounded"])
+def test_bench_engine_runs_each_workload(mode: str):
+    r = bench("engine", "--mode", mode, "--ops", "5000", "--repeat", "1")
+    assert r["ops"] == 5000 and r["mode"] == mode
+
+
+def test_bench_durable_fsyncs_every_batch():
+    r = bench("durable", "--orders", "5000", "--batch", "500")
+    assert r["orders"] == 5000
+    assert r["batches"] == 10
+    assert r["fsyncs"] >= r["batches"]
