@@ -86,9 +86,10 @@ def recover(
     digest = state_hash(engine)
     duration = time.perf_counter() - started
     log.info(
-        "recovery: seq %d, %d commands replayed after the snapshot, state hash %s, %.2f s",
+        "recovery: seq %d, %d commands replayed after the snapshot (%s replay loop), state hash %s, %.2f s",
         engine.last_seq,
         commands,
+        "compiled" if COMPILED else "Python",
         digest[:16],
         duration,
     )
