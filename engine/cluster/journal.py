@@ -14,12 +14,19 @@ before any order in the batch is acknowledged.
 One message per batch keeps the stream sequence and the command sequence apart: headers
 name each batch's first and last command seq, so a reader can find the batch holding any
 seq by bisecting stream sequences.
+
+Retention (engine/cluster/retention.py) purges the batches a replicated snapshot covers, so
+the stream may begin past seq 1: `first_command_seq` says where, reads that would need a
+purged batch raise RecoveryGapError instead of skipping it, and every batch carries the
+venue id (the ts of the venue's first command, the prefix of derived trace ids) in a
+header, because the first command itself may be gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import json
 import logging
 import os
 import time
@@ -32,7 +39,7 @@ from nats.js import api
 
 from engine.cluster.link import NatsLink
 from engine.commands import Command
-from engine.journal import JournalCorruptError, JournalError, JournalWriteError
+from engine.journal import JournalCorruptError, JournalError, JournalWriteError, RecoveryGapError
 from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 
 log = logging.getLogger("loom.cluster.journal")
@@ -44,6 +51,7 @@ NO_MESSAGE = 10037  # JSNoMessageFoundErr (vs. 10059, the stream itself not foun
 FIRST_SEQ = "Loom-First-Seq"
 LAST_SEQ = "Loom-Last-Seq"
 FORMAT = "Loom-Format"  # the record's journal format version, for the upcasters
+VENUE = "Loom-Venue"  # ts of the venue's first command (it may have been purged)
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
 FETCH = 512  # messages per pull
 
@@ -109,6 +117,10 @@ class NatsJournal:
         self._inject_errno: int | None = None
         self._closed = False
         self._consumers = 0
+        self._venue = 0
+        # The stream as last seen by `tail` (scrape-time gauges): messages, first command seq.
+        self.stream_messages = 0
+        self.stream_first_command_seq = 1
         opened = link.call_retrying(self._open, f"opening stream {stream}")
         self.expected, self._last_seq, self.size_bytes = opened
 
@@ -132,18 +144,107 @@ class NatsJournal:
         except nats.js.errors.BadRequestError:  # exists with another config: use it as it is
             info = await js.stream_info(self.stream)
         tail = info.state.last_seq
+        self.stream_messages = info.state.messages
         last = await self._last_batch()
         return tail, (last[2] if last else 0), info.state.bytes
 
     async def _last_batch(self) -> tuple[int, int, int] | None:
         """(stream seq, first seq, last seq) of the newest batch, or None."""
+        msg = await self._batch_msg()
+        return None if msg is None else (msg.seq, *_seq_range(msg.headers, msg.data))
+
+    async def _batch_msg(self, at_or_after: int | None = None):
+        """The first batch message at or after stream seq `at_or_after`, or the newest one
+        (None): None when there is no such message."""
         try:
-            msg = await self.link.js.get_msg(self.stream, subject=self.batch_subject)
+            if at_or_after is None:
+                return await self.link.js.get_msg(self.stream, subject=self.batch_subject)
+            return await self.link.js.get_msg(
+                self.stream, seq=at_or_after, subject=self.batch_subject, next=True
+            )
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == NO_MESSAGE:
                 return None
             raise
-        return msg.seq, *_seq_range(msg.headers, msg.data)
+
+    # -- retention: where the stream begins, the venue id, purging -------------------------------
+
+    def first_command_seq(self) -> int:
+        """The seq of the first command the stream still holds (last_seq + 1 when it holds no
+        batch): recovery needs a snapshot at first_command_seq - 1 or later."""
+        return self.link.call(self._first_command_seq())
+
+    async def _first_command_seq(self) -> int:
+        info = await self.link.js.stream_info(self.stream)
+        msg = await self._batch_msg(max(info.state.first_seq, 1))
+        return self._last_seq + 1 if msg is None else _seq_range(msg.headers, msg.data)[0]
+
+    @property
+    def venue_id(self) -> int:
+        """The ts of the venue's first command (0 while the stream holds none)."""
+        if not self._venue and self._last_seq:
+            self._venue = self.link.call(self._read_venue())
+        return self._venue
+
+    async def _read_venue(self) -> int:
+        last = await self._batch_msg()
+        if last is None:
+            return 0
+        if last.headers and VENUE in last.headers:
+            return int(last.headers[VENUE])
+        # Batches from before the header: the stream is then never purged, so seq 1 is here.
+        first = await self._batch_msg(1)
+        rec = parse_record(memoryview(first.data), 0)
+        if isinstance(rec, str) or rec.first_seq != 1:
+            problem = "the venue's first command is not in the stream"
+            raise JournalCorruptError(self.directory, first.seq, 1, problem)
+        version = int(first.headers[FORMAT]) if first.headers and FORMAT in first.headers else 2
+        return decode_record(rec.payload, version)[1][0].ts
+
+    async def purge_covered(self, snapshot_seq: int, keep_commands: int) -> int:
+        """Remove the batches a snapshot at `snapshot_seq` makes unnecessary, keeping every
+        batch that holds a seq above snapshot_seq - keep_commands, and always the batch that
+        holds snapshot_seq itself (so the stream never loses its last batch, whose headers
+        name the tail and the venue). Returns how many messages went.
+
+        The caller must have made the snapshot durable elsewhere first (the replicated
+        snapshot store): from here on, it alone holds the state before the stream begins."""
+        if snapshot_seq > self._last_seq:
+            raise JournalError(
+                f"snapshot at seq {snapshot_seq} is beyond the stream's last seq {self._last_seq}"
+            )
+        boundary = min(snapshot_seq - 1, snapshot_seq - keep_commands)  # the last seq that may go
+        if boundary < 1:
+            return 0
+        last = await self._batch_msg()
+        if last is None or not (last.headers and VENUE in last.headers):
+            return 0  # the venue id would go with the first command: not before a batch names it
+        info = await self.link.js.stream_info(self.stream)
+        keep_from = await self._first_batch_reaching(boundary + 1, info.state.first_seq, last.seq)
+        if keep_from <= info.state.first_seq:
+            return 0
+        # JetStream's purge {"seq": N} removes every message below stream seq N (batches and
+        # epoch markers): each is older than the batch at N.
+        resp = await self.link.nc.request(
+            f"$JS.API.STREAM.PURGE.{self.stream}", json.dumps({"seq": keep_from}).encode(), timeout=5.0
+        )
+        body = json.loads(resp.data)
+        if "error" in body:
+            refused = body["error"]
+            raise JournalError(f"purge of {self.stream} below stream seq {keep_from} refused: {refused}")
+        purged = int(body.get("purged", 0))
+        kept = await self._batch_msg(keep_from)
+        if kept is not None:  # the gauge moves now, not at the next tail poll
+            self.stream_first_command_seq = _seq_range(kept.headers, kept.data)[0]
+        log.info(
+            "purged %d messages of %s below stream seq %d (commands through %d; snapshot at %d)",
+            purged,
+            self.stream,
+            keep_from,
+            boundary,
+            snapshot_seq,
+        )
+        return purged
 
     # -- the Journal interface ---------------------------------------------------------------
 
@@ -156,7 +257,7 @@ class NatsJournal:
         if record is None:
             return 0
         try:
-            return self.link.call(self._publish(record, commands[0].seq, commands[-1].seq), None)
+            return self.link.call(self._publish(record, commands[0], commands[-1].seq), None)
         except RuntimeError as exc:  # the link's loop is gone
             raise JournalWriteError(f"journal write failed: {exc}") from exc
 
@@ -167,7 +268,7 @@ class NatsJournal:
             return 0
         self.in_flight += 1
         try:
-            return await self.link.wait(self._publish(record, commands[0].seq, commands[-1].seq))
+            return await self.link.wait(self._publish(record, commands[0], commands[-1].seq))
         finally:
             self.in_flight -= 1
 
@@ -191,12 +292,21 @@ class NatsJournal:
         # Someone may have appended since this journal opened (a leader, while a standby
         # recovers): what the stream holds is durable, so last_seq moves up to it.
         self._last_seq = max(self._last_seq, last_seq)
+        expected = from_seq
         for msg in self.messages(start, end, self.batch_subject):
             commands = msg.commands
-            if commands[-1].seq < from_seq:
+            if commands[-1].seq < expected:
                 continue
-            if commands[0].seq < from_seq:
-                commands = commands[from_seq - commands[0].seq :]
+            if commands[0].seq > expected:  # purged (retention) before or while we read
+                raise RecoveryGapError(
+                    self.directory,
+                    expected,
+                    commands[0].seq,
+                    f"the stream continues at seq {commands[0].seq} (stream seq {msg.stream_seq})",
+                )
+            if commands[0].seq < expected:
+                commands = commands[expected - commands[0].seq :]
+            expected = commands[-1].seq + 1
             yield msg.meta, commands
 
     def close(self) -> None:
@@ -241,12 +351,16 @@ class NatsJournal:
             )
         return encode_record(commands, meta)
 
-    async def _publish(self, record: bytes, first: int, last: int) -> int:
+    async def _publish(self, record: bytes, head: Command, last: int) -> int:
+        first = head.seq
+        if not self._venue:
+            self._venue = head.ts if first == 1 else await self._read_venue()
         headers = {
             EXPECTED_LAST: str(self.expected),
             FIRST_SEQ: str(first),
             LAST_SEQ: str(last),
             FORMAT: str(FORMAT_VERSION),
+            VENUE: str(self._venue),
         }
         started = time.perf_counter()
         ack = await self._publish_fenced(self.batch_subject, record, headers, f"seq {first}..{last}")
@@ -295,7 +409,12 @@ class NatsJournal:
         if last is None or last[2] < from_seq:
             return None
         info = await self.link.js.stream_info(self.stream)
-        lo, hi = info.state.first_seq, last[0]
+        return await self._first_batch_reaching(from_seq, info.state.first_seq, last[0]), last[0], last[2]
+
+    async def _first_batch_reaching(self, from_seq: int, lo: int, hi: int) -> int:
+        """The stream seq to read from for commands from `from_seq` on: the first batch
+        between stream seqs lo..hi that ends at or past it (hi: a batch that does)."""
+        lo = max(lo, 1)
         # Bisect on "the first batch at or after stream seq p ends at or past from_seq",
         # which is false and then true as p grows; start reading at the first true p.
         while lo < hi:
@@ -305,7 +424,7 @@ class NatsJournal:
                 hi = mid
             else:
                 lo = msg.seq + 1
-        return lo, last[0], last[2]
+        return lo
 
     def messages(self, start: int, end: int, subjects: str) -> Iterator[StreamMessage]:
         """Stream messages start..end on `subjects`, decoded (a synchronous generator)."""
@@ -403,9 +522,16 @@ class NatsJournal:
                 await asyncio.sleep(0.1)
 
     async def tail(self) -> tuple[int, int]:
-        """(stream last seq, last command seq in the stream)."""
+        """(stream last seq, last command seq in the stream); notes the stream's size and
+        where it begins for the scrape-time gauges."""
         info = await self.link.js.stream_info(self.stream)
         last = await self._last_batch()
+        first = await self._batch_msg(max(info.state.first_seq, 1)) if last is not None else None
+        self.stream_messages = info.state.messages
+        self.size_bytes = info.state.bytes
+        self.stream_first_command_seq = (
+            _seq_range(first.headers, first.data)[0] if first is not None else self._last_seq + 1
+        )
         return info.state.last_seq, (last[2] if last else 0)
 
 
