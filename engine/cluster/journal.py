@@ -69,6 +69,24 @@ class StreamMessage:
     commands: list | None
     marker: bytes = b""
     meta: BatchMeta | None = None  # the batch's timings (format v2), for the order lookup
+    consumer_seq: int = 0  # the reader's delivery number: gapless unless a delivery was lost
+
+
+class DeliveryLost(Exception):
+    """A reader's consumer sent messages that never arrived (a pull consumer without acks
+    loses what it sends while the client reconnects to another server): read again from
+    the last message received."""
+
+
+def _received(msgs: list[StreamMessage], delivered: int) -> int:
+    """The consumer seq of the last of `msgs`, checking none was skipped since `delivered`."""
+    for msg in msgs:
+        if msg.consumer_seq != delivered + 1:
+            raise DeliveryLost(
+                f"delivery {delivered + 1} lost (got {msg.consumer_seq}, stream seq {msg.stream_seq})"
+            )
+        delivered = msg.consumer_seq
+    return delivered
 
 
 NOT_WRITABLE = (
@@ -428,18 +446,27 @@ class NatsJournal:
 
     def messages(self, start: int, end: int, subjects: str) -> Iterator[StreamMessage]:
         """Stream messages start..end on `subjects`, decoded (a synchronous generator)."""
-        sub = self.link.call(self._subscribe(start, subjects))
-        try:
-            while True:
-                batch = self.link.call(self._fetch(sub))
-                for msg in batch:
-                    if msg.stream_seq > end:
-                        return
-                    yield msg
-                    if msg.stream_seq == end:
-                        return
-        finally:
-            self.link.submit(self._unsubscribe(sub))
+        next_seq = start
+        while True:
+            sub = self.link.call(self._subscribe(next_seq, subjects))
+            delivered = 0
+            try:
+                while True:
+                    batch = self.link.call(self._fetch(sub))
+                    try:
+                        delivered = _received(batch, delivered)
+                    except DeliveryLost as exc:
+                        log.warning("journal reader resubscribing at stream seq %d: %s", next_seq, exc)
+                        break
+                    for msg in batch:
+                        if msg.stream_seq > end:
+                            return
+                        yield msg
+                        next_seq = msg.stream_seq + 1
+                        if msg.stream_seq == end:
+                            return
+            finally:
+                self.link.submit(self._unsubscribe(sub))
 
     async def _subscribe(self, start: int, subjects: str):
         self._consumers += 1
@@ -475,23 +502,26 @@ class NatsJournal:
                 await asyncio.sleep(0.005 * attempt)
         else:
             msgs = await sub.fetch(FETCH, timeout=timeout)
-        return [self._decode(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in msgs]
+        return [self._decode(m.metadata.sequence, m.subject, m.headers, m.data) for m in msgs]
 
-    def _decode(self, stream_seq: int, subject: str, headers: dict | None, data: bytes) -> StreamMessage:
+    def _decode(self, seqs, subject: str, headers: dict | None, data: bytes) -> StreamMessage:
+        stream_seq = seqs.stream
         if subject != self.batch_subject:
-            return StreamMessage(stream_seq, None, data)
+            return StreamMessage(stream_seq, None, data, consumer_seq=seqs.consumer)
         rec = parse_record(memoryview(data), 0)
         if isinstance(rec, str):
             raise JournalCorruptError(self.directory, stream_seq, None, f"message {stream_seq}: {rec}")
         # A message without the header predates it: format 2, the first replicated one.
         version = int(headers[FORMAT]) if headers and FORMAT in headers else 2
         meta, commands = decode_record(rec.payload, version)
-        return StreamMessage(stream_seq, commands, meta=meta)
+        return StreamMessage(stream_seq, commands, meta=meta, consumer_seq=seqs.consumer)
 
     async def follow(self, start: int, deliver: Callable[[list[StreamMessage]], None]) -> None:
         """Every message from stream seq `start` on, forever (a standby's feed), handed to
         `deliver` in order. Runs on the link's loop until cancelled; survives a server
-        going away by resubscribing after the last message delivered."""
+        going away by resubscribing after the last message delivered, and a delivery lost
+        in a reconnect (seen as a gap in the consumer's delivery numbers, or, on a quiet
+        stream, as the consumer having sent more than arrived) the same way."""
         next_seq = start
         while True:
             try:
@@ -501,22 +531,29 @@ class NatsJournal:
                 continue
             try:
                 idle = 0
+                delivered = 0
                 while True:
                     try:
                         msgs = await self._fetch(sub, timeout=1.0)
                     except (TimeoutError, nats.errors.TimeoutError):
                         idle += 1
                         if idle % 3 == 0:  # a quiet stream, or a consumer lost with its server?
-                            await self.link.js.consumer_info(self.stream, sub._consumer)
+                            info = await self.link.js.consumer_info(self.stream, sub._consumer)
+                            sent = (info.delivered.consumer_seq or 0) if info.delivered else 0
+                            if sent > delivered:
+                                raise DeliveryLost(
+                                    f"the consumer sent {sent} messages, {delivered} arrived"
+                                ) from None
                         continue
                     idle = 0
                     if msgs:
+                        delivered = _received(msgs, delivered)
                         next_seq = msgs[-1].stream_seq + 1
                         deliver(msgs)
             except asyncio.CancelledError:
                 await self._unsubscribe(sub)
                 raise
-            except (*NOT_WRITABLE, nats.js.errors.Error) as exc:
+            except (*NOT_WRITABLE, nats.js.errors.Error, DeliveryLost) as exc:
                 log.warning("journal follower resubscribing at stream seq %d: %s", next_seq, exc)
                 await self._unsubscribe(sub)
                 await asyncio.sleep(0.1)
