@@ -96,7 +96,8 @@ _SPECS = [
     MetricSpec(
         "loom_journal_fsync_seconds",
         HISTOGRAM,
-        "fdatasync of one journal batch.",
+        "fdatasync of one journal batch (local journal only: a cluster node's durability point "
+        "is the PubAck, loom_replication_publish_seconds).",
         (),
         "seconds",
         LATENCY_BUCKETS,
@@ -111,7 +112,12 @@ _SPECS = [
         (),
         "bytes",
     ),
-    MetricSpec("loom_journal_segments", GAUGE, "Journal segment files.", ()),
+    MetricSpec(
+        "loom_journal_segments",
+        GAUGE,
+        "Journal segment files (absent on a cluster node: its journal is the replicated stream).",
+        (),
+    ),
     MetricSpec("loom_journal_last_seq", GAUGE, "Sequence number of the last durable command.", ()),
     MetricSpec(
         "loom_journal_torn_tail_truncations",

@@ -117,13 +117,15 @@ class ExchangeCollector(Collector):
 
         size = _gauge("loom_journal_size_bytes")
         size.add_metric([], journal.size_bytes)
-        segments = _gauge("loom_journal_segments")
-        segments.add_metric([], len(journal.segments))
         last = _gauge("loom_journal_last_seq")
         last.add_metric([], journal.last_seq)
         torn = _gauge("loom_journal_torn_tail_truncations")
         torn.add_metric([], journal.torn_tail_truncations)
-        yield from (size, segments, last, torn)
+        yield from (size, last, torn)
+        if not node.remote_journal:  # a replicated journal has no segment files: absent, not 0
+            segments = _gauge("loom_journal_segments")
+            segments.add_metric([], len(journal.segments))
+            yield segments
 
         age = _gauge("loom_snapshot_age_seconds")
         age.add_metric([], max(0.0, self.clock() - node.last_snapshot_at))

@@ -99,6 +99,11 @@ def test_a_new_node_joins_after_a_purge_and_takes_over(nodes, nats_link):
     assert exposed["loom_stream_first_command_seq"] == first
     assert exposed["loom_stream_messages"] >= 1 and exposed["loom_journal_size_bytes"] > 0
     assert {n for n in exposed if isinstance(n, str)} <= declared_series()
+    # Persistence in cluster mode: no segment files to count (absent, not a misleading 0), the
+    # local snapshot the replicated one came from is fresh, and PubAck is the durability point.
+    assert "loom_journal_segments" not in exposed
+    assert exposed["loom_snapshot_seq"] == snap_seq and exposed["loom_snapshot_age_seconds"] < 60
+    assert exposed["loom_replication_publish_seconds_count"] >= 60
     purged_at = len(sender.acked)
     wait_for("30 more acked orders", lambda: len(sender.acked) >= purged_at + 30)
     stop_sender(sender, thread)

@@ -251,9 +251,12 @@ class NatsJournal:
             refused = body["error"]
             raise JournalError(f"purge of {self.stream} below stream seq {keep_from} refused: {refused}")
         purged = int(body.get("purged", 0))
+        # The gauges move now, not at the next tail poll.
         kept = await self._batch_msg(keep_from)
-        if kept is not None:  # the gauge moves now, not at the next tail poll
+        if kept is not None:
             self.stream_first_command_seq = _seq_range(kept.headers, kept.data)[0]
+        after = await self.link.js.stream_info(self.stream)
+        self.stream_messages, self.size_bytes = after.state.messages, after.state.bytes
         log.info(
             "purged %d messages of %s below stream seq %d (commands through %d; snapshot at %d)",
             purged,
@@ -387,6 +390,7 @@ class NatsJournal:
         self.expected = ack.seq
         self._last_seq = last
         self.size_bytes += len(record)
+        self.stream_messages += 1
         return len(record)
 
     async def write_marker(self, body: bytes) -> int:
