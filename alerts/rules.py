@@ -198,6 +198,17 @@ GROUPS: tuple[Group, ...] = (
                 automation="take-snapshot",
             ),
             Alert(
+                "LoomReplicatedSnapshotTooOld",
+                f"min by (job) (loom_replicated_snapshot_age_seconds{{{JOB}}}) > 3600",
+                "warning",
+                "The newest replicated snapshot of a Loom cluster is more than 1 hour old.",
+                "The leader of {{ $labels.job }} last stored a snapshot in the replicated store "
+                "{{ $value | humanizeDuration }} ago: the journal stream is not purged behind it and "
+                "grows, and a node starting without local snapshots replays everything since.",
+                for_="15m",
+                automation="take-snapshot",
+            ),
+            Alert(
                 "LoomSnapshotFailures",
                 f"increase(loom_snapshot_failures_total{{{JOB}}}[30m]) > 0",
                 "warning",

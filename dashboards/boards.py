@@ -299,20 +299,37 @@ def persistence() -> Dashboard:
         "Loom / Persistence",
         [
             [
-                stat("Journal size", [target(m("loom_journal_size_bytes"))], BYTES_FORMAT),
-                stat("Journal segments", [target(m("loom_journal_segments"))]),
+                stat(
+                    "Journal size",
+                    [target(m("loom_journal_size_bytes"))],
+                    BYTES_FORMAT,
+                    "Segment files on a single node; the replicated stream on a cluster node.",
+                ),
+                stat(
+                    "Journal segments",
+                    [target(m("loom_journal_segments"))],
+                    SHORT_FORMAT,
+                    "Single node only: a cluster node's journal is the replicated stream (no data here).",
+                ),
                 stat("Snapshot age", [target(m("loom_snapshot_age_seconds"))], SECONDS_FORMAT),
                 stat("Recovery duration", [target(m("loom_recovery_duration_seconds"))], SECONDS_FORMAT),
                 stat("Commands replayed at start", [target(m("loom_recovery_replayed_commands"))]),
             ],
             [
                 series(
-                    "fdatasync latency (p50 / p99 / p99.9)",
+                    "Durability latency: fdatasync or replicated PubAck (p50 / p99 / p99.9)",
                     [
-                        target(quantile(q, "loom_journal_fsync_seconds"), f"p{label}")
+                        target(quantile(q, "loom_journal_fsync_seconds"), f"fdatasync p{label}")
+                        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
+                    ]
+                    + [
+                        target(quantile(q, "loom_replication_publish_seconds"), f"PubAck p{label}")
                         for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
                     ],
                     SECONDS_FORMAT,
+                    "What each batch waits for before any of its orders is acknowledged: the local "
+                    "fdatasync on a single node, publish to PubAck (a JetStream quorum has it on disk) "
+                    "on a cluster leader. Each node shows one of the two.",
                 ),
                 series(
                     "Group-commit batch size",
@@ -361,8 +378,29 @@ def persistence() -> Dashboard:
                 ),
                 series("Snapshot size", [target(m("loom_snapshot_size_bytes"), "size")], BYTES_FORMAT),
             ],
+            [
+                series(
+                    "Cluster: replicated snapshot age",
+                    [target(f"min({m('loom_replicated_snapshot_age_seconds')})", "age")],
+                    SECONDS_FORMAT,
+                    "Cluster nodes only. Each node's own snapshots are above; this is the newest one "
+                    "the leader stored in the replicated store, behind which the stream is purged "
+                    "(LoomReplicatedSnapshotTooOld).",
+                ),
+                series(
+                    "Cluster: stream messages and purges",
+                    [
+                        target(f"max({m('loom_stream_messages')})", "messages in the stream"),
+                        target(
+                            f"sum(increase({m('loom_stream_purged_messages_total')}[$__rate_interval]))",
+                            "purged",
+                        ),
+                    ],
+                ),
+            ],
         ],
-        "Journal (fdatasync, growth, segments), snapshots and start-up recovery.",
+        "Journal (fdatasync or replicated PubAck, growth, segments), snapshots (local and "
+        "replicated) and start-up recovery.",
     )
 
 

@@ -7,7 +7,7 @@ two-node cluster (tests/test_cluster_dashboard.py), not the standalone demo.
 
 from __future__ import annotations
 
-from grafanalib.core import OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT, Dashboard
+from grafanalib.core import BYTES_FORMAT, OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT, Dashboard
 
 from dashboards.boards import board, series, stat, target
 from dashboards.catalogue_queries import m, quantile, rate
@@ -108,6 +108,51 @@ def cluster() -> Dashboard:
                     ],
                 ),
             ],
+            [
+                series(
+                    "Replicated journal: where it begins and the snapshot covering it",
+                    [
+                        target(
+                            f"max({m('loom_stream_first_command_seq')})", "first command seq in the stream"
+                        ),
+                        target(f"max({m('loom_replicated_snapshot_seq')})", "newest replicated snapshot seq"),
+                    ],
+                    description="Retention purges the stream behind each replicated snapshot (keeping a "
+                    "margin): the first line follows the second. A new node needs a snapshot at or past "
+                    "the first command seq - 1.",
+                ),
+                series(
+                    "Replicated journal size",
+                    [
+                        target(f"max({m('loom_journal_size_bytes')})", "bytes"),
+                    ],
+                    BYTES_FORMAT,
+                    "The stream's bytes (each NATS replica stores as much). Saw-toothed while "
+                    "retention works; steadily rising means snapshots are not replicated.",
+                ),
+            ],
+            [
+                series(
+                    "Replicated snapshot age",
+                    [target(f"max({m('loom_replicated_snapshot_age_seconds')})", "age")],
+                    SECONDS_FORMAT,
+                    "Since the leader last stored a snapshot in the replicated store (R3 Object Store).",
+                ),
+                series(
+                    "Snapshot uploads and purges (1h)",
+                    [
+                        target(
+                            f"sum by (outcome) (increase({m('loom_replicated_snapshot_uploads_total')}[1h]))",
+                            "uploads {{outcome}}",
+                        ),
+                        target(f"sum(increase({m('loom_stream_purges_total')}[1h]))", "purges"),
+                        target(
+                            f"sum(increase({m('loom_stream_purged_messages_total')}[1h]))", "messages purged"
+                        ),
+                    ],
+                ),
+            ],
         ],
-        "Leader lease, replication lag and fencing of a `loom run --cluster` deployment.",
+        "Leader lease, replication lag and fencing of a `loom run --cluster` deployment; "
+        "retention of the replicated journal.",
     )

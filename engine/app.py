@@ -99,13 +99,13 @@ def _fix_session_count(server) -> int:
 
 
 async def start_exchange(cfg: Config) -> RunningExchange:
-    journal = lease = None
+    journal = lease = replicated = None
     if cfg.cluster:
         # The replicated journal replaces the local one; instruments are listed by whichever
         # node first leads (a standby never writes).
         from engine.cluster.setup import connect_cluster
 
-        journal, lease = await asyncio.to_thread(connect_cluster, cfg)
+        journal, lease, replicated = await asyncio.to_thread(connect_cluster, cfg)
     node = ExchangeNode(
         NodeConfig(
             cfg.data_dir,
@@ -116,11 +116,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             fsync=cfg.fsync,
         ),
         journal=journal,
+        replicated=replicated,
     )
     rec = node.recovered
     log.info(
-        "recovered to seq %d (snapshot %d, %d commands replayed, state hash %s) in %.2f s",
+        "recovered to seq %d (%s snapshot %d, %d commands replayed, state hash %s) in %.2f s",
         node.engine.last_seq,
+        rec.snapshot_source or "no",
         rec.snapshot_seq,
         rec.replayed_commands,
         rec.state_hash[:16],
@@ -150,8 +152,17 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     member = None
     if cfg.cluster:
         from engine.cluster.member import ClusterMember
+        from engine.cluster.retention import Retention
 
         member = ClusterMember(cfg.node_id, service, journal, lease, tuple(cfg.instruments))
+        member.retention = Retention(
+            journal,
+            replicated,
+            member.leading,
+            keep_commands=cfg.retention_keep_commands,
+            keep_snapshots=cfg.retention_keep_snapshots,
+        )
+        node.on_snapshot = member.retention.on_snapshot
         collector = ClusterCollector(member)
         journal.on_publish = collector.publish_seconds.observe
         metrics.registry.register(collector)

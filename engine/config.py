@@ -43,6 +43,10 @@ class Config:
     node_id: str = ""
     cluster_stream: str = "LOOM_JOURNAL"
     lease_ttl: float = 1.2
+    # Cluster retention ([retention]): the leader replicates each snapshot, then purges the
+    # stream behind it but for the batches holding the last `keep_commands` commands.
+    retention_keep_commands: int = 100_000
+    retention_keep_snapshots: int = 2  # replicated snapshots kept
 
 
 _ENV = {
@@ -56,6 +60,7 @@ _ENV = {
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
     "LOOM_NODE_ID": ("node_id", str),
     "LOOM_CLUSTER_STREAM": ("cluster_stream", str),
+    "LOOM_RETENTION_KEEP_COMMANDS": ("retention_keep_commands", int),
 }
 
 
@@ -88,6 +93,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("cluster mode needs a node id (--node-id, LOOM_NODE_ID or node_id)")
     if cfg.cluster and not 0.3 <= cfg.lease_ttl <= 30:
         raise ConfigError(f"lease_ttl {cfg.lease_ttl} is outside 0.3..30 seconds")
+    if cfg.retention_keep_commands < 0 or cfg.retention_keep_snapshots < 1:
+        raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
     if cfg.demo:
         if not cfg.api_keys:
             cfg.api_keys = dict(DEMO_KEYS)
@@ -139,6 +146,12 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                 cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
                 cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
                 cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
+            elif key == "retention":
+                unknown = set(value) - {"keep_commands", "keep_snapshots"}
+                if unknown:
+                    raise ConfigError(f"{path}: unknown [retention] setting(s) {sorted(unknown)}")
+                cfg.retention_keep_commands = int(value.get("keep_commands", cfg.retention_keep_commands))
+                cfg.retention_keep_snapshots = int(value.get("keep_snapshots", cfg.retention_keep_snapshots))
             elif key == "instruments":
                 try:
                     cfg.instruments = [Instrument(**spec) for spec in value]

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,12 +112,16 @@ def lock_data_dir(data_dir: Path) -> int:
 
 
 class ExchangeNode:
-    def __init__(self, config: NodeConfig, clock=time.monotonic, journal=None) -> None:
+    def __init__(self, config: NodeConfig, clock=time.monotonic, journal=None, replicated=None) -> None:
         """`journal`: a backend to use instead of the local segment files (the replicated
-        journal of engine/cluster); the node then closes it too."""
+        journal of engine/cluster); the node then closes it too. `replicated`: the cluster's
+        snapshot store, for a start where no local snapshot reaches the journal's first seq."""
         self.config = config
         self._clock = clock
         self._given_journal = journal
+        self._replicated = replicated
+        # Called with each WrittenSnapshot (the cluster's retention replicates it).
+        self.on_snapshot: Callable[[WrittenSnapshot], None] | None = None
         data_dir = Path(config.data_dir)
         self._lock_fd = lock_data_dir(data_dir)
         try:
@@ -133,7 +138,7 @@ class ExchangeNode:
         )
         self.remote_journal = getattr(self.journal, "remote", False)
         self.snapshots = SnapshotStore(data_dir / "snapshots", keep=config.keep_snapshots)
-        self.recovered: Recovered = recover(self.journal, self.snapshots)
+        self.recovered: Recovered = recover(self.journal, self.snapshots, replicated=self._replicated)
         self.engine = self.recovered.engine
         last_ts = 0
         if self.journal.last_seq:
@@ -168,7 +173,9 @@ class ExchangeNode:
         """The timestamp of the journal's first command: names this venue's history (the
         prefix of derived trace ids). 0 until anything is journaled."""
         if not self._venue_id and self.journal.last_seq:
-            self._venue_id = next(iter(self.journal.read(1))).ts
+            # A replicated journal may have purged the first command: it keeps the venue id.
+            venue = getattr(self.journal, "venue_id", None)
+            self._venue_id = venue if venue is not None else next(iter(self.journal.read(1))).ts
         return self._venue_id
 
     def derived_trace_id(self, seq: int) -> str:
@@ -310,6 +317,8 @@ class ExchangeNode:
             written.duration_s,
             written.path.name,
         )
+        if self.on_snapshot is not None:
+            self.on_snapshot(written)
         return written
 
     def close(self) -> None:

@@ -1,6 +1,12 @@
 """Recovery is startup: the newest valid snapshot, the journal replayed after it, the
-state hash checked. The same path serves a restart, disaster recovery and (later) a
-standby taking over."""
+state hash checked. The same path serves a restart, disaster recovery and a standby
+taking over.
+
+A journal may begin past seq 1 (a replicated journal purged behind its snapshots). When
+no local snapshot reaches where it begins, the newest replicated snapshot is fetched and
+verified instead (and kept locally); when none reaches it either, recovery refuses with
+RecoveryGapError naming the missing seqs: it never skips a command.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.journal import JournalCorruptError
+from engine.journal import JournalCorruptError, RecoveryGapError
 from engine.journal.segments import FileJournal
 from engine.matcher import MatchingEngine
 from engine.replay import COMPILED, SilentReplayer
@@ -30,6 +36,7 @@ class Recovered:
     state_hash: str
     duration_s: float
     torn_tail_truncations: int
+    snapshot_source: str = ""  # "local", "replicated", or "" (none)
 
 
 def replay(
@@ -55,25 +62,45 @@ def replay(
     return commands, events
 
 
+def first_seq(journal) -> int:
+    """The first seq the journal still holds (1 for a journal that was never trimmed)."""
+    first_command_seq = getattr(journal, "first_command_seq", None)
+    if first_command_seq is not None:
+        return first_command_seq()
+    segments = getattr(journal, "segments", ())
+    return segments[0].first_seq if segments else 1
+
+
 def recover(
     journal: FileJournal,
     snapshots: SnapshotStore | None,
     on_batch: Callable[[int, int], None] | None = None,
+    replicated=None,
 ) -> Recovered:
+    """`replicated`: an engine.cluster.snapshot_store.ReplicatedSnapshots (cluster mode)."""
     started = time.perf_counter()
     loaded = snapshots.load_newest_valid(max_seq=journal.last_seq) if snapshots else None
+    source = "local" if loaded is not None else ""
+    first = first_seq(journal)
+    local_seq = loaded.seq if loaded is not None else 0
+    if local_seq + 1 < first and replicated is not None:
+        fetched = replicated.load_newest_valid(max_seq=journal.last_seq)
+        if fetched is not None and fetched.seq > local_seq:
+            loaded, source = fetched, "replicated"
+            if snapshots is not None:  # the next start needs no download
+                snapshots.write(fetched.engine)
     if loaded is not None:
         engine = loaded.engine
-        log.info("recovery: snapshot %s at seq %d verified", loaded.path, loaded.seq)
+        log.info("recovery: %s snapshot %s at seq %d verified", source, loaded.path, loaded.seq)
     else:
         engine = MatchingEngine([])
-    first = journal.segments[0].first_seq if journal.segments else 1
     if engine.last_seq + 1 < first:
-        raise JournalCorruptError(
+        raise RecoveryGapError(
             str(journal.directory),
-            0,
             engine.last_seq + 1,
-            f"journal starts at seq {first} but the state needs it from {engine.last_seq + 1}",
+            first,
+            f"journal starts at seq {first} but the state needs it from {engine.last_seq + 1} "
+            f"({_snapshot_report(local_seq, replicated)})",
         )
     commands, events = replay(engine, journal, engine.last_seq + 1, on_batch)
     if engine.last_seq != journal.last_seq:
@@ -103,4 +130,16 @@ def recover(
         state_hash=digest,
         duration_s=duration,
         torn_tail_truncations=journal.torn_tail_truncations,
+        snapshot_source=source,
     )
+
+
+def _snapshot_report(local_seq: int, replicated) -> str:
+    local = f"newest local snapshot at seq {local_seq}" if local_seq else "no local snapshot"
+    if replicated is None:
+        return local
+    newest = replicated.newest
+    remote = f"newest replicated one at seq {newest.seq}" if newest else "no replicated snapshot"
+    if replicated.load_failures:
+        remote += f", {replicated.load_failures} failed verification"
+    return f"{local}, {remote}"

@@ -96,15 +96,28 @@ _SPECS = [
     MetricSpec(
         "loom_journal_fsync_seconds",
         HISTOGRAM,
-        "fdatasync of one journal batch.",
+        "fdatasync of one journal batch (local journal only: a cluster node's durability point "
+        "is the PubAck, loom_replication_publish_seconds).",
         (),
         "seconds",
         LATENCY_BUCKETS,
     ),
     MetricSpec("loom_journal_written_bytes", COUNTER, "Bytes appended to the journal.", (), "bytes"),
     MetricSpec("loom_journal_write_errors", COUNTER, "Journal batches that could not be written.", ()),
-    MetricSpec("loom_journal_size_bytes", GAUGE, "Bytes in the journal's segments.", (), "bytes"),
-    MetricSpec("loom_journal_segments", GAUGE, "Journal segment files.", ()),
+    MetricSpec(
+        "loom_journal_size_bytes",
+        GAUGE,
+        "Bytes in the journal: its segment files, or on a cluster node the replicated stream "
+        "(as the stream reports it; each replica stores as much).",
+        (),
+        "bytes",
+    ),
+    MetricSpec(
+        "loom_journal_segments",
+        GAUGE,
+        "Journal segment files (absent on a cluster node: its journal is the replicated stream).",
+        (),
+    ),
     MetricSpec("loom_journal_last_seq", GAUGE, "Sequence number of the last durable command.", ()),
     MetricSpec(
         "loom_journal_torn_tail_truncations",
@@ -195,6 +208,53 @@ _SPECS = [
     ),
     MetricSpec("loom_failovers", COUNTER, "Promotions of this node to leader.", ()),
     MetricSpec("loom_leader_changes", COUNTER, "Changes of lease holder this node has observed.", ()),
+    # -- cluster retention: replicated snapshots and stream purges (engine/cluster/retention.py)
+    MetricSpec(
+        "loom_stream_messages",
+        GAUGE,
+        "Messages in the replicated journal stream (batches and epoch markers); its bytes are "
+        "loom_journal_size_bytes.",
+        (),
+    ),
+    MetricSpec(
+        "loom_stream_first_command_seq",
+        GAUGE,
+        "First command seq the replicated journal still holds: the state before it is only in "
+        "snapshots (a new node needs one at this seq - 1 or later).",
+        (),
+    ),
+    MetricSpec(
+        "loom_replicated_snapshot_seq",
+        GAUGE,
+        "Command seq of the newest snapshot in the replicated snapshot store (0: none).",
+        (),
+    ),
+    MetricSpec(
+        "loom_replicated_snapshot_age_seconds",
+        GAUGE,
+        "Seconds since the newest replicated snapshot was written (by the writer's clock; absent "
+        "while there is none).",
+        (),
+        "seconds",
+    ),
+    MetricSpec(
+        "loom_replicated_snapshot_uploads",
+        COUNTER,
+        "Snapshots this node (as leader) stored in the replicated snapshot store, by outcome.",
+        ("outcome",),
+    ),
+    MetricSpec(
+        "loom_stream_purges",
+        COUNTER,
+        "Purges of the replicated journal behind a replicated snapshot that removed messages.",
+        (),
+    ),
+    MetricSpec(
+        "loom_stream_purged_messages",
+        COUNTER,
+        "Messages removed from the replicated journal by retention purges.",
+        (),
+    ),
     # -- pre-trade risk (engine/risk.py) and surveillance (engine/surveillance.py) ---------------
     MetricSpec(
         "loom_risk_rejects",
@@ -257,6 +317,13 @@ CLUSTER_ONLY = {
     "loom_fencing_rejections",
     "loom_failovers",
     "loom_leader_changes",
+    "loom_stream_messages",
+    "loom_stream_first_command_seq",
+    "loom_replicated_snapshot_seq",
+    "loom_replicated_snapshot_age_seconds",
+    "loom_replicated_snapshot_uploads",
+    "loom_stream_purges",
+    "loom_stream_purged_messages",
 }
 
 CATALOGUE: dict[str, MetricSpec] = {}

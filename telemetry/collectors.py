@@ -41,8 +41,9 @@ class ClusterCollector(Collector):
     """A cluster member's role, lease, lag and fencing, read from it at scrape time; the
     publish→PubAck histogram is observed by the journal (on the NATS thread)."""
 
-    def __init__(self, member) -> None:  # engine.cluster.member.ClusterMember
-        self.member = member
+    def __init__(self, member, wall: Callable[[], float] = time.time) -> None:
+        self.member = member  # engine.cluster.member.ClusterMember
+        self.wall = wall  # replicated snapshots carry the writer's wall-clock time
         spec = CATALOGUE["loom_replication_publish_seconds"]
         self.publish_seconds = Histogram(spec.name, spec.help, buckets=spec.buckets, registry=None)
 
@@ -69,6 +70,33 @@ class ClusterCollector(Collector):
         changes.add_metric([], lease.leader_changes)
         yield from (role, held, renewals, epoch, lag, fenced, failovers, changes)
         yield from self.publish_seconds.collect()
+        yield from self._retention()
+
+    def _retention(self):
+        journal = self.member.journal
+        messages = _gauge("loom_stream_messages")
+        messages.add_metric([], journal.stream_messages)
+        first = _gauge("loom_stream_first_command_seq")
+        first.add_metric([], journal.stream_first_command_seq)
+        yield from (messages, first)
+        retention = self.member.retention
+        if retention is None:
+            return
+        newest = retention.store.newest
+        seq = _gauge("loom_replicated_snapshot_seq")
+        seq.add_metric([], newest.seq if newest else 0)
+        age = _gauge("loom_replicated_snapshot_age_seconds")
+        if newest is not None and newest.written_at:
+            age.add_metric([], max(0.0, self.wall() - newest.written_at))
+        stats = retention.stats
+        uploads = _counter("loom_replicated_snapshot_uploads")
+        uploads.add_metric(["ok"], stats.uploads_ok)
+        uploads.add_metric(["failed"], stats.uploads_failed)
+        purges = _counter("loom_stream_purges")
+        purges.add_metric([], stats.purges)
+        purged = _counter("loom_stream_purged_messages")
+        purged.add_metric([], stats.purged_messages)
+        yield from (seq, age, uploads, purges, purged)
 
 
 class ExchangeCollector(Collector):
@@ -89,13 +117,15 @@ class ExchangeCollector(Collector):
 
         size = _gauge("loom_journal_size_bytes")
         size.add_metric([], journal.size_bytes)
-        segments = _gauge("loom_journal_segments")
-        segments.add_metric([], len(journal.segments))
         last = _gauge("loom_journal_last_seq")
         last.add_metric([], journal.last_seq)
         torn = _gauge("loom_journal_torn_tail_truncations")
         torn.add_metric([], journal.torn_tail_truncations)
-        yield from (size, segments, last, torn)
+        yield from (size, last, torn)
+        if not node.remote_journal:  # a replicated journal has no segment files: absent, not 0
+            segments = _gauge("loom_journal_segments")
+            segments.add_metric([], len(journal.segments))
+            yield segments
 
         age = _gauge("loom_snapshot_age_seconds")
         age.add_metric([], max(0.0, self.clock() - node.last_snapshot_at))

@@ -19,7 +19,7 @@ from dashboards.build import GENERATED, build, differences, render
 from dashboards.catalogue_queries import UndeclaredMetric, m, referenced_metrics, undeclared
 from engine.cli import main as loom_main
 from engine.cluster.drill import TRADER_KEY, NodeProcess, http, in_sync, wait_for
-from telemetry.catalogue import declared_series
+from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, declared_series
 
 # Queries that are empty while nothing is wrong, with the reason. Each must still parse.
 EMPTY_OUTSIDE_INCIDENTS = {
@@ -176,9 +176,18 @@ def scrape_config(*bases: str) -> list[dict]:
     return [{"job_name": "loom", "metrics_path": "/metrics", "static_configs": [{"targets": targets}]}]
 
 
+METRIC_OF = {series: spec.name for spec in CATALOGUE.values() for series in spec.series_names}
+
+
+def cluster_only(expr: str) -> bool:
+    """A query of metrics only `loom run --cluster` nodes export: checked against a cluster."""
+    names = referenced_metrics(expr)
+    return bool(names) and all(METRIC_OF.get(n) in CLUSTER_ONLY for n in names)
+
+
 def test_every_query_returns_data_from_a_real_exchange(tmp_path):
     uids = {json.loads(p.read_text())["uid"] for p in GENERATED.glob("*.json")} - CLUSTER_BOARDS
-    queries = sorted({runnable(expr) for _, _, expr in board_targets(uids)})
+    queries = sorted({runnable(expr) for _, _, expr in board_targets(uids) if not cluster_only(expr)})
     assert set(EMPTY_OUTSIDE_INCIDENTS) <= set(queries), "allowlist names a query no board has"
     args = ["--demo", "--rate", "500", "--data-dir", str(tmp_path / "data"), "--http-port", "0"]
     args += ["--fix-port", "-1", "--binary-port", "-1"]
@@ -190,10 +199,13 @@ def test_every_query_returns_data_from_a_real_exchange(tmp_path):
 
 
 def test_every_cluster_query_returns_data_from_a_real_cluster(nats_cluster, tmp_path):
-    """The Cluster board against a leader and a standby on a real 3-server NATS cluster,
-    with orders flowing through the replicated journal."""
+    """The Cluster board, and the cluster panels of the others, against a leader and a
+    standby on a real 3-server NATS cluster, with orders flowing through the replicated
+    journal and a snapshot replicated."""
     queries = sorted({runnable(expr) for _, _, expr in board_targets(CLUSTER_BOARDS)})
+    queries += sorted({runnable(expr) for _, _, expr in board_targets() if cluster_only(expr)} - set(queries))
     assert len(queries) >= 10, queries
+    assert any("loom_replication_publish_seconds" in q for q in queries if "loom_journal" not in q)
     stream, _prefix = unique_stream()
     nodes = [NodeProcess(n, nats_cluster.urls, tmp_path, stream) for n in ("a", "b")]
     try:
@@ -212,6 +224,8 @@ def test_every_cluster_query_returns_data_from_a_real_cluster(nats_cluster, tmp_
                 }
                 status, body = http("POST", nodes[0].base + "/v1/orders", order, key=TRADER_KEY)
                 assert status == 201, body
+            status, body = http("POST", nodes[0].base + "/v1/admin/snapshot")  # replicated by the leader
+            assert status == 200, body
             assert_every_query_answers(prom, queries, set())
             leaders = prom.query(runnable('sum(loom_cluster_role{role="leader"})'))
             assert float(leaders[0]["value"][1]) == 1.0

@@ -56,18 +56,21 @@ def http(method: str, url: str, body: dict | None = None, key: str = ADMIN_KEY, 
 class NodeProcess:
     """One `loom run --cluster` subprocess; `base` once it printed its readiness line."""
 
-    def __init__(self, node_id: str, urls: list[str], workdir: Path, stream: str) -> None:
+    def __init__(
+        self, node_id: str, urls: list[str], workdir: Path, stream: str, extra_config: str = ""
+    ) -> None:
         self.node_id = node_id
         self.urls = urls
         self.workdir = workdir
         self.stream = stream
+        self.extra_config = extra_config  # TOML appended to the drill's configuration
         self.proc: subprocess.Popen | None = None
         self.base = ""
         self.log = workdir / f"{node_id}.log"
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
-        config = self.workdir / "loom.toml"
-        config.write_text(CONFIG)
+        config = self.workdir / f"loom-{self.node_id}.toml"
+        config.write_text(CONFIG + self.extra_config)
         argv = [sys.executable, "-m", "engine.cli", "run", "--config", str(config)]
         argv += ["--cluster", ",".join(self.urls), "--node-id", self.node_id]
         argv += ["--data-dir", str(self.workdir / self.node_id), "--http-port", "0"]

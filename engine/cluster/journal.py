@@ -14,12 +14,19 @@ before any order in the batch is acknowledged.
 One message per batch keeps the stream sequence and the command sequence apart: headers
 name each batch's first and last command seq, so a reader can find the batch holding any
 seq by bisecting stream sequences.
+
+Retention (engine/cluster/retention.py) purges the batches a replicated snapshot covers, so
+the stream may begin past seq 1: `first_command_seq` says where, reads that would need a
+purged batch raise RecoveryGapError instead of skipping it, and every batch carries the
+venue id (the ts of the venue's first command, the prefix of derived trace ids) in a
+header, because the first command itself may be gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import json
 import logging
 import os
 import time
@@ -32,7 +39,7 @@ from nats.js import api
 
 from engine.cluster.link import NatsLink
 from engine.commands import Command
-from engine.journal import JournalCorruptError, JournalError, JournalWriteError
+from engine.journal import JournalCorruptError, JournalError, JournalWriteError, RecoveryGapError
 from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 
 log = logging.getLogger("loom.cluster.journal")
@@ -44,6 +51,7 @@ NO_MESSAGE = 10037  # JSNoMessageFoundErr (vs. 10059, the stream itself not foun
 FIRST_SEQ = "Loom-First-Seq"
 LAST_SEQ = "Loom-Last-Seq"
 FORMAT = "Loom-Format"  # the record's journal format version, for the upcasters
+VENUE = "Loom-Venue"  # ts of the venue's first command (it may have been purged)
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
 FETCH = 512  # messages per pull
 
@@ -61,6 +69,24 @@ class StreamMessage:
     commands: list | None
     marker: bytes = b""
     meta: BatchMeta | None = None  # the batch's timings (format v2), for the order lookup
+    consumer_seq: int = 0  # the reader's delivery number: gapless unless a delivery was lost
+
+
+class DeliveryLost(Exception):
+    """A reader's consumer sent messages that never arrived (a pull consumer without acks
+    loses what it sends while the client reconnects to another server): read again from
+    the last message received."""
+
+
+def _received(msgs: list[StreamMessage], delivered: int) -> int:
+    """The consumer seq of the last of `msgs`, checking none was skipped since `delivered`."""
+    for msg in msgs:
+        if msg.consumer_seq != delivered + 1:
+            raise DeliveryLost(
+                f"delivery {delivered + 1} lost (got {msg.consumer_seq}, stream seq {msg.stream_seq})"
+            )
+        delivered = msg.consumer_seq
+    return delivered
 
 
 NOT_WRITABLE = (
@@ -109,6 +135,10 @@ class NatsJournal:
         self._inject_errno: int | None = None
         self._closed = False
         self._consumers = 0
+        self._venue = 0
+        # The stream as last seen by `tail` (scrape-time gauges): messages, first command seq.
+        self.stream_messages = 0
+        self.stream_first_command_seq = 1
         opened = link.call_retrying(self._open, f"opening stream {stream}")
         self.expected, self._last_seq, self.size_bytes = opened
 
@@ -132,18 +162,110 @@ class NatsJournal:
         except nats.js.errors.BadRequestError:  # exists with another config: use it as it is
             info = await js.stream_info(self.stream)
         tail = info.state.last_seq
+        self.stream_messages = info.state.messages
         last = await self._last_batch()
         return tail, (last[2] if last else 0), info.state.bytes
 
     async def _last_batch(self) -> tuple[int, int, int] | None:
         """(stream seq, first seq, last seq) of the newest batch, or None."""
+        msg = await self._batch_msg()
+        return None if msg is None else (msg.seq, *_seq_range(msg.headers, msg.data))
+
+    async def _batch_msg(self, at_or_after: int | None = None):
+        """The first batch message at or after stream seq `at_or_after`, or the newest one
+        (None): None when there is no such message."""
         try:
-            msg = await self.link.js.get_msg(self.stream, subject=self.batch_subject)
+            if at_or_after is None:
+                return await self.link.js.get_msg(self.stream, subject=self.batch_subject)
+            return await self.link.js.get_msg(
+                self.stream, seq=at_or_after, subject=self.batch_subject, next=True
+            )
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == NO_MESSAGE:
                 return None
             raise
-        return msg.seq, *_seq_range(msg.headers, msg.data)
+
+    # -- retention: where the stream begins, the venue id, purging -------------------------------
+
+    def first_command_seq(self) -> int:
+        """The seq of the first command the stream still holds (last_seq + 1 when it holds no
+        batch): recovery needs a snapshot at first_command_seq - 1 or later."""
+        return self.link.call(self._first_command_seq())
+
+    async def _first_command_seq(self) -> int:
+        info = await self.link.js.stream_info(self.stream)
+        msg = await self._batch_msg(max(info.state.first_seq, 1))
+        return self._last_seq + 1 if msg is None else _seq_range(msg.headers, msg.data)[0]
+
+    @property
+    def venue_id(self) -> int:
+        """The ts of the venue's first command (0 while the stream holds none)."""
+        if not self._venue and self._last_seq:
+            self._venue = self.link.call(self._read_venue())
+        return self._venue
+
+    async def _read_venue(self) -> int:
+        last = await self._batch_msg()
+        if last is None:
+            return 0
+        if last.headers and VENUE in last.headers:
+            return int(last.headers[VENUE])
+        # Batches from before the header: the stream is then never purged, so seq 1 is here.
+        first = await self._batch_msg(1)
+        rec = parse_record(memoryview(first.data), 0)
+        if isinstance(rec, str) or rec.first_seq != 1:
+            problem = "the venue's first command is not in the stream"
+            raise JournalCorruptError(self.directory, first.seq, 1, problem)
+        version = int(first.headers[FORMAT]) if first.headers and FORMAT in first.headers else 2
+        return decode_record(rec.payload, version)[1][0].ts
+
+    async def purge_covered(self, snapshot_seq: int, keep_commands: int) -> int:
+        """Remove the batches a snapshot at `snapshot_seq` makes unnecessary, keeping every
+        batch that holds a seq above snapshot_seq - keep_commands, and always the batch that
+        holds snapshot_seq itself (so the stream never loses its last batch, whose headers
+        name the tail and the venue). Returns how many messages went.
+
+        The caller must have made the snapshot durable elsewhere first (the replicated
+        snapshot store): from here on, it alone holds the state before the stream begins."""
+        if snapshot_seq > self._last_seq:
+            raise JournalError(
+                f"snapshot at seq {snapshot_seq} is beyond the stream's last seq {self._last_seq}"
+            )
+        boundary = min(snapshot_seq - 1, snapshot_seq - keep_commands)  # the last seq that may go
+        if boundary < 1:
+            return 0
+        last = await self._batch_msg()
+        if last is None or not (last.headers and VENUE in last.headers):
+            return 0  # the venue id would go with the first command: not before a batch names it
+        info = await self.link.js.stream_info(self.stream)
+        keep_from = await self._first_batch_reaching(boundary + 1, info.state.first_seq, last.seq)
+        if keep_from <= info.state.first_seq:
+            return 0
+        # JetStream's purge {"seq": N} removes every message below stream seq N (batches and
+        # epoch markers): each is older than the batch at N.
+        resp = await self.link.nc.request(
+            f"$JS.API.STREAM.PURGE.{self.stream}", json.dumps({"seq": keep_from}).encode(), timeout=5.0
+        )
+        body = json.loads(resp.data)
+        if "error" in body:
+            refused = body["error"]
+            raise JournalError(f"purge of {self.stream} below stream seq {keep_from} refused: {refused}")
+        purged = int(body.get("purged", 0))
+        # The gauges move now, not at the next tail poll.
+        kept = await self._batch_msg(keep_from)
+        if kept is not None:
+            self.stream_first_command_seq = _seq_range(kept.headers, kept.data)[0]
+        after = await self.link.js.stream_info(self.stream)
+        self.stream_messages, self.size_bytes = after.state.messages, after.state.bytes
+        log.info(
+            "purged %d messages of %s below stream seq %d (commands through %d; snapshot at %d)",
+            purged,
+            self.stream,
+            keep_from,
+            boundary,
+            snapshot_seq,
+        )
+        return purged
 
     # -- the Journal interface ---------------------------------------------------------------
 
@@ -156,7 +278,7 @@ class NatsJournal:
         if record is None:
             return 0
         try:
-            return self.link.call(self._publish(record, commands[0].seq, commands[-1].seq), None)
+            return self.link.call(self._publish(record, commands[0], commands[-1].seq), None)
         except RuntimeError as exc:  # the link's loop is gone
             raise JournalWriteError(f"journal write failed: {exc}") from exc
 
@@ -167,7 +289,7 @@ class NatsJournal:
             return 0
         self.in_flight += 1
         try:
-            return await self.link.wait(self._publish(record, commands[0].seq, commands[-1].seq))
+            return await self.link.wait(self._publish(record, commands[0], commands[-1].seq))
         finally:
             self.in_flight -= 1
 
@@ -191,12 +313,21 @@ class NatsJournal:
         # Someone may have appended since this journal opened (a leader, while a standby
         # recovers): what the stream holds is durable, so last_seq moves up to it.
         self._last_seq = max(self._last_seq, last_seq)
+        expected = from_seq
         for msg in self.messages(start, end, self.batch_subject):
             commands = msg.commands
-            if commands[-1].seq < from_seq:
+            if commands[-1].seq < expected:
                 continue
-            if commands[0].seq < from_seq:
-                commands = commands[from_seq - commands[0].seq :]
+            if commands[0].seq > expected:  # purged (retention) before or while we read
+                raise RecoveryGapError(
+                    self.directory,
+                    expected,
+                    commands[0].seq,
+                    f"the stream continues at seq {commands[0].seq} (stream seq {msg.stream_seq})",
+                )
+            if commands[0].seq < expected:
+                commands = commands[expected - commands[0].seq :]
+            expected = commands[-1].seq + 1
             yield msg.meta, commands
 
     def close(self) -> None:
@@ -241,12 +372,16 @@ class NatsJournal:
             )
         return encode_record(commands, meta)
 
-    async def _publish(self, record: bytes, first: int, last: int) -> int:
+    async def _publish(self, record: bytes, head: Command, last: int) -> int:
+        first = head.seq
+        if not self._venue:
+            self._venue = head.ts if first == 1 else await self._read_venue()
         headers = {
             EXPECTED_LAST: str(self.expected),
             FIRST_SEQ: str(first),
             LAST_SEQ: str(last),
             FORMAT: str(FORMAT_VERSION),
+            VENUE: str(self._venue),
         }
         started = time.perf_counter()
         ack = await self._publish_fenced(self.batch_subject, record, headers, f"seq {first}..{last}")
@@ -255,6 +390,7 @@ class NatsJournal:
         self.expected = ack.seq
         self._last_seq = last
         self.size_bytes += len(record)
+        self.stream_messages += 1
         return len(record)
 
     async def write_marker(self, body: bytes) -> int:
@@ -295,7 +431,12 @@ class NatsJournal:
         if last is None or last[2] < from_seq:
             return None
         info = await self.link.js.stream_info(self.stream)
-        lo, hi = info.state.first_seq, last[0]
+        return await self._first_batch_reaching(from_seq, info.state.first_seq, last[0]), last[0], last[2]
+
+    async def _first_batch_reaching(self, from_seq: int, lo: int, hi: int) -> int:
+        """The stream seq to read from for commands from `from_seq` on: the first batch
+        between stream seqs lo..hi that ends at or past it (hi: a batch that does)."""
+        lo = max(lo, 1)
         # Bisect on "the first batch at or after stream seq p ends at or past from_seq",
         # which is false and then true as p grows; start reading at the first true p.
         while lo < hi:
@@ -305,22 +446,31 @@ class NatsJournal:
                 hi = mid
             else:
                 lo = msg.seq + 1
-        return lo, last[0], last[2]
+        return lo
 
     def messages(self, start: int, end: int, subjects: str) -> Iterator[StreamMessage]:
         """Stream messages start..end on `subjects`, decoded (a synchronous generator)."""
-        sub = self.link.call(self._subscribe(start, subjects))
-        try:
-            while True:
-                batch = self.link.call(self._fetch(sub))
-                for msg in batch:
-                    if msg.stream_seq > end:
-                        return
-                    yield msg
-                    if msg.stream_seq == end:
-                        return
-        finally:
-            self.link.submit(self._unsubscribe(sub))
+        next_seq = start
+        while True:
+            sub = self.link.call(self._subscribe(next_seq, subjects))
+            delivered = 0
+            try:
+                while True:
+                    batch = self.link.call(self._fetch(sub))
+                    try:
+                        delivered = _received(batch, delivered)
+                    except DeliveryLost as exc:
+                        log.warning("journal reader resubscribing at stream seq %d: %s", next_seq, exc)
+                        break
+                    for msg in batch:
+                        if msg.stream_seq > end:
+                            return
+                        yield msg
+                        next_seq = msg.stream_seq + 1
+                        if msg.stream_seq == end:
+                            return
+            finally:
+                self.link.submit(self._unsubscribe(sub))
 
     async def _subscribe(self, start: int, subjects: str):
         self._consumers += 1
@@ -356,23 +506,26 @@ class NatsJournal:
                 await asyncio.sleep(0.005 * attempt)
         else:
             msgs = await sub.fetch(FETCH, timeout=timeout)
-        return [self._decode(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in msgs]
+        return [self._decode(m.metadata.sequence, m.subject, m.headers, m.data) for m in msgs]
 
-    def _decode(self, stream_seq: int, subject: str, headers: dict | None, data: bytes) -> StreamMessage:
+    def _decode(self, seqs, subject: str, headers: dict | None, data: bytes) -> StreamMessage:
+        stream_seq = seqs.stream
         if subject != self.batch_subject:
-            return StreamMessage(stream_seq, None, data)
+            return StreamMessage(stream_seq, None, data, consumer_seq=seqs.consumer)
         rec = parse_record(memoryview(data), 0)
         if isinstance(rec, str):
             raise JournalCorruptError(self.directory, stream_seq, None, f"message {stream_seq}: {rec}")
         # A message without the header predates it: format 2, the first replicated one.
         version = int(headers[FORMAT]) if headers and FORMAT in headers else 2
         meta, commands = decode_record(rec.payload, version)
-        return StreamMessage(stream_seq, commands, meta=meta)
+        return StreamMessage(stream_seq, commands, meta=meta, consumer_seq=seqs.consumer)
 
     async def follow(self, start: int, deliver: Callable[[list[StreamMessage]], None]) -> None:
         """Every message from stream seq `start` on, forever (a standby's feed), handed to
         `deliver` in order. Runs on the link's loop until cancelled; survives a server
-        going away by resubscribing after the last message delivered."""
+        going away by resubscribing after the last message delivered, and a delivery lost
+        in a reconnect (seen as a gap in the consumer's delivery numbers, or, on a quiet
+        stream, as the consumer having sent more than arrived) the same way."""
         next_seq = start
         while True:
             try:
@@ -382,30 +535,44 @@ class NatsJournal:
                 continue
             try:
                 idle = 0
+                delivered = 0
                 while True:
                     try:
                         msgs = await self._fetch(sub, timeout=1.0)
                     except (TimeoutError, nats.errors.TimeoutError):
                         idle += 1
                         if idle % 3 == 0:  # a quiet stream, or a consumer lost with its server?
-                            await self.link.js.consumer_info(self.stream, sub._consumer)
+                            info = await self.link.js.consumer_info(self.stream, sub._consumer)
+                            sent = (info.delivered.consumer_seq or 0) if info.delivered else 0
+                            if sent > delivered:
+                                raise DeliveryLost(
+                                    f"the consumer sent {sent} messages, {delivered} arrived"
+                                ) from None
                         continue
                     idle = 0
                     if msgs:
+                        delivered = _received(msgs, delivered)
                         next_seq = msgs[-1].stream_seq + 1
                         deliver(msgs)
             except asyncio.CancelledError:
                 await self._unsubscribe(sub)
                 raise
-            except (*NOT_WRITABLE, nats.js.errors.Error) as exc:
+            except (*NOT_WRITABLE, nats.js.errors.Error, DeliveryLost) as exc:
                 log.warning("journal follower resubscribing at stream seq %d: %s", next_seq, exc)
                 await self._unsubscribe(sub)
                 await asyncio.sleep(0.1)
 
     async def tail(self) -> tuple[int, int]:
-        """(stream last seq, last command seq in the stream)."""
+        """(stream last seq, last command seq in the stream); notes the stream's size and
+        where it begins for the scrape-time gauges."""
         info = await self.link.js.stream_info(self.stream)
         last = await self._last_batch()
+        first = await self._batch_msg(max(info.state.first_seq, 1)) if last is not None else None
+        self.stream_messages = info.state.messages
+        self.size_bytes = info.state.bytes
+        self.stream_first_command_seq = (
+            _seq_range(first.headers, first.data)[0] if first is not None else self._last_seq + 1
+        )
         return info.state.last_seq, (last[2] if last else 0)
 
 

@@ -25,6 +25,7 @@ from enum import StrEnum
 
 from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
 from engine.cluster.lease import Lease
+from engine.cluster.retention import Retention
 from engine.commands import ListInstrument
 from engine.domain import Instrument
 from engine.journal import JournalCorruptError, JournalWriteError
@@ -34,6 +35,7 @@ from engine.state import state_hash
 log = logging.getLogger("loom.cluster")
 
 TAIL_POLL_S = 0.5
+SNAPSHOT_POLL_EVERY = 10  # tail polls between listings of the replicated snapshots (5 s)
 
 
 class Role(StrEnum):
@@ -59,6 +61,8 @@ class ClusterMember:
         self.lease = lease
         self.link = journal.link
         self.instruments = instruments
+        # Set by the app (it needs `leading`): replicates the leader's snapshots and purges.
+        self.retention: Retention | None = None
         self.role = Role.STANDBY
         self.failovers = 0
         self.failed = ""  # set when following hit damage: crash-only, never leads after
@@ -132,7 +136,30 @@ class ClusterMember:
             "leader_changes": self.lease.leader_changes,
             "fencing_rejections": self.journal.fenced,
             "failed": self.failed,
+            **self._retention_status(),
         }
+
+    def _retention_status(self) -> dict:
+        journal = self.journal
+        recovered = self.node.recovered
+        out = {
+            "recovered_from": recovered.snapshot_source or "journal",
+            "recovered_snapshot_seq": recovered.snapshot_seq,
+            "stream_messages": journal.stream_messages,
+            "stream_bytes": journal.size_bytes,
+            "stream_first_command_seq": journal.stream_first_command_seq,
+        }
+        if self.retention is not None:
+            newest = self.retention.store.newest
+            stats = self.retention.stats
+            out["replicated_snapshot_seq"] = newest.seq if newest else 0
+            out["purges"] = stats.purges
+            out["purged_messages"] = stats.purged_messages
+        return out
+
+    def leading(self) -> bool:
+        """Leader with a live lease: the only node that replicates snapshots and purges."""
+        return self.role == Role.LEADER and self.lease.held
 
     def promote(self) -> dict:
         """Runbook hook: try to take the lease now (it is taken only if vacant or expired;
@@ -200,13 +227,17 @@ class ClusterMember:
             commands = msg.commands
             if commands is not None and commands[-1].seq > node.engine.last_seq:
                 if commands[0].seq != node.engine.last_seq + 1:
+                    # Past the leader's retention margin: the batches this node needed were
+                    # purged behind a replicated snapshot. A restart recovers from it.
                     self._fail(
                         JournalCorruptError(
                             self.journal.directory,
                             msg.stream_seq,
                             node.engine.last_seq + 1,
                             f"batch {commands[0].seq}..{commands[-1].seq} does not continue "
-                            f"the applied state at {node.engine.last_seq}",
+                            f"the applied state at {node.engine.last_seq} (purged by retention "
+                            f"while this node was behind? restart it to recover from the "
+                            f"replicated snapshot)",
                         )
                     )
                     return
@@ -225,10 +256,16 @@ class ClusterMember:
             self._follower.cancel()
 
     async def _watch_tail(self) -> None:
-        """The stream's last command seq, for the replication lag (on the link's loop)."""
+        """The stream's last command seq, for the replication lag, its size, and the newest
+        replicated snapshot (on the link's loop)."""
+        polls = 0
         while True:
             with contextlib.suppress(Exception):
                 self.stream_last_seq = (await self.journal.tail())[1]
+            if self.retention is not None and polls % SNAPSHOT_POLL_EVERY == 0:
+                with contextlib.suppress(Exception):
+                    await self.retention.store.list()
+            polls += 1
             await asyncio.sleep(TAIL_POLL_S)
 
     # -- transitions ---------------------------------------------------------------------------

@@ -1,25 +1,30 @@
 """Opening a node's cluster connection from its configuration: one NATS link shared by
-the replicated journal (which owns it) and the leader lease."""
+the replicated journal (which owns it), the leader lease and the replicated snapshots."""
 
 from __future__ import annotations
 
 from engine.cluster.journal import DEFAULT_PREFIX, DEFAULT_STREAM, NatsJournal
 from engine.cluster.lease import DEFAULT_BUCKET, Lease
 from engine.cluster.link import NatsLink
+from engine.cluster.snapshot_store import DEFAULT_BUCKET as SNAPSHOT_BUCKET
+from engine.cluster.snapshot_store import ReplicatedSnapshots
 from engine.config import Config
 
 
-def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease]:
+def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease, ReplicatedSnapshots]:
     link = NatsLink(cfg.cluster, name=f"loom-{cfg.node_id}")
     try:
-        # Another stream name is another exchange on the same NATS: its own subjects and lease.
+        # Another stream name is another exchange on the same NATS: its own subjects, lease
+        # and snapshots.
         stream = cfg.cluster_stream
         own = stream == DEFAULT_STREAM
         prefix = DEFAULT_PREFIX if own else f"loom.{stream.lower()}"
         bucket = DEFAULT_BUCKET if own else f"{stream.lower()}_lease"
+        snapshot_bucket = SNAPSHOT_BUCKET if own else f"{stream.lower()}_snapshots"
         journal = NatsJournal(link, stream=stream, prefix=prefix, owns_link=True)
         lease = Lease(link, cfg.node_id, bucket=bucket, ttl=cfg.lease_ttl, renew_every=cfg.lease_ttl / 4)
+        snapshots = ReplicatedSnapshots(link, snapshot_bucket)
     except BaseException:
         link.close()
         raise
-    return journal, lease
+    return journal, lease, snapshots

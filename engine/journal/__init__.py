@@ -38,6 +38,26 @@ class JournalCorruptError(JournalError):
         )
 
 
+class RecoveryGapError(JournalCorruptError):
+    """Commands the state needs are neither in a snapshot nor in the journal any more (a
+    replicated journal purged by retention, or segments removed): recovery refuses rather
+    than skip them. Names the first missing seq and where the journal continues."""
+
+    def __init__(self, path: str, needed: int, continues: int, problem: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.seq = needed
+        self.continues = continues
+        self.problem = problem
+        Exception.__init__(
+            self,
+            f"commands {needed}..{continues - 1} are missing: {problem} in {path}, and no snapshot "
+            f"covers seq {continues - 1}; refusing to start rather than skip them. Start from a "
+            f"snapshot at seq {continues - 1} or later (a cluster node fetches the newest replicated "
+            f"one), or from a journal that still holds seq {needed}.",
+        )
+
+
 class Journal(Protocol):
     """What every journal backend provides."""
 

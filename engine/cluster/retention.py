@@ -1,0 +1,125 @@
+"""Snapshot-based retention of the replicated journal: the stream stops growing forever.
+
+On the leader, every local snapshot (scheduled, on demand, or by the runbook automation)
+is then, off the order path:
+    1. read back from disk and stored in the replicated snapshot store (R3); only its
+       meta message's PubAck counts;
+    2. only then are the stream's batches it makes unnecessary purged, keeping every batch
+       that holds one of the last `keep_commands` commands before the snapshot (a margin
+       for a standby slightly behind) and always the batch holding the snapshot's seq;
+    3. older replicated snapshots beyond `keep_snapshots` are deleted.
+
+A failure at any step is logged and counted and stops that round before the purge: the
+stream then just keeps growing until a later snapshot gets through (nothing is lost).
+Standbys keep their own local snapshots and never upload or purge.
+
+Runs on the NATS link's loop (never the service's: an upload of megabytes must not hold
+up acknowledgements); snapshots taken while a round is running coalesce to the newest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.cluster.journal import NatsJournal
+from engine.cluster.snapshot_store import ReplicatedSnapshots
+from engine.snapshots import HEADER, WrittenSnapshot
+
+log = logging.getLogger("loom.cluster.retention")
+
+DEFAULT_KEEP_COMMANDS = 100_000
+DEFAULT_KEEP_SNAPSHOTS = 2
+
+
+@dataclass
+class RetentionStats:
+    uploads_ok: int = 0
+    uploads_failed: int = 0
+    purges: int = 0  # purges that removed anything
+    purged_messages: int = 0
+    last_purge_seq: int = 0  # snapshot seq of the last purge that removed anything
+
+
+class Retention:
+    def __init__(
+        self,
+        journal: NatsJournal,
+        store: ReplicatedSnapshots,
+        leading: Callable[[], bool],
+        keep_commands: int = DEFAULT_KEEP_COMMANDS,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+    ) -> None:
+        if keep_commands < 0 or keep_snapshots < 1:
+            raise ValueError("keep_commands >= 0 and keep_snapshots >= 1")
+        self.journal = journal
+        self.store = store
+        self.link = journal.link
+        self.leading = leading
+        self.keep_commands = keep_commands
+        self.keep_snapshots = keep_snapshots
+        self.stats = RetentionStats()
+        self._pending: WrittenSnapshot | None = None
+        self._running = False
+        self.idle = asyncio.Event()  # set on the link's loop whenever no round is running
+        self.link.loop.call_soon_threadsafe(self.idle.set)
+
+    def on_snapshot(self, written: WrittenSnapshot) -> None:
+        """A local snapshot was written (called on the service's thread): replicate it and
+        purge behind it, if this node leads."""
+        if self.leading():
+            self.link.loop.call_soon_threadsafe(self._offer, written)
+
+    def _offer(self, written: WrittenSnapshot) -> None:
+        self._pending = written
+        if not self._running:
+            self._running = True
+            self.idle.clear()
+            self.link.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending is not None:
+                written, self._pending = self._pending, None
+                await self.replicate(written)
+        finally:
+            self._running = False
+            self.idle.set()
+
+    async def replicate(self, written: WrittenSnapshot) -> bool:
+        """One round (on the link's loop): upload, then purge, then prune. True when the
+        snapshot was stored."""
+        try:
+            data = await asyncio.to_thread(written.path.read_bytes)
+        except FileNotFoundError:  # already pruned locally: a newer snapshot follows
+            return False
+        except OSError as exc:
+            self.stats.uploads_failed += 1
+            log.error("snapshot %s not replicated: %s", written.path, exc)
+            return False
+        seq = HEADER.unpack_from(data)[2] if len(data) >= HEADER.size else -1
+        if seq != written.seq:
+            self.stats.uploads_failed += 1
+            log.error("snapshot %s holds seq %d, not %d: not replicated", written.path, seq, written.seq)
+            return False
+        try:
+            stored = await self.store.put(written.seq, written.state_hash, data)
+        except Exception as exc:  # NATS away or electing: the next snapshot tries again
+            self.stats.uploads_failed += 1
+            log.error("snapshot at seq %d not replicated: %s: %s", written.seq, type(exc).__name__, exc)
+            return False
+        self.stats.uploads_ok += 1
+        log.info("snapshot at seq %d replicated as %s (%d bytes)", stored.seq, stored.name, stored.size)
+        try:
+            purged = await self.journal.purge_covered(written.seq, self.keep_commands)
+            if purged:
+                self.stats.purges += 1
+                self.stats.purged_messages += purged
+                self.stats.last_purge_seq = written.seq
+            await self.store.prune(self.keep_snapshots)
+        except Exception as exc:  # the snapshot is stored; the stream is purged next time
+            what = f"{type(exc).__name__}: {exc}"
+            log.error("retention after the snapshot at seq %d failed: %s", written.seq, what)
+        return True
