@@ -33,7 +33,7 @@ STARTUP_S = 60.0
 READY_RE = re.compile(r"^loom: ready on (\S+) \((?:.*?\b)?http (\d+)\b")
 STOPPED_RE = re.compile(r"^loom: stopped at seq (\d+)$", re.M)
 RECOVERED_RE = re.compile(
-    r"recovered to seq (\d+) \(snapshot (\d+), (\d+) commands replayed, state hash (\w+)"
+    r"recovered to seq (\d+) \((?P<source>\w+) snapshot (\d+), (\d+) commands replayed, state hash (\w+)"
 )
 NO_LISTENERS = ["--http-port", "0", "--fix-port", "-1", "--binary-port", "-1"]
 
@@ -229,9 +229,10 @@ def test_demo_run_sigterm_final_snapshot_and_recovery(tmp_path):
         recovered = RECOVERED_RE.search(second.log())
         assert recovered, second.output()
         assert int(recovered.group(1)) == final_seq
-        assert int(recovered.group(2)) == final_seq  # from the final snapshot
-        assert int(recovered.group(3)) == 0  # no replay needed
-        assert final.state_hash.startswith(recovered.group(4))
+        assert recovered["source"] == "local"  # a standalone node's own snapshot directory
+        assert int(recovered.group(3)) == final_seq  # from the final snapshot
+        assert int(recovered.group(4)) == 0  # no replay needed
+        assert final.state_hash.startswith(recovered.group(5))
         # The book served is the book of the final snapshot.
         status, book = get_json(f"{base}/v1/book/BTC-USD?depth=20")
         assert status == 200 and book["seq"] == final_seq
