@@ -119,6 +119,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         replicated=replicated,
     )
     rec = node.recovered
+    loop_module = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    log.info("event loop: %s", f"uvloop {_uvloop_version()}" if loop_module == "uvloop" else "asyncio")
     log.info(
         "recovered to seq %d (%s snapshot %d, %d commands replayed, state hash %s) in %.2f s",
         node.engine.last_seq,
@@ -282,3 +284,9 @@ async def serve(cfg: Config) -> int:
     await running.stop()
     print(f"loom: stopped at seq {running.node.engine.last_seq}", flush=True)
     return 0
+
+
+def _uvloop_version() -> str:
+    import uvloop
+
+    return uvloop.__version__

@@ -168,6 +168,7 @@ def test_demo_run_sigterm_final_snapshot_and_recovery(tmp_path):
     first = Loom(["--demo", "--rate", "500", "--data-dir", str(data), *NO_LISTENERS], tmp_path / "first.log")
     try:
         ready = first.wait_line(READY_RE)
+        assert re.search(r"event loop: uvloop \d", first.log()), first.output()
         assert ready.group(1) == "127.0.0.1"
         port = int(ready.group(2))
         assert port > 0
@@ -221,7 +222,11 @@ def test_demo_run_sigterm_final_snapshot_and_recovery(tmp_path):
     # nothing to replay, to the same seq and state.
     config = tmp_path / "loom.toml"
     config.write_text(instruments_toml())
-    second = Loom(["--config", str(config), "--data-dir", str(data), *NO_LISTENERS], tmp_path / "second.log")
+    # On asyncio's own event loop this time (the first run had the default, uvloop).
+    second = Loom(
+        ["--config", str(config), "--data-dir", str(data), "--event-loop", "asyncio", *NO_LISTENERS],
+        tmp_path / "second.log",
+    )
     try:
         port = int(second.wait_line(READY_RE).group(2))
         base = f"http://127.0.0.1:{port}"
@@ -229,6 +234,7 @@ def test_demo_run_sigterm_final_snapshot_and_recovery(tmp_path):
         recovered = RECOVERED_RE.search(second.log())
         assert recovered, second.output()
         assert int(recovered.group(1)) == final_seq
+        assert "event loop: asyncio" in second.log()
         assert recovered["source"] == "local"  # a standalone node's own snapshot directory
         assert int(recovered.group(3)) == final_seq  # from the final snapshot
         assert int(recovered.group(4)) == 0  # no replay needed

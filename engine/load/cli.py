@@ -57,7 +57,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     run_id = f"L{int(time.time() * 1000) % 10**9}"
     with contextlib.ExitStack() as stack:
         if args.port is None:
-            info = stack.enter_context(spawned_exchange())
+            info = stack.enter_context(spawned_exchange(event_loop=args.server_event_loop))
             host, ports = info["host"], info
         else:
             host = args.host
@@ -93,5 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="target an existing server (default: spawn one)")
     p.add_argument("--api-key", help="API key of the trading account (spawned server: built in)")
     p.add_argument("--connections", type=int, help="connections to spread the load over")
+    p.add_argument(
+        "--server-event-loop",
+        choices=("uvloop", "asyncio"),
+        help="the spawned server's --event-loop (default: its default, uvloop when installed)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_load)

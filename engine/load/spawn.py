@@ -40,8 +40,9 @@ def _config_text() -> str:
 
 
 @contextmanager
-def spawned_exchange(timeout: float = 60.0):
-    """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}."""
+def spawned_exchange(timeout: float = 60.0, event_loop: str | None = None):
+    """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}.
+    `event_loop` is the server's `--event-loop` (default: its own default)."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
     config = tmp / "load.toml"
     config.write_text(_config_text())
@@ -60,6 +61,7 @@ def spawned_exchange(timeout: float = 60.0):
         "0",
         "--binary-port",
         "0",
+        *(["--event-loop", event_loop] if event_loop else []),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
