@@ -39,6 +39,7 @@ from engine.journal.format import BatchMeta
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
 from engine.matcher import new_order_problem
 from engine.recovery import Recovered, recover
+from engine.refusal_log import RefusalLog
 from engine.risk import check_new
 from engine.sequencer import Sequencer
 from engine.snapshots import SnapshotStore, WrittenSnapshot
@@ -151,6 +152,7 @@ class ExchangeNode:
         self.snapshot_failures = 0
         self.last_snapshot: WrittenSnapshot | None = None
         self.rejected_batches = 0
+        self.refusals = RefusalLog(log, clock=clock)  # one line per outage, not per batch
         # Risk-check times (ns) of the new orders of a sampled batch, for the "risk" stage;
         # the service drains it. None: not measured (no metrics).
         self.risk_check_ns: list[int] | None = None
@@ -244,9 +246,11 @@ class ExchangeNode:
             self.sequencer.rewind(before)
             self.rejected_batches += 1
             self.journal_ok = False
-            log.error("batch of %d commands refused: %s", len(commands), error)
+            self.refusals.refused(len(commands), error)
             return [[journal_failure_rejection(cmd)] for cmd in commands]
         self.journal_ok = True
+        if self.refusals.since is not None:
+            self.refusals.succeeded()
         self._finished_batches += 1
         if self.risk_timed:
             self.risk_timed = {}

@@ -373,6 +373,8 @@ class ClusterMember:
         self.role = Role.STANDBY
         while self.journal.in_flight:  # the batch being replicated finishes (or fails) first
             await asyncio.sleep(0.002)
+        await asyncio.sleep(0)  # the commit loop finishes (refuses) that batch first
+        self.node.refusals.ended(f"demoted: {reason}")
         self.applied_stream_seq = max(self.applied_stream_seq, self.journal.expected)
         if not self._stopping:
             self._start_follower()

@@ -1,0 +1,91 @@
+"""Logging of refused journal batches: one line when refusals begin, a summary every
+`every_s` while they go on, one line when a write succeeds again.
+
+While a NATS stream elects a new leader (several seconds) the node refuses every batch
+quickly, and a client retrying every few ms made one ERROR line per batch (476 in one
+outage), burying everything else. The exact count stays in `loom_journal_write_errors`
+(the service counts every refused batch); the log tells the story of the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+SUMMARY_EVERY_S = 5.0
+
+
+class RefusalLog:
+    def __init__(
+        self,
+        log: logging.Logger,
+        every_s: float = SUMMARY_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.every_s = every_s
+        self.clock = clock
+        self.since: float | None = None  # when the current run of refusals began (None: writing)
+        self.total = 0  # batches refused since then
+        self.total_commands = 0
+        self._window_start = 0.0
+        self._window = 0
+        self._window_commands = 0
+        self._reasons: dict[str, int] = {}  # error kind -> refusals in the window
+
+    def refused(self, commands: int, error: Exception) -> None:
+        now = self.clock()
+        self.total += 1
+        self.total_commands += commands
+        if self.since is None:
+            self.since = self._window_start = now
+            self.log.error(
+                "journal writes failing: batch of %d commands refused: %s "
+                "(further refusals summarised every %g s until a write succeeds)",
+                commands,
+                error,
+                self.every_s,
+            )
+            return
+        self._window += 1
+        self._window_commands += commands
+        kind = type(error).__name__
+        self._reasons[kind] = self._reasons.get(kind, 0) + 1
+        if now - self._window_start >= self.every_s:
+            kinds = ", ".join(f"{k} x{n}" for k, n in self._reasons.items())
+            self.log.error(
+                "%d batches (%d commands) refused in the last %.1f s (%s), %d in all; last: %s",
+                self._window,
+                self._window_commands,
+                now - self._window_start,
+                kinds,
+                self.total,
+                error,
+            )
+            self._window_start = now
+            self._window = self._window_commands = 0
+            self._reasons = {}
+
+    def succeeded(self) -> None:
+        """A batch was written: ends the run of refusals, if there was one."""
+        if self.since is not None:
+            self._end("journal writes succeed again")
+
+    def ended(self, why: str) -> None:
+        """This node stops writing (a cluster leader demoted): the run ends unresolved."""
+        if self.since is not None:
+            self._end(f"journal refusals end here ({why})")
+
+    def _end(self, what: str) -> None:
+        self.log.warning(
+            "%s after %.1f s: %d batches (%d commands) refused in all",
+            what,
+            self.clock() - self.since,
+            self.total,
+            self.total_commands,
+        )
+        self.since = None
+        self.total = self.total_commands = 0
+        self._window = self._window_commands = 0
+        self._reasons = {}

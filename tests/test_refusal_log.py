@@ -1,0 +1,154 @@
+"""Refused journal batches are logged once per outage, not once per batch: a line when
+refusals begin, a summary per interval while they go on, a line when writes succeed again;
+every refusal is still counted in loom_journal_write_errors.
+
+The real case: the NATS stream loses its Raft leader (SIGKILL of its server) and refuses
+every append until another is elected (several seconds), while a client retries at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from natsproc import unique_stream
+from prometheus_client import CollectorRegistry
+
+from engine.bench.workload import INSTRUMENT, SYMBOL
+from engine.cluster.journal import NatsJournal
+from engine.cluster.link import NatsLink
+from engine.cluster.natsserver import LocalNatsCluster
+from engine.commands import NewOrder
+from engine.domain import OrderType, RejectReason, Side
+from engine.events import OrderRejected
+from engine.exchange import ExchangeNode, NodeConfig
+from engine.journal import JournalWriteError
+from engine.refusal_log import RefusalLog
+from engine.service import ExchangeService
+from telemetry.metrics import ExchangeMetrics
+
+FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_run_of_refusals_is_one_line_a_summary_per_interval_and_one_line_at_the_end(caplog):
+    clock = ManualClock()
+    refusals = RefusalLog(logging.getLogger("test.refusals"), every_s=5.0, clock=clock)
+    caplog.set_level(logging.INFO, "test.refusals")
+    for _ in range(1000):  # 12 s of refusals, one every 12 ms
+        refusals.refused(2, JournalWriteError("journal write of seq 7..8 failed: timeout"))
+        clock.now += 0.012
+    refusals.succeeded()
+    refusals.succeeded()  # nothing more to say
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == ["ERROR", "ERROR", "ERROR", "WARNING"], lines
+    assert "journal writes failing" in lines[0][1] and "seq 7..8" in lines[0][1]
+    summary = "417 batches (834 commands) refused in the last 5.0 s (JournalWriteError x417)"
+    assert lines[1][1].startswith(summary)
+    end = "journal writes succeed again after 12.0 s: 1000 batches (2000 commands) refused in all"
+    assert lines[3][1] == end
+    # A new run starts afresh; a demotion ends it without claiming success.
+    refusals.refused(1, JournalWriteError("again"))
+    refusals.ended("demoted: lease lost")
+    assert caplog.records[-1].getMessage().startswith("journal refusals end here (demoted: lease lost) after")
+    assert caplog.records[-1].getMessage().endswith("1 batches (1 commands) refused in all")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalNatsCluster(tmp_path / "nats") as nats:
+        yield nats
+
+
+def stream_leader(link: NatsLink, stream: str) -> str:
+    return link.call(link.js.stream_info(stream)).cluster.leader or ""
+
+
+def move_leader_off(link: NatsLink, stream: str, server: str) -> str:
+    """Step the stream's leader down until it is not on `server` (the one the link uses, so
+    the kill below never disconnects the writer: no publish is buffered to land late)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        leader = stream_leader(link, stream)
+        if leader and leader != server:
+            return leader
+        if leader:
+            link.call(link.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5))
+        time.sleep(0.1)
+    raise TimeoutError(f"stream {stream} kept its leader on {server}")
+
+
+def test_losing_the_stream_leader_logs_a_bounded_story_and_counts_every_refusal(cluster, tmp_path, caplog):
+    every_s = 1.0
+    stream, prefix = unique_stream()
+    link = NatsLink(cluster.urls[:1], "refusals")
+    journal = NatsJournal(link, stream, prefix, publish_timeout=0.2, owns_link=True)
+    node = ExchangeNode(
+        NodeConfig(tmp_path / "data", (INSTRUMENT,), snapshot_every_commands=0, snapshot_every_s=0),
+        journal=journal,
+    )
+    node.refusals.every_s = every_s
+    metrics = ExchangeMetrics(CollectorRegistry(), process=False)
+
+    def refused_total() -> float:
+        return metrics.registry.get_sample_value("loom_journal_write_errors_total") or 0.0
+
+    leader = move_leader_off(link, stream, cluster.nodes[0].name)
+    index = next(i for i, n in enumerate(cluster.nodes) if n.name == leader)
+    caplog.set_level(logging.INFO, "loom.exchange")
+
+    async def client() -> tuple[float, int]:
+        """Sends an order, retrying at once when refused, until one is accepted after the
+        stream leader's server died; returns (seconds without acceptance, refusals seen)."""
+        service = ExchangeService(node, metrics=metrics)
+        service.start()
+        try:
+            n = 0
+
+            async def send() -> bool:
+                nonlocal n
+                n += 1
+                order = NewOrder("alice", f"c{n}", SYMBOL, int(Side.BUY), int(OrderType.LIMIT), 99_000, 1)
+                events = await service.submit_one(order)
+                refused = type(events[0]) is OrderRejected and events[0].reason == FAILED
+                assert refused or type(events[0]) is not OrderRejected, events
+                return not refused
+
+            assert await send()
+            await asyncio.to_thread(cluster.kill, index)
+            killed = time.monotonic()
+            seen = 0
+            while not await send():
+                seen += 1
+                assert time.monotonic() - killed < 60, "no new stream leader within 60 s"
+                await asyncio.sleep(0.005)
+            return time.monotonic() - killed, seen
+        finally:
+            await service.stop()
+
+    try:
+        outage, seen = asyncio.run(client())
+    finally:
+        node.close()
+    ours = [r for r in caplog.records if r.name == "loom.exchange"]
+    errors = [r.getMessage() for r in ours if r.levelno >= logging.ERROR]
+    ends = [r.getMessage() for r in caplog.records if "succeed again" in r.getMessage()]
+    print(f"\noutage {outage:.2f} s: {seen} refused, {len(errors)} ERROR lines; {ends}")
+    assert seen >= 10, f"the outage refused only {seen} batches"
+    assert refused_total() == seen
+    # One line at the start, then at most one per interval: however many were refused.
+    assert errors[0].startswith("journal writes failing")
+    assert 1 <= len(errors) <= 1 + outage / every_s, errors
+    assert len(errors) < seen
+    if outage > 2 * every_s:
+        assert any(" refused in the last " in e for e in errors[1:]), errors
+    assert len(ends) == 1 and f": {seen} batches ({seen} commands) refused in all" in ends[0], ends
