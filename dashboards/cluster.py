@@ -1,4 +1,5 @@
-"""The Cluster board: who leads, the lease, replication and fencing, failovers.
+"""The Cluster board: who leads, the lease, replication and fencing, failovers, retention
+and the standbys' positions.
 
 Only `loom run --cluster` nodes export these series (a standalone node exports
 loom_cluster_role{role="standalone"} alone), so the board is tested against a real
@@ -149,7 +150,42 @@ def cluster() -> Dashboard:
                         target(
                             f"sum(increase({m('loom_stream_purged_messages_total')}[1h]))", "messages purged"
                         ),
+                        target(
+                            f"sum(increase({m('loom_retention_purges_held_back_total')}[1h]))",
+                            "purges held back by a standby",
+                        ),
                     ],
+                ),
+            ],
+            [
+                series(
+                    "Standby positions and the purge floor",
+                    [
+                        target(
+                            f"max by (node) ({m('loom_standby_applied_seq')})", "standby {{node}} applied"
+                        ),
+                        target(f"max({m('loom_retention_purge_floor_seq')})", "purge floor"),
+                        target(
+                            f"max({m('loom_stream_first_command_seq')})", "first command seq in the stream"
+                        ),
+                    ],
+                    description="As the leader reads them: retention never purges past the slowest live "
+                    "standby (the floor), so the stream's first command stays at or below floor + 1.",
+                ),
+                series(
+                    "Standby lag and report age",
+                    [
+                        target(
+                            f"max by (node) ({m('loom_standby_lag_commands')})", "lag {{node}} (commands)"
+                        ),
+                        target(
+                            f"max by (node) ({m('loom_standby_report_age_seconds')})",
+                            "report age {{node}} (s)",
+                        ),
+                    ],
+                    description="A standby whose report is older than [retention] standby_stale_s (60 s by "
+                    "default) no longer holds purges back; if it returns past a purge it restarts from "
+                    "the replicated snapshot.",
                 ),
             ],
         ],

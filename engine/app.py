@@ -99,13 +99,13 @@ def _fix_session_count(server) -> int:
 
 
 async def start_exchange(cfg: Config) -> RunningExchange:
-    journal = lease = replicated = None
+    journal = lease = replicated = positions = None
     if cfg.cluster:
         # The replicated journal replaces the local one; instruments are listed by whichever
         # node first leads (a standby never writes).
         from engine.cluster.setup import connect_cluster
 
-        journal, lease, replicated = await asyncio.to_thread(connect_cluster, cfg)
+        journal, lease, replicated, positions = await asyncio.to_thread(connect_cluster, cfg)
     node = ExchangeNode(
         NodeConfig(
             cfg.data_dir,
@@ -163,7 +163,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             member.leading,
             keep_commands=cfg.retention_keep_commands,
             keep_snapshots=cfg.retention_keep_snapshots,
+            positions=positions,
         )
+        member.positions = positions
         node.on_snapshot = member.retention.on_snapshot
         collector = ClusterCollector(member)
         journal.on_publish = collector.publish_seconds.observe

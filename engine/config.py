@@ -47,6 +47,8 @@ class Config:
     # stream behind it but for the batches holding the last `keep_commands` commands.
     retention_keep_commands: int = 100_000
     retention_keep_snapshots: int = 2  # replicated snapshots kept
+    # Nor does it purge what a standby still needs, unless its position report is older than this.
+    retention_standby_stale_s: float = 60.0
 
 
 _ENV = {
@@ -61,6 +63,7 @@ _ENV = {
     "LOOM_NODE_ID": ("node_id", str),
     "LOOM_CLUSTER_STREAM": ("cluster_stream", str),
     "LOOM_RETENTION_KEEP_COMMANDS": ("retention_keep_commands", int),
+    "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
 }
 
 
@@ -95,6 +98,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError(f"lease_ttl {cfg.lease_ttl} is outside 0.3..30 seconds")
     if cfg.retention_keep_commands < 0 or cfg.retention_keep_snapshots < 1:
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
+    if cfg.retention_standby_stale_s <= 0:
+        raise ConfigError("[retention] needs standby_stale_s > 0")
     if cfg.demo:
         if not cfg.api_keys:
             cfg.api_keys = dict(DEMO_KEYS)
@@ -147,11 +152,13 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                 cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
                 cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
             elif key == "retention":
-                unknown = set(value) - {"keep_commands", "keep_snapshots"}
+                unknown = set(value) - {"keep_commands", "keep_snapshots", "standby_stale_s"}
                 if unknown:
                     raise ConfigError(f"{path}: unknown [retention] setting(s) {sorted(unknown)}")
                 cfg.retention_keep_commands = int(value.get("keep_commands", cfg.retention_keep_commands))
                 cfg.retention_keep_snapshots = int(value.get("keep_snapshots", cfg.retention_keep_snapshots))
+                stale = value.get("standby_stale_s", cfg.retention_standby_stale_s)
+                cfg.retention_standby_stale_s = float(stale)
             elif key == "instruments":
                 try:
                     cfg.instruments = [Instrument(**spec) for spec in value]

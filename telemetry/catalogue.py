@@ -255,6 +255,40 @@ _SPECS = [
         "Messages removed from the replicated journal by retention purges.",
         (),
     ),
+    # -- standbys' positions and the purge floor (engine/cluster/positions.py), on the leader ---
+    MetricSpec(
+        "loom_standby_applied_seq",
+        GAUGE,
+        "Last command seq each standby reported having applied, as the leader last read it.",
+        ("node",),
+    ),
+    MetricSpec(
+        "loom_standby_lag_commands",
+        GAUGE,
+        "Commands in the replicated journal beyond each standby's reported position.",
+        ("node",),
+    ),
+    MetricSpec(
+        "loom_standby_report_age_seconds",
+        GAUGE,
+        "Age of each standby's position report; past [retention] standby_stale_s the standby no "
+        "longer holds purges back.",
+        ("node",),
+        "seconds",
+    ),
+    MetricSpec(
+        "loom_retention_purge_floor_seq",
+        GAUGE,
+        "Last command seq a purge may remove as far as the standbys go: the slowest live "
+        "standby's applied seq (absent when no live standby reports, and on standbys).",
+        (),
+    ),
+    MetricSpec(
+        "loom_retention_purges_held_back",
+        COUNTER,
+        "Purge decisions that kept more of the stream because a live standby still needed it.",
+        (),
+    ),
     # -- pre-trade risk (engine/risk.py) and surveillance (engine/surveillance.py) ---------------
     MetricSpec(
         "loom_risk_rejects",
@@ -324,6 +358,11 @@ CLUSTER_ONLY = {
     "loom_replicated_snapshot_uploads",
     "loom_stream_purges",
     "loom_stream_purged_messages",
+    "loom_standby_applied_seq",
+    "loom_standby_lag_commands",
+    "loom_standby_report_age_seconds",
+    "loom_retention_purge_floor_seq",
+    "loom_retention_purges_held_back",
 }
 
 CATALOGUE: dict[str, MetricSpec] = {}

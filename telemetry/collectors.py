@@ -96,7 +96,32 @@ class ClusterCollector(Collector):
         purges.add_metric([], stats.purges)
         purged = _counter("loom_stream_purged_messages")
         purged.add_metric([], stats.purged_messages)
-        yield from (seq, age, uploads, purges, purged)
+        held = _counter("loom_retention_purges_held_back")
+        held.add_metric([], stats.held_back)
+        yield from (seq, age, uploads, purges, purged, held)
+        yield from self._standbys()
+
+    def _standbys(self):
+        """The standbys' reported positions, as the leader last read them (only it purges)."""
+        member = self.member
+        positions = member.positions
+        if positions is None or not member.leading():
+            return
+        last = positions.last
+        since = max(0.0, self.wall() - positions.read_at) if positions.read_at else 0.0
+        tail = max(member.stream_last_seq, member.journal.last_seq)
+        applied = _gauge("loom_standby_applied_seq")
+        lag = _gauge("loom_standby_lag_commands")
+        age = _gauge("loom_standby_report_age_seconds")
+        for p in last:
+            applied.add_metric([p.node], p.applied_seq)
+            lag.add_metric([p.node], max(0, tail - p.applied_seq))
+            age.add_metric([p.node], p.age_s + since)
+        floor = _gauge("loom_retention_purge_floor_seq")
+        lowest = positions.floor(last)
+        if lowest is not None:
+            floor.add_metric([], lowest)
+        yield from (applied, lag, age, floor)
 
 
 class ExchangeCollector(Collector):

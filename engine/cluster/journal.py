@@ -219,11 +219,14 @@ class NatsJournal:
         version = int(first.headers[FORMAT]) if first.headers and FORMAT in first.headers else 2
         return decode_record(rec.payload, version)[1][0].ts
 
-    async def purge_covered(self, snapshot_seq: int, keep_commands: int) -> int:
+    async def purge_covered(
+        self, snapshot_seq: int, keep_commands: int, keep_after: int | None = None
+    ) -> int:
         """Remove the batches a snapshot at `snapshot_seq` makes unnecessary, keeping every
-        batch that holds a seq above snapshot_seq - keep_commands, and always the batch that
-        holds snapshot_seq itself (so the stream never loses its last batch, whose headers
-        name the tail and the venue). Returns how many messages went.
+        batch that holds a seq above snapshot_seq - keep_commands, or above `keep_after`
+        (the slowest live standby's applied seq), and always the batch that holds
+        snapshot_seq itself (so the stream never loses its last batch, whose headers name
+        the tail and the venue). Returns how many messages went.
 
         The caller must have made the snapshot durable elsewhere first (the replicated
         snapshot store): from here on, it alone holds the state before the stream begins."""
@@ -232,6 +235,8 @@ class NatsJournal:
                 f"snapshot at seq {snapshot_seq} is beyond the stream's last seq {self._last_seq}"
             )
         boundary = min(snapshot_seq - 1, snapshot_seq - keep_commands)  # the last seq that may go
+        if keep_after is not None:
+            boundary = min(boundary, keep_after)
         if boundary < 1:
             return 0
         last = await self._batch_msg()

@@ -25,6 +25,7 @@ from enum import StrEnum
 
 from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
 from engine.cluster.lease import Lease
+from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
 from engine.commands import ListInstrument
 from engine.domain import Instrument
@@ -36,6 +37,7 @@ log = logging.getLogger("loom.cluster")
 
 TAIL_POLL_S = 0.5
 SNAPSHOT_POLL_EVERY = 10  # tail polls between listings of the replicated snapshots (5 s)
+POSITION_POLL_EVERY = 2  # tail polls between a standby's position reports, or the leader's reads (1 s)
 
 
 class Role(StrEnum):
@@ -63,6 +65,8 @@ class ClusterMember:
         self.instruments = instruments
         # Set by the app (it needs `leading`): replicates the leader's snapshots and purges.
         self.retention: Retention | None = None
+        # Set by the app: standbys report their applied seq there, the leader reads them.
+        self.positions: StandbyPositions | None = None
         self.role = Role.STANDBY
         self.failovers = 0
         self.failed = ""  # set when following hit damage: crash-only, never leads after
@@ -102,6 +106,9 @@ class ClusterMember:
         for future in self._background:
             future.cancel()
         await self._stop_follower()
+        if self.positions is not None:
+            with contextlib.suppress(Exception):
+                await self.link.wait(self.positions.withdraw())
         if self.lease.held:
             with contextlib.suppress(Exception):
                 await self.link.wait(self.lease.release())
@@ -155,6 +162,16 @@ class ClusterMember:
             out["replicated_snapshot_seq"] = newest.seq if newest else 0
             out["purges"] = stats.purges
             out["purged_messages"] = stats.purged_messages
+            out["retention_rounds"] = stats.rounds
+            out["retention_round_seq"] = stats.last_round_seq
+            out["purges_held_back"] = stats.held_back
+        if self.positions is not None and self.leading():
+            positions = self.positions.last
+            out["standbys"] = {
+                p.node: {"applied_seq": p.applied_seq, "age_s": round(p.age_s, 2), "live": p.live}
+                for p in positions
+            }
+            out["purge_floor_seq"] = self.positions.floor(positions)
         return out
 
     def leading(self) -> bool:
@@ -252,6 +269,8 @@ class ClusterMember:
         log.critical("cluster: following stopped: %s", exc)
         self.failed = str(exc)
         self.lease.eligible = False
+        if self.positions is not None:  # it no longer follows: hold no purge back
+            self.link.submit(self.positions.withdraw())
         if self._follower is not None:
             self._follower.cancel()
 
@@ -265,8 +284,21 @@ class ClusterMember:
             if self.retention is not None and polls % SNAPSHOT_POLL_EVERY == 0:
                 with contextlib.suppress(Exception):
                     await self.retention.store.list()
+            if self.positions is not None and polls % POSITION_POLL_EVERY == 0:
+                try:
+                    await self._position_step()
+                except Exception as exc:  # NATS away: the next poll tries again
+                    log.debug("cluster: position report/read failed: %s", exc)
             polls += 1
             await asyncio.sleep(TAIL_POLL_S)
+
+    async def _position_step(self) -> None:
+        """A following standby reports how far it applied; the leader reads everyone's (for
+        the metrics and status; retention reads them again before purging)."""
+        if self.role == Role.STANDBY and not self.failed:
+            await self.positions.report(self.node.engine.last_seq)
+        elif self.leading():
+            await self.positions.read()
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -349,6 +381,8 @@ class ClusterMember:
             self.node.submit([ListInstrument(i) for i in missing])
         self.role = Role.LEADER
         self.failovers += 1
+        if self.positions is not None:  # a leader needs nothing kept for itself
+            self.link.submit(self.positions.withdraw())
         self.service.refusal = None
         self.service.accepting = True
         log.warning(

@@ -5,8 +5,10 @@ is then, off the order path:
     1. read back from disk and stored in the replicated snapshot store (R3); only its
        meta message's PubAck counts;
     2. only then are the stream's batches it makes unnecessary purged, keeping every batch
-       that holds one of the last `keep_commands` commands before the snapshot (a margin
-       for a standby slightly behind) and always the batch holding the snapshot's seq;
+       that holds one of the last `keep_commands` commands before the snapshot, every batch
+       a live standby has not applied yet (engine/cluster/positions.py: a standby whose
+       report is older than `stale_s` no longer counts), and always the batch holding the
+       snapshot's seq;
     3. older replicated snapshots beyond `keep_snapshots` are deleted.
 
 A failure at any step is logged and counted and stops that round before the purge: the
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.cluster.journal import NatsJournal
+from engine.cluster.positions import StandbyPositions
 from engine.cluster.snapshot_store import ReplicatedSnapshots
 from engine.snapshots import HEADER, WrittenSnapshot
 
@@ -41,6 +44,10 @@ class RetentionStats:
     purges: int = 0  # purges that removed anything
     purged_messages: int = 0
     last_purge_seq: int = 0  # snapshot seq of the last purge that removed anything
+    rounds: int = 0  # purge decisions taken (after a stored snapshot), whatever they removed
+    last_round_seq: int = 0  # snapshot seq of the last purge decision
+    held_back: int = 0  # decisions a live standby's position held back
+    standby_floor: int | None = None  # the slowest live standby's applied seq at the last one
 
 
 class Retention:
@@ -51,6 +58,7 @@ class Retention:
         leading: Callable[[], bool],
         keep_commands: int = DEFAULT_KEEP_COMMANDS,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+        positions: StandbyPositions | None = None,
     ) -> None:
         if keep_commands < 0 or keep_snapshots < 1:
             raise ValueError("keep_commands >= 0 and keep_snapshots >= 1")
@@ -60,6 +68,7 @@ class Retention:
         self.leading = leading
         self.keep_commands = keep_commands
         self.keep_snapshots = keep_snapshots
+        self.positions = positions  # None: standbys are not consulted (keep_commands only)
         self.stats = RetentionStats()
         self._pending: WrittenSnapshot | None = None
         self._running = False
@@ -113,7 +122,10 @@ class Retention:
         self.stats.uploads_ok += 1
         log.info("snapshot at seq %d replicated as %s (%d bytes)", stored.seq, stored.name, stored.size)
         try:
-            purged = await self.journal.purge_covered(written.seq, self.keep_commands)
+            floor = await self._standby_floor(written.seq)
+            purged = await self.journal.purge_covered(written.seq, self.keep_commands, floor)
+            self.stats.rounds += 1
+            self.stats.last_round_seq = written.seq
             if purged:
                 self.stats.purges += 1
                 self.stats.purged_messages += purged
@@ -123,3 +135,26 @@ class Retention:
             what = f"{type(exc).__name__}: {exc}"
             log.error("retention after the snapshot at seq %d failed: %s", written.seq, what)
         return True
+
+    async def _standby_floor(self, snapshot_seq: int) -> int | None:
+        """The last seq the live standbys let go (None: no live standby). A failure to read
+        the positions fails the round: purging blind could strand a standby."""
+        if self.positions is None:
+            return None
+        positions = await self.positions.read()
+        floor = self.positions.floor(positions)
+        self.stats.standby_floor = floor
+        if floor is not None and floor < snapshot_seq - max(self.keep_commands, 1):
+            self.stats.held_back += 1
+            slowest = next(p for p in positions if p.live and p.applied_seq == floor)
+            log.info(
+                "purge held back to seq %d by standby %s (reported %.1f s ago; snapshot at %d)",
+                floor,
+                slowest.node,
+                slowest.age_s,
+                snapshot_seq,
+            )
+        stale = [p.node for p in positions if not p.live]
+        if stale:
+            log.info("purge ignores standby(s) %s: no report for over %g s", stale, self.positions.stale_s)
+        return floor

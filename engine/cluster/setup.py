@@ -1,17 +1,20 @@
 """Opening a node's cluster connection from its configuration: one NATS link shared by
-the replicated journal (which owns it), the leader lease and the replicated snapshots."""
+the replicated journal (which owns it), the leader lease, the replicated snapshots and the
+standbys' positions."""
 
 from __future__ import annotations
 
 from engine.cluster.journal import DEFAULT_PREFIX, DEFAULT_STREAM, NatsJournal
 from engine.cluster.lease import DEFAULT_BUCKET, Lease
 from engine.cluster.link import NatsLink
+from engine.cluster.positions import DEFAULT_BUCKET as POSITIONS_BUCKET
+from engine.cluster.positions import StandbyPositions
 from engine.cluster.snapshot_store import DEFAULT_BUCKET as SNAPSHOT_BUCKET
 from engine.cluster.snapshot_store import ReplicatedSnapshots
 from engine.config import Config
 
 
-def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease, ReplicatedSnapshots]:
+def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease, ReplicatedSnapshots, StandbyPositions]:
     link = NatsLink(cfg.cluster, name=f"loom-{cfg.node_id}")
     try:
         # Another stream name is another exchange on the same NATS: its own subjects, lease
@@ -21,10 +24,14 @@ def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease, ReplicatedSnapshot
         prefix = DEFAULT_PREFIX if own else f"loom.{stream.lower()}"
         bucket = DEFAULT_BUCKET if own else f"{stream.lower()}_lease"
         snapshot_bucket = SNAPSHOT_BUCKET if own else f"{stream.lower()}_snapshots"
+        positions_bucket = POSITIONS_BUCKET if own else f"{stream.lower()}_positions"
         journal = NatsJournal(link, stream=stream, prefix=prefix, owns_link=True)
         lease = Lease(link, cfg.node_id, bucket=bucket, ttl=cfg.lease_ttl, renew_every=cfg.lease_ttl / 4)
         snapshots = ReplicatedSnapshots(link, snapshot_bucket)
+        positions = StandbyPositions(
+            link, cfg.node_id, positions_bucket, stale_s=cfg.retention_standby_stale_s
+        )
     except BaseException:
         link.close()
         raise
-    return journal, lease, snapshots
+    return journal, lease, snapshots, positions
