@@ -3,7 +3,8 @@ and the standbys' positions.
 
 Only `loom run --cluster` nodes export these series (a standalone node exports
 loom_cluster_role{role="standalone"} alone), so the board is tested against a real
-two-node cluster (tests/test_cluster_dashboard.py), not the standalone demo.
+two-node cluster, not the standalone demo (tests/test_dashboards.py,
+test_every_cluster_query_returns_data_from_a_real_cluster).
 """
 
 from __future__ import annotations
