@@ -125,6 +125,22 @@ _SPECS = [
         "Torn tails truncated when the journal was opened (since start).",
         (),
     ),
+    # -- the data directory's file system (read at scrape time) -------------------------------
+    MetricSpec(
+        "loom_data_disk_free_bytes",
+        GAUGE,
+        "Bytes available to the exchange on the file system of its data directory (statvfs "
+        "f_bavail: what the journal can still append before writes fail).",
+        (),
+        "bytes",
+    ),
+    MetricSpec(
+        "loom_data_disk_size_bytes",
+        GAUGE,
+        "Size of the file system that holds the data directory (statvfs f_blocks).",
+        (),
+        "bytes",
+    ),
     # -- snapshots and recovery --------------------------------------------------------------
     MetricSpec("loom_snapshot_age_seconds", GAUGE, "Seconds since the last snapshot.", (), "seconds"),
     MetricSpec("loom_snapshot_seq", GAUGE, "Sequence number the newest snapshot covers.", ()),

@@ -3,8 +3,10 @@ nothing (book depth and prices, open orders, journal size, snapshot age, session
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -97,6 +99,25 @@ class ClusterCollector(Collector):
         purged = _counter("loom_stream_purged_messages")
         purged.add_metric([], stats.purged_messages)
         yield from (seq, age, uploads, purges, purged)
+
+
+class DataDiskCollector(Collector):
+    """Free and total bytes of the data directory's file system: a full disk makes every
+    journal append fail (trading stops), so it is watched before it happens."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def collect(self):
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return  # the directory is gone: absent series, not a misleading 0
+        free = _gauge("loom_data_disk_free_bytes")
+        free.add_metric([], st.f_bavail * st.f_frsize)  # f_bavail: excludes root's reserve
+        size = _gauge("loom_data_disk_size_bytes")
+        size.add_metric([], st.f_blocks * st.f_frsize)
+        yield from (free, size)
 
 
 class ExchangeCollector(Collector):

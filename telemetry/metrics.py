@@ -157,6 +157,8 @@ SCRAPE_TIME = {
     "loom_snapshot_size_bytes",
     "loom_recovery_duration_seconds",
     "loom_recovery_replayed_commands",
+    "loom_data_disk_free_bytes",
+    "loom_data_disk_size_bytes",
     "loom_book_best_price",
     "loom_book_spread",
     "loom_book_depth_quantity",
