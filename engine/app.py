@@ -120,6 +120,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
             fsync=cfg.fsync,
+            journal_retention=cfg.journal_retention,
         ),
         journal=journal,
         replicated=replicated,

@@ -118,6 +118,20 @@ _SPECS = [
         "Journal segment files (absent on a cluster node: its journal is the replicated stream).",
         (),
     ),
+    MetricSpec(
+        "loom_journal_retired_segments",
+        COUNTER,
+        "Journal segments retention moved to journal/archive/ or removed, by action "
+        "(archived, deleted), since start (single node only; journal_retention).",
+        ("action",),
+    ),
+    MetricSpec(
+        "loom_journal_retired_bytes",
+        COUNTER,
+        "Bytes of the journal segments retention archived or deleted, by action, since start.",
+        ("action",),
+        "bytes",
+    ),
     MetricSpec("loom_journal_last_seq", GAUGE, "Sequence number of the last durable command.", ()),
     MetricSpec(
         "loom_journal_torn_tail_truncations",

@@ -146,7 +146,14 @@ class ExchangeCollector(Collector):
         if not node.remote_journal:  # a replicated journal has no segment files: absent, not 0
             segments = _gauge("loom_journal_segments")
             segments.add_metric([], len(journal.segments))
-            yield segments
+            stats = node.retention
+            retired = _counter("loom_journal_retired_segments")
+            retired.add_metric(["archived"], stats.archived_segments)
+            retired.add_metric(["deleted"], stats.deleted_segments)
+            retired_bytes = _counter("loom_journal_retired_bytes")
+            retired_bytes.add_metric(["archived"], stats.archived_bytes)
+            retired_bytes.add_metric(["deleted"], stats.deleted_bytes)
+            yield from (segments, retired, retired_bytes)
 
         age = _gauge("loom_snapshot_age_seconds")
         age.add_metric([], max(0.0, self.clock() - node.last_snapshot_at))

@@ -150,6 +150,8 @@ class ExchangeMetrics:
 SCRAPE_TIME = {
     "loom_journal_size_bytes",
     "loom_journal_segments",
+    "loom_journal_retired_segments",
+    "loom_journal_retired_bytes",
     "loom_journal_last_seq",
     "loom_journal_torn_tail_truncations",
     "loom_snapshot_age_seconds",
