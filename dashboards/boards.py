@@ -352,6 +352,19 @@ def persistence() -> Dashboard:
                     BYTES_PER_SEC_FORMAT,
                 ),
                 series("Journal size", [target(m("loom_journal_size_bytes"), "size")], BYTES_FORMAT),
+                series(
+                    "Journal retention: bytes archived / deleted",
+                    [
+                        target(
+                            f"sum by (action) (increase({m('loom_journal_retired_bytes_total')}[1h]))",
+                            "{{action}} in the last hour",
+                        )
+                    ],
+                    BYTES_FORMAT,
+                    "Single node with journal_retention = archive or delete: segments no kept snapshot "
+                    "needs, retired after each snapshot (archived ones stay on the data disk, in "
+                    "journal/archive/). Zero with the default, keep.",
+                ),
             ],
             [
                 series(

@@ -6,10 +6,14 @@ journal that recovers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from loomproc import loom_run
 
 import engine.journal.retention as retention_mod
 from engine.bench.workload import INSTRUMENT, generate
@@ -282,3 +286,52 @@ def test_a_crash_during_retention_leaves_a_recoverable_journal(tmp_path, monkeyp
     live, archived = live_and_archived(data)
     if archived:  # what was moved is whole and joins the live journal
         assert archived[-1].last_seq + 1 == live[0].first_seq
+
+
+# -- the trace endpoint of a real `loom run` -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "status"), [("archive", 200), ("delete", 410)])
+def test_the_trace_endpoint_reads_the_archive_or_says_the_range_is_gone(tmp_path, policy, status):
+    """GET /v1/orders/{id}/trace on a real node whose journal retention retired the order's
+    segments: found in the archive, or 410 JOURNAL_RANGE_GONE naming why."""
+    reference = order_history(_reference_dir(tmp_path), EARLY_ORDER)
+    account = reference["events"][0].account
+    data = tmp_path / "data"
+    run_node(data, policy)
+    key = "retention-test-key-0001"
+    config = tmp_path / "loom.toml"
+    config.write_text(
+        f'data_dir = "{data}"\nhttp_port = 0\nfix_port = -1\nbinary_port = -1\n'
+        f'journal_retention = "{policy}"\n[[accounts]]\nname = "{account}"\napi_key = "{key}"\n'
+        f'[[instruments]]\nsymbol = "{INSTRUMENT.symbol}"\ntick_size = 1\nlot_size = 1\n'
+        "min_qty = 1\nmax_qty = 1000000\n"
+    )
+    with loom_run(["--config", str(config)], dict(os.environ)) as base:
+        req = urllib.request.Request(f"{base}/v1/orders/{EARLY_ORDER}/trace", headers={"X-API-Key": key})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                got, body = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            got, body = exc.code, json.loads(exc.read())
+    assert got == status, body
+    if policy == "archive":
+        assert body["source"] == "journal"
+        assert body["accepted_seq"] == reference["accepted_seq"]
+        assert body["events"][0]["type"] == "accepted"
+    else:
+        assert body["error"]["code"] == "JOURNAL_RANGE_GONE"
+        assert "journal_retention" in body["error"]["message"]
+
+
+def _reference_dir(tmp_path: Path) -> Path:
+    ref = tmp_path / "reference"
+    run_node(ref, "keep")
+    return ref
+
+
+def test_full_replay_refuses_a_journal_that_no_longer_starts_at_seq_1(tmp_path, capsys):
+    run_node(tmp_path, "delete")
+    first = live_and_archived(tmp_path)[0][0].first_seq
+    assert loom_main(["journal", "replay", str(tmp_path), "--json"]) == 1
+    assert f"begins at seq {first}" in capsys.readouterr().out
