@@ -41,6 +41,9 @@ SLO_WINDOWS = ("5m", "30m", "1h", "6h")
 AVAILABILITY_TARGET = 0.999
 AVAILABILITY_BUDGET = round(1 - AVAILABILITY_TARGET, 6)
 FAILED = f'{JOB},reason="journal_write_failed"'
+# Data disk: free space predicted to reach 0 within this horizon (from the last hour's trend).
+DISK_FREE = f"loom_data_disk_free_bytes{{{JOB}}}"
+DISK_HORIZON_S = 4 * 3600
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,27 @@ GROUPS: tuple[Group, ...] = (
                 "p99 fdatasync of journal batches on {{ $labels.instance }} is "
                 "{{ $value | humanizeDuration }} (normal: ~0.25 ms); every order ack waits for it.",
                 for_="10m",
+            ),
+            Alert(
+                "LoomDataDiskFillingUp",
+                f"{DISK_FREE} / loom_data_disk_size_bytes{{{JOB}}}\n"
+                "and\n"
+                f"predict_linear({DISK_FREE}[1h], {DISK_HORIZON_S}) < 0",
+                "critical",
+                "The data disk of a Loom node will be full within 4 hours.",
+                "At the rate of the last hour the file system of {{ $labels.instance }}'s data directory "
+                "runs out of space within 4 hours ({{ $value | humanizePercentage }} free now). Once it "
+                "is full every journal append fails and trading stops (journal_write_failed).",
+                for_="5m",
+            ),
+            Alert(
+                "LoomDataDiskAlmostFull",
+                f"{DISK_FREE} / loom_data_disk_size_bytes{{{JOB}}} < 0.1",
+                "warning",
+                "The data disk of a Loom node has less than 10% free.",
+                "The file system of {{ $labels.instance }}'s data directory has "
+                "{{ $value | humanizePercentage }} of its space free; journal appends fail once it is full.",
+                for_="5m",
             ),
         ),
     ),

@@ -11,6 +11,7 @@ from grafanalib.core import (
     BYTES_FORMAT,
     BYTES_PER_SEC_FORMAT,
     OPS_FORMAT,
+    PERCENT_UNIT_FORMAT,
     SECONDS_FORMAT,
     SHORT_FORMAT,
     Dashboard,
@@ -26,7 +27,12 @@ from grafanalib.core import (
     TimeSeries,
 )
 
-from alerts.rules import AVAILABILITY_BUDGET, ERROR_BUDGET, SLO_LATENCY_LE  # the SLOs, defined once
+from alerts.rules import (  # the SLOs and the disk horizon, defined once
+    AVAILABILITY_BUDGET,
+    DISK_HORIZON_S,
+    ERROR_BUDGET,
+    SLO_LATENCY_LE,
+)
 from dashboards.catalogue_queries import RATE, m, mean, quantile, rate
 
 DS = "${datasource}"
@@ -346,6 +352,46 @@ def persistence() -> Dashboard:
                     BYTES_PER_SEC_FORMAT,
                 ),
                 series("Journal size", [target(m("loom_journal_size_bytes"), "size")], BYTES_FORMAT),
+                series(
+                    "Journal retention: bytes archived / deleted",
+                    [
+                        target(
+                            f"sum by (action) (increase({m('loom_journal_retired_bytes_total')}[1h]))",
+                            "{{action}} in the last hour",
+                        )
+                    ],
+                    BYTES_FORMAT,
+                    "Single node with journal_retention = archive or delete: segments no kept snapshot "
+                    "needs, retired after each snapshot (archived ones stay on the data disk, in "
+                    "journal/archive/). Zero with the default, keep.",
+                ),
+            ],
+            [
+                series(
+                    "Data disk free",
+                    [
+                        target(m("loom_data_disk_free_bytes"), "free {{instance}}"),
+                        target(
+                            f"predict_linear({m('loom_data_disk_free_bytes')}[1h], {DISK_HORIZON_S})",
+                            "predicted in 4 h (last hour's trend) {{instance}}",
+                        ),
+                    ],
+                    BYTES_FORMAT,
+                    "Space left on the file system of the data directory (journal and snapshots). "
+                    "When it runs out every journal append fails and trading stops. "
+                    "LoomDataDiskFillingUp fires when the prediction stays below 0 for 5 minutes.",
+                ),
+                series(
+                    "Data disk free ratio",
+                    [
+                        target(
+                            f"{m('loom_data_disk_free_bytes')} / {m('loom_data_disk_size_bytes')}",
+                            "{{instance}}",
+                        )
+                    ],
+                    PERCENT_UNIT_FORMAT,
+                    "LoomDataDiskAlmostFull fires below 10% for 5 minutes.",
+                ),
             ],
             [
                 series(

@@ -30,7 +30,13 @@ from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from engine.surveillance import Surveillance
-from telemetry.collectors import ClusterCollector, ExchangeCollector, RiskCollector, StandaloneRoleCollector
+from telemetry.collectors import (
+    ClusterCollector,
+    DataDiskCollector,
+    ExchangeCollector,
+    RiskCollector,
+    StandaloneRoleCollector,
+)
 from telemetry.metrics import ExchangeMetrics
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
 from telemetry.tracing import Sampler, TraceShipper
@@ -114,6 +120,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
             fsync=cfg.fsync,
+            journal_retention=cfg.journal_retention,
         ),
         journal=journal,
         replicated=replicated,
@@ -150,6 +157,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         service.add_event_listener(listener)  # one shared walk of the batch's events
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
+    metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
     member = None
     if cfg.cluster:

@@ -48,11 +48,14 @@ def _cmd_bench_failover(args: argparse.Namespace) -> int:
 
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
-    from engine.order_history import history_json, order_history
+    from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
     from engine.stage_timings import format_stages
 
     try:
         found = order_history(args.data_dir, args.order_id)
+    except JournalRangeGone as exc:
+        print(f"loom trace: {exc}", file=sys.stderr)
+        return TRACE_RANGE_GONE
     except (JournalCorruptError, FileNotFoundError) as exc:
         print(f"loom trace: {exc}", file=sys.stderr)
         return 2

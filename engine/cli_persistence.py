@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from engine.journal import JournalCorruptError
-from engine.journal.segments import FileJournal, repair, scan
+from engine.journal.segments import FileJournal, archive_dir, repair, scan
 
 
 def _journal_dir(path: str) -> Path:
@@ -38,6 +38,7 @@ def cmd_journal_inspect(args: argparse.Namespace) -> int:
             f"torn tail: {report.torn_tail_bytes} bytes at the end of {report.torn_tail_path} "
             "(an unacknowledged batch; truncated on the next start)"
         )
+    archived = _archived(directory)
     result = {
         "path": str(directory),
         "segments": [
@@ -51,6 +52,7 @@ def cmd_journal_inspect(args: argparse.Namespace) -> int:
             }
             for s in report.segments
         ],
+        "archived": archived,
         "records": report.records,
         "first_seq": report.first_seq,
         "last_seq": report.last_seq,
@@ -71,7 +73,36 @@ def cmd_journal_inspect(args: argparse.Namespace) -> int:
             f"{report.first_seq}..{report.last_seq}, {report.bytes:,} bytes"
         )
         print(f"  integrity: {verdict}")
+        if archived is not None:
+            print(
+                f"  archive {archived['path']}: {len(archived['segments'])} segments, commands seq "
+                f"{archived['first_seq']}..{archived['last_seq']}, {archived['bytes']:,} bytes "
+                f"(integrity: {archived['verdict']})"
+            )
     return 1 if report.damage is not None else 0
+
+
+def _archived(directory: Path) -> dict | None:
+    """The segments journal retention archived (journal/archive/), checked like the live
+    ones; None when there is no archive."""
+    path = archive_dir(directory)
+    if not path.is_dir():
+        return None
+    report = scan(path)
+    verdict = "ok"
+    if report.damage is not None:
+        verdict = f"DAMAGED: {report.damage.problem} in {report.damage.path} at byte {report.damage.offset}"
+    return {
+        "path": str(path),
+        "segments": [
+            {"file": s.path.name, "first_seq": s.first_seq, "last_seq": s.last_seq, "bytes": s.size}
+            for s in report.segments
+        ],
+        "first_seq": report.first_seq if report.segments else 0,
+        "last_seq": report.last_seq,
+        "bytes": report.bytes,
+        "verdict": verdict,
+    }
 
 
 def cmd_journal_replay(args: argparse.Namespace) -> int:
@@ -86,6 +117,14 @@ def cmd_journal_replay(args: argparse.Namespace) -> int:
         journal = FileJournal(directory, read_only=args.read_only)
     except JournalCorruptError as exc:
         print(exc)
+        return 1
+    first = journal.segments[0].first_seq if journal.segments else 1
+    if first > 1:
+        journal.close()
+        print(
+            f"the journal at {directory} begins at seq {first} (journal retention archived or deleted "
+            "the segments before it): a replay into a fresh engine needs seq 1"
+        )
         return 1
     total = journal.last_seq
     engine = MatchingEngine([])

@@ -11,6 +11,7 @@ from engine.domain import Instrument
 
 DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
 DEMO_ADMIN_KEY = "demo-admin-key-000000"
+JOURNAL_RETENTION = ("keep", "archive", "delete")  # engine/journal/retention.py POLICIES
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,9 @@ class Config:
     snapshot_every_commands: int = 500_000
     snapshot_every_s: float = 300.0
     keep_snapshots: int = 3
+    # The standalone node's segment files after each snapshot: keep / archive / delete
+    # (engine/journal/retention.py). A cluster's journal has [retention] instead.
+    journal_retention: str = "keep"
     fsync: bool = True
     demo: bool = False
     demo_rate: int = 2_000
@@ -64,6 +68,7 @@ _ENV = {
     "LOOM_CLUSTER_STREAM": ("cluster_stream", str),
     "LOOM_RETENTION_KEEP_COMMANDS": ("retention_keep_commands", int),
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
+    "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
 }
 
 
@@ -96,6 +101,16 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("cluster mode needs a node id (--node-id, LOOM_NODE_ID or node_id)")
     if cfg.cluster and not 0.3 <= cfg.lease_ttl <= 30:
         raise ConfigError(f"lease_ttl {cfg.lease_ttl} is outside 0.3..30 seconds")
+    if cfg.journal_retention not in JOURNAL_RETENTION:
+        raise ConfigError(
+            f"journal_retention {cfg.journal_retention!r} is not one of "
+            f"{', '.join(repr(p) for p in JOURNAL_RETENTION)}"
+        )
+    if cfg.cluster and cfg.journal_retention != "keep":
+        raise ConfigError(
+            f"journal_retention = {cfg.journal_retention!r} applies to a standalone node's segment "
+            "files; a cluster node's journal is the replicated stream (set [retention] instead)"
+        )
     if cfg.retention_keep_commands < 0 or cfg.retention_keep_snapshots < 1:
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
     if cfg.retention_standby_stale_s <= 0:
@@ -133,6 +148,7 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "node_id": str,
         "cluster_stream": str,
         "lease_ttl": float,
+        "journal_retention": str,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",

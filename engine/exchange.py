@@ -36,6 +36,7 @@ from engine.domain import Instrument, RejectReason, RequestKind
 from engine.events import OrderRejected
 from engine.journal import JournalWriteError
 from engine.journal.format import BatchMeta
+from engine.journal.retention import KEEP, RetentionStats, check_policy, retire
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
 from engine.matcher import new_order_problem
 from engine.recovery import Recovered, recover
@@ -77,6 +78,12 @@ class NodeConfig:
     keep_snapshots: int = 3
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     fsync: bool = True
+    # After each snapshot: "keep" every segment, or "archive"/"delete" those no kept
+    # snapshot needs (engine/journal/retention.py). The segment files only.
+    journal_retention: str = KEEP
+
+    def __post_init__(self) -> None:
+        check_policy(self.journal_retention)
 
 
 def journal_failure_rejection(cmd, reason: RejectReason = RejectReason.JOURNAL_WRITE_FAILED) -> OrderRejected:
@@ -151,6 +158,7 @@ class ExchangeNode:
         self.last_snapshot_at = clock()
         self.snapshot_failures = 0
         self.last_snapshot: WrittenSnapshot | None = None
+        self.retention = RetentionStats()
         self.rejected_batches = 0
         self.refusals = RefusalLog(log, clock=clock)  # one line per outage, not per batch
         # Risk-check times (ns) of the new orders of a sampled batch, for the "risk" stage;
@@ -321,9 +329,23 @@ class ExchangeNode:
             written.duration_s,
             written.path.name,
         )
+        self._retain()
         if self.on_snapshot is not None:
             self.on_snapshot(written)
         return written
+
+    def _retain(self) -> None:
+        """Journal retention behind the oldest kept snapshot. Its failure must not fail
+        the snapshot (already durable): logged and counted, tried after the next one."""
+        if self.config.journal_retention == KEEP or self.remote_journal:
+            return
+        kept = self.snapshots.list()
+        if not kept:
+            return
+        try:
+            retire(self.journal, kept[0].seq, self.config.journal_retention, self.retention)
+        except OSError as exc:
+            log.error("journal retention (%s) failed: %s", self.config.journal_retention, exc)
 
     def close(self) -> None:
         self.journal.close()

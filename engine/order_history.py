@@ -35,6 +35,14 @@ def _start_engine(snapshots_dir: Path, order_id: int) -> MatchingEngine:
     return MatchingEngine([])
 
 
+TRACE_RANGE_GONE = 3  # `loom trace` exit status for JournalRangeGone (the trace endpoint: 410)
+
+
+class JournalRangeGone(LookupError):
+    """The order predates every kept snapshot and the journal no longer holds the commands
+    before them (journal_retention = "delete"): its history cannot be read back."""
+
+
 def _concerns(ev, order_id: int) -> bool:
     kind = type(ev)
     if kind is Trade:
@@ -45,6 +53,8 @@ def _concerns(ev, order_id: int) -> bool:
 
 
 def _venue(journal: FileJournal) -> int:
+    if journal.venue_id is not None:  # stored before retention retired seq 1
+        return journal.venue_id
     return next(iter(journal.read(1))).ts if journal.last_seq else 0
 
 
@@ -53,46 +63,64 @@ def order_history(data_dir: str | Path, order_id: int) -> dict | None:
     with the seq and ts of the command that caused it], "done", "stages": the order's stage
     timings (engine/stage_timings.py)}, or None when the journal holds no such order."""
     data_dir = Path(data_dir)
-    journal = FileJournal(data_dir / "journal", read_only=True)
+    # With the archive: retention may have moved the order's records there.
+    journal = FileJournal(data_dir / "journal", read_only=True, archive=True)
     try:
         engine = _start_engine(data_dir / "snapshots", order_id)
-        apply = engine.apply
-        found: dict | None = None
-        accepted_in = None  # (meta, first_seq, count, seq, ts) of the order's batch
-        for meta, batch in journal.read_records(engine.last_seq + 1):
-            if accepted_in is not None:
-                # This batch's meta holds the durations of the batch before it.
-                found["stages"] = _stages(accepted_in, meta)
-                accepted_in = None
-            if found is not None and found["done"]:
-                return found
-            for cmd in batch:
-                events = apply(cmd)
-                if found is None:
-                    if engine.next_order_id <= order_id:
-                        continue  # not accepted yet
-                    for ev in events:
-                        if type(ev) is OrderAccepted and ev.order_id == order_id:
-                            found = {
-                                "order_id": order_id,
-                                "trace_id": cmd.trace_id or derived_trace_id(_venue(journal), cmd.seq),
-                                "accepted_seq": ev.seq,
-                                "events": [],
-                                "done": False,
-                            }
-                            accepted_in = (meta, batch[0].seq, len(batch), cmd.seq, cmd.ts)
-                            found["stages"] = _stages(accepted_in, None)
-                            break
-                    if found is None:
-                        continue
-                for ev in events:
-                    if _concerns(ev, order_id):
-                        found["events"].append(ev)
-                        if type(ev) in (OrderDone, OrderCancelled):
-                            found["done"] = True
-        return found
+        first = journal.segments[0].first_seq if journal.segments else 1
+        if engine.last_seq + 1 < first:
+            raise JournalRangeGone(
+                f"order {order_id} is older than every kept snapshot, and the journal at "
+                f"{data_dir / 'journal'} (with its archive) now begins at seq {first}: seqs "
+                f'{engine.last_seq + 1}..{first - 1} are no longer held (journal_retention = "delete" '
+                "removed them), so the order's history cannot be read back"
+            )
+        return _replay_for(journal, engine, order_id)
+    except FileNotFoundError as exc:  # a segment deleted by retention while it was read
+        raise JournalRangeGone(
+            f"journal segment {exc.filename} was removed by journal retention while order "
+            f"{order_id} was looked up"
+        ) from exc
     finally:
         journal.close()
+
+
+def _replay_for(journal: FileJournal, engine: MatchingEngine, order_id: int) -> dict | None:
+    apply = engine.apply
+    found: dict | None = None
+    accepted_in = None  # (meta, first_seq, count, seq, ts) of the order's batch
+    for meta, batch in journal.read_records(engine.last_seq + 1):
+        if accepted_in is not None:
+            # This batch's meta holds the durations of the batch before it.
+            found["stages"] = _stages(accepted_in, meta)
+            accepted_in = None
+        if found is not None and found["done"]:
+            return found
+        for cmd in batch:
+            events = apply(cmd)
+            if found is None:
+                if engine.next_order_id <= order_id:
+                    continue  # not accepted yet
+                for ev in events:
+                    if type(ev) is OrderAccepted and ev.order_id == order_id:
+                        found = {
+                            "order_id": order_id,
+                            "trace_id": cmd.trace_id or derived_trace_id(_venue(journal), cmd.seq),
+                            "accepted_seq": ev.seq,
+                            "events": [],
+                            "done": False,
+                        }
+                        accepted_in = (meta, batch[0].seq, len(batch), cmd.seq, cmd.ts)
+                        found["stages"] = _stages(accepted_in, None)
+                        break
+                if found is None:
+                    continue
+            for ev in events:
+                if _concerns(ev, order_id):
+                    found["events"].append(ev)
+                    if type(ev) in (OrderDone, OrderCancelled):
+                        found["done"] = True
+    return found
 
 
 def _stages(accepted_in: tuple, next_meta: BatchMeta | None) -> dict:

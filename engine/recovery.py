@@ -100,7 +100,7 @@ def recover(
             engine.last_seq + 1,
             first,
             f"journal starts at seq {first} but the state needs it from {engine.last_seq + 1} "
-            f"({_snapshot_report(local_seq, replicated)})",
+            f"({_snapshot_report(local_seq, replicated)}){_archive_hint(journal, first)}",
         )
     commands, events = replay(engine, journal, engine.last_seq + 1, on_batch)
     if engine.last_seq != journal.last_seq:
@@ -143,3 +143,19 @@ def _snapshot_report(local_seq: int, replicated) -> str:
     if replicated.load_failures:
         remote += f", {replicated.load_failures} failed verification"
     return f"{local}, {remote}"
+
+
+def _archive_hint(journal, first: int) -> str:
+    """Where the missing commands may still be: segments journal retention archived."""
+    directory = getattr(journal, "directory", None)
+    if directory is None or getattr(journal, "remote", False):
+        return ""
+    from engine.journal.retention import archived_first_seq
+
+    archived = archived_first_seq(directory)
+    if archived is None or archived >= first:
+        return "; the earlier segments were deleted (journal_retention = delete) or removed by hand"
+    return (
+        f"; journal/archive/ holds segments from seq {archived}: move those needed back into "
+        f"{directory} to replay from them"
+    )

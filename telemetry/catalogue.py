@@ -118,12 +118,42 @@ _SPECS = [
         "Journal segment files (absent on a cluster node: its journal is the replicated stream).",
         (),
     ),
+    MetricSpec(
+        "loom_journal_retired_segments",
+        COUNTER,
+        "Journal segments retention moved to journal/archive/ or removed, by action "
+        "(archived, deleted), since start (single node only; journal_retention).",
+        ("action",),
+    ),
+    MetricSpec(
+        "loom_journal_retired_bytes",
+        COUNTER,
+        "Bytes of the journal segments retention archived or deleted, by action, since start.",
+        ("action",),
+        "bytes",
+    ),
     MetricSpec("loom_journal_last_seq", GAUGE, "Sequence number of the last durable command.", ()),
     MetricSpec(
         "loom_journal_torn_tail_truncations",
         GAUGE,
         "Torn tails truncated when the journal was opened (since start).",
         (),
+    ),
+    # -- the data directory's file system (read at scrape time) -------------------------------
+    MetricSpec(
+        "loom_data_disk_free_bytes",
+        GAUGE,
+        "Bytes available to the exchange on the file system of its data directory (statvfs "
+        "f_bavail: what the journal can still append before writes fail).",
+        (),
+        "bytes",
+    ),
+    MetricSpec(
+        "loom_data_disk_size_bytes",
+        GAUGE,
+        "Size of the file system that holds the data directory (statvfs f_blocks).",
+        (),
+        "bytes",
     ),
     # -- snapshots and recovery --------------------------------------------------------------
     MetricSpec("loom_snapshot_age_seconds", GAUGE, "Seconds since the last snapshot.", (), "seconds"),

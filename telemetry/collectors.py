@@ -3,8 +3,10 @@ nothing (book depth and prices, open orders, journal size, snapshot age, session
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -124,6 +126,25 @@ class ClusterCollector(Collector):
         yield from (applied, lag, age, floor)
 
 
+class DataDiskCollector(Collector):
+    """Free and total bytes of the data directory's file system: a full disk makes every
+    journal append fail (trading stops), so it is watched before it happens."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def collect(self):
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return  # the directory is gone: absent series, not a misleading 0
+        free = _gauge("loom_data_disk_free_bytes")
+        free.add_metric([], st.f_bavail * st.f_frsize)  # f_bavail: excludes root's reserve
+        size = _gauge("loom_data_disk_size_bytes")
+        size.add_metric([], st.f_blocks * st.f_frsize)
+        yield from (free, size)
+
+
 class ExchangeCollector(Collector):
     def __init__(
         self,
@@ -150,7 +171,14 @@ class ExchangeCollector(Collector):
         if not node.remote_journal:  # a replicated journal has no segment files: absent, not 0
             segments = _gauge("loom_journal_segments")
             segments.add_metric([], len(journal.segments))
-            yield segments
+            stats = node.retention
+            retired = _counter("loom_journal_retired_segments")
+            retired.add_metric(["archived"], stats.archived_segments)
+            retired.add_metric(["deleted"], stats.deleted_segments)
+            retired_bytes = _counter("loom_journal_retired_bytes")
+            retired_bytes.add_metric(["archived"], stats.archived_bytes)
+            retired_bytes.add_metric(["deleted"], stats.deleted_bytes)
+            yield from (segments, retired, retired_bytes)
 
         age = _gauge("loom_snapshot_age_seconds")
         age.add_metric([], max(0.0, self.clock() - node.last_snapshot_at))

@@ -150,6 +150,8 @@ class ExchangeMetrics:
 SCRAPE_TIME = {
     "loom_journal_size_bytes",
     "loom_journal_segments",
+    "loom_journal_retired_segments",
+    "loom_journal_retired_bytes",
     "loom_journal_last_seq",
     "loom_journal_torn_tail_truncations",
     "loom_snapshot_age_seconds",
@@ -157,6 +159,8 @@ SCRAPE_TIME = {
     "loom_snapshot_size_bytes",
     "loom_recovery_duration_seconds",
     "loom_recovery_replayed_commands",
+    "loom_data_disk_free_bytes",
+    "loom_data_disk_size_bytes",
     "loom_book_best_price",
     "loom_book_spread",
     "loom_book_depth_quantity",

@@ -123,6 +123,7 @@ def test_the_figures_are_alive(exchange):
     assert value("loom_journal_fsync_seconds_count") > 0
     assert value('loom_sessions{protocol="binary"}') == 0.0
     assert value('loom_book_spread{symbol="BTC-USD"}') > 0
+    assert value("loom_data_disk_size_bytes") >= value("loom_data_disk_free_bytes") > 0
 
 
 def test_risk_checks_are_timed_while_the_demo_has_limits_set(exchange):

@@ -34,6 +34,7 @@ from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_text
 from engine.market_data import MarketData
+from engine.order_history import TRACE_RANGE_GONE
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, ServiceStopped
@@ -352,11 +353,14 @@ async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, _err = await asyncio.wait_for(proc.communicate(), TRACE_LOOKUP_TIMEOUT_S)
+        out, err = await asyncio.wait_for(proc.communicate(), TRACE_LOOKUP_TIMEOUT_S)
     except TimeoutError:
         proc.kill()
         await proc.wait()
         return error(504, "LOOKUP_TIMEOUT", f"reading the journal took over {TRACE_LOOKUP_TIMEOUT_S} s")
+    if proc.returncode == TRACE_RANGE_GONE:  # journal_retention = "delete" removed its records
+        message = err.decode(errors="replace").strip().removeprefix("loom trace: ")
+        return error(410, "JOURNAL_RANGE_GONE", message)
     if proc.returncode != 0:
         return error(404, "UNKNOWN_ORDER", f"no order {oid} in the journal")
     return msgspec.json.decode(out)

@@ -16,6 +16,7 @@ def _errors(*codes: int) -> dict:
         403: "admin key required",
         404: "not found",
         409: "conflict (duplicate client order id, order no longer open)",
+        410: "the journal no longer holds the order's records (journal_retention = delete)",
         422: "refused by the exchange (reason code in error.code)",
         429: "rate limited",
         503: "not durable / not ready; safe to retry",
@@ -231,7 +232,7 @@ OPENAPI: dict = {
                     "Trace id, trace link, the order's whole history and its stage timings "
                     "(receive->sequenced, journal, match, ack; journal-backed)"
                 ),
-                "responses": {"200": {"description": "history"}, **_errors(400, 401, 404, 429)},
+                "responses": {"200": {"description": "history"}, **_errors(400, 401, 404, 410, 429)},
             },
         },
         "/v1/orders/by-client-id/{client_order_id}": {

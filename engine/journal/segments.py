@@ -35,6 +35,8 @@ from engine.journal.format import (
 log = logging.getLogger("loom.journal")
 
 SEGMENT_RE = re.compile(r"^journal-(\d{20})\.seg$")
+ARCHIVE_DIR = "archive"  # journal/archive/: segments retired by journal_retention = "archive"
+VENUE_FILE = "VENUE"  # the ts of seq 1, kept once retention retires the segment holding it
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 READ_WINDOW = 4 * 1024 * 1024  # bytes read at a time by FileJournal.records
 # What parse_record says of a record cut short by the end of its buffer.
@@ -86,16 +88,49 @@ def _list_segment_files(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def scan(directory: str | os.PathLike) -> ScanReport:
+def archive_dir(directory: Path) -> Path:
+    """Where journal retention ("archive") moves segments no kept snapshot needs."""
+    return directory / ARCHIVE_DIR
+
+
+def _with_archive(directory: Path, live: list[Path]) -> list[Path]:
+    """The archived segments, then the live ones (names sort by first seq). A name in both
+    (never expected: segments are moved by rename) is read from the live directory."""
+    archived = archive_dir(directory)
+    if not archived.is_dir():
+        return live
+    names = {p.name for p in live}
+    return sorted(
+        [p for p in _list_segment_files(archived) if p.name not in names] + live, key=lambda p: p.name
+    )
+
+
+def open_segment(path: Path):
+    """Open a segment for reading; one retention archived meanwhile is read from the
+    archive (a reader may run beside the live node)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        moved = archive_dir(path.parent) / path.name
+        if path.parent.name != ARCHIVE_DIR and moved.exists():
+            return open(moved, "rb")
+        raise
+
+
+def scan(directory: str | os.PathLike, archive: bool = False) -> ScanReport:
     """Read every segment and check every record: checksums, sequence continuity across
-    records and segments. Changes nothing on disk."""
+    records and segments. Changes nothing on disk. `archive`: the segments retention moved
+    to journal/archive/ come first."""
     directory = Path(directory)
     report = ScanReport()
     files = _list_segment_files(directory) if directory.exists() else []
+    if archive and files:
+        files = _with_archive(directory, files)
     expected = None
     for index, path in enumerate(files):
         is_last = index == len(files) - 1
-        data = path.read_bytes()
+        with open_segment(path) as f:
+            data = f.read()
         header = decode_segment_header(data)
         if header is None:
             # A crash while creating the segment leaves it short or zero-filled: nothing in
@@ -152,9 +187,15 @@ class FileJournal:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fsync: bool = True,
         read_only: bool = False,
+        archive: bool = False,
     ) -> None:
         """`read_only` opens for reading alone (another process may be appending): a torn
-        tail is left in place, only the whole records before it are read."""
+        tail is left in place, only the whole records before it are read. `archive` (read
+        only) reads the archived segments too, before the live ones."""
+        if archive and not read_only:
+            raise ValueError(
+                "a journal opened with its archive is read-only: archived segments are never appended to"
+            )
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
@@ -167,7 +208,7 @@ class FileJournal:
         self._inject_errno: int | None = None
         self._pending_truncate = False
         self.read_only = read_only
-        report = scan(self.directory)
+        report = scan(self.directory, archive=archive)
         if report.damage is not None:
             raise report.damage
         if report.torn_tail_path and not read_only:
@@ -198,6 +239,15 @@ class FileJournal:
             fsync_dir(self.directory)
         self.torn_tail_truncations += 1
         self.torn_tail_bytes += report.torn_tail_bytes
+
+    @property
+    def venue_id(self) -> int | None:
+        """The ts of seq 1, once retention stored it (before archiving or deleting the
+        segment holding it): the prefix of derived trace ids. None: read it from seq 1."""
+        try:
+            return int((self.directory / VENUE_FILE).read_text().strip())
+        except FileNotFoundError:
+            return None
 
     # -- the Journal interface -------------------------------------------------------------
 
@@ -330,7 +380,7 @@ class FileJournal:
                 continue
             if i + 1 < len(segments) and segments[i + 1].first_seq <= from_seq:
                 continue
-            with open(seg.path, "rb") as f:
+            with open_segment(seg.path) as f:
                 # The segment is read in windows (a record's offset is in its window): a
                 # buffer of a whole segment would be fresh memory, faulted in page by page,
                 # where windows of a few MB reuse the same memory.
