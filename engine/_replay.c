@@ -406,6 +406,19 @@ error:
     return -1;
 }
 
+/* The replayer's cache entry for an account, (name, by_clid, open): borrowed (the known
+ * dict holds it), NULL on error. */
+static PyObject *
+remember_account(Ctx *c, PyObject *account, PyObject *acct)
+{
+    PyObject *entry = PyTuple_Pack(3, account, SLOT(acct, off_account.by_clid), SLOT(acct, off_account.open));
+    if (entry == NULL)
+        return NULL;
+    int rc = PyDict_SetItem(c->known, account, entry);
+    Py_DECREF(entry);
+    return rc < 0 ? NULL : entry;
+}
+
 /* A new order: 1 applied, 0 for `apply` (nothing changed), -1 error. */
 static int
 try_new(Ctx *c, PyObject *cmd, const NewOffsets *o)
@@ -508,24 +521,18 @@ try_new(Ctx *c, PyObject *cmd, const NewOffsets *o)
             Py_DECREF(acct); /* the accounts dict holds it */
             if (rc < 0)
                 goto error;
-            entry = PyTuple_Pack(3, account, SLOT(acct, off_account.by_clid), SLOT(acct, off_account.open));
-            if (entry == NULL || PyDict_SetItem(c->known, account, entry) < 0) {
-                Py_XDECREF(entry);
+            entry = remember_account(c, account, acct);
+            if (entry == NULL)
                 goto error;
-            }
-            Py_DECREF(entry);
             by_clid = PyTuple_GET_ITEM(entry, 1);
             acct_open = PyTuple_GET_ITEM(entry, 2);
             if (has_clid && PyDict_SetItem(by_clid, clid, oid) < 0)
                 goto error;
             goto accepted;
         }
-        entry = PyTuple_Pack(3, account, SLOT(acct, off_account.by_clid), SLOT(acct, off_account.open));
-        if (entry == NULL || PyDict_SetItem(c->known, account, entry) < 0) {
-            Py_XDECREF(entry);
+        entry = remember_account(c, account, acct);
+        if (entry == NULL)
             goto error;
-        }
-        Py_DECREF(entry); /* the known dict holds it */
     }
     account = PyTuple_GET_ITEM(entry, 0);
     by_clid = PyTuple_GET_ITEM(entry, 1);
