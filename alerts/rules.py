@@ -369,6 +369,29 @@ GROUPS: tuple[Group, ...] = (
                 "a failover to it would wait for it to catch up first.",
                 for_="2m",
             ),
+            Alert(
+                "LoomNoStandby",
+                # `unless`: a dead standby's series vanish, so "count of standbys == 0" would be
+                # empty exactly when it matters.
+                f'sum by (job) (loom_cluster_role{{{JOB},role="leader"}}) >= 1 '
+                f'unless on (job) sum by (job) (loom_cluster_role{{{JOB},role="standby"}}) >= 1',
+                "warning",
+                "A Loom cluster runs without a hot standby.",
+                "{{ $labels.job }} has a leader but no node has been standby for 5 minutes: the next "
+                "leader failure is an outage until a node is started, not a 1-2 s failover.",
+                for_="5m",
+            ),
+            Alert(
+                "LoomStandbyReportStale",
+                f"max by (job, instance, node) (loom_standby_report_age_seconds{{{JOB}}}) > 30",
+                "warning",
+                "A Loom standby has stopped reporting its position.",
+                "The leader {{ $labels.instance }} last heard from standby {{ $labels.node }} "
+                "{{ $value | humanize }} s ago (reports come every second). Past [retention] "
+                "standby_stale_s (60 s by default) retention purges past it, and it will need a "
+                "restart to recover from the replicated snapshot.",
+                for_="1m",
+            ),
         ),
     ),
     Group(
