@@ -1,7 +1,8 @@
 """`loom bench telemetry`: the cost of observability, measured side by side.
 
 The same workload goes through a real node and its asyncio service (journal with
-fdatasync, group commit of 512) three times per round, alternating. In every mode the
+fdatasync, group commit of 512) three times per round, once per mode, each round starting
+with the next mode. In every mode the
 order store and market data listen, as in `loom run` (they are the exchange's read
 models, there with or without telemetry), so the figures are telemetry's own cost:
 - off: no metrics, no trace ids, no trace export;
@@ -95,11 +96,19 @@ def run_telemetry_bench(
     commands = generate(orders, seed, "deep").commands
     off, metrics_only, on = [], [], []
     shipped = {}
-    for _ in range(rounds):
-        off.append(asyncio.run(_run(commands, False, batch, sampling))[0])
-        metrics_only.append(asyncio.run(_run(commands, True, batch, sampling, traces=False))[0])
-        rate, shipped = asyncio.run(_run(commands, True, batch, sampling))
-        on.append(rate)
+    modes = [
+        (off, dict(telemetry=False)),
+        (metrics_only, dict(telemetry=True, traces=False)),
+        (on, dict(telemetry=True, traces=True)),
+    ]
+    for r in range(rounds):
+        # Each round starts with the next mode: a fixed order would give one mode the
+        # same place every round (a disk or cache that drifts within a round biases it).
+        for runs, kwargs in modes[r % 3 :] + modes[: r % 3]:
+            rate, extra = asyncio.run(_run(commands, batch=batch, sampling=sampling, **kwargs))
+            runs.append(rate)
+            if kwargs.get("traces"):
+                shipped = extra
     off_rate, on_rate = statistics.median(off), statistics.median(on)
     metrics_rate = statistics.median(metrics_only)
     return {
