@@ -138,7 +138,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.duration_s,
     )
     metrics = ExchangeMetrics()
-    service = ExchangeService(node, metrics=metrics)
+    service = ExchangeService(node, metrics=metrics, max_queued_commands=cfg.max_queued_commands)
     shipper = None
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         # Spans are built and exported by a child process; this one only writes records.

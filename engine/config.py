@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.domain import Instrument
+from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
 DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
 DEMO_ADMIN_KEY = "demo-admin-key-000000"
@@ -32,6 +33,10 @@ class Config:
     rate_burst: float = 2_000.0
     binary_rate_limit: float = 20_000.0  # binary and FIX, per session; 0 = off
     binary_rate_burst: float = 40_000.0
+    # Admission control: commands waiting for the commit loop beyond which new orders are
+    # refused at once (Overloaded: REST 503 OVERLOADED); cancels get a quarter more
+    # (engine/service.py DEFAULT_MAX_QUEUED_COMMANDS says why 20,000).
+    max_queued_commands: int = DEFAULT_MAX_QUEUED_COMMANDS
     snapshot_every_commands: int = 500_000
     snapshot_every_s: float = 300.0
     keep_snapshots: int = 3
@@ -63,6 +68,7 @@ _ENV = {
     "LOOM_BINARY_PORT": ("binary_port", int),
     "LOOM_ADMIN_KEY": ("admin_key", str),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
+    "LOOM_MAX_QUEUED_COMMANDS": ("max_queued_commands", int),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
     "LOOM_NODE_ID": ("node_id", str),
     "LOOM_CLUSTER_STREAM": ("cluster_stream", str),
@@ -113,6 +119,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         )
     if cfg.retention_keep_commands < 0 or cfg.retention_keep_snapshots < 1:
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
+    if cfg.max_queued_commands < 1:
+        raise ConfigError(f"max_queued_commands must be at least 1, not {cfg.max_queued_commands}")
     if cfg.retention_standby_stale_s <= 0:
         raise ConfigError("[retention] needs standby_stale_s > 0")
     if cfg.demo:
@@ -144,6 +152,7 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "rate_burst": float,
         "binary_rate_limit": float,
         "binary_rate_burst": float,
+        "max_queued_commands": int,
         "fsync": bool,
         "node_id": str,
         "cluster_stream": str,

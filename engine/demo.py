@@ -101,6 +101,8 @@ async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: floa
     visible to every gateway and metric) at about `rate` orders per second."""
     import asyncio
 
+    from engine.service import Overloaded
+
     traders = DemoTraders(
         [service.node.engine.instruments[s] for s in sorted(service.node.engine.instruments)], seed
     )
@@ -110,8 +112,11 @@ async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: floa
     next_at = loop.time()
     while True:
         batch = [traders.next_command() for _ in range(per_slice)]
-        for events in await service.submit(batch, "demo"):
-            traders.observe(events)
+        try:
+            for events in await service.submit(batch, "demo"):
+                traders.observe(events)
+        except Overloaded:  # shed like any other client's: this slice is skipped
+            pass
         next_at += slice_s
         delay = next_at - loop.time()
         if delay > 0:

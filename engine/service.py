@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.batch_events import BatchEvents
+from engine.commands import Amend, NewOrder
 from engine.exchange import ExchangeNode
 from engine.journal.format import BatchMeta
 from engine.stage_timings import Durations, RecentBatches
@@ -26,6 +27,16 @@ from engine.stage_timings import Durations, RecentBatches
 log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
+# Admission control: the most commands that may wait for the commit loop. 20,000 is ~1.6 s
+# of this machine's REST capacity (~12.5k orders/s) and ~5 full batches (max_batch 4096):
+# a burst of that size still drains within the order-to-ack budget of a loaded venue, while
+# a sustained overload is refused at once instead of queueing without bound (latency and
+# memory growing until the process falls over).
+DEFAULT_MAX_QUEUED_COMMANDS = 20_000
+# Submissions of cancels only (Cancel, CancelAll) and of the admin's risk commands (kill
+# switch, halt, limits) may fill the queue a quarter beyond the bound: an overloaded venue
+# must still let traders pull their orders and operators stop trading.
+CANCEL_HEADROOM = 0.25
 BatchListener = Callable[[list, list[list]], None]
 EventListener = Callable[[list, list[list], BatchEvents], None]
 
@@ -42,8 +53,15 @@ class _Pending:
 
 class ExchangeService:
     def __init__(
-        self, node: ExchangeNode, max_batch: int = 4096, write_thread: bool = True, metrics=None
+        self,
+        node: ExchangeNode,
+        max_batch: int = 4096,
+        write_thread: bool = True,
+        metrics=None,
+        max_queued_commands: int = DEFAULT_MAX_QUEUED_COMMANDS,
     ) -> None:
+        if max_queued_commands < 1:
+            raise ValueError(f"max_queued_commands must be at least 1, not {max_queued_commands}")
         self.node = node
         self.metrics = metrics  # telemetry.metrics.ExchangeMetrics, or None
         if metrics is not None:
@@ -53,6 +71,10 @@ class ExchangeService:
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
         self._queue: deque[_Pending] = deque()
+        self._queued = 0  # commands in self._queue, kept with it (read on every submission)
+        self.max_queued_commands = max_queued_commands
+        self.max_queued_cancels = max_queued_commands + max(1, int(max_queued_commands * CANCEL_HEADROOM))
+        self.overload_refusals = 0  # commands refused by admission control
         self._wakeup = asyncio.Event()
         self._listeners: list[BatchListener] = []
         self._event_listeners: list[EventListener] = []
@@ -131,9 +153,11 @@ class ExchangeService:
             raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if not commands:
             return []
+        self._admit(commands, protocol)
         future = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
         self._queue.append(_Pending(commands, future, None, protocol, now, received or now))
+        self._queued += len(commands)
         self._wakeup.set()
         return await future
 
@@ -146,8 +170,10 @@ class ExchangeService:
         if not self.accepting:
             raise self.refusal() if self.refusal else ServiceStopped("the exchange is shutting down")
         if commands:
+            self._admit(commands, protocol)
             now = time.perf_counter()
             self._queue.append(_Pending(commands, None, callback, protocol, now, now))
+            self._queued += len(commands)
             self._wakeup.set()
 
     async def submit_one(self, command, protocol: str = "internal", received: float = 0.0) -> list:
@@ -155,7 +181,30 @@ class ExchangeService:
 
     @property
     def queued(self) -> int:
-        return sum(len(p.commands) for p in self._queue)
+        """Commands submitted and waiting for the next batch (O(1): a counter kept with the queue)."""
+        return self._queued
+
+    def _admit(self, commands: list, protocol: str) -> None:
+        """Raise Overloaded, before anything is sequenced, when these commands would take the
+        queue past its bound: `max_queued_commands`, or `max_queued_cancels` for a submission
+        without new orders or amends. An empty queue admits any submission (one larger than
+        the bound could otherwise never get in)."""
+        queued = self._queued
+        n = len(commands)
+        if queued + n <= self.max_queued_commands or not queued:
+            return
+        if queued + n <= self.max_queued_cancels and not any(
+            type(c) is NewOrder or type(c) is Amend for c in commands
+        ):
+            return
+        self.overload_refusals += n
+        if self.metrics is not None:
+            self.metrics.overload_refused(protocol, n)
+        raise Overloaded(
+            f"the exchange is overloaded ({queued} commands queued, bound {self.max_queued_commands}); "
+            f"not accepted, retry in {RETRY_AFTER_S} s",
+            queued,
+        )
 
     def _observe(self, batch, error, snapshot_before, t0, t1, t2, t3, t4) -> None:
         m = self.metrics
@@ -210,6 +259,7 @@ class ExchangeService:
                 pending = queue.popleft()
                 taken.append(pending)
                 batch.extend(pending.commands)
+            self._queued -= len(batch)
             try:
                 node = self.node
                 t0 = time.perf_counter()
@@ -247,6 +297,8 @@ class ExchangeService:
                 for pending in [*taken, *self._queue]:
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_exception(exc)
+                self._queue.clear()
+                self._queued = 0
                 raise
             self.batches += 1
             self.commands += len(batch)
@@ -299,6 +351,21 @@ class ExchangeService:
 
 class ServiceStopped(RuntimeError):
     pass
+
+
+RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST Retry-After)
+
+
+class Overloaded(RuntimeError):
+    """Admission control refused a submission: the commit queue is at its bound. Nothing of it
+    was sequenced or journaled, so it is safe to resend after `retry_after_s`. Not a
+    ServiceStopped: the node is up, ready and committing what it did admit."""
+
+    retry_after_s = RETRY_AFTER_S
+
+    def __init__(self, message: str, queued: int = 0) -> None:
+        super().__init__(message)
+        self.queued = queued
 
 
 class NotLeader(ServiceStopped):

@@ -186,6 +186,13 @@ _SPECS = [
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
     MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
     MetricSpec(
+        "loom_overload_refusals",
+        COUNTER,
+        "Commands refused by admission control because the commit queue was at its bound "
+        "(max_queued_commands): answered at once as retryable, never sequenced or journaled.",
+        ("protocol",),
+    ),
+    MetricSpec(
         "loom_decode_errors",
         COUNTER,
         "Inbound messages refused as unreadable or invalid before sequencing, by protocol and "

@@ -36,6 +36,7 @@ _SYMBOL = attrgetter("symbol")
 _QTY = attrgetter("qty")
 _SCOPE = {int(s): s.name.lower() for s in RiskScope}
 RISK_REASONS = [r for r in RejectReason if risk_layer(r)]
+GATEWAY_PROTOCOLS = ("rest", "websocket", "fix", "binary")
 
 
 def _reason(enum, code: int) -> str:
@@ -89,6 +90,8 @@ class ExchangeMetrics:
             self.child("loom_risk_rejects", risk_layer(reason), reason.name.lower())
         for scope in _SCOPE.values():
             self.child("loom_risk_limit_changes", scope)
+        for protocol in GATEWAY_PROTOCOLS:  # at 0 from the start: rate() sees the first refusal
+            self.child("loom_overload_refusals", protocol)
 
     def child(self, name: str, *labels: str):
         key = (name, *labels)
@@ -105,6 +108,9 @@ class ExchangeMetrics:
 
     def rate_limited(self, protocol: str, n: int = 1) -> None:
         self.child("loom_rate_limited", protocol).inc(n)
+
+    def overload_refused(self, protocol: str, n: int = 1) -> None:
+        self.child("loom_overload_refusals", protocol).inc(n)
 
     def on_batch(self, commands: list, results: list[list]) -> None:
         self.on_events(commands, results, BatchEvents(results))

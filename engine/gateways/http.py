@@ -37,7 +37,7 @@ from engine.market_data import MarketData
 from engine.order_history import TRACE_RANGE_GONE
 from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
-from engine.service import ExchangeService, NotLeader, ServiceStopped
+from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.state import state_hash
 from telemetry.tracing import parse_traceparent
 
@@ -112,9 +112,9 @@ class GatewayContext:
 CTX = web.AppKey("ctx", GatewayContext)
 
 
-def error(status: int, code: str, message: str, **extra) -> web.Response:
+def error(status: int, code: str, message: str, retry_after: int = 1, **extra) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
     return web.Response(
         status=status, body=_json.encode(body), content_type="application/json", headers=headers
     )
@@ -160,6 +160,8 @@ async def json_errors(request: web.Request, handler):
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except Overloaded as exc:  # admission control: nothing was sequenced, resend later
+        return error(503, "OVERLOADED", str(exc), exc.retry_after_s)
     except NotLeader as exc:  # a cluster standby: the client goes to the leader
         return error(503, "NOT_LEADER", str(exc), leader=exc.leader)
     except ServiceStopped as exc:
@@ -686,6 +688,16 @@ class WsSession:
             handler(self, req_id, msg)
         except msgspec.ValidationError as exc:
             self.unreadable(req_id, "INVALID_REQUEST", str(exc))
+        except Overloaded as exc:  # nothing was sequenced: resend after retry_after_s
+            self.send(
+                {
+                    "type": "error",
+                    "req_id": req_id,
+                    "code": "OVERLOADED",
+                    "message": str(exc),
+                    "retry_after_s": exc.retry_after_s,
+                }
+            )
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 

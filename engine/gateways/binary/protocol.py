@@ -138,6 +138,7 @@ class GatewayRejectReason(IntEnum):
 
     RATE_LIMITED = 601
     SERVICE_UNAVAILABLE = 602
+    OVERLOADED = 603  # admission control: the commit queue is full; not sequenced, resend later
 
 
 class Liquidity(IntEnum):

@@ -33,7 +33,7 @@ from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.binary import protocol as p
 from engine.routing import ExecutionRouter
-from engine.service import ExchangeService, ServiceStopped
+from engine.service import ExchangeService, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.gateway.binary")
 
@@ -361,8 +361,14 @@ class BinarySession(asyncio.Protocol):
             if exc is None:
                 if has_cancel_all:
                     self._report_mass_cancels(cmds, task.result())
-            elif isinstance(exc, ServiceStopped):
-                reason = int(p.GatewayRejectReason.SERVICE_UNAVAILABLE)
+            elif isinstance(exc, (ServiceStopped, Overloaded)):
+                # Overloaded: admission control refused the read's commands, nothing was
+                # sequenced; each is answered at once and may be resent.
+                reason = int(
+                    p.GatewayRejectReason.OVERLOADED
+                    if isinstance(exc, Overloaded)
+                    else p.GatewayRejectReason.SERVICE_UNAVAILABLE
+                )
                 self._out.extend(gateway_rejection(cmd, reason) for cmd in cmds)
             else:  # the commit loop failed (crash-only): the outcome is unknown, say so and go
                 log.error("binary session %s: submission failed: %r", self.peer, exc)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv
 from engine.gateways.fix.store import FileStore
+from engine.service import Overloaded
 
 log = logging.getLogger("loom.fix")
 
@@ -133,6 +134,8 @@ class FixGateway:
                 if commands:
                     try:
                         await self.service.submit(commands, "fix", started)  # type: ignore[attr-defined]
+                    except Overloaded as exc:  # counted in loom_overload_refusals, not logged
+                        session.submit_done(commands, exc)
                     except Exception as exc:
                         log.error(
                             "FIX %s: batch of %d commands failed: %s",
