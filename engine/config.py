@@ -35,7 +35,7 @@ class Config:
     binary_rate_burst: float = 40_000.0
     # Admission control: commands waiting for the commit loop beyond which new orders are
     # refused at once (Overloaded: REST 503 OVERLOADED); cancels get a quarter more
-    # (engine/service.py DEFAULT_MAX_QUEUED_COMMANDS says why 20,000).
+    # (engine/service.py DEFAULT_MAX_QUEUED_COMMANDS says why 10,000).
     max_queued_commands: int = DEFAULT_MAX_QUEUED_COMMANDS
     snapshot_every_commands: int = 500_000
     snapshot_every_s: float = 300.0

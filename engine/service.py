@@ -27,12 +27,18 @@ from engine.stage_timings import Durations, RecentBatches
 log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
-# Admission control: the most commands that may wait for the commit loop. 20,000 is ~1.6 s
-# of this machine's REST capacity (~12.5k orders/s) and ~5 full batches (max_batch 4096):
-# a burst of that size still drains within the order-to-ack budget of a loaded venue, while
-# a sustained overload is refused at once instead of queueing without bound (latency and
+# Admission control: the most commands that may wait for the commit loop. 10,000 is
+# - over two full batches (max_batch 4096): a node that keeps up holds about one batch's
+#   worth while the previous one is written, so it never sheds;
+# - ~0.8 s of this machine's REST capacity (~12.5k orders/s, measured): the last admitted
+#   order is acknowledged within about a second, before a typical client timeout, whereas
+#   unbounded the wait grew by ~0.2 s every second at 15k/s offered (1.1 s after 5 s);
+# - a few tens of ms of the binary gateway's capacity. (A binary session may have 16,384
+#   commands in flight, more than the bound: one pipelining that deep into a node that is
+#   behind gets some of them refused with reason 603 OVERLOADED, retryable.)
+# A sustained overload is refused at once instead of queueing without bound (latency and
 # memory growing until the process falls over).
-DEFAULT_MAX_QUEUED_COMMANDS = 20_000
+DEFAULT_MAX_QUEUED_COMMANDS = 10_000
 # Submissions of cancels only (Cancel, CancelAll) and of the admin's risk commands (kill
 # switch, halt, limits) may fill the queue a quarter beyond the bound: an overloaded venue
 # must still let traders pull their orders and operators stop trading.

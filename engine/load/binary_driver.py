@@ -24,6 +24,7 @@ class BinaryDriver:
 
     async def connect(self, on_ack) -> None:
         accepted, rejected = p.Accepted, p.Rejected
+        overloaded = int(p.GatewayRejectReason.OVERLOADED)
 
         def on_frames(frames: list) -> None:
             now = time.perf_counter_ns()
@@ -32,7 +33,7 @@ class BinaryDriver:
                 if kind is accepted:
                     on_ack(f.client_ref, True, now)
                 elif kind is rejected and f.request == 1:
-                    on_ack(f.client_ref, False, now)
+                    on_ack(f.client_ref, False, now, f.reason == overloaded)
 
         for _ in range(self.n):
             self.clients.append(

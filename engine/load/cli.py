@@ -72,8 +72,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         r = result
         print(
             f"{r['protocol']}: offered {r['offered_rate']:,}/s, achieved {r['achieved_rate']:,}/s over "
-            f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}, errors {r['errors']:,}\n"
-            f"  order-to-ack from the scheduled send: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  "
+            f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}, "
+            f"refused as overloaded {r['overloaded']:,} (answered in p50 {r['overloaded_p50_us']} µs), "
+            f"errors {r['errors']:,}\n"
+            f"  order-to-ack of journaled orders, from the scheduled send: p50 {r['p50_us']} µs  "
+            f"p99 {r['p99_us']} µs  "
             f"p99.9 {r['p999_us']} µs  max {r['max_us']} µs"
         )
         if "server_fsync_p99_us" in r:

@@ -58,9 +58,10 @@ class _HttpConnection(asyncio.Protocol):
                 length = int(head[i + 15 : j if j > 0 else len(head)])
             if len(buf) < end + 4 + length:
                 return
+            shed = status == 503 and b'"OVERLOADED"' in buf[end + 4 : end + 4 + length]
             del buf[: end + 4 + length]
             index = self.inflight.popleft()
-            self.on_ack(index, status in (200, 201), now)
+            self.on_ack(index, status in (200, 201), now, shed)
 
     def connection_lost(self, exc) -> None:
         self.on_error(len(self.inflight))
@@ -134,7 +135,9 @@ class WsDriver:
             data = decode(msg.data)
             req_id = data.get("req_id")
             if req_id is not None:
-                on_ack(req_id, data.get("type") == "ack", time.perf_counter_ns())
+                kind = data.get("type")
+                shed = kind == "error" and data.get("code") == "OVERLOADED"
+                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed)
 
     async def _write(self, ws, queue: asyncio.Queue) -> None:
         while True:
