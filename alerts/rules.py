@@ -408,6 +408,20 @@ GROUPS: tuple[Group, ...] = (
                 "loom_decode_errors_total by code.",
                 for_="10m",
             ),
+            Alert(
+                "LoomShedding",
+                # [2m] and for 5m: refusals in every two-minute window for five minutes. One
+                # burst shed in seconds leaves the window again and stays quiet.
+                f"sum by (job, instance) (rate(loom_overload_refusals_total{{{JOB}}}[2m])) > 0",
+                "warning",
+                "A Loom node is shedding load: orders refused because its commit queue is full.",
+                "{{ $labels.instance }} has refused {{ $value | humanize }} commands per second as "
+                "overloaded (commit queue at max_queued_commands) for 5 minutes: more is offered than "
+                "the node can commit. Refused orders were answered at once (503 OVERLOADED, binary 603) "
+                "and never journaled; clients are retrying. Look at loom_overload_refusals_total by "
+                "protocol and loom_commit_backlog_commands.",
+                for_="5m",
+            ),
         ),
     ),
     RISK_GROUP,

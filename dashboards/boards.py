@@ -465,6 +465,15 @@ def gateways() -> Dashboard:
                     [target(f"sum by (protocol) ({rate('loom_rate_limited_total')})", "{{protocol}}")],
                     OPS_FORMAT,
                 ),
+                series(
+                    "Overload refusals/s by protocol",
+                    [target(f"sum by (protocol) ({rate('loom_overload_refusals_total')})", "{{protocol}}")],
+                    OPS_FORMAT,
+                    "Commands refused at once because the commit queue was at max_queued_commands "
+                    "(REST/WS OVERLOADED, binary 603, FIX reject): retryable, never journaled. Zero while "
+                    "the node keeps up; LoomShedding fires when it lasts 5 minutes. The queue itself is "
+                    "the backlog panel of the Matching engine board.",
+                ),
             ],
             [
                 series(
