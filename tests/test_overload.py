@@ -276,16 +276,24 @@ def test_binary_gateway_refuses_with_the_overloaded_reason_and_journals_nothing_
 KEYS = {f"overload-{name}-key-0123456789": name for name in ("alice", "bob", "carol", "dave")}
 
 
+def loom_args(tmp_path, bound: int = 16):
+    config = tmp_path / "loom.toml"
+    accounts = "".join(f'[[accounts]]\nname = "{n}"\napi_key = "{k}"\n\n' for k, n in KEYS.items())
+    config.write_text(f'max_queued_commands = {bound}\n\n[[instruments]]\nsymbol = "{BTC}"\n\n{accounts}')
+    data_dir = tmp_path / "node"
+    args = ["--config", str(config), "--data-dir", str(data_dir), "--http-port", "0"]
+    return [*args, "--fix-port", "-1", "--binary-port", "-1"], data_dir
+
+
+def loom_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+
+
 def test_loom_run_sheds_a_rest_burst_with_503_overloaded_and_journals_only_what_it_acknowledged(tmp_path):
     import aiohttp
     from loomproc import loom_run
 
-    config = tmp_path / "loom.toml"
-    accounts = "".join(f'[[accounts]]\nname = "{n}"\napi_key = "{k}"\n\n' for k, n in KEYS.items())
-    config.write_text(f'max_queued_commands = 16\n\n[[instruments]]\nsymbol = "{BTC}"\n\n{accounts}')
-    data_dir = tmp_path / "node"
-    args = ["--config", str(config), "--data-dir", str(data_dir), "--http-port", "0"]
-    args += ["--fix-port", "-1", "--binary-port", "-1"]
+    args, data_dir = loom_args(tmp_path)
 
     async def post(session, url, key, clid):
         body = {"symbol": BTC, "side": "buy", "qty": 1, "price": 100, "client_order_id": clid}
@@ -302,8 +310,7 @@ def test_loom_run_sheds_a_rest_burst_with_503_overloaded_and_journals_only_what_
 
     accepted: list[str] = []
     overloaded: list[str] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
-    with loom_run(args, env) as url:
+    with loom_run(args, loom_env()) as url:
         for round_no in range(5):  # a burst overloads a bound of 16 at once; a few tries at most
             for clid, status, retry_after, body in asyncio.run(burst(url, round_no)):
                 if status == 201:
@@ -389,3 +396,42 @@ def test_fix_gateway_rejects_with_a_clear_text_when_overloaded(tmp_path):
         assert journaled_clids(tmp_path) == ["q0", "q1", "o2"]
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_loom_run_answers_a_websocket_burst_with_overloaded_errors(tmp_path):
+    import aiohttp
+    from loomproc import loom_run
+
+    args, data_dir = loom_args(tmp_path)
+    key = next(iter(KEYS))
+
+    async def burst(url):
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/v1/ws") as ws:
+            await ws.send_json({"op": "auth", "api_key": key})
+            assert (await ws.receive_json(timeout=WAIT))["type"] == "authenticated"
+            orders = [
+                {"op": "order", "req_id": i, "symbol": BTC, "side": "buy", "qty": 1, "price": 100,
+                 "client_order_id": f"w{i}"}
+                for i in range(600)
+            ]  # fmt: skip
+            for o in orders:  # back to back: far more than 16 arrive within one batch's commit
+                await ws.send_json(o)
+            answers = {}
+            while len(answers) < len(orders):
+                msg = await ws.receive_json(timeout=WAIT)
+                answers[msg["req_id"]] = msg
+            return answers
+
+    with loom_run(args, loom_env()) as url:
+        answers = asyncio.run(burst(url))
+    acked = {f"w{i}" for i, a in answers.items() if a["type"] == "ack"}
+    shed = {f"w{i}" for i, a in answers.items() if a["type"] == "error"}
+    assert acked and shed and len(acked) + len(shed) == 600
+    for a in answers.values():
+        if a["type"] == "error":
+            assert a["code"] == "OVERLOADED" and a["retry_after_s"] >= 1, a
+    journal = FileJournal(data_dir / "journal", read_only=True)
+    try:
+        assert {c.client_order_id for c in journal.read() if type(c) is NewOrder} == acked
+    finally:
+        journal.close()

@@ -19,7 +19,7 @@ def _errors(*codes: int) -> dict:
         410: "the journal no longer holds the order's records (journal_retention = delete)",
         422: "refused by the exchange (reason code in error.code)",
         429: "rate limited",
-        503: "not durable / not ready; safe to retry",
+        503: "not durable, not ready or OVERLOADED (refused unsequenced); retry after Retry-After",
     }
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
