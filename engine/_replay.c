@@ -513,7 +513,8 @@ try_new(Ctx *c, PyObject *cmd, const NewOffsets *o)
         if (acct == NULL) {
             if (PyErr_Occurred())
                 goto error;
-            /* A new account: registered with the order. */
+            /* A new account, registered with the order (its client-id registry is empty,
+             * so the duplicate check below only registers the id). */
             acct = PyObject_CallNoArgs(account_orders_type);
             if (acct == NULL)
                 goto error;
@@ -521,14 +522,6 @@ try_new(Ctx *c, PyObject *cmd, const NewOffsets *o)
             Py_DECREF(acct); /* the accounts dict holds it */
             if (rc < 0)
                 goto error;
-            entry = remember_account(c, account, acct);
-            if (entry == NULL)
-                goto error;
-            by_clid = PyTuple_GET_ITEM(entry, 1);
-            acct_open = PyTuple_GET_ITEM(entry, 2);
-            if (has_clid && PyDict_SetItem(by_clid, clid, oid) < 0)
-                goto error;
-            goto accepted;
         }
         entry = remember_account(c, account, acct);
         if (entry == NULL)
@@ -554,7 +547,6 @@ try_new(Ctx *c, PyObject *cmd, const NewOffsets *o)
         }
     }
 
-accepted:;
     c->next_oid += 1;
     set_last_seq(c, seq_obj, seq);
     long long remaining = qty;
