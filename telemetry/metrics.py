@@ -24,7 +24,7 @@ from prometheus_client import (
 from engine.batch_events import BatchEvents
 from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
 from engine.events import RiskLimitsChanged
-from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM, MetricSpec
+from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
@@ -176,33 +176,13 @@ SCRAPE_TIME = {
     "loom_ready",
     "loom_commit_backlog_commands",
     "loom_cluster_role",
-    "loom_lease_held",
-    "loom_lease_renewals",
-    "loom_lease_epoch",
-    "loom_replication_lag_commands",
-    "loom_replication_publish_seconds",
-    "loom_fencing_rejections",
-    "loom_failovers",
-    "loom_leader_changes",
-    "loom_stream_messages",
-    "loom_stream_first_command_seq",
-    "loom_replicated_snapshot_seq",
-    "loom_replicated_snapshot_age_seconds",
-    "loom_replicated_snapshot_uploads",
-    "loom_stream_purges",
-    "loom_stream_purged_messages",
-    "loom_standby_applied_seq",
-    "loom_standby_lag_commands",
-    "loom_standby_report_age_seconds",
-    "loom_retention_purge_floor_seq",
-    "loom_retention_purges_held_back",
     "loom_kill_switch_engaged",
     "loom_trading_halts",
     "loom_surveillance_anomaly_score",
     "loom_surveillance_account_score",
     "loom_surveillance_alerts",
     "loom_surveillance_accounts",
-}
+} | CLUSTER_ONLY  # a cluster node's metrics are all read from its member at scrape time
 
 
 def _read_at_scrape(spec: MetricSpec) -> bool:
