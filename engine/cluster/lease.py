@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from nats.js import api
 
 from engine.cluster.link import NatsLink
 
@@ -80,15 +79,7 @@ class Lease:
         self._seen = (0, 0.0)  # (revision, when first seen) for expiry
         self._hold_off_until = 0.0
         self._wake = asyncio.Event()
-        self.kv = link.call_retrying(lambda: self._open(bucket, replicas), f"opening KV bucket {bucket}")
-
-    async def _open(self, bucket: str, replicas: int):
-        js = self.link.js
-        try:
-            return await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas, direct=False)
-            return await js.create_key_value(config)
+        self.kv = link.key_value(bucket, replicas)
 
     # -- the loop (on the link's event loop) -------------------------------------------------
 

@@ -21,6 +21,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js import api
 
 log = logging.getLogger("loom.cluster.link")
 
@@ -103,6 +104,21 @@ class NatsLink:
                     ) from exc
                 log.info("%s: cluster settling (%s), retrying", what, type(exc).__name__)
                 time.sleep(0.1)
+
+    def key_value(self, bucket: str, replicas: int, ttl: float | None = None):
+        """The KV bucket, created (history 1) when it does not exist yet; retried while the
+        cluster settles. Shared by the lease and the standby positions."""
+
+        async def open_or_create():
+            try:
+                return await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                config = api.KeyValueConfig(
+                    bucket=bucket, history=1, replicas=replicas, ttl=ttl, direct=False
+                )
+                return await self.js.create_key_value(config)
+
+        return self.call_retrying(open_or_create, f"opening KV bucket {bucket}")
 
     async def wait(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the link's loop and await it from another event loop."""

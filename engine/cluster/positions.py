@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
-from nats.js import api
 
 from engine.cluster.link import NatsLink
 
@@ -62,17 +61,7 @@ class StandbyPositions:
         self.reported = 0  # reports written by this node
         self.last: list[StandbyPosition] = []  # the other nodes, as last read (metrics, status)
         self.read_at = 0.0  # wall time of that read
-        self.kv = link.call_retrying(lambda: self._open(bucket, replicas), f"opening KV bucket {bucket}")
-
-    async def _open(self, bucket: str, replicas: int):
-        js = self.link.js
-        try:
-            return await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = api.KeyValueConfig(
-                bucket=bucket, history=1, replicas=replicas, ttl=BUCKET_TTL_S, direct=False
-            )
-            return await js.create_key_value(config)
+        self.kv = link.key_value(bucket, replicas, ttl=BUCKET_TTL_S)
 
     async def report(self, applied_seq: int) -> None:
         """This standby has applied every command through `applied_seq`."""
