@@ -682,6 +682,7 @@ replay_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Ctx c = {0};
+    PyObject *result = NULL;
     c.engine = args[0];
     c.known = args[1];
     c.handoff = args[3];
@@ -734,13 +735,8 @@ replay_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (store_counters(&c) < 0)
         goto error;
-    Py_DECREF(commands);
-    Py_XDECREF(c.markets);
-    Py_XDECREF(c.accounts);
-    Py_XDECREF(c.last_seq_obj);
-    Py_XDECREF(c.cur_symbol);
-    Py_XDECREF(c.cur_market);
-    return PyLong_FromLongLong(c.events);
+    result = PyLong_FromLongLong(c.events);
+    goto done;
 error_stored:
     /* A broken invariant: leave the counters where the state is, then raise. */
     {
@@ -751,13 +747,14 @@ error_stored:
         PyErr_Restore(exc_type, exc_value, exc_tb);
     }
 error:
+done:
     Py_DECREF(commands);
     Py_XDECREF(c.markets);
     Py_XDECREF(c.accounts);
     Py_XDECREF(c.last_seq_obj);
     Py_XDECREF(c.cur_symbol);
     Py_XDECREF(c.cur_market);
-    return NULL;
+    return result; /* NULL on error */
 }
 
 /* -- configuration -------------------------------------------------------------------- */
