@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 
 import pytest
 
+from engine.cluster.drill import http
+from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
+from engine.commands import NewOrder
+from engine.matcher import MatchingEngine
+from engine.state import state_hash
 
 _names = itertools.count(1)
 
@@ -33,3 +39,23 @@ def nats_link(nats_cluster):
     link = NatsLink(nats_cluster.urls, "tests")
     yield link
     link.close()
+
+
+def assert_stream_is_the_record(
+    link: NatsLink, stream: str, prefix: str, base: str, acked
+) -> tuple[dict, NatsJournal]:
+    """The stream holds every command once in seq order, each acknowledged order exactly
+    once, and the node at `base` is exactly its replay. Returns (the node's verified
+    status, the journal)."""
+    verified = http("GET", base + "/v1/admin/cluster?verify=1")[1]
+    journal = NatsJournal(link, stream, prefix)
+    commands = list(journal.read())
+    assert [c.seq for c in commands] == list(range(1, len(commands) + 1))
+    assert commands[-1].seq == verified["applied_seq"]
+    counts = Counter(c.client_order_id for c in commands if type(c) is NewOrder)
+    assert all(counts[clid] == 1 for clid in acked), [c for c in acked if counts[c] != 1]
+    engine = MatchingEngine([])
+    for cmd in commands:
+        engine.apply(cmd)
+    assert state_hash(engine) == verified["state_hash"]
+    return verified, journal

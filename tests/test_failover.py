@@ -6,10 +6,9 @@ failover time is printed, not asserted: `loom bench failover` measures it.)"""
 from __future__ import annotations
 
 import threading
-from collections import Counter
 
 import pytest
-from natsproc import unique_stream
+from natsproc import assert_stream_is_the_record, unique_stream
 
 from engine.cluster.drill import (
     TRADER_KEY,
@@ -20,10 +19,6 @@ from engine.cluster.drill import (
     in_sync,
     wait_for,
 )
-from engine.cluster.journal import NatsJournal
-from engine.commands import NewOrder
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
 
 
 @pytest.fixture
@@ -71,14 +66,7 @@ def test_sigkill_of_the_leader_loses_no_acknowledged_order(drill, nats_link):
         assert status == 200, (clid, order_id, view)
         assert view["client_order_id"] == clid and view["status"] == "open"
     # ...exactly once in the replicated journal, and the new leader's state is its replay.
-    verified = http("GET", b.base + "/v1/admin/cluster?verify=1")[1]
-    journal = NatsJournal(nats_link, stream, f"loom.{stream.lower()}")
-    commands = list(journal.read())
-    assert commands[-1].seq == verified["applied_seq"] == journal.last_seq
-    counts = Counter(c.client_order_id for c in commands if type(c) is NewOrder)
-    assert all(counts[clid] == 1 for clid in sender.acked), [c for c in sender.acked if counts[c] != 1]
-    engine = MatchingEngine([])
-    for cmd in commands:
-        engine.apply(cmd)
-    assert state_hash(engine) == verified["state_hash"]
-    assert [c.seq for c in commands] == list(range(1, len(commands) + 1))
+    verified, journal = assert_stream_is_the_record(
+        nats_link, stream, f"loom.{stream.lower()}", b.base, sender.acked
+    )
+    assert verified["applied_seq"] == journal.last_seq

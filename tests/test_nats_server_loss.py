@@ -12,19 +12,15 @@ import json
 import threading
 import time
 import urllib.request
-from collections import Counter
 
 import pytest
 from journal_contract import make_batches
-from natsproc import unique_stream
+from natsproc import assert_stream_is_the_record, unique_stream
 
 from engine.cluster.drill import TRADER_KEY, NodeProcess, OrderSender, http, in_sync, leader_of, wait_for
 from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
-from engine.commands import NewOrder
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
 
 RECOVERY_S = 60.0  # JetStream re-elects in ~6-7 s; generous for a loaded machine
 
@@ -111,17 +107,7 @@ def test_losing_a_nats_server_loses_no_acknowledged_order(cluster, tmp_path):
             status, view = http("GET", f"{leader.base}/v1/orders/{order_id}", key=TRADER_KEY)
             assert status == 200 and view["client_order_id"] == clid, (clid, view)
         # Exactly once in the stream, and the leader's state is its replay.
-        verified = http("GET", leader.base + "/v1/admin/cluster?verify=1")[1]
-        journal = NatsJournal(link, stream, prefix)
-        commands = list(journal.read())
-        assert [c.seq for c in commands] == list(range(1, len(commands) + 1))
-        assert commands[-1].seq == verified["applied_seq"]
-        counts = Counter(c.client_order_id for c in commands if type(c) is NewOrder)
-        assert all(counts[clid] == 1 for clid in sender.acked), [c for c in sender.acked if counts[c] != 1]
-        engine = MatchingEngine([])
-        for cmd in commands:
-            engine.apply(cmd)
-        assert state_hash(engine) == verified["state_hash"]
+        verified, _ = assert_stream_is_the_record(link, stream, prefix, leader.base, sender.acked)
         standby = next(n for n in nodes if n is not leader)
         assert (
             http("GET", standby.base + "/v1/admin/cluster?verify=1")[1]["state_hash"]
