@@ -187,6 +187,17 @@ class LeaderFollowingBinaryClient:
         if self.conn is not None:
             self._send(entries)
 
+    def resume(self, orders: list[tuple[str, bytes]]) -> None:
+        """Orders an earlier run of this client sent without getting their answers (kept by the
+        caller across a restart): resent; an order that had landed is answered
+        DUPLICATE_CLIENT_ORDER_ID and settles as placed, once."""
+        entries = [self.ledger.add(cid, frame) for cid, frame in orders]
+        for entry in entries:
+            entry.sends = 1  # the earlier run's send
+        self._settled.clear()
+        if self.conn is not None:
+            self._send(entries)
+
     def _send(self, entries: list[Entry]) -> None:
         if not entries:
             return

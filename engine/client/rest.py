@@ -139,12 +139,14 @@ class RestClient:
 
     # -- placing -------------------------------------------------------------------------------
 
-    async def place(self, order: dict) -> Outcome:
+    async def place(self, order: dict, sent_before: bool = False) -> Outcome:
         """Place one order and return its definite outcome (a client order id is generated when
-        the order has none). Raises GaveUp when no node answers within `give_up_after`."""
+        the order has none). `sent_before`: an earlier run sent it and lost the answer (a
+        duplicate then means placed). Raises GaveUp when no node answers within `give_up_after`."""
         body = dict(order)
         body.setdefault("client_order_id", f"rc-{int(time.time() * 1000)}-{next(self._ids)}")
         entry = self.ledger.add(body["client_order_id"], body)
+        entry.sends = 1 if sent_before else 0
         deadline = time.monotonic() + self.give_up_after
         while time.monotonic() < deadline:
             url = self._next_url()
