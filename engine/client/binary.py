@@ -116,7 +116,10 @@ class LeaderFollowingBinaryClient:
             if self._wait_s:
                 await asyncio.sleep(self._wait_s)
                 self._wait_s = 0.0
+            unreachable: set[tuple[str, int]] = set()
             for host, port in self._candidates():
+                if (host, port) in unreachable:
+                    continue
                 conn = _Connection()
                 try:
                     conn.client = await BinaryClient.connect(
@@ -132,10 +135,13 @@ class LeaderFollowingBinaryClient:
                     return
                 except (OSError, TimeoutError) as exc:
                     log.debug("binary %s:%d: %s", host, port, exc)
+                    unreachable.add((host, port))
                     continue
                 if conn.not_leader is not None:  # a standby: it named the leader, or an election
                     conn.client.close()
                     self._learn(conn.not_leader)
+                    if self._hint in unreachable:  # it still names the leader that just died
+                        self._hint = None
                     if self._hint is not None or self._wait_s:
                         break  # go where it points (or wait as it says) before the rest
                     continue

@@ -33,6 +33,7 @@ log = logging.getLogger("loom.cluster.lease")
 
 DEFAULT_BUCKET = "loom_lease"
 DEFAULT_KEY = "leader"
+PROMOTION_S = 0.2  # what a new holder's catch-up and epoch marker typically take (a retry-after)
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,14 @@ class Lease:
         return bool(self.view.holder) and (self.held or self.clock() - self._seen[1] < self.ttl)
 
     def election_wait(self) -> float:
-        """Seconds until a new holder should be accepting: the rest of the silent holder's
-        TTL (a whole TTL when vacant) plus one more for catching up and fencing."""
-        if not self.view.holder:
-            return 2 * self.ttl
-        return max(0.0, self.ttl - (self.clock() - self._seen[1])) + self.ttl
+        """Seconds until a new holder should be accepting, as this node sees it: its own
+        promotion (it holds the lease), the next poll (vacant, or only its own stale view),
+        or the rest of the silent holder's TTL; each plus a promotion's catch-up and fencing."""
+        if self.held:
+            return PROMOTION_S
+        if not self.view.holder or self.view.holder == self.node_id:
+            return self.poll_every + PROMOTION_S
+        return max(0.0, self.ttl - (self.clock() - self._seen[1])) + PROMOTION_S
 
     def _observe_holder(self, view: LeaseView) -> None:
         if view.holder and view.holder != self.view.holder:
