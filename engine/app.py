@@ -212,9 +212,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.shipper = shipper
     running.ports["http"] = runner.addresses[0][1]
-    if member is not None:
-        running.cluster = member
-        member.start(f"http://{cfg.host}:{running.ports['http']}")
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
@@ -241,6 +238,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
         running.ports["fix"] = server.sockets[0].getsockname()[1]
+    if member is not None:  # once every listener is bound: the lease advertises them all
+        running.cluster = member
+        member.start(
+            f"http://{cfg.host}:{running.ports['http']}",
+            {name: f"{cfg.host}:{port}" for name, port in running.ports.items() if name != "http"},
+        )
     if cfg.demo:
         from engine.demo import run_demo_flow
 

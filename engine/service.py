@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from engine.batch_events import BatchEvents
 from engine.commands import Amend, NewOrder
@@ -380,9 +381,34 @@ class Overloaded(RuntimeError):
 
 
 class NotLeader(ServiceStopped):
-    """A cluster node that is not the leader: orders go to `leader` (node id, url, epoch;
-    empty while nobody leads)."""
+    """A cluster node that is not the leader. `leader`: the live lease holder's node id, epoch
+    and endpoint per protocol ("url" for REST and WebSocket, "fix" and "binary" host:port; ""
+    when that listener is off). During an election (no live holder) its node is "" and
+    `retry_after_s` says when to try again; with a leader known it is 0 (go there now).
+    `message` says what this node is; `text(protocol)` adds the leader's endpoint for it."""
 
-    def __init__(self, message: str, leader: dict) -> None:
-        super().__init__(message)
+    # which field of `leader` each protocol's answer names
+    ENDPOINT_KEY: ClassVar[dict[str, str]] = {
+        "rest": "url",
+        "websocket": "url",
+        "fix": "fix",
+        "binary": "binary",
+    }
+
+    def __init__(self, message: str, leader: dict, retry_after_s: float = 0.0) -> None:
+        self.about = message
         self.leader = leader
+        self.retry_after_s = retry_after_s
+        super().__init__(self.text("rest"))
+
+    @property
+    def election(self) -> bool:
+        return not self.leader.get("node")
+
+    def text(self, protocol: str) -> str:
+        if self.election:
+            wait = self.retry_after_s
+            return f"{self.about}; election in progress (no live leader), retry after {wait:.1f} s"
+        endpoint = self.leader.get(self.ENDPOINT_KEY[protocol], "")
+        where = f"at {endpoint}" if endpoint else f"(it has no {protocol} listener)"
+        return f"{self.about}; the leader is node {self.leader['node']} {where}"

@@ -30,6 +30,7 @@ SAMPLES = {
     FrameType.DONE: p.Done(12, 9, 20, 21),
     FrameType.ERROR: p.Error(3, "impossible frame length 65535"),
     FrameType.MASS_CANCELLED: p.MassCancelled(13, 10, 2**32 - 1),
+    FrameType.NOT_LEADER: p.NotLeader(2**64 - 1, 1200, 65535, "h" * 64, "node-a"),
 }
 ANY_DIRECTION = p.CLIENT_TYPES | p.SERVER_TYPES
 

@@ -57,13 +57,21 @@ class NodeProcess:
     """One `loom run --cluster` subprocess; `base` once it printed its readiness line."""
 
     def __init__(
-        self, node_id: str, urls: list[str], workdir: Path, stream: str, extra_config: str = ""
+        self,
+        node_id: str,
+        urls: list[str],
+        workdir: Path,
+        stream: str,
+        extra_config: str = "",
+        listeners: bool = False,
     ) -> None:
         self.node_id = node_id
         self.urls = urls
         self.workdir = workdir
         self.stream = stream
         self.extra_config = extra_config  # TOML appended to the drill's configuration
+        self.listeners = listeners  # FIX and binary listeners too (on free ports)
+        self.ports: dict[str, int] = {}  # by protocol, from the readiness line
         self.proc: subprocess.Popen | None = None
         self.base = ""
         self.log = workdir / f"{node_id}.log"
@@ -74,7 +82,8 @@ class NodeProcess:
         argv = [sys.executable, "-m", "engine.cli", "run", "--config", str(config)]
         argv += ["--cluster", ",".join(self.urls), "--node-id", self.node_id]
         argv += ["--data-dir", str(self.workdir / self.node_id), "--http-port", "0"]
-        argv += ["--fix-port", "-1", "--binary-port", "-1"]
+        off = "0" if self.listeners else "-1"
+        argv += ["--fix-port", off, "--binary-port", off]
         env = {**_env(), "LOOM_CLUSTER_STREAM": self.stream, "PYTHONUNBUFFERED": "1"}
         offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends
         self.base = ""
@@ -90,7 +99,9 @@ class NodeProcess:
                 lines = f.read().decode(errors="replace").splitlines()
             for line in lines:
                 if "loom: ready on" in line:
-                    self.base = "http://127.0.0.1:" + line.split("(http ")[1].split(")")[0].split(",")[0]
+                    listed = line.split("(")[1].split(")")[0].split(", ")
+                    self.ports = {name: int(port) for name, port in (item.split() for item in listed)}
+                    self.base = f"http://127.0.0.1:{self.ports['http']}"
             if self.base:
                 return self
             time.sleep(0.02)

@@ -1,6 +1,8 @@
 """The leader lease: one key in a JetStream KV bucket (R3), compare-and-set on revisions.
 
-    value    {"node": id, "epoch": E, "url": the holder's HTTP base}
+    value    {"node": id, "epoch": E, "url": the holder's HTTP base, "fix": "host:port",
+             "binary": "host:port"} (each protocol's endpoint, "" when its listener is off:
+             what a standby names in its NOT_LEADER answers)
     acquire  create() on an absent or deleted key, or update(last=R) on a key whose revision
              R has not changed for a whole TTL (the holder stopped renewing)
     renew    update(last=my revision) every `renew_every`; refused = someone took it
@@ -31,6 +33,7 @@ log = logging.getLogger("loom.cluster.lease")
 
 DEFAULT_BUCKET = "loom_lease"
 DEFAULT_KEY = "leader"
+PROMOTION_S = 0.2  # what a new holder's catch-up and epoch marker typically take (a retry-after)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class LeaseView:
     epoch: int = 0
     revision: int = 0
     url: str = ""
+    fix: str = ""  # host:port of the holder's FIX listener ("" when off or not advertised)
+    binary: str = ""  # host:port of its binary listener
 
 
 class Lease:
@@ -60,6 +65,7 @@ class Lease:
         self.link = link
         self.node_id = node_id
         self.url = url
+        self.endpoints: dict[str, str] = {}  # "fix"/"binary" -> host:port, advertised with url
         self.key = key
         self.ttl = ttl
         self.renew_every = renew_every
@@ -105,7 +111,26 @@ class Lease:
         self.link.loop.call_soon_threadsafe(self._wake.set)
 
     def _value(self) -> bytes:
-        return json.dumps({"node": self.node_id, "epoch": self.epoch, "url": self.url}).encode()
+        value = {"node": self.node_id, "epoch": self.epoch, "url": self.url, **self._advertised()}
+        return json.dumps(value).encode()
+
+    def _advertised(self) -> dict[str, str]:
+        return {"fix": self.endpoints.get("fix", ""), "binary": self.endpoints.get("binary", "")}
+
+    def holder_live(self) -> bool:
+        """Has the holder in view renewed within a TTL, by this node's clock? False while
+        nobody holds the lease, and once the holder stopped renewing (an election is due)."""
+        return bool(self.view.holder) and (self.held or self.clock() - self._seen[1] < self.ttl)
+
+    def election_wait(self) -> float:
+        """Seconds until a new holder should be accepting, as this node sees it: its own
+        promotion (it holds the lease), the next poll (vacant, or only its own stale view),
+        or the rest of the silent holder's TTL; each plus a promotion's catch-up and fencing."""
+        if self.held:
+            return PROMOTION_S
+        if not self.view.holder or self.view.holder == self.node_id:
+            return self.poll_every + PROMOTION_S
+        return max(0.0, self.ttl - (self.clock() - self._seen[1])) + PROMOTION_S
 
     def _observe_holder(self, view: LeaseView) -> None:
         if view.holder and view.holder != self.view.holder:
@@ -127,7 +152,12 @@ class Lease:
             return self.view  # the KV stream is electing a leader, or we are disconnected
         raw = json.loads(entry.value or b"{}")
         view = LeaseView(
-            raw.get("node", ""), raw.get("epoch") or entry.revision, entry.revision, raw.get("url", "")
+            raw.get("node", ""),
+            raw.get("epoch") or entry.revision,
+            entry.revision,
+            raw.get("url", ""),
+            raw.get("fix", ""),
+            raw.get("binary", ""),
         )
         self._observe_holder(view)
         if entry.revision != self._seen[0]:
@@ -159,7 +189,7 @@ class Lease:
         self.held = True
         self.epoch = self.revision = revision
         self._renewed_at = sent
-        self._observe_holder(LeaseView(self.node_id, revision, revision, self.url))
+        self._observe_holder(LeaseView(self.node_id, revision, revision, self.url, **self._advertised()))
         log.warning("lease: acquired by %s, epoch %d", self.node_id, revision)
         if self.on_acquired is not None:
             self.on_acquired()

@@ -79,17 +79,24 @@ class ClusterMember:
         self._promotion: asyncio.Task | None = None
         self._transitions: set[asyncio.Task] = set()
         self._stopping = False
+        # A standby from the start: nothing is accepted or written before start() and the lease
+        # say otherwise (the listeners are bound before start(), so it can advertise them).
+        journal.writable = False
+        service.accepting = False
+        service.refusal = self._not_leader
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, url: str) -> None:
+    def start(self, url: str, endpoints: dict[str, str] | None = None) -> None:
         """Begin as a standby; the lease loop decides the rest. `url`: this node's HTTP base,
-        advertised in the lease so standbys can name the leader."""
+        and `endpoints` its other listeners ("fix"/"binary" -> host:port, as bound), all
+        advertised in the lease so standbys can name the leader for each protocol."""
         self.loop = asyncio.get_running_loop()
         self.journal.writable = False
         self.service.accepting = False
         self.service.refusal = self._not_leader
         self.lease.url = url
+        self.lease.endpoints = dict(endpoints or {})
         self.lease.on_acquired = lambda: self.loop.call_soon_threadsafe(self._on_acquired)
         self.lease.on_lost = lambda reason: self.loop.call_soon_threadsafe(self._demote_soon, reason)
         self.journal.on_fenced = lambda: self.loop.call_soon_threadsafe(self._on_fenced)
@@ -117,10 +124,23 @@ class ClusterMember:
     # -- what the gateways and operators see ---------------------------------------------------
 
     def _not_leader(self) -> NotLeader:
+        """The refusal of a node that does not accept orders, naming the live leader. It never
+        names this node (a holder that is not leading yet, or was just fenced or demoted, is
+        no leader to send anyone to), nor a holder that stopped renewing: both mean an
+        election is due, and the answer says when to try again."""
         view = self.lease.view
-        who = f"node {view.holder} at {view.url}" if view.holder else "no node yet (election under way)"
-        leader = {"node": view.holder, "url": view.url, "epoch": view.epoch}
-        return NotLeader(f"this node ({self.node_id}) is a {self.role}; the leader is {who}", leader)
+        about = f"this node ({self.node_id}) is a {self.role}"
+        if view.holder and view.holder != self.node_id and self.lease.holder_live():
+            leader = {
+                "node": view.holder,
+                "epoch": view.epoch,
+                "url": view.url,
+                "fix": view.fix,
+                "binary": view.binary,
+            }
+            return NotLeader(about, leader)
+        empty = {"node": "", "epoch": 0, "url": "", "fix": "", "binary": ""}
+        return NotLeader(about, empty, round(self.lease.election_wait(), 1))
 
     @property
     def lag(self) -> int:
@@ -134,6 +154,9 @@ class ClusterMember:
             "role": str(self.role),
             "leader": view.holder,
             "leader_url": view.url,
+            "leader_fix": view.fix,
+            "leader_binary": view.binary,
+            "leader_live": self.lease.holder_live(),
             "epoch": view.epoch,
             "lease_held": self.lease.held,
             "applied_seq": self.node.engine.last_seq,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -120,6 +121,25 @@ def error(status: int, code: str, message: str, retry_after: int = 1, **extra) -
     )
 
 
+def not_leader_fields(exc: NotLeader) -> dict:
+    """A NOT_LEADER answer's fields (REST error body, WebSocket error): the message, the leader
+    (its url, fix and binary endpoints) or, during an election, election true and the
+    seconds to wait."""
+    return {
+        "message": exc.text("rest"),
+        "leader": exc.leader,
+        "election": exc.election,
+        "retry_after_s": exc.retry_after_s,
+    }
+
+
+def not_leader(exc: NotLeader) -> web.Response:
+    """503 NOT_LEADER; Retry-After is the election's wait, rounded up (1 with a leader known)."""
+    fields = not_leader_fields(exc)
+    message = fields.pop("message")
+    return error(503, "NOT_LEADER", message, max(1, math.ceil(exc.retry_after_s)), **fields)
+
+
 def ok(body, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_json.encode(body), content_type="application/json")
 
@@ -162,8 +182,8 @@ async def json_errors(request: web.Request, handler):
         return response
     except Overloaded as exc:  # admission control: nothing was sequenced, resend later
         return error(503, "OVERLOADED", str(exc), exc.retry_after_s)
-    except NotLeader as exc:  # a cluster standby: the client goes to the leader
-        return error(503, "NOT_LEADER", str(exc), leader=exc.leader)
+    except NotLeader as exc:  # a cluster standby: the client goes to the leader (or waits out the election)
+        return not_leader(exc)
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
     except Exception:
@@ -698,6 +718,9 @@ class WsSession:
                     "retry_after_s": exc.retry_after_s,
                 }
             )
+        except NotLeader as exc:
+            body = not_leader_fields(exc)
+            self.send({"type": "error", "req_id": req_id, "code": "NOT_LEADER", **body})
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 

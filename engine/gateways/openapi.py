@@ -19,7 +19,9 @@ def _errors(*codes: int) -> dict:
         410: "the journal no longer holds the order's records (journal_retention = delete)",
         422: "refused by the exchange (reason code in error.code)",
         429: "rate limited",
-        503: "not durable, not ready or OVERLOADED (refused unsequenced); retry after Retry-After",
+        503: "not durable, not ready, OVERLOADED (refused unsequenced) or NOT_LEADER (a cluster "
+        "standby: error.leader names the leader's url, fix and binary endpoints; during an "
+        "election error.election is true and error.retry_after_s says when); retry after Retry-After",
     }
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -96,7 +98,23 @@ OPENAPI: dict = {
                     "error": {
                         "type": "object",
                         "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "leader": {
+                                "type": "object",
+                                "description": "NOT_LEADER: the live leader ('' fields during an election)",
+                                "properties": {
+                                    "node": {"type": "string"},
+                                    "epoch": {"type": "integer"},
+                                    "url": {"type": "string", "description": "REST and WebSocket base URL"},
+                                    "fix": {"type": "string", "description": "FIX host:port"},
+                                    "binary": {"type": "string", "description": "binary host:port"},
+                                },
+                            },
+                            "election": {"type": "boolean", "description": "NOT_LEADER: no live leader"},
+                            "retry_after_s": {"type": "number"},
+                        },
                     }
                 },
             },

@@ -54,3 +54,56 @@ class BinaryDriver:
     async def close(self) -> None:
         for c in self.clients:
             c.close()
+
+
+class FollowingBinaryDriver:
+    """`loom load --protocol binary --nodes ...`: a cluster's nodes, the leader found and
+    followed across a failover (engine.client.binary), every order not answered resent with
+    the same client_ref. client_ref = base + index + 1: unique per run, never 0 (no id)."""
+
+    def __init__(self, nodes: list[tuple[str, int]], api_key: str, connections: int = 1) -> None:
+        self.nodes, self.api_key, self.n = nodes, api_key, connections
+        self.base = (time.time_ns() // 1_000_000) % 10**9 * 10**9
+        self.clients: list = []
+        self._next = 0
+
+    async def connect(self, on_ack) -> None:
+        from engine.client.binary import LeaderFollowingBinaryClient
+        from engine.client.ledger import Answer
+
+        base = self.base
+
+        def settled(entry) -> None:
+            on_ack(int(entry.client_order_id) - base - 1, entry.answer is not Answer.REFUSED)
+
+        for _ in range(self.n):
+            client = LeaderFollowingBinaryClient(self.nodes, self.api_key, on_settled=settled)
+            await client.start()
+            self.clients.append(client)
+
+    def send(self, orders: list[LoadOrder]) -> None:
+        encode = p.encode_new_order
+        per: dict[int, list[tuple[str, bytes]]] = {}
+        for o in orders:
+            c = self._next
+            self._next = (c + 1) % self.n
+            ref = self.base + o.index + 1
+            frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
+            per.setdefault(c, []).append((str(ref), frame))
+        for c, frames in per.items():
+            self.clients[c].new_frames(frames)
+
+    def figures(self) -> dict:
+        """The failover figures over every connection: resent, duplicates resolved, the
+        longest gap between acks, and the orders still unresolved (must be 0)."""
+        total: dict = {}
+        for client in self.clients:
+            for key, value in client.ledger.figures().items():
+                merge = max if key == "max_ack_gap_ms" else lambda a, b: a + b
+                total[key] = merge(total.get(key, 0), value)
+        total["connects"] = sum(c.connects for c in self.clients)
+        return total
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()

@@ -1,4 +1,5 @@
-"""`loom load --protocol binary|rest|ws|fix --rate R --duration D [--json]`."""
+"""`loom load --protocol binary|rest|ws|fix --rate R --duration D [--json]`; with
+`--nodes host:port,...` (binary) against a cluster, following its leader across failovers."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def _server_stats(host: str, port: int) -> dict:
 def cmd_load(args: argparse.Namespace) -> int:
     api_key = args.api_key or next(iter(LOAD_ACCOUNTS))
     run_id = f"L{int(time.time() * 1000) % 10**9}"
+    if args.nodes:
+        return _load_cluster(args, api_key, run_id)
     with contextlib.ExitStack() as stack:
         if args.port is None:
             info = stack.enter_context(spawned_exchange(event_loop=args.server_event_loop))
@@ -87,6 +90,37 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if result["errors"] == 0 else 1
 
 
+def _load_cluster(args: argparse.Namespace, api_key: str, run_id: str) -> int:
+    """Against a cluster's binary listeners: the leader is followed, unanswered orders are
+    resent; the report adds the failover figures (exit 1 unless every order is resolved)."""
+    from engine.client.binary import parse_nodes
+    from engine.load.binary_driver import FollowingBinaryDriver
+
+    if args.protocol != "binary":
+        raise SystemExit("loom load: --nodes is for --protocol binary")
+    try:
+        nodes = parse_nodes(args.nodes)
+    except ValueError as exc:
+        raise SystemExit(f"loom load: --nodes: {exc}") from None
+    driver = FollowingBinaryDriver(nodes, api_key, args.connections or 1)
+    result = asyncio.run(run_open_loop(driver, "binary", args.rate, args.duration, run_id, args.drain))
+    f = result["failover"]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"binary over {len(nodes)} nodes: offered {result['offered_rate']:,}/s "
+            f"over {result['duration_s']} s; "
+            f"{f['orders']:,} orders: acked {f['acked']:,} (of which {f['duplicates_resolved']:,} "
+            f"duplicates resolved), refused definitively {f['refused_definitively']:,}, "
+            f"unresolved {f['unresolved']:,}\n"
+            f"  resent {f['resent']:,}, connections {f['connects']}, longest gap between acks "
+            f"{f['max_ack_gap_ms']:,} ms; order-to-ack p50 {result['p50_us']} µs  p99 {result['p99_us']} µs  "
+            f"max {result['max_us']} µs"
+        )
+    return 0 if f["unresolved"] == 0 and result["errors"] == 0 else 1
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="open-loop load generator against a gateway")
     p.add_argument("--protocol", choices=PROTOCOLS, required=True)
@@ -94,6 +128,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=10, help="seconds of sending")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, help="target an existing server (default: spawn one)")
+    p.add_argument(
+        "--nodes",
+        help="a cluster's binary endpoints host:port,host:port,... (--protocol binary): the "
+        "leader is followed across failovers and unanswered orders are resent",
+    )
+    p.add_argument(
+        "--drain", type=float, default=10.0, help="seconds to wait for the last answers after sending"
+    )
     p.add_argument("--api-key", help="API key of the trading account (spawned server: built in)")
     p.add_argument("--connections", type=int, help="connections to spread the load over")
     p.add_argument(

@@ -134,5 +134,9 @@ async def run_open_loop(
     while stats.acked + stats.rejected + stats.overloaded < sent and clock() < deadline:
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
+    figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
     await driver.close()
-    return stats.report(elapsed)
+    report = stats.report(elapsed)
+    if figures is not None:
+        report["failover"] = figures()
+    return report

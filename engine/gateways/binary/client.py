@@ -8,6 +8,9 @@
 For throughput pass `on_frames`: it is called with the list of frames decoded from each read
 (and no queue is kept), so a load generator can take one timestamp per read and match
 Accepted/Rejected frames to its sends by `client_ref`.
+
+One connection to one node; `engine.client.binary.LeaderFollowingBinaryClient` takes a
+cluster's nodes, follows the leader and resends unanswered orders on top of it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loom binary order-entry protocol, version 1: little-endian, length-prefixed, fixed layout.
+"""Loom binary order-entry protocol, version 2: little-endian, length-prefixed, fixed layout.
 
 Every frame is ``length u16 | type u8 | body``. ``length`` counts the bytes that follow the
 length field (the type byte and the body), so a whole frame is ``2 + length`` bytes. Each
@@ -48,6 +48,8 @@ type  frame          length  body
 0x89  Error          67      code u16 (ErrorCode), text 64s (ASCII)
 0x8A  MassCancelled  21      seq u64, ts i64, count u32 (after the Cancelled frames of a
                              CancelAll, to the session that sent it)
+0x8B  NotLeader      111     epoch u64, retry_after_ms u32, port u16, host 64s (ASCII),
+                             node 32s (UTF-8) -- version 2 sessions only, see below
 0x06  Heartbeat      9       token u64
 ====  =============  ======  ==============================================================
 
@@ -55,6 +57,16 @@ Enumerations are the engine's (``engine.domain``, FIX values): side 1 buy / 2 se
 order_type 1 market / 2 limit; tif 1 GTC / 3 IOC / 4 FOK; stp 0-3. ``client_ref`` travels to
 the engine as the decimal string client order id ("" when 0); a report names the order's
 client order id as a u64 again (0 when it is not a decimal u64, e.g. set by another gateway).
+
+Versions: the server speaks 1 and 2 and answers LoginAck with the version the client asked
+for (LoginReject carries the newest it speaks). Version 2 adds one thing, for clusters: a
+node that is not the leader sends NotLeader right after LoginAck, and before the Rejected
+frames of every refused submission, whose reason is then 604 NOT_LEADER. NotLeader names
+the leader's binary endpoint (host, port) and node id with its lease epoch; during an
+election (no live leader) host is empty, port 0 and retry_after_ms says when to try again
+(0 when a leader is named: go there now). A leader without a binary listener is named with
+port 0 and a node id. A node never names itself. Version 1 sessions see what they always
+did: Rejected with 602 SERVICE_UNAVAILABLE and no hint.
 
 Session: the first frame must be Login (Heartbeat is also allowed before it); a wrong key
 or version gets LoginReject and the connection is closed. The account always comes from
@@ -82,13 +94,17 @@ from typing import NamedTuple
 
 from engine.domain import OrderType, RequestKind, SelfTradePrevention, Side, TimeInForce
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # the newest this code speaks (and what its clients ask for)
+MIN_PROTOCOL_VERSION = 1  # the oldest the server still accepts
+NOT_LEADER_VERSION = 2  # sessions of this version or newer get NotLeader frames and reason 604
 MAX_FRAME_LENGTH = 255  # the envelope; every v1 frame is shorter (room for later types)
 U64_MAX = (1 << 64) - 1
 SYMBOL_BYTES = 16
 API_KEY_BYTES = 32
 TEXT_BYTES = 64
 ACCOUNT_BYTES = 64
+HOST_BYTES = 64
+NODE_BYTES = 32
 FLAG_POST_ONLY = 0x01
 
 
@@ -109,6 +125,7 @@ class FrameType(IntEnum):
     DONE = 0x88
     ERROR = 0x89
     MASS_CANCELLED = 0x8A
+    NOT_LEADER = 0x8B
 
 
 class ErrorCode(IntEnum):
@@ -139,6 +156,7 @@ class GatewayRejectReason(IntEnum):
     RATE_LIMITED = 601
     SERVICE_UNAVAILABLE = 602
     OVERLOADED = 603  # admission control: the commit queue is full; not sequenced, resend later
+    NOT_LEADER = 604  # a cluster standby (version 2 sessions; a NotLeader frame names the leader)
 
 
 class Liquidity(IntEnum):
@@ -282,6 +300,20 @@ class MassCancelled(NamedTuple):
     count: int
 
 
+class NotLeader(NamedTuple):
+    """Where the leader is (host "" and port 0 during an election: wait retry_after_ms)."""
+
+    epoch: int
+    retry_after_ms: int
+    port: int
+    host: str
+    node: str
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        return (self.host, self.port) if self.host and self.port else None
+
+
 # -- layouts: one body struct (decoding) and one whole-frame struct (encoding) per type ----
 
 _BODY_FORMATS: dict[int, str] = {
@@ -301,6 +333,7 @@ _BODY_FORMATS: dict[int, str] = {
     FrameType.DONE: "QqQq",
     FrameType.ERROR: "H64s",
     FrameType.MASS_CANCELLED: "QqI",
+    FrameType.NOT_LEADER: "QIH64s32s",
 }
 BODY: dict[int, struct.Struct] = {t: struct.Struct("<" + f) for t, f in _BODY_FORMATS.items()}
 FRAME: dict[int, struct.Struct] = {t: struct.Struct("<HB" + f) for t, f in _BODY_FORMATS.items()}
@@ -395,6 +428,7 @@ _F_AMENDED = FRAME[FrameType.AMENDED].pack
 _F_DONE = FRAME[FrameType.DONE].pack
 _F_ERROR = FRAME[FrameType.ERROR].pack
 _F_MASS = FRAME[FrameType.MASS_CANCELLED].pack
+_F_NOT_LEADER = FRAME[FrameType.NOT_LEADER].pack
 _L = LENGTH
 
 
@@ -491,6 +525,12 @@ def encode_mass_cancelled(seq: int, ts: int, count: int) -> bytes:
     return _F_MASS(21, 0x8A, seq, ts, count)
 
 
+def encode_not_leader(epoch: int, retry_after_ms: int, port: int, host: str, node: str) -> bytes:
+    return _F_NOT_LEADER(
+        111, 0x8B, epoch, retry_after_ms, port, _text(host, HOST_BYTES), _text(node, NODE_BYTES, "utf-8")
+    )
+
+
 _ENCODERS: dict[type, Callable[..., bytes]] = {
     Login: lambda f: encode_login(f.api_key, f.version),
     NewOrderReq: lambda f: encode_new_order(*f),
@@ -508,6 +548,7 @@ _ENCODERS: dict[type, Callable[..., bytes]] = {
     Done: lambda f: encode_done(*f),
     Error: lambda f: encode_error(*f),
     MassCancelled: lambda f: encode_mass_cancelled(*f),
+    NotLeader: lambda f: encode_not_leader(*f),
 }
 
 
@@ -657,6 +698,11 @@ def _d_mass_cancelled(buf, off, build):
     return build(*BODY[FrameType.MASS_CANCELLED].unpack_from(buf, off))
 
 
+def _d_not_leader(buf, off, build):
+    epoch, wait, port, host, node = BODY[FrameType.NOT_LEADER].unpack_from(buf, off)
+    return build(epoch, wait, port, _untext(host), _untext(node, "utf-8"))
+
+
 _DECODERS: dict[int, tuple[Callable, type]] = {
     FrameType.LOGIN: (_d_login, lambda key, version: Login(key, version)),
     FrameType.NEW_ORDER: (_d_new_order, NewOrderReq),
@@ -674,6 +720,7 @@ _DECODERS: dict[int, tuple[Callable, type]] = {
     FrameType.DONE: (_d_done, Done),
     FrameType.ERROR: (_d_error, Error),
     FrameType.MASS_CANCELLED: (_d_mass_cancelled, MassCancelled),
+    FrameType.NOT_LEADER: (_d_not_leader, NotLeader),
 }
 
 

@@ -33,7 +33,7 @@ from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.binary import protocol as p
 from engine.routing import ExecutionRouter
-from engine.service import ExchangeService, Overloaded, ServiceStopped
+from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.gateway.binary")
 
@@ -160,6 +160,20 @@ def gateway_rejection(cmd, reason: int) -> bytes:
     return p.encode_rejected(0, 0, _REQ_CANCEL_ALL, reason, 0, 0)
 
 
+def not_leader_frame(exc: NotLeader) -> bytes:
+    """The NotLeader frame of a standby's refusal: the leader's binary host:port, or during an
+    election an empty endpoint and the wait (version 2 sessions)."""
+    leader = exc.leader
+    host, _, port = leader.get("binary", "").rpartition(":")
+    return p.encode_not_leader(
+        leader.get("epoch", 0),
+        min(int(exc.retry_after_s * 1000), 0xFFFFFFFF),
+        int(port) if port.isdigit() and int(port) <= 0xFFFF else 0,
+        host,
+        leader.get("node", ""),
+    )
+
+
 # -- the session ---------------------------------------------------------------------------
 
 
@@ -172,6 +186,7 @@ class BinarySession(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.peer = None
         self.account: str | None = None
+        self.version = p.PROTOCOL_VERSION  # the one the client logged in with
         self._unsubscribe: Callable[[], None] | None = None
         self._bucket = TokenBucket(config.rate, config.burst) if config.rate > 0 else None
         self._out: list[bytes] = []
@@ -204,7 +219,7 @@ class BinarySession(asyncio.Protocol):
             return _ALREADY_LOGGED_IN
         if self._closing:  # a refused login earlier in the same read: no second try
             return _NOT_LOGGED_IN
-        if version != p.PROTOCOL_VERSION:
+        if not p.MIN_PROTOCOL_VERSION <= version <= p.PROTOCOL_VERSION:
             self._closing = True
             log.info("binary login from %s refused: protocol version %d", self.peer, version)
             return p.encode_login_reject(p.LoginRejectReason.UNSUPPORTED_VERSION)
@@ -214,15 +229,22 @@ class BinarySession(asyncio.Protocol):
             log.info("binary login from %s refused: bad credentials", self.peer)
             return p.encode_login_reject(p.LoginRejectReason.BAD_CREDENTIALS)
         self.account = account
+        self.version = version
         self._unsubscribe = self._cfg.router.subscribe(account, self._on_event)
         log.info("binary session %s logged in as %s", self.peer, account)
         cfg = self._cfg
-        return p.encode_login_ack(
-            p.PROTOCOL_VERSION,
+        ack = p.encode_login_ack(
+            version,
             min(int(cfg.rate), 0xFFFFFFFF) if cfg.rate > 0 else 0,
             min(int(cfg.burst), 0xFFFFFFFF) if cfg.rate > 0 else 0,
             account,
         )
+        refusal = self._service.refusal
+        if version >= p.NOT_LEADER_VERSION and not self._service.accepting and refusal is not None:
+            exc = refusal()
+            if isinstance(exc, NotLeader):  # a standby: say at once where to go
+                return ack + not_leader_frame(exc)
+        return ack
 
     def _b_new_order(self, ref, symbol, side, order_type, tif, post_only, stp, price, qty):
         account = self.account
@@ -363,12 +385,16 @@ class BinarySession(asyncio.Protocol):
                     self._report_mass_cancels(cmds, task.result())
             elif isinstance(exc, (ServiceStopped, Overloaded)):
                 # Overloaded: admission control refused the read's commands, nothing was
-                # sequenced; each is answered at once and may be resent.
+                # sequenced; each is answered at once and may be resent. NotLeader (a
+                # standby): likewise, and a version 2 session is told where the leader is.
                 reason = int(
                     p.GatewayRejectReason.OVERLOADED
                     if isinstance(exc, Overloaded)
                     else p.GatewayRejectReason.SERVICE_UNAVAILABLE
                 )
+                if isinstance(exc, NotLeader) and self.version >= p.NOT_LEADER_VERSION:
+                    reason = int(p.GatewayRejectReason.NOT_LEADER)
+                    self._out.append(not_leader_frame(exc))
                 self._out.extend(gateway_rejection(cmd, reason) for cmd in cmds)
             else:  # the commit loop failed (crash-only): the outcome is unknown, say so and go
                 log.error("binary session %s: submission failed: %r", self.peer, exc)

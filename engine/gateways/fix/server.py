@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv
 from engine.gateways.fix.store import FileStore
-from engine.service import Overloaded
+from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
 
@@ -136,6 +136,8 @@ class FixGateway:
                         await self.service.submit(commands, "fix", started)  # type: ignore[attr-defined]
                     except Overloaded as exc:  # counted in loom_overload_refusals, not logged
                         session.submit_done(commands, exc)
+                    except NotLeader as exc:  # a standby: the reject's Text names the leader's FIX endpoint
+                        session.submit_done(commands, ServiceStopped(f"NOT_LEADER: {exc.text('fix')}"))
                     except Exception as exc:
                         log.error(
                             "FIX %s: batch of %d commands failed: %s",
