@@ -110,13 +110,28 @@ EXIT_NEEDS_OPERATOR = 3
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.console import ConsoleHandler, settle
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[ConsoleHandler()],  # a broken stderr never stops the node
+    )
+    try:
+        return _run(args)
+    finally:
+        settle()  # else a stdout that cannot be flushed at exit turns exit 0 into 120
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
     from engine.app import serve
     from engine.config import ConfigError, load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(
             args.config,
