@@ -383,12 +383,17 @@ def test_repair_truncates_at_the_damage_and_removes_later_segments(tmp_path):
     batches, path, rec = damaged_middle(tmp_path)
     later = [p for p in segment_files(tmp_path) if p.name > path.name]
     assert later
+    before = {p.name: p.read_bytes() for p in [path, *later]}
     report = repair(tmp_path)
     assert report.damage is not None
     damage = report.damage
     assert (damage.path, damage.offset, damage.seq) == (str(path), rec.offset, rec.first_seq)
     assert all(not p.exists() for p in later)
     assert path.stat().st_size == rec.offset
+    # Nothing is destroyed: the cut bytes and the later segments are kept aside.
+    (aside,) = (tmp_path / segments_mod.REPAIRED_DIR).iterdir()
+    assert (aside / f"{path.name}.from-{rec.offset}").read_bytes() == before[path.name][rec.offset :]
+    assert {p.name: (aside / p.name).read_bytes() for p in later} == {p.name: before[p.name] for p in later}
     assert scan(tmp_path).damage is None
     journal = FileJournal(tmp_path, 500, fsync=False)
     try:
