@@ -22,6 +22,7 @@ from aiohttp import web
 from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
+from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.market_data import MarketData
@@ -275,27 +276,26 @@ async def _demo_while_leading(service: ExchangeService, rate: int) -> None:
 
 
 async def serve(cfg: Config) -> int:
+    """Run until SIGINT/SIGTERM, then drain. Console lines go through `say`: a stdout whose
+    reader is gone must not stop the drain (engine/console.py)."""
     running = await start_exchange(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     ports = ", ".join(f"{name} {port}" for name, port in running.ports.items())
-    print(f"loom: ready on {cfg.host} ({ports}); data in {cfg.data_dir}", flush=True)
+    say(f"loom: ready on {cfg.host} ({ports}); data in {cfg.data_dir}")
     if cfg.cluster:
-        print(
-            f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)",
-            flush=True,
-        )
+        say(f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)")
     if cfg.demo:
         keys = ", ".join(f"{account}={key}" for key, account in sorted(cfg.api_keys.items()))
-        print(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}", flush=True)
-        print(f"loom: try  curl http://{cfg.host}:{running.ports['http']}/v1/book/BTC-USD", flush=True)
+        say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}")
+        say(f"loom: try  curl http://{cfg.host}:{running.ports['http']}/v1/book/BTC-USD")
     started = time.monotonic()
     await stop.wait()
-    print(f"loom: shutting down after {time.monotonic() - started:.0f} s", flush=True)
+    say(f"loom: shutting down after {time.monotonic() - started:.0f} s")
     await running.stop()
-    print(f"loom: stopped at seq {running.node.engine.last_seq}", flush=True)
+    say(f"loom: stopped at seq {running.node.engine.last_seq}")
     return 0
 
 

@@ -104,14 +104,34 @@ def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# `loom run` refused to start: the journal is damaged or lacks commands the state needs;
+# an operator decides (`loom journal repair`, or restoring archived segments).
+EXIT_NEEDS_OPERATOR = 3
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.console import ConsoleHandler, settle
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[ConsoleHandler()],  # a broken stderr never stops the node
+    )
+    try:
+        return _run(args)
+    finally:
+        settle()  # else a stdout that cannot be flushed at exit turns exit 0 into 120
+
+
+def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
     from engine.app import serve
     from engine.config import ConfigError, load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(
             args.config,
@@ -141,9 +161,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except DataDirLocked as exc:
         print(f"loom run: {exc}; is another loom running on the same --data-dir?", file=sys.stderr)
         return 2
-    except JournalCorruptError as exc:
-        print(f"loom run: {exc}", file=sys.stderr)
-        return 1
+    except JournalCorruptError as exc:  # one ERROR line naming the damage, no traceback
+        logging.getLogger("loom.run").error("%s", exc)
+        return EXIT_NEEDS_OPERATOR
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             print(f"loom run: cannot listen: {exc.strerror}", file=sys.stderr)

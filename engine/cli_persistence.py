@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from engine.journal import JournalCorruptError
-from engine.journal.segments import FileJournal, archive_dir, repair, scan
+from engine.journal.segments import FileJournal, archive_dir, scan
 
 
 def _journal_dir(path: str) -> Path:
@@ -36,7 +37,8 @@ def cmd_journal_inspect(args: argparse.Namespace) -> int:
     elif report.torn_tail_bytes:
         verdict = (
             f"torn tail: {report.torn_tail_bytes} bytes at the end of {report.torn_tail_path} "
-            "(an unacknowledged batch; truncated on the next start)"
+            "(an unacknowledged batch; truncated on the next start, unless a verified snapshot "
+            "covers seqs beyond it)"
         )
     archived = _archived(directory)
     result = {
@@ -161,22 +163,27 @@ def cmd_journal_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_journal_repair(args: argparse.Namespace) -> int:
+    from engine.repair import RepairRefused, describe, plan, rebuild_from_snapshot, truncate
+
     directory = _journal_dir(args.path)
+    if not directory.is_dir():
+        print(f"no journal at {directory}")
+        return 2
+    found = plan(args.path)
+    if not found.needed:
+        print("\n".join(describe(found)))
+        return 0
     if not args.yes:
-        report = scan(directory)
-        if report.damage is None:
-            print("journal is intact; nothing to repair")
-            return 0
-        print(f"would truncate at: {report.damage}")
-        print("re-run with --yes to truncate the journal there (later records are lost)")
+        print("\n".join(describe(found)))
+        way = "rebuild from the snapshot" if args.use_snapshot else "truncate the journal there"
+        print(f"re-run with --yes to {way}")
         return 1
-    report = repair(directory)
-    if report.damage is None:
-        print("journal is intact" + (" (a torn tail was truncated)" if report.torn_tail_bytes else ""))
-    else:
-        print(f"repaired: truncated at {report.damage.path} byte {report.damage.offset}")
-    after = scan(directory)
-    print(f"journal now holds seq {after.first_seq}..{after.last_seq}")
+    try:
+        done = rebuild_from_snapshot(found) if args.use_snapshot else truncate(found)
+    except RepairRefused as exc:
+        print(f"loom journal repair: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(done))
     return 0
 
 
@@ -237,9 +244,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--read-only", action="store_true", help="do not truncate a torn tail (inspect a live node's journal)"
     )
     p.set_defaults(func=cmd_journal_replay)
-    p = jsub.add_parser("repair", help="truncate the journal at the first damage (explicit, lossy)")
-    p.add_argument("path")
-    p.add_argument("--yes", action="store_true", help="really truncate")
+    p = jsub.add_parser(
+        "repair",
+        help="truncate the journal at the first damage, or rebuild from a snapshot (explicit, lossy; "
+        "what is cut is kept in journal/repaired/)",
+    )
+    p.add_argument("path", help="data directory or journal directory")
+    p.add_argument("--yes", action="store_true", help="really repair (without it: say what would be dropped)")
+    p.add_argument(
+        "--use-snapshot",
+        action="store_true",
+        help="keep the newest verified snapshot beyond the journal's intact end; a fresh journal continues "
+        "after its seq",
+    )
     p.set_defaults(func=cmd_journal_repair)
 
     snap = sub.add_parser("snapshot", help="take, list or verify snapshots")

@@ -39,7 +39,7 @@ from engine.journal.format import BatchMeta
 from engine.journal.retention import KEEP, RetentionStats, check_policy, retire
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
 from engine.matcher import new_order_problem
-from engine.recovery import Recovered, recover
+from engine.recovery import Recovered, recover, tail_guard
 from engine.refusal_log import RefusalLog
 from engine.risk import check_new
 from engine.sequencer import Sequencer
@@ -142,15 +142,16 @@ class ExchangeNode:
         config = self.config
         clock = self._clock
         self.journal = self._given_journal or FileJournal(
-            data_dir / "journal", config.segment_bytes, config.fsync
+            data_dir / "journal", config.segment_bytes, config.fsync, guard=tail_guard(data_dir / "snapshots")
         )
         self.remote_journal = getattr(self.journal, "remote", False)
         self.snapshots = SnapshotStore(data_dir / "snapshots", keep=config.keep_snapshots)
         self.recovered: Recovered = recover(self.journal, self.snapshots, replicated=self._replicated)
         self.engine = self.recovered.engine
-        last_ts = 0
-        if self.journal.last_seq:
-            last_ts = next(iter(self.journal.read(self.journal.last_seq))).ts
+        # No record holds the last seq after `loom journal repair --use-snapshot` (a fresh
+        # journal continues after the snapshot): the clock starts from now then.
+        last = next(iter(self.journal.read(self.journal.last_seq)), None) if self.journal.last_seq else None
+        last_ts = last.ts if last is not None else 0
         self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
         self.last_applied_ts = last_ts
         self.last_snapshot_seq = self.recovered.snapshot_seq

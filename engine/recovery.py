@@ -6,20 +6,27 @@ A journal may begin past seq 1 (a replicated journal purged behind its snapshots
 no local snapshot reaches where it begins, the newest replicated snapshot is fetched and
 verified instead (and kept locally); when none reaches it either, recovery refuses with
 RecoveryGapError naming the missing seqs: it never skips a command.
+
+A snapshot is taken only of state whose commands were journaled, so a verified snapshot
+beyond the journal's end proves the journal lost commands that were acknowledged:
+`tail_guard` refuses to start then (TailDamageError naming the snapshot) instead of
+truncating a tail or setting the snapshot aside, until `loom journal repair` decides.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from engine.journal import JournalCorruptError, RecoveryGapError
-from engine.journal.segments import FileJournal
+from engine.journal import JournalCorruptError, RecoveryGapError, TailDamageError
+from engine.journal.segments import FileJournal, ScanReport
 from engine.matcher import MatchingEngine
 from engine.replay import COMPILED, SilentReplayer
-from engine.snapshots import SnapshotStore
+from engine.snapshots import LoadedSnapshot, SnapshotError, SnapshotStore
 from engine.state import state_hash
 
 log = logging.getLogger("loom.recovery")
@@ -37,6 +44,52 @@ class Recovered:
     duration_s: float
     torn_tail_truncations: int
     snapshot_source: str = ""  # "local", "replicated", or "" (none)
+
+
+def covering_snapshot(store: SnapshotStore, last_seq: int) -> LoadedSnapshot | None:
+    """The newest snapshot beyond `last_seq` that verifies (checksum and state hash), or
+    None. One that fails verification proves nothing and is passed over."""
+    for info in reversed(store.list()):
+        if info.seq <= last_seq:
+            return None
+        try:
+            return store.verify(info)
+        except (SnapshotError, ValueError, OSError):
+            continue  # load_newest_valid sets it aside
+    return None
+
+
+def tail_guard(snapshot_dir: str | os.PathLike) -> Callable[[ScanReport], None]:
+    """FileJournal's `guard` for a node's own journal: refuses (TailDamageError) when the
+    scan found damage at the tail, or when a verified snapshot covers seqs beyond the
+    journal's end after any torn tail is cut, naming the snapshot. Damage before the tail
+    is left to the journal, which refuses with it."""
+
+    def check(report: ScanReport) -> None:
+        damage = report.damage
+        if damage is not None and not isinstance(damage, TailDamageError):
+            return
+        directory = Path(snapshot_dir)
+        covering = (
+            covering_snapshot(SnapshotStore(directory), report.last_seq) if directory.is_dir() else None
+        )
+        if damage is not None:
+            raise damage.with_snapshot(str(covering.path), covering.seq) if covering else damage
+        if covering is None:
+            return
+        last = report.segments[-1] if report.segments else None
+        if report.torn_tail_path:
+            problem = f"a record cut short ({report.torn_tail_bytes} bytes, a torn tail but for the snapshot)"
+            path = report.torn_tail_path
+        else:
+            problem = f"no records after seq {report.last_seq} (the journal's end)"
+            path = str(last.path) if last is not None else report.directory
+        offset = last.size if last is not None and str(last.path) == path else 0
+        raise TailDamageError(
+            path, offset, report.last_seq + 1, problem, None, str(covering.path), covering.seq
+        )
+
+    return check
 
 
 def replay(

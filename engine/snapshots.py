@@ -148,9 +148,10 @@ class SnapshotStore:
         self.last_skipped = skipped
         for info in reversed(self.list()):
             if max_seq is not None and info.seq > max_seq:
-                # From a history the journal no longer holds (repaired, or a tail lost with
-                # fsync off): set aside for good, or it would be taken for the new history
-                # once the journal grows past its seq.
+                # A node's own journal refuses to start before this when such a snapshot
+                # verifies (recovery.tail_guard): this one failed verification, or belongs to
+                # a history the journal no longer holds (a replicated stream). Set aside for
+                # good, or it would be taken for the new history once the journal grows past it.
                 stale = info.path.with_name(info.path.name + ".stale")
                 os.replace(info.path, stale)
                 fsync_dir(self.directory)

@@ -4,7 +4,9 @@ middle, sequence gaps.
 The rule under test (README "Durability"): a torn tail — the last batch cut short by a
 crash, never acknowledged — is truncated, logged and counted; damage anywhere else refuses
 to start, naming the file, the byte offset and the sequence, until `repair()` truncates
-there. Whatever opens must read back exactly a prefix of what was written: never silently
+there. A whole last record with wrong bytes is damage too (TailDamageError: it may be an
+acknowledged batch), so no single bit flip anywhere is ever truncated away silently.
+Whatever opens must read back exactly a prefix of what was written: never silently
 different data.
 """
 
@@ -18,7 +20,7 @@ import pytest
 from journal_contract import encoded, flatten, make_batches, make_commands
 
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.journal import JournalCorruptError
+from engine.journal import JournalCorruptError, TailDamageError
 from engine.journal import segments as segments_mod
 from engine.journal.format import (
     RECORD_HEADER,
@@ -78,7 +80,9 @@ def assert_names_the_damage(exc: JournalCorruptError, path: Path, offset: int, s
     message = str(exc)
     assert str(path) in message
     assert f"at byte {offset}" in message
-    if seq is not None:
+    if isinstance(exc, TailDamageError):
+        assert f"seq {seq}.." in message
+    elif seq is not None:
         assert f"sequence {seq}" in message
     assert "refusing to start" in message
 
@@ -256,8 +260,8 @@ def flip_positions(data: bytes, records: list[RecordInfo], seed: int, sample: in
 
 
 def check_flip(directory: Path, files: dict[str, bytes], name: str, pos: int, bit: int, batches, expect):
-    """Flip one bit of one file; the journal must either refuse to open, naming the damage as
-    `expect` says, or (only for the journal's last record) truncate it as a torn tail."""
+    """Flip one bit of one file; the journal must refuse to open, naming the damage as
+    `expect` says ("tail": the journal's last record, refused as TailDamageError)."""
     for fname, content in files.items():
         body = bytearray(content)
         if fname == name:
@@ -266,19 +270,11 @@ def check_flip(directory: Path, files: dict[str, bytes], name: str, pos: int, bi
     target = directory / name
     kind, offset, seq = expect(name, pos)
     where = f"{name} byte {pos} bit {bit}"
-    if kind == "damage":
-        with pytest.raises(JournalCorruptError) as info:
-            FileJournal(directory, fsync=False).close()
-        assert_names_the_damage(info.value, target, offset, seq)
-        return
-    journal = FileJournal(directory, fsync=False)
-    try:
-        assert journal.torn_tail_truncations == 1, where
-        assert journal.last_seq == seq, where
-        assert target.stat().st_size == offset, where
-        assert read_all(journal) == encoded(prefix_until(batches, seq)), where
-    finally:
-        journal.close()
+    with pytest.raises(JournalCorruptError) as info:
+        FileJournal(directory, fsync=False).close()
+    assert isinstance(info.value, TailDamageError) == (kind == "tail"), where
+    assert_names_the_damage(info.value, target, offset, seq)
+    assert (directory / name).stat().st_size == len(files[name]), where  # nothing truncated
 
 
 def test_single_bit_flips_in_one_segment_never_yield_different_data(tmp_path):
@@ -294,8 +290,8 @@ def test_single_bit_flips_in_one_segment_never_yield_different_data(tmp_path):
         if pos < SEGMENT_HEADER.size:
             return "damage", 0, None
         rec = next(r for r in records if r.offset <= pos < r.end)
-        if rec is records[-1]:  # the tail: cut off, the journal ends with the record before
-            return "torn", rec.offset, rec.first_seq - 1
+        if rec is records[-1]:  # whole, so not torn: it may be an acknowledged batch
+            return "tail", rec.offset, rec.first_seq
         return "damage", rec.offset, rec.first_seq
 
     trial = tmp_path / "trial"
@@ -303,19 +299,19 @@ def test_single_bit_flips_in_one_segment_never_yield_different_data(tmp_path):
     rng = random.Random(7)
     positions = flip_positions(data, records, seed=11, sample=1500)
     every_bit = set(range(records[0].end)) | set(range(records[-1].offset, records[-1].end))
-    outcomes = {"damage": 0, "torn": 0}
+    outcomes = {"damage": 0, "tail": 0}
     for pos in positions:
         for bit in range(8) if pos in every_bit else [rng.randrange(8)]:
             check_flip(trial, {seg.name: data}, seg.name, pos, bit, batches, expect)
             outcomes[expect(seg.name, pos)[0]] += 1
     assert len(positions) > 1500
-    assert outcomes["torn"] == 8 * (records[-1].end - records[-1].offset)
+    assert outcomes["tail"] == 8 * (records[-1].end - records[-1].offset)
     assert outcomes["damage"] > 2500
 
 
 def test_single_bit_flips_across_segments(tmp_path):
-    """Only the last record of the last segment may be cut as a torn tail: the last record
-    of an earlier segment was followed by more acknowledged data, so a flip there refuses."""
+    """A flip anywhere refuses; only in the last record of the last segment is it tail
+    damage (the last record of an earlier segment was followed by more data)."""
     src = tmp_path / "src"
     batches = build(src, [3, 4, 2, 5, 3, 4, 2, 5, 3, 4], segment_bytes=700)
     paths = segment_files(src)
@@ -331,7 +327,7 @@ def test_single_bit_flips_across_segments(tmp_path):
             return "damage", 0, None if name == paths[0].name else first_seqs[name]
         rec = next(r for r in records if r.offset <= pos < r.end)
         if name == last_name and rec is records[-1]:
-            return "torn", rec.offset, rec.first_seq - 1
+            return "tail", rec.offset, rec.first_seq
         return "damage", rec.offset, rec.first_seq
 
     trial = tmp_path / "trial"
@@ -387,12 +383,17 @@ def test_repair_truncates_at_the_damage_and_removes_later_segments(tmp_path):
     batches, path, rec = damaged_middle(tmp_path)
     later = [p for p in segment_files(tmp_path) if p.name > path.name]
     assert later
+    before = {p.name: p.read_bytes() for p in [path, *later]}
     report = repair(tmp_path)
     assert report.damage is not None
     damage = report.damage
     assert (damage.path, damage.offset, damage.seq) == (str(path), rec.offset, rec.first_seq)
     assert all(not p.exists() for p in later)
     assert path.stat().st_size == rec.offset
+    # Nothing is destroyed: the cut bytes and the later segments are kept aside.
+    (aside,) = (tmp_path / segments_mod.REPAIRED_DIR).iterdir()
+    assert (aside / f"{path.name}.from-{rec.offset}").read_bytes() == before[path.name][rec.offset :]
+    assert {p.name: (aside / p.name).read_bytes() for p in later} == {p.name: before[p.name] for p in later}
     assert scan(tmp_path).damage is None
     journal = FileJournal(tmp_path, 500, fsync=False)
     try:

@@ -17,9 +17,10 @@ import pytest
 import engine.snapshots as snapshots_mod
 from engine.bench.workload import INSTRUMENT, generate, make_engine
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.journal import JournalCorruptError
+from engine.journal import JournalCorruptError, TailDamageError
 from engine.journal.segments import FileJournal, repair
 from engine.matcher import MatchingEngine
+from engine.repair import plan, truncate
 from engine.snapshots import HEADER, SnapshotError, SnapshotStore, decode_snapshot, encode_snapshot
 from engine.state import encode_state, export_state, state_hash
 
@@ -365,9 +366,10 @@ def test_recovery_does_not_need_the_journal_before_the_snapshot(tmp_path):
         ExchangeNode(config)
 
 
-def _node_with_snapshots_then_repair(tmp_path: Path) -> tuple[NodeConfig, int, int]:
+def _node_with_snapshots_then_repair(tmp_path: Path, operator: bool = True) -> tuple[NodeConfig, int, int]:
     """Snapshots at seq A and B > A, then journal damage between them repaired away: the
-    journal now ends before B. Returns (config, A, B)."""
+    journal now ends before B, and the node refuses while B verifies. `operator`: the
+    operator's repair of the data directory also moved B aside. Returns (config, A, B)."""
     config = node_config(tmp_path)
     node = ExchangeNode(config)
     submit_in_batches(node, fresh_orders(50, seed=10), 10)
@@ -384,6 +386,11 @@ def _node_with_snapshots_then_repair(tmp_path: Path) -> tuple[NodeConfig, int, i
     data[rec.offset + 30] ^= 0x01  # a bad checksum between the two snapshots
     seg.write_bytes(data)
     repair(journal_dir)
+    with pytest.raises(TailDamageError, match=f"covers up to seq {b}"):
+        ExchangeNode(config)
+    if operator:
+        truncate(plan(tmp_path))
+        assert [s.seq for s in SnapshotStore(tmp_path / "snapshots").list()] == [a]
     return config, a, b
 
 
@@ -394,7 +401,7 @@ def test_snapshot_beyond_the_journal_is_skipped_by_recovery(tmp_path):
         assert a < node.journal.last_seq < b
         rec = node.recovered
         assert rec.snapshot_seq == a
-        assert rec.snapshots_skipped == 1
+        assert rec.snapshots_skipped == 0  # the operator's repair moved b aside
         assert rec.replayed_commands == node.journal.last_seq - a
         assert rec.state_hash == full_replay_hash(node.journal)
     finally:
@@ -402,8 +409,10 @@ def test_snapshot_beyond_the_journal_is_skipped_by_recovery(tmp_path):
 
 
 def test_snapshot_beyond_the_journal_is_counted_when_none_is_usable(tmp_path):
-    config, a, _ = _node_with_snapshots_then_repair(tmp_path)
+    config, a, b = _node_with_snapshots_then_repair(tmp_path, operator=False)
     (tmp_path / "snapshots" / f"snapshot-{a:020d}.snap").unlink()
+    beyond = tmp_path / "snapshots" / f"snapshot-{b:020d}.snap"
+    beyond.write_bytes(_flip(beyond.read_bytes(), HEADER.size + 3))  # proves nothing now
     node = ExchangeNode(config)
     try:
         assert node.recovered.snapshot_seq == 0

@@ -38,6 +38,60 @@ class JournalCorruptError(JournalError):
         )
 
 
+class TailDamageError(JournalCorruptError):
+    """The journal's end may hide acknowledged commands: a full-length last record that
+    fails its checksum (a crash leaves a record cut short, not a whole one with wrong
+    bytes), or a journal that ends before a verified snapshot's seq (the snapshot proves
+    those commands were journaled). Not a torn tail: recovery refuses until an operator
+    repairs. `claimed_last`: the last seq the damaged record's header names, when it is
+    plausible; `snapshot`/`snapshot_seq`: the verified snapshot past the journal's end."""
+
+    def __init__(
+        self,
+        path: str,
+        offset: int,
+        seq: int,
+        problem: str,
+        claimed_last: int | None = None,
+        snapshot: str = "",
+        snapshot_seq: int = 0,
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.seq = seq  # the first seq that may be lost (the journal's intact end + 1)
+        self.problem = problem
+        self.claimed_last = claimed_last
+        self.snapshot = snapshot
+        self.snapshot_seq = snapshot_seq
+        Exception.__init__(self, self._message())
+
+    @property
+    def last_known_seq(self) -> int | None:
+        """The last seq known to be at stake: from the damaged header or the snapshot."""
+        known = max(self.claimed_last or 0, self.snapshot_seq)
+        return known if known >= self.seq else None
+
+    def with_snapshot(self, snapshot: str, snapshot_seq: int) -> TailDamageError:
+        return TailDamageError(
+            self.path, self.offset, self.seq, self.problem, self.claimed_last, snapshot, snapshot_seq
+        )
+
+    def _message(self) -> str:
+        last = self.last_known_seq
+        seqs = f"seq {self.seq}.." + (str(last) if last is not None else " (how far is unknown)")
+        if self.snapshot:
+            cover = f"verified snapshot {self.snapshot} covers up to seq {self.snapshot_seq}"
+        else:
+            cover = f"no verified snapshot covers seq {self.seq} or later"
+        return (
+            f"journal damaged at its end: {self.problem} in {self.path} at byte {self.offset}, "
+            f"{seqs}; not a torn tail: acknowledged commands may be lost; {cover}; refusing to start. "
+            f"Inspect with `loom journal inspect`; `loom journal repair --yes` truncates there (keeping "
+            f"a copy of the cut bytes), `loom journal repair --use-snapshot --yes` rebuilds from the "
+            f"covering snapshot."
+        )
+
+
 class RecoveryGapError(JournalCorruptError):
     """Commands the state needs are neither in a snapshot nor in the journal any more (a
     replicated journal purged by retention, or segments removed): recovery refuses rather

@@ -99,15 +99,19 @@ def retire(journal: FileJournal, upto_seq: int, policy: str, stats: RetentionSta
 def _store_venue(journal: FileJournal) -> None:
     """Derived trace ids start with the ts of seq 1 (ExchangeNode.venue_id): keep it
     before the segment that holds it goes, or every derived id would change."""
-    venue = next(iter(journal.read(1))).ts
-    final = journal.directory / VENUE_FILE
+    store_venue(journal.directory, next(iter(journal.read(1))).ts)
+
+
+def store_venue(directory: Path, venue: int) -> None:
+    """Write journal/VENUE (the ts of seq 1) durably."""
+    final = directory / VENUE_FILE
     tmp = final.with_suffix(".tmp")
     with open(tmp, "w") as f:
         f.write(f"{venue}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    fsync_dir(journal.directory)
+    fsync_dir(directory)
 
 
 def _archive(directory: Path, path: Path) -> None:

@@ -1,6 +1,14 @@
 """The embedded journal: append-only segment files in one directory, group commit with
 fdatasync before a batch counts as written, rollover by size, and a startup scan that
 truncates a torn tail but refuses to skip damage anywhere else.
+
+What a crash can leave at the end, given how a batch is written (its header and payload
+in one pwrite at the end of the file, then fdatasync before anything is acknowledged): a
+prefix of the record (a killed process), possibly with zero-filled blocks where a power
+loss came before the data reached the disk. So the last record is a torn tail, truncated
+on start, when the file ends inside it or when no record header begins there (zeros,
+junk). A last record that is whole but fails its checksum, or whose header is wrong in a
+way no write makes, may be an acknowledged batch damaged afterwards: TailDamageError.
 """
 
 from __future__ import annotations
@@ -9,17 +17,21 @@ import errno as errno_mod
 import logging
 import os
 import re
+import struct
 import time
+import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.fsutil import fsync_dir
-from engine.journal import JournalCorruptError, JournalError, JournalWriteError
+from engine.journal import JournalCorruptError, JournalError, JournalWriteError, TailDamageError
 from engine.journal.format import (
     FORMAT_VERSION,
+    MAX_PAYLOAD,
     RECORD_HEADER,
+    RECORD_MAGIC,
     SEGMENT_HEADER,
     BatchMeta,
     RecordInfo,
@@ -36,6 +48,7 @@ log = logging.getLogger("loom.journal")
 
 SEGMENT_RE = re.compile(r"^journal-(\d{20})\.seg$")
 ARCHIVE_DIR = "archive"  # journal/archive/: segments retired by journal_retention = "archive"
+REPAIRED_DIR = "repaired"  # journal/repaired/<time>/: what `loom journal repair` cut or moved aside
 VENUE_FILE = "VENUE"  # the ts of seq 1, kept once retention retires the segment holding it
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 READ_WINDOW = 4 * 1024 * 1024  # bytes read at a time by FileJournal.records
@@ -62,6 +75,7 @@ class ScanReport:
     """What the startup scan found; `loom journal inspect` prints it."""
 
     segments: list[Segment] = field(default_factory=list)
+    directory: str = ""
     torn_tail_bytes: int = 0  # bytes cut from the end of the last segment
     torn_tail_path: str = ""
     damage: JournalCorruptError | None = None
@@ -83,7 +97,7 @@ class ScanReport:
         return sum(s.size for s in self.segments)
 
 
-def _list_segment_files(directory: Path) -> list[Path]:
+def list_segment_files(directory: Path) -> list[Path]:
     found = [p for p in directory.iterdir() if SEGMENT_RE.match(p.name)]
     return sorted(found, key=lambda p: p.name)
 
@@ -101,7 +115,7 @@ def _with_archive(directory: Path, live: list[Path]) -> list[Path]:
         return live
     names = {p.name for p in live}
     return sorted(
-        [p for p in _list_segment_files(archived) if p.name not in names] + live, key=lambda p: p.name
+        [p for p in list_segment_files(archived) if p.name not in names] + live, key=lambda p: p.name
     )
 
 
@@ -122,8 +136,8 @@ def scan(directory: str | os.PathLike, archive: bool = False) -> ScanReport:
     records and segments. Changes nothing on disk. `archive`: the segments retention moved
     to journal/archive/ come first."""
     directory = Path(directory)
-    report = ScanReport()
-    files = _list_segment_files(directory) if directory.exists() else []
+    report = ScanReport(directory=str(directory))
+    files = list_segment_files(directory) if directory.exists() else []
     if archive and files:
         files = _with_archive(directory, files)
     expected = None
@@ -157,6 +171,13 @@ def scan(directory: str | os.PathLike, archive: bool = False) -> ScanReport:
             if isinstance(rec, str):
                 later = next_valid_record(buf, offset)
                 if is_last and later is None:
+                    damaged = damaged_tail(buf, offset, seg.last_seq + 1)
+                    if damaged is not None:
+                        problem, claimed_last = damaged
+                        report.damage = TailDamageError(
+                            str(path), offset, seg.last_seq + 1, problem, claimed_last
+                        )
+                        return report
                     report.torn_tail_bytes = len(buf) - offset
                     report.torn_tail_path = str(path)
                     break
@@ -178,6 +199,38 @@ def scan(directory: str | os.PathLike, archive: bool = False) -> ScanReport:
     return report
 
 
+def damaged_tail(buf: memoryview, offset: int, expected: int) -> tuple[str, int | None] | None:
+    """Why the unreadable bytes from `offset` to the end of the journal are damage that may
+    hide an acknowledged batch, with the last seq its header names (None when not
+    plausible); None when they are a torn tail that a crash can leave (module docstring)."""
+    remaining = len(buf) - offset
+    if remaining < RECORD_HEADER.size:
+        return None  # the file ends inside a record header
+    magic, length, first_seq, count, crc = RECORD_HEADER.unpack_from(buf, offset)
+    plausible = first_seq == expected and count > 0 and length <= MAX_PAYLOAD
+    claimed_last = expected + count - 1 if plausible else None
+    whole = RECORD_HEADER.size + length <= remaining
+    if magic != RECORD_MAGIC:
+        if plausible and whole:  # the header of the batch due here, but for its magic
+            return "bad record magic in a full-length record", claimed_last
+        return None  # no record begins here (zeros a power loss left, junk)
+    if not plausible:  # a write puts down the true header or nothing: this one was changed
+        return (
+            f"record header names {count} commands from seq {first_seq} in {length} bytes, "
+            f"where seq {expected} belongs",
+            None,
+        )
+    if whole:
+        return "checksum mismatch in a full-length record", claimed_last
+    # The file ends inside the record: a write cut short, unless the bytes present are the
+    # whole record (its checksum matches them) and only its length field was changed.
+    present = buf[offset + RECORD_HEADER.size :]
+    fields = struct.pack("<IQI", len(present), first_seq, count)
+    if zlib.crc32(present, zlib.crc32(fields)) == crc:
+        return "damaged length field in a whole record (its checksum matches the bytes present)", claimed_last
+    return None
+
+
 class FileJournal:
     """Append-only segment files. `append` returns only once the batch is on disk."""
 
@@ -188,10 +241,13 @@ class FileJournal:
         fsync: bool = True,
         read_only: bool = False,
         archive: bool = False,
+        guard: Callable[[ScanReport], None] | None = None,
     ) -> None:
         """`read_only` opens for reading alone (another process may be appending): a torn
         tail is left in place, only the whole records before it are read. `archive` (read
-        only) reads the archived segments too, before the live ones."""
+        only) reads the archived segments too, before the live ones. `guard` (not read
+        only) sees the startup scan before anything is truncated and may refuse by raising
+        (engine/recovery.py tail_guard: a verified snapshot beyond the journal's end)."""
         if archive and not read_only:
             raise ValueError(
                 "a journal opened with its archive is read-only: archived segments are never appended to"
@@ -209,6 +265,8 @@ class FileJournal:
         self._pending_truncate = False
         self.read_only = read_only
         report = scan(self.directory, archive=archive)
+        if guard is not None and not read_only:
+            guard(report)
         if report.damage is not None:
             raise report.damage
         if report.torn_tail_path and not read_only:
@@ -421,28 +479,82 @@ class FileJournal:
         self._inject_errno = errno
 
 
-def repair(directory: str | os.PathLike) -> ScanReport:
-    """The operator's explicit repair: truncate the journal at the first damage and remove
-    every later segment. Returns the scan made before repairing (what was damaged)."""
+def cut_point(report: ScanReport) -> tuple[Path, int] | None:
+    """Where a repair cuts the journal the scan describes: (file, byte offset; 0 for the
+    whole file) at the first damage or torn tail; None when there is nothing to cut."""
+    if report.damage is not None:
+        return Path(report.damage.path), report.damage.offset
+    if report.torn_tail_path:
+        path = Path(report.torn_tail_path)
+        last = report.segments[-1] if report.segments else None
+        return path, last.size if last is not None and last.path == path else 0
+    return None
+
+
+def repair_dir(directory: str | os.PathLike) -> Path:
+    """A new directory, beside the segments, for what one repair cuts or moves aside."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = Path(directory) / REPAIRED_DIR
+    path, n = base / stamp, 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    return path
+
+
+def move_aside(path: Path, aside: Path) -> Path:
+    """Rename `path` into `aside` (created), both directories made durable."""
+    if not aside.is_dir():
+        aside.mkdir(parents=True)
+        fsync_dir(aside.parent)
+    target = aside / path.name
+    os.replace(path, target)
+    fsync_dir(aside)
+    fsync_dir(path.parent)
+    return target
+
+
+def repair(directory: str | os.PathLike, aside: Path | None = None) -> ScanReport:
+    """The operator's explicit repair: truncate the journal at the first damage or torn
+    tail and move every later segment aside. Nothing is destroyed: the cut bytes are
+    copied to `aside` (default: a new journal/repaired/<UTC time>/) as
+    `<segment>.from-<offset>` before the truncation, and the segments after the damage (or
+    one whose header is damaged) are moved there whole. Returns the scan made before
+    repairing (what was damaged)."""
     directory = Path(directory)
     report = scan(directory)
-    damage = report.damage
-    if damage is None:
-        if report.torn_tail_path:
-            FileJournal(directory).close()  # opening truncates a torn tail
+    cut = cut_point(report)
+    if cut is None:
         return report
-    damaged = Path(damage.path)
-    for path in _list_segment_files(directory):
+    damaged, offset = cut
+    aside = aside or repair_dir(directory)
+    for path in list_segment_files(directory):
         if path.name > damaged.name:
-            log.warning("journal repair: removing %s (after the damage)", path)
-            path.unlink()
-    if damage.offset <= 0:
-        log.warning("journal repair: removing %s (damaged header)", damaged)
-        damaged.unlink()
-    else:
-        log.warning("journal repair: truncating %s at byte %d", damaged, damage.offset)
-        with open(damaged, "r+b") as f:
-            f.truncate(damage.offset)
-            os.fsync(f.fileno())
-    fsync_dir(directory)
+            log.warning("journal repair: moving %s (after the damage) to %s", path, aside)
+            move_aside(path, aside)
+    if offset <= 0:
+        log.warning("journal repair: moving %s (damaged or torn header) to %s", damaged, aside)
+        move_aside(damaged, aside)
+        return report
+    with open(damaged, "r+b") as f:
+        f.seek(offset)
+        cut_bytes = f.read()
+        if not aside.is_dir():
+            aside.mkdir(parents=True)
+            fsync_dir(aside.parent)
+        copy = aside / f"{damaged.name}.from-{offset}"
+        with open(copy, "wb") as out:
+            out.write(cut_bytes)
+            out.flush()
+            os.fsync(out.fileno())
+        fsync_dir(aside)
+        log.warning(
+            "journal repair: truncating %s at byte %d (%d bytes cut, copied to %s)",
+            damaged,
+            offset,
+            len(cut_bytes),
+            copy,
+        )
+        f.truncate(offset)
+        os.fsync(f.fileno())
     return report
