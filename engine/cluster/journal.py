@@ -387,9 +387,11 @@ class NatsJournal:
 
     def note_applied(self, stream_seq: int, last_seq: int) -> None:
         """A follower applied messages up to `stream_seq` (commands up to `last_seq`): the
-        position a promoted writer continues from."""
+        position a promoted writer continues from. A batch of this node's whose outcome was
+        unknown is the stream's to decide from here on (the follower applies it if it landed)."""
         self.expected = stream_seq
         self._last_seq = last_seq
+        self._unknown = None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -470,8 +472,14 @@ class NatsJournal:
         return self.link.call(self._resolve(within), None)
 
     async def resolve_async(self, within: float) -> bool:
-        """resolve, awaited from another event loop (the service's commit loop)."""
-        return await self.link.wait(self._resolve(within))
+        """resolve, awaited from another event loop (the service's commit loop). Counted in
+        `in_flight`: a demotion waits for it, so the node has applied a batch found landed
+        before its follower starts after the journal's tail."""
+        self.in_flight += 1
+        try:
+            return await self.link.wait(self._resolve(within))
+        finally:
+            self.in_flight -= 1
 
     async def _resolve(self, within: float) -> bool:
         u = self._unknown
