@@ -79,7 +79,11 @@ class RejectReason(IntEnum):
     INVALID_RISK_TARGET = 432  # venue scope names no target; symbol scope a listed symbol
     INVALID_RISK_LIMIT = 433  # negative limit
     UNKNOWN_COMMAND = 501
-    JOURNAL_WRITE_FAILED = 502  # not durable, so not accepted: safe to retry
+    JOURNAL_WRITE_FAILED = 502  # known not to be in the journal: nothing was done, safe to retry
+    # The journal's answer was lost (a PubAck timed out, an fdatasync and the cut after it
+    # failed): the command may be durable. The node resolves it from the journal; the
+    # client looks the order up by client order id, or resends it with the same one.
+    OUTCOME_UNKNOWN = 503
 
 
 class CancelReason(IntEnum):

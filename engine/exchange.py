@@ -7,9 +7,13 @@ one place, in the order of the order path:
     4. ack       the events go back to the caller (gateways turn them into replies)
     5. snapshot  every N commands and/or T seconds, and on demand
 
-A batch the journal cannot make durable is refused whole (JOURNAL_WRITE_FAILED): the engine
-never sees it and the sequence numbers are given back, so the node stays up and accepts
-again once writes succeed.
+A batch the journal cannot make durable, and knows it does not hold, is refused whole
+(JOURNAL_WRITE_FAILED): the engine never sees it and the sequence numbers are given back,
+so the node stays up and accepts again once writes succeed. A batch whose fate the journal
+cannot tell (a lost PubAck; a failed fdatasync that could not be cut off) is first looked
+into; if still unknown, answered OUTCOME_UNKNOWN and held as `unresolved`: nothing is
+sequenced after it until `resolve_unknown` finds it landed (applied then, as if just
+written) or absent (its numbers given back).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from engine.commands import (
 )
 from engine.domain import Instrument, RejectReason, RequestKind
 from engine.events import OrderRejected
-from engine.journal import JournalWriteError
+from engine.journal import JournalWriteError, OutcomeUnknownError
 from engine.journal.format import BatchMeta
 from engine.journal.retention import KEEP, RetentionStats, check_policy, retire
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
@@ -61,6 +65,21 @@ _REQUEST_OF = {
 
 
 RISK_TIMING_EVERY = 8  # batches
+# How long an append with an unknown outcome is looked into before its commands are
+# answered OUTCOME_UNKNOWN (a PubAck lost while the stream still answers reads is settled
+# well within it; a NATS outage is not), and for each later attempt to resolve it.
+RESOLVE_BEFORE_ANSWER_S = 2.0
+RESOLVE_ATTEMPT_S = 1.0
+# loom_journal_unknown_outcomes: (resolution, answered) - answered "definite" when settled
+# before the answer (accepted, or a true refusal), "unknown" after an OUTCOME_UNKNOWN;
+# "abandoned": the node stopped leading first, and the stream (followed) decides.
+UNKNOWN_OUTCOME_KINDS = (
+    ("landed", "definite"),
+    ("absent", "definite"),
+    ("landed", "unknown"),
+    ("absent", "unknown"),
+    ("abandoned", "unknown"),
+)
 
 
 def _field_valid(engine, cmd: NewOrder) -> bool:
@@ -97,6 +116,19 @@ def journal_failure_rejection(cmd, reason: RejectReason = RejectReason.JOURNAL_W
         int(reason),
         getattr(cmd, "order_id", 0),
     )
+
+
+@dataclass
+class Unresolved:
+    """A batch answered OUTCOME_UNKNOWN, stamped but neither applied nor given back."""
+
+    commands: list
+    before: int  # the seq before it
+    since: float  # clock() when it was answered
+
+    @property
+    def seqs(self) -> str:
+        return f"{self.commands[0].seq}..{self.commands[-1].seq}"
 
 
 class DataDirLocked(RuntimeError):
@@ -170,6 +202,8 @@ class ExchangeNode:
         self.risk_timed: dict[int, tuple[int, int]] = {}
         self._finished_batches = 0
         self.journal_ok = True  # did the last journal write succeed (readiness)
+        self.unresolved: Unresolved | None = None  # a batch with an unknown outcome
+        self.unknown_outcomes = dict.fromkeys(UNKNOWN_OUTCOME_KINDS, 0)
         self.last_write_bytes = 0
         self._venue_id = 0
         new = [i for i in config.instruments if i.symbol not in self.engine.instruments]
@@ -201,6 +235,11 @@ class ExchangeNode:
         command, in order. On a journal failure every command gets a rejection instead."""
         if not commands:
             return []
+        if self.unresolved is not None:
+            try:
+                self.resolve_unknown()  # no listeners here to hand a landed batch to
+            except OutcomeUnknownError:  # never sequenced: nothing was done
+                return [[journal_failure_rejection(cmd)] for cmd in commands]
         before = self.stamp(commands)
         return self.finish(commands, before, self.write(commands))
 
@@ -220,6 +259,9 @@ class ExchangeNode:
         (safe on a worker thread)."""
         try:
             self.last_write_bytes = self.journal.append(commands, meta)
+        except OutcomeUnknownError as exc:
+            self.last_write_bytes = 0
+            return self._look_into(exc, lambda: self.journal.resolve(RESOLVE_BEFORE_ANSWER_S))
         except JournalWriteError as exc:
             self.last_write_bytes = 0
             return exc
@@ -230,10 +272,48 @@ class ExchangeNode:
         blocking its event loop on it."""
         try:
             self.last_write_bytes = await self.journal.append_async(commands, meta)
+        except OutcomeUnknownError as exc:
+            self.last_write_bytes = 0
+            if not self._writable():
+                return exc
+            try:
+                landed = await self.journal.resolve_async(RESOLVE_BEFORE_ANSWER_S)
+            except JournalWriteError as settled:
+                return self._looked_into(exc, settled)
+            return self._looked_into(exc, landed)
         except JournalWriteError as exc:
             self.last_write_bytes = 0
             return exc
         return None
+
+    def _writable(self) -> bool:
+        """False on a cluster node no longer leading: an unknown outcome is then left to
+        the stream, which its follower applies (a new leader's marker settles it)."""
+        return getattr(self.journal, "writable", True)
+
+    def _look_into(self, exc: OutcomeUnknownError, resolve: Callable[[], bool]) -> JournalWriteError | None:
+        if not self._writable():
+            return exc
+        try:
+            return self._looked_into(exc, resolve())
+        except JournalWriteError as settled:
+            return self._looked_into(exc, settled)
+
+    def _looked_into(
+        self, exc: OutcomeUnknownError, found: bool | JournalWriteError
+    ) -> JournalWriteError | None:
+        """What `write` answers once the journal was asked about an unknown outcome: None
+        (it landed: accepted), a true refusal (known absent; a FencedError says another
+        writer took its place), or still OutcomeUnknownError."""
+        if isinstance(found, OutcomeUnknownError):
+            return found
+        if found is True:
+            self.unknown_outcomes["landed", "definite"] += 1
+            return None
+        self.unknown_outcomes["absent", "definite"] += 1
+        if isinstance(found, JournalWriteError):
+            return found
+        return JournalWriteError(f"{exc}; looked into: it is not in the journal")
 
     def apply_replicated(self, commands: list) -> list[list]:
         """Apply a batch another node made durable (a standby following the replicated
@@ -250,13 +330,61 @@ class ExchangeNode:
         self.sequencer = Sequencer(last_seq=self.engine.last_seq, last_ts=last_ts)
 
     def finish(self, commands: list, before: int, error: JournalWriteError | None) -> list[list]:
-        """Apply a durable batch, or refuse a batch that could not be written."""
+        """Apply a durable batch, refuse a batch known not to be written, or hold a batch
+        whose outcome is unknown (answered OUTCOME_UNKNOWN)."""
+        if isinstance(error, OutcomeUnknownError):
+            self.unresolved = Unresolved(commands, before, self._clock())
+            self.journal_ok = False
+            self.refusals.unknown(len(commands), error)
+            return [[journal_failure_rejection(cmd, RejectReason.OUTCOME_UNKNOWN)] for cmd in commands]
         if error is not None:
             self.sequencer.rewind(before)
             self.rejected_batches += 1
             self.journal_ok = False
             self.refusals.refused(len(commands), error)
             return [[journal_failure_rejection(cmd)] for cmd in commands]
+        return self._apply_durable(commands)
+
+    def resolve_unknown(self) -> list[list] | None:
+        """Ask the journal again about the unresolved batch: its events when it landed
+        (applied now), None when it is known absent (its seqs given back) or left to the
+        stream (abandoned). Raises OutcomeUnknownError while the journal cannot tell."""
+        if not self._writable():
+            return self._settle(None)
+        try:
+            return self._settle(self.journal.resolve(RESOLVE_ATTEMPT_S))
+        except OutcomeUnknownError:
+            raise
+        except JournalWriteError:  # fenced: another writer's message took its place
+            return self._settle(False)
+
+    async def resolve_unknown_async(self) -> list[list] | None:
+        """resolve_unknown for a remote journal."""
+        if not self._writable():
+            return self._settle(None)
+        try:
+            return self._settle(await self.journal.resolve_async(RESOLVE_ATTEMPT_S))
+        except OutcomeUnknownError:
+            raise
+        except JournalWriteError:
+            return self._settle(False)
+
+    def _settle(self, landed: bool | None) -> list[list] | None:
+        held = self.unresolved
+        self.unresolved = None
+        if landed and self.engine.last_seq == held.before:
+            self.unknown_outcomes["landed", "unknown"] += 1
+            self.refusals.resolved(held.seqs, "landed: applied now")
+            return self._apply_durable(held.commands)
+        # Abandoned (or applied meanwhile by this standby's follower): the stream decides.
+        kind = "absent" if landed is False else "abandoned"
+        self.unknown_outcomes[kind, "unknown"] += 1
+        self.refusals.resolved(held.seqs, "not in the journal" if kind == "absent" else "left to the stream")
+        if self.sequencer.last_seq >= held.before:
+            self.sequencer.rewind(held.before)
+        return None
+
+    def _apply_durable(self, commands: list) -> list[list]:
         self.journal_ok = True
         if self.refusals.since is not None:
             self.refusals.succeeded()

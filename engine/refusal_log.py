@@ -5,6 +5,10 @@ While a NATS stream elects a new leader (several seconds) the node refuses every
 quickly, and a client retrying every few ms made one ERROR line per batch (476 in one
 outage), burying everything else. The exact count stays in `loom_journal_write_errors`
 (the service counts every refused batch); the log tells the story of the outage.
+
+A batch whose outcome is unknown (answered OUTCOME_UNKNOWN) is not a refusal: it may be in
+the journal. It gets its own ERROR line, and a WARNING when it is resolved; there is at
+most one at a time (nothing is sequenced after it meanwhile), so these never flood.
 """
 
 from __future__ import annotations
@@ -66,6 +70,19 @@ class RefusalLog:
             self._window_start = now
             self._window = self._window_commands = 0
             self._reasons = {}
+
+    def unknown(self, commands: int, error: Exception) -> None:
+        """A batch answered OUTCOME_UNKNOWN: it may or may not be in the journal."""
+        self.log.error(
+            "journal write outcome unknown: batch of %d commands answered OUTCOME_UNKNOWN (it may be "
+            "durable; nothing is sequenced after it until it is resolved): %s",
+            commands,
+            error,
+        )
+
+    def resolved(self, seqs: str, how: str) -> None:
+        """The unknown batch `seqs` was resolved: `how` says what became of it."""
+        self.log.warning("journal write outcome of seq %s resolved: %s", seqs, how)
 
     def succeeded(self) -> None:
         """A batch was written: ends the run of refusals, if there was one."""

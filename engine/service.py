@@ -21,7 +21,8 @@ from typing import ClassVar
 
 from engine.batch_events import BatchEvents
 from engine.commands import Amend, NewOrder
-from engine.exchange import ExchangeNode
+from engine.exchange import ExchangeNode, journal_failure_rejection
+from engine.journal import OutcomeUnknownError
 from engine.journal.format import BatchMeta
 from engine.stage_timings import Durations, RecentBatches
 
@@ -49,6 +50,10 @@ DEFAULT_MAX_QUEUED_COMMANDS = 10_000
 # switch, halt, limits) may fill the queue a quarter beyond the bound: an overloaded venue
 # must still let traders pull their orders and operators stop trading.
 CANCEL_HEADROOM = 0.25
+# While a batch's outcome is unknown the commit loop asks the journal again, waiting
+# between attempts from RESOLVE_BACKOFF_S, doubling up to RESOLVE_BACKOFF_MAX_S.
+RESOLVE_BACKOFF_S = 0.05
+RESOLVE_BACKOFF_MAX_S = 2.0
 BatchListener = Callable[[list, list[list]], None]
 EventListener = Callable[[list, list[list], BatchEvents], None]
 
@@ -236,7 +241,7 @@ class ExchangeService:
             m.written_bytes.inc(node.last_write_bytes)
             if node.journal.fsync:
                 m.fsync.observe(node.journal.last_fsync_ns / 1e9)
-        else:
+        elif not isinstance(error, OutcomeUnknownError):  # those: loom_journal_unknown_outcomes
             m.write_errors.inc()
         if node.last_snapshot is not snapshot_before and node.last_snapshot is not None:
             m.snapshot_duration.observe(node.last_snapshot.duration_s)
@@ -256,8 +261,75 @@ class ExchangeService:
             self._window = (wall, cpu)
         return self._saturated
 
+    async def _resolve_unknown(self) -> bool:
+        """Hold the commit loop while the node has a batch with an unknown outcome: the
+        next batch's place in the journal (a NATS append's expected last sequence, a
+        segment's end) depends on it. Asks the journal again with backoff; submissions
+        meanwhile queue, and admission control sheds past the bound as always. A batch
+        found landed is applied and handed to the listeners (order store, market data),
+        its submitters having been answered OUTCOME_UNKNOWN. Returns False when the service
+        stops first (the batch is left to recovery: it reads what the journal holds)."""
+        node = self.node
+        delay = RESOLVE_BACKOFF_S
+        while node.unresolved is not None:
+            held = node.unresolved.commands
+            try:
+                if node.remote_journal:
+                    results = await node.resolve_unknown_async()
+                elif self._io is not None:
+                    results = await asyncio.get_running_loop().run_in_executor(self._io, node.resolve_unknown)
+                else:
+                    results = node.resolve_unknown()
+            except OutcomeUnknownError as exc:
+                if self._closing:
+                    log.error("stopping with the outcome of seq %s unknown: %s", node.unresolved.seqs, exc)
+                    return False
+                log.debug("journal outcome still unknown, next try in %.2f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESOLVE_BACKOFF_MAX_S)
+                continue
+            if results is not None:
+                self.batches += 1
+                self.commands += len(held)
+                if self.metrics is not None:
+                    self.metrics.commands.inc(len(held))
+                self._publish(held, results)
+        return True
+
+    def _refuse_queued(self) -> None:
+        """Answer every queued submission with a refusal: none was sequenced or journaled."""
+        while self._queue:
+            pending = self._queue.popleft()
+            results = [[journal_failure_rejection(cmd)] for cmd in pending.commands]
+            if pending.callback is not None:
+                pending.callback(results)
+            elif not pending.future.done():
+                pending.future.set_result(results)
+        self._queued = 0
+
+    def _fail_pending(self, taken: list[_Pending], exc: Exception) -> None:
+        # FIX (tests/test_http_gateway.py): with the loop gone, later submissions
+        # queued forever while /readyz still said ready. Refuse them instead
+        # (ServiceStopped: 503) and report not ready.
+        self.accepting = False
+        for pending in [*taken, *self._queue]:
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(exc)
+        self._queue.clear()
+        self._queued = 0
+
     async def _commit_loop(self) -> None:
         while True:
+            if self.node.unresolved is not None:
+                try:
+                    resolved = await self._resolve_unknown()
+                except Exception as exc:  # a broken invariant (the journal lost acked data)
+                    log.critical("commit loop failed resolving an unknown outcome", exc_info=True)
+                    self._fail_pending([], exc)
+                    raise
+                if not resolved:
+                    self._refuse_queued()
+                    return
             if not self._queue:
                 if self._closing:
                     return
@@ -302,15 +374,7 @@ class ExchangeService:
                 t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
                 log.critical("commit loop failed on a batch of %d commands", len(batch), exc_info=True)
-                # FIX (tests/test_http_gateway.py): with the loop gone, later submissions
-                # queued forever while /readyz still said ready. Refuse them instead
-                # (ServiceStopped: 503) and report not ready.
-                self.accepting = False
-                for pending in [*taken, *self._queue]:
-                    if pending.future is not None and not pending.future.done():
-                        pending.future.set_exception(exc)
-                self._queue.clear()
-                self._queued = 0
+                self._fail_pending(taken, exc)
                 raise
             self.batches += 1
             self.commands += len(batch)

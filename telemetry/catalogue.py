@@ -103,7 +103,29 @@ _SPECS = [
         LATENCY_BUCKETS,
     ),
     MetricSpec("loom_journal_written_bytes", COUNTER, "Bytes appended to the journal.", (), "bytes"),
-    MetricSpec("loom_journal_write_errors", COUNTER, "Journal batches that could not be written.", ()),
+    MetricSpec(
+        "loom_journal_write_errors",
+        COUNTER,
+        "Journal batches refused: not written, and known not to be in the journal (an unknown "
+        "outcome is counted by loom_journal_unknown_outcomes instead).",
+        (),
+    ),
+    MetricSpec(
+        "loom_journal_unknown_outcomes",
+        COUNTER,
+        "Journal appends whose outcome was unknown (a lost PubAck; a failed fdatasync that could "
+        "not be cut off), by resolution (landed, absent, abandoned: left to the stream by a node "
+        "no longer leading) and answered (definite: settled before the answer; unknown: answered "
+        "OUTCOME_UNKNOWN first).",
+        ("resolution", "answered"),
+    ),
+    MetricSpec(
+        "loom_journal_unresolved",
+        GAUGE,
+        "1 while a batch answered OUTCOME_UNKNOWN is not resolved: nothing is sequenced after it "
+        "and the node is not ready.",
+        (),
+    ),
     MetricSpec(
         "loom_journal_size_bytes",
         GAUGE,

@@ -167,7 +167,12 @@ class ExchangeCollector(Collector):
         last.add_metric([], journal.last_seq)
         torn = _gauge("loom_journal_torn_tail_truncations")
         torn.add_metric([], journal.torn_tail_truncations)
-        yield from (size, last, torn)
+        unknown = _counter("loom_journal_unknown_outcomes")
+        for labels, count in node.unknown_outcomes.items():
+            unknown.add_metric(list(labels), count)
+        unresolved = _gauge("loom_journal_unresolved")
+        unresolved.add_metric([], 0 if node.unresolved is None else 1)
+        yield from (size, last, torn, unknown, unresolved)
         if not node.remote_journal:  # a replicated journal has no segment files: absent, not 0
             segments = _gauge("loom_journal_segments")
             segments.add_metric([], len(journal.segments))

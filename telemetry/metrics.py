@@ -160,6 +160,8 @@ SCRAPE_TIME = {
     "loom_journal_retired_bytes",
     "loom_journal_last_seq",
     "loom_journal_torn_tail_truncations",
+    "loom_journal_unknown_outcomes",
+    "loom_journal_unresolved",
     "loom_snapshot_age_seconds",
     "loom_snapshot_seq",
     "loom_snapshot_size_bytes",

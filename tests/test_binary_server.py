@@ -495,6 +495,25 @@ def test_rate_limit_refuses_the_excess_without_journaling_it(tmp_path):
     run(main())
 
 
+def test_an_unknown_outcome_is_reason_503_and_a_resend_is_taken_once_settled(tmp_path):
+    async def main():
+        async with running(tmp_path) as h:
+            alice = await h.connect(ALICE_KEY)
+            h.node.journal.fail_writes(errno.EIO, at="fsync")
+            h.node.journal.fail_cuts(errno.EIO)
+            alice.new_order(1, BTC, BUY, price=90, qty=1)
+            (unknown,) = await take(alice, 1)
+            assert (unknown.seq, unknown.reason, unknown.client_ref) == (0, RejectReason.OUTCOME_UNKNOWN, 1)
+            assert RejectReason.OUTCOME_UNKNOWN == 503
+            h.node.journal.fail_writes(None)
+            h.node.journal.fail_cuts(None)
+            alice.new_order(1, BTC, BUY, price=90, qty=1)  # the same client_ref
+            (accepted,) = await take(alice, 1)
+            assert type(accepted) is p.Accepted and accepted.client_ref == 1
+
+    run(main())
+
+
 def test_a_batch_the_journal_cannot_write_is_rejected(tmp_path):
     async def main():
         async with running(tmp_path) as h:

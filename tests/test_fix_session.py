@@ -6,6 +6,7 @@ submitter is told the batch is settled."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -543,6 +544,20 @@ def test_orders_of_the_account_from_elsewhere_are_reported_too(alice, exchange):
     assert report[150] == "0" and report[11] == "rest-1"
     exchange.rest("bob", Side.BUY, 100, 5, "b1")
     assert alice.read() == []  # other accounts' orders are not ours to see
+
+
+def test_an_unknown_outcome_is_a_rejection_naming_it(alice, exchange):
+    exchange.node.journal.fail_writes(errno.EIO, at="fsync")
+    exchange.node.journal.fail_cuts(errno.EIO)
+    try:
+        (report,) = alice.order("o1")
+    finally:
+        exchange.node.journal.fail_writes(None)
+        exchange.node.journal.fail_cuts(None)
+    assert report[150] == "8" and report[39] == "8" and report[11] == "o1"
+    assert report[58].startswith("OUTCOME_UNKNOWN: ") and "nothing was done" not in report[58]
+    (report,) = alice.order("o1")  # settled (cut off) before it: the resend is accepted
+    assert report[150] == "0"
 
 
 def test_a_batch_the_journal_refuses_is_a_rejection_with_a_clear_text(alice, exchange):

@@ -158,7 +158,7 @@ class LiveExchange:
             raw = await resp.read()
             assert resp.content_type == "application/json", (method, path, resp.status, raw[:300])
             reply = Reply(resp.status, msgspec.json.decode(raw), resp.headers)
-        assert reply.status < 500 or reply.status == 503, (method, path, reply)
+        assert reply.status < 500 or reply.status in (503, 504), (method, path, reply)
         if reply.status >= 400:
             assert_error_shape(reply)
         return reply
@@ -537,6 +537,33 @@ async def test_readyz_reports_a_journal_failure_until_a_write_succeeds(srv):
         100,
         95,
     ]
+
+
+@on_loop
+async def test_an_unknown_outcome_is_a_504_that_never_says_nothing_was_done(srv):
+    """The fdatasync fails after the whole record is written, and so does the cut back: the
+    order may be in the journal. 504 OUTCOME_UNKNOWN, not ready while the node settles it;
+    once the cut succeeds (known absent) the resend with the same client order id is taken."""
+    before = srv.seq
+    srv.node.journal.fail_writes(errno.EIO, at="fsync")
+    srv.node.journal.fail_cuts(errno.EIO)
+    try:
+        body = {"symbol": BTC, "side": "buy", "qty": 1, "price": 95, "client_order_id": "u-1"}
+        reply = await srv.api("POST", "/v1/orders", account="alice", json=body)
+        assert_error(reply, 504, "OUTCOME_UNKNOWN")
+        message = reply.body["error"]["message"]
+        assert "/v1/orders/by-client-id/" in message and "same client order id" in message
+        assert "nothing was done" not in message
+        assert [e["code"] for e in reply.body["error"]["events"]] == ["OUTCOME_UNKNOWN"]
+        ready = await srv.api("GET", "/readyz")
+        assert_error(ready, 503, "NOT_READY")
+        assert f"seq {before + 1}..{before + 1} is unknown" in ready.body["error"]["message"]
+    finally:
+        srv.node.journal.fail_writes(None)
+        srv.node.journal.fail_cuts(None)
+    accepted = await srv.order("alice", "buy", 95, 1, client_order_id="u-1")
+    assert accepted["events"][0]["seq"] == before + 1  # cut off: its seq was given back
+    assert (await srv.api("GET", "/readyz")).status == 200
 
 
 @on_loop

@@ -24,7 +24,7 @@ from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
 from engine.domain import Instrument, OrderType, RejectReason, RequestKind, Side
 from engine.events import OrderAccepted, OrderRejected
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.journal import JournalWriteError
+from engine.journal import JournalWriteError, OutcomeUnknownError
 from engine.journal.segments import FileJournal, scan
 from engine.matcher import MatchingEngine
 from engine.state import state_hash
@@ -192,13 +192,21 @@ def test_a_real_partial_write_is_cut_off(tmp_path, monkeypatch):
     assert seg.path.stat().st_size == size  # the half record was cut off at once
     assert journal.last_seq == 5
 
-    # When even the cut fails, the half record stays until the next append removes it first.
+    # When even the cut fails, the half record stays: the outcome is unknown (for a half
+    # record recovery would cut it, but nothing may be appended after it meanwhile).
     shim.tear()
     shim.truncate_fails = True
-    with pytest.raises(JournalWriteError):
+    with pytest.raises(OutcomeUnknownError):
         journal.append(make_commands(8, 6))
     assert seg.path.stat().st_size > size
+    assert journal.unresolved == (6, 13)
+    with pytest.raises(JournalWriteError, match="not resolved yet"):
+        journal.append(make_commands(8, 6))
+    with pytest.raises(OutcomeUnknownError):
+        journal.resolve()
     shim.truncate_fails = False
+    assert journal.resolve() is False  # cut off: known absent
+    assert seg.path.stat().st_size == size and journal.unresolved is None
     retry = make_commands(8, 6)
     journal.append(retry)
     journal.close()

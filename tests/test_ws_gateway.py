@@ -9,6 +9,7 @@ before its pong.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import uuid
@@ -129,6 +130,21 @@ def assert_ws_error(msg: dict, code: str, req_id=None) -> None:
 
 
 # -- authentication -------------------------------------------------------------------------
+
+
+@on_loop
+async def test_an_unknown_outcome_is_its_own_rejection_code(srv):
+    client = await connect(srv, "alice")
+    srv.node.journal.fail_writes(errno.EIO, at="fsync")
+    srv.node.journal.fail_cuts(errno.EIO)
+    try:
+        reply = await client.call("order", symbol=BTC, side="buy", qty=1, price=100, client_order_id="u")
+    finally:
+        srv.node.journal.fail_writes(None)
+        srv.node.journal.fail_cuts(None)
+    assert (reply["type"], reply["code"]) == ("rejected", "OUTCOME_UNKNOWN"), reply
+    assert "by-client-id" in reply["message"] and "nothing was done" not in reply["message"]
+    await client.order("buy", 100, 1, client_order_id="u")  # settled as absent: resent, accepted
 
 
 @on_loop

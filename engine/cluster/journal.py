@@ -15,6 +15,11 @@ One message per batch keeps the stream sequence and the command sequence apart: 
 name each batch's first and last command seq, so a reader can find the batch holding any
 seq by bisecting stream sequences.
 
+An append whose PubAck never came (a timeout, the connection lost) has an unknown outcome:
+the batch may be in the stream. The journal keeps it as unresolved, appends nothing after
+it, and `resolve` reads the stream to decide (see `_decide`): the batch landed (the journal
+moves past it, the node applies it), or a void message took its place (it never can land).
+
 Retention (engine/cluster/retention.py) purges the batches a replicated snapshot covers, so
 the stream may begin past seq 1: `first_command_seq` says where, reads that would need a
 purged batch raise RecoveryGapError instead of skipping it, and every batch carries the
@@ -30,6 +35,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +45,13 @@ from nats.js import api
 
 from engine.cluster.link import NatsLink
 from engine.commands import Command
-from engine.journal import JournalCorruptError, JournalError, JournalWriteError, RecoveryGapError
+from engine.journal import (
+    JournalCorruptError,
+    JournalError,
+    JournalWriteError,
+    OutcomeUnknownError,
+    RecoveryGapError,
+)
 from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 
 log = logging.getLogger("loom.cluster.journal")
@@ -53,12 +65,24 @@ LAST_SEQ = "Loom-Last-Seq"
 FORMAT = "Loom-Format"  # the record's journal format version, for the upcasters
 VENUE = "Loom-Venue"  # ts of the venue's first command (it may have been purged)
 EXPECTED_LAST = "Nats-Expected-Last-Sequence"
+RESOLVE_RETRY_S = 0.05  # between reads of the stream while an append's outcome is unknown
 FETCH = 512  # messages per pull
 
 
 class FencedError(JournalWriteError):
     """Someone else wrote to the stream since this writer last looked: it is no longer (or
     not yet) the leader, and must not append."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    """A batch published without a PubAck: what deciding its fate needs."""
+
+    first: int
+    last: int
+    record: bytes  # the message body: a landed copy is byte for byte this
+    expected: int  # the stream seq it was fenced on: it can only ever land at expected + 1
+    void: bytes  # the body of the void message that closes its slot (unique to this batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +145,7 @@ class NatsJournal:
         self.stream = stream
         self.batch_subject = f"{prefix}.batch"
         self.epoch_subject = f"{prefix}.epoch"
+        self.void_subject = f"{prefix}.void"  # closes the slot of a batch whose PubAck was lost
         self.all_subjects = f"{prefix}.>"
         self.replicas = replicas
         self.publish_timeout = publish_timeout
@@ -133,6 +158,8 @@ class NatsJournal:
         self.writable = True  # False on a cluster standby: appends are refused before publishing
         self.in_flight = 0  # appends awaiting their PubAck
         self._inject_errno: int | None = None
+        self._inject_at = "publish"
+        self._unknown: _Unknown | None = None  # a batch whose outcome is not known yet
         self._closed = False
         self._consumers = 0
         self._venue = 0
@@ -342,15 +369,29 @@ class NatsJournal:
         if self.owns_link:
             self.link.close()
 
-    def fail_writes(self, errno: int | None = errno_mod.EIO) -> None:
-        """Fault injection: every append fails with `errno` until called again with None."""
+    def fail_writes(self, errno: int | None = errno_mod.EIO, at: str = "publish") -> None:
+        """Fault injection until called again with None: every append fails `at`
+        "publish" (refused before publishing, with `errno`), "request" (the publish is lost
+        on its way and its PubAck never comes: the batch did not land) or "ack" (the batch
+        lands, its PubAck is lost)."""
+        if at not in ("publish", "request", "ack"):
+            raise ValueError(f"fail_writes at {at!r}: expected publish, request or ack")
         self._inject_errno = errno
+        self._inject_at = at
+
+    @property
+    def unresolved(self) -> tuple[int, int] | None:
+        """(first, last) seq of the batch whose outcome is unknown, or None."""
+        u = self._unknown
+        return None if u is None else (u.first, u.last)
 
     def note_applied(self, stream_seq: int, last_seq: int) -> None:
         """A follower applied messages up to `stream_seq` (commands up to `last_seq`): the
-        position a promoted writer continues from."""
+        position a promoted writer continues from. A batch of this node's whose outcome was
+        unknown is the stream's to decide from here on (the follower applies it if it landed)."""
         self.expected = stream_seq
         self._last_seq = last_seq
+        self._unknown = None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -359,6 +400,11 @@ class NatsJournal:
             raise JournalError("journal is closed")
         if not commands:
             return None
+        if self._unknown is not None:  # nothing is published: a true refusal
+            raise JournalWriteError(
+                f"journal write of seq {commands[0].seq}..{commands[-1].seq} refused: the outcome of "
+                f"seq {self._unknown.first}..{self._unknown.last} is not resolved yet"
+            )
         expected = self._last_seq + 1
         for i, cmd in enumerate(commands):
             if cmd.seq != expected + i:
@@ -369,7 +415,7 @@ class NatsJournal:
                 )
         if not self.writable:
             raise FencedError("this node is not the leader: the journal is read-only here")
-        if self._inject_errno is not None:
+        if self._inject_errno is not None and self._inject_at == "publish":
             self.write_errors += 1
             raise JournalWriteError(
                 f"journal write of seq {expected}..{commands[-1].seq} failed: "
@@ -389,7 +435,16 @@ class NatsJournal:
             VENUE: str(self._venue),
         }
         started = time.perf_counter()
-        ack = await self._publish_fenced(self.batch_subject, record, headers, f"seq {first}..{last}")
+        what = f"seq {first}..{last}"
+        try:
+            if self._inject_errno is not None and self._inject_at != "publish":
+                ack = await self._publish_losing_ack(record, headers)
+            else:
+                ack = await self._publish_fenced(self.batch_subject, record, headers, what)
+        except OutcomeUnknownError:
+            void = json.dumps({"void": [first, last], "id": uuid.uuid4().hex}).encode()
+            self._unknown = _Unknown(first, last, record, self.expected, void)
+            raise
         if self.on_publish is not None:
             self.on_publish(time.perf_counter() - started)
         self.expected = ack.seq
@@ -397,6 +452,119 @@ class NatsJournal:
         self.size_bytes += len(record)
         self.stream_messages += 1
         return len(record)
+
+    async def _publish_losing_ack(self, record: bytes, headers: dict) -> api.PubAck:
+        """fail_writes at "request" or "ack": a PubAck that never comes, after the batch
+        was (ack) or was not (request) really published."""
+        if self._inject_at == "ack":
+            await self.link.js.publish(
+                self.batch_subject, record, timeout=self.publish_timeout, headers=headers
+            )
+        raise OutcomeUnknownError(f"journal write failed: PubAck lost (injected at {self._inject_at})")
+
+    # -- an append whose outcome is unknown ----------------------------------------------------
+
+    def resolve(self, within: float) -> bool:
+        """Decide the unresolved batch's fate, trying for up to `within` seconds: True it
+        landed (the journal now ends with it), False it never will. Raises
+        OutcomeUnknownError when the stream cannot be read meanwhile, FencedError when
+        another writer's message took the batch's place (it never will land either)."""
+        return self.link.call(self._resolve(within), None)
+
+    async def resolve_async(self, within: float) -> bool:
+        """resolve, awaited from another event loop (the service's commit loop). Counted in
+        `in_flight`: a demotion waits for it, so the node has applied a batch found landed
+        before its follower starts after the journal's tail."""
+        self.in_flight += 1
+        try:
+            return await self.link.wait(self._resolve(within))
+        finally:
+            self.in_flight -= 1
+
+    async def _resolve(self, within: float) -> bool:
+        u = self._unknown
+        if u is None:
+            raise JournalError("no append has an unknown outcome")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                return await asyncio.wait_for(self._decide(u), max(deadline - loop.time(), 0.001))
+            except NOT_WRITABLE as exc:
+                if loop.time() >= deadline:
+                    raise OutcomeUnknownError(
+                        f"the outcome of journal write of seq {u.first}..{u.last} is still unknown: "
+                        f"the stream cannot be read ({type(exc).__name__} {exc})"
+                    ) from None
+                await asyncio.sleep(RESOLVE_RETRY_S)
+
+    async def _decide(self, u: _Unknown) -> bool:
+        """Whether the batch `u` landed, settled for good.
+
+        Every copy of the batch (the publish itself, a copy the NATS client still holds in
+        its reconnect buffer and sends later, or one queued on a paused server) carries
+        Nats-Expected-Last-Sequence = u.expected, so it can only ever be stored at stream
+        seq u.expected + 1, and only while that slot is free. Reading that the stream ends
+        at u.expected is therefore not enough to refuse: a copy may still arrive and take
+        the slot (the next batch, fenced on the same u.expected, would then be refused as
+        fenced, and the refused batch would stand in the stream). So this writer takes the
+        slot itself with a void message fenced the same way: once the void is stored, no
+        copy of the batch can ever land; if the void is refused as fenced, something took
+        the slot first, and it is read. Whichever of the two took the slot decides, and
+        both are recognised byte for byte (the void's body is unique to this batch)."""
+        js = self.link.js
+        while True:
+            info = await js.stream_info(self.stream)
+            tail = info.state.last_seq
+            if tail < u.expected:
+                raise JournalError(
+                    f"the stream {self.stream} ends at {tail}, before stream seq {u.expected} "
+                    f"this writer saw acknowledged"
+                )
+            if tail == u.expected:
+                try:
+                    ack = await js.publish(
+                        self.void_subject,
+                        u.void,
+                        timeout=self.publish_timeout,
+                        headers={EXPECTED_LAST: str(u.expected)},
+                    )
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == WRONG_LAST_SEQUENCE:
+                        continue  # the slot was taken meanwhile: read what took it
+                    raise
+                return self._settle(u, ack.seq, landed=False)
+            msg = await js.get_msg(self.stream, seq=u.expected + 1)
+            if msg.subject == self.batch_subject and msg.data == u.record:
+                return self._settle(u, msg.seq, landed=True)
+            if msg.subject == self.void_subject and msg.data == u.void:
+                return self._settle(u, msg.seq, landed=False)
+            # Another writer's message (a new leader's epoch marker): the batch can never
+            # land, and this writer is fenced.
+            self._unknown = None
+            self.fenced += 1
+            if self.on_fenced is not None:
+                self.on_fenced()
+            raise FencedError(
+                f"journal write of seq {u.first}..{u.last} did not land: another writer's message "
+                f"took stream seq {u.expected + 1} (subject {msg.subject})"
+            )
+
+    def _settle(self, u: _Unknown, stream_seq: int, landed: bool) -> bool:
+        self._unknown = None
+        self.expected = stream_seq
+        self.stream_messages += 1
+        if landed:
+            self._last_seq = u.last
+            self.size_bytes += len(u.record)
+        log.warning(
+            "journal write of seq %d..%d, whose PubAck was lost, %s at stream seq %d",
+            u.first,
+            u.last,
+            "landed" if landed else "did not land: its slot is void",
+            stream_seq,
+        )
+        return landed
 
     async def write_marker(self, body: bytes) -> int:
         """A promoted leader's fence: one message after the tail it caught up to. From here
@@ -422,10 +590,12 @@ class NatsJournal:
             self.write_errors += 1
             raise JournalWriteError(f"journal write of {what} refused: {exc}") from None
         except NOT_WRITABLE as exc:
-            # Outcome unknown (the batch may yet land): the next append's expected sequence
-            # then no longer matches and fences, and the follower replays it. Never guessed.
-            self.write_errors += 1
-            raise JournalWriteError(f"journal write of {what} failed: {type(exc).__name__} {exc}") from None
+            # No PubAck: the message may yet land (or have landed). Never guessed: a batch
+            # is kept unresolved until `resolve` reads the stream (an epoch marker is
+            # simply written again, fenced on the same tail).
+            raise OutcomeUnknownError(
+                f"journal write of {what} has an unknown outcome: no PubAck ({type(exc).__name__} {exc})"
+            ) from None
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -149,6 +149,7 @@ _REJECT_STATUS = {
     RejectReason.ORDER_NOT_OPEN: 409,
     RejectReason.UNKNOWN_ORDER: 404,
     RejectReason.JOURNAL_WRITE_FAILED: 503,
+    RejectReason.OUTCOME_UNKNOWN: 504,  # not a refusal: the command may be durable
 }
 
 
@@ -485,7 +486,10 @@ async def readyz(request: web.Request) -> web.Response:
     if not ctx.service.accepting:
         refusal = ctx.service.refusal
         problems.append(str(refusal()) if refusal else "not accepting orders (starting or shutting down)")
-    if not ctx.service.node.journal_ok:
+    unresolved = ctx.service.node.unresolved
+    if unresolved is not None:
+        problems.append(f"the outcome of the journal write of seq {unresolved.seqs} is unknown (resolving)")
+    elif not ctx.service.node.journal_ok:
         problems.append("the last journal write failed")
     if problems:
         return error(503, "NOT_READY", "; ".join(problems))

@@ -19,9 +19,13 @@ def _errors(*codes: int) -> dict:
         410: "the journal no longer holds the order's records (journal_retention = delete)",
         422: "refused by the exchange (reason code in error.code)",
         429: "rate limited",
-        503: "not durable, not ready, OVERLOADED (refused unsequenced) or NOT_LEADER (a cluster "
-        "standby: error.leader names the leader's url, fix and binary endpoints; during an "
-        "election error.election is true and error.retry_after_s says when); retry after Retry-After",
+        503: "JOURNAL_WRITE_FAILED (known not journaled: nothing was done), not ready, OVERLOADED "
+        "(refused unsequenced) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
+        "fix and binary endpoints; during an election error.election is true and error.retry_after_s "
+        "says when); retry after Retry-After",
+        504: "OUTCOME_UNKNOWN: the journal did not answer and the command may be durable (the node "
+        "resolves it before sequencing anything else); look the order up by client order id "
+        "(GET /v1/orders/by-client-id/{client_order_id}) or resend it with the same client order id",
     }
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -208,7 +212,7 @@ OPENAPI: dict = {
                 },
                 "responses": {
                     "201": _json(_EVENTS, "accepted (durable)"),
-                    **_errors(400, 401, 409, 422, 429, 503),
+                    **_errors(400, 401, 409, 422, 429, 503, 504),
                 },
             },
             "get": {
@@ -219,7 +223,7 @@ OPENAPI: dict = {
             "delete": {
                 "summary": "Cancel all open orders (optionally of one symbol)",
                 "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 422, 429, 503)},
+                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 422, 429, 503, 504)},
             },
         },
         "/v1/orders/{order_id}": {
@@ -233,14 +237,20 @@ OPENAPI: dict = {
             },
             "delete": {
                 "summary": "Cancel an order",
-                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(400, 401, 404, 409, 429, 503)},
+                "responses": {
+                    "200": _json(_EVENTS, "cancelled"),
+                    **_errors(400, 401, 404, 409, 429, 503, 504),
+                },
             },
             "patch": {
                 "summary": "Amend price and/or quantity",
                 "requestBody": {
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AmendRequest"}}}
                 },
-                "responses": {"200": _json(_EVENTS, "amended"), **_errors(400, 401, 404, 409, 422, 429, 503)},
+                "responses": {
+                    "200": _json(_EVENTS, "amended"),
+                    **_errors(400, 401, 404, 409, 422, 429, 503, 504),
+                },
             },
         },
         "/v1/orders/{order_id}/trace": {
@@ -259,7 +269,7 @@ OPENAPI: dict = {
                 "parameters": [
                     {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 404, 409, 429, 503)},
+                "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 404, 409, 429, 503, 504)},
             }
         },
         "/v1/book/{symbol}": {
@@ -338,7 +348,7 @@ OPENAPI: dict = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _RISK_LIMITS}}},
                 "responses": {
                     "200": _json(_EVENTS, "risk_limits_changed event"),
-                    **_errors(400, 403, 422, 503),
+                    **_errors(400, 403, 422, 503, 504),
                 },
             }
         },
@@ -349,7 +359,7 @@ OPENAPI: dict = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _KILL_SWITCH}}},
                 "responses": {
                     "200": _json(_EVENTS, "kill_switch_changed event, then the cancellations"),
-                    **_errors(400, 403, 422, 503),
+                    **_errors(400, 403, 422, 503, 504),
                 },
             }
         },
@@ -359,7 +369,7 @@ OPENAPI: dict = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _HALT}}},
                 "responses": {
                     "200": _json(_EVENTS, "trading_halt_changed event"),
-                    **_errors(400, 403, 422, 503),
+                    **_errors(400, 403, 422, 503, 504),
                 },
             }
         },

@@ -43,6 +43,11 @@ REJECT_TEXT: dict[int, str] = {
     R.INVALID_RISK_LIMIT: "risk limits must be zero (no limit) or positive",
     R.UNKNOWN_COMMAND: "unknown command",
     R.JOURNAL_WRITE_FAILED: "the order could not be made durable; nothing was done, retry later",
+    R.OUTCOME_UNKNOWN: (
+        "the outcome is unknown: the journal did not answer, so this may have been done; look the "
+        "order up with GET /v1/orders/by-client-id/{client_order_id}, or resend it with the same "
+        "client order id (a duplicate is never placed twice)"
+    ),
 }
 
 

@@ -17,8 +17,16 @@ class JournalError(Exception):
 
 
 class JournalWriteError(JournalError):
-    """A batch could not be made durable (disk full, I/O error). Nothing of it counts as
-    written: the caller rejects its commands and may retry later."""
+    """A batch could not be made durable (disk full, I/O error) and is known not to be in
+    the journal: the caller rejects its commands (a true "nothing was done") and may retry."""
+
+
+class OutcomeUnknownError(JournalWriteError):
+    """A batch may or may not be in the journal: its PubAck was lost, or its bytes reached
+    the file but neither the fdatasync nor the cut back to the batch's start succeeded.
+    The journal keeps the batch as unresolved and refuses to append after it until
+    `resolve` (or `resolve_async`) says whether it landed. Its commands are answered
+    OUTCOME_UNKNOWN, never "nothing was done"."""
 
 
 class JournalCorruptError(JournalError):
@@ -124,7 +132,7 @@ class Journal(Protocol):
         """Make a batch durable, with its BatchMeta (timings; engine/journal/format.py)
         when given; return its size in bytes. The commands' `seq` must run on
         from `last_seq + 1` without gaps. Raises JournalWriteError, leaving nothing of the
-        batch behind."""
+        batch behind, or OutcomeUnknownError when that cannot be known (resolve it first)."""
         ...
 
     def read(self, from_seq: int = 1) -> Iterator:

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.fsutil import fsync_dir
-from engine.journal import JournalCorruptError, JournalError, JournalWriteError, TailDamageError
+from engine.journal import (
+    JournalCorruptError,
+    JournalError,
+    JournalWriteError,
+    OutcomeUnknownError,
+    TailDamageError,
+)
 from engine.journal.format import (
     FORMAT_VERSION,
     MAX_PAYLOAD,
@@ -262,7 +268,11 @@ class FileJournal:
         self.fsync_ns: deque[int] = deque(maxlen=65_536)  # recent fdatasync durations
         self.last_fsync_ns = 0
         self._inject_errno: int | None = None
-        self._pending_truncate = False
+        self._inject_at = "write"
+        self._inject_cut_errno: int | None = None
+        # (first, last) seq of a batch that may be in the active segment past its last whole
+        # record (a failed write or fdatasync that could not be cut off): see `resolve`.
+        self._unknown: tuple[int, int] | None = None
         self.read_only = read_only
         report = scan(self.directory, archive=archive)
         if guard is not None and not read_only:
@@ -332,10 +342,13 @@ class FileJournal:
                     f"journal at {self._last_seq}: found seq {cmd.seq} where {expected} belongs"
                 )
             expected += 1
+        if self._unknown is not None:  # nothing is written: a true refusal
+            raise JournalWriteError(
+                f"journal write of seq {first}..{last} refused: the outcome of seq "
+                f"{self._unknown[0]}..{self._unknown[1]} is not resolved yet"
+            )
         record = encode_record(commands, meta)
         try:
-            if self._pending_truncate:
-                self._undo_partial_write()
             seg = self.segments[-1] if self.segments else None
             # A segment holds records of one format version: an older one is left as it is
             # (its records stay readable through the upcasters) and a new segment begins.
@@ -347,11 +360,20 @@ class FileJournal:
                 seg = self._roll(first)
             self._write(seg.size, record)
         except OSError as exc:
-            self.write_errors += 1
+            # Some of the record, or all of it, may be in the file: a short write, or a
+            # failed fdatasync after a whole one (whose pages the kernel may still write
+            # back, or may have dropped: after such a failure the page cache is no witness,
+            # and a second fdatasync that succeeds proves nothing). A refusal is true only
+            # once the bytes are known gone: cut back to the batch's start and made durable.
             try:
                 self._undo_partial_write()
-            except OSError:
-                self._pending_truncate = True
+            except OSError as cut:
+                self._unknown = (first, last)
+                raise OutcomeUnknownError(
+                    f"journal write of seq {first}..{last} failed ({exc.strerror or exc}) and could "
+                    f"not be cut off ({cut.strerror or cut}): it may be in the journal"
+                ) from exc
+            self.write_errors += 1
             raise JournalWriteError(
                 f"journal write of seq {first}..{last} failed: {exc.strerror or exc}"
             ) from exc
@@ -362,13 +384,15 @@ class FileJournal:
         return len(record)
 
     def _write(self, offset: int, record: bytes) -> None:
-        if self._inject_errno is not None:
+        if self._inject_errno is not None and self._inject_at == "write":
             raise OSError(self._inject_errno, os.strerror(self._inject_errno))
         view = memoryview(record)
         while view:
             n = os.pwrite(self._fd, view, offset)
             view = view[n:]
             offset += n
+        if self._inject_errno is not None:  # "fsync": the whole record is in the file
+            raise OSError(self._inject_errno, os.strerror(self._inject_errno))
         if self.fsync:
             started = time.perf_counter_ns()
             os.fdatasync(self._fd)
@@ -376,13 +400,37 @@ class FileJournal:
             self.fsync_ns.append(self.last_fsync_ns)
 
     def _undo_partial_write(self) -> None:
-        """Cut the active segment back to its last whole record, so a failed batch leaves
-        no bytes that a later successful batch would follow."""
+        """Cut the active segment back to its last whole record, durably (the new size is
+        on disk once fsync returns), so a failed batch leaves no bytes behind."""
+        if self._inject_cut_errno is not None:
+            raise OSError(self._inject_cut_errno, os.strerror(self._inject_cut_errno))
         if self.segments and self._fd >= 0:
             os.ftruncate(self._fd, self.segments[-1].size)
-            if self.fsync:
-                os.fdatasync(self._fd)
-        self._pending_truncate = False
+            os.fsync(self._fd)
+
+    @property
+    def unresolved(self) -> tuple[int, int] | None:
+        """(first, last) seq of a batch that may be in the journal, or None."""
+        return self._unknown
+
+    def resolve(self, within: float = 0.0) -> bool:
+        """Settle the batch that may be in the journal: cut it off again; once the cut is
+        durable it is known absent (False). Never True: after a failed fdatasync no later
+        call can prove the bytes durable (the "fsyncgate" problem), so a batch is only
+        ever refused here, or found whole by recovery after a restart (which applies it).
+        Raises OutcomeUnknownError while the cut fails. `within`: the Journal signature."""
+        if self._unknown is None:
+            raise JournalError("no append has an unknown outcome")
+        first, last = self._unknown
+        try:
+            self._undo_partial_write()
+        except OSError as exc:
+            raise OutcomeUnknownError(
+                f"journal write of seq {first}..{last} still cannot be cut off: {exc.strerror or exc}"
+            ) from exc
+        self._unknown = None
+        log.warning("journal write of seq %d..%d cut off: it is not in the journal", first, last)
+        return False
 
     def _roll(self, first_seq: int) -> Segment:
         path = self.directory / segment_name(first_seq)
@@ -473,10 +521,19 @@ class FileJournal:
 
     # -- operations ------------------------------------------------------------------------
 
-    def fail_writes(self, errno: int | None = errno_mod.EIO) -> None:
-        """Fault injection for drills and tests: every write fails with `errno` until
-        called again with None."""
+    def fail_writes(self, errno: int | None = errno_mod.EIO, at: str = "write") -> None:
+        """Fault injection for drills and tests, until called again with None: every
+        append fails with `errno` `at` "write" (nothing written) or "fsync" (the whole
+        record written, then its fdatasync fails)."""
+        if at not in ("write", "fsync"):
+            raise ValueError(f"fail_writes at {at!r}: expected write or fsync")
         self._inject_errno = errno
+        self._inject_at = at
+
+    def fail_cuts(self, errno: int | None = errno_mod.EIO) -> None:
+        """Fault injection: cutting a failed batch back off the segment fails with `errno`
+        until called again with None (with fail_writes at "fsync": an unknown outcome)."""
+        self._inject_cut_errno = errno
 
 
 def cut_point(report: ScanReport) -> tuple[Path, int] | None:

@@ -38,6 +38,11 @@ type  frame          length  body
 0x84  Rejected       36      seq u64, ts i64, request u8 (RequestKind), reason u16
                              (RejectReason, or GatewayRejectReason 6xx), client_ref u64,
                              order_id u64
+                             Reason 502 JOURNAL_WRITE_FAILED: known not journaled, nothing
+                             was done. Reason 503 OUTCOME_UNKNOWN: the journal did not answer
+                             and the command may be durable (seq 0); if it was, its reports
+                             follow once the node resolves it. Look the order up by client
+                             order id or resend it with the same client_ref.
 0x85  Fill           59      seq u64, ts i64, trade_id u64, order_id u64, side u8,
                              liquidity u8 (1 maker, 2 taker), price i64, qty i64, leaves i64
 0x86  Cancelled      42      seq u64, ts i64, order_id u64, reason u8 (CancelReason),
