@@ -97,7 +97,8 @@ class RecordingClient:
             n = self._next
             clid = f"{self.prefix}-{n}"
             op = self.history.invoke(self.account, clid, base, time.monotonic())
-            order = {"symbol": SYMBOL, "side": "buy", "qty": 1, "price": 1000 + n % 100, "client_order_id": clid}
+            price = 1000 + n % 100  # buys only: every accepted order rests
+            order = {"symbol": SYMBOL, "side": "buy", "qty": 1, "price": price, "client_order_id": clid}
             status, code, order_id, hint = await self._post(session, base, order)
             outcome = classify(status, code)
             answer = f"{status} {code}".strip() if status else code
@@ -106,7 +107,9 @@ class RecordingClient:
                 self._move_on(base, hint)
                 await asyncio.sleep(0.01)  # a breath before the next try: no hot loop
 
-    async def _post(self, session: aiohttp.ClientSession, base: str, order: dict) -> tuple[int, str, int, str]:
+    async def _post(
+        self, session: aiohttp.ClientSession, base: str, order: dict
+    ) -> tuple[int, str, int, str]:
         """(status, error code, order id, leader hint); status 0 when nothing answered."""
         try:
             async with session.post(base + "/v1/orders", json=order) as resp:
@@ -122,5 +125,6 @@ class RecordingClient:
             placed = body.get("order") or next((e for e in body.get("events", []) if "order_id" in e), {})
             return status, "", int(placed.get("order_id", 0)), ""
         err = (body or {}).get("error") or {}
-        leader = err.get("leader") or {}
-        return status, str(err.get("code", "")), 0, str(leader.get("url", "") if isinstance(leader, dict) else "")
+        leader = err.get("leader")
+        hint = str(leader.get("url") or "") if isinstance(leader, dict) else ""
+        return status, str(err.get("code", "")), 0, hint

@@ -82,9 +82,7 @@ def run_chaos(
         **result.to_json(),
         "journal_commands": view.commands,
         "state_hash_matches": live.get("state_hash") == view.state_hash(),
-        "fault_log": [
-            {k: v for k, v in f.items() if k not in ("start", "end")} for f in history.faults
-        ],
+        "fault_log": [{k: v for k, v in f.items() if k not in ("start", "end")} for f in history.faults],
         "seconds": round(time.monotonic() - started_at, 1),
     }
 

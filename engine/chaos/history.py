@@ -197,7 +197,7 @@ class Contradiction:
 
 @dataclass
 class CheckResult:
-    counts: dict  # ops, ok, failed, unknown, unknown_present, unknown_absent, journal_orders
+    counts: dict  # ops, ok, failed, unknown (resolved present / absent), journal_orders, ...
     answers: dict  # how often each answer came back
     contradictions: list[Contradiction]
 
@@ -216,10 +216,13 @@ class CheckResult:
 def _journal_says(placements: list[Placement]) -> str:
     if not placements:
         return "the journal holds no such order"
-    return "the journal holds " + ", ".join(
-        f"order {p.order_id} at seq {p.seq}" if p.order_id else f"a rejected command at seq {p.seq} ({p.reason})"
+    said = [
+        f"order {p.order_id} at seq {p.seq}"
+        if p.order_id
+        else f"a rejected command at seq {p.seq} ({p.reason})"
         for p in placements
-    )
+    ]
+    return "the journal holds " + ", ".join(said)
 
 
 def check(history: History, view: JournalView) -> CheckResult:
@@ -257,10 +260,20 @@ def check(history: History, view: JournalView) -> CheckResult:
     for key, placements in view.placements.items():
         placed = [p for p in placements if p.order_id]
         counts["journal_orders"] += len(placed)
+        if len(placements) > 1:  # not wrong by itself (a resend), but worth seeing
+            counts["journaled_more_than_once"] += 1
         if key in invoked or not placed or key[0] not in accounts:
             continue
         problem = "placed more than once" if len(placed) > 1 else "placed but never sent"
         contradiction(f"{problem} ({key[0]}/{key[1]})", None, _journal_says(placements))
-    for name in (OK, FAILED, UNKNOWN, "unknown_present", "unknown_absent", "journal_orders"):
+    for name in (
+        OK,
+        FAILED,
+        UNKNOWN,
+        "unknown_present",
+        "unknown_absent",
+        "journal_orders",
+        "journaled_more_than_once",
+    ):
         counts.setdefault(name, 0)
     return CheckResult(dict(counts), dict(answers.most_common()), found)
