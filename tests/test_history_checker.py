@@ -187,3 +187,8 @@ def test_pending_operations_become_unknown():
     history.invoke("alice", "o1", "http://node", 1.0)
     history.close_pending(2.0)
     assert history.ops[0].outcome == UNKNOWN and history.ops[0].answer == "never answered"
+
+
+def test_a_history_that_reuses_a_client_order_id_is_refused(journal):
+    with pytest.raises(ValueError, match="'o1' of alice sent twice"):
+        check(run(*TRUTH, ("o1", OK, "201", 1)), JournalView.replay(journal.read()))

@@ -226,7 +226,9 @@ def _journal_says(placements: list[Placement]) -> str:
 
 
 def check(history: History, view: JournalView) -> CheckResult:
-    """Compare every operation with the journal; contradictions are answers it proves false."""
+    """Compare every operation with the journal; contradictions are answers it proves false.
+    Each operation must use a client order id of its own (a resend would make an earlier
+    refusal of the same id look contradicted): a history that reuses one is refused."""
     found: list[Contradiction] = []
     counts = Counter(ops=len(history.ops))
     answers = Counter()
@@ -238,6 +240,10 @@ def check(history: History, view: JournalView) -> CheckResult:
 
     for op in history.ops:
         key = (op.account, op.client_order_id)
+        if key in invoked:
+            raise ValueError(
+                f"client order id {op.client_order_id!r} of {op.account} sent twice in the history"
+            )
         invoked.add(key)
         counts[op.outcome or UNKNOWN] += 1
         answers[op.answer or "never answered"] += 1
