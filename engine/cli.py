@@ -46,6 +46,21 @@ def _cmd_bench_failover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from engine.chaos.drill import format_chaos, quiet_logs, run_chaos
+    from engine.chaos.faults import KINDS
+
+    kinds = args.kinds.split(",") if args.kinds else list(KINDS)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        print(f"loom chaos: unknown fault kinds {unknown}: choose from {','.join(KINDS)}", file=sys.stderr)
+        return 2
+    quiet_logs()
+    result = run_chaos(faults=args.faults, kinds=kinds, seed=args.seed, concurrency=args.concurrency)
+    print(json.dumps(result) if args.json else format_chaos(result))
+    return 0 if not result["contradictions"] and result["state_hash_matches"] else 1
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
@@ -277,6 +292,23 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--batch", type=_positive_int, default=512, help="commands per group commit")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(func=_cmd_bench_failover)
+
+    ch = sub.add_parser(
+        "chaos",
+        help="a chaos drill on a local cluster: faults under load, the client's history checked "
+        "against the journal (exit 1 on a contradiction)",
+    )
+    ch.add_argument("--faults", type=_positive_int, default=20, help="faults to inject, one after another")
+    ch.add_argument(
+        "--kinds",
+        default="",
+        help="the faults to cycle through, comma-separated (default: all of kill-leader, pause-leader, "
+        "kill-nats, pause-nats)",
+    )
+    ch.add_argument("--seed", type=int, default=1, help="chooses the pause lengths")
+    ch.add_argument("--concurrency", type=_positive_int, default=4, help="orders in flight")
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=_cmd_chaos)
     return parser
 
 
