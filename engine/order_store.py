@@ -155,11 +155,14 @@ class OrderStore:
         return self.orders.get(order_id) or self.done.get(order_id)
 
     def find(self, order_id: int) -> OrderView | None:
-        """`get`, else the finished-order index's compact record (fills None)."""
-        view = self.orders.get(order_id) or self.done.get(order_id)
-        if view is None and self.index is not None:
-            view = self.index.get(order_id)
-        return view
+        """An open order, else a finished one within the index's lookup window: in full when
+        recent, else the index's compact record (fills None)."""
+        view = self.orders.get(order_id)
+        if view is not None or self.index is None:
+            return view or self.done.get(order_id)
+        if order_id < self.index.window_lo:
+            return None  # evicted, even while its full view is still among the recent ones
+        return self.done.get(order_id) or self.index.get(order_id)
 
     def flush_done(self) -> None:
         """Move every recent finished view into the index (a rebuild's last step)."""
