@@ -70,6 +70,10 @@ class HistorySource:
     def where(self) -> str:
         raise NotImplementedError
 
+    def gone_why(self) -> str:
+        """What removes the head of this journal."""
+        raise NotImplementedError
+
     def candidates(self) -> list[tuple[int, tuple, Callable[[], MatchingEngine]]]:
         """(seq, key, load) of every snapshot, oldest first."""
         found = []
@@ -124,7 +128,10 @@ class LocalHistory(HistorySource):
         self._journal: FileJournal | None = None
 
     def where(self) -> str:
-        return f"the journal at {self.data_dir / 'journal'}"
+        return f"the journal at {self.data_dir / 'journal'} (with its archive)"
+
+    def gone_why(self) -> str:
+        return 'journal_retention = "delete" removed them'
 
     def journal(self, upto_seq: int = 0) -> FileJournal:
         """Opened read-only beside the live node; opened again once the node has written
@@ -163,7 +170,7 @@ def history(source: HistorySource, order_id: int, upto_seq: int = 0) -> dict | N
             raise JournalRangeGone(
                 f"order {order_id} is older than every kept snapshot, and {source.where()} now "
                 f"begins at seq {first}: seqs {engine.last_seq + 1}..{first - 1} are no longer held "
-                "(retention removed them), so the order's history cannot be read back"
+                f"({source.gone_why()}), so the order's history cannot be read back"
             )
         return _replay_for(journal, engine, order_id)
     except FileNotFoundError as exc:  # a segment deleted by retention while it was read

@@ -29,6 +29,7 @@ from engine.order_store import CANCELLED, FILLED, OrderView
 # order id, price, qty, filled, accepted seq/ts, updated seq/ts; account and symbol (interned
 # indices), side, type, tif, status (0 filled, 1 cancelled), cancel reason.
 RECORD = struct.Struct("<qqqqqqqqIHBBBBH")
+_OID = struct.Struct("<q")  # a record's first field
 CHUNK = 1 << 16  # slots per chunk: chunks are allocated as ids first reach them
 _STATUSES = (FILLED, CANCELLED)
 _STATUS_CODE = {FILLED: 0, CANCELLED: 1}
@@ -103,11 +104,11 @@ class FinishedOrders:
             chunk = self._chunks[c] = bytearray(RECORD.size * CHUNK)
             self._clids[c] = [""] * CHUNK
         at = i * RECORD.size
-        held = RECORD.unpack_from(chunk, at)[0]
+        held = _OID.unpack_from(chunk, at)[0]
         if held > oid:
             return  # a newer order owns the slot
-        if held in self._trace_ids:
-            del self._trace_ids[held]
+        if held and self._trace_ids:
+            self._trace_ids.pop(held, None)
         RECORD.pack_into(
             chunk,
             at,

@@ -31,6 +31,9 @@ class StreamHistory(HistorySource):
     def where(self) -> str:
         return f"the stream {self._journal.stream}"
 
+    def gone_why(self) -> str:
+        return "[retention] purged them behind a replicated snapshot"
+
     def journal(self, upto_seq: int = 0) -> NatsJournal:
         return self._journal  # each read plans from the stream as it stands
 

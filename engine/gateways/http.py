@@ -300,14 +300,18 @@ def _unknown(oid: int) -> web.Response:
     return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
 
 
-def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | web.Response:
-    """The account's order (open, recent, or a compact finished record), or the answer
-    saying why not; from memory alone, never the journal."""
+def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | Lookup:
+    """The account's order (open, recent, or a compact finished record), or why there is
+    none to show; from memory alone, never the journal."""
     view = ctx.order_store.find(oid)
     if view is not None:
-        return view if view.account == account else _unknown(oid)
+        return view if view.account == account else Lookup.UNKNOWN
     index = ctx.order_store.index
-    why = index.missing(oid) if index is not None else Lookup.UNKNOWN
+    return index.missing(oid) if index is not None else Lookup.UNKNOWN
+
+
+def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
+    index = ctx.order_store.index
     if why is Lookup.EVICTED:
         return error(
             410,
@@ -339,7 +343,7 @@ def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | web.Respon
 
 def _order_answer(ctx: GatewayContext, account: str, oid: int) -> web.Response:
     found = _find(ctx, account, oid)
-    return found if isinstance(found, web.Response) else ok(ctx.order_store.json(found))
+    return _missing(ctx, oid, found) if isinstance(found, Lookup) else ok(ctx.order_store.json(found))
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -369,10 +373,11 @@ async def get_order_trace(request: web.Request) -> web.Response:
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = _find(ctx, account, oid)
-    if isinstance(view, web.Response):
-        return view
-    # A compact record, or seeded at a restart (acceptance unknown here): the journal knows.
-    if view.fills is None or not view.accepted_seq:
+    if isinstance(view, Lookup) and view not in (Lookup.REBUILDING, Lookup.HISTORY_GONE):
+        return _missing(ctx, oid, view)
+    # Not known here yet (or no more), a compact record, or seeded at a restart (acceptance
+    # unknown here): the journal knows, and says why not when it does not.
+    if isinstance(view, Lookup) or view.fills is None or not view.accepted_seq:
         body = await _journal_lookup(ctx, oid)
         if isinstance(body, web.Response):
             return body
