@@ -50,7 +50,14 @@ def _cmd_bench_lookup(args: argparse.Namespace) -> int:
     from engine.bench.lookup_bench import format_lookup, run_lookup_bench
 
     result = run_lookup_bench(
-        args.seconds, args.concurrency, args.preload, args.url, args.key, args.rate, args.healthz_load
+        args.seconds,
+        args.concurrency,
+        args.preload,
+        args.url,
+        args.key,
+        args.rate,
+        args.healthz_load,
+        args.rounds,
     )
     print(json.dumps(result) if args.json else format_lookup(result))
     return 0
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lookup", help="/healthz latency idle and under concurrent unknown-id order lookups (a real loom run)"
     )
     bl.add_argument("--seconds", type=float, default=10.0, help="each phase (idle, loaded)")
+    bl.add_argument("--rounds", type=_positive_int, default=3, help="idle/loaded phase pairs, pooled")
     bl.add_argument("--concurrency", type=_positive_int, default=50, help="lookup clients")
     bl.add_argument("--preload", type=int, default=2000, help="finished orders in the started node's journal")
     bl.add_argument("--url", default="", help="measure this running node instead of starting one")

@@ -115,6 +115,9 @@ class HistorySource:
                 self._next_order_id[key] = 0
         return None
 
+    def stale(self) -> None:
+        """A read found the journal changed under it (retention): look again next time."""
+
     def close(self) -> None:
         pass
 
@@ -141,6 +144,9 @@ class LocalHistory(HistorySource):
                 self._journal.close()
             self._journal = FileJournal(self.data_dir / "journal", read_only=True, archive=True)
         return self._journal
+
+    def stale(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._journal is not None:
@@ -174,6 +180,7 @@ def history(source: HistorySource, order_id: int, upto_seq: int = 0) -> dict | N
             )
         return _replay_for(journal, engine, order_id)
     except FileNotFoundError as exc:  # a segment deleted by retention while it was read
+        source.stale()
         raise JournalRangeGone(
             f"journal segment {exc.filename} was removed by journal retention while order "
             f"{order_id} was looked up"

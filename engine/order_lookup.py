@@ -87,6 +87,15 @@ def _rebuild(spec: SourceSpec, capacity: int, lo: int, hi: int, upto_seq: int, n
         source.close()
 
 
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop a pool now, its running job too: a long history read must not hold up a drain
+    (the interpreter joins pool processes at exit). Python 3.11's executor has no public
+    way to end a running job, hence its process table."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _pool() -> concurrent.futures.ProcessPoolExecutor:
     # spawn, not fork: the node has threads (the journal's, the NATS link's) a fork would copy mid-flight.
     return concurrent.futures.ProcessPoolExecutor(
@@ -172,7 +181,7 @@ class OrderLookups:
                     REBUILD_RETRY_S,
                 )
             finally:
-                pool.shutdown(wait=False, cancel_futures=True)
+                _stop(pool)
             await asyncio.sleep(REBUILD_RETRY_S)
         for chunk in exported["chunks"]:
             self.index.merge_chunk(exported, chunk)
@@ -193,5 +202,5 @@ class OrderLookups:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._rebuild
         if self._worker is not None:
-            self._worker.shutdown(wait=False, cancel_futures=True)
+            _stop(self._worker)
             self._worker = None

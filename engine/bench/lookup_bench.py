@@ -137,26 +137,40 @@ def _load_process(args: tuple, out) -> None:
 
 
 async def _measure(
-    base: str, key: str, seconds: float, concurrency: int, preload: int, rate: float, healthz_load: bool
+    base: str,
+    key: str,
+    seconds: float,
+    concurrency: int,
+    preload: int,
+    rate: float,
+    healthz_load: bool,
+    rounds: int,
 ) -> dict:
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         if preload:
             await _preload(session, base, key, preload)
-        idle = await _probe_healthz(session, base, seconds)
-        # The load runs in its own process: its client work must not delay the probe's.
+        # Idle and loaded phases alternate `rounds` times and are pooled: this VM's speed
+        # drifts, and side by side is the only fair comparison.
+        idle: list[int] = []
+        loaded: list[int] = []
+        statuses: Counter = Counter()
         ctx = multiprocessing.get_context("spawn")
-        out = ctx.Queue()
         ramp = 1.0
-        load = ctx.Process(
-            target=_load_process, args=((base, key, seconds + 2 * ramp, concurrency, rate, healthz_load), out)
-        )
-        load.start()
-        await asyncio.sleep(ramp)
-        loaded = await _probe_healthz(session, base, seconds)
-        statuses = await asyncio.to_thread(out.get, True, 120)
-        load.join()
+        for _ in range(rounds):
+            idle += await _probe_healthz(session, base, seconds)
+            # The load runs in its own process: its client work must not delay the probe's.
+            out = ctx.Queue()
+            args = (base, key, seconds + 2 * ramp, concurrency, rate, healthz_load)
+            load = ctx.Process(target=_load_process, args=(args, out))
+            load.start()
+            await asyncio.sleep(ramp)
+            loaded += await _probe_healthz(session, base, seconds)
+            statuses.update(await asyncio.to_thread(out.get, True, 120))
+            load.join()
+        idle.sort()
+        loaded.sort()
     idle_p99 = percentile_us(idle, 99) / 1000
     loaded_p99 = percentile_us(loaded, 99) / 1000
     total = sum(statuses.values())
@@ -168,12 +182,13 @@ async def _measure(
         "healthz_max_ms_lookups": round(loaded[-1] / 1e6, 3) if loaded else 0.0,
         "p99_ratio": round(loaded_p99 / idle_p99, 2) if idle_p99 else 0.0,
         "lookups": total,
-        "lookups_per_s": round(total / (seconds + 2 * ramp), 1),
+        "lookups_per_s": round(total / rounds / (seconds + 2 * ramp), 1),
         "lookup_statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
         "concurrency": concurrency,
         "rate_per_client": rate,
         "load": "healthz" if healthz_load else "unknown-id trace lookups",
         "seconds": seconds,
+        "rounds": rounds,
         "preloaded_orders": preload,
     }
 
@@ -186,13 +201,17 @@ def run_lookup_bench(
     key: str = "",
     rate: float = 10.0,
     healthz_load: bool = False,
+    rounds: int = 3,
 ) -> dict:
     load = (seconds, concurrency)
     if url:
-        measured = _measure(url.rstrip("/"), key or KEY, *load, 0, rate, healthz_load)
+        measured = _measure(url.rstrip("/"), key or KEY, *load, 0, rate, healthz_load, rounds)
         return {"target": url, **asyncio.run(measured)}
     with tempfile.TemporaryDirectory(prefix="loom-bench-lookup-") as tmp, _node(Path(tmp)) as base:
-        return {"target": "loom run", **asyncio.run(_measure(base, KEY, *load, preload, rate, healthz_load))}
+        return {
+            "target": "loom run",
+            **asyncio.run(_measure(base, KEY, *load, preload, rate, healthz_load, rounds)),
+        }
 
 
 def format_lookup(r: dict) -> str:
