@@ -26,6 +26,8 @@ from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.market_data import MarketData
+from engine.order_index import FinishedOrders
+from engine.order_lookup import OrderLookups, SourceSpec
 from engine.order_store import OrderStore
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
@@ -62,6 +64,7 @@ class RunningExchange:
     tasks: list[asyncio.Task] = field(default_factory=list)
     shipper: TraceShipper | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
+    lookups: OrderLookups | None = None
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -86,6 +89,8 @@ class RunningExchange:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)
         await self.http_runner.cleanup()
+        if self.lookups is not None:
+            await self.lookups.close()
         if self.shipper is not None:
             self.shipper.close()
         try:
@@ -147,7 +152,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         shipper = TraceShipper(Sampler("all"))
         service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
         log.info("exporting order traces (sampling %s)", sampling)
-    order_store = OrderStore()
+    index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
+    order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
@@ -190,6 +196,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     KillSwitchActions(service).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
+    spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
+    lookups = OrderLookups(spec, index, lambda: node.engine)
+    lookups.start_rebuild()  # finished orders from before this start, read back in the background
     ctx = GatewayContext(
         service,
         order_store,
@@ -203,6 +212,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         automation=automation,
         cluster=member,
         surveillance=surveillance,
+        lookups=lookups,
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
@@ -212,6 +222,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.shipper = shipper
+    running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server

@@ -61,6 +61,23 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if not result["contradictions"] and result["state_hash_matches"] else 1
 
 
+def _cmd_bench_lookup(args: argparse.Namespace) -> int:
+    from engine.bench.lookup_bench import format_lookup, run_lookup_bench
+
+    result = run_lookup_bench(
+        args.seconds,
+        args.concurrency,
+        args.preload,
+        args.url,
+        args.key,
+        args.rate,
+        args.healthz_load,
+        args.rounds,
+    )
+    print(json.dumps(result) if args.json else format_lookup(result))
+    return 0
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
@@ -292,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--batch", type=_positive_int, default=512, help="commands per group commit")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(func=_cmd_bench_failover)
+    bl = bench_sub.add_parser(
+        "lookup", help="/healthz latency idle and under concurrent unknown-id order lookups (a real loom run)"
+    )
+    bl.add_argument("--seconds", type=float, default=10.0, help="each phase (idle, loaded)")
+    bl.add_argument("--rounds", type=_positive_int, default=3, help="idle/loaded phase pairs, pooled")
+    bl.add_argument("--concurrency", type=_positive_int, default=50, help="lookup clients")
+    bl.add_argument("--preload", type=int, default=2000, help="finished orders in the started node's journal")
+    bl.add_argument("--url", default="", help="measure this running node instead of starting one")
+    bl.add_argument("--key", default="", help="an API key of the node at --url")
+    bl.add_argument("--rate", type=float, default=10.0, help="lookups per second per client (0: unpaced)")
+    bl.add_argument("--healthz-load", action="store_true", help="the clients call /healthz (a control)")
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(func=_cmd_bench_lookup)
 
     ch = sub.add_parser(
         "chaos",

@@ -58,6 +58,9 @@ class Config:
     retention_keep_snapshots: int = 2  # replicated snapshots kept
     # Nor does it purge what a standby still needs, unless its position report is older than this.
     retention_standby_stale_s: float = 60.0
+    # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
+    # order ids, finished ones too, across restarts and failovers; older ids answer 410.
+    lookup_window_orders: int = 1_000_000
 
 
 _ENV = {
@@ -75,6 +78,7 @@ _ENV = {
     "LOOM_RETENTION_KEEP_COMMANDS": ("retention_keep_commands", int),
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
+    "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
 }
 
 
@@ -121,6 +125,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
     if cfg.max_queued_commands < 1:
         raise ConfigError(f"max_queued_commands must be at least 1, not {cfg.max_queued_commands}")
+    if cfg.lookup_window_orders < 1:
+        raise ConfigError(f"lookup_window_orders must be at least 1, not {cfg.lookup_window_orders}")
     if cfg.retention_standby_stale_s <= 0:
         raise ConfigError("[retention] needs standby_stale_s > 0")
     if cfg.demo:
@@ -158,6 +164,7 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "cluster_stream": str,
         "lease_ttl": float,
         "journal_retention": str,
+        "lookup_window_orders": int,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",

@@ -10,29 +10,21 @@ durations). Reads the journal read-only: it can run beside a live node.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.journal import RecoveryGapError
 from engine.journal.format import BatchMeta
 from engine.journal.segments import FileJournal
 from engine.matcher import MatchingEngine
+from engine.recovery import first_seq
 from engine.snapshots import SnapshotError, SnapshotStore
 from engine.stage_timings import Durations, stages_json
 from telemetry.tracing import derived_trace_id
 
-
-def _start_engine(snapshots_dir: Path, order_id: int) -> MatchingEngine:
-    """A restored engine from the newest snapshot the order is younger than, or a fresh one."""
-    if snapshots_dir.is_dir():
-        store = SnapshotStore(snapshots_dir)
-        for info in reversed(store.list()):
-            try:
-                loaded = store.verify(info)
-            except (SnapshotError, ValueError, OSError):
-                continue
-            if loaded.engine.next_order_id <= order_id:
-                return loaded.engine
-    return MatchingEngine([])
+log = logging.getLogger("loom.lookup")
 
 
 TRACE_RANGE_GONE = 3  # `loom trace` exit status for JournalRangeGone (the trace endpoint: 410)
@@ -52,40 +44,184 @@ def _concerns(ev, order_id: int) -> bool:
     return getattr(ev, "order_id", None) == order_id
 
 
-def _venue(journal: FileJournal) -> int:
-    if journal.venue_id is not None:  # stored before retention retired seq 1
-        return journal.venue_id
+def _venue(journal) -> int:
+    venue = journal.venue_id  # a file journal's is None until retention stored it
+    if venue is not None:
+        return venue
     return next(iter(journal.read(1))).ts if journal.last_seq else 0
 
 
+class HistorySource:
+    """Where histories are read back from: a journal and the snapshots taken along it,
+    kept open for many lookups (the lookup worker's). Which snapshot an order needs is
+    decided by each snapshot's next order id, learnt once per snapshot (loading one is
+    the costly part of a lookup)."""
+
+    def __init__(self, snapshots_dir: Path) -> None:
+        self.local = SnapshotStore(snapshots_dir) if snapshots_dir.is_dir() else None
+        self._next_order_id: dict[tuple, int] = {}  # snapshot -> its next order id (0: unusable)
+
+    def journal(self, upto_seq: int = 0):
+        raise NotImplementedError
+
+    def first_seq(self, journal) -> int:
+        return first_seq(journal)
+
+    def where(self) -> str:
+        raise NotImplementedError
+
+    def gone_why(self) -> str:
+        """What removes the head of this journal."""
+        raise NotImplementedError
+
+    def candidates(self) -> list[tuple[int, tuple, Callable[[], MatchingEngine]]]:
+        """(seq, key, load) of every snapshot, oldest first."""
+        found = []
+        if self.local is not None:
+            for info in self.local.list():
+                found.append(
+                    (info.seq, ("local", str(info.path)), lambda i=info: self.local.verify(i).engine)
+                )
+        return sorted(found, key=lambda c: c[0])
+
+    def start(self, order_id: int, max_seq: int) -> MatchingEngine | None:
+        """A restored engine from the newest snapshot (at or before `max_seq`) the order is
+        younger than, or None."""
+        for seq, key, load in reversed(self.candidates()):
+            if seq > max_seq:
+                continue
+            known = self._next_order_id.get(key)
+            if known is not None and (not known or known > order_id):
+                continue
+            try:
+                engine = load()
+            except (SnapshotError, ValueError, OSError) as exc:
+                log.warning("lookup: snapshot %s unusable: %s", key[1], exc)
+                self._next_order_id[key] = 0
+                continue
+            self._next_order_id[key] = engine.next_order_id
+            if engine.next_order_id <= order_id:
+                return engine
+        return None
+
+    def oldest(self, max_seq: int) -> MatchingEngine | None:
+        """The oldest snapshot that loads (the furthest back a trimmed journal can go)."""
+        for seq, key, load in self.candidates():
+            if seq > max_seq or self._next_order_id.get(key) == 0:
+                continue
+            try:
+                return load()
+            except (SnapshotError, ValueError, OSError):
+                self._next_order_id[key] = 0
+        return None
+
+    def stale(self) -> None:
+        """A read found the journal changed under it (retention): look again next time."""
+
+    def close(self) -> None:
+        pass
+
+
+class LocalHistory(HistorySource):
+    """A node's data directory: the journal's segment files (with their archive)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        super().__init__(self.data_dir / "snapshots")
+        self._journal: FileJournal | None = None
+
+    def where(self) -> str:
+        return f"the journal at {self.data_dir / 'journal'} (with its archive)"
+
+    def gone_why(self) -> str:
+        return 'journal_retention = "delete" removed them'
+
+    def journal(self, upto_seq: int = 0) -> FileJournal:
+        """Opened read-only beside the live node; opened again once the node has written
+        past what it saw (opening scans the segments)."""
+        if self._journal is None or self._journal.last_seq < upto_seq or not upto_seq:
+            if self._journal is not None:
+                self._journal.close()
+            self._journal = FileJournal(self.data_dir / "journal", read_only=True, archive=True)
+        return self._journal
+
+    def stale(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
 def order_history(data_dir: str | Path, order_id: int) -> dict | None:
+    """`history` read from a data directory (`loom trace`)."""
+    source = LocalHistory(data_dir)
+    try:
+        return history(source, order_id)
+    finally:
+        source.close()
+
+
+def history(source: HistorySource, order_id: int, upto_seq: int = 0) -> dict | None:
     """{"order_id", "trace_id", "accepted_seq", "events": [every event of the order, each
     with the seq and ts of the command that caused it], "done", "stages": the order's stage
-    timings (engine/stage_timings.py)}, or None when the journal holds no such order."""
-    data_dir = Path(data_dir)
-    # With the archive: retention may have moved the order's records there.
-    journal = FileJournal(data_dir / "journal", read_only=True, archive=True)
+    timings (engine/stage_timings.py)}, or None when the journal holds no such order.
+    `upto_seq`: the journal holds at least this far (0: whatever it holds now)."""
+    journal = source.journal(upto_seq)
     try:
-        engine = _start_engine(data_dir / "snapshots", order_id)
-        first = journal.segments[0].first_seq if journal.segments else 1
+        engine = source.start(order_id, journal.last_seq) or MatchingEngine([])
+        first = source.first_seq(journal)
         if engine.last_seq + 1 < first:
             raise JournalRangeGone(
-                f"order {order_id} is older than every kept snapshot, and the journal at "
-                f"{data_dir / 'journal'} (with its archive) now begins at seq {first}: seqs "
-                f'{engine.last_seq + 1}..{first - 1} are no longer held (journal_retention = "delete" '
-                "removed them), so the order's history cannot be read back"
+                f"order {order_id} is older than every kept snapshot, and {source.where()} now "
+                f"begins at seq {first}: seqs {engine.last_seq + 1}..{first - 1} are no longer held "
+                f"({source.gone_why()}), so the order's history cannot be read back"
             )
         return _replay_for(journal, engine, order_id)
     except FileNotFoundError as exc:  # a segment deleted by retention while it was read
+        source.stale()
         raise JournalRangeGone(
             f"journal segment {exc.filename} was removed by journal retention while order "
             f"{order_id} was looked up"
         ) from exc
-    finally:
-        journal.close()
+    except RecoveryGapError as exc:  # a stream purged while it was read
+        raise JournalRangeGone(f"order {order_id}: {exc}") from exc
 
 
-def _replay_for(journal: FileJournal, engine: MatchingEngine, order_id: int) -> dict | None:
+def rebuild_index(source: HistorySource, capacity: int, lo: int, hi: int, upto_seq: int, names) -> dict:
+    """The finished-order index of the orders with ids lo..hi-1 that finished by `upto_seq`,
+    read back from the journal: replayed with events from the newest snapshot older than
+    `lo` (else from seq 1, else from the oldest snapshot, when the journal was trimmed).
+    Returns FinishedOrders.export() and "history_from", the lowest id it covers."""
+    from engine.order_index import FinishedOrders
+    from engine.order_store import OrderStore
+
+    journal = source.journal(upto_seq)
+    engine = source.start(lo, upto_seq)
+    first = source.first_seq(journal)
+    if engine is None and first > 1:
+        engine = source.oldest(upto_seq)
+        if engine is None or engine.last_seq + 1 < first:
+            return {"history_from": hi, **FinishedOrders(capacity, lambda: hi).export()}
+    engine = engine or MatchingEngine([])
+    index = FinishedOrders(capacity, lambda: hi)
+    index.intern_names(*names)
+    store = OrderStore(keep_done=10_000, index=index)
+    store.seed_open_orders(engine)  # a trimmed journal: orders open at the snapshot
+    history_from = min([engine.next_order_id, *store.orders])
+    apply = engine.apply
+    for _meta, batch in journal.read_records(engine.last_seq + 1):
+        if batch[0].seq > upto_seq:
+            break
+        if batch[-1].seq > upto_seq:
+            batch = batch[: upto_seq - batch[0].seq + 1]
+        store.on_batch(batch, [apply(cmd) for cmd in batch])
+    store.flush_done()
+    return {"history_from": history_from, **index.export()}
+
+
+def _replay_for(journal, engine: MatchingEngine, order_id: int) -> dict | None:
     apply = engine.apply
     found: dict | None = None
     accepted_in = None  # (meta, first_seq, count, seq, ts) of the order's batch

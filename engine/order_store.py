@@ -1,6 +1,8 @@
 """The order store: a read model of orders built from the durable events, for order
 queries (`GET /v1/orders/{id}`), open-order lists and recent trades. Open orders are all
-kept; finished ones are kept up to a bound (the journal holds the full history)."""
+kept; the most recent finished ones in full (with their fills), up to a bound; older ones
+go on as compact records in the finished-order index (engine/order_index.py), when there
+is one, and the journal holds the full history."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class OrderView(msgspec.Struct, gc=False):
     accepted_ts: int = 0
     updated_seq: int = 0
     updated_ts: int = 0
-    fills: tuple[Fill, ...] = ()
+    fills: tuple[Fill, ...] | None = ()  # None: a compact record (the index keeps no fills)
     trace_id: str = ""
 
     def to_json(self) -> dict:
@@ -86,7 +88,7 @@ class OrderView(msgspec.Struct, gc=False):
             "accepted_ts": self.accepted_ts,
             "updated_seq": self.updated_seq,
             "updated_ts": self.updated_ts,
-            "fills": [f.to_json() for f in self.fills],
+            "fills": None if self.fills is None else [f.to_json() for f in self.fills],
             "trace_id": self.trace_id,
         }
 
@@ -99,10 +101,12 @@ def reject_reason_name(code: int) -> str:
 
 
 class OrderStore:
-    def __init__(self, keep_done: int = 100_000, keep_trades: int = 1_000) -> None:
+    def __init__(self, keep_done: int = 100_000, keep_trades: int = 1_000, index=None) -> None:
         self.orders: dict[int, OrderView] = {}  # open orders
         self.done: OrderedDict[int, OrderView] = OrderedDict()  # most recent last
         self.keep_done = keep_done
+        # engine.order_index.FinishedOrders: where views evicted from `done` go on, compacted.
+        self.index = index
         self.keep_trades = keep_trades
         self.trades: dict[str, deque[Trade]] = {}
         # seq -> trace id for orders that came without one (the node's, set by the app).
@@ -147,7 +151,23 @@ class OrderStore:
         return body
 
     def get(self, order_id: int) -> OrderView | None:
+        """An open order or a recent finished one, in full (with its fills)."""
         return self.orders.get(order_id) or self.done.get(order_id)
+
+    def find(self, order_id: int) -> OrderView | None:
+        """An open order, else a finished one within the index's lookup window: in full when
+        recent, else the index's compact record (fills None)."""
+        view = self.orders.get(order_id)
+        if view is not None or self.index is None:
+            return view or self.done.get(order_id)
+        if order_id < self.index.window_lo:
+            return None  # evicted, even while its full view is still among the recent ones
+        return self.done.get(order_id) or self.index.get(order_id)
+
+    def flush_done(self) -> None:
+        """Move every recent finished view into the index (a rebuild's last step)."""
+        while self.done and self.index is not None:
+            self.index.add(self.done.popitem(last=False)[1])
 
     def open_orders(self, account: str, symbol: str = "") -> list[OrderView]:
         return [
@@ -163,7 +183,9 @@ class OrderStore:
         self.orders.pop(view.order_id, None)
         self.done[view.order_id] = view
         if len(self.done) > self.keep_done:
-            self.done.popitem(last=False)
+            evicted = self.done.popitem(last=False)[1]
+            if self.index is not None:
+                self.index.add(evicted)
 
     def on_batch(self, commands: list, results: list[list]) -> None:
         self.on_events(commands, results, BatchEvents(results))

@@ -14,17 +14,21 @@ from engine.cluster.snapshot_store import ReplicatedSnapshots
 from engine.config import Config
 
 
+def stream_names(stream: str) -> tuple[str, str, str, str]:
+    """(subject prefix, lease bucket, snapshot bucket, positions bucket) of a stream: another
+    stream name is another exchange on the same NATS, with its own subjects, lease and
+    snapshots."""
+    if stream == DEFAULT_STREAM:
+        return DEFAULT_PREFIX, DEFAULT_BUCKET, SNAPSHOT_BUCKET, POSITIONS_BUCKET
+    low = stream.lower()
+    return f"loom.{low}", f"{low}_lease", f"{low}_snapshots", f"{low}_positions"
+
+
 def connect_cluster(cfg: Config) -> tuple[NatsJournal, Lease, ReplicatedSnapshots, StandbyPositions]:
     link = NatsLink(cfg.cluster, name=f"loom-{cfg.node_id}")
     try:
-        # Another stream name is another exchange on the same NATS: its own subjects, lease
-        # and snapshots.
         stream = cfg.cluster_stream
-        own = stream == DEFAULT_STREAM
-        prefix = DEFAULT_PREFIX if own else f"loom.{stream.lower()}"
-        bucket = DEFAULT_BUCKET if own else f"{stream.lower()}_lease"
-        snapshot_bucket = SNAPSHOT_BUCKET if own else f"{stream.lower()}_snapshots"
-        positions_bucket = POSITIONS_BUCKET if own else f"{stream.lower()}_positions"
+        prefix, bucket, snapshot_bucket, positions_bucket = stream_names(stream)
         journal = NatsJournal(link, stream=stream, prefix=prefix, owns_link=True)
         lease = Lease(link, cfg.node_id, bucket=bucket, ttl=cfg.lease_ttl, renew_every=cfg.lease_ttl / 4)
         snapshots = ReplicatedSnapshots(link, snapshot_bucket)

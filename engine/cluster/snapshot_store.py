@@ -143,21 +143,23 @@ class ReplicatedSnapshots:
                 log.error("replicated %s is beyond the journal's last seq %d: skipped", snap.name, max_seq)
                 continue
             try:
-                data = self.link.call(self.fetch(snap.name), FETCH_TIMEOUT_S)
-                loaded = decode_snapshot(data, f"{self.bucket}/{snap.name}")
+                loaded, data = self.load(snap)
             except (SnapshotError, ValueError, nats.errors.Error, TimeoutError) as exc:
                 self.load_failures += 1
                 log.error("replicated %s failed verification, falling back: %s", snap.name, exc)
                 continue
-            if snap.state_hash and loaded.state_hash != snap.state_hash:
-                self.load_failures += 1
-                log.error(
-                    "replicated %s: state hash %s, its header says %s; falling back",
-                    snap.name,
-                    loaded.state_hash[:16],
-                    snap.state_hash[:16],
-                )
-                continue
             log.info("replicated snapshot %s at seq %d verified (%d bytes)", snap.name, snap.seq, len(data))
             return loaded
         return None
+
+    def load(self, snap: ReplicatedSnapshot) -> tuple[LoadedSnapshot, bytes]:
+        """Fetch and verify one snapshot (checksum, restore, state hash, and the hash its
+        header names); raises SnapshotError naming what is wrong."""
+        data = self.link.call(self.fetch(snap.name), FETCH_TIMEOUT_S)
+        loaded = decode_snapshot(data, f"{self.bucket}/{snap.name}")
+        if snap.state_hash and loaded.state_hash != snap.state_hash:
+            raise SnapshotError(
+                f"{self.bucket}/{snap.name}: state hash {loaded.state_hash[:16]}, "
+                f"its header says {snap.state_hash[:16]}"
+            )
+        return loaded, data

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_text
 from engine.market_data import MarketData
-from engine.order_history import TRACE_RANGE_GONE
-from engine.order_store import OrderStore
+from engine.order_index import Lookup
+from engine.order_store import OrderStore, OrderView
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.state import state_hash
@@ -45,7 +44,6 @@ from telemetry.tracing import parse_traceparent
 log = logging.getLogger("loom.http")
 
 MAX_BODY = 64 * 1024
-TRACE_LOOKUP_TIMEOUT_S = 60
 SIDES = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
 TYPES = {"limit": int(OrderType.LIMIT), "market": int(OrderType.MARKET)}
 TIFS = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC), "fok": int(TimeInForce.FOK)}
@@ -91,6 +89,7 @@ class GatewayContext:
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.surveillance.Surveillance
+    lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -317,36 +316,93 @@ async def post_order(request: web.Request) -> web.Response:
     return response
 
 
+def _unknown(oid: int) -> web.Response:
+    # The one answer for an id never assigned and for another account's order.
+    return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
+
+
+def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | Lookup:
+    """The account's order (open, recent, or a compact finished record), or why there is
+    none to show; from memory alone, never the journal."""
+    view = ctx.order_store.find(oid)
+    if view is not None:
+        return view if view.account == account else Lookup.UNKNOWN
+    index = ctx.order_store.index
+    return index.missing(oid) if index is not None else Lookup.UNKNOWN
+
+
+def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
+    index = ctx.order_store.index
+    if why is Lookup.EVICTED:
+        return error(
+            410,
+            "ORDER_EVICTED",
+            f"order {oid} is beyond the lookup window: this node answers for the newest "
+            f"{index.capacity} order ids (from {index.window_lo}); its history may still be in the "
+            "journal (loom trace)",
+            order_id=oid,
+            window_orders=index.capacity,
+        )
+    if why is Lookup.HISTORY_GONE:
+        return error(
+            410,
+            "ORDER_HISTORY_GONE",
+            f"order {oid} finished before this node started and its history is no longer held "
+            f"(the journal and snapshots reach back to order {index.history_from})",
+            order_id=oid,
+        )
+    if why is Lookup.REBUILDING:
+        return error(
+            503,
+            "INDEX_REBUILDING",
+            f"order {oid} finished before this node started; the order index is still being "
+            "read back from the journal: retry shortly",
+            order_id=oid,
+        )
+    return _unknown(oid)
+
+
+def _order_answer(ctx: GatewayContext, account: str, oid: int) -> web.Response:
+    found = _find(ctx, account, oid)
+    return _missing(ctx, oid, found) if isinstance(found, Lookup) else ok(ctx.order_store.json(found))
+
+
 async def get_order(request: web.Request) -> web.Response:
+    return _order_answer(request.app[CTX], _account(request), _order_id(request))
+
+
+async def get_order_by_client_id(request: web.Request) -> web.Response:
+    """The order a client order id named: the engine keeps every account's client order
+    ids for the venue's life (duplicate detection), so this resolves old ids too."""
     account = _account(request)
-    oid = _order_id(request)
-    store = request.app[CTX].order_store
-    view = store.get(oid)
-    if view is None or view.account != account:
-        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account in the order store")
-    return ok(store.json(view))
+    ctx = request.app[CTX]
+    clid = request.match_info["client_order_id"]
+    acct = ctx.engine.accounts.get(account)
+    oid = acct.by_clid.get(clid) if acct is not None else None
+    if oid is None:
+        return error(404, "UNKNOWN_ORDER", f"no order with client order id {clid!r} for this account")
+    return _order_answer(ctx, account, oid)
 
 
 async def get_order_trace(request: web.Request) -> web.Response:
     """The order's trace id, a link to it, its history and its stage timings: from the order
-    store (and the service's recent batch timings) when it is there, else read back from
-    the journal by a `loom trace` subprocess (so a long scan never stalls the event loop)."""
+    store (and the service's recent batch timings) when it is there in full, else read back
+    from the journal by the lookup worker process (engine/order_lookup.py)."""
     from engine.order_history import trace_url
 
     account = _account(request)
     oid = _order_id(request)
     ctx = request.app[CTX]
-    view = ctx.order_store.get(oid)
-    # Not in the store, or seeded at a restart (acceptance unknown here): the journal knows.
-    if view is None or not view.accepted_seq:
+    view = _find(ctx, account, oid)
+    if isinstance(view, Lookup) and view not in (Lookup.REBUILDING, Lookup.HISTORY_GONE):
+        return _missing(ctx, oid, view)
+    # Not known here yet (or no more), a compact record, or seeded at a restart (acceptance
+    # unknown here): the journal knows, and says why not when it does not.
+    if isinstance(view, Lookup) or view.fills is None or not view.accepted_seq:
         body = await _journal_lookup(ctx, oid)
         if isinstance(body, web.Response):
             return body
-        if body.get("account") != account:
-            return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
-        return ok(body)
-    if view.account != account:
-        return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
+        return ok(body) if body.get("account") == account else _unknown(oid)
     body = ctx.order_store.json(view)
     body["trace_url"] = trace_url(body["trace_id"])
     body["source"] = "order-store"
@@ -361,32 +417,28 @@ async def get_order_trace(request: web.Request) -> web.Response:
 
 
 async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
-    """`loom trace OID --json` against this node's data directory, or an error response."""
-    data_dir = str(ctx.service.node.config.data_dir)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "engine.cli",
-        "trace",
-        str(oid),
-        "--data-dir",
-        data_dir,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    """The order's history from the lookup worker, or an error response."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from engine.order_history import JournalRangeGone
+    from engine.order_lookup import TIMEOUT_S, LookupBusy
+
+    if ctx.lookups is None:
+        return error(503, "LOOKUP_UNAVAILABLE", "this node reads no order history")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), TRACE_LOOKUP_TIMEOUT_S)
+        found = await ctx.lookups.trace(oid)
+    except LookupBusy as exc:
+        return error(503, "LOOKUP_BUSY", f"{exc}: retry shortly")
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return error(504, "LOOKUP_TIMEOUT", f"reading the journal took over {TRACE_LOOKUP_TIMEOUT_S} s")
-    if proc.returncode == TRACE_RANGE_GONE:  # journal_retention = "delete" removed its records
-        message = err.decode(errors="replace").strip().removeprefix("loom trace: ")
-        return error(410, "JOURNAL_RANGE_GONE", message)
-    if proc.returncode != 0:
-        return error(404, "UNKNOWN_ORDER", f"no order {oid} in the journal")
-    return msgspec.json.decode(out)
+        return error(504, "LOOKUP_TIMEOUT", f"reading the journal took over {TIMEOUT_S:.0f} s")
+    except JournalRangeGone as exc:  # retention removed its records
+        return error(410, "JOURNAL_RANGE_GONE", str(exc))
+    except BrokenProcessPool:
+        return error(503, "LOOKUP_UNAVAILABLE", "the lookup worker stopped; a new one starts on retry")
+    except Exception as exc:  # the journal or stream unreadable now (NATS away, damage)
+        log.warning("order %d: history lookup failed: %s", oid, exc)
+        return error(503, "LOOKUP_FAILED", f"the order's history could not be read: {exc}")
+    return found if found is not None else _unknown(oid)
 
 
 async def delete_order(request: web.Request) -> web.Response:
@@ -932,6 +984,8 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.router.add_get("/v1/orders", list_orders)
     app.router.add_delete("/v1/orders", cancel_all)
     app.router.add_get("/v1/orders/{order_id}", get_order)
+    # Before the trace route, which would otherwise take the client order id "trace".
+    app.router.add_get("/v1/orders/by-client-id/{client_order_id}", get_order_by_client_id)
     app.router.add_get("/v1/orders/{order_id}/trace", get_order_trace)
     app.router.add_delete("/v1/orders/{order_id}", delete_order)
     app.router.add_patch("/v1/orders/{order_id}", patch_order)

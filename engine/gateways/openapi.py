@@ -30,6 +30,20 @@ def _errors(*codes: int) -> dict:
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
 
+# The order lookups' own 410 and 503 (engine/order_index.py says when each applies).
+_LOOKUP_ERRORS = {
+    "410": _json(
+        _ERROR,
+        "ORDER_EVICTED: the id is older than the lookup window (the newest `lookup_window_orders`, "
+        "default 1,000,000, order ids; error.window_orders says how many); ORDER_HISTORY_GONE: it "
+        "finished before this node started and retention removed its history",
+    ),
+    "503": _json(
+        _ERROR,
+        "INDEX_REBUILDING: it finished before this node started and the order index is still being "
+        "read back from the journal or stream; retry after Retry-After",
+    ),
+}
 _ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _SYMBOL = {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}}
 _EVENTS = {"$ref": "#/components/schemas/EventsResult"}
@@ -173,7 +187,11 @@ OPENAPI: dict = {
                     "qty": {"type": "integer"},
                     "leaves": {"type": "integer"},
                     "filled": {"type": "integer"},
-                    "fills": {"type": "array", "items": {"type": "object"}},
+                    "fills": {
+                        "type": ["array", "null"],
+                        "items": {"type": "object"},
+                        "description": "null for an older finished order (its compact record keeps none)",
+                    },
                 },
             },
         },
@@ -229,10 +247,15 @@ OPENAPI: dict = {
         "/v1/orders/{order_id}": {
             "parameters": [_ORDER_ID],
             "get": {
-                "summary": "Order state and fills",
+                "summary": (
+                    "Order state and fills: open orders, and finished ones among the newest "
+                    "lookup_window_orders ids, also after a restart or failover (fills null for "
+                    "older finished ones: see /trace)"
+                ),
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Order"}, "the order"),
                     **_errors(400, 401, 404, 429),
+                    **_LOOKUP_ERRORS,
                 },
             },
             "delete": {
@@ -260,17 +283,45 @@ OPENAPI: dict = {
                     "Trace id, trace link, the order's whole history and its stage timings "
                     "(receive->sequenced, journal, match, ack; journal-backed)"
                 ),
-                "responses": {"200": {"description": "history"}, **_errors(400, 401, 404, 410, 429)},
+                "responses": {
+                    "200": {"description": "history"},
+                    **_errors(400, 401, 404, 410, 429, 503),
+                    "410": _json(
+                        _ERROR,
+                        "ORDER_EVICTED / ORDER_HISTORY_GONE as for GET /v1/orders/{order_id}; "
+                        "JOURNAL_RANGE_GONE: the journal no longer holds the order's records",
+                    ),
+                    "503": _json(
+                        _ERROR,
+                        "INDEX_REBUILDING, or LOOKUP_BUSY: every history-lookup slot is taken "
+                        "(unknown ids never take one); retry after Retry-After",
+                    ),
+                    "504": _json(_ERROR, "LOOKUP_TIMEOUT: reading the history took too long"),
+                },
             },
         },
         "/v1/orders/by-client-id/{client_order_id}": {
+            "get": {
+                "summary": (
+                    "The order a client order id named (the venue keeps every account's client order "
+                    "ids), answered like GET /v1/orders/{order_id}: the lookup after a lost answer"
+                ),
+                "parameters": [
+                    {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Order"}, "the order"),
+                    **_errors(401, 404, 429),
+                    **_LOOKUP_ERRORS,
+                },
+            },
             "delete": {
                 "summary": "Cancel an order by client order id",
                 "parameters": [
                     {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
                 "responses": {"200": _json(_EVENTS, "cancelled"), **_errors(401, 404, 409, 429, 503, 504)},
-            }
+            },
         },
         "/v1/book/{symbol}": {
             "get": {
