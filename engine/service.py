@@ -48,6 +48,7 @@ DEFAULT_MAX_QUEUED_COMMANDS = 10_000
 # switch, halt, limits) may fill the queue a quarter beyond the bound: an overloaded venue
 # must still let traders pull their orders and operators stop trading.
 CANCEL_HEADROOM = 0.25
+SNAPSHOT_POLL_S = 0.05  # how often a finished snapshot child is looked for between batches
 BatchListener = Callable[[list, list[list]], None]
 EventListener = Callable[[list, list[list], BatchEvents], None]
 
@@ -79,6 +80,10 @@ class ExchangeService:
             node.risk_check_ns = []  # the node times risk checks on a sample of batches
         self.tracer = None  # telemetry.order_traces.OrderTraceRecorder, when exporting traces
         self._snapshot_failures_seen = 0
+        self._snapshot_seen = node.last_snapshot
+        self._captures_seen = 0
+        node.background_snapshots = True  # written by a child; reaped by _reap_snapshots
+        self._reaper: asyncio.Task | None = None
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
         self._queue: deque[_Pending] = deque()
@@ -109,6 +114,7 @@ class ExchangeService:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._commit_loop(), name="commit-loop")
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_snapshots(), name="snapshots")
 
     async def stop(self) -> None:
         """Refuse new work, commit what is queued, then stop the loop."""
@@ -116,6 +122,9 @@ class ExchangeService:
         self.refusal = None
         self._closing = True
         self._wakeup.set()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         if self._task is not None:
             try:
                 await self._task
@@ -217,7 +226,7 @@ class ExchangeService:
             queued,
         )
 
-    def _observe(self, batch, error, snapshot_before, t0, t1, t2, t3, t4) -> None:
+    def _observe(self, batch, error, t0, t1, t2, t3, t4) -> None:
         m = self.metrics
         node = self.node
         m.batch_commands.observe(len(batch))
@@ -237,11 +246,33 @@ class ExchangeService:
                 m.fsync.observe(node.journal.last_fsync_ns / 1e9)
         else:
             m.write_errors.inc()
-        if node.last_snapshot is not snapshot_before and node.last_snapshot is not None:
-            m.snapshot_duration.observe(node.last_snapshot.duration_s)
+        self._observe_snapshots()
+
+    def _observe_snapshots(self) -> None:
+        """The capture pause, the background write's duration and failures, once each."""
+        m = self.metrics
+        node = self.node
+        if node.snapshot_captures != self._captures_seen:
+            self._captures_seen = node.snapshot_captures
+            m.snapshot_capture.observe(node.last_capture_s)
+        if node.last_snapshot is not self._snapshot_seen:
+            self._snapshot_seen = node.last_snapshot
+            if node.last_snapshot is not None:
+                m.snapshot_duration.observe(node.last_snapshot.duration_s)
         if node.snapshot_failures > self._snapshot_failures_seen:
             m.snapshot_failures.inc(node.snapshot_failures - self._snapshot_failures_seen)
             self._snapshot_failures_seen = node.snapshot_failures
+
+    async def _reap_snapshots(self) -> None:
+        """Finish a snapshot whose child has ended even when no batch comes to do it."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_POLL_S)
+            try:
+                self.node.poll_snapshot()
+                if self.metrics is not None:
+                    self._observe_snapshots()
+            except Exception:
+                log.exception("reaping the snapshot child failed")
 
     # -- the commit loop -----------------------------------------------------------------
 
@@ -296,7 +327,6 @@ class ExchangeService:
                 else:
                     error = node.write(batch, meta)
                 t2 = time.perf_counter()
-                snapshot_before = node.last_snapshot
                 results = node.finish(batch, before, error)
                 t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
@@ -345,7 +375,7 @@ class ExchangeService:
                 except Exception:
                     log.exception("order trace recording failed")
             if self.metrics is not None:
-                self._observe(batch, error, snapshot_before, t0, t1, t2, t3, t4)
+                self._observe(batch, error, t0, t1, t2, t3, t4)
                 # Queue to durable answer, once per submission (a binary read of many orders
                 # counts once: an observation per order would cost ~8% at 150k orders/s).
                 order_to_ack = self.metrics.order_to_ack
