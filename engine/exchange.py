@@ -138,6 +138,8 @@ class ExchangeNode:
         # starts one waits for it (a bare node driven synchronously), True: it does not
         # and poll_snapshot reaps it (the service sets this and polls).
         self.background_snapshots = False
+        # Called with a SnapshotJob when it starts and when it finishes (metrics).
+        self.snapshot_observer: Callable[[SnapshotJob], None] | None = None
         data_dir = Path(config.data_dir)
         self._lock_fd = lock_data_dir(data_dir)
         try:
@@ -340,6 +342,8 @@ class ExchangeNode:
         job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine)
         self.snapshot_captures += 1
         self.last_capture_s = job.capture_s
+        if self.snapshot_observer is not None:
+            self.snapshot_observer(job)
         return job
 
     @property
@@ -361,6 +365,8 @@ class ExchangeNode:
         if not snapshot_child.poll(job, block):
             return False
         self._snapshot_job = None
+        if self.snapshot_observer is not None:
+            self.snapshot_observer(job)
         written = job.written
         if written is None:
             self._snapshot_failed(job.seq, job.error or "unknown error")

@@ -80,9 +80,9 @@ class ExchangeService:
             node.risk_check_ns = []  # the node times risk checks on a sample of batches
         self.tracer = None  # telemetry.order_traces.OrderTraceRecorder, when exporting traces
         self._snapshot_failures_seen = 0
-        self._snapshot_seen = node.last_snapshot
-        self._captures_seen = 0
         node.background_snapshots = True  # written by a child; reaped by _reap_snapshots
+        if metrics is not None:
+            node.snapshot_observer = self._observe_snapshot
         self._reaper: asyncio.Task | None = None
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
@@ -246,21 +246,20 @@ class ExchangeService:
                 m.fsync.observe(node.journal.last_fsync_ns / 1e9)
         else:
             m.write_errors.inc()
-        self._observe_snapshots()
+        self._observe_snapshot_failures()
 
-    def _observe_snapshots(self) -> None:
-        """The capture pause, the background write's duration and failures, once each."""
-        m = self.metrics
+    def _observe_snapshot(self, job) -> None:
+        """A snapshot's capture pause (order path) when it starts, its background write's
+        duration when it is written."""
+        if not job.finished:
+            self.metrics.snapshot_capture.observe(job.capture_s)
+        elif job.written is not None:
+            self.metrics.snapshot_duration.observe(job.written.duration_s)
+
+    def _observe_snapshot_failures(self) -> None:
         node = self.node
-        if node.snapshot_captures != self._captures_seen:
-            self._captures_seen = node.snapshot_captures
-            m.snapshot_capture.observe(node.last_capture_s)
-        if node.last_snapshot is not self._snapshot_seen:
-            self._snapshot_seen = node.last_snapshot
-            if node.last_snapshot is not None:
-                m.snapshot_duration.observe(node.last_snapshot.duration_s)
         if node.snapshot_failures > self._snapshot_failures_seen:
-            m.snapshot_failures.inc(node.snapshot_failures - self._snapshot_failures_seen)
+            self.metrics.snapshot_failures.inc(node.snapshot_failures - self._snapshot_failures_seen)
             self._snapshot_failures_seen = node.snapshot_failures
 
     async def _reap_snapshots(self) -> None:
@@ -270,7 +269,7 @@ class ExchangeService:
             try:
                 self.node.poll_snapshot()
                 if self.metrics is not None:
-                    self._observe_snapshots()
+                    self._observe_snapshot_failures()
             except Exception:
                 log.exception("reaping the snapshot child failed")
 

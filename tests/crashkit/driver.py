@@ -22,7 +22,8 @@ refused with DUPLICATE_CLIENT_ORDER_ID, which is how "exactly once" shows to the
 
 `--stall PHASE:NTH` parks the process at one exact point of its NTH snapshot write (in the
 snapshot's child process, which dies with the driver) or journal append (after a real
-partial write where the phase says so), prints `STALL phase=<phase> seq=<seq> path=<file>` and waits for stdin to close or a SIGKILL:
+partial write where the phase says so), prints `STALL phase=<phase> seq=<seq> path=<file>`
+and waits for stdin to close or a SIGKILL:
 
     snapshot-partial   half of the snapshot's temporary file written
     snapshot-tmp       temporary file complete and fsync'd, not yet renamed
