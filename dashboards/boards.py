@@ -411,14 +411,15 @@ def persistence() -> Dashboard:
             [
                 series("Snapshot age", [target(m("loom_snapshot_age_seconds"), "age")], SECONDS_FORMAT),
                 series(
-                    "Snapshot write duration",
+                    "Snapshot: background write and order-path pause",
                     [
                         target(
                             f"max({m('loom_snapshot_duration_seconds_sum')} / "
                             f"{m('loom_snapshot_duration_seconds_count')})",
-                            "mean since start",
+                            "write, mean since start",
                         ),
-                        target(quantile(0.99, "loom_snapshot_duration_seconds"), "p99"),
+                        target(quantile(0.99, "loom_snapshot_duration_seconds"), "write p99"),
+                        target(quantile(0.99, "loom_snapshot_capture_seconds"), "capture pause p99"),
                     ],
                     SECONDS_FORMAT,
                 ),

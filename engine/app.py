@@ -188,7 +188,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     else:
         metrics.registry.register(StandaloneRoleCollector())
     automation = RunbookAutomation(
-        node.take_snapshot,
+        node.take_snapshot_async,
         os.environ.get("LOOM_AUTOMATION_TOKEN") or cfg.admin_key,
         metrics=metrics,
         actions=member.automation_actions() if member is not None else None,
@@ -207,7 +207,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         accounts,
         cfg.rate_limit,
         cfg.rate_burst,
-        node.take_snapshot,
+        node.take_snapshot_async,
         metrics=metrics,
         automation=automation,
         cluster=member,

@@ -82,7 +82,7 @@ class RunbookAutomation:
         self._running: set[tuple[str, str]] = set()  # awaiting: a concurrent repeat is a duplicate
         self._series(UNKNOWN_ACTION_LABEL)
         if take_snapshot is not None:
-            self.register("take-snapshot", lambda _labels: _describe_snapshot(take_snapshot()))
+            self.register("take-snapshot", lambda _labels: _snapshot_action(take_snapshot))
         for name, hook in (actions or {}).items():  # hooks that need no alert labels (cluster)
             self.register(name, lambda _labels, hook=hook: hook())
 
@@ -175,6 +175,13 @@ class RunbookAutomation:
 
     def audit_records(self) -> list[dict]:
         return [msgspec.to_builtins(r) for r in self.audit]
+
+
+async def _snapshot_action(take_snapshot: Callable[[], object]) -> str:
+    written = take_snapshot()
+    if inspect.isawaitable(written):  # a node's take_snapshot_async: the child writes it
+        written = await written
+    return _describe_snapshot(written)
 
 
 def _describe_snapshot(written) -> str:

@@ -78,6 +78,14 @@ def _cmd_bench_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
+    from engine.bench.snapshot_stall import format_snapshot_stall, run_snapshot_stall_bench
+
+    result = run_snapshot_stall_bench(resting=args.resting, rate=args.rate, duration=args.duration)
+    print(json.dumps(result) if args.json else format_snapshot_stall(result))
+    return 0
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
@@ -339,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--concurrency", type=_positive_int, default=4, help="orders in flight")
     ch.add_argument("--json", action="store_true")
     ch.set_defaults(func=_cmd_chaos)
+
+    bs = bench_sub.add_parser(
+        "snapshot-stall", help="order-to-ack on a deep book with snapshots every 5 s and with them off"
+    )
+    bs.add_argument("--resting", type=_positive_int, default=800_000, help="orders on the book")
+    bs.add_argument("--rate", type=_positive_int, default=5_000, help="binary orders/s offered")
+    bs.add_argument("--duration", type=_positive_int, default=30, help="seconds of load, each way")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(func=_cmd_bench_snapshot_stall)
     return parser
 
 

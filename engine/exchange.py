@@ -5,7 +5,8 @@ one place, in the order of the order path:
     2. journal   the batch is written and fdatasync'd: nothing is acknowledged before this
     3. apply     the pure engine turns each command into events
     4. ack       the events go back to the caller (gateways turn them into replies)
-    5. snapshot  every N commands and/or T seconds, and on demand
+    5. snapshot  every N commands and/or T seconds, and on demand: captured by a fork at
+                 the batch boundary, written by the child (engine/snapshot_child.py)
 
 A batch the journal cannot make durable, and knows it does not hold, is refused whole
 (JOURNAL_WRITE_FAILED): the engine never sees it and the sequence numbers are given back,
@@ -18,6 +19,7 @@ written) or absent (its numbers given back).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import snapshot_child
 from engine.commands import (
     Amend,
     Cancel,
@@ -47,6 +50,7 @@ from engine.recovery import Recovered, recover, tail_guard
 from engine.refusal_log import RefusalLog
 from engine.risk import check_new
 from engine.sequencer import Sequencer
+from engine.snapshot_child import SnapshotJob, SnapshotWriteError
 from engine.snapshots import SnapshotStore, WrittenSnapshot
 from telemetry.tracing import derived_trace_id
 
@@ -162,6 +166,12 @@ class ExchangeNode:
         self._replicated = replicated
         # Called with each WrittenSnapshot (the cluster's retention replicates it).
         self.on_snapshot: Callable[[WrittenSnapshot], None] | None = None
+        # Scheduled snapshots are written by a child either way; False: the batch that
+        # starts one waits for it (a bare node driven synchronously), True: it does not
+        # and poll_snapshot reaps it (the service sets this and polls).
+        self.background_snapshots = False
+        # Called with a SnapshotJob when it starts and when it finishes (metrics).
+        self.snapshot_observer: Callable[[SnapshotJob], None] | None = None
         data_dir = Path(config.data_dir)
         self._lock_fd = lock_data_dir(data_dir)
         try:
@@ -188,8 +198,12 @@ class ExchangeNode:
         self.last_applied_ts = last_ts
         self.last_snapshot_seq = self.recovered.snapshot_seq
         self.last_snapshot_attempt_seq = self.last_snapshot_seq
-        self.last_snapshot_at = clock()
+        self.last_snapshot_at = self._last_snapshot_attempt_at = clock()
         self.snapshot_failures = 0
+        self.last_snapshot_error = ""
+        self.snapshot_captures = 0  # forks taken for snapshots, and the last one's pause
+        self.last_capture_s = 0.0
+        self._snapshot_job: SnapshotJob | None = None
         self.last_snapshot: WrittenSnapshot | None = None
         self.retention = RetentionStats()
         self.rejected_batches = 0
@@ -425,43 +439,130 @@ class ExchangeNode:
             results.append(apply(cmd))
         return results
 
+    # -- snapshots: captured here at a batch boundary (a fork), written by the child ---------
+
     def _maybe_snapshot(self) -> None:
+        job = self._snapshot_job
+        if job is not None and not self._snapshot_done(block=False):
+            return  # one at a time: a snapshot due meanwhile waits for this one
         cfg = self.config
         due = (
             cfg.snapshot_every_commands
             and self.engine.last_seq - self.last_snapshot_attempt_seq >= cfg.snapshot_every_commands
         ) or (
             cfg.snapshot_every_s
-            and self._clock() - self.last_snapshot_at >= cfg.snapshot_every_s
+            and self._clock() - self._last_snapshot_attempt_at >= cfg.snapshot_every_s
             and self.engine.last_seq > self.last_snapshot_seq
         )
         if due:
             # The batch is already durable and applied: a snapshot that cannot be written
             # must not fail it. Logged and counted; tried again after another interval.
             try:
-                self.take_snapshot()
+                self._start_snapshot()
             except OSError as exc:
-                self.snapshot_failures += 1
-                self.last_snapshot_attempt_seq = self.engine.last_seq
-                self.last_snapshot_at = self._clock()
-                log.error("scheduled snapshot at seq %d failed: %s", self.engine.last_seq, exc)
+                self._snapshot_failed(self.engine.last_seq, str(exc))
+                return
+            if not self.background_snapshots:
+                self._snapshot_done(block=True)
 
-    def take_snapshot(self) -> WrittenSnapshot:
-        written = self.snapshots.write(self.engine)
-        self.last_snapshot_seq = self.last_snapshot_attempt_seq = written.seq
-        self.last_snapshot_at = self._clock()
+    def _start_snapshot(self) -> SnapshotJob:
+        self.last_snapshot_attempt_seq = self.engine.last_seq
+        self._last_snapshot_attempt_at = self._clock()
+        job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine)
+        self.snapshot_captures += 1
+        self.last_capture_s = job.capture_s
+        if self.snapshot_observer is not None:
+            self.snapshot_observer(job)
+        return job
+
+    @property
+    def snapshot_in_flight(self) -> bool:
+        return self._snapshot_job is not None
+
+    def poll_snapshot(self) -> None:
+        """Reap a finished snapshot child, without waiting (the service calls this on a
+        timer and every batch does): prune, journal retention, on_snapshot."""
+        if self._snapshot_job is not None:
+            self._snapshot_done(block=False)
+
+    def _snapshot_done(self, block: bool) -> bool:
+        """Finish the job in flight if its child has ended (or wait for it); True when none
+        is left in flight."""
+        job = self._snapshot_job
+        if job is None:
+            return True
+        if not snapshot_child.poll(job, block):
+            return False
+        self._snapshot_job = None
+        if self.snapshot_observer is not None:
+            self.snapshot_observer(job)
+        written = job.written
+        if written is None:
+            self._snapshot_failed(job.seq, job.error or "unknown error")
+            self.snapshots.prune()  # its temporary file
+            return True
+        self.last_snapshot_seq = written.seq
+        self.last_snapshot_at = self._last_snapshot_attempt_at
         self.last_snapshot = written
         log.info(
-            "snapshot at seq %d: %d bytes in %.3f s (%s)",
+            "snapshot at seq %d: %d bytes in %.3f s (%s; the order path paused %.1f ms)",
             written.seq,
             written.size,
             written.duration_s,
             written.path.name,
+            job.capture_s * 1000,
         )
+        try:
+            self.snapshots.prune()
+        except OSError as exc:
+            log.error("pruning snapshots failed: %s", exc)
         self._retain()
         if self.on_snapshot is not None:
-            self.on_snapshot(written)
-        return written
+            try:
+                self.on_snapshot(written)
+            except Exception:
+                log.exception("on_snapshot failed after the snapshot at seq %d", written.seq)
+        return True
+
+    def _snapshot_failed(self, seq: int, error: str) -> None:
+        self.snapshot_failures += 1
+        self.snapshots.write_failures += 1
+        self.last_snapshot_error = error
+        log.error("snapshot at seq %d failed (the previous one stands): %s", seq, error)
+
+    def _snapshot_now(self) -> SnapshotJob:
+        """The job that will hold a snapshot of the state as it is now: the one in flight
+        if it already covers it, else a new one (the caller has reaped any other)."""
+        job = self._snapshot_job
+        if job is not None and job.seq == self.engine.last_seq:
+            return job
+        return self._start_snapshot()
+
+    def _outcome(self, job: SnapshotJob) -> WrittenSnapshot:
+        if job.written is None:
+            raise SnapshotWriteError(f"snapshot at seq {job.seq} failed: {job.error}")
+        return job.written
+
+    def take_snapshot(self) -> WrittenSnapshot:
+        """Snapshot now and wait for it (CLI tools, tests, the drain). Raises
+        SnapshotWriteError (an OSError) when it could not be written."""
+        if self._snapshot_job is not None and self._snapshot_job.seq != self.engine.last_seq:
+            self._snapshot_done(block=True)
+        job = self._snapshot_now()
+        self._snapshot_done(block=True)
+        return self._outcome(job)
+
+    async def take_snapshot_async(self, poll_s: float = 0.01) -> WrittenSnapshot:
+        """Snapshot now and await it without blocking the event loop (the admin endpoint,
+        the runbook automation): only the fork runs on the loop."""
+        while self._snapshot_job is not None and self._snapshot_job.seq != self.engine.last_seq:
+            await asyncio.sleep(poll_s)
+            self.poll_snapshot()
+        job = self._snapshot_now()
+        while not job.finished:
+            await asyncio.sleep(poll_s)
+            self.poll_snapshot()
+        return self._outcome(job)
 
     def _retain(self) -> None:
         """Journal retention behind the oldest kept snapshot. Its failure must not fail
@@ -477,6 +578,8 @@ class ExchangeNode:
             log.error("journal retention (%s) failed: %s", self.config.journal_retention, exc)
 
     def close(self) -> None:
+        if self._snapshot_job is not None:  # a snapshot being written is finished, not lost
+            self._snapshot_done(block=True)
         self.journal.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock

@@ -10,6 +10,7 @@ load by the checksum and by recomputing the state hash of the restored engine; t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,29 +116,49 @@ class SnapshotStore:
         return sorted(out, key=lambda s: s.seq)
 
     def write(self, engine: MatchingEngine) -> WrittenSnapshot:
+        """Encode and write in this process, then prune (recovery, tests). A running node
+        writes through engine/snapshot_child.py instead: the same `write_file`, in a child."""
+        try:
+            written = self.write_file(engine)
+        except OSError:
+            self.write_failures += 1
+            raise
+        self.prune()
+        return written
+
+    def write_file(
+        self, engine: MatchingEngine, before_write: Callable[[Path], None] | None = None
+    ) -> WrittenSnapshot:
+        """Encode the engine and write it atomically (temporary file, fsync, rename, fsync
+        of the directory). Neither counts nor prunes: safe in a forked child. `before_write`
+        is called with the temporary file's path once it is created (a test hook)."""
         started = time.perf_counter()
         data, digest = encode_snapshot(engine)
         final = self.directory / f"snapshot-{engine.last_seq:020d}.snap"
         tmp = final.with_suffix(".snap.tmp")
         try:
             with open(tmp, "wb") as f:
+                if before_write is not None:
+                    before_write(tmp)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             fsync_dir(self.directory)
         except OSError:
-            self.write_failures += 1
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a directory in its place: leave it be
+                tmp.unlink(missing_ok=True)
             raise
-        self._prune()
         return WrittenSnapshot(final, engine.last_seq, digest, len(data), time.perf_counter() - started)
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Keep the newest `keep`; remove unfinished temporary files. Never while a snapshot
+        is being written (its temporary file would go)."""
         for info in self.list()[: -self.keep]:
             info.path.unlink(missing_ok=True)
         for stale in self.directory.glob("*.snap.tmp"):
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(IsADirectoryError):
+                stale.unlink(missing_ok=True)
 
     def verify(self, info: SnapshotInfo) -> LoadedSnapshot:
         return decode_snapshot(info.path.read_bytes(), str(info.path))

@@ -184,10 +184,19 @@ _SPECS = [
     MetricSpec(
         "loom_snapshot_duration_seconds",
         HISTOGRAM,
-        "Time to write one snapshot.",
+        "Time to write one snapshot in the background (the forked child's encode, write, "
+        "fsync and rename); the order path does not wait for it.",
         (),
         "seconds",
         DURATION_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_snapshot_capture_seconds",
+        HISTOGRAM,
+        "Time the order path paused to capture one snapshot (the fork at a batch boundary).",
+        (),
+        "seconds",
+        LATENCY_BUCKETS,
     ),
     MetricSpec("loom_snapshot_failures", COUNTER, "Snapshots that could not be written.", ()),
     MetricSpec("loom_recovery_duration_seconds", GAUGE, "Duration of the start-up recovery.", (), "seconds"),

@@ -84,6 +84,7 @@ class ExchangeMetrics:
         self.written_bytes = self.m["loom_journal_written_bytes"]
         self.write_errors = self.m["loom_journal_write_errors"]
         self.snapshot_duration = self.m["loom_snapshot_duration_seconds"]
+        self.snapshot_capture = self.m["loom_snapshot_capture_seconds"]
         self.snapshot_failures = self.m["loom_snapshot_failures"]
         # Bounded label sets, so every series exists (at 0) before the first risk event.
         for reason in RISK_REASONS:

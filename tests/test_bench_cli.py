@@ -44,3 +44,22 @@ def test_bench_durable_fsyncs_every_batch():
     assert r["orders"] == 5000
     assert r["batches"] == 10
     assert r["fsyncs"] >= r["batches"]
+
+
+def test_bench_snapshot_stall_runs_with_and_without_snapshots():
+    r = bench("snapshot-stall", "--resting", "20000", "--rate", "500", "--duration", "11")
+    keys = {
+        "p99_ms_with",
+        "p99_ms_without",
+        "max_ms_with",
+        "max_ms_without",
+        "snapshots_taken",
+        "snapshot_bytes",
+    }
+    assert keys <= r.keys()
+    assert r["resting"] == 20_000
+    assert r["acked_with"] == r["acked_without"] == 500 * 11 and r["errors"] == 0
+    assert r["snapshots_taken"] >= 2 and r["snapshots_taken_without"] == 0 and r["snapshot_failures"] == 0
+    assert r["snapshot_bytes"] > 20_000 * 20  # every resting order is in it
+    assert r["capture_mean_ms"] > 0 and 0 < r["capture_fork_ms"] <= r["capture_fork_max_ms"]
+    assert 0 < r["p99_ms_with"] <= r["max_ms_with"] and 0 < r["p99_ms_without"] <= r["max_ms_without"]

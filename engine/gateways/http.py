@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import logging
 import math
 import time
@@ -595,7 +596,12 @@ async def admin_snapshot(request: web.Request) -> web.Response:
         return error(403, "FORBIDDEN", "the admin key is required")
     if ctx.take_snapshot is None:
         return error(501, "NOT_AVAILABLE", "snapshots are not configured")
-    written = ctx.take_snapshot()
+    try:
+        written = ctx.take_snapshot()
+        if inspect.isawaitable(written):  # written by a child: awaited, the loop goes on
+            written = await written
+    except OSError as exc:  # counted and logged by the node; the previous snapshot stands
+        return error(500, "SNAPSHOT_FAILED", str(exc))
     return ok(
         {
             "seq": written.seq,

@@ -344,8 +344,13 @@ OPENAPI: dict = {
         },
         "/v1/admin/snapshot": {
             "post": {
-                "summary": "Take a snapshot now (admin key)",
-                "responses": {"200": {"description": "snapshot written"}, **_errors(403)},
+                "summary": "Take a snapshot now (admin key): captured at a batch boundary (a fork), "
+                "written by a child process; the answer waits for it, the order path does not",
+                "responses": {
+                    "200": {"description": "snapshot written"},
+                    **_errors(403),
+                    "500": _json(_ERROR, "SNAPSHOT_FAILED: not written; the previous snapshot stands"),
+                },
             }
         },
         "/v1/admin/stats": {

@@ -18,7 +18,7 @@ LOAD_ADMIN_KEY = "load-admin-key-000000"
 _READY = re.compile(r"loom: ready on (\S+) \((.*)\);")
 
 
-def _config_text() -> str:
+def _config_text(snapshot_every_s: float = 0) -> str:
     lines = [
         'host = "127.0.0.1"',
         f'admin_key = "{LOAD_ADMIN_KEY}"',
@@ -26,7 +26,7 @@ def _config_text() -> str:
         "binary_rate_limit = 0",
         "[snapshots]",
         "every_commands = 0",
-        "every_seconds = 0",
+        f"every_seconds = {snapshot_every_s}",
         "[[instruments]]",
         'symbol = "LOAD-USD"',
         "tick_size = 1",
@@ -40,12 +40,20 @@ def _config_text() -> str:
 
 
 @contextmanager
-def spawned_exchange(timeout: float = 60.0, event_loop: str | None = None):
+def spawned_exchange(
+    timeout: float = 60.0,
+    event_loop: str | None = None,
+    snapshot_every_s: float = 0,
+    seed_data: Path | None = None,
+):
     """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}.
-    `event_loop` is the server's `--event-loop` (default: its own default)."""
+    `event_loop` is the server's `--event-loop` (default: its own default); `seed_data`: a
+    data directory to start from (copied; e.g. a prepared deep book)."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
     config = tmp / "load.toml"
-    config.write_text(_config_text())
+    config.write_text(_config_text(snapshot_every_s))
+    if seed_data is not None:
+        shutil.copytree(seed_data, tmp / "data")
     cmd = [
         sys.executable,
         "-m",

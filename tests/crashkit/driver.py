@@ -20,9 +20,10 @@ The flow is a function of (seed, index) only, never of engine state, so a restar
 can resend from any index: a resent NewOrder whose client order id is already journaled is
 refused with DUPLICATE_CLIENT_ORDER_ID, which is how "exactly once" shows to the client.
 
-`--stall PHASE:NTH` parks the process at one exact point of its NTH snapshot write or
-journal append (after a real partial write where the phase says so), prints
-`STALL phase=<phase> seq=<seq> path=<file>` and waits for stdin to close or a SIGKILL:
+`--stall PHASE:NTH` parks the process at one exact point of its NTH snapshot write (in the
+snapshot's child process, which dies with the driver) or journal append (after a real
+partial write where the phase says so), prints `STALL phase=<phase> seq=<seq> path=<file>`
+and waits for stdin to close or a SIGKILL:
 
     snapshot-partial   half of the snapshot's temporary file written
     snapshot-tmp       temporary file complete and fsync'd, not yet renamed
@@ -206,8 +207,23 @@ def install_stall(spec: str, node_holder: dict, out) -> None:
         return node.engine.last_seq if node is not None else -1
 
     def hit() -> bool:
+        if phase.startswith("snapshot"):  # counted per fork, below
+            return count["n"] == nth
         count["n"] += 1
         return count["n"] == nth
+
+    if phase.startswith("snapshot"):
+        # A snapshot is written by a forked child, whose counter is a copy: count the forks
+        # in this process; the child sees the count its fork left.
+        import engine.snapshot_child as child_mod
+
+        real_fork = child_mod.fork_snapshot
+
+        def counting_fork(store, engine):
+            count["n"] += 1
+            return real_fork(store, engine)
+
+        child_mod.fork_snapshot = counting_fork
 
     if phase == "snapshot-partial":
         real_open = open

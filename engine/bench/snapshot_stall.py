@@ -1,0 +1,211 @@
+"""`loom bench snapshot-stall`: what a snapshot of a deep book costs the order path.
+
+A book of N resting orders is built once (in this process, through a real ExchangeNode, and
+snapshotted so the node starts from it); then a real `loom run` is started on a copy of it
+twice, and the open-loop binary load of `loom load` offers R orders/s for S seconds to each:
+first with a snapshot every 5 s, then with snapshots off. Latency is from each order's
+scheduled send to its acknowledgement (coordinated omission included), so a stall shows.
+
+The capture alternatives are measured on the built book too (`capture_*` keys): the fork the
+node uses, encoding inline, encoding on a thread (the GIL: the longest the main thread was
+held up) and copying the state first (what a copy-then-encode scheme pays on the order path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import re
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from engine.commands import NewOrder
+from engine.config import load_config
+from engine.domain import OrderType, Side
+from engine.exchange import ExchangeNode, NodeConfig
+from engine.load.binary_driver import BinaryDriver
+from engine.load.runner import MID, SYMBOL, run_open_loop
+from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
+from engine.snapshots import encode_snapshot
+from engine.state import export_state
+
+SNAPSHOT_EVERY_S = 5.0
+BOOK_GAP = 100  # resting orders start this far from MID: the load's IOCs (MID ± 60) never reach them
+BOOK_LEVELS = 2000  # price levels per side the book spreads over
+BUILD_BATCH = 4096
+ACCOUNTS = tuple(LOAD_ACCOUNTS.values())
+
+
+def _instruments(tmp: Path) -> tuple:
+    """The instruments the spawned node lists (one source: its config)."""
+    path = tmp / "load.toml"
+    path.write_text(_config_text())
+    return tuple(load_config(str(path)).instruments)
+
+
+def _book_order(i: int) -> NewOrder:
+    buy = i % 2 == 0
+    offset = BOOK_GAP + (i // 2) % BOOK_LEVELS
+    return NewOrder(
+        ACCOUNTS[i % 2],
+        f"book-{i}",
+        SYMBOL,
+        int(Side.BUY if buy else Side.SELL),
+        int(OrderType.LIMIT),
+        MID - offset if buy else MID + offset,
+        1 + i % 50,
+    )
+
+
+def build_book(data_dir: Path, resting: int) -> tuple[ExchangeNode, float]:
+    """A node with `resting` orders on the book, snapshotted (left open for measuring)."""
+    started = time.perf_counter()
+    node = ExchangeNode(
+        NodeConfig(data_dir, _instruments(data_dir.parent), snapshot_every_commands=0, snapshot_every_s=0)
+    )
+    for first in range(0, resting, BUILD_BATCH):
+        node.submit([_book_order(i) for i in range(first, min(resting, first + BUILD_BATCH))])
+    node.take_snapshot()
+    return node, time.perf_counter() - started
+
+
+def _main_thread_stall(work) -> float:
+    """Run `work` on a thread; the longest the main thread waited to run again meanwhile
+    (it asks for 1 ms sleeps), in seconds."""
+    worker = threading.Thread(target=work)
+    worst = 0.0
+    worker.start()
+    while worker.is_alive():
+        t = time.perf_counter()
+        time.sleep(0.001)
+        worst = max(worst, time.perf_counter() - t - 0.001)
+    worker.join()
+    return worst
+
+
+def measure_capture(node: ExchangeNode) -> dict:
+    """What each way of capturing the state costs the thread that runs the order path."""
+    engine = node.engine
+    out = {}
+    t = time.perf_counter()
+    encode_snapshot(engine)
+    out["capture_encode_inline_ms"] = (time.perf_counter() - t) * 1000
+    out["capture_encode_thread_stall_ms"] = _main_thread_stall(lambda: encode_snapshot(engine)) * 1000
+    t = time.perf_counter()
+    state = export_state(engine)
+    for book in state.books:
+        book.bids = [copy.copy(o) for o in book.bids]
+        book.asks = [copy.copy(o) for o in book.asks]
+    out["capture_copy_ms"] = (time.perf_counter() - t) * 1000
+    del state
+    pauses = []
+    for _ in range(3):
+        node.take_snapshot()
+        pauses.append(node.last_capture_s)
+    out["capture_fork_ms"] = min(pauses) * 1000
+    out["capture_fork_max_ms"] = max(pauses) * 1000
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def _scrape(host: str, port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(loom_snapshot_[a-z_]+)(?:\{\})? (\S+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def run_one(seed: Path, snapshot_every_s: float, rate: float, duration: float) -> dict:
+    with spawned_exchange(timeout=600, snapshot_every_s=snapshot_every_s, seed_data=seed) as info:
+        host = info["host"]
+        before = _scrape(host, info["http"])
+        driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)))
+        result = asyncio.run(run_open_loop(driver, "binary", rate, duration, f"S{int(time.time() * 1000)}"))
+        after = _scrape(host, info["http"])
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    taken = int(delta("loom_snapshot_duration_seconds_count"))
+    captures = delta("loom_snapshot_capture_seconds_count")
+    return {
+        **result,
+        "snapshots_taken": taken,
+        "snapshot_failures": int(delta("loom_snapshot_failures_total")),
+        "snapshot_bytes": int(after.get("loom_snapshot_size_bytes", 0)),
+        "snapshot_write_s": round(delta("loom_snapshot_duration_seconds_sum") / taken, 3) if taken else 0.0,
+        # Absent before snapshots had a capture (the inline write): 0.
+        "capture_mean_ms": round(delta("loom_snapshot_capture_seconds_sum") / captures * 1000, 2)
+        if captures
+        else 0.0,
+    }
+
+
+def run_snapshot_stall_bench(
+    resting: int = 800_000, rate: float = 5_000, duration: float = 30.0, measure: bool = True
+) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="loom-bench-stall-"))
+    try:
+        seed = tmp / "data"
+        node, build_s = build_book(seed, resting)
+        capture = measure_capture(node) if measure else {}
+        snapshot_bytes = node.last_snapshot.size if node.last_snapshot else 0
+        node.close()
+        del node
+        gc.collect()  # the load generator runs in this process: not beside a dead book
+        with_ = run_one(seed, SNAPSHOT_EVERY_S, rate, duration)
+        without = run_one(seed, 0, rate, duration)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "resting": resting,
+        "rate": rate,
+        "duration_s": duration,
+        "build_s": round(build_s, 1),
+        "p50_ms_with": round(with_["p50_us"] / 1000, 2),
+        "p50_ms_without": round(without["p50_us"] / 1000, 2),
+        "p99_ms_with": round(with_["p99_us"] / 1000, 2),
+        "p99_ms_without": round(without["p99_us"] / 1000, 2),
+        "p999_ms_with": round(with_["p999_us"] / 1000, 2),
+        "p999_ms_without": round(without["p999_us"] / 1000, 2),
+        "max_ms_with": round(with_["max_us"] / 1000, 2),
+        "max_ms_without": round(without["max_us"] / 1000, 2),
+        "acked_with": with_["acked"],
+        "acked_without": without["acked"],
+        "errors": with_["errors"] + without["errors"],
+        "snapshots_taken": with_["snapshots_taken"],
+        "snapshots_taken_without": without["snapshots_taken"],
+        "snapshot_failures": with_["snapshot_failures"],
+        "snapshot_bytes": with_["snapshot_bytes"] or snapshot_bytes,
+        "snapshot_write_s": with_["snapshot_write_s"],
+        "capture_mean_ms": with_["capture_mean_ms"],
+        **capture,
+    }
+
+
+def format_snapshot_stall(r: dict) -> str:
+    lines = [
+        f"book of {r['resting']:,} resting orders (built in {r['build_s']} s), "
+        f"binary load {r['rate']:,.0f}/s for {r['duration_s']} s, each way:",
+        f"  snapshots every {SNAPSHOT_EVERY_S:g} s: p50 {r['p50_ms_with']} ms  p99 {r['p99_ms_with']} ms  "
+        f"p99.9 {r['p999_ms_with']} ms  max {r['max_ms_with']} ms  ({r['snapshots_taken']} snapshots of "
+        f"{r['snapshot_bytes']:,} bytes, written in {r['snapshot_write_s']} s each, "
+        f"order path paused {r['capture_mean_ms']} ms each)",
+        f"  snapshots off:        p50 {r['p50_ms_without']} ms  p99 {r['p99_ms_without']} ms  "
+        f"p99.9 {r['p999_ms_without']} ms  max {r['max_ms_without']} ms",
+    ]
+    if "capture_fork_ms" in r:
+        lines.append(
+            f"  capture on the order path: fork {r['capture_fork_ms']} ms (max {r['capture_fork_max_ms']}); "
+            f"encode inline {r['capture_encode_inline_ms']} ms; encode on a thread stalls the loop "
+            f"{r['capture_encode_thread_stall_ms']} ms (GIL); copy first {r['capture_copy_ms']} ms"
+        )
+    return "\n".join(lines)
