@@ -69,6 +69,9 @@ _REQUEST_OF = {
 
 
 RISK_TIMING_EVERY = 8  # batches
+# How long a start keeps asking a refusing journal to list the configured instruments.
+LISTING_RETRY_S = 10.0
+LISTING_RETRY_PAUSE_S = 0.2
 # How long an append with an unknown outcome is looked into before its commands are
 # answered OUTCOME_UNKNOWN (a PubAck lost while the stream still answers reads is settled
 # well within it; a NATS outage is not), and for each later attempt to resolve it.
@@ -220,12 +223,33 @@ class ExchangeNode:
         self.unknown_outcomes = dict.fromkeys(UNKNOWN_OUTCOME_KINDS, 0)
         self.last_write_bytes = 0
         self._venue_id = 0
-        new = [i for i in config.instruments if i.symbol not in self.engine.instruments]
-        if new:
+        self._list_instruments()
+
+    def _list_instruments(self) -> None:
+        """List the configured instruments the engine does not have yet. A journal that
+        refuses at start is asked again for up to LISTING_RETRY_S: a replicated stream just
+        created may not be routed to yet by the server this node is connected to ("no
+        responders"). Each refusal is true and an unknown outcome is settled before the next
+        try (`submit`), so a retry never lists anything twice."""
+        deadline = time.monotonic() + LISTING_RETRY_S
+        while new := [i for i in self.config.instruments if i.symbol not in self.engine.instruments]:
             results = self.submit([ListInstrument(i) for i in new])
+            refused = 0  # the journal's refusal, if any
             for inst, events in zip(new, results, strict=True):
-                if events and isinstance(events[0], OrderRejected):
+                if not events or not isinstance(events[0], OrderRejected):
+                    continue
+                if events[0].reason not in (RejectReason.JOURNAL_WRITE_FAILED, RejectReason.OUTCOME_UNKNOWN):
                     raise RuntimeError(f"cannot list {inst.symbol}: reason {events[0].reason}")
+                refused = events[0].reason
+            if not refused:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"cannot list {', '.join(i.symbol for i in new)}: the journal refused for "
+                    f"{LISTING_RETRY_S:.0f} s ({RejectReason(refused).name})"
+                )
+            log.warning("listing %d instruments: the journal refused, trying again", len(new))
+            time.sleep(LISTING_RETRY_PAUSE_S)
 
     @property
     def venue_id(self) -> int:

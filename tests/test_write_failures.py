@@ -147,6 +147,42 @@ def test_failure_on_the_listing_batch_at_startup(tmp_path):
         node.close()
 
 
+class _RefusesAtFirst(FileJournal):
+    """A journal that refuses its first `refusals` appends (true refusals: nothing written),
+    as a replicated stream just created does before the server routes its subject."""
+
+    refusals = 2
+
+    def append(self, commands, meta=None):
+        if self.refusals:
+            self.refusals -= 1
+            raise JournalWriteError("nats: no responders available for request (injected)")
+        return super().append(commands, meta)
+
+
+def test_a_start_lists_its_instruments_once_a_refusing_journal_takes_them(tmp_path):
+    """FIX: the first listing's refusal ended the start ("cannot list X: reason 502"): a
+    cluster test failed so under load, on a stream created a moment before."""
+    journal = _RefusesAtFirst(tmp_path / "journal")
+    node = ExchangeNode(node_config(tmp_path), journal=journal)
+    try:
+        assert journal.refusals == 0
+        assert set(node.engine.instruments) == {SYMBOL}
+        assert journal_seqs(node.journal) == [1]  # listed once
+    finally:
+        node.close()
+
+
+def test_a_start_gives_up_on_a_journal_that_keeps_refusing(tmp_path, monkeypatch):
+    import engine.exchange as exchange_mod
+
+    monkeypatch.setattr(exchange_mod, "LISTING_RETRY_S", 0.0)
+    journal = _RefusesAtFirst(tmp_path / "journal")
+    journal.refusals = 1_000
+    with pytest.raises(RuntimeError, match="the journal refused for 0 s .JOURNAL_WRITE_FAILED"):
+        ExchangeNode(node_config(tmp_path), journal=journal)
+
+
 class _PartialWrites:
     """Stands in for the `os` module inside engine.journal.segments: after `tear()` the next
     pwrite writes half its bytes and the one after it fails with ENOSPC (a disk filling up
