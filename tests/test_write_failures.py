@@ -179,7 +179,7 @@ def test_a_start_gives_up_on_a_journal_that_keeps_refusing(tmp_path, monkeypatch
     monkeypatch.setattr(exchange_mod, "LISTING_RETRY_S", 0.0)
     journal = _RefusesAtFirst(tmp_path / "journal")
     journal.refusals = 1_000
-    with pytest.raises(RuntimeError, match="the journal refused for 0 s .JOURNAL_WRITE_FAILED"):
+    with pytest.raises(RuntimeError, match=r"the journal refused for 0 s \(JOURNAL_WRITE_FAILED\)"):
         ExchangeNode(node_config(tmp_path), journal=journal)
 
 
