@@ -1,9 +1,10 @@
 """Snapshots off the order path: a forked child writes the copy-on-write image of the
 engine (as Redis's BGSAVE does), so the order path pays for the fork only.
 
-Measured on an 800k-order book (BENCHMARKS.md): the fork takes ~3 ms; encoding inline takes
-~0.7 s, and encoding on a thread holds the GIL as long (msgspec encodes in one C call);
-copying the state first costs about as much as encoding it.
+Measured on an 800k-order book (BENCHMARKS.md): encoding inline takes ~1.1 s, encoding on a
+thread holds the GIL about half as long (msgspec encodes in one C call), copying the state
+first ~0.7 s; the fork copies the page tables, ~20 ms for an 800 MB node on 4 KiB pages and a
+few ms with the heap on huge pages (engine/hugepages.py keeps it there).
 
     parent (at a batch boundary)            child (a frozen image of the parent's memory)
     gc.disable(); pipe; fork ────────────▶  dies with the parent (PR_SET_PDEATHSIG)
