@@ -22,12 +22,14 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.order_history import HistorySource, history, history_json, rebuild_index
 from engine.order_index import FinishedOrders
+from engine.procutil import die_with_parent
 
 log = logging.getLogger("loom.lookup")
 
@@ -65,7 +67,8 @@ def open_source(spec: SourceSpec) -> HistorySource:
 _source: HistorySource | None = None
 
 
-def _worker_init() -> None:
+def _worker_init(node: int) -> None:
+    die_with_parent(node)  # a SIGKILLed node takes its worker along
     # Ctrl-C reaches the whole process group: the node drains and stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -99,7 +102,7 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 def _pool() -> concurrent.futures.ProcessPoolExecutor:
     # spawn, not fork: the node has threads (the journal's, the NATS link's) a fork would copy mid-flight.
     return concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
     )
 
 

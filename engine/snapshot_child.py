@@ -24,7 +24,6 @@ collection would copy the whole heap, page by page, on the order path.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import signal
@@ -35,15 +34,13 @@ from pathlib import Path
 import msgspec
 
 from engine.matcher import MatchingEngine
+from engine.procutil import die_with_parent
 from engine.snapshots import SnapshotStore, WrittenSnapshot
 
 # Test hook: while the file this names exists, a snapshot child waits after creating its
 # temporary file (deterministic tests of "the order path goes on while a snapshot is written").
 HOLD_ENV = "LOOM_TEST_SNAPSHOT_HOLD"
 CHILD_NICE = 19
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)  # resolved here: the child must not import
-_prctl = _libc.prctl
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
@@ -142,9 +139,7 @@ def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: 
     """Write the snapshot, report on the pipe, and _exit: never returns to the caller."""
     code = 1
     try:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the death signal was armed
-            os._exit(1)
+        die_with_parent(parent)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # not the parent's drain
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)

@@ -116,7 +116,10 @@ class Loom:
             self.proc.kill()
             self.proc.wait(30)
         self._log.close()
-        if self.proc.stdout is not None:
+        self._reader.join(10)
+        # A reader still blocked means something else holds the pipe open (a helper process
+        # that outlived the node): closing would wait for the reader's lock forever.
+        if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
 
 

@@ -276,9 +276,13 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         assert alive(child)
         placed += [_place(base, i) for i in range(21, 26)]  # answered while the child is held
         assert get_json(f"{base}/readyz")[0] == 200
+        helpers = _children(first.proc.pid) - {child}  # the order lookup's worker, if started
         first.proc.kill()
         first.wait_exit()
         poll(lambda: not alive(child), 30, "the snapshot child to die with its parent")
+        # FIX: the lookup worker (a spawned process) outlived a SIGKILLed node, holding its
+        # stdout open (this test then hung reading it) and reading the data directory.
+        poll(lambda: not any(alive(p) for p in helpers), 30, "the node's helper processes to die with it")
         pending.join(60)
     finally:
         first.close()
@@ -299,6 +303,10 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         assert status == 200 and again["seq"] == snap["seq"] + 6
         assert not tmp.exists()  # cleaned up after the next snapshot
         assert "Traceback" not in second.log()
+        helpers = _children(second.proc.pid)
+        second.proc.kill()
+        second.wait_exit()
+        poll(lambda: not any(alive(p) for p in helpers), 30, "the node's helper processes to die with it")
     finally:
         second.close()
 
