@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import sys
@@ -126,17 +127,18 @@ class HugePageKeeper:
         if madvise is None:
             return 0
         collapsed = 0
-        collapse_works = True
         for start, end in list(anonymous_ranges()):
             madvise(start, end - start, MADV_HUGEPAGE)
             addr = start
-            while collapse_works and addr < end:
+            while addr < end:
                 if self._stopping or self.busy():
                     return collapsed  # a snapshot started: the next pass does the rest
                 if madvise(addr, HUGE, MADV_COLLAPSE) == 0:
                     collapsed += HUGE
-                elif ctypes.get_errno() == 22:  # EINVAL: no MADV_COLLAPSE (before Linux 6.1)
-                    collapse_works = False
+                elif ctypes.get_errno() == errno.EINVAL:
+                    # This mapping cannot (some can't, e.g. a library's special ones), or the
+                    # kernel has no MADV_COLLAPSE (before 6.1): the next mapping may.
+                    break
                 addr += HUGE
         self.passes += 1
         self.collapsed_bytes = collapsed
