@@ -25,7 +25,6 @@ from engine.config import Config
 from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
-from engine.hugepages import HugePageKeeper
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
@@ -66,7 +65,6 @@ class RunningExchange:
     shipper: TraceShipper | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     lookups: OrderLookups | None = None
-    hugepages: HugePageKeeper | None = None
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -95,31 +93,12 @@ class RunningExchange:
             await self.lookups.close()
         if self.shipper is not None:
             self.shipper.close()
-        if self.hugepages is not None:
-            self.hugepages.stop()
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
                 log.info("final snapshot at seq %d", written.seq)
         finally:
             self.node.close()
-
-
-def _keep_heap_on_huge_pages(node: ExchangeNode) -> HugePageKeeper:
-    """A pass now, and one after each snapshot child has ended (its copy-on-write splits
-    the huge pages the node wrote meanwhile)."""
-    keeper = HugePageKeeper(busy=lambda: node.snapshot_in_flight)
-    observe = node.snapshot_observer
-
-    def observed(job) -> None:
-        if observe is not None:
-            observe(job)
-        if job.finished:
-            keeper.request()
-
-    node.snapshot_observer = observed
-    keeper.start()
-    return keeper
 
 
 def _fix_session_count(server) -> int:
@@ -217,7 +196,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     KillSwitchActions(service).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key)
     service.start()
-    hugepages = _keep_heap_on_huge_pages(node) if cfg.heap_huge_pages else None
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
     lookups = OrderLookups(spec, index, lambda: node.engine)
     lookups.start_rebuild()  # finished orders from before this start, read back in the background
@@ -244,7 +222,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.shipper = shipper
-    running.hugepages = hugepages
     running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:

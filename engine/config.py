@@ -61,9 +61,6 @@ class Config:
     # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
-    # Ask for huge pages for the heap, so a snapshot's fork (the order path's pause) copies
-    # 512 times fewer page-table entries (engine/hugepages.py).
-    heap_huge_pages: bool = True
 
 
 _ENV = {
@@ -82,17 +79,7 @@ _ENV = {
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
-    "LOOM_HEAP_HUGE_PAGES": ("heap_huge_pages", lambda text: _flag("LOOM_HEAP_HUGE_PAGES", text)),
 }
-
-
-def _flag(var: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{var}={text!r} is not a boolean (true/false, 1/0, on/off)")
 
 
 def load_config(path: str | None, env: dict[str, str] | None = None, **overrides) -> Config:
@@ -178,7 +165,6 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "lease_ttl": float,
         "journal_retention": str,
         "lookup_window_orders": int,
-        "heap_huge_pages": bool,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",

@@ -3,8 +3,8 @@ engine (as Redis's BGSAVE does), so the order path pays for the fork only.
 
 Measured on an 800k-order book (BENCHMARKS.md): encoding inline takes ~1.1 s, encoding on a
 thread holds the GIL about half as long (msgspec encodes in one C call), copying the state
-first ~0.7 s; the fork copies the page tables, ~20 ms for an 800 MB node on 4 KiB pages and a
-few ms with the heap on huge pages (engine/hugepages.py keeps it there).
+first ~0.7 s; the fork copies the page tables, ~15-25 ms for an 800 MB node (keeping the heap
+on huge pages made the fork cheaper but the order path slower: BENCHMARKS.md).
 
     parent (at a batch boundary)            child (a frozen image of the parent's memory)
     gc.disable(); pipe; fork ────────────▶  dies with the parent (PR_SET_PDEATHSIG)
