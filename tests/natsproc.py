@@ -6,6 +6,7 @@ journal state."""
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections import Counter
 
@@ -41,6 +42,20 @@ def nats_link(nats_cluster):
     link.close()
 
 
+def read_commands(journal: NatsJournal, within: float = 60.0) -> list:
+    """Every command of the stream, read again from the start while a read times out: right
+    after a server is lost, creating the reader's consumer waits for JetStream to elect a
+    new meta leader (seen: over the link's 10 s under load)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return list(journal.read())
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def assert_stream_is_the_record(
     link: NatsLink, stream: str, prefix: str, base: str, acked
 ) -> tuple[dict, NatsJournal]:
@@ -49,7 +64,7 @@ def assert_stream_is_the_record(
     status, the journal)."""
     verified = http("GET", base + "/v1/admin/cluster?verify=1")[1]
     journal = NatsJournal(link, stream, prefix)
-    commands = list(journal.read())
+    commands = read_commands(journal)
     assert [c.seq for c in commands] == list(range(1, len(commands) + 1))
     assert commands[-1].seq == verified["applied_seq"]
     counts = Counter(c.client_order_id for c in commands if type(c) is NewOrder)

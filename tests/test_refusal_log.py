@@ -15,7 +15,7 @@ import logging
 import time
 
 import pytest
-from natsproc import unique_stream
+from natsproc import read_commands, unique_stream
 from prometheus_client import CollectorRegistry
 
 from engine.bench.workload import INSTRUMENT, SYMBOL
@@ -147,7 +147,7 @@ def test_losing_the_stream_leader_logs_a_bounded_story_and_counts_every_refusal(
         # Every unknown outcome was resolved, and the node is exactly the stream's replay.
         assert node.unresolved is None
         replay = MatchingEngine([])
-        for cmd in journal.read():
+        for cmd in read_commands(journal):
             replay.apply(cmd)
         assert state_hash(replay) == state_hash(node.engine)
         resolved = sum(n for (_, answered), n in node.unknown_outcomes.items() if answered == "unknown")
