@@ -36,11 +36,12 @@ SLO_LATENCY_LE = "0.005"  # a bucket bound of LATENCY_BUCKETS, as prometheus_cli
 ERROR_BUDGET = round(1 - SLO_TARGET, 6)
 SLO_WINDOWS = ("5m", "30m", "1h", "6h")
 # Availability SLO: 99.9% of commands made durable, over 30 days. A command fails for the
-# exchange's fault when its batch could not be journaled (reason journal_write_failed);
-# every client-caused reject counts as served.
+# exchange's fault when its batch could not be journaled (journal_write_failed) or its
+# client was answered that nobody knows yet (outcome_unknown); every client-caused reject
+# counts as served.
 AVAILABILITY_TARGET = 0.999
 AVAILABILITY_BUDGET = round(1 - AVAILABILITY_TARGET, 6)
-FAILED = f'{JOB},reason="journal_write_failed"'
+FAILED = f'{JOB},reason=~"journal_write_failed|outcome_unknown"'
 # Data disk: free space predicted to reach 0 within this horizon (from the last hour's trend).
 DISK_FREE = f"loom_data_disk_free_bytes{{{JOB}}}"
 DISK_HORIZON_S = 4 * 3600

@@ -447,6 +447,11 @@ class ExchangeService:
                 for pending in taken:
                     # Queued -> sequenced: waiting for the next batch, then its stamping.
                     sequencer_wait.observe(t1 - pending.queued_at)
+                    if error is not None:
+                        # A refusal or an unknown outcome is no answer from the core: not an
+                        # order-to-ack sample, and its seqs (given back, or not yet settled)
+                        # name no order's trace. Counted in loom_rejects_total instead.
+                        continue
                     first = pending.commands[0]
                     exemplar = {"trace_id": node.trace_id_of(first)} if first.seq else None
                     order_to_ack(pending.protocol).observe(t4 - pending.queued_at, exemplar)
