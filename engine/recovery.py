@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.journal import JournalCorruptError, RecoveryGapError, TailDamageError
-from engine.journal.segments import FileJournal, ScanReport
+from engine.journal.segments import FileJournal, ScanReport, cut_point
 from engine.matcher import MatchingEngine
 from engine.replay import COMPILED, SilentReplayer
 from engine.snapshots import LoadedSnapshot, SnapshotError, SnapshotStore
@@ -77,14 +77,14 @@ def tail_guard(snapshot_dir: str | os.PathLike) -> Callable[[ScanReport], None]:
             raise damage.with_snapshot(str(covering.path), covering.seq) if covering else damage
         if covering is None:
             return
-        last = report.segments[-1] if report.segments else None
-        if report.torn_tail_path:
+        cut = cut_point(report)  # a torn tail (there is no other damage here)
+        if cut is not None:
             problem = f"a record cut short ({report.torn_tail_bytes} bytes, a torn tail but for the snapshot)"
-            path = report.torn_tail_path
+            path, offset = str(cut[0]), cut[1]
         else:
             problem = f"no records after seq {report.last_seq} (the journal's end)"
-            path = str(last.path) if last is not None else report.directory
-        offset = last.size if last is not None and str(last.path) == path else 0
+            last = report.segments[-1] if report.segments else None
+            path, offset = (str(last.path), last.size) if last is not None else (report.directory, 0)
         raise TailDamageError(
             path, offset, report.last_seq + 1, problem, None, str(covering.path), covering.seq
         )

@@ -86,11 +86,15 @@ def decode_segment_header(data: bytes) -> tuple[int, int] | None:
     return version, first_seq
 
 
+def record_crc(payload, first_seq: int, count: int) -> int:
+    """A record's checksum: its header fields (length, first seq, count), then its payload."""
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQI", len(payload), first_seq, count)))
+
+
 def encode_record(commands, meta: BatchMeta | None = None) -> bytes:
     payload = _encoder.encode((meta or NO_META, commands))
     first_seq = commands[0].seq
-    fields = struct.pack("<IQI", len(payload), first_seq, len(commands))
-    crc = zlib.crc32(payload, zlib.crc32(fields))
+    crc = record_crc(payload, first_seq, len(commands))
     return RECORD_HEADER.pack(RECORD_MAGIC, len(payload), first_seq, len(commands), crc) + payload
 
 
@@ -123,8 +127,7 @@ def parse_record(buf: memoryview, offset: int) -> RecordInfo | str:
     if start + length > len(buf):
         return "record runs past the end of the file"
     payload = buf[start : start + length]
-    fields = struct.pack("<IQI", length, first_seq, count)
-    if zlib.crc32(payload, zlib.crc32(fields)) != crc:
+    if record_crc(payload, first_seq, count) != crc:
         return "checksum mismatch"
     return RecordInfo(offset, first_seq, count, payload)
 

@@ -17,9 +17,7 @@ import errno as errno_mod
 import logging
 import os
 import re
-import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ from engine.journal.format import (
     encode_segment_header,
     next_valid_record,
     parse_record,
+    record_crc,
 )
 
 log = logging.getLogger("loom.journal")
@@ -231,8 +230,7 @@ def damaged_tail(buf: memoryview, offset: int, expected: int) -> tuple[str, int 
     # The file ends inside the record: a write cut short, unless the bytes present are the
     # whole record (its checksum matches them) and only its length field was changed.
     present = buf[offset + RECORD_HEADER.size :]
-    fields = struct.pack("<IQI", len(present), first_seq, count)
-    if zlib.crc32(present, zlib.crc32(fields)) == crc:
+    if record_crc(present, first_seq, count) == crc:
         return "damaged length field in a whole record (its checksum matches the bytes present)", claimed_last
     return None
 
@@ -289,8 +287,7 @@ class FileJournal:
         self._closed = False
 
     def _truncate_torn_tail(self, report: ScanReport) -> None:
-        path = Path(report.torn_tail_path)
-        keep = report.segments[-1].size if report.segments and report.segments[-1].path == path else 0
+        path, keep = cut_point(report)
         log.warning(
             "journal: torn tail of %d bytes in %s truncated at byte %d (an unacknowledged "
             "batch cut short by a crash)",
