@@ -466,9 +466,12 @@ class ExchangeNode:
     # -- snapshots: captured here at a batch boundary (a fork), written by the child ---------
 
     def _maybe_snapshot(self) -> None:
-        job = self._snapshot_job
-        if job is not None and not self._snapshot_done(block=False):
-            return  # one at a time: a snapshot due meanwhile waits for this one
+        # One at a time: a snapshot due meanwhile waits for this one. A service reaps it on
+        # its timer (no waitpid per batch); a bare node reaps it here.
+        if self._snapshot_job is not None and (
+            self.background_snapshots or not self._snapshot_done(block=False)
+        ):
+            return
         cfg = self.config
         due = (
             cfg.snapshot_every_commands

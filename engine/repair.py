@@ -38,6 +38,7 @@ from engine.journal.segments import (
     archive_dir,
     cut_point,
     list_segment_files,
+    make_dir,
     move_aside,
     repair,
     repair_dir,
@@ -259,7 +260,7 @@ def _create_segment(journal_dir: Path, first_seq: int) -> None:
 
 def _kept(aside: Path, lines: list[str]) -> list[str]:
     lines.append(f"everything cut or moved is kept in {aside} ({REPORT_FILE} says what)")
-    aside.mkdir(parents=True, exist_ok=True)
+    make_dir(aside)
     with open(aside / REPORT_FILE, "w") as f:
         f.write("\n".join(lines) + "\n")
         f.flush()

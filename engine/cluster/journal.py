@@ -542,10 +542,7 @@ class NatsJournal:
             # Another writer's message (a new leader's epoch marker): the batch can never
             # land, and this writer is fenced.
             self._unknown = None
-            self.fenced += 1
-            if self.on_fenced is not None:
-                self.on_fenced()
-            raise FencedError(
+            raise self._fenced(
                 f"journal write of seq {u.first}..{u.last} did not land: another writer's message "
                 f"took stream seq {u.expected + 1} (subject {msg.subject})"
             )
@@ -557,7 +554,8 @@ class NatsJournal:
         if landed:
             self._last_seq = u.last
             self.size_bytes += len(u.record)
-        log.warning(
+        # INFO: the node's refusal log has the one WARNING for an outcome it answered unknown.
+        log.info(
             "journal write of seq %d..%d, whose PubAck was lost, %s at stream seq %d",
             u.first,
             u.last,
@@ -575,15 +573,19 @@ class NatsJournal:
         self.expected = ack.seq
         return ack.seq
 
+    def _fenced(self, message: str) -> FencedError:
+        """Count and report that another writer moved the stream on; the error to raise."""
+        self.fenced += 1
+        if self.on_fenced is not None:
+            self.on_fenced()
+        return FencedError(message)
+
     async def _publish_fenced(self, subject: str, payload: bytes, headers: dict, what: str) -> api.PubAck:
         try:
             return await self.link.js.publish(subject, payload, timeout=self.publish_timeout, headers=headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
-                self.fenced += 1
-                if self.on_fenced is not None:
-                    self.on_fenced()
-                raise FencedError(
+                raise self._fenced(
                     f"journal write of {what} fenced: the stream moved past {self.expected} "
                     f"(another leader wrote): {exc.description}"
                 ) from None

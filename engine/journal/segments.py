@@ -426,7 +426,8 @@ class FileJournal:
                 f"journal write of seq {first}..{last} still cannot be cut off: {exc.strerror or exc}"
             ) from exc
         self._unknown = None
-        log.warning("journal write of seq %d..%d cut off: it is not in the journal", first, last)
+        # INFO: the node's refusal log has the one WARNING for an outcome it answered unknown.
+        log.info("journal write of seq %d..%d cut off: it is not in the journal", first, last)
         return False
 
     def _roll(self, first_seq: int) -> Segment:
@@ -556,11 +557,19 @@ def repair_dir(directory: str | os.PathLike) -> Path:
     return path
 
 
+def make_dir(path: Path) -> None:
+    """Create `path` and any missing parents, each new entry made durable in its parent
+    (what a repair keeps aside must survive a power loss as surely as its cut does)."""
+    if path.is_dir():
+        return
+    make_dir(path.parent)
+    path.mkdir()
+    fsync_dir(path.parent)
+
+
 def move_aside(path: Path, aside: Path) -> Path:
     """Rename `path` into `aside` (created), both directories made durable."""
-    if not aside.is_dir():
-        aside.mkdir(parents=True)
-        fsync_dir(aside.parent)
+    make_dir(aside)
     target = aside / path.name
     os.replace(path, target)
     fsync_dir(aside)
@@ -593,9 +602,7 @@ def repair(directory: str | os.PathLike, aside: Path | None = None) -> ScanRepor
     with open(damaged, "r+b") as f:
         f.seek(offset)
         cut_bytes = f.read()
-        if not aside.is_dir():
-            aside.mkdir(parents=True)
-            fsync_dir(aside.parent)
+        make_dir(aside)
         copy = aside / f"{damaged.name}.from-{offset}"
         with open(copy, "wb") as out:
             out.write(cut_bytes)
