@@ -137,6 +137,13 @@ class Unresolved:
     def seqs(self) -> str:
         return f"{self.commands[0].seq}..{self.commands[-1].seq}"
 
+    def holds_order(self, account: str, client_order_id: str) -> bool:
+        """Whether a new order of `account` with this client order id is in the batch."""
+        return any(
+            type(c) is NewOrder and c.account == account and c.client_order_id == client_order_id
+            for c in self.commands
+        )
+
 
 class DataDirLocked(RuntimeError):
     pass

@@ -567,6 +567,27 @@ async def test_an_unknown_outcome_is_a_504_that_never_says_nothing_was_done(srv)
 
 
 @on_loop
+async def test_the_lookup_an_unknown_outcome_points_to_says_pending_not_unknown(srv):
+    """FIX: while the batch is unresolved the engine has not seen the order, so the lookup
+    the 504 tells the client to make answered 404 "no order", which may be false."""
+    srv.node.journal.fail_writes(errno.EIO, at="fsync")
+    srv.node.journal.fail_cuts(errno.EIO)
+    try:
+        body = {"symbol": BTC, "side": "buy", "qty": 1, "price": 95, "client_order_id": "p-1"}
+        assert_error(await srv.api("POST", "/v1/orders", account="alice", json=body), 504, "OUTCOME_UNKNOWN")
+        reply = await srv.api("GET", "/v1/orders/by-client-id/p-1", account="alice")
+        assert_error(reply, 503, "OUTCOME_PENDING")
+        assert reply.headers["Retry-After"] == "1"
+        # Another account's id, or one never sent, is not part of the pending batch.
+        for account, clid in (("bob", "p-1"), ("alice", "p-2")):
+            reply = await srv.api("GET", f"/v1/orders/by-client-id/{clid}", account=account)
+            assert_error(reply, 404, "UNKNOWN_ORDER")
+    finally:
+        srv.node.journal.fail_writes(None)
+        srv.node.journal.fail_cuts(None)
+
+
+@on_loop
 async def test_a_dead_commit_loop_makes_the_node_unready_instead_of_hanging(srv):
     """A broken invariant kills the commit loop (crash-only). Until the process is restarted
     the node must say so and refuse orders, not queue them forever."""

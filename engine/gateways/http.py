@@ -381,6 +381,15 @@ async def get_order_by_client_id(request: web.Request) -> web.Response:
     acct = ctx.engine.accounts.get(account)
     oid = acct.by_clid.get(clid) if acct is not None else None
     if oid is None:
+        held = ctx.service.node.unresolved
+        if held is not None and held.holds_order(account, clid):
+            # The lookup an OUTCOME_UNKNOWN answer points to: not known yet, not absent.
+            return error(
+                503,
+                "OUTCOME_PENDING",
+                f"the order with client order id {clid!r} is in a batch whose journal outcome the "
+                f"node is still resolving (seq {held.seqs}): retry after Retry-After",
+            )
         return error(404, "UNKNOWN_ORDER", f"no order with client order id {clid!r} for this account")
     return _order_answer(ctx, account, oid)
 

@@ -41,7 +41,8 @@ _LOOKUP_ERRORS = {
     "503": _json(
         _ERROR,
         "INDEX_REBUILDING: it finished before this node started and the order index is still being "
-        "read back from the journal or stream; retry after Retry-After",
+        "read back from the journal or stream; OUTCOME_PENDING (by client order id): it is in a batch "
+        "answered OUTCOME_UNKNOWN that the node is still resolving; retry after Retry-After",
     ),
 }
 _ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
