@@ -38,7 +38,6 @@ _decode_clids = msgspec.msgpack.Decoder(list[str]).decode
 
 
 class Lookup(Enum):
-    FOUND = "found"
     UNKNOWN = "unknown"  # never assigned (or another account's: answered the same)
     EVICTED = "evicted"  # older than the lookup window
     HISTORY_GONE = "history-gone"  # in the window, but the journal no longer holds its history

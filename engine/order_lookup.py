@@ -122,8 +122,6 @@ class OrderLookups:
         self.engine = engine
         self.max_pending = max_pending
         self.pending = 0
-        self.jobs = 0  # trace lookups handed to the worker
-        self.refused = 0
         self._worker: concurrent.futures.ProcessPoolExecutor | None = None
         self._rebuild: asyncio.Task | None = None
 
@@ -131,12 +129,10 @@ class OrderLookups:
         """The order's history (history_json) from the worker, or None when the journal
         holds no such order. Raises LookupBusy, TimeoutError, JournalRangeGone."""
         if self.pending >= self.max_pending:
-            self.refused += 1
             raise LookupBusy(f"{self.pending} order lookups are already reading the journal")
         if self._worker is None:
             self._worker = _pool()
         self.pending += 1
-        self.jobs += 1
         try:
             upto = self.engine().last_seq
             future = asyncio.get_running_loop().run_in_executor(
@@ -145,6 +141,12 @@ class OrderLookups:
             return await asyncio.wait_for(future, TIMEOUT_S)
         except concurrent.futures.process.BrokenProcessPool:
             self._worker = None  # the worker died (killed, out of memory): a new one next time
+            raise
+        except TimeoutError:
+            # The worker would go on reading for this lookup while `pending` says its slot is
+            # free: end it, so the bound stays true (a new worker next time).
+            _stop(self._worker)
+            self._worker = None
             raise
         finally:
             self.pending -= 1

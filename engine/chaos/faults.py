@@ -88,15 +88,20 @@ class FaultInjector:
         )
         leader.start()  # back as the standby: its snapshot, then the stream
 
-    def _pause_leader(self, record: dict) -> None:
-        leader = self._leader()
-        pause = round(self.rng.uniform(*LEADER_PAUSE_S), 2)
-        record["target"] = f"loom {leader.node_id} for {pause} s"
-        leader.proc.send_signal(signal.SIGSTOP)
+    def _pause(self, proc, span: tuple[float, float]) -> float:
+        """SIGSTOP `proc` for a random time within `span` (seconds), then SIGCONT; the time."""
+        pause = round(self.rng.uniform(*span), 2)
+        proc.send_signal(signal.SIGSTOP)
         try:
             time.sleep(pause)
         finally:
-            leader.proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGCONT)
+        return pause
+
+    def _pause_leader(self, record: dict) -> None:
+        leader = self._leader()
+        record["target"] = f"loom {leader.node_id}"
+        record["target"] += f" for {self._pause(leader.proc, LEADER_PAUSE_S)} s"
 
     def _kill_nats(self, record: dict) -> None:
         index = self._stream_leader()
@@ -114,13 +119,8 @@ class FaultInjector:
     def _pause_nats(self, record: dict) -> None:
         index = self._stream_leader()
         node = self.nats.nodes[index]
-        pause = round(self.rng.uniform(*NATS_PAUSE_S), 2)
-        record["target"] = f"nats {node.name} (stream leader) for {pause} s"
-        node.proc.send_signal(signal.SIGSTOP)
-        try:
-            time.sleep(pause)
-        finally:
-            node.proc.send_signal(signal.SIGCONT)
+        record["target"] = f"nats {node.name} (stream leader)"
+        record["target"] += f" for {self._pause(node.proc, NATS_PAUSE_S)} s"
 
     # -- finding the targets ---------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from engine.commands import NewOrder
 from engine.events import OrderAccepted, OrderRejected
+from engine.gateways.texts import reject_code
 from engine.matcher import MatchingEngine
 from engine.state import state_hash
 
@@ -162,7 +163,7 @@ class JournalView:
             placement = Placement(cmd.seq, first.order_id)
         else:
             reason = first.reason if type(first) is OrderRejected else 0
-            placement = Placement(cmd.seq, 0, _reason_name(reason))
+            placement = Placement(cmd.seq, 0, reject_code(reason))
         self.placements.setdefault((cmd.account, cmd.client_order_id), []).append(placement)
 
     def accepted(self, account: str, client_order_id: str) -> list[Placement]:
@@ -170,15 +171,6 @@ class JournalView:
 
     def state_hash(self) -> str:
         return state_hash(self.engine)
-
-
-def _reason_name(reason: int) -> str:
-    from engine.domain import RejectReason
-
-    try:
-        return RejectReason(reason).name
-    except ValueError:
-        return str(reason)
 
 
 @dataclass

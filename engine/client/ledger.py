@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from engine.domain import RejectReason
 from engine.gateways.binary.protocol import GatewayRejectReason
+from engine.gateways.texts import reject_code
 
 
 class Answer(StrEnum):
@@ -40,14 +40,11 @@ ELSEWHERE_CODES = frozenset({"NOT_LEADER", "SERVICE_UNAVAILABLE", "SHUTTING_DOWN
 
 
 def reason_name(reason: int) -> str:
-    """The name of a binary Rejected reason (engine RejectReason or gateway 6xx), as REST and
-    WebSocket spell their error codes."""
-    for enum in (RejectReason, GatewayRejectReason):
-        try:
-            return enum(reason).name
-        except ValueError:
-            pass
-    return f"REASON_{reason}"
+    """The name of a binary Rejected reason (gateway 6xx, else the engine's RejectReason), as
+    REST and WebSocket spell their error codes."""
+    if reason in GatewayRejectReason._value2member_map_:
+        return GatewayRejectReason(reason).name
+    return reject_code(reason)
 
 
 def classify(code: str, resent: bool) -> Answer:

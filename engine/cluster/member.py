@@ -91,10 +91,7 @@ class ClusterMember:
         """Begin as a standby; the lease loop decides the rest. `url`: this node's HTTP base,
         and `endpoints` its other listeners ("fix"/"binary" -> host:port, as bound), all
         advertised in the lease so standbys can name the leader for each protocol."""
-        self.loop = asyncio.get_running_loop()
-        self.journal.writable = False
-        self.service.accepting = False
-        self.service.refusal = self._not_leader
+        self.loop = asyncio.get_running_loop()  # a standby since __init__
         self.lease.url = url
         self.lease.endpoints = dict(endpoints or {})
         self.lease.on_acquired = lambda: self.loop.call_soon_threadsafe(self._on_acquired)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -39,6 +38,7 @@ from engine.order_index import Lookup
 from engine.order_store import OrderStore, OrderView
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
+from engine.snapshots import WrittenSnapshot
 from engine.state import state_hash
 from telemetry.tracing import parse_traceparent
 
@@ -85,7 +85,7 @@ class GatewayContext:
     accounts: Accounts
     rate: float = 0.0  # requests per second per account (REST) or per session (WS); 0 = off
     burst: float = 0.0
-    take_snapshot: Callable[[], object] | None = None
+    take_snapshot: Callable[[], Awaitable[WrittenSnapshot]] | None = None
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
@@ -606,9 +606,7 @@ async def admin_snapshot(request: web.Request) -> web.Response:
     if ctx.take_snapshot is None:
         return error(501, "NOT_AVAILABLE", "snapshots are not configured")
     try:
-        written = ctx.take_snapshot()
-        if inspect.isawaitable(written):  # written by a child: awaited, the loop goes on
-            written = await written
+        written = await ctx.take_snapshot()  # written by a child: awaited, the loop goes on
     except OSError as exc:  # counted and logged by the node; the previous snapshot stands
         return error(500, "SNAPSHOT_FAILED", str(exc))
     return ok(
