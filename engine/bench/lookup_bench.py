@@ -14,17 +14,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
-import os
 import random
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
-from pathlib import Path
 
 from engine.bench.stats import percentile_us
+from engine.load.spawn import spawned_exchange
 
 KEY = "bench-lookup-key-000000"
 CONFIG = f"""
@@ -42,38 +37,6 @@ lot_size = 1
 """
 PROBE_EVERY_S = 0.01
 UNKNOWN_BASE = 10**12  # far past any id a bench node assigns
-
-
-@contextmanager
-def _node(workdir: Path):
-    config = workdir / "loom.toml"
-    config.write_text(CONFIG)
-    argv = [sys.executable, "-m", "engine.cli", "run", "--config", str(config)]
-    argv += [
-        "--data-dir",
-        str(workdir / "data"),
-        "--http-port",
-        "0",
-        "--fix-port",
-        "-1",
-        "--binary-port",
-        "-1",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "OTEL_"))}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        for line in proc.stdout:
-            if "loom: ready on" in line:
-                yield "http://127.0.0.1:" + line.split("(http ")[1].split(")")[0].split(",")[0]
-                return
-        raise RuntimeError(f"loom run exited with {proc.wait()} before it was ready")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _preload(session, base: str, key: str, orders: int) -> None:
@@ -207,7 +170,8 @@ def run_lookup_bench(
     if url:
         measured = _measure(url.rstrip("/"), key or KEY, *load, 0, rate, healthz_load, rounds)
         return {"target": url, **asyncio.run(measured)}
-    with tempfile.TemporaryDirectory(prefix="loom-bench-lookup-") as tmp, _node(Path(tmp)) as base:
+    with spawned_exchange(config_text=CONFIG) as info:
+        base = f"http://{info['host']}:{info['http']}"
         return {
             "target": "loom run",
             **asyncio.run(_measure(base, KEY, *load, preload, rate, healthz_load, rounds)),

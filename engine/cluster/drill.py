@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.load.spawn import parse_ready
+
 ADMIN_KEY = "drill-admin-key-0000000"
 TRADER_KEY = "drill-alice-key-0000000"
 SYMBOL = "BTC-USD"
@@ -98,9 +100,9 @@ class NodeProcess:
                 f.seek(offset)
                 lines = f.read().decode(errors="replace").splitlines()
             for line in lines:
-                if "loom: ready on" in line:
-                    listed = line.split("(")[1].split(")")[0].split(", ")
-                    self.ports = {name: int(port) for name, port in (item.split() for item in listed)}
+                ready = parse_ready(line)
+                if ready:
+                    self.ports = ready[1]
                     self.base = f"http://127.0.0.1:{self.ports['http']}"
             if self.base:
                 return self

@@ -18,6 +18,14 @@ LOAD_ADMIN_KEY = "load-admin-key-000000"
 _READY = re.compile(r"loom: ready on (\S+) \((.*)\);")
 
 
+def parse_ready(line: str) -> tuple[str, dict[str, int]] | None:
+    """(host, {protocol: port}) from `loom run`'s readiness line, or None for another line."""
+    m = _READY.search(line)
+    if m is None:
+        return None
+    return m.group(1), {name: int(port) for name, port in (part.split() for part in m.group(2).split(", "))}
+
+
 def _config_text(snapshot_every_s: float = 0) -> str:
     lines = [
         'host = "127.0.0.1"',
@@ -45,13 +53,15 @@ def spawned_exchange(
     event_loop: str | None = None,
     snapshot_every_s: float = 0,
     seed_data: Path | None = None,
+    config_text: str | None = None,
 ):
     """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}.
     `event_loop` is the server's `--event-loop` (default: its own default); `seed_data`: a
-    data directory to start from (copied; e.g. a prepared deep book)."""
+    data directory to start from (copied; e.g. a prepared deep book); `config_text`: the
+    node's TOML instead of the load generator's."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
     config = tmp / "load.toml"
-    config.write_text(_config_text(snapshot_every_s))
+    config.write_text(config_text if config_text is not None else _config_text(snapshot_every_s))
     if seed_data is not None:
         shutil.copytree(seed_data, tmp / "data")
     cmd = [
@@ -81,12 +91,10 @@ def spawned_exchange(
             line = proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"loom run exited with {proc.wait()} before it was ready")
-            m = _READY.search(line)
-            if m:
-                info["host"] = m.group(1)
-                for part in m.group(2).split(", "):
-                    name, port = part.split()
-                    info[name] = int(port)
+            ready = parse_ready(line)
+            if ready:
+                info["host"] = ready[0]
+                info.update(ready[1])
                 break
         else:
             raise RuntimeError("loom run did not become ready in time")
