@@ -506,7 +506,8 @@ class NotLeader(ServiceStopped):
     def text(self, protocol: str) -> str:
         if self.election:
             wait = self.retry_after_s
-            return f"{self.about}; election in progress (no live leader), retry after {wait:.1f} s"
+            view = "no live leader in this node's view"
+            return f"{self.about}; election in progress ({view}), retry after {wait:.1f} s"
         endpoint = self.leader.get(self.ENDPOINT_KEY[protocol], "")
         where = f"at {endpoint}" if endpoint else f"(it has no {protocol} listener)"
         return f"{self.about}; the leader is node {self.leader['node']} {where}"

@@ -83,6 +83,7 @@ class Lease:
         self.on_lost: Callable[[str], None] | None = None
         self._renewed_at = 0.0  # when the last successful renewal was *sent*
         self._seen = (0, 0.0)  # (revision, when first seen) for expiry
+        self.read_at = self.clock()  # when the lease key was last read
         self._hold_off_until = 0.0
         self._wake = asyncio.Event()
         self.kv = link.key_value(bucket, replicas)
@@ -117,6 +118,11 @@ class Lease:
     def _advertised(self) -> dict[str, str]:
         return {"fix": self.endpoints.get("fix", ""), "binary": self.endpoints.get("binary", "")}
 
+    def unread_for(self) -> float:
+        """Seconds since the lease key was last read (a holder's silence may be this node's
+        own: NATS unreachable, the KV stream electing)."""
+        return self.clock() - self.read_at
+
     def holder_live(self) -> bool:
         """Has the holder in view renewed within a TTL, by this node's clock? False while
         nobody holds the lease, and once the holder stopped renewing (an election is due)."""
@@ -144,12 +150,14 @@ class Lease:
         try:
             entry = await self.kv.get(self.key)
         except nats.js.errors.KeyNotFoundError:  # absent, deleted (stepped down) or purged
+            self.read_at = now
             self._observe_holder(LeaseView())
             if try_acquire and self._may_acquire(now):
                 await self._take(None)
             return self.view
         except (nats.errors.Error, TimeoutError):
             return self.view  # the KV stream is electing a leader, or we are disconnected
+        self.read_at = now
         raw = json.loads(entry.value or b"{}")
         view = LeaseView(
             raw.get("node", ""),

@@ -136,6 +136,9 @@ class ClusterMember:
                 "binary": view.binary,
             }
             return NotLeader(about, leader)
+        unread = self.lease.unread_for()
+        if unread > self.lease.ttl:  # the silence may be this node's own, not the holder's
+            about += f"; it has not read the lease for {unread:.1f} s, so the leader is unknown here"
         empty = {"node": "", "epoch": 0, "url": "", "fix": "", "binary": ""}
         return NotLeader(about, empty, round(self.lease.election_wait(), 1))
 
