@@ -10,12 +10,12 @@ from pathlib import Path
 
 from engine.journal import JournalCorruptError
 from engine.journal.segments import FileJournal, archive_dir, scan
+from engine.repair import data_paths
 
 
 def _journal_dir(path: str) -> Path:
     """Accept either the node's data directory or its journal directory."""
-    p = Path(path)
-    return p / "journal" if (p / "journal").is_dir() else p
+    return data_paths(path)[0]
 
 
 def _snapshot_dir(path: str) -> Path:

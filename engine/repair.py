@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.fsutil import fsync_dir
@@ -33,6 +33,7 @@ from engine.journal.format import (
 )
 from engine.journal.retention import store_venue
 from engine.journal.segments import (
+    SEGMENT_RE,
     VENUE_FILE,
     ScanReport,
     archive_dir,
@@ -69,7 +70,6 @@ class RepairPlan:
     covering: LoadedSnapshot | None  # the newest of them that verifies
     problem: str = ""
     claimed_last: int | None = None  # the last seq the damaged record's header names
-    notes: list[str] = field(default_factory=list)
 
     @property
     def intact_last_seq(self) -> int:
@@ -103,7 +103,7 @@ def _first_seq_of(path: Path) -> int:
         header = decode_segment_header(f.read(SEGMENT_HEADER.size))
     if header is not None:
         return header[1]
-    return int(path.name.split("-")[1].split(".")[0])  # the name says it too
+    return int(SEGMENT_RE.match(path.name)[1])  # the name says it too
 
 
 def plan(path: str | os.PathLike) -> RepairPlan:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
-import re
 import shutil
 import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.commands import NewOrder
 from engine.config import load_config
@@ -115,12 +116,12 @@ def measure_capture(node: ExchangeNode) -> dict:
 def _scrape(host: str, port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^(loom_snapshot_[a-z_]+)(?:\{\})? (\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("loom_snapshot_") and not sample.labels
+    }
 
 
 def run_one(seed: Path, snapshot_every_s: float, rate: float, duration: float) -> dict:
