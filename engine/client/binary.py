@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from engine.client.ledger import Answer, Entry, OrderLedger, classify, reason_name
-from engine.domain import OrderType, RequestKind, SelfTradePrevention, TimeInForce
+from engine.domain import RequestKind
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient, LoginRefused
 
@@ -168,27 +168,20 @@ class LeaderFollowingBinaryClient:
 
     # -- orders --------------------------------------------------------------------------------
 
-    def new_order(
-        self,
-        client_ref: int,
-        symbol: str,
-        side: int,
-        price: int,
-        qty: int,
-        order_type: int = OrderType.LIMIT,
-        tif: int = TimeInForce.GTC,
-        post_only: bool = False,
-        stp: int = SelfTradePrevention.CANCEL_NEWEST,
-    ) -> None:
-        """Place an order (client_ref > 0: its client order id, what makes resending safe)."""
+    def new_order(self, client_ref: int, *order, **options) -> None:
+        """Place an order (client_ref > 0: its client order id, what makes resending safe);
+        arguments as protocol.new_order_frame (symbol, side, price, qty, ...)."""
         if not 0 < client_ref <= p.U64_MAX:
             raise ValueError("client_ref must be 1..2**64-1: it is what makes a resend safe")
-        frame = p.encode_new_order(client_ref, symbol, side, order_type, tif, post_only, stp, price, qty)
-        self.new_frames([(str(client_ref), frame)])
+        self.new_frames([(str(client_ref), p.new_order_frame(client_ref, *order, **options))])
 
-    def new_frames(self, orders: list[tuple[str, bytes]]) -> None:
-        """Encoded NewOrder frames with their client order ids (str(client_ref)), in one write."""
+    def new_frames(self, orders: list[tuple[str, bytes]], sent_before: bool = False) -> None:
+        """Encoded NewOrder frames with their client order ids (str(client_ref)), in one write.
+        `sent_before`: an earlier run sent them and got no answer (resume)."""
         entries = [self.ledger.add(cid, frame) for cid, frame in orders]
+        if sent_before:
+            for entry in entries:
+                entry.sends = 1  # the earlier run's send
         self._settled.clear()
         if self.conn is not None:
             self._send(entries)
@@ -197,12 +190,7 @@ class LeaderFollowingBinaryClient:
         """Orders an earlier run of this client sent without getting their answers (kept by the
         caller across a restart): resent; an order that had landed is answered
         DUPLICATE_CLIENT_ORDER_ID and settles as placed, once."""
-        entries = [self.ledger.add(cid, frame) for cid, frame in orders]
-        for entry in entries:
-            entry.sends = 1  # the earlier run's send
-        self._settled.clear()
-        if self.conn is not None:
-            self._send(entries)
+        self.new_frames(orders, sent_before=True)
 
     def _send(self, entries: list[Entry]) -> None:
         if not entries:

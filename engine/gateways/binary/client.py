@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
-from engine.domain import OrderType, SelfTradePrevention, TimeInForce
 from engine.gateways.binary import protocol as p
 
 
@@ -161,19 +160,9 @@ class BinaryClient(asyncio.Protocol):
         """Frame tuples (protocol.NewOrderReq, CancelReq, ...) in one write."""
         self.send(p.encode_many(frames))
 
-    def new_order(
-        self,
-        client_ref: int,
-        symbol: str,
-        side: int,
-        price: int,
-        qty: int,
-        order_type: int = OrderType.LIMIT,
-        tif: int = TimeInForce.GTC,
-        post_only: bool = False,
-        stp: int = SelfTradePrevention.CANCEL_NEWEST,
-    ) -> None:
-        self.send(p.encode_new_order(client_ref, symbol, side, order_type, tif, post_only, stp, price, qty))
+    def new_order(self, client_ref: int, *order, **options) -> None:
+        """One order; arguments as protocol.new_order_frame (symbol, side, price, qty, ...)."""
+        self.send(p.new_order_frame(client_ref, *order, **options))
 
     def new_orders(self, orders: Iterable[p.NewOrderReq | tuple]) -> int:
         """Many NewOrder frames (NewOrderReq field order) in one write; returns the count."""

@@ -444,6 +444,22 @@ def encode_login(api_key: str, version: int = PROTOCOL_VERSION) -> bytes:
     return _F_LOGIN(_L[FrameType.LOGIN], FrameType.LOGIN, version, key)
 
 
+def new_order_frame(
+    client_ref: int,
+    symbol: str,
+    side: int,
+    price: int,
+    qty: int,
+    order_type: int = OrderType.LIMIT,
+    tif: int = TimeInForce.GTC,
+    post_only: bool = False,
+    stp: int = SelfTradePrevention.CANCEL_NEWEST,
+) -> bytes:
+    """A NewOrder frame, arguments as the clients take them (price and qty after the side,
+    the rest defaulted): one signature for BinaryClient and the leader-following client."""
+    return encode_new_order(client_ref, symbol, side, order_type, tif, post_only, stp, price, qty)
+
+
 def encode_new_order(
     client_ref: int,
     symbol: str,
