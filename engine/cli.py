@@ -81,7 +81,9 @@ def _cmd_bench_lookup(args: argparse.Namespace) -> int:
 def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
     from engine.bench.snapshot_stall import format_snapshot_stall, run_snapshot_stall_bench
 
-    result = run_snapshot_stall_bench(resting=args.resting, rate=args.rate, duration=args.duration)
+    result = run_snapshot_stall_bench(
+        resting=args.resting, rate=args.rate, duration=args.duration, rounds=args.rounds
+    )
     print(json.dumps(result) if args.json else format_snapshot_stall(result))
     return 0
 
@@ -354,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--resting", type=_positive_int, default=800_000, help="orders on the book")
     bs.add_argument("--rate", type=_positive_int, default=5_000, help="binary orders/s offered")
     bs.add_argument("--duration", type=_positive_int, default=30, help="seconds of load, each way")
+    bs.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="pairs of runs, alternating which goes first; percentiles over all of a side's orders",
+    )
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=_cmd_bench_snapshot_stall)
     return parser

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.bench.stats import percentile_us
 from engine.commands import NewOrder
 from engine.config import load_config
 from engine.domain import OrderType, Side
@@ -124,12 +125,18 @@ def _scrape(host: str, port: int) -> dict[str, float]:
     }
 
 
-def run_one(seed: Path, snapshot_every_s: float, rate: float, duration: float) -> dict:
+def run_one(
+    seed: Path, snapshot_every_s: float, rate: float, duration: float, latencies_ns: list[int] | None = None
+) -> dict:
     with spawned_exchange(timeout=600, snapshot_every_s=snapshot_every_s, seed_data=seed) as info:
         host = info["host"]
         before = _scrape(host, info["http"])
         driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)))
-        result = asyncio.run(run_open_loop(driver, "binary", rate, duration, f"S{int(time.time() * 1000)}"))
+        result = asyncio.run(
+            run_open_loop(
+                driver, "binary", rate, duration, f"S{int(time.time() * 1000)}", latencies_ns=latencies_ns
+            )
+        )
         after = _scrape(host, info["http"])
 
     def delta(name: str) -> float:
@@ -150,10 +157,37 @@ def run_one(seed: Path, snapshot_every_s: float, rate: float, duration: float) -
     }
 
 
+def _pooled(runs: list[dict], latencies_ns: list[int], suffix: str) -> dict:
+    """One side's figures over all its rounds: percentiles of every order's latency."""
+    lat = sorted(latencies_ns)
+    return {
+        f"p50_ms_{suffix}": round(percentile_us(lat, 50) / 1000, 2),
+        f"p99_ms_{suffix}": round(percentile_us(lat, 99) / 1000, 2),
+        f"p999_ms_{suffix}": round(percentile_us(lat, 99.9) / 1000, 2),
+        f"max_ms_{suffix}": round(lat[-1] / 1e6, 2) if lat else 0.0,
+        f"acked_{suffix}": sum(r["acked"] for r in runs),
+    }
+
+
+def _per_snapshot(runs: list[dict], key: str) -> float:
+    """The mean of a per-snapshot figure over every snapshot of the runs."""
+    taken = sum(r["snapshots_taken"] for r in runs)
+    return sum(r[key] * r["snapshots_taken"] for r in runs) / taken if taken else 0.0
+
+
 def run_snapshot_stall_bench(
-    resting: int = 800_000, rate: float = 5_000, duration: float = 30.0, measure: bool = True
+    resting: int = 800_000, rate: float = 5_000, duration: float = 30.0, measure: bool = True, rounds: int = 1
 ) -> dict:
+    """`rounds` pairs of runs, alternating which goes first (with, without; then without,
+    with; ...) so that a drift of the machine's speed during the command, or whatever the
+    first run after the build pays, falls on both sides alike; each side's percentiles are
+    over all its orders."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-stall-"))
+    with_runs: list[dict] = []
+    without_runs: list[dict] = []
+    with_lat: list[int] = []
+    without_lat: list[int] = []
+    ratios = []
     try:
         seed = tmp / "data"
         node, build_s = build_book(seed, resting)
@@ -162,32 +196,35 @@ def run_snapshot_stall_bench(
         node.close()
         del node
         gc.collect()  # the load generator runs in this process: not beside a dead book
-        with_ = run_one(seed, SNAPSHOT_EVERY_S, rate, duration)
-        without = run_one(seed, 0, rate, duration)
+        for i in range(rounds):
+            pair: dict[bool, dict] = {}
+            for snapshots in (True, False) if i % 2 == 0 else (False, True):
+                every, runs, lat = (
+                    (SNAPSHOT_EVERY_S, with_runs, with_lat) if snapshots else (0, without_runs, without_lat)
+                )
+                pair[snapshots] = run_one(seed, every, rate, duration, lat)
+                runs.append(pair[snapshots])
+            without_p99 = pair[False]["p99_us"]
+            ratios.append(round(pair[True]["p99_us"] / without_p99, 2) if without_p99 else 0.0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    last_with = with_runs[-1]
     return {
         "resting": resting,
         "rate": rate,
         "duration_s": duration,
+        "rounds": rounds,
         "build_s": round(build_s, 1),
-        "p50_ms_with": round(with_["p50_us"] / 1000, 2),
-        "p50_ms_without": round(without["p50_us"] / 1000, 2),
-        "p99_ms_with": round(with_["p99_us"] / 1000, 2),
-        "p99_ms_without": round(without["p99_us"] / 1000, 2),
-        "p999_ms_with": round(with_["p999_us"] / 1000, 2),
-        "p999_ms_without": round(without["p999_us"] / 1000, 2),
-        "max_ms_with": round(with_["max_us"] / 1000, 2),
-        "max_ms_without": round(without["max_us"] / 1000, 2),
-        "acked_with": with_["acked"],
-        "acked_without": without["acked"],
-        "errors": with_["errors"] + without["errors"],
-        "snapshots_taken": with_["snapshots_taken"],
-        "snapshots_taken_without": without["snapshots_taken"],
-        "snapshot_failures": with_["snapshot_failures"],
-        "snapshot_bytes": with_["snapshot_bytes"] or snapshot_bytes,
-        "snapshot_write_s": with_["snapshot_write_s"],
-        "capture_mean_ms": with_["capture_mean_ms"],
+        **_pooled(with_runs, with_lat, "with"),
+        **_pooled(without_runs, without_lat, "without"),
+        "p99_ratio_by_round": ratios,
+        "errors": sum(r["errors"] for r in with_runs + without_runs),
+        "snapshots_taken": sum(r["snapshots_taken"] for r in with_runs),
+        "snapshots_taken_without": sum(r["snapshots_taken"] for r in without_runs),
+        "snapshot_failures": sum(r["snapshot_failures"] for r in with_runs),
+        "snapshot_bytes": last_with["snapshot_bytes"] or snapshot_bytes,
+        "snapshot_write_s": round(_per_snapshot(with_runs, "snapshot_write_s"), 3),
+        "capture_mean_ms": round(_per_snapshot(with_runs, "capture_mean_ms"), 2),
         **capture,
     }
 
@@ -195,7 +232,8 @@ def run_snapshot_stall_bench(
 def format_snapshot_stall(r: dict) -> str:
     lines = [
         f"book of {r['resting']:,} resting orders (built in {r['build_s']} s), "
-        f"binary load {r['rate']:,.0f}/s for {r['duration_s']} s, each way:",
+        f"binary load {r['rate']:,.0f}/s for {r['duration_s']} s, each way, "
+        f"{r['rounds']} round(s) (p99 with/without by round: {r['p99_ratio_by_round']}):",
         f"  snapshots every {SNAPSHOT_EVERY_S:g} s: p50 {r['p50_ms_with']} ms  p99 {r['p99_ms_with']} ms  "
         f"p99.9 {r['p999_ms_with']} ms  max {r['max_ms_with']} ms  ({r['snapshots_taken']} snapshots of "
         f"{r['snapshot_bytes']:,} bytes, written in {r['snapshot_write_s']} s each, "

@@ -104,8 +104,16 @@ class LoadStats:
 
 
 async def run_open_loop(
-    driver: Driver, protocol: str, rate: float, duration: float, run_id: str, drain_s: float = 10.0
+    driver: Driver,
+    protocol: str,
+    rate: float,
+    duration: float,
+    run_id: str,
+    drain_s: float = 10.0,
+    latencies_ns: list[int] | None = None,
 ) -> dict:
+    """Offer `rate` orders/s for `duration` s; the report. `latencies_ns`, when given, gets
+    every journaled order's latency too (to pool several runs)."""
     total = int(rate * duration)
     stats = LoadStats(protocol, rate, duration)
     stats.scheduled_ns = [0] * total
@@ -137,6 +145,8 @@ async def run_open_loop(
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
     await driver.close()
     report = stats.report(elapsed)
+    if latencies_ns is not None:
+        latencies_ns.extend(stats.latencies_ns)
     if figures is not None:
         report["failover"] = figures()
     return report
