@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from alerts import rules
+from alerts.slo import CONFIG
 from telemetry.catalogue import declared_series
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +88,100 @@ def test_amtool_check_config():
         ),
         (["severity=warning", "alertname=LoomAnomalyDetected", "kind=cancel_ratio"], "ticket"),
         (["severity=critical", "automation=failover"], "runbook-automation,pager"),
+        (
+            ["severity=critical", "alertname=LoomNoLeader", "automation=promote-standby"],
+            "runbook-automation,pager",
+        ),
+        # the dead-man's switch goes alone to its receiver, never to people
+        (["severity=none", "alertname=Watchdog"], "deadmansswitch"),
     ],
 )
 def test_alertmanager_routing(labels, receivers):
     res = _run(_tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == receivers
+
+
+def _route(receiver: str) -> dict:
+    import yaml
+
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    return next(r for r in config["route"]["routes"] if r["receiver"] == receiver)
+
+
+def test_pager_and_watchdog_timings_are_the_slo_configs():
+    import yaml
+
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    pager = _route("pager")
+    assert pager["group_wait"] == CONFIG.pager_group_wait
+    assert pager["group_interval"] == CONFIG.pager_group_interval
+    assert config["global"]["resolve_timeout"] == CONFIG.resolve_timeout
+    watchdog = _route("deadmansswitch")
+    assert watchdog["repeat_interval"] == watchdog["group_interval"] == CONFIG.watchdog_repeat
+    assert "continue" not in watchdog
+    # the issue's bars: a kill pages within 30 s, an all-clear follows within 60 s
+    assert CONFIG.down_page_s() <= 30, CONFIG.down_page_s()
+    assert CONFIG.resolve_page_s() <= 60, CONFIG.resolve_page_s()
+
+
+def _alert(name: str, instance: str = "node-a:8080", **labels: str) -> dict:
+    labels = {"alertname": name, "job": "loom", "severity": "critical", **labels}
+    if instance:
+        labels["instance"] = instance
+    return {"labels": labels, "annotations": {"summary": name}}
+
+
+# (cause, symptom, symptom's instance or "" for a job-wide alert, inhibited?)
+INHIBITIONS = [
+    ("LoomExchangeDown", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomExchangeDown", "LoomAvailabilityFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomJournalWriteErrors", "LoomAvailabilityFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomOrderToAckFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomRejectRateHigh", "", True),
+    ("LoomDataDiskFull", "LoomJournalWriteErrors", "node-a:8080", True),
+    ("LoomDataDiskFull", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomNoLeader", "LoomExchangeNotReady", "node-b:8080", True),
+    ("LoomNoLeader", "LoomAvailabilityFastBurn", "", True),
+    ("LoomExchangeAbsent", "LoomAvailabilitySlowBurn", "", True),
+    # a cause on one node leaves another node's symptoms alone
+    ("LoomExchangeDown", "LoomExchangeNotReady", "node-b:8080", False),
+    ("LoomJournalWriteErrors", "LoomShedding", "node-b:8080", False),
+    # an alert that drives automation still reaches it; the Watchdog is never silenced
+    ("LoomExchangeDown", "LoomSnapshotTooOld", "node-a:8080", False),
+    ("LoomNoLeader", "Watchdog", "", False),
+]
+
+
+def test_causes_inhibit_their_symptoms_in_the_real_alertmanager(tmp_path):
+    from alertmanager_proc import alertmanager_serve
+
+    posted = []
+    for i, (cause, symptom, instance, _) in enumerate(INHIBITIONS):
+        job = f"loom-{i}"  # one job per case: cases do not inhibit each other
+        source = _alert(
+            cause, "" if cause in ("LoomNoLeader", "LoomExchangeAbsent") else "node-a:8080", job=job
+        )
+        posted += [source, _alert(symptom, instance, job=job, slo="availability")]
+    with alertmanager_serve(tmp_path, AM_CONFIG) as am:
+        am.post_alerts(posted)
+
+        expected = {(f"loom-{i}", case[1]): case[3] for i, case in enumerate(INHIBITIONS)}
+
+        def settled() -> dict | None:
+            """Every alert's inhibitedBy, once they match the expectation (the inhibitor
+            learns of new alerts asynchronously)."""
+            alerts = am.alerts()
+            status = {
+                (a["labels"]["job"], a["labels"]["alertname"]): a["status"]["inhibitedBy"] for a in alerts
+            }
+            ok = len(alerts) == len(posted) and all(bool(status[k]) == v for k, v in expected.items())
+            return status if ok else None
+
+        status = am.wait_for("the expected inhibitions", settled, timeout=20)
+        for i, (cause, *_rest) in enumerate(INHIBITIONS):
+            assert not status[(f"loom-{i}", cause)], f"the cause {cause} itself is inhibited"
 
 
 def test_automation_receiver_sends_a_bearer_token():
