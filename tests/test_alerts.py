@@ -318,3 +318,54 @@ def test_the_metric_check_fails_on_an_undeclared_name():
         "expr": 'rate(loom_no_such_metric_total{job="loom"}[5m]) > 0 and job:never_recorded:rate5m > 1',
     }
     assert undeclared([*generated, bogus]) == {"loom_no_such_metric_total", "job:never_recorded:rate5m"}
+
+
+# -- the runbooks' numbers come from alerts/slo.py ------------------------------------------
+
+_HELD = re.compile(r"\bfor (\d+ (?:second|minute|hour)s?)\b")
+_MS = re.compile(r"(?<![~\d.])(\d+(?:\.\d+)?) ms\b")
+
+
+def _meaning(name: str) -> str:
+    text = (ALERTS / "runbooks" / f"{name}.md").read_text()
+    return text.split("## Meaning", 1)[1].split("\n## ", 1)[0]
+
+
+def runbook_drift(name: str, meaning: str) -> list[str]:
+    """What the Meaning section of `name`'s runbook says that differs from alerts/slo.py: the
+    duration it must hold ("for 5 minutes": the trigger's `for`), and thresholds in ms."""
+    from alerts.slo import human_duration, seconds
+
+    trigger = CONFIG.triggers.get(name)
+    problems = []
+    if trigger is not None and seconds(trigger.for_):
+        want = human_duration(trigger.for_)
+        held = _HELD.findall(meaning)
+        if not held:
+            problems.append(f"{name}: says nothing of how long it must hold (config: for {want})")
+        problems += [f"{name}: says for {h}, config has for {want}" for h in held if h != want]
+    allowed_ms = {f"{CONFIG.latency_threshold_s * 1000:g}"}
+    if trigger is not None and 0 < trigger.value < 1:
+        allowed_ms.add(f"{trigger.value * 1000:g}")
+    problems += [
+        f"{name}: says {ms} ms, not from the config" for ms in _MS.findall(meaning) if ms not in allowed_ms
+    ]
+    return problems
+
+
+def test_runbooks_state_the_configs_numbers():
+    drift = [p for alert in rules.alerts() for p in runbook_drift(alert.name, _meaning(alert.name))]
+    assert drift == []
+
+
+def test_the_down_runbook_states_the_page_arithmetic():
+    meaning = _meaning("LoomExchangeDown")
+    assert f"= {CONFIG.down_page_s():g} s" in meaning
+    assert f"within about {CONFIG.resolve_page_s():g} s" in meaning
+
+
+def test_runbook_drift_is_caught():
+    meaning = _meaning("LoomJournalFsyncLatencyHigh")
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning) == []
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning.replace("10 minutes", "20 minutes"))
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning.replace("10 ms", "20 ms"))

@@ -16,7 +16,8 @@ from loomproc import loom_run
 KEY = "demo-alice-key-000000"
 ADMIN = "demo-admin-key-000000"
 EXEMPLAR = re.compile(
-    r'^loom_order_to_ack_seconds_bucket\{[^}]*protocol="rest"[^}]*\} \S+ # \{trace_id="([0-9a-f]{32})"\}', re.M
+    r'^loom_order_to_ack_seconds_bucket\{[^}]*protocol="rest"[^}]*\} \S+ # \{trace_id="([0-9a-f]{32})"\}',
+    re.M,
 )
 COUNT = re.compile(r'^loom_order_to_ack_seconds_count\{[^}]*protocol="rest"[^}]*\} (\S+)', re.M)
 
@@ -65,11 +66,9 @@ def test_a_journal_fault_drill_leaves_no_exemplar_on_a_refused_order(tmp_path):
 
         status, _h, _b = _post(base + "/v1/admin/faults", {"journal_write_errors": True}, ADMIN)
         assert status == 200
-        refused = 0
         for i in range(40):
             status, _h, body = _order(base, f"refused-{i}")
             assert status == 503 and body["error"]["code"] == "JOURNAL_WRITE_FAILED", body
-            refused += 1
         during = _metrics(base)
         # refusals are no order-to-ack samples; the demo trader's orders are not REST ones
         assert _rest_samples(during) == before
