@@ -21,30 +21,43 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alerts.slo import CONFIG, BurnRate, human_duration, seconds
+
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "generated" / "loom-rules.yml"
 RUNBOOK_DIR = HERE / "runbooks"
 
-JOB = 'job="loom"'  # the scrape job of the exchange nodes
+C = CONFIG
+JOB = C.selector()  # the scrape job of the exchange nodes
 DEFAULT_RUNBOOK_URL_TEMPLATE = "https://runbooks.loom.exchange/{alert}"
 RUNBOOK_URL_ENV = "LOOM_RUNBOOK_URL_TEMPLATE"
-SEVERITIES = ("critical", "warning", "info")
+SEVERITIES = ("critical", "warning", "info", "none")  # none: the Watchdog only
+WATCHDOG = "Watchdog"  # the kube-prometheus name dead-man's-switch services expect
 
-# Order-to-ack SLO: 99% of orders acknowledged (durably) within 5 ms, over 30 days.
-SLO_TARGET = 0.99
-SLO_LATENCY_LE = "0.005"  # a bucket bound of LATENCY_BUCKETS, as prometheus_client formats it
-ERROR_BUDGET = round(1 - SLO_TARGET, 6)
-SLO_WINDOWS = ("5m", "30m", "1h", "6h")
-# Availability SLO: 99.9% of commands made durable, over 30 days. A command fails for the
-# exchange's fault when its batch could not be journaled (journal_write_failed) or its
-# client was answered that nobody knows yet (outcome_unknown); every client-caused reject
-# counts as served.
-AVAILABILITY_TARGET = 0.999
-AVAILABILITY_BUDGET = round(1 - AVAILABILITY_TARGET, 6)
-FAILED = f'{JOB},reason=~"journal_write_failed|outcome_unknown"'
-# Data disk: free space predicted to reach 0 within this horizon (from the last hour's trend).
+# Kept for the dashboards (dashboards/boards.py); the values live in alerts/slo.py.
+SLO_TARGET = C.latency_target
+SLO_LATENCY_LE = C.latency_le
+ERROR_BUDGET = C.latency_budget
+SLO_WINDOWS = C.slo_windows
+AVAILABILITY_TARGET = C.availability_target
+AVAILABILITY_BUDGET = C.availability_budget
+FAILED = C.selector(f'reason=~"{"|".join(C.availability_bad_reasons)}"')
 DISK_FREE = f"loom_data_disk_free_bytes{{{JOB}}}"
-DISK_HORIZON_S = 4 * 3600
+DISK_FREE_RATIO = f"{DISK_FREE} / loom_data_disk_size_bytes{{{JOB}}}"
+DISK_HORIZON_S = int(seconds(C.disk_horizon))
+
+
+def _for(alert: str) -> str:
+    """The alert's `for` in words, for its description ("for 5 minutes")."""
+    return human_duration(C.trigger(alert).for_)
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:g}%"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1000:g} ms"
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class Alert:
     severity: str
     summary: str
     description: str
-    for_: str = "0m"
+    for_: str = "0s"
     labels: dict[str, str] = field(default_factory=dict)
     automation: str = ""  # the runbook automation's action; the label routes the alert to it
 
@@ -73,7 +86,8 @@ class Group:
 
 
 def _slo_error_ratio(window: str) -> Recording:
-    """Fraction of orders NOT acked within the SLO latency over `window` (by job)."""
+    """Fraction of orders NOT acked within the SLO latency over `window` (by job). Only the
+    core's answers are samples (engine/service.py skips refused batches)."""
     return Recording(
         f"job:loom_order_to_ack_slow:ratio_rate{window}",
         f"1 - (\n"
@@ -84,20 +98,73 @@ def _slo_error_ratio(window: str) -> Recording:
     )
 
 
+def _bad_commands(window: str) -> str:
+    """Commands refused for the exchange's fault (alerts/slo.py says which) per second, by job.
+    `or` unions the counters (their label sets differ), so one that has no series yet (no
+    journal failure so far) does not empty the sum."""
+    bad = [f"rate(loom_rejects_total{{{FAILED}}}[{window}])"]
+    if C.availability_counts_overload:
+        bad.append(f"rate(loom_overload_refusals_total{{{JOB}}}[{window}])")
+    return "sum by (job) (\n  " + "\n  or ".join(bad) + "\n)"
+
+
 def _availability_error_ratio(window: str) -> Recording:
-    """Fraction of commands that failed to become durable over `window` (by job)."""
-    failed = f"sum by (job) (rate(loom_rejects_total{{{FAILED}}}[{window}]))"
+    """Fraction of valid commands the exchange failed to serve over `window` (by job)."""
+    bad = _bad_commands(window)
     return Recording(
         f"job:loom_commands_failed:ratio_rate{window}",
-        f"{failed}\n/\n(\n  sum by (job) (rate(loom_commands_total{{{JOB}}}[{window}]))\n  + {failed}\n)",
+        f"{bad}\n/\n(\n  sum by (job) (rate(loom_commands_total{{{JOB}}}[{window}]))\n  + {bad}\n)",
     )
 
 
-def _burn(
-    long: str, short: str, factor: float, sli: str = "loom_order_to_ack_slow", budget: float = ERROR_BUDGET
-) -> str:
-    threshold = f"({factor} * {budget})"
-    return f"job:{sli}:ratio_rate{long} > {threshold}\nand\njob:{sli}:ratio_rate{short} > {threshold}"
+def _burn(b: BurnRate, sli: str, budget: float) -> str:
+    threshold = f"({b.factor} * {budget})"
+    return f"job:{sli}:ratio_rate{b.long} > {threshold}\nand\njob:{sli}:ratio_rate{b.short} > {threshold}"
+
+
+def _burn_words(b: BurnRate, budget: float) -> tuple[str, str]:
+    """(`more than X%`, `Y% of the 30-day budget is gone within Z`) for a burn alert."""
+    over = f"more than {_pct(round(b.factor * budget, 6))}"
+    spent = (
+        f"{_pct(round(b.budget_spent(C.slo_period), 4))} of the {seconds(C.slo_period) // 86400:g}-day budget"
+    )
+    return over, f"{spent} is gone within {human_duration(b.long)} at this rate"
+
+
+def _latency_burn(b: BurnRate) -> Alert:
+    over, spent = _burn_words(b, ERROR_BUDGET)
+    slo = f"SLO: {_pct(C.latency_target)} within {_ms(C.latency_threshold_s)}"
+    return Alert(
+        f"LoomOrderToAck{b.speed}Burn",
+        _burn(b, "loom_order_to_ack_slow", ERROR_BUDGET),
+        b.severity,
+        f"Loom is burning its order-to-ack latency error budget{' fast' if b.speed == 'Fast' else ''}.",
+        f"Over {b.long} and {b.short}, {over} of orders took longer than {_ms(C.latency_threshold_s)} "
+        f"to be acknowledged ({slo}); {spent}.",
+        for_=b.for_,
+        labels={"slo": "order-to-ack", "window": b.long},
+    )
+
+
+def _availability_burn(b: BurnRate) -> Alert:
+    over, spent = _burn_words(b, AVAILABILITY_BUDGET)
+    reasons = ", ".join(
+        (*C.availability_bad_reasons, *(("overloaded",) if C.availability_counts_overload else ()))
+    )
+    return Alert(
+        f"LoomAvailability{b.speed}Burn",
+        _burn(b, "loom_commands_failed", AVAILABILITY_BUDGET),
+        b.severity,
+        f"Loom is burning its availability error budget{' fast' if b.speed == 'Fast' else ''}.",
+        f"Over {b.long} and {b.short}, {over} of the commands to {{{{ $labels.job }}}} were refused for "
+        f"the exchange's fault ({reasons}; SLO: {_pct(C.availability_target)} served); {spent}.",
+        for_=b.for_,
+        labels={"slo": "availability", "window": b.long},
+    )
+
+
+def _t(alert: str):
+    return C.trigger(alert)
 
 
 # Only self-match (wash) anomalies stop an account automatically: the template renders empty
@@ -109,7 +176,8 @@ RISK_GROUP = Group(
     (
         Alert(
             "LoomKillSwitchEngaged",
-            f"sum by (job, instance, scope) (loom_kill_switch_engaged{{{JOB}}}) > 0",
+            f"sum by (job, instance, scope) (loom_kill_switch_engaged{{{JOB}}}) "
+            f"> {_t('LoomKillSwitchEngaged').value:g}",
             "warning",
             "A Loom kill switch is engaged.",
             "{{ $value }} {{ $labels.scope }} kill switch(es) engaged on {{ $labels.instance }}: new orders "
@@ -118,18 +186,54 @@ RISK_GROUP = Group(
         ),
         Alert(
             "LoomAnomalyDetected",
-            f"max by (job, instance, kind, account) (loom_surveillance_account_score{{{JOB}}}) >= 1",
+            f"max by (job, instance, kind, account) (loom_surveillance_account_score{{{JOB}}}) "
+            f">= {_t('LoomAnomalyDetected').value:g}",
             "warning",
             "Surveillance flags a Loom account.",
             "Account {{ $labels.account }} on {{ $labels.instance }} has a {{ $labels.kind }} anomaly score "
-            'of {{ $value | printf "%.2f" }} (1 = threshold) for 5 minutes. Self-match anomalies engage '
-            "the account's kill switch automatically.",
-            for_="5m",
+            'of {{ $value | printf "%.2f" }} '
+            f"({_t('LoomAnomalyDetected').value:g} = threshold) for {_for('LoomAnomalyDetected')}. "
+            "Self-match anomalies engage the account's kill switch automatically.",
+            for_=_t("LoomAnomalyDetected").for_,
             labels={"risk_scope": "account"},
             automation=ANOMALY_AUTOMATION,
         ),
     ),
 )
+
+# The dead-man's switch: always firing, so its silence means the alerting pipeline
+# (Prometheus -> Alertmanager -> receiver) is broken. alerts/alertmanager.yml routes it alone.
+WATCHDOG_GROUP = Group(
+    "loom-meta",
+    (
+        Alert(
+            WATCHDOG,
+            "vector(1)",
+            "none",
+            "The alerting pipeline is alive (always firing).",
+            "This alert always fires. Alertmanager sends it to the dead-man's-switch receiver every "
+            f"{human_duration(C.watchdog_repeat)}; that service pages when it stops hearing from it, "
+            "because then Prometheus, Alertmanager or the path between them is down.",
+        ),
+    ),
+)
+
+_FSYNC = _t("LoomJournalFsyncLatencyHigh")
+_DISK_FULL = _t("LoomDataDiskFull")
+_DISK_LOW = _t("LoomDataDiskAlmostFull")
+_FILLING = _t("LoomDataDiskFillingUp")
+_REJECTS = _t("LoomRejectRateHigh")
+_LAG = _t("LoomReplicationLagHigh")
+_STALE = _t("LoomStandbyReportStale")
+_DECODE = _t("LoomDecodeErrorSpike")
+_SHED = _t("LoomShedding")
+_SNAP = _t("LoomSnapshotTooOld")
+_RSNAP = _t("LoomReplicatedSnapshotTooOld")
+_SNAPFAIL = _t("LoomSnapshotFailures")
+_RECOVERY = _t("LoomRecoverySlow")
+_WRITE = _t("LoomJournalWriteErrors")
+_LEASE = _t("LoomLeaseLost")
+_MULTI = _t("LoomMultipleLeaders")
 
 GROUPS: tuple[Group, ...] = (
     Group(
@@ -140,27 +244,28 @@ GROUPS: tuple[Group, ...] = (
                 f"up{{{JOB}}} == 0",
                 "critical",
                 "A Loom exchange node is down.",
-                "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1 minute: "
-                "the node is down or unreachable and is not accepting orders.",
-                for_="1m",
+                "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}) for "
+                f"{_for('LoomExchangeDown')}: the node is down or unreachable and is not accepting orders.",
+                for_=_t("LoomExchangeDown").for_,
             ),
             Alert(
                 "LoomExchangeAbsent",
                 f"absent(up{{{JOB}}})",
                 "critical",
                 "No Loom exchange target is known to Prometheus.",
-                'No series up{job="loom"} for 5 minutes: the exchange is not being scraped at all '
-                "(service discovery or scrape config broken, or every node gone).",
-                for_="5m",
+                f"No series up{{{JOB}}} for {_for('LoomExchangeAbsent')}: the exchange is not being scraped "
+                "at all (service discovery or scrape config broken, or every node gone).",
+                for_=_t("LoomExchangeAbsent").for_,
             ),
             Alert(
                 "LoomExchangeNotReady",
                 f"loom_ready{{{JOB}}} == 0",
                 "critical",
                 "A Loom exchange node is not accepting orders.",
-                "{{ $labels.instance }} reports loom_ready == 0 for 2 minutes: it is up but does not "
-                "accept orders or its journal is not writable.",
-                for_="2m",
+                "{{ $labels.instance }} reports loom_ready == 0 for "
+                f"{_for('LoomExchangeNotReady')}: it is up but does not accept orders or its journal is "
+                "not writable.",
+                for_=_t("LoomExchangeNotReady").for_,
             ),
         ),
     ),
@@ -169,43 +274,56 @@ GROUPS: tuple[Group, ...] = (
         (
             Alert(
                 "LoomJournalWriteErrors",
-                f"increase(loom_journal_write_errors_total{{{JOB}}}[5m]) > 0",
+                f"increase(loom_journal_write_errors_total{{{JOB}}}[{_WRITE.window}]) > {_WRITE.value:g}",
                 "critical",
                 "Journal batches on a Loom node could not be written.",
                 "{{ $labels.instance }} failed to write {{ $value | humanize }} journal batches in the "
-                "last 5 minutes; the orders in them were rejected (journal_write_failed).",
+                f"last {human_duration(_WRITE.window)}; the orders in them were rejected "
+                "(journal_write_failed).",
             ),
             Alert(
                 "LoomJournalFsyncLatencyHigh",
                 "histogram_quantile(0.99,\n"
-                f"  sum by (job, instance, le) (rate(loom_journal_fsync_seconds_bucket{{{JOB}}}[5m]))\n"
-                ") > 0.01",
+                "  sum by (job, instance, le) "
+                f"(rate(loom_journal_fsync_seconds_bucket{{{JOB}}}[{_FSYNC.window}]))\n"
+                f") > {_FSYNC.value:g}",
                 "warning",
-                "Journal fsync p99 latency on a Loom node is above 10 ms.",
+                f"Journal fsync p99 latency on a Loom node is above {_ms(_FSYNC.value)}.",
                 "p99 fdatasync of journal batches on {{ $labels.instance }} is "
                 "{{ $value | humanizeDuration }} (normal: ~0.25 ms); every order ack waits for it.",
-                for_="10m",
+                for_=_FSYNC.for_,
+            ),
+            Alert(
+                "LoomDataDiskFull",
+                f"{DISK_FREE_RATIO} < {_DISK_FULL.value:g}",
+                "critical",
+                f"The data disk of a Loom node has less than {_pct(_DISK_FULL.value)} free.",
+                "The file system of {{ $labels.instance }}'s data directory has "
+                "{{ $value | humanizePercentage }} of its space free: journal appends fail (or will any "
+                "moment) and every order is refused (journal_write_failed) until space is freed.",
+                for_=_DISK_FULL.for_,
             ),
             Alert(
                 "LoomDataDiskFillingUp",
-                f"{DISK_FREE} / loom_data_disk_size_bytes{{{JOB}}}\n"
+                f"{DISK_FREE_RATIO}\n"
                 "and\n"
-                f"predict_linear({DISK_FREE}[1h], {DISK_HORIZON_S}) < 0",
+                f"predict_linear({DISK_FREE}[{_FILLING.window}], {DISK_HORIZON_S}) < {_FILLING.value:g}",
                 "critical",
-                "The data disk of a Loom node will be full within 4 hours.",
-                "At the rate of the last hour the file system of {{ $labels.instance }}'s data directory "
-                "runs out of space within 4 hours ({{ $value | humanizePercentage }} free now). Once it "
+                f"The data disk of a Loom node will be full within {human_duration(C.disk_horizon)}.",
+                f"At the rate of the last {human_duration(_FILLING.window).removeprefix('1 ')} the file "
+                "system of {{ $labels.instance }}'s data directory runs out of space within "
+                f"{human_duration(C.disk_horizon)} ({{{{ $value | humanizePercentage }}}} free now). Once it "
                 "is full every journal append fails and trading stops (journal_write_failed).",
-                for_="5m",
+                for_=_FILLING.for_,
             ),
             Alert(
                 "LoomDataDiskAlmostFull",
-                f"{DISK_FREE} / loom_data_disk_size_bytes{{{JOB}}} < 0.1",
+                f"{DISK_FREE_RATIO} < {_DISK_LOW.value:g}",
                 "warning",
-                "The data disk of a Loom node has less than 10% free.",
+                f"The data disk of a Loom node has less than {_pct(_DISK_LOW.value)} free.",
                 "The file system of {{ $labels.instance }}'s data directory has "
                 "{{ $value | humanizePercentage }} of its space free; journal appends fail once it is full.",
-                for_="5m",
+                for_=_DISK_LOW.for_,
             ),
         ),
     ),
@@ -214,43 +332,45 @@ GROUPS: tuple[Group, ...] = (
         (
             Alert(
                 "LoomSnapshotTooOld",
-                f"loom_snapshot_age_seconds{{{JOB}}} > 3600",
+                f"loom_snapshot_age_seconds{{{JOB}}} > {_SNAP.value:g}",
                 "warning",
-                "The newest snapshot of a Loom node is more than 1 hour old.",
+                f"The newest snapshot of a Loom node is more than {human_duration(_SNAP.value)} old.",
                 "The last snapshot on {{ $labels.instance }} was taken {{ $value | humanizeDuration }} ago; "
                 "a restart would replay the whole journal since then.",
-                for_="15m",
+                for_=_SNAP.for_,
                 automation="take-snapshot",
             ),
             Alert(
                 "LoomReplicatedSnapshotTooOld",
-                f"min by (job) (loom_replicated_snapshot_age_seconds{{{JOB}}}) > 3600",
+                f"min by (job) (loom_replicated_snapshot_age_seconds{{{JOB}}}) > {_RSNAP.value:g}",
                 "warning",
-                "The newest replicated snapshot of a Loom cluster is more than 1 hour old.",
+                "The newest replicated snapshot of a Loom cluster is more than "
+                f"{human_duration(_RSNAP.value)} old.",
                 "The leader of {{ $labels.job }} last stored a snapshot in the replicated store "
                 "{{ $value | humanizeDuration }} ago: the journal stream is not purged behind it and "
                 "grows, and a node starting without local snapshots replays everything since.",
-                for_="15m",
+                for_=_RSNAP.for_,
                 automation="take-snapshot",
             ),
             Alert(
                 "LoomSnapshotFailures",
-                f"increase(loom_snapshot_failures_total{{{JOB}}}[30m]) > 0",
+                f"increase(loom_snapshot_failures_total{{{JOB}}}[{_SNAPFAIL.window}]) > {_SNAPFAIL.value:g}",
                 "warning",
                 "Snapshots on a Loom node are failing.",
                 "{{ $labels.instance }} failed to write {{ $value | humanize }} snapshots "
-                "in the last 30 minutes.",
+                f"in the last {human_duration(_SNAPFAIL.window)}.",
             ),
             Alert(
                 "LoomRecoverySlow",
-                f"loom_recovery_duration_seconds{{{JOB}}} > 30\n"
+                f"loom_recovery_duration_seconds{{{JOB}}} > {_RECOVERY.value:g}\n"
                 "and on (job, instance)\n"
-                f"(time() - process_start_time_seconds{{{JOB}}}) < 3600",
+                f"(time() - process_start_time_seconds{{{JOB}}}) < {seconds(C.recovery_recent)}",
                 "warning",
-                "The last start-up recovery of a Loom node took more than 30 seconds.",
+                f"The last start-up recovery of a Loom node took more than {_RECOVERY.value:g} seconds.",
                 "{{ $labels.instance }} needed {{ $value | humanizeDuration }} to recover at start-up "
                 "(snapshot load + journal replay); the recovery time objective is at risk. "
-                "Fires during the first hour after a start only.",
+                f"Fires during the first {human_duration(C.recovery_recent).removeprefix('1 ')} after a "
+                "start only.",
             ),
         ),
     ),
@@ -259,19 +379,21 @@ GROUPS: tuple[Group, ...] = (
         (
             Alert(
                 "LoomRejectRateHigh",
-                f"sum by (job) (rate(loom_rejects_total{{{JOB}}}[5m]))\n"
+                f"sum by (job) (rate(loom_rejects_total{{{JOB}}}[{_REJECTS.window}]))\n"
                 "/\n"
                 "(\n"
-                f"  sum by (job) (rate(loom_orders_total{{{JOB}}}[5m]))\n"
-                f"  + sum by (job) (rate(loom_rejects_total{{{JOB}}}[5m]))\n"
-                ") > 0.25\n"
+                f"  sum by (job) (rate(loom_orders_total{{{JOB}}}[{_REJECTS.window}]))\n"
+                f"  + sum by (job) (rate(loom_rejects_total{{{JOB}}}[{_REJECTS.window}]))\n"
+                f") > {_REJECTS.value:g}\n"
                 f"and\n"
-                f"sum by (job) (rate(loom_rejects_total{{{JOB}}}[5m])) > 1",
+                f"sum by (job) (rate(loom_rejects_total{{{JOB}}}[{_REJECTS.window}])) "
+                f"> {C.reject_rate_min_per_s:g}",
                 "warning",
-                "More than 25% of Loom commands are rejected.",
+                f"More than {_pct(_REJECTS.value)} of Loom commands are rejected.",
                 "{{ $value | humanizePercentage }} of the commands to {{ $labels.job }} were rejected over "
-                "5 minutes (more than 1 reject/s). Look at loom_rejects_total by reason.",
-                for_="10m",
+                f"{human_duration(_REJECTS.window)} (more than {C.reject_rate_min_per_s:g} reject/s). "
+                "Look at loom_rejects_total by reason.",
+                for_=_REJECTS.for_,
             ),
         ),
     ),
@@ -279,54 +401,14 @@ GROUPS: tuple[Group, ...] = (
         "loom-slo-order-to-ack",
         (
             *(_slo_error_ratio(w) for w in SLO_WINDOWS),
-            Alert(
-                "LoomOrderToAckFastBurn",
-                _burn("1h", "5m", 14.4),
-                "critical",
-                "Loom is burning its order-to-ack latency error budget fast.",
-                "Over 1h and 5m, more "
-                "than 14.4% of orders took longer than 5 ms to be acknowledged (SLO: 99% within 5 ms). "
-                "2% of the 30-day budget is gone within an hour at this rate.",
-                for_="2m",
-                labels={"slo": "order-to-ack", "window": "1h"},
-            ),
-            Alert(
-                "LoomOrderToAckSlowBurn",
-                _burn("6h", "30m", 6),
-                "warning",
-                "Loom is burning its order-to-ack latency error budget.",
-                "Over 6h and 30m, more than 6% of orders took longer than 5 ms to be acknowledged "
-                "(SLO: 99% within 5 ms); 5% of the 30-day budget is gone within 6 hours at this rate.",
-                for_="15m",
-                labels={"slo": "order-to-ack", "window": "6h"},
-            ),
+            *(_latency_burn(b) for b in C.burn_rates),
         ),
     ),
     Group(
         "loom-slo-availability",
         (
             *(_availability_error_ratio(w) for w in SLO_WINDOWS),
-            Alert(
-                "LoomAvailabilityFastBurn",
-                _burn("1h", "5m", 14.4, "loom_commands_failed", AVAILABILITY_BUDGET),
-                "critical",
-                "Loom is burning its availability error budget fast.",
-                "Over 1h and 5m, more than 1.44% of the commands to {{ $labels.job }} could not be made "
-                "durable (journal_write_failed; SLO: 99.9% durable). 2% of the 30-day budget is gone "
-                "within an hour at this rate.",
-                for_="2m",
-                labels={"slo": "availability", "window": "1h"},
-            ),
-            Alert(
-                "LoomAvailabilitySlowBurn",
-                _burn("6h", "30m", 6, "loom_commands_failed", AVAILABILITY_BUDGET),
-                "warning",
-                "Loom is burning its availability error budget.",
-                "Over 6h and 30m, more than 0.6% of the commands to {{ $labels.job }} could not be made "
-                "durable (SLO: 99.9% durable); 5% of the 30-day budget is gone within 6 hours at this rate.",
-                for_="15m",
-                labels={"slo": "availability", "window": "6h"},
-            ),
+            *(_availability_burn(b) for b in C.burn_rates),
         ),
     ),
     Group(
@@ -337,38 +419,40 @@ GROUPS: tuple[Group, ...] = (
                 f'sum by (job) (loom_cluster_role{{{JOB},role="leader"}}) == 0',
                 "critical",
                 "No Loom cluster node holds the leader lease.",
-                "No node of {{ $labels.job }} has been leader for 30 seconds: the exchange accepts no "
-                "orders. A failover normally completes in about 1.2 s.",
-                for_="30s",
+                f"No node of {{{{ $labels.job }}}} has been leader for {_for('LoomNoLeader')}: the exchange "
+                "accepts no orders. A failover normally completes in about 1.2 s.",
+                for_=_t("LoomNoLeader").for_,
                 automation="promote-standby",
             ),
             Alert(
                 "LoomMultipleLeaders",
-                f'sum by (job) (loom_cluster_role{{{JOB},role="leader"}}) > 1',
+                f'sum by (job) (loom_cluster_role{{{JOB},role="leader"}}) > {_MULTI.value:g}',
                 "warning",
                 "More than one Loom node believes it is leader.",
-                "{{ $value }} nodes of {{ $labels.job }} report role=leader for 1 minute. Fencing refuses "
-                "every append of the deposed one, so nothing is lost or doubled, but its clients are "
-                "being refused (journal_write_failed) until it notices and demotes.",
-                for_="1m",
+                "{{ $value }} nodes of {{ $labels.job }} report role=leader for "
+                f"{_for('LoomMultipleLeaders')}. "
+                "Fencing refuses every append of the deposed one, so nothing is lost or doubled, but its "
+                "clients are being refused (journal_write_failed) until it notices and demotes.",
+                for_=_MULTI.for_,
             ),
             Alert(
                 "LoomLeaseLost",
-                f'increase(loom_lease_renewals_total{{{JOB},outcome="failed"}}[5m]) > 0',
+                f'increase(loom_lease_renewals_total{{{JOB},outcome="failed"}}[{_LEASE.window}]) '
+                f"> {_LEASE.value:g}",
                 "warning",
                 "A Loom leader failed to renew its lease.",
-                "{{ $labels.instance }} failed {{ $value | humanize }} lease renewals in the last 5 minutes. "
-                "A leader that cannot renew within the TTL (1.2 s) stops accepting and a standby takes "
-                "over: NATS is slow or unreachable from this node.",
+                "{{ $labels.instance }} failed {{ $value | humanize }} lease renewals in the last "
+                f"{human_duration(_LEASE.window)}. A leader that cannot renew within the TTL (1.2 s) stops "
+                "accepting and a standby takes over: NATS is slow or unreachable from this node.",
             ),
             Alert(
                 "LoomReplicationLagHigh",
-                f"max by (job, instance) (loom_replication_lag_commands{{{JOB}}}) > 10000",
+                f"max by (job, instance) (loom_replication_lag_commands{{{JOB}}}) > {_LAG.value:g}",
                 "warning",
-                "A Loom standby is more than 10,000 commands behind the replicated journal.",
-                "{{ $labels.instance }} is {{ $value | humanize }} commands behind the stream for 2 minutes; "
-                "a failover to it would wait for it to catch up first.",
-                for_="2m",
+                f"A Loom standby is more than {_LAG.value:,.0f} commands behind the replicated journal.",
+                "{{ $labels.instance }} is {{ $value | humanize }} commands behind the stream for "
+                f"{_for('LoomReplicationLagHigh')}; a failover to it would wait for it to catch up first.",
+                for_=_LAG.for_,
             ),
             Alert(
                 "LoomNoStandby",
@@ -378,20 +462,21 @@ GROUPS: tuple[Group, ...] = (
                 f'unless on (job) sum by (job) (loom_cluster_role{{{JOB},role="standby"}}) >= 1',
                 "warning",
                 "A Loom cluster runs without a hot standby.",
-                "{{ $labels.job }} has a leader but no node has been standby for 5 minutes: the next "
-                "leader failure is an outage until a node is started, not a 1-2 s failover.",
-                for_="5m",
+                "{{ $labels.job }} has a leader but no node has been standby for "
+                f"{_for('LoomNoStandby')}: "
+                "the next leader failure is an outage until a node is started, not a 1-2 s failover.",
+                for_=_t("LoomNoStandby").for_,
             ),
             Alert(
                 "LoomStandbyReportStale",
-                f"max by (job, instance, node) (loom_standby_report_age_seconds{{{JOB}}}) > 30",
+                f"max by (job, instance, node) (loom_standby_report_age_seconds{{{JOB}}}) > {_STALE.value:g}",
                 "warning",
                 "A Loom standby has stopped reporting its position.",
                 "The leader {{ $labels.instance }} last heard from standby {{ $labels.node }} "
                 "{{ $value | humanize }} s ago (reports come every second). Past [retention] "
                 "standby_stale_s (60 s by default) retention purges past it, and it will need a "
                 "restart to recover from the replicated snapshot.",
-                for_="1m",
+                for_=_STALE.for_,
             ),
         ),
     ),
@@ -400,32 +485,35 @@ GROUPS: tuple[Group, ...] = (
         (
             Alert(
                 "LoomDecodeErrorSpike",
-                f"sum by (job, instance, protocol) (rate(loom_decode_errors_total{{{JOB}}}[5m])) > 1",
+                "sum by (job, instance, protocol) "
+                f"(rate(loom_decode_errors_total{{{JOB}}}[{_DECODE.window}])) > {_DECODE.value:g}",
                 "warning",
-                "A Loom gateway is refusing unreadable messages at more than 1 per second.",
+                f"A Loom gateway is refusing unreadable messages at more than {_DECODE.value:g} per second.",
                 "{{ $labels.instance }} refused {{ $value | humanize }} unreadable {{ $labels.protocol }} "
-                "messages per second over 5 minutes, for 10 minutes: a client is sending malformed input "
-                "(a broken release, a wrong protocol version, or a port scan). Look at "
-                "loom_decode_errors_total by code.",
-                for_="10m",
+                f"messages per second over {human_duration(_DECODE.window)}, "
+                f"for {_for('LoomDecodeErrorSpike')}: "
+                "a client is sending malformed input (a broken release, a wrong protocol version, or a port "
+                "scan). Look at loom_decode_errors_total by code.",
+                for_=_DECODE.for_,
             ),
             Alert(
                 "LoomShedding",
-                # [2m] and for 5m: refusals in every two-minute window for five minutes. One
-                # burst shed in seconds leaves the window again and stays quiet.
-                f"sum by (job, instance) (rate(loom_overload_refusals_total{{{JOB}}}[2m])) > 0",
+                f"sum by (job, instance) (rate(loom_overload_refusals_total{{{JOB}}}[{_SHED.window}])) "
+                f"> {_SHED.value:g}",
                 "warning",
                 "A Loom node is shedding load: orders refused because its commit queue is full.",
                 "{{ $labels.instance }} has refused {{ $value | humanize }} commands per second as "
-                "overloaded (commit queue at max_queued_commands) for 5 minutes: more is offered than "
-                "the node can commit. Refused orders were answered at once (503 OVERLOADED, binary 603) "
-                "and never journaled; clients are retrying. Look at loom_overload_refusals_total by "
-                "protocol and loom_commit_backlog_commands.",
-                for_="5m",
+                f"overloaded (commit queue at max_queued_commands) for {_for('LoomShedding')}: more is "
+                "offered than the node can commit. Refused orders were answered at once (503 OVERLOADED, "
+                "binary 603) and never journaled; clients are retrying. They count against the "
+                "availability SLO. Look at loom_overload_refusals_total by protocol and "
+                "loom_commit_backlog_commands.",
+                for_=_SHED.for_,
             ),
         ),
     ),
     RISK_GROUP,
+    WATCHDOG_GROUP,
 )
 
 # Wanted, but the metrics do not exist yet (see the catalogue); add them with the metrics.
@@ -450,13 +538,13 @@ def _rule(rule: Alert | Recording, template: str | None) -> dict:
         return {"record": rule.record, "expr": rule.expr}
     if rule.severity not in SEVERITIES:
         raise ValueError(f"{rule.name}: severity {rule.severity!r} not in {SEVERITIES}")
-    if not rule.name.startswith("Loom") or not rule.name.isalnum():
+    if rule.name != WATCHDOG and (not rule.name.startswith("Loom") or not rule.name.isalnum()):
         raise ValueError(f"{rule.name}: alert names are CamelCase with the Loom prefix")
     labels = {"severity": rule.severity, **rule.labels}
     if rule.automation:
         labels["automation"] = rule.automation
     out: dict = {"alert": rule.name, "expr": rule.expr}
-    if rule.for_ != "0m":
+    if seconds(rule.for_):
         out["for"] = rule.for_
     out["labels"] = labels
     out["annotations"] = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from alerts import rules
+from alerts.slo import CONFIG
 from telemetry.catalogue import declared_series
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +88,100 @@ def test_amtool_check_config():
         ),
         (["severity=warning", "alertname=LoomAnomalyDetected", "kind=cancel_ratio"], "ticket"),
         (["severity=critical", "automation=failover"], "runbook-automation,pager"),
+        (
+            ["severity=critical", "alertname=LoomNoLeader", "automation=promote-standby"],
+            "runbook-automation,pager",
+        ),
+        # the dead-man's switch goes alone to its receiver, never to people
+        (["severity=none", "alertname=Watchdog"], "deadmansswitch"),
     ],
 )
 def test_alertmanager_routing(labels, receivers):
     res = _run(_tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == receivers
+
+
+def _route(receiver: str) -> dict:
+    import yaml
+
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    return next(r for r in config["route"]["routes"] if r["receiver"] == receiver)
+
+
+def test_pager_and_watchdog_timings_are_the_slo_configs():
+    import yaml
+
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    pager = _route("pager")
+    assert pager["group_wait"] == CONFIG.pager_group_wait
+    assert pager["group_interval"] == CONFIG.pager_group_interval
+    assert config["global"]["resolve_timeout"] == CONFIG.resolve_timeout
+    watchdog = _route("deadmansswitch")
+    assert watchdog["repeat_interval"] == watchdog["group_interval"] == CONFIG.watchdog_repeat
+    assert "continue" not in watchdog
+    # the issue's bars: a kill pages within 30 s, an all-clear follows within 60 s
+    assert CONFIG.down_page_s() <= 30, CONFIG.down_page_s()
+    assert CONFIG.resolve_page_s() <= 60, CONFIG.resolve_page_s()
+
+
+def _alert(name: str, instance: str = "node-a:8080", **labels: str) -> dict:
+    labels = {"alertname": name, "job": "loom", "severity": "critical", **labels}
+    if instance:
+        labels["instance"] = instance
+    return {"labels": labels, "annotations": {"summary": name}}
+
+
+# (cause, symptom, symptom's instance or "" for a job-wide alert, inhibited?)
+INHIBITIONS = [
+    ("LoomExchangeDown", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomExchangeDown", "LoomAvailabilityFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomJournalWriteErrors", "LoomAvailabilityFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomOrderToAckFastBurn", "", True),
+    ("LoomJournalWriteErrors", "LoomRejectRateHigh", "", True),
+    ("LoomDataDiskFull", "LoomJournalWriteErrors", "node-a:8080", True),
+    ("LoomDataDiskFull", "LoomExchangeNotReady", "node-a:8080", True),
+    ("LoomNoLeader", "LoomExchangeNotReady", "node-b:8080", True),
+    ("LoomNoLeader", "LoomAvailabilityFastBurn", "", True),
+    ("LoomExchangeAbsent", "LoomAvailabilitySlowBurn", "", True),
+    # a cause on one node leaves another node's symptoms alone
+    ("LoomExchangeDown", "LoomExchangeNotReady", "node-b:8080", False),
+    ("LoomJournalWriteErrors", "LoomShedding", "node-b:8080", False),
+    # an alert that drives automation still reaches it; the Watchdog is never silenced
+    ("LoomExchangeDown", "LoomSnapshotTooOld", "node-a:8080", False),
+    ("LoomNoLeader", "Watchdog", "", False),
+]
+
+
+def test_causes_inhibit_their_symptoms_in_the_real_alertmanager(tmp_path):
+    from alertmanager_proc import alertmanager_serve
+
+    posted = []
+    for i, (cause, symptom, instance, _) in enumerate(INHIBITIONS):
+        job = f"loom-{i}"  # one job per case: cases do not inhibit each other
+        source = _alert(
+            cause, "" if cause in ("LoomNoLeader", "LoomExchangeAbsent") else "node-a:8080", job=job
+        )
+        posted += [source, _alert(symptom, instance, job=job, slo="availability")]
+    with alertmanager_serve(tmp_path, AM_CONFIG) as am:
+        am.post_alerts(posted)
+
+        expected = {(f"loom-{i}", case[1]): case[3] for i, case in enumerate(INHIBITIONS)}
+
+        def settled() -> dict | None:
+            """Every alert's inhibitedBy, once they match the expectation (the inhibitor
+            learns of new alerts asynchronously)."""
+            alerts = am.alerts()
+            status = {
+                (a["labels"]["job"], a["labels"]["alertname"]): a["status"]["inhibitedBy"] for a in alerts
+            }
+            ok = len(alerts) == len(posted) and all(bool(status[k]) == v for k, v in expected.items())
+            return status if ok else None
+
+        status = am.wait_for("the expected inhibitions", settled, timeout=20)
+        for i, (cause, *_rest) in enumerate(INHIBITIONS):
+            assert not status[(f"loom-{i}", cause)], f"the cause {cause} itself is inhibited"
 
 
 def test_automation_receiver_sends_a_bearer_token():
@@ -122,7 +211,7 @@ def test_runbook_url_template_is_configurable(monkeypatch):
     text = rules.render("alerts/runbooks/{alert}.md")
     urls = re.findall(r'"runbook_url": "([^"]+)"', text)
     assert len(urls) == len(rules.alerts())
-    assert all(u.startswith("alerts/runbooks/Loom") and u.endswith(".md") for u in urls)
+    assert all(u.startswith("alerts/runbooks/") and u.endswith(".md") for u in urls)
     monkeypatch.setenv(rules.RUNBOOK_URL_ENV, "https://wiki.example/{alert}")
     assert rules.runbook_url("LoomExchangeDown") == "https://wiki.example/LoomExchangeDown"
 
@@ -132,8 +221,9 @@ def test_every_alert_is_complete_and_has_a_runbook():
     assert {r["alert"] for r in generated} == {a.name for a in rules.alerts()}
     for rule in generated:
         name = rule["alert"]
-        assert re.fullmatch(r"Loom[A-Z][A-Za-z0-9]*", name), name
-        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
+        assert re.fullmatch(r"Loom[A-Z][A-Za-z0-9]*", name) or name == rules.WATCHDOG, name
+        assert rule["labels"]["severity"] in ("critical", "warning", "info", "none"), name
+        assert (rule["labels"]["severity"] == "none") == (name == rules.WATCHDOG), name
         ann = rule["annotations"]
         for key in ("summary", "description", "runbook_url"):
             assert ann.get(key, "").strip(), f"{name} has no {key}"
@@ -175,7 +265,7 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case():
                 firing.add(name)
     names = {a.name for a in rules.alerts()}
     assert names - firing == set(), "alerts without a firing test"
-    assert names - quiet == set(), "alerts without a not-firing test"
+    assert names - quiet == {rules.WATCHDOG}, "alerts without a not-firing test (the Watchdog has none)"
 
 
 # -- metric names come from the catalogue ---------------------------------------------------
@@ -228,3 +318,54 @@ def test_the_metric_check_fails_on_an_undeclared_name():
         "expr": 'rate(loom_no_such_metric_total{job="loom"}[5m]) > 0 and job:never_recorded:rate5m > 1',
     }
     assert undeclared([*generated, bogus]) == {"loom_no_such_metric_total", "job:never_recorded:rate5m"}
+
+
+# -- the runbooks' numbers come from alerts/slo.py ------------------------------------------
+
+_HELD = re.compile(r"\bfor (\d+ (?:second|minute|hour)s?)\b")
+_MS = re.compile(r"(?<![~\d.])(\d+(?:\.\d+)?) ms\b")
+
+
+def _meaning(name: str) -> str:
+    text = (ALERTS / "runbooks" / f"{name}.md").read_text()
+    return text.split("## Meaning", 1)[1].split("\n## ", 1)[0]
+
+
+def runbook_drift(name: str, meaning: str) -> list[str]:
+    """What the Meaning section of `name`'s runbook says that differs from alerts/slo.py: the
+    duration it must hold ("for 5 minutes": the trigger's `for`), and thresholds in ms."""
+    from alerts.slo import human_duration, seconds
+
+    trigger = CONFIG.triggers.get(name)
+    problems = []
+    if trigger is not None and seconds(trigger.for_):
+        want = human_duration(trigger.for_)
+        held = _HELD.findall(meaning)
+        if not held:
+            problems.append(f"{name}: says nothing of how long it must hold (config: for {want})")
+        problems += [f"{name}: says for {h}, config has for {want}" for h in held if h != want]
+    allowed_ms = {f"{CONFIG.latency_threshold_s * 1000:g}"}
+    if trigger is not None and 0 < trigger.value < 1:
+        allowed_ms.add(f"{trigger.value * 1000:g}")
+    problems += [
+        f"{name}: says {ms} ms, not from the config" for ms in _MS.findall(meaning) if ms not in allowed_ms
+    ]
+    return problems
+
+
+def test_runbooks_state_the_configs_numbers():
+    drift = [p for alert in rules.alerts() for p in runbook_drift(alert.name, _meaning(alert.name))]
+    assert drift == []
+
+
+def test_the_down_runbook_states_the_page_arithmetic():
+    meaning = _meaning("LoomExchangeDown")
+    assert f"= {CONFIG.down_page_s():g} s" in meaning
+    assert f"within about {CONFIG.resolve_page_s():g} s" in meaning
+
+
+def test_runbook_drift_is_caught():
+    meaning = _meaning("LoomJournalFsyncLatencyHigh")
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning) == []
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning.replace("10 minutes", "20 minutes"))
+    assert runbook_drift("LoomJournalFsyncLatencyHigh", meaning.replace("10 ms", "20 ms"))

@@ -102,3 +102,106 @@ def test_prometheus_config_passes_promtool(config):
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- Alertmanager: routing to the compose services ------------------------------------------
+
+AM_DIR = REPO / "compose" / "alertmanager"
+
+
+def _am_config() -> dict:
+    return yaml.safe_load((AM_DIR / "alertmanager.yml").read_text())
+
+
+def _listening_ports(service: dict) -> set[int]:
+    """The container ports a service listens on: published targets, `expose`, and a
+    `--port` in its command."""
+    ports = {
+        int(p["target"]) if isinstance(p, dict) else int(str(p).split("/")[0].rsplit(":", 1)[-1])
+        for p in service.get("ports", [])
+    }
+    ports |= {int(p) for p in service.get("expose", [])}
+    command = service.get("command") or []
+    if "--port" in command:
+        ports.add(int(command[command.index("--port") + 1]))
+    return ports
+
+
+def _mount_source(service: dict, target_file: str) -> Path | None:
+    """The host file behind `target_file` inside the container (a file or directory bind)."""
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):  # docker-compose v2 prints the long form
+            source, inside = volume.get("source", ""), volume["target"]
+        else:
+            source, inside = str(volume).split(":")[:2]
+        if not source.startswith("/"):
+            continue  # a named volume
+        inside = inside.rstrip("/")
+        if target_file == inside or target_file.startswith(inside + "/"):
+            return Path(source) / target_file[len(inside) :].lstrip("/")
+    return None
+
+
+def test_compose_alertmanager_config_is_generated_from_the_bare_metal_one():
+    from alerts import alertmanager
+
+    assert alertmanager.main(["--check"]) == 0, "run `python -m alerts.alertmanager`"
+    bare = yaml.safe_load((REPO / "alerts" / "alertmanager.yml").read_text())
+    ours = _am_config()
+    assert ours["route"] == bare["route"] and ours["inhibit_rules"] == bare["inhibit_rules"]
+
+
+def test_every_webhook_reaches_a_compose_service_on_a_port_it_listens_on(resolved_cluster):
+    from urllib.parse import urlsplit
+
+    services = resolved_cluster["services"]
+    urls = [h["url"] for r in _am_config()["receivers"] for h in r.get("webhook_configs", [])]
+    assert len(urls) >= 4
+    for url in urls:
+        parts = urlsplit(url)
+        assert parts.hostname in services, f"{url}: no compose service {parts.hostname}"
+        assert parts.port in _listening_ports(services[parts.hostname]), f"{url}: nothing listens there"
+    # the default profile alone reaches the pager sink and the exchange too
+    for needed in ("pager-sink", "loom"):
+        assert any(urlsplit(u).hostname == needed for u in urls), needed
+
+
+def test_every_file_the_compose_alertmanager_reads_is_mounted_and_exists(resolved):
+    service = resolved["services"]["alertmanager"]
+    command = service["command"]
+    config_file = next(a.split("=", 1)[1] for a in command if a.startswith("--config.file="))
+    referenced = [config_file]
+
+    def files(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("_file") and isinstance(value, str):
+                    referenced.append(value)
+                else:
+                    files(value)
+        elif isinstance(node, list):
+            for item in node:
+                files(item)
+
+    files(_am_config())
+    assert len(referenced) >= 2, referenced  # the config and the automation token at least
+    for inside in referenced:
+        source = _mount_source(service, inside)
+        assert source is not None, f"alertmanager reads {inside}, which no volume mounts"
+        assert source.is_file(), f"{inside} comes from {source}, which does not exist"
+
+
+def test_the_automation_token_is_the_one_the_exchanges_expect(resolved_cluster):
+    token = (AM_DIR / "secrets" / "automation-token").read_text().strip()
+    assert token
+    for name in ("loom", "loom-a", "loom-b"):
+        assert resolved_cluster["services"][name]["environment"]["LOOM_AUTOMATION_TOKEN"] == token, name
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-cluster.yml"])
+def test_prometheus_timings_are_the_slo_configs(config):
+    from alerts.slo import CONFIG
+
+    glob = yaml.safe_load((REPO / "compose" / config).read_text())["global"]
+    assert glob["scrape_interval"] == CONFIG.scrape_interval
+    assert glob["evaluation_interval"] == CONFIG.evaluation_interval
