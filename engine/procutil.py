@@ -26,3 +26,19 @@ def die_with_parent(parent: int) -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def yield_cpu_to_the_node() -> str:
+    """Run this helper only on CPU the node leaves idle: SCHED_IDLE, else nice 19. Returns
+    the policy taken. SCHED_IDLE is the stronger of the two: any waking thread of the node
+    preempts it at once, and the scheduler counts a core that runs only SCHED_IDLE work as
+    idle when it places a waking thread, so the node is never queued behind the helper
+    (a nice-19 task still makes its core look busy: the node's thread may then be placed
+    on the other core, behind whatever runs there)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        pass
+    os.nice(19)
+    return "nice"

@@ -11,7 +11,7 @@ on huge pages made the fork cheaper but the order path slower: BENCHMARKS.md).
     back to the order path                   closes every inherited fd but the pipe (the
                                              data dir's LOCK too: closing keeps the
                                              parent's flock, which is per open file)
-                                             nice 19: the order path keeps the CPU
+                                             SCHED_IDLE: the order path keeps the CPU
                                              encode, write tmp, fsync, rename, fsync dir
     poll: waitpid(WNOHANG) ◀── report ────  one JSON line on the pipe; os._exit
     gc.enable(); prune, retention, upload
@@ -34,13 +34,12 @@ from pathlib import Path
 import msgspec
 
 from engine.matcher import MatchingEngine
-from engine.procutil import die_with_parent
+from engine.procutil import die_with_parent, yield_cpu_to_the_node
 from engine.snapshots import SnapshotStore, WrittenSnapshot
 
 # Test hook: while the file this names exists, a snapshot child waits after creating its
 # temporary file (deterministic tests of "the order path goes on while a snapshot is written").
 HOLD_ENV = "LOOM_TEST_SNAPSHOT_HOLD"
-CHILD_NICE = 19
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
@@ -145,7 +144,7 @@ def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: 
         signal.set_wakeup_fd(-1)
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, _MAX_FD)
-        os.nice(CHILD_NICE)
+        yield_cpu_to_the_node()
         try:
             written = store.write_file(engine, before_write=_hold)
             report = {

@@ -118,6 +118,8 @@ def test_the_order_path_goes_on_while_the_child_writes(tmp_path, hold):
                 results = await service.submit(orders(i, 10))
                 assert len(results) == 10 and all(results)
             assert alive(pid) and tmp.exists() and node.snapshot_in_flight
+            # It runs only on CPU the order path leaves idle (engine.procutil).
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
             assert node.last_snapshot is None
             assert node.engine.last_seq == captured + 140
             assert node.snapshot_captures == 1  # snapshots due meanwhile wait for this one
