@@ -37,11 +37,15 @@ from telemetry.collectors import (
     ClusterCollector,
     DataDiskCollector,
     ExchangeCollector,
+    FixSessionsCollector,
+    MarketDataCollector,
     RiskCollector,
     StandaloneRoleCollector,
+    TraceExportCollector,
 )
-from telemetry.metrics import ExchangeMetrics
+from telemetry.metrics import MAIN_LOOP, ExchangeMetrics
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
+from telemetry.runtime import BuildInfo, GcPauses, LoopLagProbe
 from telemetry.tracing import Sampler, TraceShipper
 
 log = logging.getLogger("loom.app")
@@ -65,9 +69,15 @@ class RunningExchange:
     shipper: TraceShipper | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     lookups: OrderLookups | None = None
+    probes: list[LoopLagProbe] = field(default_factory=list)
+    gc_pauses: GcPauses | None = None
 
     async def stop(self) -> None:
         self.service.accepting = False
+        for probe in self.probes:
+            probe.stop()
+        if self.gc_pauses is not None:
+            self.gc_pauses.remove()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -108,6 +118,15 @@ def _fix_session_count(server) -> int:
         return len(fix_gateway(server).sessions)
     except KeyError:  # stopped
         return 0
+
+
+def _fix_session_states(server) -> dict[str, int]:
+    from engine.gateways.fix.server import fix_gateway, session_states
+
+    try:
+        return fix_gateway(server).session_states()
+    except KeyError:  # stopped
+        return dict.fromkeys(session_states(), 0)
 
 
 async def start_exchange(cfg: Config) -> RunningExchange:
@@ -151,12 +170,14 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
         shipper = TraceShipper(Sampler("all"))
         service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+        metrics.registry.register(TraceExportCollector(shipper))
         log.info("exporting order traces (sampling %s)", sampling)
     index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     order_store.derive_trace_id = node.derived_trace_id
     market_data = MarketData(node.engine)
+    market_data.batch_time = lambda: service.durable_at  # fan-out lag from the durable point
     router = ExecutionRouter()
     surveillance = Surveillance()
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
@@ -166,6 +187,10 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     metrics.registry.register(ExchangeCollector(service, sessions))
     metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
+    metrics.registry.register(MarketDataCollector(market_data))
+    metrics.registry.register(BuildInfo())
+    gc_pauses = GcPauses()
+    metrics.registry.register(gc_pauses)
     member = None
     if cfg.cluster:
         from engine.cluster.member import ClusterMember
@@ -249,6 +274,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
+        metrics.registry.register(FixSessionsCollector(lambda s=server: _fix_session_states(s)))
         running.ports["fix"] = server.sockets[0].getsockname()[1]
     if member is not None:  # once every listener is bound: the lease advertises them all
         running.cluster = member
@@ -268,6 +294,14 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # Start-up objects are long-lived: keep them out of every future collection.
     gc.collect()
     gc.freeze()
+    running.gc_pauses = gc_pauses.install()  # after the start-up collection: pauses in service
+    loops = [(MAIN_LOOP, asyncio.get_running_loop())]
+    if member is not None:  # the lease renews on the NATS thread's own loop: watch it too
+        loops.append(("nats", member.link.loop))
+    for name, loop in loops:
+        probe = LoopLagProbe(loop, metrics.loop_lag(name))
+        probe.start()
+        running.probes.append(probe)
     # The journal thread needs the GIL back the moment its fdatasync returns; CPython's
     # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
     sys.setswitchinterval(0.0005)

@@ -8,6 +8,7 @@ what was last published; the differences go out as one update (qty 0 removes a l
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from engine.batch_events import BatchEvents
@@ -34,6 +35,11 @@ class MarketData:
         self.depth = depth
         self.feeds: dict[str, SymbolFeed] = {}
         self.updates_published = 0
+        # When the batch being published became durable (perf_counter): subscribers read
+        # `published_at` as they queue a message, for loom_md_fanout_lag_seconds. The service
+        # supplies its durable point; on its own, the moment the update is built.
+        self.batch_time: Callable[[], float] = time.perf_counter
+        self.published_at = 0.0
 
     def feed(self, symbol: str) -> SymbolFeed:
         feed = self.feeds.get(symbol)
@@ -77,6 +83,7 @@ class MarketData:
     def on_events(self, _commands: list, _results: list[list], split: BatchEvents) -> None:
         if not self.feeds:
             return  # nobody has subscribed to anything: nothing to compare or publish
+        self.published_at = self.batch_time()
         for symbol in split.symbols():
             feed = self.feeds.get(symbol)
             if feed is None or symbol not in self.engine.books:
@@ -105,6 +112,14 @@ class MarketData:
                         "ts": t.ts,
                     },
                 )
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscriptions by channel, over every symbol (read at scrape time)."""
+        feeds = self.feeds.values()
+        return {
+            "book": sum(len(f.book_subscribers) for f in feeds),
+            "trades": sum(len(f.trade_subscribers) for f in feeds),
+        }
 
     def _publish(self, subscribers: set[Subscriber], message: dict) -> None:
         for sub in list(subscribers):

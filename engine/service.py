@@ -114,6 +114,9 @@ class ExchangeService:
         # (first seq, journal, match, ack ns) of the last journaled batch: its durations are
         # known only once it is done, so they are journaled with the next batch.
         self._prev_durations = (0, 0, 0, 0)
+        # perf_counter when the batch being handed to the listeners became durable (market
+        # data measures its fan-out lag from it): one store per batch.
+        self.durable_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -142,6 +145,7 @@ class ExchangeService:
     def publish_replicated(self, batch: list, results: list[list]) -> None:
         """Hand a batch applied from the replicated journal (a standby) to the listeners,
         as if this node had committed it: order store, market data, metrics."""
+        self.durable_at = time.perf_counter()
         self._publish(batch, results)
 
     def _publish(self, batch: list, results: list[list]) -> BatchEvents | None:
@@ -209,6 +213,14 @@ class ExchangeService:
     def queued(self) -> int:
         """Commands submitted and waiting for the next batch (O(1): a counter kept with the queue)."""
         return self._queued
+
+    def oldest_queued_age(self, now: float | None = None) -> float:
+        """Seconds the oldest submission still in the commit queue has waited (0 when empty).
+        Read at scrape time from its queued_at stamp: nothing more per order."""
+        queue = self._queue
+        if not queue:
+            return 0.0
+        return max(0.0, (time.perf_counter() if now is None else now) - queue[0].queued_at)
 
     def _admit(self, commands: list, protocol: str) -> None:
         """Raise Overloaded, before anything is sequenced, when these commands would take the
@@ -321,6 +333,7 @@ class ExchangeService:
             if results is not None:
                 self.batches += 1
                 self.commands += len(held)
+                self.durable_at = time.perf_counter()
                 if self.metrics is not None:
                     self.metrics.commands.inc(len(held))
                 self._publish(held, results)
@@ -398,7 +411,7 @@ class ExchangeService:
                     )
                 else:
                     error = node.write(batch, meta)
-                t2 = time.perf_counter()
+                t2 = self.durable_at = time.perf_counter()
                 results = node.finish(batch, before, error)
                 t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone

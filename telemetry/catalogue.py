@@ -39,6 +39,9 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Event-loop lag: a timer's own jitter is ~1 ms (uvloop's clock has ms resolution), so the
+# scale starts there; anything past 50 ms is a stall an order sees.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -406,6 +409,94 @@ _SPECS = [
         "Runbook automation decisions on alerts, by action and outcome.",
         ("action", "outcome"),
     ),
+    # -- the Python runtime (telemetry/runtime.py) ----------------------------------------------
+    MetricSpec(
+        "loom_build_info",
+        GAUGE,
+        "1, labelled with the running code: version (the package metadata) and revision (the git "
+        "commit of the checkout it runs from, read at start; unknown when it is not a checkout).",
+        ("version", "revision"),
+    ),
+    MetricSpec(
+        "loom_event_loop_lag_seconds",
+        HISTOGRAM,
+        "How late a timer ran on an event loop (a probe every 0.1 s): time the loop spent on "
+        "something else, e.g. a long callback or a GC pause. loop: main (gateways, commit loop) "
+        "or nats (a cluster node's NATS connection thread).",
+        ("loop",),
+        "seconds",
+        LAG_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_gc_pause_seconds",
+        HISTOGRAM,
+        "Duration of each garbage collection (gc.callbacks start to stop), by generation "
+        "(python_gc_collections_total counts them too).",
+        ("generation",),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_commit_queue_oldest_age_seconds",
+        GAUGE,
+        "Age of the oldest submission waiting in the commit queue (0 when it is empty); its length "
+        "is loom_commit_backlog_commands.",
+        (),
+        "seconds",
+    ),
+    # -- order trace export (telemetry/tracing.py, telemetry/trace_worker.py) ------------------
+    MetricSpec(
+        "loom_trace_spans_exported",
+        COUNTER,
+        "Spans the trace worker exported over OTLP successfully.",
+        (),
+    ),
+    MetricSpec(
+        "loom_trace_spans_dropped",
+        COUNTER,
+        "Trace data lost before export, by reason: queue_full (spans: the worker's export queue, "
+        "OTEL_BSP_MAX_QUEUE_SIZE, was full), export_failed (spans of failed exports), not_shipped "
+        "(order and fill records the exchange could not hand to the worker - pipe full, worker "
+        "gone - one per record: their spans were never built).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "loom_trace_export_errors",
+        COUNTER,
+        "OTLP exports (batches of spans) that failed: refused, unreachable or timed out.",
+        (),
+    ),
+    # -- market data (engine/market_data.py, the WebSocket gateway) -----------------------------
+    MetricSpec(
+        "loom_md_subscribers",
+        GAUGE,
+        "Market data subscriptions (WebSocket book and trades streams), by channel, over all symbols.",
+        ("channel",),
+    ),
+    MetricSpec(
+        "loom_md_fanout_lag_seconds",
+        HISTOGRAM,
+        "From a batch becoming durable to its market data reaching a subscriber's socket: one "
+        "sample per write to a WebSocket subscriber, for the oldest market data message in it.",
+        (),
+        "seconds",
+        LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "loom_md_slow_consumer_drops",
+        COUNTER,
+        "WebSocket sessions disconnected because they read too slowly (their outbox of market "
+        "data, acks and executions reached its bound).",
+        (),
+    ),
+    # -- FIX sessions ----------------------------------------------------------------------------
+    MetricSpec(
+        "loom_fix_sessions",
+        GAUGE,
+        "FIX connections by session state: awaiting_logon, logged_on, logging_out (our Logout "
+        "sent), closing (done, connection still open).",
+        ("state",),
+    ),
 ]
 
 # Exposed only by a cluster node (`loom run --cluster`); a standalone node exports
@@ -432,6 +523,9 @@ CLUSTER_ONLY = {
     "loom_retention_purge_floor_seq",
     "loom_retention_purges_held_back",
 }
+
+# Exposed only while order traces are exported (OTEL_EXPORTER_OTLP_ENDPOINT is set).
+TRACING_ONLY = {"loom_trace_spans_exported", "loom_trace_spans_dropped", "loom_trace_export_errors"}
 
 CATALOGUE: dict[str, MetricSpec] = {}
 for _spec in _SPECS:

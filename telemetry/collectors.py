@@ -223,7 +223,9 @@ class ExchangeCollector(Collector):
         yield sessions
         backlog = _gauge("loom_commit_backlog_commands")
         backlog.add_metric([], self.service.queued)
-        yield backlog
+        oldest = _gauge("loom_commit_queue_oldest_age_seconds")
+        oldest.add_metric([], self.service.oldest_queued_age())
+        yield from (backlog, oldest)
         ready = _gauge("loom_ready")
         ready.add_metric([], 1 if self.service.accepting and node.journal_ok else 0)
         yield ready
@@ -272,3 +274,49 @@ class RiskCollector(Collector):
         accounts = _gauge("loom_surveillance_accounts")
         accounts.add_metric([], summary["accounts"])
         yield from (score, top, alerts, accounts)
+
+
+class MarketDataCollector(Collector):
+    """Market data subscriptions by channel, counted at scrape time."""
+
+    def __init__(self, market_data) -> None:
+        self.market_data = market_data  # engine.market_data.MarketData
+
+    def collect(self):
+        subscribers = _gauge("loom_md_subscribers")
+        for channel, n in self.market_data.subscriber_counts().items():
+            subscribers.add_metric([channel], n)
+        yield subscribers
+
+
+class FixSessionsCollector(Collector):
+    """FIX connections by session state; `states()` counts them (every state, 0 included)."""
+
+    def __init__(self, states: Callable[[], dict[str, int]]) -> None:
+        self.states = states
+
+    def collect(self):
+        sessions = _gauge("loom_fix_sessions")
+        for state, n in self.states().items():
+            sessions.add_metric([state], n)
+        yield sessions
+
+
+class TraceExportCollector(Collector):
+    """Spans exported, dropped and failed: the worker's counts (TraceShipper.export_stats)
+    plus the records the exchange dropped before the worker."""
+
+    def __init__(self, shipper) -> None:
+        self.shipper = shipper  # telemetry.tracing.TraceShipper
+
+    def collect(self):
+        stats = self.shipper.export_stats()
+        exported = _counter("loom_trace_spans_exported")
+        exported.add_metric([], stats.exported)
+        dropped = _counter("loom_trace_spans_dropped")
+        dropped.add_metric(["queue_full"], stats.queue_full)
+        dropped.add_metric(["export_failed"], stats.failed_spans)
+        dropped.add_metric(["not_shipped"], self.shipper.dropped)
+        errors = _counter("loom_trace_export_errors")
+        errors.add_metric([], stats.errors)
+        yield from (exported, dropped, errors)

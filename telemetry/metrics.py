@@ -24,7 +24,7 @@ from prometheus_client import (
 from engine.batch_events import BatchEvents
 from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
 from engine.events import RiskLimitsChanged
-from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, MetricSpec
+from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, TRACING_ONLY, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
@@ -37,6 +37,7 @@ _QTY = attrgetter("qty")
 _SCOPE = {int(s): s.name.lower() for s in RiskScope}
 RISK_REASONS = [r for r in RejectReason if risk_layer(r)]
 GATEWAY_PROTOCOLS = ("rest", "websocket", "fix", "binary")
+MAIN_LOOP = "main"
 
 
 def _reason(enum, code: int) -> str:
@@ -86,6 +87,9 @@ class ExchangeMetrics:
         self.snapshot_duration = self.m["loom_snapshot_duration_seconds"]
         self.snapshot_capture = self.m["loom_snapshot_capture_seconds"]
         self.snapshot_failures = self.m["loom_snapshot_failures"]
+        self.md_fanout_lag = self.m["loom_md_fanout_lag_seconds"]
+        self.md_slow_consumer_drops = self.m["loom_md_slow_consumer_drops"]
+        self.loop_lag(MAIN_LOOP)  # exported from the start; other loops add theirs
         # Bounded label sets, so every series exists (at 0) before the first risk event.
         for reason in RISK_REASONS:
             self.child("loom_risk_rejects", risk_layer(reason), reason.name.lower())
@@ -100,6 +104,10 @@ class ExchangeMetrics:
         if found is None:
             found = self._children[key] = self.m[name].labels(*labels)
         return found
+
+    def loop_lag(self, loop: str):
+        """The loom_event_loop_lag_seconds child of one event loop (a LoopLagProbe feeds it)."""
+        return self.child("loom_event_loop_lag_seconds", loop)
 
     def order_to_ack(self, protocol: str):
         return self.child("loom_order_to_ack_seconds", protocol)
@@ -154,38 +162,47 @@ class ExchangeMetrics:
                 child("loom_risk_limit_changes", _SCOPE.get(ev.scope, str(ev.scope))).inc()
 
 
-SCRAPE_TIME = {
-    "loom_journal_size_bytes",
-    "loom_journal_segments",
-    "loom_journal_retired_segments",
-    "loom_journal_retired_bytes",
-    "loom_journal_last_seq",
-    "loom_journal_torn_tail_truncations",
-    "loom_journal_unknown_outcomes",
-    "loom_journal_unresolved",
-    "loom_snapshot_age_seconds",
-    "loom_snapshot_seq",
-    "loom_snapshot_size_bytes",
-    "loom_recovery_duration_seconds",
-    "loom_recovery_replayed_commands",
-    "loom_data_disk_free_bytes",
-    "loom_data_disk_size_bytes",
-    "loom_book_best_price",
-    "loom_book_spread",
-    "loom_book_depth_quantity",
-    "loom_book_levels",
-    "loom_open_orders",
-    "loom_sessions",
-    "loom_ready",
-    "loom_commit_backlog_commands",
-    "loom_cluster_role",
-    "loom_kill_switch_engaged",
-    "loom_trading_halts",
-    "loom_surveillance_anomaly_score",
-    "loom_surveillance_account_score",
-    "loom_surveillance_alerts",
-    "loom_surveillance_accounts",
-} | CLUSTER_ONLY  # a cluster node's metrics are all read from its member at scrape time
+SCRAPE_TIME = (
+    {
+        "loom_journal_size_bytes",
+        "loom_journal_segments",
+        "loom_journal_retired_segments",
+        "loom_journal_retired_bytes",
+        "loom_journal_last_seq",
+        "loom_journal_torn_tail_truncations",
+        "loom_journal_unknown_outcomes",
+        "loom_journal_unresolved",
+        "loom_snapshot_age_seconds",
+        "loom_snapshot_seq",
+        "loom_snapshot_size_bytes",
+        "loom_recovery_duration_seconds",
+        "loom_recovery_replayed_commands",
+        "loom_data_disk_free_bytes",
+        "loom_data_disk_size_bytes",
+        "loom_book_best_price",
+        "loom_book_spread",
+        "loom_book_depth_quantity",
+        "loom_book_levels",
+        "loom_open_orders",
+        "loom_sessions",
+        "loom_ready",
+        "loom_commit_backlog_commands",
+        "loom_cluster_role",
+        "loom_kill_switch_engaged",
+        "loom_trading_halts",
+        "loom_surveillance_anomaly_score",
+        "loom_surveillance_account_score",
+        "loom_surveillance_alerts",
+        "loom_surveillance_accounts",
+        "loom_build_info",
+        "loom_gc_pause_seconds",
+        "loom_commit_queue_oldest_age_seconds",
+        "loom_md_subscribers",
+        "loom_fix_sessions",
+    }
+    | CLUSTER_ONLY
+    | TRACING_ONLY
+)  # a cluster node's are read from its member; spans: from the worker
 
 
 def _read_at_scrape(spec: MetricSpec) -> bool:

@@ -25,6 +25,10 @@ OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, OTEL_SERVICE_NAME (default "loom-exchange"
 OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*; OTEL_TRACES_EXPORTER=console|none for debugging.
 On EOF (or SIGTERM) it exports what it holds and exits 0. Records that do not decode are
 counted and skipped.
+
+What happens to the spans is counted (`ExportCounts`: exported, dropped because the export
+queue was full, failed exports) and written every 0.25 s to the file the exchange passed in
+LOOM_TRACE_STATS_FD, which the exchange reads at scrape time (loom_trace_spans_*).
 """
 
 from __future__ import annotations
@@ -32,22 +36,128 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from telemetry.tracing import FRAME_HEADER, MAX_RECORD_BYTES, FillTrace, OrderTrace, root_span_id
+from telemetry.tracing import (
+    FRAME_HEADER,
+    MAX_RECORD_BYTES,
+    STATS_FD_ENV,
+    ExportCounts,
+    FillTrace,
+    OrderTrace,
+    root_span_id,
+)
 
 DEFAULT_SERVICE_NAME = "loom-exchange"
 DEFAULT_MAX_QUEUE_SIZE = 65_536  # the SDK's 2048 drops spans in a burst (5 spans an order)
+REPORT_INTERVAL_S = 0.25
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class CountingExporter(SpanExporter):
+    """Wraps the OTLP exporter: counts the spans it exported and the exports that failed
+    (a refusal, an unreachable endpoint, a timeout, or an exception)."""
+
+    def __init__(self, inner: SpanExporter, counts: ExportCounts) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        n = len(spans)
+        counts = self.counts
+        counts.submitted += n
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:  # the SDK would log it with a traceback; count it instead
+            print(f"trace_worker: export failed: {exc!r}", file=sys.stderr)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            counts.exported += n
+        else:
+            counts.errors += 1
+            counts.failed_spans += n
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class BoundedProcessor(SpanProcessor):
+    """The batch processor behind a bound this process keeps itself: at `limit` spans waiting
+    for export, a new span is dropped and counted (the SDK's own queue would drop silently).
+    The SDK queue is as large as the bound, so it never drops on its own."""
+
+    def __init__(self, exporter: CountingExporter, limit: int) -> None:
+        self.counts = exporter.counts
+        self.limit = limit
+        self.inner = BatchSpanProcessor(exporter, max_queue_size=limit)
+
+    def on_start(self, span, parent_context=None) -> None:
+        self.inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        counts = self.counts
+        if counts.handed - counts.submitted >= self.limit:
+            counts.queue_full += 1
+            return
+        counts.handed += 1
+        self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class CountsReporter:
+    """Writes the counts to the exchange's stats file every REPORT_INTERVAL_S (when they
+    changed), from a daemon thread, and once more at the end."""
+
+    def __init__(self, fd: int, counts: ExportCounts) -> None:
+        self.fd = fd
+        self.counts = counts
+        self._stop = threading.Event()
+        self._last = b""
+        self._thread = threading.Thread(target=self._run, name="trace-counts", daemon=True)
+        self._thread.start()
+
+    def write(self) -> None:
+        data = self.counts.pack()
+        if data != self._last:
+            try:
+                os.pwrite(self.fd, data, 0)
+            except OSError:
+                return
+            self._last = data
+
+    def _run(self) -> None:
+        while not self._stop.wait(REPORT_INTERVAL_S):
+            self.write()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.write()
 
 
 class RecordIdGenerator(RandomIdGenerator):
@@ -234,12 +344,17 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def run(stream: BinaryIO, exporter: SpanExporter | None) -> dict[str, int]:
+def run(
+    stream: BinaryIO, exporter: SpanExporter | None, counts: ExportCounts | None = None
+) -> dict[str, int]:
+    """Build and export the spans of every record on `stream`; `counts` (when given) is kept
+    up to date with what became of the spans."""
     ids = RecordIdGenerator()
     provider = TracerProvider(resource=make_resource(), id_generator=ids, sampler=ALWAYS_ON)
     if exporter is not None:
         queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE))
-        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue))
+        counting = CountingExporter(exporter, counts if counts is not None else ExportCounts())
+        provider.add_span_processor(BoundedProcessor(counting, queue))
     builder = SpanBuilder(provider.get_tracer("loom.exchange.orders"), ids)
     decode = msgspec.msgpack.Decoder(OrderTrace | FillTrace).decode
     stats = {"records": 0, "spans": 0, "malformed": 0, "broken_stream": 0}
@@ -273,8 +388,15 @@ def _signal_ready() -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     exporter = make_exporter()
+    counts = ExportCounts()
+    fd = os.environ.get(STATS_FD_ENV, "")
+    reporter = CountsReporter(int(fd), counts) if fd.isdigit() else None
     _signal_ready()
-    stats = run(sys.stdin.buffer, exporter)
+    try:
+        stats = run(sys.stdin.buffer, exporter, counts)
+    finally:
+        if reporter is not None:
+            reporter.close()
     if stats["malformed"] or stats["broken_stream"] or os.environ.get("LOOM_TRACE_WORKER_VERBOSE"):
         print(f"trace_worker: {stats}", file=sys.stderr)
     return 0

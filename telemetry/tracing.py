@@ -21,15 +21,19 @@ import os
 import random
 import re
 import select
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 SAMPLING_ENV = "LOOM_TRACE_SAMPLING"
+STATS_FD_ENV = "LOOM_TRACE_STATS_FD"  # where the worker keeps its export counts
 FRAME_HEADER = 4  # little-endian u32 length before each msgpack record
 MAX_RECORD_BYTES = 1 << 20  # the worker treats a longer frame as a broken stream
 
@@ -216,6 +220,52 @@ class Sampler:
         return f"Sampler({self.spec!r})"
 
 
+@dataclass
+class ExportCounts:
+    """What the trace worker did with its spans, shared with the exchange through a small
+    file both hold open (the worker rewrites it in place; the exchange reads it at scrape
+    time). `handed`: spans given to the export queue; `submitted`: spans taken from it into
+    an export (so handed - submitted is what the queue holds)."""
+
+    exported: int = 0
+    queue_full: int = 0
+    failed_spans: int = 0
+    errors: int = 0
+    handed: int = 0
+    submitted: int = 0
+
+    _FORMAT = struct.Struct("<7Q")  # the four counts, handed, submitted, a check
+    _MASK = (1 << 64) - 1
+    _SALT = 0x6C6F6F6D2D737461  # a torn read (a write in progress) fails the check
+
+    def _check(self, values: tuple[int, ...]) -> int:
+        return (sum(values) * 0x9E3779B97F4A7C15 ^ self._SALT) & self._MASK
+
+    def pack(self) -> bytes:
+        values = (self.exported, self.queue_full, self.failed_spans, self.errors, self.handed, self.submitted)
+        return self._FORMAT.pack(*values, self._check(values))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ExportCounts | None:
+        """The counts, or None for a short or torn record."""
+        if len(data) != cls._FORMAT.size:
+            return None
+        *values, check = cls._FORMAT.unpack(data)
+        counts = cls(*values)
+        return counts if counts._check(tuple(values)) == check else None
+
+    def write(self, fd: int) -> None:
+        os.pwrite(fd, self.pack(), 0)
+
+    @classmethod
+    def read(cls, fd: int, tries: int = 3) -> ExportCounts | None:
+        for _ in range(tries):
+            counts = cls.unpack(os.pread(fd, cls._FORMAT.size, 0))
+            if counts is not None:
+                return counts
+        return None
+
+
 def _set_pipe_size(fd: int, size: int) -> None:
     try:
         import fcntl
@@ -269,13 +319,18 @@ class TraceShipper:
         # pipe; the child sees EOF and exports what it holds instead of dying mid-batch.
         ready_r, ready_w = os.pipe()
         child_env["LOOM_TRACE_READY_FD"] = str(ready_w)
+        # The worker's export counts (loom_trace_spans_*): an unlinked file both keep open.
+        self._stats = tempfile.TemporaryFile(prefix="loom-trace-stats-")  # noqa: SIM115 (closed in close())
+        ExportCounts().write(self._stats.fileno())
+        self._export_counts = ExportCounts()
+        child_env[STATS_FD_ENV] = str(self._stats.fileno())
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             env=child_env,
             bufsize=0,
             start_new_session=True,
-            pass_fds=(ready_w,),
+            pass_fds=(ready_w, self._stats.fileno()),
         )
         os.close(ready_w)
         os.set_blocking(ready_r, False)
@@ -379,6 +434,15 @@ class TraceShipper:
             self._ready_fd = -1
         return self._ready
 
+    def export_stats(self) -> ExportCounts:
+        """The worker's export counts as it last wrote them (read at scrape time; the last
+        good read stands while the worker is mid-write or after close)."""
+        if not self._stats.closed:
+            counts = ExportCounts.read(self._stats.fileno())
+            if counts is not None:
+                self._export_counts = counts
+        return self._export_counts
+
     def alive(self) -> bool:
         return not self._dead and self.process.poll() is None
 
@@ -408,6 +472,9 @@ class TraceShipper:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+        finally:
+            self.export_stats()  # the worker's final counts, kept after the file is gone
+            self._stats.close()
 
     def __enter__(self) -> TraceShipper:
         return self

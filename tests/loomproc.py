@@ -30,6 +30,13 @@ def loom_run(args: list[str], env: dict[str, str], timeout: float = 60.0):
 def loom_run_ports(args: list[str], env: dict[str, str], timeout: float = 60.0):
     """Like loom_run, but yields every listening port by protocol ({"http": 8080, ...}),
     read from the readiness line."""
+    with loom_run_process(args, env, timeout) as (_proc, ports):
+        yield ports
+
+
+@contextmanager
+def loom_run_process(args: list[str], env: dict[str, str], timeout: float = 60.0):
+    """Like loom_run_ports, but yields (the process, its ports): for tests that signal it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run", *args],
         cwd=REPO,
@@ -49,6 +56,6 @@ def loom_run_ports(args: list[str], env: dict[str, str], timeout: float = 60.0):
             port = int(m.group(1)) if m else None
         assert port, "loom run printed no readiness line in time"
         listed = line[line.index("(") + 1 : line.index(")")]
-        yield {name: int(number) for name, number in PORT.findall(listed)}
+        yield proc, {name: int(number) for name, number in PORT.findall(listed)}
     finally:
         stop(proc)

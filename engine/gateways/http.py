@@ -713,17 +713,27 @@ class WsSession:
         self.closed = False
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        # When the oldest market data message in the outbox became durable (0: none queued).
+        self.md_since = 0.0
 
     def send(self, message: dict) -> None:
         if self.closed:
             return
         if len(self.outbox) >= self.MAX_OUTBOX:
             log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.md_slow_consumer_drops.inc()
             self.closed = True
             self.wake.set()
             return
         self.outbox.append(_json.encode(message))
         self.wake.set()
+
+    def send_market_data(self, message: dict) -> None:
+        """A book or trade push: as send, noting when its batch became durable."""
+        if not self.md_since:
+            self.md_since = self.ctx.market_data.published_at
+        self.send(message)
 
     async def writer(self) -> None:
         while not self.closed or self.outbox:
@@ -742,6 +752,10 @@ class WsSession:
             # are unmasked and the socket is uncompressed, so framing here is exact; whole
             # frames never interleave with aiohttp's own (pings, close).
             transport.write(b"".join([_text_frame(data) for data in batch]))
+            if self.md_since:
+                if self.ctx.metrics is not None:
+                    self.ctx.metrics.md_fanout_lag.observe(time.perf_counter() - self.md_since)
+                self.md_since = 0.0
             while transport.get_write_buffer_size() > self.HIGH_WATER and not transport.is_closing():
                 await asyncio.sleep(0.001)
         if not self.ws.closed:
@@ -888,8 +902,8 @@ class WsSession:
             return
         feed = self.ctx.market_data.feed(req.symbol)
         subscribers = feed.book_subscribers if req.channel == "book" else feed.trade_subscribers
-        subscribers.add(self.send)
-        self.unsubscribers[key] = lambda: subscribers.discard(self.send)
+        subscribers.add(self.send_market_data)
+        self.unsubscribers[key] = lambda: subscribers.discard(self.send_market_data)
         self.send({"type": "subscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
         if req.channel == "book":
             self.send(self.ctx.market_data.snapshot(req.symbol))

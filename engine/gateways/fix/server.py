@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv
+from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
@@ -32,6 +32,17 @@ log = logging.getLogger("loom.fix")
 
 MAX_WRITE_BUFFER = 16 * 1024 * 1024  # a client this far behind is dropped (it can resend)
 READ_CHUNK = 64 * 1024
+# What loom_fix_sessions{state} calls each state of the session machine (an operator's words).
+STATE_LABELS = {
+    State.AWAIT_LOGON: "awaiting_logon",
+    State.ACTIVE: "logged_on",
+    State.LOGOUT_SENT: "logging_out",
+    State.CLOSED: "closing",
+}
+
+
+def session_states() -> tuple[str, ...]:
+    return tuple(STATE_LABELS.values())
 
 
 class _Connection:
@@ -88,6 +99,13 @@ class FixGateway:
             claim=self._claim,
             release=self._release,
         )
+
+    def session_states(self) -> dict[str, int]:
+        """Open connections by session state (every state listed, 0 included)."""
+        counts = dict.fromkeys(STATE_LABELS.values(), 0)
+        for conn in self.connections:
+            counts[STATE_LABELS[conn.session.state]] += 1
+        return counts
 
     def _claim(self, comp_id: str, session: FixSession) -> bool:
         # A session that is still settling its commands keeps its SenderCompID (and its
