@@ -194,7 +194,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         actions=member.automation_actions() if member is not None else None,
     )
     KillSwitchActions(service).register(automation)
-    accounts = Accounts(cfg.api_keys, cfg.admin_key)
+    accounts = Accounts(cfg.api_keys, cfg.admin_key, cfg.ops_keys)
     service.start()
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
     lookups = OrderLookups(spec, index, lambda: node.engine)
@@ -300,7 +300,8 @@ async def serve(cfg: Config) -> int:
         say(f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)")
     if cfg.demo:
         keys = ", ".join(f"{account}={key}" for key, account in sorted(cfg.api_keys.items()))
-        say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}")
+        ops = ", ".join(sorted(cfg.ops_keys))
+        say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}; ops (read-only) key {ops}")
         say(f"loom: try  curl http://{cfg.host}:{running.ports['http']}/v1/book/BTC-USD")
     started = time.monotonic()
     await stop.wait()

@@ -12,6 +12,7 @@ from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
 DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
 DEMO_ADMIN_KEY = "demo-admin-key-000000"
+DEMO_OPS_KEYS = {"demo-ops-key-000000000": "ops"}  # read-only: dashboards and on-call
 JOURNAL_RETENTION = ("keep", "archive", "delete")  # engine/journal/retention.py POLICIES
 
 
@@ -28,6 +29,9 @@ class Config:
     binary_port: int = 9879
     admin_key: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
+    # Read-only operator keys (role "ops"), key -> name: any account's orders and traces,
+    # the admin GET views; never trading or admin actions.
+    ops_keys: dict[str, str] = field(default_factory=dict)
     instruments: list[Instrument] = field(default_factory=list)
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
@@ -70,6 +74,7 @@ _ENV = {
     "LOOM_FIX_PORT": ("fix_port", int),
     "LOOM_BINARY_PORT": ("binary_port", int),
     "LOOM_ADMIN_KEY": ("admin_key", str),
+    "LOOM_OPS_KEY": ("ops_keys", lambda key: {key: "ops"}),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
     "LOOM_MAX_QUEUED_COMMANDS": ("max_queued_commands", int),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
@@ -134,10 +139,14 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             cfg.api_keys = dict(DEMO_KEYS)
         if not cfg.admin_key:
             cfg.admin_key = DEMO_ADMIN_KEY
+        if not cfg.ops_keys:
+            cfg.ops_keys = dict(DEMO_OPS_KEYS)
         if not cfg.instruments:
             from engine.demo import DEMO_INSTRUMENTS
 
             cfg.instruments = list(DEMO_INSTRUMENTS)
+    if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
+        raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
         raise ConfigError(
             f"host {cfg.host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
@@ -201,12 +210,15 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                     if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
                         raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
                     key, name = str(entry["api_key"]), str(entry["name"])
+                    role = entry.get("role", "trader")
+                    if role not in ("trader", "ops"):
+                        raise ConfigError(f"{path}: account {name!r}: role is trader or ops, not {role!r}")
                     if len(key) < 16 or not 0 < len(name) <= 64:
                         raise ConfigError(
                             f"{path}: account {name!r} needs a name of 1-64 characters and an "
                             "api_key of at least 16 characters"
                         )
-                    cfg.api_keys[key] = name
+                    (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
         except ConfigError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.snapshots import WrittenSnapshot
 from engine.state import state_hash
-from telemetry.tracing import parse_traceparent
+from telemetry.tracing import new_trace_id, parse_traceparent
 
 log = logging.getLogger("loom.http")
 
@@ -164,6 +165,15 @@ def rejection(ev: OrderRejected) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
+    response = await _answer(request, handler)
+    if request.get(ORDER_ENTRY) and "X-Trace-Id" not in response.headers:
+        # Refused before the core saw it (overload, not leader, a bad body, ...): the
+        # request's own trace id, so even this answer can be found in the logs and traces.
+        response.headers["X-Trace-Id"] = request_trace_id(request)
+    return response
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except _Denied as denied:  # a client mistake found before any work: its 4xx reply
@@ -190,6 +200,44 @@ async def json_errors(request: web.Request, handler):
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "INTERNAL", "internal error (logged)")
+
+
+ORDER_ENTRY = web.RequestKey("order_entry", bool)  # an order-entry request: answers carry X-Trace-Id
+_TRACE_ID = web.RequestKey("trace_id", str)
+# Answers whose command was not applied by the core: its seq was given back (or is not
+# settled) and may later be another order's, so it must not name this request's trace.
+_REFUSED = (RejectReason.JOURNAL_WRITE_FAILED, RejectReason.OUTCOME_UNKNOWN)
+
+
+def order_entry(handler):
+    """Marks a handler that places, cancels or amends orders: every answer it gives,
+    errors included, carries X-Trace-Id."""
+
+    @functools.wraps(handler)
+    async def marked(request: web.Request) -> web.StreamResponse:
+        request[ORDER_ENTRY] = True
+        return await handler(request)
+
+    return marked
+
+
+def request_trace_id(request: web.Request) -> str:
+    """This request's own trace id: the caller's (W3C traceparent) or a fresh one."""
+    trace_id = request.get(_TRACE_ID)
+    if trace_id is None:
+        incoming = parse_traceparent(request.headers.get("traceparent", ""))
+        trace_id = request[_TRACE_ID] = incoming[0] if incoming else new_trace_id()
+    return trace_id
+
+
+def answer_trace_id(request: web.Request, cmd, events: list) -> str:
+    """The X-Trace-Id of an answer from the commit loop: the command's trace when the core
+    applied it (its seq is its own); for a refusal the trace the node gave the refused
+    order, else the request's own (never one derived from a seq given back)."""
+    first = events[0] if events else None
+    if type(first) is OrderRejected and first.reason in _REFUSED:
+        return getattr(cmd, "trace_id", "") or request_trace_id(request)
+    return request.app[CTX].service.node.trace_id_of(cmd)
 
 
 def _count_decode_error(request: web.Request, code: str) -> None:
@@ -224,14 +272,55 @@ def _unreadable(status: int, code: str, message: str) -> _Denied:
     return _Denied(error(status, code, message), code)
 
 
-def _account(request: web.Request) -> str:
+def _caller(request: web.Request) -> str | None:
+    """The caller's account, or None for an ops key (read-only, any account); 401 for no
+    valid key, 429 past the rate limit."""
     ctx = request.app[CTX]
-    account = ctx.accounts.authenticate(_api_key(request))
+    key = _api_key(request)
+    account = ctx.accounts.authenticate(key)
+    limited = account
     if account is None:
-        raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
-    if not ctx.allow(account):
+        operator = ctx.accounts.operator(key)
+        if operator is None:
+            raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
+        limited = f"ops:{operator}"  # its own bucket: an operator named like an account shares none
+    if not ctx.allow(limited):
         raise _Denied(error(429, "RATE_LIMITED", f"more than {ctx.rate:g} requests per second"))
     return account
+
+
+_READ_ONLY = "an ops key is read-only: it may read orders, traces and the admin views, not {}"
+
+
+def _account(request: web.Request) -> str:
+    """The trading account of the caller's key (an ops key: 403)."""
+    account = _caller(request)
+    if account is None:
+        raise _Denied(error(403, "FORBIDDEN", _READ_ONLY.format("place, cancel or amend orders")))
+    return account
+
+
+def _reader(request: web.Request) -> str | None:
+    """The account whose orders the caller may read, or None for an ops key (any account)."""
+    return _caller(request)
+
+
+def admin_view(request: web.Request) -> None:
+    """An admin GET view: the admin key or an ops key, else 403."""
+    accounts = request.app[CTX].accounts
+    key = _api_key(request)
+    if not accounts.is_admin(key) and accounts.operator(key) is None:
+        raise _Denied(error(403, "FORBIDDEN", "the admin key or an ops key is required"))
+
+
+def admin_action(request: web.Request) -> None:
+    """An admin action (it changes something): the admin key only, else 403."""
+    accounts = request.app[CTX].accounts
+    key = _api_key(request)
+    if not accounts.is_admin(key):
+        ops = accounts.operator(key) is not None
+        message = _READ_ONLY.format("this admin action (it needs the admin key)") if ops else None
+        raise _Denied(error(403, "FORBIDDEN", message or "the admin key is required"))
 
 
 def _is_json(content_type: str) -> bool:
@@ -283,18 +372,24 @@ def new_order_command(account: str, req: OrderRequest) -> NewOrder:
     )
 
 
-def _result(events: list, status: int = 200, order: dict | None = None) -> web.Response:
+def _result(
+    request: web.Request, cmd, events: list, status: int = 200, order: dict | None = None
+) -> web.Response:
     if events and type(events[0]) is OrderRejected:
-        return rejection(events[0])
-    body: dict = {"events": [event_json(e) for e in events]}
-    if order is not None:
-        body["order"] = order
-    return ok(body, status)
+        response = rejection(events[0])
+    else:
+        body: dict = {"events": [event_json(e) for e in events]}
+        if order is not None:
+            body["order"] = order
+        response = ok(body, status)
+    response.headers["X-Trace-Id"] = answer_trace_id(request, cmd, events)
+    return response
 
 
 # -- orders -------------------------------------------------------------------------------
 
 
+@order_entry
 async def post_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
@@ -308,13 +403,8 @@ async def post_order(request: web.Request) -> web.Response:
     if incoming:
         cmd.trace_id, cmd.trace_parent = incoming
     events = await ctx.service.submit_one(cmd, "rest", started)
-    if type(events[0]) is OrderRejected:
-        return rejection(events[0])
-    view = ctx.order_store.get(events[0].order_id)
-    body = ctx.order_store.json(view) if view else None
-    response = _result(events, 201, body)
-    response.headers["X-Trace-Id"] = body["trace_id"] if body else ctx.service.node.trace_id_of(cmd)
-    return response
+    view = None if type(events[0]) is OrderRejected else ctx.order_store.get(events[0].order_id)
+    return _result(request, cmd, events, 201, ctx.order_store.json(view) if view else None)
 
 
 def _unknown(oid: int) -> web.Response:
@@ -322,12 +412,12 @@ def _unknown(oid: int) -> web.Response:
     return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
 
 
-def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | Lookup:
-    """The account's order (open, recent, or a compact finished record), or why there is
-    none to show; from memory alone, never the journal."""
+def _find(ctx: GatewayContext, account: str | None, oid: int) -> OrderView | Lookup:
+    """The account's order (any account's for None: an ops key) (open, recent, or a compact
+    finished record), or why there is none to show; from memory alone, never the journal."""
     view = ctx.order_store.find(oid)
     if view is not None:
-        return view if view.account == account else Lookup.UNKNOWN
+        return view if account is None or view.account == account else Lookup.UNKNOWN
     index = ctx.order_store.index
     return index.missing(oid) if index is not None else Lookup.UNKNOWN
 
@@ -363,19 +453,20 @@ def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
     return _unknown(oid)
 
 
-def _order_answer(ctx: GatewayContext, account: str, oid: int) -> web.Response:
+def _order_answer(ctx: GatewayContext, account: str | None, oid: int) -> web.Response:
     found = _find(ctx, account, oid)
     return _missing(ctx, oid, found) if isinstance(found, Lookup) else ok(ctx.order_store.json(found))
 
 
 async def get_order(request: web.Request) -> web.Response:
-    return _order_answer(request.app[CTX], _account(request), _order_id(request))
+    return _order_answer(request.app[CTX], _reader(request), _order_id(request))
 
 
 async def get_order_by_client_id(request: web.Request) -> web.Response:
     """The order a client order id named: the engine keeps every account's client order
-    ids for the venue's life (duplicate detection), so this resolves old ids too."""
-    account = _account(request)
+    ids for the venue's life (duplicate detection), so this resolves old ids too. Client
+    order ids are per account: an ops key names it (`?account=`)."""
+    account = _reader(request) or _named_account(request)
     ctx = request.app[CTX]
     clid = request.match_info["client_order_id"]
     acct = ctx.engine.accounts.get(account)
@@ -394,13 +485,21 @@ async def get_order_by_client_id(request: web.Request) -> web.Response:
     return _order_answer(ctx, account, oid)
 
 
+def _named_account(request: web.Request) -> str:
+    """The account an ops key names in `?account=` (client order ids and open orders are per account)."""
+    account = request.query.get("account", "")
+    if not account:
+        raise _Denied(error(400, "INVALID_QUERY", "an ops key must name the account: ?account=<account>"))
+    return account
+
+
 async def get_order_trace(request: web.Request) -> web.Response:
     """The order's trace id, a link to it, its history and its stage timings: from the order
     store (and the service's recent batch timings) when it is there in full, else read back
     from the journal by the lookup worker process (engine/order_lookup.py)."""
     from engine.order_history import trace_url
 
-    account = _account(request)
+    account = _reader(request)
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = _find(ctx, account, oid)
@@ -412,7 +511,7 @@ async def get_order_trace(request: web.Request) -> web.Response:
         body = await _journal_lookup(ctx, oid)
         if isinstance(body, web.Response):
             return body
-        return ok(body) if body.get("account") == account else _unknown(oid)
+        return ok(body) if account is None or body.get("account") == account else _unknown(oid)
     body = ctx.order_store.json(view)
     body["trace_url"] = trace_url(body["trace_id"])
     body["source"] = "order-store"
@@ -451,42 +550,47 @@ async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
     return found if found is not None else _unknown(oid)
 
 
+async def _submit(request: web.Request, cmd) -> web.Response:
+    return _result(request, cmd, await request.app[CTX].service.submit_one(cmd))
+
+
+@order_entry
 async def delete_order(request: web.Request) -> web.Response:
     account = _account(request)
-    oid = _order_id(request)
-    return _result(await request.app[CTX].service.submit_one(Cancel(account, oid)))
+    return await _submit(request, Cancel(account, _order_id(request)))
 
 
+@order_entry
 async def delete_order_by_client_id(request: web.Request) -> web.Response:
     account = _account(request)
-    clid = request.match_info["client_order_id"]
-    return _result(await request.app[CTX].service.submit_one(Cancel(account, 0, clid)))
+    return await _submit(request, Cancel(account, 0, request.match_info["client_order_id"]))
 
 
+@order_entry
 async def patch_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
     oid = _order_id(request)
     req = await _decode(request, AmendRequest)
-    events = await ctx.service.submit_one(
-        Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
-    )
+    cmd = Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
+    events = await ctx.service.submit_one(cmd)
     view = ctx.order_store.get(oid)
-    return _result(events, 200, ctx.order_store.json(view) if view and view.account == account else None)
+    order = ctx.order_store.json(view) if view and view.account == account else None
+    return _result(request, cmd, events, 200, order)
 
 
 async def list_orders(request: web.Request) -> web.Response:
-    account = _account(request)
+    account = _reader(request) or _named_account(request)
     symbol = request.query.get("symbol", "")
     store = request.app[CTX].order_store
     views = store.open_orders(account, symbol)
     return ok({"orders": [store.json(v) for v in sorted(views, key=lambda v: v.order_id)]})
 
 
+@order_entry
 async def cancel_all(request: web.Request) -> web.Response:
     account = _account(request)
-    symbol = request.query.get("symbol", "")
-    return _result(await request.app[CTX].service.submit_one(CancelAll(account, symbol)))
+    return await _submit(request, CancelAll(account, request.query.get("symbol", "")))
 
 
 # -- market data and reference --------------------------------------------------------------
@@ -561,8 +665,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def admin_stats(request: web.Request) -> web.Response:
     """Operator figures until the metrics endpoint exists: journal and batching."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     node = ctx.service.node
     fsyncs = sorted(node.journal.fsync_ns)
     return ok(
@@ -601,8 +704,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 async def admin_snapshot(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     if ctx.take_snapshot is None:
         return error(501, "NOT_AVAILABLE", "snapshots are not configured")
     try:
@@ -635,8 +737,7 @@ async def admin_automation(request: web.Request) -> web.Response:
 
 async def admin_automation_audit(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     if ctx.automation is None:
         return error(501, "NOT_AVAILABLE", "runbook automation is not configured")
     return ok({"records": ctx.automation.audit_records()})
@@ -646,8 +747,7 @@ async def admin_cluster(request: web.Request) -> web.Response:
     """This node's place in the cluster: role, leader, epoch, lag (`?verify=1` adds the
     state hash, computed now)."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     if ctx.cluster is None:
         return ok({"role": "standalone", "applied_seq": ctx.engine.last_seq})
     status = ctx.cluster.status()
@@ -658,8 +758,7 @@ async def admin_cluster(request: web.Request) -> web.Response:
 
 async def admin_cluster_step_down(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     if ctx.cluster is None:
         return error(409, "NOT_CLUSTERED", "this node runs standalone: there is no lease to release")
     return ok(await ctx.cluster.step_down())
@@ -672,8 +771,7 @@ class FaultsRequest(msgspec.Struct, forbid_unknown_fields=True):
 async def admin_faults(request: web.Request) -> web.Response:
     """Fault injection for drills and tests: every journal write fails (EIO) while on."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     req = await _decode(request, FaultsRequest)
     ctx.service.node.journal.fail_writes(errno.EIO if req.journal_write_errors else None)
     log.warning("drill: journal write errors %s", "injected" if req.journal_write_errors else "cleared")
