@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from engine.access_log import AccessLog
 from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
@@ -96,7 +98,7 @@ class RunningExchange:
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
-                log.info("final snapshot at seq %d", written.seq)
+                log.info("final snapshot at seq %d", written.seq, extra=fields(seq=written.seq))
         finally:
             self.node.close()
 
@@ -213,6 +215,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cluster=member,
         surveillance=surveillance,
         lookups=lookups,
+        access=AccessLog(cfg.access_log_sample),
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
@@ -246,6 +249,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             cfg.fix_port,
             cfg.data_dir / "fix",
             config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
+            access=ctx.access,
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.domain import Instrument
+from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
 DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
@@ -65,6 +66,9 @@ class Config:
     # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
+    log_format: str = "text"  # or "json" (engine/logfmt.py)
+    access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
+    environment: str = "dev"  # the spans' deployment.environment
 
 
 _ENV = {
@@ -84,6 +88,9 @@ _ENV = {
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
+    "LOOM_LOG_FORMAT": ("log_format", str),
+    "LOOM_ACCESS_LOG_SAMPLE": ("access_log_sample", float),
+    "LOOM_ENVIRONMENT": ("environment", str),
 }
 
 
@@ -130,6 +137,12 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
     if cfg.max_queued_commands < 1:
         raise ConfigError(f"max_queued_commands must be at least 1, not {cfg.max_queued_commands}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format {cfg.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if not 0.0 <= cfg.access_log_sample <= 1.0:
+        raise ConfigError(f"access_log_sample {cfg.access_log_sample} is outside 0..1 (0 = off, 1 = all)")
+    if not cfg.environment:
+        raise ConfigError("environment must not be empty (it names the deployment in spans)")
     if cfg.lookup_window_orders < 1:
         raise ConfigError(f"lookup_window_orders must be at least 1, not {cfg.lookup_window_orders}")
     if cfg.retention_standby_stale_s <= 0:
@@ -174,6 +187,9 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "lease_ttl": float,
         "journal_retention": str,
         "lookup_window_orders": int,
+        "log_format": str,
+        "access_log_sample": float,
+        "environment": str,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",

@@ -25,6 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from engine.access_log import AccessLog
 from engine.auth import Accounts, TokenBucket
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.bench.stats import percentile_us
@@ -34,6 +35,7 @@ from engine.events import OrderRejected
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_text
+from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
 from engine.order_store import OrderStore, OrderView
@@ -92,6 +94,7 @@ class GatewayContext:
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.surveillance.Surveillance
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
+    access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -165,11 +168,24 @@ def rejection(ev: OrderRejected) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
+    started = time.perf_counter()
     response = await _answer(request, handler)
     if request.get(ORDER_ENTRY) and "X-Trace-Id" not in response.headers:
         # Refused before the core saw it (overload, not leader, a bad body, ...): the
         # request's own trace id, so even this answer can be found in the logs and traces.
         response.headers["X-Trace-Id"] = request_trace_id(request)
+    access = request.app[CTX].access
+    if access.sampled() and not isinstance(response, web.WebSocketResponse):  # a session logs its own
+        access.rest(
+            request.method,
+            request.path,  # never the query: a key may ride there
+            response.status,
+            time.perf_counter() - started,
+            request.remote,
+            response.headers.get("X-Trace-Id", ""),
+            request.get(_CALLER, ""),
+            request.get(_ORDER, request.match_info.get("order_id")),
+        )
     return response
 
 
@@ -198,12 +214,16 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        trace_id = request_trace_id(request) if request.get(ORDER_ENTRY) else None
+        ids = fields(trace_id=trace_id, account=request.get(_CALLER), order_id=request.get(_ORDER))
+        log.exception("unhandled error on %s %s", request.method, request.path, extra=ids)
         return error(500, "INTERNAL", "internal error (logged)")
 
 
 ORDER_ENTRY = web.RequestKey("order_entry", bool)  # an order-entry request: answers carry X-Trace-Id
 _TRACE_ID = web.RequestKey("trace_id", str)
+_CALLER = web.RequestKey("caller", str)  # the authenticated account (or "ops:NAME"): logs
+_ORDER = web.RequestKey("order_id", int)  # the order the request created: logs
 # Answers whose command was not applied by the core: its seq was given back (or is not
 # settled) and may later be another order's, so it must not name this request's trace.
 _REFUSED = (RejectReason.JOURNAL_WRITE_FAILED, RejectReason.OUTCOME_UNKNOWN)
@@ -284,6 +304,7 @@ def _caller(request: web.Request) -> str | None:
         if operator is None:
             raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
         limited = f"ops:{operator}"  # its own bucket: an operator named like an account shares none
+    request[_CALLER] = limited
     if not ctx.allow(limited):
         raise _Denied(error(429, "RATE_LIMITED", f"more than {ctx.rate:g} requests per second"))
     return account
@@ -403,7 +424,10 @@ async def post_order(request: web.Request) -> web.Response:
     if incoming:
         cmd.trace_id, cmd.trace_parent = incoming
     events = await ctx.service.submit_one(cmd, "rest", started)
-    view = None if type(events[0]) is OrderRejected else ctx.order_store.get(events[0].order_id)
+    view = None
+    if type(events[0]) is not OrderRejected:
+        request[_ORDER] = events[0].order_id
+        view = ctx.order_store.get(events[0].order_id)
     return _result(request, cmd, events, 201, ctx.order_store.json(view) if view else None)
 
 
@@ -545,7 +569,7 @@ async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
     except BrokenProcessPool:
         return error(503, "LOOKUP_UNAVAILABLE", "the lookup worker stopped; a new one starts on retry")
     except Exception as exc:  # the journal or stream unreadable now (NATS away, damage)
-        log.warning("order %d: history lookup failed: %s", oid, exc)
+        log.warning("order %d: history lookup failed: %s", oid, exc, extra=fields(order_id=oid))
         return error(503, "LOOKUP_FAILED", f"the order's history could not be read: {exc}")
     return found if found is not None else _unknown(oid)
 
@@ -809,6 +833,7 @@ class WsSession:
         self.transport = transport
         self.wake = asyncio.Event()
         self.closed = False
+        self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
 
@@ -821,6 +846,7 @@ class WsSession:
             self.wake.set()
             return
         self.outbox.append(_json.encode(message))
+        self.sent += 1
         self.wake.set()
 
     async def writer(self) -> None:
@@ -1064,9 +1090,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     session = WsSession(ctx, ws, account, request.transport)
     writer = asyncio.create_task(session.writer())
     request.app[SESSIONS].add(session)
+    logged = ctx.access.sampled()  # this session's open and close go to the access log
+    if logged:
+        ctx.access.session("websocket", "open", request.remote, account or "", path=request.path)
+    received = 0
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                received += 1
                 session.handle(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
@@ -1077,6 +1108,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
+        if logged:
+            ctx.access.session(
+                "websocket",
+                "close",
+                request.remote,
+                session.account or "",
+                messages_in=received,
+                messages_out=session.sent,
+                close_code=ws.close_code,
+            )
     return ws
 
 
