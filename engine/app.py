@@ -147,13 +147,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     metrics = ExchangeMetrics()
     service = ExchangeService(node, metrics=metrics, max_queued_commands=cfg.max_queued_commands)
-    shipper = None
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        # Spans are built and exported by a child process; this one only writes records.
-        sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
-        shipper = TraceShipper(Sampler("all"))
-        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
-        log.info("exporting order traces (sampling %s)", sampling)
     index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
@@ -224,7 +217,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
-    running.shipper = shipper
     running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:
@@ -254,6 +246,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
         running.ports["fix"] = server.sockets[0].getsockname()[1]
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        # Spans are built and exported by a child process; this one only writes records.
+        # Started once the listeners are bound: the spans name their address and ports.
+        sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
+        running.shipper = TraceShipper(Sampler("all"), _trace_env(cfg, running.ports))
+        service.tracer = OrderTraceRecorder(running.shipper, node.trace_id_of, Sampler(sampling))
+        log.info("exporting order traces (sampling %s)", sampling)
     if member is not None:  # once every listener is bound: the lease advertises them all
         running.cluster = member
         member.start(
@@ -276,6 +275,23 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
     sys.setswitchinterval(0.0005)
     return running
+
+
+def _trace_env(cfg: Config, ports: dict[str, int]) -> dict[str, str]:
+    """The trace worker's environment: the resource attributes (service.version,
+    service.instance.id: the node id, else host:port; deployment.environment) and the
+    listeners its receive spans name (telemetry/trace_worker.py reads them)."""
+    from engine import __version__
+
+    env = dict(os.environ)
+    env.update(
+        LOOM_SERVICE_VERSION=__version__,
+        LOOM_SERVICE_INSTANCE_ID=cfg.node_id or f"{cfg.host}:{ports['http']}",
+        LOOM_DEPLOYMENT_ENVIRONMENT=cfg.environment,
+        LOOM_SERVER_ADDRESS=cfg.host,
+    )
+    env.update({f"LOOM_SERVER_PORT_{name.upper()}": str(port) for name, port in ports.items()})
+    return env
 
 
 async def _demo_while_leading(service: ExchangeService, rate: int) -> None:

@@ -34,7 +34,7 @@ from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, Ti
 from engine.events import OrderRejected
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
-from engine.gateways.texts import reject_code, reject_text
+from engine.gateways.texts import reject_code, reject_status, reject_text
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
@@ -148,18 +148,9 @@ def ok(body, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_json.encode(body), content_type="application/json")
 
 
-_REJECT_STATUS = {
-    RejectReason.DUPLICATE_CLIENT_ORDER_ID: 409,
-    RejectReason.ORDER_NOT_OPEN: 409,
-    RejectReason.UNKNOWN_ORDER: 404,
-    RejectReason.JOURNAL_WRITE_FAILED: 503,
-    RejectReason.OUTCOME_UNKNOWN: 504,  # not a refusal: the command may be durable
-}
-
-
 def rejection(ev: OrderRejected) -> web.Response:
     return error(
-        _REJECT_STATUS.get(ev.reason, 422),
+        reject_status(ev.reason),
         reject_code(ev.reason),
         reject_text(ev.reason),
         events=[event_json(ev)],
