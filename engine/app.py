@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from engine.access_log import AccessLog
 from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
@@ -106,7 +108,7 @@ class RunningExchange:
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
-                log.info("final snapshot at seq %d", written.seq)
+                log.info("final snapshot at seq %d", written.seq, extra=fields(seq=written.seq))
         finally:
             self.node.close()
 
@@ -164,14 +166,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     metrics = ExchangeMetrics()
     service = ExchangeService(node, metrics=metrics, max_queued_commands=cfg.max_queued_commands)
-    shipper = None
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        # Spans are built and exported by a child process; this one only writes records.
-        sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
-        shipper = TraceShipper(Sampler("all"))
-        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
-        metrics.registry.register(TraceExportCollector(shipper))
-        log.info("exporting order traces (sampling %s)", sampling)
     index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
@@ -219,7 +213,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         actions=member.automation_actions() if member is not None else None,
     )
     KillSwitchActions(service).register(automation)
-    accounts = Accounts(cfg.api_keys, cfg.admin_key)
+    accounts = Accounts(cfg.api_keys, cfg.admin_key, cfg.ops_keys)
     service.start()
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
     lookups = OrderLookups(spec, index, lambda: node.engine)
@@ -238,6 +232,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cluster=member,
         surveillance=surveillance,
         lookups=lookups,
+        access=AccessLog(cfg.access_log_sample),
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
@@ -246,7 +241,6 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
-    running.shipper = shipper
     running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]
     if cfg.binary_port >= 0:
@@ -271,11 +265,20 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             cfg.fix_port,
             cfg.data_dir / "fix",
             config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
+            access=ctx.access,
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
         metrics.registry.register(FixSessionsCollector(lambda s=server: _fix_session_states(s)))
         running.ports["fix"] = server.sockets[0].getsockname()[1]
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        # Spans are built and exported by a child process; this one only writes records.
+        # Started once the listeners are bound: the spans name their address and ports.
+        sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
+        running.shipper = TraceShipper(Sampler("all"), _trace_env(cfg, running.ports))
+        service.tracer = OrderTraceRecorder(running.shipper, node.trace_id_of, Sampler(sampling))
+        metrics.registry.register(TraceExportCollector(running.shipper))
+        log.info("exporting order traces (sampling %s)", sampling)
     if member is not None:  # once every listener is bound: the lease advertises them all
         running.cluster = member
         member.start(
@@ -308,6 +311,23 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     return running
 
 
+def _trace_env(cfg: Config, ports: dict[str, int]) -> dict[str, str]:
+    """The trace worker's environment: the resource attributes (service.version,
+    service.instance.id: the node id, else host:port; deployment.environment) and the
+    listeners its receive spans name (telemetry/trace_worker.py reads them)."""
+    from engine import __version__
+
+    env = dict(os.environ)
+    env.update(
+        LOOM_SERVICE_VERSION=__version__,
+        LOOM_SERVICE_INSTANCE_ID=cfg.node_id or f"{cfg.host}:{ports['http']}",
+        LOOM_DEPLOYMENT_ENVIRONMENT=cfg.environment,
+        LOOM_SERVER_ADDRESS=cfg.host,
+    )
+    env.update({f"LOOM_SERVER_PORT_{name.upper()}": str(port) for name, port in ports.items()})
+    return env
+
+
 async def _demo_while_leading(service: ExchangeService, rate: int) -> None:
     """The demo traders of a cluster node: they trade while this node leads."""
     from engine.demo import run_demo_flow
@@ -334,7 +354,8 @@ async def serve(cfg: Config) -> int:
         say(f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)")
     if cfg.demo:
         keys = ", ".join(f"{account}={key}" for key, account in sorted(cfg.api_keys.items()))
-        say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}")
+        ops = ", ".join(sorted(cfg.ops_keys))
+        say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}; ops (read-only) key {ops}")
         say(f"loom: try  curl http://{cfg.host}:{running.ports['http']}/v1/book/BTC-USD")
     started = time.monotonic()
     await stop.wait()

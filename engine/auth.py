@@ -2,7 +2,9 @@
 
 Keys are kept only as SHA-256 digests and compared in constant time. One API key names
 one account; the admin key (a separate credential) is for admin endpoints only and trades
-for nobody.
+for nobody. An ops key (role "ops", for on-call staff and dashboards) is read-only: it may
+read any account's orders and traces and the admin views, and can neither trade nor change
+anything.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ def _digest(key: str) -> bytes:
 
 
 class Accounts:
-    def __init__(self, keys: dict[str, str] | None = None, admin_key: str = "") -> None:
-        """`keys` maps api key -> account name."""
+    def __init__(
+        self, keys: dict[str, str] | None = None, admin_key: str = "", ops_keys: dict[str, str] | None = None
+    ) -> None:
+        """`keys` maps api key -> account name; `ops_keys` maps ops key -> operator name."""
         self._by_digest: dict[bytes, str] = {}
         self._recent: dict[str, str] = {}  # key -> account: skips a SHA-256 per request
         self._admin = _digest(admin_key) if admin_key else None
+        self._ops: dict[bytes, str] = {}
         for key, account in (keys or {}).items():
             self.add(account, key)
+        for key, name in (ops_keys or {}).items():
+            self.add_ops(name, key)
 
     def add(self, account: str, key: str) -> None:
         if not account or len(account) > 64:
@@ -32,6 +39,20 @@ class Accounts:
         if len(key) < 16:
             raise ValueError(f"API key for {account} is too short (at least 16 characters)")
         self._by_digest[_digest(key)] = account
+
+    def add_ops(self, name: str, key: str) -> None:
+        if not name or len(name) > 64:
+            raise ValueError(f"ops key name must be 1-64 characters: {name!r}")
+        if len(key) < 16:
+            raise ValueError(f"ops key {name} is too short (at least 16 characters)")
+        digest = _digest(key)
+        if digest in self._by_digest or digest == self._admin:
+            raise ValueError(f"ops key {name} is also an account's or the admin key")
+        self._ops[digest] = name
+
+    def operator(self, key: str | None) -> str | None:
+        """The name of an ops (read-only) key, or None."""
+        return self._ops.get(_digest(key)) if key and self._ops else None
 
     def authenticate(self, key: str | None) -> str | None:
         """The account an API key belongs to, or None."""

@@ -155,12 +155,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from engine.console import ConsoleHandler, settle
+    from engine.logfmt import formatter
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[ConsoleHandler()],  # a broken stderr never stops the node
-    )
+    handler = ConsoleHandler()  # a broken stderr never stops the node
+    handler.setFormatter(formatter(args.log_format or "text"))  # the config file may change it
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         return _run(args)
     finally:
@@ -186,10 +185,14 @@ def _run(args: argparse.Namespace) -> int:
             demo_rate=args.rate,
             cluster=args.cluster,
             node_id=args.node_id,
+            log_format=args.log_format,
+            access_log_sample=args.access_log_sample,
+            environment=args.environment,
         )
     except ConfigError as exc:
         print(f"loom run: {exc}", file=sys.stderr)
         return 2
+    use_log_format(cfg.log_format)
     if not cfg.instruments:
         print("loom run: no instruments configured (use --demo or a config file)", file=sys.stderr)
         return 2
@@ -212,6 +215,18 @@ def _run(args: argparse.Namespace) -> int:
             print("  choose other ports with --http-port/--fix-port/--binary-port", file=sys.stderr)
             return 2
         raise
+
+
+def use_log_format(name: str) -> None:
+    """Every console handler and `say` line in this format (`text` or `json`)."""
+    import logging
+
+    from engine import console
+    from engine.logfmt import console_line, formatter
+
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter(name))
+    console.render_lines(console_line if name == "json" else None)
 
 
 def _event_loop(choice: str | None):
@@ -253,6 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-loop",
         choices=("uvloop", "asyncio"),
         help="the asyncio event loop implementation (default: uvloop when installed)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text (default) or JSON objects with ts, level, logger, msg and the "
+        "trace_id/order_id/seq/account that apply (or log_format, LOOM_LOG_FORMAT)",
+    )
+    run.add_argument(
+        "--access-log-sample",
+        type=float,
+        metavar="RATE",
+        help="log this share of REST requests and of WebSocket and FIX sessions to loom.access "
+        "(0 = off, the default; 1 = every one; or access_log_sample, LOOM_ACCESS_LOG_SAMPLE)",
+    )
+    run.add_argument(
+        "--environment",
+        help="deployment.environment of exported spans (default dev; or environment, LOOM_ENVIRONMENT)",
     )
     run.set_defaults(func=_cmd_run)
 

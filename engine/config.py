@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.domain import Instrument
+from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
 DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol", "dave")}
 DEMO_ADMIN_KEY = "demo-admin-key-000000"
+DEMO_OPS_KEYS = {"demo-ops-key-000000000": "ops"}  # read-only: dashboards and on-call
 JOURNAL_RETENTION = ("keep", "archive", "delete")  # engine/journal/retention.py POLICIES
 
 
@@ -28,6 +30,9 @@ class Config:
     binary_port: int = 9879
     admin_key: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
+    # Read-only operator keys (role "ops"), key -> name: any account's orders and traces,
+    # the admin GET views; never trading or admin actions.
+    ops_keys: dict[str, str] = field(default_factory=dict)
     instruments: list[Instrument] = field(default_factory=list)
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
@@ -61,6 +66,9 @@ class Config:
     # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
+    log_format: str = "text"  # or "json" (engine/logfmt.py)
+    access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
+    environment: str = "dev"  # the spans' deployment.environment
 
 
 _ENV = {
@@ -70,6 +78,7 @@ _ENV = {
     "LOOM_FIX_PORT": ("fix_port", int),
     "LOOM_BINARY_PORT": ("binary_port", int),
     "LOOM_ADMIN_KEY": ("admin_key", str),
+    "LOOM_OPS_KEY": ("ops_keys", lambda key: {key: "ops"}),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
     "LOOM_MAX_QUEUED_COMMANDS": ("max_queued_commands", int),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
@@ -79,6 +88,9 @@ _ENV = {
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
+    "LOOM_LOG_FORMAT": ("log_format", str),
+    "LOOM_ACCESS_LOG_SAMPLE": ("access_log_sample", float),
+    "LOOM_ENVIRONMENT": ("environment", str),
 }
 
 
@@ -125,6 +137,12 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("[retention] needs keep_commands >= 0 and keep_snapshots >= 1")
     if cfg.max_queued_commands < 1:
         raise ConfigError(f"max_queued_commands must be at least 1, not {cfg.max_queued_commands}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format {cfg.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if not 0.0 <= cfg.access_log_sample <= 1.0:
+        raise ConfigError(f"access_log_sample {cfg.access_log_sample} is outside 0..1 (0 = off, 1 = all)")
+    if not cfg.environment:
+        raise ConfigError("environment must not be empty (it names the deployment in spans)")
     if cfg.lookup_window_orders < 1:
         raise ConfigError(f"lookup_window_orders must be at least 1, not {cfg.lookup_window_orders}")
     if cfg.retention_standby_stale_s <= 0:
@@ -134,10 +152,14 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             cfg.api_keys = dict(DEMO_KEYS)
         if not cfg.admin_key:
             cfg.admin_key = DEMO_ADMIN_KEY
+        if not cfg.ops_keys:
+            cfg.ops_keys = dict(DEMO_OPS_KEYS)
         if not cfg.instruments:
             from engine.demo import DEMO_INSTRUMENTS
 
             cfg.instruments = list(DEMO_INSTRUMENTS)
+    if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
+        raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
         raise ConfigError(
             f"host {cfg.host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
@@ -165,6 +187,9 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "lease_ttl": float,
         "journal_retention": str,
         "lookup_window_orders": int,
+        "log_format": str,
+        "access_log_sample": float,
+        "environment": str,
     }
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",
@@ -201,12 +226,15 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                     if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:
                         raise ConfigError(f"{path}: each [[accounts]] needs name and api_key")
                     key, name = str(entry["api_key"]), str(entry["name"])
+                    role = entry.get("role", "trader")
+                    if role not in ("trader", "ops"):
+                        raise ConfigError(f"{path}: account {name!r}: role is trader or ops, not {role!r}")
                     if len(key) < 16 or not 0 < len(name) <= 64:
                         raise ConfigError(
                             f"{path}: account {name!r} needs a name of 1-64 characters and an "
                             "api_key of at least 16 characters"
                         )
-                    cfg.api_keys[key] = name
+                    (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
         except ConfigError:

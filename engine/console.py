@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -35,10 +36,18 @@ def _broken(exc: BaseException | None, stream: TextIO) -> bool:
     return isinstance(exc, OSError) or (isinstance(exc, ValueError) and stream.closed)
 
 
+_render: Callable[[str], str] | None = None  # how a console line is written (JSON mode: a log line)
+
+
+def render_lines(render: Callable[[str], str] | None) -> None:
+    global _render
+    _render = render
+
+
 def say(line: str) -> None:
     """One line on stdout, flushed; a stdout that cannot take it is muted."""
     try:
-        print(line, flush=True)
+        print(_render(line) if _render is not None else line, flush=True)
     except (OSError, ValueError) as exc:
         if not _broken(exc, sys.stdout):
             raise

@@ -52,7 +52,7 @@ from engine.risk import check_new
 from engine.sequencer import Sequencer
 from engine.snapshot_child import SnapshotJob, SnapshotWriteError
 from engine.snapshots import SnapshotStore, WrittenSnapshot
-from telemetry.tracing import derived_trace_id
+from telemetry.tracing import derived_trace_id, new_trace_id
 
 log = logging.getLogger("loom.exchange")
 
@@ -384,6 +384,11 @@ class ExchangeNode:
             return [[journal_failure_rejection(cmd, RejectReason.OUTCOME_UNKNOWN)] for cmd in commands]
         if error is not None:
             self.sequencer.rewind(before)
+            # Their seqs go to the next batch: a refused order's trace must not be derived
+            # from one (its answer and its exported span would name another order's trace).
+            for cmd in commands:
+                if type(cmd) is NewOrder and not cmd.trace_id:
+                    cmd.trace_id = new_trace_id()
             self.rejected_batches += 1
             self.journal_ok = False
             self.refusals.refused(len(commands), error)

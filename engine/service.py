@@ -24,6 +24,7 @@ from engine.commands import Amend, NewOrder
 from engine.exchange import ExchangeNode, journal_failure_rejection
 from engine.journal import OutcomeUnknownError
 from engine.journal.format import BatchMeta
+from engine.logfmt import fields
 from engine.stage_timings import Durations, RecentBatches
 
 log = logging.getLogger("loom.service")
@@ -415,7 +416,12 @@ class ExchangeService:
                 results = node.finish(batch, before, error)
                 t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
-                log.critical("commit loop failed on a batch of %d commands", len(batch), exc_info=True)
+                log.critical(
+                    "commit loop failed on a batch of %d commands",
+                    len(batch),
+                    exc_info=True,
+                    extra=fields(seq=batch[0].seq),
+                )
                 self._fail_pending(taken, exc)
                 raise
             self.batches += 1

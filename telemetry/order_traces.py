@@ -28,7 +28,7 @@ from engine.batch_events import BatchEvents
 from engine.commands import NewOrder
 from engine.domain import OrderType, Side
 from engine.events import OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.gateways.texts import reject_code
+from engine.gateways.texts import reject_code, reject_status
 from telemetry.tracing import FillTrace, OrderTrace, Sampler, TraceShipper
 
 DEFAULT_EXPORT_SAMPLING = "errors-and-slow:10:0.01"
@@ -120,7 +120,9 @@ class OrderTraceRecorder:
             first = events[0]
             if type(first) is OrderRejected:
                 outcome, order_id = f"rejected:{reject_code(first.reason)}", 0
+                status = reject_status(first.reason)
             else:
+                status = 201
                 last = type(events[-1])
                 order_id = first.order_id
                 outcome = (
@@ -152,6 +154,7 @@ class OrderTraceRecorder:
                     fills,
                     risk_start,
                     risk_start + risk[1] if risk else 0,
+                    status if pending.protocol == "rest" else 0,
                 )
             )
             self.recorded += 1

@@ -33,6 +33,7 @@ LOOM_TRACE_STATS_FD, which the exchange reads at scrape time (loom_trace_spans_*
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -201,11 +202,48 @@ def make_exporter() -> SpanExporter | None:
     return HttpExporter()
 
 
+# What the exchange tells its worker about itself (telemetry.tracing.SERVER_ENV): the
+# resource's version, instance and environment, and the listeners' address and ports.
+_RESOURCE_ENV = {
+    "service.version": "LOOM_SERVICE_VERSION",
+    "service.instance.id": "LOOM_SERVICE_INSTANCE_ID",
+    "deployment.environment": "LOOM_DEPLOYMENT_ENVIRONMENT",
+}
+# OpenTelemetry's network.protocol.name of each gateway
+_PROTOCOL_NAME = {"rest": "http", "websocket": "websocket", "fix": "fix", "binary": "binary"}
+
+
 def make_resource() -> Resource:
+    """OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME first (Resource.create reads them), then
+    what the exchange passed for attributes they leave unset."""
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    return resource
+    explicit = {
+        item.partition("=")[0].strip() for item in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")
+    }
+    ours = {k: os.environ[v] for k, v in _RESOURCE_ENV.items() if os.environ.get(v) and k not in explicit}
+    return resource.merge(Resource(ours))  # over the SDK's defaults (a random instance id)
+
+
+@functools.lru_cache(maxsize=64)  # per (protocol, status): the environment is read once
+def server_attributes(protocol: str, status_code: int = 0) -> dict:
+    """OpenTelemetry semantic conventions of an order's receive: the protocol, the listener
+    (server.address, server.port) and for REST the method, path and response status."""
+    attributes: dict = {"network.protocol.name": _PROTOCOL_NAME.get(protocol, protocol)}
+    address = os.environ.get("LOOM_SERVER_ADDRESS")
+    if address:
+        attributes["server.address"] = address
+    listener = "HTTP" if protocol in ("rest", "websocket") else protocol.upper()
+    port = os.environ.get(f"LOOM_SERVER_PORT_{listener}")
+    if port and port.isdigit():
+        attributes["server.port"] = int(port)
+    if protocol == "rest":
+        attributes["http.request.method"] = "POST"  # the only REST request that creates an order
+        attributes["url.path"] = "/v1/orders"
+        if status_code:
+            attributes["http.response.status_code"] = status_code
+    return attributes
 
 
 class SpanBuilder:
@@ -246,6 +284,8 @@ class SpanBuilder:
             "exchange.outcome": rec.outcome,
             "exchange.protocol": rec.protocol,
         }
+        received = server_attributes(rec.protocol, rec.status_code)  # shared: never mutated
+        attributes.update(received)
         self.ids.next_trace_id = trace_id
         self.ids.next_span_id = int(root_span_id(rec.trace_id, rec.order_id), 16)
         try:
@@ -276,7 +316,9 @@ class SpanBuilder:
             ("ack", rec.matched_ns, rec.acked_ns),
         ):
             if t0 and t1 and t1 >= t0:  # a stage the order never reached has no span
-                self.tracer.start_span(name, context=ctx, start_time=t0).end(end_time=t1)
+                stage_attributes = received if name == "receive/decode" else None
+                span = self.tracer.start_span(name, context=ctx, start_time=t0, attributes=stage_attributes)
+                span.end(end_time=t1)
                 count += 1
         root.end(end_time=end)
         return count

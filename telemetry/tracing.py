@@ -127,6 +127,7 @@ class OrderTrace(msgspec.Struct, tag="o", array_like=True, gc=False):
     # The pre-trade checks (inside match), when the order's batch had them timed (one in 8).
     risk_start_ns: int = 0
     risk_end_ns: int = 0
+    status_code: int = 0  # the REST answer's HTTP status (0 for the other protocols)
 
 
 class FillTrace(msgspec.Struct, tag="f", array_like=True, gc=False):

@@ -255,6 +255,7 @@ def test_end_to_end_spans_carry_the_records_ids_times_and_attributes(receiver):
             "exchange.order.type": rec.order_type,
             "exchange.outcome": rec.outcome,
             "exchange.protocol": rec.protocol,
+            "network.protocol.name": rec.protocol,  # these records name protocols OTel's way
         }
         children = {s.name: s for s in mine if s is not root}
         for s in children.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from engine.access_log import AccessLog
 from engine.auth import Accounts, TokenBucket
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.bench.stats import percentile_us
@@ -32,7 +34,8 @@ from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, Ti
 from engine.events import OrderRejected
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
-from engine.gateways.texts import reject_code, reject_text
+from engine.gateways.texts import reject_code, reject_status, reject_text
+from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
 from engine.order_store import OrderStore, OrderView
@@ -40,7 +43,7 @@ from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.snapshots import WrittenSnapshot
 from engine.state import state_hash
-from telemetry.tracing import parse_traceparent
+from telemetry.tracing import new_trace_id, parse_traceparent
 
 log = logging.getLogger("loom.http")
 
@@ -91,6 +94,7 @@ class GatewayContext:
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.surveillance.Surveillance
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
+    access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
 
@@ -144,18 +148,9 @@ def ok(body, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_json.encode(body), content_type="application/json")
 
 
-_REJECT_STATUS = {
-    RejectReason.DUPLICATE_CLIENT_ORDER_ID: 409,
-    RejectReason.ORDER_NOT_OPEN: 409,
-    RejectReason.UNKNOWN_ORDER: 404,
-    RejectReason.JOURNAL_WRITE_FAILED: 503,
-    RejectReason.OUTCOME_UNKNOWN: 504,  # not a refusal: the command may be durable
-}
-
-
 def rejection(ev: OrderRejected) -> web.Response:
     return error(
-        _REJECT_STATUS.get(ev.reason, 422),
+        reject_status(ev.reason),
         reject_code(ev.reason),
         reject_text(ev.reason),
         events=[event_json(ev)],
@@ -164,6 +159,28 @@ def rejection(ev: OrderRejected) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
+    started = time.perf_counter()
+    response = await _answer(request, handler)
+    if request.get(ORDER_ENTRY) and "X-Trace-Id" not in response.headers:
+        # Refused before the core saw it (overload, not leader, a bad body, ...): the
+        # request's own trace id, so even this answer can be found in the logs and traces.
+        response.headers["X-Trace-Id"] = request_trace_id(request)
+    access = request.app[CTX].access
+    if access.sampled() and not isinstance(response, web.WebSocketResponse):  # a session logs its own
+        access.rest(
+            request.method,
+            request.path,  # never the query: a key may ride there
+            response.status,
+            time.perf_counter() - started,
+            request.remote,
+            response.headers.get("X-Trace-Id", ""),
+            request.get(_CALLER, ""),
+            request.get(_ORDER, request.match_info.get("order_id")),
+        )
+    return response
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except _Denied as denied:  # a client mistake found before any work: its 4xx reply
@@ -188,8 +205,50 @@ async def json_errors(request: web.Request, handler):
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        trace_id = request_trace_id(request) if request.get(ORDER_ENTRY) else None
+        ids = fields(trace_id=trace_id, account=request.get(_CALLER), order_id=request.get(_ORDER))
+        log.exception("unhandled error on %s %s", request.method, request.path, extra=ids)
         return error(500, "INTERNAL", "internal error (logged)")
+
+
+ORDER_ENTRY = web.RequestKey("order_entry", bool)  # an order-entry request: answers carry X-Trace-Id
+_TRACE_ID = web.RequestKey("trace_id", str)
+_CALLER = web.RequestKey("caller", str)  # the authenticated account (or "ops:NAME"): logs
+_ORDER = web.RequestKey("order_id", int)  # the order the request created: logs
+# Answers whose command was not applied by the core: its seq was given back (or is not
+# settled) and may later be another order's, so it must not name this request's trace.
+_REFUSED = (RejectReason.JOURNAL_WRITE_FAILED, RejectReason.OUTCOME_UNKNOWN)
+
+
+def order_entry(handler):
+    """Marks a handler that places, cancels or amends orders: every answer it gives,
+    errors included, carries X-Trace-Id."""
+
+    @functools.wraps(handler)
+    async def marked(request: web.Request) -> web.StreamResponse:
+        request[ORDER_ENTRY] = True
+        return await handler(request)
+
+    return marked
+
+
+def request_trace_id(request: web.Request) -> str:
+    """This request's own trace id: the caller's (W3C traceparent) or a fresh one."""
+    trace_id = request.get(_TRACE_ID)
+    if trace_id is None:
+        incoming = parse_traceparent(request.headers.get("traceparent", ""))
+        trace_id = request[_TRACE_ID] = incoming[0] if incoming else new_trace_id()
+    return trace_id
+
+
+def answer_trace_id(request: web.Request, cmd, events: list) -> str:
+    """The X-Trace-Id of an answer from the commit loop: the command's trace when the core
+    applied it (its seq is its own); for a refusal the trace the node gave the refused
+    order, else the request's own (never one derived from a seq given back)."""
+    first = events[0] if events else None
+    if type(first) is OrderRejected and first.reason in _REFUSED:
+        return getattr(cmd, "trace_id", "") or request_trace_id(request)
+    return request.app[CTX].service.node.trace_id_of(cmd)
 
 
 def _count_decode_error(request: web.Request, code: str) -> None:
@@ -224,14 +283,56 @@ def _unreadable(status: int, code: str, message: str) -> _Denied:
     return _Denied(error(status, code, message), code)
 
 
-def _account(request: web.Request) -> str:
+def _caller(request: web.Request) -> str | None:
+    """The caller's account, or None for an ops key (read-only, any account); 401 for no
+    valid key, 429 past the rate limit."""
     ctx = request.app[CTX]
-    account = ctx.accounts.authenticate(_api_key(request))
+    key = _api_key(request)
+    account = ctx.accounts.authenticate(key)
+    limited = account
     if account is None:
-        raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
-    if not ctx.allow(account):
+        operator = ctx.accounts.operator(key)
+        if operator is None:
+            raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
+        limited = f"ops:{operator}"  # its own bucket: an operator named like an account shares none
+    request[_CALLER] = limited
+    if not ctx.allow(limited):
         raise _Denied(error(429, "RATE_LIMITED", f"more than {ctx.rate:g} requests per second"))
     return account
+
+
+_READ_ONLY = "an ops key is read-only: it may read orders, traces and the admin views, not {}"
+
+
+def _account(request: web.Request) -> str:
+    """The trading account of the caller's key (an ops key: 403)."""
+    account = _caller(request)
+    if account is None:
+        raise _Denied(error(403, "FORBIDDEN", _READ_ONLY.format("place, cancel or amend orders")))
+    return account
+
+
+def _reader(request: web.Request) -> str | None:
+    """The account whose orders the caller may read, or None for an ops key (any account)."""
+    return _caller(request)
+
+
+def admin_view(request: web.Request) -> None:
+    """An admin GET view: the admin key or an ops key, else 403."""
+    accounts = request.app[CTX].accounts
+    key = _api_key(request)
+    if not accounts.is_admin(key) and accounts.operator(key) is None:
+        raise _Denied(error(403, "FORBIDDEN", "the admin key or an ops key is required"))
+
+
+def admin_action(request: web.Request) -> None:
+    """An admin action (it changes something): the admin key only, else 403."""
+    accounts = request.app[CTX].accounts
+    key = _api_key(request)
+    if not accounts.is_admin(key):
+        ops = accounts.operator(key) is not None
+        message = _READ_ONLY.format("this admin action (it needs the admin key)") if ops else None
+        raise _Denied(error(403, "FORBIDDEN", message or "the admin key is required"))
 
 
 def _is_json(content_type: str) -> bool:
@@ -283,18 +384,24 @@ def new_order_command(account: str, req: OrderRequest) -> NewOrder:
     )
 
 
-def _result(events: list, status: int = 200, order: dict | None = None) -> web.Response:
+def _result(
+    request: web.Request, cmd, events: list, status: int = 200, order: dict | None = None
+) -> web.Response:
     if events and type(events[0]) is OrderRejected:
-        return rejection(events[0])
-    body: dict = {"events": [event_json(e) for e in events]}
-    if order is not None:
-        body["order"] = order
-    return ok(body, status)
+        response = rejection(events[0])
+    else:
+        body: dict = {"events": [event_json(e) for e in events]}
+        if order is not None:
+            body["order"] = order
+        response = ok(body, status)
+    response.headers["X-Trace-Id"] = answer_trace_id(request, cmd, events)
+    return response
 
 
 # -- orders -------------------------------------------------------------------------------
 
 
+@order_entry
 async def post_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
@@ -308,13 +415,11 @@ async def post_order(request: web.Request) -> web.Response:
     if incoming:
         cmd.trace_id, cmd.trace_parent = incoming
     events = await ctx.service.submit_one(cmd, "rest", started)
-    if type(events[0]) is OrderRejected:
-        return rejection(events[0])
-    view = ctx.order_store.get(events[0].order_id)
-    body = ctx.order_store.json(view) if view else None
-    response = _result(events, 201, body)
-    response.headers["X-Trace-Id"] = body["trace_id"] if body else ctx.service.node.trace_id_of(cmd)
-    return response
+    view = None
+    if type(events[0]) is not OrderRejected:
+        request[_ORDER] = events[0].order_id
+        view = ctx.order_store.get(events[0].order_id)
+    return _result(request, cmd, events, 201, ctx.order_store.json(view) if view else None)
 
 
 def _unknown(oid: int) -> web.Response:
@@ -322,12 +427,12 @@ def _unknown(oid: int) -> web.Response:
     return error(404, "UNKNOWN_ORDER", f"no order {oid} for this account")
 
 
-def _find(ctx: GatewayContext, account: str, oid: int) -> OrderView | Lookup:
-    """The account's order (open, recent, or a compact finished record), or why there is
-    none to show; from memory alone, never the journal."""
+def _find(ctx: GatewayContext, account: str | None, oid: int) -> OrderView | Lookup:
+    """The account's order (any account's for None: an ops key) (open, recent, or a compact
+    finished record), or why there is none to show; from memory alone, never the journal."""
     view = ctx.order_store.find(oid)
     if view is not None:
-        return view if view.account == account else Lookup.UNKNOWN
+        return view if account is None or view.account == account else Lookup.UNKNOWN
     index = ctx.order_store.index
     return index.missing(oid) if index is not None else Lookup.UNKNOWN
 
@@ -363,19 +468,20 @@ def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
     return _unknown(oid)
 
 
-def _order_answer(ctx: GatewayContext, account: str, oid: int) -> web.Response:
+def _order_answer(ctx: GatewayContext, account: str | None, oid: int) -> web.Response:
     found = _find(ctx, account, oid)
     return _missing(ctx, oid, found) if isinstance(found, Lookup) else ok(ctx.order_store.json(found))
 
 
 async def get_order(request: web.Request) -> web.Response:
-    return _order_answer(request.app[CTX], _account(request), _order_id(request))
+    return _order_answer(request.app[CTX], _reader(request), _order_id(request))
 
 
 async def get_order_by_client_id(request: web.Request) -> web.Response:
     """The order a client order id named: the engine keeps every account's client order
-    ids for the venue's life (duplicate detection), so this resolves old ids too."""
-    account = _account(request)
+    ids for the venue's life (duplicate detection), so this resolves old ids too. Client
+    order ids are per account: an ops key names it (`?account=`)."""
+    account = _reader(request) or _named_account(request)
     ctx = request.app[CTX]
     clid = request.match_info["client_order_id"]
     acct = ctx.engine.accounts.get(account)
@@ -394,13 +500,21 @@ async def get_order_by_client_id(request: web.Request) -> web.Response:
     return _order_answer(ctx, account, oid)
 
 
+def _named_account(request: web.Request) -> str:
+    """The account an ops key names in `?account=` (client order ids and open orders are per account)."""
+    account = request.query.get("account", "")
+    if not account:
+        raise _Denied(error(400, "INVALID_QUERY", "an ops key must name the account: ?account=<account>"))
+    return account
+
+
 async def get_order_trace(request: web.Request) -> web.Response:
     """The order's trace id, a link to it, its history and its stage timings: from the order
     store (and the service's recent batch timings) when it is there in full, else read back
     from the journal by the lookup worker process (engine/order_lookup.py)."""
     from engine.order_history import trace_url
 
-    account = _account(request)
+    account = _reader(request)
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = _find(ctx, account, oid)
@@ -412,7 +526,7 @@ async def get_order_trace(request: web.Request) -> web.Response:
         body = await _journal_lookup(ctx, oid)
         if isinstance(body, web.Response):
             return body
-        return ok(body) if body.get("account") == account else _unknown(oid)
+        return ok(body) if account is None or body.get("account") == account else _unknown(oid)
     body = ctx.order_store.json(view)
     body["trace_url"] = trace_url(body["trace_id"])
     body["source"] = "order-store"
@@ -446,47 +560,52 @@ async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
     except BrokenProcessPool:
         return error(503, "LOOKUP_UNAVAILABLE", "the lookup worker stopped; a new one starts on retry")
     except Exception as exc:  # the journal or stream unreadable now (NATS away, damage)
-        log.warning("order %d: history lookup failed: %s", oid, exc)
+        log.warning("order %d: history lookup failed: %s", oid, exc, extra=fields(order_id=oid))
         return error(503, "LOOKUP_FAILED", f"the order's history could not be read: {exc}")
     return found if found is not None else _unknown(oid)
 
 
+async def _submit(request: web.Request, cmd) -> web.Response:
+    return _result(request, cmd, await request.app[CTX].service.submit_one(cmd))
+
+
+@order_entry
 async def delete_order(request: web.Request) -> web.Response:
     account = _account(request)
-    oid = _order_id(request)
-    return _result(await request.app[CTX].service.submit_one(Cancel(account, oid)))
+    return await _submit(request, Cancel(account, _order_id(request)))
 
 
+@order_entry
 async def delete_order_by_client_id(request: web.Request) -> web.Response:
     account = _account(request)
-    clid = request.match_info["client_order_id"]
-    return _result(await request.app[CTX].service.submit_one(Cancel(account, 0, clid)))
+    return await _submit(request, Cancel(account, 0, request.match_info["client_order_id"]))
 
 
+@order_entry
 async def patch_order(request: web.Request) -> web.Response:
     account = _account(request)
     ctx = request.app[CTX]
     oid = _order_id(request)
     req = await _decode(request, AmendRequest)
-    events = await ctx.service.submit_one(
-        Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
-    )
+    cmd = Amend(account, oid, "", req.qty, req.price, req.new_client_order_id)
+    events = await ctx.service.submit_one(cmd)
     view = ctx.order_store.get(oid)
-    return _result(events, 200, ctx.order_store.json(view) if view and view.account == account else None)
+    order = ctx.order_store.json(view) if view and view.account == account else None
+    return _result(request, cmd, events, 200, order)
 
 
 async def list_orders(request: web.Request) -> web.Response:
-    account = _account(request)
+    account = _reader(request) or _named_account(request)
     symbol = request.query.get("symbol", "")
     store = request.app[CTX].order_store
     views = store.open_orders(account, symbol)
     return ok({"orders": [store.json(v) for v in sorted(views, key=lambda v: v.order_id)]})
 
 
+@order_entry
 async def cancel_all(request: web.Request) -> web.Response:
     account = _account(request)
-    symbol = request.query.get("symbol", "")
-    return _result(await request.app[CTX].service.submit_one(CancelAll(account, symbol)))
+    return await _submit(request, CancelAll(account, request.query.get("symbol", "")))
 
 
 # -- market data and reference --------------------------------------------------------------
@@ -561,8 +680,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def admin_stats(request: web.Request) -> web.Response:
     """Operator figures until the metrics endpoint exists: journal and batching."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     node = ctx.service.node
     fsyncs = sorted(node.journal.fsync_ns)
     return ok(
@@ -601,8 +719,7 @@ async def openapi(_request: web.Request) -> web.Response:
 
 async def admin_snapshot(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     if ctx.take_snapshot is None:
         return error(501, "NOT_AVAILABLE", "snapshots are not configured")
     try:
@@ -635,8 +752,7 @@ async def admin_automation(request: web.Request) -> web.Response:
 
 async def admin_automation_audit(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     if ctx.automation is None:
         return error(501, "NOT_AVAILABLE", "runbook automation is not configured")
     return ok({"records": ctx.automation.audit_records()})
@@ -646,8 +762,7 @@ async def admin_cluster(request: web.Request) -> web.Response:
     """This node's place in the cluster: role, leader, epoch, lag (`?verify=1` adds the
     state hash, computed now)."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_view(request)
     if ctx.cluster is None:
         return ok({"role": "standalone", "applied_seq": ctx.engine.last_seq})
     status = ctx.cluster.status()
@@ -658,8 +773,7 @@ async def admin_cluster(request: web.Request) -> web.Response:
 
 async def admin_cluster_step_down(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     if ctx.cluster is None:
         return error(409, "NOT_CLUSTERED", "this node runs standalone: there is no lease to release")
     return ok(await ctx.cluster.step_down())
@@ -672,8 +786,7 @@ class FaultsRequest(msgspec.Struct, forbid_unknown_fields=True):
 async def admin_faults(request: web.Request) -> web.Response:
     """Fault injection for drills and tests: every journal write fails (EIO) while on."""
     ctx = request.app[CTX]
-    if not ctx.accounts.is_admin(_api_key(request)):
-        return error(403, "FORBIDDEN", "the admin key is required")
+    admin_action(request)
     req = await _decode(request, FaultsRequest)
     ctx.service.node.journal.fail_writes(errno.EIO if req.journal_write_errors else None)
     log.warning("drill: journal write errors %s", "injected" if req.journal_write_errors else "cleared")
@@ -711,6 +824,7 @@ class WsSession:
         self.transport = transport
         self.wake = asyncio.Event()
         self.closed = False
+        self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
         # When the oldest market data message in the outbox became durable (0: none queued).
@@ -727,6 +841,7 @@ class WsSession:
             self.wake.set()
             return
         self.outbox.append(_json.encode(message))
+        self.sent += 1
         self.wake.set()
 
     def send_market_data(self, message: dict) -> None:
@@ -980,9 +1095,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     session = WsSession(ctx, ws, account, request.transport)
     writer = asyncio.create_task(session.writer())
     request.app[SESSIONS].add(session)
+    logged = ctx.access.sampled()  # this session's open and close go to the access log
+    if logged:
+        ctx.access.session("websocket", "open", request.remote, account or "", path=request.path)
+    received = 0
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                received += 1
                 session.handle(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
@@ -993,6 +1113,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, 5)
+        if logged:
+            ctx.access.session(
+                "websocket",
+                "close",
+                request.remote,
+                session.account or "",
+                messages_in=received,
+                messages_out=session.sent,
+                close_code=ws.close_code,
+            )
     return ws
 
 

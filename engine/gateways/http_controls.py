@@ -1,4 +1,4 @@
-"""REST admin endpoints of the risk controls and surveillance (admin key required):
+"""REST admin endpoints of the risk controls and surveillance (admin key; an ops key reads the GETs):
 
     GET  /v1/admin/risk                 limits, kill switches, halts
     PUT  /v1/admin/risk/limits          set (or, all zero, remove) the limits of one scope
@@ -20,7 +20,7 @@ from aiohttp import web
 
 from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
 from engine.domain import RiskLimits
-from engine.gateways.http import CTX, INT64_MAX, _api_key, _decode, _Denied, _result, error, ok
+from engine.gateways.http import CTX, INT64_MAX, _decode, _submit, admin_action, admin_view, error, ok
 from engine.risk_admin import SCOPES, risk_view
 
 Limit = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
@@ -53,11 +53,6 @@ class HaltRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason = ""
 
 
-def _admin(request: web.Request) -> None:
-    if not request.app[CTX].accounts.is_admin(_api_key(request)):
-        raise _Denied(error(403, "FORBIDDEN", "the admin key is required"))
-
-
 def _target_error(request: web.Request, scope: str, target: str) -> web.Response | None:
     if scope == "venue" and target:
         return error(400, "INVALID_REQUEST", "target must be empty for scope venue", field="target")
@@ -69,12 +64,12 @@ def _target_error(request: web.Request, scope: str, target: str) -> web.Response
 
 
 async def get_risk(request: web.Request) -> web.Response:
-    _admin(request)
+    admin_view(request)
     return ok(risk_view(request.app[CTX].engine))
 
 
 async def put_limits(request: web.Request) -> web.Response:
-    _admin(request)
+    admin_action(request)
     req = await _decode(request, LimitsRequest)
     problem = _target_error(request, req.scope, req.target)
     if problem is not None:
@@ -87,30 +82,30 @@ async def put_limits(request: web.Request) -> web.Response:
         req.max_open_notional,
     )
     cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits)
-    return _result(await request.app[CTX].service.submit_one(cmd))
+    return await _submit(request, cmd)
 
 
 async def post_kill_switch(request: web.Request) -> web.Response:
-    _admin(request)
+    admin_action(request)
     req = await _decode(request, KillSwitchRequest)
     problem = _target_error(request, req.scope, req.target)
     if problem is not None:
         return problem
     cmd = SetKillSwitch(SCOPES[req.scope], req.target, req.engaged, req.reason, req.cancel_orders)
-    return _result(await request.app[CTX].service.submit_one(cmd))
+    return await _submit(request, cmd)
 
 
 async def post_halt(request: web.Request) -> web.Response:
-    _admin(request)
+    admin_action(request)
     req = await _decode(request, HaltRequest)
     if req.symbol not in request.app[CTX].engine.instruments:
         return error(400, "INVALID_REQUEST", f"symbol: unknown symbol {req.symbol!r}", field="symbol")
     cmd = SetTradingHalt(req.symbol, req.halted, req.reason)
-    return _result(await request.app[CTX].service.submit_one(cmd))
+    return await _submit(request, cmd)
 
 
 async def get_surveillance(request: web.Request) -> web.Response:
-    _admin(request)
+    admin_view(request)
     surveillance = request.app[CTX].surveillance
     if surveillance is None:
         return error(501, "NOT_AVAILABLE", "surveillance is not configured")

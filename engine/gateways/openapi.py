@@ -13,7 +13,7 @@ def _errors(*codes: int) -> dict:
     text = {
         400: "malformed request",
         401: "missing or unknown API key",
-        403: "admin key required",
+        403: "admin key required, or a change asked with an ops (read-only) key",
         404: "not found",
         409: "conflict (duplicate client order id, order no longer open)",
         410: "the journal no longer holds the order's records (journal_retention = delete)",
@@ -46,6 +46,12 @@ _LOOKUP_ERRORS = {
     ),
 }
 _ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_OPS_ACCOUNT = {
+    "name": "account",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "with an ops key (required then): the account whose orders to read",
+}
 _SYMBOL = {"name": "symbol", "in": "path", "required": True, "schema": {"type": "string"}}
 _EVENTS = {"$ref": "#/components/schemas/EventsResult"}
 
@@ -105,10 +111,21 @@ OPENAPI: dict = {
         "title": "Loom Exchange",
         "version": "1",
         "description": "Order entry, order queries and market data. Prices and quantities are "
-        "integers in the instrument's units. Orders are acknowledged only once durable.",
+        "integers in the instrument's units. Orders are acknowledged only once durable. Every "
+        "order-entry answer (POST, DELETE and PATCH under /v1/orders), errors and refusals included, "
+        "carries an X-Trace-Id header: the order's (or command's) trace id when the core answered it, "
+        "else the request's own (the caller's traceparent, or a fresh id).",
     },
     "components": {
-        "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        "securitySchemes": {
+            "apiKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-API-Key",
+                "description": "A trader's key (its account's orders), or an ops key (read-only: any "
+                "account's orders and traces and the admin GET views; 403 FORBIDDEN for any change)",
+            }
+        },
         "schemas": {
             "Error": {
                 "type": "object",
@@ -236,8 +253,8 @@ OPENAPI: dict = {
             },
             "get": {
                 "summary": "Open orders of the account",
-                "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "open orders"}, **_errors(401, 429)},
+                "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}, _OPS_ACCOUNT],
+                "responses": {"200": {"description": "open orders"}, **_errors(400, 401, 429)},
             },
             "delete": {
                 "summary": "Cancel all open orders (optionally of one symbol)",
@@ -308,11 +325,12 @@ OPENAPI: dict = {
                     "ids), answered like GET /v1/orders/{order_id}: the lookup after a lost answer"
                 ),
                 "parameters": [
-                    {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _OPS_ACCOUNT,
                 ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Order"}, "the order"),
-                    **_errors(401, 404, 429),
+                    **_errors(400, 401, 404, 429),
                     **_LOOKUP_ERRORS,
                 },
             },

@@ -58,6 +58,21 @@ def reject_code(reason: int) -> str:
         return f"REASON_{reason}"
 
 
+# The REST status of an order rejection (422 unless listed): the answer and the span's
+# http.response.status_code both come from here.
+_REJECT_STATUS = {
+    RejectReason.DUPLICATE_CLIENT_ORDER_ID: 409,
+    RejectReason.ORDER_NOT_OPEN: 409,
+    RejectReason.UNKNOWN_ORDER: 404,
+    RejectReason.JOURNAL_WRITE_FAILED: 503,
+    RejectReason.OUTCOME_UNKNOWN: 504,  # not a refusal: the command may be durable
+}
+
+
+def reject_status(reason: int) -> int:
+    return _REJECT_STATUS.get(reason, 422)
+
+
 def reject_text(reason: int) -> str:
     return REJECT_TEXT.get(reason, reject_code(reason).lower().replace("_", " "))
 

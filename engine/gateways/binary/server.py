@@ -32,6 +32,7 @@ from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.binary import protocol as p
+from engine.logfmt import fields
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 
@@ -231,7 +232,7 @@ class BinarySession(asyncio.Protocol):
         self.account = account
         self.version = version
         self._unsubscribe = self._cfg.router.subscribe(account, self._on_event)
-        log.info("binary session %s logged in as %s", self.peer, account)
+        log.info("binary session %s logged in as %s", self.peer, account, extra=fields(account=account))
         cfg = self._cfg
         ack = p.encode_login_ack(
             version,
@@ -341,7 +342,8 @@ class BinarySession(asyncio.Protocol):
             self._unsubscribe()
             self._unsubscribe = None
         if self.account is not None:
-            log.info("binary session %s (%s) closed", self.peer, self.account)
+            ids = fields(account=self.account)
+            log.info("binary session %s (%s) closed", self.peer, self.account, extra=ids)
 
     # -- requests ---------------------------------------------------------------------------
 

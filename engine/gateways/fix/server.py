@@ -24,6 +24,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.access_log import AccessLog
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
 from engine.service import NotLeader, Overloaded, ServiceStopped
@@ -87,6 +88,7 @@ class FixGateway:
     timer_interval: float = 0.5
     sessions: dict[str, FixSession] = field(default_factory=dict)  # logged on, by SenderCompID
     connections: set[_Connection] = field(default_factory=set)
+    access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
@@ -127,6 +129,7 @@ class FixGateway:
         timer = asyncio.get_running_loop().create_task(self._tick(conn))
         unsubscribe = None
         reason = "connection closed by the counterparty"
+        logged = self.access.sampled()  # this session's logon and logout go to the access log
         try:
             while not session.closed:
                 data = await reader.read(READ_CHUNK)
@@ -147,6 +150,8 @@ class FixGateway:
                         session.decode_errors.clear()
                 if unsubscribe is None and session.account:
                     unsubscribe = self.router.subscribe(session.account, conn.on_event)  # type: ignore[attr-defined]
+                    if logged:
+                        self._access(conn, session, "logon")
                 conn.flush()
                 commands = session.take_commands()
                 if commands:
@@ -180,10 +185,26 @@ class FixGateway:
             conn.flush()
             if unsubscribe is not None:
                 unsubscribe()
+                if logged:
+                    self._access(conn, session, "logout", reason=session.close_reason or reason)
             self.connections.discard(conn)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _access(self, conn: _Connection, session: FixSession, event: str, reason: str = "") -> None:
+        stats = session.stats
+        self.access.session(
+            "fix",
+            event,
+            ":".join(map(str, conn.peer[:2])) if conn.peer else None,
+            session.account,
+            sender_comp_id=session.counterparty,
+            target_comp_id=self.config.comp_id,
+            messages_in=sum(n for k, n in stats.items() if k.startswith("received.")),
+            messages_out=sum(n for k, n in stats.items() if k.startswith("sent.")),
+            reason=reason,
+        )
 
     async def _tick(self, conn: _Connection) -> None:
         session = conn.session
@@ -224,6 +245,7 @@ async def start_fix_server(
     *,
     config: SessionConfig | None = None,
     timer_interval: float = 0.5,
+    access: AccessLog | None = None,
 ) -> asyncio.base_events.Server:
     """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
     answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
@@ -231,6 +253,8 @@ async def start_fix_server(
     messages across restarts."""
     cfg = replace(config or SessionConfig(), heartbeat_timeout=heartbeat_timeout)
     gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
+    if access is not None:
+        gateway.access = access
     server = await asyncio.start_server(gateway.serve, host, port)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))

@@ -48,6 +48,7 @@ from engine.gateways.fix.tags import (
     Tag,
     tag_name,
 )
+from engine.logfmt import fields
 
 log = logging.getLogger("loom.fix")
 
@@ -519,7 +520,7 @@ class FixSession:
         if reset:
             body.append((Tag.ResetSeqNumFlag, "Y"))
         self._send(MsgType.LOGON, body)
-        log.info("FIX session %s logged on for account %s", comp_id, account)
+        log.info("FIX session %s logged on for account %s", comp_id, account, extra=fields(account=account))
         if seq > self.expected:
             self._hold_for_gap(msg, handled=True)
         else:
