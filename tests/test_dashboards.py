@@ -30,7 +30,7 @@ from dashboards.catalogue_queries import (
     undeclared,
 )
 from engine.cli import main as loom_main
-from engine.cluster.drill import TRADER_KEY, NodeProcess, http, in_sync, wait_for
+from engine.cluster.drill import ADMIN_KEY, TRADER_KEY, NodeProcess, http, in_sync, wait_for
 from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, declared_series
 from telemetry.collectors import ROLES
 
@@ -326,10 +326,12 @@ def test_every_query_returns_data_from_a_real_exchange(tmp_path):
     args = ["--demo", "--rate", "500", "--data-dir", str(tmp_path / "data"), "--http-port", "0"]
     args += ["--fix-port", "-1", "--binary-port", "-1"]
     with (
-        loom_run(args, dict(os.environ)) as base,
+        loom_run(args, {**os.environ, "LOOM_ADMIN_KEY": ADMIN_KEY}) as base,
         prometheus_run(tmp_path / "prometheus", scrape_config(base)) as prom,
     ):
-        status, body = http("POST", base + "/v1/admin/snapshot")
+        # After two scrapes, so that increase() sees the snapshot count rise.
+        prom.wait_for("two scrapes of loom", lambda: prom.query("count_over_time(up[1m]) >= 2"), 30)
+        status, body = http("POST", base + "/v1/admin/snapshot", key=ADMIN_KEY)
         assert status == 200, body
         snapshots = annotation_queries({"Snapshots"})["Snapshots"]
         assert_every_query_answers(
