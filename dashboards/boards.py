@@ -6,6 +6,8 @@ Every query is built with `dashboards.catalogue_queries` (so from catalogue name
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import attr
 from grafanalib.core import (
     BYTES_FORMAT,
@@ -14,31 +16,25 @@ from grafanalib.core import (
     PERCENT_UNIT_FORMAT,
     SECONDS_FORMAT,
     SHORT_FORMAT,
-    Dashboard,
-    DashboardLink,
-    DataLink,
     GridPos,
     Stat,
     Target,
-    Template,
-    Templating,
-    Text,
-    Time,
     TimeSeries,
 )
 
-from alerts.rules import (  # the SLOs and the disk horizon, defined once
-    AVAILABILITY_BUDGET,
-    DISK_HORIZON_S,
-    ERROR_BUDGET,
-    SLO_LATENCY_LE,
-)
+from alerts.slo import CONFIG, human_duration, seconds  # the SLOs and every alert threshold, defined once
 from dashboards.catalogue_queries import RATE, m, mean, quantile, rate
+from telemetry.collectors import ROLES
 
-DS = "${datasource}"
+DS = {"type": "prometheus", "uid": "${datasource}"}
 TAGS = ["loom"]
 WIDTH = 24
 HEIGHT = 8
+SCHEMA_VERSION = 39  # Grafana 10.3+: data source references are objects, panels are flat
+THRESHOLDS = CONFIG.thresholds()  # panel thresholds by what they measure (units in the key)
+
+GREEN, BLUE, YELLOW, ORANGE, RED = "green", "blue", "yellow", "orange", "red"
+PRICE_UNITS = "suffix: price units"  # Grafana's custom unit: the number, then this suffix
 
 
 @attr.s
@@ -49,12 +45,65 @@ class ExemplarTarget(Target):
         return {**super().to_json_data(), "exemplar": True}
 
 
-def target(expr: str, legend: str = "", exemplar: bool = False) -> Target:
+def target(expr: str, legend: str = "", exemplar: bool = False, instant: bool = False) -> Target:
     cls = ExemplarTarget if exemplar else Target
-    return cls(expr=expr, legendFormat=legend, datasource=DS)
+    return cls(expr=expr, legendFormat=legend, datasource=DS, instant=instant)
 
 
-def series(title: str, targets: list[Target], unit: str = SHORT_FORMAT, description: str = "") -> TimeSeries:
+def eq(label: str, value: str) -> str:
+    """A label matcher `label="value"`."""
+    return f'{label}="{value}"'
+
+
+def steps(*above: tuple[float, str], base: str = GREEN) -> list[dict]:
+    """Threshold steps: `base` from -Infinity (null in Grafana's JSON), then each (value,
+    colour) from that value up; values ascending."""
+    values = [v for v, _ in above]
+    assert values == sorted(values), values
+    return [{"color": base, "value": None}, *({"color": c, "value": v} for v, c in above)]
+
+
+def upper(warning: float | None, critical: float) -> list[dict]:
+    """Higher is worse: green, then orange from `warning`, red from `critical`."""
+    return steps(*([(warning, ORANGE)] if warning is not None else []), (critical, RED))
+
+
+def lower(critical: float, warning: float | None = None, ok: str = GREEN) -> list[dict]:
+    """Lower is worse: red below `critical`, orange below `warning`, then `ok`."""
+    above = [(critical, ORANGE if warning is not None else ok)]
+    if warning is not None:
+        above.append((warning, ok))
+    return steps(*above, base=RED)
+
+
+def value_text(mapping: dict[float, tuple[str, str]]) -> dict:
+    """A value mapping: each exact value shown as (text, colour)."""
+    return {
+        "type": "value",
+        "options": {
+            f"{v:g}": {"text": text, "color": colour, "index": i}
+            for i, (v, (text, colour)) in enumerate(mapping.items())
+        },
+    }
+
+
+def range_text(low: float, high: float, text: str, colour: str, index: int = 0) -> dict:
+    return {
+        "type": "range",
+        "options": {"from": low, "to": high, "result": {"text": text, "color": colour, "index": index}},
+    }
+
+
+def series(
+    title: str,
+    targets: list[Target],
+    unit: str = SHORT_FORMAT,
+    description: str = "",
+    thresholds: list[dict] | None = None,
+    mappings: list[dict] = (),
+    decimals: int | None = None,
+) -> TimeSeries:
+    """A time series; thresholds, when given, are drawn as dashed lines."""
     return TimeSeries(
         title=title,
         dataSource=DS,
@@ -64,10 +113,23 @@ def series(title: str, targets: list[Target], unit: str = SHORT_FORMAT, descript
         tooltipMode="multi",
         legendDisplayMode="table",
         legendCalcs=["lastNotNull", "max"],
+        thresholds=thresholds or steps(),
+        thresholdsStyleMode="dashed" if thresholds else "off",
+        mappings=list(mappings),
+        valueDecimals=decimals,
     )
 
 
-def stat(title: str, targets: list[Target], unit: str = SHORT_FORMAT, description: str = "") -> Stat:
+def stat(
+    title: str,
+    targets: list[Target],
+    unit: str = SHORT_FORMAT,
+    description: str = "",
+    thresholds: list[dict] | None = None,
+    mappings: list[dict] = (),
+    text_mode: str = "auto",
+) -> Stat:
+    """A stat, coloured by its thresholds (or its value mappings' colours)."""
     return Stat(
         title=title,
         dataSource=DS,
@@ -75,42 +137,203 @@ def stat(title: str, targets: list[Target], unit: str = SHORT_FORMAT, descriptio
         format=unit,
         reduceCalc="lastNotNull",
         description=description or None,
+        thresholds=thresholds or steps(base=BLUE),
+        mappings=list(mappings),
+        colorMode="background" if thresholds or mappings else "value",
+        textMode=text_mode,
+        graphMode="none" if mappings else "area",
     )
 
 
-def layout(rows: list[list]) -> list:
-    """Places panels row by row, each row's panels sharing the 24-column width."""
-    placed = []
+def link(title: str, url: str) -> dict:
+    """A panel link (Grafana's DashboardLink shape), opened in a new tab."""
+    return {
+        "title": title,
+        "url": url,
+        "type": "link",
+        "icon": "external link",
+        "tooltip": title,
+        "tags": [],
+        "asDropdown": False,
+        "includeVars": False,
+        "keepTime": False,
+        "targetBlank": True,
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row header; the panels after it belong to it. `repeat` names a variable: Grafana
+    draws the row (and its panels) once per selected value."""
+
+    title: str
+    repeat: str = ""
+
+
+def _panel_json(panel) -> dict:
+    return panel if isinstance(panel, dict) else panel.to_json_data()
+
+
+def layout(rows: list) -> list[dict]:
+    """Places panels row by row, each row's panels sharing the 24-column width; a `Row`
+    becomes a row header. Panel ids are assigned in order (stable across builds)."""
+    placed: list[dict] = []
     y = 0
     for row in rows:
+        if isinstance(row, Row):
+            header = {"type": "row", "title": row.title, "collapsed": False, "panels": []}
+            if row.repeat:
+                header["repeat"] = row.repeat
+            placed.append({**header, "id": len(placed) + 1, "gridPos": {"h": 1, "w": WIDTH, "x": 0, "y": y}})
+            y += 1
+            continue
         width = WIDTH // len(row)
         height = 4 if all(isinstance(p, Stat) for p in row) else HEIGHT
         for i, panel in enumerate(row):
-            placed.append(attr.evolve(panel, gridPos=GridPos(h=height, w=width, x=i * width, y=y)))
+            pos = GridPos(h=height, w=width, x=i * width, y=y)
+            data = {**_panel_json(attr.evolve(panel, gridPos=pos) if attr.has(type(panel)) else panel)}
+            if isinstance(panel, dict):
+                data["gridPos"] = pos.to_json_data()
+            data["id"] = len(placed) + 1
+            placed.append(data)
         y += height
     return placed
 
 
-def datasource_variable() -> Template:
-    return Template(
-        name="datasource", label="Data source", query="prometheus", type="datasource", default=None
+def datasource_variable() -> dict:
+    return {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus"}
+
+
+def label_variable(name: str, label: str, series: str) -> dict:
+    """A multi-value variable of a label's values on a catalogue series ("All" matches every
+    value, and series without the label)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": f"label_values({series}, {name})", "refId": f"{name}-values"},
+        "refresh": 2,  # on time range change: nodes come and go
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def scope_variables() -> list[dict]:
+    """`instance` (every node that exports loom_ready) and `node` (cluster node names, as the
+    leader reports its standbys)."""
+    return [
+        label_variable("instance", "Instance", f"loom_ready{{{CONFIG.selector()}}}"),
+        label_variable("node", "Node", m("loom_standby_applied_seq").replace(',node=~"$node"', "")),
+    ]
+
+
+def annotation(name: str, expr: str, colour: str, title: str, tags: str) -> dict:
+    """An annotation from a Prometheus query: a marker wherever `expr` has a value."""
+    return {
+        "name": name,
+        "datasource": DS,
+        "enable": True,
+        "iconColor": colour,
+        "expr": expr,
+        "step": "15s",
+        "titleFormat": title,
+        "tagKeys": tags,
+        "textFormat": "",
+        "useValueForTime": False,
+    }
+
+
+def event(name: str, window: str = "1m") -> str:
+    return f"increase({m(name)}[{window}]) > 0"
+
+
+def annotations() -> list[dict]:
+    """Restarts, failovers and leader changes, snapshots and automation actions, on every board."""
+    return [
+        annotation(
+            "Restarts",
+            f"changes({m('process_start_time_seconds')}[1m]) > 0",
+            RED,
+            "Restart of {{instance}}",
+            "instance",
+        ),
+        annotation(
+            "Failovers", event("loom_failovers_total"), ORANGE, "{{instance}} promoted to leader", "instance"
+        ),
+        annotation(
+            "Leader changes",
+            event("loom_leader_changes_total"),
+            YELLOW,
+            "Leader changed ({{instance}})",
+            "instance",
+        ),
+        annotation(
+            "Snapshots",
+            event("loom_snapshot_duration_seconds_count"),
+            BLUE,
+            "Snapshot written ({{instance}})",
+            "instance",
+        ),
+        annotation(
+            "Snapshot failures",
+            event("loom_snapshot_failures_total"),
+            RED,
+            "Snapshot failed ({{instance}})",
+            "instance",
+        ),
+        annotation(
+            "Replicated snapshots",
+            event("loom_replicated_snapshot_uploads_total"),
+            BLUE,
+            "Replicated snapshot {{outcome}} ({{instance}})",
+            "instance,outcome",
+        ),
+        annotation(
+            "Automation",
+            event("loom_automation_actions_total"),
+            "purple",
+            "Automation: {{action}} {{outcome}} ({{instance}})",
+            "action,outcome,instance",
+        ),
+    ]
+
+
+@dataclass
+class Board:
+    """One dashboard: `data` is its JSON model (what `dashboards.build` writes)."""
+
+    uid: str
+    title: str
+    data: dict = field(repr=False)
+
+
+def board(uid: str, title: str, rows: list, description: str, extra_vars=()) -> Board:
+    return Board(
+        uid,
+        title,
+        {
+            "uid": uid,
+            "title": title,
+            "description": description,
+            "tags": TAGS,
+            "timezone": "utc",
+            "refresh": "10s",
+            "time": {"from": "now-30m", "to": "now"},
+            "graphTooltip": 1,
+            "editable": True,
+            "schemaVersion": SCHEMA_VERSION,
+            "templating": {"list": [datasource_variable(), *scope_variables(), *extra_vars]},
+            "annotations": {"list": annotations()},
+            "links": [
+                {**link("Loom dashboards", ""), "type": "dashboards", "tags": TAGS, "asDropdown": True}
+            ],
+            "panels": layout(rows),
+        },
     )
-
-
-def board(uid: str, title: str, rows: list[list], description: str, extra_vars=()) -> Dashboard:
-    return Dashboard(
-        title=title,
-        uid=uid,
-        description=description,
-        tags=TAGS,
-        timezone="utc",
-        refresh="10s",
-        time=Time("now-30m", "now"),
-        graphTooltip=1,
-        templating=Templating(list=[datasource_variable(), *extra_vars]),
-        links=[DashboardLink(title="Loom dashboards", type="dashboards", tags=TAGS, asDropdown=True)],
-        panels=layout(rows),
-    ).auto_panel_ids()
 
 
 def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
@@ -120,67 +343,214 @@ def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
     ]
 
 
+ACK_THRESHOLD = upper(None, THRESHOLDS["order_to_ack_s"])  # the latency SLO's threshold
 DECODE_STAGE = 'stage="decode"'
+SLO_MS = f"{CONFIG.latency_threshold_s * 1000:g} ms"
+BURN = steps((THRESHOLDS["slow_burn_factor"], ORANGE), (THRESHOLDS["fast_burn_factor"], RED))
 
 
 def slow_ack_ratio(window: str) -> str:
-    """Fraction of orders acknowledged later than the SLO's 5 ms over `window`."""
-    fast = f'sum(increase({m("loom_order_to_ack_seconds_bucket")}{{le="{SLO_LATENCY_LE}"}}[{window}]))'
+    """Fraction of orders acknowledged later than the SLO's threshold over `window`."""
+    fast = f"sum(increase({m('loom_order_to_ack_seconds_bucket', eq('le', CONFIG.latency_le))}[{window}]))"
     return f"(1 - {fast} / sum(increase({m('loom_order_to_ack_seconds_count')}[{window}])))"
 
 
+def bad_commands(window: str) -> str:
+    """Commands refused for the exchange's fault over `window` (alerts/slo.py says which);
+    each term 0, not empty, while it has no series yet."""
+    reasons = "|".join(CONFIG.availability_bad_reasons)
+    failed = m("loom_rejects_total", f'reason=~"{reasons}"')
+    bad = [f"sum(increase({failed}[{window}]))"]
+    if CONFIG.availability_counts_overload:
+        bad.append(f"sum(increase({m('loom_overload_refusals_total')}[{window}]))")
+    return " + ".join(f"({b} or vector(0))" for b in bad)
+
+
 def failed_command_ratio(window: str) -> str:
-    """Fraction of commands refused as not durable (journal_write_failed) over `window`;
-    0, not empty, while no command has failed."""
-    failed = f'sum(increase({m("loom_rejects_total")}{{reason="journal_write_failed"}}[{window}]))'
-    total = f"sum(increase({m('loom_commands_total')}[{window}]))"
-    return f"(({failed} or vector(0)) / ({total} + ({failed} or vector(0))))"
+    """Fraction of valid commands the exchange failed to serve over `window`."""
+    bad = bad_commands(window)
+    return f"(({bad}) / (sum(increase({m('loom_commands_total')}[{window}])) + {bad}))"
 
 
 def slo_row() -> list:
+    period = CONFIG.slo_period
     return [
         stat(
-            "Order-to-ack error budget left (30d)",
-            [target(f"1 - {slow_ack_ratio('30d')} / {ERROR_BUDGET}")],
-            "percentunit",
-            "SLO: 99% of orders acknowledged within 5 ms over 30 days. 100% = nothing spent, "
-            "below 0 = SLO missed.",
-        ),
-        series(
-            "Error budget burn rate (1 = spent exactly in 30 days)",
-            [
-                target(f"{slow_ack_ratio(RATE)} / {ERROR_BUDGET}", "order-to-ack"),
-                target(f"{failed_command_ratio(RATE)} / {AVAILABILITY_BUDGET}", "availability"),
-            ],
-            description="Multi-window alerts page at 14.4 (1h and 5m) and ticket at 6 (6h and 30m); "
-            "see alerts/rules.py.",
+            f"Orders acked within {SLO_MS} ({period})",
+            [target(f"1 - {slow_ack_ratio(period)}")],
+            PERCENT_UNIT_FORMAT,
+            f"The latency SLI; the SLO is {CONFIG.latency_target:.2%} (red below it).",
+            lower(THRESHOLDS["latency_target_ratio"]),
         ),
         stat(
-            "Availability error budget left (30d)",
-            [target(f"1 - {failed_command_ratio('30d')} / {AVAILABILITY_BUDGET}")],
-            "percentunit",
-            "SLO: 99.9% of commands made durable over 30 days (journal_write_failed spends it).",
+            f"Order-to-ack error budget left ({period})",
+            [target(f"1 - {slow_ack_ratio(period)} / {CONFIG.latency_budget}")],
+            PERCENT_UNIT_FORMAT,
+            "100% = nothing spent, below 0 = SLO missed.",
+            lower(0),
+        ),
+        series(
+            "Error budget burn rate (1 = spent exactly in the SLO period)",
+            [
+                target(f"{slow_ack_ratio(RATE)} / {CONFIG.latency_budget}", "order-to-ack"),
+                target(f"{failed_command_ratio(RATE)} / {CONFIG.availability_budget}", "availability"),
+            ],
+            SHORT_FORMAT,
+            f"Multi-window alerts page at {THRESHOLDS['fast_burn_factor']:g} (red line) and ticket at "
+            f"{THRESHOLDS['slow_burn_factor']:g} (orange line); alerts/slo.py.",
+            BURN,
+        ),
+        stat(
+            f"Commands served ({period})",
+            [target(f"1 - {failed_command_ratio(period)}")],
+            PERCENT_UNIT_FORMAT,
+            f"The availability SLI; the SLO is {CONFIG.availability_target:.2%} (red below it). Bad "
+            "events: "
+            + ", ".join(CONFIG.availability_bad_reasons)
+            + (" and overload refusals." if CONFIG.availability_counts_overload else "."),
+            lower(THRESHOLDS["availability_target_ratio"]),
+        ),
+        stat(
+            f"Availability error budget left ({period})",
+            [target(f"1 - {failed_command_ratio(period)} / {CONFIG.availability_budget}")],
+            PERCENT_UNIT_FORMAT,
+            "100% = nothing spent, below 0 = SLO missed.",
+            lower(0),
         ),
     ]
 
 
-def overview() -> Dashboard:
+READY = [value_text({1: ("ready", GREEN), 0: ("NOT READY", RED)})]
+ROLE_COLOURS = {"leader": GREEN, "standby": BLUE, "candidate": ORANGE, "standalone": "text"}
+
+
+def role_code() -> str:
+    """Each instance's role as its index in telemetry.collectors.ROLES (a value mapping
+    shows the name): loom_cluster_role is 1 for the current role only."""
+    parts = [f"({m('loom_cluster_role', eq('role', r))} == 1) * {i}" for i, r in enumerate(ROLES)]
+    return f"max by (instance) ({' or '.join(parts)})"
+
+
+ROLE_NAMES = [value_text({i: (r, ROLE_COLOURS.get(r, "text")) for i, r in enumerate(ROLES)})]
+
+
+def health_row() -> list:
+    return [
+        stat(
+            "Ready",
+            [target(m("loom_ready"), "{{instance}}")],
+            description="Per instance: ready when the node accepts orders and its journal is writable.",
+            thresholds=lower(1),
+            mappings=READY,
+        ),
+        stat(
+            "Role",
+            [target(role_code(), "{{instance}}")],
+            description="Per instance: leader, standby, candidate (catching up to promote) or standalone.",
+            mappings=ROLE_NAMES,
+        ),
+        kill_switch_stat("Venue kill switch", "venue"),
+        stat("Orders/s", [target(f"sum({rate('loom_orders_total')})")], OPS_FORMAT),
+        stat("Trades/s", [target(f"sum({rate('loom_trades_total')})")], OPS_FORMAT),
+    ]
+
+
+def kill_switch_stat(title: str, scope: str) -> Stat:
+    """Engaged kill switches of a scope: "off" at 0, red from the alert's threshold up."""
+    engaged = CONFIG.trigger("LoomKillSwitchEngaged").value  # the alert fires above it
+    return stat(
+        title,
+        [target(f"sum({m('loom_kill_switch_engaged', eq('scope', scope))})")],
+        description=f"Kill switches engaged at {scope} scope: new orders and amends there are refused "
+        "(cancels pass). LoomKillSwitchEngaged fires while any is.",
+        thresholds=steps((engaged + 1, RED)),
+        mappings=[value_text({engaged: ("off", GREEN)}), range_text(engaged + 1, 1e9, "ENGAGED", RED, 1)],
+    )
+
+
+def reject_ratio() -> str:
+    """Share of order commands rejected (LoomRejectRateHigh's ratio)."""
+    rejects = f"sum({rate('loom_rejects_total')})"
+    return f"{rejects} / (sum({rate('loom_orders_total')}) + {rejects})"
+
+
+def runtime_rows() -> list:
+    """One row per instance: the process and the event loop of the single-threaded matcher."""
+    return [
+        Row("Runtime: $instance", repeat="instance"),
+        [
+            series(
+                "CPU (1 = one core busy)",
+                [target(rate("process_cpu_seconds_total"), "{{instance}}")],
+                PERCENT_UNIT_FORMAT,
+                "The matcher is single-threaded: near 100% it cannot go faster.",
+            ),
+            series(
+                "Resident memory",
+                [target(m("process_resident_memory_bytes"), "{{instance}}")],
+                BYTES_FORMAT,
+            ),
+            series(
+                "Open file descriptors / max",
+                [target(f"{m('process_open_fds')} / {m('process_max_fds')}", "{{instance}}")],
+                PERCENT_UNIT_FORMAT,
+                "Sessions, journal segments and sockets; at 100% accept() and open() fail.",
+            ),
+            stat(
+                "Build",
+                [target(m("loom_build_info"), "{{version}} ({{revision}})", instant=True)],
+                description="loom_build_info{version, revision} of this instance.",
+                text_mode="name",
+            ),
+        ],
+        [
+            series(
+                "Event-loop lag (p50 / p99)",
+                [
+                    target(
+                        quantile(q, "loom_event_loop_lag_seconds", ("instance",)),
+                        f"p{label} {{{{instance}}}}",
+                    )
+                    for q, label in ((0.5, "50"), (0.99, "99"))
+                ],
+                SECONDS_FORMAT,
+                "How late the event loop runs a timer: every order, ack and heartbeat waits this long.",
+            ),
+            series(
+                "GC pauses p99 by generation",
+                [
+                    target(
+                        quantile(0.99, "loom_gc_pause_seconds", ("instance", "generation")),
+                        "gen {{generation}} {{instance}}",
+                    )
+                ],
+                SECONDS_FORMAT,
+                "Stop-the-world collections of the Python runtime (gc.callbacks).",
+            ),
+            series(
+                "Commit queue: oldest waiting command",
+                [target(m("loom_commit_queue_oldest_age_seconds"), "{{instance}}")],
+                SECONDS_FORMAT,
+                "Age of the oldest command waiting to be journaled: grows when the node falls behind.",
+            ),
+        ],
+    ]
+
+
+def overview() -> Board:
     return board(
         "loom-overview",
         "Loom / Exchange overview",
         [
-            [
-                stat("Ready", [target(m("loom_ready"))], description="1 when the node accepts orders."),
-                stat("Orders/s", [target(f"sum({rate('loom_orders_total')})")], OPS_FORMAT),
-                stat("Trades/s", [target(f"sum({rate('loom_trades_total')})")], OPS_FORMAT),
-                stat("Rejects/s", [target(f"sum({rate('loom_rejects_total')})")], OPS_FORMAT),
-            ],
+            health_row(),
             [
                 series(
                     "Order to ack (p50 / p99 / p99.9) by protocol",
                     ack_quantiles(),
                     SECONDS_FORMAT,
-                    "From receiving an order to its durable acknowledgement.",
+                    f"From receiving an order to its durable acknowledgement; the red line is the SLO's "
+                    f"{SLO_MS}.",
+                    ACK_THRESHOLD,
                 )
             ],
             slo_row(),
@@ -208,17 +578,26 @@ def overview() -> Dashboard:
                     OPS_FORMAT,
                 ),
                 series(
+                    "Rejected share of orders",
+                    [target(reject_ratio(), "rejected")],
+                    PERCENT_UNIT_FORMAT,
+                    f"LoomRejectRateHigh fires above {THRESHOLDS['reject_ratio']:.0%} (red line) with more "
+                    f"than {CONFIG.reject_rate_min_per_s:g} reject/s.",
+                    upper(None, THRESHOLDS["reject_ratio"]),
+                ),
+                series(
                     "Commands sequenced/s",
                     [target(f"sum({rate('loom_commands_total')})", "commands")],
                     OPS_FORMAT,
                 ),
             ],
+            *runtime_rows(),
         ],
-        "Order flow and order-to-ack latency of the whole exchange.",
+        "Order flow, order-to-ack latency and SLOs of the exchange, and each instance's runtime.",
     )
 
 
-def matching() -> Dashboard:
+def matching() -> Board:
     stage = ("stage",)
     return board(
         "loom-matching",
@@ -269,7 +648,12 @@ def matching() -> Dashboard:
                 ),
                 series(
                     "Spread by symbol",
-                    [target(f"sum by (symbol) ({m('loom_book_spread')})", "{{symbol}}")],
+                    [target(f"max by (symbol) ({m('loom_book_spread')})", "{{symbol}}")],
+                    PRICE_UNITS,
+                    "Best ask minus best bid in the integer price units of the API (prices have no "
+                    "decimal scale in Loom: an instrument's tick_size, in [[instruments]], is in the same "
+                    "units, so one tick of BTC-USD in the demo, tick 5, shows as 5).",
+                    decimals=0,
                 ),
             ],
             [
@@ -299,7 +683,16 @@ def matching() -> Dashboard:
     )
 
 
-def persistence() -> Dashboard:
+SNAPSHOT_AGE = upper(None, THRESHOLDS["snapshot_age_s"])
+# Not in CONFIG.thresholds(): read from its trigger (the same 1 h today).
+REPLICATED_SNAPSHOT_AGE = upper(None, CONFIG.trigger("LoomReplicatedSnapshotTooOld").value)
+DISK_FREE_RATIO = lower(THRESHOLDS["disk_free_ratio_critical"], THRESHOLDS["disk_free_ratio_warning"])
+DISK_TREND = CONFIG.trigger("LoomDataDiskFillingUp").window  # the alert's predict_linear range
+DISK_HORIZON_S = int(seconds(CONFIG.disk_horizon))
+FSYNC_P99 = upper(None, THRESHOLDS["journal_fsync_p99_s"])
+
+
+def persistence() -> Board:
     return board(
         "loom-persistence",
         "Loom / Persistence",
@@ -317,8 +710,20 @@ def persistence() -> Dashboard:
                     SHORT_FORMAT,
                     "Single node only: a cluster node's journal is the replicated stream (no data here).",
                 ),
-                stat("Snapshot age", [target(m("loom_snapshot_age_seconds"))], SECONDS_FORMAT),
-                stat("Recovery duration", [target(m("loom_recovery_duration_seconds"))], SECONDS_FORMAT),
+                stat(
+                    "Snapshot age",
+                    [target(m("loom_snapshot_age_seconds"), "{{instance}}")],
+                    SECONDS_FORMAT,
+                    "LoomSnapshotTooOld fires past the red threshold.",
+                    SNAPSHOT_AGE,
+                ),
+                stat(
+                    "Recovery duration",
+                    [target(m("loom_recovery_duration_seconds"), "{{instance}}")],
+                    SECONDS_FORMAT,
+                    "Start-up recovery (snapshot load and journal replay); LoomRecoverySlow fires past red.",
+                    upper(None, THRESHOLDS["recovery_s"]),
+                ),
                 stat("Commands replayed at start", [target(m("loom_recovery_replayed_commands"))]),
             ],
             [
@@ -333,9 +738,11 @@ def persistence() -> Dashboard:
                         for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
                     ],
                     SECONDS_FORMAT,
+                    "LoomJournalFsyncLatencyHigh fires when the fdatasync p99 stays above the red line. "
                     "What each batch waits for before any of its orders is acknowledged: the local "
                     "fdatasync on a single node, publish to PubAck (a JetStream quorum has it on disk) "
                     "on a cluster leader. Each node shows one of the two.",
+                    FSYNC_P99,
                 ),
                 series(
                     "Group-commit batch size",
@@ -372,14 +779,17 @@ def persistence() -> Dashboard:
                     [
                         target(m("loom_data_disk_free_bytes"), "free {{instance}}"),
                         target(
-                            f"predict_linear({m('loom_data_disk_free_bytes')}[1h], {DISK_HORIZON_S})",
-                            "predicted in 4 h (last hour's trend) {{instance}}",
+                            f"predict_linear({m('loom_data_disk_free_bytes')}[{DISK_TREND}], "
+                            f"{DISK_HORIZON_S})",
+                            f"predicted in {human_duration(CONFIG.disk_horizon)} (last {DISK_TREND} trend) "
+                            "{{instance}}",
                         ),
                     ],
                     BYTES_FORMAT,
                     "Space left on the file system of the data directory (journal and snapshots). "
                     "When it runs out every journal append fails and trading stops. "
-                    "LoomDataDiskFillingUp fires when the prediction stays below 0 for 5 minutes.",
+                    "LoomDataDiskFillingUp fires when the prediction stays below 0 for "
+                    f"{human_duration(CONFIG.trigger('LoomDataDiskFillingUp').for_)}.",
                 ),
                 series(
                     "Data disk free ratio",
@@ -390,7 +800,10 @@ def persistence() -> Dashboard:
                         )
                     ],
                     PERCENT_UNIT_FORMAT,
-                    "LoomDataDiskAlmostFull fires below 10% for 5 minutes.",
+                    "LoomDataDiskAlmostFull fires below "
+                    f"{THRESHOLDS['disk_free_ratio_warning']:.0%} (orange), "
+                    f"LoomDataDiskFull below {THRESHOLDS['disk_free_ratio_critical']:.0%} (red).",
+                    DISK_FREE_RATIO,
                 ),
             ],
             [
@@ -409,7 +822,12 @@ def persistence() -> Dashboard:
                 ),
             ],
             [
-                series("Snapshot age", [target(m("loom_snapshot_age_seconds"), "age")], SECONDS_FORMAT),
+                series(
+                    "Snapshot age",
+                    [target(m("loom_snapshot_age_seconds"), "age {{instance}}")],
+                    SECONDS_FORMAT,
+                    thresholds=SNAPSHOT_AGE,
+                ),
                 series(
                     "Snapshot: background write and order-path pause",
                     [
@@ -432,7 +850,8 @@ def persistence() -> Dashboard:
                     SECONDS_FORMAT,
                     "Cluster nodes only. Each node's own snapshots are above; this is the newest one "
                     "the leader stored in the replicated store, behind which the stream is purged "
-                    "(LoomReplicatedSnapshotTooOld).",
+                    "(LoomReplicatedSnapshotTooOld, red line).",
+                    REPLICATED_SNAPSHOT_AGE,
                 ),
                 series(
                     "Cluster: stream messages and purges",
@@ -451,7 +870,7 @@ def persistence() -> Dashboard:
     )
 
 
-def gateways() -> Dashboard:
+def gateways() -> Board:
     return board(
         "loom-gateways",
         "Loom / Gateways",
@@ -487,7 +906,8 @@ def gateways() -> Dashboard:
                     ],
                     OPS_FORMAT,
                     "Input refused before sequencing (malformed JSON, bad FIX checksum, unknown binary "
-                    "frame...): it never reaches the journal. LoomDecodeErrorSpike fires above 1/s.",
+                    "frame...): it never reaches the journal. LoomDecodeErrorSpike fires above the red line.",
+                    upper(None, THRESHOLDS["decode_errors_per_s"]),
                 ),
                 series(
                     "Decode time per request, message or read (p50 / p99)",
@@ -507,6 +927,7 @@ def gateways() -> Dashboard:
                     "Order to ack by protocol (p50 / p99 / p99.9)",
                     ack_quantiles(),
                     SECONDS_FORMAT,
+                    thresholds=ACK_THRESHOLD,
                 ),
                 series(
                     "Acknowledged orders/s by protocol",
@@ -523,25 +944,15 @@ def gateways() -> Dashboard:
     )
 
 
-def risk() -> Dashboard:
+def risk() -> Board:
     return board(
         "loom-risk",
         "Loom / Risk",
         [
             [
-                stat(
-                    "Venue kill switch",
-                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="venue"}})')],
-                    description="1 while the venue-wide kill switch refuses every new order.",
-                ),
-                stat(
-                    "Symbol kill switches",
-                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="symbol"}})')],
-                ),
-                stat(
-                    "Account kill switches",
-                    [target(f'sum({m("loom_kill_switch_engaged")}{{scope="account"}})')],
-                ),
+                kill_switch_stat("Venue kill switch", "venue"),
+                kill_switch_stat("Symbol kill switches", "symbol"),
+                kill_switch_stat("Account kill switches", "account"),
                 stat("Halted symbols", [target(f"sum({m('loom_trading_halts')})")]),
                 stat("Risk rejects/s", [target(f"sum({rate('loom_risk_rejects_total')})")], OPS_FORMAT),
             ],
@@ -584,7 +995,8 @@ def risk() -> Dashboard:
                 series(
                     "Anomaly score by kind (highest account)",
                     [target(f"max by (kind) ({m('loom_surveillance_anomaly_score')})", "{{kind}}")],
-                    description="1 = the alert threshold (LoomAnomalyDetected).",
+                    description="LoomAnomalyDetected fires at the red line.",
+                    thresholds=upper(None, THRESHOLDS["anomaly_score"]),
                 ),
                 series(
                     "Surveillance alerts/s by kind",
@@ -619,55 +1031,144 @@ TEMPO_EXPLORE = (
     "/explore?left=%7B%22datasource%22:%22tempo%22,%22queries%22:%5B%7B%22query%22:"
     "%22${trace_id}%22,%22queryType%22:%22traceql%22%7D%5D%7D"
 )
+INFINITY = "yesoreyeram-infinity-datasource"  # Grafana's JSON/REST data source plugin
+LOOKUP_DS = {"type": INFINITY, "uid": "${lookup}"}
+TRACE_PATH = "/v1/orders/${order_id}/trace"
+ORDER_FIELDS = (
+    "order_id",
+    "account",
+    "symbol",
+    "side",
+    "type",
+    "price",
+    "qty",
+    "filled",
+    "status",
+    "trace_id",
+)
 
-LOOKUP_TEXT = """\
-Enter an order id above, then follow a link:
+LOOKUP_TEXT = f"""\
+Enter an order id above: the tables below are `GET {TRACE_PATH}` (the same JSON as
+`loom trace <id>`), the order and its fills, for **any** account.
 
-* [Order history and trace id](${loom_url}/v1/orders/${order_id}/trace) — `GET /v1/orders/${order_id}/trace`
-  (same JSON as `loom trace ${order_id}`): the order's events and its `trace_id`.
-* With the `trace_id` from that answer in the box above:
-  [open in Jaeger](${trace_ui}/trace/${trace_id}) ·
-  [open in Grafana Explore (Tempo)](TEMPO_EXPLORE)
+**How Grafana reads it without a trader's key.** The request goes from Grafana's server, not
+from your browser, through the *Loom order lookup* data source (the [Infinity](https://grafana.com/grafana/plugins/{INFINITY}/)
+plugin, picked in *Order lookup source* above). That data source holds the exchange's
+read-only **ops key** as an encrypted custom header, so neither the key nor a trader's key is
+ever in a URL, a panel or the browser:
+
+```yaml
+# grafana/provisioning/datasources/loom-lookup.yml
+datasources:
+  - name: Loom order lookup
+    type: {INFINITY}
+    jsonData:
+      allowedHosts: ["http://exchange:8080"]   # the `Exchange URL` above; Infinity sends the key only there
+      httpHeaderName1: X-API-Key
+    secureJsonData:
+      httpHeaderValue1: $LOOM_OPS_KEY           # the ops role's key: reads any order, cannot trade
+```
+
+With the `trace_id` from the order table (click it) or typed in the box above:
+[open in Jaeger](${{trace_ui}}/trace/${{trace_id}}) ·
+[open in Grafana Explore (Tempo)]({TEMPO_EXPLORE})
 
 Order ids are never metric labels (cardinality); the latency panel below carries trace ids as
 exemplars, which lead to the same traces.
-""".replace("TEMPO_EXPLORE", TEMPO_EXPLORE)
+"""
 
 
-def order_lookup() -> Dashboard:
-    def textbox(name: str, label: str, default: str) -> Template:
-        return Template(name=name, label=label, query=default, default=default, type="textbox")
+def lookup_table(title: str, root: str, columns: tuple[str, ...], links: list[dict]) -> dict:
+    """A table of the order lookup's JSON (Infinity's backend parser: the header reaches the
+    exchange from Grafana's server)."""
+    query = {
+        "refId": "A",
+        "datasource": LOOKUP_DS,
+        "type": "json",
+        "source": "url",
+        "parser": "backend",
+        "format": "table",
+        "url": "${loom_url}" + TRACE_PATH,
+        "url_options": {"method": "GET", "data": ""},
+        "root_selector": root,
+        "columns": [{"selector": c, "text": c, "type": "string"} for c in columns],
+    }
+    trace_link = {"title": "Trace in Jaeger", "url": "${trace_ui}/trace/${__value.raw}", "targetBlank": True}
+    return {
+        "type": "table",
+        "title": title,
+        "datasource": LOOKUP_DS,
+        "targets": [query],
+        "fieldConfig": {
+            "defaults": {"unit": SHORT_FORMAT, "thresholds": {"mode": "absolute", "steps": steps()}},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "trace_id"},
+                    "properties": [{"id": "links", "value": [trace_link]}],
+                }
+            ],
+        },
+        "options": {"showHeader": True},
+        "links": links,
+    }
+
+
+def order_lookup() -> Board:
+    def textbox(name: str, label: str, default: str) -> dict:
+        return {
+            "name": name,
+            "label": label,
+            "type": "textbox",
+            "query": default,
+            "current": {"text": default, "value": default},
+        }
 
     links = [
-        DataLink(
-            title="Order trace lookup", linkUrl="${loom_url}/v1/orders/${order_id}/trace", isNewTab=True
-        ),
-        DataLink(title="Trace in Jaeger / Tempo", linkUrl="${trace_ui}/trace/${trace_id}", isNewTab=True),
+        link("Trace in Jaeger", "${trace_ui}/trace/${trace_id}"),
+        link("Trace in Grafana Explore (Tempo)", TEMPO_EXPLORE),
     ]
-    lookup = attr.evolve(Text(title="Order lookup", content=LOOKUP_TEXT, mode="markdown"), links=links)
+    text = {
+        "type": "text",
+        "title": "Order lookup",
+        "options": {"mode": "markdown", "content": LOOKUP_TEXT},
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "links": links,
+    }
     latency = attr.evolve(
         series(
             "Order to ack p99 by protocol (exemplars link to traces)",
             [ack_quantiles()[1]],
             SECONDS_FORMAT,
+            thresholds=ACK_THRESHOLD,
         ),
         links=links,
     )
+    order = lookup_table("Order (any account, through the ops key)", "", ORDER_FIELDS, links)
+    fills = lookup_table("Fills", "fills", ("trade_id", "price", "qty", "liquidity", "seq", "ts"), [])
+    lookup_source = {
+        "name": "lookup",
+        "label": "Order lookup source",
+        "type": "datasource",
+        "query": INFINITY,
+        "description": "An Infinity data source holding the exchange's ops key (see the text panel).",
+    }
     return board(
         "loom-order-lookup",
         "Loom / Order lookup",
-        [[lookup], [latency]],
-        "Follow one order: its journaled history and trace id, then the trace itself.",
+        [[text], [order], [fills], [latency]],
+        "Follow one order of any account: its journaled history and trace id (read with the "
+        "exchange's read-only ops key, held by a Grafana data source), then the trace itself.",
         extra_vars=(
             textbox("order_id", "Order id", ""),
             textbox("trace_id", "Trace id", ""),
             textbox("loom_url", "Exchange URL", "http://127.0.0.1:8080"),
             textbox("trace_ui", "Trace UI (Jaeger)", "http://127.0.0.1:16686"),
+            lookup_source,
         ),
     )
 
 
-def dashboards() -> list[Dashboard]:
+def dashboards() -> list[Board]:
     """Every board, in a stable order."""
     from dashboards.cluster import cluster  # it builds on the helpers above
 

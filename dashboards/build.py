@@ -10,6 +10,29 @@ from grafanalib._gen import DashboardEncoder
 
 GENERATED = Path(__file__).resolve().parent / "generated"
 
+# Fields grafanalib 0.7.1 still writes from Grafana's pre-schema JSON model (fixed-height
+# rows, spans); Grafana ignores them and its dashboard schema has no such fields.
+_LEGACY_PANEL_FIELDS = ("editable", "error", "height", "span", "minSpan")
+
+
+def _without_nulls(value):
+    """grafanalib writes every unset field as null, where Grafana's schema wants it absent.
+    Threshold steps keep theirs: the first step's null value is -Infinity."""
+    if isinstance(value, dict):
+        return {k: v if k == "steps" else _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def grafana_json(board) -> dict:
+    """A board's JSON model, as Grafana's dashboard schema has it."""
+    data = _without_nulls(json.loads(json.dumps(board.data, cls=DashboardEncoder)))
+    for panel in data["panels"]:
+        for name in _LEGACY_PANEL_FIELDS:
+            panel.pop(name, None)
+    return data
+
 
 def render() -> dict[str, str]:
     """{file name: JSON text} for every board, exactly as `build` writes them."""
@@ -18,7 +41,7 @@ def render() -> dict[str, str]:
     out: dict[str, str] = {}
     for board in dashboards():
         assert board.uid, board.title
-        data = json.loads(json.dumps(board.to_json_data(), cls=DashboardEncoder))
+        data = grafana_json(board)
         out[f"{board.uid}.json"] = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     return out
 

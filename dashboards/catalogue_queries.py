@@ -1,16 +1,20 @@
 """PromQL built from the metrics catalogue: a dashboard cannot name an undeclared series.
 
-`m(name)` returns `name` only when `telemetry.catalogue.declared_series()` holds it (the
-exposed series names: counters with `_total`, histograms' `_bucket`/`_sum`/`_count`);
-anything else raises at build time, before a dashboard is written. The helpers below build
-the few query shapes the boards repeat (rates, quantiles) on top of it.
+`m(name)` returns the series with the boards' selector only when
+`telemetry.catalogue.declared_series()` holds it (the exposed series names: counters with
+`_total`, histograms' `_bucket`/`_sum`/`_count`); anything else raises at build time, before
+a dashboard is written. The selector is the one place that scopes every query to the scrape
+job (alerts/slo.py) and the boards' `$instance` variable, plus `$node` for the metrics the
+catalogue labels by node. The helpers below build the few query shapes the boards repeat
+(rates, quantiles) on top of it.
 """
 
 from __future__ import annotations
 
 import re
 
-from telemetry.catalogue import declared_series
+from alerts.slo import CONFIG
+from telemetry.catalogue import CATALOGUE, declared_series
 
 RATE = "$__rate_interval"  # Grafana's rate window: at least four scrape intervals
 
@@ -21,21 +25,33 @@ _LOOM = re.compile(r"\b(loom_[a-zA-Z0-9_:]*)")
 _NOT_METRICS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset"}
 
 
+# The boards' template variables, as every selector matches them.
+INSTANCE_MATCHER = 'instance=~"$instance"'
+NODE_MATCHER = 'node=~"$node"'
+
+_NODE_LABELLED = {n for spec in CATALOGUE.values() if "node" in spec.labels for n in spec.series_names}
+
+
 class UndeclaredMetric(ValueError):
     """A query names a series the catalogue does not declare."""
 
 
-def m(name: str) -> str:
-    """The series name, checked against the catalogue."""
+def m(name: str, matchers: str = "") -> str:
+    """`name{job="loom",instance=~"$instance"[,node=~"$node"][,matchers]}` for a series the
+    catalogue declares."""
     if name not in declared_series():
         raise UndeclaredMetric(f"{name!r} is not declared in telemetry/catalogue.py")
-    return name
+    scope = [CONFIG.selector(), INSTANCE_MATCHER]
+    if name in _NODE_LABELLED:
+        scope.append(NODE_MATCHER)
+    if matchers:
+        scope.append(matchers)
+    return f"{name}{{{','.join(scope)}}}"
 
 
-def rate(name: str, selector: str = "") -> str:
-    """`rate(name{selector}[$__rate_interval])` for a declared counter or histogram series."""
-    sel = f"{{{selector}}}" if selector else ""
-    return f"rate({m(name)}{sel}[{RATE}])"
+def rate(name: str, matchers: str = "") -> str:
+    """`rate(name{...}[$__rate_interval])` for a declared counter or histogram series."""
+    return f"rate({m(name, matchers)}[{RATE}])"
 
 
 def quantile(q: float, histogram: str, by: tuple[str, ...] = ()) -> str:

@@ -9,17 +9,57 @@ test_every_cluster_query_returns_data_from_a_real_cluster).
 
 from __future__ import annotations
 
-from grafanalib.core import BYTES_FORMAT, OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT, Dashboard
+from grafanalib.core import BYTES_FORMAT, OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT
 
-from dashboards.boards import board, series, stat, target
+from dashboards.boards import (
+    REPLICATED_SNAPSHOT_AGE,
+    ROLE_NAMES,
+    THRESHOLDS,
+    Board,
+    Row,
+    board,
+    eq,
+    role_code,
+    series,
+    stat,
+    steps,
+    target,
+    upper,
+)
 from dashboards.catalogue_queries import m, quantile, rate
+
+REPLICATION_LAG = upper(None, THRESHOLDS["replication_lag_commands"])
+STANDBY_REPORT_AGE = upper(None, THRESHOLDS["standby_report_age_s"])
 
 
 def _role(role: str) -> str:
-    return f'{m("loom_cluster_role")}{{role="{role}"}}'
+    return m("loom_cluster_role", eq("role", role))
 
 
-def cluster() -> Dashboard:
+def standby_rows() -> list:
+    """One row per standby (the `node` variable), as the leader reads its reports."""
+    return [
+        Row("Standby $node", repeat="node"),
+        [
+            series(
+                "Standby lag (commands)",
+                [target(f"max by (node) ({m('loom_standby_lag_commands')})", "{{node}}")],
+                description="Commands the standby has not applied yet, as it last reported.",
+            ),
+            series(
+                "Standby report age",
+                [target(f"max by (node) ({m('loom_standby_report_age_seconds')})", "{{node}}")],
+                SECONDS_FORMAT,
+                "LoomStandbyReportStale fires past the red line. A standby whose report is older than "
+                "[retention] standby_stale_s (60 s by default) no longer holds purges back; if it "
+                "returns past a purge it restarts from the replicated snapshot.",
+                STANDBY_REPORT_AGE,
+            ),
+        ],
+    ]
+
+
+def cluster() -> Board:
     return board(
         "loom-cluster",
         "Loom / Cluster",
@@ -31,6 +71,13 @@ def cluster() -> Dashboard:
                     SHORT_FORMAT,
                     "Nodes that hold the leader lease and accept orders: 1 when healthy, 0 = no leader "
                     "(LoomNoLeader), 2 = two nodes believe they lead (fencing refuses the deposed one).",
+                    steps((1, "green"), (2, "red"), base="red"),
+                ),
+                stat(
+                    "Role by instance",
+                    [target(role_code(), "{{instance}}")],
+                    description="Each node's current role.",
+                    mappings=ROLE_NAMES,
                 ),
                 stat("Standbys", [target(f"sum({_role('standby')})")], SHORT_FORMAT),
                 stat(
@@ -73,7 +120,9 @@ def cluster() -> Dashboard:
                     "Replication lag (commands) by node",
                     [target(f"max by (instance) ({m('loom_replication_lag_commands')})", "{{instance}}")],
                     description="Commands in the replicated journal this node has not applied yet; a "
-                    "standby's lag is what it must catch up on before it can promote.",
+                    "standby's lag is what it must catch up on before it can promote. "
+                    "LoomReplicationLagHigh fires past the red line.",
+                    thresholds=REPLICATION_LAG,
                 ),
                 series(
                     "Replicated append: publish to PubAck (p50 / p99)",
@@ -138,7 +187,9 @@ def cluster() -> Dashboard:
                     "Replicated snapshot age",
                     [target(f"max({m('loom_replicated_snapshot_age_seconds')})", "age")],
                     SECONDS_FORMAT,
-                    "Since the leader last stored a snapshot in the replicated store (R3 Object Store).",
+                    "Since the leader last stored a snapshot in the replicated store (R3 Object Store); "
+                    "LoomReplicatedSnapshotTooOld fires past the red line.",
+                    REPLICATED_SNAPSHOT_AGE,
                 ),
                 series(
                     "Snapshot uploads and purges (1h)",
@@ -173,22 +224,8 @@ def cluster() -> Dashboard:
                     description="As the leader reads them: retention never purges past the slowest live "
                     "standby (the floor), so the stream's first command stays at or below floor + 1.",
                 ),
-                series(
-                    "Standby lag and report age",
-                    [
-                        target(
-                            f"max by (node) ({m('loom_standby_lag_commands')})", "lag {{node}} (commands)"
-                        ),
-                        target(
-                            f"max by (node) ({m('loom_standby_report_age_seconds')})",
-                            "report age {{node}} (s)",
-                        ),
-                    ],
-                    description="A standby whose report is older than [retention] standby_stale_s (60 s by "
-                    "default) no longer holds purges back; if it returns past a purge it restarts from "
-                    "the replicated snapshot.",
-                ),
             ],
+            *standby_rows(),
         ],
         "Leader lease, replication lag and fencing of a `loom run --cluster` deployment; "
         "retention of the replicated journal.",
