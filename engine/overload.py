@@ -16,6 +16,7 @@ kernel has queued megabytes on the client's behalf.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST Retry-After)
@@ -23,7 +24,7 @@ RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST 
 # at this machine's capacities (binary ~100k orders/s of 48 bytes, REST ~10k/s of ~250, FIX
 # ~5k/s of ~200) it is a few ms to a few tens of ms of work, while autotuning would let a
 # paused connection park megabytes (seconds of orders) in the kernel.
-RECEIVE_BUFFER = 64 * 1024
+RECEIVE_BUFFER = 16 * 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
 # count that is 0.1 s of binary capacity is 0.8 s of REST).
@@ -89,7 +90,5 @@ def limit_receive_buffer(sock: socket.socket | None, size: int = RECEIVE_BUFFER)
     the client at once. Best effort: a transport without a socket is left alone."""
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    except OSError:
-        pass

@@ -8,9 +8,10 @@ connection is pressed and count them as held (never sent, so never answered)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
-SEND_BUFFER = 64 * 1024  # the kernel's unsent bytes per connection (Linux doubles it)
+SEND_BUFFER = 16 * 1024  # the kernel's unsent bytes per connection (Linux doubles it)
 
 
 def limit_send_buffer(transport) -> None:
@@ -18,10 +19,8 @@ def limit_send_buffer(transport) -> None:
     instead of after megabytes (seconds of orders) were parked on the loopback."""
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        except OSError:
-            pass
 
 
 def pressed(transport) -> bool:

@@ -18,9 +18,7 @@ _STP = int(SelfTradePrevention.CANCEL_NEWEST)
 
 
 class BinaryDriver:
-    def __init__(
-        self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False
-    ) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
         self.clients: list[BinaryClient] = []

@@ -15,9 +15,7 @@ from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 PROTOCOLS = ("binary", "rest", "ws", "fix")
 
 
-def _driver(
-    protocol: str, host: str, ports: dict, api_key: str, connections: int | None, hold: bool = False
-):
+def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: int | None, hold: bool = False):
     if protocol == "rest":
         from engine.load.http_driver import RestDriver
 

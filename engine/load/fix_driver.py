@@ -57,9 +57,7 @@ class _FixConnection(asyncio.Protocol):
 
 
 class FixDriver:
-    def __init__(
-        self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False
-    ) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
         self.conns: list[_FixConnection] = []

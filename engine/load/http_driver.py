@@ -69,9 +69,7 @@ class _HttpConnection(asyncio.Protocol):
 
 
 class RestDriver:
-    def __init__(
-        self, host: str, port: int, api_key: str, connections: int = 32, hold: bool = False
-    ) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 32, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
         self.conns: list[_HttpConnection] = []
@@ -119,9 +117,7 @@ class RestDriver:
 
 
 class WsDriver:
-    def __init__(
-        self, host: str, port: int, api_key: str, connections: int = 4, hold: bool = False
-    ) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 4, hold: bool = False) -> None:
         self.url = f"http://{host}:{port}/v1/ws"
         self.api_key, self.n = api_key, connections
         self.hold = hold

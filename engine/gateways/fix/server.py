@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.access_log import AccessLog
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
+from engine.overload import limit_receive_buffer
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -124,6 +125,9 @@ class FixGateway:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = FixSession(self.env, self.config)
         conn = _Connection(session, writer)
+        # One read's orders are in flight at a time (awaited before reading on): a small
+        # socket buffer makes that pause reach the client instead of parking its orders here.
+        limit_receive_buffer(writer.get_extra_info("socket"))
         conn.task = asyncio.current_task()
         self.connections.add(conn)
         timer = asyncio.get_running_loop().create_task(self._tick(conn))
