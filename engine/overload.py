@@ -20,11 +20,11 @@ import contextlib
 import socket
 
 RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST Retry-After)
-# Bytes the kernel may hold unread for one order-entry connection. Linux doubles the value;
-# at this machine's capacities (binary ~100k orders/s of 48 bytes, REST ~10k/s of ~250, FIX
-# ~5k/s of ~200) it is a few ms to a few tens of ms of work, while autotuning would let a
-# paused connection park megabytes (seconds of orders) in the kernel.
-RECEIVE_BUFFER = 16 * 1024
+# Bytes the kernel may hold unread for one order-entry connection (Linux doubles it): against
+# autotuning's megabytes (seconds of orders parked for a paused connection), about 0.1 s of
+# binary capacity. Smaller halved binary throughput here (16-64 KiB: ~37k orders/s against
+# ~80k, the window drained only once per event-loop turn).
+RECEIVE_BUFFER = 256 * 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
 # count that is 0.1 s of binary capacity is 0.8 s of REST).
@@ -85,9 +85,18 @@ class InFlight:
         return False
 
 
+def limit_receive_buffers(server) -> None:
+    """Cap what the kernel buffers unread for each connection an asyncio.Server accepts, so
+    pausing one pushes back on its client at once. Set on the listening sockets, which the
+    accepted ones inherit: shrinking an established connection's buffer below the window
+    already advertised makes the kernel drop data (measured: 200 ms retransmission stalls)."""
+    for sock in getattr(server, "sockets", None) or ():
+        limit_receive_buffer(sock)
+
+
 def limit_receive_buffer(sock: socket.socket | None, size: int = RECEIVE_BUFFER) -> None:
-    """Cap what the kernel buffers unread for this connection, so pausing it pushes back on
-    the client at once. Best effort: a transport without a socket is left alone."""
+    """Cap the kernel's receive buffer of a listening (or not yet connected) socket. Best
+    effort: None is left alone."""
     if sock is None:
         return
     with contextlib.suppress(OSError):

@@ -4,8 +4,8 @@ REST: aiohttp answers a connection's pipelined requests in order, parsing up to 
 then pausing the socket. A client that keeps more than `MAX_PIPELINE` order-entry requests
 queued on one connection gets the excess answered 503 OVERLOADED at once, before its key or
 body is read, instead of each waiting its turn behind the others (measured before: REST at
-15k/s offered answered in p50 5.6 s). Such a connection's socket buffer is also kept small,
-so what it sends beyond that waits in the client (TCP backpressure), not in the node.
+15k/s offered answered in p50 5.6 s). The listener's socket buffers are kept small
+(engine.overload), so what a paused connection sends waits in the client, not in the node.
 
 WebSocket: a session with `WS_MAX_IN_FLIGHT` orders submitted and not yet answered is not
 read until half of them are (engine.overload.InFlight); aiohttp then stops reading the socket.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.overload import limit_receive_buffer, overloaded_text
+from engine.overload import overloaded_text
 from engine.service import Overloaded
 
 MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
@@ -32,9 +32,6 @@ def shed_pipeline(request: web.Request, service) -> None:
     """Raise Overloaded (503 OVERLOADED, Retry-After) when too many requests wait behind this
     one on its connection; counted as a REST overload refusal."""
     depth = pipeline_depth(request)
-    if not depth:
-        return
-    limit_receive_buffer(request.transport.get_extra_info("socket") if request.transport else None)
     if depth >= MAX_PIPELINE:
         service.refused("rest", 1)
         raise Overloaded(

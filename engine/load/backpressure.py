@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-SEND_BUFFER = 16 * 1024  # the kernel's unsent bytes per connection (Linux doubles it)
+SEND_BUFFER = 64 * 1024  # the kernel's unsent bytes per connection (Linux doubles it)
 
 
 def limit_send_buffer(transport) -> None:

@@ -37,7 +37,7 @@ from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.binary import protocol as p
 from engine.logfmt import fields
-from engine.overload import InFlight, limit_receive_buffer
+from engine.overload import InFlight, limit_receive_buffers
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 
@@ -288,7 +288,6 @@ class BinarySession(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self._transport = transport
         self.peer = transport.get_extra_info("peername")
-        limit_receive_buffer(transport.get_extra_info("socket"))
         self._sessions.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -518,6 +517,7 @@ async def start_binary_server(
     sessions: set[BinarySession] = set()
     config = _Config(service, router, accounts, rate, burst, max_in_flight, max_output, clock)
     server = await loop.create_server(lambda: BinarySession(config, sessions), host, port)
+    limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
     log.info("binary gateway listening on %s:%s", bound[0], bound[1])

@@ -27,7 +27,7 @@ from pathlib import Path
 from engine.access_log import AccessLog
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
-from engine.overload import limit_receive_buffer
+from engine.overload import limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -125,9 +125,6 @@ class FixGateway:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = FixSession(self.env, self.config)
         conn = _Connection(session, writer)
-        # One read's orders are in flight at a time (awaited before reading on): a small
-        # socket buffer makes that pause reach the client instead of parking its orders here.
-        limit_receive_buffer(writer.get_extra_info("socket"))
         conn.task = asyncio.current_task()
         self.connections.add(conn)
         timer = asyncio.get_running_loop().create_task(self._tick(conn))
@@ -260,6 +257,9 @@ async def start_fix_server(
     if access is not None:
         gateway.access = access
     server = await asyncio.start_server(gateway.serve, host, port)
+    # One read's orders are in flight at a time (awaited before reading on): small socket
+    # buffers make that pause reach the client instead of parking its orders in the kernel.
+    limit_receive_buffers(server)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
     return server
