@@ -31,6 +31,7 @@ from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
 from engine.order_store import OrderStore
+from engine.overload import limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
@@ -240,6 +241,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
+    limit_receive_buffers(getattr(site, "_server", None))  # aiohttp has no public handle on it
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]

@@ -128,6 +128,15 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_overload(args: argparse.Namespace) -> int:
+    from engine.bench.overload_bench import format_overload, run_overload_bench
+
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = run_overload_bench(args.protocol, duration=args.step, log=log)
+    print(json.dumps(result) if args.json else format_overload(result))
+    return 0 if all(result["targets_met"].values()) else 1
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -396,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=_cmd_bench_snapshot_stall)
+
+    bo = bench_sub.add_parser(
+        "overload", help="find the sustainable rate C, then offer 2C and 4C: does goodput hold?"
+    )
+    bo.add_argument("--protocol", choices=("binary", "ws", "rest", "fix"), required=True)
+    bo.add_argument("--step", type=float, default=2.0, help="seconds of load per step")
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(func=_cmd_bench_overload)
     return parser
 
 

@@ -25,6 +25,13 @@ from engine.exchange import ExchangeNode, journal_failure_rejection
 from engine.journal import OutcomeUnknownError
 from engine.journal.format import BatchMeta
 from engine.logfmt import fields
+from engine.overload import (
+    MAX_QUEUE_DELAY_S,
+    RETRY_AFTER_S,
+    cancels_refused,
+    orders_refused,
+    overloaded_text,
+)
 from engine.stage_timings import Durations, RecentBatches
 
 log = logging.getLogger("loom.service")
@@ -78,6 +85,7 @@ class ExchangeService:
         write_thread: bool = True,
         metrics=None,
         max_queued_commands: int = DEFAULT_MAX_QUEUED_COMMANDS,
+        max_queue_delay_s: float = MAX_QUEUE_DELAY_S,
     ) -> None:
         if max_queued_commands < 1:
             raise ValueError(f"max_queued_commands must be at least 1, not {max_queued_commands}")
@@ -96,6 +104,7 @@ class ExchangeService:
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # commands in self._queue, kept with it (read on every submission)
         self.max_queued_commands = max_queued_commands
+        self.max_queue_delay_s = max_queue_delay_s  # 0: no time bound (engine.overload)
         self.max_queued_cancels = max_queued_commands + max(1, int(max_queued_commands * CANCEL_HEADROOM))
         self.overload_refusals = 0  # commands refused by admission control
         self._wakeup = asyncio.Event()
@@ -226,24 +235,33 @@ class ExchangeService:
     def _admit(self, commands: list, protocol: str) -> None:
         """Raise Overloaded, before anything is sequenced, when these commands would take the
         queue past its bound: `max_queued_commands`, or `max_queued_cancels` for a submission
-        without new orders or amends. An empty queue admits any submission (one larger than
-        the bound could otherwise never get in)."""
+        without new orders or amends (the rule: engine.overload)."""
         queued = self._queued
         n = len(commands)
-        if queued + n <= self.max_queued_commands or not queued:
+        if not self.refuses_orders(n):
             return
-        if queued + n <= self.max_queued_cancels and not any(
+        if not cancels_refused(queued, n, self.max_queued_cancels) and not any(
             type(c) is NewOrder or type(c) is Amend for c in commands
         ):
             return
+        self.refused(protocol, n)
+        waited = time.perf_counter() - self._queue[0].queued_at
+        raise Overloaded(overloaded_text(queued, self.max_queued_commands, waited), queued)
+
+    def refuses_orders(self, n: int) -> bool:
+        """Whether n new orders would be refused now: for a gateway to shed them before it
+        decodes them (then it reports them with `refused`)."""
+        queue = self._queue
+        if not queue:
+            return False
+        waited = time.perf_counter() - queue[0].queued_at
+        return orders_refused(self._queued, n, self.max_queued_commands, waited, self.max_queue_delay_s)
+
+    def refused(self, protocol: str, n: int) -> None:
+        """Count n commands refused for overload (here or by a gateway before decoding)."""
         self.overload_refusals += n
         if self.metrics is not None:
             self.metrics.overload_refused(protocol, n)
-        raise Overloaded(
-            f"the exchange is overloaded ({queued} commands queued, bound {self.max_queued_commands}); "
-            f"not accepted, retry in {RETRY_AFTER_S} s",
-            queued,
-        )
 
     def _observe(self, batch, error, t0, t1, t2, t3, t4) -> None:
         m = self.metrics
@@ -480,9 +498,6 @@ class ExchangeService:
 
 class ServiceStopped(RuntimeError):
     pass
-
-
-RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST Retry-After)
 
 
 class Overloaded(RuntimeError):

@@ -32,6 +32,7 @@ from engine.bench.stats import percentile_us
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
 from engine.events import OrderRejected
+from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, shed_pipeline
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_status, reject_text
@@ -39,6 +40,7 @@ from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
 from engine.order_store import OrderStore, OrderView
+from engine.overload import InFlight
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.snapshots import WrittenSnapshot
@@ -227,6 +229,7 @@ def order_entry(handler):
     @functools.wraps(handler)
     async def marked(request: web.Request) -> web.StreamResponse:
         request[ORDER_ENTRY] = True
+        shed_pipeline(request, request.app[CTX].service)  # a deep pipeline: OVERLOADED at once
         return await handler(request)
 
     return marked
@@ -827,6 +830,9 @@ class WsSession:
         self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        self.flight = InFlight(WS_MAX_IN_FLIGHT)  # orders submitted, not yet answered
+        self.readable = asyncio.Event()  # cleared while the in-flight bound holds reading
+        self.readable.set()
         # When the oldest market data message in the outbox became durable (0: none queued).
         self.md_since = 0.0
 
@@ -936,6 +942,8 @@ class WsSession:
 
     def _submit(self, req_id, command) -> None:
         def done(results: list[list]) -> None:
+            if self.flight.done():
+                self.readable.set()
             events = results[0]
             if events and type(events[0]) is OrderRejected:
                 ev = events[0]
@@ -952,6 +960,8 @@ class WsSession:
                 self.send({"type": "ack", "req_id": req_id, "events": [event_json(e) for e in events]})
 
         self.ctx.service.enqueue([command], done, "websocket")
+        if self.flight.add():  # stop reading this session until half its orders are answered
+            self.readable.clear()
 
     def op_auth(self, req_id, msg: dict) -> None:
         key = msg.get("api_key")
@@ -1108,6 +1118,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 break
             if session.closed:
                 break
+            if not session.readable.is_set():
+                await session.readable.wait()
     finally:
         request.app[SESSIONS].discard(session)
         session.close()

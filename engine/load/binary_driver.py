@@ -8,6 +8,7 @@ import time
 from engine.domain import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
+from engine.load.backpressure import limit_send_buffer, pressed
 from engine.load.runner import SYMBOL, LoadOrder
 
 _SIDE = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
@@ -17,8 +18,9 @@ _STP = int(SelfTradePrevention.CANCEL_NEWEST)
 
 
 class BinaryDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 1) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.hold = hold
         self.clients: list[BinaryClient] = []
         self._next = 0
 
@@ -36,20 +38,27 @@ class BinaryDriver:
                     on_ack(f.client_ref, False, now, f.reason == overloaded)
 
         for _ in range(self.n):
-            self.clients.append(
-                await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=on_frames)
-            )
+            client = await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=on_frames)
+            if self.hold:
+                limit_send_buffer(client.transport)
+            self.clients.append(client)
 
-    def send(self, orders: list[LoadOrder]) -> None:
+    def send(self, orders: list[LoadOrder]) -> int:
         encode = p.encode_new_order
         per: dict[int, list[bytes]] = {}
+        held = 0
+        hold = [self.hold and pressed(c.transport) for c in self.clients]
         for o in orders:
             c = self._next
             self._next = (c + 1) % self.n
+            if hold[c]:
+                held += 1
+                continue
             frame = encode(o.index, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append(frame)
         for c, frames in per.items():
             self.clients[c].send_many(frames)
+        return held
 
     async def close(self) -> None:
         for c in self.clients:

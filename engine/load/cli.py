@@ -15,23 +15,23 @@ from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 PROTOCOLS = ("binary", "rest", "ws", "fix")
 
 
-def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: int | None):
+def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: int | None, hold: bool = False):
     if protocol == "rest":
         from engine.load.http_driver import RestDriver
 
-        return RestDriver(host, ports["http"], api_key, connections or 32)
+        return RestDriver(host, ports["http"], api_key, connections or 32, hold)
     if protocol == "ws":
         from engine.load.http_driver import WsDriver
 
-        return WsDriver(host, ports["http"], api_key, connections or 4)
+        return WsDriver(host, ports["http"], api_key, connections or 4, hold)
     if protocol == "binary":
         from engine.load.binary_driver import BinaryDriver
 
-        return BinaryDriver(host, ports["binary"], api_key, connections or 1)
+        return BinaryDriver(host, ports["binary"], api_key, connections or 1, hold)
     if protocol == "fix":
         from engine.load.fix_driver import FixDriver
 
-        return FixDriver(host, ports["fix"], api_key, connections or 1)
+        return FixDriver(host, ports["fix"], api_key, connections or 1, hold)
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
@@ -65,7 +65,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         else:
             host = args.host
             ports = {"http": args.port, "binary": args.port, "fix": args.port}
-        driver = _driver(args.protocol, host, ports, api_key, args.connections)
+        driver = _driver(args.protocol, host, ports, api_key, args.connections, args.hold)
         result = asyncio.run(run_open_loop(driver, args.protocol, args.rate, args.duration, run_id))
         if args.port is None:  # our own server: report the physical floor of an ack beside it
             result.update(_server_stats(host, ports["http"]))
@@ -77,7 +77,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             f"{r['protocol']}: offered {r['offered_rate']:,}/s, achieved {r['achieved_rate']:,}/s over "
             f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}, "
             f"refused as overloaded {r['overloaded']:,} (answered in p50 {r['overloaded_p50_us']} µs), "
-            f"errors {r['errors']:,}\n"
+            f"held back by backpressure {r['held']:,}, errors {r['errors']:,}\n"
             f"  order-to-ack of journaled orders, from the scheduled send: p50 {r['p50_us']} µs  "
             f"p99 {r['p99_us']} µs  "
             f"p99.9 {r['p999_us']} µs  max {r['max_us']} µs"
@@ -142,6 +142,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--server-event-loop",
         choices=("uvloop", "asyncio"),
         help="the spawned server's --event-loop (default: its default, uvloop when installed)",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="respect the server's TCP backpressure: keep back (count as held) the orders due on "
+        "a connection whose socket is full, instead of buffering them client-side",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_load)

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
+from engine.load.backpressure import limit_send_buffer, pressed
 
 _SIDE = {"buy": "1", "sell": "2"}
 _TIF = {"gtc": "1", "ioc": "3"}
@@ -56,8 +57,9 @@ class _FixConnection(asyncio.Protocol):
 
 
 class FixDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 1) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.hold = hold
         self.conns: list[_FixConnection] = []
         self.on_ack = None
         self._next = 0
@@ -77,13 +79,20 @@ class FixDriver:
             logon = [(98, 0), (108, 30), (141, "Y"), (553, account), (554, self.api_key)]
             conn.transport.write(encode_message("A", comp, "LOOM", seq, ts, logon))
             await asyncio.wait_for(conn.logged_on, 10)
+            if self.hold:
+                limit_send_buffer(conn.transport)
             self.conns.append(conn)
 
-    def send(self, orders) -> None:
+    def send(self, orders) -> int:
         per: dict[int, list[bytes]] = {}
+        held = 0
+        hold = [self.hold and pressed(c.transport) for c in self.conns]
         for o in orders:
             c = self._next
             self._next = (c + 1) % self.n
+            if hold[c]:  # not sent: no sequence number spent
+                held += 1
+                continue
             conn = self.conns[c]
             seq, ts = conn.next_header()
             body = [
@@ -99,6 +108,7 @@ class FixDriver:
             per.setdefault(c, []).append(encode_message("D", conn.comp_id, "LOOM", seq, ts, body))
         for c, frames in per.items():
             self.conns[c].transport.write(b"".join(frames))
+        return held
 
     async def close(self) -> None:
         for conn in self.conns:

@@ -12,6 +12,7 @@ from collections import deque
 
 import msgspec
 
+from engine.load.backpressure import limit_send_buffer, pressed
 from engine.load.runner import SYMBOL, LoadOrder
 
 _json = msgspec.json.Encoder()
@@ -68,8 +69,9 @@ class _HttpConnection(asyncio.Protocol):
 
 
 class RestDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 32) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 32, hold: bool = False) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.hold = hold
         self.conns: list[_HttpConnection] = []
         self.errors = 0
         self._next = 0
@@ -81,25 +83,33 @@ class RestDriver:
             self.errors += n
 
         for _ in range(self.n):
-            _t, proto = await loop.create_connection(
+            transport, proto = await loop.create_connection(
                 lambda: _HttpConnection(on_ack, lost), self.host, self.port
             )
+            if self.hold:
+                limit_send_buffer(transport)
             self.conns.append(proto)
         self.head = (
             f"POST /v1/orders HTTP/1.1\r\nHost: {self.host}\r\nX-API-Key: {self.api_key}\r\n"
             "Content-Type: application/json\r\nContent-Length: "
         ).encode()
 
-    def send(self, orders: list[LoadOrder]) -> None:
+    def send(self, orders: list[LoadOrder]) -> int:
         per_conn: dict[int, list[bytes]] = {}
+        held = 0
+        hold = [self.hold and pressed(c.transport) for c in self.conns]
         for o in orders:
             c = self._next
             self._next = (c + 1) % self.n
+            if hold[c]:
+                held += 1
+                continue
             body = _order_body(o)
             per_conn.setdefault(c, []).append(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
             self.conns[c].inflight.append(o.index)
         for c, chunks in per_conn.items():
             self.conns[c].transport.write(b"".join(chunks))
+        return held
 
     async def close(self) -> None:
         for c in self.conns:
@@ -107,9 +117,10 @@ class RestDriver:
 
 
 class WsDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 4) -> None:
+    def __init__(self, host: str, port: int, api_key: str, connections: int = 4, hold: bool = False) -> None:
         self.url = f"http://{host}:{port}/v1/ws"
         self.api_key, self.n = api_key, connections
+        self.hold = hold
         self.session = None
         self.sockets: list = []
         self.readers: list[asyncio.Task] = []
@@ -124,6 +135,8 @@ class WsDriver:
         for _ in range(self.n):
             ws = await self.session.ws_connect(self.url, headers={"X-API-Key": self.api_key}, max_msg_size=0)
             self.sockets.append(ws)
+            if self.hold:
+                limit_send_buffer(ws._writer.transport)  # aiohttp exposes no public handle
             queue: asyncio.Queue = asyncio.Queue()
             self.queues.append(queue)
             self.readers.append(asyncio.create_task(self._read(ws, on_ack)))
@@ -145,11 +158,20 @@ class WsDriver:
             for frame in frames:
                 await ws.send_str(frame)
 
-    def send(self, orders: list[LoadOrder]) -> None:
+    def _pressed(self, c: int) -> bool:
+        # The writer task has not caught up with the last batch, or the socket is full.
+        return not self.queues[c].empty() or pressed(self.sockets[c]._writer.transport)
+
+    def send(self, orders: list[LoadOrder]) -> int:
         per: dict[int, list[str]] = {}
+        held = 0
+        hold = [self.hold and self._pressed(c) for c in range(self.n)]
         for o in orders:
             c = self._next
             self._next = (c + 1) % self.n
+            if hold[c]:
+                held += 1
+                continue
             msg = {
                 "op": "order",
                 "req_id": o.index,
@@ -163,6 +185,7 @@ class WsDriver:
             per.setdefault(c, []).append(_json.encode(msg).decode())
         for c, frames in per.items():
             self.queues[c].put_nowait(frames)
+        return held
 
     async def close(self) -> None:
         for t in self.writers + self.readers:

@@ -41,9 +41,12 @@ def make_order(run: str, i: int) -> LoadOrder:
 
 
 class Driver(Protocol):
+    hold: bool  # keep back orders due on a connection the server is pushing back on
+
     async def connect(self, on_ack) -> None: ...
 
-    def send(self, orders: list[LoadOrder]) -> None: ...
+    def send(self, orders: list[LoadOrder]) -> int | None:
+        """Send (or, with hold, keep back) the orders; returns how many were held."""
 
     async def close(self) -> None: ...
 
@@ -58,6 +61,7 @@ class LoadStats:
     rejected: int = 0
     overloaded: int = 0  # refused by admission control (REST/WS OVERLOADED, binary 603, FIX Text)
     errors: int = 0
+    held: int = 0  # kept back while the server pushed back (hold): never sent, never answered
     scheduled_ns: list[int] = field(default_factory=list)
     latencies_ns: list[int] = field(default_factory=list)  # acked and rejected (journaled) orders
     overload_latencies_ns: list[int] = field(default_factory=list)
@@ -83,7 +87,7 @@ class LoadStats:
         lat = sorted(self.latencies_ns)
         shed = sorted(self.overload_latencies_ns)
         processed = self.acked + self.rejected
-        answered = processed + self.overloaded
+        answered = processed + self.overloaded + self.held
         return {
             "protocol": self.protocol,
             "offered_rate": round(self.offered_rate),
@@ -95,6 +99,7 @@ class LoadStats:
             "rejected": self.rejected,
             "overloaded": self.overloaded,
             "overloaded_p50_us": percentile_us(shed, 50),
+            "held": self.held,
             "errors": self.errors + (self.sent - answered),
             "p50_us": percentile_us(lat, 50),
             "p99_us": percentile_us(lat, 99),
@@ -130,7 +135,9 @@ async def run_open_loop(
             for i in range(sent, due):
                 stats.scheduled_ns[i] = start + int(i * interval_ns)
                 batch.append(make_order(run_id, i))
-            driver.send(batch)
+            held = driver.send(batch)
+            if held:
+                stats.held += held
             sent = due
             stats.sent = sent
         # The event loop's timers are only millisecond-accurate: sleep while the next order
@@ -139,7 +146,7 @@ async def run_open_loop(
         wait_ns = start + sent * interval_ns - clock()
         await asyncio.sleep((wait_ns - 1_500_000) / 1e9 if wait_ns > 2_000_000 else 0)
     deadline = clock() + int(drain_s * 1e9)
-    while stats.acked + stats.rejected + stats.overloaded < sent and clock() < deadline:
+    while stats.acked + stats.rejected + stats.overloaded + stats.held < sent and clock() < deadline:
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures

@@ -88,6 +88,10 @@ class BinaryClient(asyncio.Protocol):
         return client
 
     @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+    @property
     def account(self) -> str | None:
         return self.login_ack.account if self.login_ack else None
 

@@ -753,7 +753,7 @@ class Decoder:
     items, in stream order. A trailing partial frame waits for more data. Nothing raises.
     """
 
-    __slots__ = ("_buf", "_consumed", "_table", "failed")
+    __slots__ = ("_buf", "_consumed", "_shed_table", "_table", "failed", "shed")
 
     def __init__(self, accept: Iterable[int], builders: Mapping[int, Callable] | None = None) -> None:
         table: list = [None] * 256
@@ -762,9 +762,19 @@ class Decoder:
             build = (builders or {}).get(ftype, default)
             table[ftype] = (LENGTH[ftype], decode, build)
         self._table = table
+        self._shed_table: list | None = None
         self._buf = b""
         self._consumed = 0  # stream offset of self._buf[0]
         self.failed: DecodeError | None = None
+        self.shed = 0  # frames answered by a refuser (drain with shed=True) over the decoder's life
+
+    def set_refusers(self, refusers: Mapping[int, Callable[[bytes, int], bytes]]) -> None:
+        """Frame types to refuse unread when draining with shed=True: `refusers[type](buf,
+        body offset)` returns the answer's bytes and no field is decoded, nothing is built."""
+        table = list(self._table)
+        for ftype, refuse in refusers.items():
+            table[ftype] = (LENGTH[ftype], lambda buf, off, _build, refuse=refuse: refuse(buf, off), None)
+        self._shed_table = table
 
     @classmethod
     def for_server(cls, builders: Mapping[int, Callable] | None = None) -> Decoder:
@@ -790,15 +800,17 @@ class Decoder:
     def __iter__(self) -> Iterator:
         return iter(self.drain())
 
-    def drain(self) -> list:
-        """Every whole frame buffered so far, decoded."""
+    def drain(self, shed: bool = False) -> list:
+        """Every whole frame buffered so far, decoded; with `shed`, the frames of the types
+        given to `set_refusers` come out as their refusal bytes instead."""
         buf = self._buf
         n = len(buf)
         out: list = []
         if n < 2:
             return out
         append = out.append
-        table = self._table
+        table = self._shed_table if shed and self._shed_table is not None else self._table
+        refused = 0
         pos = 0
         while n - pos >= 2:
             length = buf[pos] | (buf[pos + 1] << 8)
@@ -841,15 +853,39 @@ class Decoder:
                     )
                 )
             else:
-                item = spec[1](buf, pos + 3, spec[2])
-                if type(item) is DecodeError:
+                build = spec[2]
+                item = spec[1](buf, pos + 3, build)
+                if build is None:
+                    refused += 1
+                elif type(item) is DecodeError:
                     item = item._replace(offset=self._consumed + pos)
                 append(item)
             pos = end
         if pos:
             self._buf = buf[pos:]
             self._consumed += pos
+        self.shed += refused
         return out
+
+
+_REJECTED_HEAD = struct.Struct("<HBQqBH")
+
+
+def overload_refusers(reason: int) -> dict[int, Callable[[bytes, int], bytes]]:
+    """Refusers (for `Decoder.set_refusers`) that answer NewOrder and Amend frames with a
+    Rejected(seq 0, `reason`) straight from their raw bytes: the client_ref (and the amend's
+    order_id) are copied, no field is decoded or validated."""
+    new_head = _REJECTED_HEAD.pack(36, FrameType.REJECTED, 0, 0, RequestKind.NEW, reason)
+    amend_head = _REJECTED_HEAD.pack(36, FrameType.REJECTED, 0, 0, RequestKind.AMEND, reason)
+    no_order = bytes(8)
+
+    def new_order(buf: bytes, off: int) -> bytes:  # body: client_ref u64 first
+        return new_head + buf[off : off + 8] + no_order
+
+    def amend(buf: bytes, off: int) -> bytes:  # body: order_id u64, client_ref u64
+        return amend_head + buf[off + 8 : off + 16] + buf[off : off + 8]
+
+    return {FrameType.NEW_ORDER: new_order, FrameType.AMEND: amend}
 
 
 def decode_all(data: bytes, accept: Iterable[int] = CLIENT_TYPES | SERVER_TYPES) -> tuple[list, int]:

@@ -11,6 +11,10 @@ Backpressure: a session with too many commands in flight (submitted, not yet dur
 whose socket does not drain, stops being read until it catches up; a client that never
 reads its reports is disconnected (slow consumer) rather than buffered without bound.
 
+Overload is shed before decoding: when the commit queue would refuse the read's orders
+(engine.overload), NewOrder and Amend frames are answered Rejected(603 OVERLOADED) straight
+from their raw bytes, with no command built (cancels still go through).
+
 Bad input never reaches the journal: a malformed frame gets an Error frame and the session
 goes on; an impossible length gets an Error frame and the connection is closed (once the
 requests before it are answered). The per-session token bucket refuses excess requests
@@ -33,6 +37,7 @@ from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.binary import protocol as p
 from engine.logfmt import fields
+from engine.overload import InFlight, limit_receive_buffers
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 
@@ -49,6 +54,7 @@ _REQ_NEW = int(RequestKind.NEW)
 _REQ_CANCEL = int(RequestKind.CANCEL)
 _REQ_AMEND = int(RequestKind.AMEND)
 _REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
+_NEW_ORDER_BYTES = 2 + p.LENGTH[p.FrameType.NEW_ORDER]
 _MAKER = int(p.Liquidity.MAKER)
 _TAKER = int(p.Liquidity.TAKER)
 
@@ -192,10 +198,9 @@ class BinarySession(asyncio.Protocol):
         self._bucket = TokenBucket(config.rate, config.burst) if config.rate > 0 else None
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._in_flight = 0  # commands submitted, not yet resolved
+        self._flight = InFlight(config.max_in_flight)  # commands submitted, not yet resolved
         self._tasks: set[asyncio.Task] = set()
         self._cancel_alls = 0  # CancelAll commands built so far (to spot them in a submission)
-        self._paused_flight = False
         self._paused_write = False
         self._reading_paused = False
         self._closing = False  # no more input is processed; close once the in-flight work is answered
@@ -210,8 +215,10 @@ class BinarySession(asyncio.Protocol):
                 p.FrameType.HEARTBEAT: p.encode_heartbeat,
             }
         )
+        self._decoder.set_refusers(p.overload_refusers(int(p.GatewayRejectReason.OVERLOADED)))
         self.requests = 0  # commands submitted over the session's life
         self.read_pauses = 0  # times reading stopped for backpressure
+        self.shed_before = 0  # decoder.shed already counted in loom_overload_refusals
 
     # -- builders: decoded fields -> engine command (or reply bytes) ------------------------
 
@@ -290,7 +297,11 @@ class BinarySession(asyncio.Protocol):
         decoder = self._decoder
         decoder.feed(data)
         cancel_alls = self._cancel_alls  # the builders count the CancelAll commands they make
-        items = decoder.drain()
+        # Shed before decoding when the queue would refuse this read's orders anyway (counted
+        # as if every buffered byte were a NewOrder: a read is admitted or shed whole).
+        service = self._service
+        shed = self.account is not None and service.refuses_orders(decoder.buffered // _NEW_ORDER_BYTES)
+        items = decoder.drain(shed)
         if not items:
             return
         out = self._out
@@ -310,6 +321,11 @@ class BinarySession(asyncio.Protocol):
                     self._closing = True
             else:
                 cmds.append(item)
+        if shed:
+            refused = decoder.shed - self.shed_before
+            self.shed_before = decoder.shed
+            if refused:
+                service.refused("binary", refused)
         metrics = getattr(self._service, "metrics", None)
         if metrics is not None:
             metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
@@ -366,18 +382,16 @@ class BinarySession(asyncio.Protocol):
         return allowed
 
     def _submit(self, cmds: list, has_cancel_all: bool, received: float = 0.0) -> None:
-        self._in_flight += len(cmds)
         self.requests += len(cmds)
         task = self._loop.create_task(self._service.submit(cmds, "binary", received))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._submitted(t, cmds, has_cancel_all))
-        if self._in_flight >= self._cfg.max_in_flight and not self._paused_flight:
-            self._paused_flight = True
+        if self._flight.add(len(cmds)):
             self._update_reading()
 
     def _submitted(self, task: asyncio.Task, cmds: list, has_cancel_all: bool) -> None:
         self._tasks.discard(task)
-        self._in_flight -= len(cmds)
+        resume = self._flight.done(len(cmds))
         exc = None if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             exc = task.exception()
@@ -404,8 +418,7 @@ class BinarySession(asyncio.Protocol):
                     p.encode_error(p.ErrorCode.SERVICE_UNAVAILABLE, "exchange failed; reconnect")
                 )
                 self._closing = True
-        if self._paused_flight and self._in_flight <= self._cfg.max_in_flight // 2:
-            self._paused_flight = False
+        if resume:
             self._update_reading()
         if self._closing:
             self._close_when_answered()
@@ -456,7 +469,7 @@ class BinarySession(asyncio.Protocol):
     # -- flow control and closing -----------------------------------------------------------
 
     def _update_reading(self) -> None:
-        pause = self._paused_flight or self._paused_write or self._closing
+        pause = self._flight.paused or self._paused_write or self._closing
         if pause != self._reading_paused and not self._closed:
             self._reading_paused = pause
             if pause:
@@ -466,7 +479,7 @@ class BinarySession(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def _close_when_answered(self) -> None:
-        if self._in_flight == 0 and not self._closed:
+        if self._flight.count == 0 and not self._closed:
             self._flush()
             self._closed = True
             self._transport.close()  # sends what is buffered, then closes
@@ -504,6 +517,7 @@ async def start_binary_server(
     sessions: set[BinarySession] = set()
     config = _Config(service, router, accounts, rate, burst, max_in_flight, max_output, clock)
     server = await loop.create_server(lambda: BinarySession(config, sessions), host, port)
+    limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
     log.info("binary gateway listening on %s:%s", bound[0], bound[1])

@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.access_log import AccessLog
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
+from engine.overload import limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -256,6 +257,9 @@ async def start_fix_server(
     if access is not None:
         gateway.access = access
     server = await asyncio.start_server(gateway.serve, host, port)
+    # One read's orders are in flight at a time (awaited before reading on): small socket
+    # buffers make that pause reach the client instead of parking its orders in the kernel.
+    limit_receive_buffers(server)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
     return server

@@ -1,0 +1,167 @@
+"""`loom bench overload --protocol binary|ws|rest|fix [--json]`: does goodput hold when the
+venue is offered more than it can take?
+
+1. Finds the sustainable rate C: the highest offered rate at which the acked p99 stays below
+   50 ms (and the node takes what is offered: under 1% refused or held back). Doubling from a
+   low rate, then bisecting between the last rate that passed and the first that failed.
+2. Offers 2C and 4C and reports the goodput (orders answered by the core per second), the
+   acked p99, the refusals (OVERLOADED) and what the client held back because the node
+   pushed back (TCP backpressure; the load generator does not send into a full socket).
+
+One node (`loom run`, its own process) serves every step; each step's load generator is a
+`loom load --hold` in its own process, so the generator and the node compete only for the
+CPU, not for one event loop. Targets: goodput_2x and goodput_4x >= 0.9 x capacity, acked p99
+at 4C <= 200 ms, client_errors 0 (every order sent is answered, acked or refused).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
+
+P99_TARGET_MS = 50.0
+# Where the doubling starts and the most it will offer, per protocol (orders/s).
+START = {"binary": 10_000, "ws": 4_000, "rest": 1_000, "fix": 1_000}
+CEILING = {"binary": 640_000, "ws": 256_000, "rest": 64_000, "fix": 64_000}
+PORT_KEY = {"binary": "binary", "ws": "http", "rest": "http", "fix": "fix"}
+BISECT_STEPS = 2
+
+
+def _step(protocol: str, host: str, port: int, rate: float, duration: float) -> dict:
+    """One `loom load --hold` run in its own process: its JSON report."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "load",
+        "--protocol",
+        protocol,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--rate",
+        str(int(rate)),
+        "--duration",
+        str(duration),
+        "--drain",
+        "5",
+        "--api-key",
+        next(iter(LOAD_ACCOUNTS)),
+        "--hold",
+        "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"loom load failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+def sustainable(report: dict) -> bool:
+    """The node took what was offered, answering within the p99 target."""
+    sent = max(1, report["sent"])
+    shed = report["overloaded"] + report["held"]
+    return (
+        report["p99_us"] / 1000 < P99_TARGET_MS
+        and shed <= 0.01 * sent
+        and report["errors"] == 0
+        and report["achieved_rate"] >= 0.9 * report["offered_rate"]
+    )
+
+
+def find_capacity(run, start: float, ceiling: float, log) -> tuple[float, list[dict]]:
+    """The highest passing rate (0 when even `start` fails): doubling, then bisecting.
+    `run(rate)` returns a load report."""
+    steps: list[dict] = []
+
+    def passes(rate: float) -> bool:
+        report = run(rate)
+        steps.append(report)
+        ok = sustainable(report)
+        log(
+            f"  {rate:>9,.0f}/s offered: goodput {report['achieved_rate']:,}/s, p99 "
+            f"{report['p99_us'] / 1000:.1f} ms, refused {report['overloaded']:,}, held "
+            f"{report['held']:,} -> {'ok' if ok else 'over'}"
+        )
+        return ok
+
+    good, bad = 0.0, 0.0
+    rate = start
+    while rate <= ceiling:
+        if not passes(rate):
+            bad = rate
+            break
+        good = rate
+        rate *= 2
+    if not bad:
+        return good, steps
+    for _ in range(BISECT_STEPS):
+        mid = (good + bad) / 2 if good else bad / 2
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, steps
+
+
+def run_overload_bench(protocol: str, duration: float = 2.0, log=print) -> dict:
+    with spawned_exchange() as info:
+        host, port = info["host"], info[PORT_KEY[protocol]]
+
+        def run(rate: float) -> dict:
+            return _step(protocol, host, port, rate, duration)
+
+        log(f"{protocol}: warming up")
+        run(START[protocol])  # the node's first seconds (allocation, first GCs) are not measured
+        log(f"{protocol}: finding the sustainable rate (acked p99 < {P99_TARGET_MS:g} ms)")
+        capacity, steps = find_capacity(run, START[protocol], CEILING[protocol], log)
+        base = capacity or START[protocol]
+        over = {}
+        for factor in (2, 4):
+            log(f"{protocol}: offering {factor}C = {factor * base:,.0f}/s")
+            over[factor] = run(factor * base)
+    errors = sum(r["errors"] for r in steps) + over[2]["errors"] + over[4]["errors"]
+    result = {
+        "protocol": protocol,
+        "capacity": round(capacity),
+        "goodput_2x": over[2]["achieved_rate"],
+        "goodput_4x": over[4]["achieved_rate"],
+        "acked_p99_ms_2x": round(over[2]["p99_us"] / 1000, 1),
+        "acked_p99_ms_4x": round(over[4]["p99_us"] / 1000, 1),
+        "refused_2x": over[2]["overloaded"],
+        "refused_4x": over[4]["overloaded"],
+        "held_2x": over[2]["held"],
+        "held_4x": over[4]["held"],
+        "client_errors": errors,
+        "step_duration_s": duration,
+    }
+    result["targets_met"] = targets_met(result)
+    return result
+
+
+def targets_met(r: dict) -> dict[str, bool]:
+    c = r["capacity"]
+    return {
+        "goodput_2x": c > 0 and r["goodput_2x"] >= 0.9 * c,
+        "goodput_4x": c > 0 and r["goodput_4x"] >= 0.9 * c,
+        "acked_p99_4x": r["acked_p99_ms_4x"] <= 200,
+        "client_errors": r["client_errors"] == 0,
+    }
+
+
+def format_overload(r: dict) -> str:
+    met = r["targets_met"]
+    mark = {True: "met", False: "MISSED"}
+    return (
+        f"{r['protocol']}: capacity {r['capacity']:,}/s (acked p99 < {P99_TARGET_MS:g} ms)\n"
+        f"  2C: goodput {r['goodput_2x']:,}/s, acked p99 {r['acked_p99_ms_2x']} ms, refused "
+        f"{r['refused_2x']:,}, held back {r['held_2x']:,}\n"
+        f"  4C: goodput {r['goodput_4x']:,}/s, acked p99 {r['acked_p99_ms_4x']} ms, refused "
+        f"{r['refused_4x']:,}, held back {r['held_4x']:,}\n"
+        f"  client errors {r['client_errors']}; targets: "
+        + ", ".join(f"{name} {mark[ok]}" for name, ok in met.items())
+    )
