@@ -196,7 +196,8 @@ def test_commit_queue_oldest_age_follows_the_oldest_waiting_submission(tmp_path)
         node = ExchangeNode(
             NodeConfig(tmp_path / "n", (Instrument(BTC),), snapshot_every_commands=0, snapshot_every_s=0)
         )
-        service = ExchangeService(node)
+        # Queued submissions older than the shedding age are refused: allow these to wait.
+        service = ExchangeService(node, max_queue_delay_s=5.0)
         registry = CollectorRegistry()
         registry.register(ExchangeCollector(service, {}))
         age = ("loom_commit_queue_oldest_age_seconds", ())
