@@ -22,7 +22,10 @@ log = logging.getLogger("loom.fdbudget")
 # clients are the many, binary and FIX sessions the few (one or two per trading firm).
 SHARES = {"http": 0.5, "binary": 0.25, "fix": 0.25}
 MIN_PER_LISTENER = 16  # below this a listener is useless: the limit is too low to run at all
-PER_IP_DEFAULT = 256  # one address may hold at most this many connections on a listener
+# One address may hold an eighth of a listener's connections, and at least 256 (a client
+# machine or a NAT in front of many), but never more than the listener's cap.
+PER_IP_FLOOR = 256
+PER_IP_SHARE = 8
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def compute_budget(
 
 
 def per_ip_cap(configured: int, cap: int) -> int:
-    return configured if configured > 0 else min(PER_IP_DEFAULT, cap)
+    return configured if configured > 0 else min(cap, max(PER_IP_FLOOR, cap // PER_IP_SHARE))
 
 
 def describe(budget: FdBudget) -> str:
