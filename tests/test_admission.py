@@ -114,8 +114,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 DEADLINES = "login_timeout_s = 1\nsession_idle_s = 2\nhttp_idle_s = 1\nhttp_body_s = 1\n"
 
 
-def test_binary_connections_must_log_on_and_keep_talking(tmp_path):
+def test_binary_and_fix_connections_must_log_on_and_keep_talking(tmp_path):
     with _run(tmp_path, DEADLINES) as (_proc, ports):
+        fix = _connect(ports["fix"])  # FIX had its 10 s Logon deadline; login_timeout_s sets it
         silent = _connect(ports["binary"])  # never logs on
         beating = _connect(ports["binary"])  # only Heartbeats, never logs on
         beating.sendall(p.encode_heartbeat(7))
@@ -143,7 +144,9 @@ def test_binary_connections_must_log_on_and_keep_talking(tmp_path):
             alive.sendall(p.encode_heartbeat(token))
             assert _binary_frame(alive) == p.Heartbeat(token)
             select.select([alive], [], [], 0.6)  # a pause well under session_idle_s (no answer due)
+        _read_until_closed(fix, 3)
         metrics = _get_metrics(ports["http"])
+        assert _metric(metrics, "loom_connection_timeouts_total", protocol="fix", reason="login_timeout") == 1
         assert (
             _metric(metrics, "loom_connection_timeouts_total", protocol="binary", reason="login_timeout") == 2
         )
@@ -267,3 +270,29 @@ def test_caps_refuse_a_flood_while_orders_healthz_and_snapshots_go_on(tmp_path):
     # One line when refusals begin per listener (and summaries), never one per refusal.
     assert 3 <= len(re.findall(r"listener refus", log)) <= 9, log[-3000:]
     assert "Traceback" not in log
+
+
+def test_bench_connections_reduced_under_a_low_descriptor_limit():
+    """`loom bench connections`, reduced: 300 idle connections against a node under
+    `ulimit -n 256`: refusals counted, /healthz 200 throughout, every order acked, a snapshot
+    written during the flood."""
+    import subprocess
+    import sys
+
+    from loomproc import REPO
+
+    argv = ["bench", "connections", "--idle", "300", "--nofile", "256", "--seconds", "1", "--processes", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", *argv, "--rate", "200", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["refused"] > 0 and result["idle_held_by_node"] < 300, result
+    assert result["healthz_ok"] and result["healthz_polls"] > 10, result
+    assert result["orders_acked_during"] == 200 and result["orders_unanswered"] == 0, result
+    assert result["snapshot_during_flood_ok"], result
+    assert 1 <= result["node_log_refusal_lines"] <= 6, result

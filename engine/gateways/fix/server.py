@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.access_log import AccessLog
-from engine.gateways.admission import LISTEN_BACKLOG, Admission
+from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission
 from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
@@ -91,6 +91,7 @@ class FixGateway:
     sessions: dict[str, FixSession] = field(default_factory=dict)  # logged on, by SenderCompID
     connections: set[_Connection] = field(default_factory=set)
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
+    admission: Admission | None = None  # counts the Logon timeouts
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
@@ -183,6 +184,8 @@ class FixGateway:
             reason = "internal error"
         finally:
             timer.cancel()
+            if self.admission is not None and session.close_reason.startswith("no Logon within"):
+                self.admission.timed_out(LOGIN_TIMEOUT)
             session.close(reason)
             conn.flush()
             if unsubscribe is not None:
@@ -259,6 +262,7 @@ async def start_fix_server(
     gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
     if access is not None:
         gateway.access = access
+    gateway.admission = admission
     loop = asyncio.get_running_loop()
 
     def stream() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds per connection
