@@ -159,13 +159,16 @@ class _Trader:
         return self.latencies[start:]
 
 
-async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool]) -> None:
+async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool], failures: list) -> None:
     while not stop.is_set():
         try:
             async with session.get(f"{base}/healthz", timeout=2) as resp:
                 results.append(resp.status == 200)
-        except Exception:
+                if resp.status != 200:
+                    failures.append(f"{resp.status} {(await resp.text())[:80]}")
+        except Exception as exc:
             results.append(False)
+            failures.append(repr(exc)[:120])
         await asyncio.sleep(0.1)
 
 
@@ -188,8 +191,9 @@ async def _measure(info: dict, idle: int, rate: int, seconds: float, processes: 
     connector = aiohttp.TCPConnector(limit=1, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         healthz: list[bool] = []
+        failures: list[str] = []
         stop = asyncio.Event()
-        poller = asyncio.create_task(_poll_healthz(session, base, stop, healthz))
+        poller = asyncio.create_task(_poll_healthz(session, base, stop, healthz, failures))
         before = await trader.trade(rate, seconds)
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
@@ -238,6 +242,7 @@ async def _measure(info: dict, idle: int, rate: int, seconds: float, processes: 
         "snapshot_during_flood_ok": snapshot_ok,
         "healthz_ok": bool(healthz) and all(healthz),
         "healthz_polls": len(healthz),
+        "healthz_failures": failures[:5],
         "rate": rate,
         "seconds": seconds,
     }
