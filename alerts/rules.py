@@ -227,6 +227,7 @@ _LAG = _t("LoomReplicationLagHigh")
 _STALE = _t("LoomStandbyReportStale")
 _DECODE = _t("LoomDecodeErrorSpike")
 _SHED = _t("LoomShedding")
+_CONNS = _t("LoomConnectionsSaturated")
 _SNAP = _t("LoomSnapshotTooOld")
 _RSNAP = _t("LoomReplicatedSnapshotTooOld")
 _SNAPFAIL = _t("LoomSnapshotFailures")
@@ -509,6 +510,21 @@ GROUPS: tuple[Group, ...] = (
                 "availability SLO. Look at loom_overload_refusals_total by protocol and "
                 "loom_commit_backlog_commands.",
                 for_=_SHED.for_,
+            ),
+            Alert(
+                "LoomConnectionsSaturated",
+                "(max by (job, instance, protocol) "
+                f"(loom_connections{{{JOB}}} / loom_connection_limit{{{JOB}}}) > {_CONNS.value:g}) "
+                "or (sum by (job, instance, protocol) (rate(loom_connections_refused_total"
+                f'{{{JOB}, reason="listener_full"}}[{_CONNS.window}])) > 0)',
+                "critical",
+                "A Loom listener is at its connection cap: new clients are refused.",
+                "The {{ $labels.protocol }} listener of {{ $labels.instance }} has held over "
+                f"{_CONNS.value:.0%} of its connection cap, or refused connections for being full, for "
+                f"{_for('LoomConnectionsSaturated')}: a connection flood, a client leaking connections, "
+                "or a cap too low for the traffic. Sessions already open still trade. Look at "
+                "loom_connections, loom_connection_limit and loom_connections_refused_total by reason.",
+                for_=_CONNS.for_,
             ),
         ),
     ),

@@ -96,6 +96,9 @@ def _triggers() -> Mapping[str, Trigger]:
             # [2m] and for 5m: refusals in every two-minute window for five minutes; one burst
             # shed in seconds leaves the window again and stays quiet.
             "LoomShedding": Trigger(0, "5m", "2m"),
+            # Open connections over the listener's cap (loom_connection_limit), or refusals
+            # for a full listener over [2m], for 5m: new clients are (about to be) refused.
+            "LoomConnectionsSaturated": Trigger(0.9, "5m", "2m"),
             "LoomAnomalyDetected": Trigger(1, "5m"),  # surveillance score, 1 = threshold
             "LoomKillSwitchEngaged": Trigger(0),
         }

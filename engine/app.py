@@ -25,7 +25,10 @@ from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
+from engine.fdbudget import compute_budget, describe, per_ip_cap
+from engine.gateways.admission import LISTEN_BACKLOG, Admission, http_refusal
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
@@ -37,6 +40,7 @@ from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from engine.surveillance import Surveillance
 from telemetry.collectors import (
+    AdmissionCollector,
     ClusterCollector,
     DataDiskCollector,
     ExchangeCollector,
@@ -235,21 +239,39 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         lookups=lookups,
         access=AccessLog(cfg.access_log_sample),
     )
+    admissions = _admissions(cfg)
+    metrics.registry.register(AdmissionCollector(list(admissions.values())))
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
-    runner = web.AppRunner(app, access_log=None)
+    limits = app[LIMITS] = HttpLimits(cfg.admission, admissions["http"])
+    app.middlewares.append(body_deadline(limits))
+    # keepalive_timeout: the idle and request-head deadline (engine/gateways/http_limits.py)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.admission.http_idle_s)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.http_port)
-    await site.start()
-    limit_receive_buffers(getattr(site, "_server", None))  # aiohttp has no public handle on it
+    # The listener is built here rather than by a web.TCPSite: admission wraps aiohttp's
+    # protocol factory, so a refused connection never gets a request handler.
+    http_server = await asyncio.get_running_loop().create_server(
+        admissions["http"].gate(runner.server), cfg.host, cfg.http_port, backlog=LISTEN_BACKLOG
+    )
+    limit_receive_buffers(http_server)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
+    running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups
-    running.ports["http"] = runner.addresses[0][1]
+    running.ports["http"] = http_server.sockets[0].getsockname()[1]
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
         server = await start_binary_server(
-            service, router, accounts, cfg.host, cfg.binary_port, cfg.binary_rate_limit, cfg.binary_rate_burst
+            service,
+            router,
+            accounts,
+            cfg.host,
+            cfg.binary_port,
+            cfg.binary_rate_limit,
+            cfg.binary_rate_burst,
+            login_s=cfg.admission.login_timeout_s,
+            idle_s=cfg.admission.session_idle_s,
+            admission=admissions["binary"],
         )
         running.servers.append((server, lambda s=server: stop_binary_server(s)))
         sessions["binary"] = lambda s=server: len(binary_sessions(s))
@@ -266,8 +288,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             cfg.host,
             cfg.fix_port,
             cfg.data_dir / "fix",
-            config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
+            config=SessionConfig(
+                rate=cfg.binary_rate_limit,
+                burst=cfg.binary_rate_burst,
+                logon_timeout=cfg.admission.login_timeout_s,
+            ),
             access=ctx.access,
+            admission=admissions["fix"],
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
@@ -311,6 +338,37 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
     sys.setswitchinterval(0.0005)
     return running
+
+
+def _admissions(cfg: Config) -> dict[str, Admission]:
+    """Each listener's admission, its caps derived from the descriptor budget (which raises
+    the soft RLIMIT_NOFILE first) unless [admission] sets them."""
+    from engine.gateways.binary import protocol as bp
+    from engine.gateways.fix.server import refusal_logout
+
+    refusals = {
+        "http": http_refusal,
+        "binary": lambda text: bp.encode_error(bp.ErrorCode.TOO_MANY_CONNECTIONS, text[: bp.TEXT_BYTES]),
+        "fix": refusal_logout,
+    }
+    enabled = ["http"] + [name for name in ("binary", "fix") if getattr(cfg, f"{name}_port") >= 0]
+    settings = cfg.admission
+    budget = compute_budget(enabled, settings.reserve_fds, settings.max_connections)
+    log.info(describe(budget))
+    return {
+        name: Admission(
+            name,
+            cap,
+            per_ip_cap(settings.max_connections_per_ip, cap),
+            refusals[name],
+            settings.summary_every_s,
+        )
+        for name, cap in budget.caps.items()
+    }
+
+
+async def _stop_listening(server: asyncio.AbstractServer) -> None:
+    server.close()  # its connections are aiohttp's: the runner's cleanup closes them
 
 
 def _trace_env(cfg: Config, ports: dict[str, int]) -> dict[str, str]:

@@ -137,6 +137,14 @@ def _cmd_bench_overload(args: argparse.Namespace) -> int:
     return 0 if all(result["targets_met"].values()) else 1
 
 
+def _cmd_bench_connections(args: argparse.Namespace) -> int:
+    from engine.bench.connections_bench import format_connections, run_connections_bench
+
+    result = run_connections_bench(args.idle, args.rate, args.seconds, args.processes, args.nofile)
+    print(json.dumps(result) if args.json else format_connections(result))
+    return 0
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -348,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=1)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=_cmd_bench_telemetry)
+    bc = bench_sub.add_parser(
+        "connections", help="a flood of idle and slowloris connections against a loom run: acks and healthz"
+    )
+    bc.add_argument("--idle", type=_positive_int, default=20_000, help="idle connections to open")
+    bc.add_argument("--rate", type=_positive_int, default=1_000, help="the legitimate client's orders/s")
+    bc.add_argument("--seconds", type=float, default=10.0, help="each measured phase (before, during)")
+    bc.add_argument("--processes", type=_positive_int, default=4, help="flood processes")
+    bc.add_argument("--nofile", type=_positive_int, help="the node's RLIMIT_NOFILE (as ulimit -n)")
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(func=_cmd_bench_connections)
     bf = bench_sub.add_parser(
         "failover",
         help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",

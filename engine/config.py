@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.domain import Instrument
+from engine.gateways.admission import AdmissionSettings
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
@@ -69,6 +70,9 @@ class Config:
     log_format: str = "text"  # or "json" (engine/logfmt.py)
     access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
     environment: str = "dev"  # the spans' deployment.environment
+    # [admission]: connection caps per listener and per IP, login and idle deadlines, HTTP
+    # timeouts, the descriptor reserve (engine/gateways/admission.py, engine/fdbudget.py).
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 _ENV = {
@@ -216,6 +220,11 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                 cfg.retention_keep_snapshots = int(value.get("keep_snapshots", cfg.retention_keep_snapshots))
                 stale = value.get("standby_stale_s", cfg.retention_standby_stale_s)
                 cfg.retention_standby_stale_s = float(stale)
+            elif key == "admission":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: admission must be a table ([admission])")
+                cfg.admission = AdmissionSettings.from_toml(value)
+                cfg.admission.check()
             elif key == "instruments":
                 try:
                     cfg.instruments = [Instrument(**spec) for spec in value]

@@ -219,6 +219,33 @@ _SPECS = [
     # -- gateways ---------------------------------------------------------------------------------
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
     MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
+    # -- connection admission (engine/gateways/admission.py), read at scrape time ----------------
+    MetricSpec(
+        "loom_connections",
+        GAUGE,
+        "Open connections by listener (protocol: http, binary, fix), logged on or not.",
+        ("protocol",),
+    ),
+    MetricSpec(
+        "loom_connection_limit",
+        GAUGE,
+        "A listener's connection cap ([admission] max_connections, else its share of the descriptor budget).",
+        ("protocol",),
+    ),
+    MetricSpec(
+        "loom_connections_refused",
+        COUNTER,
+        "Connections refused by admission, by listener and reason (listener_full: at its cap; "
+        "per_ip: the address holds max_connections_per_ip).",
+        ("protocol", "reason"),
+    ),
+    MetricSpec(
+        "loom_connection_timeouts",
+        COUNTER,
+        "Connections closed for a missed deadline, by listener and reason (login_timeout, "
+        "idle_timeout, body_timeout).",
+        ("protocol", "reason"),
+    ),
     MetricSpec(
         "loom_overload_refusals",
         COUNTER,

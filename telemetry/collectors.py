@@ -320,3 +320,25 @@ class TraceExportCollector(Collector):
         errors = _counter("loom_trace_export_errors")
         errors.add_metric([], stats.errors)
         yield from (exported, dropped, errors)
+
+
+class AdmissionCollector(Collector):
+    """Each listener's open connections, cap, refusals and deadline closures
+    (engine.gateways.admission.Admission objects, listed as listeners start)."""
+
+    def __init__(self, admissions: list) -> None:
+        self.admissions = admissions
+
+    def collect(self):
+        open_ = _gauge("loom_connections")
+        limit = _gauge("loom_connection_limit")
+        refused = _counter("loom_connections_refused")
+        timeouts = _counter("loom_connection_timeouts")
+        for adm in self.admissions:
+            open_.add_metric([adm.protocol], adm.open)
+            limit.add_metric([adm.protocol], adm.limit)
+            for reason, n in adm.refused.items():
+                refused.add_metric([adm.protocol, reason], n)
+            for reason, n in adm.timeouts.items():
+                timeouts.add_metric([adm.protocol, reason], n)
+        yield from (open_, limit, refused, timeouts)

@@ -35,8 +35,9 @@ def loom_run_ports(args: list[str], env: dict[str, str], timeout: float = 60.0):
 
 
 @contextmanager
-def loom_run_process(args: list[str], env: dict[str, str], timeout: float = 60.0):
-    """Like loom_run_ports, but yields (the process, its ports): for tests that signal it."""
+def loom_run_process(args: list[str], env: dict[str, str], timeout: float = 60.0, nofile: int | None = None):
+    """Like loom_run_ports, but yields (the process, its ports): for tests that signal it.
+    `nofile`: the node's RLIMIT_NOFILE (soft and hard), as `ulimit -n` would set it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run", *args],
         cwd=REPO,
@@ -44,6 +45,7 @@ def loom_run_process(args: list[str], env: dict[str, str], timeout: float = 60.0
         stderr=subprocess.STDOUT,
         text=True,
         env={**env, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=None if nofile is None else lambda: _limit_nofile(nofile),
     )
     try:
         deadline = time.monotonic() + timeout
@@ -59,3 +61,9 @@ def loom_run_process(args: list[str], env: dict[str, str], timeout: float = 60.0
         yield proc, {name: int(number) for name, number in PORT.findall(listed)}
     finally:
         stop(proc)
+
+
+def _limit_nofile(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))

@@ -32,6 +32,7 @@ from engine.bench.stats import percentile_us
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
 from engine.events import OrderRejected
+from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, shed_pipeline
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
@@ -1100,10 +1101,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     account = ctx.accounts.authenticate(key) if key else None
     if key and account is None:
         return error(401, "UNAUTHENTICATED", "unknown API key")
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY, compress=False)
+    limits = limits_of(request.app)
+    ws = web.WebSocketResponse(
+        heartbeat=limits.settings.ws_heartbeat_s, max_msg_size=MAX_BODY, compress=False
+    )
     await ws.prepare(request)
     session = WsSession(ctx, ws, account, request.transport)
     writer = asyncio.create_task(session.writer())
+    watch = ws_watch(session, limits)  # auth or subscribe in time; no endless silence
     request.app[SESSIONS].add(session)
     logged = ctx.access.sampled()  # this session's open and close go to the access log
     if logged:
@@ -1113,6 +1118,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 received += 1
+                watch.touch()
                 session.handle(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
@@ -1121,6 +1127,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if not session.readable.is_set():
                 await session.readable.wait()
     finally:
+        watch.cancel()
         request.app[SESSIONS].discard(session)
         session.close()
         with contextlib.suppress(Exception):

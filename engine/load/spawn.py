@@ -54,11 +54,13 @@ def spawned_exchange(
     snapshot_every_s: float = 0,
     seed_data: Path | None = None,
     config_text: str | None = None,
+    nofile: int | None = None,
 ):
     """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}.
     `event_loop` is the server's `--event-loop` (default: its own default); `seed_data`: a
     data directory to start from (copied; e.g. a prepared deep book); `config_text`: the
-    node's TOML instead of the load generator's."""
+    node's TOML instead of the load generator's; `nofile`: the node's RLIMIT_NOFILE, soft
+    and hard (as `ulimit -n` sets it)."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
     config = tmp / "load.toml"
     config.write_text(config_text if config_text is not None else _config_text(snapshot_every_s))
@@ -82,7 +84,12 @@ def spawned_exchange(
         *(["--event-loop", event_loop] if event_loop else []),
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+        preexec_fn=None if nofile is None else lambda: _limit_nofile(nofile),
     )
     try:
         deadline = time.monotonic() + timeout
@@ -102,7 +109,11 @@ def spawned_exchange(
         # Keep draining the server's output so it never blocks on a full pipe.
         import threading
 
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        log: list[str] = []  # the server's lines from here on (bounded)
+        info["log"] = log
+        threading.Thread(
+            target=lambda: [log.append(line) for line in proc.stdout if len(log) < 10_000], daemon=True
+        ).start()
         yield info
     finally:
         proc.terminate()
@@ -112,3 +123,9 @@ def spawned_exchange(
             proc.kill()
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _limit_nofile(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))

@@ -73,8 +73,13 @@ election (no live leader) host is empty, port 0 and retry_after_ms says when to 
 port 0 and a node id. A node never names itself. Version 1 sessions see what they always
 did: Rejected with 602 SERVICE_UNAVAILABLE and no hint.
 
-Session: the first frame must be Login (Heartbeat is also allowed before it); a wrong key
-or version gets LoginReject and the connection is closed. The account always comes from
+Session: the first frame must be Login (anything else, Heartbeat included, is answered
+with Error NOT_LOGGED_IN); a wrong key or version gets LoginReject and the connection is
+closed. A connection that has not logged in within the login deadline (10 s by default) gets
+Error LOGIN_TIMEOUT and is closed; a logged-on session that sends no frame for the idle
+deadline (60 s; send a Heartbeat when there is nothing else to send) gets Error IDLE_TIMEOUT
+and is closed. A connection beyond the listener's caps gets Error TOO_MANY_CONNECTIONS and is
+closed before it can send anything. The account always comes from
 the login, never from a frame. Execution reports (0x83-0x88) are sent for every durable
 event concerning the account, only after the journal holds the command.
 
@@ -147,6 +152,9 @@ class ErrorCode(IntEnum):
     SERVICE_UNAVAILABLE = 9  # the exchange failed or is shutting down
     SLOW_CONSUMER = 10  # the client does not read its reports: disconnected
     INTERNAL = 11
+    TOO_MANY_CONNECTIONS = 12  # refused by admission (listener or per-address cap): closed
+    LOGIN_TIMEOUT = 13  # no Login within the deadline: closed
+    IDLE_TIMEOUT = 14  # a logged-on session sent nothing within the idle deadline: closed
 
 
 class LoginRejectReason(IntEnum):

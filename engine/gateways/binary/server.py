@@ -35,6 +35,7 @@ from engine.auth import Accounts, TokenBucket
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
 from engine.logfmt import fields
 from engine.overload import InFlight, limit_receive_buffers
@@ -47,6 +48,8 @@ DEFAULT_RATE = 20_000.0  # requests per second per session (0 = unlimited)
 DEFAULT_BURST = 40_000.0
 MAX_IN_FLIGHT = 16_384  # commands per session submitted and not yet durable: stop reading above
 MAX_OUTPUT_BUFFER = 32 * 1024 * 1024  # unsent report bytes before a session is dropped
+LOGIN_TIMEOUT_S = 10.0  # as FIX's logon timeout ([admission] login_timeout_s)
+SESSION_IDLE_S = 60.0  # a logged-on session that sends nothing ([admission] session_idle_s)
 
 _NOT_LOGGED_IN = p.encode_error(p.ErrorCode.NOT_LOGGED_IN, "log in first")
 _ALREADY_LOGGED_IN = p.encode_error(p.ErrorCode.ALREADY_LOGGED_IN, "already logged in")
@@ -69,6 +72,9 @@ class _Config:
     max_in_flight: int
     max_output: int
     clock: Callable[[], float]
+    login_s: float = LOGIN_TIMEOUT_S
+    idle_s: float = SESSION_IDLE_S
+    admission: Admission | None = None  # counts the deadline closures
 
 
 # -- execution reports: engine event -> frame bytes (for the session's account) -------------
@@ -212,13 +218,14 @@ class BinarySession(asyncio.Protocol):
                 p.FrameType.CANCEL: self._b_cancel,
                 p.FrameType.AMEND: self._b_amend,
                 p.FrameType.CANCEL_ALL: self._b_cancel_all,
-                p.FrameType.HEARTBEAT: p.encode_heartbeat,
+                p.FrameType.HEARTBEAT: self._b_heartbeat,
             }
         )
         self._decoder.set_refusers(p.overload_refusers(int(p.GatewayRejectReason.OVERLOADED)))
         self.requests = 0  # commands submitted over the session's life
         self.read_pauses = 0  # times reading stopped for backpressure
         self.shed_before = 0  # decoder.shed already counted in loom_overload_refusals
+        self._watch: IdleWatch | None = None
 
     # -- builders: decoded fields -> engine command (or reply bytes) ------------------------
 
@@ -253,6 +260,11 @@ class BinarySession(asyncio.Protocol):
             if isinstance(exc, NotLeader):  # a standby: say at once where to go
                 return ack + not_leader_frame(exc)
         return ack
+
+    def _b_heartbeat(self, token: int) -> bytes:
+        # FIX (issue 13): a Heartbeat before Login was echoed, so a connection that never
+        # logs on could keep itself busy; it is not logged in like any other frame.
+        return _NOT_LOGGED_IN if self.account is None else p.encode_heartbeat(token)
 
     def _b_new_order(self, ref, symbol, side, order_type, tif, post_only, stp, price, qty):
         account = self.account
@@ -289,10 +301,19 @@ class BinarySession(asyncio.Protocol):
         self._transport = transport
         self.peer = transport.get_extra_info("peername")
         self._sessions.add(self)
+        cfg = self._cfg
+        self._watch = IdleWatch(
+            cfg.login_s,
+            cfg.idle_s,
+            lambda: self.account is not None,
+            lambda: self._in_flight > 0 or self._reading_paused,
+            self._timed_out,
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self._watch.touch()
         started = time.perf_counter()
         decoder = self._decoder
         decoder.feed(data)
@@ -354,6 +375,8 @@ class BinarySession(asyncio.Protocol):
         self._closing = True
         self._out.clear()
         self._sessions.discard(self)
+        if self._watch is not None:
+            self._watch.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -478,6 +501,24 @@ class BinarySession(asyncio.Protocol):
             else:
                 self._transport.resume_reading()
 
+    def _timed_out(self, reason: str) -> None:
+        """A missed deadline (engine/gateways/admission.py IdleWatch): say which, and close."""
+        if self._closed:
+            return
+        if reason == LOGIN_TIMEOUT:
+            frame = p.encode_error(p.ErrorCode.LOGIN_TIMEOUT, f"no Login within {self._cfg.login_s:g} s")
+        else:
+            frame = p.encode_error(
+                p.ErrorCode.IDLE_TIMEOUT, f"nothing received for {self._cfg.idle_s:g} s; send Heartbeats"
+            )
+            log.info("binary session %s (%s) idle: closing", self.peer, self.account)
+        if self._cfg.admission is not None:
+            self._cfg.admission.timed_out(reason)
+        self._out.append(frame)
+        self._closing = True
+        self._update_reading()
+        self._close_when_answered()
+
     def _close_when_answered(self) -> None:
         if self._flight.count == 0 and not self._closed:
             self._flush()
@@ -509,14 +550,23 @@ async def start_binary_server(
     max_in_flight: int = MAX_IN_FLIGHT,
     max_output: int = MAX_OUTPUT_BUFFER,
     clock: Callable[[], float] = time.monotonic,
+    login_s: float = LOGIN_TIMEOUT_S,
+    idle_s: float = SESSION_IDLE_S,
+    admission: Admission | None = None,
 ) -> asyncio.Server:
     """Listen for binary sessions. `rate`/`burst`: the per-session token bucket (requests/s;
     rate 0 = unlimited). Port 0 picks a free port: read it from `server.sockets`.
+    `login_s`/`idle_s`: the login and idle deadlines; `admission`: the connection caps.
     The router must already receive the service's batches (`service.add_listener(router.on_batch)`)."""
     loop = asyncio.get_running_loop()
     sessions: set[BinarySession] = set()
-    config = _Config(service, router, accounts, rate, burst, max_in_flight, max_output, clock)
-    server = await loop.create_server(lambda: BinarySession(config, sessions), host, port)
+    config = _Config(
+        service, router, accounts, rate, burst, max_in_flight, max_output, clock, login_s, idle_s, admission
+    )
+    factory = lambda: BinarySession(config, sessions)  # noqa: E731
+    if admission is not None:
+        factory = admission.gate(factory)
+    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
     limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.access_log import AccessLog
+from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission
+from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore
 from engine.overload import limit_receive_buffers
@@ -90,6 +92,7 @@ class FixGateway:
     sessions: dict[str, FixSession] = field(default_factory=dict)  # logged on, by SenderCompID
     connections: set[_Connection] = field(default_factory=set)
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
+    admission: Admission | None = None  # counts the Logon timeouts
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
@@ -182,6 +185,8 @@ class FixGateway:
             reason = "internal error"
         finally:
             timer.cancel()
+            if self.admission is not None and session.close_reason.startswith("no Logon within"):
+                self.admission.timed_out(LOGIN_TIMEOUT)
             session.close(reason)
             conn.flush()
             if unsubscribe is not None:
@@ -247,22 +252,36 @@ async def start_fix_server(
     config: SessionConfig | None = None,
     timer_interval: float = 0.5,
     access: AccessLog | None = None,
+    admission: Admission | None = None,
 ) -> asyncio.base_events.Server:
     """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
     answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
     out and disconnected; `store_dir` keeps each SenderCompID's sequence numbers and sent
-    messages across restarts."""
+    messages across restarts. `admission`: the connection caps (a refused connection gets a
+    Logout whose Text says why, then is closed)."""
     cfg = replace(config or SessionConfig(), heartbeat_timeout=heartbeat_timeout)
     gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
     if access is not None:
         gateway.access = access
-    server = await asyncio.start_server(gateway.serve, host, port)
+    gateway.admission = admission
+    loop = asyncio.get_running_loop()
+
+    def stream() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds per connection
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), gateway.serve)
+
+    factory = admission.gate(stream) if admission is not None else stream
+    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
     # One read's orders are in flight at a time (awaited before reading on): small socket
     # buffers make that pause reach the client instead of parking its orders in the kernel.
     limit_receive_buffers(server)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
     return server
+
+
+def refusal_logout(text: str, comp_id: str = "LOOM") -> bytes:
+    """The Logout a connection refused before its Logon gets (its CompID is not known yet)."""
+    return encode_message("5", comp_id, "UNKNOWN", 1, utc_timestamp(time.time()), [(58, text)])
 
 
 def fix_gateway(server: asyncio.base_events.Server) -> FixGateway:

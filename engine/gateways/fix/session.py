@@ -274,7 +274,10 @@ class FixSession:
     def _close(self, reason: str) -> None:
         if not self.closed:
             self.close_reason = reason
-            log.info("FIX session %s closed: %s", self.counterparty or "(not logged on)", reason)
+            if self.counterparty:
+                log.info("FIX session %s closed: %s", self.counterparty, reason)
+            else:  # never logged on: a flood of these must not flood the log (counted instead)
+                log.debug("FIX connection closed before Logon: %s", reason)
         self._transition("close")
 
     def _persist_expected(self) -> None:

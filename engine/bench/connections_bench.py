@@ -1,0 +1,276 @@
+"""`loom bench connections --idle N`: a connection flood against a real `loom run`.
+
+The flood (in `--processes` processes of its own, each raising its RLIMIT_NOFILE): N idle
+unauthenticated connections spread over the binary, FIX and HTTP listeners, a quarter of
+the HTTP ones slowloris (a request head trickled one header line every few seconds), from
+the source addresses 127.0.0.2-17 (so per-address caps apply to the flood, not to the
+legitimate client on 127.0.0.1). A connection the node closes or refuses is reopened after
+a pause, as an attacker would. Meanwhile a legitimate binary session places orders at
+`--rate` a second and a kept-alive HTTP connection polls /healthz every 100 ms; the ack p99
+is measured before and during the flood. `--nofile` starts the node under that
+RLIMIT_NOFILE (`ulimit -n`): admission must refuse before the journal and snapshots lack
+descriptors (an order acked and a snapshot written during the flood say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+import time
+
+from engine.bench.stats import percentile_us
+from engine.load.spawn import LOAD_ACCOUNTS, LOAD_ADMIN_KEY, spawned_exchange
+
+SOURCES = [f"127.0.0.{n}" for n in range(2, 18)]
+SYMBOL = "LOAD-USD"
+RECONNECT_S = 2.0  # an attacker's pause after the node closed or refused its connection
+SLOW_HEADER_EVERY_S = 5.0
+CONNECTING_AT_ONCE = 256  # per flood process
+
+
+# -- the flood (its own processes) ---------------------------------------------------------
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, need)) if hard != resource.RLIM_INFINITY else max(soft, need)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+async def _one(kind: str, host: str, port: int, source: str, until: float, stats: dict, gate) -> None:
+    """One attacker socket: connect, sit idle (or trickle a head), reconnect when dropped."""
+    while time.monotonic() < until:
+        try:
+            async with gate:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, local_addr=(source, 0)), 10
+                )
+        except (OSError, TimeoutError):
+            stats["connect_errors"] += 1
+            await asyncio.sleep(RECONNECT_S)
+            continue
+        opened = time.monotonic()
+        stats["held"] += 1
+        try:
+            if kind == "slowloris":
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: loom\r\n")
+            while time.monotonic() < until:
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), SLOW_HEADER_EVERY_S)
+                except TimeoutError:
+                    if kind == "slowloris":
+                        writer.write(b"X-Slow: 1\r\n")
+                    continue
+                # An answer at once is a refusal; later, a deadline's (then the close).
+                refused = bool(data) and time.monotonic() - opened < 0.5
+                stats["refused_seen" if refused else "closed_seen"] += 1
+                break
+        except OSError:
+            stats["closed_seen"] += 1
+        finally:
+            stats["held"] -= 1
+            writer.close()
+        await asyncio.sleep(RECONNECT_S)
+
+
+async def _flood(host: str, ports: dict, count: int, offset: int, seconds: float) -> dict:
+    stats = {"held": 0, "refused_seen": 0, "closed_seen": 0, "connect_errors": 0, "held_samples": []}
+    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+    until = time.monotonic() + seconds
+    plan = ("binary", "fix", "http", "binary", "fix", "http", "binary", "fix", "http", "slowloris", "http")
+    tasks = []
+    for i in range(count):
+        n = offset + i
+        kind = plan[n % len(plan)]
+        port = ports["http" if kind == "slowloris" else kind]
+        source = SOURCES[(n // len(plan)) % len(SOURCES)]
+        tasks.append(asyncio.create_task(_one(kind, host, port, source, until, stats, gate)))
+    while time.monotonic() < until:
+        await asyncio.sleep(0.5)
+        stats["held_samples"].append(stats["held"])
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return stats
+
+
+def _flood_process(host: str, ports: dict, count: int, offset: int, seconds: float, out) -> None:
+    _raise_nofile(count + 256)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    out.put(runner(_flood(host, ports, count, offset, seconds)))
+
+
+# -- the legitimate client (this process) ----------------------------------------------------
+
+
+class _Trader:
+    """A binary session placing orders at a steady rate; latency from send to Accepted."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}
+        self.latencies: list[int] = []
+        self.rejected = 0
+        self.next_ref = 1
+        self.client = None
+
+    async def connect(self, host: str, port: int, key: str) -> None:
+        from engine.gateways.binary import protocol as p
+        from engine.gateways.binary.client import BinaryClient
+
+        accepted, rejected = p.Accepted, p.Rejected
+
+        def on_frames(frames: list) -> None:
+            now = time.perf_counter_ns()
+            for f in frames:
+                if type(f) is accepted:
+                    sent = self.sent.pop(f.client_ref, None)
+                    if sent is not None:
+                        self.latencies.append(now - sent)
+                elif type(f) is rejected:
+                    self.sent.pop(f.client_ref, None)
+                    self.rejected += 1
+
+        self.client = await BinaryClient.connect(host, port, key, on_frames=on_frames)
+
+    async def trade(self, rate: int, seconds: float) -> list[int]:
+        from engine.gateways.binary import protocol as p
+
+        start = len(self.latencies)
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        began = time.perf_counter()
+        ticks = int(seconds / tick)
+        for n in range(ticks):
+            frames = []
+            for _ in range(per_tick):
+                ref = self.next_ref
+                self.next_ref += 1
+                side, price = (1, 100) if ref % 2 else (2, 200)  # never crossing: no trades
+                self.sent[ref] = time.perf_counter_ns()
+                frames.append(p.encode_new_order(ref, SYMBOL, side, 2, 1, False, 1, price, 1))
+            self.client.send_many(frames)
+            await asyncio.sleep(max(0.0, began + (n + 1) * tick - time.perf_counter()))
+        await asyncio.sleep(0.5)  # the last acks
+        return self.latencies[start:]
+
+
+async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool], failures: list) -> None:
+    while not stop.is_set():
+        try:
+            async with session.get(f"{base}/healthz", timeout=2) as resp:
+                results.append(resp.status == 200)
+                if resp.status != 200:
+                    failures.append(f"{resp.status} {(await resp.text())[:80]}")
+        except Exception as exc:
+            results.append(False)
+            failures.append(repr(exc)[:120])
+        await asyncio.sleep(0.1)
+
+
+async def _metric_sum(session, base: str, name: str) -> float:
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+async def _measure(info: dict, idle: int, rate: int, seconds: float, processes: int) -> dict:
+    import aiohttp
+
+    host = info["host"]
+    ports = {name: info[name] for name in ("http", "binary", "fix")}
+    base = f"http://{host}:{ports['http']}"
+    key = next(iter(LOAD_ACCOUNTS))
+    trader = _Trader()
+    await trader.connect(host, ports["binary"], key)
+    # One kept-alive connection, opened before the flood: the health checker's.
+    connector = aiohttp.TCPConnector(limit=1, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        healthz: list[bool] = []
+        failures: list[str] = []
+        stop = asyncio.Event()
+        poller = asyncio.create_task(_poll_healthz(session, base, stop, healthz, failures))
+        before = await trader.trade(rate, seconds)
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        ramp = 5.0
+        share = -(-idle // processes)
+        procs = [
+            ctx.Process(
+                target=_flood_process,
+                args=(host, ports, min(share, idle - i * share), i * share, ramp + seconds + 3, out),
+            )
+            for i in range(processes)
+        ]
+        for proc in procs:
+            proc.start()
+        await asyncio.sleep(ramp)  # the flood connects
+        during = await trader.trade(rate, seconds)
+        held_by_node = await _metric_sum(session, base, "loom_connections")
+        async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
+            snapshot_ok = resp.status == 200
+        refused = await _metric_sum(session, base, "loom_connections_refused_total")
+        timeouts = await _metric_sum(session, base, "loom_connection_timeouts_total")
+        floods = [await asyncio.to_thread(out.get, True, 120) for _ in procs]
+        for proc in procs:
+            proc.join()
+        stop.set()
+        await poller
+    trader.client.close()
+    before.sort()
+    during.sort()
+    p99_before = percentile_us(before, 99) / 1000
+    p99_during = percentile_us(during, 99) / 1000
+    samples = [sum(s) for s in zip(*(f["held_samples"] for f in floods), strict=False)]
+    return {
+        "idle_requested": idle,
+        "idle_held": max(samples[len(samples) // 2 :] or [0]),
+        "idle_held_by_node": int(held_by_node) - 2,  # less the health checker and the trader
+        "refused": int(refused),
+        "closed_by_deadlines": int(timeouts),
+        "flood_connect_errors": sum(f["connect_errors"] for f in floods),
+        "p99_ms_before": round(p99_before, 3),
+        "p99_ms_during": round(p99_during, 3),
+        "p99_ratio": round(p99_during / p99_before, 2) if p99_before else 0.0,
+        "orders_acked_before": len(before),
+        "orders_acked_during": len(during),
+        "orders_unanswered": len(trader.sent),
+        "snapshot_during_flood_ok": snapshot_ok,
+        "healthz_ok": bool(healthz) and all(healthz),
+        "healthz_polls": len(healthz),
+        "healthz_failures": failures[:5],
+        "rate": rate,
+        "seconds": seconds,
+    }
+
+
+def run_connections_bench(
+    idle: int = 20_000,
+    rate: int = 1_000,
+    seconds: float = 10.0,
+    processes: int = 4,
+    nofile: int | None = None,
+) -> dict:
+    with spawned_exchange(nofile=nofile) as info:
+        result = asyncio.run(_measure(info, idle, rate, seconds, processes))
+        result["node_nofile"] = nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        result["node_log_refusal_lines"] = sum("listener refus" in line for line in info["log"])
+        result["node_log_lines"] = len(info["log"])
+        return result
+
+
+def format_connections(r: dict) -> str:
+    verdict = "within" if r["p99_ratio"] <= 2 else "ABOVE"
+    return (
+        f"{r['idle_requested']:,} idle connections requested, {r['idle_held']:,} held "
+        f"(node: {r['idle_held_by_node']:,}), {r['refused']:,} refused, {r['closed_by_deadlines']:,} "
+        f"closed by deadlines; order ack p99 {r['p99_ms_before']} ms before, {r['p99_ms_during']} ms "
+        f"during (x{r['p99_ratio']}, {verdict} the 2x target); {r['orders_acked_during']:,} orders "
+        f"acked during, {r['orders_unanswered']} unanswered; healthz ok {r['healthz_ok']} "
+        f"({r['healthz_polls']} polls); snapshot during the flood ok {r['snapshot_during_flood_ok']}; "
+        f"node RLIMIT_NOFILE {r['node_nofile']}, {r['node_log_refusal_lines']} refusal log lines"
+    )

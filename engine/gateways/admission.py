@@ -1,0 +1,293 @@
+"""Connection admission for every listener, and the deadlines a connection must meet.
+
+Issue 13: nothing capped connections, so 1,100 idle unauthenticated binary sockets under a
+1,024-descriptor limit took `/healthz`, REST orders and the journal's next segment down
+together, silently. Now each listener (HTTP/WebSocket, binary, FIX) admits a connection only
+below its global cap and below a per-IP cap; the caps' defaults come from the descriptor
+budget (engine/fdbudget.py), which keeps the journal's, the snapshots' and the metrics'
+descriptors out of the connections' reach. A refused connection gets its protocol's refusal
+(HTTP 503 JSON TOO_MANY_CONNECTIONS, a binary Error frame, a FIX Logout with Text) and is
+closed; refusals are counted by reason and logged as one line when they begin and a summary
+every `summary_every_s` while they go on, never a line each.
+
+The gate wraps the listener's protocol factory, so admission happens before a protocol
+object (an aiohttp handler, a FIX session) is even built, and the count is released exactly
+when the transport goes. Deadlines (`IdleWatch`): a connection must log on within
+`login_timeout_s` (FIX has its own logon timer with the same value), and a logged-on
+session that sends nothing for `session_idle_s`, with nothing in flight, is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+log = logging.getLogger("loom.admission")
+
+LISTEN_BACKLOG = 1024  # the kernel's accept queue per listener: a connect burst waits, not fails
+LISTENER_FULL = "listener_full"
+PER_IP = "per_ip"
+REFUSAL_REASONS = (LISTENER_FULL, PER_IP)
+LOGIN_TIMEOUT = "login_timeout"
+IDLE_TIMEOUT = "idle_timeout"
+BODY_TIMEOUT = "body_timeout"
+TIMEOUT_REASONS = (LOGIN_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT)
+
+
+@dataclass
+class AdmissionSettings:
+    """The `[admission]` section of the node's TOML (engine/config.py)."""
+
+    max_connections: int = 0  # per listener; 0 = derived from the descriptor budget
+    max_connections_per_ip: int = 0  # per listener and client IP; 0 = derived (see fdbudget)
+    login_timeout_s: float = 10.0  # binary Login, WebSocket auth/subscribe, FIX Logon
+    session_idle_s: float = 60.0  # a logged-on binary or idle WebSocket session sending nothing
+    http_idle_s: float = 15.0  # keep-alive idle, and so the deadline for a request's head
+    http_body_s: float = 10.0  # to receive a request's whole body once its head is in
+    ws_heartbeat_s: float = 30.0  # WebSocket ping interval; no pong within half of it closes
+    reserve_fds: int = 128  # descriptors kept from connections: journal, snapshots, NATS, metrics
+    summary_every_s: float = 10.0  # refusals are summarised this often while they go on
+
+    def check(self) -> None:
+        """Raises ValueError naming the first setting out of range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if f.name in ("max_connections", "max_connections_per_ip", "reserve_fds") else 0.1
+            if value < least:
+                raise ValueError(f"[admission] {f.name} must be at least {least:g}, not {value!r}")
+
+    @classmethod
+    def from_toml(cls, section: dict) -> AdmissionSettings:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"unknown [admission] setting(s) {unknown}")
+        settings = cls()
+        for name, value in section.items():
+            kind = int if known[name].type == "int" else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"[admission] {name} must be a number, not {value!r}")
+            setattr(settings, name, kind(value))
+        return settings
+
+
+def http_refusal(text: str) -> bytes:
+    """The whole HTTP answer a refused connection gets before it has sent anything."""
+    body = json.dumps({"error": {"code": "TOO_MANY_CONNECTIONS", "message": text}}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Admission:
+    """One listener's connection counts, caps, refusals and timeouts."""
+
+    def __init__(
+        self,
+        protocol: str,
+        limit: int,
+        per_ip: int,
+        refusal: Callable[[str], bytes],
+        summary_every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.protocol = protocol
+        self.limit = limit
+        self.per_ip = per_ip
+        self._refusal = refusal  # text -> the bytes a refused connection is sent
+        self.open = 0
+        self.by_ip: dict[str, int] = {}
+        self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.timeouts = dict.fromkeys(TIMEOUT_REASONS, 0)
+        self._summary = RefusalSummary(protocol, summary_every_s, clock)
+
+    def admit(self, ip: str) -> str | None:
+        """Counts the connection in and returns None, or returns why it is refused."""
+        if self.open >= self.limit:
+            reason = LISTENER_FULL
+        elif self.by_ip.get(ip, 0) >= self.per_ip:
+            reason = PER_IP
+        else:
+            self.open += 1
+            self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+            return None
+        self.refused[reason] += 1
+        self._summary.refused(reason, ip, self.open, self.limit, self.per_ip)
+        return reason
+
+    def release(self, ip: str) -> None:
+        self.open -= 1
+        left = self.by_ip[ip] - 1
+        if left:
+            self.by_ip[ip] = left
+        else:
+            del self.by_ip[ip]
+
+    def timed_out(self, reason: str) -> None:
+        self.timeouts[reason] += 1
+
+    def refusal(self, reason: str) -> bytes:
+        if reason == LISTENER_FULL:
+            return self._refusal(f"the {self.protocol} listener is at its {self.limit} connections; retry")
+        return self._refusal(f"more than {self.per_ip} {self.protocol} connections from this address")
+
+    def gate(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for `loop.create_server` that admits, then builds `factory()`."""
+        return lambda: _Gate(self, factory)
+
+
+class _Gate(asyncio.Protocol):
+    """Stands in front of a connection's real protocol: admits it (or refuses and closes),
+    forwards every callback, and releases the count when the transport goes."""
+
+    __slots__ = ("_admission", "_factory", "_inner", "_ip")
+
+    def __init__(self, admission: Admission, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._admission = admission
+        self._factory = factory
+        self._inner = None
+        self._ip = ""
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        reason = self._admission.admit(ip)
+        if reason is not None:
+            transport.write(self._admission.refusal(reason))
+            transport.close()
+            return
+        self._ip = ip
+        self._inner = self._factory()
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc) -> None:
+        inner = self._inner
+        if inner is not None:
+            self._inner = None
+            self._admission.release(self._ip)
+            inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self._inner
+        if inner is not None:
+            inner.data_received(data)
+
+    def eof_received(self):
+        inner = self._inner
+        return inner.eof_received() if inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class RefusalSummary:
+    """One WARNING when a listener starts refusing, then one summary per `every_s` while it
+    goes on (on the next refusal after the window), and the episode ends after a quiet
+    window: the next refusal starts a new one."""
+
+    def __init__(self, protocol: str, every_s: float, clock: Callable[[], float]) -> None:
+        self.protocol = protocol
+        self.every_s = every_s
+        self.clock = clock
+        self.since: float | None = None  # when the current episode began
+        self.last = 0.0  # the newest refusal
+        self.window_start = 0.0
+        self.window: dict[str, int] = {}
+        self.addresses: set[str] = set()
+
+    def refused(self, reason: str, ip: str, open_now: int, limit: int, per_ip: int) -> None:
+        now = self.clock()
+        if self.since is not None and now - self.last > self.every_s:
+            self._flush(now)
+            self.since = None
+        self.last = now
+        if self.since is None:
+            self.since = self.window_start = now
+            log.warning(
+                "%s listener refusing connections (%s: %d open, cap %d, %d per address; from %s); "
+                "further refusals summarised every %g s",
+                self.protocol,
+                reason,
+                open_now,
+                limit,
+                per_ip,
+                ip,
+                self.every_s,
+            )
+            return
+        self.window[reason] = self.window.get(reason, 0) + 1
+        if len(self.addresses) < 1000:
+            self.addresses.add(ip)
+        if now - self.window_start >= self.every_s:
+            self._flush(now, open_now)
+
+    def _flush(self, now: float, open_now: int | None = None) -> None:
+        if self.window:
+            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.window.items()))
+            log.warning(
+                "%s listener refused %s connections in the last %.0f s from %d address(es)%s",
+                self.protocol,
+                counts,
+                min(now, self.last + self.every_s) - self.window_start,
+                len(self.addresses),
+                "" if open_now is None else f"; {open_now} open",
+            )
+        self.window = {}
+        self.addresses = set()
+        self.window_start = now
+
+
+class IdleWatch:
+    """The deadlines of one connection, on one lazily re-armed timer: not `authenticated()`
+    within `login_s` of connecting -> `on_timeout(LOGIN_TIMEOUT)`; afterwards no `touch()`
+    for `idle_s` while not `busy()` -> `on_timeout(IDLE_TIMEOUT)`."""
+
+    __slots__ = ("_loop", "_login_s", "_idle_s", "_authenticated", "_busy", "_on_timeout", "last", "_handle")
+
+    def __init__(
+        self,
+        login_s: float,
+        idle_s: float,
+        authenticated: Callable[[], bool],
+        busy: Callable[[], bool],
+        on_timeout: Callable[[str], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._login_s = login_s
+        self._idle_s = idle_s
+        self._authenticated = authenticated
+        self._busy = busy
+        self._on_timeout = on_timeout
+        self.last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(login_s, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if not self._authenticated():
+            self._on_timeout(LOGIN_TIMEOUT)
+            return
+        now = self._loop.time()
+        due = self.last + self._idle_s
+        if now >= due and not self._busy():
+            self._on_timeout(IDLE_TIMEOUT)
+            return
+        self._handle = self._loop.call_at(max(due, now + 1.0), self._check)
