@@ -306,7 +306,7 @@ class BinarySession(asyncio.Protocol):
             cfg.login_s,
             cfg.idle_s,
             lambda: self.account is not None,
-            lambda: self._in_flight > 0 or self._reading_paused,
+            lambda: self._flight.count > 0 or self._reading_paused,
             self._timed_out,
         )
 
