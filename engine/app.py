@@ -26,6 +26,7 @@ from engine.config import Config
 from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.gateways.http_errors import QuietAppRunner
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
@@ -236,7 +237,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     app = build_app(ctx)
     sessions["websocket"] = lambda: len(app[SESSIONS])
-    runner = web.AppRunner(app, access_log=None)
+    runner = QuietAppRunner(app, metrics=metrics, access_log=None)  # malformed HTTP: JSON errors
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()

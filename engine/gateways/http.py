@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import WSMsgType, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -28,10 +29,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from engine.access_log import AccessLog
 from engine.auth import Accounts, TokenBucket
 from engine.automation import RunbookAutomation, WebhookPayload
+from engine.bad_input_log import BAD_INPUT
 from engine.bench.stats import percentile_us
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
 from engine.events import OrderRejected
+from engine.gateways.http_errors import describe
+from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_status, reject_text
@@ -204,6 +208,16 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:
         return not_leader(exc)
     except ServiceStopped as exc:
         return error(503, "SHUTTING_DOWN", str(exc))
+    except HttpProcessingError as exc:  # the body could not be read (bad chunking, short body)
+        status, code, message = describe(exc)
+        _count_decode_error(request, code)
+        BAD_INPUT.note("http", request.remote, message)
+        response = error(status, code, message)
+        response.force_close()
+        return response
+    except ConnectionError:  # the client went away mid-request: its business, not an error
+        log.debug("client %s disconnected during %s %s", request.remote, request.method, request.path)
+        return error(400, "CLIENT_DISCONNECTED", "the client closed the connection")
     except Exception:
         trace_id = request_trace_id(request) if request.get(ORDER_ENTRY) else None
         ids = fields(trace_id=trace_id, account=request.get(_CALLER), order_id=request.get(_ORDER))
@@ -347,6 +361,8 @@ async def _decode(request: web.Request, kind):
     if body and hdrs.CONTENT_TYPE in request.headers and not _is_json(request.content_type):
         message = f"send the body as application/json, not {request.content_type}"
         raise _unreadable(415, "UNSUPPORTED_MEDIA_TYPE", message)
+    if too_deep(body):
+        raise _unreadable(400, "TOO_DEEP", f"body nests JSON deeper than {MAX_DEPTH} levels")
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
@@ -886,6 +902,9 @@ class WsSession:
         self.fail(req_id, code, message)
 
     def handle(self, raw: str | bytes) -> None:
+        if too_deep(raw):  # msgspec would recurse until RecursionError ended the session
+            self.unreadable(None, "TOO_DEEP", f"message nests JSON deeper than {MAX_DEPTH} levels")
+            return
         try:
             msg = msgspec.json.decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
