@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.auth import TokenBucket
+from engine.bad_input_log import BAD_INPUT
 from engine.gateways.fix.codec import (
     NEED_DATA,
     FixMessage,
@@ -362,7 +363,7 @@ class FixSession:
     def _on_parse_error(self, error: ParseError) -> None:
         self.stats[f"parse_error.{error.code}"] += 1
         self.decode_errors[str(error.code)] += 1
-        log.warning("FIX session %s: %s", self.counterparty or "(not logged on)", error.text)
+        BAD_INPUT.note("fix", self.counterparty or "(not logged on)", error.text)
         if self.state is State.AWAIT_LOGON:
             self._close(f"unreadable input before Logon: {error.text}")
             return
