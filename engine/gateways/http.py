@@ -534,7 +534,12 @@ async def get_order_trace(request: web.Request) -> web.Response:
     oid = _order_id(request)
     ctx = request.app[CTX]
     view = _find(ctx, account, oid)
-    if isinstance(view, Lookup) and view not in (Lookup.REBUILDING, Lookup.HISTORY_GONE):
+    # FIX (tests/test_order_oracle.py): an order finished before this node started and not
+    # (yet) in the index has no known owner, so the journal was read for any caller and
+    # another account's order was told apart from an unassigned id by the answer and its time
+    # (a scan: 374 ms against 2 ms). Only an ops key reads the journal for such an id; an
+    # account gets the answer GET /v1/orders/{id} gives, the same whoever owns the order.
+    if isinstance(view, Lookup) and (account is not None or view not in _JOURNAL_KNOWS):
         return _missing(ctx, oid, view)
     # Not known here yet (or no more), a compact record, or seeded at a restart (acceptance
     # unknown here): the journal knows, and says why not when it does not.
@@ -554,6 +559,9 @@ async def get_order_trace(request: web.Request) -> web.Response:
         if not isinstance(found, web.Response):
             body["stages"] = found.get("stages")
     return ok(body)
+
+
+_JOURNAL_KNOWS = (Lookup.REBUILDING, Lookup.HISTORY_GONE)  # ids whose history a journal read may find
 
 
 async def _journal_lookup(ctx: GatewayContext, oid: int) -> dict | web.Response:
