@@ -74,6 +74,7 @@ class RunningExchange:
     lookups: OrderLookups | None = None
     probes: list[LoopLagProbe] = field(default_factory=list)
     gc_pauses: GcPauses | None = None
+    metrics_runner: web.AppRunner | None = None  # /metrics on its own listener (metrics_port)
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -94,6 +95,8 @@ class RunningExchange:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(stop(), 5)
             await self.http_runner.cleanup()
+            if self.metrics_runner is not None:
+                await self.metrics_runner.cleanup()
             self.node.close()
             raise
         if self.cluster is not None:  # hand the lease over now rather than on expiry
@@ -102,6 +105,8 @@ class RunningExchange:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)
         await self.http_runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.lookups is not None:
             await self.lookups.close()
         if self.shipper is not None:
@@ -235,7 +240,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         lookups=lookups,
         access=AccessLog(cfg.access_log_sample),
     )
-    app = build_app(ctx)
+    own_metrics_port = cfg.metrics_port >= 0
+    app = build_app(ctx, serve_metrics=not own_metrics_port)
     sessions["websocket"] = lambda: len(app[SESSIONS])
     runner = QuietAppRunner(app, metrics=metrics, access_log=None)  # malformed HTTP: JSON errors
     await runner.setup()
@@ -244,6 +250,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.lookups = lookups
     running.ports["http"] = runner.addresses[0][1]
+    if own_metrics_port:
+        from engine.gateways.metrics_listener import start_metrics_listener
+
+        running.metrics_runner, running.ports["metrics"] = await start_metrics_listener(
+            ctx, cfg.metrics_host or cfg.host, cfg.metrics_port
+        )
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
@@ -284,7 +296,11 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         running.cluster = member
         member.start(
             f"http://{cfg.host}:{running.ports['http']}",
-            {name: f"{cfg.host}:{port}" for name, port in running.ports.items() if name != "http"},
+            {
+                name: f"{cfg.host}:{port}"
+                for name, port in running.ports.items()
+                if name not in ("http", "metrics")
+            },
         )
     if cfg.demo:
         from engine.demo import run_demo_flow

@@ -28,6 +28,9 @@ class Config:
     http_port: int = 8080
     fix_port: int = 9878  # -1 disables a listener, 0 picks a free port
     binary_port: int = 9879
+    # /metrics on its own listener (engine/gateways/metrics_listener.py); -1: on the HTTP port.
+    metrics_port: int = -1
+    metrics_host: str = ""  # "" = host
     admin_key: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
     # Read-only operator keys (role "ops"), key -> name: any account's orders and traces,
@@ -77,6 +80,8 @@ _ENV = {
     "LOOM_HTTP_PORT": ("http_port", int),
     "LOOM_FIX_PORT": ("fix_port", int),
     "LOOM_BINARY_PORT": ("binary_port", int),
+    "LOOM_METRICS_PORT": ("metrics_port", int),
+    "LOOM_METRICS_HOST": ("metrics_host", str),
     "LOOM_ADMIN_KEY": ("admin_key", str),
     "LOOM_OPS_KEY": ("ops_keys", lambda key: {key: "ops"}),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
@@ -160,11 +165,14 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             cfg.instruments = list(DEMO_INSTRUMENTS)
     if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
         raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
-        raise ConfigError(
-            f"host {cfg.host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
-            "this machine (put TLS and a firewall in front first)"
-        )
+    for name, host in (("host", cfg.host), ("metrics_host", cfg.metrics_host)):
+        if host and host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
+            raise ConfigError(
+                f"{name} {host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
+                "this machine (put TLS and a firewall in front first)"
+            )
+    if cfg.metrics_host and cfg.metrics_port < 0:
+        raise ConfigError("metrics_host needs metrics_port (without it /metrics is on the HTTP port)")
     return cfg
 
 
@@ -175,6 +183,8 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "http_port": int,
         "fix_port": int,
         "binary_port": int,
+        "metrics_port": int,
+        "metrics_host": str,
         "admin_key": str,
         "rate_limit": float,
         "rate_burst": float,

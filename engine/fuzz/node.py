@@ -60,7 +60,7 @@ class FuzzNode:
     def start(cls, extra_config: str = "", timeout: float = 60.0) -> FuzzNode:
         workdir = tempfile.TemporaryDirectory(prefix="loom-fuzz-")
         root = Path(workdir.name)
-        (root / "loom.toml").write_text(CONFIG + extra_config)
+        (root / "loom.toml").write_text(extra_config + CONFIG)  # top-level keys before the tables
         log = root / "node.log"
         with log.open("w") as out:
             proc = subprocess.Popen(

@@ -1156,14 +1156,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 SESSIONS = web.AppKey("sessions", set)
 
 
-def build_app(ctx: GatewayContext) -> web.Application:
+def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Application:
+    """The REST/WebSocket app; `serve_metrics` False when /metrics has its own listener
+    (engine/gateways/metrics_listener.py)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[CTX] = ctx
     app[SESSIONS] = set()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_post("/v1/orders", post_order)
     app.router.add_get("/v1/orders", list_orders)
     app.router.add_delete("/v1/orders", cancel_all)
