@@ -218,7 +218,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         metrics=metrics,
         actions=member.automation_actions() if member is not None else None,
     )
-    KillSwitchActions(service).register(automation)
+    KillSwitchActions(service, surveillance).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key, cfg.ops_keys)
     service.start()
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)

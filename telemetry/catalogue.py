@@ -388,11 +388,12 @@ _SPECS = [
         ("kind",),
     ),
     MetricSpec(
-        "loom_surveillance_account_score",
+        "loom_surveillance_top_score",
         GAUGE,
-        "Anomaly score of the few highest-scoring accounts per kind (top 5 with a score of at "
-        "least 0.5 only, so the account label stays bounded).",
-        ("kind", "account"),
+        "Anomaly scores of the highest-scoring accounts per kind, by rank (1 = highest; top 5 "
+        "scoring at least 0.5), without identities: which accounts is for the admin and ops API "
+        "(GET /v1/admin/surveillance, `loom risk surveillance`), never a metric label.",
+        ("kind", "rank"),
     ),
     MetricSpec(
         "loom_surveillance_alerts",
