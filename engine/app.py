@@ -27,6 +27,7 @@ from engine.console import say
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
 from engine.gateways.http_errors import QuietAppRunner
+from engine.gateways.preauth_limit import PerIpLimit
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
@@ -239,6 +240,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         surveillance=surveillance,
         lookups=lookups,
         access=AccessLog(cfg.access_log_sample),
+        preauth=PerIpLimit(cfg.preauth_rate_limit, cfg.preauth_rate_burst),
     )
     own_metrics_port = cfg.metrics_port >= 0
     app = build_app(ctx, serve_metrics=not own_metrics_port)
@@ -279,6 +281,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             cfg.data_dir / "fix",
             config=SessionConfig(rate=cfg.binary_rate_limit, burst=cfg.binary_rate_burst),
             access=ctx.access,
+            comp_ids=cfg.fix_comp_ids,
+            max_comp_ids=cfg.fix_max_comp_ids,
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)

@@ -36,9 +36,16 @@ class Config:
     # Read-only operator keys (role "ops"), key -> name: any account's orders and traces,
     # the admin GET views; never trading or admin actions.
     ops_keys: dict[str, str] = field(default_factory=dict)
+    # FIX SenderCompIDs bound to accounts ([[accounts]] fix_comp_ids), SenderCompID -> account;
+    # an account with none bound may use up to fix_max_comp_ids (engine/gateways/fix/comp_ids.py).
+    fix_comp_ids: dict[str, str] = field(default_factory=dict)
+    fix_max_comp_ids: int = 16
     instruments: list[Instrument] = field(default_factory=list)
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
+    # Requests without valid credentials (no key, or a wrong one), per client IP; 0 = off.
+    preauth_rate_limit: float = 100.0
+    preauth_rate_burst: float = 200.0
     binary_rate_limit: float = 20_000.0  # binary and FIX, per session; 0 = off
     binary_rate_burst: float = 40_000.0
     # Admission control: commands waiting for the commit loop beyond which new orders are
@@ -85,6 +92,7 @@ _ENV = {
     "LOOM_ADMIN_KEY": ("admin_key", str),
     "LOOM_OPS_KEY": ("ops_keys", lambda key: {key: "ops"}),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
+    "LOOM_PREAUTH_RATE_LIMIT": ("preauth_rate_limit", float),
     "LOOM_MAX_QUEUED_COMMANDS": ("max_queued_commands", int),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
     "LOOM_NODE_ID": ("node_id", str),
@@ -188,6 +196,8 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "admin_key": str,
         "rate_limit": float,
         "rate_burst": float,
+        "preauth_rate_limit": float,
+        "preauth_rate_burst": float,
         "binary_rate_limit": float,
         "binary_rate_burst": float,
         "max_queued_commands": int,
@@ -197,6 +207,7 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "lease_ttl": float,
         "journal_retention": str,
         "lookup_window_orders": int,
+        "fix_max_comp_ids": int,
         "log_format": str,
         "access_log_sample": float,
         "environment": str,
@@ -245,6 +256,14 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                             "api_key of at least 16 characters"
                         )
                     (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
+                    comp_ids = entry.get("fix_comp_ids", [])
+                    if not isinstance(comp_ids, list) or not all(isinstance(c, str) and c for c in comp_ids):
+                        raise ConfigError(
+                            f"{path}: account {name!r}: fix_comp_ids is a list of SenderCompIDs"
+                        )
+                    for comp_id in comp_ids:
+                        if cfg.fix_comp_ids.setdefault(comp_id, name) != name:
+                            raise ConfigError(f"{path}: SenderCompID {comp_id!r} is bound to two accounts")
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
         except ConfigError:

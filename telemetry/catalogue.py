@@ -218,7 +218,13 @@ _SPECS = [
     MetricSpec("loom_open_orders", GAUGE, "Orders resting in the book.", ("symbol",)),
     # -- gateways ---------------------------------------------------------------------------------
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
-    MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
+    MetricSpec(
+        "loom_rate_limited",
+        COUNTER,
+        "Requests refused by a rate limit, by protocol (unauthenticated: the per-IP limit on "
+        "HTTP requests without a valid key).",
+        ("protocol",),
+    ),
     MetricSpec(
         "loom_overload_refusals",
         COUNTER,

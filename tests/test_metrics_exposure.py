@@ -22,7 +22,7 @@ def fetch(url: str) -> tuple[int, str]:
 
 
 def test_metrics_move_to_their_own_listener_when_metrics_port_is_set():
-    with FuzzNode.start("metrics_port = 0\n") as node:
+    with FuzzNode.start({"metrics_port": 0}) as node:
         assert "metrics" in node.ports and node.ports["metrics"] != node.ports["http"]
         status, body = fetch(f"http://127.0.0.1:{node.ports['http']}/metrics")
         assert status == 404 and '"code":"NOT_FOUND"' in body

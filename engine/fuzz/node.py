@@ -22,15 +22,19 @@ SYMBOL = "BTC-USD"
 _RUN = (sys.executable, "-m", "engine.cli", "run")
 _READY = re.compile(r"loom: ready on \S+ \(([^)]*)\)")
 _PORT = re.compile(r"(\w+) (\d+)")
-CONFIG = f"""
-host = "127.0.0.1"
-http_port = 0
-fix_port = 0
-binary_port = 0
-admin_key = "{ADMIN_KEY}"
-fsync = false
-rate_limit = 0
-binary_rate_limit = 0
+# Limits off: a campaign sends as fast as it can from one address (FuzzNode.start overrides).
+SETTINGS: dict[str, object] = {
+    "host": "127.0.0.1",
+    "http_port": 0,
+    "fix_port": 0,
+    "binary_port": 0,
+    "admin_key": ADMIN_KEY,
+    "fsync": False,
+    "rate_limit": 0,
+    "preauth_rate_limit": 0,
+    "binary_rate_limit": 0,
+}
+TABLES = f"""
 [[instruments]]
 symbol = "{SYMBOL}"
 tick_size = 5
@@ -41,6 +45,10 @@ api_key = "{ALICE_KEY}"
 name = "bob"
 api_key = "{BOB_KEY}"
 """
+
+
+def _toml(settings: dict[str, object]) -> str:
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
 
 
 @dataclass
@@ -57,10 +65,13 @@ class FuzzNode:
         return f"http://127.0.0.1:{self.ports['http']}"
 
     @classmethod
-    def start(cls, extra_config: str = "", timeout: float = 60.0) -> FuzzNode:
+    def start(
+        cls, settings: dict[str, object] | None = None, tables: str = "", timeout: float = 60.0
+    ) -> FuzzNode:
+        """A node with SETTINGS updated by `settings`, and `tables` ([[accounts]] ...) added."""
         workdir = tempfile.TemporaryDirectory(prefix="loom-fuzz-")
         root = Path(workdir.name)
-        (root / "loom.toml").write_text(extra_config + CONFIG)  # top-level keys before the tables
+        (root / "loom.toml").write_text(_toml({**SETTINGS, **(settings or {})}) + TABLES + tables)
         log = root / "node.log"
         with log.open("w") as out:
             proc = subprocess.Popen(

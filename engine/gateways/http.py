@@ -38,7 +38,9 @@ from engine.gateways.http_errors import describe
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.openapi import OPENAPI
+from engine.gateways.preauth_limit import PerIpLimit
 from engine.gateways.texts import reject_code, reject_status, reject_text
+from engine.gateways.ws_masking import require_masked_frames
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
@@ -101,6 +103,8 @@ class GatewayContext:
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0
+    # Requests without valid credentials, per client IP (engine/gateways/preauth_limit.py); off here.
+    preauth: PerIpLimit = field(default_factory=lambda: PerIpLimit(0, 0))
 
     @property
     def engine(self):
@@ -117,8 +121,25 @@ class GatewayContext:
             self.metrics.rate_limited("rest")
         return False
 
+    def allow_unauthenticated(self, remote: str | None) -> bool:
+        """Within the per-IP limit for requests without valid credentials (counted if not)."""
+        if self.preauth.allow(remote):
+            return True
+        self.rate_limited += 1
+        if self.metrics is not None:
+            self.metrics.rate_limited("unauthenticated")
+        return False
+
+    def preauth_refusal(self) -> web.Response:
+        return error(
+            429,
+            "RATE_LIMITED",
+            f"more than {self.preauth.rate:g} requests per second from this address without a valid key",
+        )
+
 
 CTX = web.AppKey("ctx", GatewayContext)
+_PROBES = frozenset(("/healthz", "/readyz", "/metrics"))  # never limited: probes and scrapes
 
 
 def error(status: int, code: str, message: str, retry_after: int = 1, **extra) -> web.Response:
@@ -185,6 +206,13 @@ async def json_errors(request: web.Request, handler):
 
 
 async def _answer(request: web.Request, handler) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    if (
+        not _api_key(request)
+        and request.path not in _PROBES
+        and not ctx.allow_unauthenticated(request.remote)
+    ):
+        return ctx.preauth_refusal()
     try:
         return await handler(request)
     except _Denied as denied:  # a client mistake found before any work: its 4xx reply
@@ -307,6 +335,8 @@ def _caller(request: web.Request) -> str | None:
     if account is None:
         operator = ctx.accounts.operator(key)
         if operator is None:
+            if key and not ctx.allow_unauthenticated(request.remote):  # guessing keys
+                raise _Denied(ctx.preauth_refusal())
             raise _Denied(error(401, "UNAUTHENTICATED", "a valid X-API-Key header is required"))
         limited = f"ops:{operator}"  # its own bucket: an operator named like an account shares none
     request[_CALLER] = limited
@@ -851,6 +881,7 @@ class WsSession:
         self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        self.control_bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
         # When the oldest market data message in the outbox became durable (0: none queued).
         self.md_since = 0.0
 
@@ -929,6 +960,8 @@ class WsSession:
         if handler is None:
             self.unreadable(req_id, "UNKNOWN_OP", f"unknown op {op!r}; one of {sorted(_WS_OPS)}")
             return
+        if op in _WS_CONTROL and not self._within_rate(req_id, self.control_bucket):
+            return  # (trading ops check their own bucket once authenticated)
         try:
             handler(self, req_id, msg)
         except msgspec.ValidationError as exc:
@@ -953,7 +986,12 @@ class WsSession:
         if self.account is None:
             self.fail(req_id, "UNAUTHENTICATED", "send {'op': 'auth', 'api_key': ...} first")
             return False
-        if not self.bucket.allow(time.monotonic()):
+        return self._within_rate(req_id, self.bucket)
+
+    def _within_rate(self, req_id, bucket: TokenBucket) -> bool:
+        """The session's rate limit: one bucket for trading, one for control ops (auth, ping,
+        subscribe: never limited before), so a client at its trading limit can still ping."""
+        if not bucket.allow(time.monotonic()):
             self.ctx.rate_limited += 1
             if self.ctx.metrics is not None:
                 self.ctx.metrics.rate_limited("websocket")
@@ -1099,6 +1137,7 @@ def _sub_key(req: _WsSubscribe) -> tuple:
     return (req.channel, "" if req.channel == "executions" else req.symbol)
 
 
+_WS_CONTROL = frozenset(("auth", "subscribe", "unsubscribe", "ping"))
 _WS_OPS = {
     "auth": WsSession.op_auth,
     "order": WsSession.op_order,
@@ -1119,6 +1158,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         return error(401, "UNAUTHENTICATED", "unknown API key")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY, compress=False)
     await ws.prepare(request)
+    require_masked_frames(request, ws)  # RFC 6455: an unmasked client frame closes with 1002
     session = WsSession(ctx, ws, account, request.transport)
     writer = asyncio.create_task(session.writer())
     request.app[SESSIONS].add(session)

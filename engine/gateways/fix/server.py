@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.access_log import AccessLog
+from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
-from engine.gateways.fix.store import FileStore
+from engine.gateways.fix.store import FileStore, store_dir_name
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -89,13 +90,20 @@ class FixGateway:
     sessions: dict[str, FixSession] = field(default_factory=dict)  # logged on, by SenderCompID
     connections: set[_Connection] = field(default_factory=set)
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
+    comp_ids: CompIdBinding | None = None  # SenderCompIDs per account (default: none bound, 16 each)
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.comp_ids is None:
+            self.comp_ids = CompIdBinding(store_dir=self.store_dir)
+        binding = self.comp_ids
         lookup = getattr(self.order_store, "get", None)
         self.env = SessionEnv(
             authenticate=self.accounts.authenticate,  # type: ignore[attr-defined]
+            comp_id_problem=lambda comp_id, account: binding.problem(
+                comp_id, account, store_dir_name(comp_id)
+            ),
             open_store=lambda comp_id: FileStore(self.store_dir, comp_id),
             order_lookup=lookup,
             claim=self._claim,
@@ -246,13 +254,19 @@ async def start_fix_server(
     config: SessionConfig | None = None,
     timer_interval: float = 0.5,
     access: AccessLog | None = None,
+    comp_ids: dict[str, str] | None = None,
+    max_comp_ids: int = DEFAULT_MAX_PER_ACCOUNT,
 ) -> asyncio.base_events.Server:
     """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
     answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
     out and disconnected; `store_dir` keeps each SenderCompID's sequence numbers and sent
-    messages across restarts."""
+    messages across restarts; `comp_ids` binds SenderCompIDs to accounts (SenderCompID -> account;
+    an account with none bound may use up to `max_comp_ids`)."""
     cfg = replace(config or SessionConfig(), heartbeat_timeout=heartbeat_timeout)
-    gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
+    binding = CompIdBinding(comp_ids, max_comp_ids, Path(store_dir))
+    gateway = FixGateway(
+        service, router, order_store, accounts, Path(store_dir), cfg, timer_interval, comp_ids=binding
+    )
     if access is not None:
         gateway.access = access
     server = await asyncio.start_server(gateway.serve, host, port)

@@ -133,6 +133,8 @@ class SessionEnv:
     authenticate: Callable[[str | None], str | None]  # API key -> account
     open_store: Callable[[str], SessionStore]  # counterparty SenderCompID -> its store
     order_lookup: Callable[[int], Any] | None = None  # order id -> OrderView (order store)
+    # Why an account may not log on with a SenderCompID (None: it may): checked before its store opens.
+    comp_id_problem: Callable[[str, str], str | None] = lambda comp_id, account: None
     claim: Callable[[str, Any], bool] = lambda comp_id, session: True  # one live session per comp id
     release: Callable[[str, Any], None] = lambda comp_id, session: None
     wall_clock: Callable[[], float] = time.time  # SendingTime
@@ -484,6 +486,9 @@ class FixSession:
         account = self.env.authenticate(msg.get(Tag.Password))
         if account is None or account != msg.get(Tag.Username):
             return self._refuse_logon(msg, "invalid Username (553) or Password (554)")
+        problem = self.env.comp_id_problem(comp_id, account)
+        if problem:  # before open_store: no directory for a SenderCompID the account may not use
+            return self._refuse_logon(msg, problem)
         if not self.env.claim(comp_id, self):
             return self._refuse_logon(msg, f"session {comp_id} is already logged on")
         self._claimed = True
