@@ -277,7 +277,10 @@ class FixSession:
     def _close(self, reason: str) -> None:
         if not self.closed:
             self.close_reason = reason
-            log.info("FIX session %s closed: %s", self.counterparty or "(not logged on)", reason)
+            if not self.account:  # never logged on (a refused Logon, garbage): summarised
+                BAD_INPUT.note("fix", self.counterparty or "(not logged on)", f"closed: {reason}")
+            else:
+                log.info("FIX session %s closed: %s", self.counterparty, reason)
         self._transition("close")
 
     def _persist_expected(self) -> None:
