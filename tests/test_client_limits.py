@@ -148,3 +148,39 @@ def test_the_per_ip_table_is_bounded():
         assert limit.allow(f"10.0.0.{i}", now=0.0)
     assert len(limit._buckets) == 3
     assert not limit.allow("10.0.0.9", now=0.0) and limit.refused == 1
+
+
+def test_the_mask_check_follows_frames_split_anywhere():
+    """Frames of every length form, masked or not, cut at random points: the check fails the
+    stream exactly when one frame is unmasked (its fast and byte-wise paths agree)."""
+    import random
+
+    from engine.gateways.ws_masking import MaskedFramesOnly
+
+    class Sink:
+        def feed_data(self, data):
+            return False, b""
+
+    class Queue:
+        exc = None
+
+        def set_exception(self, exc):
+            self.exc = exc
+
+    rng = random.Random(13)
+    for _ in range(1000):
+        frames, all_masked = [], True
+        for _ in range(rng.randint(1, 6)):
+            n, masked = rng.choice((0, 5, 125, 126, 300, 70_000)), rng.random() < 0.9
+            all_masked &= masked
+            size = n if n < 126 else 126 if n < 65536 else 127
+            head = bytes((0x81, (0x80 if masked else 0) | size))
+            head += n.to_bytes(2, "big") if size == 126 else n.to_bytes(8, "big") if size == 127 else b""
+            frames.append(head + (os.urandom(4) if masked else b"") + bytes(n))
+        stream = b"".join(frames)
+        cuts = sorted(rng.sample(range(1, len(stream)), min(5, len(stream) - 1)))
+        queue = Queue()
+        check = MaskedFramesOnly(Sink(), queue)
+        for lo, hi in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            check.feed_data(stream[lo:hi])
+        assert (queue.exc is None) == all_masked

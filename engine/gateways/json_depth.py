@@ -17,11 +17,16 @@ _TOKENS = re.compile(rb'"(?:[^"\\]|\\.?)*+(?:"|\Z)|[\[\]{}]', re.S)
 
 def too_deep(raw: str | bytes, limit: int = MAX_DEPTH) -> bool:
     """True when `raw` nests arrays/objects deeper than `limit` (strings are skipped)."""
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     # Depth can exceed the limit only with more opening brackets than it: a C-speed count
     # keeps the check off the order path for every ordinary message.
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False
+    if isinstance(raw, str):
+        if raw.count("[") + raw.count("{") <= limit:
+            return False
+        data = raw.encode("utf-8", "surrogatepass")
+    else:
+        if raw.count(b"[") + raw.count(b"{") <= limit:
+            return False
+        data = raw
     depth = 0
     for m in _TOKENS.finditer(data):
         token = m.group()

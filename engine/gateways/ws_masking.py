@@ -39,13 +39,26 @@ class MaskedFramesOnly:
 
     def _all_masked(self, data: bytes) -> bool:
         i, n = 0, len(data)
+        head = self._head
         while i < n:
             if self._skip:
                 step = min(self._skip, n - i)
                 self._skip -= step
                 i += step
                 continue
-            head = self._head
+            if not head and n - i >= 14:  # a whole header here (the usual case): read it at once
+                second = data[i + 1]
+                if not second & 0x80:
+                    return False
+                length = second & 0x7F
+                if length < 126:
+                    i += 6
+                elif length == 126:
+                    length, i = int.from_bytes(data[i + 2 : i + 4], "big"), i + 8
+                else:
+                    length, i = int.from_bytes(data[i + 2 : i + 10], "big"), i + 14
+                self._skip = length
+                continue
             head.append(data[i])
             i += 1
             if len(head) < 2:
