@@ -243,14 +243,19 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:
         response = error(status, code, message)
         response.force_close()
         return response
-    except ConnectionError:  # the client went away mid-request: its business, not an error
-        log.debug("client %s disconnected during %s %s", request.remote, request.method, request.path)
-        return error(400, "CLIENT_DISCONNECTED", "the client closed the connection")
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_gone(request):  # its business, not an error
+            log.debug("client %s disconnected during %s %s", request.remote, request.method, request.path)
+            return error(400, "CLIENT_DISCONNECTED", "the client closed the connection")
         trace_id = request_trace_id(request) if request.get(ORDER_ENTRY) else None
         ids = fields(trace_id=trace_id, account=request.get(_CALLER), order_id=request.get(_ORDER))
         log.exception("unhandled error on %s %s", request.method, request.path, extra=ids)
         return error(500, "INTERNAL", "internal error (logged)")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 ORDER_ENTRY = web.RequestKey("order_entry", bool)  # an order-entry request: answers carry X-Trace-Id

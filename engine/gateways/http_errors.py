@@ -50,13 +50,15 @@ class QuietRequestHandler(RequestHandler):
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: an answer is already on the wire
             raise ConnectionError("response already sent; the connection is closed")
-        if status == 500 and not isinstance(exc, HttpProcessingError):
-            # Not bad input: the json_errors middleware answers every handler error, so
-            # this is aiohttp's own failure; keep it loud.
-            log.error("unhandled error serving %s", request.remote, exc_info=exc)
-            response = json_error(500, "INTERNAL", "internal error (logged)")
+        if not isinstance(exc, HttpProcessingError):
+            # Not bad input: the json_errors middleware answers every handler error, so this
+            # is aiohttp's own failure (or its handler timeout, 504); keep it loud.
+            log.error("error serving %s: HTTP %d", request.remote, status, exc_info=exc)
+            response = json_error(
+                status, "INTERNAL" if status == 500 else "TIMEOUT", "internal error (logged)"
+            )
         else:
-            status, code, text = describe(exc) if status < 500 else (status, "TIMEOUT", "request timed out")
+            status, code, text = describe(exc)
             if self.metrics is not None:
                 self.metrics.decode_error("rest", code)
             BAD_INPUT.note("http", request.remote, text)
