@@ -186,14 +186,17 @@ RISK_GROUP = Group(
         ),
         Alert(
             "LoomAnomalyDetected",
-            f"max by (job, instance, kind, account) (loom_surveillance_account_score{{{JOB}}}) "
+            # Metrics carry no account names (issue 13): the alert is per kind; which accounts
+            # is for the admin/ops API, and the automation asks surveillance itself.
+            f"max by (job, instance, kind) (loom_surveillance_anomaly_score{{{JOB}}}) "
             f">= {_t('LoomAnomalyDetected').value:g}",
             "warning",
             "Surveillance flags a Loom account.",
-            "Account {{ $labels.account }} on {{ $labels.instance }} has a {{ $labels.kind }} anomaly score "
+            "An account on {{ $labels.instance }} has a {{ $labels.kind }} anomaly score "
             'of {{ $value | printf "%.2f" }} '
-            f"({_t('LoomAnomalyDetected').value:g} = threshold) for {_for('LoomAnomalyDetected')}. "
-            "Self-match anomalies engage the account's kill switch automatically.",
+            f"({_t('LoomAnomalyDetected').value:g} = threshold) for {_for('LoomAnomalyDetected')}; "
+            "which one: `loom risk surveillance` or GET /v1/admin/surveillance (admin or ops key). "
+            "Self-match anomalies engage the flagged accounts' kill switches automatically.",
             for_=_t("LoomAnomalyDetected").for_,
             labels={"risk_scope": "account"},
             automation=ANOMALY_AUTOMATION,

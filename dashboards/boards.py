@@ -1006,14 +1006,15 @@ def risk() -> Board:
             ],
             [
                 series(
-                    "Top accounts by anomaly score",
+                    "Top anomaly scores by rank",
                     [
                         target(
-                            f"topk(5, max by (kind, account) ({m('loom_surveillance_account_score')}))",
-                            "{{kind}} {{account}}",
+                            f"max by (kind, rank) ({m('loom_surveillance_top_score')})",
+                            "{{kind}} #{{rank}}",
                         )
                     ],
-                    description="Only accounts scoring at least 0.5 are exported by name (bounded).",
+                    description="The top 5 scores per kind (at least 0.5), without identities: "
+                    "`loom risk surveillance` names the accounts.",
                 ),
                 series(
                     "Accounts under surveillance",

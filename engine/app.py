@@ -28,7 +28,9 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
 from engine.gateways.admission import LISTEN_BACKLOG, Admission, http_refusal
 from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
+from engine.gateways.preauth_limit import PerIpLimit
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
@@ -78,6 +80,7 @@ class RunningExchange:
     lookups: OrderLookups | None = None
     probes: list[LoopLagProbe] = field(default_factory=list)
     gc_pauses: GcPauses | None = None
+    metrics_runner: web.AppRunner | None = None  # /metrics on its own listener (metrics_port)
 
     async def stop(self) -> None:
         self.service.accepting = False
@@ -98,6 +101,8 @@ class RunningExchange:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(stop(), 5)
             await self.http_runner.cleanup()
+            if self.metrics_runner is not None:
+                await self.metrics_runner.cleanup()
             self.node.close()
             raise
         if self.cluster is not None:  # hand the lease over now rather than on expiry
@@ -106,6 +111,8 @@ class RunningExchange:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stop(), 5)
         await self.http_runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.lookups is not None:
             await self.lookups.close()
         if self.shipper is not None:
@@ -217,7 +224,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         metrics=metrics,
         actions=member.automation_actions() if member is not None else None,
     )
-    KillSwitchActions(service).register(automation)
+    KillSwitchActions(service, surveillance).register(automation)
     accounts = Accounts(cfg.api_keys, cfg.admin_key, cfg.ops_keys)
     service.start()
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
@@ -238,15 +245,20 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         surveillance=surveillance,
         lookups=lookups,
         access=AccessLog(cfg.access_log_sample),
+        preauth=PerIpLimit(cfg.preauth_rate_limit, cfg.preauth_rate_burst),
     )
+    own_metrics_port = cfg.metrics_port >= 0
     admissions = _admissions(cfg)
     metrics.registry.register(AdmissionCollector(list(admissions.values())))
-    app = build_app(ctx)
+    app = build_app(ctx, serve_metrics=not own_metrics_port)
     sessions["websocket"] = lambda: len(app[SESSIONS])
     limits = app[LIMITS] = HttpLimits(cfg.admission, admissions["http"])
     app.middlewares.append(body_deadline(limits))
-    # keepalive_timeout: the idle and request-head deadline (engine/gateways/http_limits.py)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.admission.http_idle_s)
+    # keepalive_timeout: the idle and request-head deadline (engine/gateways/http_limits.py);
+    # the quiet runner answers malformed HTTP in the JSON error format (http_errors.py).
+    runner = QuietAppRunner(
+        app, metrics=metrics, access_log=None, keepalive_timeout=cfg.admission.http_idle_s
+    )
     await runner.setup()
     # The listener is built here rather than by a web.TCPSite: admission wraps aiohttp's
     # protocol factory, so a refused connection never gets a request handler.
@@ -258,6 +270,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups
     running.ports["http"] = http_server.sockets[0].getsockname()[1]
+    if own_metrics_port:
+        from engine.gateways.metrics_listener import start_metrics_listener
+
+        running.metrics_runner, running.ports["metrics"] = await start_metrics_listener(
+            ctx, cfg.metrics_host or cfg.host, cfg.metrics_port
+        )
     if cfg.binary_port >= 0:
         from engine.gateways.binary.server import binary_sessions, start_binary_server, stop_binary_server
 
@@ -295,6 +313,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             ),
             access=ctx.access,
             admission=admissions["fix"],
+            comp_ids=cfg.fix_comp_ids,
+            max_comp_ids=cfg.fix_max_comp_ids,
         )
         running.servers.append((server, lambda s=server: stop_fix_server(s)))
         sessions["fix"] = lambda s=server: _fix_session_count(s)
@@ -312,7 +332,11 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         running.cluster = member
         member.start(
             f"http://{cfg.host}:{running.ports['http']}",
-            {name: f"{cfg.host}:{port}" for name, port in running.ports.items() if name != "http"},
+            {
+                name: f"{cfg.host}:{port}"
+                for name, port in running.ports.items()
+                if name not in ("http", "metrics")
+            },
         )
     if cfg.demo:
         from engine.demo import run_demo_flow

@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.load.cli import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from engine.fuzz.cli import add_parser as add_fuzz_parser
+
+    add_fuzz_parser(sub)
     from engine.cli_risk import add_parsers as add_risk_parsers
 
     add_risk_parsers(sub)

@@ -29,14 +29,24 @@ class Config:
     http_port: int = 8080
     fix_port: int = 9878  # -1 disables a listener, 0 picks a free port
     binary_port: int = 9879
+    # /metrics on its own listener (engine/gateways/metrics_listener.py); -1: on the HTTP port.
+    metrics_port: int = -1
+    metrics_host: str = ""  # "" = host
     admin_key: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> account
     # Read-only operator keys (role "ops"), key -> name: any account's orders and traces,
     # the admin GET views; never trading or admin actions.
     ops_keys: dict[str, str] = field(default_factory=dict)
+    # FIX SenderCompIDs bound to accounts ([[accounts]] fix_comp_ids), SenderCompID -> account;
+    # an account with none bound may use up to fix_max_comp_ids (engine/gateways/fix/comp_ids.py).
+    fix_comp_ids: dict[str, str] = field(default_factory=dict)
+    fix_max_comp_ids: int = 16
     instruments: list[Instrument] = field(default_factory=list)
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
+    # Requests without valid credentials (no key, or a wrong one), per client IP; 0 = off.
+    preauth_rate_limit: float = 100.0
+    preauth_rate_burst: float = 200.0
     binary_rate_limit: float = 20_000.0  # binary and FIX, per session; 0 = off
     binary_rate_burst: float = 40_000.0
     # Admission control: commands waiting for the commit loop beyond which new orders are
@@ -81,9 +91,12 @@ _ENV = {
     "LOOM_HTTP_PORT": ("http_port", int),
     "LOOM_FIX_PORT": ("fix_port", int),
     "LOOM_BINARY_PORT": ("binary_port", int),
+    "LOOM_METRICS_PORT": ("metrics_port", int),
+    "LOOM_METRICS_HOST": ("metrics_host", str),
     "LOOM_ADMIN_KEY": ("admin_key", str),
     "LOOM_OPS_KEY": ("ops_keys", lambda key: {key: "ops"}),
     "LOOM_RATE_LIMIT": ("rate_limit", float),
+    "LOOM_PREAUTH_RATE_LIMIT": ("preauth_rate_limit", float),
     "LOOM_MAX_QUEUED_COMMANDS": ("max_queued_commands", int),
     "LOOM_CLUSTER": ("cluster", lambda text: [u.strip() for u in text.split(",") if u.strip()]),
     "LOOM_NODE_ID": ("node_id", str),
@@ -164,11 +177,14 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             cfg.instruments = list(DEMO_INSTRUMENTS)
     if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
         raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
-        raise ConfigError(
-            f"host {cfg.host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
-            "this machine (put TLS and a firewall in front first)"
-        )
+    for name, host in (("host", cfg.host), ("metrics_host", cfg.metrics_host)):
+        if host and host not in ("127.0.0.1", "localhost", "::1") and not env.get("LOOM_ALLOW_PUBLIC_BIND"):
+            raise ConfigError(
+                f"{name} {host!r} is not a loopback address; set LOOM_ALLOW_PUBLIC_BIND=1 to serve beyond "
+                "this machine (put TLS and a firewall in front first)"
+            )
+    if cfg.metrics_host and cfg.metrics_port < 0:
+        raise ConfigError("metrics_host needs metrics_port (without it /metrics is on the HTTP port)")
     return cfg
 
 
@@ -179,9 +195,13 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "http_port": int,
         "fix_port": int,
         "binary_port": int,
+        "metrics_port": int,
+        "metrics_host": str,
         "admin_key": str,
         "rate_limit": float,
         "rate_burst": float,
+        "preauth_rate_limit": float,
+        "preauth_rate_burst": float,
         "binary_rate_limit": float,
         "binary_rate_burst": float,
         "max_queued_commands": int,
@@ -191,6 +211,7 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
         "lease_ttl": float,
         "journal_retention": str,
         "lookup_window_orders": int,
+        "fix_max_comp_ids": int,
         "log_format": str,
         "access_log_sample": float,
         "environment": str,
@@ -244,6 +265,14 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                             "api_key of at least 16 characters"
                         )
                     (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
+                    comp_ids = entry.get("fix_comp_ids", [])
+                    if not isinstance(comp_ids, list) or not all(isinstance(c, str) and c for c in comp_ids):
+                        raise ConfigError(
+                            f"{path}: account {name!r}: fix_comp_ids is a list of SenderCompIDs"
+                        )
+                    for comp_id in comp_ids:
+                        if cfg.fix_comp_ids.setdefault(comp_id, name) != name:
+                            raise ConfigError(f"{path}: SenderCompID {comp_id!r} is bound to two accounts")
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
         except ConfigError:

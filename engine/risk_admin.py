@@ -7,6 +7,8 @@ around it: a replay must reproduce each limit and kill switch exactly.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from engine.commands import SetKillSwitch
@@ -40,18 +42,36 @@ def risk_view(engine) -> dict:
 class KillSwitchActions:
     """`engage-kill-switch` and `release-kill-switch` for the runbook automation. The scope
     comes from the alert's `risk_scope` label (venue, symbol, account); the target from
-    `risk_target`, else from the alert's `symbol` / `account` label. Idempotent: engaging an
-    engaged switch (or releasing a released one) journals nothing and says so."""
+    `risk_target`, else from the alert's `symbol` / `account` label. An account-scope alert
+    with neither but a surveillance `kind` (LoomAnomalyDetected: metrics carry no account
+    names) engages the switch of every account surveillance flags for that kind now.
+    Idempotent: engaging an engaged switch (or releasing a released one) journals nothing and
+    says so."""
 
-    def __init__(self, service) -> None:
+    def __init__(self, service, surveillance=None) -> None:
         self.service = service
+        self.surveillance = surveillance  # engine.surveillance.Surveillance
 
     def register(self, automation) -> None:
         automation.register("engage-kill-switch", self.engage)
         automation.register("release-kill-switch", self.release)
 
     async def engage(self, labels: dict[str, str]) -> str:
-        return await self._set(labels, True)
+        flagged = self._flagged(labels)
+        if flagged is None:
+            return await self._set(labels, True)
+        if not flagged:
+            return f"no account is flagged for {labels['kind']} now; nothing journaled"
+        done = [await self._set({**labels, "risk_target": account}, True) for account in flagged]
+        return "; ".join(done)
+
+    def _flagged(self, labels: dict[str, str]) -> list[str] | None:
+        """The accounts surveillance flags for the alert's `kind`, when the alert names none."""
+        if labels.get("risk_scope") != "account" or labels.get("risk_target") or labels.get("account"):
+            return None
+        if self.surveillance is None or not labels.get("kind"):
+            return None
+        return self.surveillance.flagged(labels["kind"], time.time_ns())
 
     async def release(self, labels: dict[str, str]) -> str:
         return await self._set(labels, False)

@@ -188,6 +188,10 @@ class Surveillance:
             ranked[kind].sort(key=lambda item: (-item[1], item[0]))
         return ranked
 
+    def flagged(self, kind: str, now_ns: int | None = None) -> list[str]:
+        """The accounts whose `kind` score is at or above the threshold (1) now."""
+        return [account for account, score in self.evaluate(now_ns).get(kind, ()) if score >= 1.0]
+
     def summary(self, now_ns: int | None = None) -> dict:
         """Per kind: the highest score, and the top accounts that score at least
         `top_min_score` (what the metrics and the admin endpoint show)."""

@@ -218,7 +218,13 @@ _SPECS = [
     MetricSpec("loom_open_orders", GAUGE, "Orders resting in the book.", ("symbol",)),
     # -- gateways ---------------------------------------------------------------------------------
     MetricSpec("loom_sessions", GAUGE, "Connected sessions, by protocol.", ("protocol",)),
-    MetricSpec("loom_rate_limited", COUNTER, "Requests refused by a rate limit.", ("protocol",)),
+    MetricSpec(
+        "loom_rate_limited",
+        COUNTER,
+        "Requests refused by a rate limit, by protocol (unauthenticated: the per-IP limit on "
+        "HTTP requests without a valid key).",
+        ("protocol",),
+    ),
     # -- connection admission (engine/gateways/admission.py), read at scrape time ----------------
     MetricSpec(
         "loom_connections",
@@ -415,11 +421,12 @@ _SPECS = [
         ("kind",),
     ),
     MetricSpec(
-        "loom_surveillance_account_score",
+        "loom_surveillance_top_score",
         GAUGE,
-        "Anomaly score of the few highest-scoring accounts per kind (top 5 with a score of at "
-        "least 0.5 only, so the account label stays bounded).",
-        ("kind", "account"),
+        "Anomaly scores of the highest-scoring accounts per kind, by rank (1 = highest; top 5 "
+        "scoring at least 0.5), without identities: which accounts is for the admin and ops API "
+        "(GET /v1/admin/surveillance, `loom risk surveillance`), never a metric label.",
+        ("kind", "rank"),
     ),
     MetricSpec(
         "loom_surveillance_alerts",

@@ -233,7 +233,8 @@ class ExchangeCollector(Collector):
 
 class RiskCollector(Collector):
     """Kill switches and halts from the engine's risk state, and the surveillance scores,
-    read at scrape time. Account labels only for the top few scores (bounded)."""
+    read at scrape time. Never an account name as a label: the top scores go out by rank,
+    and which accounts they are is for the admin and ops API."""
 
     def __init__(
         self,
@@ -262,11 +263,11 @@ class RiskCollector(Collector):
             return
         summary = self.surveillance.summary(self.wall_ns() if self.wall_ns else None)
         score = _gauge("loom_surveillance_anomaly_score")
-        top = _gauge("loom_surveillance_account_score")
+        top = _gauge("loom_surveillance_top_score")
         for kind, data in summary["kinds"].items():
             score.add_metric([kind], data["max_score"])
-            for item in data["top"]:
-                top.add_metric([kind, item["account"]], item["score"])
+            for rank, item in enumerate(data["top"], 1):
+                top.add_metric([kind, str(rank)], item["score"])
         spec = CATALOGUE["loom_surveillance_alerts"]
         alerts = CounterMetricFamily("loom_surveillance_alerts", spec.help, labels=list(spec.labels))
         for kind, n in summary["alerts"].items():

@@ -195,7 +195,7 @@ SCRAPE_TIME = (
         "loom_kill_switch_engaged",
         "loom_trading_halts",
         "loom_surveillance_anomaly_score",
-        "loom_surveillance_account_score",
+        "loom_surveillance_top_score",
         "loom_surveillance_alerts",
         "loom_surveillance_accounts",
         "loom_build_info",

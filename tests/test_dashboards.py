@@ -43,8 +43,8 @@ EMPTY_OUTSIDE_INCIDENTS = {
         "loom_decode_errors has children only once a gateway has refused unreadable input; the demo "
         "flow sends well-formed commands (tests/test_decode_errors.py covers the counter)"
     ),
-    'topk(5, max by (kind, account) (loom_surveillance_account_score{job="loom",instance=~".*"}))': (
-        "accounts are exported by name only while they score at least 0.5; the demo traders "
+    "max by (kind, rank) (loom_surveillance_top_score)": (
+        "top scores are exported only while an account scores at least 0.5; the demo traders "
         "behave (tests/test_surveillance.py drives the scores)"
     ),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -291,29 +292,47 @@ def test_a_crash_during_retention_leaves_a_recoverable_journal(tmp_path, monkeyp
 # -- the trace endpoint of a real `loom run` -------------------------------------------------------
 
 
-@pytest.mark.parametrize(("policy", "status"), [("archive", 200), ("delete", 410)])
-def test_the_trace_endpoint_reads_the_archive_or_says_the_range_is_gone(tmp_path, policy, status):
-    """GET /v1/orders/{id}/trace on a real node whose journal retention retired the order's
-    segments: found in the archive, or 410 JOURNAL_RANGE_GONE naming why."""
-    reference = order_history(_reference_dir(tmp_path), EARLY_ORDER)
-    account = reference["events"][0].account
+def _trace_node_config(tmp_path: Path, policy: str, account: str) -> Path:
+    """A node whose journal retention retired EARLY_ORDER's segments: its owner, another
+    account and an ops key."""
     data = tmp_path / "data"
     run_node(data, policy)
-    key = "retention-test-key-0001"
     config = tmp_path / "loom.toml"
     config.write_text(
         f'data_dir = "{data}"\nhttp_port = 0\nfix_port = -1\nbinary_port = -1\n'
-        f'journal_retention = "{policy}"\n[[accounts]]\nname = "{account}"\napi_key = "{key}"\n'
+        f'journal_retention = "{policy}"\n[[accounts]]\nname = "{account}"\napi_key = "{OWNER_KEY}"\n'
+        f'[[accounts]]\nname = "someone-else"\napi_key = "{OTHER_KEY}"\n'
+        f'[[accounts]]\nname = "oncall"\napi_key = "{OPS_KEY}"\nrole = "ops"\n'
         f'[[instruments]]\nsymbol = "{INSTRUMENT.symbol}"\ntick_size = 1\nlot_size = 1\n'
         "min_qty = 1\nmax_qty = 1000000\n"
     )
+    return config
+
+
+OWNER_KEY, OTHER_KEY, OPS_KEY = (
+    "retention-test-key-0001",
+    "retention-test-key-0002",
+    "retention-ops-key-00001",
+)
+
+
+def _get(base: str, path: str, key: str) -> tuple[int, dict]:
+    req = urllib.request.Request(base + path, headers={"X-API-Key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(("policy", "status"), [("archive", 200), ("delete", 410)])
+def test_the_trace_endpoint_reads_the_archive_or_says_the_range_is_gone(tmp_path, policy, status):
+    """GET /v1/orders/{id}/trace with an ops key on a real node whose journal retention
+    retired the order's segments: found in the archive, or 410 JOURNAL_RANGE_GONE naming why."""
+    reference = order_history(_reference_dir(tmp_path), EARLY_ORDER)
+    config = _trace_node_config(tmp_path, policy, reference["events"][0].account)
     with loom_run(["--config", str(config)], dict(os.environ)) as base:
-        req = urllib.request.Request(f"{base}/v1/orders/{EARLY_ORDER}/trace", headers={"X-API-Key": key})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                got, body = resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            got, body = exc.code, json.loads(exc.read())
+        got, body = _get(base, f"/v1/orders/{EARLY_ORDER}/trace", OPS_KEY)
     assert got == status, body
     if policy == "archive":
         assert body["source"] == "journal"
@@ -322,6 +341,34 @@ def test_the_trace_endpoint_reads_the_archive_or_says_the_range_is_gone(tmp_path
     else:
         assert body["error"]["code"] == "JOURNAL_RANGE_GONE"
         assert "journal_retention" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("policy", ["archive", "delete"])
+def test_another_accounts_order_is_answered_as_an_unassigned_id_without_a_journal_read(tmp_path, policy):
+    """No oracle on order ids (issue 13). With the archive the rebuilt index knows the owner:
+    another account's order is a 404 like an id never assigned. Without it (delete) the order
+    has no known owner: the journal was read for any caller (410 JOURNAL_RANGE_GONE after a
+    scan, where GET said ORDER_HISTORY_GONE at once); an account now gets GET's answer,
+    without a read, whoever owns the order. The ops key still reads the journal."""
+    reference = order_history(_reference_dir(tmp_path), EARLY_ORDER)
+    config = _trace_node_config(tmp_path, policy, reference["events"][0].account)
+    with loom_run(["--config", str(config)], dict(os.environ)) as base:
+        path = f"/v1/orders/{EARLY_ORDER}"
+        deadline = time.monotonic() + 30
+        while _get(base, path, OTHER_KEY)[0] == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling until the order index is read back (INDEX_REBUILDING until then)
+        other, read = _get(base, path + "/trace", OTHER_KEY), _get(base, path, OTHER_KEY)
+        owner = _get(base, path + "/trace", OWNER_KEY)
+        unassigned = _get(base, "/v1/orders/999999999/trace", OTHER_KEY)
+        ops = _get(base, path + "/trace", OPS_KEY)
+    assert other == read, (other, read)
+    if policy == "archive":
+        assert owner[0] == 200 and ops[0] == 200
+        assert other[0] == unassigned[0] == 404
+        assert other[1]["error"]["code"] == unassigned[1]["error"]["code"] == "UNKNOWN_ORDER"
+    else:
+        assert other == owner and other[0] == 410 and other[1]["error"]["code"] == "ORDER_HISTORY_GONE"
+        assert ops[1]["error"]["code"] == "JOURNAL_RANGE_GONE"  # the operator's read says why
 
 
 def _reference_dir(tmp_path: Path) -> Path:

@@ -227,3 +227,29 @@ def test_kill_switch_automation_actions(tmp_path):
         assert 'loom_automation_actions_total{action="release-kill-switch",outcome="done"} 1.0' in metrics
 
     with_exchange(tmp_path, scenario)
+
+
+def test_the_anomaly_alert_names_no_account_and_the_automation_asks_surveillance(tmp_path):
+    """LoomAnomalyDetected carries no account label (metrics name no accounts, issue 13): its
+    self-match automation engages the kill switch of each account surveillance flags now."""
+
+    async def scenario(running, call, base):
+        hook, bearer = "/v1/admin/automation", {"Authorization": f"Bearer {ADMIN_KEY}"}
+        engage = _alert("fp-sm", "engage-kill-switch", risk_scope="account", kind="self_match")
+        status, reply = await call("POST", hook, bearer, json={"version": "4", "alerts": [engage]})
+        assert status == 200 and "no account is flagged" in reply["records"][0]["detail"], reply
+        assert running.node.engine.risk.kill_switches == {}
+        for _ in range(20):  # self-trades with STP off: alice's self-match score reaches 1
+            for side in ("sell", "buy"):
+                order = {"symbol": ETH, "side": side, "qty": 1, "price": 10, "stp": "none"}
+                assert (await call("POST", "/v1/orders", ALICE, json=order))[0] == 201
+        metrics = await _text(base + "/metrics")
+        assert 'loom_surveillance_top_score{kind="self_match",rank="1"} 1.0' in metrics
+        assert "alice" not in metrics  # the score is there, the name is not
+        status, reply = await call(
+            "POST", hook, bearer, json={"version": "4", "alerts": [{**engage, "fingerprint": "fp-sm2"}]}
+        )
+        assert status == 200 and reply["done"] == 1, reply
+        assert running.node.engine.risk.kill_switches == {(3, "alice"): "automation: LoomAnomalyDetected"}
+
+    with_exchange(tmp_path, scenario)

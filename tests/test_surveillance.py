@@ -63,7 +63,7 @@ def test_cancel_ratio_and_order_to_trade_score_against_their_thresholds():
     summary = w.surveillance.summary()
     assert summary["kinds"][CANCEL_RATIO]["top"][0]["account"] == "spoofer"
     assert w.sample("loom_surveillance_anomaly_score", kind=CANCEL_RATIO) > 1
-    assert w.sample("loom_surveillance_account_score", kind=CANCEL_RATIO, account="spoofer") > 1
+    assert w.sample("loom_surveillance_top_score", kind=CANCEL_RATIO, rank="1") > 1
     assert w.sample("loom_surveillance_alerts_total", kind=CANCEL_RATIO) == 1
 
 
@@ -105,7 +105,7 @@ def test_a_quiet_venue_lets_scores_decay_when_asked_with_the_time():
     assert summary["kinds"][SELF_MATCH]["max_score"] == 0.0 and summary["accounts"] == 0
 
 
-def test_only_top_scoring_accounts_are_exported_by_name():
+def test_top_scores_are_exported_by_rank_and_no_metric_names_an_account():
     w = Watched()
     w.place("calm", BUY, 1, 1, symbol=ETH)
     for i in range(7):  # seven accounts with a self-match score of 0.5 .. 2
@@ -115,13 +115,18 @@ def test_only_top_scoring_accounts_are_exported_by_name():
             w.buy(account, 100, 1, symbol=ETH, stp=STP.NONE)
     top = w.surveillance.summary()["kinds"][SELF_MATCH]["top"]
     assert [t["account"] for t in top] == ["acct6", "acct5", "acct4", "acct3", "acct2"]
-    exported = [
-        s.labels["account"]
+    exported = {
+        s.labels["rank"]: s.value
         for metric in w.metrics.registry.collect()
-        if metric.name == "loom_surveillance_account_score"
+        if metric.name == "loom_surveillance_top_score"
         for s in metric.samples
-    ]
-    assert sorted(exported) == ["acct2", "acct3", "acct4", "acct5", "acct6"]
+        if s.labels["kind"] == SELF_MATCH
+    }
+    assert exported == {str(rank): t["score"] for rank, t in enumerate(top, 1)}
+    # Metrics are for whoever can scrape them: no label anywhere carries an account name
+    # (issue 13: the top scores were labelled by account).
+    labels = {v for metric in w.metrics.registry.collect() for s in metric.samples for v in s.labels.values()}
+    assert not labels & {"calm", *(f"acct{i}" for i in range(7))}, labels
 
 
 def test_the_account_table_is_bounded():

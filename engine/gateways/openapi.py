@@ -11,14 +11,16 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {
-        400: "malformed request",
+        400: "malformed request: MALFORMED_REQUEST (HTTP the server cannot parse), TOO_DEEP (JSON nested "
+        "deeper than 32 levels), MALFORMED_JSON, INVALID_REQUEST, ...",
         401: "missing or unknown API key",
         403: "admin key required, or a change asked with an ops (read-only) key",
         404: "not found",
         409: "conflict (duplicate client order id, order no longer open)",
         410: "the journal no longer holds the order's records (journal_retention = delete)",
         422: "refused by the exchange (reason code in error.code)",
-        429: "rate limited",
+        429: "RATE_LIMITED: the account's (or ops key's) rate limit, or, for requests without a valid "
+        "key, the per-IP limit (preauth_rate_limit)",
         503: "JOURNAL_WRITE_FAILED (known not journaled: nothing was done), not ready, OVERLOADED "
         "(refused unsequenced) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
         "fix and binary endpoints; during an election error.election is true and error.retry_after_s "
@@ -114,7 +116,10 @@ OPENAPI: dict = {
         "integers in the instrument's units. Orders are acknowledged only once durable. Every "
         "order-entry answer (POST, DELETE and PATCH under /v1/orders), errors and refusals included, "
         "carries an X-Trace-Id header: the order's (or command's) trace id when the core answered it, "
-        "else the request's own (the caller's traceparent, or a fresh id).",
+        "else the request's own (the caller's traceparent, or a fresh id). Every error, a request "
+        'the server cannot parse included, is JSON {"error": {"code", "message"}}: 400 '
+        "MALFORMED_REQUEST, 431 HEADERS_TOO_LARGE (a request line or header beyond 8190 bytes). "
+        "Another account's order is answered exactly like an id never assigned, on every endpoint.",
     },
     "components": {
         "securitySchemes": {
@@ -226,7 +231,8 @@ OPENAPI: dict = {
         "/metrics": {
             "get": {
                 "security": [],
-                "summary": "Prometheus metrics (OpenMetrics with exemplars when asked for)",
+                "summary": "Prometheus metrics (OpenMetrics with exemplars when asked for); with "
+                "metrics_port set, served only on that listener (404 here)",
                 "responses": {"200": {"description": "metrics"}},
             }
         },
@@ -306,13 +312,15 @@ OPENAPI: dict = {
                     **_errors(400, 401, 404, 410, 429, 503),
                     "410": _json(
                         _ERROR,
-                        "ORDER_EVICTED / ORDER_HISTORY_GONE as for GET /v1/orders/{order_id}; "
-                        "JOURNAL_RANGE_GONE: the journal no longer holds the order's records",
+                        "ORDER_EVICTED / ORDER_HISTORY_GONE as for GET /v1/orders/{order_id} (an "
+                        "account's key: the journal is read only for the caller's own orders); "
+                        "JOURNAL_RANGE_GONE (ops key): the journal no longer holds the order's records",
                     ),
                     "503": _json(
                         _ERROR,
-                        "INDEX_REBUILDING, or LOOKUP_BUSY: every history-lookup slot is taken "
-                        "(unknown ids never take one); retry after Retry-After",
+                        "INDEX_REBUILDING (an account's key, as GET /v1/orders/{order_id}), or "
+                        "LOOKUP_BUSY: every history-lookup slot is taken (unknown ids never take "
+                        "one); retry after Retry-After",
                     ),
                     "504": _json(_ERROR, "LOOKUP_TIMEOUT: reading the history took too long"),
                 },

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.auth import Accounts, TokenBucket
+from engine.bad_input_log import BAD_INPUT
 from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import RequestKind
 from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
@@ -236,12 +237,12 @@ class BinarySession(asyncio.Protocol):
             return _NOT_LOGGED_IN
         if not p.MIN_PROTOCOL_VERSION <= version <= p.PROTOCOL_VERSION:
             self._closing = True
-            log.info("binary login from %s refused: protocol version %d", self.peer, version)
+            BAD_INPUT.note("binary", self.peer, f"login refused: protocol version {version}")
             return p.encode_login_reject(p.LoginRejectReason.UNSUPPORTED_VERSION)
         account = self._cfg.accounts.authenticate(api_key)
         if account is None:
             self._closing = True
-            log.info("binary login from %s refused: bad credentials", self.peer)
+            BAD_INPUT.note("binary", self.peer, "login refused: bad credentials")
             return p.encode_login_reject(p.LoginRejectReason.BAD_CREDENTIALS)
         self.account = account
         self.version = version
@@ -338,7 +339,7 @@ class BinarySession(asyncio.Protocol):
                 out.append(p.encode_error(item.code, item.text))
                 decode_errors.append(item.code)
                 if item.fatal:
-                    log.warning("binary session %s: %s; closing", self.peer, item.text)
+                    BAD_INPUT.note("binary", self.peer, f"{item.text}; closing")
                     self._closing = True
             else:
                 cmds.append(item)

@@ -27,8 +27,9 @@ from pathlib import Path
 from engine.access_log import AccessLog
 from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission
 from engine.gateways.fix.codec import encode_message, utc_timestamp
+from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
-from engine.gateways.fix.store import FileStore
+from engine.gateways.fix.store import FileStore, store_dir_name
 from engine.overload import limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
@@ -93,13 +94,20 @@ class FixGateway:
     connections: set[_Connection] = field(default_factory=set)
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     admission: Admission | None = None  # counts the Logon timeouts
+    comp_ids: CompIdBinding | None = None  # SenderCompIDs per account (default: none bound, 16 each)
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.comp_ids is None:
+            self.comp_ids = CompIdBinding(store_dir=self.store_dir)
+        binding = self.comp_ids
         lookup = getattr(self.order_store, "get", None)
         self.env = SessionEnv(
             authenticate=self.accounts.authenticate,  # type: ignore[attr-defined]
+            comp_id_problem=lambda comp_id, account: binding.problem(
+                comp_id, account, store_dir_name(comp_id)
+            ),
             open_store=lambda comp_id: FileStore(self.store_dir, comp_id),
             order_lookup=lookup,
             claim=self._claim,
@@ -253,14 +261,20 @@ async def start_fix_server(
     timer_interval: float = 0.5,
     access: AccessLog | None = None,
     admission: Admission | None = None,
+    comp_ids: dict[str, str] | None = None,
+    max_comp_ids: int = DEFAULT_MAX_PER_ACCOUNT,
 ) -> asyncio.base_events.Server:
     """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
     answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
     out and disconnected; `store_dir` keeps each SenderCompID's sequence numbers and sent
     messages across restarts. `admission`: the connection caps (a refused connection gets a
-    Logout whose Text says why, then is closed)."""
+    Logout whose Text says why, then is closed); `comp_ids` binds SenderCompIDs to accounts
+    (SenderCompID -> account; an account with none bound may use up to `max_comp_ids`)."""
     cfg = replace(config or SessionConfig(), heartbeat_timeout=heartbeat_timeout)
-    gateway = FixGateway(service, router, order_store, accounts, Path(store_dir), cfg, timer_interval)
+    binding = CompIdBinding(comp_ids, max_comp_ids, Path(store_dir))
+    gateway = FixGateway(
+        service, router, order_store, accounts, Path(store_dir), cfg, timer_interval, comp_ids=binding
+    )
     if access is not None:
         gateway.access = access
     gateway.admission = admission

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from engine.auth import TokenBucket
+from engine.bad_input_log import BAD_INPUT
 from engine.gateways.fix.codec import (
     NEED_DATA,
     FixMessage,
@@ -132,6 +133,8 @@ class SessionEnv:
     authenticate: Callable[[str | None], str | None]  # API key -> account
     open_store: Callable[[str], SessionStore]  # counterparty SenderCompID -> its store
     order_lookup: Callable[[int], Any] | None = None  # order id -> OrderView (order store)
+    # Why an account may not log on with a SenderCompID (None: it may): checked before its store opens.
+    comp_id_problem: Callable[[str, str], str | None] = lambda comp_id, account: None
     claim: Callable[[str, Any], bool] = lambda comp_id, session: True  # one live session per comp id
     release: Callable[[str, Any], None] = lambda comp_id, session: None
     wall_clock: Callable[[], float] = time.time  # SendingTime
@@ -274,10 +277,10 @@ class FixSession:
     def _close(self, reason: str) -> None:
         if not self.closed:
             self.close_reason = reason
-            if self.counterparty:
+            if not self.account:  # never logged on (a refused Logon, garbage): summarised
+                BAD_INPUT.note("fix", self.counterparty or "(not logged on)", f"closed: {reason}")
+            else:
                 log.info("FIX session %s closed: %s", self.counterparty, reason)
-            else:  # never logged on: a flood of these must not flood the log (counted instead)
-                log.debug("FIX connection closed before Logon: %s", reason)
         self._transition("close")
 
     def _persist_expected(self) -> None:
@@ -365,7 +368,7 @@ class FixSession:
     def _on_parse_error(self, error: ParseError) -> None:
         self.stats[f"parse_error.{error.code}"] += 1
         self.decode_errors[str(error.code)] += 1
-        log.warning("FIX session %s: %s", self.counterparty or "(not logged on)", error.text)
+        BAD_INPUT.note("fix", self.counterparty or "(not logged on)", error.text)
         if self.state is State.AWAIT_LOGON:
             self._close(f"unreadable input before Logon: {error.text}")
             return
@@ -486,6 +489,9 @@ class FixSession:
         account = self.env.authenticate(msg.get(Tag.Password))
         if account is None or account != msg.get(Tag.Username):
             return self._refuse_logon(msg, "invalid Username (553) or Password (554)")
+        problem = self.env.comp_id_problem(comp_id, account)
+        if problem:  # before open_store: no directory for a SenderCompID the account may not use
+            return self._refuse_logon(msg, problem)
         if not self.env.claim(comp_id, self):
             return self._refuse_logon(msg, f"session {comp_id} is already logged on")
         self._claimed = True

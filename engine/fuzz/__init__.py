@@ -1,0 +1,1 @@
+"""Fuzz campaigns against the gateways (`loom fuzz`, tests/test_fuzz.py)."""
