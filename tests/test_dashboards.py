@@ -43,7 +43,7 @@ EMPTY_OUTSIDE_INCIDENTS = {
         "loom_decode_errors has children only once a gateway has refused unreadable input; the demo "
         "flow sends well-formed commands (tests/test_decode_errors.py covers the counter)"
     ),
-    "max by (kind, rank) (loom_surveillance_top_score)": (
+    'max by (kind, rank) (loom_surveillance_top_score{job="loom",instance=~".*"})': (
         "top scores are exported only while an account scores at least 0.5; the demo traders "
         "behave (tests/test_surveillance.py drives the scores)"
     ),
