@@ -131,6 +131,9 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from engine.extras import require
+
+    require("grafanalib", "grafanalib", "dashboards", "loom dashboards build")
     from dashboards.build import GENERATED, build, differences
 
     out = Path(args.out) if args.out else GENERATED
@@ -410,9 +413,14 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.extras import MissingExtra
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except MissingExtra as exc:
+        print(f"loom {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
