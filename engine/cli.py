@@ -89,10 +89,16 @@ def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    from engine.cli_datadir import EXIT_USAGE, DataDirRefused, journal_dir
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
     from engine.stage_timings import format_stages
 
+    try:
+        journal_dir(args.data_dir)  # never read (and create) a journal where there is none
+    except DataDirRefused as exc:
+        print(f"loom trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         found = order_history(args.data_dir, args.order_id)
     except JournalRangeGone as exc:

@@ -119,6 +119,7 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             setattr(cfg, name, Path(value) if name == "data_dir" else value)
     if isinstance(cfg.cluster, str):
         cfg.cluster = [u.strip() for u in cfg.cluster.split(",") if u.strip()]
+    _check_ports(cfg)
     if cfg.cluster and not cfg.node_id:
         raise ConfigError("cluster mode needs a node id (--node-id, LOOM_NODE_ID or node_id)")
     if cfg.cluster and not 0.3 <= cfg.lease_ttl <= 30:
@@ -166,6 +167,25 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             "this machine (put TLS and a firewall in front first)"
         )
     return cfg
+
+
+MAX_PORT = 65535
+
+
+def _check_ports(cfg: Config) -> None:
+    """FIX (tests/test_cli_defects.py): a port beyond 65535 was passed on to bind(), which
+    took it modulo 65536 (99999 listened on 34463) or, under asyncio, raised OverflowError;
+    -5 was a traceback. Every listener port is 0..65535 (0: any free port); FIX and binary
+    may also be -1 (off)."""
+    for name, lowest in (("http_port", 0), ("fix_port", -1), ("binary_port", -1)):
+        value = getattr(cfg, name)
+        if not lowest <= value <= MAX_PORT:
+            off = " or -1 (off)" if lowest < 0 else ""
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{name} {value} ({flag}, LOOM_{name.upper()} or the config file) is not a port: "
+                f"use 0..{MAX_PORT} (0 = any free port){off}"
+            )
 
 
 def _apply_file(cfg: Config, raw: dict, path: str) -> None:
