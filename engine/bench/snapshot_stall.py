@@ -31,7 +31,7 @@ from engine.config import load_config
 from engine.domain import OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.load.binary_driver import BinaryDriver
-from engine.load.runner import MID, SYMBOL, run_open_loop
+from engine.load.runner import MID, SYMBOL, LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 from engine.snapshots import encode_snapshot
 from engine.state import export_state
@@ -131,12 +131,9 @@ def run_one(
     with spawned_exchange(timeout=600, snapshot_every_s=snapshot_every_s, seed_data=seed) as info:
         host = info["host"]
         before = _scrape(host, info["http"])
-        driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)))
-        result = asyncio.run(
-            run_open_loop(
-                driver, "binary", rate, duration, f"S{int(time.time() * 1000)}", latencies_ns=latencies_ns
-            )
-        )
+        run = LoadRun.new()
+        driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)), 1, run)
+        result = asyncio.run(run_open_loop(driver, "binary", rate, duration, run, latencies_ns=latencies_ns))
         after = _scrape(host, info["http"])
 
     def delta(name: str) -> float:

@@ -6,7 +6,9 @@ a stall in the server shows up as latency instead of silently lowering the offer
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +26,36 @@ class LoadOrder:
     price: int
     qty: int
     tif: str  # "gtc" | "ioc"
+
+
+# Orders one run may send: each run's binary client_refs are base + 1 .. base + RUN_REFS.
+RUN_REFS = 10**9
+_RUN_IDS = 18_000_000_000  # RUN_IDS * RUN_REFS stays below 2**64 (client_ref is a u64)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """One run's own client order ids. FIX (tests/test_cli_defects.py): the binary driver sent
+    client_ref = order index, so a second `loom load --port` against the same node resent the
+    first run's ids and nearly every order came back DUPLICATE_CLIENT_ORDER_ID (a client order
+    id is unique per account for the life of the venue). A random run number (one in 1.8e10)
+    now prefixes the text ids and offsets the binary refs."""
+
+    number: int
+
+    @classmethod
+    def new(cls) -> LoadRun:
+        return cls(1 + secrets.randbelow(_RUN_IDS - 1))
+
+    @property
+    def prefix(self) -> str:  # REST, WebSocket and FIX: client order id "<prefix>-<index>"
+        return f"L{self.number}"
+
+    def client_ref(self, index: int) -> int:  # binary: never 0 (no id)
+        return self.number * RUN_REFS + index + 1
+
+    def index_of_ref(self, client_ref: int) -> int:
+        return client_ref - self.number * RUN_REFS - 1
 
 
 def make_order(run: str, i: int) -> LoadOrder:
@@ -56,6 +88,7 @@ class LoadStats:
     sent: int = 0
     acked: int = 0
     rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)  # the venue's reject code
     overloaded: int = 0  # refused by admission control (REST/WS OVERLOADED, binary 603, FIX Text)
     errors: int = 0
     scheduled_ns: list[int] = field(default_factory=list)
@@ -64,7 +97,14 @@ class LoadStats:
     first_ack_ns: int = 0
     last_ack_ns: int = 0
 
-    def on_ack(self, index: int, ok: bool, now_ns: int | None = None, overloaded: bool = False) -> None:
+    def on_ack(
+        self,
+        index: int,
+        ok: bool,
+        now_ns: int | None = None,
+        overloaded: bool = False,
+        reason: str | None = None,
+    ) -> None:
         now = now_ns if now_ns is not None else time.perf_counter_ns()
         if overloaded:  # shed: not journaled, so not in the order-to-ack figures
             self.overloaded += 1
@@ -74,6 +114,7 @@ class LoadStats:
                 self.acked += 1
             else:
                 self.rejected += 1
+                self.rejected_by_reason[reason or "UNKNOWN"] += 1
             self.latencies_ns.append(now - self.scheduled_ns[index])
         if not self.first_ack_ns:
             self.first_ack_ns = now
@@ -93,6 +134,7 @@ class LoadStats:
             "sent": self.sent,
             "acked": self.acked,
             "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason.most_common()),
             "overloaded": self.overloaded,
             "overloaded_p50_us": percentile_us(shed, 50),
             "errors": self.errors + (self.sent - answered),
@@ -108,13 +150,15 @@ async def run_open_loop(
     protocol: str,
     rate: float,
     duration: float,
-    run_id: str,
+    run: LoadRun,
     drain_s: float = 10.0,
     latencies_ns: list[int] | None = None,
 ) -> dict:
     """Offer `rate` orders/s for `duration` s; the report. `latencies_ns`, when given, gets
     every journaled order's latency too (to pool several runs)."""
     total = int(rate * duration)
+    if total > RUN_REFS:
+        raise ValueError(f"{total:,} orders in one run: at most {RUN_REFS:,} (lower --rate or --duration)")
     stats = LoadStats(protocol, rate, duration)
     stats.scheduled_ns = [0] * total
     await driver.connect(stats.on_ack)
@@ -129,7 +173,7 @@ async def run_open_loop(
             batch = []
             for i in range(sent, due):
                 stats.scheduled_ns[i] = start + int(i * interval_ns)
-                batch.append(make_order(run_id, i))
+                batch.append(make_order(run.prefix, i))
             driver.send(batch)
             sent = due
             stats.sent = sent
