@@ -3,7 +3,7 @@ a command that needs one gives when it is not installed: `loom run` needs none o
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 
 class MissingExtra(RuntimeError):
@@ -19,6 +19,8 @@ def missing_extra_message(what: str, package: str, extra: str) -> str:
 
 
 def require(module: str, package: str, extra: str, what: str) -> None:
-    """Raise MissingExtra unless `module` can be imported."""
-    if importlib.util.find_spec(module) is None:
-        raise MissingExtra(missing_extra_message(what, package, extra))
+    """Import `module`, or raise MissingExtra naming the extra that installs it."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(missing_extra_message(what, package, extra)) from None
