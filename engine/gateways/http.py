@@ -33,6 +33,7 @@ from engine.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
 from engine.events import OrderRejected
 from engine.gateways.json_events import event_json
+from engine.gateways.landing import add_routes as add_landing_routes
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.texts import reject_code, reject_status, reject_text
 from engine.logfmt import fields
@@ -1161,4 +1162,5 @@ def build_app(ctx: GatewayContext) -> web.Application:
     from engine.gateways.http_controls import add_routes as add_risk_routes  # it imports this module
 
     add_risk_routes(app)
+    add_landing_routes(app)  # / and /docs/NAME
     return app
