@@ -20,7 +20,7 @@ DOCS = {
     "loom.toml": ("examples/loom.toml", "every configuration setting, commented"),
 }
 # The demo's order flow (2,000/s) grows a journal kept whole by about this much a day.
-DEMO_JOURNAL_GB_PER_DAY = "6-7"
+DEMO_JOURNAL_GB_PER_DAY = "7"
 
 # (path on the REST port, what it is)
 HTTP_ENDPOINTS = (
