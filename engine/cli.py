@@ -92,7 +92,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.cli_datadir import EXIT_USAGE, DataDirRefused, journal_dir
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
-    from engine.stage_timings import format_stages
+    from engine.stage_timings import duration_text, format_stages
 
     try:
         journal_dir(args.data_dir)  # never read (and create) a journal where there is none
@@ -118,10 +118,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     print(f"order {out['order_id']} ({who}): {out['status']}")
     print(f"trace {out['trace_id'] or '(none recorded)'}  {out['trace_url']}")
     print(f"stages {format_stages(out['stages'])}")
+    first_ts = out["events"][0]["ts"] if out["events"] else 0
     for ev in out["events"]:
         detail = {k: v for k, v in ev.items() if k not in ("type", "seq", "ts")}
-        print(f"  seq {ev['seq']:>10}  ts {ev['ts']}  {ev['type']:<10} {detail}")
+        since = "" if ev["ts"] == first_ts else "+" + duration_text((ev["ts"] - first_ts) / 1000)
+        print(f"  seq {ev['seq']:>10}  {iso_utc(ev['ts'])} {since:>11}  {ev['type']:<10} {detail}")
     return 0
+
+
+def iso_utc(ns: int) -> str:
+    """Nanoseconds since the epoch as an ISO 8601 UTC time to the microsecond."""
+    import datetime
+
+    seconds, rest = divmod(ns, 1_000_000_000)
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{rest // 1000:06d}Z"
 
 
 def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
@@ -419,11 +430,15 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine import progress
     from engine.extras import MissingExtra
 
     args = build_parser().parse_args(argv)
+    # Long work shows a progress bar on a terminal (never with --json or into a pipe).
+    bar = args.command in ("bench", "load") and progress.wanted(getattr(args, "json", False))
     try:
-        return args.func(args)
+        with progress.shown(bar):
+            return args.func(args)
     except MissingExtra as exc:
         print(f"loom {args.command}: {exc}", file=sys.stderr)
         return 2

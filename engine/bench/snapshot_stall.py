@@ -25,6 +25,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.commands import NewOrder
 from engine.config import load_config
@@ -70,8 +71,10 @@ def build_book(data_dir: Path, resting: int) -> tuple[ExchangeNode, float]:
     node = ExchangeNode(
         NodeConfig(data_dir, _instruments(data_dir.parent), snapshot_every_commands=0, snapshot_every_s=0)
     )
+    progress.phase("snapshot-stall bench: building the book", resting)
     for first in range(0, resting, BUILD_BATCH):
         node.submit([_book_order(i) for i in range(first, min(resting, first + BUILD_BATCH))])
+        progress.update(first + BUILD_BATCH)
     node.take_snapshot()
     return node, time.perf_counter() - started
 

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine import progress
 from engine.bench.stats import percentile_us
 
 MID = 100_000
@@ -164,6 +165,7 @@ async def run_open_loop(
     await driver.connect(stats.on_ack)
     clock = time.perf_counter_ns
     interval_ns = 1e9 / rate
+    progress.phase(f"{protocol} load: orders sent", total)
     start = clock()
     sent = 0
     while sent < total:
@@ -177,13 +179,16 @@ async def run_open_loop(
             driver.send(batch)
             sent = due
             stats.sent = sent
+            progress.update(sent)
         # The event loop's timers are only millisecond-accurate: sleep while the next order
         # is far off, otherwise just yield (reading acks) and look again, so sends are late
         # by microseconds, not by a timer tick (this generator owns a core to do it).
         wait_ns = start + sent * interval_ns - clock()
         await asyncio.sleep((wait_ns - 1_500_000) / 1e9 if wait_ns > 2_000_000 else 0)
+    progress.phase(f"{protocol} load: answers", sent)
     deadline = clock() + int(drain_s * 1e9)
     while stats.acked + stats.rejected + stats.overloaded < sent and clock() < deadline:
+        progress.update(stats.acked + stats.rejected + stats.overloaded)
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
