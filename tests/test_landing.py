@@ -6,7 +6,9 @@ every link on it answers."""
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import urllib.error
 import urllib.request
 
@@ -31,11 +33,14 @@ def test_banner_and_landing_page_name_every_endpoint_and_document(tmp_path):
         proc,
         ports,
     ):
-        lines = []
+        lines: list[str] = []
+        out: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [out.put(line) for line in proc.stdout], daemon=True).start()
         while not lines or not lines[-1].startswith("loom: docs:"):
-            line = proc.stdout.readline()
-            assert line, f"loom run ended before its banner: {lines}"
-            lines.append(line.strip())
+            try:
+                lines.append(out.get(timeout=30).strip())
+            except queue.Empty:
+                raise AssertionError(f"no 'loom: docs:' line within 30 s of the last one: {lines}") from None
         banner = "\n".join(lines)
         base = f"http://127.0.0.1:{ports['http']}"
         for wanted in (
