@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 
 from engine.load.runner import LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
@@ -54,6 +55,11 @@ def _server_stats(host: str, port: int) -> dict:
 
 def cmd_load(args: argparse.Namespace) -> int:
     api_key = args.api_key or next(iter(LOAD_ACCOUNTS))
+    if args.plot:  # before the run, not after it: a missing extra must not waste the load
+        from engine.extras import require
+
+        require("matplotlib", "matplotlib", "plot", "loom load --plot")
+    samples: dict = {}
     run = LoadRun.new()
     if args.nodes:
         return _load_cluster(args, api_key, run)
@@ -65,7 +71,9 @@ def cmd_load(args: argparse.Namespace) -> int:
             host = args.host
             ports = {"http": args.port, "binary": args.port, "fix": args.port}
         driver = _driver(args.protocol, host, ports, api_key, args.connections, run)
-        result = asyncio.run(run_open_loop(driver, args.protocol, args.rate, args.duration, run))
+        result = asyncio.run(
+            run_open_loop(driver, args.protocol, args.rate, args.duration, run, samples=samples)
+        )
         if args.port is None:  # our own server: report the physical floor of an ack beside it
             result.update(_server_stats(host, ports["http"]))
     if args.json:
@@ -86,6 +94,11 @@ def cmd_load(args: argparse.Namespace) -> int:
                 f"  server: fdatasync p50 {r['server_fsync_p50_us']} µs  p99 {r['server_fsync_p99_us']} µs; "
                 f"{r['server_batches']:,} batches, {r['server_mean_batch']} orders per batch"
             )
+    if args.plot:
+        from engine.load.plot import write_plot
+
+        written = write_plot(args.plot, result, samples["latencies_ns"], samples["answered_s"])
+        print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON
     return 0 if result["errors"] == 0 else 1
 
 
@@ -149,4 +162,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the spawned server's --event-loop (default: its default, uvloop when installed)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also write the latency distribution, an HDR-style percentile plot and throughput over "
+        "time (needs the plot extra: pip install 'loom-exchange[plot]')",
+    )
     p.set_defaults(func=cmd_load)

@@ -94,6 +94,7 @@ class LoadStats:
     errors: int = 0
     scheduled_ns: list[int] = field(default_factory=list)
     latencies_ns: list[int] = field(default_factory=list)  # acked and rejected (journaled) orders
+    answered_ns: list[int] = field(default_factory=list)  # when each of them was answered
     overload_latencies_ns: list[int] = field(default_factory=list)
     first_ack_ns: int = 0
     last_ack_ns: int = 0
@@ -117,6 +118,7 @@ class LoadStats:
                 self.rejected += 1
                 self.rejected_by_reason[reason or "UNKNOWN"] += 1
             self.latencies_ns.append(now - self.scheduled_ns[index])
+            self.answered_ns.append(now)
         if not self.first_ack_ns:
             self.first_ack_ns = now
         self.last_ack_ns = now
@@ -154,9 +156,11 @@ async def run_open_loop(
     run: LoadRun,
     drain_s: float = 10.0,
     latencies_ns: list[int] | None = None,
+    samples: dict | None = None,
 ) -> dict:
     """Offer `rate` orders/s for `duration` s; the report. `latencies_ns`, when given, gets
-    every journaled order's latency too (to pool several runs)."""
+    every journaled order's latency too (to pool several runs); `samples` gets them as
+    "latencies_ns" and their answer times as "answered_s" (since the first send: --plot)."""
     total = int(rate * duration)
     if total > RUN_REFS:
         raise ValueError(f"{total:,} orders in one run: at most {RUN_REFS:,} (lower --rate or --duration)")
@@ -196,6 +200,9 @@ async def run_open_loop(
     report = stats.report(elapsed)
     if latencies_ns is not None:
         latencies_ns.extend(stats.latencies_ns)
+    if samples is not None:
+        samples["latencies_ns"] = stats.latencies_ns
+        samples["answered_s"] = [(t - start) / 1e9 for t in stats.answered_ns]
     if figures is not None:
         report["failover"] = figures()
     return report
