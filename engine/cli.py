@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 
 from engine import __version__
@@ -166,6 +167,22 @@ def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from engine.top import run
+
+    if args.interval <= 0:
+        print("loom top: --interval must be positive", file=sys.stderr)
+        return 2
+    try:
+        return run(args.url, args.interval, args.once, args.json)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"loom top: no node answers at {args.url}: {reason}", file=sys.stderr)
+        return 2
+
+
 # `loom run` refused to start: the journal is damaged or lacks commands the state needs;
 # an operator decides (`loom journal repair`, or restoring archived segments).
 EXIT_NEEDS_OPERATOR = 3
@@ -323,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default="data", help="the node's data directory (default ./data)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=_cmd_trace)
+
+    top = sub.add_parser("top", help="a live terminal view of a running node (book tops, flow, ack latency)")
+    top.add_argument(
+        "--url", default=os.environ.get("LOOM_URL", "http://127.0.0.1:8080"), help="the node (or LOOM_URL)"
+    )
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    top.add_argument("--once", action="store_true", help="print one frame (two samples apart) and exit")
+    top.add_argument("--json", action="store_true", help="with --once: the frame's figures as JSON")
+    top.set_defaults(func=_cmd_top)
 
     dash = sub.add_parser("dashboards", help="Grafana dashboards generated from the metrics catalogue")
     dash_sub = dash.add_subparsers(dest="dashboards", required=True)
