@@ -2,29 +2,38 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` needs the runtime dependencies only (a minute with warm caches);
+# `make test` adds the test extra, whose FIX client (quickfix) compiles from source for minutes.
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+INSTALL_DEPS := pyproject.toml constraints.txt setup.py engine/_replay.c scripts/setup-venv.sh
 
 .PHONY: run test lint format bench dashboards clean
 
 # setup.py and the C source: the compiled replay loop is built by the install.
-$(STAMP): pyproject.toml setup.py engine/_replay.c scripts/setup-venv.sh
+$(STAMP): $(INSTALL_DEPS)
 	PY=$(PY) VENV=$(VENV) scripts/setup-venv.sh
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	@echo "installing the test extra (quickfix, the FIX tests' client, may compile from source: minutes)"
+	PY=$(PY) VENV=$(VENV) EXTRAS=test scripts/setup-venv.sh
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(BIN)/loom run --demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	scripts/install-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -32,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/loom bench engine --mode deep --ops 1000000
 	$(BIN)/loom bench engine --mode bounded --ops 1000000
 
-dashboards: $(STAMP)
+dashboards: $(TEST_STAMP)
 	$(BIN)/loom dashboards build
 
 clean:

@@ -24,6 +24,7 @@ from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
+from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
 from engine.gateways.admission import LISTEN_BACKLOG, Admission, http_refusal
@@ -434,13 +435,15 @@ async def serve(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     ports = ", ".join(f"{name} {port}" for name, port in running.ports.items())
     say(f"loom: ready on {cfg.host} ({ports}); data in {cfg.data_dir}")
+    for line in banner(cfg.host, running.ports, cfg.demo, cfg.journal_retention):
+        say(line)
     if cfg.cluster:
         say(f"loom: cluster node {cfg.node_id} on {','.join(cfg.cluster)} (standby until it holds the lease)")
     if cfg.demo:
         keys = ", ".join(f"{account}={key}" for key, account in sorted(cfg.api_keys.items()))
         ops = ", ".join(sorted(cfg.ops_keys))
         say(f"loom: demo accounts: {keys}; admin key {cfg.admin_key}; ops (read-only) key {ops}")
-        say(f"loom: try  curl http://{cfg.host}:{running.ports['http']}/v1/book/BTC-USD")
+        say(f"loom: try  curl http://{url_host(cfg.host)}:{running.ports['http']}/v1/book/BTC-USD")
     started = time.monotonic()
     await stop.wait()
     say(f"loom: shutting down after {time.monotonic() - started:.0f} s")

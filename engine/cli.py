@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 
 from engine import __version__
@@ -89,10 +90,16 @@ def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    from engine.cli_datadir import EXIT_USAGE, DataDirRefused, journal_dir
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
-    from engine.stage_timings import format_stages
+    from engine.stage_timings import duration_text, format_stages
 
+    try:
+        journal_dir(args.data_dir)  # never read (and create) a journal where there is none
+    except DataDirRefused as exc:
+        print(f"loom trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         found = order_history(args.data_dir, args.order_id)
     except JournalRangeGone as exc:
@@ -112,10 +119,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     print(f"order {out['order_id']} ({who}): {out['status']}")
     print(f"trace {out['trace_id'] or '(none recorded)'}  {out['trace_url']}")
     print(f"stages {format_stages(out['stages'])}")
+    first_ts = out["events"][0]["ts"] if out["events"] else 0
     for ev in out["events"]:
         detail = {k: v for k, v in ev.items() if k not in ("type", "seq", "ts")}
-        print(f"  seq {ev['seq']:>10}  ts {ev['ts']}  {ev['type']:<10} {detail}")
+        since = "" if ev["ts"] == first_ts else "+" + duration_text((ev["ts"] - first_ts) / 1000)
+        print(f"  seq {ev['seq']:>10}  {iso_utc(ev['ts'])} {since:>11}  {ev['type']:<10} {detail}")
     return 0
+
+
+def iso_utc(ns: int) -> str:
+    """Nanoseconds since the epoch as an ISO 8601 UTC time to the microsecond."""
+    import datetime
+
+    seconds, rest = divmod(ns, 1_000_000_000)
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{rest // 1000:06d}Z"
 
 
 def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
@@ -148,6 +166,9 @@ def _cmd_bench_connections(args: argparse.Namespace) -> int:
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from engine.extras import require
+
+    require("grafanalib", "grafanalib", "dashboards", "loom dashboards build")
     from dashboards.build import GENERATED, build, differences
 
     out = Path(args.out) if args.out else GENERATED
@@ -161,6 +182,22 @@ def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     for path in build(out):
         print(path)
     return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from engine.top import run
+
+    if args.interval <= 0:
+        print("loom top: --interval must be positive", file=sys.stderr)
+        return 2
+    try:
+        return run(args.url, args.interval, args.once, args.json)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"loom top: no node answers at {args.url}: {reason}", file=sys.stderr)
+        return 2
 
 
 # `loom run` refused to start: the journal is damaged or lacks commands the state needs;
@@ -324,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=_cmd_trace)
 
+    top = sub.add_parser("top", help="a live terminal view of a running node (book tops, flow, ack latency)")
+    top.add_argument(
+        "--url", default=os.environ.get("LOOM_URL", "http://127.0.0.1:8080"), help="the node (or LOOM_URL)"
+    )
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    top.add_argument("--once", action="store_true", help="print one frame (two samples apart) and exit")
+    top.add_argument("--json", action="store_true", help="with --once: the frame's figures as JSON")
+    top.set_defaults(func=_cmd_top)
+
     dash = sub.add_parser("dashboards", help="Grafana dashboards generated from the metrics catalogue")
     dash_sub = dash.add_subparsers(dest="dashboards", required=True)
     db = dash_sub.add_parser("build", help="write dashboards/generated/<uid>.json (or --check them)")
@@ -448,9 +494,18 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine import progress
+    from engine.extras import MissingExtra
+
     args = build_parser().parse_args(argv)
+    # Long work shows a progress bar on a terminal (never with --json or into a pipe).
+    bar = args.command in ("bench", "load") and progress.wanted(getattr(args, "json", False))
     try:
-        return args.func(args)
+        with progress.shown(bar):
+            return args.func(args)
+    except MissingExtra as exc:
+        print(f"loom {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

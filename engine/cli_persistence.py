@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
+from engine.cli_datadir import EXIT_USAGE, DataDirRefused, data_dir_of, journal_dir, node_stopped
 from engine.journal import JournalCorruptError
 from engine.journal.segments import FileJournal, archive_dir, scan
-from engine.repair import data_paths
+
+_SNAPSHOT_API = (
+    "ask it for one: curl -XPOST -H 'X-API-Key: ADMIN_KEY' http://HOST:HTTP_PORT/v1/admin/snapshot "
+    "(POST /v1/admin/snapshot with the admin key)"
+)
 
 
-def _journal_dir(path: str) -> Path:
-    """Accept either the node's data directory or its journal directory."""
-    return data_paths(path)[0]
+def _refused(command: str, exc: DataDirRefused) -> int:
+    print(f"loom {command}: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _snapshot_dir(path: str) -> Path:
@@ -24,10 +30,10 @@ def _snapshot_dir(path: str) -> Path:
 
 
 def cmd_journal_inspect(args: argparse.Namespace) -> int:
-    directory = _journal_dir(args.path)
-    if not directory.is_dir():
-        print(f"no journal at {directory}")
-        return 2
+    try:  # read-only: no lock, a live node's journal may be inspected
+        directory = journal_dir(args.path)
+    except DataDirRefused as exc:
+        return _refused("journal inspect", exc)
     report = scan(directory)
     verdict = "ok"
     if report.damage is not None:
@@ -108,13 +114,29 @@ def _archived(directory: Path) -> dict | None:
 
 
 def cmd_journal_replay(args: argparse.Namespace) -> int:
+    try:
+        directory = journal_dir(args.path)
+        with contextlib.ExitStack() as held:
+            if not args.read_only:  # opening for writing cuts a torn tail: never under a live node
+                held.enter_context(
+                    node_stopped(
+                        data_dir_of(directory),
+                        "replay its journal",
+                        "add --read-only (a replay that leaves a torn tail in place)",
+                    )
+                )
+            return _replay(directory, args)
+    except DataDirRefused as exc:
+        return _refused("journal replay", exc)
+
+
+def _replay(directory: Path, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from engine.matcher import MatchingEngine
     from engine.recovery import replay
     from engine.state import state_hash
 
-    directory = _journal_dir(args.path)
     try:
         journal = FileJournal(directory, read_only=args.read_only)
     except JournalCorruptError as exc:
@@ -165,10 +187,10 @@ def cmd_journal_replay(args: argparse.Namespace) -> int:
 def cmd_journal_repair(args: argparse.Namespace) -> int:
     from engine.repair import RepairRefused, describe, plan, rebuild_from_snapshot, truncate
 
-    directory = _journal_dir(args.path)
-    if not directory.is_dir():
-        print(f"no journal at {directory}")
-        return 2
+    try:
+        directory = journal_dir(args.path)
+    except DataDirRefused as exc:
+        return _refused("journal repair", exc)
     found = plan(args.path)
     if not found.needed:
         print("\n".join(describe(found)))
@@ -179,7 +201,13 @@ def cmd_journal_repair(args: argparse.Namespace) -> int:
         print(f"re-run with --yes to {way}")
         return 1
     try:
-        done = rebuild_from_snapshot(found) if args.use_snapshot else truncate(found)
+        with node_stopped(
+            data_dir_of(directory), "repair its journal", "run `loom journal repair` without --yes"
+        ):
+            found = plan(args.path)  # again, under the lock: what is repaired is what was planned
+            done = rebuild_from_snapshot(found) if args.use_snapshot else truncate(found)
+    except DataDirRefused as exc:
+        return _refused("journal repair", exc)
     except RepairRefused as exc:
         print(f"loom journal repair: {exc}", file=sys.stderr)
         return 1
@@ -218,9 +246,20 @@ def cmd_snapshot_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_take(args: argparse.Namespace) -> int:
-    from engine.exchange import ExchangeNode, NodeConfig
+    from engine.exchange import DataDirLocked, ExchangeNode, NodeConfig
 
-    node = ExchangeNode(NodeConfig(Path(args.path)))
+    try:
+        journal_dir(args.path)
+    except DataDirRefused as exc:
+        return _refused("snapshot take", exc)
+    try:
+        node = ExchangeNode(NodeConfig(Path(args.path)))
+    except DataDirLocked as exc:
+        print(
+            f"loom snapshot take: {exc}: a running node's data directory; {_SNAPSHOT_API}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         written = node.take_snapshot()
     finally:

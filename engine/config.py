@@ -136,6 +136,7 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
             setattr(cfg, name, Path(value) if name == "data_dir" else value)
     if isinstance(cfg.cluster, str):
         cfg.cluster = [u.strip() for u in cfg.cluster.split(",") if u.strip()]
+    _check_ports(cfg)
     if cfg.cluster and not cfg.node_id:
         raise ConfigError("cluster mode needs a node id (--node-id, LOOM_NODE_ID or node_id)")
     if cfg.cluster and not 0.3 <= cfg.lease_ttl <= 30:
@@ -188,34 +189,72 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
     return cfg
 
 
+MAX_PORT = 65535
+
+
+def _check_ports(cfg: Config) -> None:
+    """FIX (tests/test_cli_defects.py): a port beyond 65535 was passed on to bind(), which
+    took it modulo 65536 (99999 listened on 34463) or, under asyncio, raised OverflowError;
+    -5 was a traceback. Every listener port is 0..65535 (0: any free port); FIX and binary
+    (and the metrics listener) may also be -1 (off)."""
+    for name, lowest in (("http_port", 0), ("fix_port", -1), ("binary_port", -1), ("metrics_port", -1)):
+        value = getattr(cfg, name)
+        if not lowest <= value <= MAX_PORT:
+            off = " or -1 (off)" if lowest < 0 else ""
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{name} {value} ({flag}, LOOM_{name.upper()} or the config file) is not a port: "
+                f"use 0..{MAX_PORT} (0 = any free port){off}"
+            )
+
+
+# The TOML file's settings (examples/loom.toml documents each; tests/test_example_config.py
+# checks it against these tables): top-level scalars -> type; [snapshots] and [retention]
+# keys -> (Config attribute, type). Besides them: cluster, [[instruments]], [[accounts]].
+FILE_SETTINGS: dict[str, type] = {
+    "data_dir": Path,
+    "host": str,
+    "http_port": int,
+    "fix_port": int,
+    "binary_port": int,
+    "metrics_port": int,
+    "metrics_host": str,
+    "admin_key": str,
+    "rate_limit": float,
+    "rate_burst": float,
+    "preauth_rate_limit": float,
+    "preauth_rate_burst": float,
+    "binary_rate_limit": float,
+    "binary_rate_burst": float,
+    "max_queued_commands": int,
+    "fsync": bool,
+    "node_id": str,
+    "cluster_stream": str,
+    "lease_ttl": float,
+    "journal_retention": str,
+    "lookup_window_orders": int,
+    "fix_max_comp_ids": int,
+    "log_format": str,
+    "access_log_sample": float,
+    "environment": str,
+}
+SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
+    "snapshots": {
+        "every_commands": ("snapshot_every_commands", int),
+        "every_seconds": ("snapshot_every_s", float),
+        "keep": ("keep_snapshots", int),
+    },
+    "retention": {
+        "keep_commands": ("retention_keep_commands", int),
+        "keep_snapshots": ("retention_keep_snapshots", int),
+        "standby_stale_s": ("retention_standby_stale_s", float),
+    },
+}
+TABLES = ("cluster", "instruments", "accounts")
+
+
 def _apply_file(cfg: Config, raw: dict, path: str) -> None:
-    simple = {
-        "data_dir": Path,
-        "host": str,
-        "http_port": int,
-        "fix_port": int,
-        "binary_port": int,
-        "metrics_port": int,
-        "metrics_host": str,
-        "admin_key": str,
-        "rate_limit": float,
-        "rate_burst": float,
-        "preauth_rate_limit": float,
-        "preauth_rate_burst": float,
-        "binary_rate_limit": float,
-        "binary_rate_burst": float,
-        "max_queued_commands": int,
-        "fsync": bool,
-        "node_id": str,
-        "cluster_stream": str,
-        "lease_ttl": float,
-        "journal_retention": str,
-        "lookup_window_orders": int,
-        "fix_max_comp_ids": int,
-        "log_format": str,
-        "access_log_sample": float,
-        "environment": str,
-    }
+    simple = FILE_SETTINGS
     for key, value in raw.items():
         # FIX (tests/test_app_run.py): a value of the wrong type (http_port = "eighty",
         # snapshots = 5, accounts = 5) raised ValueError/TypeError/AttributeError, so
@@ -229,18 +268,14 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
             elif key == "cluster":
                 urls = value.split(",") if isinstance(value, str) else list(value)
                 cfg.cluster = [str(u).strip() for u in urls if str(u).strip()]
-            elif key == "snapshots":
-                cfg.snapshot_every_commands = int(value.get("every_commands", cfg.snapshot_every_commands))
-                cfg.snapshot_every_s = float(value.get("every_seconds", cfg.snapshot_every_s))
-                cfg.keep_snapshots = int(value.get("keep", cfg.keep_snapshots))
-            elif key == "retention":
-                unknown = set(value) - {"keep_commands", "keep_snapshots", "standby_stale_s"}
+            elif key in SECTIONS:
+                settings = SECTIONS[key]
+                unknown = set(value) - settings.keys()
                 if unknown:
-                    raise ConfigError(f"{path}: unknown [retention] setting(s) {sorted(unknown)}")
-                cfg.retention_keep_commands = int(value.get("keep_commands", cfg.retention_keep_commands))
-                cfg.retention_keep_snapshots = int(value.get("keep_snapshots", cfg.retention_keep_snapshots))
-                stale = value.get("standby_stale_s", cfg.retention_standby_stale_s)
-                cfg.retention_standby_stale_s = float(stale)
+                    raise ConfigError(f"{path}: unknown [{key}] setting(s) {sorted(unknown)}")
+                for name, (attr, kind) in settings.items():
+                    if name in value:
+                        setattr(cfg, attr, kind(value[name]))
             elif key == "admission":
                 if not isinstance(value, dict):
                     raise ConfigError(f"{path}: admission must be a table ([admission])")

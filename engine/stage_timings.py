@@ -62,8 +62,18 @@ def stages_json(
     }
 
 
+def duration_text(us: float) -> str:
+    """A duration for people: "850 µs", "12.4 ms", "2.10 s" (FIX, issue 14: `loom trace`
+    printed every stage in µs and every time in raw nanoseconds)."""
+    if us < 1_000:
+        return f"{us:,.1f} µs" if us < 100 else f"{us:,.0f} µs"
+    if us < 1_000_000:
+        return f"{us / 1_000:,.2f} ms"
+    return f"{us / 1_000_000:,.2f} s"
+
+
 def format_stages(stages: dict | None) -> str:
-    """One line for `loom trace`: each stage in µs, "?" where not recorded."""
+    """One line for `loom trace`: each stage's duration, "?" where not recorded."""
     if not stages:
         return "(not recorded)"
     parts = []
@@ -74,7 +84,7 @@ def format_stages(stages: dict | None) -> str:
         ("ack", "ack_us"),
     ):
         value = stages.get(key)
-        parts.append(f"{label} {'?' if value is None else f'{value:,.1f} µs'}")
+        parts.append(f"{label} {'?' if value is None else duration_text(value)}")
     return ", ".join(parts) + f" (batch of {stages.get('batch_commands', 0)})"
 
 

@@ -22,7 +22,7 @@ from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
 from engine.gateways.binary.server import BinarySession, start_binary_server, stop_binary_server
 from engine.load.cli import _driver
-from engine.load.runner import run_open_loop
+from engine.load.runner import LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 from engine.overload import InFlight, orders_refused
 from engine.routing import ExecutionRouter
@@ -153,9 +153,10 @@ def test_a_flooded_connection_gets_every_order_answered_and_the_node_stays_respo
     host = node["host"]
     poller = HealthPoller(f"http://{host}:{node['http']}/healthz")
     poller.start()
-    driver = _driver(protocol, host, node, next(iter(LOAD_ACCOUNTS)), 1)
+    run = LoadRun.new()
+    driver = _driver(protocol, host, node, next(iter(LOAD_ACCOUNTS)), 1, run)
     try:
-        report = asyncio.run(run_open_loop(driver, protocol, rate, 1.0, f"G{protocol}{time.time_ns()}", 30.0))
+        report = asyncio.run(run_open_loop(driver, protocol, rate, 1.0, run, 30.0))
     finally:
         poller.stop.set()
         poller.join()

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import INSTRUMENT, generate
 from engine.exchange import ExchangeNode, NodeConfig
@@ -61,9 +62,11 @@ def run_durable_bench(
         with _TimedFsync() as fsyncs:
             start = time.perf_counter()
             batches = 0
+            progress.phase("durable bench: orders journaled", len(commands))
             for i in range(0, len(commands), batch):
                 submit(commands[i : i + batch])
                 batches += 1
+                progress.update(i + batch)
             elapsed = time.perf_counter() - start
         gc.unfreeze()
         journal_bytes = node.journal.size_bytes
@@ -92,8 +95,10 @@ def run_recovery_bench(orders: int = 1_000_000, seed: int = 1, batch: int = 1000
     try:
         node = ExchangeNode(NodeConfig(tmp, (INSTRUMENT,), snapshot_every_commands=0, snapshot_every_s=0))
         snapshot_at = int(len(commands) * 0.9)
+        progress.phase("recovery bench: writing the journal", len(commands))
         for i in range(0, len(commands), batch):
             node.submit(commands[i : i + batch])
+            progress.update(i + batch)
             if i < snapshot_at <= i + batch:
                 node.take_snapshot()
         live_hash = state_hash(node.engine)
@@ -115,6 +120,7 @@ def run_recovery_bench(orders: int = 1_000_000, seed: int = 1, batch: int = 1000
         loops = [COMPILED, not COMPILED] if COMPILED else [False]
         replay_runs: dict[bool, list] = {loop: [] for loop in loops}
         replay_hashes = set()
+        progress.phase("recovery bench: full replays", 2 * len(loops))
         for _ in range(2):
             for loop in loops:
                 journal = FileJournal(tmp / "journal", read_only=True)
@@ -126,6 +132,7 @@ def run_recovery_bench(orders: int = 1_000_000, seed: int = 1, batch: int = 1000
                 journal.close()
                 replay_hashes.add(state_hash(engine))
                 del engine
+                progress.advance()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = statistics.median(r[0] for r in replay_runs[COMPILED])

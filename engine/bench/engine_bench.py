@@ -14,6 +14,7 @@ import gc
 import statistics
 import time
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import generate, make_engine
 from engine.commands import Cancel
@@ -83,8 +84,13 @@ def run_engine_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", re
     workload = generate(ops, seed, mode)
     commands = workload.commands
     n = len(commands)
-    passes = [_throughput_pass(commands) for _ in range(repeat)]
+    progress.phase(f"engine bench ({mode}): passes over {n:,} ops", repeat + 1)
+    passes = []
+    for _ in range(repeat):
+        passes.append(_throughput_pass(commands))
+        progress.advance()
     lat = _latency_pass(commands)
+    progress.advance()
     rates = [n / (elapsed / 1e9) for elapsed, _ in passes]
     hashes = {h for _, h in passes} | {lat["state_hash"]}
     latencies = lat["latencies"]

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import INSTRUMENT, generate
 from engine.cluster.drill import NodeProcess, OrderSender, failover_once, in_sync, wait_for
@@ -30,10 +31,12 @@ def _publish_latency(link: NatsLink, appends: int) -> dict:
     journal = NatsJournal(link, "BENCH_PUBLISH", "loom.bench.publish")
     commands = generate(appends, 3, "deep").commands
     samples = []
+    progress.phase("failover bench: sequential publishes", len(commands))
     for cmd in commands:
         t0 = time.perf_counter_ns()
         journal.append([cmd])
         samples.append(time.perf_counter_ns() - t0)
+        progress.advance()
     samples.sort()
     return {
         "appends": appends,
@@ -51,8 +54,10 @@ def _durable_throughput(link: NatsLink, orders: int, batch: int, workdir: Path) 
     )
     commands = generate(orders, 1, "deep").commands
     started = time.perf_counter()
+    progress.phase("failover bench: orders through the replicated journal", len(commands))
     for i in range(0, len(commands), batch):
         node.submit(commands[i : i + batch])
+        progress.update(i + batch)
     elapsed = time.perf_counter() - started
     node.close()
     return {
@@ -73,12 +78,14 @@ def _failovers(urls: list[str], workdir: Path, kills: int) -> dict:
         wait_for("a to lead", lambda: nodes[0].status().get("role") == "leader")
         nodes[1].start()
         thread.start()
+        progress.phase("failover bench: leader kills", kills)
         for _ in range(kills):
             figures = failover_once(nodes, sender)
             runs.append(figures)
             killed = next(n for n in nodes if n.node_id == figures["killed"])
             killed.start()  # back as the standby, recovering from its snapshot + the stream
             wait_for("the restarted node in sync", lambda: in_sync(nodes), timeout=60)
+            progress.advance()
     finally:
         sender.stop.set()
         if thread.is_alive():

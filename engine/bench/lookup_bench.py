@@ -18,6 +18,7 @@ import random
 import time
 from collections import Counter
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.load.spawn import spawned_exchange
 
@@ -121,8 +122,10 @@ async def _measure(
         statuses: Counter = Counter()
         ctx = multiprocessing.get_context("spawn")
         ramp = 1.0
+        progress.phase("lookup bench: idle and loaded phases", 2 * rounds)
         for _ in range(rounds):
             idle += await _probe_healthz(session, base, seconds)
+            progress.advance()
             # The load runs in its own process: its client work must not delay the probe's.
             out = ctx.Queue()
             args = (base, key, seconds + 2 * ramp, concurrency, rate, healthz_load)
@@ -132,6 +135,7 @@ async def _measure(
             loaded += await _probe_healthz(session, base, seconds)
             statuses.update(await asyncio.to_thread(out.get, True, 120))
             load.join()
+            progress.advance()
         idle.sort()
         loaded.sort()
     idle_p99 = percentile_us(idle, 99) / 1000

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine import progress
 from engine.bench.stats import percentile_us
 from engine.commands import NewOrder
 from engine.config import load_config
 from engine.domain import OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.load.binary_driver import BinaryDriver
-from engine.load.runner import MID, SYMBOL, run_open_loop
+from engine.load.runner import MID, SYMBOL, LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 from engine.snapshots import encode_snapshot
 from engine.state import export_state
@@ -70,8 +71,10 @@ def build_book(data_dir: Path, resting: int) -> tuple[ExchangeNode, float]:
     node = ExchangeNode(
         NodeConfig(data_dir, _instruments(data_dir.parent), snapshot_every_commands=0, snapshot_every_s=0)
     )
+    progress.phase("snapshot-stall bench: building the book", resting)
     for first in range(0, resting, BUILD_BATCH):
         node.submit([_book_order(i) for i in range(first, min(resting, first + BUILD_BATCH))])
+        progress.update(first + BUILD_BATCH)
     node.take_snapshot()
     return node, time.perf_counter() - started
 
@@ -131,12 +134,9 @@ def run_one(
     with spawned_exchange(timeout=600, snapshot_every_s=snapshot_every_s, seed_data=seed) as info:
         host = info["host"]
         before = _scrape(host, info["http"])
-        driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)))
-        result = asyncio.run(
-            run_open_loop(
-                driver, "binary", rate, duration, f"S{int(time.time() * 1000)}", latencies_ns=latencies_ns
-            )
-        )
+        run = LoadRun.new()
+        driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)), 1, run)
+        result = asyncio.run(run_open_loop(driver, "binary", rate, duration, run, latencies_ns=latencies_ns))
         after = _scrape(host, info["http"])
 
     def delta(name: str) -> float:

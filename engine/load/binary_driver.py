@@ -1,15 +1,16 @@
 """Binary-protocol load driver: pre-encoded frames, many per write, acks matched by
-client_ref (the load order's index)."""
+client_ref (the run's ref of the load order's index, LoadRun.client_ref)."""
 
 from __future__ import annotations
 
 import time
 
+from engine.client.ledger import reason_name
 from engine.domain import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
 from engine.load.backpressure import limit_send_buffer, pressed
-from engine.load.runner import SYMBOL, LoadOrder
+from engine.load.runner import SYMBOL, LoadOrder, LoadRun
 
 _SIDE = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
 _TIF = {"gtc": int(TimeInForce.GTC), "ioc": int(TimeInForce.IOC)}
@@ -18,8 +19,11 @@ _STP = int(SelfTradePrevention.CANCEL_NEWEST)
 
 
 class BinaryDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, api_key: str, connections: int, run: LoadRun, hold: bool = False
+    ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.run = run
         self.hold = hold
         self.clients: list[BinaryClient] = []
         self._next = 0
@@ -27,15 +31,17 @@ class BinaryDriver:
     async def connect(self, on_ack) -> None:
         accepted, rejected = p.Accepted, p.Rejected
         overloaded = int(p.GatewayRejectReason.OVERLOADED)
+        index_of = self.run.index_of_ref
 
         def on_frames(frames: list) -> None:
             now = time.perf_counter_ns()
             for f in frames:
                 kind = type(f)
                 if kind is accepted:
-                    on_ack(f.client_ref, True, now)
+                    on_ack(index_of(f.client_ref), True, now)
                 elif kind is rejected and f.request == 1:
-                    on_ack(f.client_ref, False, now, f.reason == overloaded)
+                    shed = f.reason == overloaded
+                    on_ack(index_of(f.client_ref), False, now, shed, reason_name(f.reason))
 
         for _ in range(self.n):
             client = await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=on_frames)
@@ -54,7 +60,8 @@ class BinaryDriver:
             if hold[c]:
                 held += 1
                 continue
-            frame = encode(o.index, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
+            ref = self.run.client_ref(o.index)
+            frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append(frame)
         for c, frames in per.items():
             self.clients[c].send_many(frames)
@@ -68,11 +75,11 @@ class BinaryDriver:
 class FollowingBinaryDriver:
     """`loom load --protocol binary --nodes ...`: a cluster's nodes, the leader found and
     followed across a failover (engine.client.binary), every order not answered resent with
-    the same client_ref. client_ref = base + index + 1: unique per run, never 0 (no id)."""
+    the same client_ref (LoadRun.client_ref: unique per run, never 0)."""
 
-    def __init__(self, nodes: list[tuple[str, int]], api_key: str, connections: int = 1) -> None:
+    def __init__(self, nodes: list[tuple[str, int]], api_key: str, connections: int, run: LoadRun) -> None:
         self.nodes, self.api_key, self.n = nodes, api_key, connections
-        self.base = (time.time_ns() // 1_000_000) % 10**9 * 10**9
+        self.run = run
         self.clients: list = []
         self._next = 0
 
@@ -80,10 +87,11 @@ class FollowingBinaryDriver:
         from engine.client.binary import LeaderFollowingBinaryClient
         from engine.client.ledger import Answer
 
-        base = self.base
+        index_of = self.run.index_of_ref
 
         def settled(entry) -> None:
-            on_ack(int(entry.client_order_id) - base - 1, entry.answer is not Answer.REFUSED)
+            ok = entry.answer is not Answer.REFUSED
+            on_ack(index_of(int(entry.client_order_id)), ok, None, False, None if ok else entry.code)
 
         for _ in range(self.n):
             client = LeaderFollowingBinaryClient(self.nodes, self.api_key, on_settled=settled)
@@ -96,7 +104,7 @@ class FollowingBinaryDriver:
         for o in orders:
             c = self._next
             self._next = (c + 1) % self.n
-            ref = self.base + o.index + 1
+            ref = self.run.client_ref(o.index)
             frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append((str(ref), frame))
         for c, frames in per.items():

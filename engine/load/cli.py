@@ -7,15 +7,23 @@ import argparse
 import asyncio
 import contextlib
 import json
-import time
+import sys
 
-from engine.load.runner import run_open_loop
+from engine.load.runner import LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 
 PROTOCOLS = ("binary", "rest", "ws", "fix")
 
 
-def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: int | None, hold: bool = False):
+def _driver(
+    protocol: str,
+    host: str,
+    ports: dict,
+    api_key: str,
+    connections: int | None,
+    run: LoadRun,
+    hold: bool = False,
+):
     if protocol == "rest":
         from engine.load.http_driver import RestDriver
 
@@ -27,7 +35,7 @@ def _driver(protocol: str, host: str, ports: dict, api_key: str, connections: in
     if protocol == "binary":
         from engine.load.binary_driver import BinaryDriver
 
-        return BinaryDriver(host, ports["binary"], api_key, connections or 1, hold)
+        return BinaryDriver(host, ports["binary"], api_key, connections or 1, run, hold)
     if protocol == "fix":
         from engine.load.fix_driver import FixDriver
 
@@ -55,9 +63,14 @@ def _server_stats(host: str, port: int) -> dict:
 
 def cmd_load(args: argparse.Namespace) -> int:
     api_key = args.api_key or next(iter(LOAD_ACCOUNTS))
-    run_id = f"L{int(time.time() * 1000) % 10**9}"
+    if args.plot:  # before the run, not after it: a missing extra must not waste the load
+        from engine.extras import require
+
+        require("matplotlib", "matplotlib", "plot", "loom load --plot")
+    samples: dict = {}
+    run = LoadRun.new()
     if args.nodes:
-        return _load_cluster(args, api_key, run_id)
+        return _load_cluster(args, api_key, run)
     with contextlib.ExitStack() as stack:
         if args.port is None:
             info = stack.enter_context(spawned_exchange(event_loop=args.server_event_loop))
@@ -65,8 +78,10 @@ def cmd_load(args: argparse.Namespace) -> int:
         else:
             host = args.host
             ports = {"http": args.port, "binary": args.port, "fix": args.port}
-        driver = _driver(args.protocol, host, ports, api_key, args.connections, args.hold)
-        result = asyncio.run(run_open_loop(driver, args.protocol, args.rate, args.duration, run_id))
+        driver = _driver(args.protocol, host, ports, api_key, args.connections, run, args.hold)
+        result = asyncio.run(
+            run_open_loop(driver, args.protocol, args.rate, args.duration, run, samples=samples)
+        )
         if args.port is None:  # our own server: report the physical floor of an ack beside it
             result.update(_server_stats(host, ports["http"]))
     if args.json:
@@ -75,7 +90,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         r = result
         print(
             f"{r['protocol']}: offered {r['offered_rate']:,}/s, achieved {r['achieved_rate']:,}/s over "
-            f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}, "
+            f"{r['duration_s']} s; acked {r['acked']:,}, rejected {r['rejected']:,}{_reasons(r)}, "
             f"refused as overloaded {r['overloaded']:,} (answered in p50 {r['overloaded_p50_us']} µs), "
             f"held back by backpressure {r['held']:,}, errors {r['errors']:,}\n"
             f"  order-to-ack of journaled orders, from the scheduled send: p50 {r['p50_us']} µs  "
@@ -87,10 +102,21 @@ def cmd_load(args: argparse.Namespace) -> int:
                 f"  server: fdatasync p50 {r['server_fsync_p50_us']} µs  p99 {r['server_fsync_p99_us']} µs; "
                 f"{r['server_batches']:,} batches, {r['server_mean_batch']} orders per batch"
             )
+    if args.plot:
+        from engine.load.plot import write_plot
+
+        written = write_plot(args.plot, result, samples["latencies_ns"], samples["answered_s"])
+        print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON
     return 0 if result["errors"] == 0 else 1
 
 
-def _load_cluster(args: argparse.Namespace, api_key: str, run_id: str) -> int:
+def _reasons(result: dict) -> str:
+    """ " (DUPLICATE_CLIENT_ORDER_ID 3, ...)": the rejections by the venue's reason, if any."""
+    by = result.get("rejected_by_reason") or {}
+    return " (" + ", ".join(f"{reason} {n:,}" for reason, n in by.items()) + ")" if by else ""
+
+
+def _load_cluster(args: argparse.Namespace, api_key: str, run: LoadRun) -> int:
     """Against a cluster's binary listeners: the leader is followed, unanswered orders are
     resent; the report adds the failover figures (exit 1 unless every order is resolved)."""
     from engine.client.binary import parse_nodes
@@ -102,8 +128,8 @@ def _load_cluster(args: argparse.Namespace, api_key: str, run_id: str) -> int:
         nodes = parse_nodes(args.nodes)
     except ValueError as exc:
         raise SystemExit(f"loom load: --nodes: {exc}") from None
-    driver = FollowingBinaryDriver(nodes, api_key, args.connections or 1)
-    result = asyncio.run(run_open_loop(driver, "binary", args.rate, args.duration, run_id, args.drain))
+    driver = FollowingBinaryDriver(nodes, api_key, args.connections or 1, run)
+    result = asyncio.run(run_open_loop(driver, "binary", args.rate, args.duration, run, args.drain))
     f = result["failover"]
     if args.json:
         print(json.dumps(result))
@@ -112,7 +138,7 @@ def _load_cluster(args: argparse.Namespace, api_key: str, run_id: str) -> int:
             f"binary over {len(nodes)} nodes: offered {result['offered_rate']:,}/s "
             f"over {result['duration_s']} s; "
             f"{f['orders']:,} orders: acked {f['acked']:,} (of which {f['duplicates_resolved']:,} "
-            f"duplicates resolved), refused definitively {f['refused_definitively']:,}, "
+            f"duplicates resolved), refused definitively {f['refused_definitively']:,}{_reasons(result)}, "
             f"unresolved {f['unresolved']:,}\n"
             f"  resent {f['resent']:,}, connections {f['connects']}, longest gap between acks "
             f"{f['max_ack_gap_ms']:,} ms; order-to-ack p50 {result['p50_us']} µs  p99 {result['p99_us']} µs  "
@@ -150,4 +176,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a connection whose socket is full, instead of buffering them client-side",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also write the latency distribution, an HDR-style percentile plot and throughput over "
+        "time (needs the plot extra: pip install 'loom-exchange[plot]')",
+    )
     p.set_defaults(func=cmd_load)

@@ -43,8 +43,9 @@ class _FixConnection(asyncio.Protocol):
                     clid = msg.get(11, "")
                     index = clid.rsplit("-", 1)[-1]
                     if index.isdigit():
-                        shed = exec_type == "8" and "overloaded" in msg.get(58, "")
-                        on_ack(int(index), exec_type == "0", now, shed)
+                        text = msg.get(58, "")
+                        shed = exec_type == "8" and "overloaded" in text
+                        on_ack(int(index), exec_type == "0", now, shed, text or None)
             elif kind == "A" and not self.logged_on.done():
                 self.logged_on.set_result(True)
             elif kind == "5" and not self.logged_on.done():

@@ -31,6 +31,14 @@ def _order_body(o: LoadOrder) -> bytes:
     )
 
 
+def _error_code(body: bytes, status: int) -> str:
+    """The code of a REST error answer ({"error": {"code": ...}}), else the HTTP status."""
+    try:
+        return str(msgspec.json.decode(body)["error"]["code"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return f"HTTP_{status}"
+
+
 class _HttpConnection(asyncio.Protocol):
     def __init__(self, on_ack, on_error) -> None:
         self.on_ack = on_ack
@@ -59,10 +67,14 @@ class _HttpConnection(asyncio.Protocol):
                 length = int(head[i + 15 : j if j > 0 else len(head)])
             if len(buf) < end + 4 + length:
                 return
-            shed = status == 503 and b'"OVERLOADED"' in buf[end + 4 : end + 4 + length]
-            del buf[: end + 4 + length]
             index = self.inflight.popleft()
-            self.on_ack(index, status in (200, 201), now, shed)
+            if status in (200, 201):
+                del buf[: end + 4 + length]
+                self.on_ack(index, True, now)
+                continue
+            code = _error_code(bytes(buf[end + 4 : end + 4 + length]), status)
+            del buf[: end + 4 + length]
+            self.on_ack(index, False, now, code == "OVERLOADED", code)
 
     def connection_lost(self, exc) -> None:
         self.on_error(len(self.inflight))
@@ -149,8 +161,9 @@ class WsDriver:
             req_id = data.get("req_id")
             if req_id is not None:
                 kind = data.get("type")
-                shed = kind == "error" and data.get("code") == "OVERLOADED"
-                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed)
+                code = data.get("code")
+                shed = kind == "error" and code == "OVERLOADED"
+                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed, code or kind)
 
     async def _write(self, ws, queue: asyncio.Queue) -> None:
         while True:

@@ -6,10 +6,13 @@ a stall in the server shows up as latency instead of silently lowering the offer
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine import progress
 from engine.bench.stats import percentile_us
 
 MID = 100_000
@@ -24,6 +27,36 @@ class LoadOrder:
     price: int
     qty: int
     tif: str  # "gtc" | "ioc"
+
+
+# Orders one run may send: each run's binary client_refs are base + 1 .. base + RUN_REFS.
+RUN_REFS = 10**9
+_RUN_IDS = 18_000_000_000  # RUN_IDS * RUN_REFS stays below 2**64 (client_ref is a u64)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """One run's own client order ids. FIX (tests/test_cli_defects.py): the binary driver sent
+    client_ref = order index, so a second `loom load --port` against the same node resent the
+    first run's ids and nearly every order came back DUPLICATE_CLIENT_ORDER_ID (a client order
+    id is unique per account for the life of the venue). A random run number (one in 1.8e10)
+    now prefixes the text ids and offsets the binary refs."""
+
+    number: int
+
+    @classmethod
+    def new(cls) -> LoadRun:
+        return cls(1 + secrets.randbelow(_RUN_IDS - 1))
+
+    @property
+    def prefix(self) -> str:  # REST, WebSocket and FIX: client order id "<prefix>-<index>"
+        return f"L{self.number}"
+
+    def client_ref(self, index: int) -> int:  # binary: never 0 (no id)
+        return self.number * RUN_REFS + index + 1
+
+    def index_of_ref(self, client_ref: int) -> int:
+        return client_ref - self.number * RUN_REFS - 1
 
 
 def make_order(run: str, i: int) -> LoadOrder:
@@ -59,16 +92,25 @@ class LoadStats:
     sent: int = 0
     acked: int = 0
     rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)  # the venue's reject code
     overloaded: int = 0  # refused by admission control (REST/WS OVERLOADED, binary 603, FIX Text)
     errors: int = 0
     held: int = 0  # kept back while the server pushed back (hold): never sent, never answered
     scheduled_ns: list[int] = field(default_factory=list)
     latencies_ns: list[int] = field(default_factory=list)  # acked and rejected (journaled) orders
+    answered_ns: list[int] = field(default_factory=list)  # when each of them was answered
     overload_latencies_ns: list[int] = field(default_factory=list)
     first_ack_ns: int = 0
     last_ack_ns: int = 0
 
-    def on_ack(self, index: int, ok: bool, now_ns: int | None = None, overloaded: bool = False) -> None:
+    def on_ack(
+        self,
+        index: int,
+        ok: bool,
+        now_ns: int | None = None,
+        overloaded: bool = False,
+        reason: str | None = None,
+    ) -> None:
         now = now_ns if now_ns is not None else time.perf_counter_ns()
         if overloaded:  # shed: not journaled, so not in the order-to-ack figures
             self.overloaded += 1
@@ -78,7 +120,9 @@ class LoadStats:
                 self.acked += 1
             else:
                 self.rejected += 1
+                self.rejected_by_reason[reason or "UNKNOWN"] += 1
             self.latencies_ns.append(now - self.scheduled_ns[index])
+            self.answered_ns.append(now)
         if not self.first_ack_ns:
             self.first_ack_ns = now
         self.last_ack_ns = now
@@ -97,6 +141,7 @@ class LoadStats:
             "sent": self.sent,
             "acked": self.acked,
             "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason.most_common()),
             "overloaded": self.overloaded,
             "overloaded_p50_us": percentile_us(shed, 50),
             "held": self.held,
@@ -113,18 +158,23 @@ async def run_open_loop(
     protocol: str,
     rate: float,
     duration: float,
-    run_id: str,
+    run: LoadRun,
     drain_s: float = 10.0,
     latencies_ns: list[int] | None = None,
+    samples: dict | None = None,
 ) -> dict:
     """Offer `rate` orders/s for `duration` s; the report. `latencies_ns`, when given, gets
-    every journaled order's latency too (to pool several runs)."""
+    every journaled order's latency too (to pool several runs); `samples` gets them as
+    "latencies_ns" and their answer times as "answered_s" (since the first send: --plot)."""
     total = int(rate * duration)
+    if total > RUN_REFS:
+        raise ValueError(f"{total:,} orders in one run: at most {RUN_REFS:,} (lower --rate or --duration)")
     stats = LoadStats(protocol, rate, duration)
     stats.scheduled_ns = [0] * total
     await driver.connect(stats.on_ack)
     clock = time.perf_counter_ns
     interval_ns = 1e9 / rate
+    progress.phase(f"{protocol} load: orders sent", total)
     start = clock()
     sent = 0
     while sent < total:
@@ -134,19 +184,22 @@ async def run_open_loop(
             batch = []
             for i in range(sent, due):
                 stats.scheduled_ns[i] = start + int(i * interval_ns)
-                batch.append(make_order(run_id, i))
+                batch.append(make_order(run.prefix, i))
             held = driver.send(batch)
             if held:
                 stats.held += held
             sent = due
             stats.sent = sent
+            progress.update(sent)
         # The event loop's timers are only millisecond-accurate: sleep while the next order
         # is far off, otherwise just yield (reading acks) and look again, so sends are late
         # by microseconds, not by a timer tick (this generator owns a core to do it).
         wait_ns = start + sent * interval_ns - clock()
         await asyncio.sleep((wait_ns - 1_500_000) / 1e9 if wait_ns > 2_000_000 else 0)
+    progress.phase(f"{protocol} load: answers", sent)
     deadline = clock() + int(drain_s * 1e9)
     while stats.acked + stats.rejected + stats.overloaded + stats.held < sent and clock() < deadline:
+        progress.update(stats.acked + stats.rejected + stats.overloaded + stats.held)
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
@@ -154,6 +207,9 @@ async def run_open_loop(
     report = stats.report(elapsed)
     if latencies_ns is not None:
         latencies_ns.extend(stats.latencies_ns)
+    if samples is not None:
+        samples["latencies_ns"] = stats.latencies_ns
+        samples["answered_s"] = [(t - start) / 1e9 for t in stats.answered_ns]
     if figures is not None:
         report["failover"] = figures()
     return report
