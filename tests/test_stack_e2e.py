@@ -107,7 +107,10 @@ def test_the_automation_receiver_reaches_the_exchange_with_its_token(stack):
     token = Path(hook["http_config"]["authorization"]["credentials_file"]).read_text()
     body = json.dumps({"version": "4", "alerts": []}).encode()
     req = urllib.request.Request(
-        hook["url"], data=body, method="POST", headers={"Authorization": f"Bearer {token}"}
+        hook["url"],
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200

@@ -69,6 +69,8 @@ def up(directory: Path, opts: Options) -> StackState:
         _teardown(previous)  # a stale state file (e.g. after a reboot): unmount, forget
     if opts.cluster and opts.data_disk:
         raise StackError("--data-disk is for the single node (the disk-full drill), not --cluster")
+    if opts.cluster and opts.ports.get("exchange"):
+        raise StackError("--exchange-port is for the single node: a cluster's nodes take free ports")
     state = StackState(
         str(directory),
         {**{k: v for k, v in vars(opts).items() if k != "ports"}, "interval": _interval(opts)},
@@ -108,13 +110,12 @@ def _start_all(state: StackState, opts: Options) -> None:
         workdir = directory / name
         if opts.data_disk:
             state.mounts.append(str(mount_tmpfs(workdir / "data", opts.data_disk)))
-        port = opts.ports.get("exchange") if not opts.cluster else None
         node = nodes.node_component(
             name,
             workdir,
             config,
             token,
-            port or free_port(),
+            opts.ports.get("exchange") or free_port(),
             opts.demo,
             opts.rate,
             cluster,
