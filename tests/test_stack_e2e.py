@@ -147,19 +147,9 @@ def test_runtime_signals_are_on_metrics(stack, series):
 def test_one_page_per_incident_and_a_timely_all_clear(stack, incident):
     if incident == "disk-full" and not can_mount():
         pytest.skip("the disk-full drill needs root to mount a small tmpfs data disk")
-    res = loom(
-        "stack",
-        "drill",
-        "--dir",
-        str(stack["dir_path"]),
-        "--incidents",
-        incident,
-        "--json",
-        "--page-timeout",
-        "60",
-        "--resolve-timeout",
-        "120",
-    )
+    # The waits exceed the bars (a figure just over one is still measured, then fails below).
+    waits = ["--page-timeout", "60", "--resolve-timeout", str(RECOVERY_TO_RESOLVED_S + 30)]
+    res = loom("stack", "drill", "--dir", str(stack["dir_path"]), "--incidents", incident, "--json", *waits)
     assert res.stdout, res.stderr
     [result] = json.loads(res.stdout)
     print(f"\n{incident}: {json.dumps(result)}")

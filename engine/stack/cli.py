@@ -22,8 +22,21 @@ def _dir(args: argparse.Namespace) -> Path:
 def _cmd_up(args: argparse.Namespace) -> int:
     ports = {name: getattr(args, f"{name}_port") for name in PORTS if getattr(args, f"{name}_port")}
     opts = control.Options(
-        args.cluster, args.demo, args.fast, args.rate, args.data_disk or "", ports, args.timeout
+        cluster=args.cluster,
+        demo=args.demo,
+        fast=args.fast,
+        rate=args.rate,
+        data_disk=args.data_disk or "",
+        ports=ports,
+        timeout=args.timeout,
     )
+    for name in ("rules", "alertmanager_config"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            print(f"loom stack up: --{name.replace('_', '-')} {path}: no such file", file=sys.stderr)
+            return 2
+        if path:
+            setattr(opts, name, path)
     try:
         state = control.up(_dir(args), opts)
     except control.AlreadyUp as exc:
@@ -147,6 +160,8 @@ def add_parser(sub) -> None:
     )
     for name in PORTS:
         up.add_argument(f"--{name}-port", type=int, help=f"{name} port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--rules", help="the alert rules file (default alerts/generated/loom-rules.yml)")
+    up.add_argument("--alertmanager-config", help="the routing to use (default alerts/alertmanager.yml)")
     up.add_argument(
         "--timeout", type=float, default=120.0, help="seconds each component may take to be ready"
     )

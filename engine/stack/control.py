@@ -41,6 +41,8 @@ class Options:
     rate: int | None = None  # demo orders per second (loom run's default when None)
     data_disk: str = ""  # a tmpfs of this size (e.g. 64M) under the node's data dir: the disk-full drill
     ports: dict[str, int] = field(default_factory=dict)  # prometheus, alertmanager, exchange, pager
+    rules: str = str(configs.RULES)  # another rules file or Alertmanager config to try
+    alertmanager_config: str = str(configs.ALERTMANAGER_YML)
     timeout: float = 120.0
 
 
@@ -147,7 +149,7 @@ def _start_all(state: StackState, opts: Options) -> None:
     )
     am_dir = directory / "alertmanager"
     am_config = configs.stack_alertmanager_config(
-        configs.load_yaml(configs.ALERTMANAGER_YML), sink.url, [n.url for n in started], token_file
+        configs.load_yaml(Path(opts.alertmanager_config)), sink.url, [n.url for n in started], token_file
     )
     configs.write_json(am_dir / "alertmanager.yml", am_config)
     am_binary = binaries.alertmanager()
@@ -163,7 +165,10 @@ def _start_all(state: StackState, opts: Options) -> None:
     am_address = am.url.removeprefix("http://")
     targets = [n.url.removeprefix("http://") for n in started]
     prom_config = configs.prometheus_config(
-        configs.stack_scrape_configs(targets, am_address), _interval(opts), [str(configs.RULES)], [am_address]
+        configs.stack_scrape_configs(targets, am_address),
+        _interval(opts),
+        [str(Path(opts.rules).resolve())],
+        [am_address],
     )
     configs.write_json(prom_dir / "prometheus.yml", prom_config)
     prom_binary = binaries.prometheus()

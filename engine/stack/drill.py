@@ -1,9 +1,10 @@
 """`loom stack drill`: inject incidents into a running stack and count the pages.
 
-Each incident waits for a quiet stack (nothing firing or pending in Prometheus but the
-always-firing Watchdog), injects its fault with the demo flow running, waits for the first
-page (a `firing` notification to the pager receiver), recovers, and waits until Prometheus is
-quiet again and every paged group has had its `resolved` notification. Only then are the
+Each incident waits for a quiet stack (no paging alert, severity=critical, firing or pending
+in Prometheus: tickets may linger, e.g. a slow burn over 6 h, but never page), injects its
+fault with the demo flow running, waits for the first page (a `firing` notification to the
+pager receiver), recovers, and waits until Prometheus is quiet again and every paged group
+has had its `resolved` notification. Only then are the
 pages counted: nothing can still be on its way (an alert resolved before its group's first
 notification is never sent). Incidents:
 
@@ -29,6 +30,7 @@ from engine.stack.procs import StackError, get_json, http_ok, kill_group, wait_u
 
 INCIDENTS = ("kill", "journal-errors", "disk-full")
 PAGER = "pager"  # the receiver that pages a person (alerts/alertmanager.yml)
+PAGING = "critical"  # the severity alerts/alertmanager.yml routes to the pager
 ALWAYS_FIRING = frozenset({"Watchdog"})  # the dead man's switch: firing is its healthy state
 FILLER = "drill-filler"
 
@@ -129,9 +131,11 @@ def _all_clear(prom: str, pages: Path, mark: int):
 
 
 def active_alerts(prom: str) -> set[str]:
-    """Names of the alerts Prometheus has firing or pending, but the always-firing ones."""
+    """Names of the paging alerts Prometheus has firing or pending (the always-firing
+    Watchdog aside)."""
     alerts = get_json(prom + "/api/v1/alerts")["data"]["alerts"]
-    return {a["labels"]["alertname"] for a in alerts} - ALWAYS_FIRING
+    paging = {a["labels"]["alertname"] for a in alerts if a["labels"].get("severity") == PAGING}
+    return paging - ALWAYS_FIRING
 
 
 # -- the faults: each injects and returns its undo ----------------------------------------------
