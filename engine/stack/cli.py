@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -120,7 +121,9 @@ def _cmd_drill(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        results = drill.run_drill(state, kinds, args.page_timeout, args.resolve_timeout)
+        # A SIGTERM ends the drill through its `finally`s: the fault is undone, not left behind.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        results = drill.run_drill(state, kinds, args.page_timeout, args.resolve_timeout, args.quiet_timeout)
     except StackError as exc:
         print(f"loom stack drill: {exc}", file=sys.stderr)
         return 2
@@ -187,4 +190,10 @@ def add_parser(sub) -> None:
     dr.add_argument("--incidents", default="", help=f"comma-separated (default: {','.join(drill.INCIDENTS)})")
     dr.add_argument("--page-timeout", type=float, default=180.0, help="seconds to wait for the first page")
     dr.add_argument("--resolve-timeout", type=float, default=600.0, help="seconds to wait for the all-clear")
+    dr.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait, before each incident, for no paging alert to be firing or pending",
+    )
     dr.set_defaults(func=_cmd_drill)

@@ -68,12 +68,13 @@ def run_incident(
         return result
     prom = state.component("prometheus").url
     pages = Path(state.pages)
-    wait_until(
-        "a quiet stack (no alert firing or pending but the Watchdog)",
-        lambda: not active_alerts(prom),
-        quiet_timeout,
-        interval=0.5,
-    )
+    try:
+        wait_until("no paging alert", lambda: not active_alerts(prom), quiet_timeout, interval=0.5)
+    except StackError:
+        result.error = (
+            f"not run: paging alerts still active after {quiet_timeout:g} s: {sorted(active_alerts(prom))}"
+        )
+        return result
     mark = len(read_pages(pages))
     injected = time.time()
     undo = INJECT[kind](state)
