@@ -184,3 +184,40 @@ def test_down_leaves_no_process_behind(stack):
     assert processes_under(directory) == []
     assert not any(os.path.ismount(m) for m in state["mounts"])
     assert loom("stack", "status", "--dir", str(directory)).returncode == 1
+
+
+def test_a_cluster_stack_comes_up_and_goes_down(tmp_path):
+    """--cluster: 3 nats-servers and 2 nodes, both scraped, one leader; nothing left after down."""
+    res = loom("stack", "up", "--cluster", "--fast", "--dir", str(tmp_path), "--json")
+    summary: dict = {"pids": {}}
+    try:
+        assert res.returncode == 0, res.stderr
+        summary = json.loads(res.stdout)
+        assert sorted(summary["pids"]) == sorted(
+            [
+                "nats-0",
+                "nats-1",
+                "nats-2",
+                "exchange-a",
+                "exchange-b",
+                "pager-sink",
+                "alertmanager",
+                "prometheus",
+            ]
+        )
+        assert len(summary["exchanges"]) == 2 and summary["exchange"] == summary["exchanges"][0]
+        targets = get_json(summary["prometheus"] + "/api/v1/targets?state=active")["data"]["activeTargets"]
+        assert sorted(t["labels"]["job"] for t in targets) == ["alertmanager", "loom", "loom"]
+        assert all(t["health"] == "up" for t in targets), targets
+        status = json.loads(loom("stack", "status", "--dir", str(tmp_path), "--json").stdout)
+        assert sum(bool(c.get("ready")) for c in status["components"]) == 1  # the leader; the standby is not
+        config = json.loads((tmp_path / "alertmanager" / "alertmanager.yml").read_text())
+        [receiver] = [r for r in config["receivers"] if "automation" in r["name"]]
+        assert [h["url"] for h in receiver["webhook_configs"]] == [
+            u + "/v1/admin/automation" for u in summary["exchanges"]
+        ]
+    finally:
+        down = loom("stack", "down", "--dir", str(tmp_path))
+    assert down.returncode == 0, down.stderr
+    assert [p for p in summary["pids"].values() if alive(p)] == []
+    assert processes_under(tmp_path) == []
