@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_risk import add_parsers as add_risk_parsers
 
     add_risk_parsers(sub)
+    from engine.stack.cli import add_parser as add_stack_parser
+
+    add_stack_parser(sub)
 
     tr = sub.add_parser("trace", help="an order's trace id, link and whole history from the journal")
     tr.add_argument("order_id", type=_positive_int)

@@ -7,17 +7,10 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from serverproc import Server, find_binary, run_server
+from serverproc import Server, run_server
 
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-
-
-def alertmanager_binary() -> str:
-    return find_binary(
-        ALERTMANAGER,
-        "alertmanager",
-        "prometheus-alertmanager missing (apt-get install prometheus-alertmanager)",
-    )
+from engine.stack import binaries
+from engine.stack.configs import alertmanager_argv
 
 
 class Alertmanager(Server):
@@ -84,17 +77,11 @@ def alertmanager_run(workdir: Path, webhook_url: str, bearer_token: str, timeout
 def alertmanager_serve(workdir: Path, config: Path, timeout: float = 30.0):
     """Starts Alertmanager with `config` on a free 127.0.0.1 port without clustering, yields
     an `Alertmanager` once /-/ready answers; SIGTERM on exit, SIGKILL if it does not stop."""
-    binary = alertmanager_binary()
+    binary = binaries.alertmanager()  # the one `loom stack` runs, with the same flags
     workdir.mkdir(parents=True, exist_ok=True)
 
     def argv(port: int) -> list[str]:
-        return [
-            binary,
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            f"--storage.path={workdir / 'data'}",
-        ]
+        return alertmanager_argv(binary, port, workdir)
 
     with run_server(Alertmanager, argv, workdir, timeout) as am:
         yield am

@@ -8,17 +8,12 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from serverproc import Server, find_binary, free_port, run_server
+from serverproc import Server, free_port, run_server
+
+from engine.stack import binaries
+from engine.stack.configs import prometheus_argv, prometheus_config
 
 __all__ = ["Prometheus", "free_port", "prometheus_run"]
-
-PROMETHEUS = "/usr/bin/prometheus"
-
-
-def prometheus_binary() -> str:
-    return find_binary(
-        PROMETHEUS, "prometheus", "prometheus missing: `make test` installs it (scripts/install-tools.sh)"
-    )
 
 
 class Prometheus(Server):
@@ -45,23 +40,13 @@ def prometheus_run(workdir: Path, scrape_configs: list[dict], timeout: float = 6
     """Writes prometheus.yml (1 s scrape and evaluation intervals) under `workdir`, starts
     Prometheus with exemplar storage on a free 127.0.0.1 port, yields a `Prometheus` once
     /-/ready answers; SIGTERM on exit, SIGKILL if it does not stop."""
-    binary = prometheus_binary()
+    binary = binaries.prometheus()  # the one `loom stack` runs, with the same flags
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": scrape_configs,
-    }
     # JSON is YAML: no yaml dependency needed to write the config.
-    (workdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
+    (workdir / "prometheus.yml").write_text(json.dumps(prometheus_config(scrape_configs, "1s"), indent=2))
 
     def argv(port: int) -> list[str]:
-        return [
-            binary,
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--config.file={workdir / 'prometheus.yml'}",
-            "--enable-feature=exemplar-storage",
-        ]
+        return prometheus_argv(binary, port, workdir)
 
     with run_server(Prometheus, argv, workdir, timeout) as prom:
         yield prom

@@ -4,9 +4,7 @@ clean stop (SIGTERM, then SIGKILL)."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,18 +13,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.stack.procs import free_port
 
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (bound to port 0, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def find_binary(path: str, name: str, missing: str) -> str:
-    found = path if Path(path).is_file() else shutil.which(name)
-    assert found, missing
-    return found
+__all__ = ["Server", "free_port", "run_server", "stop"]
 
 
 def stop(proc: subprocess.Popen) -> None:

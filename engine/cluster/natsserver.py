@@ -102,8 +102,17 @@ cluster {{
 class LocalNatsCluster:
     """`size` nats-servers forming one JetStream cluster; a context manager."""
 
-    def __init__(self, workdir: Path, size: int = 3, binary: str | None = None, name: str = "loom") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        binary: str | None = None,
+        name: str = "loom",
+        detach: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
+        # detach: each server in its own session, to outlive the starter (`loom stack up`).
+        self.detach = detach
         self.binary = binary or find_nats_server()
         self.name = name
         ports = free_ports(3 * size)
@@ -137,7 +146,11 @@ class LocalNatsCluster:
     def start_node(self, node: NatsNode) -> None:
         with open(node.log, "a") as out:
             node.proc = subprocess.Popen(
-                [self.binary, "-c", str(node.config)], stdout=out, stderr=subprocess.STDOUT
+                [self.binary, "-c", str(node.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.detach,
             )
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[NatsNode] | None = None) -> None:
