@@ -70,6 +70,7 @@ class Alert:
     for_: str = "0s"
     labels: dict[str, str] = field(default_factory=dict)
     automation: str = ""  # the runbook automation's action; the label routes the alert to it
+    keep_firing_for: str = "0s"
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,21 @@ def _availability_error_ratio(window: str) -> Recording:
     )
 
 
+# Causes whose incidents burn the error budgets. A burn alert is a symptom of them: it stays
+# quiet while one fired within its short window, which holds the incident's errors that long
+# after the cause has cleared (otherwise the burn pages a second time, minutes after the
+# cause's own page, for the same incident; Alertmanager's inhibitions end with the cause).
+BURN_CAUSES = ("LoomExchangeDown", "LoomJournalWriteErrors", "LoomDataDiskFull", "LoomNoLeader")
+
+
 def _burn(b: BurnRate, sli: str, budget: float) -> str:
     threshold = f"({b.factor} * {budget})"
-    return f"job:{sli}:ratio_rate{b.long} > {threshold}\nand\njob:{sli}:ratio_rate{b.short} > {threshold}"
+    causes = "|".join(BURN_CAUSES)
+    recent = (
+        f'max by (job) (max_over_time(ALERTS{{{JOB},alertname=~"{causes}",alertstate="firing"}}[{b.short}]))'
+    )
+    long, short = f"job:{sli}:ratio_rate{b.long}", f"job:{sli}:ratio_rate{b.short}"
+    return f"(\n  {long} > {threshold}\n  and\n  {short} > {threshold}\n)\nunless on (job)\n{recent}"
 
 
 def _burn_words(b: BurnRate, budget: float) -> tuple[str, str]:
@@ -306,6 +319,7 @@ GROUPS: tuple[Group, ...] = (
                 "{{ $value | humanizePercentage }} of its space free: journal appends fail (or will any "
                 "moment) and every order is refused (journal_write_failed) until space is freed.",
                 for_=_DISK_FULL.for_,
+                keep_firing_for=_DISK_FULL.keep_firing_for,
             ),
             Alert(
                 "LoomDataDiskFillingUp",
@@ -565,6 +579,8 @@ def _rule(rule: Alert | Recording, template: str | None) -> dict:
     out: dict = {"alert": rule.name, "expr": rule.expr}
     if seconds(rule.for_):
         out["for"] = rule.for_
+    if seconds(rule.keep_firing_for):
+        out["keep_firing_for"] = rule.keep_firing_for
     out["labels"] = labels
     out["annotations"] = {
         "summary": rule.summary,

@@ -51,6 +51,9 @@ class Trigger:
     value: float = 0.0
     for_: str = "0s"
     window: str = ""
+    # A cause that keeps firing this long after its condition clears, so that the symptoms
+    # whose own windows outlast it stay inhibited instead of paging once it resolves.
+    keep_firing_for: str = "0s"
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,13 @@ def _triggers() -> Mapping[str, Trigger]:
             "LoomExchangeDown": Trigger(for_="15s"),
             "LoomExchangeAbsent": Trigger(for_="5m"),
             "LoomExchangeNotReady": Trigger(for_="2m"),
-            "LoomJournalWriteErrors": Trigger(0, window="5m"),
+            # A short window: it resolves this long after the last failed write (a 5m window
+            # kept paging for five minutes after recovery, past the 60 s all-clear).
+            "LoomJournalWriteErrors": Trigger(0, window="10s"),
             "LoomJournalFsyncLatencyHigh": Trigger(0.01, "10m", "5m"),  # p99, seconds
-            "LoomDataDiskFull": Trigger(0.01),  # free ratio: journal appends fail any moment
+            # free ratio: journal appends fail any moment. Kept firing past the freed disk for
+            # longer than LoomJournalWriteErrors' window, which it inhibits.
+            "LoomDataDiskFull": Trigger(0.01, keep_firing_for="20s"),
             "LoomDataDiskAlmostFull": Trigger(0.1, "5m"),  # free ratio
             "LoomDataDiskFillingUp": Trigger(0, "5m", "1h"),  # predict_linear over window
             "LoomSnapshotTooOld": Trigger(3600, "15m"),  # seconds

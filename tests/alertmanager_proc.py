@@ -81,7 +81,7 @@ def alertmanager_serve(workdir: Path, config: Path, timeout: float = 30.0):
     workdir.mkdir(parents=True, exist_ok=True)
 
     def argv(port: int) -> list[str]:
-        return alertmanager_argv(binary, port, workdir)
+        return alertmanager_argv(binary, port, workdir, config)
 
     with run_server(Alertmanager, argv, workdir, timeout) as am:
         yield am

@@ -47,10 +47,11 @@ def prometheus_argv(binary: str, port: int, workdir: Path) -> list[str]:
     ]
 
 
-def alertmanager_argv(binary: str, port: int, workdir: Path) -> list[str]:
+def alertmanager_argv(binary: str, port: int, workdir: Path, config: Path | None = None) -> list[str]:
+    """Alertmanager's flags: `config` (default workdir/alertmanager.yml), data under `workdir`."""
     return [
         binary,
-        f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--config.file={config or workdir / 'alertmanager.yml'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--cluster.listen-address=",  # one Alertmanager: no gossip port
         f"--storage.path={workdir / 'data'}",
