@@ -24,6 +24,8 @@ from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
+from engine.core.order_store import OrderStore
+from engine.core.surveillance import Surveillance
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
@@ -36,12 +38,10 @@ from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
-from engine.order_store import OrderStore
 from engine.overload import limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
-from engine.surveillance import Surveillance
 from telemetry.collectors import (
     AdmissionCollector,
     ClusterCollector,

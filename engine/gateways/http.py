@@ -31,9 +31,11 @@ from engine.auth import Accounts, TokenBucket
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.bad_input_log import BAD_INPUT
 from engine.bench.stats import percentile_us
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
-from engine.events import OrderRejected
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.core.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
+from engine.core.events import OrderRejected
+from engine.core.order_store import OrderStore, OrderView
+from engine.core.state import state_hash
 from engine.gateways.http_errors import describe
 from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, shed_pipeline
@@ -47,12 +49,10 @@ from engine.gateways.ws_masking import require_masked_frames
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
-from engine.order_store import OrderStore, OrderView
 from engine.overload import InFlight
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.snapshots import WrittenSnapshot
-from engine.state import state_hash
 from telemetry.tracing import new_trace_id, parse_traceparent
 
 log = logging.getLogger("loom.http")
@@ -102,7 +102,7 @@ class GatewayContext:
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
-    surveillance: object | None = None  # engine.surveillance.Surveillance
+    surveillance: object | None = None  # engine.core.surveillance.Surveillance
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)

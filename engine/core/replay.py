@@ -13,7 +13,7 @@ event count after every command. Keep the fast paths in step with `MatchingEngin
 and `_match`: a new check or state change on the new-order, matching or cancel path there
 (validation, risk) must appear here too, or make these paths hand the command to `apply`.
 
-The same loop is compiled (engine/_replay.c, built by `pip install`): replay speed is
+The same loop is compiled (engine/core/_replay.c, built by `pip install`): replay speed is
 bounded by the interpreter, and the loop reads some twenty attributes per command. Without
 a compiler the install still succeeds and replay runs this Python loop (`COMPILED` says
 which). The property test runs both against `apply`.
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.book import BookSide, Level, OrderBook, RestingOrder
-from engine.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
-from engine.domain import CancelReason
-from engine.matcher import (
+from engine.core.book import BookSide, Level, OrderBook, RestingOrder
+from engine.core.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
+from engine.core.domain import CancelReason
+from engine.core.matcher import (
     _VALID_STP,
     BUY,
     GTC,
@@ -52,7 +52,7 @@ def _load_compiled():
     """The compiled loop, configured with the engine's types and constants; None when it
     was not built (no compiler at install time)."""
     try:
-        import engine._replay as compiled
+        import engine.core._replay as compiled
     except ImportError:
         return None
     compiled.configure(
@@ -103,7 +103,7 @@ class SilentReplayer:
         self.engine = engine
         self._known: dict[str, tuple[str, dict, dict]] = {}
         if compiled and not COMPILED:
-            raise RuntimeError("the compiled replay loop (engine._replay) is not built")
+            raise RuntimeError("the compiled replay loop (engine.core._replay) is not built")
         self.compiled = compiled
         # apply(commands) -> the number of events `MatchingEngine.apply` would have emitted
         self.apply = self._apply_compiled if compiled else self._apply_python

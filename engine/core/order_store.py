@@ -10,9 +10,9 @@ from collections import OrderedDict, deque
 
 import msgspec
 
-from engine.batch_events import BatchEvents
-from engine.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
-from engine.events import (
+from engine.core.batch_events import BatchEvents
+from engine.core.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
+from engine.core.events import (
     OrderAccepted,
     OrderAmended,
     OrderCancelled,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from engine.events import (
+from engine.core.events import (
     InstrumentListed,
     OrderAccepted,
     OrderAmended,

@@ -17,9 +17,21 @@ reading the journal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from engine.journal.format import BatchMeta
+
+class BatchMeta(Protocol):
+    """What the stages read of a batch's journaled timings (engine.journal.format.BatchMeta):
+    a protocol, so the core does not import the journal's record format."""
+
+    @property
+    def stamped_ns(self) -> int: ...
+    @property
+    def counts(self) -> Sequence[int]: ...
+    @property
+    def waits_ns(self) -> Sequence[int]: ...
 
 
 @dataclass(frozen=True, slots=True)

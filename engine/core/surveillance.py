@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.batch_events import BatchEvents
-from engine.domain import CancelReason
+from engine.core.batch_events import BatchEvents
+from engine.core.domain import CancelReason
 
 ORDER_TO_TRADE = "order_to_trade"
 CANCEL_RATIO = "cancel_ratio"

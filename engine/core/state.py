@@ -13,9 +13,9 @@ import hashlib
 
 import msgspec
 
-from engine.book import RestingOrder
-from engine.domain import Instrument, RiskLimits
-from engine.matcher import AccountOrders, MatchingEngine
+from engine.core.book import RestingOrder
+from engine.core.domain import Instrument, RiskLimits
+from engine.core.matcher import AccountOrders, MatchingEngine
 
 STATE_VERSION = 2  # 2: last trade prices and risk state (limits, kill switches, halts)
 

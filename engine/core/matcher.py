@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.book import BookSide, OrderBook, RestingOrder
-from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
-from engine.domain import (
+from engine.core.book import BookSide, OrderBook, RestingOrder
+from engine.core.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
+from engine.core.domain import (
     CancelReason,
     Instrument,
     OrderType,
@@ -25,7 +25,7 @@ from engine.domain import (
     Side,
     TimeInForce,
 )
-from engine.events import (
+from engine.core.events import (
     InstrumentListed,
     OrderAccepted,
     OrderAmended,
@@ -34,7 +34,7 @@ from engine.events import (
     OrderRejected,
     Trade,
 )
-from engine.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
+from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from engine.book import BookSide
-from engine.matcher import MatchingEngine
+from engine.core.book import BookSide
+from engine.core.matcher import MatchingEngine
 
 
 def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str]) -> list:

@@ -16,9 +16,9 @@ only reduce quantity at the same price: reducing risk must always be possible.
 
 from __future__ import annotations
 
-from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
-from engine.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope
-from engine.events import KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
+from engine.core.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.core.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope
+from engine.core.events import KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
 
 R = RejectReason
 VENUE = int(RiskScope.VENUE)
