@@ -697,7 +697,7 @@ replay_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     c.accounts = c.markets ? PyObject_GetAttr(c.engine, s_accounts) : NULL;
     if (c.accounts == NULL || !PyDict_CheckExact(c.markets) || !PyDict_CheckExact(c.accounts)) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "engine._markets and engine.accounts must be dicts");
+            PyErr_SetString(PyExc_TypeError, "engine.markets and engine.accounts must be dicts");
         goto error;
     }
     if (load_counters(&c) < 0)
@@ -902,11 +902,11 @@ PyInit__replay(void)
     s_next_trade_id = PyUnicode_InternFromString("next_trade_id");
     s_risk_on = PyUnicode_InternFromString("risk_on");
     s_last_price = PyUnicode_InternFromString("last_price");
-    s_markets = PyUnicode_InternFromString("_markets");
+    s_markets = PyUnicode_InternFromString("markets");
     s_accounts = PyUnicode_InternFromString("accounts");
     s_new_level = PyUnicode_InternFromString("new_level");
     s_drop_level = PyUnicode_InternFromString("drop_level");
-    s_cancel_resting = PyUnicode_InternFromString("_cancel_resting");
+    s_cancel_resting = PyUnicode_InternFromString("cancel_resting");
     if (!s_last_seq || !s_next_order_id || !s_next_trade_id || !s_risk_on || !s_last_price || !s_markets ||
         !s_accounts || !s_new_level || !s_drop_level || !s_cancel_resting)
         return NULL;

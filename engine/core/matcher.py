@@ -48,7 +48,7 @@ STP_NONE = int(SelfTradePrevention.NONE)
 STP_NEWEST = int(SelfTradePrevention.CANCEL_NEWEST)
 STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
 _VALID_TIF = frozenset((GTC, IOC, FOK))
-_VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
+VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
 MAX_CLIENT_ORDER_ID_LEN = 64
 MAX_ACCOUNT_LEN = 64
 
@@ -86,7 +86,7 @@ def new_order_problem(cmd: NewOrder, inst: Instrument) -> RejectReason | int:
         return R.INVALID_ORDER_TYPE
     if tif not in _VALID_TIF:
         return R.INVALID_TIME_IN_FORCE
-    if cmd.stp not in _VALID_STP:
+    if cmd.stp not in VALID_STP:
         return R.INVALID_STP_MODE
     if cmd.post_only and (order_type != LIMIT or tif != GTC):
         return R.POST_ONLY_NOT_LIMIT_GTC
@@ -112,7 +112,7 @@ class AccountOrders:
         self.by_clid: dict[str, int] = {}
 
 
-class _Market:
+class Market:
     """What the order path needs of one symbol, gathered for a single dict lookup."""
 
     __slots__ = ("book", "bids", "asks", "tick", "lot", "min_qty", "max_qty")
@@ -131,7 +131,7 @@ class MatchingEngine:
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, OrderBook] = {}
-        self._markets: dict[str, _Market] = {}
+        self.markets: dict[str, Market] = {}
         for inst in instruments:
             if inst.symbol in self.instruments:
                 raise ValueError(f"duplicate instrument {inst.symbol}")
@@ -147,7 +147,7 @@ class MatchingEngine:
     def _list(self, inst: Instrument) -> None:
         self.instruments[inst.symbol] = inst
         book = self.books[inst.symbol] = OrderBook(inst.symbol)
-        self._markets[inst.symbol] = _Market(inst, book)
+        self.markets[inst.symbol] = Market(inst, book)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class MatchingEngine:
             return self._apply_other(cmd)
         # A new order: most of the traffic, so handled here without a further call.
         symbol = cmd.symbol
-        market = self._markets.get(symbol)
+        market = self.markets.get(symbol)
         if market is None:
             return self._reject_new(cmd, R.UNKNOWN_SYMBOL)
         side = cmd.side
@@ -184,7 +184,7 @@ class MatchingEngine:
                 or (order_type == MARKET and not price)
             )
             and tif in _VALID_TIF
-            and stp in _VALID_STP
+            and stp in VALID_STP
             and (not post_only or (order_type == LIMIT and tif == GTC))
             and 0 < len(account) <= MAX_ACCOUNT_LEN
             and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
@@ -360,7 +360,7 @@ class MatchingEngine:
                         if traded:
                             self.last_price[symbol] = traded
                         return remaining, True
-                    self._cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
+                    self.cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
                     if stp == STP_BOTH:
                         if traded:
                             self.last_price[symbol] = traded
@@ -432,9 +432,11 @@ class MatchingEngine:
                 return True
         return False
 
-    def _cancel_resting(
+    def cancel_resting(
         self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list
     ) -> None:
+        """Takes a resting order off its side and its account, appending its OrderCancelled.
+        Public: risk (a kill switch) and replay (self-trade prevention) cancel through it."""
         leaves = order.leaves
         side.remove(order)
         del self.accounts[order.account].open[order.order_id]
@@ -493,7 +495,7 @@ class MatchingEngine:
             order = acct.open.get(oid)
             if order is None:
                 return self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
-        market = self._markets[order.symbol]
+        market = self.markets[order.symbol]
         side = market.bids if order.side == BUY else market.asks
         leaves = order.leaves
         # BookSide.remove, inlined: cancels are a third of all traffic.
@@ -538,7 +540,7 @@ class MatchingEngine:
         for order in targets:
             book = books[order.symbol]
             side = book.bids if order.side == BUY else book.asks
-            self._cancel_resting(order, side, C.CANCEL_ALL, cmd.seq, cmd.ts, events)
+            self.cancel_resting(order, side, C.CANCEL_ALL, cmd.seq, cmd.ts, events)
         return events
 
     def _amend(self, cmd: Amend) -> list:

@@ -29,7 +29,6 @@ from engine.core.book import BookSide, Level, OrderBook, RestingOrder
 from engine.core.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
 from engine.core.domain import CancelReason
 from engine.core.matcher import (
-    _VALID_STP,
     BUY,
     GTC,
     IOC,
@@ -40,9 +39,10 @@ from engine.core.matcher import (
     SELL,
     STP_BOTH,
     STP_NEWEST,
+    VALID_STP,
     AccountOrders,
+    Market,
     MatchingEngine,
-    _Market,
 )
 
 SELF_TRADE = int(CancelReason.SELF_TRADE)
@@ -64,7 +64,7 @@ def _load_compiled():
             "RestingOrder": RestingOrder,
             "Level": Level,
             "BookSide": BookSide,
-            "Market": _Market,
+            "Market": Market,
             "OrderBook": OrderBook,
             "AccountOrders": AccountOrders,
             "BUY": BUY,
@@ -75,7 +75,7 @@ def _load_compiled():
             "IOC": IOC,
             "STP_NEWEST": STP_NEWEST,
             "STP_BOTH": STP_BOTH,
-            "VALID_STP": sorted(_VALID_STP),
+            "VALID_STP": sorted(VALID_STP),
             "MAX_CLIENT_ORDER_ID_LEN": MAX_CLIENT_ORDER_ID_LEN,
             "MAX_ACCOUNT_LEN": MAX_ACCOUNT_LEN,
             "SELF_TRADE": SELF_TRADE,
@@ -124,7 +124,7 @@ class SilentReplayer:
         would have emitted for them."""
         engine = self.engine
         apply = engine.apply
-        markets = engine._markets
+        markets = engine.markets
         accounts = engine.accounts
         known = self._known
         # The engine's counters and risk switch live in locals here: only `apply` changes
@@ -182,7 +182,7 @@ class SilentReplayer:
                             or (order_type == MARKET and not price)
                         )
                         and (tif == GTC or tif == IOC)
-                        and stp in _VALID_STP
+                        and stp in VALID_STP
                         and (not post_only or (order_type == LIMIT and tif == GTC and not crosses))
                         and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
                     ):
@@ -338,7 +338,7 @@ def _match_silently(
                         engine.next_trade_id += trades
                     return remaining, True, emitted + trades
                 # Rare: the cancelled maker's event goes to a list nobody reads.
-                engine._cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
+                engine.cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
                 emitted += 1
                 if stp == STP_BOTH:
                     if traded:

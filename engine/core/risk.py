@@ -282,7 +282,7 @@ def _cancel_in_scope(engine, scope: int, target: str, seq: int, ts: int, events:
     for order in orders:
         book = books[order.symbol]
         side = book.bids if order.side == BUY else book.asks
-        engine._cancel_resting(order, side, CancelReason.KILL_SWITCH, seq, ts, events)
+        engine.cancel_resting(order, side, CancelReason.KILL_SWITCH, seq, ts, events)
 
 
 def _set_halt(engine, cmd: SetTradingHalt) -> list:
