@@ -27,11 +27,13 @@ test: $(TEST_STAMP)
 	scripts/install-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict engine/core
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict engine/core
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format .

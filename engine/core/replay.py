@@ -23,10 +23,11 @@ Pure like the rest of the core: no clock, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from engine.core.book import BookSide, Level, OrderBook, RestingOrder
-from engine.core.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
+from engine.core.commands import Cancel, Command, NewOrder, ReplayCancel, ReplayCommand, ReplayNewOrder
 from engine.core.domain import CancelReason
 from engine.core.matcher import (
     BUY,
@@ -48,7 +49,7 @@ from engine.core.matcher import (
 SELF_TRADE = int(CancelReason.SELF_TRADE)
 
 
-def _load_compiled():
+def _load_compiled() -> Callable[..., int] | None:
     """The compiled loop, configured with the engine's types and constants; None when it
     was not built (no compiler at install time)."""
     try:
@@ -81,7 +82,8 @@ def _load_compiled():
             "SELF_TRADE": SELF_TRADE,
         }
     )
-    return compiled.replay_batch
+    batch: Callable[..., int] = compiled.replay_batch
+    return batch
 
 
 _compiled_batch = _load_compiled()
@@ -101,25 +103,25 @@ class SilentReplayer:
 
     def __init__(self, engine: MatchingEngine, compiled: bool = COMPILED) -> None:
         self.engine = engine
-        self._known: dict[str, tuple[str, dict, dict]] = {}
+        self._known: dict[str, tuple[str, dict[str, int], dict[int, RestingOrder]]] = {}
         if compiled and not COMPILED:
             raise RuntimeError("the compiled replay loop (engine.core._replay) is not built")
         self.compiled = compiled
         # apply(commands) -> the number of events `MatchingEngine.apply` would have emitted
         self.apply = self._apply_compiled if compiled else self._apply_python
 
-    def _apply_compiled(self, commands: Iterable) -> int:
+    def _apply_compiled(self, commands: Iterable[Command | ReplayCommand]) -> int:
         if not isinstance(commands, list | tuple):
             commands = list(commands)
+        assert _compiled_batch is not None  # __init__ refused compiled=True without it
         return _compiled_batch(self.engine, self._known, commands, self._handoff)
 
-    def _handoff(self, cmd) -> int:
+    def _handoff(self, cmd: Command | ReplayCommand) -> int:
         """What the compiled loop does not take, applied by `MatchingEngine.apply`."""
-        if type(cmd) is ReplayNewOrder or type(cmd) is ReplayCancel:
-            cmd = cmd.full()
-        return len(self.engine.apply(cmd))
+        full = cmd.full() if isinstance(cmd, ReplayNewOrder | ReplayCancel) else cmd
+        return len(self.engine.apply(full))
 
-    def _apply_python(self, commands: Iterable) -> int:
+    def _apply_python(self, commands: Iterable[Command | ReplayCommand]) -> int:
         """Apply the commands in order; return how many events `MatchingEngine.apply`
         would have emitted for them."""
         engine = self.engine
@@ -134,8 +136,10 @@ class SilentReplayer:
         risk_on = engine.risk_on
         # The market of the last order or cancel, by its (shared) symbol: most journals
         # trade few symbols, and a listed symbol's market is never replaced.
-        cur_symbol = cur_market = None
+        cur_symbol: Any = None  # str and Market once an order or cancel has named a symbol
+        cur_market: Any = None
         events = 0
+        cmd: Any  # typed by its branch: mypy cannot narrow through `kind is`
         for cmd in commands:
             kind = type(cmd)
             if kind is ReplayNewOrder or kind is NewOrder:
@@ -265,23 +269,23 @@ class SilentReplayer:
                 seq = cmd.seq
                 oid = cmd.order_id
                 if seq > last_seq and oid:
-                    acct = accounts.get(cmd.account)
-                    order = acct.open.get(oid) if acct is not None else None
-                    if order is not None:
+                    held = accounts.get(cmd.account)
+                    resting = held.open.get(oid) if held is not None else None
+                    if held is not None and resting is not None:
                         last_seq = seq
-                        symbol = order.symbol
+                        symbol = resting.symbol
                         if symbol is not cur_symbol:
                             cur_market = markets[symbol]
                             cur_symbol = cur_market.book.symbol
-                        side = cur_market.bids if order.side == BUY else cur_market.asks
-                        price = order.price
+                        side = cur_market.bids if resting.side == BUY else cur_market.asks
+                        price = resting.price
                         level = side.levels[price]
                         orders = level.orders
                         del orders[oid]
-                        level.qty -= order.leaves
+                        level.qty -= resting.leaves
                         if not orders:
                             side.drop_level(price)
-                        del acct.open[oid]
+                        del held.open[oid]
                         events += 1  # OrderCancelled
                         continue
             if kind is ReplayNewOrder or kind is ReplayCancel:

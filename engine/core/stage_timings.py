@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class BatchMeta(Protocol):
@@ -59,7 +59,7 @@ def _us(ns: int | None) -> float | None:
 
 def stages_json(
     meta: BatchMeta, first_seq: int, count: int, seq: int, ts: int, durations: Durations | None
-) -> dict:
+) -> dict[str, Any]:
     """The lookup's "stages" object for the command `seq` (sequenced at `ts`) of a batch."""
     received = received_ns(meta, first_seq, seq)
     return {
@@ -84,7 +84,7 @@ def duration_text(us: float) -> str:
     return f"{us / 1_000_000:,.2f} s"
 
 
-def format_stages(stages: dict | None) -> str:
+def format_stages(stages: dict[str, Any] | None) -> str:
     """One line for `loom trace`: each stage's duration, "?" where not recorded."""
     if not stages:
         return "(not recorded)"
@@ -106,14 +106,14 @@ class RecentBatches:
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._ring: list[tuple | None] = [None] * size
+        self._ring: list[tuple[int, int, BatchMeta, Durations | None] | None] = [None] * size
         self._next = 0
 
     def add(self, first_seq: int, count: int, meta: BatchMeta, durations: Durations | None) -> None:
         self._ring[self._next] = (first_seq, count, meta, durations)
         self._next = (self._next + 1) % self.size
 
-    def stages(self, seq: int, ts: int) -> dict | None:
+    def stages(self, seq: int, ts: int) -> dict[str, Any] | None:
         """The stages of command `seq` (sequenced at `ts`), or None when its batch is no
         longer (or never was) in the ring."""
         for back in range(1, self.size + 1):

@@ -123,9 +123,9 @@ def restore_state(state: EngineState) -> MatchingEngine:
     for acct_state in state.accounts:
         open_orders = engine.accounts[acct_state.account].open
         for clid, order_id in acct_state.client_order_ids:
-            order = open_orders.get(order_id)
-            if order is not None and order.client_order_id == clid:
-                order.client_order_id = clid
+            held = open_orders.get(order_id)
+            if held is not None and held.client_order_id == clid:
+                held.client_order_id = clid
     return engine
 
 
