@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # `make test` adds the test extra, whose FIX client (quickfix) compiles from source for minutes.
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-INSTALL_DEPS := pyproject.toml constraints.txt setup.py engine/_replay.c scripts/setup-venv.sh
+INSTALL_DEPS := pyproject.toml constraints.txt setup.py engine/core/_replay.c scripts/setup-venv.sh
 
 .PHONY: run test lint format bench dashboards clean
 
@@ -27,11 +27,13 @@ test: $(TEST_STAMP)
 	scripts/install-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict engine/core
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict engine/core
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format .

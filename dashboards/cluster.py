@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from grafanalib.core import BYTES_FORMAT, OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT
 
-from dashboards.boards import (
+from dashboards.catalogue_queries import m, quantile, rate
+from dashboards.panels import (
     REPLICATED_SNAPSHOT_AGE,
     ROLE_NAMES,
     THRESHOLDS,
@@ -26,7 +27,6 @@ from dashboards.boards import (
     target,
     upper,
 )
-from dashboards.catalogue_queries import m, quantile, rate
 
 REPLICATION_LAG = upper(None, THRESHOLDS["replication_lag_commands"])
 STANDBY_REPORT_AGE = upper(None, THRESHOLDS["standby_report_age_s"])

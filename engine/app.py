@@ -24,11 +24,14 @@ from engine.auth import Accounts
 from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
+from engine.core.order_store import OrderStore
+from engine.core.surveillance import Surveillance
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
 from engine.gateways.admission import LISTEN_BACKLOG, Admission, http_refusal
-from engine.gateways.http import SESSIONS, GatewayContext, build_app
+from engine.gateways.http import SESSIONS, GatewayContext
+from engine.gateways.http_app import build_app
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.preauth_limit import PerIpLimit
@@ -36,12 +39,10 @@ from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
-from engine.order_store import OrderStore
 from engine.overload import limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
-from engine.surveillance import Surveillance
 from telemetry.collectors import (
     AdmissionCollector,
     ClusterCollector,

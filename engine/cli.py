@@ -91,9 +91,9 @@ def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
 
 def _cmd_trace(args: argparse.Namespace) -> int:
     from engine.cli_datadir import EXIT_USAGE, DataDirRefused, journal_dir
+    from engine.core.stage_timings import duration_text, format_stages
     from engine.journal import JournalCorruptError
     from engine.order_history import TRACE_RANGE_GONE, JournalRangeGone, history_json, order_history
-    from engine.stage_timings import duration_text, format_stages
 
     try:
         journal_dir(args.data_dir)  # never read (and create) a journal where there is none

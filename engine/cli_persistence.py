@@ -133,9 +133,9 @@ def cmd_journal_replay(args: argparse.Namespace) -> int:
 def _replay(directory: Path, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from engine.matcher import MatchingEngine
+    from engine.core.matcher import MatchingEngine
+    from engine.core.state import state_hash
     from engine.recovery import replay
-    from engine.state import state_hash
 
     try:
         journal = FileJournal(directory, read_only=args.read_only)

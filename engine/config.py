@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.domain import Instrument
+from engine.core.domain import Instrument
 from engine.gateways.admission import AdmissionSettings
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS

@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 
 from engine.bench.workload import RestingPool
-from engine.commands import Cancel, NewOrder, SetRiskLimits
-from engine.domain import Instrument, OrderType, RiskLimits, RiskScope, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderDone
+from engine.core.commands import Cancel, NewOrder, SetRiskLimits
+from engine.core.domain import Instrument, OrderType, RiskLimits, RiskScope, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderCancelled, OrderDone
 
 DEMO_INSTRUMENTS = [
     Instrument("BTC-USD", tick_size=5, lot_size=1, min_qty=1, max_qty=10_000),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import snapshot_child
-from engine.commands import (
+from engine.core.commands import (
     Amend,
     Cancel,
     CancelAll,
@@ -39,16 +39,16 @@ from engine.commands import (
     SetRiskLimits,
     SetTradingHalt,
 )
-from engine.domain import Instrument, RejectReason, RequestKind
-from engine.events import OrderRejected
+from engine.core.domain import Instrument, RejectReason, RequestKind
+from engine.core.events import OrderRejected
+from engine.core.matcher import new_order_problem
+from engine.core.risk import check_new
 from engine.journal import JournalWriteError, OutcomeUnknownError
 from engine.journal.format import BatchMeta
 from engine.journal.retention import KEEP, RetentionStats, check_policy, retire
 from engine.journal.segments import DEFAULT_SEGMENT_BYTES, FileJournal
-from engine.matcher import new_order_problem
 from engine.recovery import Recovered, recover, tail_guard
 from engine.refusal_log import RefusalLog
-from engine.risk import check_new
 from engine.sequencer import Sequencer
 from engine.snapshot_child import SnapshotJob, SnapshotWriteError
 from engine.snapshots import SnapshotStore, WrittenSnapshot

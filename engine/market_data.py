@@ -11,8 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from engine.batch_events import BatchEvents
-from engine.matcher import MatchingEngine
+from engine.core.batch_events import BatchEvents
+from engine.core.matcher import MatchingEngine
 
 log = logging.getLogger("loom.marketdata")
 

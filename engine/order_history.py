@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.matcher import MatchingEngine
+from engine.core.stage_timings import Durations, stages_json
 from engine.journal import RecoveryGapError
 from engine.journal.format import BatchMeta
 from engine.journal.segments import FileJournal
-from engine.matcher import MatchingEngine
 from engine.recovery import first_seq
 from engine.snapshots import SnapshotError, SnapshotStore
-from engine.stage_timings import Durations, stages_json
 from telemetry.tracing import derived_trace_id
 
 log = logging.getLogger("loom.lookup")
@@ -166,7 +166,7 @@ def order_history(data_dir: str | Path, order_id: int) -> dict | None:
 def history(source: HistorySource, order_id: int, upto_seq: int = 0) -> dict | None:
     """{"order_id", "trace_id", "accepted_seq", "events": [every event of the order, each
     with the seq and ts of the command that caused it], "done", "stages": the order's stage
-    timings (engine/stage_timings.py)}, or None when the journal holds no such order.
+    timings (engine/core/stage_timings.py)}, or None when the journal holds no such order.
     `upto_seq`: the journal holds at least this far (0: whatever it holds now)."""
     journal = source.journal(upto_seq)
     try:
@@ -194,8 +194,8 @@ def rebuild_index(source: HistorySource, capacity: int, lo: int, hi: int, upto_s
     read back from the journal: replayed with events from the newest snapshot older than
     `lo` (else from seq 1, else from the oldest snapshot, when the journal was trimmed).
     Returns FinishedOrders.export() and "history_from", the lowest id it covers."""
+    from engine.core.order_store import OrderStore
     from engine.order_index import FinishedOrders
-    from engine.order_store import OrderStore
 
     journal = source.journal(upto_seq)
     engine = source.start(lo, upto_seq)

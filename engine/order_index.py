@@ -24,7 +24,7 @@ from enum import Enum
 
 import msgspec
 
-from engine.order_store import CANCELLED, FILLED, OrderView
+from engine.core.order_store import CANCELLED, FILLED, OrderView
 
 # order id, price, qty, filled, accepted seq/ts, updated seq/ts; account and symbol (interned
 # indices), side, type, tif, status (0 filled, 1 cancelled), cancel reason.

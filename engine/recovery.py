@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core.matcher import MatchingEngine
+from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.state import state_hash
 from engine.journal import JournalCorruptError, RecoveryGapError, TailDamageError
 from engine.journal.segments import FileJournal, ScanReport, cut_point
-from engine.matcher import MatchingEngine
-from engine.replay import COMPILED, SilentReplayer
 from engine.snapshots import LoadedSnapshot, SnapshotError, SnapshotStore
-from engine.state import state_hash
 
 log = logging.getLogger("loom.recovery")
 
@@ -100,7 +100,7 @@ def replay(
     compiled: bool = COMPILED,
 ) -> tuple[int, int]:
     """Apply every journaled command from `from_seq`; returns (commands, events).
-    `compiled` picks the replay loop (engine/replay.py); the compiled one when built."""
+    `compiled` picks the replay loop (engine/core/replay.py); the compiled one when built."""
     # Nobody consumes the events of a replay: they are counted, not built.
     apply_batch = SilentReplayer(engine, compiled).apply
     # A file journal decodes for replay (new orders and cancels without the fields that

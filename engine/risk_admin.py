@@ -11,9 +11,9 @@ import time
 
 import msgspec
 
-from engine.commands import SetKillSwitch
-from engine.domain import RiskScope
-from engine.events import KillSwitchChanged, OrderRejected
+from engine.core.commands import SetKillSwitch
+from engine.core.domain import RiskScope
+from engine.core.events import KillSwitchChanged, OrderRejected
 from engine.gateways.texts import reject_code
 
 SCOPES = {s.name.lower(): int(s) for s in RiskScope}
@@ -50,7 +50,7 @@ class KillSwitchActions:
 
     def __init__(self, service, surveillance=None) -> None:
         self.service = service
-        self.surveillance = surveillance  # engine.surveillance.Surveillance
+        self.surveillance = surveillance  # engine.core.surveillance.Surveillance
 
     def register(self, automation) -> None:
         automation.register("engage-kill-switch", self.engage)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from engine.events import Trade
+from engine.core.events import Trade
 
 log = logging.getLogger("loom.routing")
 

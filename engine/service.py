@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from engine.batch_events import BatchEvents
-from engine.commands import Amend, NewOrder
+from engine.core.batch_events import BatchEvents
+from engine.core.commands import Amend, NewOrder
+from engine.core.stage_timings import Durations, RecentBatches
 from engine.exchange import ExchangeNode, journal_failure_rejection
 from engine.journal import OutcomeUnknownError
 from engine.journal.format import BatchMeta
@@ -32,7 +33,6 @@ from engine.overload import (
     orders_refused,
     overloaded_text,
 )
-from engine.stage_timings import Durations, RecentBatches
 
 log = logging.getLogger("loom.service")
 

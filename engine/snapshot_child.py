@@ -33,7 +33,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine.matcher import MatchingEngine
+from engine.core.matcher import MatchingEngine
 from engine.procutil import die_with_parent, yield_cpu_to_the_node
 from engine.snapshots import SnapshotStore, WrittenSnapshot
 

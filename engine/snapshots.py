@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core.matcher import MatchingEngine
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 from engine.fsutil import fsync_dir
-from engine.matcher import MatchingEngine
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 log = logging.getLogger("loom.snapshots")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.stage_timings import duration_text
+from engine.core.stage_timings import duration_text
 
 
 @dataclass

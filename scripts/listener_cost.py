@@ -5,7 +5,7 @@ the service does, so the events are fresh in cache), only the listeners timed; b
     python scripts/listener_cost.py            # this tree
     PYTHONPATH=/path/to/other/tree python scripts/listener_cost.py   # another, to compare
 
-A tree without the shared walk (engine/batch_events.py) is measured through each
+A tree without the shared walk (engine/core/batch_events.py) is measured through each
 listener's own `on_batch`. Timing in-process and best-of keeps the figure usable on a
 machine that other work shares, where end-to-end benches swing by 2x.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 
 from engine.bench.workload import SYMBOL, generate, make_engine
+from engine.core.order_store import OrderStore
 from engine.market_data import MarketData
-from engine.order_store import OrderStore
 from telemetry.metrics import ExchangeMetrics
 
 if hasattr(OrderStore, "on_events"):
-    from engine.batch_events import BatchEvents
+    from engine.core.batch_events import BatchEvents
 else:  # a tree from before the shared walk
     BatchEvents = None
 

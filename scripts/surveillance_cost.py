@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from engine.batch_events import BatchEvents
 from engine.bench.workload import generate, make_engine
-from engine.surveillance import Surveillance
+from engine.core.batch_events import BatchEvents
+from engine.core.surveillance import Surveillance
 
 BATCH = 16
 

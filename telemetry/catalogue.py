@@ -393,7 +393,7 @@ _SPECS = [
         "Purge decisions that kept more of the stream because a live standby still needed it.",
         (),
     ),
-    # -- pre-trade risk (engine/risk.py) and surveillance (engine/surveillance.py) ---------------
+    # -- pre-trade risk (engine/core/risk.py) and surveillance (engine/core/surveillance.py) ---------------
     MetricSpec(
         "loom_risk_rejects",
         COUNTER,

@@ -247,7 +247,7 @@ class RiskCollector(Collector):
         self.wall_ns = wall_ns  # moves the surveillance window on while no events arrive
 
     def collect(self):
-        from engine.domain import RiskScope
+        from engine.core.domain import RiskScope
 
         risk = self.engine_of().risk
         engaged = _gauge("loom_kill_switch_engaged")

@@ -21,9 +21,9 @@ from prometheus_client import (
     process_collector,
 )
 
-from engine.batch_events import BatchEvents
-from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
-from engine.events import RiskLimitsChanged
+from engine.core.batch_events import BatchEvents
+from engine.core.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
+from engine.core.events import RiskLimitsChanged
 from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, TRACING_ONLY, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}

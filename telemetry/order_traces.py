@@ -24,10 +24,10 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable
 
-from engine.batch_events import BatchEvents
-from engine.commands import NewOrder
-from engine.domain import OrderType, Side
-from engine.events import OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.batch_events import BatchEvents
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, Side
+from engine.core.events import OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.texts import reject_code, reject_status
 from telemetry.tracing import FillTrace, OrderTrace, Sampler, TraceShipper
 

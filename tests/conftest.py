@@ -16,13 +16,13 @@ import msgspec
 import pytest
 from natsproc import nats_cluster, nats_link  # noqa: F401 (session fixtures: a real NATS cluster)
 
-from engine.book import RestingOrder
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import Instrument, OrderType, SelfTradePrevention, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.invariants import check_engine
-from engine.matcher import MatchingEngine
-from engine.state import encode_state, export_state
+from engine.core.book import RestingOrder
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.core.domain import Instrument, OrderType, SelfTradePrevention, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.invariants import check_engine
+from engine.core.matcher import MatchingEngine
+from engine.core.state import encode_state, export_state
 
 BTC = "BTC-USD"
 ETH = "ETH-USD"

@@ -25,8 +25,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
-from engine.domain import Instrument, OrderType, Side, TimeInForce
+from engine.core.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
+from engine.core.domain import Instrument, OrderType, Side, TimeInForce
 from engine.journal import Journal, JournalError, JournalWriteError
 from engine.journal.format import BatchMeta
 

@@ -16,9 +16,9 @@ from engine.cluster.drill import http
 from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
-from engine.commands import NewOrder
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
+from engine.core.commands import NewOrder
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 
 _names = itertools.count(1)
 

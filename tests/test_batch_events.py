@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import random
 
-from engine.batch_events import BatchEvents
-from engine.commands import Amend, Cancel, NewOrder
-from engine.domain import Instrument, OrderType, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.matcher import MatchingEngine
-from engine.order_store import OrderStore
+from engine.core.batch_events import BatchEvents
+from engine.core.commands import Amend, Cancel, NewOrder
+from engine.core.domain import Instrument, OrderType, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.matcher import MatchingEngine
+from engine.core.order_store import OrderStore
 from telemetry.metrics import ExchangeMetrics
 
 SYMBOLS = ("AAA-USD", "BBB-USD")

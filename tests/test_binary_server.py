@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from engine.auth import Accounts
-from engine.domain import CancelReason, Instrument, RejectReason, RequestKind, SelfTradePrevention, Side
+from engine.core.domain import CancelReason, Instrument, RejectReason, RequestKind, SelfTradePrevention, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient, ConnectionClosed, LoginRefused

@@ -21,11 +21,11 @@ from engine.client.ledger import Answer
 from engine.client.rest import RestClient
 from engine.cluster.drill import TRADER_KEY, NodeProcess, http, in_sync, wait_for
 from engine.cluster.journal import NatsJournal
-from engine.domain import Side
-from engine.events import OrderAccepted
+from engine.core.domain import Side
+from engine.core.events import OrderAccepted
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.load.spawn import LOAD_ACCOUNTS
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
 
 LOAD_KEY = next(iter(LOAD_ACCOUNTS))
 EXTRA = f"""

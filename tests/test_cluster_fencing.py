@@ -13,10 +13,10 @@ from natsproc import unique_stream
 
 from engine.app import start_exchange
 from engine.cluster.member import Role
-from engine.commands import NewOrder
 from engine.config import Config
-from engine.domain import Instrument, OrderType, RejectReason, Side
-from engine.events import OrderAccepted, OrderRejected
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, RejectReason, Side
+from engine.core.events import OrderAccepted, OrderRejected
 from engine.service import NotLeader
 
 SYMBOL = "BTC-USD"

@@ -42,14 +42,14 @@ import msgspec
 import pytest
 from crashkit.driver import STALL_PHASES, events_digest, flow_command
 
-from engine.commands import Cancel, ListInstrument, NewOrder
-from engine.events import OrderAccepted, Trade
+from engine.core.commands import Cancel, ListInstrument, NewOrder
+from engine.core.events import OrderAccepted, Trade
+from engine.core.invariants import check_engine
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.invariants import check_engine
 from engine.journal.segments import FileJournal
-from engine.matcher import MatchingEngine
 from engine.snapshots import SnapshotError, decode_snapshot
-from engine.state import state_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_MODULE = "tests.crashkit.driver"

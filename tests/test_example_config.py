@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.config import _ENV, FILE_SETTINGS, SECTIONS, TABLES, Config, load_config
-from engine.domain import Instrument
+from engine.core.domain import Instrument
 from engine.gateways.admission import AdmissionSettings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "loom.toml"

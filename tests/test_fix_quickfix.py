@@ -21,13 +21,13 @@ import quickfix as fix
 import quickfix44 as fix44
 
 from engine.auth import Accounts
-from engine.commands import NewOrder
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, Side
+from engine.core.order_store import OrderStore
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.fix.codec import FixMessage, FixParser
 from engine.gateways.fix.server import fix_gateway, start_fix_server, stop_fix_server
 from engine.gateways.fix.session import FixSession
-from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 

@@ -7,12 +7,12 @@ import asyncio
 from pathlib import Path
 
 from engine.auth import Accounts
-from engine.domain import Instrument
+from engine.core.domain import Instrument
+from engine.core.order_store import OrderStore
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
 from engine.gateways.fix.server import fix_gateway, start_fix_server, stop_fix_server
 from engine.gateways.fix.session import SessionConfig
-from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 

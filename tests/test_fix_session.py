@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.auth import Accounts
-from engine.commands import NewOrder
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, Side
+from engine.core.order_store import OrderStore
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
 from engine.gateways.fix.session import HANDLERS, TRANSITIONS, FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import DEFAULT_MAX_MESSAGES, FileStore, MemoryStore, store_dir_name
-from engine.order_store import OrderStore
 from engine.routing import ExecutionRouter
 
 SYMBOL = "BTC-USD"

@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 
 from engine.auth import Accounts
-from engine.commands import NewOrder
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient

@@ -20,8 +20,8 @@ from engine.chaos.history import (
     check,
     classify,
 )
-from engine.commands import ListInstrument, NewOrder
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import ListInstrument, NewOrder
+from engine.core.domain import Instrument, OrderType, Side
 from engine.journal.segments import FileJournal
 
 SYMBOL = "BTC-USD"

@@ -28,7 +28,7 @@ from yarl import URL
 
 from engine.app import RunningExchange, start_exchange
 from engine.config import Config
-from engine.domain import Instrument
+from engine.core.domain import Instrument
 from engine.gateways.http import CTX, MAX_BODY, AmendRequest, OrderRequest
 from engine.journal.segments import scan
 from engine.snapshots import SnapshotStore

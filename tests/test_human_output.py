@@ -16,8 +16,8 @@ from pathlib import Path
 
 from engine.bench.workload import INSTRUMENT, generate
 from engine.cli import iso_utc
+from engine.core.stage_timings import duration_text, format_stages
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.stage_timings import duration_text, format_stages
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_NS = re.compile(r"\b1\d{18}\b")  # a nanosecond timestamp of this century

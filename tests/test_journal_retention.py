@@ -20,14 +20,14 @@ import engine.journal.retention as retention_mod
 from engine.bench.workload import INSTRUMENT, generate
 from engine.cli import main as loom_main
 from engine.config import ConfigError, load_config
-from engine.events import OrderAccepted
+from engine.core.events import OrderAccepted
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal import RecoveryGapError
 from engine.journal.retention import RetentionStats, retirable, retire
 from engine.journal.segments import FileJournal, scan
 from engine.order_history import JournalRangeGone, order_history
 from engine.snapshots import HEADER, SnapshotStore
-from engine.state import state_hash
 from telemetry.tracing import derived_trace_id
 
 WORKLOAD = generate(400, seed=5).commands  # stamped 1..400

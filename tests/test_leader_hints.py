@@ -16,10 +16,10 @@ from natsproc import unique_stream
 from engine.app import start_exchange
 from engine.cluster.drill import TRADER_KEY, NodeProcess, in_sync, wait_for
 from engine.cluster.member import Role
-from engine.commands import NewOrder
 from engine.config import Config
-from engine.domain import Instrument, OrderType, RejectReason, Side
-from engine.events import OrderAccepted
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, RejectReason, Side
+from engine.core.events import OrderAccepted
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp

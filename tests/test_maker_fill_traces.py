@@ -15,8 +15,8 @@ from loomproc import loom_run
 from otlp_receiver import OtlpReceiver
 
 from engine.bench.workload import INSTRUMENT, SYMBOL
-from engine.commands import NewOrder
-from engine.domain import OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from telemetry.order_traces import OrderTraceRecorder

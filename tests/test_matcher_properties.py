@@ -27,12 +27,12 @@ from conftest import BTC, BUY, ETH, FOK, GTC, INSTRUMENTS, IOC, LIMIT, MARKET, S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.commands import Amend, Cancel, CancelAll, Command, NewOrder
-from engine.domain import CancelReason, RejectReason
-from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.invariants import check_engine
-from engine.matcher import MatchingEngine
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+from engine.core.commands import Amend, Cancel, CancelAll, Command, NewOrder
+from engine.core.domain import CancelReason, RejectReason
+from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.invariants import check_engine
+from engine.core.matcher import MatchingEngine
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 R = RejectReason
 C = CancelReason

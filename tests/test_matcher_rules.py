@@ -1,4 +1,4 @@
-"""Unit tests, one rule at a time, for the matching core (engine/matcher.py).
+"""Unit tests, one rule at a time, for the matching core (engine/core/matcher.py).
 
 BTC-USD: tick 5, lot 10, min 10, max 100_000. ETH-USD: tick 1, lot 1. SOL-USD: tick 1,
 lot 5, min 50, max 1_000. Accounts are short names; client order ids are generated ("c1",
@@ -34,11 +34,11 @@ from conftest import (
     resting,
 )
 
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import CancelReason, RejectReason, RequestKind
-from engine.events import OrderAmended
-from engine.matcher import SequenceError
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.core.domain import CancelReason, RejectReason, RequestKind
+from engine.core.events import OrderAmended
+from engine.core.matcher import SequenceError
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 
 def trades_of(events: list) -> list[tuple[int, int, int]]:

@@ -3,8 +3,8 @@ drops what falls out of it, and a rebuilt index handed over chunk by chunk."""
 
 from __future__ import annotations
 
+from engine.core.order_store import CANCELLED, FILLED, OrderStore, OrderView
 from engine.order_index import CHUNK, FinishedOrders, Lookup
-from engine.order_store import CANCELLED, FILLED, OrderStore, OrderView
 
 
 def view(oid: int, account: str = "alice", status: str = FILLED, trace_id: str = "") -> OrderView:

@@ -20,12 +20,12 @@ from test_write_failures import full_replay_hash, node_config
 
 import engine.journal.segments as segments_mod
 from engine.bench.workload import SYMBOL
-from engine.commands import NewOrder
-from engine.domain import OrderType, RejectReason, Side
-from engine.events import OrderAccepted, OrderRejected
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, RejectReason, Side
+from engine.core.events import OrderAccepted, OrderRejected
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode
 from engine.service import ExchangeService
-from engine.state import state_hash
 from telemetry.collectors import ExchangeCollector
 
 FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)

@@ -27,13 +27,13 @@ from engine.bench.workload import INSTRUMENT, SYMBOL
 from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
-from engine.commands import NewOrder
-from engine.domain import OrderType, RejectReason, Side
-from engine.events import OrderRejected
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, RejectReason, Side
+from engine.core.events import OrderRejected
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.matcher import MatchingEngine
 from engine.service import ExchangeService
-from engine.state import state_hash
 
 FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)
 UNKNOWN = 503  # RejectReason.OUTCOME_UNKNOWN (a literal, so this file also runs on older code)

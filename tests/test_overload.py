@@ -15,10 +15,10 @@ import urllib.request
 import pytest
 
 from engine.auth import Accounts
-from engine.commands import Amend, Cancel, CancelAll, NewOrder, SetKillSwitch
 from engine.config import ConfigError, load_config
-from engine.domain import Instrument, OrderType, RequestKind, RiskScope, Side
-from engine.events import OrderAccepted, OrderRejected
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder, SetKillSwitch
+from engine.core.domain import Instrument, OrderType, RequestKind, RiskScope, Side
+from engine.core.events import OrderAccepted, OrderRejected
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
@@ -360,9 +360,9 @@ async def _one(post, url, key, clid):
 def test_fix_gateway_rejects_with_a_clear_text_when_overloaded(tmp_path):
     from test_fix_server import KEY, Peer
 
+    from engine.core.order_store import OrderStore
     from engine.gateways.fix.server import start_fix_server, stop_fix_server
     from engine.gateways.fix.session import SessionConfig
-    from engine.order_store import OrderStore
 
     async def main():
         node = new_node(tmp_path)

@@ -22,15 +22,15 @@ from engine.bench.workload import INSTRUMENT, SYMBOL
 from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
-from engine.commands import NewOrder
-from engine.domain import OrderType, RejectReason, Side
-from engine.events import OrderRejected
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, RejectReason, Side
+from engine.core.events import OrderRejected
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal import JournalWriteError
-from engine.matcher import MatchingEngine
 from engine.refusal_log import RefusalLog
 from engine.service import ExchangeService
-from engine.state import state_hash
 from telemetry.metrics import ExchangeMetrics
 
 FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)

@@ -1,5 +1,5 @@
-"""The silent replay path (engine/replay.py) against `MatchingEngine.apply`, in both of its
-forms: the Python loop and the compiled one (engine/_replay.c).
+"""The silent replay path (engine/core/replay.py) against `MatchingEngine.apply`, in both of its
+forms: the Python loop and the compiled one (engine/core/_replay.c).
 
 Random command streams - crossing and resting orders in every time in force and STP mode,
 post-only, duplicate and over-long client ids, invalid values, unknown symbols, cancels and
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.bench.workload import generate, make_engine
-from engine.commands import (
+from engine.core.commands import (
     Amend,
     Cancel,
     CancelAll,
@@ -32,12 +32,12 @@ from engine.commands import (
     SetRiskLimits,
     SetTradingHalt,
 )
-from engine.domain import Instrument, RiskLimits
-from engine.invariants import check_engine
+from engine.core.domain import Instrument, RiskLimits
+from engine.core.invariants import check_engine
+from engine.core.matcher import MatchingEngine, SequenceError
+from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 from engine.journal.format import BatchMeta, decode_for_replay, decode_record
-from engine.matcher import MatchingEngine, SequenceError
-from engine.replay import COMPILED, SilentReplayer
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 LISTED = INSTRUMENTS[:2]  # BTC (tick 5, lot 10, min 10) and ETH; SOL gets listed mid-stream
 # Names longer than one character: CPython shares one-character strings, which would hide
@@ -268,7 +268,7 @@ def test_a_stale_sequence_number_is_refused_as_by_apply(compiled):
 
 
 def test_the_compiled_loop_is_built():
-    """`pip install` builds engine/_replay.c when a C compiler is present (it is optional so
+    """`pip install` builds engine/core/_replay.c when a C compiler is present (it is optional so
     that an install without one still works, with replay in Python). CI has a compiler, so
     a missing build here is a packaging fault, not a fallback."""
     assert COMPILED

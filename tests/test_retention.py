@@ -13,13 +13,13 @@ from natsproc import unique_stream
 from engine.cluster.journal import NatsJournal
 from engine.cluster.retention import Retention
 from engine.cluster.snapshot_store import ReplicatedSnapshots, object_name
-from engine.commands import ListInstrument, NewOrder
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import ListInstrument, NewOrder
+from engine.core.domain import Instrument, OrderType, Side
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.journal import JournalError, RecoveryGapError
-from engine.matcher import MatchingEngine
 from engine.recovery import recover
 from engine.snapshots import SnapshotStore, encode_snapshot
-from engine.state import state_hash
 
 SIZES = [3, 3, 3, 3]  # batches 1..3, 4..6, 7..9, 10..12
 

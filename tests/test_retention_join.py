@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.cluster.drill import TRADER_KEY, NodeProcess, OrderSender, failover_once, http, in_sync, wait_for
 from engine.cluster.journal import NatsJournal
 from engine.cluster.snapshot_store import ReplicatedSnapshots
-from engine.state import state_hash
+from engine.core.state import state_hash
 from telemetry.catalogue import declared_series
 
 KEEP = 20  # commands kept in the stream before the replicated snapshot

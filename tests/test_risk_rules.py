@@ -1,4 +1,4 @@
-"""Pre-trade risk in the core (engine/risk.py): each check at its accept/reject edge, the
+"""Pre-trade risk in the core (engine/core/risk.py): each check at its accept/reject edge, the
 layer order, kill switches (cancel on engage), halts, live limit changes, and replay /
 snapshot determinism with risk state.
 
@@ -26,11 +26,11 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
-from engine.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope, risk_layer
-from engine.events import KillSwitchChanged, OrderCancelled, RiskLimitsChanged, TradingHaltChanged
-from engine.matcher import MatchingEngine
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+from engine.core.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.core.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope, risk_layer
+from engine.core.events import KillSwitchChanged, OrderCancelled, RiskLimitsChanged, TradingHaltChanged
+from engine.core.matcher import MatchingEngine
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 R = RejectReason
 VENUE, SYMBOL, ACCOUNT = int(RiskScope.VENUE), int(RiskScope.SYMBOL), int(RiskScope.ACCOUNT)
@@ -327,7 +327,7 @@ def test_rejected_risk_commands_name_the_account_for_account_scope(ex):
 def test_a_restarted_node_recovers_risk_state_from_the_journal_and_snapshots(tmp_path, snapshot):
     from conftest import INSTRUMENTS
 
-    from engine.commands import NewOrder
+    from engine.core.commands import NewOrder
     from engine.exchange import ExchangeNode, NodeConfig
 
     def open_node() -> ExchangeNode:
@@ -375,8 +375,8 @@ def test_the_inlined_new_order_checks_agree_with_the_shared_order_layer(
     qty, price, max_qty, max_notional, band, traded
 ):
     """check_new inlines layer 2 for speed; check_amend uses _order_checks: same answers."""
-    from engine.commands import NewOrder
-    from engine.risk import _order_checks, check_new
+    from engine.core.commands import NewOrder
+    from engine.core.risk import _order_checks, check_new
 
     ex = Exchange()
     ex.place("m", SELL, 1_000, 5, symbol=ETH)

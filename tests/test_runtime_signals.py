@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_fix_server import Peer
 from test_http_gateway import BTC, KEY, LiveExchange
 
-from engine.commands import NewOrder
 from engine.config import DEMO_KEYS
-from engine.domain import Instrument, OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http import WsSession
 from engine.service import ExchangeService

@@ -23,11 +23,11 @@ import pytest
 from test_app_run import NO_LISTENERS, READY_RE, RECOVERED_RE, Loom, clean_env, get_json, poll
 
 from engine.bench.workload import INSTRUMENT, generate
+from engine.core.state import state_hash
 from engine.exchange import DataDirLocked, ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from engine.snapshot_child import HOLD_ENV, SnapshotWriteError
 from engine.snapshots import SnapshotStore, decode_snapshot
-from engine.state import state_hash
 from telemetry.metrics import ExchangeMetrics
 
 WORKLOAD = generate(400, seed=21).commands

@@ -16,13 +16,13 @@ import pytest
 
 import engine.snapshots as snapshots_mod
 from engine.bench.workload import INSTRUMENT, generate, make_engine
+from engine.core.matcher import MatchingEngine
+from engine.core.state import encode_state, export_state, state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal import JournalCorruptError, TailDamageError
 from engine.journal.segments import FileJournal, repair
-from engine.matcher import MatchingEngine
 from engine.repair import plan, truncate
 from engine.snapshots import HEADER, SnapshotError, SnapshotStore, decode_snapshot, encode_snapshot
-from engine.state import encode_state, export_state, state_hash
 
 WORKLOAD = generate(400, seed=5).commands  # stamped 1..400; never handed to a node
 

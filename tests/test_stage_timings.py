@@ -13,8 +13,9 @@ import msgspec
 from journal_contract import encoded, make_batches
 
 from engine.bench.workload import INSTRUMENT, SYMBOL
-from engine.commands import ListInstrument, NewOrder
-from engine.domain import OrderType, Side
+from engine.core.commands import ListInstrument, NewOrder
+from engine.core.domain import OrderType, Side
+from engine.core.stage_timings import RecentBatches, format_stages
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal.format import (
     FORMAT_VERSION,
@@ -26,7 +27,6 @@ from engine.journal.format import (
 from engine.journal.segments import FileJournal, scan, segment_name
 from engine.order_history import history_json, order_history
 from engine.service import ExchangeService
-from engine.stage_timings import RecentBatches, format_stages
 
 STAGE_KEYS = ("receive_to_sequenced_us", "journal_us", "match_us", "ack_us")
 

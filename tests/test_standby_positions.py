@@ -21,7 +21,7 @@ from engine.cluster.journal import NatsJournal
 from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
 from engine.cluster.snapshot_store import ReplicatedSnapshots
-from engine.matcher import MatchingEngine
+from engine.core.matcher import MatchingEngine
 from engine.snapshots import SnapshotStore
 
 

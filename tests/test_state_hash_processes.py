@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands import NewOrder
-from engine.state import state_hash
+from engine.core.commands import NewOrder
+from engine.core.state import state_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,10 @@ import random
 
 import msgspec
 
-from engine.commands import Amend, Cancel, CancelAll, NewOrder, SetKillSwitch, SetRiskLimits
-from engine.domain import Instrument, RiskLimits
-from engine.matcher import MatchingEngine
-from engine.state import decode_state, encode_state, export_state, restore_state, state_hash
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder, SetKillSwitch, SetRiskLimits
+from engine.core.domain import Instrument, RiskLimits
+from engine.core.matcher import MatchingEngine
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 
 INSTRUMENTS = [
     Instrument("BTC-USD", tick_size=5, lot_size=10, min_qty=10, max_qty=100_000),

@@ -1,4 +1,4 @@
-"""Surveillance scoring (engine/surveillance.py) fed by the core's own events, and the risk
+"""Surveillance scoring (engine/core/surveillance.py) fed by the core's own events, and the risk
 metrics built from them (telemetry: the batch listener and the scrape-time collector)."""
 
 from __future__ import annotations
@@ -6,9 +6,15 @@ from __future__ import annotations
 from conftest import BUY, ETH, SELL, STP, Exchange
 from prometheus_client import CollectorRegistry
 
-from engine.commands import SetKillSwitch, SetRiskLimits
-from engine.domain import RiskLimits, RiskScope
-from engine.surveillance import CANCEL_RATIO, ORDER_TO_TRADE, SELF_MATCH, Surveillance, SurveillanceConfig
+from engine.core.commands import SetKillSwitch, SetRiskLimits
+from engine.core.domain import RiskLimits, RiskScope
+from engine.core.surveillance import (
+    CANCEL_RATIO,
+    ORDER_TO_TRADE,
+    SELF_MATCH,
+    Surveillance,
+    SurveillanceConfig,
+)
 from telemetry.collectors import RiskCollector
 from telemetry.metrics import ExchangeMetrics
 

@@ -22,13 +22,13 @@ from test_journal_damage import records_of
 from test_snapshots import fresh_orders, node_config, submit_in_batches
 
 from engine.bench.workload import INSTRUMENT
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode
 from engine.journal import TailDamageError
 from engine.journal.format import RECORD_HEADER, RecordInfo
 from engine.journal.segments import REPAIRED_DIR, VENUE_FILE, FileJournal, scan
-from engine.matcher import MatchingEngine
 from engine.snapshots import WrittenSnapshot
-from engine.state import state_hash
 
 ORDERS, BATCH = 60, 10
 

@@ -17,8 +17,8 @@ from test_http_gateway import ADMIN_KEY, BTC, LiveExchange, on_loop
 from test_outcome_unknown import _FailingSync
 
 import engine.journal.segments as segments_mod
-from engine.commands import NewOrder
-from engine.domain import OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, Side
 from engine.service import NotLeader
 from telemetry.tracing import derived_trace_id
 

@@ -10,9 +10,9 @@ import os
 import pytest
 
 from engine.bench.workload import INSTRUMENT, SYMBOL
-from engine.commands import Cancel, NewOrder
-from engine.domain import OrderType, Side
-from engine.events import OrderRejected
+from engine.core.commands import Cancel, NewOrder
+from engine.core.domain import OrderType, Side
+from engine.core.events import OrderRejected
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from telemetry.order_traces import OrderTraceRecorder

@@ -20,14 +20,14 @@ from journal_contract import encoded, make_commands
 
 import engine.journal.segments as segments_mod
 from engine.bench.workload import INSTRUMENT, SYMBOL, generate
-from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
-from engine.domain import Instrument, OrderType, RejectReason, RequestKind, Side
-from engine.events import OrderAccepted, OrderRejected
+from engine.core.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
+from engine.core.domain import Instrument, OrderType, RejectReason, RequestKind, Side
+from engine.core.events import OrderAccepted, OrderRejected
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal import JournalWriteError, OutcomeUnknownError
 from engine.journal.segments import FileJournal, scan
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
 
 FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)
 REQUEST_KIND = {

@@ -19,12 +19,12 @@ from pathlib import Path
 from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import INSTRUMENT, generate
+from engine.core.matcher import MatchingEngine
+from engine.core.replay import COMPILED
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal.segments import FileJournal
-from engine.matcher import MatchingEngine
 from engine.recovery import replay
-from engine.replay import COMPILED
-from engine.state import state_hash
 
 
 class _TimedFsync:

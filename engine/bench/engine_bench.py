@@ -17,9 +17,9 @@ import time
 from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import generate, make_engine
-from engine.commands import Cancel
-from engine.events import Trade
-from engine.state import state_hash
+from engine.core.commands import Cancel
+from engine.core.events import Trade
+from engine.core.state import state_hash
 
 
 def _throughput_pass(commands: list) -> tuple[int, str]:

@@ -27,15 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine import progress
 from engine.bench.stats import percentile_us
-from engine.commands import NewOrder
 from engine.config import load_config
-from engine.domain import OrderType, Side
+from engine.core.commands import NewOrder
+from engine.core.domain import OrderType, Side
+from engine.core.state import export_state
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.load.binary_driver import BinaryDriver
 from engine.load.runner import MID, SYMBOL, LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 from engine.snapshots import encode_snapshot
-from engine.state import export_state
 
 SNAPSHOT_EVERY_S = 5.0
 BOOK_GAP = 100  # resting orders start this far from MID: the load's IOCs (MID ± 60) never reach them

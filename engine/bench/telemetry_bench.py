@@ -26,9 +26,9 @@ from pathlib import Path
 
 from engine import progress
 from engine.bench.workload import INSTRUMENT, generate
+from engine.core.order_store import OrderStore
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.market_data import MarketData
-from engine.order_store import OrderStore
 from engine.service import ExchangeService
 
 

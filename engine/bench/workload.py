@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.commands import Cancel, NewOrder
-from engine.domain import Instrument, OrderType, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderDone
-from engine.matcher import MatchingEngine
+from engine.core.commands import Cancel, NewOrder
+from engine.core.domain import Instrument, OrderType, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderCancelled, OrderDone
+from engine.core.matcher import MatchingEngine
 
 SYMBOL = "LOOM-USD"
 MID = 100_000
@@ -63,7 +63,7 @@ def make_engine() -> MatchingEngine:
 
 
 def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
-    from engine.state import state_hash
+    from engine.core.state import state_hash
 
     if mode not in ("deep", "bounded"):
         raise ValueError(f"unknown workload mode {mode!r}: use deep or bounded")

@@ -23,11 +23,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from engine.commands import NewOrder
-from engine.events import OrderAccepted, OrderRejected
+from engine.core.commands import NewOrder
+from engine.core.events import OrderAccepted, OrderRejected
+from engine.core.matcher import MatchingEngine
+from engine.core.state import state_hash
 from engine.gateways.texts import reject_code
-from engine.matcher import MatchingEngine
-from engine.state import state_hash
 
 OK = "ok"
 FAILED = "failed"

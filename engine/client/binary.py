@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from engine.client.ledger import Answer, Entry, OrderLedger, classify, reason_name
-from engine.domain import RequestKind
+from engine.core.domain import RequestKind
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient, LoginRefused
 

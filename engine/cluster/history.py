@@ -11,7 +11,7 @@ from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.setup import stream_names
 from engine.cluster.snapshot_store import ReplicatedSnapshots
-from engine.matcher import MatchingEngine
+from engine.core.matcher import MatchingEngine
 from engine.order_history import HistorySource
 
 

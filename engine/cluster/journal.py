@@ -44,7 +44,7 @@ import nats.js.errors
 from nats.js import api
 
 from engine.cluster.link import NatsLink
-from engine.commands import Command
+from engine.core.commands import Command
 from engine.journal import (
     JournalCorruptError,
     JournalError,

@@ -27,11 +27,11 @@ from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
 from engine.cluster.lease import Lease
 from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
-from engine.commands import ListInstrument
-from engine.domain import Instrument
+from engine.core.commands import ListInstrument
+from engine.core.domain import Instrument
+from engine.core.state import state_hash
 from engine.journal import JournalCorruptError, JournalWriteError
 from engine.service import ExchangeService, NotLeader
-from engine.state import state_hash
 
 log = logging.getLogger("loom.cluster")
 

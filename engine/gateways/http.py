@@ -31,15 +31,17 @@ from engine.auth import Accounts, TokenBucket
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.bad_input_log import BAD_INPUT
 from engine.bench.stats import percentile_us
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
-from engine.events import OrderRejected
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.core.domain import OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce
+from engine.core.events import OrderRejected
+from engine.core.order_store import OrderStore, OrderView
+from engine.core.state import state_hash
+from engine.gateways.http_answers import error, ok
 from engine.gateways.http_errors import describe
 from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, shed_pipeline
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
-from engine.gateways.landing import add_routes as add_landing_routes
 from engine.gateways.openapi import OPENAPI
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.gateways.texts import reject_code, reject_status, reject_text
@@ -47,12 +49,10 @@ from engine.gateways.ws_masking import require_masked_frames
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import Lookup
-from engine.order_store import OrderStore, OrderView
 from engine.overload import InFlight
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
 from engine.snapshots import WrittenSnapshot
-from engine.state import state_hash
 from telemetry.tracing import new_trace_id, parse_traceparent
 
 log = logging.getLogger("loom.http")
@@ -102,7 +102,7 @@ class GatewayContext:
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
-    surveillance: object | None = None  # engine.surveillance.Surveillance
+    surveillance: object | None = None  # engine.core.surveillance.Surveillance
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
@@ -146,14 +146,6 @@ CTX = web.AppKey("ctx", GatewayContext)
 _PROBES = frozenset(("/healthz", "/readyz", "/metrics"))  # never limited: probes and scrapes
 
 
-def error(status: int, code: str, message: str, retry_after: int = 1, **extra) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
-    return web.Response(
-        status=status, body=_json.encode(body), content_type="application/json", headers=headers
-    )
-
-
 def not_leader_fields(exc: NotLeader) -> dict:
     """A NOT_LEADER answer's fields (REST error body, WebSocket error): the message, the leader
     (its url, fix and binary endpoints) or, during an election, election true and the
@@ -171,10 +163,6 @@ def not_leader(exc: NotLeader) -> web.Response:
     fields = not_leader_fields(exc)
     message = fields.pop("message")
     return error(503, "NOT_LEADER", message, max(1, math.ceil(exc.retry_after_s)), **fields)
-
-
-def ok(body, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_json.encode(body), content_type="application/json")
 
 
 def rejection(ev: OrderRejected) -> web.Response:
@@ -1219,42 +1207,3 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 SESSIONS = web.AppKey("sessions", set)
-
-
-def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Application:
-    """The REST/WebSocket app; `serve_metrics` False when /metrics has its own listener
-    (engine/gateways/metrics_listener.py)."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
-    app[CTX] = ctx
-    app[SESSIONS] = set()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/v1/openapi.json", openapi)
-    if serve_metrics:
-        app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/v1/orders", post_order)
-    app.router.add_get("/v1/orders", list_orders)
-    app.router.add_delete("/v1/orders", cancel_all)
-    app.router.add_get("/v1/orders/{order_id}", get_order)
-    # Before the trace route, which would otherwise take the client order id "trace".
-    app.router.add_get("/v1/orders/by-client-id/{client_order_id}", get_order_by_client_id)
-    app.router.add_get("/v1/orders/{order_id}/trace", get_order_trace)
-    app.router.add_delete("/v1/orders/{order_id}", delete_order)
-    app.router.add_patch("/v1/orders/{order_id}", patch_order)
-    app.router.add_delete("/v1/orders/by-client-id/{client_order_id}", delete_order_by_client_id)
-    app.router.add_get("/v1/book/{symbol}", get_book)
-    app.router.add_get("/v1/trades/{symbol}", get_trades)
-    app.router.add_get("/v1/instruments", get_instruments)
-    app.router.add_post("/v1/admin/snapshot", admin_snapshot)
-    app.router.add_get("/v1/admin/stats", admin_stats)
-    app.router.add_post("/v1/admin/automation", admin_automation)
-    app.router.add_get("/v1/admin/automation/audit", admin_automation_audit)
-    app.router.add_post("/v1/admin/faults", admin_faults)
-    app.router.add_get("/v1/admin/cluster", admin_cluster)
-    app.router.add_post("/v1/admin/cluster/step-down", admin_cluster_step_down)
-    app.router.add_get("/v1/ws", websocket)
-    from engine.gateways.http_controls import add_routes as add_risk_routes  # it imports this module
-
-    add_risk_routes(app)
-    add_landing_routes(app)  # / and /docs/NAME
-    return app

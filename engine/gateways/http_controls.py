@@ -18,9 +18,10 @@ from typing import Annotated, Literal
 import msgspec
 from aiohttp import web
 
-from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
-from engine.domain import RiskLimits
-from engine.gateways.http import CTX, INT64_MAX, _decode, _submit, admin_action, admin_view, error, ok
+from engine.core.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.core.domain import RiskLimits
+from engine.gateways.http import CTX, INT64_MAX, _decode, _submit, admin_action, admin_view
+from engine.gateways.http_answers import error, ok
 from engine.risk_admin import SCOPES, risk_view
 
 Limit = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]

@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
+from engine.gateways.http_answers import error
 
 log = logging.getLogger("loom.http")
 
@@ -38,12 +39,6 @@ def describe(exc: BaseException | None) -> tuple[int, str, str]:
     return 400, "MALFORMED_REQUEST", "malformed HTTP request"
 
 
-def json_error(status: int, code: str, message: str) -> web.Response:
-    from engine.gateways.http import error  # the one error format
-
-    return error(status, code, message)
-
-
 class QuietRequestHandler(RequestHandler):
     __slots__ = ("metrics",)  # telemetry.metrics.ExchangeMetrics or None
 
@@ -54,15 +49,13 @@ class QuietRequestHandler(RequestHandler):
             # Not bad input: the json_errors middleware answers every handler error, so this
             # is aiohttp's own failure (or its handler timeout, 504); keep it loud.
             log.error("error serving %s: HTTP %d", request.remote, status, exc_info=exc)
-            response = json_error(
-                status, "INTERNAL" if status == 500 else "TIMEOUT", "internal error (logged)"
-            )
+            response = error(status, "INTERNAL" if status == 500 else "TIMEOUT", "internal error (logged)")
         else:
             status, code, text = describe(exc)
             if self.metrics is not None:
                 self.metrics.decode_error("rest", code)
             BAD_INPUT.note("http", request.remote, text)
-            response = json_error(status, code, text)
+            response = error(status, code, text)
         response.force_close()
         return response
 

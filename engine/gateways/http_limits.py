@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from engine.gateways.admission import BODY_TIMEOUT, LOGIN_TIMEOUT, Admission, AdmissionSettings, IdleWatch
+from engine.gateways.http_answers import error
 
 
 @dataclass
@@ -54,8 +55,6 @@ def body_deadline(limits: HttpLimits):
                 async with asyncio.timeout(timeout):
                     await request.read()
             except TimeoutError:
-                from engine.gateways.http import error  # it imports this module's app key
-
                 limits.timed_out(BODY_TIMEOUT)
                 response = error(
                     408, "REQUEST_TIMEOUT", f"the request body did not arrive within {timeout:g} s"

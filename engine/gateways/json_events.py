@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.domain import OrderType, RequestKind, RiskScope, Side, TimeInForce
-from engine.events import (
+from engine.core.domain import OrderType, RequestKind, RiskScope, Side, TimeInForce
+from engine.core.events import (
     InstrumentListed,
     KillSwitchChanged,
     OrderAccepted,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.domain import CancelReason, RejectReason
+from engine.core.domain import CancelReason, RejectReason
 
 R = RejectReason
 

@@ -4,7 +4,7 @@
     segment-header := b"LOOMJRNL" | version u16 | first_seq u64 | crc32 u32     (22 bytes)
     record   := b"LMJ1" | payload_len u32 | first_seq u64 | count u32 | crc32 u32 | payload
     payload  := [BatchMeta, [command * count]]   (msgpack; commands tagged, array-like;
-                engine/commands.py)
+                engine/core/commands.py)
 
 One record holds one group-commit batch. Its `BatchMeta` carries the stage timings that
 `loom trace` shows without a trace backend: when each submission was received and, for
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from engine.commands import Command, ReplayCommand
+from engine.core.commands import Command, ReplayCommand
 
 FORMAT_VERSION = 2  # 1: payload = [command * count], no BatchMeta
 SEGMENT_MAGIC = b"LOOMJRNL"
@@ -149,7 +149,7 @@ def next_valid_record(buf: memoryview, offset: int) -> RecordInfo | None:
 
 def decode_for_replay(payload: memoryview | bytes, version: int = FORMAT_VERSION) -> list:
     """The record's commands as replay reads them: new orders and cancels as their prefixes
-    `ReplayNewOrder` and `ReplayCancel` (engine/commands.py), the rest as `decode_record`
+    `ReplayNewOrder` and `ReplayCancel` (engine/core/commands.py), the rest as `decode_record`
     gives them. Older versions decode as `decode_record` does."""
     if version == FORMAT_VERSION:
         return _replay_decoder.decode(payload)[1]

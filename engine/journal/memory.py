@@ -13,7 +13,7 @@ import errno as errno_mod
 import os
 from collections.abc import Iterator, Sequence
 
-from engine.commands import Command
+from engine.core.commands import Command
 from engine.journal import JournalCorruptError, JournalError, JournalWriteError
 from engine.journal.format import FORMAT_VERSION, BatchMeta, decode_record, encode_record, parse_record
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from engine.client.ledger import reason_name
-from engine.domain import OrderType, SelfTradePrevention, Side, TimeInForce
+from engine.core.domain import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
 from engine.load.backpressure import limit_send_buffer, pressed

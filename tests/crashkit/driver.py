@@ -44,11 +44,11 @@ from pathlib import Path
 import msgspec
 
 from engine.bench.workload import INSTRUMENT, MID
-from engine.commands import Cancel, NewOrder
-from engine.domain import OrderType, RejectReason, Side, TimeInForce
-from engine.events import OrderAccepted, OrderCancelled, OrderRejected, Trade
+from engine.core.commands import Cancel, NewOrder
+from engine.core.domain import OrderType, RejectReason, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderCancelled, OrderRejected, Trade
+from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.state import state_hash
 
 SYMBOL = INSTRUMENT.symbol
 MAKERS = ("mm0", "mm1", "mm2", "mm3")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from engine.bench.stats import percentile_us
-from engine.domain import Instrument, OrderType, SelfTradePrevention, TimeInForce
+from engine.core.domain import Instrument, OrderType, SelfTradePrevention, TimeInForce
 from engine.gateways.binary import protocol as p
 
 SYMBOL = "LOOM-USD"

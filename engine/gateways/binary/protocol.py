@@ -58,7 +58,7 @@ type  frame          length  body
 0x06  Heartbeat      9       token u64
 ====  =============  ======  ==============================================================
 
-Enumerations are the engine's (``engine.domain``, FIX values): side 1 buy / 2 sell;
+Enumerations are the engine's (``engine.core.domain``, FIX values): side 1 buy / 2 sell;
 order_type 1 market / 2 limit; tif 1 GTC / 3 IOC / 4 FOK; stp 0-3. ``client_ref`` travels to
 the engine as the decimal string client order id ("" when 0); a report names the order's
 client order id as a u64 again (0 when it is not a decimal u64, e.g. set by another gateway).
@@ -102,7 +102,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import IntEnum
 from typing import NamedTuple
 
-from engine.domain import OrderType, RequestKind, SelfTradePrevention, Side, TimeInForce
+from engine.core.domain import OrderType, RequestKind, SelfTradePrevention, Side, TimeInForce
 
 PROTOCOL_VERSION = 2  # the newest this code speaks (and what its clients ask for)
 MIN_PROTOCOL_VERSION = 1  # the oldest the server still accepts

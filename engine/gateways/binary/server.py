@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from engine.auth import Accounts, TokenBucket
 from engine.bad_input_log import BAD_INPUT
-from engine.commands import Amend, Cancel, CancelAll, NewOrder
-from engine.domain import RequestKind
-from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
+from engine.core.domain import RequestKind
+from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
 from engine.logfmt import fields

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from engine.commands import Amend, Cancel, NewOrder
-from engine.domain import CancelReason, OrderType, RejectReason, RequestKind, Side, TimeInForce
-from engine.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.commands import Amend, Cancel, NewOrder
+from engine.core.domain import CancelReason, OrderType, RejectReason, RequestKind, Side, TimeInForce
+from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
+from engine.core.order_store import CANCELLED, FILLED
 from engine.gateways.fix.codec import utc_timestamp_ns
 from engine.gateways.fix.tags import (
     BusinessRejectReason,
@@ -38,7 +39,6 @@ from engine.gateways.fix.tags import (
     tag_name,
 )
 from engine.gateways.texts import cancel_code, reject_code, reject_text
-from engine.order_store import CANCELLED, FILLED
 
 log = logging.getLogger("loom.fix")
 

@@ -7,12 +7,16 @@ is one, and the journal holds the full history."""
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 
-from engine.batch_events import BatchEvents
-from engine.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
-from engine.events import (
+from engine.core.batch_events import BatchEvents
+from engine.core.commands import Command
+from engine.core.domain import CancelReason, OrderType, RejectReason, Side, TimeInForce
+from engine.core.events import (
+    Event,
     OrderAccepted,
     OrderAmended,
     OrderCancelled,
@@ -20,6 +24,7 @@ from engine.events import (
     OrderRejected,
     Trade,
 )
+from engine.core.matcher import MatchingEngine
 
 OPEN = "open"
 FILLED = "filled"
@@ -34,7 +39,7 @@ class Fill(msgspec.Struct, gc=False):
     ts: int
     liquidity: str  # "maker" or "taker"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "trade_id": self.trade_id,
             "price": self.price,
@@ -69,7 +74,7 @@ class OrderView(msgspec.Struct, gc=False):
     fills: tuple[Fill, ...] | None = ()  # None: a compact record (the index keeps no fills)
     trace_id: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "order_id": self.order_id,
             "account": self.account,
@@ -100,8 +105,20 @@ def reject_reason_name(code: int) -> str:
         return f"REASON_{code}"
 
 
+class OrderIndex(Protocol):
+    """Where finished views go on once evicted from `done`, compacted
+    (engine.order_index.FinishedOrders: outside the core, it may read the journal)."""
+
+    @property
+    def window_lo(self) -> int: ...
+    def add(self, view: OrderView) -> None: ...
+    def get(self, order_id: int) -> OrderView | None: ...
+
+
 class OrderStore:
-    def __init__(self, keep_done: int = 100_000, keep_trades: int = 1_000, index=None) -> None:
+    def __init__(
+        self, keep_done: int = 100_000, keep_trades: int = 1_000, index: OrderIndex | None = None
+    ) -> None:
         self.orders: dict[int, OrderView] = {}  # open orders
         self.done: OrderedDict[int, OrderView] = OrderedDict()  # most recent last
         self.keep_done = keep_done
@@ -111,9 +128,9 @@ class OrderStore:
         self.trades: dict[str, deque[Trade]] = {}
         # seq -> trace id for orders that came without one (the node's, set by the app).
         # Derived when a view is shown, never per order on the order path.
-        self.derive_trace_id = None
+        self.derive_trace_id: Callable[[int], str] | None = None
 
-    def seed_open_orders(self, engine) -> int:
+    def seed_open_orders(self, engine: MatchingEngine) -> int:
         """After recovery: every resting order as an open view (their fills before the
         restart are in the journal, not here). The acceptance seq is left unknown (0): a
         resting order's `seq` is its time priority, which an amend moves, and the trace id
@@ -145,7 +162,7 @@ class OrderStore:
             return view.trace_id
         return self.derive_trace_id(view.accepted_seq)
 
-    def json(self, view: OrderView) -> dict:
+    def json(self, view: OrderView) -> dict[str, Any]:
         body = view.to_json()
         body["trace_id"] = self.trace_id(view)
         return body
@@ -187,10 +204,10 @@ class OrderStore:
             if self.index is not None:
                 self.index.add(evicted)
 
-    def on_batch(self, commands: list, results: list[list]) -> None:
+    def on_batch(self, commands: list[Command], results: list[list[Event]]) -> None:
         self.on_events(commands, results, BatchEvents(results))
 
-    def on_events(self, commands: list, results: list[list], split: BatchEvents) -> None:
+    def on_events(self, commands: list[Command], results: list[list[Event]], split: BatchEvents) -> None:
         """Apply a durable batch from its events split by type (the service's shared walk).
         Per type is the same as in order (an order is accepted before it trades and trades
         before it is done or cancelled) except for amends, which set the quantity a later
@@ -227,26 +244,25 @@ class OrderStore:
                     if view is not None:
                         view.trace_id = trace_id
 
-    def apply(self, ev) -> None:
-        kind = type(ev)
-        if kind is OrderAccepted:
+    def apply(self, ev: Event) -> None:
+        if type(ev) is OrderAccepted:
             self._accept(ev)
-        elif kind is Trade:
+        elif type(ev) is Trade:
             self._trade(ev)
-        elif kind is OrderDone:
+        elif type(ev) is OrderDone:
             view = self.orders.get(ev.order_id)
             if view is not None:
                 view.leaves = 0
                 self._finish(view, FILLED)
-        elif kind is OrderCancelled:
+        elif type(ev) is OrderCancelled:
             self._cancelled(ev)
-        elif kind is OrderAmended:
+        elif type(ev) is OrderAmended:
             view = self.orders.get(ev.order_id)
             if view is not None:
                 view.price, view.qty, view.leaves = ev.price, ev.qty, ev.leaves
                 view.client_order_id = ev.client_order_id
                 view.updated_seq, view.updated_ts = ev.seq, ev.ts
-        elif kind is OrderRejected:
+        elif type(ev) is OrderRejected:
             pass  # never an order: the submitter gets the rejection directly
 
     def _accept(self, ev: OrderAccepted) -> None:
@@ -281,7 +297,9 @@ class OrderStore:
                 view.filled += ev.qty
                 view.leaves = leaves
                 view.updated_seq, view.updated_ts = ev.seq, ev.ts
-                view.fills += (Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity),)
+                view.fills = (view.fills or ()) + (
+                    Fill(ev.trade_id, ev.price, ev.qty, ev.seq, ev.ts, liquidity),
+                )
 
     def _cancelled(self, ev: OrderCancelled) -> None:
         view = self.orders.get(ev.order_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.domain import RiskLimits
+from engine.core.domain import RiskLimits
 
 
 class OrderAccepted(msgspec.Struct, frozen=True, tag="acc", array_like=True, gc=False):

@@ -10,8 +10,10 @@ needs the events interleaved across types (execution reports to a session) still
 from __future__ import annotations
 
 from operator import attrgetter
+from typing import Any
 
-from engine.events import (
+from engine.core.events import (
+    Event,
     InstrumentListed,
     OrderAccepted,
     OrderAmended,
@@ -27,7 +29,7 @@ _symbol = attrgetter("symbol")
 class BatchEvents:
     __slots__ = ("accepted", "amended", "cancelled", "done", "listed", "other", "rejected", "trades")
 
-    def __init__(self, results: list[list]) -> None:
+    def __init__(self, results: list[list[Event]]) -> None:
         self.accepted: list[OrderAccepted] = []
         self.trades: list[Trade] = []
         self.cancelled: list[OrderCancelled] = []
@@ -35,11 +37,12 @@ class BatchEvents:
         self.amended: list[OrderAmended] = []
         self.rejected: list[OrderRejected] = []
         self.listed: list[InstrumentListed] = []
-        self.other: list = []  # the rare rest: risk limits, kill switches, halts
+        self.other: list[Event] = []  # the rare rest: risk limits, kill switches, halts
         # Bound appends and an `is` chain in order of frequency: the cheapest dispatch
         # CPython offers (a dict of type -> append costs a lookup and a call more).
         acc, trd, cxl = self.accepted.append, self.trades.append, self.cancelled.append
         done, rej = self.done.append, self.rejected.append
+        ev: Any  # typed by its branch: mypy cannot narrow through `kind is`
         for events in results:
             for ev in events:
                 kind = type(ev)

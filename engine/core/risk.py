@@ -16,9 +16,13 @@ only reduce quantity at the same price: reducing risk must always be possible.
 
 from __future__ import annotations
 
-from engine.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
-from engine.domain import CancelReason, RejectReason, RequestKind, RiskLimits, RiskScope
-from engine.events import KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
+from collections.abc import Mapping
+from typing import Protocol
+
+from engine.core.book import BookSide, OrderBook, RestingOrder
+from engine.core.commands import NewOrder, SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.core.domain import CancelReason, Instrument, RejectReason, RequestKind, RiskLimits, RiskScope
+from engine.core.events import Event, KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
 
 R = RejectReason
 VENUE = int(RiskScope.VENUE)
@@ -32,7 +36,7 @@ MAX_TARGET_LEN = 64
 MAX_CACHED = 65_536  # effective-limit cache entries before it is cleared (bounded memory)
 _FIELDS = RiskLimits.__struct_fields__
 _NO_LIMITS = RiskLimits()
-_MISSING = object()
+_MISSING = RiskLimits()  # a sentinel: compared by identity, never read
 RISK_COMMANDS = frozenset((SetRiskLimits, SetKillSwitch, SetTradingHalt))
 
 
@@ -92,10 +96,38 @@ class RiskState:
         return 0
 
 
+RiskCommand = SetRiskLimits | SetKillSwitch | SetTradingHalt
+
+
+class _Account(Protocol):
+    @property
+    def open(self) -> Mapping[int, RestingOrder]: ...
+
+
+class RiskEngine(Protocol):
+    """What risk reads and changes of the matching engine: `MatchingEngine` is one (a
+    protocol, not an import, because the matcher imports this module)."""
+
+    risk: RiskState
+    risk_on: bool
+
+    @property
+    def instruments(self) -> Mapping[str, Instrument]: ...
+    @property
+    def books(self) -> Mapping[str, OrderBook]: ...
+    @property
+    def last_price(self) -> Mapping[str, int]: ...
+    @property
+    def accounts(self) -> Mapping[str, _Account]: ...
+    def cancel_resting(
+        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event]
+    ) -> None: ...
+
+
 # -- the checks -------------------------------------------------------------------------------
 
 
-def _open_notional(acct, symbol: str, skip_order_id: int = 0) -> int:
+def _open_notional(acct: _Account | None, symbol: str, skip_order_id: int = 0) -> int:
     if acct is None:
         return 0
     return sum(
@@ -104,7 +136,7 @@ def _open_notional(acct, symbol: str, skip_order_id: int = 0) -> int:
 
 
 def _order_checks(
-    engine, lim: RiskLimits, symbol: str, side: int, limit_price: int, qty: int
+    engine: RiskEngine, lim: RiskLimits, symbol: str, side: int, limit_price: int, qty: int
 ) -> tuple[int, int]:
     """Layer 2 (`limit_price` 0 for a market order). Returns (reason, notional); notional is
     0 when nothing needs it, or when there is no price to value a market order at."""
@@ -124,14 +156,14 @@ def _order_checks(
     return 0, notional
 
 
-def _book_reference(engine, symbol: str, side: int) -> int:
+def _book_reference(engine: RiskEngine, symbol: str, side: int) -> int:
     """Without a last trade: the best opposite price, else the best same-side price, else 0."""
     book = engine.books[symbol]
     own, opp = (book.bids, book.asks) if side == BUY else (book.asks, book.bids)
     return opp.best or own.best or 0
 
 
-def check_new(engine, cmd) -> int:
+def check_new(engine: RiskEngine, cmd: NewOrder) -> int:
     """The first risk layer a (field-valid) new order fails, or 0. A field-valid order has
     a positive price exactly when it is a limit order."""
     risk: RiskState = engine.risk
@@ -177,7 +209,7 @@ def check_new(engine, cmd) -> int:
     return 0
 
 
-def check_amend(engine, order, new_qty: int, new_price: int) -> int:
+def check_amend(engine: RiskEngine, order: RestingOrder, new_qty: int, new_price: int) -> int:
     """Risk layers for an amend that raises quantity or moves the price (0 = allowed)."""
     risk: RiskState = engine.risk
     symbol = order.symbol
@@ -203,12 +235,12 @@ def check_amend(engine, order, new_qty: int, new_price: int) -> int:
 # -- the risk commands ------------------------------------------------------------------------
 
 
-def _reject(cmd, reason: int, symbol: str = "") -> list:
-    account = cmd.target if getattr(cmd, "scope", 0) == ACCOUNT else ""
+def _reject(cmd: RiskCommand, reason: int, symbol: str = "") -> list[Event]:
+    account = cmd.target if not isinstance(cmd, SetTradingHalt) and cmd.scope == ACCOUNT else ""
     return [OrderRejected(cmd.seq, cmd.ts, account, "", symbol, REQ_RISK, int(reason))]
 
 
-def _target_problem(engine, scope: int, target: str) -> int:
+def _target_problem(engine: RiskEngine, scope: int, target: str) -> int:
     if scope == VENUE:
         return R.INVALID_RISK_TARGET if target else 0
     if scope == SYMBOL:
@@ -218,11 +250,10 @@ def _target_problem(engine, scope: int, target: str) -> int:
     return R.INVALID_RISK_SCOPE
 
 
-def apply_risk_command(engine, cmd) -> list:
-    kind = type(cmd)
-    if kind is SetRiskLimits:
+def apply_risk_command(engine: RiskEngine, cmd: RiskCommand) -> list[Event]:
+    if isinstance(cmd, SetRiskLimits):
         events = _set_limits(engine, cmd)
-    elif kind is SetKillSwitch:
+    elif isinstance(cmd, SetKillSwitch):
         events = _set_kill_switch(engine, cmd)
     else:
         events = _set_halt(engine, cmd)
@@ -232,7 +263,7 @@ def apply_risk_command(engine, cmd) -> list:
     return events
 
 
-def _set_limits(engine, cmd: SetRiskLimits) -> list:
+def _set_limits(engine: RiskEngine, cmd: SetRiskLimits) -> list[Event]:
     scope, target, limits = cmd.scope, cmd.target, cmd.limits
     reason = _target_problem(engine, scope, target)
     if not reason and any(getattr(limits, name) < 0 for name in _FIELDS):
@@ -248,14 +279,14 @@ def _set_limits(engine, cmd: SetRiskLimits) -> list:
     return [RiskLimitsChanged(cmd.seq, cmd.ts, scope, target, limits)]
 
 
-def _set_kill_switch(engine, cmd: SetKillSwitch) -> list:
+def _set_kill_switch(engine: RiskEngine, cmd: SetKillSwitch) -> list[Event]:
     scope, target = cmd.scope, cmd.target
     reason = _target_problem(engine, scope, target)
     if reason:
         return _reject(cmd, reason, target if scope == SYMBOL else "")
     key = (scope, target)
     switches = engine.risk.kill_switches
-    cancels: list = []
+    cancels: list[Event] = []
     if cmd.engaged:
         switches[key] = cmd.reason
         if cmd.cancel_orders:
@@ -268,7 +299,9 @@ def _set_kill_switch(engine, cmd: SetKillSwitch) -> list:
     ]
 
 
-def _cancel_in_scope(engine, scope: int, target: str, seq: int, ts: int, events: list) -> None:
+def _cancel_in_scope(
+    engine: RiskEngine, scope: int, target: str, seq: int, ts: int, events: list[Event]
+) -> None:
     if scope == ACCOUNT:
         acct = engine.accounts.get(target)
         orders = list(acct.open.values()) if acct is not None else []
@@ -282,10 +315,10 @@ def _cancel_in_scope(engine, scope: int, target: str, seq: int, ts: int, events:
     for order in orders:
         book = books[order.symbol]
         side = book.bids if order.side == BUY else book.asks
-        engine._cancel_resting(order, side, CancelReason.KILL_SWITCH, seq, ts, events)
+        engine.cancel_resting(order, side, CancelReason.KILL_SWITCH, seq, ts, events)
 
 
-def _set_halt(engine, cmd: SetTradingHalt) -> list:
+def _set_halt(engine: RiskEngine, cmd: SetTradingHalt) -> list[Event]:
     symbol = cmd.symbol
     if symbol not in engine.instruments:
         return _reject(cmd, R.UNKNOWN_SYMBOL, symbol)

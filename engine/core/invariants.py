@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from engine.book import BookSide
-from engine.matcher import MatchingEngine
+from engine.core.book import BookSide, RestingOrder
+from engine.core.matcher import MatchingEngine
 
 
-def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str]) -> list:
+def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str]) -> list[RestingOrder]:
     where = f"{symbol} {'bid' if side.is_bid else 'ask'}"
     expected_order = sorted(side.levels, reverse=side.is_bid)
     if side.prices() != expected_order:

@@ -12,10 +12,11 @@ comparisons instead of enum attribute lookups, one list of events per command.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from engine.book import BookSide, OrderBook, RestingOrder
-from engine.commands import Amend, Cancel, CancelAll, ListInstrument, NewOrder
-from engine.domain import (
+from engine.core.book import BookSide, OrderBook, RestingOrder
+from engine.core.commands import Amend, Cancel, CancelAll, Command, ListInstrument, NewOrder
+from engine.core.domain import (
     CancelReason,
     Instrument,
     OrderType,
@@ -25,7 +26,8 @@ from engine.domain import (
     Side,
     TimeInForce,
 )
-from engine.events import (
+from engine.core.events import (
+    Event,
     InstrumentListed,
     OrderAccepted,
     OrderAmended,
@@ -34,7 +36,7 @@ from engine.events import (
     OrderRejected,
     Trade,
 )
-from engine.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
+from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -48,7 +50,7 @@ STP_NONE = int(SelfTradePrevention.NONE)
 STP_NEWEST = int(SelfTradePrevention.CANCEL_NEWEST)
 STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
 _VALID_TIF = frozenset((GTC, IOC, FOK))
-_VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
+VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
 MAX_CLIENT_ORDER_ID_LEN = 64
 MAX_ACCOUNT_LEN = 64
 
@@ -86,7 +88,7 @@ def new_order_problem(cmd: NewOrder, inst: Instrument) -> RejectReason | int:
         return R.INVALID_ORDER_TYPE
     if tif not in _VALID_TIF:
         return R.INVALID_TIME_IN_FORCE
-    if cmd.stp not in _VALID_STP:
+    if cmd.stp not in VALID_STP:
         return R.INVALID_STP_MODE
     if cmd.post_only and (order_type != LIMIT or tif != GTC):
         return R.POST_ONLY_NOT_LIMIT_GTC
@@ -112,7 +114,7 @@ class AccountOrders:
         self.by_clid: dict[str, int] = {}
 
 
-class _Market:
+class Market:
     """What the order path needs of one symbol, gathered for a single dict lookup."""
 
     __slots__ = ("book", "bids", "asks", "tick", "lot", "min_qty", "max_qty")
@@ -131,7 +133,7 @@ class MatchingEngine:
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, OrderBook] = {}
-        self._markets: dict[str, _Market] = {}
+        self.markets: dict[str, Market] = {}
         for inst in instruments:
             if inst.symbol in self.instruments:
                 raise ValueError(f"duplicate instrument {inst.symbol}")
@@ -147,11 +149,11 @@ class MatchingEngine:
     def _list(self, inst: Instrument) -> None:
         self.instruments[inst.symbol] = inst
         book = self.books[inst.symbol] = OrderBook(inst.symbol)
-        self._markets[inst.symbol] = _Market(inst, book)
+        self.markets[inst.symbol] = Market(inst, book)
 
     # -- entry point -------------------------------------------------------------------
 
-    def apply(self, cmd) -> list:
+    def apply(self, cmd: Command) -> list[Event]:
         """Apply one sequenced command; return the events it caused, in order."""
         seq = cmd.seq
         if seq <= self.last_seq:
@@ -161,7 +163,7 @@ class MatchingEngine:
             return self._apply_other(cmd)
         # A new order: most of the traffic, so handled here without a further call.
         symbol = cmd.symbol
-        market = self._markets.get(symbol)
+        market = self.markets.get(symbol)
         if market is None:
             return self._reject_new(cmd, R.UNKNOWN_SYMBOL)
         side = cmd.side
@@ -184,7 +186,7 @@ class MatchingEngine:
                 or (order_type == MARKET and not price)
             )
             and tif in _VALID_TIF
-            and stp in _VALID_STP
+            and stp in VALID_STP
             and (not post_only or (order_type == LIMIT and tif == GTC))
             and 0 < len(account) <= MAX_ACCOUNT_LEN
             and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
@@ -224,7 +226,9 @@ class MatchingEngine:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
         ts = cmd.ts
-        events: list = [OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)]
+        events: list[Event] = [
+            OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)
+        ]
 
         remaining = qty
         if crosses:
@@ -277,18 +281,21 @@ class MatchingEngine:
             )
         return events
 
-    def _apply_other(self, cmd) -> list:
+    def _apply_other(self, cmd: Command) -> list[Event]:
         kind = type(cmd)
+        # Dispatched by `kind is`, the cheapest check; mypy cannot narrow through it, so the
+        # command is typed by its branch (a cast would cost a call per command).
+        c: Any = cmd
         if kind is Cancel:
-            return self._cancel(cmd)
+            return self._cancel(c)
         if kind is Amend:
-            return self._amend(cmd)
+            return self._amend(c)
         if kind is CancelAll:
-            return self._cancel_all(cmd)
+            return self._cancel_all(c)
         if kind is ListInstrument:
-            return self._list_instrument(cmd)
+            return self._list_instrument(c)
         if kind in RISK_COMMANDS:
-            return apply_risk_command(self, cmd)
+            return apply_risk_command(self, c)
         return [
             OrderRejected(
                 cmd.seq,
@@ -303,7 +310,7 @@ class MatchingEngine:
 
     # -- new order ---------------------------------------------------------------------
 
-    def _list_instrument(self, cmd: ListInstrument) -> list:
+    def _list_instrument(self, cmd: ListInstrument) -> list[Event]:
         inst = cmd.instrument
         listed = self.instruments.get(inst.symbol)
         if listed == inst:
@@ -317,14 +324,14 @@ class MatchingEngine:
             )
         ]
 
-    def _reject_new(self, cmd: NewOrder, reason: int) -> list:
+    def _reject_new(self, cmd: NewOrder, reason: int) -> list[Event]:
         return [
             OrderRejected(cmd.seq, cmd.ts, cmd.account, cmd.client_order_id, cmd.symbol, REQ_NEW, int(reason))
         ]
 
     def _match(
         self,
-        events: list,
+        events: list[Event],
         opp: BookSide,
         side: int,
         is_market: bool,
@@ -360,7 +367,7 @@ class MatchingEngine:
                         if traded:
                             self.last_price[symbol] = traded
                         return remaining, True
-                    self._cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
+                    self.cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
                     if stp == STP_BOTH:
                         if traded:
                             self.last_price[symbol] = traded
@@ -432,9 +439,11 @@ class MatchingEngine:
                 return True
         return False
 
-    def _cancel_resting(
-        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list
+    def cancel_resting(
+        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event]
     ) -> None:
+        """Takes a resting order off its side and its account, appending its OrderCancelled.
+        Public: risk (a kill switch) and replay (self-trade prevention) cancel through it."""
         leaves = order.leaves
         side.remove(order)
         del self.accounts[order.account].open[order.order_id]
@@ -466,7 +475,7 @@ class MatchingEngine:
         order = acct.open.get(oid)
         return (order, 0) if order is not None else (None, R.UNKNOWN_ORDER)
 
-    def _reject_target(self, cmd: Cancel | Amend, request: int, reason: int, symbol: str = "") -> list:
+    def _reject_target(self, cmd: Cancel | Amend, request: int, reason: int, symbol: str = "") -> list[Event]:
         return [
             OrderRejected(
                 cmd.seq,
@@ -480,7 +489,7 @@ class MatchingEngine:
             )
         ]
 
-    def _cancel(self, cmd: Cancel) -> list:
+    def _cancel(self, cmd: Cancel) -> list[Event]:
         acct = self.accounts.get(cmd.account)
         oid = cmd.order_id
         if acct is None or not oid:
@@ -493,7 +502,7 @@ class MatchingEngine:
             order = acct.open.get(oid)
             if order is None:
                 return self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
-        market = self._markets[order.symbol]
+        market = self.markets[order.symbol]
         side = market.bids if order.side == BUY else market.asks
         leaves = order.leaves
         # BookSide.remove, inlined: cancels are a third of all traffic.
@@ -518,14 +527,14 @@ class MatchingEngine:
             )
         ]
 
-    def _cancel_all(self, cmd: CancelAll) -> list:
+    def _cancel_all(self, cmd: CancelAll) -> list[Event]:
         symbol = cmd.symbol
         if symbol and symbol not in self.books:
             return [
                 OrderRejected(cmd.seq, cmd.ts, cmd.account, "", symbol, REQ_CANCEL_ALL, int(R.UNKNOWN_SYMBOL))
             ]
         acct = self.accounts.get(cmd.account)
-        events: list = []
+        events: list[Event] = []
         if acct is None:
             return events
         # Sorted by order id so the event order never depends on dict history (a restored
@@ -538,10 +547,10 @@ class MatchingEngine:
         for order in targets:
             book = books[order.symbol]
             side = book.bids if order.side == BUY else book.asks
-            self._cancel_resting(order, side, C.CANCEL_ALL, cmd.seq, cmd.ts, events)
+            self.cancel_resting(order, side, C.CANCEL_ALL, cmd.seq, cmd.ts, events)
         return events
 
-    def _amend(self, cmd: Amend) -> list:
+    def _amend(self, cmd: Amend) -> list[Event]:
         order, reason = self._find_open(cmd)
         if order is None:
             return self._reject_target(cmd, REQ_AMEND, reason)
@@ -618,7 +627,7 @@ class MatchingEngine:
         filled = order.filled
         own.remove(order)
         leaves = new_qty - filled
-        events: list = [
+        events: list[Event] = [
             OrderAmended(
                 seq,
                 ts,

@@ -15,9 +15,12 @@ score 0 below `min_orders` orders in the window (a handful of orders says nothin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from engine.batch_events import BatchEvents
-from engine.domain import CancelReason
+from engine.core.batch_events import BatchEvents
+from engine.core.commands import Command
+from engine.core.domain import CancelReason
+from engine.core.events import Event
 
 ORDER_TO_TRADE = "order_to_trade"
 CANCEL_RATIO = "cancel_ratio"
@@ -60,10 +63,10 @@ class Surveillance:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def on_batch(self, commands: list, results: list[list]) -> None:
+    def on_batch(self, commands: list[Command], results: list[list[Event]]) -> None:
         self.on_events(commands, results, BatchEvents(results))
 
-    def on_events(self, _commands: list, _results: list[list], split: BatchEvents) -> None:
+    def on_events(self, _commands: list[Command], _results: list[list[Event]], split: BatchEvents) -> None:
         """Feeds one durable batch (a service event listener, from the shared walk). Counts
         are summed per (account, bucket, slot) first: per event, only a tuple and a dict add."""
         bucket_ns = self.bucket_ns
@@ -72,20 +75,20 @@ class Surveillance:
         for ev in split.accepted:
             key = (ev.account, ev.ts // bucket_ns, _O)
             counts[key] = get(key, 0) + 1
-        for ev in split.trades:
-            bucket = ev.ts // bucket_ns
-            taker, maker = ev.taker_account, ev.maker_account
+        for trade in split.trades:
+            bucket = trade.ts // bucket_ns
+            taker, maker = trade.taker_account, trade.maker_account
             key = (taker, bucket, _T)
             counts[key] = get(key, 0) + 1
             # A wash trade counts once as a trade and once as a self-match.
             key = (maker, bucket, _S if maker == taker else _T)
             counts[key] = get(key, 0) + 1
-        for ev in split.cancelled:
-            reason = ev.reason
+        for cancel in split.cancelled:
+            reason = cancel.reason
             if reason in _USER_CANCELS:
-                key = (ev.account, ev.ts // bucket_ns, _C)
+                key = (cancel.account, cancel.ts // bucket_ns, _C)
             elif reason == _SELF_TRADE:
-                key = (ev.account, ev.ts // bucket_ns, _S)
+                key = (cancel.account, cancel.ts // bucket_ns, _S)
             else:
                 continue
             counts[key] = get(key, 0) + 1
@@ -192,12 +195,12 @@ class Surveillance:
         """The accounts whose `kind` score is at or above the threshold (1) now."""
         return [account for account, score in self.evaluate(now_ns).get(kind, ()) if score >= 1.0]
 
-    def summary(self, now_ns: int | None = None) -> dict:
+    def summary(self, now_ns: int | None = None) -> dict[str, Any]:
         """Per kind: the highest score, and the top accounts that score at least
         `top_min_score` (what the metrics and the admin endpoint show)."""
         cfg = self.config
         ranked = self.evaluate(now_ns)
-        out: dict = {"accounts": len(self.accounts), "alerts": dict(self.alerts), "kinds": {}}
+        out: dict[str, Any] = {"accounts": len(self.accounts), "alerts": dict(self.alerts), "kinds": {}}
         for kind, items in ranked.items():
             out["kinds"][kind] = {
                 "max_score": round(items[0][1], 4) if items else 0.0,

@@ -64,7 +64,7 @@ class RejectReason(IntEnum):
     AMEND_NO_CHANGE = 203
     AMEND_QUANTITY_NOT_ABOVE_FILLED = 204  # new total quantity must exceed what has filled
     POST_ONLY_WOULD_CROSS = 301
-    # 4xx pre-trade risk (engine/risk.py), one decade per layer so a reject names its layer:
+    # 4xx pre-trade risk (engine/core/risk.py), one decade per layer so a reject names its layer:
     # 40x venue/instrument, 41x order ("fat finger"), 42x account, 43x risk administration.
     KILL_SWITCH_VENUE = 401
     KILL_SWITCH_SYMBOL = 402

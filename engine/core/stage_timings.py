@@ -17,9 +17,21 @@ reading the journal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from engine.journal.format import BatchMeta
+
+class BatchMeta(Protocol):
+    """What the stages read of a batch's journaled timings (engine.journal.format.BatchMeta):
+    a protocol, so the core does not import the journal's record format."""
+
+    @property
+    def stamped_ns(self) -> int: ...
+    @property
+    def counts(self) -> Sequence[int]: ...
+    @property
+    def waits_ns(self) -> Sequence[int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +59,7 @@ def _us(ns: int | None) -> float | None:
 
 def stages_json(
     meta: BatchMeta, first_seq: int, count: int, seq: int, ts: int, durations: Durations | None
-) -> dict:
+) -> dict[str, Any]:
     """The lookup's "stages" object for the command `seq` (sequenced at `ts`) of a batch."""
     received = received_ns(meta, first_seq, seq)
     return {
@@ -72,7 +84,7 @@ def duration_text(us: float) -> str:
     return f"{us / 1_000_000:,.2f} s"
 
 
-def format_stages(stages: dict | None) -> str:
+def format_stages(stages: dict[str, Any] | None) -> str:
     """One line for `loom trace`: each stage's duration, "?" where not recorded."""
     if not stages:
         return "(not recorded)"
@@ -94,14 +106,14 @@ class RecentBatches:
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._ring: list[tuple | None] = [None] * size
+        self._ring: list[tuple[int, int, BatchMeta, Durations | None] | None] = [None] * size
         self._next = 0
 
     def add(self, first_seq: int, count: int, meta: BatchMeta, durations: Durations | None) -> None:
         self._ring[self._next] = (first_seq, count, meta, durations)
         self._next = (self._next + 1) % self.size
 
-    def stages(self, seq: int, ts: int) -> dict | None:
+    def stages(self, seq: int, ts: int) -> dict[str, Any] | None:
         """The stages of command `seq` (sequenced at `ts`), or None when its batch is no
         longer (or never was) in the ring."""
         for back in range(1, self.size + 1):

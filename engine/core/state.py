@@ -13,9 +13,9 @@ import hashlib
 
 import msgspec
 
-from engine.book import RestingOrder
-from engine.domain import Instrument, RiskLimits
-from engine.matcher import AccountOrders, MatchingEngine
+from engine.core.book import RestingOrder
+from engine.core.domain import Instrument, RiskLimits
+from engine.core.matcher import AccountOrders, MatchingEngine
 
 STATE_VERSION = 2  # 2: last trade prices and risk state (limits, kill switches, halts)
 
@@ -123,9 +123,9 @@ def restore_state(state: EngineState) -> MatchingEngine:
     for acct_state in state.accounts:
         open_orders = engine.accounts[acct_state.account].open
         for clid, order_id in acct_state.client_order_ids:
-            order = open_orders.get(order_id)
-            if order is not None and order.client_order_id == clid:
-                order.client_order_id = clid
+            held = open_orders.get(order_id)
+            if held is not None and held.client_order_id == clid:
+                held.client_order_id = clid
     return engine
 
 

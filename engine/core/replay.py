@@ -13,7 +13,7 @@ event count after every command. Keep the fast paths in step with `MatchingEngin
 and `_match`: a new check or state change on the new-order, matching or cancel path there
 (validation, risk) must appear here too, or make these paths hand the command to `apply`.
 
-The same loop is compiled (engine/_replay.c, built by `pip install`): replay speed is
+The same loop is compiled (engine/core/_replay.c, built by `pip install`): replay speed is
 bounded by the interpreter, and the loop reads some twenty attributes per command. Without
 a compiler the install still succeeds and replay runs this Python loop (`COMPILED` says
 which). The property test runs both against `apply`.
@@ -23,13 +23,13 @@ Pure like the rest of the core: no clock, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from engine.book import BookSide, Level, OrderBook, RestingOrder
-from engine.commands import Cancel, NewOrder, ReplayCancel, ReplayNewOrder
-from engine.domain import CancelReason
-from engine.matcher import (
-    _VALID_STP,
+from engine.core.book import BookSide, Level, OrderBook, RestingOrder
+from engine.core.commands import Cancel, Command, NewOrder, ReplayCancel, ReplayCommand, ReplayNewOrder
+from engine.core.domain import CancelReason
+from engine.core.matcher import (
     BUY,
     GTC,
     IOC,
@@ -40,19 +40,20 @@ from engine.matcher import (
     SELL,
     STP_BOTH,
     STP_NEWEST,
+    VALID_STP,
     AccountOrders,
+    Market,
     MatchingEngine,
-    _Market,
 )
 
 SELF_TRADE = int(CancelReason.SELF_TRADE)
 
 
-def _load_compiled():
+def _load_compiled() -> Callable[..., int] | None:
     """The compiled loop, configured with the engine's types and constants; None when it
     was not built (no compiler at install time)."""
     try:
-        import engine._replay as compiled
+        import engine.core._replay as compiled
     except ImportError:
         return None
     compiled.configure(
@@ -64,7 +65,7 @@ def _load_compiled():
             "RestingOrder": RestingOrder,
             "Level": Level,
             "BookSide": BookSide,
-            "Market": _Market,
+            "Market": Market,
             "OrderBook": OrderBook,
             "AccountOrders": AccountOrders,
             "BUY": BUY,
@@ -75,13 +76,14 @@ def _load_compiled():
             "IOC": IOC,
             "STP_NEWEST": STP_NEWEST,
             "STP_BOTH": STP_BOTH,
-            "VALID_STP": sorted(_VALID_STP),
+            "VALID_STP": sorted(VALID_STP),
             "MAX_CLIENT_ORDER_ID_LEN": MAX_CLIENT_ORDER_ID_LEN,
             "MAX_ACCOUNT_LEN": MAX_ACCOUNT_LEN,
             "SELF_TRADE": SELF_TRADE,
         }
     )
-    return compiled.replay_batch
+    batch: Callable[..., int] = compiled.replay_batch
+    return batch
 
 
 _compiled_batch = _load_compiled()
@@ -101,30 +103,30 @@ class SilentReplayer:
 
     def __init__(self, engine: MatchingEngine, compiled: bool = COMPILED) -> None:
         self.engine = engine
-        self._known: dict[str, tuple[str, dict, dict]] = {}
+        self._known: dict[str, tuple[str, dict[str, int], dict[int, RestingOrder]]] = {}
         if compiled and not COMPILED:
-            raise RuntimeError("the compiled replay loop (engine._replay) is not built")
+            raise RuntimeError("the compiled replay loop (engine.core._replay) is not built")
         self.compiled = compiled
         # apply(commands) -> the number of events `MatchingEngine.apply` would have emitted
         self.apply = self._apply_compiled if compiled else self._apply_python
 
-    def _apply_compiled(self, commands: Iterable) -> int:
+    def _apply_compiled(self, commands: Iterable[Command | ReplayCommand]) -> int:
         if not isinstance(commands, list | tuple):
             commands = list(commands)
+        assert _compiled_batch is not None  # __init__ refused compiled=True without it
         return _compiled_batch(self.engine, self._known, commands, self._handoff)
 
-    def _handoff(self, cmd) -> int:
+    def _handoff(self, cmd: Command | ReplayCommand) -> int:
         """What the compiled loop does not take, applied by `MatchingEngine.apply`."""
-        if type(cmd) is ReplayNewOrder or type(cmd) is ReplayCancel:
-            cmd = cmd.full()
-        return len(self.engine.apply(cmd))
+        full = cmd.full() if isinstance(cmd, ReplayNewOrder | ReplayCancel) else cmd
+        return len(self.engine.apply(full))
 
-    def _apply_python(self, commands: Iterable) -> int:
+    def _apply_python(self, commands: Iterable[Command | ReplayCommand]) -> int:
         """Apply the commands in order; return how many events `MatchingEngine.apply`
         would have emitted for them."""
         engine = self.engine
         apply = engine.apply
-        markets = engine._markets
+        markets = engine.markets
         accounts = engine.accounts
         known = self._known
         # The engine's counters and risk switch live in locals here: only `apply` changes
@@ -134,8 +136,10 @@ class SilentReplayer:
         risk_on = engine.risk_on
         # The market of the last order or cancel, by its (shared) symbol: most journals
         # trade few symbols, and a listed symbol's market is never replaced.
-        cur_symbol = cur_market = None
+        cur_symbol: Any = None  # str and Market once an order or cancel has named a symbol
+        cur_market: Any = None
         events = 0
+        cmd: Any  # typed by its branch: mypy cannot narrow through `kind is`
         for cmd in commands:
             kind = type(cmd)
             if kind is ReplayNewOrder or kind is NewOrder:
@@ -182,7 +186,7 @@ class SilentReplayer:
                             or (order_type == MARKET and not price)
                         )
                         and (tif == GTC or tif == IOC)
-                        and stp in _VALID_STP
+                        and stp in VALID_STP
                         and (not post_only or (order_type == LIMIT and tif == GTC and not crosses))
                         and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
                     ):
@@ -265,23 +269,23 @@ class SilentReplayer:
                 seq = cmd.seq
                 oid = cmd.order_id
                 if seq > last_seq and oid:
-                    acct = accounts.get(cmd.account)
-                    order = acct.open.get(oid) if acct is not None else None
-                    if order is not None:
+                    held = accounts.get(cmd.account)
+                    resting = held.open.get(oid) if held is not None else None
+                    if held is not None and resting is not None:
                         last_seq = seq
-                        symbol = order.symbol
+                        symbol = resting.symbol
                         if symbol is not cur_symbol:
                             cur_market = markets[symbol]
                             cur_symbol = cur_market.book.symbol
-                        side = cur_market.bids if order.side == BUY else cur_market.asks
-                        price = order.price
+                        side = cur_market.bids if resting.side == BUY else cur_market.asks
+                        price = resting.price
                         level = side.levels[price]
                         orders = level.orders
                         del orders[oid]
-                        level.qty -= order.leaves
+                        level.qty -= resting.leaves
                         if not orders:
                             side.drop_level(price)
-                        del acct.open[oid]
+                        del held.open[oid]
                         events += 1  # OrderCancelled
                         continue
             if kind is ReplayNewOrder or kind is ReplayCancel:
@@ -338,7 +342,7 @@ def _match_silently(
                         engine.next_trade_id += trades
                     return remaining, True, emitted + trades
                 # Rare: the cancelled maker's event goes to a list nobody reads.
-                engine._cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
+                engine.cancel_resting(maker, opp, SELF_TRADE, seq, 0, [])
                 emitted += 1
                 if stp == STP_BOTH:
                     if traded:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.domain import Instrument, RiskLimits, SelfTradePrevention, TimeInForce
+from engine.core.domain import Instrument, RiskLimits, SelfTradePrevention, TimeInForce
 
 
 class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):

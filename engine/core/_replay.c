@@ -1,6 +1,6 @@
-/* The silent replay loop of engine/replay.py, compiled.
+/* The silent replay loop of engine/core/replay.py, compiled.
  *
- * `SilentReplayer` (engine/replay.py) applies valid new orders and cancels by order id
+ * `SilentReplayer` (engine/core/replay.py) applies valid new orders and cancels by order id
  * without building events and hands everything else to `MatchingEngine.apply`. This is the
  * same loop in C: the same checks in the same order, the same state changes, the same
  * event count, on the same Python objects (the engine's dicts, levels and resting orders).
@@ -8,7 +8,7 @@
  * attributes per command, which here are loads at fixed offsets.
  *
  * Attribute offsets are read once, in `configure`, from the member descriptors of the
- * engine's slotted classes and msgspec structs (engine/replay.py passes the types). Every
+ * engine's slotted classes and msgspec structs (engine/core/replay.py passes the types). Every
  * command is type-checked before its fields are read at those offsets. Any value the fast
  * path does not expect (a non-int number, a non-str name, an int beyond 64 bits) hands the
  * command to `apply` before anything changes, as the Python loop would for anything it does
@@ -678,7 +678,7 @@ replay_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (!configured) {
-        PyErr_SetString(PyExc_RuntimeError, "engine._replay is not configured");
+        PyErr_SetString(PyExc_RuntimeError, "engine.core._replay is not configured");
         return NULL;
     }
     Ctx c = {0};
@@ -697,7 +697,7 @@ replay_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     c.accounts = c.markets ? PyObject_GetAttr(c.engine, s_accounts) : NULL;
     if (c.accounts == NULL || !PyDict_CheckExact(c.markets) || !PyDict_CheckExact(c.accounts)) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "engine._markets and engine.accounts must be dicts");
+            PyErr_SetString(PyExc_TypeError, "engine.markets and engine.accounts must be dicts");
         goto error;
     }
     if (load_counters(&c) < 0)
@@ -891,7 +891,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "engine._replay", "The silent replay loop, compiled (see engine/replay.py).", -1, methods,
+    PyModuleDef_HEAD_INIT, "engine.core._replay", "The silent replay loop, compiled (see engine/core/replay.py).", -1, methods,
 };
 
 PyMODINIT_FUNC
@@ -902,11 +902,11 @@ PyInit__replay(void)
     s_next_trade_id = PyUnicode_InternFromString("next_trade_id");
     s_risk_on = PyUnicode_InternFromString("risk_on");
     s_last_price = PyUnicode_InternFromString("last_price");
-    s_markets = PyUnicode_InternFromString("_markets");
+    s_markets = PyUnicode_InternFromString("markets");
     s_accounts = PyUnicode_InternFromString("accounts");
     s_new_level = PyUnicode_InternFromString("new_level");
     s_drop_level = PyUnicode_InternFromString("drop_level");
-    s_cancel_resting = PyUnicode_InternFromString("_cancel_resting");
+    s_cancel_resting = PyUnicode_InternFromString("cancel_resting");
     if (!s_last_seq || !s_next_order_id || !s_next_trade_id || !s_risk_on || !s_last_price || !s_markets ||
         !s_accounts || !s_new_level || !s_drop_level || !s_cancel_resting)
         return NULL;

@@ -10,6 +10,7 @@ when a level appears or empties.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Iterator
 
 import msgspec
 
@@ -100,7 +101,7 @@ class BookSide:
         sign = self.sign
         return [sign * k for k in reversed(self.keys)]
 
-    def iter_levels(self):
+    def iter_levels(self) -> Iterator[Level]:
         """Levels from best to worst."""
         levels = self.levels
         sign = self.sign
