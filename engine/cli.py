@@ -19,6 +19,14 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
     return 0 if result["deterministic"] else 1
 
 
+def _cmd_bench_paths(args: argparse.Namespace) -> int:
+    from engine.bench.paths_bench import format_paths_bench, run_paths_bench
+
+    result = run_paths_bench(ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat)
+    print(json.dumps(result) if args.json else format_paths_bench(result))
+    return 0 if result["deterministic"] and result["events_agree"] else 1
+
+
 def _cmd_bench_durable(args: argparse.Namespace) -> int:
     from engine.bench.durable_bench import format_durable, run_durable_bench
 
@@ -389,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.set_defaults(func=_cmd_bench_engine)
+    bp = bench_sub.add_parser("paths", help="apply, Python replay and compiled replay side by side")
+    bp.add_argument("--ops", type=_positive_int, default=1_000_000)
+    bp.add_argument("--seed", type=int, default=1)
+    bp.add_argument("--mode", choices=("deep", "bounded"), default="deep")
+    bp.add_argument("--repeat", type=_positive_int, default=3, help="interleaved rounds (median)")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_paths)
     bd = bench_sub.add_parser("durable", help="sequencer + journal (fdatasync) + engine throughput")
     bd.add_argument("--orders", type=_positive_int, default=1_000_000)
     bd.add_argument("--batch", type=_positive_int, default=512, help="commands per group commit")

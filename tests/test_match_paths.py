@@ -1,0 +1,159 @@
+"""The hand-written rule suite (tests/test_matcher_rules.py) through every match path.
+
+The match loop exists three times: `MatchingEngine.apply` (`matcher._match`, which builds
+events), the silent replay in Python (`replay._match_silently`) and the compiled replay
+(engine/_replay.c). As exchange-core runs one `OrderBookBaseTest` against every book, every
+rule test is collected here once more per silent path. Each engine a rule test builds gets a
+twin; every command the test applies goes, decoded from the wire as from a journal, through
+that path on the twin as well, and after EVERY command the state hash and the event count
+must equal what `apply` produced (a `SequenceError` must be raised by both). The rule test's
+own assertions still check `apply`'s events: the paths have to agree on everything else.
+
+The twins are attached to the engines themselves (an instance attribute shadows `apply`), so
+commands a test sends straight to `ex.engine.apply` are mirrored too; engines a test builds
+with `Exchange(...)` get a twin through the `Exchange` name of the rules module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+import test_matcher_rules as rules
+from conftest import STP, Exchange, assert_consistent
+
+from engine.core import replay
+from engine.core.matcher import MatchingEngine, SequenceError
+from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
+from engine.journal.format import BatchMeta, decode_for_replay
+
+# Every rule test, collected again in this module (pytest collects the test functions a
+# module holds, wherever they were defined); the fixtures below give each a path.
+RULE_TESTS = {name: fn for name, fn in vars(rules).items() if name.startswith("test_") and callable(fn)}
+globals().update(RULE_TESTS)
+
+PATHS = {"python-replay": False, "c-replay": True}
+
+
+class PathDivergence(AssertionError):
+    """A silent path disagreed with `apply` (a rule test's own failures stay AssertionError)."""
+
+
+class PathMirror:
+    """Mirrors every command applied to `engine` through one silent path on a twin engine."""
+
+    def __init__(self, engine: MatchingEngine, compiled: bool) -> None:
+        self.engine = engine
+        self.live_apply = engine.apply
+        # The twin starts from the engine's state (an Exchange may wrap a restored engine).
+        self.twin = restore_state(decode_state(encode_state(export_state(engine))))
+        self.replayer = SilentReplayer(self.twin, compiled)
+        self.commands = 0
+        self.handoffs = 0  # commands the silent path handed to the twin's `apply`
+        twin_apply = self.twin.apply
+
+        def handoff(cmd) -> list:
+            self.handoffs += 1
+            return twin_apply(cmd)
+
+        self.twin.apply = handoff
+        engine.apply = self.apply  # shadows the method on this instance only
+
+    def apply(self, cmd) -> list:
+        # Copied before `apply` sees it, with fresh strings, as replay decodes a journal; an
+        # object that is no journal command at all goes to the twin as it is.
+        if isinstance(cmd, msgspec.Struct):
+            (copy,) = decode_for_replay(msgspec.msgpack.encode((BatchMeta(), [cmd])))
+        else:
+            copy = cmd
+        self.commands += 1
+        where = f"command {self.commands}: {cmd!r}"
+        try:
+            events = self.live_apply(cmd)
+        except SequenceError:
+            try:
+                self.replayer.apply([copy])
+            except SequenceError:
+                self.check_state(where)
+                raise
+            raise PathDivergence(f"{where}: apply raised SequenceError, the silent path did not") from None
+        count = self.replayer.apply([copy])
+        if count != len(events):
+            raise PathDivergence(f"{where}: {count} events on the silent path, {len(events)} under apply")
+        self.check_state(where)
+        return events
+
+    def check_state(self, where: str) -> None:
+        if state_hash(self.twin) != state_hash(self.engine):
+            raise PathDivergence(f"{where}: the state hash differs from apply's")
+        assert_consistent(self.twin)
+
+
+@dataclass
+class PathUnderTest:
+    compiled: bool
+    mirrors: list[PathMirror] = field(default_factory=list)  # one per engine built
+
+
+def mirrored_exchange(path: PathUnderTest) -> type[Exchange]:
+    class MirroredExchange(Exchange):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            path.mirrors.append(PathMirror(self.engine, path.compiled))
+
+    return MirroredExchange
+
+
+@pytest.fixture(params=list(PATHS), autouse=True)
+def path(request, monkeypatch: pytest.MonkeyPatch) -> PathUnderTest:
+    """The path under test; the rules module builds its exchanges with twins meanwhile."""
+    under_test = PathUnderTest(PATHS[request.param])
+    if under_test.compiled and not COMPILED:
+        pytest.fail("the compiled replay loop (engine.core._replay) is not built")
+    monkeypatch.setattr(rules, "Exchange", mirrored_exchange(under_test))
+    return under_test
+
+
+@pytest.fixture
+def ex(path: PathUnderTest) -> Iterator[Exchange]:
+    exchange = rules.Exchange()
+    yield exchange
+    assert_consistent(exchange.engine)
+
+
+def test_every_rule_test_is_collected_here():
+    assert len(RULE_TESTS) > 70
+    assert all(fn.__module__ == "test_matcher_rules" for fn in RULE_TESTS.values())
+
+
+def test_every_command_of_a_rule_test_is_mirrored(path: PathUnderTest):
+    """The twin sees every command, those sent to the engine directly included."""
+    rules.test_non_increasing_seq_raises_and_changes_nothing(5)
+    (mirror,) = path.mirrors
+    assert mirror.replayer.compiled == path.compiled
+    assert mirror.commands == 1 + 4 + 1  # a resting order, four stale commands, a cross
+    assert mirror.twin.last_seq == 9
+    assert state_hash(mirror.twin) == state_hash(mirror.engine)
+
+
+def test_a_rule_broken_in_the_path_fails_the_suite(path: PathUnderTest):
+    """CANCEL_NEWEST taken for CANCEL_OLDEST in the silent path alone (the maker is
+    cancelled and the taker trades on): the rule test passes under `apply`, the mirror fails
+    it. The compiled loop reads the constant when it is configured."""
+    stp_test = rules.test_stp_cancel_newest_cancels_taker_and_keeps_maker
+    newest = replay.STP_NEWEST
+    replay.STP_NEWEST = int(STP.CANCEL_OLDEST)
+    try:
+        if path.compiled:
+            replay._load_compiled()
+        with pytest.raises(PathDivergence, match="state hash differs"):
+            stp_test(rules.Exchange())
+    finally:
+        replay.STP_NEWEST = newest
+        replay._load_compiled()
+    stp_test(rules.Exchange())  # the path restored agrees again
+    # Both commands took the silent path (a handoff to `apply` would hide the break).
+    assert [(m.commands, m.handoffs) for m in path.mirrors] == [(2, 0), (2, 0)]
