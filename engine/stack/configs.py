@@ -9,8 +9,6 @@ import json
 import urllib.parse
 from pathlib import Path
 
-import yaml
-
 import alerts
 
 RULES = Path(alerts.__file__).parent / "generated" / "loom-rules.yml"
@@ -105,6 +103,12 @@ def _automation_hook(template: dict, url: str, token_file: Path) -> dict:
 
 
 def load_yaml(path: Path) -> dict:
+    # Imported here: `loom run` (which loads the CLI, and so this module) needs no extra.
+    from engine.extras import require
+
+    require("yaml", "PyYAML", "stack", "loom stack")
+    import yaml
+
     return yaml.safe_load(path.read_text())
 
 
