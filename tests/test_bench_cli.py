@@ -47,7 +47,8 @@ def test_bench_durable_fsyncs_every_batch():
 
 
 def test_bench_snapshot_stall_runs_with_and_without_snapshots():
-    r = bench("snapshot-stall", "--resting", "20000", "--rate", "500", "--duration", "6", "--rounds", "2")
+    # 8 s per run: every 8 s window holds a 5 s snapshot tick, so each "with" run takes one at least.
+    r = bench("snapshot-stall", "--resting", "20000", "--rate", "500", "--duration", "8", "--rounds", "2")
     keys = {
         "p99_ms_with",
         "p99_ms_without",
@@ -58,7 +59,7 @@ def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     }
     assert keys <= r.keys()
     assert r["resting"] == 20_000
-    assert r["acked_with"] == r["acked_without"] == 2 * 500 * 6 and r["errors"] == 0
+    assert r["acked_with"] == r["acked_without"] == 2 * 500 * 8 and r["errors"] == 0
     assert r["rounds"] == 2 and len(r["p99_ratio_by_round"]) == 2
     assert r["snapshots_taken"] >= 2 and r["snapshots_taken_without"] == 0 and r["snapshot_failures"] == 0
     assert r["snapshot_bytes"] > 20_000 * 20  # every resting order is in it
