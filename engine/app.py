@@ -37,7 +37,7 @@ from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
 from engine.order_store import OrderStore
-from engine.overload import limit_receive_buffers
+from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
@@ -273,7 +273,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cfg.http_port,
         backlog=LISTEN_BACKLOG,
     )
-    limit_receive_buffers(http_server)  # a paused session's client feels it at once
+    limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups

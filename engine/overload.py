@@ -25,6 +25,10 @@ RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST 
 # binary capacity. Smaller halved binary throughput here (16-64 KiB: ~37k orders/s against
 # ~80k, the window drained only once per event-loop turn).
 RECEIVE_BUFFER = 256 * 1024
+# FIX and HTTP/WebSocket parse far fewer orders a second than binary (FIX ~4k/s, WebSocket
+# ~8k/s here, at ~150-200 bytes each), so 256 KiB held about 0.7 s of FIX orders waiting for
+# a paused session: their listeners keep about 50 ms of their capacity instead.
+TEXT_RECEIVE_BUFFER = 32 * 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
 # count that is 0.1 s of binary capacity is 0.8 s of REST).
@@ -39,9 +43,8 @@ def orders_refused(
     (bounded at `max_wait`; 0 = no time bound). With `drain_rate` (commands/s the queue
     drains at when it is never empty, `DrainRate`; 0 = unknown) the submission's own wait is
     bounded too: (queued + n) / drain_rate must stay within `max_wait`. The oldest's age alone
-    let a burst fill the queue with 4x offered rate x 50 ms of work, so at 4C an admitted
-    order waited ~200 ms of queue (issue 13). An empty queue admits any submission (one
-    larger than the bound could otherwise never get in)."""
+    let an offered 4x capacity queue 50 ms of arrivals, i.e. 200 ms of work (issue 13). An
+    empty queue admits any submission (one larger than the bound could otherwise never get in)."""
     if queued <= 0:
         return False
     if queued + n > bound:
@@ -120,13 +123,13 @@ class InFlight:
         return False
 
 
-def limit_receive_buffers(server) -> None:
+def limit_receive_buffers(server, size: int = RECEIVE_BUFFER) -> None:
     """Cap what the kernel buffers unread for each connection an asyncio.Server accepts, so
     pausing one pushes back on its client at once. Set on the listening sockets, which the
     accepted ones inherit: shrinking an established connection's buffer below the window
     already advertised makes the kernel drop data (measured: 200 ms retransmission stalls)."""
     for sock in getattr(server, "sockets", None) or ():
-        limit_receive_buffer(sock)
+        limit_receive_buffer(sock, size)
 
 
 def limit_receive_buffer(sock: socket.socket | None, size: int = RECEIVE_BUFFER) -> None:

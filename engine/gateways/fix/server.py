@@ -32,7 +32,7 @@ from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
-from engine.overload import limit_receive_buffers
+from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -308,7 +308,7 @@ async def start_fix_server(
     server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
     # One read's orders are in flight at a time (awaited before reading on): small socket
     # buffers make that pause reach the client instead of parking its orders in the kernel.
-    limit_receive_buffers(server)
+    limit_receive_buffers(server, TEXT_RECEIVE_BUFFER)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
     return server
