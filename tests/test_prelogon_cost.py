@@ -125,3 +125,21 @@ def test_a_silent_http_connection_is_closed_and_counted_and_a_speaking_one_is_se
         # Before: aiohttp's keep-alive timer closed it uncounted.
         assert _metric(metrics, "loom_connection_timeouts_total", protocol="http", reason="idle_timeout") == 1
         silent.close()
+
+
+def test_a_refusal_is_built_at_most_once_a_second_per_reason():
+    built: list[str] = []
+    now = [100.0]
+
+    def refusal(text: str) -> bytes:
+        built.append(text)
+        return f"refused {len(built)}: {text}".encode()
+
+    admission = Admission("fix", 1, 1, refusal, clock=lambda: now[0])
+    assert admission.admit("10.0.0.1") is None
+    first = admission.refusal(admission.admit("10.0.0.2"))
+    assert admission.refusal(admission.admit("10.0.0.3")) is first  # the same bytes, not rebuilt
+    now[0] += 1.0
+    again = admission.refusal(admission.admit("10.0.0.4"))
+    assert again != first and again.startswith(b"refused 2: the fix listener is at its 1 connections")
+    assert admission.refused["listener_full"] == 3 and len(built) == 2

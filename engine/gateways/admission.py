@@ -109,6 +109,8 @@ class Admission:
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self.timeouts = dict.fromkeys(TIMEOUT_REASONS, 0)
         self._summary = RefusalSummary(protocol, summary_every_s, clock)
+        self._clock = clock
+        self._refusals: dict[str, tuple[float, bytes]] = {}  # reason -> (built at, bytes)
 
     def admit(self, ip: str) -> str | None:
         """Counts the connection in and returns None, or returns why it is refused."""
@@ -136,9 +138,18 @@ class Admission:
         self.timeouts[reason] += 1
 
     def refusal(self, reason: str) -> bytes:
+        """The bytes a refused connection is sent; built at most once a second per reason (a
+        flood is refused thousands of times a second; FIX's Logout carries a SendingTime)."""
+        now = self._clock()
+        cached = self._refusals.get(reason)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
         if reason == LISTENER_FULL:
-            return self._refusal(f"the {self.protocol} listener is at its {self.limit} connections; retry")
-        return self._refusal(f"more than {self.per_ip} {self.protocol} connections from this address")
+            data = self._refusal(f"the {self.protocol} listener is at its {self.limit} connections; retry")
+        else:
+            data = self._refusal(f"more than {self.per_ip} {self.protocol} connections from this address")
+        self._refusals[reason] = (now, data)
+        return data
 
     def gate(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` that admits, then builds `factory()`."""
