@@ -35,46 +35,12 @@ TEXT_RECEIVE_BUFFER = 32 * 1024
 MAX_QUEUE_DELAY_S = 0.05
 
 
-def orders_refused(
-    queued: int, n: int, bound: int, waited: float = 0.0, max_wait: float = 0.0, drain_rate: float = 0.0
-) -> bool:
+def orders_refused(queued: int, n: int, bound: int, waited: float = 0.0, max_wait: float = 0.0) -> bool:
     """Whether a submission with n new orders (or amends) is refused with `queued` commands
     waiting, the queue bounded at `bound` commands, and its oldest submission `waited` s old
-    (bounded at `max_wait`; 0 = no time bound). With `drain_rate` (commands/s the queue
-    drains at when it is never empty, `DrainRate`; 0 = unknown) the submission's own wait is
-    bounded too: (queued + n) / drain_rate must stay within `max_wait`. The oldest's age alone
-    let an offered 4x capacity queue 50 ms of arrivals, i.e. 200 ms of work (issue 13). An
-    empty queue admits any submission (one larger than the bound could otherwise never get in)."""
-    if queued <= 0:
-        return False
-    if queued + n > bound:
-        return True
-    if max_wait <= 0:
-        return False
-    return waited > max_wait or (drain_rate > 0 and queued + n > drain_rate * max_wait)
-
-
-class DrainRate:
-    """How fast the commit queue drains when it is never empty (commands per second, an
-    exponentially weighted mean). Measured between consecutive batches only while the queue
-    stayed non-empty, so it is the node's end-to-end rate under load (the gateways' decoding
-    and reports included, since they share the loop), never the offered rate of a quiet
-    period (which would make a burst look like overload)."""
-
-    __slots__ = ("rate", "_last", "_weight")
-
-    def __init__(self, weight: float = 0.2) -> None:
-        self.rate = 0.0  # 0 until a busy period has been seen
-        self._last: float | None = None  # when the previous batch was done, if the queue was not empty
-        self._weight = weight
-
-    def batch_done(self, n: int, now: float, queue_left: bool) -> None:
-        """A batch of n commands was committed at `now`; `queue_left`: more are waiting."""
-        last = self._last
-        if last is not None and now > last:
-            sample = n / (now - last)
-            self.rate = sample if self.rate == 0 else self.rate + self._weight * (sample - self.rate)
-        self._last = now if queue_left else None
+    (bounded at `max_wait`; 0 = no time bound). An empty queue admits any submission (one
+    larger than the bound could otherwise never get in)."""
+    return queued > 0 and (queued + n > bound or 0 < max_wait < waited)
 
 
 def cancels_refused(queued: int, n: int, hard_bound: int) -> bool:

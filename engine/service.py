@@ -28,7 +28,6 @@ from engine.logfmt import fields
 from engine.overload import (
     MAX_QUEUE_DELAY_S,
     RETRY_AFTER_S,
-    DrainRate,
     cancels_refused,
     orders_refused,
     overloaded_text,
@@ -106,7 +105,6 @@ class ExchangeService:
         self._queued = 0  # commands in self._queue, kept with it (read on every submission)
         self.max_queued_commands = max_queued_commands
         self.max_queue_delay_s = max_queue_delay_s  # 0: no time bound (engine.overload)
-        self.drain = DrainRate()  # how fast the queue drains under load: bounds an admitted order's wait
         self.max_queued_cancels = max_queued_commands + max(1, int(max_queued_commands * CANCEL_HEADROOM))
         self.overload_refusals = 0  # commands refused by admission control
         self._wakeup = asyncio.Event()
@@ -257,9 +255,7 @@ class ExchangeService:
         if not queue:
             return False
         waited = time.perf_counter() - queue[0].queued_at
-        return orders_refused(
-            self._queued, n, self.max_queued_commands, waited, self.max_queue_delay_s, self.drain.rate
-        )
+        return orders_refused(self._queued, n, self.max_queued_commands, waited, self.max_queue_delay_s)
 
     def refused(self, protocol: str, n: int) -> None:
         """Count n commands refused for overload (here or by a gateway before decoding)."""
@@ -461,7 +457,6 @@ class ExchangeService:
                 start = end
             split = self._publish(batch, results)
             t4 = time.perf_counter()
-            self.drain.batch_done(len(batch), t4, bool(self._queue))
             if error is None:
                 durations = Durations(int((t2 - t1) * 1e9), int((t3 - t2) * 1e9), int((t4 - t3) * 1e9))
                 self._prev_durations = (

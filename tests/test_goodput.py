@@ -24,7 +24,7 @@ from engine.gateways.binary.server import BinarySession, start_binary_server, st
 from engine.load.cli import _driver
 from engine.load.runner import LoadRun, run_open_loop
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
-from engine.overload import DrainRate, InFlight, orders_refused
+from engine.overload import InFlight, orders_refused
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 
@@ -43,27 +43,6 @@ def test_the_queue_refuses_new_orders_past_its_count_or_its_age():
     assert orders_refused(1, 1, 10, waited=0.06, max_wait=0.05)  # the oldest waited too long
     assert not orders_refused(1, 1, 10, waited=0.04, max_wait=0.05)
     assert not orders_refused(1, 1, 10, waited=9.0, max_wait=0)  # 0: no time bound
-
-
-def test_the_queue_refuses_what_would_wait_past_the_bound_at_its_drain_rate():
-    # Draining 20k/s, 50 ms is 1,000 commands: a young queue of 900 takes 100 more, not 101.
-    assert not orders_refused(900, 100, 10_000, waited=0.001, max_wait=0.05, drain_rate=20_000)
-    assert orders_refused(900, 101, 10_000, waited=0.001, max_wait=0.05, drain_rate=20_000)
-    assert not orders_refused(900, 101, 10_000, waited=0.001, max_wait=0.05)  # rate unknown: count only
-    assert not orders_refused(0, 5_000, 10_000, max_wait=0.05, drain_rate=20_000)  # empty: admitted
-
-
-def test_the_drain_rate_is_measured_only_while_the_queue_stays_busy():
-    drain = DrainRate(weight=0.5)
-    drain.batch_done(100, 1.0, queue_left=False)  # a quiet period: no sample
-    drain.batch_done(100, 2.0, queue_left=True)  # the queue stayed non-empty from here on
-    assert drain.rate == 0
-    drain.batch_done(1_000, 2.1, queue_left=True)  # 10k/s
-    assert drain.rate == pytest.approx(10_000)
-    drain.batch_done(2_000, 2.2, queue_left=False)  # 20k/s, weighted in by half
-    assert drain.rate == pytest.approx(15_000)
-    drain.batch_done(10, 9.0, queue_left=True)  # after an idle gap: not a rate of 10 per 6.8 s
-    assert drain.rate == pytest.approx(15_000)
 
 
 def test_in_flight_stops_reading_at_the_bound_and_resumes_at_half():
