@@ -26,8 +26,8 @@ RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST 
 # ~80k, the window drained only once per event-loop turn).
 RECEIVE_BUFFER = 256 * 1024
 # FIX and HTTP/WebSocket parse far fewer orders a second than binary (FIX ~4k/s, WebSocket
-# ~8k/s here, at ~150-200 bytes each), so 256 KiB held about 0.7 s of FIX orders waiting for
-# a paused session: their listeners keep about 50 ms of their capacity instead.
+# ~8k/s here, at ~150-200 bytes each), so 256 KiB (512 KiB as Linux doubles it) could hold
+# ~0.6 s of FIX orders for a paused session: their listeners keep 50-80 ms of their capacity instead.
 TEXT_RECEIVE_BUFFER = 32 * 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
