@@ -29,7 +29,7 @@ from engine.core.surveillance import Surveillance
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
-from engine.gateways.admission import LISTEN_BACKLOG, Admission, http_refusal
+from engine.gateways.admission import IDLE_TIMEOUT, LISTEN_BACKLOG, Admission, http_refusal
 from engine.gateways.http import SESSIONS, GatewayContext
 from engine.gateways.http_app import build_app
 from engine.gateways.http_errors import QuietAppRunner
@@ -39,7 +39,7 @@ from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
 from engine.order_lookup import OrderLookups, SourceSpec
-from engine.overload import limit_receive_buffers
+from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
@@ -263,11 +263,18 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     await runner.setup()
     # The listener is built here rather than by a web.TCPSite: admission wraps aiohttp's
-    # protocol factory, so a refused connection never gets a request handler.
+    # protocol factory, so a refused connection never gets a request handler, and one that
+    # has sent nothing yet gets none either (built on its first bytes; closed silent after
+    # http_idle_s, as aiohttp's keep-alive timer would).
     http_server = await asyncio.get_running_loop().create_server(
-        admissions["http"].gate(runner.server), cfg.host, cfg.http_port, backlog=LISTEN_BACKLOG
+        admissions["http"].lazy_gate(
+            lambda _opened: runner.server(), cfg.admission.http_idle_s, IDLE_TIMEOUT
+        ),
+        cfg.host,
+        cfg.http_port,
+        backlog=LISTEN_BACKLOG,
     )
-    limit_receive_buffers(http_server)  # a paused session's client feels it at once
+    limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups

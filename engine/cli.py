@@ -166,7 +166,9 @@ def _cmd_bench_overload(args: argparse.Namespace) -> int:
 def _cmd_bench_connections(args: argparse.Namespace) -> int:
     from engine.bench.connections_bench import format_connections, run_connections_bench
 
-    result = run_connections_bench(args.idle, args.rate, args.seconds, args.processes, args.nofile)
+    result = run_connections_bench(
+        args.idle, args.rate, args.seconds, args.processes, args.nofile, args.flood_nice
+    )
     print(json.dumps(result) if args.json else format_connections(result))
     return 0
 
@@ -431,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--seconds", type=float, default=10.0, help="each measured phase (before, during)")
     bc.add_argument("--processes", type=_positive_int, default=4, help="flood processes")
     bc.add_argument("--nofile", type=_positive_int, help="the node's RLIMIT_NOFILE (as ulimit -n)")
+    bc.add_argument(
+        "--flood-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="nice value of the flood's processes (an attacker elsewhere takes none of the node's CPU)",
+    )
     bc.add_argument("--json", action="store_true")
     bc.set_defaults(func=_cmd_bench_connections)
     bf = bench_sub.add_parser(

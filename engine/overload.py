@@ -25,6 +25,10 @@ RETRY_AFTER_S = 1  # what a refusal for overload tells the client to wait (REST 
 # binary capacity. Smaller halved binary throughput here (16-64 KiB: ~37k orders/s against
 # ~80k, the window drained only once per event-loop turn).
 RECEIVE_BUFFER = 256 * 1024
+# FIX and HTTP/WebSocket parse far fewer orders a second than binary (FIX ~4k/s, WebSocket
+# ~8k/s here, at ~150-200 bytes each), so 256 KiB (512 KiB as Linux doubles it) could hold
+# ~0.6 s of FIX orders for a paused session: their listeners keep 50-80 ms of their capacity instead.
+TEXT_RECEIVE_BUFFER = 32 * 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
 # count that is 0.1 s of binary capacity is 0.8 s of REST).
@@ -85,13 +89,13 @@ class InFlight:
         return False
 
 
-def limit_receive_buffers(server) -> None:
+def limit_receive_buffers(server, size: int = RECEIVE_BUFFER) -> None:
     """Cap what the kernel buffers unread for each connection an asyncio.Server accepts, so
     pausing one pushes back on its client at once. Set on the listening sockets, which the
     accepted ones inherit: shrinking an established connection's buffer below the window
     already advertised makes the kernel drop data (measured: 200 ms retransmission stalls)."""
     for sock in getattr(server, "sockets", None) or ():
-        limit_receive_buffer(sock)
+        limit_receive_buffer(sock, size)
 
 
 def limit_receive_buffer(sock: socket.socket | None, size: int = RECEIVE_BUFFER) -> None:

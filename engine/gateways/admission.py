@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+from engine.gateways.deadlines import deadline_wheel
+
 log = logging.getLogger("loom.admission")
 
 LISTEN_BACKLOG = 1024  # the kernel's accept queue per listener: a connect burst waits, not fails
@@ -102,10 +104,13 @@ class Admission:
         self.per_ip = per_ip
         self._refusal = refusal  # text -> the bytes a refused connection is sent
         self.open = 0
+        self.silent = 0  # admitted by a lazy gate, nothing received yet (no protocol built)
         self.by_ip: dict[str, int] = {}
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self.timeouts = dict.fromkeys(TIMEOUT_REASONS, 0)
         self._summary = RefusalSummary(protocol, summary_every_s, clock)
+        self._clock = clock
+        self._refusals: dict[str, tuple[float, bytes]] = {}  # reason -> (built at, bytes)
 
     def admit(self, ip: str) -> str | None:
         """Counts the connection in and returns None, or returns why it is refused."""
@@ -133,50 +138,109 @@ class Admission:
         self.timeouts[reason] += 1
 
     def refusal(self, reason: str) -> bytes:
+        """The bytes a refused connection is sent; built at most once a second per reason (a
+        flood is refused thousands of times a second; FIX's Logout carries a SendingTime)."""
+        now = self._clock()
+        cached = self._refusals.get(reason)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
         if reason == LISTENER_FULL:
-            return self._refusal(f"the {self.protocol} listener is at its {self.limit} connections; retry")
-        return self._refusal(f"more than {self.per_ip} {self.protocol} connections from this address")
+            data = self._refusal(f"the {self.protocol} listener is at its {self.limit} connections; retry")
+        else:
+            data = self._refusal(f"more than {self.per_ip} {self.protocol} connections from this address")
+        self._refusals[reason] = (now, data)
+        return data
 
     def gate(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` that admits, then builds `factory()`."""
-        return lambda: _Gate(self, factory)
+        return lambda: _Gate(self, lambda _opened: factory())
+
+    def lazy_gate(
+        self, factory: Callable[[float], asyncio.BaseProtocol], silent_s: float, reason: str = LOGIN_TIMEOUT
+    ) -> Callable[[], asyncio.Protocol]:
+        """As `gate`, but the real protocol, `factory(opened)` (`opened`: the connection's
+        time.monotonic()), is built on the connection's first bytes: until then it holds only
+        a slot on the loop's deadline wheel, and is closed (a timeout counted as `reason`) if
+        nothing arrives within `silent_s`. Issue 13: an aiohttp handler, or a FIX task and
+        stream, per idle socket of a flood is what stalled the event loop."""
+        return lambda: _Gate(self, factory, silent_s, reason)
 
 
 class _Gate(asyncio.Protocol):
     """Stands in front of a connection's real protocol: admits it (or refuses and closes),
-    forwards every callback, and releases the count when the transport goes."""
+    builds the real one (at once, or on the first bytes when `silent_s`), forwards every
+    callback, and releases the count when the transport goes."""
 
-    __slots__ = ("_admission", "_factory", "_inner", "_ip")
+    __slots__ = ("_admission", "_factory", "_inner", "_ip", "_transport", "_opened", "_silent_s", "_reason")
 
-    def __init__(self, admission: Admission, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        factory: Callable[[float], asyncio.BaseProtocol],
+        silent_s: float = 0.0,
+        reason: str = "",
+    ) -> None:
         self._admission = admission
         self._factory = factory
         self._inner = None
-        self._ip = ""
+        self._ip: str | None = None  # set once admitted
+        self._transport = None
+        self._opened = 0.0
+        self._silent_s = silent_s
+        self._reason = reason  # the timeout a silent connection is counted as
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
-        reason = self._admission.admit(ip)
+        admission = self._admission
+        reason = admission.admit(ip)
         if reason is not None:
-            transport.write(self._admission.refusal(reason))
+            transport.write(admission.refusal(reason))
             transport.close()
             return
         self._ip = ip
-        self._inner = self._factory()
+        self._opened = time.monotonic()
+        if self._silent_s > 0:
+            self._transport = transport
+            admission.silent += 1
+            loop = asyncio.get_running_loop()
+            deadline_wheel(loop).add(loop.time() + self._silent_s, self._silent_deadline)
+            return
+        self._inner = self._factory(self._opened)
         self._inner.connection_made(transport)
 
+    def _silent_deadline(self) -> None:
+        transport = self._transport
+        if transport is not None and self._inner is None:
+            self._transport = None
+            self._admission.silent -= 1
+            self._admission.timed_out(self._reason)
+            transport.close()
+
     def connection_lost(self, exc) -> None:
+        if self._ip is None:
+            return
         inner = self._inner
+        self._inner = None
+        self._admission.release(self._ip)
+        self._ip = None
         if inner is not None:
-            self._inner = None
-            self._admission.release(self._ip)
             inner.connection_lost(exc)
+        elif self._transport is not None:  # closed before it said anything
+            self._transport = None
+            self._admission.silent -= 1
 
     def data_received(self, data: bytes) -> None:
         inner = self._inner
-        if inner is not None:
-            inner.data_received(data)
+        if inner is None:
+            transport = self._transport
+            if transport is None:  # refused, or past its silent deadline
+                return
+            self._transport = None
+            self._admission.silent -= 1
+            inner = self._inner = self._factory(self._opened)
+            inner.connection_made(transport)
+        inner.data_received(data)
 
     def eof_received(self):
         inner = self._inner
@@ -249,11 +313,13 @@ class RefusalSummary:
 
 
 class IdleWatch:
-    """The deadlines of one connection, on one lazily re-armed timer: not `authenticated()`
-    within `login_s` of connecting -> `on_timeout(LOGIN_TIMEOUT)`; afterwards no `touch()`
-    for `idle_s` while not `busy()` -> `on_timeout(IDLE_TIMEOUT)`."""
+    """The deadlines of one connection, on the loop's shared deadline wheel (no timer of its
+    own: engine/gateways/deadlines.py): not `authenticated()` within `login_s` of connecting
+    -> `on_timeout(LOGIN_TIMEOUT)`; afterwards no `touch()` for `idle_s` while not `busy()`
+    -> `on_timeout(IDLE_TIMEOUT)`. `cancel()` drops the callbacks, so a closed connection is
+    not kept alive until its deadline comes round."""
 
-    __slots__ = ("_loop", "_login_s", "_idle_s", "_authenticated", "_busy", "_on_timeout", "last", "_handle")
+    __slots__ = ("_loop", "_wheel", "_login_s", "_idle_s", "_authenticated", "_busy", "_on_timeout", "last")
 
     def __init__(
         self,
@@ -264,30 +330,36 @@ class IdleWatch:
         on_timeout: Callable[[str], None],
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._wheel = deadline_wheel(self._loop)
         self._login_s = login_s
         self._idle_s = idle_s
         self._authenticated = authenticated
         self._busy = busy
-        self._on_timeout = on_timeout
+        self._on_timeout: Callable[[str], None] | None = on_timeout
         self.last = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(login_s, self._check)
+        self._wheel.add(self.last + login_s, self._check)
 
     def touch(self) -> None:
         self.last = self._loop.time()
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._on_timeout = None
+        self._authenticated = self._busy = _never
 
     def _check(self) -> None:
-        self._handle = None
+        on_timeout = self._on_timeout
+        if on_timeout is None:
+            return
         if not self._authenticated():
-            self._on_timeout(LOGIN_TIMEOUT)
+            on_timeout(LOGIN_TIMEOUT)
             return
         now = self._loop.time()
         due = self.last + self._idle_s
         if now >= due and not self._busy():
-            self._on_timeout(IDLE_TIMEOUT)
+            on_timeout(IDLE_TIMEOUT)
             return
-        self._handle = self._loop.call_at(max(due, now + 1.0), self._check)
+        self._wheel.add(max(due, now + 1.0), self._check)
+
+
+def _never() -> bool:
+    return False

@@ -60,6 +60,7 @@ _REQ_AMEND = int(RequestKind.AMEND)
 _REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
 _NEW_ORDER_BYTES = 2 + p.LENGTH[p.FrameType.NEW_ORDER]
 _MAKER = int(p.Liquidity.MAKER)
+_OVERLOAD_REFUSERS = p.overload_refusers(int(p.GatewayRejectReason.OVERLOADED))  # one set for all sessions
 _TAKER = int(p.Liquidity.TAKER)
 
 
@@ -212,7 +213,16 @@ class BinarySession(asyncio.Protocol):
         self._reading_paused = False
         self._closing = False  # no more input is processed; close once the in-flight work is answered
         self._closed = False
-        self._decoder = p.Decoder.for_server(
+        # Built on the first bytes (issue 13): a connection that never sends anything (a
+        # flood of idle sockets) costs no decoder table.
+        self._decoder: p.Decoder | None = None
+        self.requests = 0  # commands submitted over the session's life
+        self.read_pauses = 0  # times reading stopped for backpressure
+        self.shed_before = 0  # decoder.shed already counted in loom_overload_refusals
+        self._watch: IdleWatch | None = None
+
+    def _new_decoder(self) -> p.Decoder:
+        decoder = p.Decoder.for_server(
             {
                 p.FrameType.LOGIN: self._b_login,
                 p.FrameType.NEW_ORDER: self._b_new_order,
@@ -222,11 +232,8 @@ class BinarySession(asyncio.Protocol):
                 p.FrameType.HEARTBEAT: self._b_heartbeat,
             }
         )
-        self._decoder.set_refusers(p.overload_refusers(int(p.GatewayRejectReason.OVERLOADED)))
-        self.requests = 0  # commands submitted over the session's life
-        self.read_pauses = 0  # times reading stopped for backpressure
-        self.shed_before = 0  # decoder.shed already counted in loom_overload_refusals
-        self._watch: IdleWatch | None = None
+        decoder.set_refusers(_OVERLOAD_REFUSERS)
+        return decoder
 
     # -- builders: decoded fields -> engine command (or reply bytes) ------------------------
 
@@ -317,6 +324,8 @@ class BinarySession(asyncio.Protocol):
         self._watch.touch()
         started = time.perf_counter()
         decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = self._new_decoder()
         decoder.feed(data)
         cancel_alls = self._cancel_alls  # the builders count the CancelAll commands they make
         # Shed before decoding when the queue would refuse this read's orders anyway (counted

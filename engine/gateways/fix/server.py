@@ -3,9 +3,11 @@
 One task per connection reads bytes into its `FixSession`, writes what the session has to
 send, and submits the commands the session produced as one batch (awaiting the batch
 before reading more, which is the flow control). Execution reports come from the
-execution router, which calls the session for every durable event of its account. A
-second small task per connection drives the session's timers (heartbeats, TestRequest,
-logon and logout timeouts).
+execution router, which calls the session for every durable event of its account. One
+task per gateway drives every session's timers (heartbeats, TestRequest, logon and logout
+timeouts). A connection that has sent nothing yet is only its admission gate and a slot on
+the loop's deadline wheel (`Admission.lazy_gate`): its task, stream and session are built
+on its first bytes, so a flood of idle sockets costs little (issue 13).
 
     server = await start_fix_server(service, router, order_store, accounts,
                                     "127.0.0.1", 0, store_dir)
@@ -30,7 +32,7 @@ from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
-from engine.overload import limit_receive_buffers
+from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
@@ -95,6 +97,7 @@ class FixGateway:
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     admission: Admission | None = None  # counts the Logon timeouts
     comp_ids: CompIdBinding | None = None  # SenderCompIDs per account (default: none bound, 16 each)
+    _ticker: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
@@ -119,6 +122,8 @@ class FixGateway:
         counts = dict.fromkeys(STATE_LABELS.values(), 0)
         for conn in self.connections:
             counts[STATE_LABELS[conn.session.state]] += 1
+        if self.admission is not None:  # connected, nothing received yet: no session built
+            counts[STATE_LABELS[State.AWAIT_LOGON]] += self.admission.silent
         return counts
 
     def _claim(self, comp_id: str, session: FixSession) -> bool:
@@ -133,12 +138,16 @@ class FixGateway:
         if self.sessions.get(comp_id) is session:
             del self.sessions[comp_id]
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = FixSession(self.env, self.config)
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, opened: float | None = None
+    ) -> None:
+        """Run one connection; `opened`: when it connected (time.monotonic; default now)."""
+        session = FixSession(self.env, self.config, created=opened)
         conn = _Connection(session, writer)
         conn.task = asyncio.current_task()
         self.connections.add(conn)
-        timer = asyncio.get_running_loop().create_task(self._tick(conn))
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_all())
         unsubscribe = None
         reason = "connection closed by the counterparty"
         logged = self.access.sampled()  # this session's logon and logout go to the access log
@@ -192,7 +201,6 @@ class FixGateway:
             log.exception("FIX connection from %s failed", conn.peer)
             reason = "internal error"
         finally:
-            timer.cancel()
             if self.admission is not None and session.close_reason.startswith("no Logon within"):
                 self.admission.timed_out(LOGIN_TIMEOUT)
             session.close(reason)
@@ -220,12 +228,19 @@ class FixGateway:
             reason=reason,
         )
 
-    async def _tick(self, conn: _Connection) -> None:
-        session = conn.session
-        while not session.closed:
+    async def _tick_all(self) -> None:
+        """Every session's timers, every `timer_interval`: one task for the gateway (a task
+        per connection cost the loop 2 wake-ups a second per idle socket)."""
+        while True:
             await asyncio.sleep(self.timer_interval)
-            session.on_timer()
-            conn.flush()
+            for conn in list(self.connections):
+                if conn.session.closed:
+                    continue
+                try:
+                    conn.session.on_timer()
+                    conn.flush()
+                except Exception:
+                    log.exception("FIX %s: session timer failed", conn.peer)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Log every session out (waiting up to `timeout` for the answers), then drop
@@ -242,6 +257,9 @@ class FixGateway:
                 _, still = await asyncio.wait(pending, timeout=1.0)
                 for task in still:
                     task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
 
 _GATEWAYS: weakref.WeakKeyDictionary[asyncio.base_events.Server, FixGateway] = weakref.WeakKeyDictionary()
@@ -280,14 +298,17 @@ async def start_fix_server(
     gateway.admission = admission
     loop = asyncio.get_running_loop()
 
-    def stream() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds per connection
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), gateway.serve)
+    def stream(opened: float) -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), lambda r, w: gateway.serve(r, w, opened))
 
-    factory = admission.gate(stream) if admission is not None else stream
+    if admission is not None:  # the task, stream and session are built on the first bytes
+        factory = admission.lazy_gate(stream, cfg.logon_timeout)
+    else:
+        factory = lambda: stream(time.monotonic())  # noqa: E731
     server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
     # One read's orders are in flight at a time (awaited before reading on): small socket
     # buffers make that pause reach the client instead of parking its orders in the kernel.
-    limit_receive_buffers(server)
+    limit_receive_buffers(server, TEXT_RECEIVE_BUFFER)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
     return server

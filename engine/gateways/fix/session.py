@@ -142,7 +142,11 @@ class SessionEnv:
 
 
 class FixSession:
-    def __init__(self, env: SessionEnv, config: SessionConfig | None = None) -> None:
+    def __init__(
+        self, env: SessionEnv, config: SessionConfig | None = None, created: float | None = None
+    ) -> None:
+        """`created`: when the connection opened (env.monotonic time; default now): the Logon
+        deadline counts from it."""
         self.env = env
         self.config = config or SessionConfig()
         self.state = State.AWAIT_LOGON
@@ -160,6 +164,8 @@ class FixSession:
         self._out: list[bytes] = []
         now = env.monotonic()
         self._created = self.last_received = self.last_sent = now
+        if created is not None:
+            self._created = created
         self._test_request: tuple[str, float] | None = None
         self._logout_sent_at = 0.0
         self._logout_due = False  # the counterparty logged out while our commands were in flight

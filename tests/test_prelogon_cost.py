@@ -1,0 +1,145 @@
+"""Cheap pre-logon connections (issue 13): the loop's deadline wheel, and connections that
+have sent nothing costing no task, stream or session until their first bytes.
+
+A flood of 20,000 idle sockets stalled the event loop (ack p99 100-178x its quiet figure):
+each FIX connection had a serve task, a stream and a task waking every 0.5 s, each HTTP one an
+aiohttp handler, and every deadline its own timer, so a connect burst expired as one burst."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from test_admission import DEADLINES, _connect, _get_metrics, _metric, _read_until_closed, _run
+from test_fix_server import Peer, start, stop
+
+from engine.gateways.admission import LOGIN_TIMEOUT, Admission
+from engine.gateways.deadlines import DeadlineWheel
+from engine.gateways.fix.server import fix_gateway, refusal_logout, start_fix_server, stop_fix_server
+
+
+def test_the_wheel_fires_each_deadline_once_in_time_and_spreads_a_wave_over_loop_turns():
+    async def main():
+        loop = asyncio.get_running_loop()
+        wheel = DeadlineWheel(loop, resolution=0.05, batch=100)
+        fired: list[tuple[str, float]] = []
+        now = loop.time()
+        wheel.add(now + 0.4, lambda: fired.append(("late", loop.time())))
+        wheel.add(now + 0.1, lambda: fired.append(("early", loop.time())))  # re-arms the timer sooner
+        wave: list[int] = []
+        for i in range(350):
+            wheel.add(now + 0.2, lambda i=i: wave.append(i))
+        seen_between: list[int] = []
+
+        def probe() -> None:  # I/O's stand-in: how far the wave got when the loop turned
+            if len(wave) < 350:
+                seen_between.append(len(wave))
+                loop.call_soon(probe)
+
+        loop.call_at(now + 0.2, probe)
+        await asyncio.sleep(0.7)
+        assert [name for name, _ in fired] == ["early", "late"]
+        (_, early), (_, late) = fired
+        assert now + 0.1 <= early <= now + 0.1 + 0.05 + 0.05  # one slot late at most, plus scheduling
+        assert now + 0.4 <= late <= now + 0.5
+        assert wave == list(range(350))
+        assert wheel.fired == 352 and len(wheel) == 0
+        # 350 due at once ran in batches of 100 with the loop turning between them.
+        assert any(0 < n < 350 for n in seen_between), seen_between
+
+    asyncio.run(main())
+
+
+def test_silent_fix_connections_cost_no_task_and_meet_the_logon_deadline_from_connect(tmp_path):
+    async def main():
+        node, service, server, _port = await start(tmp_path, logon_timeout=1.0)
+        gateway = fix_gateway(server)
+        await stop_fix_server(server)
+        # The same service behind a listener gated as `loom run` gates it.
+        admission = Admission("fix", 200, 200, refusal_logout)
+        server = await start_fix_server(
+            service,
+            gateway.router,
+            gateway.order_store,
+            gateway.accounts,
+            "127.0.0.1",
+            0,
+            tmp_path / "fix2",
+            config=gateway.config,
+            timer_interval=0.05,
+            admission=admission,
+        )
+        gateway = fix_gateway(server)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            tasks_before = len(asyncio.all_tasks())
+            idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+            opened = time.monotonic()
+            async with asyncio.timeout(5):
+                while admission.open < 50:
+                    await asyncio.sleep(0.01)
+            # Before: a serve task and a timer task per connection (+100).
+            assert len(asyncio.all_tasks()) - tasks_before < 5
+            assert admission.silent == 50
+            assert gateway.session_states()["awaiting_logon"] == 50
+            # One speaks after 0.6 s, but never completes a Logon: the deadline still counts
+            # from its connect (before the session was built lazily it would be 1.6 s).
+            await asyncio.sleep(0.6)
+            _reader, talker = idle[0]
+            talker.write(b"8=FIX.4.4\x01")
+            # Another logs on in time and trades as before.
+            peer = await Peer.connect(port, "LATE1")
+            assert (await peer.logon()).msg_type == "A"
+            async with asyncio.timeout(5):
+                data = await idle[0][0].read()
+            closed_after = time.monotonic() - opened
+            assert data == b"" and closed_after < 1.5, closed_after
+            for reader, _writer in idle[1:]:
+                async with asyncio.timeout(5):
+                    assert await reader.read() == b""  # closed silently, as a session would be
+            assert admission.timeouts[LOGIN_TIMEOUT] == 50
+            assert admission.silent == 0 and gateway.session_states()["awaiting_logon"] == 0
+            assert gateway.session_states()["logged_on"] == 1
+            peer.close()
+            for _reader, writer in idle:
+                writer.close()
+        finally:
+            await stop(node, service, server)
+
+    asyncio.run(main())
+
+
+def test_a_silent_http_connection_is_closed_and_counted_and_a_speaking_one_is_served(tmp_path):
+    with _run(tmp_path, DEADLINES) as (_proc, ports):
+        silent = _connect(ports["http"])
+        _data, took = _read_until_closed(silent, 5)
+        assert took < 3, took
+        # A connection that speaks after a pause gets its handler then, and an answer.
+        late = _connect(ports["http"])
+        time.sleep(0.5)
+        late.sendall(b"GET /healthz HTTP/1.1\r\nHost: loom\r\nConnection: close\r\n\r\n")
+        late.settimeout(5)
+        assert late.recv(4096).startswith(b"HTTP/1.1 200")
+        late.close()
+        metrics = _get_metrics(ports["http"])
+        # Before: aiohttp's keep-alive timer closed it uncounted.
+        assert _metric(metrics, "loom_connection_timeouts_total", protocol="http", reason="idle_timeout") == 1
+        silent.close()
+
+
+def test_a_refusal_is_built_at_most_once_a_second_per_reason():
+    built: list[str] = []
+    now = [100.0]
+
+    def refusal(text: str) -> bytes:
+        built.append(text)
+        return f"refused {len(built)}: {text}".encode()
+
+    admission = Admission("fix", 1, 1, refusal, clock=lambda: now[0])
+    assert admission.admit("10.0.0.1") is None
+    first = admission.refusal(admission.admit("10.0.0.2"))
+    assert admission.refusal(admission.admit("10.0.0.3")) is first  # the same bytes, not rebuilt
+    now[0] += 1.0
+    again = admission.refusal(admission.admit("10.0.0.4"))
+    assert again != first and again.startswith(b"refused 2: the fix listener is at its 1 connections")
+    assert admission.refused["listener_full"] == 3 and len(built) == 2
