@@ -24,6 +24,7 @@ from dashboards.cluster import cluster
 from dashboards.panels import (
     GREEN,
     ORANGE,
+    P50_P99_P999,
     PRICE_UNITS,
     RED,
     REPLICATED_SNAPSHOT_AGE,
@@ -35,6 +36,7 @@ from dashboards.panels import (
     eq,
     link,
     lower,
+    quantile_targets,
     range_text,
     role_code,
     series,
@@ -47,10 +49,7 @@ from dashboards.panels import (
 
 
 def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
-    return [
-        target(quantile(q, "loom_order_to_ack_seconds", by), f"p{label} {{{{protocol}}}}", exemplar=True)
-        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
-    ]
+    return quantile_targets("loom_order_to_ack_seconds", "p{p} {{protocol}}", by, P50_P99_P999, exemplar=True)
 
 
 ACK_THRESHOLD = upper(None, THRESHOLDS["order_to_ack_s"])  # the latency SLO's threshold
@@ -205,13 +204,7 @@ def runtime_rows() -> list:
         [
             series(
                 "Event-loop lag (p50 / p99)",
-                [
-                    target(
-                        quantile(q, "loom_event_loop_lag_seconds", ("instance",)),
-                        f"p{label} {{{{instance}}}}",
-                    )
-                    for q, label in ((0.5, "50"), (0.99, "99"))
-                ],
+                quantile_targets("loom_event_loop_lag_seconds", "p{p} {{instance}}", ("instance",)),
                 SECONDS_FORMAT,
                 "How late the event loop runs a timer: every order, ack and heartbeat waits this long.",
             ),
@@ -426,14 +419,10 @@ def persistence() -> Board:
             [
                 series(
                     "Durability latency: fdatasync or replicated PubAck (p50 / p99 / p99.9)",
-                    [
-                        target(quantile(q, "loom_journal_fsync_seconds"), f"fdatasync p{label}")
-                        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
-                    ]
-                    + [
-                        target(quantile(q, "loom_replication_publish_seconds"), f"PubAck p{label}")
-                        for q, label in ((0.5, "50"), (0.99, "99"), (0.999, "99.9"))
-                    ],
+                    quantile_targets("loom_journal_fsync_seconds", "fdatasync p{p}", quantiles=P50_P99_P999)
+                    + quantile_targets(
+                        "loom_replication_publish_seconds", "PubAck p{p}", quantiles=P50_P99_P999
+                    ),
                     SECONDS_FORMAT,
                     "LoomJournalFsyncLatencyHigh fires when the fdatasync p99 stays above the red line. "
                     "What each batch waits for before any of its orders is acknowledged: the local "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from grafanalib.core import BYTES_FORMAT, OPS_FORMAT, SECONDS_FORMAT, SHORT_FORMAT
 
-from dashboards.catalogue_queries import m, quantile, rate
+from dashboards.catalogue_queries import m, rate
 from dashboards.panels import (
     REPLICATED_SNAPSHOT_AGE,
     ROLE_NAMES,
@@ -20,6 +20,7 @@ from dashboards.panels import (
     Row,
     board,
     eq,
+    quantile_targets,
     role_code,
     series,
     stat,
@@ -126,13 +127,7 @@ def cluster() -> Board:
                 ),
                 series(
                     "Replicated append: publish to PubAck (p50 / p99)",
-                    [
-                        target(
-                            quantile(q, "loom_replication_publish_seconds", ("instance",)),
-                            f"p{label} {{{{instance}}}}",
-                        )
-                        for q, label in ((0.5, "50"), (0.99, "99"))
-                    ],
+                    quantile_targets("loom_replication_publish_seconds", "p{p} {{instance}}", ("instance",)),
                     SECONDS_FORMAT,
                     "Every acknowledged order waits for its batch to be stored by a JetStream quorum.",
                 ),

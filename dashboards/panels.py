@@ -19,7 +19,7 @@ from grafanalib.core import (
 )
 
 from alerts.slo import CONFIG  # the SLOs and every alert threshold, defined once
-from dashboards.catalogue_queries import m
+from dashboards.catalogue_queries import m, quantile
 from telemetry.collectors import ROLES
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -44,6 +44,20 @@ class ExemplarTarget(Target):
 def target(expr: str, legend: str = "", exemplar: bool = False, instant: bool = False) -> Target:
     cls = ExemplarTarget if exemplar else Target
     return cls(expr=expr, legendFormat=legend, datasource=DS, instant=instant)
+
+
+P50_P99 = ((0.5, "50"), (0.99, "99"))
+P50_P99_P999 = (*P50_P99, (0.999, "99.9"))
+
+
+def quantile_targets(
+    histogram: str, legend: str, by: tuple[str, ...] = (), quantiles=P50_P99, exemplar: bool = False
+) -> list[Target]:
+    """One target per quantile of `histogram`; `{p}` in `legend` becomes 50, 99, 99.9."""
+    return [
+        target(quantile(q, histogram, by), legend.replace("{p}", label), exemplar=exemplar)
+        for q, label in quantiles
+    ]
 
 
 def eq(label: str, value: str) -> str:
