@@ -63,7 +63,8 @@ def test_transfers_and_balances_over_rest_survive_a_restart(tmp_path):
     config.write_text(CONFIG)
     args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
-    deposit = {"transfer_id": "dep-1", "account": "alice", "asset": "USD", "kind": "deposit", "amount": 10_000}
+    deposit = {"transfer_id": "dep-1", "account": "alice", "asset": "USD", "kind": "deposit"}
+    deposit["amount"] = 10_000
     with loom_run(args, env) as base:
         status, body = call(base, "POST", "/v1/admin/transfers", ADMIN, deposit)
         assert status == 200, body
