@@ -206,7 +206,15 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         from engine.cluster.member import ClusterMember
         from engine.cluster.retention import Retention
 
-        member = ClusterMember(cfg.node_id, service, journal, lease, tuple(cfg.instruments))
+        member = ClusterMember(
+            cfg.node_id,
+            service,
+            journal,
+            lease,
+            tuple(cfg.instruments),
+            tuple(cfg.assets),
+            cfg.credit_checks,
+        )
         member.retention = Retention(
             journal,
             replicated,

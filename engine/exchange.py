@@ -24,9 +24,10 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import snapshot_child
 from engine.core.commands import (
@@ -107,6 +108,34 @@ def _setup_name(cmd) -> str:
     if isinstance(cmd, ListAsset):
         return f"asset {cmd.asset.name}"
     return "credit_checks"
+
+
+def setup_stages(
+    assets: Iterable[Asset], instruments: Iterable[Instrument], credit_checks: bool | None
+) -> list[Callable[[Any], list]]:
+    """What a node journals at start (or a cluster leader on promotion), as three stages each
+    naming the commands still missing from an engine: assets, then the instruments that name
+    them (an instrument listed before assets existed gains its base and quote), then the
+    credit switch (None: as journaled). One rule for the single node and the cluster."""
+    assets, instruments = tuple(assets), tuple(instruments)
+
+    def missing_assets(engine) -> list:
+        return [ListAsset(a) for a in assets if a.name not in engine.ledger.assets]
+
+    def missing_instruments(engine) -> list:
+        listed = engine.instruments
+        return [
+            ListInstrument(i)
+            for i in instruments
+            if i.symbol not in listed or (i.has_assets and not listed[i.symbol].has_assets)
+        ]
+
+    def credit_switch(engine) -> list:
+        if credit_checks is None or engine.ledger.credit_checks == credit_checks:
+            return []
+        return [SetCreditChecks(credit_checks)]
+
+    return [missing_assets, missing_instruments, credit_switch]
 
 
 @dataclass
@@ -250,24 +279,10 @@ class ExchangeNode:
 
     def _list_instruments(self) -> None:
         """Journal the configured assets, instruments and credit switch the engine does not
-        have yet (an instrument listed before assets existed gains its base and quote)."""
-        ledger = self.engine.ledger
+        have yet, in that order (instruments name assets)."""
         cfg = self.config
-        self._journal_setup(lambda: [ListAsset(a) for a in cfg.assets if a.name not in ledger.assets])
-
-        def instruments() -> list:
-            listed = self.engine.instruments
-            return [
-                ListInstrument(i)
-                for i in cfg.instruments
-                if i.symbol not in listed or (i.has_assets and not listed[i.symbol].has_assets)
-            ]
-
-        self._journal_setup(instruments)
-        wanted = cfg.credit_checks
-        self._journal_setup(
-            lambda: [] if wanted is None or ledger.credit_checks == wanted else [SetCreditChecks(wanted)]
-        )
+        for stage in setup_stages(cfg.assets, cfg.instruments, cfg.credit_checks):
+            self._journal_setup(lambda stage=stage: stage(self.engine))
 
     def _journal_setup(self, pending: Callable[[], list]) -> None:
         """Submit the setup commands `pending` names until none is left. A journal that
