@@ -157,6 +157,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         NodeConfig(
             cfg.data_dir,
             () if cfg.cluster else tuple(cfg.instruments),
+            () if cfg.cluster else tuple(cfg.assets),
+            None if cfg.cluster else cfg.credit_checks,
             snapshot_every_commands=cfg.snapshot_every_commands,
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
@@ -204,7 +206,15 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         from engine.cluster.member import ClusterMember
         from engine.cluster.retention import Retention
 
-        member = ClusterMember(cfg.node_id, service, journal, lease, tuple(cfg.instruments))
+        member = ClusterMember(
+            cfg.node_id,
+            service,
+            journal,
+            lease,
+            tuple(cfg.instruments),
+            tuple(cfg.assets),
+            cfg.credit_checks,
+        )
         member.retention = Retention(
             journal,
             replicated,
@@ -353,7 +363,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         flow = (
             _demo_while_leading(service, cfg.demo_rate)
             if cfg.cluster
-            else run_demo_flow(service, cfg.demo_rate)
+            else run_demo_flow(service, cfg.demo_rate, accounts=tuple(sorted(set(cfg.api_keys.values()))))
         )
         running.tasks.append(asyncio.create_task(flow, name="demo"))
     # Start-up objects are long-lived: keep them out of every future collection.

@@ -7,7 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.core.domain import Instrument
+from engine.core.balances import instrument_asset_problem
+from engine.core.domain import Asset, Instrument
 from engine.gateways.admission import AdmissionSettings
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
@@ -42,6 +43,10 @@ class Config:
     fix_comp_ids: dict[str, str] = field(default_factory=dict)
     fix_max_comp_ids: int = 16
     instruments: list[Instrument] = field(default_factory=list)
+    # [[assets]] balances are held in, and whether the venue checks credit (engine/core/
+    # balances.py, docs/accounts.md). Journaled at start; enforced with settlement (next).
+    assets: list[Asset] = field(default_factory=list)
+    credit_checks: bool = True
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
     # Requests without valid credentials (no key, or a wrong one), per client IP; 0 = off.
@@ -173,9 +178,15 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         if not cfg.ops_keys:
             cfg.ops_keys = dict(DEMO_OPS_KEYS)
         if not cfg.instruments:
-            from engine.demo import DEMO_INSTRUMENTS
+            from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 
             cfg.instruments = list(DEMO_INSTRUMENTS)
+            cfg.assets = cfg.assets or list(DEMO_ASSETS)
+    assets = {a.name: a for a in cfg.assets}
+    for inst in cfg.instruments:
+        problem = instrument_asset_problem(inst, assets)[1]
+        if problem:
+            raise ConfigError(f"[[instruments]] {problem}")
     if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
         raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
     for name, host in (("host", cfg.host), ("metrics_host", cfg.metrics_host)):
@@ -237,6 +248,7 @@ FILE_SETTINGS: dict[str, type] = {
     "log_format": str,
     "access_log_sample": float,
     "environment": str,
+    "credit_checks": bool,
 }
 SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "snapshots": {
@@ -250,7 +262,7 @@ SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
         "standby_stale_s": ("retention_standby_stale_s", float),
     },
 }
-TABLES = ("cluster", "instruments", "accounts")
+TABLES = ("cluster", "instruments", "accounts", "assets")
 
 
 def _apply_file(cfg: Config, raw: dict, path: str) -> None:
@@ -286,6 +298,14 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                     cfg.instruments = [Instrument(**spec) for spec in value]
                 except (TypeError, ValueError) as exc:
                     raise ConfigError(f"{path}: bad [[instruments]] entry: {exc}") from None
+            elif key == "assets":
+                try:
+                    cfg.assets = [Asset(**spec) for spec in value]
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{path}: bad [[assets]] entry: {exc}") from None
+                names = [a.name for a in cfg.assets]
+                if len(set(names)) != len(names):
+                    raise ConfigError(f"{path}: [[assets]] lists an asset twice: {sorted(names)}")
             elif key == "accounts":
                 for entry in value:
                     if not isinstance(entry, dict) or "name" not in entry or "api_key" not in entry:

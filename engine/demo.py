@@ -1,22 +1,38 @@
 """Simulated traders for `loom run --demo`: market makers quoting around a drifting mid and
 takers crossing the spread, so the book, the trades and the metrics move. The demo venue
 has pre-trade risk limits, and now and then a trader's "fat finger" order (ten times the
-size, or far from the market) that the limits refuse, so the risk panels have data."""
+size, or far from the market) that the limits refuse, so the risk panels have data. With
+credit checks on (the default) the demo deposits funds into every account it trades for
+and the demo keys' accounts, once per venue (the deposits are idempotent by transfer id)."""
 
 from __future__ import annotations
 
 import random
 
 from engine.bench.workload import RestingPool
-from engine.core.commands import Cancel, NewOrder, SetRiskLimits
-from engine.core.domain import Instrument, OrderType, RiskLimits, RiskScope, Side, TimeInForce
+from engine.core.commands import Cancel, NewOrder, SetRiskLimits, Transfer
+from engine.core.domain import (
+    Asset,
+    Instrument,
+    OrderType,
+    RiskLimits,
+    RiskScope,
+    Side,
+    TimeInForce,
+    TransferKind,
+)
 from engine.core.events import OrderAccepted, OrderCancelled, OrderDone
 
+# Prices in US cents per whole coin; a quantity unit is a whole coin (10**8 of BTC's and
+# ETH's smallest units), one LOOM token being LOOM's unit.
+DEMO_ASSETS = [Asset("USD", 2), Asset("BTC", 8), Asset("ETH", 8), Asset("LOOM", 0)]
 DEMO_INSTRUMENTS = [
-    Instrument("BTC-USD", tick_size=5, lot_size=1, min_qty=1, max_qty=10_000),
-    Instrument("ETH-USD", tick_size=1, lot_size=1, min_qty=1, max_qty=100_000),
-    Instrument("LOOM-USD", tick_size=1, lot_size=10, min_qty=10, max_qty=1_000_000),
+    Instrument("BTC-USD", 5, 1, 1, 10_000, base="BTC", quote="USD", contract_size=10**8),
+    Instrument("ETH-USD", 1, 1, 1, 100_000, base="ETH", quote="USD", contract_size=10**8),
+    Instrument("LOOM-USD", 1, 10, 10, 1_000_000, base="LOOM", quote="USD", contract_size=1),
 ]
+DEMO_TRADERS = [f"{kind}{n}" for kind in ("mm", "tk") for n in range(1, 9)]
+DEMO_FUNDS = 10**15  # units of each asset per account: far beyond what the flow trades
 _START_MID = {"BTC-USD": 6_500_000, "ETH-USD": 350_000, "LOOM-USD": 10_000}
 FAT_FINGER = 0.005  # share of orders that are fat-fingered
 MAX_LOTS = 100  # per-order quantity limit, in lots (normal orders are 1..50 lots)
@@ -31,6 +47,17 @@ def demo_risk_limits(instruments: list[Instrument]) -> list[SetRiskLimits]:
         for i in instruments
     ]
     return [venue, *per_symbol]
+
+
+def demo_funding(accounts: list[str], assets: list[str]) -> list[Transfer]:
+    """A deposit of DEMO_FUNDS of every asset into every account. The transfer ids name
+    account and asset, so a restarted demo repeats them harmlessly (idempotent)."""
+    deposit = int(TransferKind.DEPOSIT)
+    return [
+        Transfer(f"demo-fund-{account}-{asset}", account, asset, deposit, DEMO_FUNDS, "demo")
+        for account in accounts
+        for asset in assets
+    ]
 
 
 class DemoTraders:
@@ -96,7 +123,9 @@ class DemoTraders:
                 self.resting[ev.symbol].discard(ev.order_id)
 
 
-async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: float = 0.01) -> None:
+async def run_demo_flow(
+    service, rate: int = 2_000, seed: int = 7, slice_s: float = 0.01, accounts: tuple[str, ...] = ()
+) -> None:
     """Submit the simulated traders' orders through the real service (journaled, durable,
     visible to every gateway and metric) at about `rate` orders per second."""
     import asyncio
@@ -107,6 +136,9 @@ async def run_demo_flow(service, rate: int = 2_000, seed: int = 7, slice_s: floa
         [service.node.engine.instruments[s] for s in sorted(service.node.engine.instruments)], seed
     )
     per_slice = max(1, round(rate * slice_s))
+    ledger = service.node.engine.ledger
+    if ledger.credit_checks and ledger.assets:
+        await service.submit(demo_funding([*DEMO_TRADERS, *accounts], sorted(ledger.assets)), "demo")
     await service.submit(demo_risk_limits(traders.instruments), "demo")
     loop = asyncio.get_running_loop()
     next_at = loop.time()

@@ -24,22 +24,26 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import snapshot_child
 from engine.core.commands import (
     Amend,
     Cancel,
     CancelAll,
+    ListAsset,
     ListInstrument,
     NewOrder,
+    SetCreditChecks,
     SetKillSwitch,
     SetRiskLimits,
     SetTradingHalt,
+    Transfer,
 )
-from engine.core.domain import Instrument, RejectReason, RequestKind
+from engine.core.domain import Asset, Instrument, RejectReason, RequestKind
 from engine.core.events import OrderRejected
 from engine.core.matcher import new_order_problem
 from engine.core.risk import check_new
@@ -65,6 +69,9 @@ _REQUEST_OF = {
     SetRiskLimits: RequestKind.RISK,
     SetKillSwitch: RequestKind.RISK,
     SetTradingHalt: RequestKind.RISK,
+    Transfer: RequestKind.TRANSFER,
+    ListAsset: RequestKind.ACCOUNTS_ADMIN,
+    SetCreditChecks: RequestKind.ACCOUNTS_ADMIN,
 }
 
 
@@ -95,10 +102,48 @@ def _field_valid(engine, cmd: NewOrder) -> bool:
     return instrument is not None and not new_order_problem(cmd, instrument)
 
 
+def _setup_name(cmd) -> str:
+    if isinstance(cmd, ListInstrument):
+        return f"listing {cmd.instrument.symbol}"
+    if isinstance(cmd, ListAsset):
+        return f"asset {cmd.asset.name}"
+    return "credit_checks"
+
+
+def setup_stages(
+    assets: Iterable[Asset], instruments: Iterable[Instrument], credit_checks: bool | None
+) -> list[Callable[[Any], list]]:
+    """What a node journals at start (or a cluster leader on promotion), as three stages each
+    naming the commands still missing from an engine: assets, then the instruments that name
+    them (an instrument listed before assets existed gains its base and quote), then the
+    credit switch (None: as journaled). One rule for the single node and the cluster."""
+    assets, instruments = tuple(assets), tuple(instruments)
+
+    def missing_assets(engine) -> list:
+        return [ListAsset(a) for a in assets if a.name not in engine.ledger.assets]
+
+    def missing_instruments(engine) -> list:
+        listed = engine.instruments
+        return [
+            ListInstrument(i)
+            for i in instruments
+            if i.symbol not in listed or (i.has_assets and not listed[i.symbol].has_assets)
+        ]
+
+    def credit_switch(engine) -> list:
+        if credit_checks is None or engine.ledger.credit_checks == credit_checks:
+            return []
+        return [SetCreditChecks(credit_checks)]
+
+    return [missing_assets, missing_instruments, credit_switch]
+
+
 @dataclass
 class NodeConfig:
     data_dir: Path
     instruments: tuple[Instrument, ...] = ()
+    assets: tuple[Asset, ...] = ()  # journaled before the instruments that name them
+    credit_checks: bool | None = None  # None: as journaled (engine/core/balances.py)
     snapshot_every_commands: int = 500_000  # 0 = never by count
     snapshot_every_s: float = 300.0  # 0 = never by time
     keep_snapshots: int = 3
@@ -117,7 +162,7 @@ def journal_failure_rejection(cmd, reason: RejectReason = RejectReason.JOURNAL_W
         0,
         cmd.ts,
         getattr(cmd, "account", ""),
-        getattr(cmd, "client_order_id", ""),
+        getattr(cmd, "client_order_id", getattr(cmd, "transfer_id", "")),
         getattr(cmd, "symbol", ""),
         int(_REQUEST_OF.get(type(cmd), 0)),
         int(reason),
@@ -233,29 +278,36 @@ class ExchangeNode:
         self._list_instruments()
 
     def _list_instruments(self) -> None:
-        """List the configured instruments the engine does not have yet. A journal that
+        """Journal the configured assets, instruments and credit switch the engine does not
+        have yet, in that order (instruments name assets)."""
+        cfg = self.config
+        for stage in setup_stages(cfg.assets, cfg.instruments, cfg.credit_checks):
+            self._journal_setup(lambda stage=stage: stage(self.engine))
+
+    def _journal_setup(self, pending: Callable[[], list]) -> None:
+        """Submit the setup commands `pending` names until none is left. A journal that
         refuses at start is asked again for up to LISTING_RETRY_S: a replicated stream just
         created may not be routed to yet by the server this node is connected to ("no
         responders"). Each refusal is true and an unknown outcome is settled before the next
         try (`submit`), so a retry never lists anything twice."""
         deadline = time.monotonic() + LISTING_RETRY_S
-        while new := [i for i in self.config.instruments if i.symbol not in self.engine.instruments]:
-            results = self.submit([ListInstrument(i) for i in new])
+        while new := pending():
+            results = self.submit(new)
             refused = 0  # the journal's refusal, if any
-            for inst, events in zip(new, results, strict=True):
+            for cmd, events in zip(new, results, strict=True):
                 if not events or not isinstance(events[0], OrderRejected):
                     continue
                 if events[0].reason not in (RejectReason.JOURNAL_WRITE_FAILED, RejectReason.OUTCOME_UNKNOWN):
-                    raise RuntimeError(f"cannot list {inst.symbol}: reason {events[0].reason}")
+                    raise RuntimeError(f"cannot apply {_setup_name(cmd)}: reason {events[0].reason}")
                 refused = events[0].reason
             if not refused:
                 return
             if time.monotonic() >= deadline:
                 raise RuntimeError(
-                    f"cannot list {', '.join(i.symbol for i in new)}: the journal refused for "
+                    f"cannot apply {', '.join(_setup_name(c) for c in new)}: the journal refused for "
                     f"{LISTING_RETRY_S:.0f} s ({RejectReason(refused).name})"
                 )
-            log.warning("listing %d instruments: the journal refused, trying again", len(new))
+            log.warning("setup (%d commands): the journal refused, trying again", len(new))
             time.sleep(LISTING_RETRY_PAUSE_S)
 
     @property

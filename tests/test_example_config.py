@@ -25,6 +25,7 @@ def uncommented() -> str:
 def test_the_example_loads_as_it_is():
     cfg = load_config(str(EXAMPLE), env={})
     assert [i.symbol for i in cfg.instruments] == ["BTC-USD", "ETH-USD"]
+    assert [(a.name, a.scale) for a in cfg.assets] == [("USD", 2), ("BTC", 8), ("ETH", 8)]
     assert set(cfg.api_keys.values()) == {"alice"} and set(cfg.ops_keys.values()) == {"oncall"}
 
 
@@ -45,9 +46,11 @@ def test_every_setting_is_in_the_example_with_its_real_default(tmp_path):
     for f in fields(AdmissionSettings):
         assert raw["admission"][f.name] == getattr(admission, f.name), f"[admission] {f.name}"
     assert raw["cluster"] == defaults.cluster
-    # the second instrument lists Instrument's defaults, the first account's role the default
+    # the second instrument lists Instrument's defaults (but for the assets it trades), the
+    # first account's role the default
     eth = raw["instruments"][1]
-    assert Instrument(**eth) == Instrument(eth["symbol"], eth["tick_size"])
+    money = {k: eth[k] for k in ("base", "quote", "contract_size")}
+    assert Instrument(**eth) == Instrument(eth["symbol"], eth["tick_size"], **money)
     assert set(eth) == set(Instrument.__struct_fields__)  # every instrument field is shown
     assert raw["accounts"][0]["role"] == "trader"
     path = tmp_path / "all.toml"

@@ -27,9 +27,9 @@ from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
 from engine.cluster.lease import Lease
 from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
-from engine.core.commands import ListInstrument
-from engine.core.domain import Instrument
+from engine.core.domain import Asset, Instrument
 from engine.core.state import state_hash
+from engine.exchange import setup_stages
 from engine.journal import JournalCorruptError, JournalWriteError
 from engine.service import ExchangeService, NotLeader
 
@@ -55,6 +55,8 @@ class ClusterMember:
         journal: NatsJournal,
         lease: Lease,
         instruments: tuple[Instrument, ...] = (),
+        assets: tuple[Asset, ...] = (),
+        credit_checks: bool | None = None,
     ) -> None:
         self.node_id = node_id
         self.service = service
@@ -62,7 +64,8 @@ class ClusterMember:
         self.journal = journal
         self.lease = lease
         self.link = journal.link
-        self.instruments = instruments
+        # What a leader journals on promotion, as a single node does at start.
+        self.setup = setup_stages(assets, instruments, credit_checks)
         # Set by the app (it needs `leading`): replicates the leader's snapshots and purges.
         self.retention: Retention | None = None
         # Set by the app: standbys report their applied seq there, the leader reads them.
@@ -399,9 +402,9 @@ class ClusterMember:
             return
         self.node.resume_sequencing()
         self.journal.writable = True
-        missing = [i for i in self.instruments if i.symbol not in self.node.engine.instruments]
-        if missing:
-            self.node.submit([ListInstrument(i) for i in missing])
+        for stage in self.setup:  # in order: a stage's commands may need the one before
+            if missing := stage(self.node.engine):
+                self.node.submit(missing)
         self.role = Role.LEADER
         self.failovers += 1
         if self.positions is not None:  # a leader needs nothing kept for itself

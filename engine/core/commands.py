@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.core.domain import Instrument, RiskLimits, SelfTradePrevention, TimeInForce
+from engine.core.domain import Asset, Instrument, RiskLimits, SelfTradePrevention, TimeInForce
 
 
 class NewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
@@ -112,9 +112,53 @@ class SetTradingHalt(msgspec.Struct, tag="H", array_like=True, gc=False):
     ts: int = 0
 
 
+class ListAsset(msgspec.Struct, tag="LA", array_like=True, gc=False):
+    """Make an asset known to the ledger (engine/core/balances.py). Like ListInstrument:
+    journaled, an identical listing again is a no-op, a different scale is refused."""
+
+    asset: Asset
+    seq: int = 0
+    ts: int = 0
+
+
+class Transfer(msgspec.Struct, tag="T", array_like=True, gc=False):
+    """Money in or out of an account: a deposit or withdrawal (amount > 0) or an
+    adjustment (signed, non-zero). Idempotent by `transfer_id`: a repeat answers with the
+    original result. `requested_by` names who asked (the gateway fills it from the key);
+    the sequencer's `ts` is when: together the audit record."""
+
+    transfer_id: str
+    account: str
+    asset: str
+    kind: int  # TransferKind
+    amount: int
+    requested_by: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class SetCreditChecks(msgspec.Struct, tag="CC", array_like=True, gc=False):
+    """Turn the venue's credit checks on or off (journaled, so a replay sees the same)."""
+
+    enabled: bool
+    seq: int = 0
+    ts: int = 0
+
+
 RiskCommand = SetRiskLimits | SetKillSwitch | SetTradingHalt
+AccountCommand = ListAsset | Transfer | SetCreditChecks
 Command = (
-    NewOrder | Cancel | Amend | CancelAll | ListInstrument | SetRiskLimits | SetKillSwitch | SetTradingHalt
+    NewOrder
+    | Cancel
+    | Amend
+    | CancelAll
+    | ListInstrument
+    | SetRiskLimits
+    | SetKillSwitch
+    | SetTradingHalt
+    | ListAsset
+    | Transfer
+    | SetCreditChecks
 )
 
 
@@ -170,4 +214,7 @@ ReplayCommand = (
     | SetRiskLimits
     | SetKillSwitch
     | SetTradingHalt
+    | ListAsset
+    | Transfer
+    | SetCreditChecks
 )

@@ -78,12 +78,23 @@ class RejectReason(IntEnum):
     INVALID_RISK_SCOPE = 431
     INVALID_RISK_TARGET = 432  # venue scope names no target; symbol scope a listed symbol
     INVALID_RISK_LIMIT = 433  # negative limit
+    # 44x credit (engine/core/balances.py): the money an account holds.
+    INSUFFICIENT_BALANCE = 441  # a withdrawal (or negative adjustment) beyond `available`
     UNKNOWN_COMMAND = 501
     JOURNAL_WRITE_FAILED = 502  # known not to be in the journal: nothing was done, safe to retry
     # The journal's answer was lost (a PubAck timed out, an fdatasync and the cut after it
     # failed): the command may be durable. The node resolves it from the journal; the
     # client looks the order up by client order id, or resends it with the same one.
     OUTCOME_UNKNOWN = 503
+    # 6xx assets and transfers (engine/core/balances.py).
+    UNKNOWN_ASSET = 601  # a transfer or an instrument names an asset not listed
+    INVALID_AMOUNT = 602  # zero, negative (but for adjustments), or beyond MAX_AMOUNT
+    INVALID_TRANSFER_KIND = 603
+    INVALID_TRANSFER_ID = 604  # empty or longer than MAX_TRANSFER_ID_LEN
+    TRANSFER_ID_CONFLICT = 605  # the id was used by a different transfer
+    ASSET_CONFLICT = 606  # a listed asset cannot change its scale
+    INVALID_ASSET = 607  # bad name or scale
+    INEXACT_QUOTE_UNITS = 608  # an instrument whose smallest trade is not a whole quote unit
 
 
 class CancelReason(IntEnum):
@@ -108,6 +119,19 @@ class RequestKind(IntEnum):
     CANCEL_ALL = 4
     LIST_INSTRUMENT = 5
     RISK = 6  # SetRiskLimits, SetKillSwitch, SetTradingHalt
+    TRANSFER = 7  # Transfer
+    ACCOUNTS_ADMIN = 8  # ListAsset, SetCreditChecks
+
+
+class TransferKind(IntEnum):
+    """What a Transfer does to an account's total: adds, removes, or corrects (signed)."""
+
+    DEPOSIT = 1
+    WITHDRAWAL = 2
+    ADJUSTMENT = 3
+
+
+MAX_ACCOUNT_LEN = 64
 
 
 class RiskScope(IntEnum):
@@ -118,7 +142,7 @@ class RiskScope(IntEnum):
     ACCOUNT = 3
 
 
-RISK_LAYERS = {40: "venue", 41: "order", 42: "account", 43: "admin"}
+RISK_LAYERS = {40: "venue", 41: "order", 42: "account", 43: "admin", 44: "credit"}
 
 
 def risk_layer(reason: int) -> str:
@@ -139,21 +163,55 @@ class RiskLimits(msgspec.Struct, frozen=True, array_like=True):
         return not any(msgspec.structs.astuple(self))
 
 
+MAX_ASSET_SCALE = 18  # 10**18 units per whole asset still fits an int64 amount of one
+
+
+class Asset(msgspec.Struct, frozen=True):
+    """A currency or coin balances are held in. Amounts are integers in units of
+    10**-scale of the asset: USD with scale 2 counts cents, BTC with scale 8 satoshis."""
+
+    name: str
+    scale: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.name) <= 16:
+            raise ValueError(f"asset name {self.name!r} must be 1-16 characters")
+        if not 0 <= self.scale <= MAX_ASSET_SCALE:
+            raise ValueError(f"asset {self.name}: scale must be 0..{MAX_ASSET_SCALE}, not {self.scale}")
+
+
 class Instrument(msgspec.Struct, frozen=True):
     """A tradable symbol. `tick_size` and `lot_size` are in the integer price and quantity
-    units of the wire; orders must be multiples of them and within [min_qty, max_qty]."""
+    units of the wire; orders must be multiples of them and within [min_qty, max_qty].
+
+    `base` and `quote` name the assets traded (both or neither: an instrument without them
+    is traded without money, as before accounts existed). One quantity unit is
+    `contract_size` units of the base asset; a price is in units of the quote asset per one
+    whole base asset (engine/core/balances.py `quote_amount`, docs/accounts.md). New fields
+    go at the end with defaults: instruments journaled before them still decode."""
 
     symbol: str
     tick_size: int = 1
     lot_size: int = 1
     min_qty: int = 1
     max_qty: int = 1_000_000_000
+    base: str = ""
+    quote: str = ""
+    contract_size: int = 1
 
     def __post_init__(self) -> None:
         if not self.symbol:
             raise ValueError("instrument symbol must be non-empty")
-        for name in ("tick_size", "lot_size", "min_qty", "max_qty"):
+        for name in ("tick_size", "lot_size", "min_qty", "max_qty", "contract_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"instrument {self.symbol}: {name} must be positive")
         if self.min_qty > self.max_qty:
             raise ValueError(f"instrument {self.symbol}: min_qty exceeds max_qty")
+        if bool(self.base) != bool(self.quote):
+            raise ValueError(f"instrument {self.symbol}: name both base and quote assets, or neither")
+        if self.base and self.base == self.quote:
+            raise ValueError(f"instrument {self.symbol}: base and quote are both {self.base!r}")
+
+    @property
+    def has_assets(self) -> bool:
+        return bool(self.base)

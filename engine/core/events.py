@@ -94,6 +94,9 @@ class InstrumentListed(msgspec.Struct, frozen=True, tag="lst", array_like=True, 
     lot_size: int
     min_qty: int
     max_qty: int
+    base: str = ""
+    quote: str = ""
+    contract_size: int = 1
 
 
 class RiskLimitsChanged(msgspec.Struct, frozen=True, tag="rlim", array_like=True, gc=False):
@@ -124,6 +127,40 @@ class TradingHaltChanged(msgspec.Struct, frozen=True, tag="halt", array_like=Tru
     reason: str
 
 
+class AssetListed(msgspec.Struct, frozen=True, tag="ast", array_like=True, gc=False):
+    seq: int
+    ts: int
+    asset: str
+    scale: int
+
+
+class TransferApplied(msgspec.Struct, frozen=True, tag="xfr", array_like=True, gc=False):
+    """A transfer moved an account's total: the audit record (who, when, old and new
+    balance). A repeated transfer_id answers with the original record: `seq`/`ts` are the
+    repeat's, `applied_seq`/`applied_ts` the original's, and `repeated` is true."""
+
+    seq: int
+    ts: int
+    transfer_id: str
+    account: str
+    asset: str
+    kind: int  # TransferKind
+    amount: int  # signed for adjustments
+    old_total: int
+    new_total: int
+    held: int
+    requested_by: str
+    applied_seq: int
+    applied_ts: int
+    repeated: bool = False
+
+
+class CreditChecksChanged(msgspec.Struct, frozen=True, tag="cred", array_like=True, gc=False):
+    seq: int
+    ts: int
+    enabled: bool
+
+
 Event = (
     OrderAccepted
     | OrderRejected
@@ -135,4 +172,7 @@ Event = (
     | RiskLimitsChanged
     | KillSwitchChanged
     | TradingHaltChanged
+    | AssetListed
+    | TransferApplied
+    | CreditChecksChanged
 )

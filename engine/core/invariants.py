@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from engine.core.balances import WITHDRAWAL, Ledger
 from engine.core.book import BookSide, RestingOrder
 from engine.core.matcher import MatchingEngine
 
@@ -70,4 +71,31 @@ def check_engine(engine: MatchingEngine) -> list[str]:
                 problems.append(f"account {name}: client id {clid!r} maps to bad id {oid}")
     if indexed != len(booked):
         problems.append(f"{len(booked)} resting orders but {indexed} in account indexes")
+    problems.extend(check_ledger(engine.ledger))
+    return problems
+
+
+def check_ledger(ledger: Ledger) -> list[str]:
+    """Conservation: per asset, the totals sum to deposits - withdrawals + adjustments (the
+    ledger's supply); no total or held amount is negative, nor held above total."""
+    problems: list[str] = []
+    sums = dict.fromkeys(ledger.assets, 0)
+    for account, held in ledger.balances.items():
+        for asset, b in held.items():
+            if asset not in sums:
+                problems.append(f"account {account}: balance in unlisted asset {asset!r}")
+                continue
+            sums[asset] += b.total
+            if b.total < 0 or b.held < 0 or b.held > b.total:
+                problems.append(f"account {account} {asset}: total {b.total}, held {b.held}")
+    for asset, total in sums.items():
+        supply = ledger.supply.get(asset)
+        if total != supply:
+            problems.append(f"{asset}: balances sum to {total}, but supply is {supply}")
+    flows = {r.asset: 0 for r in ledger.transfers.values()}
+    for r in ledger.transfers.values():
+        flows[r.asset] += -r.amount if r.kind == WITHDRAWAL else r.amount
+    for asset, net in flows.items():
+        if ledger.supply.get(asset) != net:
+            problems.append(f"{asset}: supply {ledger.supply.get(asset)} != {net}, the sum of its transfers")
     return problems

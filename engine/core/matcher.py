@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from engine.core.balances import ACCOUNT_COMMANDS, Ledger, apply_account_command, listing_problem
 from engine.core.book import BookSide, OrderBook, RestingOrder
 from engine.core.commands import Amend, Cancel, CancelAll, Command, ListInstrument, NewOrder
+from engine.core.domain import MAX_ACCOUNT_LEN as MAX_ACCOUNT_LEN  # re-exported: replay.py reads it here
 from engine.core.domain import (
     CancelReason,
     Instrument,
@@ -52,7 +54,6 @@ STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
 _VALID_TIF = frozenset((GTC, IOC, FOK))
 VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
 MAX_CLIENT_ORDER_ID_LEN = 64
-MAX_ACCOUNT_LEN = 64
 
 R = RejectReason
 C = CancelReason
@@ -145,6 +146,7 @@ class MatchingEngine:
         self.risk = RiskState()
         self.risk_on = False  # any limit, kill switch or halt set: the only cost without any
         self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
+        self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
 
     def _list(self, inst: Instrument) -> None:
         self.instruments[inst.symbol] = inst
@@ -296,6 +298,8 @@ class MatchingEngine:
             return self._list_instrument(c)
         if kind in RISK_COMMANDS:
             return apply_risk_command(self, c)
+        if kind in ACCOUNT_COMMANDS:
+            return apply_account_command(self.ledger, c)
         return [
             OrderRejected(
                 cmd.seq,
@@ -315,12 +319,25 @@ class MatchingEngine:
         listed = self.instruments.get(inst.symbol)
         if listed == inst:
             return []
-        if listed is not None:
-            return [OrderRejected(cmd.seq, cmd.ts, "", "", inst.symbol, REQ_LIST, int(R.INSTRUMENT_CONFLICT))]
-        self._list(inst)
+        reason = listing_problem(self.ledger.assets, listed, inst)
+        if reason:
+            return [OrderRejected(cmd.seq, cmd.ts, "", "", inst.symbol, REQ_LIST, int(reason))]
+        if listed is None:
+            self._list(inst)
+        else:  # an instrument listed before assets existed gains them (its Market is unchanged)
+            self.instruments[inst.symbol] = inst
         return [
             InstrumentListed(
-                cmd.seq, cmd.ts, inst.symbol, inst.tick_size, inst.lot_size, inst.min_qty, inst.max_qty
+                cmd.seq,
+                cmd.ts,
+                inst.symbol,
+                inst.tick_size,
+                inst.lot_size,
+                inst.min_qty,
+                inst.max_qty,
+                inst.base,
+                inst.quote,
+                inst.contract_size,
             )
         ]
 

@@ -13,11 +13,16 @@ import hashlib
 
 import msgspec
 
+from engine.core.balances import Balance, TransferRecord
 from engine.core.book import RestingOrder
-from engine.core.domain import Instrument, RiskLimits
+from engine.core.domain import Asset, Instrument, RiskLimits
 from engine.core.matcher import AccountOrders, MatchingEngine
 
-STATE_VERSION = 2  # 2: last trade prices and risk state (limits, kill switches, halts)
+# 2: last trade prices and risk state (limits, kill switches, halts); 3: the ledger (assets,
+# balances, transfers, supply, credit checks). A version 2 state restores with an empty
+# ledger: its fields are trailing ones with defaults (`upcast`).
+STATE_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 class BookState(msgspec.Struct, array_like=True):
@@ -43,6 +48,13 @@ class KillSwitchEntry(msgspec.Struct, array_like=True):
     reason: str
 
 
+class BalanceEntry(msgspec.Struct, array_like=True):
+    account: str
+    asset: str
+    total: int
+    held: int
+
+
 class EngineState(msgspec.Struct, array_like=True):
     version: int
     last_seq: int
@@ -56,6 +68,13 @@ class EngineState(msgspec.Struct, array_like=True):
     risk_limits: list[RiskLimitsEntry] = []
     kill_switches: list[KillSwitchEntry] = []
     halts: list[tuple[str, str]] = []
+    # Version 3: the ledger (engine/core/balances.py), sorted by key but for the transfers,
+    # which are in the order they were applied (by seq).
+    assets: list[Asset] = []
+    balances: list[BalanceEntry] = []
+    transfers: list[TransferRecord] = []
+    supply: list[tuple[str, int]] = []
+    credit_checks: bool = False
 
 
 def export_state(engine: MatchingEngine) -> EngineState:
@@ -82,12 +101,40 @@ def export_state(engine: MatchingEngine) -> EngineState:
         [RiskLimitsEntry(s, t, lim) for (s, t), lim in sorted(engine.risk.limits.items())],
         [KillSwitchEntry(s, t, why) for (s, t), why in sorted(engine.risk.kill_switches.items())],
         sorted(engine.risk.halts.items()),
+        *_export_ledger(engine),
     )
 
 
+def _export_ledger(
+    engine: MatchingEngine,
+) -> tuple[list[Asset], list[BalanceEntry], list[TransferRecord], list[tuple[str, int]], bool]:
+    ledger = engine.ledger
+    balances = [
+        BalanceEntry(account, asset, b.total, b.held)
+        for account in sorted(ledger.balances)
+        for asset, b in sorted(ledger.balances[account].items())
+    ]
+    return (
+        [ledger.assets[a] for a in sorted(ledger.assets)],
+        balances,
+        sorted(ledger.transfers.values(), key=lambda r: r.seq),
+        sorted(ledger.supply.items()),
+        ledger.credit_checks,
+    )
+
+
+def upcast(state: EngineState) -> EngineState:
+    """The state in the current version. A version 2 state (written before the ledger)
+    decodes with the ledger's defaults (no assets, balances or transfers, credit checks
+    off), which is what it held; only the version number changes."""
+    if state.version not in READABLE_VERSIONS:
+        raise ValueError(f"engine state version {state.version} is not one of {READABLE_VERSIONS}")
+    state.version = STATE_VERSION
+    return state
+
+
 def restore_state(state: EngineState) -> MatchingEngine:
-    if state.version != STATE_VERSION:
-        raise ValueError(f"engine state version {state.version} is not {STATE_VERSION}")
+    state = upcast(state)
     engine = MatchingEngine(state.instruments)
     engine.last_seq = state.last_seq
     engine.next_order_id = state.next_order_id
@@ -98,6 +145,13 @@ def restore_state(state: EngineState) -> MatchingEngine:
     risk.kill_switches.update(((e.scope, e.target), e.reason) for e in state.kill_switches)
     risk.halts.update(state.halts)
     engine.risk_on = risk.active
+    ledger = engine.ledger
+    ledger.assets.update((a.name, a) for a in state.assets)
+    for e in state.balances:
+        ledger.balances.setdefault(e.account, {})[e.asset] = Balance(e.total, e.held)
+    ledger.transfers.update((r.transfer_id, r) for r in state.transfers)
+    ledger.supply.update(state.supply)
+    ledger.credit_checks = state.credit_checks
     for acct_state in state.accounts:
         acct = engine.accounts[acct_state.account] = AccountOrders()
         acct.by_clid.update(acct_state.client_order_ids)

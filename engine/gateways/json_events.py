@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.core.domain import OrderType, RequestKind, RiskScope, Side, TimeInForce
+from engine.core.domain import OrderType, RequestKind, RiskScope, Side, TimeInForce, TransferKind
 from engine.core.events import (
+    AssetListed,
+    CreditChecksChanged,
     InstrumentListed,
     KillSwitchChanged,
     OrderAccepted,
@@ -16,6 +18,7 @@ from engine.core.events import (
     RiskLimitsChanged,
     Trade,
     TradingHaltChanged,
+    TransferApplied,
 )
 from engine.gateways.texts import cancel_code, reject_code, reject_text
 
@@ -24,6 +27,7 @@ _TYPE = {int(t): t.name.lower() for t in OrderType}
 _TIF = {int(t): t.name.lower() for t in TimeInForce}
 _REQUEST = {int(r): r.name.lower() for r in RequestKind}
 SCOPE_NAMES = {int(s): s.name.lower() for s in RiskScope}
+TRANSFER_KINDS = {int(k): k.name.lower() for k in TransferKind}
 
 
 def event_json(ev) -> dict:
@@ -69,6 +73,18 @@ def event_json(ev) -> dict:
         }  # fmt: skip
     if kind is InstrumentListed:
         return {"type": "instrument_listed", "seq": ev.seq, "ts": ev.ts, "symbol": ev.symbol}
+    if kind is TransferApplied:
+        return {
+            "type": "transfer_applied", "seq": ev.seq, "ts": ev.ts, "transfer_id": ev.transfer_id,
+            "account": ev.account, "asset": ev.asset, "kind": TRANSFER_KINDS.get(ev.kind, str(ev.kind)),
+            "amount": ev.amount, "old_total": ev.old_total, "new_total": ev.new_total, "held": ev.held,
+            "requested_by": ev.requested_by, "applied_seq": ev.applied_seq, "applied_ts": ev.applied_ts,
+            "repeated": ev.repeated,
+        }  # fmt: skip
+    if kind is AssetListed:
+        return {"type": "asset_listed", "seq": ev.seq, "ts": ev.ts, "asset": ev.asset, "scale": ev.scale}
+    if kind is CreditChecksChanged:
+        return {"type": "credit_checks_changed", "seq": ev.seq, "ts": ev.ts, "enabled": ev.enabled}
     if kind is RiskLimitsChanged:
         return {
             "type": "risk_limits_changed", "seq": ev.seq, "ts": ev.ts,

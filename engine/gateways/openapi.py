@@ -96,6 +96,50 @@ _KILL_SWITCH = {
         "cancel_orders": {"type": "boolean", "default": True},
     },
 }
+_TRANSFER = {
+    "type": "object",
+    "required": ["transfer_id", "account", "asset", "kind", "amount"],
+    "additionalProperties": False,
+    "properties": {
+        "transfer_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "description": "idempotency key: a repeat answers with the original transfer_applied event "
+            "(repeated: true); the same id with other content is 409 TRANSFER_ID_CONFLICT",
+        },
+        "account": {"type": "string", "minLength": 1, "maxLength": 64},
+        "asset": {"type": "string", "description": "a name listed in [[assets]]"},
+        "kind": {"enum": ["deposit", "withdrawal", "adjustment"]},
+        "amount": {
+            "type": "integer",
+            "description": "integer units of the asset (10**-scale); > 0 for deposits and withdrawals, "
+            "signed and non-zero for adjustments. A withdrawal beyond available is 422 INSUFFICIENT_BALANCE",
+        },
+    },
+}
+_BALANCES = {
+    "type": "object",
+    "properties": {
+        "account": {"type": "string"},
+        "credit_checks": {"type": "boolean"},
+        "balances": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "asset": {"type": "string"},
+                    "total": {"type": "integer"},
+                    "held": {"type": "integer", "description": "reserved by open orders"},
+                    "available": {"type": "integer", "description": "total - held"},
+                },
+            },
+        },
+    },
+}
+
+_ACCOUNT_PARAM = {"name": "account", "in": "path", "required": True, "schema": {"type": "string"}}
+
 _HALT = {
     "type": "object",
     "required": ["symbol", "halted"],
@@ -474,6 +518,29 @@ OPENAPI: dict = {
                     "200": _json(_EVENTS, "trading_halt_changed event"),
                     **_errors(400, 403, 422, 503, 504),
                 },
+            }
+        },
+        "/v1/admin/transfers": {
+            "post": {
+                "summary": "Deposit, withdraw or adjust an account's balance (admin key; journaled, audited)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _TRANSFER}}},
+                "responses": {
+                    "200": _json(_EVENTS, "transfer_applied event (who, when, old and new total)"),
+                    **_errors(400, 403, 409, 422, 503, 504),
+                },
+            }
+        },
+        "/v1/admin/balances/{account}": {
+            "get": {
+                "summary": "An account's balances per asset (admin key or ops key)",
+                "parameters": [_ACCOUNT_PARAM],
+                "responses": {"200": _json(_BALANCES, "balances"), **_errors(403)},
+            }
+        },
+        "/v1/balances": {
+            "get": {
+                "summary": "The caller's own balances per asset (its account key)",
+                "responses": {"200": _json(_BALANCES, "balances"), **_errors(401, 403)},
             }
         },
         "/v1/admin/surveillance": {

@@ -41,6 +41,15 @@ REJECT_TEXT: dict[int, str] = {
     R.INVALID_RISK_SCOPE: "risk scope must be venue, symbol or account",
     R.INVALID_RISK_TARGET: "risk target: empty for the venue, a listed symbol, or an account name",
     R.INVALID_RISK_LIMIT: "risk limits must be zero (no limit) or positive",
+    R.INSUFFICIENT_BALANCE: "the amount exceeds the account's available balance (total less held)",
+    R.UNKNOWN_ASSET: "unknown asset (not listed in [[assets]])",
+    R.INVALID_AMOUNT: "amount must be a positive whole number (an adjustment: non-zero) within 2**63-1",
+    R.INVALID_TRANSFER_KIND: "kind must be deposit, withdrawal or adjustment",
+    R.INVALID_TRANSFER_ID: "transfer_id must be 1-64 characters",
+    R.TRANSFER_ID_CONFLICT: "this transfer_id was already used for a different transfer",
+    R.ASSET_CONFLICT: "the asset is already listed with a different scale",
+    R.INVALID_ASSET: "invalid asset",
+    R.INEXACT_QUOTE_UNITS: "the instrument's smallest trade is not a whole unit of its quote asset",
     R.UNKNOWN_COMMAND: "unknown command",
     R.JOURNAL_WRITE_FAILED: "the order could not be made durable; nothing was done, retry later",
     R.OUTCOME_UNKNOWN: (
@@ -64,6 +73,7 @@ _REJECT_STATUS = {
     RejectReason.DUPLICATE_CLIENT_ORDER_ID: 409,
     RejectReason.ORDER_NOT_OPEN: 409,
     RejectReason.UNKNOWN_ORDER: 404,
+    RejectReason.TRANSFER_ID_CONFLICT: 409,
     RejectReason.JOURNAL_WRITE_FAILED: 503,
     RejectReason.OUTCOME_UNKNOWN: 504,  # not a refusal: the command may be durable
 }
