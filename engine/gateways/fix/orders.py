@@ -311,18 +311,31 @@ class OrderFlow:
         )
         self._queued.append(_Request(RequestKind.AMEND, cmd, clid, orig, int(side)))
 
+    @property
+    def pending(self) -> int:
+        """Orders parsed from the current read and not yet handed to the exchange."""
+        return len(self._queued)
+
+    def refuse_last(self, text: str) -> Reply:
+        """Answer the request just parsed with a refusal instead of submitting it (the node
+        is overloaded): an ExecutionReport rejected for an order, an OrderCancelReject for a
+        replace, both with `text`."""
+        return self._refusal(self._queued.pop(), 0, R.UNKNOWN_COMMAND, text)
+
     def take_commands(self) -> list:
         taken, self._queued = self._queued, []
         self._inflight.extend(taken)
         return [r.cmd for r in taken]
 
-    def submit_done(self, commands: list, error: BaseException | None = None) -> list[Reply]:
+    def submit_done(
+        self, commands: list, error: BaseException | None = None, text: str = ""
+    ) -> list[Reply]:
         """The batch holding `commands` is settled (its events were routed, or it failed):
-        answer any request that got no event at all."""
+        answer any request that got no event at all (with `text` when given)."""
         ids = {id(c) for c in commands}
         settled = [r for r in self._inflight if id(r.cmd) in ids]
         self._inflight = [r for r in self._inflight if id(r.cmd) not in ids]
-        why = f"not processed: {error}" if error is not None else "not processed by the exchange"
+        why = text or (f"not processed: {error}" if error is not None else "not processed by the exchange")
         return [self._refusal(r, 0, R.UNKNOWN_COMMAND, why) for r in settled if not r.answered]
 
     # -- outbound --------------------------------------------------------------------
