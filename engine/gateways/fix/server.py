@@ -5,8 +5,8 @@ send, and submits the commands each read produced as one batch, reading on while
 commits: the node's overload rule refuses new orders past its bound at once (OVERLOADED),
 and a session with `MAX_IN_FLIGHT` orders unanswered is not read (TCP backpressure).
 Execution reports come from the execution router, which calls the session for every
-durable event of its account. One task per gateway drives every session's timers (heartbeats, TestRequest, logon and logout
-timeouts). A connection that has sent nothing yet is only its admission gate and a slot on
+durable event of its account. One task per gateway drives every session's timers
+(heartbeats, TestRequest, logon and logout timeouts). A connection that has sent nothing yet is only its admission gate and a slot on
 the loop's deadline wheel (`Admission.lazy_gate`): its task, stream and session are built
 on its first bytes, so a flood of idle sockets costs little (issue 13).
 
