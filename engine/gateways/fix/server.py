@@ -6,9 +6,10 @@ commits: the node's overload rule refuses new orders past its bound at once (OVE
 and a session with `MAX_IN_FLIGHT` orders unanswered is not read (TCP backpressure).
 Execution reports come from the execution router, which calls the session for every
 durable event of its account. One task per gateway drives every session's timers
-(heartbeats, TestRequest, logon and logout timeouts). A connection that has sent nothing yet is only its admission gate and a slot on
-the loop's deadline wheel (`Admission.lazy_gate`): its task, stream and session are built
-on its first bytes, so a flood of idle sockets costs little (issue 13).
+(heartbeats, TestRequest, logon and logout timeouts). A connection that has sent nothing
+yet is only its admission gate and a slot on the loop's deadline wheel
+(`Admission.lazy_gate`): its task, stream and session are built on its first bytes, so a
+flood of idle sockets costs little (issue 13).
 
     server = await start_fix_server(service, router, order_store, accounts,
                                     "127.0.0.1", 0, store_dir)
