@@ -327,9 +327,7 @@ class OrderFlow:
         self._inflight.extend(taken)
         return [r.cmd for r in taken]
 
-    def submit_done(
-        self, commands: list, error: BaseException | None = None, text: str = ""
-    ) -> list[Reply]:
+    def submit_done(self, commands: list, error: BaseException | None = None, text: str = "") -> list[Reply]:
         """The batch holding `commands` is settled (its events were routed, or it failed):
         answer any request that got no event at all (with `text` when given)."""
         ids = {id(c) for c in commands}
