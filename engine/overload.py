@@ -49,6 +49,15 @@ def cancels_refused(queued: int, n: int, hard_bound: int) -> bool:
     return queued + n > hard_bound and queued > 0
 
 
+OVERLOADED = "OVERLOADED"  # the code every protocol names a refusal for overload by
+
+
+def coded_text(detail: str) -> str:
+    """A refusal for overload where the protocol has only free text (FIX Text (58)): the
+    code first, so a client can match it as it matches REST's error code."""
+    return f"{OVERLOADED}: {detail}"
+
+
 def overloaded_text(queued: int, bound: int, waited: float = 0.0) -> str:
     return (
         f"the exchange is overloaded ({queued} commands queued, bound {bound}; the oldest waiting "

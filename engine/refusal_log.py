@@ -4,7 +4,8 @@
 While a NATS stream elects a new leader (several seconds) the node refuses every batch
 quickly, and a client retrying every few ms made one ERROR line per batch (476 in one
 outage), burying everything else. The exact count stays in `loom_journal_write_errors`
-(the service counts every refused batch); the log tells the story of the outage.
+(the service counts every refused batch); the log tells the story of the outage
+(engine/summarised_log.py).
 
 A batch whose outcome is unknown (answered OUTCOME_UNKNOWN) is not a refusal: it may be in
 the journal. It gets its own ERROR line, and a WARNING when it is resolved; there is at
@@ -17,6 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from engine.summarised_log import SummarisedLog, Window
+
 SUMMARY_EVERY_S = 5.0
 
 
@@ -28,22 +31,26 @@ class RefusalLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
-        self.every_s = every_s
         self.clock = clock
-        self.since: float | None = None  # when the current run of refusals began (None: writing)
-        self.total = 0  # batches refused since then
-        self.total_commands = 0
-        self._window_start = 0.0
-        self._window = 0
-        self._window_commands = 0
-        self._reasons: dict[str, int] = {}  # error kind -> refusals in the window
+        self._runs = SummarisedLog(self._summary, every_s, clock)  # a run lasts until a write succeeds
+        self._last: Exception | None = None
+
+    @property
+    def every_s(self) -> float:
+        return self._runs.every_s
+
+    @every_s.setter
+    def every_s(self, value: float) -> None:
+        self._runs.every_s = value
+
+    @property
+    def since(self) -> float | None:
+        """When the current run of refusals began (None: writing)."""
+        return self._runs.since
 
     def refused(self, commands: int, error: Exception) -> None:
-        now = self.clock()
-        self.total += 1
-        self.total_commands += commands
-        if self.since is None:
-            self.since = self._window_start = now
+        self._last = error
+        if self._runs.note(type(error).__name__, n=commands):
             self.log.error(
                 "journal writes failing: batch of %d commands refused: %s "
                 "(further refusals summarised every %g s until a write succeeds)",
@@ -51,25 +58,17 @@ class RefusalLog:
                 error,
                 self.every_s,
             )
-            return
-        self._window += 1
-        self._window_commands += commands
-        kind = type(error).__name__
-        self._reasons[kind] = self._reasons.get(kind, 0) + 1
-        if now - self._window_start >= self.every_s:
-            kinds = ", ".join(f"{k} x{n}" for k, n in self._reasons.items())
-            self.log.error(
-                "%d batches (%d commands) refused in the last %.1f s (%s), %d in all; last: %s",
-                self._window,
-                self._window_commands,
-                now - self._window_start,
-                kinds,
-                self.total,
-                error,
-            )
-            self._window_start = now
-            self._window = self._window_commands = 0
-            self._reasons = {}
+
+    def _summary(self, window: Window, now: float) -> None:
+        self.log.error(
+            "%d batches (%d commands) refused in the last %.1f s (%s), %d in all; last: %s",
+            window.events,
+            window.weight,
+            now - window.start,
+            SummarisedLog.top(window.kinds, len(window.kinds)),
+            self._runs.run_events,
+            self._last,
+        )
 
     def unknown(self, commands: int, error: Exception) -> None:
         """A batch answered OUTCOME_UNKNOWN: it may or may not be in the journal."""
@@ -95,14 +94,12 @@ class RefusalLog:
             self._end(f"journal refusals end here ({why})")
 
     def _end(self, what: str) -> None:
+        runs = self._runs
         self.log.warning(
             "%s after %.1f s: %d batches (%d commands) refused in all",
             what,
-            self.clock() - self.since,
-            self.total,
-            self.total_commands,
+            self.clock() - runs.since,
+            runs.run_events,
+            runs.run_weight,
         )
-        self.since = None
-        self.total = self.total_commands = 0
-        self._window = self._window_commands = 0
-        self._reasons = {}
+        runs.end(summarise=False)  # the line above gives the run's totals

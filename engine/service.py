@@ -245,8 +245,11 @@ class ExchangeService:
         ):
             return
         self.refused(protocol, n)
-        waited = time.perf_counter() - self._queue[0].queued_at
-        raise Overloaded(overloaded_text(queued, self.max_queued_commands, waited), queued)
+        raise Overloaded(self.overload_text(), queued)
+
+    def overload_text(self) -> str:
+        """Why new orders are refused now (the queue's count, bound and oldest wait)."""
+        return overloaded_text(self._queued, self.max_queued_commands, self.oldest_queued_age())
 
     def refuses_orders(self, n: int) -> bool:
         """Whether n new orders would be refused now: for a gateway to shed them before it

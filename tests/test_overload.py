@@ -435,3 +435,57 @@ def test_loom_run_answers_a_websocket_burst_with_overloaded_errors(tmp_path):
         assert {c.client_order_id for c in journal.read() if type(c) is NewOrder} == acked
     finally:
         journal.close()
+
+
+def test_loom_run_sheds_a_fix_burst_on_one_session_with_overloaded_rejects(tmp_path):
+    """One FIX session sending back to back used to be paused (the gateway awaited each
+    read's batch) but never refused, so its orders waited in the socket buffers however long
+    the backlog: the gateway now reads on while a batch commits and the node's overload rule
+    refuses the excess at once, each with an ExecutionReport reject naming OVERLOADED."""
+    from loomproc import loom_run_ports
+    from test_fix_server import Peer
+
+    args, data_dir = loom_args(tmp_path)
+    args[args.index("--fix-port") + 1] = "0"
+    key, account = next(iter(KEYS.items()))
+    n = 2000
+
+    async def burst(port):
+        peer = await Peer.connect(port, comp_id="BURST1")
+        try:
+            await peer.send("A", [(98, 0), (108, 30), (553, account), (554, key)])
+            await peer.receive("A")
+            orders = [
+                [(11, f"f{i}"), (55, BTC), (54, "1"), (38, 1), (40, "2"), (44, "100")] for i in range(n)
+            ]
+            peer.writer.write(b"".join(peer.encode("D", body) for body in orders))  # back to back
+            await peer.writer.drain()
+            answers = {}
+            while len(answers) < n:
+                report = await peer.receive("8")
+                answers[report[11]] = report
+            return answers
+        finally:
+            peer.close()
+
+    with loom_run_ports(args, loom_env()) as ports:
+        answers = asyncio.run(burst(ports["fix"]))
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/metrics", timeout=WAIT) as resp:
+            text = resp.read().decode()
+    acked = {clid for clid, r in answers.items() if r[150] == "0"}
+    shed = {clid for clid, r in answers.items() if r[150] == "8"}
+    assert acked and shed and len(acked) + len(shed) == n, (len(acked), len(shed))
+    for clid in shed:
+        r = answers[clid]
+        assert r[39] == "8" and r[58].startswith("OVERLOADED: ") and "retry in 1 s" in r[58], r[58]
+    counted = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('loom_overload_refusals_total{protocol="fix"}')
+    )
+    assert counted == len(shed)
+    journal = FileJournal(data_dir / "journal", read_only=True)
+    try:
+        assert {c.client_order_id for c in journal.read() if type(c) is NewOrder} == acked
+    finally:
+        journal.close()

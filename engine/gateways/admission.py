@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from engine.gateways.deadlines import deadline_wheel
+from engine.summarised_log import SummarisedLog, Window
 
 log = logging.getLogger("loom.admission")
 
@@ -258,26 +259,16 @@ class _Gate(asyncio.Protocol):
 class RefusalSummary:
     """One WARNING when a listener starts refusing, then one summary per `every_s` while it
     goes on (on the next refusal after the window), and the episode ends after a quiet
-    window: the next refusal starts a new one."""
+    window: the next refusal starts a new one (engine/summarised_log.py)."""
 
     def __init__(self, protocol: str, every_s: float, clock: Callable[[], float]) -> None:
         self.protocol = protocol
-        self.every_s = every_s
-        self.clock = clock
-        self.since: float | None = None  # when the current episode began
-        self.last = 0.0  # the newest refusal
-        self.window_start = 0.0
-        self.window: dict[str, int] = {}
-        self.addresses: set[str] = set()
+        self._runs = SummarisedLog(self._summary, every_s, clock, quiet_s=every_s)
+        self._open_now = 0
 
     def refused(self, reason: str, ip: str, open_now: int, limit: int, per_ip: int) -> None:
-        now = self.clock()
-        if self.since is not None and now - self.last > self.every_s:
-            self._flush(now)
-            self.since = None
-        self.last = now
-        if self.since is None:
-            self.since = self.window_start = now
+        self._open_now = open_now
+        if self._runs.note(reason, ip):
             log.warning(
                 "%s listener refusing connections (%s: %d open, cap %d, %d per address; from %s); "
                 "further refusals summarised every %g s",
@@ -287,29 +278,21 @@ class RefusalSummary:
                 limit,
                 per_ip,
                 ip,
-                self.every_s,
+                self._runs.every_s,
             )
-            return
-        self.window[reason] = self.window.get(reason, 0) + 1
-        if len(self.addresses) < 1000:
-            self.addresses.add(ip)
-        if now - self.window_start >= self.every_s:
-            self._flush(now, open_now)
 
-    def _flush(self, now: float, open_now: int | None = None) -> None:
-        if self.window:
-            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.window.items()))
-            log.warning(
-                "%s listener refused %s connections in the last %.0f s from %d address(es)%s",
-                self.protocol,
-                counts,
-                min(now, self.last + self.every_s) - self.window_start,
-                len(self.addresses),
-                "" if open_now is None else f"; {open_now} open",
-            )
-        self.window = {}
-        self.addresses = set()
-        self.window_start = now
+    def _summary(self, window: Window, now: float) -> None:
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(window.kinds.items()))
+        # Summarised on a refusal (not after a quiet gap): the open count is current.
+        on_refusal = window.last == now
+        log.warning(
+            "%s listener refused %s connections in the last %.0f s from %d address(es)%s",
+            self.protocol,
+            counts,
+            min(now, window.last + self._runs.every_s) - window.start,
+            len(window.sources),
+            f"; {self._open_now} open" if on_refusal else "",
+        )
 
 
 class IdleWatch:

@@ -44,7 +44,7 @@ class _FixConnection(asyncio.Protocol):
                     index = clid.rsplit("-", 1)[-1]
                     if index.isdigit():
                         text = msg.get(58, "")
-                        shed = exec_type == "8" and "overloaded" in text
+                        shed = exec_type == "8" and text.startswith("OVERLOADED")
                         on_ack(int(index), exec_type == "0", now, shed, text or None)
             elif kind == "A" and not self.logged_on.done():
                 self.logged_on.set_result(True)

@@ -234,7 +234,12 @@ class OrderFlow:
         self.orders: dict[int, _Order] = {}  # open orders this session has seen
         self.by_clid: dict[str, int] = {}
         self._queued: list[_Request] = []  # parsed, not yet handed to the exchange
-        self._inflight: list[_Request] = []  # submitted, batch not yet durable
+        # Submitted, batch not yet settled, by id(cmd). Up to MAX_IN_FLIGHT of them under
+        # load: every lookup below is by key, never a scan (a passive fill of an order from
+        # an earlier batch matches none of them, and scanning cost O(in flight) per event).
+        self._inflight: dict[int, _Request] = {}
+        self._by_seq: dict[int, _Request] = {}  # the in-flight requests whose seq is known
+        self._unsequenced: list[_Request] = []  # in flight, not yet looked at for a seq
 
     @property
     def busy(self) -> bool:
@@ -311,18 +316,35 @@ class OrderFlow:
         )
         self._queued.append(_Request(RequestKind.AMEND, cmd, clid, orig, int(side)))
 
+    @property
+    def pending(self) -> int:
+        """Orders parsed from the current read and not yet handed to the exchange."""
+        return len(self._queued)
+
+    def refuse_last(self, text: str) -> Reply:
+        """Answer the request just parsed with a refusal instead of submitting it (the node
+        is overloaded): an ExecutionReport rejected for an order, an OrderCancelReject for a
+        replace, both with `text`."""
+        return self._refusal(self._queued.pop(), 0, R.UNKNOWN_COMMAND, text)
+
     def take_commands(self) -> list:
         taken, self._queued = self._queued, []
-        self._inflight.extend(taken)
+        for r in taken:
+            self._inflight[id(r.cmd)] = r
+        self._unsequenced.extend(taken)
         return [r.cmd for r in taken]
 
-    def submit_done(self, commands: list, error: BaseException | None = None) -> list[Reply]:
+    def submit_done(self, commands: list, error: BaseException | None = None, text: str = "") -> list[Reply]:
         """The batch holding `commands` is settled (its events were routed, or it failed):
-        answer any request that got no event at all."""
-        ids = {id(c) for c in commands}
-        settled = [r for r in self._inflight if id(r.cmd) in ids]
-        self._inflight = [r for r in self._inflight if id(r.cmd) not in ids]
-        why = f"not processed: {error}" if error is not None else "not processed by the exchange"
+        answer any request that got no event at all (with `text` when given)."""
+        inflight, by_seq = self._inflight, self._by_seq
+        settled = [r for r in (inflight.pop(id(c), None) for c in commands) if r is not None]
+        for r in settled:
+            if by_seq.get(r.cmd.seq) is r:
+                del by_seq[r.cmd.seq]
+        if self._unsequenced:
+            self._unsequenced = [r for r in self._unsequenced if id(r.cmd) in inflight]
+        why = text or (f"not processed: {error}" if error is not None else "not processed by the exchange")
         return [self._refusal(r, 0, R.UNKNOWN_COMMAND, why) for r in settled if not r.answered]
 
     # -- outbound --------------------------------------------------------------------
@@ -330,12 +352,21 @@ class OrderFlow:
     def _request_for(self, ev) -> _Request | None:
         seq = ev.seq
         if seq:
-            for r in self._inflight:
-                if r.cmd.seq == seq:
-                    r.answered = True
-                    return r
-            return None
-        for r in self._inflight:  # a batch the journal refused: seq 0, match on content
+            r = self._by_seq.get(seq)
+            if r is None and self._unsequenced:
+                # The sequencer has numbered the requests submitted since the last look.
+                waiting = []
+                for u in self._unsequenced:
+                    if u.cmd.seq:
+                        self._by_seq[u.cmd.seq] = u
+                    else:
+                        waiting.append(u)
+                self._unsequenced = waiting
+                r = self._by_seq.get(seq)
+            if r is not None:
+                r.answered = True
+            return r
+        for r in self._inflight.values():  # a batch the journal refused: seq 0, match on content
             cmd = r.cmd
             if (
                 not r.answered

@@ -1,13 +1,15 @@
 """A thin asyncio acceptor for the FIX 4.4 gateway.
 
 One task per connection reads bytes into its `FixSession`, writes what the session has to
-send, and submits the commands the session produced as one batch (awaiting the batch
-before reading more, which is the flow control). Execution reports come from the
-execution router, which calls the session for every durable event of its account. One
-task per gateway drives every session's timers (heartbeats, TestRequest, logon and logout
-timeouts). A connection that has sent nothing yet is only its admission gate and a slot on
-the loop's deadline wheel (`Admission.lazy_gate`): its task, stream and session are built
-on its first bytes, so a flood of idle sockets costs little (issue 13).
+send, and submits the commands each read produced as one batch, reading on while it
+commits: the node's overload rule refuses new orders past its bound at once (OVERLOADED),
+and a session with `MAX_IN_FLIGHT` orders unanswered is not read (TCP backpressure).
+Execution reports come from the execution router, which calls the session for every
+durable event of its account. One task per gateway drives every session's timers
+(heartbeats, TestRequest, logon and logout timeouts). A connection that has sent nothing
+yet is only its admission gate and a slot on the loop's deadline wheel
+(`Admission.lazy_gate`): its task, stream and session are built on its first bytes, so a
+flood of idle sockets costs little (issue 13).
 
     server = await start_fix_server(service, router, order_store, accounts,
                                     "127.0.0.1", 0, store_dir)
@@ -32,13 +34,17 @@ from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
-from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
+from engine.overload import TEXT_RECEIVE_BUFFER, InFlight, coded_text, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
 log = logging.getLogger("loom.fix")
 
 MAX_WRITE_BUFFER = 16 * 1024 * 1024  # a client this far behind is dropped (it can resend)
 READ_CHUNK = 64 * 1024
+# Orders one session may have submitted and not yet answered before it is no longer read.
+# Above what the overload rule admits (about a read's worth plus 50 ms of capacity), so under
+# overload the excess is refused at once rather than left waiting in the socket buffers.
+MAX_IN_FLIGHT = 2048
 # What loom_fix_sessions{state} calls each state of the session machine (an operator's words).
 STATE_LABELS = {
     State.AWAIT_LOGON: "awaiting_logon",
@@ -58,6 +64,9 @@ class _Connection:
         self.writer = writer
         self.task: asyncio.Task | None = None
         self.peer = writer.get_extra_info("peername")
+        self.submissions: set[asyncio.Task] = set()  # reads' batches not yet settled
+        self.flight = InFlight(MAX_IN_FLIGHT)
+        self.readable = asyncio.Event()  # set when a paused session may be read again
 
     def flush(self) -> None:
         """Write what the session has to send; close the transport once the session is
@@ -115,6 +124,7 @@ class FixGateway:
             order_lookup=lookup,
             claim=self._claim,
             release=self._release,
+            shed=self._shed,
         )
 
     def session_states(self) -> dict[str, int]:
@@ -176,31 +186,19 @@ class FixGateway:
                 conn.flush()
                 commands = session.take_commands()
                 if commands:
-                    try:
-                        await self.service.submit(commands, "fix", started)  # type: ignore[attr-defined]
-                    except Overloaded as exc:  # counted in loom_overload_refusals, not logged
-                        session.submit_done(commands, exc)
-                    except NotLeader as exc:  # a standby: the reject's Text names the leader's FIX endpoint
-                        session.submit_done(commands, ServiceStopped(f"NOT_LEADER: {exc.text('fix')}"))
-                    except Exception as exc:
-                        log.error(
-                            "FIX %s: batch of %d commands failed: %s",
-                            session.counterparty,
-                            len(commands),
-                            exc,
-                        )
-                        session.submit_done(commands, exc)
-                    else:
-                        session.submit_done(commands)
-                    conn.flush()
+                    self._submit(conn, commands, started)
                 if not writer.is_closing():
                     await writer.drain()
+                if conn.flight.paused:  # too much of this session in flight: let TCP push back
+                    await conn.readable.wait()
         except (ConnectionError, OSError) as exc:
             reason = f"connection lost: {exc}"
         except Exception:
             log.exception("FIX connection from %s failed", conn.peer)
             reason = "internal error"
         finally:
+            if conn.submissions:  # answer what is in flight before the session lets go of its store
+                await asyncio.wait(list(conn.submissions), timeout=5.0)
             if self.admission is not None and session.close_reason.startswith("no Logon within"):
                 self.admission.timed_out(LOGIN_TIMEOUT)
             session.close(reason)
@@ -213,6 +211,44 @@ class FixGateway:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _submit(self, conn: _Connection, commands: list, started: float) -> None:
+        """Hand one read's commands to the exchange and read on while they commit, so the
+        node's overload rule sees this session's backlog and refuses its excess at once
+        (`_shed`) instead of leaving it to wait in the socket buffers."""
+        task = asyncio.get_running_loop().create_task(
+            self.service.submit(commands, "fix", started)  # type: ignore[attr-defined]
+        )
+        conn.submissions.add(task)
+        if conn.flight.add(len(commands)):
+            conn.readable.clear()
+        task.add_done_callback(lambda t: self._submitted(conn, t, commands))
+
+    def _submitted(self, conn: _Connection, task: asyncio.Task, commands: list) -> None:
+        conn.submissions.discard(task)
+        session = conn.session
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if exc is None:
+            session.submit_done(commands)
+        elif isinstance(exc, Overloaded):  # counted in loom_overload_refusals, not logged
+            session.submit_done(commands, exc, coded_text(str(exc)))
+        elif isinstance(exc, NotLeader):  # a standby: the reject's Text names the leader's FIX endpoint
+            session.submit_done(commands, ServiceStopped(f"NOT_LEADER: {exc.text('fix')}"))
+        else:
+            log.error("FIX %s: batch of %d commands failed: %s", session.counterparty, len(commands), exc)
+            session.submit_done(commands, exc)
+        if conn.flight.done(len(commands)):
+            conn.readable.set()
+        conn.flush()
+
+    def _shed(self, n: int) -> str | None:
+        """The session's question to the node's overload rule: why n new orders would be
+        refused now (counted as refused), or None."""
+        service = self.service
+        if not service.refuses_orders(n):  # type: ignore[attr-defined]
+            return None
+        service.refused("fix", 1)  # type: ignore[attr-defined]
+        return coded_text(service.overload_text())  # type: ignore[attr-defined]
 
     def _access(self, conn: _Connection, session: FixSession, event: str, reason: str = "") -> None:
         stats = session.stats
@@ -306,8 +342,8 @@ async def start_fix_server(
     else:
         factory = lambda: stream(time.monotonic())  # noqa: E731
     server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
-    # One read's orders are in flight at a time (awaited before reading on): small socket
-    # buffers make that pause reach the client instead of parking its orders in the kernel.
+    # Small socket buffers make a paused session's pause reach the client at once instead
+    # of parking its orders in the kernel.
     limit_receive_buffers(server, TEXT_RECEIVE_BUFFER)
     _GATEWAYS[server] = gateway
     log.info("FIX gateway listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))

@@ -139,6 +139,9 @@ class SessionEnv:
     release: Callable[[str, Any], None] = lambda comp_id, session: None
     wall_clock: Callable[[], float] = time.time  # SendingTime
     monotonic: Callable[[], float] = time.monotonic  # timers, rate limit
+    # Why n new orders (or replaces) would be refused now for overload (None: admitted):
+    # the node's one rule (engine.overload), asked per order so the excess is answered at once.
+    shed: Callable[[int], str | None] = lambda n: None
 
 
 class FixSession:
@@ -208,10 +211,10 @@ class FixSession:
     def take_commands(self) -> list:
         return self.flow.take_commands() if self.flow is not None else []
 
-    def submit_done(self, commands: list, error: BaseException | None = None) -> None:
+    def submit_done(self, commands: list, error: BaseException | None = None, text: str = "") -> None:
         if self.flow is None:
             return
-        for reply in self.flow.submit_done(commands, error):
+        for reply in self.flow.submit_done(commands, error, text):
             self._send_reply(reply)
         if not self.flow.busy:
             self._persist_expected()
@@ -699,7 +702,7 @@ class FixSession:
 
     # -- inbound: application messages -----------------------------------------------
 
-    def _app(self, msg: FixMessage, action: Callable[[FixMessage], None]) -> None:
+    def _app(self, msg: FixMessage, action: Callable[[FixMessage], None], sheddable: bool = False) -> None:
         if not self._bucket.allow(self.env.monotonic()):
             cfg = self.config
             self.stats["rate_limited"] += 1
@@ -713,19 +716,24 @@ class FixSession:
             return
         try:
             action(msg)
+            if sheddable:
+                flow = self.flow
+                refusal = self.env.shed(flow.pending)  # type: ignore[union-attr]
+                if refusal is not None:
+                    self._send_reply(flow.refuse_last(refusal))  # type: ignore[union-attr]
         except FieldProblem as p:
             self._reject(msg.seq_num, p.reason, p.text, p.tag, msg.msg_type)
         except BusinessProblem as p:
             self._business_reject(msg, p.reason, p.text, p.ref_id)
 
     def _on_new_order(self, msg: FixMessage) -> None:
-        self._app(msg, self.flow.new_order)  # type: ignore[union-attr]
+        self._app(msg, self.flow.new_order, sheddable=True)  # type: ignore[union-attr]
 
     def _on_cancel(self, msg: FixMessage) -> None:
         self._app(msg, self.flow.cancel)  # type: ignore[union-attr]
 
     def _on_replace(self, msg: FixMessage) -> None:
-        self._app(msg, self.flow.replace)  # type: ignore[union-attr]
+        self._app(msg, self.flow.replace, sheddable=True)  # type: ignore[union-attr]
 
     def _on_unsupported(self, msg: FixMessage) -> None:
         self._business_reject(
