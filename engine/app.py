@@ -162,6 +162,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             snapshot_every_commands=cfg.snapshot_every_commands,
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
+            snapshot_writer=cfg.snapshot_writer,
             fsync=cfg.fsync,
             journal_retention=cfg.journal_retention,
         ),

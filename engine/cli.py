@@ -90,8 +90,9 @@ def _cmd_bench_lookup(args: argparse.Namespace) -> int:
 def _cmd_bench_snapshot_stall(args: argparse.Namespace) -> int:
     from engine.bench.snapshot_stall import format_snapshot_stall, run_snapshot_stall_bench
 
+    writers = ("follower", "fork") if args.writer == "both" else (args.writer,)
     result = run_snapshot_stall_bench(
-        resting=args.resting, rate=args.rate, duration=args.duration, rounds=args.rounds
+        resting=args.resting, rate=args.rate, duration=args.duration, rounds=args.rounds, writers=writers
     )
     print(json.dumps(result) if args.json else format_snapshot_stall(result))
     return 0
@@ -497,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="pairs of runs, alternating which goes first; percentiles over all of a side's orders",
+    )
+    bs.add_argument(
+        "--writer",
+        choices=("follower", "fork", "both"),
+        default="follower",
+        help="who writes the snapshots ([snapshots] writer); both: a run with each in every round, "
+        "the *_with keys are the follower's, *_with_fork the fork's",
     )
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=_cmd_bench_snapshot_stall)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.core.balances import instrument_asset_problem
 from engine.core.domain import Asset, Instrument
+from engine.exchange import SNAPSHOT_WRITERS
 from engine.gateways.admission import AdmissionSettings
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
@@ -61,6 +62,9 @@ class Config:
     snapshot_every_commands: int = 500_000
     snapshot_every_s: float = 300.0
     keep_snapshots: int = 3
+    # [snapshots] writer: "follower" (the snapshotter process following the journal, which
+    # shares no memory with the node) or "fork" (a forked child); a cluster node always forks.
+    snapshot_writer: str = "fork"  # "follower" once measured better on a quiet machine (BENCHMARKS.md)
     # The standalone node's segment files after each snapshot: keep / archive / delete
     # (engine/journal/retention.py). A cluster's journal has [retention] instead.
     journal_retention: str = "keep"
@@ -109,6 +113,7 @@ _ENV = {
     "LOOM_RETENTION_KEEP_COMMANDS": ("retention_keep_commands", int),
     "LOOM_RETENTION_STANDBY_STALE_S": ("retention_standby_stale_s", float),
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
+    "LOOM_SNAPSHOT_WRITER": ("snapshot_writer", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
     "LOOM_LOG_FORMAT": ("log_format", str),
     "LOOM_ACCESS_LOG_SAMPLE": ("access_log_sample", float),
@@ -150,6 +155,11 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError(
             f"journal_retention {cfg.journal_retention!r} is not one of "
             f"{', '.join(repr(p) for p in JOURNAL_RETENTION)}"
+        )
+    if cfg.snapshot_writer not in SNAPSHOT_WRITERS:
+        raise ConfigError(
+            f"[snapshots] writer {cfg.snapshot_writer!r} is not one of "
+            f"{', '.join(repr(w) for w in SNAPSHOT_WRITERS)}"
         )
     if cfg.cluster and cfg.journal_retention != "keep":
         raise ConfigError(
@@ -255,6 +265,7 @@ SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
         "every_commands": ("snapshot_every_commands", int),
         "every_seconds": ("snapshot_every_s", float),
         "keep": ("keep_snapshots", int),
+        "writer": ("snapshot_writer", str),
     },
     "retention": {
         "keep_commands": ("retention_keep_commands", int),

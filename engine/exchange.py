@@ -5,8 +5,10 @@ one place, in the order of the order path:
     2. journal   the batch is written and fdatasync'd: nothing is acknowledged before this
     3. apply     the pure engine turns each command into events
     4. ack       the events go back to the caller (gateways turn them into replies)
-    5. snapshot  every N commands and/or T seconds, and on demand: captured by a fork at
-                 the batch boundary, written by the child (engine/snapshot_child.py)
+    5. snapshot  every N commands and/or T seconds, and on demand, at a batch boundary:
+                 asked of the snapshotter, a process following the journal with its own
+                 engine (engine/snapshotter.py; snapshot_writer = "follower"), or
+                 captured by a fork and written by the child (engine/snapshot_child.py)
 
 A batch the journal cannot make durable, and knows it does not hold, is refused whole
 (JOURNAL_WRITE_FAILED): the engine never sees it and the sequence numbers are given back,
@@ -55,10 +57,15 @@ from engine.recovery import Recovered, recover, tail_guard
 from engine.refusal_log import RefusalLog
 from engine.sequencer import Sequencer
 from engine.snapshot_child import SnapshotJob, SnapshotWriteError
+from engine.snapshot_follower import SnapshotFollower
 from engine.snapshots import SnapshotStore, WrittenSnapshot
 from telemetry.tracing import derived_trace_id, new_trace_id
 
 log = logging.getLogger("loom.exchange")
+
+# Who writes a running node's snapshots: "follower", the snapshotter process, which shares no
+# memory with the node (a local journal only); "fork", a forked child of the node.
+SNAPSHOT_WRITERS = ("follower", "fork")
 
 _REQUEST_OF = {
     NewOrder: RequestKind.NEW,
@@ -152,9 +159,15 @@ class NodeConfig:
     # After each snapshot: "keep" every segment, or "archive"/"delete" those no kept
     # snapshot needs (engine/journal/retention.py). The segment files only.
     journal_retention: str = KEEP
+    # SNAPSHOT_WRITERS. A bare node (tools, tests) forks; `loom run` takes engine/config.py's.
+    snapshot_writer: str = "fork"
 
     def __post_init__(self) -> None:
         check_policy(self.journal_retention)
+        if self.snapshot_writer not in SNAPSHOT_WRITERS:
+            raise ValueError(
+                f"snapshot_writer must be one of {', '.join(SNAPSHOT_WRITERS)}, not {self.snapshot_writer!r}"
+            )
 
 
 def journal_failure_rejection(cmd, reason: RejectReason = RejectReason.JOURNAL_WRITE_FAILED) -> OrderRejected:
@@ -260,6 +273,16 @@ class ExchangeNode:
         self.last_capture_s = 0.0
         self._snapshot_job: SnapshotJob | None = None
         self.last_snapshot: WrittenSnapshot | None = None
+        self.snapshotter: SnapshotFollower | None = None
+        if config.snapshot_writer == "follower":
+            if self.remote_journal:  # nothing local to follow: the stream is the journal
+                log.info("snapshot_writer = follower needs a local journal: cluster snapshots are forked")
+            else:
+                self.snapshotter = SnapshotFollower(data_dir)
+                try:  # it loads while the node starts; started again on the first need if this fails
+                    self.snapshotter.start()
+                except OSError as exc:
+                    log.error("cannot start the snapshotter: %s", exc)
         self.retention = RetentionStats()
         self.rejected_batches = 0
         self.refusals = RefusalLog(log, clock=clock)  # one line per outage, not per batch
@@ -556,10 +579,13 @@ class ExchangeNode:
             if not self.background_snapshots:
                 self._snapshot_done(block=True)
 
-    def _start_snapshot(self) -> SnapshotJob:
+    def _start_snapshot(self, fork: bool = False) -> SnapshotJob:
         self.last_snapshot_attempt_seq = self.engine.last_seq
         self._last_snapshot_attempt_at = self._clock()
-        job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine)
+        if self.snapshotter is not None and not fork:
+            job = self._snapshot_job = self.snapshotter.request(self.engine.last_seq)
+        else:
+            job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine)
         self.snapshot_captures += 1
         self.last_capture_s = job.capture_s
         if self.snapshot_observer is not None:
@@ -572,9 +598,12 @@ class ExchangeNode:
 
     def poll_snapshot(self) -> None:
         """Reap a finished snapshot child, without waiting (the service calls this on a
-        timer and every batch does): prune, journal retention, on_snapshot."""
+        timer and every batch does): prune, journal retention, on_snapshot. Tells the
+        snapshotter how far the journal is durable (it follows up to there)."""
         if self._snapshot_job is not None:
             self._snapshot_done(block=False)
+        if self.snapshotter is not None:
+            self.snapshotter.follow(self.engine.last_seq)
 
     def _snapshot_done(self, block: bool) -> bool:
         """Finish the job in flight if its child has ended (or wait for it); True when none
@@ -582,7 +611,8 @@ class ExchangeNode:
         job = self._snapshot_job
         if job is None:
             return True
-        if not snapshot_child.poll(job, block):
+        poll = self.snapshotter.poll if job.writer == "follower" else snapshot_child.poll
+        if not poll(job, block):
             return False
         self._snapshot_job = None
         if self.snapshot_observer is not None:
@@ -596,11 +626,12 @@ class ExchangeNode:
         self.last_snapshot_at = self._last_snapshot_attempt_at
         self.last_snapshot = written
         log.info(
-            "snapshot at seq %d: %d bytes in %.3f s (%s; the order path paused %.1f ms)",
+            "snapshot at seq %d: %d bytes in %.3f s (%s, by the %s; the order path paused %.1f ms)",
             written.seq,
             written.size,
             written.duration_s,
             written.path.name,
+            "snapshotter" if job.writer == "follower" else "forked child",
             job.capture_s * 1000,
         )
         try:
@@ -636,11 +667,23 @@ class ExchangeNode:
 
     def take_snapshot(self) -> WrittenSnapshot:
         """Snapshot now and wait for it (CLI tools, tests, the drain). Raises
-        SnapshotWriteError (an OSError) when it could not be written."""
+        SnapshotWriteError (an OSError) when it could not be written. When the snapshotter
+        is gone (it died without an answer, or cannot be asked), a forked child writes it:
+        the drain's final snapshot does not depend on the helper."""
         if self._snapshot_job is not None and self._snapshot_job.seq != self.engine.last_seq:
             self._snapshot_done(block=True)
-        job = self._snapshot_now()
+        try:
+            job = self._snapshot_now()
+        except OSError as exc:
+            if self.snapshotter is None:
+                raise
+            log.warning("snapshot at seq %d: %s; writing it with a fork", self.engine.last_seq, exc)
+            job = self._start_snapshot(fork=True)
         self._snapshot_done(block=True)
+        if job.unanswered and job.writer == "follower":
+            log.warning("snapshot at seq %d: %s; writing it with a fork", job.seq, job.error)
+            job = self._start_snapshot(fork=True)
+            self._snapshot_done(block=True)
         return self._outcome(job)
 
     async def take_snapshot_async(self, poll_s: float = 0.01) -> WrittenSnapshot:
@@ -671,6 +714,8 @@ class ExchangeNode:
     def close(self) -> None:
         if self._snapshot_job is not None:  # a snapshot being written is finished, not lost
             self._snapshot_done(block=True)
+        if self.snapshotter is not None:
+            self.snapshotter.stop()
         self.journal.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the lock

@@ -49,16 +49,19 @@ class SnapshotWriteError(OSError):
 
 @dataclass
 class SnapshotJob:
-    """One snapshot being written by a child process."""
+    """One snapshot being written by another process: a forked child, or the snapshotter
+    (engine/snapshot_follower.py)."""
 
     pid: int
     seq: int
-    capture_s: float  # the order path's pause: the fork
-    _fd: int = field(repr=False)
-    _gc_was_enabled: bool = field(repr=False)
+    capture_s: float  # the order path's pause: the fork, or the request to the snapshotter
+    _fd: int = field(default=-1, repr=False)  # the fork's report pipe
+    _gc_was_enabled: bool = field(default=False, repr=False)
+    writer: str = "fork"  # or "follower"
     written: WrittenSnapshot | None = None
     error: str | None = None
     finished: bool = False
+    unanswered: bool = False  # the writer ended without a report (killed, crashed)
 
 
 def fork_snapshot(store: SnapshotStore, engine: MatchingEngine) -> SnapshotJob:
@@ -105,15 +108,31 @@ def poll(job: SnapshotJob, block: bool = False) -> bool:
     except msgspec.DecodeError:
         fields = {"error": f"unreadable report {report[:80]!r}"}
     if "path" in fields:
-        job.written = WrittenSnapshot(
-            Path(fields["path"]), fields["seq"], fields["state_hash"], fields["size"], fields["duration_s"]
-        )
+        job.written = written_of(fields)
     else:
-        job.error = fields.get("error") or f"the snapshot child {_how_it_ended(status)} without a report"
+        job.error = fields.get("error") or f"the snapshot child {how_it_ended(status)} without a report"
+        job.unanswered = not fields
     return True
 
 
-def _how_it_ended(status: int | None) -> str:
+def report_of(written: WrittenSnapshot) -> dict:
+    """A written snapshot as its writer reports it (one JSON line); `written_of` reads it."""
+    return {
+        "path": str(written.path),
+        "seq": written.seq,
+        "state_hash": written.state_hash,
+        "size": written.size,
+        "duration_s": written.duration_s,
+    }
+
+
+def written_of(fields: dict) -> WrittenSnapshot:
+    return WrittenSnapshot(
+        Path(fields["path"]), fields["seq"], fields["state_hash"], fields["size"], fields["duration_s"]
+    )
+
+
+def how_it_ended(status: int | None) -> str:
     if status is None:
         return "ended"
     if os.WIFSIGNALED(status):
@@ -128,7 +147,8 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _hold(_tmp: Path) -> None:
+def hold_if_asked(_tmp: Path) -> None:
+    """The HOLD_ENV test hook (`before_write` of SnapshotStore.write_file)."""
     path = os.environ.get(HOLD_ENV)
     while path and os.path.exists(path):
         time.sleep(0.005)
@@ -146,14 +166,8 @@ def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: 
         os.closerange(write_fd + 1, _MAX_FD)
         yield_cpu_to_the_node()
         try:
-            written = store.write_file(engine, before_write=_hold)
-            report = {
-                "path": str(written.path),
-                "seq": written.seq,
-                "state_hash": written.state_hash,
-                "size": written.size,
-                "duration_s": written.duration_s,
-            }
+            written = store.write_file(engine, before_write=hold_if_asked)
+            report = report_of(written)
             code = 0
         except BaseException as exc:  # reported, never raised into the parent's code
             report = {"error": f"{type(exc).__name__}: {exc}"}

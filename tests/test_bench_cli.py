@@ -48,7 +48,20 @@ def test_bench_durable_fsyncs_every_batch():
 
 def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     # 8 s per run: every 8 s window holds a 5 s snapshot tick, so each "with" run takes one at least.
-    r = bench("snapshot-stall", "--resting", "20000", "--rate", "500", "--duration", "8", "--rounds", "2")
+    # Both writers: the snapshotter's figures are the *_with keys, the forked child's *_with_fork.
+    r = bench(
+        "snapshot-stall",
+        "--resting",
+        "20000",
+        "--rate",
+        "500",
+        "--duration",
+        "8",
+        "--rounds",
+        "2",
+        "--writer",
+        "both",
+    )
     keys = {
         "p99_ms_with",
         "p99_ms_without",
@@ -65,3 +78,6 @@ def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     assert r["snapshot_bytes"] > 20_000 * 20  # every resting order is in it
     assert r["capture_mean_ms"] > 0 and 0 < r["capture_fork_ms"] <= r["capture_fork_max_ms"]
     assert 0 < r["p99_ms_with"] <= r["max_ms_with"] and 0 < r["p99_ms_without"] <= r["max_ms_without"]
+    assert r["writer"] == "follower" and r["acked_with_fork"] == 2 * 500 * 8
+    assert r["snapshots_taken_fork"] >= 2 and r["snapshot_failures_fork"] == 0
+    assert 0 < r["p99_ms_with_fork"] <= r["max_ms_with_fork"] and len(r["p99_ratio_by_round_fork"]) == 2

@@ -209,11 +209,11 @@ TRADER_KEY = "snap-trader-key-00000"
 ADMIN_KEY = "snap-admin-key-000000"
 
 
-def _node_config(tmp_path: Path) -> Path:
+def _node_config(tmp_path: Path, writer: str = "fork") -> Path:
     path = tmp_path / "loom.toml"
     path.write_text(
         f'admin_key = "{ADMIN_KEY}"\n'
-        "[snapshots]\nevery_commands = 0\nevery_seconds = 0\n"
+        f'[snapshots]\nevery_commands = 0\nevery_seconds = 0\nwriter = "{writer}"\n'
         f'[[accounts]]\nname = "snap"\napi_key = "{TRADER_KEY}"\n'
         f'[[instruments]]\nsymbol = "{INSTRUMENT.symbol}"\n'
     )
@@ -256,9 +256,22 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp_path, hold):
+def snapshotter_pid(node: int) -> int | None:
+    """The node's snapshotter process (engine/snapshotter.py), once started."""
+    for pid in _children(node):
+        try:
+            if b"engine.snapshotter" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except FileNotFoundError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("writer", ["fork", "follower"])
+def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp_path, hold, writer):
+    """Either writer: the forked child, or the snapshotter process (held in its write)."""
     data = tmp_path / "data"
-    args = ["--config", str(_node_config(tmp_path)), "--data-dir", str(data), *NO_LISTENERS]
+    args = ["--config", str(_node_config(tmp_path, writer)), "--data-dir", str(data), *NO_LISTENERS]
     first = Loom(args, tmp_path / "first.log", clean_env(**{HOLD_ENV: str(hold)}))
     try:
         base = f"http://127.0.0.1:{first.wait_line(READY_RE).group(2)}"
@@ -274,7 +287,11 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         pending.start()
         tmp = data / "snapshots" / f"snapshot-{snap['seq'] + 1:020d}.snap.tmp"
         poll(lambda: tmp.exists() or None, 30, "the snapshot child's temporary file")
-        child = (_children(first.proc.pid) - before).pop()
+        child = (
+            (_children(first.proc.pid) - before).pop()
+            if writer == "fork"
+            else snapshotter_pid(first.proc.pid)
+        )
         assert alive(child)
         placed += [_place(base, i) for i in range(21, 26)]  # answered while the child is held
         assert get_json(f"{base}/readyz")[0] == 200

@@ -129,9 +129,15 @@ def _scrape(host: str, port: int) -> dict[str, float]:
 
 
 def run_one(
-    seed: Path, snapshot_every_s: float, rate: float, duration: float, latencies_ns: list[int] | None = None
+    seed: Path,
+    snapshot_every_s: float,
+    rate: float,
+    duration: float,
+    latencies_ns: list[int] | None = None,
+    writer: str = "follower",
 ) -> dict:
-    with spawned_exchange(timeout=600, snapshot_every_s=snapshot_every_s, seed_data=seed) as info:
+    config = _config_text(snapshot_every_s, writer)
+    with spawned_exchange(timeout=600, seed_data=seed, config_text=config) as info:
         host = info["host"]
         before = _scrape(host, info["http"])
         run = LoadRun.new()
@@ -176,18 +182,22 @@ def _per_snapshot(runs: list[dict], key: str) -> float:
 
 
 def run_snapshot_stall_bench(
-    resting: int = 800_000, rate: float = 5_000, duration: float = 30.0, measure: bool = True, rounds: int = 1
+    resting: int = 800_000,
+    rate: float = 5_000,
+    duration: float = 30.0,
+    measure: bool = True,
+    rounds: int = 1,
+    writers: tuple[str, ...] = ("follower",),
 ) -> dict:
-    """`rounds` pairs of runs, alternating which goes first (with, without; then without,
+    """`rounds` rounds of runs, alternating which goes first (with, without; then without,
     with; ...) so that a drift of the machine's speed during the command, or whatever the
     first run after the build pays, falls on both sides alike; each side's percentiles are
-    over all its orders."""
+    over all its orders. With several `writers`, each round has a run with snapshots by
+    each: the first writer's figures are the *_with keys, the others' *_with_<writer>."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-bench-stall-"))
-    with_runs: list[dict] = []
-    without_runs: list[dict] = []
-    with_lat: list[int] = []
-    without_lat: list[int] = []
-    ratios = []
+    runs_of: dict[str | None, list[dict]] = {w: [] for w in (*writers, None)}  # None: snapshots off
+    lat_of: dict[str | None, list[int]] = {w: [] for w in (*writers, None)}
+    ratios: dict[str, list[float]] = {w: [] for w in writers}
     try:
         seed = tmp / "data"
         node, build_s = build_book(seed, resting)
@@ -196,36 +206,51 @@ def run_snapshot_stall_bench(
         node.close()
         del node
         gc.collect()  # the load generator runs in this process: not beside a dead book
+        sides: list[str | None] = [*writers, None]
         for i in range(rounds):
-            pair: dict[bool, dict] = {}
-            for snapshots in (True, False) if i % 2 == 0 else (False, True):
-                every, runs, lat = (
-                    (SNAPSHOT_EVERY_S, with_runs, with_lat) if snapshots else (0, without_runs, without_lat)
-                )
-                pair[snapshots] = run_one(seed, every, rate, duration, lat)
-                runs.append(pair[snapshots])
-            without_p99 = pair[False]["p99_us"]
-            ratios.append(round(pair[True]["p99_us"] / without_p99, 2) if without_p99 else 0.0)
+            pair: dict[str | None, dict] = {}
+            for writer in sides if i % 2 == 0 else reversed(sides):
+                every = SNAPSHOT_EVERY_S if writer else 0
+                # Off: no snapshotter either (it would follow the journal): the follower's
+                # whole cost falls on its own side.
+                pair[writer] = run_one(seed, every, rate, duration, lat_of[writer], writer or "fork")
+                runs_of[writer].append(pair[writer])
+            without_p99 = pair[None]["p99_us"]
+            for w in writers:
+                ratios[w].append(round(pair[w]["p99_us"] / without_p99, 2) if without_p99 else 0.0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    last_with = with_runs[-1]
+    others = {}
+    for w in writers[1:]:
+        others.update(_with_figures(runs_of[w], lat_of[w], f"with_{w}"))
+        others[f"p99_ratio_by_round_{w}"] = ratios[w]
     return {
         "resting": resting,
         "rate": rate,
         "duration_s": duration,
         "rounds": rounds,
+        "writer": writers[0],
         "build_s": round(build_s, 1),
-        **_pooled(with_runs, with_lat, "with"),
-        **_pooled(without_runs, without_lat, "without"),
-        "p99_ratio_by_round": ratios,
-        "errors": sum(r["errors"] for r in with_runs + without_runs),
-        "snapshots_taken": sum(r["snapshots_taken"] for r in with_runs),
-        "snapshots_taken_without": sum(r["snapshots_taken"] for r in without_runs),
-        "snapshot_failures": sum(r["snapshot_failures"] for r in with_runs),
-        "snapshot_bytes": last_with["snapshot_bytes"] or snapshot_bytes,
-        "snapshot_write_s": round(_per_snapshot(with_runs, "snapshot_write_s"), 3),
-        "capture_mean_ms": round(_per_snapshot(with_runs, "capture_mean_ms"), 2),
+        **_with_figures(runs_of[writers[0]], lat_of[writers[0]], "with", snapshot_bytes),
+        **_pooled(runs_of[None], lat_of[None], "without"),
+        "p99_ratio_by_round": ratios[writers[0]],
+        "errors": sum(r["errors"] for runs in runs_of.values() for r in runs),
+        "snapshots_taken_without": sum(r["snapshots_taken"] for r in runs_of[None]),
+        **others,
         **capture,
+    }
+
+
+def _with_figures(runs: list[dict], lat: list[int], suffix: str, snapshot_bytes: int = 0) -> dict:
+    """A side with snapshots: its latency and its snapshots (the *_with keys for "with")."""
+    tail = "" if suffix == "with" else f"_{suffix.removeprefix('with_')}"
+    return {
+        **_pooled(runs, lat, suffix),
+        f"snapshots_taken{tail}": sum(r["snapshots_taken"] for r in runs),
+        f"snapshot_failures{tail}": sum(r["snapshot_failures"] for r in runs),
+        f"snapshot_bytes{tail}": runs[-1]["snapshot_bytes"] or snapshot_bytes,
+        f"snapshot_write_s{tail}": round(_per_snapshot(runs, "snapshot_write_s"), 3),
+        f"capture_mean_ms{tail}": round(_per_snapshot(runs, "capture_mean_ms"), 2),
     }
 
 
@@ -234,13 +259,22 @@ def format_snapshot_stall(r: dict) -> str:
         f"book of {r['resting']:,} resting orders (built in {r['build_s']} s), "
         f"binary load {r['rate']:,.0f}/s for {r['duration_s']} s, each way, "
         f"{r['rounds']} round(s) (p99 with/without by round: {r['p99_ratio_by_round']}):",
-        f"  snapshots every {SNAPSHOT_EVERY_S:g} s: p50 {r['p50_ms_with']} ms  p99 {r['p99_ms_with']} ms  "
+        f"  snapshots every {SNAPSHOT_EVERY_S:g} s by the {r['writer']}: p50 {r['p50_ms_with']} ms  "
+        f"p99 {r['p99_ms_with']} ms  "
         f"p99.9 {r['p999_ms_with']} ms  max {r['max_ms_with']} ms  ({r['snapshots_taken']} snapshots of "
         f"{r['snapshot_bytes']:,} bytes, written in {r['snapshot_write_s']} s each, "
         f"order path paused {r['capture_mean_ms']} ms each)",
         f"  snapshots off:        p50 {r['p50_ms_without']} ms  p99 {r['p99_ms_without']} ms  "
         f"p99.9 {r['p999_ms_without']} ms  max {r['max_ms_without']} ms",
     ]
+    if "p99_ms_with_fork" in r:
+        lines.append(
+            f"  by forked child:      p50 {r['p50_ms_with_fork']} ms  p99 {r['p99_ms_with_fork']} ms  "
+            f"p99.9 {r['p999_ms_with_fork']} ms  max {r['max_ms_with_fork']} ms  "
+            f"({r['snapshots_taken_fork']} snapshots, order path paused {r['capture_mean_ms_fork']} ms each; "
+            "p99 ratio by round "
+            f"{r['p99_ratio_by_round_fork']})"
+        )
     if "capture_fork_ms" in r:
         lines.append(
             f"  capture on the order path: fork {r['capture_fork_ms']} ms (max {r['capture_fork_max_ms']}); "

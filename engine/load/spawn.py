@@ -26,7 +26,7 @@ def parse_ready(line: str) -> tuple[str, dict[str, int]] | None:
     return m.group(1), {name: int(port) for name, port in (part.split() for part in m.group(2).split(", "))}
 
 
-def _config_text(snapshot_every_s: float = 0) -> str:
+def _config_text(snapshot_every_s: float = 0, snapshot_writer: str = "follower") -> str:
     lines = [
         'host = "127.0.0.1"',
         f'admin_key = "{LOAD_ADMIN_KEY}"',
@@ -35,6 +35,7 @@ def _config_text(snapshot_every_s: float = 0) -> str:
         "[snapshots]",
         "every_commands = 0",
         f"every_seconds = {snapshot_every_s}",
+        f'writer = "{snapshot_writer}"',
         "[[instruments]]",
         'symbol = "LOAD-USD"',
         "tick_size = 1",
