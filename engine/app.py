@@ -30,8 +30,8 @@ from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
 from engine.gateways.admission import IDLE_TIMEOUT, LISTEN_BACKLOG, Admission, http_refusal
-from engine.gateways.http import SESSIONS, GatewayContext
 from engine.gateways.http_app import build_app
+from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.preauth_limit import PerIpLimit

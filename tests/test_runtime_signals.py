@@ -27,7 +27,7 @@ from engine.config import DEMO_KEYS
 from engine.core.commands import NewOrder
 from engine.core.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.gateways.http import WsSession
+from engine.gateways.ws_session import WsSession
 from engine.service import ExchangeService
 from telemetry.collectors import ExchangeCollector
 from telemetry.runtime import GcPauses

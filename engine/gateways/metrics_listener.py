@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.gateways.http import CTX, GatewayContext, healthz, json_errors, metrics_endpoint
+from engine.gateways.http_context import CTX, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
+from engine.gateways.http_middleware import json_errors
+from engine.gateways.rest_market import healthz, metrics_endpoint
 
 
 def build_metrics_app(ctx: GatewayContext) -> web.Application:
