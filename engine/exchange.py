@@ -52,7 +52,7 @@ from engine.refusal_log import RefusalLog
 from engine.sequencer import Sequencer
 from engine.snapshot_child import SnapshotJob, SnapshotWriteError
 from engine.snapshots import SnapshotStore, WrittenSnapshot
-from telemetry.tracing import derived_trace_id, new_trace_id
+from telemetry.trace_ids import derived_trace_id, new_trace_id
 
 log = logging.getLogger("loom.exchange")
 

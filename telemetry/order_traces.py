@@ -28,7 +28,7 @@ from engine.core.batch_events import BatchEvents
 from engine.core.commands import NewOrder
 from engine.core.domain import OrderType, Side
 from engine.core.events import OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.gateways.texts import reject_code, reject_status
+from engine.reason_texts import reject_code, reject_status
 from telemetry.tracing import FillTrace, OrderTrace, Sampler, TraceShipper
 
 DEFAULT_EXPORT_SAMPLING = "errors-and-slow:10:0.01"

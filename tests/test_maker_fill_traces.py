@@ -20,7 +20,8 @@ from engine.core.domain import OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from telemetry.order_traces import OrderTraceRecorder
-from telemetry.tracing import Sampler, TraceShipper, root_span_id
+from telemetry.trace_ids import root_span_id
+from telemetry.tracing import Sampler, TraceShipper
 
 ALICE, BOB = "alice-key-0000000000", "bob-key-000000000000"
 CONFIG = f"""

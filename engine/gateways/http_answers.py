@@ -14,7 +14,7 @@ from aiohttp import web
 
 from engine.core.events import OrderRejected
 from engine.gateways.json_events import event_json
-from engine.gateways.texts import reject_code, reject_status, reject_text
+from engine.reason_texts import reject_code, reject_status, reject_text
 from engine.service import NotLeader
 
 _json = msgspec.json.Encoder()

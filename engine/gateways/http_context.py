@@ -20,7 +20,7 @@ from engine.market_data import MarketData
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from engine.snapshots import WrittenSnapshot
-from telemetry.tracing import new_trace_id, parse_traceparent
+from telemetry.trace_ids import new_trace_id, parse_traceparent
 
 MAX_BODY = 64 * 1024
 

@@ -27,7 +27,7 @@ from engine.gateways.http_requests import (
 from engine.gateways.json_events import event_json
 from engine.logfmt import fields
 from engine.order_index import Lookup
-from telemetry.tracing import parse_traceparent
+from telemetry.trace_ids import parse_traceparent
 
 log = logging.getLogger("loom.http")
 

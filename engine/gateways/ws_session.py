@@ -25,11 +25,11 @@ from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
-from engine.gateways.texts import reject_code, reject_text
 from engine.gateways.ws_masking import require_masked_frames
 from engine.overload import InFlight
+from engine.reason_texts import reject_code, reject_text
 from engine.service import NotLeader, Overloaded, ServiceStopped
-from telemetry.tracing import parse_traceparent
+from telemetry.trace_ids import parse_traceparent
 
 log = logging.getLogger("loom.http")
 
