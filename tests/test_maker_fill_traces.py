@@ -110,7 +110,8 @@ def test_only_an_exported_makers_fills_are_recorded(tmp_path, sampling, maker_fi
     node = ExchangeNode(NodeConfig(tmp_path, (INSTRUMENT,), snapshot_every_s=0))
     service = ExchangeService(node, write_thread=False)
     shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-    recorder = service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+    recorder = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+    service.add_observer(recorder)
 
     async def main() -> None:
         service.start()

@@ -229,7 +229,7 @@ def test_a_websocket_client_that_stops_reading_is_dropped_and_counted(tmp_path, 
     monkeypatch.setattr(WsSession, "HIGH_WATER", 0)
     server = LiveExchange(tmp_path / "ws")
     try:
-        registry = server.running.service.metrics.registry
+        registry = server.running.service.observer.metrics.registry
 
         def drops() -> float:
             return registry.get_sample_value("loom_md_slow_consumer_drops_total")

@@ -17,6 +17,7 @@ from engine.core.order_store import OrderStore
 from engine.gateways.http_answers import error
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.market_data import MarketData
+from engine.observer import Observer
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
 from engine.snapshots import WrittenSnapshot
@@ -35,7 +36,7 @@ class GatewayContext:
     rate: float = 0.0  # requests per second per account (REST) or per session (WS); 0 = off
     burst: float = 0.0
     take_snapshot: Callable[[], Awaitable[WrittenSnapshot]] | None = None
-    metrics: object | None = None  # telemetry.metrics.ExchangeMetrics
+    metrics: object | None = None  # telemetry.metrics.ExchangeMetrics: its registry serves /metrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.core.surveillance.Surveillance
@@ -45,6 +46,11 @@ class GatewayContext:
     rate_limited: int = 0
     # Requests without valid credentials, per client IP (engine/gateways/preauth_limit.py); off here.
     preauth: PerIpLimit = field(default_factory=lambda: PerIpLimit(0, 0))
+
+    @property
+    def observer(self) -> Observer:
+        """Where the gateway reports to telemetry: the service's observer (engine/observer.py)."""
+        return self.service.observer
 
     @property
     def engine(self):
@@ -57,8 +63,7 @@ class GatewayContext:
         if bucket.allow(time.monotonic()):
             return True
         self.rate_limited += 1
-        if self.metrics is not None:
-            self.metrics.rate_limited("rest")
+        self.observer.rate_limited("rest")
         return False
 
     def allow_unauthenticated(self, remote: str | None) -> bool:
@@ -66,8 +71,7 @@ class GatewayContext:
         if self.preauth.allow(remote):
             return True
         self.rate_limited += 1
-        if self.metrics is not None:
-            self.metrics.rate_limited("unauthenticated")
+        self.observer.rate_limited("unauthenticated")
         return False
 
     def preauth_refusal(self) -> web.Response:

@@ -110,6 +110,4 @@ def order_entry(handler):
 
 
 def count_decode_error(request: web.Request, code: str) -> None:
-    metrics = request.app[CTX].metrics
-    if metrics is not None:
-        metrics.decode_error("rest", code)
+    request.app[CTX].observer.decode_error("rest", code)

@@ -25,7 +25,7 @@ def build_metrics_app(ctx: GatewayContext) -> web.Application:
 
 async def start_metrics_listener(ctx: GatewayContext, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve /metrics on host:port; (the runner, the bound port)."""
-    runner = QuietAppRunner(build_metrics_app(ctx), metrics=ctx.metrics, access_log=None)
+    runner = QuietAppRunner(build_metrics_app(ctx), observer=ctx.observer, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner, runner.addresses[0][1]

@@ -67,8 +67,7 @@ async def post_order(request: web.Request) -> web.Response:
     started = time.perf_counter()
     req = await decode_body(request, OrderRequest)
     cmd = new_order_command(account, req)
-    if ctx.metrics is not None:
-        ctx.metrics.stage_decode.observe(time.perf_counter() - started)
+    ctx.observer.decoded(time.perf_counter() - started)
     # Continue the caller's trace (W3C traceparent) or start one; journaled with the order.
     incoming = parse_traceparent(request.headers.get("traceparent", ""))
     if incoming:

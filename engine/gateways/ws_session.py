@@ -79,8 +79,7 @@ class WsSession:
             return
         if len(self.outbox) >= self.MAX_OUTBOX:
             log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.md_slow_consumer_drops.inc()
+            self.ctx.observer.slow_consumer_dropped()
             self.closed = True
             self.wake.set()
             return
@@ -112,8 +111,7 @@ class WsSession:
             # frames never interleave with aiohttp's own (pings, close).
             transport.write(b"".join([_text_frame(data) for data in batch]))
             if self.md_since:
-                if self.ctx.metrics is not None:
-                    self.ctx.metrics.md_fanout_lag.observe(time.perf_counter() - self.md_since)
+                self.ctx.observer.fanout_lag(time.perf_counter() - self.md_since)
                 self.md_since = 0.0
             while transport.get_write_buffer_size() > self.HIGH_WATER and not transport.is_closing():
                 await asyncio.sleep(0.001)
@@ -125,8 +123,7 @@ class WsSession:
 
     def unreadable(self, req_id, code: str, message: str) -> None:
         """An error for a message that cannot be read: counted in loom_decode_errors."""
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.decode_error("websocket", code)
+        self.ctx.observer.decode_error("websocket", code)
         self.fail(req_id, code, message)
 
     def handle(self, raw: str | bytes) -> None:
@@ -182,8 +179,7 @@ class WsSession:
         subscribe: never limited before), so a client at its trading limit can still ping."""
         if not bucket.allow(time.monotonic()):
             self.ctx.rate_limited += 1
-            if self.ctx.metrics is not None:
-                self.ctx.metrics.rate_limited("websocket")
+            self.ctx.observer.rate_limited("websocket")
             self.fail(req_id, "RATE_LIMITED", f"more than {self.ctx.rate:g} requests per second")
             return False
         return True
