@@ -30,8 +30,8 @@ from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
 from engine.gateways.admission import IDLE_TIMEOUT, LISTEN_BACKLOG, Admission, http_refusal
-from engine.gateways.http import SESSIONS, GatewayContext
 from engine.gateways.http_app import build_app
+from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.preauth_limit import PerIpLimit
@@ -55,6 +55,7 @@ from telemetry.collectors import (
     TraceExportCollector,
 )
 from telemetry.metrics import MAIN_LOOP, ExchangeMetrics
+from telemetry.observer import MetricsObserver
 from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING, OrderTraceRecorder
 from telemetry.runtime import BuildInfo, GcPauses, LoopLagProbe
 from telemetry.tracing import Sampler, TraceShipper
@@ -182,7 +183,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.duration_s,
     )
     metrics = ExchangeMetrics()
-    service = ExchangeService(node, metrics=metrics, max_queued_commands=cfg.max_queued_commands)
+    service = ExchangeService(
+        node, observer=MetricsObserver(metrics), max_queued_commands=cfg.max_queued_commands
+    )
     index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
@@ -270,7 +273,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # keepalive_timeout: the idle and request-head deadline (engine/gateways/http_limits.py);
     # the quiet runner answers malformed HTTP in the JSON error format (http_errors.py).
     runner = QuietAppRunner(
-        app, metrics=metrics, access_log=None, keepalive_timeout=cfg.admission.http_idle_s
+        app, observer=service.observer, access_log=None, keepalive_timeout=cfg.admission.http_idle_s
     )
     await runner.setup()
     # The listener is built here rather than by a web.TCPSite: admission wraps aiohttp's
@@ -345,7 +348,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         # Started once the listeners are bound: the spans name their address and ports.
         sampling = os.environ.get("LOOM_TRACE_SAMPLING", DEFAULT_EXPORT_SAMPLING)
         running.shipper = TraceShipper(Sampler("all"), _trace_env(cfg, running.ports))
-        service.tracer = OrderTraceRecorder(running.shipper, node.trace_id_of, Sampler(sampling))
+        service.add_observer(OrderTraceRecorder(running.shipper, node.trace_id_of, Sampler(sampling)))
         metrics.registry.register(TraceExportCollector(running.shipper))
         log.info("exporting order traces (sampling %s)", sampling)
     if member is not None:  # once every listener is bound: the lease advertises them all

@@ -22,7 +22,7 @@ from engine.journal.format import BatchMeta
 from engine.journal.segments import FileJournal
 from engine.recovery import first_seq
 from engine.snapshots import SnapshotError, SnapshotStore
-from telemetry.tracing import derived_trace_id
+from telemetry.trace_ids import derived_trace_id
 
 log = logging.getLogger("loom.lookup")
 

@@ -14,7 +14,7 @@ import msgspec
 from engine.core.commands import SetKillSwitch
 from engine.core.domain import RiskScope
 from engine.core.events import KillSwitchChanged, OrderRejected
-from engine.gateways.texts import reject_code
+from engine.reason_texts import reject_code
 
 SCOPES = {s.name.lower(): int(s) for s in RiskScope}
 SCOPE_NAMES = {v: k for k, v in SCOPES.items()}

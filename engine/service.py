@@ -26,6 +26,7 @@ from engine.exchange import ExchangeNode, journal_failure_rejection
 from engine.journal import OutcomeUnknownError
 from engine.journal.format import BatchMeta
 from engine.logfmt import fields
+from engine.observer import NULL_OBSERVER, CommittedBatch, Observer
 from engine.overload import (
     MAX_QUEUE_DELAY_S,
     RETRY_AFTER_S,
@@ -83,21 +84,22 @@ class ExchangeService:
         node: ExchangeNode,
         max_batch: int = 4096,
         write_thread: bool = True,
-        metrics=None,
+        observer: Observer | None = None,
         max_queued_commands: int = DEFAULT_MAX_QUEUED_COMMANDS,
         max_queue_delay_s: float = MAX_QUEUE_DELAY_S,
     ) -> None:
         if max_queued_commands < 1:
             raise ValueError(f"max_queued_commands must be at least 1, not {max_queued_commands}")
         self.node = node
-        self.metrics = metrics  # telemetry.metrics.ExchangeMetrics, or None
-        if metrics is not None:
-            node.risk_check_ns = []  # the node times risk checks on a sample of batches
-        self.tracer = None  # telemetry.order_traces.OrderTraceRecorder, when exporting traces
+        # Telemetry's one seam (engine/observer.py): the metrics (or the null observer), and
+        # any more batch observers added later (the order traces: add_observer).
+        self.observer: Observer = observer or NULL_OBSERVER
+        self._batch_observers: list[Observer] = []
+        self._wants_events = False
         self._snapshot_failures_seen = 0
         node.background_snapshots = True  # written by a child; reaped by _reap_snapshots
-        if metrics is not None:
-            node.snapshot_observer = self._observe_snapshot
+        if observer is not None:
+            self.add_observer(observer, primary=True)
         self._reaper: asyncio.Task | None = None
         self.max_batch = max_batch
         self._io = ThreadPoolExecutor(1, thread_name_prefix="journal") if write_thread else None
@@ -152,6 +154,17 @@ class ExchangeService:
                 if self._io is not None:
                     self._io.shutdown(wait=True)
 
+    def add_observer(self, observer: Observer, primary: bool = False) -> None:
+        """Feed `observer` every committed batch (`primary`: it also gets the gateways' and
+        the node's other reports, as `self.observer`)."""
+        if primary:
+            self.observer = observer
+            self.node.snapshot_observer = self._observe_snapshot
+        self._batch_observers.append(observer)
+        self._wants_events = any(o.wants_events for o in self._batch_observers)
+        if observer.times_risk:
+            self.node.risk_check_ns = []  # the node times risk checks on a sample of batches
+
     def publish_replicated(self, batch: list, results: list[list]) -> None:
         """Hand a batch applied from the replicated journal (a standby) to the listeners,
         as if this node had committed it: order store, market data, metrics."""
@@ -166,7 +179,7 @@ class ExchangeService:
                 listener(batch, results)
             except Exception:
                 log.exception("batch listener %r failed", listener)
-        split = BatchEvents(results) if self._event_listeners or self.tracer is not None else None
+        split = BatchEvents(results) if self._event_listeners or self._wants_events else None
         for listener in self._event_listeners:
             try:
                 listener(batch, results, split)
@@ -263,43 +276,47 @@ class ExchangeService:
     def refused(self, protocol: str, n: int) -> None:
         """Count n commands refused for overload (here or by a gateway before decoding)."""
         self.overload_refusals += n
-        if self.metrics is not None:
-            self.metrics.overload_refused(protocol, n)
+        self.observer.overload_refused(protocol, n)
 
-    def _observe(self, batch, error, t0, t1, t2, t3, t4) -> None:
-        m = self.metrics
+    def _observe(self, taken, batch, results, stamps, error, split) -> None:
+        """Hand the finished batch to every batch observer (metrics, order traces)."""
         node = self.node
-        m.batch_commands.observe(len(batch))
-        m.stage_journal.observe(t2 - t1)
-        m.stage_match.observe(t3 - t2)
-        m.stage_ack.observe(t4 - t3)
-        risk = node.risk_check_ns
-        if risk:
-            observe = m.stage_risk.observe
-            for ns in risk:
-                observe(ns / 1e9)
-            risk.clear()
-        if error is None:
-            m.commands.inc(len(batch))
-            m.written_bytes.inc(node.last_write_bytes)
-            if node.journal.fsync:
-                m.fsync.observe(node.journal.last_fsync_ns / 1e9)
-        elif not isinstance(error, OutcomeUnknownError):  # those: loom_journal_unknown_outcomes
-            m.write_errors.inc()
+        risk_ns = node.risk_check_ns
+        journal = node.journal
+        committed = CommittedBatch(
+            taken,
+            batch,
+            results,
+            stamps,
+            error,
+            split,
+            risk_ns or [],
+            node.risk_timed,
+            node.last_write_bytes,
+            journal.last_fsync_ns / 1e9 if journal.fsync else None,
+            node.trace_id_of,
+        )
+        for observer in self._batch_observers:
+            try:
+                observer.batch_committed(committed)
+            except Exception:
+                log.exception("batch observer %r failed", observer)
+        if risk_ns:
+            risk_ns.clear()
         self._observe_snapshot_failures()
 
     def _observe_snapshot(self, job) -> None:
         """A snapshot's capture pause (order path) when it starts, its background write's
         duration when it is written."""
         if not job.finished:
-            self.metrics.snapshot_capture.observe(job.capture_s)
+            self.observer.snapshot_captured(job.capture_s)
         elif job.written is not None:
-            self.metrics.snapshot_duration.observe(job.written.duration_s)
+            self.observer.snapshot_written(job.written.duration_s)
 
     def _observe_snapshot_failures(self) -> None:
         node = self.node
         if node.snapshot_failures > self._snapshot_failures_seen:
-            self.metrics.snapshot_failures.inc(node.snapshot_failures - self._snapshot_failures_seen)
+            self.observer.snapshot_failed(node.snapshot_failures - self._snapshot_failures_seen)
             self._snapshot_failures_seen = node.snapshot_failures
 
     async def _reap_snapshots(self) -> None:
@@ -308,8 +325,7 @@ class ExchangeService:
             await asyncio.sleep(SNAPSHOT_POLL_S)
             try:
                 self.node.poll_snapshot()
-                if self.metrics is not None:
-                    self._observe_snapshot_failures()
+                self._observe_snapshot_failures()
             except Exception:
                 log.exception("reaping the snapshot child failed")
 
@@ -356,8 +372,7 @@ class ExchangeService:
                 self.batches += 1
                 self.commands += len(held)
                 self.durable_at = time.perf_counter()
-                if self.metrics is not None:
-                    self.metrics.commands.inc(len(held))
+                self.observer.commands_resolved(len(held))
                 self._publish(held, results)
         return True
 
@@ -471,30 +486,8 @@ class ExchangeService:
                 self.recent.add(batch[0].seq, len(batch), meta, durations)
             else:
                 self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
-            if self.tracer is not None:
-                try:
-                    self.tracer.record_batch(
-                        taken, batch, results, (t0, t1, t2, t3, t4), split, node.risk_timed
-                    )
-                except Exception:
-                    log.exception("order trace recording failed")
-            if self.metrics is not None:
-                self._observe(batch, error, t0, t1, t2, t3, t4)
-                # Queue to durable answer, once per submission (a binary read of many orders
-                # counts once: an observation per order would cost ~8% at 150k orders/s).
-                order_to_ack = self.metrics.order_to_ack
-                sequencer_wait = self.metrics.stage_sequencer_wait
-                for pending in taken:
-                    # Queued -> sequenced: waiting for the next batch, then its stamping.
-                    sequencer_wait.observe(t1 - pending.queued_at)
-                    if error is not None:
-                        # A refusal or an unknown outcome is no answer from the core: not an
-                        # order-to-ack sample, and its seqs (given back, or not yet settled)
-                        # name no order's trace. Counted in loom_rejects_total instead.
-                        continue
-                    first = pending.commands[0]
-                    exemplar = {"trace_id": node.trace_id_of(first)} if first.seq else None
-                    order_to_ack(pending.protocol).observe(t4 - pending.queued_at, exemplar)
+            if self._batch_observers:
+                self._observe(taken, batch, results, (t0, t1, t2, t3, t4), error, split)
             # Let gateways read more input before the next batch.
             await asyncio.sleep(0)
 

@@ -28,7 +28,8 @@ from engine.core.batch_events import BatchEvents
 from engine.core.commands import NewOrder
 from engine.core.domain import OrderType, Side
 from engine.core.events import OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.gateways.texts import reject_code, reject_status
+from engine.observer import CommittedBatch, Observer
+from engine.reason_texts import reject_code, reject_status
 from telemetry.tracing import FillTrace, OrderTrace, Sampler, TraceShipper
 
 DEFAULT_EXPORT_SAMPLING = "errors-and-slow:10:0.01"
@@ -37,7 +38,12 @@ _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
 
 
-class OrderTraceRecorder:
+class OrderTraceRecorder(Observer):
+    """The order traces' side of the node's observer seam (engine/observer.py): each
+    committed batch's sampled orders become trace records for the shipper."""
+
+    wants_events = True  # reads the batch's events by type (the service's shared walk)
+
     def __init__(self, shipper: TraceShipper, trace_id_of: Callable[[object], str], sampler: Sampler) -> None:
         """`shipper` should keep everything (Sampler("all")): the choice is made here,
         before any record is built, and must not be made twice."""
@@ -79,6 +85,11 @@ class OrderTraceRecorder:
         if first and all(ev.seq for ev in split.rejected):
             return [ev.seq - first for ev in split.rejected]
         return [i for i, events in enumerate(results) if events and type(events[0]) is OrderRejected]
+
+    def batch_committed(self, batch: CommittedBatch) -> None:
+        self.record_batch(
+            batch.submissions, batch.commands, batch.results, batch.stamps, batch.split, batch.risk_timed
+        )
 
     def record_batch(
         self,

@@ -55,6 +55,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
+from telemetry.trace_ids import root_span_id
 from telemetry.tracing import (
     FRAME_HEADER,
     MAX_RECORD_BYTES,
@@ -62,7 +63,6 @@ from telemetry.tracing import (
     ExportCounts,
     FillTrace,
     OrderTrace,
-    root_span_id,
 )
 
 DEFAULT_SERVICE_NAME = "loom-exchange"

@@ -12,7 +12,8 @@ from pathlib import Path
 from engine.gateways.fix import orders as fix_orders
 from engine.gateways.fix.session import HANDLERS, SessionConfig, State
 from engine.gateways.fix.tags import MsgType
-from engine.gateways.http import _WS_OPS, OrderRequest, _WsSubscribe
+from engine.gateways.http_requests import OrderRequest
+from engine.gateways.ws_session import _WS_OPS, _WsSubscribe
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

@@ -29,7 +29,8 @@ from yarl import URL
 from engine.app import RunningExchange, start_exchange
 from engine.config import Config
 from engine.core.domain import Instrument
-from engine.gateways.http import CTX, MAX_BODY, AmendRequest, OrderRequest
+from engine.gateways.http_context import CTX, MAX_BODY
+from engine.gateways.http_requests import AmendRequest, OrderRequest
 from engine.journal.segments import scan
 from engine.snapshots import SnapshotStore
 

@@ -122,3 +122,18 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: pathlib.Path
     graph = import_graph(tmp_path, ("pkg",))
     assert graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_telemetry_imports_no_gateway_and_the_node_no_trace_shipper() -> None:
+    """Issue 14's seams: telemetry is fed through its interface and imports no gateway
+    module; the node names traces from the pure id module, not the shipper."""
+    graph = import_graph(ROOT, PACKAGES)
+    into_gateways = {
+        module: sorted(dep for dep in deps if dep.startswith("engine.gateways"))
+        for module, deps in graph.items()
+        if module.startswith("telemetry")
+    }
+    assert "telemetry.metrics" in into_gateways  # the graph holds telemetry
+    assert not {m: d for m, d in into_gateways.items() if d}, into_gateways
+    assert "telemetry.trace_ids" in graph["engine.exchange"]
+    assert "telemetry.tracing" not in graph["engine.exchange"]

@@ -28,7 +28,7 @@ from engine.journal.retention import RetentionStats, retirable, retire
 from engine.journal.segments import FileJournal, scan
 from engine.order_history import JournalRangeGone, order_history
 from engine.snapshots import HEADER, SnapshotStore
-from telemetry.tracing import derived_trace_id
+from telemetry.trace_ids import derived_trace_id
 
 WORKLOAD = generate(400, seed=5).commands  # stamped 1..400
 

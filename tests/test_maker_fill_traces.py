@@ -20,7 +20,8 @@ from engine.core.domain import OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from telemetry.order_traces import OrderTraceRecorder
-from telemetry.tracing import Sampler, TraceShipper, root_span_id
+from telemetry.trace_ids import root_span_id
+from telemetry.tracing import Sampler, TraceShipper
 
 ALICE, BOB = "alice-key-0000000000", "bob-key-000000000000"
 CONFIG = f"""
@@ -109,7 +110,8 @@ def test_only_an_exported_makers_fills_are_recorded(tmp_path, sampling, maker_fi
     node = ExchangeNode(NodeConfig(tmp_path, (INSTRUMENT,), snapshot_every_s=0))
     service = ExchangeService(node, write_thread=False)
     shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-    recorder = service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+    recorder = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+    service.add_observer(recorder)
 
     async def main() -> None:
         service.start()

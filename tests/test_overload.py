@@ -27,6 +27,7 @@ from engine.journal.segments import FileJournal
 from engine.routing import ExecutionRouter
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS, ExchangeService, Overloaded, ServiceStopped
 from telemetry.metrics import ExchangeMetrics
+from telemetry.observer import MetricsObserver
 
 BTC = "BTC-USD"
 INSTRUMENTS = (Instrument(BTC),)
@@ -69,7 +70,7 @@ def test_the_bound_refuses_new_orders_at_once_and_admits_cancels_up_to_the_hard_
     async def main():
         node = new_node(tmp_path)
         metrics = ExchangeMetrics(process=False)
-        service = ExchangeService(node, max_batch=3, metrics=metrics, max_queued_commands=8)
+        service = ExchangeService(node, max_batch=3, observer=MetricsObserver(metrics), max_queued_commands=8)
         assert (service.max_queued_commands, service.max_queued_cancels) == (8, 10)
         acked: dict[str, list] = {}
 

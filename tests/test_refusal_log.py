@@ -32,6 +32,7 @@ from engine.journal import JournalWriteError
 from engine.refusal_log import RefusalLog
 from engine.service import ExchangeService
 from telemetry.metrics import ExchangeMetrics
+from telemetry.observer import MetricsObserver
 
 FAILED = int(RejectReason.JOURNAL_WRITE_FAILED)
 UNKNOWN = int(RejectReason.OUTCOME_UNKNOWN)
@@ -115,7 +116,7 @@ def test_losing_the_stream_leader_logs_a_bounded_story_and_counts_every_refusal(
         """Sends an order, retrying at once when refused or unknown, until one is accepted
         after the stream leader's server died; returns (seconds without acceptance,
         refusals seen, unknown outcomes seen)."""
-        service = ExchangeService(node, metrics=metrics)
+        service = ExchangeService(node, observer=MetricsObserver(metrics))
         service.start()
         try:
             n = 0

@@ -374,9 +374,9 @@ def test_a_restarted_node_recovers_risk_state_from_the_journal_and_snapshots(tmp
 def test_the_inlined_new_order_checks_agree_with_the_shared_order_layer(
     qty, price, max_qty, max_notional, band, traded
 ):
-    """check_new inlines layer 2 for speed; check_amend uses _order_checks: same answers."""
+    """check_new inlines layer 2 for speed; check_amend uses order_checks: same answers."""
     from engine.core.commands import NewOrder
-    from engine.core.risk import _order_checks, check_new
+    from engine.core.risk import check_new, order_checks
 
     ex = Exchange()
     ex.place("m", SELL, 1_000, 5, symbol=ETH)
@@ -387,5 +387,5 @@ def test_the_inlined_new_order_checks_agree_with_the_shared_order_layer(
     if not lim.is_empty():
         limits(ex, **msgspec.structs.asdict(lim))
     cmd = NewOrder("a", "", ETH, int(BUY), 2 if price else 1, price, qty)
-    expected = _order_checks(ex.engine, lim, ETH, int(BUY), price, qty)[0] if ex.engine.risk_on else 0
+    expected = order_checks(ex.engine, lim, ETH, int(BUY), price, qty)[0] if ex.engine.risk_on else 0
     assert check_new(ex.engine, cmd) == expected

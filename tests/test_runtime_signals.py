@@ -27,7 +27,7 @@ from engine.config import DEMO_KEYS
 from engine.core.commands import NewOrder
 from engine.core.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.gateways.http import WsSession
+from engine.gateways.ws_session import WsSession
 from engine.service import ExchangeService
 from telemetry.collectors import ExchangeCollector
 from telemetry.runtime import GcPauses
@@ -229,7 +229,7 @@ def test_a_websocket_client_that_stops_reading_is_dropped_and_counted(tmp_path, 
     monkeypatch.setattr(WsSession, "HIGH_WATER", 0)
     server = LiveExchange(tmp_path / "ws")
     try:
-        registry = server.running.service.metrics.registry
+        registry = server.running.service.observer.metrics.registry
 
         def drops() -> float:
             return registry.get_sample_value("loom_md_slow_consumer_drops_total")

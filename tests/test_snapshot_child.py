@@ -29,6 +29,7 @@ from engine.service import ExchangeService
 from engine.snapshot_child import HOLD_ENV, SnapshotWriteError
 from engine.snapshots import SnapshotStore, decode_snapshot
 from telemetry.metrics import ExchangeMetrics
+from telemetry.observer import MetricsObserver
 
 WORKLOAD = generate(400, seed=21).commands
 
@@ -105,7 +106,7 @@ def test_the_order_path_goes_on_while_the_child_writes(tmp_path, hold):
     on-demand one waits its turn without blocking the loop; both hold their capture's state."""
     node = filled_node(tmp_path, 50, snapshot_every_commands=60)
     metrics = ExchangeMetrics()
-    service = ExchangeService(node, metrics=metrics)
+    service = ExchangeService(node, observer=MetricsObserver(metrics))
     hold.touch()
 
     async def scenario() -> tuple[int, int]:
@@ -152,7 +153,7 @@ def test_a_killed_child_is_counted_and_the_previous_snapshot_stands(tmp_path, ho
     node = filled_node(tmp_path, 50, snapshot_every_commands=60)
     previous = node.take_snapshot()
     metrics = ExchangeMetrics()
-    service = ExchangeService(node, metrics=metrics)
+    service = ExchangeService(node, observer=MetricsObserver(metrics))
     hold.touch()
 
     async def scenario() -> None:

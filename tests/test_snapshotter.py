@@ -33,6 +33,7 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from engine.snapshots import SnapshotStore, decode_snapshot
 from telemetry.metrics import ExchangeMetrics
+from telemetry.observer import MetricsObserver
 
 
 def follower_node(tmp_path: Path, **kw) -> ExchangeNode:
@@ -100,7 +101,7 @@ def test_a_snapshotter_killed_mid_snapshot_fails_that_one_and_the_previous_stand
         node.submit(orders(i, 10))
     previous = node.take_snapshot()
     metrics = ExchangeMetrics()
-    service = ExchangeService(node, metrics=metrics)
+    service = ExchangeService(node, observer=MetricsObserver(metrics))
     hold.touch()
 
     async def scenario() -> None:

@@ -136,3 +136,37 @@ def test_recent_batches_forget_the_oldest_and_never_answer_for_an_uncommitted_se
     assert recent.stages(4, 100)["received_ns"] == 90
     assert recent.stages(6, 100)["batch_first_seq"] == 5
     assert recent.stages(7, 100) is None
+
+
+def test_a_sampled_batch_times_each_risk_check_without_running_it_twice(tmp_path, monkeypatch):
+    """FIX (issue 14): on one batch in RISK_TIMING_EVERY the node re-ran each new order's
+    pre-trade check only to time it. Now the core's own call is timed: every new order's
+    check runs once, on sampled batches too, and its time is still recorded."""
+    import engine.core.matcher
+    import engine.core.risk
+    import engine.exchange
+    from engine.core.commands import SetRiskLimits
+    from engine.core.domain import RiskLimits, RiskScope
+
+    calls: list[int] = []
+
+    def counted(core, cmd):
+        calls.append(cmd.seq)
+        return engine.core.risk.check_new(core, cmd)
+
+    # Both names the check was called by (the node's timing and the core's own call).
+    monkeypatch.setattr(engine.core.matcher, "check_new", counted)
+    monkeypatch.setattr(engine.exchange, "check_new", counted)
+    node = ExchangeNode(NodeConfig(tmp_path, (INSTRUMENT,), snapshot_every_s=0))
+    node.risk_check_ns = []
+    node.submit([SetRiskLimits(int(RiskScope.VENUE), "", RiskLimits(max_order_qty=1_000))])
+    orders = []
+    for batch in range(2 * engine.exchange.RISK_TIMING_EVERY):
+        commands = [order(f"b{batch}-{i}", price=99_000 - i) for i in range(3)]
+        orders += commands
+        node.submit(commands)
+    node.close()
+    assert sorted(calls) == [cmd.seq for cmd in orders], "each new order's check runs exactly once"
+    timed = node.risk_check_ns
+    assert len(timed) == 2 * 3 and all(ns > 0 for ns in timed), timed  # two sampled batches of 3
+    assert set(node.risk_timed) <= {cmd.seq for cmd in orders}

@@ -15,7 +15,8 @@ from test_runtime_signals import samples, wait_for
 from test_tracing import order, otlp_env
 
 from telemetry.collectors import TraceExportCollector
-from telemetry.tracing import ExportCounts, Sampler, TraceShipper, new_trace_id
+from telemetry.trace_ids import new_trace_id
+from telemetry.tracing import ExportCounts, Sampler, TraceShipper
 
 
 def refusing_endpoint() -> str:

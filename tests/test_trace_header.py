@@ -20,7 +20,7 @@ import engine.journal.segments as segments_mod
 from engine.core.commands import NewOrder
 from engine.core.domain import OrderType, Side
 from engine.service import NotLeader
-from telemetry.tracing import derived_trace_id
+from telemetry.trace_ids import derived_trace_id
 
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 CALLER = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -35,7 +35,8 @@ def test_errors_and_slow_exports_exactly_the_rejected_orders(tmp_path, journal_f
     node = ExchangeNode(NodeConfig(tmp_path, (INSTRUMENT,), snapshot_every_s=0))
     service = ExchangeService(node, write_thread=False)
     shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-    recorder = service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(ONLY_ERRORS))
+    recorder = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(ONLY_ERRORS))
+    service.add_observer(recorder)
 
     async def main() -> list[list]:
         service.start()

@@ -14,15 +14,9 @@ import pytest
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from otlp_receiver import OtlpReceiver
 
+from telemetry.trace_ids import format_traceparent, new_trace_id, parse_traceparent
 from telemetry.trace_worker import run
-from telemetry.tracing import (
-    OrderTrace,
-    Sampler,
-    TraceShipper,
-    format_traceparent,
-    new_trace_id,
-    parse_traceparent,
-)
+from telemetry.tracing import OrderTrace, Sampler, TraceShipper
 
 T0 = 1_700_000_000_000_000_000
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

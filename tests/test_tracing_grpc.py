@@ -9,7 +9,8 @@ import pytest
 from otlp_grpc_receiver import OtlpGrpcReceiver
 from test_tracing import order, otlp_env
 
-from telemetry.tracing import Sampler, TraceShipper, new_trace_id
+from telemetry.trace_ids import new_trace_id
+from telemetry.tracing import Sampler, TraceShipper
 
 
 @pytest.fixture

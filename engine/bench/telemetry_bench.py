@@ -39,13 +39,14 @@ async def _run(
 
     from telemetry.collectors import ExchangeCollector
     from telemetry.metrics import ExchangeMetrics
+    from telemetry.observer import MetricsObserver
     from telemetry.order_traces import OrderTraceRecorder
     from telemetry.tracing import Sampler, TraceShipper
 
     tmp = Path(tempfile.mkdtemp(prefix="loom-telemetry-"))
     node = ExchangeNode(NodeConfig(tmp, (INSTRUMENT,), snapshot_every_commands=0, snapshot_every_s=0))
     metrics = ExchangeMetrics() if telemetry else None
-    service = ExchangeService(node, metrics=metrics)
+    service = ExchangeService(node, observer=MetricsObserver(metrics) if metrics else None)
     service.add_event_listener(OrderStore().on_events)
     service.add_event_listener(MarketData(node.engine).on_events)
     shipper = None
@@ -54,7 +55,7 @@ async def _run(
         metrics.registry.register(ExchangeCollector(service, {}))
     if telemetry and traces:
         shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-        service.tracer = OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling))
+        service.add_observer(OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling)))
     service.start()
     extra: dict = {}
     try:

@@ -27,7 +27,7 @@ from engine.core.commands import NewOrder
 from engine.core.events import OrderAccepted, OrderRejected
 from engine.core.matcher import MatchingEngine
 from engine.core.state import state_hash
-from engine.gateways.texts import reject_code
+from engine.reason_texts import reject_code
 
 OK = "ok"
 FAILED = "failed"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from engine.gateways.binary.protocol import GatewayRejectReason
-from engine.gateways.texts import reject_code
+from engine.reason_texts import reject_code
 
 
 class Answer(StrEnum):

@@ -135,7 +135,7 @@ def _open_notional(acct: _Account | None, symbol: str, skip_order_id: int = 0) -
     )
 
 
-def _order_checks(
+def order_checks(
     engine: RiskEngine, lim: RiskLimits, symbol: str, side: int, limit_price: int, qty: int
 ) -> tuple[int, int]:
     """Layer 2 (`limit_price` 0 for a market order). Returns (reason, notional); notional is
@@ -178,7 +178,7 @@ def check_new(engine: RiskEngine, cmd: NewOrder) -> int:
         lim = risk.effective(account, symbol)
     if lim is None:
         return 0
-    # Layer 2, as in _order_checks (inlined: this runs for every new order while limits exist).
+    # Layer 2, as in order_checks (inlined: this runs for every new order while limits exist).
     price = cmd.price
     qty = cmd.qty
     max_qty = lim.max_order_qty
@@ -221,7 +221,7 @@ def check_amend(engine: RiskEngine, order: RestingOrder, new_qty: int, new_price
         return 0
     if new_price == order.price:  # a quantity increase: the band was checked on entry
         lim = RiskLimits(*[0 if name == "price_band_bps" else getattr(lim, name) for name in _FIELDS])
-    reason, _ = _order_checks(engine, lim, symbol, order.side, new_price, new_qty)
+    reason, _ = order_checks(engine, lim, symbol, order.side, new_price, new_qty)
     if reason:
         return reason
     if lim.max_open_notional:

@@ -1,16 +1,18 @@
-"""The REST/WebSocket app: every route of the gateway (http.py) and of the risk admin
-endpoints (http_controls.py), which build on the gateway's helpers. Assembled here, not
-in http.py, so neither of the two imports the other both ways."""
+"""The REST/WebSocket app: every route, wired in one place. The handlers live by area
+(rest_orders, rest_market, rest_admin, http_controls for the risk controls, ws_session for
+/v1/ws) and share the gateway's common modules (http_context, http_requests, http_auth,
+http_middleware, http_answers)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from engine.gateways.http import (
-    CTX,
-    MAX_BODY,
-    SESSIONS,
-    GatewayContext,
+from engine.gateways.http_context import CTX, MAX_BODY, SESSIONS, GatewayContext
+from engine.gateways.http_controls import add_routes as add_risk_routes
+from engine.gateways.http_middleware import json_errors
+from engine.gateways.landing import add_routes as add_landing_routes
+from engine.gateways.rest_accounts import add_routes as add_account_routes
+from engine.gateways.rest_admin import (
     admin_automation,
     admin_automation_audit,
     admin_cluster,
@@ -18,28 +20,28 @@ from engine.gateways.http import (
     admin_faults,
     admin_snapshot,
     admin_stats,
+)
+from engine.gateways.rest_market import (
+    get_book,
+    get_instruments,
+    get_trades,
+    healthz,
+    metrics_endpoint,
+    openapi,
+    readyz,
+)
+from engine.gateways.rest_orders import (
     cancel_all,
     delete_order,
     delete_order_by_client_id,
-    get_book,
-    get_instruments,
     get_order,
     get_order_by_client_id,
     get_order_trace,
-    get_trades,
-    healthz,
-    json_errors,
     list_orders,
-    metrics_endpoint,
-    openapi,
     patch_order,
     post_order,
-    readyz,
-    websocket,
 )
-from engine.gateways.http_controls import add_routes as add_risk_routes
-from engine.gateways.landing import add_routes as add_landing_routes
-from engine.gateways.rest_accounts import add_routes as add_account_routes
+from engine.gateways.ws_session import websocket
 
 
 def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Application:

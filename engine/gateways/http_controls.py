@@ -20,8 +20,11 @@ from aiohttp import web
 
 from engine.core.commands import SetKillSwitch, SetRiskLimits, SetTradingHalt
 from engine.core.domain import RiskLimits
-from engine.gateways.http import CTX, INT64_MAX, _decode, _submit, admin_action, admin_view
 from engine.gateways.http_answers import error, ok
+from engine.gateways.http_auth import admin_action, admin_view
+from engine.gateways.http_context import CTX
+from engine.gateways.http_requests import INT64_MAX, decode_body
+from engine.gateways.rest_orders import submit
 from engine.risk_admin import SCOPES, risk_view
 
 Limit = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
@@ -71,7 +74,7 @@ async def get_risk(request: web.Request) -> web.Response:
 
 async def put_limits(request: web.Request) -> web.Response:
     admin_action(request)
-    req = await _decode(request, LimitsRequest)
+    req = await decode_body(request, LimitsRequest)
     problem = _target_error(request, req.scope, req.target)
     if problem is not None:
         return problem
@@ -83,26 +86,26 @@ async def put_limits(request: web.Request) -> web.Response:
         req.max_open_notional,
     )
     cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits)
-    return await _submit(request, cmd)
+    return await submit(request, cmd)
 
 
 async def post_kill_switch(request: web.Request) -> web.Response:
     admin_action(request)
-    req = await _decode(request, KillSwitchRequest)
+    req = await decode_body(request, KillSwitchRequest)
     problem = _target_error(request, req.scope, req.target)
     if problem is not None:
         return problem
     cmd = SetKillSwitch(SCOPES[req.scope], req.target, req.engaged, req.reason, req.cancel_orders)
-    return await _submit(request, cmd)
+    return await submit(request, cmd)
 
 
 async def post_halt(request: web.Request) -> web.Response:
     admin_action(request)
-    req = await _decode(request, HaltRequest)
+    req = await decode_body(request, HaltRequest)
     if req.symbol not in request.app[CTX].engine.instruments:
         return error(400, "INVALID_REQUEST", f"symbol: unknown symbol {req.symbol!r}", field="symbol")
     cmd = SetTradingHalt(req.symbol, req.halted, req.reason)
-    return await _submit(request, cmd)
+    return await submit(request, cmd)
 
 
 async def get_surveillance(request: web.Request) -> web.Response:

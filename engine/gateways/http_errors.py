@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
+from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
 
@@ -40,7 +41,7 @@ def describe(exc: BaseException | None) -> tuple[int, str, str]:
 
 
 class QuietRequestHandler(RequestHandler):
-    __slots__ = ("metrics",)  # telemetry.metrics.ExchangeMetrics or None
+    __slots__ = ("observer",)  # engine.observer.Observer
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: an answer is already on the wire
@@ -52,8 +53,7 @@ class QuietRequestHandler(RequestHandler):
             response = error(status, "INTERNAL" if status == 500 else "TIMEOUT", "internal error (logged)")
         else:
             status, code, text = describe(exc)
-            if self.metrics is not None:
-                self.metrics.decode_error("rest", code)
+            self.observer.decode_error("rest", code)
             BAD_INPUT.note("http", request.remote, text)
             response = error(status, code, text)
         response.force_close()
@@ -75,20 +75,20 @@ class QuietRequestHandler(RequestHandler):
 
 
 class QuietServer(web.Server):
-    metrics = None
+    observer: Observer = NULL_OBSERVER
 
     def __call__(self) -> RequestHandler:
         handler = QuietRequestHandler(self, loop=self._loop, **self._kwargs)
-        handler.metrics = self.metrics
+        handler.observer = self.observer
         return handler
 
 
 class QuietAppRunner(web.AppRunner):
     """An AppRunner whose connections use QuietRequestHandler."""
 
-    def __init__(self, app: web.Application, metrics=None, **kwargs) -> None:
+    def __init__(self, app: web.Application, observer: Observer = NULL_OBSERVER, **kwargs) -> None:
         super().__init__(app, **kwargs)
-        self._metrics = metrics
+        self._observer = observer
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -99,5 +99,5 @@ class QuietAppRunner(web.AppRunner):
             loop=plain._loop,
             **plain._kwargs,
         )
-        server.metrics = self._metrics
+        server.observer = self._observer
         return server

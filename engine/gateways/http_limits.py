@@ -71,7 +71,7 @@ def body_deadline(limits: HttpLimits):
 
 
 def ws_watch(session, limits: HttpLimits) -> IdleWatch:
-    """The deadlines of one WebSocket session (engine.gateways.http.WsSession): a purpose
+    """The deadlines of one WebSocket session (engine.gateways.ws_session.WsSession): a purpose
     (auth or a subscription) within login_timeout_s, then no silence beyond session_idle_s
     unless it is subscribed (pushes flow; the pings find a dead peer)."""
     settings = limits.settings

@@ -20,7 +20,7 @@ from engine.core.events import (
     TradingHaltChanged,
     TransferApplied,
 )
-from engine.gateways.texts import cancel_code, reject_code, reject_text
+from engine.reason_texts import cancel_code, reject_code, reject_text
 
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.gateways.http import CTX, GatewayContext, healthz, json_errors, metrics_endpoint
+from engine.gateways.http_context import CTX, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
+from engine.gateways.http_middleware import json_errors
+from engine.gateways.rest_market import healthz, metrics_endpoint
 
 
 def build_metrics_app(ctx: GatewayContext) -> web.Application:
@@ -23,7 +25,7 @@ def build_metrics_app(ctx: GatewayContext) -> web.Application:
 
 async def start_metrics_listener(ctx: GatewayContext, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve /metrics on host:port; (the runner, the bound port)."""
-    runner = QuietAppRunner(build_metrics_app(ctx), metrics=ctx.metrics, access_log=None)
+    runner = QuietAppRunner(build_metrics_app(ctx), observer=ctx.observer, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner, runner.addresses[0][1]

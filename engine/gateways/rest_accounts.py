@@ -20,8 +20,11 @@ from engine.core.balances import MAX_AMOUNT, MAX_TRANSFER_ID_LEN
 from engine.core.commands import Transfer
 from engine.core.domain import MAX_ACCOUNT_LEN, TransferKind
 from engine.core.matcher import MatchingEngine
-from engine.gateways.http import CTX, _account, _decode, _submit, admin_action, admin_view
 from engine.gateways.http_answers import ok
+from engine.gateways.http_auth import admin_action, admin_view, trading_account
+from engine.gateways.http_context import CTX
+from engine.gateways.http_requests import decode_body
+from engine.gateways.rest_orders import submit
 
 KINDS = {k.name.lower(): int(k) for k in TransferKind}
 ADMIN = "admin"  # requested_by of a transfer made with the admin key (there is one)
@@ -47,9 +50,9 @@ def balances_json(engine: MatchingEngine, account: str) -> dict:
 
 async def post_transfer(request: web.Request) -> web.Response:
     admin_action(request)
-    req = await _decode(request, TransferRequest)
+    req = await decode_body(request, TransferRequest)
     cmd = Transfer(req.transfer_id, req.account, req.asset, KINDS[req.kind], req.amount, ADMIN)
-    return await _submit(request, cmd)
+    return await submit(request, cmd)
 
 
 async def get_account_balances(request: web.Request) -> web.Response:
@@ -58,7 +61,7 @@ async def get_account_balances(request: web.Request) -> web.Response:
 
 
 async def get_own_balances(request: web.Request) -> web.Response:
-    return ok(balances_json(request.app[CTX].engine, _account(request)))
+    return ok(balances_json(request.app[CTX].engine, trading_account(request)))
 
 
 def add_routes(app: web.Application) -> None:

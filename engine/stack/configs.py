@@ -14,7 +14,7 @@ import alerts
 RULES = Path(alerts.__file__).parent / "generated" / "loom-rules.yml"
 ALERTMANAGER_YML = Path(alerts.__file__).parent / "alertmanager.yml"
 EXCHANGE_JOB = "loom"  # the job the generated rules select (alerts/rules.py)
-AUTOMATION_PATH = "/v1/admin/automation"  # engine/gateways/http.py
+AUTOMATION_PATH = "/v1/admin/automation"  # engine/gateways/rest_admin.py
 
 
 def prometheus_config(

@@ -39,6 +39,7 @@ from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, Orde
 from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
 from engine.logfmt import fields
+from engine.observer import NULL_OBSERVER
 from engine.overload import InFlight, limit_receive_buffers
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService, NotLeader, Overloaded, ServiceStopped
@@ -357,11 +358,10 @@ class BinarySession(asyncio.Protocol):
             self.shed_before = decoder.shed
             if refused:
                 service.refused("binary", refused)
-        metrics = getattr(self._service, "metrics", None)
-        if metrics is not None:
-            metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
-            for code in decode_errors:
-                metrics.decode_error("binary", _error_name(code))
+        observer = getattr(self._service, "observer", NULL_OBSERVER)
+        observer.decoded(time.perf_counter() - started)  # once per read
+        for code in decode_errors:
+            observer.decode_error("binary", _error_name(code))
         if cmds:
             if self._bucket is not None:
                 cmds = self._rate_limit(cmds)
@@ -409,9 +409,8 @@ class BinarySession(asyncio.Protocol):
                 allowed.append(cmd)
             else:
                 out.append(gateway_rejection(cmd, limited))
-        metrics = getattr(self._service, "metrics", None)
-        if metrics is not None and len(allowed) < len(cmds):
-            metrics.rate_limited("binary", len(cmds) - len(allowed))
+        if len(allowed) < len(cmds):
+            getattr(self._service, "observer", NULL_OBSERVER).rate_limited("binary", len(cmds) - len(allowed))
         return allowed
 
     def _submit(self, cmds: list, has_cancel_all: bool, received: float = 0.0) -> None:

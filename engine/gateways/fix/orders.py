@@ -38,7 +38,7 @@ from engine.gateways.fix.tags import (
     Tag,
     tag_name,
 )
-from engine.gateways.texts import cancel_code, reject_code, reject_text
+from engine.reason_texts import cancel_code, reject_code, reject_text
 
 log = logging.getLogger("loom.fix")
 

@@ -34,6 +34,7 @@ from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
+from engine.observer import NULL_OBSERVER
 from engine.overload import TEXT_RECEIVE_BUFFER, InFlight, coded_text, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
 
@@ -169,16 +170,15 @@ class FixGateway:
                 started = time.perf_counter()
                 limited_before = session.stats.get("rate_limited", 0)
                 session.receive_data(data)
-                metrics = getattr(self.service, "metrics", None)
-                if metrics is not None:
-                    metrics.stage_decode.observe(time.perf_counter() - started)  # once per read
-                    limited = session.stats.get("rate_limited", 0) - limited_before
-                    if limited:
-                        metrics.rate_limited("fix", limited)
-                    if session.decode_errors:
-                        for code, n in session.decode_errors.items():
-                            metrics.decode_error("fix", code, n)
-                        session.decode_errors.clear()
+                observer = getattr(self.service, "observer", NULL_OBSERVER)
+                observer.decoded(time.perf_counter() - started)  # once per read
+                limited = session.stats.get("rate_limited", 0) - limited_before
+                if limited:
+                    observer.rate_limited("fix", limited)
+                if session.decode_errors:
+                    for code, n in session.decode_errors.items():
+                        observer.decode_error("fix", code, n)
+                    session.decode_errors.clear()
                 if unsubscribe is None and session.account:
                     unsubscribe = self.router.subscribe(session.account, conn.on_event)  # type: ignore[attr-defined]
                     if logged:

@@ -1,4 +1,6 @@
-"""Human messages for the machine codes every gateway returns."""
+"""The codes and human messages of reject and cancel reasons, one table for every gateway,
+the client, the risk admin and the order traces (not under gateways/: telemetry reads it
+too, and telemetry imports no gateway)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,390 @@
+"""The WebSocket gateway (/v1/ws): one WsSession per connection for order entry, market data
+and execution streams (the protocol: docs/websocket.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from engine.auth import TokenBucket
+from engine.core.commands import Amend, Cancel, CancelAll
+from engine.core.events import OrderRejected
+from engine.gateways.http_answers import error, not_leader_fields
+from engine.gateways.http_auth import api_key
+from engine.gateways.http_context import CTX, MAX_BODY, SESSIONS, GatewayContext
+from engine.gateways.http_limits import limits_of, ws_watch
+from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
+from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
+from engine.gateways.json_depth import MAX_DEPTH, too_deep
+from engine.gateways.json_events import event_json
+from engine.gateways.ws_masking import require_masked_frames
+from engine.overload import InFlight
+from engine.reason_texts import reject_code, reject_text
+from engine.service import NotLeader, Overloaded, ServiceStopped
+from telemetry.trace_ids import parse_traceparent
+
+log = logging.getLogger("loom.http")
+
+_json = msgspec.json.Encoder()
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+class WsSession:
+    """One WebSocket connection: order entry, market data and execution streams. Replies
+    and pushes go through an outbox drained by one writer task, so the commit loop never
+    waits on a slow client (a client too far behind is disconnected)."""
+
+    MAX_OUTBOX = 50_000
+    HIGH_WATER = 4 * 1024 * 1024  # bytes buffered in the socket before the writer waits
+
+    def __init__(
+        self, ctx: GatewayContext, ws: web.WebSocketResponse, account: str | None, transport=None
+    ) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.account = account
+        self.outbox: list[bytes] = []
+        self.transport = transport
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.sent = 0  # messages queued to the client (the access log's messages_out)
+        self.unsubscribers: dict[tuple, Callable[[], None]] = {}
+        self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        self.flight = InFlight(WS_MAX_IN_FLIGHT)  # orders submitted, not yet answered
+        self.readable = asyncio.Event()  # cleared while the in-flight bound holds reading
+        self.readable.set()
+        self.control_bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        # When the oldest market data message in the outbox became durable (0: none queued).
+        self.md_since = 0.0
+
+    def send(self, message: dict) -> None:
+        if self.closed:
+            return
+        if len(self.outbox) >= self.MAX_OUTBOX:
+            log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
+            self.ctx.observer.slow_consumer_dropped()
+            self.closed = True
+            self.wake.set()
+            return
+        self.outbox.append(_json.encode(message))
+        self.sent += 1
+        self.wake.set()
+
+    def send_market_data(self, message: dict) -> None:
+        """A book or trade push: as send, noting when its batch became durable."""
+        if not self.md_since:
+            self.md_since = self.ctx.market_data.published_at
+        self.send(message)
+
+    async def writer(self) -> None:
+        while not self.closed or self.outbox:
+            if not self.outbox:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            batch, self.outbox = self.outbox, []
+            if self.ws.closed:
+                return
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            # Every queued message as its own text frame, all in one write: a send (and a
+            # system call) per message cost more than the order behind it. Server frames
+            # are unmasked and the socket is uncompressed, so framing here is exact; whole
+            # frames never interleave with aiohttp's own (pings, close).
+            transport.write(b"".join([_text_frame(data) for data in batch]))
+            if self.md_since:
+                self.ctx.observer.fanout_lag(time.perf_counter() - self.md_since)
+                self.md_since = 0.0
+            while transport.get_write_buffer_size() > self.HIGH_WATER and not transport.is_closing():
+                await asyncio.sleep(0.001)
+        if not self.ws.closed:
+            await self.ws.close()
+
+    def fail(self, req_id, code: str, message: str) -> None:
+        self.send({"type": "error", "req_id": req_id, "code": code, "message": message})
+
+    def unreadable(self, req_id, code: str, message: str) -> None:
+        """An error for a message that cannot be read: counted in loom_decode_errors."""
+        self.ctx.observer.decode_error("websocket", code)
+        self.fail(req_id, code, message)
+
+    def handle(self, raw: str | bytes) -> None:
+        if too_deep(raw):  # msgspec would recurse until RecursionError ended the session
+            self.unreadable(None, "TOO_DEEP", f"message nests JSON deeper than {MAX_DEPTH} levels")
+            return
+        try:
+            msg = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # FIX: a binary frame that is not UTF-8 raises UnicodeDecodeError, which escaped
+            # and closed the session; it is a MALFORMED_JSON error like any other.
+            self.unreadable(None, "MALFORMED_JSON", f"message is not valid JSON: {exc}")
+            return
+        if not isinstance(msg, dict):
+            self.unreadable(None, "INVALID_REQUEST", "a message must be a JSON object with an 'op'")
+            return
+        req_id = msg.pop("req_id", None)
+        op = msg.pop("op", None)
+        handler = _WS_OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            self.unreadable(req_id, "UNKNOWN_OP", f"unknown op {op!r}; one of {sorted(_WS_OPS)}")
+            return
+        if op in _WS_CONTROL and not self._within_rate(req_id, self.control_bucket):
+            return  # (trading ops check their own bucket once authenticated)
+        try:
+            handler(self, req_id, msg)
+        except msgspec.ValidationError as exc:
+            self.unreadable(req_id, "INVALID_REQUEST", str(exc))
+        except Overloaded as exc:  # nothing was sequenced: resend after retry_after_s
+            self.send(
+                {
+                    "type": "error",
+                    "req_id": req_id,
+                    "code": "OVERLOADED",
+                    "message": str(exc),
+                    "retry_after_s": exc.retry_after_s,
+                }
+            )
+        except NotLeader as exc:
+            body = not_leader_fields(exc)
+            self.send({"type": "error", "req_id": req_id, "code": "NOT_LEADER", **body})
+        except ServiceStopped as exc:
+            self.fail(req_id, "SHUTTING_DOWN", str(exc))
+
+    def _trading(self, req_id) -> bool:
+        if self.account is None:
+            self.fail(req_id, "UNAUTHENTICATED", "send {'op': 'auth', 'api_key': ...} first")
+            return False
+        return self._within_rate(req_id, self.bucket)
+
+    def _within_rate(self, req_id, bucket: TokenBucket) -> bool:
+        """The session's rate limit: one bucket for trading, one for control ops (auth, ping,
+        subscribe: never limited before), so a client at its trading limit can still ping."""
+        if not bucket.allow(time.monotonic()):
+            self.ctx.rate_limited += 1
+            self.ctx.observer.rate_limited("websocket")
+            self.fail(req_id, "RATE_LIMITED", f"more than {self.ctx.rate:g} requests per second")
+            return False
+        return True
+
+    def _submit(self, req_id, command) -> None:
+        def done(results: list[list]) -> None:
+            if self.flight.done():
+                self.readable.set()
+            events = results[0]
+            if events and type(events[0]) is OrderRejected:
+                ev = events[0]
+                self.send(
+                    {
+                        "type": "rejected",
+                        "req_id": req_id,
+                        "code": reject_code(ev.reason),
+                        "message": reject_text(ev.reason),
+                        "events": [event_json(ev)],
+                    }
+                )
+            else:
+                self.send({"type": "ack", "req_id": req_id, "events": [event_json(e) for e in events]})
+
+        self.ctx.service.enqueue([command], done, "websocket")
+        if self.flight.add():  # stop reading this session until half its orders are answered
+            self.readable.clear()
+
+    def op_auth(self, req_id, msg: dict) -> None:
+        key = msg.get("api_key")
+        if key is not None and not isinstance(key, str):
+            # FIX: a non-string api_key (a number, a list) raised inside the key hashing and
+            # closed the session; it is an INVALID_REQUEST error now.
+            self.fail(req_id, "INVALID_REQUEST", "api_key must be a string")
+            return
+        account = self.ctx.accounts.authenticate(key)
+        if account is None:
+            self.fail(req_id, "UNAUTHENTICATED", "unknown API key")
+            return
+        self.account = account
+        self.send({"type": "authenticated", "req_id": req_id, "account": account})
+
+    def op_order(self, req_id, msg: dict) -> None:
+        traceparent = msg.pop("traceparent", "")
+        req = msgspec.convert(msg, OrderRequest)
+        if self._trading(req_id):
+            cmd = new_order_command(self.account, req)
+            incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
+            if incoming:
+                cmd.trace_id, cmd.trace_parent = incoming
+            self._submit(req_id, cmd)
+
+    def op_cancel(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsCancel)
+        if not req.order_id and not req.client_order_id:
+            self.fail(req_id, "INVALID_REQUEST", "cancel needs order_id or client_order_id")
+        elif self._trading(req_id):
+            self._submit(req_id, Cancel(self.account, req.order_id, req.client_order_id))
+
+    def op_amend(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsAmend)
+        if self._trading(req_id):
+            cmd = Amend(
+                self.account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
+            )
+            self._submit(req_id, cmd)
+
+    def op_cancel_all(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsCancelAll)
+        if self._trading(req_id):
+            self._submit(req_id, CancelAll(self.account, req.symbol))
+
+    def op_subscribe(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsSubscribe)
+        key = _sub_key(req)
+        if key in self.unsubscribers:
+            self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
+            return
+        if req.channel == "executions":
+            if self.account is None:
+                self.fail(req_id, "UNAUTHENTICATED", "executions need an authenticated session")
+                return
+            self.unsubscribers[key] = self.ctx.router.subscribe(
+                self.account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
+            )
+            self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
+            return
+        if req.symbol not in self.ctx.engine.books:
+            self.fail(req_id, "UNKNOWN_SYMBOL", f"unknown symbol {req.symbol!r}")
+            return
+        feed = self.ctx.market_data.feed(req.symbol)
+        subscribers = feed.book_subscribers if req.channel == "book" else feed.trade_subscribers
+        subscribers.add(self.send_market_data)
+        self.unsubscribers[key] = lambda: subscribers.discard(self.send_market_data)
+        self.send({"type": "subscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
+        if req.channel == "book":
+            self.send(self.ctx.market_data.snapshot(req.symbol))
+
+    def op_unsubscribe(self, req_id, msg: dict) -> None:
+        req = msgspec.convert(msg, _WsSubscribe)
+        stop = self.unsubscribers.pop(_sub_key(req), None)
+        if stop is None:
+            self.fail(req_id, "NOT_SUBSCRIBED", f"not subscribed to {req.channel} {req.symbol}")
+            return
+        stop()
+        self.send({"type": "unsubscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
+
+    def op_ping(self, req_id, _msg: dict) -> None:
+        self.send({"type": "pong", "req_id": req_id})
+
+    def close(self) -> None:
+        self.closed = True
+        for stop in self.unsubscribers.values():
+            stop()
+        self.unsubscribers.clear()
+        self.wake.set()
+
+
+class _WsCancel(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: Int64 = 0  # FIX: Int64, see above
+    client_order_id: str = ""
+
+
+class _WsAmend(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: Int64 = 0  # FIX: Int64, see above
+    client_order_id: str = ""
+    qty: Int64 = 0
+    price: Int64 = 0
+    new_client_order_id: str = ""
+
+
+class _WsCancelAll(msgspec.Struct, forbid_unknown_fields=True):
+    symbol: str = ""
+
+
+class _WsSubscribe(msgspec.Struct, forbid_unknown_fields=True):
+    channel: Literal["book", "trades", "executions"]
+    symbol: str = ""
+
+
+def _sub_key(req: _WsSubscribe) -> tuple:
+    # FIX (tests/test_ws_gateway.py): executions are per account, not per symbol; keyed by
+    # (channel, symbol) a second subscription naming another symbol was accepted and every
+    # execution report was then delivered twice.
+    return (req.channel, "" if req.channel == "executions" else req.symbol)
+
+
+_WS_CONTROL = frozenset(("auth", "subscribe", "unsubscribe", "ping"))
+_WS_OPS = {
+    "auth": WsSession.op_auth,
+    "order": WsSession.op_order,
+    "cancel": WsSession.op_cancel,
+    "amend": WsSession.op_amend,
+    "cancel_all": WsSession.op_cancel_all,
+    "subscribe": WsSession.op_subscribe,
+    "unsubscribe": WsSession.op_unsubscribe,
+    "ping": WsSession.op_ping,
+}
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ctx = request.app[CTX]
+    key = api_key(request)
+    account = ctx.accounts.authenticate(key) if key else None
+    if key and account is None:
+        return error(401, "UNAUTHENTICATED", "unknown API key")
+    limits = limits_of(request.app)
+    ws = web.WebSocketResponse(
+        heartbeat=limits.settings.ws_heartbeat_s, max_msg_size=MAX_BODY, compress=False
+    )
+    await ws.prepare(request)
+    require_masked_frames(request, ws)  # RFC 6455: an unmasked client frame closes with 1002
+    session = WsSession(ctx, ws, account, request.transport)
+    writer = asyncio.create_task(session.writer())
+    watch = ws_watch(session, limits)  # auth or subscribe in time; no endless silence
+    request.app[SESSIONS].add(session)
+    logged = ctx.access.sampled()  # this session's open and close go to the access log
+    if logged:
+        ctx.access.session("websocket", "open", request.remote, account or "", path=request.path)
+    received = 0
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                received += 1
+                watch.touch()
+                session.handle(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+            if session.closed:
+                break
+            if not session.readable.is_set():
+                await session.readable.wait()
+    finally:
+        watch.cancel()
+        request.app[SESSIONS].discard(session)
+        session.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 5)
+        if logged:
+            ctx.access.session(
+                "websocket",
+                "close",
+                request.remote,
+                session.account or "",
+                messages_in=received,
+                messages_out=session.sent,
+                close_code=ws.close_code,
+            )
+    return ws
