@@ -25,7 +25,6 @@ from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
 from engine.core.order_store import OrderStore
-from engine.core.surveillance import Surveillance
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
@@ -43,6 +42,7 @@ from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
+from engine.surveillance_desk import SurveillanceDesk
 from telemetry.collectors import (
     AdmissionCollector,
     ClusterCollector,
@@ -52,6 +52,7 @@ from telemetry.collectors import (
     MarketDataCollector,
     RiskCollector,
     StandaloneRoleCollector,
+    SurveillanceCollector,
     TraceExportCollector,
 )
 from telemetry.metrics import MAIN_LOOP, ExchangeMetrics
@@ -193,7 +194,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     market_data = MarketData(node.engine)
     market_data.batch_time = lambda: service.durable_at  # fan-out lag from the durable point
     router = ExecutionRouter()
-    surveillance = Surveillance()
+    surveillance = SurveillanceDesk(cfg.account_owners)  # off the order path: appends only
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
     for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
@@ -201,6 +202,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     metrics.registry.register(ExchangeCollector(service, sessions))
     metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
+    metrics.registry.register(SurveillanceCollector(surveillance))
     metrics.registry.register(MarketDataCollector(market_data))
     metrics.registry.register(BuildInfo())
     gc_pauses = GcPauses()
@@ -290,6 +292,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
+    running.tasks.append(asyncio.create_task(surveillance.run(), name="surveillance"))
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups
     running.ports["http"] = http_server.sockets[0].getsockname()[1]

@@ -43,6 +43,9 @@ class Config:
     # an account with none bound may use up to fix_max_comp_ids (engine/gateways/fix/comp_ids.py).
     fix_comp_ids: dict[str, str] = field(default_factory=dict)
     fix_max_comp_ids: int = 16
+    # Beneficial owners ([[accounts]] owner), account -> owner: surveillance counts a trade
+    # between two accounts of one owner as a wash trade (engine/core/wash_trades.py).
+    account_owners: dict[str, str] = field(default_factory=dict)
     instruments: list[Instrument] = field(default_factory=list)
     # [[assets]] balances are held in, and whether the venue checks credit (engine/core/
     # balances.py, docs/accounts.md). Journaled at start; enforced with settlement (next).
@@ -331,6 +334,11 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                             "api_key of at least 16 characters"
                         )
                     (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
+                    owner = entry.get("owner", "")
+                    if not isinstance(owner, str) or len(owner) > 64:
+                        raise ConfigError(f"{path}: account {name!r}: owner is a name of up to 64 characters")
+                    if owner and cfg.account_owners.setdefault(name, owner) != owner:
+                        raise ConfigError(f"{path}: account {name!r} is given two owners")
                     comp_ids = entry.get("fix_comp_ids", [])
                     if not isinstance(comp_ids, list) or not all(isinstance(c, str) and c for c in comp_ids):
                         raise ConfigError(

@@ -277,6 +277,39 @@ class RiskCollector(Collector):
         yield from (score, top, alerts, accounts)
 
 
+class SurveillanceCollector(Collector):
+    """The abuse findings by kind and symbol, and the anomaly model's highest z-scores, read
+    at scrape time after the desk drains (engine/surveillance_desk.py). No identities: which
+    accounts and owners is for GET /v1/admin/surveillance/report."""
+
+    def __init__(self, desk, wall_ns: Callable[[], int] | None = time.time_ns) -> None:
+        self.desk = desk  # engine.surveillance_desk.SurveillanceDesk
+        self.wall_ns = wall_ns
+
+    def collect(self):
+        from engine.core.surveillance_findings import FINDING_KINDS
+
+        self.desk.evaluate(self.wall_ns() if self.wall_ns else None)
+        now = self.desk.metrics()
+        spec = CATALOGUE["loom_surveillance_findings"]
+        findings = CounterMetricFamily("loom_surveillance_findings", spec.help, labels=list(spec.labels))
+        for kind in FINDING_KINDS:  # every kind present at 0, so increase() sees the first one
+            if not any(k == kind for k, _s in now["findings"]):
+                findings.add_metric([kind, ""], 0)
+        for (kind, symbol), n in sorted(now["findings"].items()):
+            findings.add_metric([kind, symbol], n)
+        flow = _gauge("loom_surveillance_flow_zscore")
+        for feature, z in now["flow_z"].items():
+            flow.add_metric([feature], z)
+        moves = _gauge("loom_surveillance_price_move_zscore")
+        for symbol, z in sorted(now["price_move_z"].items()):
+            moves.add_metric([symbol], z)
+        spec = CATALOGUE["loom_surveillance_dropped_batches"]
+        dropped = CounterMetricFamily("loom_surveillance_dropped_batches", spec.help, labels=[])
+        dropped.add_metric([], now["dropped_batches"])
+        yield from (findings, flow, moves, dropped)
+
+
 class MarketDataCollector(Collector):
     """Market data subscriptions by channel, counted at scrape time."""
 

@@ -118,6 +118,49 @@ _TRANSFER = {
         },
     },
 }
+_FINDINGS = {
+    "type": "object",
+    "properties": {
+        "total": {"type": "integer"},
+        "by_symbol": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "latest": {
+            "type": "array",
+            "description": "newest first; kind-specific fields besides these",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "kind": {"type": "string"},
+                    "symbol": {"type": "string"},
+                    "seq": {"type": "integer"},
+                    "ts": {"type": "integer"},
+                    "owner": {"type": "string"},
+                    "accounts": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_SURVEILLANCE_REPORT = {
+    "type": "object",
+    "properties": {
+        "findings": {
+            "type": "object",
+            "properties": {k: _FINDINGS for k in ("wash_trade", "spoofing", "layering", "price_move")},
+        },
+        "anomaly": {
+            "type": "object",
+            "properties": {
+                "interval_end_ts": {"type": ["integer", "null"]},
+                "max_z": {"type": "object", "additionalProperties": {"type": "number"}},
+                "top_accounts": {"type": "array", "items": {"type": "object"}},
+                "price_move_z": {"type": "object", "additionalProperties": {"type": "number"}},
+                "outliers": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "scores": {"type": "object", "description": "as GET /v1/admin/surveillance"},
+        "buffer": {"type": "object", "description": "the off-path analysis buffer: buffered, dropped"},
+    },
+}
 _BALANCES = {
     "type": "object",
     "properties": {
@@ -547,6 +590,13 @@ OPENAPI: dict = {
             "get": {
                 "summary": "Surveillance anomaly scores and top accounts per kind (admin key)",
                 "responses": {"200": {"description": "scores"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/surveillance/report": {
+            "get": {
+                "summary": "Surveillance findings naming owners and accounts: wash trades, spoofing, "
+                "layering, price moves; the anomaly model's top accounts (admin or ops key)",
+                "responses": {"200": _json(_SURVEILLANCE_REPORT, "the report"), **_errors(403)},
             }
         },
         "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
