@@ -90,7 +90,8 @@ def test_a_large_bid_pulled_while_the_owner_sells_is_spoofing():
     w.wait(0.2)
     w.cancel("sp-1", spoof)
     [found] = w.findings(SPOOFING)
-    assert (found["owner"], found["accounts"], found["order_id"], found["side"]) == ("sp", ["sp-1"], spoof, "buy")
+    assert (found["owner"], found["accounts"], found["side"]) == ("sp", ["sp-1"], "buy")
+    assert found["order_id"] == spoof
     assert found["qty"] == 40 and 1 < found["typical_qty"] < 3 and found["other_side_trades"] == 1
     assert found["lived_ms"] == 400
     assert w.findings(LAYERING) == []
@@ -225,11 +226,11 @@ def test_the_metrics_count_by_kind_and_symbol_without_identities():
     registry.register(SurveillanceCollector(w.desk, wall_ns=None))
     w.place("alice-1", SELL, 1000, 5, symbol=ETH)
     w.buy("alice-2", 1000, 3, symbol=ETH)
-    assert registry.get_sample_value("loom_surveillance_findings_total", {"kind": WASH_TRADE, "symbol": ETH}) == 1
-    assert registry.get_sample_value("loom_surveillance_findings_total", {"kind": SPOOFING, "symbol": ""}) == 0
+    found = "loom_surveillance_findings_total"
+    assert registry.get_sample_value(found, {"kind": WASH_TRADE, "symbol": ETH}) == 1
+    assert registry.get_sample_value(found, {"kind": SPOOFING, "symbol": ""}) == 0
     assert registry.get_sample_value("loom_surveillance_dropped_batches_total") == 0
     labels = {k for m in registry.collect() for s in m.samples for k in s.labels}
     values = {v for m in registry.collect() for s in m.samples for v in s.labels.values()}
     assert labels <= {"kind", "symbol", "feature"}
     assert not values & {"alice", "alice-1", "alice-2"}
-
