@@ -27,12 +27,12 @@ from typing import Any
 from engine.core.batch_events import BatchEvents
 from engine.core.commands import Command
 from engine.core.events import Event, OrderAccepted, OrderCancelled, Trade
-from engine.core.flow_anomaly import AnomalyConfig, FlowAnomaly
 from engine.core.owners import Owners
 from engine.core.spoofing import Spoofing, SpoofingConfig
 from engine.core.surveillance import Surveillance, SurveillanceConfig
 from engine.core.surveillance_findings import FINDING_KINDS, PRICE_MOVE, Finding, FindingLog
 from engine.core.wash_trades import WashTrades
+from engine.flow_anomaly import AnomalyConfig, FlowAnomaly
 
 log = logging.getLogger("loom.surveillance")
 _seq = attrgetter("seq")

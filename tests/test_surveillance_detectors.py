@@ -8,9 +8,9 @@ from __future__ import annotations
 from conftest import BUY, ETH, SELL, STP, Exchange
 from prometheus_client import CollectorRegistry
 
-from engine.core.flow_anomaly import AGGRESSIVENESS, ORDER_RATE, AnomalyConfig, FlowAnomaly
 from engine.core.spoofing import SpoofingConfig
 from engine.core.surveillance_findings import LAYERING, PRICE_MOVE, SPOOFING, WASH_TRADE
+from engine.flow_anomaly import AGGRESSIVENESS, ORDER_RATE, AnomalyConfig, FlowAnomaly
 from engine.surveillance_desk import SurveillanceDesk
 from telemetry.collectors import SurveillanceCollector
 

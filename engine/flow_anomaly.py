@@ -15,7 +15,8 @@ before it updates the model (an outlier does not excuse itself), and only once t
 seen `min_samples` observations. Only deviations upward score (a quiet account is no abuse).
 
 Deterministic given the events: no clock, intervals close when event time passes them (or
-when `advance` is told the time at evaluation, off the order path).
+when `advance` is told the time at evaluation, off the order path). Outside engine/core
+only because it uses floats and `math`; it decides nothing about orders.
 """
 
 from __future__ import annotations
