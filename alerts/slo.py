@@ -108,6 +108,10 @@ def _triggers() -> Mapping[str, Trigger]:
             "LoomConnectionsSaturated": Trigger(0.9, "5m", "2m"),
             "LoomAnomalyDetected": Trigger(1, "5m"),  # surveillance score, 1 = threshold
             "LoomKillSwitchEngaged": Trigger(0),
+            # Any wash trade, spoofing or layering finding within the window (counts, no names).
+            "LoomAbuseFound": Trigger(0, "0s", "15m"),
+            # The learned order-flow model: a feature this many sds above the population, for 5m.
+            "LoomFlowAnomaly": Trigger(6, "5m"),
         }
     )
 

@@ -16,7 +16,11 @@ from engine.cli import main as loom_main
 
 ADMIN = "admin-key-0123456789abcdef"
 OPS = "ops-key-0123456789abcdef00"
-KEYS = {"alice-1": "alice-one-key-0000000", "alice-2": "alice-two-key-0000000", "bob": "bob-key-00000000000000"}
+KEYS = {
+    "alice-1": "alice-one-key-0000000",
+    "alice-2": "alice-two-key-0000000",
+    "bob": "bob-key-00000000000000",
+}
 CONFIG = f"""
 admin_key = "{ADMIN}"
 credit_checks = false
