@@ -40,6 +40,7 @@ class SpoofingConfig:
     cancel_window_s: float = 5.0
     layering_levels: int = 3
     max_tracked: int = 100_000  # near-touch orders watched at once (the oldest go first)
+    layering_memory: int = 64  # pulled orders per owner, symbol and side a layer is sought among
 
 
 @dataclass
@@ -72,9 +73,13 @@ class Spoofing:
         self.typical: dict[str, float] = {}
         self.samples: dict[str, int] = {}
         self.last_price: dict[str, int] = {}
-        self.watched: dict[int, _Watched] = {}  # insertion order is seq order: oldest first
-        # (owner, symbol) -> (ts, side) of the owner's recent trades
-        self.trades: dict[tuple[str, str], deque[tuple[int, int]]] = {}
+        self.watched: dict[int, _Watched] = {}
+        # (ts, order id) in seq order, oldest first: a dict's front after deletions is slow
+        # to find (iteration skips the dead slots), a deque's is not.
+        self.arrivals: deque[tuple[int, int]] = deque()
+        # (owner, symbol, side) -> ts of the owner's last trade on that side: events come in
+        # seq order, so "traded on the other side since the order came" is one comparison.
+        self.last_trade: dict[tuple[str, str, int], int] = {}
         # (owner, symbol, side) -> recently pulled orders, for layering
         self.pulled: dict[tuple[str, str, int], deque[_Pulled]] = {}
 
@@ -90,6 +95,7 @@ class Spoofing:
             and samples >= cfg.min_size_samples
             and abs(ev.price - last) * 10_000 <= cfg.near_touch_bps * last
         ):
+            self.arrivals.append((ev.ts, ev.order_id))
             self.watched[ev.order_id] = _Watched(
                 ev.order_id,
                 ev.account,
@@ -109,37 +115,25 @@ class Spoofing:
     def _forget(self, now: int) -> None:
         """Drops watched orders too old to count if cancelled now, and the oldest beyond the cap."""
         horizon = now - self.window_ns
-        watched = self.watched
-        while watched:
-            oldest = next(iter(watched.values()))
-            if oldest.ts >= horizon and len(watched) <= self.config.max_tracked:
-                break
-            del watched[oldest.order_id]
+        watched, arrivals = self.watched, self.arrivals
+        while arrivals and (arrivals[0][0] < horizon or len(watched) > self.config.max_tracked):
+            watched.pop(arrivals.popleft()[1], None)  # gone already if it was cancelled
 
     def on_trade(self, trade: Trade) -> None:
         self.last_price[trade.symbol] = trade.price
-        horizon = trade.ts - self.window_ns
         taker_side = trade.aggressor_side
         maker_side = int(Side.SELL) if taker_side == Side.BUY else int(Side.BUY)
-        for account, side in ((trade.taker_account, taker_side), (trade.maker_account, maker_side)):
-            key = (self.owner_of(account), trade.symbol)
-            recent = self.trades.get(key)
-            if recent is None:
-                recent = self.trades[key] = deque()
-            recent.append((trade.ts, side))
-            while recent[0][0] < horizon:
-                recent.popleft()
+        last = self.last_trade
+        last[(self.owner_of(trade.taker_account), trade.symbol, taker_side)] = trade.ts
+        last[(self.owner_of(trade.maker_account), trade.symbol, maker_side)] = trade.ts
 
     def on_cancelled(self, ev: OrderCancelled) -> list[Finding]:
         order = self.watched.pop(ev.order_id, None)
         if order is None or ev.reason not in _USER_CANCELS or ev.ts - order.ts > self.window_ns:
             return []
-        other_side = sum(
-            1
-            for ts, side in self.trades.get((order.owner, order.symbol), ())
-            if order.ts <= ts <= ev.ts and side != order.side
-        )
-        if not other_side:
+        other = int(Side.SELL) if order.side == Side.BUY else int(Side.BUY)
+        traded_at = self.last_trade.get((order.owner, order.symbol, other), -1)
+        if traded_at < order.ts:
             return []
         found: list[Finding] = []
         large = order.qty >= self.config.large_multiple * order.typical
@@ -159,7 +153,7 @@ class Spoofing:
                         "qty": order.qty,
                         "typical_qty": round(order.typical, 2),
                         "lived_ms": (ev.ts - order.ts) // 1_000_000,
-                        "other_side_trades": other_side,
+                        "other_side_trade_ts": traded_at,
                     },
                 )
             )
@@ -173,7 +167,7 @@ class Spoofing:
         key = (order.owner, order.symbol, order.side)
         recent = self.pulled.get(key)
         if recent is None:
-            recent = self.pulled[key] = deque()
+            recent = self.pulled[key] = deque(maxlen=self.config.layering_memory)
         while recent and recent[0].cancel_ts < order.ts - self.window_ns:
             recent.popleft()
         recent.append(pulled)
