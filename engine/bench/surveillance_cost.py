@@ -22,11 +22,15 @@ for i, c in enumerate(cmds):
 B = 64
 batches = [(cmds[i : i + B], results[i : i + B]) for i in range(0, len(cmds), B)]
 splits = [BatchEvents(r) for _c, r in batches]
+
+
 def run(listener):
     t = time.perf_counter()
     for (c, r), s in zip(batches, splits, strict=True):
         listener(c, r, s)
     return (time.perf_counter() - t) / len(cmds) * 1e9
+
+
 old, new, drain = [], [], []
 for _ in range(5):
     old.append(run(Surveillance().on_events))
