@@ -8,21 +8,12 @@ import time
 import pytest
 from journal_contract import make_batches
 from natsproc import unique_stream
+from waiting import wait_until
 
 from engine.cluster.journal import FencedError, NatsJournal
 from engine.cluster.lease import Lease
 
 TTL = 0.6
-
-
-def wait_until(what: str, probe, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
