@@ -28,12 +28,14 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict engine/core
+	$(BIN)/python scripts/mypy_ratchet.py
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict engine/core
+	$(BIN)/python scripts/mypy_ratchet.py
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format .

@@ -48,13 +48,13 @@ def _reason(enum, code: int) -> str:
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry):
-    kwargs = {"labelnames": spec.labels, "registry": registry}
+    labels = spec.labels
     if spec.kind == COUNTER:
-        return Counter(spec.name, spec.help, **kwargs)
+        return Counter(spec.name, spec.help, labelnames=labels, registry=registry)
     if spec.kind == GAUGE:
-        return Gauge(spec.name, spec.help, **kwargs)
+        return Gauge(spec.name, spec.help, labelnames=labels, registry=registry)
     if spec.kind == HISTOGRAM:
-        return Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
+        return Histogram(spec.name, spec.help, labelnames=labels, registry=registry, buckets=spec.buckets)
     raise ValueError(f"unknown metric kind {spec.kind!r} for {spec.name}")
 
 

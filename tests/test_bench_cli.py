@@ -10,6 +10,10 @@ import sys
 
 import pytest
 
+from engine.bench.workload import generate, make_engine
+from engine.core.replay import SilentReplayer
+from engine.core.state import state_hash
+
 
 def bench(*args: str) -> dict:
     done = subprocess.run(
@@ -36,7 +40,17 @@ def test_bench_recovery_reports_restart_and_replay_with_matching_hashes():
 @pytest.mark.parametrize("mode", ["deep", "bounded"])
 def test_bench_engine_runs_each_workload(mode: str):
     r = bench("engine", "--mode", mode, "--ops", "5000", "--repeat", "1")
-    assert r["ops"] == 5000 and r["mode"] == mode
+    assert r["ops"] == 5000 and r["mode"] == mode and r["seed"] == 1
+    assert r["ops_per_s"] > 0 and r["timed_ops_per_s"] > 0 and all(rate > 0 for rate in r["ops_per_s_runs"])
+    assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+    assert r["trades"] > 0 and r["deterministic"] is True
+    # The bench's engine ends where the journal's replay path ends on the same seed's
+    # commands, in this process: the same state hash and the same number of events.
+    workload = generate(5000, seed=1, mode=mode)
+    engine = make_engine()
+    events = SilentReplayer(engine).apply(workload.commands)
+    assert r["state_hash"] == state_hash(engine) == workload.state_hash
+    assert r["events"] == events
 
 
 def test_bench_durable_fsyncs_every_batch():
