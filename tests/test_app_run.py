@@ -256,7 +256,8 @@ def test_sigterm_while_starting_up_or_idle_exits_cleanly(tmp_path):
     try:
         port = int(loom.wait_line(READY_RE).group(2))
         seq = wait_ready(f"http://127.0.0.1:{port}")["seq"]
-        assert seq == len(DEMO_INSTRUMENTS)  # one ListInstrument command each
+        # One ListInstrument command each, then the credit switch (credit_checks, default on).
+        assert seq == len(DEMO_INSTRUMENTS) + 1
         loom.proc.send_signal(signal.SIGTERM)
         assert loom.wait_exit() == 0, loom.output()
         assert int(STOPPED_RE.search(loom.stdout()).group(1)) == seq
