@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.set_defaults(func=_cmd_bench_engine)
-    bp = bench_sub.add_parser("paths", help="apply, Python replay and compiled replay side by side")
+    bp = bench_sub.add_parser("paths", help="apply and replay (one match loop: events built or counted)")
     bp.add_argument("--ops", type=_positive_int, default=1_000_000)
     bp.add_argument("--seed", type=int, default=1)
     bp.add_argument("--mode", choices=("deep", "bounded"), default="deep")

@@ -33,8 +33,7 @@ def test_bench_recovery_reports_restart_and_replay_with_matching_hashes():
     assert r["hash_matches"] is True
     assert r["journal_bytes"] > 20_000 * 20  # every order is in the journal
     assert r["recovery_replayed_commands"] == 20_000 + 1 - r["snapshot_seq"]  # the tail after the snapshot
-    assert r["replay_loop"] == "compiled"
-    assert r["replay_events_per_s"] > 0 and r["replay_events_per_s_python_loop"] > 0
+    assert r["replay_events_per_s"] > 0 and len(r["replay_s_runs"]) == 3
 
 
 @pytest.mark.parametrize("mode", ["deep", "bounded"])
