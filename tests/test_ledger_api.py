@@ -206,3 +206,45 @@ def test_loom_accounts_cli_against_a_running_node(tmp_path):
         assert "Traceback" not in done.stderr
     done = _loom("accounts", "show", "alice", *admin)  # the node is gone
     assert done.returncode == 2 and "cannot reach" in done.stderr, done.stderr
+
+
+# -- the parts that cannot be driven through a node yet ------------------------------------------
+
+
+def test_the_conservation_gauge_reports_a_broken_ledger():
+    """The breach gauge is not a constant: a balance that no transfer explains is counted."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from engine.core.balances import Balance, Ledger
+    from engine.core.domain import Asset
+    from telemetry.collectors import LedgerCollector
+
+    ledger = Ledger()
+    ledger.assets["USD"] = Asset("USD", 2)
+    ledger.supply["USD"] = 100
+    ledger.balances["alice"] = {"USD": Balance(100, 30)}
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(lambda: SimpleNamespace(ledger=ledger)))
+    text = generate_latest(registry).decode()
+    assert "loom_ledger_conservation_breaches 0.0" in text
+    assert 'loom_asset_balances{asset="USD"} 100.0' in text
+    assert 'loom_asset_held_balances{asset="USD"} 30.0' in text
+    ledger.balances["bob"] = {"USD": Balance(5, 0)}  # money from nowhere
+    text = generate_latest(registry).decode()
+    assert "loom_ledger_conservation_breaches 1.0" in text
+
+
+def test_a_page_never_splits_one_commands_entries():
+    """Settlement will make several entries per command (base, quote, fee): one seq, one page."""
+    from engine.ledger_index import LedgerEntry, LedgerIndex
+
+    index = LedgerIndex(per_account=10)
+    for seq, asset in ((5, "USD"), (7, "BTC"), (7, "USD"), (7, "USD"), (9, "USD")):
+        index._add("alice", LedgerEntry(seq, 0, asset, "trade", 1, 1, 0, symbol="BTC-USD", order_id=3))
+    first = index.page("alice", None, limit=2)
+    assert [e["seq"] for e in first["entries"]] == [5, 7, 7, 7] and first["next_after"] == 7
+    assert first["entries"][1]["symbol"] == "BTC-USD" and first["entries"][1]["order_id"] == 3
+    rest = index.page("alice", first["next_after"], limit=2)
+    assert [e["seq"] for e in rest["entries"]] == [9] and not rest["has_more"]
