@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_risk import add_parsers as add_risk_parsers
 
     add_risk_parsers(sub)
+    from engine.cli_accounts import add_parsers as add_accounts_parsers
+
+    add_accounts_parsers(sub)
     from engine.stack.cli import add_parser as add_stack_parser
 
     add_stack_parser(sub)
