@@ -30,7 +30,7 @@ from waiting import wait_until
 from engine.app import start_exchange
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.config import DEMO_ADMIN_KEY, Config
-from engine.demo import DEMO_INSTRUMENTS
+from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 from telemetry.metrics import ExchangeMetrics
 
 TOKEN = "automation-token-123"
@@ -162,6 +162,7 @@ def test_http_endpoints(tmp_path):
             fix_port=-1,
             binary_port=-1,
             instruments=list(DEMO_INSTRUMENTS),
+            assets=list(DEMO_ASSETS),
             api_keys={USER_KEY: "alice"},
             admin_key=ADMIN_KEY,
             rate_limit=0.0,
