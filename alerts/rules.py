@@ -241,6 +241,37 @@ RISK_GROUP = Group(
     ),
 )
 
+_SURGE = _t("LoomInsufficientBalanceSurge")
+
+MONEY_GROUP = Group(
+    "loom-money",
+    (
+        Alert(
+            "LoomConservationBreach",
+            f"max by (job, instance) (loom_ledger_conservation_breaches{{{JOB}}}) "
+            f"> {_t('LoomConservationBreach').value:g}",
+            "critical",
+            "A Loom node's ledger breaks conservation.",
+            "The conservation check on {{ $labels.instance }} finds {{ $value }} problem(s): an asset's "
+            "balances do not sum to its deposits - withdrawals + adjustments, or a balance is negative "
+            "or held above its total. This must never happen: money was created or lost by a defect. "
+            "Stop trading (venue kill switch) and compare the balances with the journal.",
+        ),
+        Alert(
+            "LoomInsufficientBalanceSurge",
+            f"sum by (job, instance, symbol) (rate(loom_insufficient_balance_rejects_total{{{JOB}}}"
+            f"[{_SURGE.window}])) > {_SURGE.value:g}",
+            "warning",
+            "Many Loom orders are refused for lack of funds.",
+            "{{ $labels.symbol }} on {{ $labels.instance }} refuses "
+            '{{ $value | printf "%.1f" }} orders/s with INSUFFICIENT_BALANCE '
+            f"(over {_SURGE.value:g}/s for {_for('LoomInsufficientBalanceSurge')}): a client trading "
+            "past its funds in a loop, deposits not arriving, or reservations not being released.",
+            for_=_SURGE.for_,
+        ),
+    ),
+)
+
 # The dead-man's switch: always firing, so its silence means the alerting pipeline
 # (Prometheus -> Alertmanager -> receiver) is broken. alerts/alertmanager.yml routes it alone.
 WATCHDOG_GROUP = Group(
@@ -570,6 +601,7 @@ GROUPS: tuple[Group, ...] = (
         ),
     ),
     RISK_GROUP,
+    MONEY_GROUP,
     WATCHDOG_GROUP,
 )
 

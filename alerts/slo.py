@@ -112,6 +112,10 @@ def _triggers() -> Mapping[str, Trigger]:
             "LoomAbuseFound": Trigger(0, "0s", "15m"),
             # The learned order-flow model: a feature this many sds above the population, for 5m.
             "LoomFlowAnomaly": Trigger(6, "5m"),
+            # Money (docs/accounts.md): any breach of conservation, at once; orders refused for
+            # lack of funds above this many per second per symbol over [5m], for 10m.
+            "LoomConservationBreach": Trigger(0),
+            "LoomInsufficientBalanceSurge": Trigger(1, "10m", "5m"),
         }
     )
 
@@ -212,6 +216,7 @@ class SloConfig:
             "standby_report_age_s": t("LoomStandbyReportStale").value,
             "decode_errors_per_s": t("LoomDecodeErrorSpike").value,
             "anomaly_score": t("LoomAnomalyDetected").value,
+            "insufficient_balance_per_s": t("LoomInsufficientBalanceSurge").value,
         }
 
 

@@ -21,6 +21,7 @@ from grafanalib.core import (
 from alerts.slo import CONFIG, human_duration, seconds  # the SLOs and every alert threshold, defined once
 from dashboards.catalogue_queries import RATE, m, mean, quantile, rate
 from dashboards.cluster import cluster
+from dashboards.credit import credit_rows
 from dashboards.panels import (
     GREEN,
     ORANGE,
@@ -707,9 +708,11 @@ def risk() -> Board:
                     [target(f"sum({m('loom_surveillance_accounts')})", "accounts")],
                 ),
             ],
+            *credit_rows(),
         ],
-        "Pre-trade risk rejects by layer, kill switches and halts, limit changes and the "
-        "surveillance anomaly scores.",
+        "Pre-trade risk rejects by layer, kill switches and halts, limit changes, the "
+        "surveillance anomaly scores, and credit: balances by asset, transfers, insufficient-balance "
+        "rejects, fees and the ledger's conservation check.",
     )
 
 

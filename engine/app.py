@@ -34,6 +34,7 @@ from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.preauth_limit import PerIpLimit
+from engine.ledger_index import LedgerIndex
 from engine.logfmt import fields
 from engine.market_data import MarketData
 from engine.order_index import FinishedOrders
@@ -49,6 +50,7 @@ from telemetry.collectors import (
     DataDiskCollector,
     ExchangeCollector,
     FixSessionsCollector,
+    LedgerCollector,
     MarketDataCollector,
     RiskCollector,
     StandaloneRoleCollector,
@@ -184,6 +186,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.duration_s,
     )
     metrics = ExchangeMetrics()
+    metrics.money_labels(sorted(node.engine.books), sorted(node.engine.ledger.assets))
     service = ExchangeService(
         node, observer=MetricsObserver(metrics), max_queued_commands=cfg.max_queued_commands
     )
@@ -195,6 +198,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     market_data.batch_time = lambda: service.durable_at  # fan-out lag from the durable point
     router = ExecutionRouter()
     surveillance = SurveillanceDesk(cfg.account_owners)  # off the order path: appends only
+    ledger = LedgerIndex(cfg.ledger_entries_per_account)
+    ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
+    service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
     for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
@@ -203,6 +209,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
     metrics.registry.register(SurveillanceCollector(surveillance))
+    metrics.registry.register(LedgerCollector(lambda: service.node.engine))
     metrics.registry.register(MarketDataCollector(market_data))
     metrics.registry.register(BuildInfo())
     gc_pauses = GcPauses()
@@ -262,6 +269,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         cluster=member,
         surveillance=surveillance,
         lookups=lookups,
+        ledger=ledger,
         access=AccessLog(cfg.access_log_sample),
         preauth=PerIpLimit(cfg.preauth_rate_limit, cfg.preauth_rate_burst),
     )

@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_risk import add_parsers as add_risk_parsers
 
     add_risk_parsers(sub)
+    from engine.cli_accounts import add_parsers as add_accounts_parsers
+
+    add_accounts_parsers(sub)
     from engine.stack.cli import add_parser as add_stack_parser
 
     add_stack_parser(sub)
@@ -400,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.set_defaults(func=_cmd_bench_engine)
-    bp = bench_sub.add_parser("paths", help="apply, Python replay and compiled replay side by side")
+    bp = bench_sub.add_parser("paths", help="apply and replay (one match loop: events built or counted)")
     bp.add_argument("--ops", type=_positive_int, default=1_000_000)
     bp.add_argument("--seed", type=int, default=1)
     bp.add_argument("--mode", choices=("deep", "bounded"), default="deep")

@@ -89,6 +89,8 @@ class Config:
     # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
+    # GET /v1/ledger keeps each account's newest this many entries; older pages answer 410.
+    ledger_entries_per_account: int = 1000
     log_format: str = "text"  # or "json" (engine/logfmt.py)
     access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
     environment: str = "dev"  # the spans' deployment.environment
@@ -118,6 +120,7 @@ _ENV = {
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
     "LOOM_SNAPSHOT_WRITER": ("snapshot_writer", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
+    "LOOM_LEDGER_ENTRIES_PER_ACCOUNT": ("ledger_entries_per_account", int),
     "LOOM_LOG_FORMAT": ("log_format", str),
     "LOOM_ACCESS_LOG_SAMPLE": ("access_log_sample", float),
     "LOOM_ENVIRONMENT": ("environment", str),
@@ -181,6 +184,9 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("environment must not be empty (it names the deployment in spans)")
     if cfg.lookup_window_orders < 1:
         raise ConfigError(f"lookup_window_orders must be at least 1, not {cfg.lookup_window_orders}")
+    if cfg.ledger_entries_per_account < 1:
+        n = cfg.ledger_entries_per_account
+        raise ConfigError(f"ledger_entries_per_account must be at least 1, not {n}")
     if cfg.retention_standby_stale_s <= 0:
         raise ConfigError("[retention] needs standby_stale_s > 0")
     if cfg.demo:
@@ -257,6 +263,7 @@ FILE_SETTINGS: dict[str, type] = {
     "lease_ttl": float,
     "journal_retention": str,
     "lookup_window_orders": int,
+    "ledger_entries_per_account": int,
     "fix_max_comp_ids": int,
     "log_format": str,
     "access_log_sample": float,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.matcher import MatchingEngine
-from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.replay import SilentReplayer
 from engine.core.state import state_hash
 from engine.journal import JournalCorruptError, RecoveryGapError, TailDamageError
 from engine.journal.segments import FileJournal, ScanReport, cut_point
@@ -97,12 +97,10 @@ def replay(
     journal: FileJournal,
     from_seq: int,
     on_batch: Callable[[int, int], None] | None = None,
-    compiled: bool = COMPILED,
 ) -> tuple[int, int]:
-    """Apply every journaled command from `from_seq`; returns (commands, events).
-    `compiled` picks the replay loop (engine/core/replay.py); the compiled one when built."""
+    """Apply every journaled command from `from_seq`; returns (commands, events)."""
     # Nobody consumes the events of a replay: they are counted, not built.
-    apply_batch = SilentReplayer(engine, compiled).apply
+    apply_batch = SilentReplayer(engine).apply
     # A file journal decodes for replay (new orders and cancels without the fields that
     # only go into events); other backends give full commands, which replay takes too.
     read = getattr(journal, "replay_batches", None) or journal.read_batches
@@ -166,10 +164,9 @@ def recover(
     digest = state_hash(engine)
     duration = time.perf_counter() - started
     log.info(
-        "recovery: seq %d, %d commands replayed after the snapshot (%s replay loop), state hash %s, %.2f s",
+        "recovery: seq %d, %d commands replayed after the snapshot, state hash %s, %.2f s",
         engine.last_seq,
         commands,
-        "compiled" if COMPILED else "Python",
         digest[:16],
         duration,
     )

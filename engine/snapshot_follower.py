@@ -14,15 +14,17 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
 import engine
-from engine.snapshot_child import SnapshotJob, how_it_ended, written_of
+from engine.snapshot_child import SnapshotJob, written_of
 
 log = logging.getLogger("loom.snapshots")
 
@@ -35,7 +37,7 @@ class SnapshotFollower:
     def __init__(self, data_dir: Path, clock=time.monotonic) -> None:
         self.data_dir = Path(data_dir)
         self._clock = clock
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0  # snapshotters started after the first
         self._started_at = -RESPAWN_EVERY_S
         self._told = 0  # the last durable seq sent
@@ -45,6 +47,18 @@ class SnapshotFollower:
         self.ready_seq: int | None = None  # where it started from, once loaded
 
     # -- the process ---------------------------------------------------------------------------
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        """The process started last (callers have started one)."""
+        if self.proc is None:
+            raise OSError("no snapshotter was started")
+        return self.proc
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        """Its stdin and stdout (both are pipes: see start)."""
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        return proc.stdin, proc.stdout
 
     @property
     def pid(self) -> int:
@@ -68,8 +82,8 @@ class SnapshotFollower:
             close_fds=True,  # not the data dir's LOCK, nor a socket
             env=_same_code_env(),
         )
-        os.set_blocking(self.proc.stdin.fileno(), False)
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        for pipe in self._pipes():
+            os.set_blocking(pipe.fileno(), False)
 
     def _ensure(self) -> None:
         """A snapshotter that died is started again (not more often than RESPAWN_EVERY_S)."""
@@ -86,7 +100,7 @@ class SnapshotFollower:
         self.start()
 
     def _drop(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
+        for pipe in self._pipes():
             with contextlib.suppress(OSError):
                 pipe.close()
 
@@ -95,15 +109,16 @@ class SnapshotFollower:
         it does not end in `timeout`."""
         if self.proc is None:
             return
+        proc, (stdin, stdout) = self.proc, self._pipes()
         with contextlib.suppress(OSError):
-            self.proc.stdin.close()
+            stdin.close()
         try:
-            self.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
         with contextlib.suppress(OSError):
-            self.proc.stdout.close()
+            stdout.close()
         self.proc = None
 
     # -- requests ------------------------------------------------------------------------------
@@ -111,13 +126,13 @@ class SnapshotFollower:
     def _send(self, fields: dict) -> None:
         line = msgspec.json.encode(fields) + b"\n"
         try:
-            sent = os.write(self.proc.stdin.fileno(), line)
+            sent = os.write(self._pipes()[0].fileno(), line)
         except BlockingIOError:
             sent = 0
         except BrokenPipeError as exc:
             raise OSError(f"the snapshotter is gone ({exc})") from None
         if sent != len(line):  # it stopped reading: never wait on it here
-            self.proc.kill()
+            self._running().kill()
             raise OSError("the snapshotter is not reading its requests; restarting it")
 
     def follow(self, durable_seq: int) -> None:
@@ -146,7 +161,8 @@ class SnapshotFollower:
         self._ensure()
         self._send({"upto": seq, "snapshot": True})
         self._told = max(self._told, seq)
-        job = self._job = SnapshotJob(self.proc.pid, seq, time.perf_counter() - started, writer="follower")
+        pid = self._running().pid
+        job = self._job = SnapshotJob(pid, seq, time.perf_counter() - started, writer="follower")
         return job
 
     def poll(self, job: SnapshotJob, block: bool = False) -> bool:
@@ -167,14 +183,14 @@ class SnapshotFollower:
                 return self._finish(job, report)
             if not block:
                 return False
-            select.select([self.proc.stdout], [], [], 0.05)
+            select.select([self._pipes()[1]], [], [], 0.05)
 
     def _read_report(self) -> dict | None:
         if self.proc is None:
             return None
         while b"\n" not in self._buf:
             try:
-                chunk = os.read(self.proc.stdout.fileno(), MAX_LINE)
+                chunk = os.read(self._pipes()[1].fileno(), MAX_LINE)
             except BlockingIOError:
                 return None
             except (OSError, ValueError):
@@ -214,4 +230,6 @@ def how_it_ended_code(code: int | None) -> str:
     """'exited with 1' / 'was killed by SIGKILL' from a Popen returncode."""
     if code is None:
         return "stopped answering"
-    return how_it_ended(os.W_EXITCODE(code, 0) if code >= 0 else -code)
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"

@@ -463,6 +463,49 @@ _SPECS = [
         "Durable batches surveillance did not analyse because its bounded buffer was full.",
         (),
     ),
+    # -- accounts and money (engine/core/balances.py, docs/accounts.md) ------------------------------
+    MetricSpec(
+        "loom_transfers",
+        COUNTER,
+        "Transfers (deposit, withdrawal, adjustment) by kind and outcome: applied, repeated (a "
+        "transfer_id seen before: answered with the original) or the refusal reason.",
+        ("kind", "outcome"),
+    ),
+    MetricSpec(
+        "loom_insufficient_balance_rejects",
+        COUNTER,
+        "New orders and amends refused for lack of available balance (INSUFFICIENT_BALANCE), by "
+        "symbol. Counted once credit checks refuse orders (the settlement slice).",
+        ("symbol",),
+    ),
+    MetricSpec(
+        "loom_fees_collected",
+        COUNTER,
+        "Fees collected into the venue fee account, in integer units of the asset, by asset (net of "
+        "maker rebates). Fed by trade settlement once it lands; registered now.",
+        ("asset",),
+    ),
+    MetricSpec(
+        "loom_asset_balances",
+        GAUGE,
+        "Sum of every account's total balance, by asset, in integer units of the asset (read from "
+        "the ledger at scrape time; never per account).",
+        ("asset",),
+    ),
+    MetricSpec(
+        "loom_asset_held_balances",
+        GAUGE,
+        "Sum of the amounts held (reserved by open orders), by asset, in integer units of the asset.",
+        ("asset",),
+    ),
+    MetricSpec(
+        "loom_ledger_conservation_breaches",
+        GAUGE,
+        "Problems the ledger's conservation check (engine/core/invariants.py) finds at scrape time: "
+        "an asset whose balances do not sum to deposits - withdrawals + adjustments, a negative "
+        "balance, held above total. Must always be 0.",
+        (),
+    ),
     # -- runbook automation ---------------------------------------------------------------------
     MetricSpec(
         "loom_automation_actions",

@@ -22,8 +22,18 @@ from prometheus_client import (
 )
 
 from engine.core.batch_events import BatchEvents
-from engine.core.domain import CancelReason, OrderType, RejectReason, RequestKind, RiskScope, Side, risk_layer
-from engine.core.events import RiskLimitsChanged
+from engine.core.commands import Transfer
+from engine.core.domain import (
+    CancelReason,
+    OrderType,
+    RejectReason,
+    RequestKind,
+    RiskScope,
+    Side,
+    TransferKind,
+    risk_layer,
+)
+from engine.core.events import OrderRejected, RiskLimitsChanged, TransferApplied
 from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, TRACING_ONLY, MetricSpec
 
 _SIDE = {int(s): s.name.lower() for s in Side}
@@ -38,6 +48,9 @@ _SCOPE = {int(s): s.name.lower() for s in RiskScope}
 RISK_REASONS = [r for r in RejectReason if risk_layer(r)]
 GATEWAY_PROTOCOLS = ("rest", "websocket", "fix", "binary")
 MAIN_LOOP = "main"
+_TRANSFER_KIND = {int(k): k.name.lower() for k in TransferKind}
+REQ_TRANSFER = int(RequestKind.TRANSFER)
+INSUFFICIENT_BALANCE = int(RejectReason.INSUFFICIENT_BALANCE)
 
 
 def _reason(enum, code: int) -> str:
@@ -48,13 +61,13 @@ def _reason(enum, code: int) -> str:
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry):
-    kwargs = {"labelnames": spec.labels, "registry": registry}
+    labels = spec.labels
     if spec.kind == COUNTER:
-        return Counter(spec.name, spec.help, **kwargs)
+        return Counter(spec.name, spec.help, labelnames=labels, registry=registry)
     if spec.kind == GAUGE:
-        return Gauge(spec.name, spec.help, **kwargs)
+        return Gauge(spec.name, spec.help, labelnames=labels, registry=registry)
     if spec.kind == HISTOGRAM:
-        return Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
+        return Histogram(spec.name, spec.help, labelnames=labels, registry=registry, buckets=spec.buckets)
     raise ValueError(f"unknown metric kind {spec.kind!r} for {spec.name}")
 
 
@@ -97,6 +110,17 @@ class ExchangeMetrics:
             self.child("loom_risk_limit_changes", scope)
         for protocol in GATEWAY_PROTOCOLS:  # at 0 from the start: rate() sees the first refusal
             self.child("loom_overload_refusals", protocol)
+        for kind in _TRANSFER_KIND.values():
+            for outcome in ("applied", "repeated"):
+                self.child("loom_transfers", kind, outcome)
+
+    def money_labels(self, symbols, assets) -> None:
+        """The per-symbol and per-asset money series at 0 from the start (the venue's
+        instruments and assets at start-up): rate() and increase() see the first event."""
+        for symbol in symbols:
+            self.child("loom_insufficient_balance_rejects", symbol)
+        for asset in assets:
+            self.child("loom_fees_collected", asset)
 
     def child(self, name: str, *labels: str):
         key = (name, *labels)
@@ -151,15 +175,35 @@ class ExchangeMetrics:
             for symbol, n in collections.Counter(map(_SYMBOL, split.done)).items():
                 child("loom_orders_filled", symbol).inc(n)
         if split.rejected:
-            for (request, reason), n in collections.Counter(map(_REJECT_KEY, split.rejected)).items():
+            keys = collections.Counter(map(_REJECT_KEY, split.rejected))
+            for (request, reason), n in keys.items():
                 name = _reason(RejectReason, reason)
                 child("loom_rejects", _REQUEST.get(request, str(request)), name).inc(n)
                 layer = risk_layer(reason)
                 if layer:
                     child("loom_risk_rejects", layer, name).inc(n)
-        for ev in split.other:  # rare: risk administration and the like
-            if type(ev) is RiskLimitsChanged:
+            # The money refusals, walked only when the batch has some (from the keys above).
+            if any(r == INSUFFICIENT_BALANCE and q != REQ_TRANSFER for q, r in keys):
+                for ev in split.rejected:
+                    if ev.reason == INSUFFICIENT_BALANCE and ev.request != REQ_TRANSFER:
+                        child("loom_insufficient_balance_rejects", ev.symbol).inc()
+            if any(q == REQ_TRANSFER for q, _r in keys):
+                self._count_refused_transfers(_commands, _results)
+        for ev in split.other:  # rare: risk administration, transfers and the like
+            kind = type(ev)
+            if kind is RiskLimitsChanged:
                 child("loom_risk_limit_changes", _SCOPE.get(ev.scope, str(ev.scope))).inc()
+            elif kind is TransferApplied:
+                outcome = "repeated" if ev.repeated else "applied"
+                child("loom_transfers", _TRANSFER_KIND.get(ev.kind, str(ev.kind)), outcome).inc()
+
+    def _count_refused_transfers(self, commands: list, results: list[list]) -> None:
+        """A refused transfer's event names no kind: take it from its command (a rare walk
+        of the batch, only when it holds a refused transfer)."""
+        for cmd, events in zip(commands, results, strict=False):
+            if type(cmd) is Transfer and events and type(events[0]) is OrderRejected:
+                kind = _TRANSFER_KIND.get(cmd.kind, "invalid")
+                self.child("loom_transfers", kind, _reason(RejectReason, events[0].reason)).inc()
 
 
 SCRAPE_TIME = (
@@ -207,6 +251,9 @@ SCRAPE_TIME = (
         "loom_commit_queue_oldest_age_seconds",
         "loom_md_subscribers",
         "loom_fix_sessions",
+        "loom_asset_balances",
+        "loom_asset_held_balances",
+        "loom_ledger_conservation_breaches",
     }
     | CLUSTER_ONLY
     | TRACING_ONLY

@@ -54,6 +54,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from telemetry.trace_ids import root_span_id
 from telemetry.tracing import (
@@ -227,10 +228,10 @@ def make_resource() -> Resource:
 
 
 @functools.lru_cache(maxsize=64)  # per (protocol, status): the environment is read once
-def server_attributes(protocol: str, status_code: int = 0) -> dict:
+def server_attributes(protocol: str, status_code: int = 0) -> dict[str, AttributeValue]:
     """OpenTelemetry semantic conventions of an order's receive: the protocol, the listener
     (server.address, server.port) and for REST the method, path and response status."""
-    attributes: dict = {"network.protocol.name": _PROTOCOL_NAME.get(protocol, protocol)}
+    attributes: dict[str, AttributeValue] = {"network.protocol.name": _PROTOCOL_NAME.get(protocol, protocol)}
     address = os.environ.get("LOOM_SERVER_ADDRESS")
     if address:
         attributes["server.address"] = address
@@ -256,7 +257,7 @@ class SpanBuilder:
     def build(self, rec: OrderTrace | FillTrace) -> int:
         """Emit the record's spans; returns how many. Raises ValueError for a bad trace id."""
         trace_id = _trace_id(rec.trace_id)
-        if type(rec) is FillTrace:
+        if isinstance(rec, FillTrace):
             return self.build_fill(rec, trace_id)
         parent_ctx = None
         if rec.parent_span_id:
@@ -274,7 +275,7 @@ class SpanBuilder:
         ]
         start = rec.received_ns or min(stamps, default=0)
         end = rec.acked_ns or max([start, *stamps, *(f[3] for f in rec.fills)])
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "exchange.order.id": rec.order_id,
             "exchange.client_order.id": rec.client_order_id,
             "exchange.account": rec.account,

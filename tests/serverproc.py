@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from waiting import wait_until
 
 from engine.stack.procs import free_port
 
@@ -41,20 +42,20 @@ class Server:
     def wait_for(self, what: str, probe: Callable[[], object], timeout: float = 60.0, interval: float = 0.25):
         """Polls `probe()` until it returns something truthy (returned) or the deadline
         passes (AssertionError naming `what`, the last value and the log's tail)."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+
+        def running() -> None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                last = probe()
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                last = exc
-            else:
-                if last:
-                    return last
-            time.sleep(interval)
-        raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{self.tail()}")
+
+        return wait_until(
+            what,
+            probe,
+            timeout=timeout,
+            interval=interval,
+            retry_on=(urllib.error.URLError, ConnectionError, TimeoutError),
+            guard=running,
+            context=self.tail,
+        )
 
     def tail(self, lines: int = 30) -> str:
         try:

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from engine.config import DEMO_KEYS
 from engine.demo import DEMO_INSTRUMENTS
@@ -132,18 +133,6 @@ def get_json(url: str, headers: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def poll(check, timeout: float = 30, what: str = "condition"):
-    """Call `check()` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)  # polling interval, not a wait for an outcome
-
-
 def wait_ready(base: str) -> dict:
     def ready():
         try:
@@ -152,7 +141,7 @@ def wait_ready(base: str) -> dict:
             return None
         return body if status == 200 else None
 
-    return poll(ready, STARTUP_S, "/readyz 200")
+    return wait_until("/readyz 200", ready, timeout=STARTUP_S)
 
 
 def instruments_toml() -> str:
@@ -187,7 +176,7 @@ def test_demo_run_sigterm_final_snapshot_and_recovery(tmp_path):
             assert status == 200, trades
             return (book, trades) if book["seq"] > start_seq + 200 and trades["trades"] else None
 
-        book, trades = poll(moved, 30, "the demo flow to trade")
+        book, trades = wait_until("the demo flow to trade", moved)
         assert book["bids"] or book["asks"]
         if book["bids"] and book["asks"]:
             assert book["bids"][0][0] < book["asks"][0][0]  # never crossed
@@ -267,7 +256,8 @@ def test_sigterm_while_starting_up_or_idle_exits_cleanly(tmp_path):
     try:
         port = int(loom.wait_line(READY_RE).group(2))
         seq = wait_ready(f"http://127.0.0.1:{port}")["seq"]
-        assert seq == len(DEMO_INSTRUMENTS)  # one ListInstrument command each
+        # One ListInstrument command each, then the credit switch (credit_checks, default on).
+        assert seq == len(DEMO_INSTRUMENTS) + 1
         loom.proc.send_signal(signal.SIGTERM)
         assert loom.wait_exit() == 0, loom.output()
         assert int(STOPPED_RE.search(loom.stdout()).group(1)) == seq

@@ -25,11 +25,12 @@ from alertmanager_proc import alertmanager_run
 from loomproc import loom_run
 from prometheus_client import CollectorRegistry
 from prometheus_proc import prometheus_run
+from waiting import wait_until
 
 from engine.app import start_exchange
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.config import DEMO_ADMIN_KEY, Config
-from engine.demo import DEMO_INSTRUMENTS
+from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 from telemetry.metrics import ExchangeMetrics
 
 TOKEN = "automation-token-123"
@@ -161,6 +162,7 @@ def test_http_endpoints(tmp_path):
             fix_port=-1,
             binary_port=-1,
             instruments=list(DEMO_INSTRUMENTS),
+            assets=list(DEMO_ASSETS),
             api_keys={USER_KEY: "alice"},
             admin_key=ADMIN_KEY,
             rate_limit=0.0,
@@ -244,20 +246,16 @@ def _rfc3339(text: str) -> float:
 
 
 def _wait(what: str, probe, timeout: float, procs=(), interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    """`wait_until`, stopping early if one of `procs` (name, Popen) exits."""
+
+    def running() -> None:
         for name, proc in procs:
             assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-        try:
-            last = probe()
-        except (OSError, ValueError) as exc:  # URLError is an OSError
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+    # URLError is an OSError; ValueError: an answer not yet in its final shape.
+    return wait_until(
+        what, probe, timeout=timeout, interval=interval, retry_on=(OSError, ValueError), guard=running
+    )
 
 
 @pytest.mark.slow

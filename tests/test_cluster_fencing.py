@@ -7,9 +7,9 @@ leader demotes itself and follows the new one."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from natsproc import unique_stream
+from waiting import wait_until_async
 
 from engine.app import start_exchange
 from engine.cluster.member import Role
@@ -24,13 +24,6 @@ SYMBOL = "BTC-USD"
 
 def order(clid: str) -> NewOrder:
     return NewOrder("alice", clid, SYMBOL, int(Side.BUY), int(OrderType.LIMIT), 100, 1)
-
-
-async def until(what: str, probe, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def config(tmp_path, node_id: str, urls: list[str], stream: str, lease_ttl: float = 0.6) -> Config:
@@ -56,11 +49,11 @@ def test_a_deposed_leader_is_fenced_and_demotes(nats_cluster, tmp_path):
         a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream))
         b = None
         try:
-            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            await wait_until_async("a leads", lambda: a.cluster.role == Role.LEADER)
             assert (await a.service.submit_one(order("a1")))[0].__class__ is OrderAccepted
             b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream))
-            await until("b follows", lambda: b.node.engine.last_seq == a.node.engine.last_seq)
-            await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
+            await wait_until_async("b follows", lambda: b.node.engine.last_seq == a.node.engine.last_seq)
+            await wait_until_async("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
             assert b.cluster.role == Role.STANDBY
             try:
                 await b.service.submit_one(order("b0"))
@@ -70,7 +63,7 @@ def test_a_deposed_leader_is_fenced_and_demotes(nats_cluster, tmp_path):
 
             # a's lease loop stops (a long pause): a still thinks it leads; b takes over.
             a.cluster._background[0].cancel()
-            await until("b leads", lambda: b.cluster.role == Role.LEADER)
+            await wait_until_async("b leads", lambda: b.cluster.role == Role.LEADER)
             assert a.cluster.role == Role.LEADER and a.cluster.lease.held  # a has not noticed
             assert (await b.service.submit_one(order("b1")))[0].__class__ is OrderAccepted
 
@@ -80,16 +73,18 @@ def test_a_deposed_leader_is_fenced_and_demotes(nats_cluster, tmp_path):
             assert events[0].reason == RejectReason.JOURNAL_WRITE_FAILED
             assert a.node.journal.fenced == 1
             # (a's renewal, the proof it would need to promote again, is refused)
-            await until("a demotes", lambda: a.cluster.role == Role.STANDBY and not a.cluster.lease.held)
+            await wait_until_async(
+                "a demotes", lambda: a.cluster.role == Role.STANDBY and not a.cluster.lease.held
+            )
             assert not a.service.accepting
             # ...and follows b: b's order arrives, a's refused one never existed.
             assert (await b.service.submit_one(order("b2")))[0].__class__ is OrderAccepted
-            await until("a catches up", lambda: a.node.engine.last_seq == b.node.engine.last_seq)
+            await wait_until_async("a catches up", lambda: a.node.engine.last_seq == b.node.engine.last_seq)
             clids = {o.client_order_id for o in a.order_store.open_orders("alice")}
             assert clids == {"a1", "b1", "b2"}
             # The pause ends: a's lease loop runs again, sees b lead, and stays a standby.
             a.cluster._background[0] = a.cluster.link.submit(a.cluster.lease.run())
-            await until("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
+            await wait_until_async("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
             assert a.cluster.role == Role.STANDBY and b.cluster.role == Role.LEADER
             assert b.cluster.status()["epoch"] > 1
         finally:
@@ -111,9 +106,9 @@ def test_step_down_over_rest_hands_over_and_the_automation_knows_the_hooks(nats_
         a = await start_exchange(config(tmp_path, "a", nats_cluster.urls, stream, lease_ttl=3.0))
         b = None
         try:
-            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            await wait_until_async("a leads", lambda: a.cluster.role == Role.LEADER)
             b = await start_exchange(config(tmp_path, "b", nats_cluster.urls, stream, lease_ttl=3.0))
-            await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
+            await wait_until_async("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
             admin = {"X-API-Key": "admin-key-0000000000"}
             async with aiohttp.ClientSession() as http:
                 url = f"http://127.0.0.1:{a.ports['http']}/v1/admin/cluster"
@@ -126,10 +121,12 @@ def test_step_down_over_rest_hands_over_and_the_automation_knows_the_hooks(nats_
                     assert resp.status == 200
                     assert (await resp.json())["stepped_down"] is True
                 assert a.cluster.role == Role.STANDBY and not a.service.accepting
-                await until("b leads", lambda: b.cluster.role == Role.LEADER)
+                await wait_until_async("b leads", lambda: b.cluster.role == Role.LEADER)
                 assert (await b.service.submit_one(order("b1")))[0].__class__ is OrderAccepted
-                await until("a follows b", lambda: a.node.engine.last_seq == b.node.engine.last_seq)
-                await until("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
+                await wait_until_async(
+                    "a follows b", lambda: a.node.engine.last_seq == b.node.engine.last_seq
+                )
+                await wait_until_async("a sees b lead", lambda: a.cluster.status()["leader"] == "b")
                 async with http.get(f"http://127.0.0.1:{a.ports['http']}/readyz") as resp:
                     assert resp.status == 503 and "leader is node b" in (await resp.text())
             actions = a.cluster.automation_actions()

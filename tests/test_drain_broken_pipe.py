@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_app_run import NO_LISTENERS, READY_RE, REPO, STARTUP_S, clean_env, get_json, poll, wait_ready
+from test_app_run import NO_LISTENERS, READY_RE, REPO, STARTUP_S, clean_env, get_json, wait_ready
+from waiting import wait_until
 
 from engine.journal.segments import scan
 from engine.snapshots import SnapshotStore
@@ -64,7 +65,7 @@ def test_sigterm_drains_with_a_closed_log_pipe(tmp_path: Path, closed: str) -> N
         base = f"http://127.0.0.1:{port}"
         start = wait_ready(base)["seq"]
         # Orders are flowing before the pipe goes.
-        poll(lambda: get_json(f"{base}/readyz")[1]["seq"] > start + 50, 30, "demo orders")
+        wait_until("demo orders", lambda: get_json(f"{base}/readyz")[1]["seq"] > start + 50, timeout=30)
         if closed in ("stdout", "both"):
             proc.stdout.close()
         if closed in ("stderr", "both"):

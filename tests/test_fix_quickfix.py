@@ -19,6 +19,7 @@ from pathlib import Path
 
 import quickfix as fix
 import quickfix44 as fix44
+from waiting import wait_until
 
 from engine.auth import Accounts
 from engine.core.commands import NewOrder
@@ -270,14 +271,6 @@ def make_initiator(app: Client, tmp_path: Path, port: int) -> fix.SocketInitiato
     return fix.SocketInitiator(app, fix.FileStoreFactory(settings), settings, fix.FileLogFactory(settings))
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
-
-
 def wait_synced(exchange: Exchange, server_session: FixSession, session) -> None:
     """Both sides agree on both sequence numbers: nothing is in flight or half-processed
     (QuickFIX counts a message only after its callbacks return)."""
@@ -286,8 +279,10 @@ def wait_synced(exchange: Exchange, server_session: FixSession, session) -> None
         return server_session.expected, server_session.store.next_sender_seq
 
     wait_until(
+        "client and server to agree on the sequence numbers",
         lambda: exchange.inspect(numbers) == (session.getExpectedSenderNum(), session.getExpectedTargetNum()),
-        "client and server agree on the sequence numbers",
+        timeout=TIMEOUT,
+        interval=0.01,
     )
 
 
@@ -374,7 +369,12 @@ def test_quickfix_client_trades_through_the_gateway(tmp_path):
         initiator = None
         app.wait_for("admin", lambda m: m.msg_type == "5")
         app.wait_for("logout")
-        wait_until(lambda: exchange.inspect(lambda: server_session.closed), "the server session closed")
+        wait_until(
+            "the server session to close",
+            lambda: exchange.inspect(lambda: server_session.closed),
+            timeout=TIMEOUT,
+            interval=0.01,
+        )
         assert exchange.inspect(lambda: server_session.close_reason).startswith(
             "logout requested by the counterparty"
         )

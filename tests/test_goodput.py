@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import urllib.request
 
 import pytest
+from waiting import wait_until_async
 
 from engine.auth import Accounts
 from engine.core.commands import NewOrder
@@ -92,7 +92,7 @@ def test_binary_refuses_orders_before_building_them_when_the_queue_is_full(tmp_p
             }
             assert sorted(a.client_ref for a in answers) == list(refs)  # each order answered
             assert built == []  # no NewOrder was built for any refused frame
-            await wait_until(lambda: service.queued == 5)  # the cancel was queued
+            await wait_until_async("the cancel to be queued", lambda: service.queued == 5, timeout=WAIT)
             assert service.overload_refusals == 500
             service.start()  # drained: orders are decoded and admitted again
             client.new_order(777, BTC, Side.BUY, price=100, qty=1)
@@ -107,14 +107,6 @@ def test_binary_refuses_orders_before_building_them_when_the_queue_is_full(tmp_p
             node.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
-
-
-async def wait_until(predicate, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 # -- one connection flooded, on every protocol, against a real node -------------------------------

@@ -12,6 +12,7 @@ import time
 import aiohttp
 import pytest
 from natsproc import unique_stream
+from waiting import wait_until_async
 
 from engine.app import start_exchange
 from engine.cluster.drill import TRADER_KEY, NodeProcess, in_sync, wait_for
@@ -167,13 +168,6 @@ def _order(clid: str) -> NewOrder:
     return NewOrder("alice", clid, SYMBOL, int(Side.BUY), int(OrderType.LIMIT), 100, 1)
 
 
-async def until(what: str, probe, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def _config(tmp_path, node_id: str, urls: list[str], stream: str) -> Config:
     return Config(
         data_dir=tmp_path / node_id,
@@ -205,17 +199,17 @@ def test_a_fenced_ex_leader_never_names_itself_and_an_election_says_so(nats_clus
         a = await start_exchange(_config(tmp_path, "a", nats_cluster.urls, stream))
         b = None
         try:
-            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            await wait_until_async("a leads", lambda: a.cluster.role == Role.LEADER)
             b = await start_exchange(_config(tmp_path, "b", nats_cluster.urls, stream))
-            await until("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
+            await wait_until_async("b sees a lead", lambda: b.cluster.lease.view.holder == "a")
             assert (await _refusal(b)).leader["binary"] == f"127.0.0.1:{a.ports['binary']}"
 
             # a pauses (its lease loop stops); b takes over; a's next batch is fenced.
             a.cluster._background[0].cancel()
-            await until("b leads", lambda: b.cluster.role == Role.LEADER)
+            await wait_until_async("b leads", lambda: b.cluster.role == Role.LEADER)
             events = await a.service.submit_one(_order("a2"))
             assert events[0].reason == RejectReason.JOURNAL_WRITE_FAILED
-            await until("a is demoted", lambda: a.cluster.role == Role.STANDBY)
+            await wait_until_async("a is demoted", lambda: a.cluster.role == Role.STANDBY)
             # a still holds its stale view of the lease (its loop is paused): it must not
             # send anyone to itself.
             assert a.cluster.lease.view.holder == "a"
@@ -232,14 +226,14 @@ def test_a_fenced_ex_leader_never_names_itself_and_an_election_says_so(nats_clus
             assert answer["error"]["leader"]["node"] == ""
             # Its loop runs again: it sees b lead and names b.
             a.cluster._background[0] = a.cluster.link.submit(a.cluster.lease.run())
-            await until("a sees b", lambda: a.cluster.lease.view.holder == "b")
+            await wait_until_async("a sees b", lambda: a.cluster.lease.view.holder == "b")
             assert (await _refusal(a)).leader["url"] == f"http://127.0.0.1:{b.ports['http']}"
 
             # An election: b stops renewing and a may not take over (as if still recovering):
             # once b's lease is a TTL old, a says an election is due and when to retry.
             a.cluster.lease.eligible = False
             b.cluster._background[0].cancel()
-            await until("b's lease to lapse", lambda: not a.cluster.lease.holder_live())
+            await wait_until_async("b's lease to lapse", lambda: not a.cluster.lease.holder_live())
             refusal = await _refusal(a)
             assert refusal.election and 0 < refusal.retry_after_s <= 2 * a.cluster.lease.ttl
             assert "election in progress" in refusal.text("fix")
@@ -266,7 +260,7 @@ def test_an_accepting_leader_answers_orders(nats_cluster, tmp_path):
     async def scenario() -> None:
         a = await start_exchange(_config(tmp_path, "a", nats_cluster.urls, stream))
         try:
-            await until("a leads", lambda: a.cluster.role == Role.LEADER)
+            await wait_until_async("a leads", lambda: a.cluster.role == Role.LEADER)
             assert type((await a.service.submit_one(_order("ok")))[0]) is OrderAccepted
             assert a.cluster.lease.view.binary == f"127.0.0.1:{a.ports['binary']}"
             assert a.cluster.lease.view.fix == f"127.0.0.1:{a.ports['fix']}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections import Counter
 
 import nats.js.errors
@@ -135,13 +134,6 @@ def cluster(tmp_path):
 def stream_leader_index(cluster: LocalNatsCluster, link: NatsLink, stream: str) -> int:
     name = link.call(link.js.stream_info(stream)).cluster.leader
     return next(i for i, n in enumerate(cluster.nodes) if n.name == name)
-
-
-def wait_until(what: str, check, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_paused_stream_leader_never_turns_a_landed_batch_into_a_refusal(cluster, tmp_path):

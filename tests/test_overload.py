@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import urllib.request
 
 import pytest
+from waiting import wait_until_async
 
 from engine.auth import Accounts
 from engine.config import ConfigError, load_config
@@ -220,13 +220,6 @@ def test_max_queued_commands_is_configurable_and_checked(tmp_path):
 ALICE_KEY = "alice-secret-key-0123456789abcd"
 
 
-async def wait_until(predicate, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
 def test_binary_gateway_refuses_with_the_overloaded_reason_and_journals_nothing_refused(tmp_path):
     async def main():
         node = new_node(tmp_path)
@@ -240,7 +233,7 @@ def test_binary_gateway_refuses_with_the_overloaded_reason_and_journals_nothing_
         try:
             for ref in (1, 2, 3, 4):
                 client.new_order(ref, BTC, BUY, price=100, qty=1)
-            await wait_until(lambda: service.queued == 4)
+            await wait_until_async("four orders queued", lambda: service.queued == 4, timeout=WAIT)
             client.new_order(5, BTC, BUY, price=100, qty=1)
             refused = await client.recv(WAIT)
             assert type(refused) is p.Rejected
@@ -250,7 +243,7 @@ def test_binary_gateway_refuses_with_the_overloaded_reason_and_journals_nothing_
                 p.GatewayRejectReason.OVERLOADED,
             )
             client.cancel(order_id=12345)  # a cancel still gets in (the hard bound is 5)
-            await wait_until(lambda: service.queued == 5)
+            await wait_until_async("the cancel queued beside them", lambda: service.queued == 5, timeout=WAIT)
             client.cancel(order_id=12346)  # but not past it
             refused = await client.recv(WAIT)
             assert (refused.request, refused.order_id) == (int(RequestKind.CANCEL), 12346)

@@ -1,5 +1,5 @@
-"""The silent replay path (engine/core/replay.py) against `MatchingEngine.apply`, in both of its
-forms: the Python loop and the compiled one (engine/core/_replay.c).
+"""The silent replay path (engine/core/replay.py, `MatchingEngine.replay`: the one order path
+and match loop without an event sink) against `MatchingEngine.apply`.
 
 Random command streams - crossing and resting orders in every time in force and STP mode,
 post-only, duplicate and over-long client ids, invalid values, unknown symbols, cancels and
@@ -35,7 +35,7 @@ from engine.core.commands import (
 from engine.core.domain import Instrument, RiskLimits
 from engine.core.invariants import check_engine
 from engine.core.matcher import MatchingEngine, SequenceError
-from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.replay import SilentReplayer
 from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
 from engine.journal.format import BatchMeta, decode_for_replay, decode_record
 
@@ -49,9 +49,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-# The Python loop, and the compiled loop (built on every install with a C compiler; CI has one).
-LOOPS = pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
 
 accounts = st.sampled_from(ACCOUNTS)
 clids = st.sampled_from(CLIDS)
@@ -177,21 +174,19 @@ def live_run(cmds: list) -> tuple[list[int], list[str]]:
     return counts, hashes
 
 
-@LOOPS
 @SETTINGS
 @given(cmds=streams)
-def test_silent_replay_matches_apply_after_every_command(compiled, cmds):
+def test_silent_replay_matches_apply_after_every_command(cmds):
     cmds = sequenced(cmds)
     counts, hashes = live_run(cmds)
     engine = MatchingEngine(LISTED)
-    replayer = SilentReplayer(engine, compiled)
+    replayer = SilentReplayer(engine)
     for i, cmd in enumerate(from_the_wire(cmds, for_replay=True)):
         assert replayer.apply([cmd]) == counts[i], f"command {i}: {cmd}"
         assert state_hash(engine) == hashes[i], f"command {i}: {cmd}"
     assert check_engine(engine) == []
 
 
-@LOOPS
 @SETTINGS
 @given(
     cmds=streams,
@@ -199,7 +194,7 @@ def test_silent_replay_matches_apply_after_every_command(compiled, cmds):
     snapshot_at=st.integers(0, 120),
     for_replay=st.booleans(),
 )
-def test_silent_replay_in_batches_and_after_a_snapshot(compiled, cmds, cuts, snapshot_at, for_replay):
+def test_silent_replay_in_batches_and_after_a_snapshot(cmds, cuts, snapshot_at, for_replay):
     """Batches of any size give the same result, and a replayer started on a restored
     snapshot continues exactly (its account cache starts empty, the accounts do not)."""
     cmds = sequenced(cmds)
@@ -208,18 +203,17 @@ def test_silent_replay_in_batches_and_after_a_snapshot(compiled, cmds, cuts, sna
     snapshot_at %= len(wire) + 1
     bounds = sorted({0, snapshot_at, len(wire), *(c % (len(wire) + 1) for c in cuts)})
     engine = MatchingEngine(LISTED)
-    replayer = SilentReplayer(engine, compiled)
+    replayer = SilentReplayer(engine)
     for lo, hi in itertools.pairwise(bounds):
         if lo == snapshot_at:
             engine = restore_state(decode_state(encode_state(export_state(engine))))
-            replayer = SilentReplayer(engine, compiled)
+            replayer = SilentReplayer(engine)
         assert replayer.apply(wire[lo:hi]) == sum(counts[lo:hi])
         assert state_hash(engine) == hashes[hi - 1]
     assert check_engine(engine) == []
 
 
-@LOOPS
-def test_the_benchmark_workload_takes_only_the_silent_paths(compiled, monkeypatch: pytest.MonkeyPatch):
+def test_the_benchmark_workload_takes_only_the_silent_paths(monkeypatch: pytest.MonkeyPatch):
     """Resting and crossing (IOC limit and market) orders and cancels by order
     id never reach `apply`, and the replay ends on the generator's state hash."""
     workload = generate(5_000, seed=3)
@@ -229,7 +223,7 @@ def test_the_benchmark_workload_takes_only_the_silent_paths(compiled, monkeypatc
         raise AssertionError(f"handed to apply: {cmd}")
 
     monkeypatch.setattr(engine, "apply", no_apply)
-    events = SilentReplayer(engine, compiled).apply(from_the_wire(workload.commands, for_replay=True))
+    events = SilentReplayer(engine).apply(from_the_wire(workload.commands, for_replay=True))
     reference = make_engine()
     assert events == sum(len(reference.apply(cmd)) for cmd in workload.commands)
     assert state_hash(engine) == workload.state_hash
@@ -255,10 +249,9 @@ def test_replay_decoding_keeps_every_field_but_those_only_events_carry():
     assert decoded.full() == Cancel("acct-a", 5, "c1", seq=8)
 
 
-@LOOPS
-def test_a_stale_sequence_number_is_refused_as_by_apply(compiled):
+def test_a_stale_sequence_number_is_refused_as_by_apply():
     engine = MatchingEngine(LISTED)
-    replayer = SilentReplayer(engine, compiled)
+    replayer = SilentReplayer(engine)
     first = sequenced([NewOrder("acct-a", "c1", BTC, 1, 2, 100, 10), Cancel("acct-a", 1)])
     assert replayer.apply(first) == 2
     for stale in (NewOrder("acct-a", "c2", BTC, 1, 2, 100, 10, seq=2), Cancel("acct-a", 1, seq=1)):
@@ -267,16 +260,7 @@ def test_a_stale_sequence_number_is_refused_as_by_apply(compiled):
     assert engine.last_seq == 2
 
 
-def test_the_compiled_loop_is_built():
-    """`pip install` builds engine/core/_replay.c when a C compiler is present (it is optional so
-    that an install without one still works, with replay in Python). CI has a compiler, so
-    a missing build here is a packaging fault, not a fallback."""
-    assert COMPILED
-    assert SilentReplayer(MatchingEngine(LISTED)).compiled
-
-
-@LOOPS
-def test_full_commands_take_the_same_paths_as_their_replay_prefixes(compiled):
+def test_full_commands_take_the_same_paths_as_their_replay_prefixes():
     """A standby or a test may hand whole `NewOrder` and `Cancel` commands to the replayer:
     same state and event count as the replay prefixes decoded from the wire."""
     workload = generate(3_000, seed=4)
@@ -285,6 +269,6 @@ def test_full_commands_take_the_same_paths_as_their_replay_prefixes(compiled):
     assert {type(c) for c in full} == {NewOrder, Cancel}
     engines = make_engine(), make_engine()
     batches = zip(engines, (full, prefixes), strict=True)
-    counts = [SilentReplayer(engine, compiled).apply(cmds) for engine, cmds in batches]
+    counts = [SilentReplayer(engine).apply(cmds) for engine, cmds in batches]
     assert counts[0] == counts[1] > len(full)
     assert state_hash(engines[0]) == state_hash(engines[1]) == workload.state_hash

@@ -12,7 +12,7 @@ import pytest
 from engine.app import start_exchange
 from engine.cli import main as loom_main
 from engine.config import Config
-from engine.demo import DEMO_INSTRUMENTS
+from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 
 USER_KEY = "k-alice-0123456789abc"
 ADMIN_KEY = "admin-k-0123456789abc"
@@ -28,6 +28,7 @@ def config(tmp_path) -> Config:
         fix_port=-1,
         binary_port=-1,
         instruments=list(DEMO_INSTRUMENTS),
+        assets=list(DEMO_ASSETS),
         api_keys={USER_KEY: "alice"},
         admin_key=ADMIN_KEY,
         rate_limit=0.0,

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_fix_server import Peer
 from test_http_gateway import BTC, KEY, LiveExchange
+from waiting import wait_until
 
 from engine.config import DEMO_KEYS
 from engine.core.commands import NewOrder
@@ -50,15 +51,13 @@ def scrape(base: str) -> dict[tuple, float]:
 
 
 def wait_for(base: str, check, what: str, timeout: float = 15.0) -> dict[tuple, float]:
-    """Scrape until `check(samples)` holds (polling, no blind sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Scrape until `check(samples)` holds, and return those samples."""
+
+    def matching() -> dict[tuple, float] | None:
         got = scrape(base)
-        if check(got):
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not seen in {timeout} s")
-        time.sleep(0.05)
+        return got if check(got) else None
+
+    return wait_until(what, matching, timeout=timeout, interval=0.05)
 
 
 def slow_lags(got: dict, le: str = "0.25") -> float:

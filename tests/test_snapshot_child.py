@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_app_run import NO_LISTENERS, READY_RE, RECOVERED_RE, Loom, clean_env, get_json, poll
+from test_app_run import NO_LISTENERS, READY_RE, RECOVERED_RE, Loom, clean_env, get_json
+from waiting import wait_until
 
 from engine.bench.workload import INSTRUMENT, generate
 from engine.core.state import state_hash
@@ -78,7 +79,7 @@ def held_child(node: ExchangeNode) -> tuple[int, Path]:
     job = node._snapshot_job
     assert job is not None, "no snapshot in flight"
     tmp = node.snapshots.directory / f"snapshot-{job.seq:020d}.snap.tmp"
-    poll(tmp.exists, 30, "the snapshot child to create its temporary file")
+    wait_until("the snapshot child to create its temporary file", tmp.exists, timeout=30)
     return job.pid, tmp
 
 
@@ -287,7 +288,7 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         pending = threading.Thread(target=_post_expecting_the_kill, args=(f"{base}/v1/admin/snapshot",))
         pending.start()
         tmp = data / "snapshots" / f"snapshot-{snap['seq'] + 1:020d}.snap.tmp"
-        poll(lambda: tmp.exists() or None, 30, "the snapshot child's temporary file")
+        wait_until("the snapshot child's temporary file", lambda: tmp.exists() or None, timeout=30)
         child = (
             (_children(first.proc.pid) - before).pop()
             if writer == "fork"
@@ -299,10 +300,14 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         helpers = _children(first.proc.pid) - {child}  # the order lookup's worker, if started
         first.proc.kill()
         first.wait_exit()
-        poll(lambda: not alive(child), 30, "the snapshot child to die with its parent")
+        wait_until("the snapshot child to die with its parent", lambda: not alive(child), timeout=30)
         # FIX: the lookup worker (a spawned process) outlived a SIGKILLed node, holding its
         # stdout open (this test then hung reading it) and reading the data directory.
-        poll(lambda: not any(alive(p) for p in helpers), 30, "the node's helper processes to die with it")
+        wait_until(
+            "the node's helper processes to die with it",
+            lambda: not any(alive(p) for p in helpers),
+            timeout=30,
+        )
         pending.join(60)
     finally:
         first.close()
@@ -326,7 +331,11 @@ def test_sigkill_of_the_node_mid_snapshot_takes_the_child_along_and_recovers(tmp
         helpers = _children(second.proc.pid)
         second.proc.kill()
         second.wait_exit()
-        poll(lambda: not any(alive(p) for p in helpers), 30, "the node's helper processes to die with it")
+        wait_until(
+            "the node's helper processes to die with it",
+            lambda: not any(alive(p) for p in helpers),
+            timeout=30,
+        )
     finally:
         second.close()
 

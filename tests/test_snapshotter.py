@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from test_app_run import NO_LISTENERS, READY_RE, Loom, clean_env, poll
+from test_app_run import NO_LISTENERS, READY_RE, Loom, clean_env
 from test_snapshot_child import (
     ADMIN_KEY,
     _node_config,
@@ -26,6 +26,7 @@ from test_snapshot_child import (
     orders,
     snapshotter_pid,
 )
+from waiting import wait_until
 
 from engine.bench.workload import INSTRUMENT, generate
 from engine.core.state import state_hash
@@ -83,7 +84,7 @@ def test_a_killed_snapshotter_is_started_again_and_the_next_snapshot_succeeds(tm
         first = node.take_snapshot()
         pid = node.snapshotter.pid
         os.kill(pid, signal.SIGKILL)
-        poll(lambda: not alive(pid), 30, "the snapshotter to die")
+        wait_until("the snapshotter to die", lambda: not alive(pid), timeout=30)
         node.submit(orders(100, 10))
         node.poll_snapshot()  # finds it gone: starts another
         assert node.snapshotter.restarts == 1 and node.snapshotter.pid != pid
@@ -112,7 +113,7 @@ def test_a_snapshotter_killed_mid_snapshot_fails_that_one_and_the_previous_stand
             job = node._snapshot_job
             assert job is not None and job.writer == "follower"
             tmp = node.snapshots.directory / f"snapshot-{job.seq:020d}.snap.tmp"
-            poll(tmp.exists, 30, "the snapshotter to create its temporary file")
+            wait_until("the snapshotter to create its temporary file", tmp.exists, timeout=30)
             for i in range(120, 160, 10):  # acknowledged while it is held in its write
                 assert all(await service.submit(orders(i, 10)))
             os.kill(job.pid, signal.SIGKILL)
@@ -148,9 +149,10 @@ def test_the_drain_snapshot_falls_back_to_a_fork_when_the_snapshotter_dies(tmp_p
         taking = threading.Thread(target=lambda: result.update(w=node.take_snapshot()))
         taking.start()
         tmp = node.snapshots.directory / f"snapshot-{node.engine.last_seq:020d}.snap.tmp"
-        poll(tmp.exists, 30, "the snapshotter to create its temporary file")
+        wait_until("the snapshotter to create its temporary file", tmp.exists, timeout=30)
         os.kill(node.snapshotter.pid, signal.SIGKILL)
-        poll(lambda: len(jobs) >= 3, 30, "the fallback fork to start")  # follower start, end; fork start
+        # follower start, follower end, fork start
+        wait_until("the fallback fork to start", lambda: len(jobs) >= 3, timeout=30)
         hold.unlink()
         taking.join(60)
         written = result["w"]
@@ -167,7 +169,7 @@ def test_loom_run_uses_the_snapshotter_which_takes_no_lock_and_comes_back_after_
     node = Loom(args, tmp_path / "node.log", clean_env())
     try:
         base = f"http://127.0.0.1:{node.wait_line(READY_RE).group(2)}"
-        pid = poll(lambda: snapshotter_pid(node.proc.pid), 30, "the snapshotter to start")
+        pid = wait_until("the snapshotter to start", lambda: snapshotter_pid(node.proc.pid), timeout=30)
         # Read-only beside the node: it holds no descriptor of the data dir's LOCK.
         lock = str(data / "LOCK")
         assert all(os.readlink(f"/proc/{pid}/fd/{fd}") != lock for fd in os.listdir(f"/proc/{pid}/fd"))
@@ -177,15 +179,17 @@ def test_loom_run_uses_the_snapshotter_which_takes_no_lock_and_comes_back_after_
         assert status == 200 and snap["seq"] > 0, snap
         os.kill(pid, signal.SIGKILL)
         _place(base, 10)
-        again = poll(
-            lambda: (p := snapshotter_pid(node.proc.pid)) != pid and p, 30, "another snapshotter to start"
+        again = wait_until(
+            "another snapshotter to start",
+            lambda: (p := snapshotter_pid(node.proc.pid)) != pid and p,
+            timeout=30,
         )
         status, after = _post(f"{base}/v1/admin/snapshot", None, ADMIN_KEY)
         assert status == 200 and after["seq"] == snap["seq"] + 1, after
         assert alive(again)
         node.proc.send_signal(signal.SIGTERM)
         assert node.wait_exit() == 0
-        poll(lambda: not alive(again), 30, "the snapshotter to stop with the node")
+        wait_until("the snapshotter to stop with the node", lambda: not alive(again), timeout=30)
         assert "Traceback" not in node.log()
         assert "snapshot at seq" in node.log() and "by the snapshotter" in node.log()
     finally:

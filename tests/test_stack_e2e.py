@@ -15,11 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from engine.stack.configs import rule_names
 from engine.stack.procs import alive, get_json, processes_under
@@ -55,17 +55,6 @@ def stack(tmp_path_factory):
     summary["dir_path"] = directory
     yield summary
     loom("stack", "down", "--dir", str(directory))
-
-
-def wait(what: str, probe, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_up_prints_the_urls_and_pids_and_every_target_is_up(stack):
@@ -124,7 +113,7 @@ def test_the_watchdog_fires(stack):
         alerts = get_json(stack["prometheus"] + "/api/v1/alerts")["data"]["alerts"]
         return [a for a in alerts if a["labels"]["alertname"] == "Watchdog" and a["state"] == "firing"]
 
-    wait("a firing Watchdog", watchdog)
+    wait_until("a firing Watchdog", watchdog, interval=0.2)
 
 
 @pytest.mark.parametrize("series", ["loom_build_info", "loom_event_loop_lag_seconds_bucket"])
@@ -132,9 +121,10 @@ def test_runtime_signals_are_on_metrics(stack, series):
     with urllib.request.urlopen(stack["exchange"] + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert any(line.startswith(series + "{") or line.startswith(series + " ") for line in text.splitlines())
-    wait(
+    wait_until(
         f"{series} in Prometheus",
         lambda: get_json(stack["prometheus"] + f"/api/v1/query?query={series}")["data"]["result"],
+        interval=0.2,
     )
 
 

@@ -13,6 +13,7 @@ from otlp_receiver import OtlpReceiver
 from prometheus_client import CollectorRegistry, generate_latest
 from test_runtime_signals import samples, wait_for
 from test_tracing import order, otlp_env
+from waiting import wait_until
 
 from telemetry.collectors import TraceExportCollector
 from telemetry.trace_ids import new_trace_id
@@ -71,7 +72,9 @@ def test_a_refusing_endpoint_counts_export_errors_and_a_full_queue_drops():
         shipper.record(order(new_trace_id(), order_id=i + 1))
     shipper.flush()
     # While it runs: the counts reach the exchange before the worker ends.
-    deadline_counts = wait_counts(shipper, lambda c: c.errors >= 1 and c.queue_full >= 1)
+    deadline_counts = wait_counts(
+        shipper, "an export error and a full queue", lambda c: c.errors >= 1 and c.queue_full >= 1
+    )
     assert deadline_counts.exported == 0
     assert shipper.close(timeout=60) == 0
     final = shipper.export_stats()
@@ -85,16 +88,14 @@ def test_a_refusing_endpoint_counts_export_errors_and_a_full_queue_drops():
     assert got[("loom_trace_spans_dropped_total", (("reason", "export_failed"),))] == final.failed_spans
 
 
-def wait_counts(shipper: TraceShipper, check, timeout: float = 30.0) -> ExportCounts:
-    import time
+def wait_counts(shipper: TraceShipper, what: str, check, timeout: float = 30.0) -> ExportCounts:
+    """Read the shipper's export counts until `check(counts)` holds, and return them."""
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def matching() -> ExportCounts | None:
         counts = shipper.export_stats()
-        if check(counts):
-            return counts
-        assert time.monotonic() < deadline, f"counts never got there: {counts}"
-        time.sleep(0.05)
+        return counts if check(counts) else None
+
+    return wait_until(what, matching, timeout=timeout, interval=0.05)
 
 
 def test_a_loom_run_exporting_traces_shows_the_counts_on_metrics(tmp_path):

@@ -20,7 +20,6 @@ from engine import progress
 from engine.bench.stats import percentile_us
 from engine.bench.workload import INSTRUMENT, generate
 from engine.core.matcher import MatchingEngine
-from engine.core.replay import COMPILED
 from engine.core.state import state_hash
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.journal.segments import FileJournal
@@ -114,30 +113,25 @@ def run_recovery_bench(orders: int = 1_000_000, seed: int = 1, batch: int = 1000
         recovered = restarted.recovered
         restarted.close()
 
-        # Full replay from the first record, the journal's own throughput: with the loop
-        # recovery uses and, alternated with it, with the other (the compiled replay loop
-        # against the Python one, side by side on the same machine).
-        loops = [COMPILED, not COMPILED] if COMPILED else [False]
-        replay_runs: dict[bool, list] = {loop: [] for loop in loops}
+        # Full replay from the first record, the journal's own throughput (median of three).
+        replay_runs: list[tuple[float, int, int]] = []
         replay_hashes = set()
-        progress.phase("recovery bench: full replays", 2 * len(loops))
-        for _ in range(2):
-            for loop in loops:
-                journal = FileJournal(tmp / "journal", read_only=True)
-                engine = MatchingEngine([])
-                gc.collect()
-                t0 = time.perf_counter()
-                n_cmds, n_events = replay(engine, journal, 1, compiled=loop)
-                replay_runs[loop].append((time.perf_counter() - t0, n_cmds, n_events))
-                journal.close()
-                replay_hashes.add(state_hash(engine))
-                del engine
-                progress.advance()
+        progress.phase("recovery bench: full replays", 3)
+        for _ in range(3):
+            journal = FileJournal(tmp / "journal", read_only=True)
+            engine = MatchingEngine([])
+            gc.collect()
+            t0 = time.perf_counter()
+            n_cmds, n_events = replay(engine, journal, 1)
+            replay_runs.append((time.perf_counter() - t0, n_cmds, n_events))
+            journal.close()
+            replay_hashes.add(state_hash(engine))
+            del engine
+            progress.advance()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    seconds = statistics.median(r[0] for r in replay_runs[COMPILED])
-    _, n_cmds, n_events = replay_runs[COMPILED][0]
-    python_seconds = statistics.median(r[0] for r in replay_runs[False])
+    seconds = statistics.median(r[0] for r in replay_runs)
+    _, n_cmds, n_events = replay_runs[0]
     return {
         "bench": "recovery",
         "orders": len(commands),
@@ -148,9 +142,7 @@ def run_recovery_bench(orders: int = 1_000_000, seed: int = 1, batch: int = 1000
         "replay_commands_per_s": round(n_cmds / seconds),
         "replay_events_per_s": round(n_events / seconds),
         "replay_s": round(seconds, 3),
-        "replay_loop": "compiled" if COMPILED else "python",
-        "replay_events_per_s_python_loop": round(n_events / python_seconds),
-        "replay_compiled_speedup": round(python_seconds / seconds, 3),
+        "replay_s_runs": [round(r[0], 3) for r in replay_runs],
         "hash_matches": len(replay_hashes) == 1 and recovered.state_hash == live_hash == replay_hashes.pop(),
     }
 
@@ -170,9 +162,7 @@ def format_recovery(r: dict) -> str:
         f"snapshot at seq {r['snapshot_seq']:,}\n"
         f"  restart: {r['recovery_s']} s "
         f"({r['recovery_replayed_commands']:,} commands replayed after the snapshot)\n"
-        f"  full replay ({r['replay_loop']} loop): {r['replay_s']} s, "
+        f"  full replay (median of {len(r['replay_s_runs'])}): {r['replay_s']} s, "
         f"{r['replay_commands_per_s']:,} commands/s, {r['replay_events_per_s']:,} events/s\n"
-        f"  the Python loop alongside: {r['replay_events_per_s_python_loop']:,} events/s "
-        f"(compiled/Python {r['replay_compiled_speedup']})\n"
         f"  state hash live == restarted == replayed: {r['hash_matches']}"
     )

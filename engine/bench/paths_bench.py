@@ -1,17 +1,16 @@
-"""`loom bench paths`: the three match loops side by side on one workload, in one run.
+"""`loom bench paths`: the two users of the one match loop side by side, in one run.
 
-The engine matches in three places: `MatchingEngine.apply` (events built, the live path),
-the silent replay in Python and the silent replay compiled (engine/_replay.c); the last two
-count events instead of building them. Each round runs every path once, interleaved, each
-into a fresh engine over the same command objects, so that this VM's drift hits all paths
-alike; the median round is reported. Every pass must end on the generator's state hash, and
-the silent paths must count as many events as `apply` emitted.
+`MatchingEngine.apply` (the live path) passes an event sink and gets the events;
+`MatchingEngine.replay` (recovery, through `SilentReplayer`) passes none and counts them.
+Each round runs every path once, interleaved, each into a fresh engine over the same
+command objects, so that this VM's drift hits all paths alike; the median round is
+reported. Every pass must end on the generator's state hash, and replay must count as many
+events as `apply` emitted.
 
 The commands are decoded from a journal record first, as a node and a replay see them
-(fresh strings, plain ints): the generator's own objects carry `SelfTradePrevention` enum
-defaults, which the compiled loop does not take (it hands such an order to `apply`). The
-last path is recovery's own input: the compiled loop over the replay prefixes
-(`ReplayNewOrder`, `ReplayCancel`) that `decode_for_replay` yields.
+(fresh strings, plain ints). Replay runs twice: over whole commands (a journal backend
+without replay decoding) and over the replay prefixes (`ReplayNewOrder`, `ReplayCancel`)
+that `decode_for_replay` yields, recovery's own input from a file journal.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import msgspec
 from engine import progress
 from engine.bench.workload import generate, make_engine
 from engine.core.matcher import MatchingEngine
-from engine.core.replay import COMPILED, SilentReplayer
+from engine.core.replay import SilentReplayer
 from engine.core.state import state_hash
 from engine.journal.format import BatchMeta, decode_for_replay, decode_record
 
@@ -39,20 +38,15 @@ def _apply_all(engine: MatchingEngine, commands: list) -> int:
     return events
 
 
-def _python_replay(engine: MatchingEngine, commands: list) -> int:
-    return SilentReplayer(engine, compiled=False).apply(commands)
-
-
-def _compiled_replay(engine: MatchingEngine, commands: list) -> int:
-    return SilentReplayer(engine, compiled=True).apply(commands)
+def _replay(engine: MatchingEngine, commands: list) -> int:
+    return SilentReplayer(engine).apply(commands)
 
 
 # name -> (the loop, whether it reads replay prefixes rather than whole commands)
 PATHS: dict[str, tuple[Callable[[MatchingEngine, list], int], bool]] = {
     "apply": (_apply_all, False),
-    "python_replay": (_python_replay, False),
-    "compiled_replay": (_compiled_replay, False),
-    "compiled_prefixes": (_compiled_replay, True),
+    "replay": (_replay, False),
+    "replay_prefixes": (_replay, True),
 }
 
 
@@ -68,18 +62,17 @@ def _timed_pass(run: Callable[[MatchingEngine, list], int], commands: list) -> t
 
 
 def run_paths_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3) -> dict:
-    paths = {name: path for name, path in PATHS.items() if COMPILED or not name.startswith("compiled")}
     workload = generate(ops, seed, mode)
     payload = msgspec.msgpack.encode((BatchMeta(), workload.commands))
     inputs = {False: decode_record(payload)[1], True: decode_for_replay(payload)}
     del payload
     n = len(inputs[False])
-    progress.phase(f"paths bench ({mode}): {repeat} rounds of {len(paths)} paths over {n:,} ops", repeat)
-    elapsed: dict[str, list[int]] = {name: [] for name in paths}
-    events: dict[str, set[int]] = {name: set() for name in paths}
+    progress.phase(f"paths bench ({mode}): {repeat} rounds of {len(PATHS)} paths over {n:,} ops", repeat)
+    elapsed: dict[str, list[int]] = {name: [] for name in PATHS}
+    events: dict[str, set[int]] = {name: set() for name in PATHS}
     hashes: set[str] = set()
     for _ in range(repeat):
-        for name, (run, prefixes) in paths.items():
+        for name, (run, prefixes) in PATHS.items():
             ns, count, digest = _timed_pass(run, inputs[prefixes])
             elapsed[name].append(ns)
             events[name].add(count)
@@ -92,7 +85,6 @@ def run_paths_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", rep
         "mode": mode,
         "seed": seed,
         "ops": n,
-        "compiled": COMPILED,
         "ops_per_s": median,
         "ops_per_s_runs": {name: [round(x) for x in r] for name, r in rates.items()},
         # Per round, so that a slow moment of the VM hits both sides of each ratio.

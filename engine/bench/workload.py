@@ -74,6 +74,7 @@ def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
     buy, sell = int(Side.BUY), int(Side.SELL)
     limit, market = int(OrderType.LIMIT), int(OrderType.MARKET)
     gtc, ioc = int(TimeInForce.GTC), int(TimeInForce.IOC)
+    cmd: Cancel | NewOrder
     for i in range(ops):
         r = rng.random()
         want_cancel = 0.6 <= r < 0.9 or (r < 0.6 and mode == "bounded" and len(pool) >= BOUNDED_MAX_RESTING)
@@ -97,10 +98,9 @@ def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
         cmd.ts = 1_700_000_000_000_000_000 + i * 1_000  # a fixed synthetic clock
         commands.append(cmd)
         for ev in engine.apply(cmd):
-            kind = type(ev)
-            if kind is OrderAccepted:
+            if isinstance(ev, OrderAccepted):
                 if ev.tif == gtc and ev.order_type == limit:
                     pool.add(ev.account, ev.order_id)
-            elif kind is OrderDone or kind is OrderCancelled:
+            elif isinstance(ev, OrderDone | OrderCancelled):
                 pool.discard(ev.order_id)
     return Workload(commands, mode, seed, state_hash(engine))

@@ -16,9 +16,19 @@ from typing import Any
 
 from engine.core.balances import ACCOUNT_COMMANDS, Ledger, apply_account_command, listing_problem
 from engine.core.book import BookSide, OrderBook, RestingOrder
-from engine.core.commands import Amend, Cancel, CancelAll, Command, ListInstrument, NewOrder
-from engine.core.domain import MAX_ACCOUNT_LEN as MAX_ACCOUNT_LEN  # re-exported: replay.py reads it here
+from engine.core.commands import (
+    Amend,
+    Cancel,
+    CancelAll,
+    Command,
+    ListInstrument,
+    NewOrder,
+    ReplayCancel,
+    ReplayCommand,
+    ReplayNewOrder,
+)
 from engine.core.domain import (
+    MAX_ACCOUNT_LEN,
     CancelReason,
     Instrument,
     OrderType,
@@ -64,7 +74,7 @@ REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
 REQ_LIST = int(RequestKind.LIST_INSTRUMENT)
 
 
-def new_order_problem(cmd: NewOrder, inst: Instrument) -> RejectReason | int:
+def new_order_problem(cmd: NewOrder | ReplayNewOrder, inst: Instrument) -> RejectReason | int:
     """The first thing wrong with a new order's fields (0 when none), most basic first."""
     side, qty, price, order_type, tif = cmd.side, cmd.qty, cmd.price, cmd.order_type, cmd.tif
     if side != BUY and side != SELL:
@@ -148,7 +158,7 @@ class MatchingEngine:
         # The pre-trade check of a new order. An attribute so the node can time the real call
         # on a sample of batches (engine/exchange.py) with a wrapper that reads the clock:
         # the core itself reads none, and the check is never run twice.
-        self.check_new: Callable[[MatchingEngine, NewOrder], int] = check_new
+        self.check_new: Callable[[MatchingEngine, NewOrder | ReplayNewOrder], int] = check_new
         self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
         self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
 
@@ -167,11 +177,38 @@ class MatchingEngine:
         self.last_seq = seq
         if type(cmd) is not NewOrder:
             return self._apply_other(cmd)
-        # A new order: most of the traffic, so handled here without a further call.
+        events: list[Event] = []
+        self._new_order(cmd, events)
+        return events
+
+    def replay(self, cmd: Command | ReplayCommand) -> int:
+        """Apply one sequenced command as `apply` does, without building the events of a new
+        order (recovery throws them away): returns how many events `apply` would have
+        returned. Takes the replay prefixes of `decode_for_replay` as well."""
+        kind = type(cmd)
+        c: Any = cmd  # typed by its branch, as in `_apply_other`
+        if c.seq > self.last_seq:
+            if kind is NewOrder or kind is ReplayNewOrder:
+                self.last_seq = c.seq
+                return self._new_order(c, None)
+            if kind is Cancel or kind is ReplayCancel:
+                self.last_seq = c.seq
+                return self._cancel(c, None)
+        # The rest (and a stale seq, which `apply` refuses) builds its few events.
+        if kind is ReplayNewOrder or kind is ReplayCancel:
+            c = c.full()
+        return len(self.apply(c))
+
+    # -- new order ---------------------------------------------------------------------
+
+    def _new_order(self, cmd: NewOrder | ReplayNewOrder, events: list[Event] | None) -> int:
+        """A new order, sequenced: the one order path of `apply` and `replay`. Its events go
+        to `events`, or nowhere when it is None (replay: a replay prefix has no timestamp);
+        returns how many there were."""
         symbol = cmd.symbol
         market = self.markets.get(symbol)
         if market is None:
-            return self._reject_new(cmd, R.UNKNOWN_SYMBOL)
+            return self._reject_new(cmd, R.UNKNOWN_SYMBOL, events)
         side = cmd.side
         qty = cmd.qty
         price = cmd.price
@@ -197,18 +234,18 @@ class MatchingEngine:
             and 0 < len(account) <= MAX_ACCOUNT_LEN
             and len(clid) <= MAX_CLIENT_ORDER_ID_LEN
         ):
-            return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]))
+            return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]), events)
         if self.risk_on:
             reason = self.check_new(self, cmd)
             if reason:
-                return self._reject_new(cmd, reason)
+                return self._reject_new(cmd, reason, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
         # Duplicate check and registration in one probe (undone if post-only refuses below).
         registered = False
         if clid and acct is not None:
             if acct.by_clid.setdefault(clid, oid) != oid:
-                return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID)
+                return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID, events)
             registered = True
 
         if side == BUY:
@@ -224,40 +261,53 @@ class MatchingEngine:
         if crosses and post_only:
             if acct is not None and registered:
                 del acct.by_clid[clid]
-            return self._reject_new(cmd, R.POST_ONLY_WOULD_CROSS)
+            return self._reject_new(cmd, R.POST_ONLY_WOULD_CROSS, events)
 
         if acct is None:
             acct = self.accounts[account] = AccountOrders()
             if clid:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
-        ts = cmd.ts
-        events: list[Event] = [
-            OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)
-        ]
+        seq = cmd.seq
+        ts = 0
+        if events is not None:
+            ts = cmd.ts  # type: ignore[union-attr]  # events come from whole commands only
+            events.append(
+                OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)
+            )
+        # OrderAccepted, then one closing event (done, or a cancel of the rest) unless it rests.
+        count = 2
 
         remaining = qty
         if crosses:
             if tif == FOK and not self._fok_fillable(opp, side, order_type, price, account, stp, qty):
-                events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
-                return events
-            remaining, stopped = self._match(
+                if events is not None:
+                    events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
+                return count
+            remaining, stopped, matched = self._match(
                 events, opp, side, order_type == MARKET, price, oid, account, stp, qty, symbol, seq, ts
             )
+            count += matched
             if not remaining:
-                events.append(OrderDone(seq, ts, oid, account, symbol, qty))
-                return events
+                if events is not None:
+                    events.append(OrderDone(seq, ts, oid, account, symbol, qty))
+                return count
             if stopped:
-                events.append(
-                    OrderCancelled(seq, ts, oid, account, symbol, C.SELF_TRADE, remaining, qty - remaining)
-                )
-                return events
+                if events is not None:
+                    events.append(
+                        OrderCancelled(
+                            seq, ts, oid, account, symbol, C.SELF_TRADE, remaining, qty - remaining
+                        )
+                    )
+                return count
         if tif == FOK:  # nothing to trade against at all
-            events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
+            if events is not None:
+                events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
         elif order_type == MARKET:
-            events.append(
-                OrderCancelled(seq, ts, oid, account, symbol, C.NO_LIQUIDITY, remaining, qty - remaining)
-            )
+            if events is not None:
+                events.append(
+                    OrderCancelled(seq, ts, oid, account, symbol, C.NO_LIQUIDITY, remaining, qty - remaining)
+                )
         elif tif == GTC:
             order = RestingOrder(
                 oid,
@@ -281,11 +331,12 @@ class MatchingEngine:
             level.orders[oid] = order
             level.qty += remaining
             acct.open[oid] = order
-        else:
+            return count - 1  # resting: no closing event
+        elif events is not None:
             events.append(
                 OrderCancelled(seq, ts, oid, account, symbol, C.IOC_REMAINDER, remaining, qty - remaining)
             )
-        return events
+        return count
 
     def _apply_other(self, cmd: Command) -> list[Event]:
         kind = type(cmd)
@@ -293,7 +344,9 @@ class MatchingEngine:
         # command is typed by its branch (a cast would cost a call per command).
         c: Any = cmd
         if kind is Cancel:
-            return self._cancel(c)
+            events: list[Event] = []
+            self._cancel(c, events)
+            return events
         if kind is Amend:
             return self._amend(c)
         if kind is CancelAll:
@@ -316,7 +369,7 @@ class MatchingEngine:
             )
         ]
 
-    # -- new order ---------------------------------------------------------------------
+    # -- listing ------------------------------------------------------------------------
 
     def _list_instrument(self, cmd: ListInstrument) -> list[Event]:
         inst = cmd.instrument
@@ -345,14 +398,24 @@ class MatchingEngine:
             )
         ]
 
-    def _reject_new(self, cmd: NewOrder, reason: int) -> list[Event]:
-        return [
-            OrderRejected(cmd.seq, cmd.ts, cmd.account, cmd.client_order_id, cmd.symbol, REQ_NEW, int(reason))
-        ]
+    def _reject_new(self, cmd: NewOrder | ReplayNewOrder, reason: int, events: list[Event] | None) -> int:
+        if events is not None:
+            events.append(
+                OrderRejected(
+                    cmd.seq,
+                    cmd.ts,  # type: ignore[union-attr]  # events come from whole commands only
+                    cmd.account,
+                    cmd.client_order_id,
+                    cmd.symbol,
+                    REQ_NEW,
+                    int(reason),
+                )
+            )
+        return 1
 
     def _match(
         self,
-        events: list[Event],
+        events: list[Event] | None,
         opp: BookSide,
         side: int,
         is_market: bool,
@@ -364,13 +427,16 @@ class MatchingEngine:
         symbol: str,
         seq: int,
         ts: int,
-    ) -> tuple[int, bool]:
-        """Trade `qty` of an incoming order against the opposite side. Returns the quantity
-        left and whether self-trade prevention stopped the incoming order."""
+    ) -> tuple[int, bool, int]:
+        """The match loop, the only one: trades `qty` of an incoming order against the
+        opposite side in price-time priority, with self-trade prevention. Its events go to
+        `events`, or nowhere when it is None (replay). Returns the quantity left, whether
+        self-trade prevention stopped the incoming order, and how many events there were."""
         remaining = qty
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
+        count = 0
         is_buy = side == BUY
         while remaining:
             price = opp.best
@@ -387,12 +453,13 @@ class MatchingEngine:
                     if stp == STP_NEWEST:
                         if traded:
                             self.last_price[symbol] = traded
-                        return remaining, True
+                        return remaining, True, count
                     self.cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
+                    count += 1
                     if stp == STP_BOTH:
                         if traded:
                             self.last_price[symbol] = traded
-                        return remaining, True
+                        return remaining, True, count
                     if opp.best != price:  # that emptied the level
                         break
                     continue
@@ -405,35 +472,39 @@ class MatchingEngine:
                 tid = self.next_trade_id
                 self.next_trade_id = tid + 1
                 traded = price
-                maker_account = maker.account
                 maker_id = maker.order_id
-                events.append(
-                    Trade(
-                        seq,
-                        ts,
-                        tid,
-                        symbol,
-                        price,
-                        fill,
-                        side,
-                        maker_id,
-                        maker_account,
-                        mleaves,
-                        oid,
-                        account,
-                        remaining,
+                maker_account = maker.account
+                count += 1
+                if events is not None:
+                    events.append(
+                        Trade(
+                            seq,
+                            ts,
+                            tid,
+                            symbol,
+                            price,
+                            fill,
+                            side,
+                            maker_id,
+                            maker_account,
+                            mleaves,
+                            oid,
+                            account,
+                            remaining,
+                        )
                     )
-                )
                 if not mleaves:
                     del orders[maker_id]
                     del accounts[maker_account].open[maker_id]
-                    events.append(OrderDone(seq, ts, maker_id, maker_account, symbol, maker.filled))
+                    count += 1
+                    if events is not None:
+                        events.append(OrderDone(seq, ts, maker_id, maker_account, symbol, maker.filled))
                     if not orders:
                         opp.drop_level(price)
                         break
         if traded:
             self.last_price[symbol] = traded
-        return remaining, False
+        return remaining, False, count
 
     def _fok_fillable(
         self, opp: BookSide, side: int, order_type: int, limit: int, account: str, stp: int, qty: int
@@ -461,20 +532,23 @@ class MatchingEngine:
         return False
 
     def cancel_resting(
-        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event]
+        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event] | None
     ) -> None:
-        """Takes a resting order off its side and its account, appending its OrderCancelled.
-        Public: risk (a kill switch) and replay (self-trade prevention) cancel through it."""
+        """Takes a resting order off its side and its account, appending its OrderCancelled
+        to `events` (when not None). Public: risk cancels through it (a kill switch)."""
         leaves = order.leaves
         side.remove(order)
         del self.accounts[order.account].open[order.order_id]
-        events.append(
-            OrderCancelled(seq, ts, order.order_id, order.account, order.symbol, reason, leaves, order.filled)
-        )
+        if events is not None:
+            events.append(
+                OrderCancelled(
+                    seq, ts, order.order_id, order.account, order.symbol, reason, leaves, order.filled
+                )
+            )
 
     # -- cancel, amend, cancel-all -------------------------------------------------------
 
-    def _find_open(self, cmd: Cancel | Amend) -> tuple[RestingOrder | None, int]:
+    def _find_open(self, cmd: Cancel | ReplayCancel | Amend) -> tuple[RestingOrder | None, int]:
         """The account's open order named by id or client id, else (None, reject reason)."""
         acct = self.accounts.get(cmd.account)
         if acct is None:
@@ -496,11 +570,13 @@ class MatchingEngine:
         order = acct.open.get(oid)
         return (order, 0) if order is not None else (None, R.UNKNOWN_ORDER)
 
-    def _reject_target(self, cmd: Cancel | Amend, request: int, reason: int, symbol: str = "") -> list[Event]:
+    def _reject_target(
+        self, cmd: Cancel | ReplayCancel | Amend, request: int, reason: int, symbol: str = ""
+    ) -> list[Event]:
         return [
             OrderRejected(
                 cmd.seq,
-                cmd.ts,
+                cmd.ts,  # type: ignore[union-attr]  # only built from whole commands
                 cmd.account,
                 cmd.client_order_id,
                 symbol,
@@ -510,19 +586,25 @@ class MatchingEngine:
             )
         ]
 
-    def _cancel(self, cmd: Cancel) -> list[Event]:
+    def _cancel(self, cmd: Cancel | ReplayCancel, events: list[Event] | None) -> int:
+        """A cancel, sequenced: its one event goes to `events`, or nowhere when it is None
+        (replay: a replay prefix has no timestamp). Returns 1, the number of events."""
         acct = self.accounts.get(cmd.account)
         oid = cmd.order_id
         if acct is None or not oid:
             order, reason = self._find_open(cmd)
             if order is None:
-                return self._reject_target(cmd, REQ_CANCEL, reason)
+                if events is not None:
+                    events += self._reject_target(cmd, REQ_CANCEL, reason)
+                return 1
             oid = order.order_id
             acct = self.accounts[order.account]
         else:
             order = acct.open.get(oid)
             if order is None:
-                return self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
+                if events is not None:
+                    events += self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
+                return 1
         market = self.markets[order.symbol]
         side = market.bids if order.side == BUY else market.asks
         leaves = order.leaves
@@ -535,18 +617,20 @@ class MatchingEngine:
         if not orders:
             side.drop_level(price)
         del acct.open[oid]
-        return [
-            OrderCancelled(
-                cmd.seq,
-                cmd.ts,
-                oid,
-                order.account,
-                order.symbol,
-                C.USER,
-                leaves,
-                order.filled,
+        if events is not None:
+            events.append(
+                OrderCancelled(
+                    cmd.seq,
+                    cmd.ts,  # type: ignore[union-attr]  # events come from whole commands only
+                    oid,
+                    order.account,
+                    order.symbol,
+                    C.USER,
+                    leaves,
+                    order.filled,
+                )
             )
-        ]
+        return 1
 
     def _cancel_all(self, cmd: CancelAll) -> list[Event]:
         symbol = cmd.symbol
@@ -663,7 +747,7 @@ class MatchingEngine:
             )
         ]
         if crosses:
-            remaining, stopped = self._match(
+            remaining, stopped, _ = self._match(
                 events,
                 opp,
                 order.side,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from engine.core.book import BookSide, OrderBook, RestingOrder
-from engine.core.commands import NewOrder, SetKillSwitch, SetRiskLimits, SetTradingHalt
+from engine.core.commands import NewOrder, ReplayNewOrder, SetKillSwitch, SetRiskLimits, SetTradingHalt
 from engine.core.domain import CancelReason, Instrument, RejectReason, RequestKind, RiskLimits, RiskScope
 from engine.core.events import Event, KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
 
@@ -120,7 +120,7 @@ class RiskEngine(Protocol):
     @property
     def accounts(self) -> Mapping[str, _Account]: ...
     def cancel_resting(
-        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event]
+        self, order: RestingOrder, side: BookSide, reason: int, seq: int, ts: int, events: list[Event] | None
     ) -> None: ...
 
 
@@ -163,7 +163,7 @@ def _book_reference(engine: RiskEngine, symbol: str, side: int) -> int:
     return opp.best or own.best or 0
 
 
-def check_new(engine: RiskEngine, cmd: NewOrder) -> int:
+def check_new(engine: RiskEngine, cmd: NewOrder | ReplayNewOrder) -> int:
     """The first risk layer a (field-valid) new order fails, or 0. A field-valid order has
     a positive price exactly when it is a limit order."""
     risk: RiskState = engine.risk

@@ -16,6 +16,7 @@ from engine.automation import RunbookAutomation
 from engine.core.order_store import OrderStore
 from engine.gateways.http_answers import error
 from engine.gateways.preauth_limit import PerIpLimit
+from engine.ledger_index import LedgerIndex
 from engine.market_data import MarketData
 from engine.observer import Observer
 from engine.routing import ExecutionRouter
@@ -41,6 +42,7 @@ class GatewayContext:
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.surveillance_desk.SurveillanceDesk
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
+    ledger: LedgerIndex = field(default_factory=LedgerIndex)  # ledger entries and balance pushes
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     rate_limited: int = 0

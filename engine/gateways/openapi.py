@@ -161,6 +161,62 @@ _SURVEILLANCE_REPORT = {
         "buffer": {"type": "object", "description": "the off-path analysis buffer: buffered, dropped"},
     },
 }
+_LEDGER_PARAMS = [
+    {
+        "name": "after",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "entries with seq > after (the previous page's next_after); absent: from the "
+        "oldest entry held",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
+_LEDGER = {
+    "type": "object",
+    "properties": {
+        "account": {"type": "string"},
+        "entries": {
+            "type": "array",
+            "description": "oldest first; at most limit, plus the rest of the last entry's seq (one "
+            "command's entries are never split across pages)",
+            "items": {
+                "type": "object",
+                "required": ["seq", "ts", "asset", "kind", "amount", "balance"],
+                "properties": {
+                    "seq": {"type": "integer", "description": "the command that made the entry"},
+                    "ts": {"type": "integer", "description": "its sequencer timestamp (ns since the epoch)"},
+                    "asset": {"type": "string"},
+                    "kind": {"enum": ["deposit", "withdrawal", "adjustment", "trade", "fee"]},
+                    "amount": {"type": "integer", "description": "signed change of the total"},
+                    "balance": {"type": "integer", "description": "the total after it"},
+                    "transfer_id": {"type": "string", "description": "a transfer's id"},
+                    "symbol": {
+                        "type": "string",
+                        "description": "a trade's or fee's symbol (with settlement)",
+                    },
+                    "order_id": {"type": "integer", "description": "the account's order in that trade"},
+                },
+            },
+        },
+        "next_after": {"type": "integer", "description": "`after` for the next page"},
+        "has_more": {"type": "boolean"},
+        "evicted_through": {
+            "type": "integer",
+            "description": "seq of the newest entry no longer held (0: none); after below it is 410",
+        },
+    },
+}
+_LEDGER_ERRORS = {
+    "410": _json(
+        _ERROR,
+        "LEDGER_EVICTED: `after` is older than the entries held (the newest ledger_entries_per_account, "
+        "default 1,000, per account); error.evicted_through is the lowest `after` answered",
+    )
+}
 _BALANCES = {
     "type": "object",
     "properties": {
@@ -586,6 +642,28 @@ OPENAPI: dict = {
                 "responses": {"200": _json(_BALANCES, "balances"), **_errors(401, 403)},
             }
         },
+        "/v1/ledger": {
+            "get": {
+                "summary": "The caller's own ledger entries, oldest first, paged by seq (its account key)",
+                "parameters": _LEDGER_PARAMS,
+                "responses": {
+                    "200": _json(_LEDGER, "a page of entries"),
+                    **_LEDGER_ERRORS,
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/v1/admin/ledger/{account}": {
+            "get": {
+                "summary": "An account's ledger entries (admin key or ops key)",
+                "parameters": [_ACCOUNT_PARAM, *_LEDGER_PARAMS],
+                "responses": {
+                    "200": _json(_LEDGER, "a page of entries"),
+                    **_LEDGER_ERRORS,
+                    **_errors(400, 403),
+                },
+            }
+        },
         "/v1/admin/surveillance": {
             "get": {
                 "summary": "Surveillance anomaly scores and top accounts per kind (admin key)",
@@ -599,6 +677,11 @@ OPENAPI: dict = {
                 "responses": {"200": _json(_SURVEILLANCE_REPORT, "the report"), **_errors(403)},
             }
         },
-        "/v1/ws": {"get": {"security": [], "summary": "WebSocket: order entry and market data"}},
+        "/v1/ws": {
+            "get": {
+                "security": [],
+                "summary": "WebSocket: order entry, market data, executions and balances (docs/websocket.md)",
+            }
+        },
     },
 }

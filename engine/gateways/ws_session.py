@@ -26,6 +26,7 @@ from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_masking import require_masked_frames
+from engine.ledger_index import balance_json
 from engine.overload import InFlight
 from engine.reason_texts import reject_code, reject_text
 from engine.service import NotLeader, Overloaded, ServiceStopped
@@ -266,6 +267,15 @@ class WsSession:
             )
             self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
             return
+        if req.channel == "balances":
+            if self.account is None:
+                self.fail(req_id, "UNAUTHENTICATED", "balances need an authenticated session")
+                return
+            self.unsubscribers[key] = self.ctx.ledger.subscribe(
+                self.account, lambda _account, entry: self.send(balance_json(entry))
+            )
+            self.send({"type": "subscribed", "req_id": req_id, "channel": "balances"})
+            return
         if req.symbol not in self.ctx.engine.books:
             self.fail(req_id, "UNKNOWN_SYMBOL", f"unknown symbol {req.symbol!r}")
             return
@@ -315,7 +325,7 @@ class _WsCancelAll(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _WsSubscribe(msgspec.Struct, forbid_unknown_fields=True):
-    channel: Literal["book", "trades", "executions"]
+    channel: Literal["book", "trades", "executions", "balances"]
     symbol: str = ""
 
 
@@ -323,7 +333,10 @@ def _sub_key(req: _WsSubscribe) -> tuple:
     # FIX (tests/test_ws_gateway.py): executions are per account, not per symbol; keyed by
     # (channel, symbol) a second subscription naming another symbol was accepted and every
     # execution report was then delivered twice.
-    return (req.channel, "" if req.channel == "executions" else req.symbol)
+    return (req.channel, "" if req.channel in _PER_ACCOUNT else req.symbol)
+
+
+_PER_ACCOUNT = frozenset(("executions", "balances"))
 
 
 _WS_CONTROL = frozenset(("auth", "subscribe", "unsubscribe", "ping"))

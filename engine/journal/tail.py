@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.journal import JournalCorruptError, RecoveryGapError
 from engine.journal.format import RECORD_HEADER, decode_for_replay, decode_segment_header, parse_record
@@ -30,7 +31,7 @@ class JournalTail:
     def __init__(self, directory: str | os.PathLike, next_seq: int) -> None:
         self.directory = Path(directory)
         self.next_seq = next_seq  # the first seq not yet handed out
-        self._file = None
+        self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._version = 0
         self._offset = 0  # file offset of the next record
@@ -85,6 +86,7 @@ class JournalTail:
                 need += RECORD_HEADER.unpack_from(self._buf)[1]
             elif len(self._buf) >= RECORD_HEADER.size:
                 raise JournalCorruptError(str(self._path), self._offset, self.next_seq, rec)
+            assert self._file is not None  # opened at the top of the loop
             more = self._file.read(max(READ_CHUNK, need - len(self._buf)))
             if not more:
                 if self._buf:
@@ -97,7 +99,8 @@ class JournalTail:
             self._buf += more
 
     def _later_segment_exists(self) -> bool:
-        return any(p.name > self._path.name for p in self._segment_files())
+        current = self._path.name if self._path is not None else ""
+        return any(p.name > current for p in self._segment_files())
 
     def _segment_files(self) -> list[Path]:
         found = {}
@@ -109,7 +112,7 @@ class JournalTail:
     def _open_segment_of(self, seq: int) -> None:
         """Open the segment holding `seq`: the last one whose first seq is at or before it."""
         exact = self.directory / segment_name(seq)
-        candidates = [p for p in self._segment_files() if int(SEGMENT_RE.match(p.name).group(1)) <= seq]
+        candidates = [p for p in self._segment_files() if _first_seq(p) <= seq]
         if not candidates:
             raise RecoveryGapError(str(self.directory), seq, seq, f"no journal segment holds seq {seq}")
         path = exact if exact.exists() else candidates[-1]
@@ -131,3 +134,10 @@ class JournalTail:
 
     def close(self) -> None:
         self._close()
+
+
+def _first_seq(path: Path) -> int:
+    """The first seq of a segment file (its name, which _segment_files matched)."""
+    match = SEGMENT_RE.match(path.name)
+    assert match is not None
+    return int(match.group(1))

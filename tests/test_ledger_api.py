@@ -1,0 +1,250 @@
+"""The ledger's interfaces against a real `loom run` (issue 15): GET /v1/ledger pages the
+trader's own entries (seq cursor, 410 past the per-account bound, the same after a restart),
+the WebSocket `balances` channel pushes each durable change, `loom accounts ...` drives a
+running node (exit 1 for a refusal, 2 for bad usage or no node), and the money metrics
+(transfers by kind and outcome, balances by asset, no conservation breach) are served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import aiohttp
+from loomproc import REPO, loom_run
+from test_accounts_rest import ADMIN, ALICE, ARGS, OPS, call
+from test_accounts_rest import CONFIG as ACCOUNTS_CONFIG
+
+BOB = "ledger-bob-key-0000000000"
+PER_ACCOUNT = 3
+CONFIG = (
+    f"ledger_entries_per_account = {PER_ACCOUNT}\n"
+    + ACCOUNTS_CONFIG
+    + f'\n[[accounts]]\nname = "bob"\napi_key = "{BOB}"\n'
+)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")}
+
+
+def _transfer(
+    base: str, tid: str, kind: str, amount: int, account: str = "alice", asset: str = "USD"
+) -> dict:
+    body = {"transfer_id": tid, "account": account, "asset": asset, "kind": kind, "amount": amount}
+    status, answer = call(base, "POST", "/v1/admin/transfers", ADMIN, body)
+    assert status == 200, answer
+    return answer["events"][0]
+
+
+async def _balances_pushes(base: str, transfers: list[tuple]) -> list[dict]:
+    """Subscribe alice's session to `balances`, make the transfers, and collect every push
+    that came before the answer to a ping sent after them (so an extra push is seen too)."""
+    async with aiohttp.ClientSession(base) as http, http.ws_connect("/v1/ws") as ws:
+        await ws.send_json({"op": "subscribe", "req_id": 1, "channel": "balances"})
+        refused = await ws.receive_json(timeout=10)
+        assert refused["type"] == "error" and refused["code"] == "UNAUTHENTICATED", refused
+        await ws.send_json({"op": "auth", "req_id": 2, "api_key": ALICE})
+        assert (await ws.receive_json(timeout=10))["type"] == "authenticated"
+        await ws.send_json({"op": "subscribe", "req_id": 3, "channel": "balances"})
+        assert await ws.receive_json(timeout=10) == {"type": "subscribed", "req_id": 3, "channel": "balances"}
+        await ws.send_json({"op": "subscribe", "req_id": 4, "channel": "balances"})
+        again = await ws.receive_json(timeout=10)
+        assert again["code"] == "ALREADY_SUBSCRIBED", again
+        for args in transfers:
+            await asyncio.to_thread(_transfer, base, *args)
+        await ws.send_json({"op": "ping", "req_id": 5})
+        pushes = []
+        while (msg := await ws.receive_json(timeout=10))["type"] != "pong":
+            pushes.append(msg)
+        return pushes
+
+
+def _ledger(base: str, query: str = "", key: str = ALICE) -> tuple[int, dict]:
+    return call(base, "GET", f"/v1/ledger{query}", key)
+
+
+def _metrics(base: str) -> str:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_ledger_pages_balance_pushes_and_metrics_survive_a_restart(tmp_path):
+    config = tmp_path / "loom.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
+    transfers = [
+        ("dep-1", "deposit", 10_000),
+        ("dep-1", "deposit", 10_000),  # a repeat: no entry, no push (the original's answer)
+        ("wd-1", "withdrawal", 2_500),
+        ("adj-1", "adjustment", -500),
+        ("dep-b", "deposit", 7, "bob"),  # another account's: not alice's entry nor push
+        ("dep-2", "deposit", 1_000),
+    ]
+    with loom_run(args, _env()) as base:
+        _transfer(base, "dep-btc", "deposit", 300_000_000, asset="BTC")  # before the subscription
+        pushes = asyncio.run(_balances_pushes(base, transfers))
+        assert [(p["asset"], p["total"], p["held"], p["available"]) for p in pushes] == [
+            ("USD", 10_000, 0, 10_000),
+            ("USD", 7_500, 0, 7_500),
+            ("USD", 7_000, 0, 7_000),
+            ("USD", 8_000, 0, 8_000),
+        ]
+        assert all(p["type"] == "balance" for p in pushes)
+        seqs = [p["seq"] for p in pushes]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+        # Five entries for alice (BTC deposit + four USD), three kept: the oldest two are gone.
+        status, page = _ledger(base)
+        assert status == 200, page
+        assert [(e["kind"], e["asset"], e["amount"], e["balance"]) for e in page["entries"]] == [
+            ("withdrawal", "USD", -2_500, 7_500),
+            ("adjustment", "USD", -500, 7_000),
+            ("deposit", "USD", 1_000, 8_000),
+        ]
+        assert [e["seq"] for e in page["entries"]] == seqs[1:]
+        assert [e["transfer_id"] for e in page["entries"]] == ["wd-1", "adj-1", "dep-2"]
+        assert all(e["ts"] > 0 for e in page["entries"])
+        assert page["evicted_through"] == seqs[0] and not page["has_more"]
+        status, gone = _ledger(base, "?after=0")
+        assert status == 410 and gone["error"]["code"] == "LEDGER_EVICTED", gone
+        assert gone["error"]["evicted_through"] == seqs[0]
+        walked, after = [], seqs[0]
+        for _ in range(5):  # page by one from the bound
+            status, page = _ledger(base, f"?after={after}&limit=1")
+            assert status == 200, page
+            walked += page["entries"]
+            after = page["next_after"]
+            if not page["has_more"]:
+                break
+        assert [e["seq"] for e in walked] == seqs[1:]
+        status, empty = _ledger(base, f"?after={seqs[-1]}")
+        assert status == 200 and empty["entries"] == [] and empty["next_after"] == seqs[-1]
+        for bad in ("?after=x", "?after=-1", "?limit=0", "?limit=1001"):
+            status, body = _ledger(base, bad)
+            assert status == 400 and body["error"]["code"] == "INVALID_QUERY", (bad, body)
+        status, bobs = _ledger(base, key=BOB)
+        assert [e["transfer_id"] for e in bobs["entries"]] == ["dep-b"]
+        status, body = _ledger(base, key=OPS)
+        assert status == 403, body  # an ops key has no ledger of its own: the admin view
+        status, viewed = call(base, "GET", "/v1/admin/ledger/alice", OPS)
+        assert status == 200 and viewed["entries"] == _ledger(base)[1]["entries"]
+
+        text = _metrics(base)
+        assert 'loom_transfers_total{kind="deposit",outcome="applied"} 4.0' in text
+        assert 'loom_transfers_total{kind="deposit",outcome="repeated"} 1.0' in text
+        assert 'loom_transfers_total{kind="withdrawal",outcome="applied"} 1.0' in text
+        assert 'loom_asset_balances{asset="USD"} 8007.0' in text
+        assert 'loom_asset_balances{asset="BTC"} 3e+08' in text
+        assert 'loom_insufficient_balance_rejects_total{symbol="BTC-USD"} 0.0' in text
+        assert 'loom_fees_collected_total{asset="USD"} 0.0' in text
+        assert "loom_ledger_conservation_breaches 0.0" in text
+        before = _ledger(base)[1]
+
+    with loom_run(args, _env()) as base:  # recovered from the journal: the same pages
+        assert _ledger(base)[1] == before
+        assert _ledger(base, "?after=0")[0] == 410
+
+
+def _loom(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from engine.cli import main; raise SystemExit(main())", *argv],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_loom_accounts_cli_against_a_running_node(tmp_path):
+    config = tmp_path / "loom.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
+    with loom_run(args, _env()) as base:
+        admin = ["--url", base, "--admin-key", ADMIN]
+        done = _loom("accounts", "deposit", "alice", "USD", "10_000", "--transfer-id", "cli-1", *admin)
+        assert done.returncode == 0, done.stderr
+        assert "cli-1: alice USD 0 -> 10000" in done.stdout
+        done = _loom(
+            "accounts", "deposit", "alice", "USD", "10000", "--transfer-id", "cli-1", *admin, "--json"
+        )
+        assert done.returncode == 0 and json.loads(done.stdout)["events"][0]["repeated"] is True
+        done = _loom("accounts", "withdraw", "alice", "USD", "99999", *admin)
+        assert done.returncode == 1 and "INSUFFICIENT_BALANCE" in done.stderr, done.stderr
+        done = _loom("accounts", "withdraw", "alice", "USD", "400", "--transfer-id", "cli-2", *admin)
+        assert done.returncode == 0 and "10000 -> 9600" in done.stdout, done.stderr
+        done = _loom("accounts", "show", "alice", *admin, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["balances"] == [
+            {"asset": "USD", "total": 9600, "held": 0, "available": 9600}
+        ]
+        done = _loom("accounts", "show", "--url", base, "--api-key", ALICE)
+        assert done.returncode == 0 and "account alice" in done.stdout and "9600" in done.stdout
+        done = _loom("accounts", "ledger", "--url", base, "--api-key", ALICE, "--json")
+        entries = json.loads(done.stdout)["entries"]
+        assert [(e["transfer_id"], e["amount"]) for e in entries] == [("cli-1", 10000), ("cli-2", -400)]
+        done = _loom("accounts", "ledger", "--url", base, "--api-key", ALICE, "--limit", "1")
+        assert done.returncode == 0 and "cli-1" in done.stdout and "cli-2" not in done.stdout
+        assert f"more: --after {entries[0]['seq']}" in done.stdout
+        done = _loom("accounts", "ledger", "alice", "--after", str(entries[0]["seq"]), *admin)
+        assert done.returncode == 0 and "cli-2" in done.stdout and "cli-1" not in done.stdout
+        # Clear errors: no key, a bad amount, a bad page size (exit 2); an unknown asset (exit 1).
+        done = _loom("accounts", "deposit", "alice", "USD", "5", "--url", base)
+        assert done.returncode == 2 and "admin key is needed" in done.stderr, done.stderr
+        done = _loom("accounts", "show", "--url", base)
+        assert done.returncode == 2 and "account key is needed" in done.stderr, done.stderr
+        done = _loom("accounts", "deposit", "alice", "USD", "-5", *admin)
+        assert done.returncode == 2 and "must be positive" in done.stderr, done.stderr
+        done = _loom("accounts", "ledger", "alice", "--limit", "0", *admin)
+        assert done.returncode == 2 and "between 1 and 1000" in done.stderr, done.stderr
+        done = _loom("accounts", "deposit", "alice", "EUR", "5", *admin)
+        assert done.returncode == 1 and "UNKNOWN_ASSET" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    done = _loom("accounts", "show", "alice", *admin)  # the node is gone
+    assert done.returncode == 2 and "cannot reach" in done.stderr, done.stderr
+
+
+# -- the parts that cannot be driven through a node yet ------------------------------------------
+
+
+def test_the_conservation_gauge_reports_a_broken_ledger():
+    """The breach gauge is not a constant: a balance that no transfer explains is counted."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from engine.core.balances import Balance, Ledger
+    from engine.core.domain import Asset
+    from telemetry.collectors import LedgerCollector
+
+    ledger = Ledger()
+    ledger.assets["USD"] = Asset("USD", 2)
+    ledger.supply["USD"] = 100
+    ledger.balances["alice"] = {"USD": Balance(100, 30)}
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(lambda: SimpleNamespace(ledger=ledger)))
+    text = generate_latest(registry).decode()
+    assert "loom_ledger_conservation_breaches 0.0" in text
+    assert 'loom_asset_balances{asset="USD"} 100.0' in text
+    assert 'loom_asset_held_balances{asset="USD"} 30.0' in text
+    ledger.balances["bob"] = {"USD": Balance(5, 0)}  # money from nowhere
+    text = generate_latest(registry).decode()
+    assert "loom_ledger_conservation_breaches 1.0" in text
+
+
+def test_a_page_never_splits_one_commands_entries():
+    """Settlement will make several entries per command (base, quote, fee): one seq, one page."""
+    from engine.ledger_index import LedgerEntry, LedgerIndex
+
+    index = LedgerIndex(per_account=10)
+    for seq, asset in ((5, "USD"), (7, "BTC"), (7, "USD"), (7, "USD"), (9, "USD")):
+        index._add("alice", LedgerEntry(seq, 0, asset, "trade", 1, 1, 0, symbol="BTC-USD", order_id=3))
+    first = index.page("alice", None, limit=2)
+    assert [e["seq"] for e in first["entries"]] == [5, 7, 7, 7] and first["next_after"] == 7
+    assert first["entries"][1]["symbol"] == "BTC-USD" and first["entries"][1]["order_id"] == 3
+    rest = index.page("alice", first["next_after"], limit=2)
+    assert [e["seq"] for e in rest["entries"]] == [9] and not rest["has_more"]
