@@ -197,18 +197,28 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     market_data = MarketData(node.engine)
     market_data.batch_time = lambda: service.durable_at  # fan-out lag from the durable point
     router = ExecutionRouter()
-    surveillance = SurveillanceDesk(cfg.account_owners)  # off the order path: appends only
+    # Off the order path: the commit loop appends, a budgeted worker thread analyses.
+    surveillance = (
+        SurveillanceDesk(cfg.account_owners, cpu_share=cfg.surveillance_cpu_share)
+        if cfg.surveillance
+        else None
+    )
     ledger = LedgerIndex(cfg.ledger_entries_per_account)
     ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
     service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
-    for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):
+    for listener in (order_store.on_events, market_data.on_events, metrics.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
+    if surveillance is not None:
+        service.add_event_listener(surveillance.on_events)
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
     metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
-    metrics.registry.register(SurveillanceCollector(surveillance))
+    if surveillance is not None:
+        metrics.registry.register(
+            SurveillanceCollector(surveillance, lambda: service.node.engine.instruments)
+        )
     metrics.registry.register(LedgerCollector(lambda: service.node.engine))
     metrics.registry.register(MarketDataCollector(market_data))
     metrics.registry.register(BuildInfo())
@@ -300,7 +310,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
-    running.tasks.append(asyncio.create_task(surveillance.run(), name="surveillance"))
+    if surveillance is not None:
+        running.tasks.append(asyncio.create_task(surveillance.run(), name="surveillance"))
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups
     running.ports["http"] = http_server.sockets[0].getsockname()[1]

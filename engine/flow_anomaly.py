@@ -21,9 +21,12 @@ only because it uses floats and `math`; it decides nothing about orders.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 
+from engine.core.batch_events import BatchEvents
 from engine.core.domain import CancelReason
 from engine.core.events import OrderAccepted, OrderCancelled, Trade
 
@@ -33,6 +36,9 @@ ORDER_SIZE = "order_size"
 AGGRESSIVENESS = "aggressiveness"
 FEATURES = (ORDER_RATE, CANCEL_RATIO, ORDER_SIZE, AGGRESSIVENESS)
 _USER_CANCELS = frozenset((int(CancelReason.USER), int(CancelReason.CANCEL_ALL)))
+# An account's counts in the open interval, a plain list of ints (no object per event):
+_ORDERS, _QTY, _CANCELS, _TRADES, _TAKEN = range(5)
+_seq = attrgetter("seq")
 
 
 @dataclass(frozen=True)
@@ -71,15 +77,6 @@ class Ewma:
 
 
 @dataclass
-class _Flow:
-    orders: int = 0
-    qty: int = 0
-    cancels: int = 0
-    trades: int = 0
-    taken: int = 0
-
-
-@dataclass
 class FlowScores:
     """The z-scores of the last closed interval: per account and feature, per symbol."""
 
@@ -94,7 +91,8 @@ class FlowAnomaly:
         self.config = config or AnomalyConfig()
         self.interval_ns = max(1, int(self.config.interval_s * 1e9))
         self.current = -1  # the open interval
-        self.flows: dict[str, _Flow] = {}
+        self.boundary = 0  # the first ts past it
+        self.flows: dict[str, list[int]] = {}
         self.closes: dict[str, int] = {}  # symbol -> last price in the open interval
         self.prev_close: dict[str, int] = {}
         self.models: dict[str, Ewma] = {f: Ewma() for f in FEATURES}
@@ -104,35 +102,79 @@ class FlowAnomaly:
         self.outliers: list[tuple[int, str, str, float]] = []
 
     def _at(self, ts: int) -> None:
-        interval = ts // self.interval_ns
-        if interval > self.current:
+        if ts >= self.boundary:
             if self.current >= 0:
                 self._close()
-            self.current = interval
+            self.current = ts // self.interval_ns
+            self.boundary = (self.current + 1) * self.interval_ns
 
-    def _flow(self, account: str) -> _Flow:
+    def _flow(self, account: str) -> list[int]:
         flow = self.flows.get(account)
         if flow is None:
-            flow = self.flows[account] = _Flow()
+            flow = self.flows[account] = [0, 0, 0, 0, 0]
         return flow
+
+    def on_batch(self, split: BatchEvents) -> None:
+        """One durable batch. Its events all fall in one interval but for the rare batch that
+        crosses a boundary: then they go one by one, in seq order, so each lands in its own."""
+        lists = [events for events in (split.accepted, split.trades, split.cancelled) if events]
+        if not lists:
+            return
+        self._at(min(events[0].ts for events in lists))
+        if max(events[-1].ts for events in lists) >= self.boundary:
+            for ev in heapq.merge(*lists, key=_seq):
+                kind = type(ev)
+                if kind is Trade:
+                    self.on_trade(ev)
+                elif kind is OrderAccepted:
+                    self.on_accepted(ev)
+                else:
+                    self.on_cancelled(ev)
+            return
+        flows = self.flows
+        get = flows.get
+        for ev in split.accepted:
+            flow = get(ev.account)
+            if flow is None:
+                flow = flows[ev.account] = [0, 0, 0, 0, 0]
+            flow[_ORDERS] += 1
+            flow[_QTY] += ev.qty
+        closes = self.closes
+        for trade in split.trades:
+            flow = get(trade.taker_account)
+            if flow is None:
+                flow = flows[trade.taker_account] = [0, 0, 0, 0, 0]
+            flow[_TRADES] += 1
+            flow[_TAKEN] += 1
+            flow = get(trade.maker_account)
+            if flow is None:
+                flow = flows[trade.maker_account] = [0, 0, 0, 0, 0]
+            flow[_TRADES] += 1
+            closes[trade.symbol] = trade.price
+        for ev in split.cancelled:
+            if ev.reason in _USER_CANCELS:
+                flow = get(ev.account)
+                if flow is None:
+                    flow = flows[ev.account] = [0, 0, 0, 0, 0]
+                flow[_CANCELS] += 1
 
     def on_accepted(self, ev: OrderAccepted) -> None:
         self._at(ev.ts)
         flow = self._flow(ev.account)
-        flow.orders += 1
-        flow.qty += ev.qty
+        flow[_ORDERS] += 1
+        flow[_QTY] += ev.qty
 
     def on_cancelled(self, ev: OrderCancelled) -> None:
         self._at(ev.ts)
         if ev.reason in _USER_CANCELS:
-            self._flow(ev.account).cancels += 1
+            self._flow(ev.account)[_CANCELS] += 1
 
     def on_trade(self, trade: Trade) -> None:
         self._at(trade.ts)
         taker = self._flow(trade.taker_account)
-        taker.trades += 1
-        taker.taken += 1
-        self._flow(trade.maker_account).trades += 1
+        taker[_TRADES] += 1
+        taker[_TAKEN] += 1
+        self._flow(trade.maker_account)[_TRADES] += 1
         self.closes[trade.symbol] = trade.price
 
     def advance(self, ts: int) -> None:
@@ -145,12 +187,13 @@ class FlowAnomaly:
         scores = FlowScores(self.current)
         for account, flow in self.flows.items():
             values: dict[str, float] = {}
-            if flow.orders:
-                values[ORDER_RATE] = math.log1p(flow.orders / cfg.interval_s)
-                values[CANCEL_RATIO] = flow.cancels / flow.orders
-                values[ORDER_SIZE] = math.log1p(flow.qty / flow.orders)
-            if flow.trades:
-                values[AGGRESSIVENESS] = flow.taken / flow.trades
+            orders, qty, cancels, trades, taken = flow
+            if orders:
+                values[ORDER_RATE] = math.log1p(orders / cfg.interval_s)
+                values[CANCEL_RATIO] = cancels / orders
+                values[ORDER_SIZE] = math.log1p(qty / orders)
+            if trades:
+                values[AGGRESSIVENESS] = taken / trades
             learn = (cfg.alpha, cfg.min_samples, cfg.min_sd)
             zs = {f: self.models[f].score(x, *learn) for f, x in values.items()}
             scores.accounts[account] = zs

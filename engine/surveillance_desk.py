@@ -1,12 +1,16 @@
-"""Surveillance off the matching path: the order path only appends each durable batch's
-split events to a bounded buffer; the analysis (the indicator scores of
-engine/core/surveillance.py, wash trades, spoofing and layering, the learning anomaly model)
-drains it on a timer in a worker thread and at every evaluation (scrape, admin report, the
-kill-switch automation), never while an order is being matched.
+"""Surveillance off the matching path: the order path only appends each durable batch to a
+bounded buffer; the analysis (the indicator scores of engine/core/surveillance.py, wash
+trades, spoofing and layering, the learning anomaly model) runs in a worker thread of its
+own, and everything that reads it (a scrape, GET /v1/admin/surveillance and its report, the
+kill-switch automation) reads the last results the worker published, never analysing inline.
 
-The buffer holds at most `max_buffered_events` events; a batch arriving beyond that is
-dropped whole and counted (`loom_surveillance_dropped_batches_total`): the analysis loses
-it, the exchange does not slow down.
+The worker holds the GIL while it analyses, so it is given a budget: at most `cpu_share` of
+one core, as CPU-time credit earned by wall time (capped at one tick's worth, so an idle
+spell buys no burst), spent a short slice at a time so the event loop never waits long for
+the GIL. Under overload it falls behind rather than compete with matching: the buffer grows
+(`loom_surveillance_backlog_events`) up to `max_buffered_events`, beyond which a batch is
+dropped whole and counted (`loom_surveillance_dropped_batches_total`). The published results
+say how far they go (`analysed_through_seq`) and how old they are (`age_s`).
 
 The detectors are pure and deterministic in event time; what the desk adds (a lock, a
 buffer, the wall clock that closes a quiet interval) stays here, outside the core.
@@ -15,13 +19,11 @@ buffer, the wall clock that closes a quiet interval) stays here, outside the cor
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from operator import attrgetter
 from typing import Any
 
 from engine.core.batch_events import BatchEvents
@@ -29,15 +31,16 @@ from engine.core.commands import Command
 from engine.core.events import Event, OrderAccepted, OrderCancelled, Trade
 from engine.core.owners import Owners
 from engine.core.spoofing import Spoofing, SpoofingConfig
-from engine.core.surveillance import Surveillance, SurveillanceConfig
+from engine.core.surveillance import KINDS, Surveillance, SurveillanceConfig
 from engine.core.surveillance_findings import FINDING_KINDS, PRICE_MOVE, Finding, FindingLog
 from engine.core.wash_trades import WashTrades
 from engine.flow_anomaly import AnomalyConfig, FlowAnomaly
 
 log = logging.getLogger("loom.surveillance")
-_seq = attrgetter("seq")
 DEFAULT_MAX_BUFFERED_EVENTS = 1_000_000
-DRAIN_EVERY_S = 1.0
+DEFAULT_CPU_SHARE = 0.1
+TICK_S = 0.02  # the worker wakes this often; it works at most cpu_share of it
+PUBLISH_EVERY_S = 1.0
 
 
 class SurveillanceDesk:
@@ -49,6 +52,7 @@ class SurveillanceDesk:
         anomaly: AnomalyConfig | None = None,
         max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
         keep_findings: int = 100,
+        cpu_share: float = DEFAULT_CPU_SHARE,
     ) -> None:
         self.owners = Owners(owners)
         self.scores = Surveillance(scores)
@@ -58,7 +62,8 @@ class SurveillanceDesk:
         self.findings = FindingLog(keep_findings)
         self.outliers: deque[dict[str, Any]] = deque(maxlen=keep_findings)
         self.max_buffered_events = max_buffered_events
-        self._buffer: deque[BatchEvents] = deque()
+        self.cpu_share = cpu_share
+        self._buffer: deque[tuple[list[list[Event]], BatchEvents, int]] = deque()
         self._lock = threading.Lock()
         # Each written by one side only (no lock on the order path): the feed counts what it
         # pushed and dropped, the drain what it took.
@@ -66,10 +71,14 @@ class SurveillanceDesk:
         self.dropped_batches = 0
         self.drained_events = 0
         self.processed_batches = 0
+        self.analysed_through_seq = 0
+        self.analysed_through_ts = 0
+        self.busy_s = 0.0  # CPU the worker spent analysing and publishing
+        self.published: dict[str, Any] = self._snapshot(None)  # replaced whole, read without a lock
 
     # -- the order path: append only -----------------------------------------------------
 
-    def on_events(self, _commands: list[Command], _results: list[list[Event]], split: BatchEvents) -> None:
+    def on_events(self, _commands: list[Command], results: list[list[Event]], split: BatchEvents) -> None:
         n = len(split.accepted) + len(split.trades) + len(split.cancelled)
         if not n:
             return
@@ -77,45 +86,53 @@ class SurveillanceDesk:
             self.dropped_batches += 1
             return
         self.pushed_events += n
-        self._buffer.append(split)
+        self._buffer.append((results, split, n))
 
     # -- the analysis: off the order path ------------------------------------------------
 
-    def drain(self) -> None:
-        """Analyses every buffered batch, in order (thread-safe: one drain at a time)."""
+    def drain(self, budget_s: float | None = None) -> bool:
+        """Analyses buffered batches in order, for at most `budget_s` of CPU (None: all of
+        them); true when the buffer is empty (thread-safe: one drain at a time)."""
         with self._lock:
-            self._drain()
+            return self._drain(budget_s)
 
-    def _drain(self) -> None:
-        buffer = self._buffer
+    def _drain(self, budget_s: float | None) -> bool:
+        buffer, clock = self._buffer, time.thread_time
+        stop = None if budget_s is None else clock() + budget_s
         while buffer:
-            split = buffer.popleft()
-            self._process(split)
-            self.drained_events += len(split.accepted) + len(split.trades) + len(split.cancelled)
+            results, split, n = buffer.popleft()
+            self._process(results, split)
+            self.drained_events += n
             self.processed_batches += 1
-
-    def _process(self, split: BatchEvents) -> None:
-        self.scores.on_events([], [], split)
-        wash, spoofing, anomaly, add = self.wash, self.spoofing, self.anomaly, self.findings.add
-        # Sequence order across the types (stable merge: within one command the acceptance
-        # comes before its trades, and those before its cancels), as the patterns need it.
-        ev: Any
-        for ev in heapq.merge(split.accepted, split.trades, split.cancelled, key=_seq):
-            kind = type(ev)
-            if kind is Trade:
-                found = wash.on_trade(ev)
-                if found is not None:
-                    add(found)
-                spoofing.on_trade(ev)
-                anomaly.on_trade(ev)
-            elif kind is OrderAccepted:
-                spoofing.on_accepted(ev)
-                anomaly.on_accepted(ev)
-            elif kind is OrderCancelled:
-                for found in spoofing.on_cancelled(ev):
-                    add(found)
-                anomaly.on_cancelled(ev)
+            if stop is not None and clock() >= stop:
+                break
         self._take_outliers()
+        return not buffer
+
+    def _process(self, results: list[list[Event]], split: BatchEvents) -> None:
+        self.scores.on_events([], results, split)
+        self.anomaly.on_batch(split)  # counts per account: order within the batch is moot
+        wash, spoofing, add = self.wash.on_trade, self.spoofing, self.findings.add
+        on_accepted, on_trade, on_cancelled = spoofing.on_accepted, spoofing.on_trade, spoofing.on_cancelled
+        # `results` is in sequence order (an acceptance before its trades, those before its
+        # cancels), as the patterns need; other event types pass by one `is` test each.
+        ev: Any
+        for events in results:
+            for ev in events:
+                kind = type(ev)
+                if kind is OrderAccepted:
+                    on_accepted(ev)
+                elif kind is Trade:
+                    found = wash(ev)
+                    if found is not None:
+                        add(found)
+                    on_trade(ev)
+                elif kind is OrderCancelled:
+                    for found in on_cancelled(ev):
+                        add(found)
+        last = results[-1][-1] if results and results[-1] else None
+        if last is not None:
+            self.analysed_through_seq, self.analysed_through_ts = last.seq, last.ts
 
     def _take_outliers(self) -> None:
         interval_ns = self.anomaly.interval_ns
@@ -137,87 +154,151 @@ class SurveillanceDesk:
                     }
                 )
 
-    def evaluate(self, now_ns: int | None) -> None:
-        """Drains, then moves event time on to `now_ns` (a quiet venue's open interval closes)."""
+    def analyse(self, now_ns: int | None = None) -> None:
+        """Drains everything, moves event time on to `now_ns`, publishes: synchronous, for tests
+        and tools (the worker does the same within its budget)."""
+        self.drain()
+        self.publish(now_ns)
+
+    def publish(self, now_ns: int | None) -> None:
+        """Moves event time on to `now_ns` when caught up (a quiet venue's open interval closes,
+        its scores decay), then replaces the published results whole."""
         with self._lock:
-            self._drain()
-            if now_ns is not None:
+            if now_ns is not None and not self._buffer:
                 self.anomaly.advance(now_ns)
                 self._take_outliers()
+                self.scores.advance(now_ns)
+            self.published = self._snapshot(now_ns)
 
-    async def run(self, every_s: float = DRAIN_EVERY_S) -> None:
-        """The timer: drains in a worker thread so the event loop keeps matching meanwhile."""
-        while True:
-            await asyncio.sleep(every_s)
+    async def run(self) -> None:
+        """The worker thread, for as long as this task runs (the event loop only waits)."""
+        stop = threading.Event()
+        worker = threading.Thread(target=self._work, args=(stop,), name="loom-surveillance", daemon=True)
+        worker.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stop.set()
+
+    def _work(self, stop: threading.Event) -> None:
+        credit, cap = 0.0, TICK_S * self.cpu_share
+        published_at = time.monotonic()
+        last = time.monotonic()
+        while not stop.wait(TICK_S):
+            now = time.monotonic()
+            credit = min(cap, credit + (now - last) * self.cpu_share)
+            last = now
+            if credit <= 0:
+                continue  # paid off the last publication first
+            started = time.thread_time()
             try:
-                await asyncio.to_thread(self.evaluate, time.time_ns())
+                self.drain(credit)
+                if now - published_at >= PUBLISH_EVERY_S:
+                    published_at = now
+                    self.publish(time.time_ns())
             except Exception:  # a detector bug must not stop surveillance for good
                 log.exception("surveillance analysis failed")
+            spent = time.thread_time() - started
+            credit -= spent
+            self.busy_s += spent
 
-    # -- what the metrics, the automation and the admin API read --------------------------
+    # -- what the metrics, the automation and the admin API read: the published results -----
 
-    def summary(self, now_ns: int | None = None) -> dict[str, Any]:
-        """The indicator scores (engine/core/surveillance.py), after a drain."""
-        self.evaluate(now_ns)
-        with self._lock:
-            return self.scores.summary(now_ns)
+    def _snapshot(self, now_ns: int | None) -> dict[str, Any]:
+        """Everything readers want, built once per publication (under the lock)."""
+        ranked = self.scores.evaluate(now_ns)
+        return {
+            "published_ns": time.time_ns(),
+            "analysed_through_seq": self.analysed_through_seq,
+            "analysed_through_ts": self.analysed_through_ts,
+            "scores": self.scores.summarise(ranked),
+            "flagged": {k: [a for a, score in ranked[k] if score >= 1.0] for k in KINDS},
+            "findings": dict(self.findings.counts),
+            "flow_z": self.anomaly.max_z(),
+            "price_move_z": dict(self.anomaly.last.price_moves),
+            "report": self._report(),
+        }
 
-    def flagged(self, kind: str, now_ns: int | None = None) -> list[str]:
-        self.evaluate(now_ns)
-        with self._lock:
-            return self.scores.flagged(kind, now_ns)
+    def backlog(self) -> dict[str, Any]:
+        """The analysis buffer now (read live: plain counters, no lock)."""
+        return {
+            "backlog_events": self.pushed_events - self.drained_events,
+            "max_buffered_events": self.max_buffered_events,
+            "dropped_batches": self.dropped_batches,
+            "processed_batches": self.processed_batches,
+            "cpu_share": self.cpu_share,
+            "busy_s": round(self.busy_s, 3),
+        }
+
+    def _age(self, published: dict[str, Any]) -> dict[str, Any]:
+        age_s = max(0.0, (time.time_ns() - published["published_ns"]) / 1e9)
+        return {"analysed_through_seq": published["analysed_through_seq"], "age_s": round(age_s, 3)}
+
+    def summary(self, _now_ns: int | None = None) -> dict[str, Any]:
+        """The indicator scores (engine/core/surveillance.py) as last published, and their age."""
+        published = self.published
+        return {**published["scores"], **self._age(published)}
+
+    def flagged(self, kind: str, _now_ns: int | None = None) -> list[str]:
+        """The accounts whose `kind` score was at or above its threshold when last published."""
+        return list(self.published["flagged"].get(kind, ()))
 
     def metrics(self) -> dict[str, Any]:
-        """Counts and scores without identities (evaluate first)."""
-        with self._lock:
-            return {
-                "findings": dict(self.findings.counts),
-                "flow_z": self.anomaly.max_z(),
-                "price_move_z": dict(self.anomaly.last.price_moves),
-                "dropped_batches": self.dropped_batches,
-            }
+        """Counts and scores without identities, as last published, and the backlog now."""
+        published = self.published
+        return {
+            "findings": published["findings"],
+            "flow_z": published["flow_z"],
+            "price_move_z": published["price_move_z"],
+            **self._age(published),
+            **self.backlog(),
+        }
 
-    def report(self, now_ns: int | None = None, top_n: int = 10) -> dict[str, Any]:
-        """Everything, with the accounts and owners named: for admin and ops keys only."""
-        scores = self.summary(now_ns)
-        with self._lock:
-            last = self.anomaly.last
-            ranked = sorted(
-                ((max(zs.values(), default=0.0), account) for account, zs in last.accounts.items()),
-                key=lambda item: (-item[0], item[1]),
-            )
-            interval_ns = self.anomaly.interval_ns
-            counts = self.findings.counts
-            return {
-                "findings": {
-                    kind: {
-                        "total": self.findings.total(kind),
-                        "by_symbol": {s: n for (k, s), n in sorted(counts.items()) if k == kind},
-                        "latest": [f.as_dict() for f in reversed(self.findings.latest[kind])],
+    def report(self, _now_ns: int | None = None) -> dict[str, Any]:
+        """Everything as last published, with the accounts and owners named (admin and ops keys
+        only), how far the analysis got and how old it is."""
+        published = self.published
+        return {
+            **published["report"],
+            "scores": published["scores"],
+            **self._age(published),
+            "analysed_through_ts": published["analysed_through_ts"],
+            "published_ns": published["published_ns"],
+            "buffer": self.backlog(),
+        }
+
+    def _report(self, top_n: int = 10) -> dict[str, Any]:
+        """The findings and the anomaly model, naming accounts and owners (published)."""
+        last = self.anomaly.last
+        ranked = sorted(
+            ((max(zs.values(), default=0.0), account) for account, zs in last.accounts.items()),
+            key=lambda item: (-item[0], item[1]),
+        )
+        interval_ns = self.anomaly.interval_ns
+        counts = self.findings.counts
+        return {
+            "findings": {
+                kind: {
+                    "total": self.findings.total(kind),
+                    "by_symbol": {s: n for (k, s), n in sorted(counts.items()) if k == kind},
+                    "latest": [f.as_dict() for f in reversed(self.findings.latest[kind])],
+                }
+                for kind in FINDING_KINDS
+            },
+            "anomaly": {
+                "interval_end_ts": (last.interval + 1) * interval_ns if last.interval >= 0 else None,
+                "max_z": self.anomaly.max_z(),
+                "top_accounts": [
+                    {
+                        "account": account,
+                        "owner": self.owners(account),
+                        "max_z": round(z, 2),
+                        "z": {f: round(v, 2) for f, v in last.accounts[account].items()},
+                        "features": {f: round(v, 4) for f, v in last.features[account].items()},
                     }
-                    for kind in FINDING_KINDS
-                },
-                "anomaly": {
-                    "interval_end_ts": (last.interval + 1) * interval_ns if last.interval >= 0 else None,
-                    "max_z": self.anomaly.max_z(),
-                    "top_accounts": [
-                        {
-                            "account": account,
-                            "owner": self.owners(account),
-                            "max_z": round(z, 2),
-                            "z": {f: round(v, 2) for f, v in last.accounts[account].items()},
-                            "features": {f: round(v, 4) for f, v in last.features[account].items()},
-                        }
-                        for z, account in ranked[:top_n]
-                    ],
-                    "price_move_z": {s: round(z, 2) for s, z in sorted(last.price_moves.items())},
-                    "outliers": list(reversed(self.outliers)),
-                },
-                "scores": scores,
-                "buffer": {
-                    "buffered_events": self.pushed_events - self.drained_events,
-                    "max_buffered_events": self.max_buffered_events,
-                    "dropped_batches": self.dropped_batches,
-                    "processed_batches": self.processed_batches,
-                },
-            }
+                    for z, account in ranked[:top_n]
+                ],
+                "price_move_z": {s: round(z, 2) for s, z in sorted(last.price_moves.items())},
+                "outliers": list(reversed(self.outliers)),
+            },
+        }

@@ -463,6 +463,20 @@ _SPECS = [
         "Durable batches surveillance did not analyse because its bounded buffer was full.",
         (),
     ),
+    MetricSpec(
+        "loom_surveillance_backlog_events",
+        GAUGE,
+        "Events waiting for the surveillance worker (it analyses within a CPU budget and falls "
+        "behind under load; beyond the buffer's bound whole batches are dropped).",
+        (),
+    ),
+    MetricSpec(
+        "loom_surveillance_analysis_age_seconds",
+        GAUGE,
+        "Seconds since the surveillance worker last published its results (what scrapes, the "
+        "report and the automation read); it publishes about once a second.",
+        (),
+    ),
     # -- accounts and money (engine/core/balances.py, docs/accounts.md) ------------------------------
     MetricSpec(
         "loom_transfers",

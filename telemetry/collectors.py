@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import Histogram
@@ -278,25 +278,25 @@ class RiskCollector(Collector):
 
 
 class SurveillanceCollector(Collector):
-    """The abuse findings by kind and symbol, and the anomaly model's highest z-scores, read
-    at scrape time after the desk drains (engine/surveillance_desk.py). No identities: which
-    accounts and owners is for GET /v1/admin/surveillance/report."""
+    """The abuse findings by kind and symbol, the anomaly model's highest z-scores, and how far
+    behind the analysis runs: read from what the desk's worker last published, never analysed
+    at scrape time (engine/surveillance_desk.py). No identities: which accounts and owners is
+    for GET /v1/admin/surveillance/report."""
 
-    def __init__(self, desk, wall_ns: Callable[[], int] | None = time.time_ns) -> None:
+    def __init__(self, desk, symbols: Callable[[], Iterable[str]] = tuple) -> None:
         self.desk = desk  # engine.surveillance_desk.SurveillanceDesk
-        self.wall_ns = wall_ns
+        self.symbols = symbols  # the listed symbols: each kind has a series for each from the start
 
     def collect(self):
         from engine.core.surveillance_findings import FINDING_KINDS
 
-        self.desk.evaluate(self.wall_ns() if self.wall_ns else None)
         now = self.desk.metrics()
         spec = CATALOGUE["loom_surveillance_findings"]
         findings = CounterMetricFamily("loom_surveillance_findings", spec.help, labels=list(spec.labels))
-        for kind in FINDING_KINDS:  # every kind present at 0, so increase() sees the first one
-            if not any(k == kind for k, _s in now["findings"]):
-                findings.add_metric([kind, ""], 0)
-        for (kind, symbol), n in sorted(now["findings"].items()):
+        # Every (kind, listed symbol) from 0, so increase() sees the first finding.
+        counts = dict.fromkeys(((k, s) for s in self.symbols() for k in FINDING_KINDS), 0)
+        counts.update(now["findings"])
+        for (kind, symbol), n in sorted(counts.items()):
             findings.add_metric([kind, symbol], n)
         flow = _gauge("loom_surveillance_flow_zscore")
         for feature, z in now["flow_z"].items():
@@ -307,7 +307,11 @@ class SurveillanceCollector(Collector):
         spec = CATALOGUE["loom_surveillance_dropped_batches"]
         dropped = CounterMetricFamily("loom_surveillance_dropped_batches", spec.help, labels=[])
         dropped.add_metric([], now["dropped_batches"])
-        yield from (findings, flow, moves, dropped)
+        backlog = _gauge("loom_surveillance_backlog_events")
+        backlog.add_metric([], now["backlog_events"])
+        age = _gauge("loom_surveillance_analysis_age_seconds")
+        age.add_metric([], now["age_s"])
+        yield from (findings, flow, moves, dropped, backlog, age)
 
 
 class LedgerCollector(Collector):

@@ -246,6 +246,8 @@ SCRAPE_TIME = (
         "loom_surveillance_flow_zscore",
         "loom_surveillance_price_move_zscore",
         "loom_surveillance_dropped_batches",
+        "loom_surveillance_backlog_events",
+        "loom_surveillance_analysis_age_seconds",
         "loom_build_info",
         "loom_gc_pause_seconds",
         "loom_commit_queue_oldest_age_seconds",

@@ -5,11 +5,11 @@ venue journals), then the desk's bounded buffer and the metrics without identiti
 
 from __future__ import annotations
 
-from conftest import BUY, ETH, SELL, STP, Exchange
+from conftest import BTC, BUY, ETH, SELL, STP, Exchange
 from prometheus_client import CollectorRegistry
 
 from engine.core.spoofing import SpoofingConfig
-from engine.core.surveillance_findings import LAYERING, PRICE_MOVE, SPOOFING, WASH_TRADE
+from engine.core.surveillance_findings import FINDING_KINDS, LAYERING, PRICE_MOVE, SPOOFING, WASH_TRADE
 from engine.flow_anomaly import AGGRESSIVENESS, ORDER_RATE, AnomalyConfig, FlowAnomaly
 from engine.surveillance_desk import SurveillanceDesk
 from telemetry.collectors import SurveillanceCollector
@@ -205,7 +205,9 @@ def test_the_same_events_find_the_same_things():
         w.cancel("sp-1", oid)
         w.place("alice-1", SELL, 1000, 1, symbol=ETH)
         w.buy("alice-2", 1000, 1, symbol=ETH)
-    assert a.desk.report() == b.desk.report()
+    for w in (a, b):
+        w.desk.analyse()  # what the worker does within its budget: drain, then publish
+    assert a.desk.published["report"] == b.desk.published["report"]
     assert a.desk.report()["findings"][SPOOFING]["total"] == 1
 
 
@@ -224,14 +226,61 @@ def test_the_buffer_is_bounded_and_counts_what_it_drops():
 def test_the_metrics_count_by_kind_and_symbol_without_identities():
     w = Watched()
     registry = CollectorRegistry()
-    registry.register(SurveillanceCollector(w.desk, wall_ns=None))
+    registry.register(SurveillanceCollector(w.desk, lambda: [ETH, BTC]))
     w.place("alice-1", SELL, 1000, 5, symbol=ETH)
     w.buy("alice-2", 1000, 3, symbol=ETH)
     found = "loom_surveillance_findings_total"
+    assert registry.get_sample_value(found, {"kind": WASH_TRADE, "symbol": ETH}) == 0  # not analysed yet
+    assert registry.get_sample_value("loom_surveillance_backlog_events") == 3
+    w.desk.analyse()
     assert registry.get_sample_value(found, {"kind": WASH_TRADE, "symbol": ETH}) == 1
-    assert registry.get_sample_value(found, {"kind": SPOOFING, "symbol": ""}) == 0
+    assert registry.get_sample_value("loom_surveillance_backlog_events") == 0
+    # Every kind has a series per listed symbol from the start, and none with an empty symbol.
+    series = {tuple(s.labels.values()) for m in registry.collect() for s in m.samples if s.name == found}
+    assert series == {(kind, symbol) for kind in FINDING_KINDS for symbol in (ETH, BTC)}
+    assert registry.get_sample_value(found, {"kind": SPOOFING, "symbol": BTC}) == 0
     assert registry.get_sample_value("loom_surveillance_dropped_batches_total") == 0
     labels = {k for m in registry.collect() for s in m.samples for k in s.labels}
     values = {v for m in registry.collect() for s in m.samples for v in s.labels.values()}
     assert labels <= {"kind", "symbol", "feature"}
     assert not values & {"alice", "alice-1", "alice-2"}
+
+
+def test_readers_get_the_last_published_results_never_an_inline_analysis():
+    """A scrape, GET /v1/admin/surveillance and the report read what the worker last published
+    (with how far it got and how old it is); none drains the buffer on the reader's thread."""
+    w = Watched()
+    w.place("alice-1", SELL, 1000, 5, symbol=ETH)
+    w.buy("alice-2", 1000, 3, symbol=ETH)  # a wash trade, buffered
+    report = w.desk.report()
+    assert report["findings"][WASH_TRADE]["total"] == 0 and report["analysed_through_seq"] == 0
+    assert report["buffer"]["backlog_events"] == 3 and w.desk.summary()["analysed_through_seq"] == 0
+    assert w.desk.flagged("self_match") == [] and w.desk.processed_batches == 0
+    w.desk.analyse()
+    report = w.desk.report()
+    assert report["findings"][WASH_TRADE]["total"] == 1 and report["buffer"]["backlog_events"] == 0
+    assert report["analysed_through_seq"] == w.seq and 0 <= report["age_s"] < 5
+
+
+def test_the_worker_stays_within_its_cpu_budget_and_falls_behind_instead():
+    """A drain given a budget stops when it is spent, leaving the rest buffered (counted)."""
+    w = Watched()
+    market_with_history(w)
+    for i in range(300):
+        w.place(f"t{i % 7}", BUY, 990 - i % 5, 1 + i % 3, symbol=ETH)
+    pending = w.desk.backlog()["backlog_events"]
+    assert w.desk.drain(budget_s=0.0) is False  # one batch at least, then the budget is spent
+    assert w.desk.processed_batches == 1 and 0 < w.desk.backlog()["backlog_events"] < pending
+    assert w.desk.drain() is True and w.desk.backlog()["backlog_events"] == 0
+
+
+def test_orders_smaller_than_the_typical_size_are_no_layer():
+    w = Watched()
+    market_with_history(w)  # typical ~1.5
+    for _ in range(3):
+        w.place("mm", BUY, 990, 2, symbol=ETH)  # the typical size moves little
+    for price in range(991, 1000):
+        w.place("sp-1", BUY, price, 1, symbol=ETH)  # nine crumbs below the typical size
+    w.sell("sp-2", 1000, 2, symbol=ETH)
+    w.cancel_all("sp-1", ETH)
+    assert w.findings(LAYERING) == []

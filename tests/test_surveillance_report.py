@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 from loomproc import loom_run
+from waiting import wait_until
 
 from engine.cli import main as loom_main
 
@@ -77,8 +78,16 @@ def test_the_report_and_the_cli_name_the_owner_of_a_wash_trade(tmp_path, capsys)
         order(base, "alice-1", "sell", 1000, 5)
         order(base, "alice-2", "buy", 1000, 3)  # one owner on both sides: a wash trade
         order(base, "bob", "buy", 1000, 2)  # alice-1 and bob: an ordinary trade
-        status, report = call(base, "GET", "/v1/admin/surveillance/report", ADMIN)
-        assert status == 200, report
+
+        # The report serves what the surveillance worker last published (about once a second).
+        def published() -> dict | None:
+            status, report = call(base, "GET", "/v1/admin/surveillance/report", ADMIN)
+            assert status == 200, report
+            return report if report["findings"]["wash_trade"]["total"] else None
+
+        report = wait_until("the worker to publish the wash trade", published)
+        assert report["analysed_through_seq"] > 0 and 0 <= report["age_s"] < 5, report
+        assert report["buffer"]["backlog_events"] == 0, report
         wash = report["findings"]["wash_trade"]
         assert wash["total"] == 1 and wash["by_symbol"] == {"ETH-USD": 1}, wash
         [found] = wash["latest"]
@@ -92,6 +101,8 @@ def test_the_report_and_the_cli_name_the_owner_of_a_wash_trade(tmp_path, capsys)
         status, metrics = call(base, "GET", "/metrics", ADMIN)
         assert status == 200
         assert 'loom_surveillance_findings_total{kind="wash_trade",symbol="ETH-USD"} 1.0' in metrics
+        assert 'loom_surveillance_findings_total{kind="spoofing",symbol="ETH-USD"} 0.0' in metrics
+        assert 'symbol=""' not in metrics and "loom_surveillance_backlog_events 0.0" in metrics
         assert "alice" not in metrics and "bob" not in metrics
         capsys.readouterr()
         assert loom_main(["risk", "surveillance", "--url", base, "--admin-key", OPS]) == 0

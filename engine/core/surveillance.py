@@ -198,8 +198,11 @@ class Surveillance:
     def summary(self, now_ns: int | None = None) -> dict[str, Any]:
         """Per kind: the highest score, and the top accounts that score at least
         `top_min_score` (what the metrics and the admin endpoint show)."""
+        return self.summarise(self.evaluate(now_ns))
+
+    def summarise(self, ranked: dict[str, list[tuple[str, float]]]) -> dict[str, Any]:
+        """`summary` of one `evaluate` ranking (one walk of the accounts serves both)."""
         cfg = self.config
-        ranked = self.evaluate(now_ns)
         out: dict[str, Any] = {"accounts": len(self.accounts), "alerts": dict(self.alerts), "kinds": {}}
         for kind, items in ranked.items():
             out["kinds"][kind] = {

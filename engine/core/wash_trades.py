@@ -9,20 +9,19 @@ with itself (possible only with self-trade prevention off, `stp = NONE`) is one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from engine.core.events import Trade
+from engine.core.owners import Owners
 from engine.core.surveillance_findings import WASH_TRADE, Finding
 
 
 class WashTrades:
-    def __init__(self, owner_of: Callable[[str], str]) -> None:
-        self.owner_of = owner_of
+    def __init__(self, owners: Owners) -> None:
+        self.owner_of = owners.get
 
     def on_trade(self, trade: Trade) -> Finding | None:
         taker, maker = trade.taker_account, trade.maker_account
-        owner = self.owner_of(taker)
-        if owner != self.owner_of(maker):
+        owner = self.owner_of(taker, taker)
+        if owner != self.owner_of(maker, maker):
             return None
         return Finding(
             WASH_TRADE,

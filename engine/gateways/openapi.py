@@ -158,7 +158,25 @@ _SURVEILLANCE_REPORT = {
             },
         },
         "scores": {"type": "object", "description": "as GET /v1/admin/surveillance"},
-        "buffer": {"type": "object", "description": "the off-path analysis buffer: buffered, dropped"},
+        "analysed_through_seq": {
+            "type": "integer",
+            "description": "the last event the worker had analysed when it published this (0: none yet)",
+        },
+        "analysed_through_ts": {"type": "integer", "description": "that event's sequencer timestamp (ns)"},
+        "published_ns": {
+            "type": "integer",
+            "description": "when the worker published it (ns since the epoch)",
+        },
+        "age_s": {
+            "type": "number",
+            "description": "seconds since then: reads never analyse inline; the worker publishes "
+            "about once a second",
+        },
+        "buffer": {
+            "type": "object",
+            "description": "the worker's backlog now: backlog_events, max_buffered_events, dropped_batches, "
+            "processed_batches, cpu_share (its budget, of one core), busy_s (CPU it spent)",
+        },
     },
 }
 _LEDGER_PARAMS = [
@@ -666,7 +684,8 @@ OPENAPI: dict = {
         },
         "/v1/admin/surveillance": {
             "get": {
-                "summary": "Surveillance anomaly scores and top accounts per kind (admin key)",
+                "summary": "Surveillance anomaly scores and top accounts per kind (admin key), as the "
+                "worker last published them: analysed_through_seq, age_s",
                 "responses": {"200": {"description": "scores"}, **_errors(403)},
             }
         },
