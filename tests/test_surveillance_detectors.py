@@ -279,8 +279,8 @@ def test_orders_smaller_than_the_typical_size_are_no_layer():
     market_with_history(w)  # typical ~1.5
     for _ in range(3):
         w.place("mm", BUY, 990, 2, symbol=ETH)  # the typical size moves little
-    for price in range(991, 1000):
-        w.place("sp-1", BUY, price, 1, symbol=ETH)  # nine crumbs below the typical size
+    for price in (995, 996, 997, 998, 999) * 2:
+        w.place("sp-1", BUY, price, 1, symbol=ETH)  # ten crumbs below the typical size, 5 levels
     w.sell("sp-2", 1000, 2, symbol=ETH)
     w.cancel_all("sp-1", ETH)
     assert w.findings(LAYERING) == []
