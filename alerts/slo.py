@@ -216,6 +216,7 @@ class SloConfig:
             "standby_report_age_s": t("LoomStandbyReportStale").value,
             "decode_errors_per_s": t("LoomDecodeErrorSpike").value,
             "anomaly_score": t("LoomAnomalyDetected").value,
+            "flow_zscore": t("LoomFlowAnomaly").value,
             "insufficient_balance_per_s": t("LoomInsufficientBalanceSurge").value,
         }
 
