@@ -149,6 +149,12 @@ def _fix_session_states(server) -> dict[str, int]:
         return dict.fromkeys(session_states(), 0)
 
 
+# The journal thread needs the GIL back the moment its fdatasync returns; CPython's default
+# 5 ms switch interval would add up to 5 ms to an acknowledgement under load (the same holds
+# for a surveillance worker holding the GIL: it must let go within this).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 async def start_exchange(cfg: Config) -> RunningExchange:
     journal = lease = replicated = positions = None
     if cfg.cluster:
@@ -403,9 +409,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         probe = LoopLagProbe(loop, metrics.loop_lag(name))
         probe.start()
         running.probes.append(probe)
-    # The journal thread needs the GIL back the moment its fdatasync returns; CPython's
-    # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return running
 
 

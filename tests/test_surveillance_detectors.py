@@ -5,6 +5,7 @@ venue journals), then the desk's bounded buffer and the metrics without identiti
 
 from __future__ import annotations
 
+import pytest
 from conftest import BTC, BUY, ETH, SELL, STP, Exchange
 from prometheus_client import CollectorRegistry
 
@@ -284,3 +285,15 @@ def test_orders_smaller_than_the_typical_size_are_no_layer():
     w.sell("sp-2", 1000, 2, symbol=ETH)
     w.cancel_all("sp-1", ETH)
     assert w.findings(LAYERING) == []
+
+
+def test_the_settings_turn_surveillance_off_and_bound_its_share():
+    from engine.config import ConfigError, load_config
+
+    assert load_config(None, env={}).surveillance is True
+    off = load_config(None, env={"LOOM_SURVEILLANCE": "0", "LOOM_SURVEILLANCE_CPU_SHARE": "0.25"})
+    assert off.surveillance is False and off.surveillance_cpu_share == 0.25
+    with pytest.raises(ConfigError, match="LOOM_SURVEILLANCE='maybe' is not a valid boolean"):
+        load_config(None, env={"LOOM_SURVEILLANCE": "maybe"})
+    with pytest.raises(ConfigError, match=r"surveillance_cpu_share 0.0 is outside \(0, 1\]"):
+        load_config(None, env={"LOOM_SURVEILLANCE_CPU_SHARE": "0"})

@@ -108,3 +108,18 @@ def test_the_report_and_the_cli_name_the_owner_of_a_wash_trade(tmp_path, capsys)
         assert loom_main(["risk", "surveillance", "--url", base, "--admin-key", OPS]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["findings"]["wash_trade"]["latest"][0]["owner"] == "alice"
+
+
+def test_surveillance_off_buffers_nothing_and_says_so(tmp_path):
+    config = tmp_path / "loom.toml"
+    config.write_text(CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_")} | {"LOOM_SURVEILLANCE": "0"}
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--fix-port", "-1"]
+    with loom_run([*args, "--binary-port", "-1", "--http-port", "0"], env) as base:
+        order(base, "alice-1", "sell", 1000, 5)
+        order(base, "alice-2", "buy", 1000, 3)  # a wash trade nobody watches
+        status, reply = call(base, "GET", "/v1/admin/surveillance/report", ADMIN)
+        assert status == 501 and reply["error"]["code"] == "NOT_AVAILABLE", reply
+        status, metrics = call(base, "GET", "/metrics", ADMIN)
+        assert status == 200 and "loom_surveillance_findings_total" not in metrics
+        assert 'loom_trades_total{symbol="ETH-USD"} 1.0' in metrics  # the trade happened all the same
