@@ -149,11 +149,7 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
     from engine.bench.telemetry_bench import format_telemetry, run_telemetry_bench
 
     result = run_telemetry_bench(
-        orders=args.orders,
-        rounds=args.rounds,
-        seed=args.seed,
-        sampling=args.sampling,
-        surveillance=args.surveillance,
+        orders=args.orders, rounds=args.rounds, seed=args.seed, sampling=args.sampling
     )
     print(json.dumps(result) if args.json else format_telemetry(result))
     return 0
@@ -430,11 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--orders", type=_positive_int, default=200_000)
     bt.add_argument("--rounds", type=_positive_int, default=3)
     bt.add_argument("--sampling", default="", help="trace export sampling (default: loom run's)")
-    bt.add_argument(
-        "--surveillance",
-        action="store_true",
-        help="a fourth mode: on, with the surveillance desk and its worker",
-    )
     bt.add_argument("--seed", type=int, default=1)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=_cmd_bench_telemetry)

@@ -118,7 +118,7 @@ class SurveillanceDesk:
         on_accepted, on_trade, on_cancelled = spoofing.on_accepted, spoofing.on_trade, spoofing.on_cancelled
         # `results` is in sequence order (an acceptance before its trades, those before its
         # cancels), as the patterns need; other event types pass by one `is` test each.
-        ev: Any
+        ev: Any = None
         for events in results:
             for ev in events:
                 kind = type(ev)
@@ -132,9 +132,8 @@ class SurveillanceDesk:
                 elif kind is OrderCancelled:
                     for found in on_cancelled(ev):
                         add(found)
-        last = results[-1][-1] if results and results[-1] else None
-        if last is not None:
-            self.analysed_through_seq, self.analysed_through_ts = last.seq, last.ts
+        if ev is not None:  # the batch's last event
+            self.analysed_through_seq, self.analysed_through_ts = ev.seq, ev.ts
 
     def _take_outliers(self) -> None:
         interval_ns = self.anomaly.interval_ns

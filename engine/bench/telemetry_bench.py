@@ -11,8 +11,6 @@ models, there with or without telemetry), so the figures are telemetry's own cos
        traces sampled (default: the export default of `loom run`) and shipped to the span
        worker, which builds the spans on the other core (OTEL_TRACES_EXPORTER=none, so no
        collector is needed). Every order is traceable by id either way (derived trace ids).
-- on + surveillance (`--surveillance`): as on, with the surveillance desk listening and its
-       budgeted worker thread analysing (engine/surveillance_desk.py), as in `loom run`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import gc
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +40,8 @@ async def _run(
     traces: bool = True,
     surveillance: bool = False,
 ) -> tuple[float, dict]:
+    """Orders/s of one run; with `surveillance`, the desk listens and its budgeted worker runs
+    as in `loom run` (engine/bench/surveillance_cost.py --e2e compares)."""
     from prometheus_client import generate_latest
 
     from telemetry.collectors import ExchangeCollector
@@ -108,57 +107,31 @@ async def _run(
 
 
 def run_telemetry_bench(
-    orders: int = 200_000,
-    rounds: int = 3,
-    batch: int = 512,
-    seed: int = 1,
-    sampling: str = "",
-    surveillance: bool = False,
+    orders: int = 200_000, rounds: int = 3, batch: int = 512, seed: int = 1, sampling: str = ""
 ) -> dict:
     from telemetry.order_traces import DEFAULT_EXPORT_SAMPLING
 
     sampling = sampling or DEFAULT_EXPORT_SAMPLING
     commands = generate(orders, seed, "deep").commands
-    off, metrics_only, on, watched = [], [], [], []
-    shipped, desk = {}, {}
+    off, metrics_only, on = [], [], []
+    shipped = {}
     modes = [
         (off, dict(telemetry=False)),
         (metrics_only, dict(telemetry=True, traces=False)),
         (on, dict(telemetry=True, traces=True)),
     ]
-    if surveillance:
-        modes.append((watched, dict(telemetry=True, traces=True, surveillance=True)))
-    n = len(modes)
-    from engine.app import GIL_SWITCH_INTERVAL_S
-
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `loom run` does: its threads hand over the GIL fast
-    progress.phase(
-        f"telemetry bench: runs (off, metrics only, on{', surveillance' * surveillance})", n * rounds
-    )
+    progress.phase("telemetry bench: runs (off, metrics only, on)", 3 * rounds)
     for r in range(rounds):
         # Each round starts with the next mode: a fixed order would give one mode the
         # same place every round (a disk or cache that drifts within a round biases it).
-        for runs, kwargs in modes[r % n :] + modes[: r % n]:
+        for runs, kwargs in modes[r % 3 :] + modes[: r % 3]:
             rate, extra = asyncio.run(_run(commands, batch=batch, sampling=sampling, **kwargs))
             runs.append(rate)
             progress.advance()
-            if kwargs.get("surveillance"):
-                desk = extra
-            elif kwargs.get("traces"):
+            if kwargs.get("traces"):
                 shipped = extra
-    sys.setswitchinterval(switch_interval)
     off_rate, on_rate = statistics.median(off), statistics.median(on)
     metrics_rate = statistics.median(metrics_only)
-    surveilled = {}
-    if surveillance:
-        rate = statistics.median(watched)
-        surveilled = {
-            "surveillance_orders_per_s": round(rate),
-            "surveillance_runs": [round(r) for r in watched],
-            "surveillance_ratio": round(rate / on_rate, 3),  # against "on" without it
-            "surveillance_desk": desk,  # the last run's: backlog left, CPU share used
-        }
     return {
         "bench": "telemetry",
         "orders": len(commands),
@@ -176,7 +149,6 @@ def run_telemetry_bench(
         "tracing_overhead_pct": round((1 - on_rate / metrics_rate) * 100, 1),
         "traces_shipped": shipped.get("shipped", 0),
         "traces_dropped": shipped.get("dropped", 0),
-        **surveilled,
     }
 
 
@@ -191,10 +163,4 @@ def format_telemetry(r: dict) -> str:
         f"  ratio on/off {r['ratio']} ({r['overhead_pct']}% overhead); tracing on top of metrics "
         f"{r['tracing_ratio']} ({r['tracing_overhead_pct']}%); traces shipped "
         f"{r['traces_shipped']:,}, dropped {r['traces_dropped']:,} in the last run"
-        + (
-            f"\n  on + surveillance {r['surveillance_orders_per_s']:,} orders/s {r['surveillance_runs']}: "
-            f"ratio to on {r['surveillance_ratio']}; the desk in the last run: {r['surveillance_desk']}"
-            if "surveillance_runs" in r
-            else ""
-        )
     )
