@@ -165,10 +165,11 @@ class SurveillanceDesk:
         """Moves event time on to `now_ns` when caught up (a quiet venue's open interval closes,
         its scores decay), then replaces the published results whole."""
         with self._lock:
-            if now_ns is not None and not self._buffer:
+            if self._buffer:
+                now_ns = None  # behind: event time moves on with the events, not the clock
+            if now_ns is not None:
                 self.anomaly.advance(now_ns)
                 self._take_outliers()
-                self.scores.advance(now_ns)
             self.published = self._snapshot(now_ns)
 
     async def run(self) -> None:
