@@ -75,8 +75,8 @@ class SymbolCandles:
         day = self._day
         if day is not None and ts - ts % MINUTE - DAY_NS + MINUTE == day[0]:
             day[1] += qty
-            day[2] = max(day[2], price)
-            day[3] = min(day[3], price)
+            day[2] = max(day[2], price) if day[4] else price
+            day[3] = min(day[3], price) if day[4] else price
             day[4] += 1
         else:
             self._day = None  # the window moved: recomputed on the next read

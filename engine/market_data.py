@@ -421,4 +421,3 @@ class MarketData:
 
 
 _SIDE = {1: "bid", 2: "ask"}
-

@@ -309,13 +309,14 @@ class WsSession:
         self.send(answer)
         self._first_state(req.channel, req.symbol, req.interval)
 
-    def _first_state(self, channel: str, symbol: str, interval: str) -> None:
-        """What a new subscriber starts from: a snapshot, the ticker, the current candle."""
+    def _first_state(self, channel: str, symbol: str, interval: str, req_id=None) -> None:
+        """What a new subscriber starts from: a snapshot, the ticker, the current candle. A
+        resync's snapshot carries its req_id (it is the answer)."""
         md = self.ctx.market_data
         if channel == "book":
-            self.send(md.snapshot(symbol))
+            self.send(md.snapshot(symbol) | ({"req_id": req_id} if req_id is not None else {}))
         elif channel == "l3":
-            self.send(md.l3_snapshot(symbol))
+            self.send(md.l3_snapshot(symbol) | ({"req_id": req_id} if req_id is not None else {}))
         elif channel == "ticker":
             self.send(md.ticker(symbol))
         elif channel == "candles":
@@ -332,7 +333,7 @@ class WsSession:
             self.fail(req_id, "NOT_SUBSCRIBED", f"not subscribed to {req.channel} {req.symbol}")
             return
         self.ctx.observer.md_gap_recovery(req.channel)
-        self._first_state(req.channel, req.symbol, "")
+        self._first_state(req.channel, req.symbol, "", req_id)
 
     def op_unsubscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
