@@ -11,6 +11,7 @@ from engine.core.balances import instrument_asset_problem
 from engine.core.domain import Asset, Instrument
 from engine.exchange import SNAPSHOT_WRITERS
 from engine.gateways.admission import AdmissionSettings
+from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
@@ -94,7 +95,7 @@ class Config:
     # socket may buffer before the writer waits, the book's default max updates per second
     # per subscriber (0: every update, unconflated), and the days of candles kept per symbol.
     md_max_queued: int = 50_000
-    md_send_buffer_bytes: int = 4 * 1024 * 1024
+    md_send_buffer_bytes: int = DEFAULT_SEND_BUFFER
     md_book_max_rate: float = 0.0
     md_candle_days: int = 7
     # [admission]: connection caps per listener and per IP, login and idle deadlines, HTTP

@@ -26,7 +26,7 @@ from typing import Protocol
 from engine.candles import INTERVALS, Bucket, Candles, candle_json
 from engine.core.batch_events import BatchEvents
 from engine.core.matcher import MatchingEngine
-from engine.gateways.ws_frames import json_frame
+from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.marketdata")
@@ -95,7 +95,7 @@ class MarketData:
         self.published_at = 0.0
         # The sessions' settings ([market_data]; engine/gateways/ws_session.py reads them).
         self.max_queued = 50_000
-        self.send_buffer_bytes = 4 * 1024 * 1024
+        self.send_buffer_bytes = DEFAULT_SEND_BUFFER
         self.book_max_rate = 0.0
         self._read_back: asyncio.Task | None = None
 

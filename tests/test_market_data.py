@@ -8,6 +8,7 @@ while a fast one keeps receiving. Assertions are on what each client saw; no tim
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -350,46 +351,105 @@ def test_candles_and_ticker_over_rest_and_websocket_survive_a_restart(tmp_path):
         assert asyncio.run(after(base)) == first
 
 
+class RawWs:
+    """A WebSocket client on a plain socket whose receive buffer is set small before it
+    connects, so a client that stops reading backs up at once (an aiohttp client reads on
+    into its own queue, and the kernel's default buffers hold megabytes)."""
+
+    def __init__(self, base: str, path: str = "/v1/ws") -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.buf = b""
+
+    def send(self, message: dict) -> None:
+        payload = json.dumps(message).encode()
+        mask = os.urandom(4)
+        assert len(payload) < 126
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+
+    def read_all(self) -> tuple[list[dict], int | None]:
+        """Every text message until the server's close frame: (messages, close code)."""
+        self.sock.settimeout(30)
+        messages = []
+        while True:
+            while len(self.buf) < 2 or len(self.buf) < self._frame_len():
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return messages, None
+                self.buf += chunk
+            n = self._frame_len()
+            frame, self.buf = self.buf[:n], self.buf[n:]
+            op, length, at = frame[0] & 0x0F, frame[1] & 0x7F, 2
+            if length == 126:
+                at = 4
+            elif length == 127:
+                at = 10
+            if op == 0x8:
+                return messages, int.from_bytes(frame[at : at + 2], "big")
+            messages.append(json.loads(frame[at:]))
+
+    def _frame_len(self) -> int:
+        b = self.buf
+        length = b[1] & 0x7F
+        if length == 126:
+            return 4 + int.from_bytes(b[2:4], "big") if len(b) >= 4 else 1 << 62
+        if length == 127:
+            return 10 + int.from_bytes(b[2:10], "big") if len(b) >= 10 else 1 << 62
+        return 2 + length
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_a_subscriber_that_stops_reading_is_cut_off_while_a_fast_one_gets_everything(tmp_path):
     async def main(base: str) -> None:
         async with aiohttp.ClientSession(base) as http:
             fast = Client(await http.ws_connect("/v1/ws"))
-            slow = Client(await http.ws_connect("/v1/ws"))
             trader = Client(await http.ws_connect("/v1/ws"))
             await fast.request("subscribe", channel="book", symbol=SYMBOL)
-            await slow.request("subscribe", channel="book", symbol=SYMBOL)
-            await slow.request("subscribe", channel="l3", symbol=SYMBOL)
-            # The slow client stops reading; its socket takes little before the server's queue grows.
-            sock = slow.ws._response.connection.transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            slow.ws._response.connection.transport.pause_reading()
+            slow = RawWs(base)  # subscribes, then never reads until the end
+            slow.send({"op": "subscribe", "channel": "book", "symbol": SYMBOL})
+            slow.send({"op": "subscribe", "channel": "l3", "symbol": SYMBOL})
             await trader.request("auth", api_key=BOB)
-            for round_ in range(40):
-                await trade_flow(trader, 200, base=10_000 + round_ * 1_000, one_by_one=False)
+            reading = asyncio.create_task(fast.until(lambda: False, timeout=60))  # reads all along
+            for _round in range(100):
+                for i in range(50):  # each order, its own batch, adds to one of the top 40 bids
+                    order = {"symbol": SYMBOL, "side": "buy", "qty": 1, "price": 9_000 + i % 40}
+                    assert (await trader.request("order", **order))["type"] == "ack"
                 async with http.get("/metrics") as r:
                     if re.search(r"^loom_md_slow_consumer_drops_total 1\.0$", await r.text(), re.M):
                         break
             else:
                 raise AssertionError("the slow subscriber was never cut off")
+            await trade_flow(trader, 20, base=5_000)  # and the fast one goes on receiving
             last = (await rest(http, f"/v1/book/{SYMBOL}?depth=50"))["md_seq"]
-            await fast.until(lambda: any(m.get("seq") == last for m in fast.of("l2update")))
+            while not any(m.get("seq") == last for m in fast.of("l2update")):
+                assert not reading.done(), reading
+                await asyncio.sleep(0.05)
+            reading.cancel()
             updates = fast.of("l2update")
             assert [u["seq"] for u in updates] == list(range(fast.of("l2snapshot")[0]["seq"] + 1, last + 1))
-            # The slow one, reading again: what was written, then the reason, then the close.
-            slow.ws._response.connection.transport.resume_reading()
-            while True:
-                raw = await slow.ws.receive(timeout=30)
-                if raw.type != WSMsgType.TEXT:
-                    break
-                slow.seen.append(json.loads(raw.data))
-            assert raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
-            assert slow.seen[-1]["type"] == "error" and slow.seen[-1]["code"] == "SLOW_CONSUMER"
-            assert "max_queued" in slow.seen[-1]["message"]
-            assert slow.ws.close_code == 1008
-            got = [m["seq"] for m in slow.of("l2update")]
-            assert got and got[-1] < last  # it fell behind; the fast one did not
+            # The slow one, reading at last: what was written, then the reason, then the close.
+            seen, code = await asyncio.to_thread(slow.read_all)
+            slow.close()
+            assert seen[-1]["type"] == "error" and seen[-1]["code"] == "SLOW_CONSUMER", seen[-1]
+            assert "max_queued" in seen[-1]["message"] and code == 1008
+            got = [m["seq"] for m in seen if m["type"] == "l2update"]
+            assert got and got[-1] < last  # it fell behind and was cut off; the fast one was not
             await fast.ws.close()
             await trader.ws.close()
 
-    with start(tmp_path, "max_queued = 200\nsend_buffer_bytes = 1\n") as base:
+    with start(tmp_path, "max_queued = 50\nsend_buffer_bytes = 1\n") as base:
         asyncio.run(main(base))

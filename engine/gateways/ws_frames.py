@@ -6,6 +6,8 @@ from __future__ import annotations
 import msgspec
 
 _json = msgspec.json.Encoder()
+# [market_data] send_buffer_bytes: a session's socket bytes before its writer waits.
+DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -26,7 +27,7 @@ from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
-from engine.gateways.ws_frames import json_frame
+from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
 from engine.market_data import MAX_RATE_HZ
 from engine.overload import InFlight
@@ -68,6 +69,12 @@ class WsSession:
         self.max_queued = ctx.market_data.max_queued
         self.high_water = ctx.market_data.send_buffer_bytes  # socket bytes before the writer waits
         self.dropped = False  # cut off as a slow consumer
+        if self.high_water < DEFAULT_SEND_BUFFER and transport is not None:
+            # A smaller bound than the default also caps the kernel's send buffer, which
+            # autotuning grows to megabytes: "too far behind" then comes that much sooner.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.high_water)
 
     def send(self, message: dict) -> None:
         self._queue(json_frame(message))
