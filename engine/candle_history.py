@@ -2,7 +2,7 @@
 
 The journal holds commands, so the trades are the replay's events: from seq 1 when the
 journal still begins there, else from the oldest snapshot that loads (a trimmed journal
-holds nothing older). Each (symbol, interval) keeps only its newest `days` of buckets, so
+holds nothing older). Each symbol keeps only its newest `days` of 1-minute buckets, so
 memory is bounded whatever the journal's length; the read's time is the replay's (the
 journal after the oldest kept snapshot). It runs in a one-shot spawned process (the order
 index rebuild's, engine/order_lookup.py), so recovery, readiness and the order path are
@@ -90,5 +90,5 @@ async def read_back_candles(spec, upto_seq: int, market_data) -> None:
         "market data: candles read back from seq %d to %d (%d symbols)",
         exported["from_seq"],
         upto_seq,
-        len(exported["series"]),
+        len(exported["minutes"]),
     )

@@ -4,8 +4,9 @@ Bucket boundaries and the 24 h window come from the trades' own `ts` (the sequen
 stamp), never from a clock, so replaying the same journal rebuilds the same candles: that is
 how a restart or a failover reproduces them (engine/candle_history.py).
 
-Each (symbol, interval) keeps at most `keep` buckets (the newest); `keep_for(days)` sizes
-them so every interval covers the same span. The 24 h statistics are the sum of the
+A trade updates one 1-minute bucket (this runs on the commit loop, per trade: it must stay
+cheap); 5m and 1h candles are rolled up from the 1-minute ones when asked for. Each symbol
+keeps the newest `days` of 1-minute buckets. The 24 h statistics are the sum of the
 1-minute buckets of the window ending at the newest trade's minute: updated in O(1) per
 trade, recomputed (at most 1,440 buckets) only when the window's start minute moves.
 """
@@ -24,9 +25,23 @@ DEFAULT_DAYS = 7  # 10,080 one-minute candles per symbol
 Bucket = list[int]
 
 
-def keep_for(days: int) -> dict[str, int]:
-    """Buckets kept per interval so that each covers `days` days."""
-    return {name: max(1, days * DAY_NS // width) for name, width in INTERVALS.items()}
+def rollup(minutes, width: int, start: int = 0, end: int = 0) -> list[Bucket]:
+    """1-minute buckets (oldest first) as buckets of `width`, those starting in [start, end)."""
+    out: list[Bucket] = []
+    for m in minutes:
+        at = m[0] - m[0] % width
+        if at < start or (end and at >= end):
+            continue
+        if out and out[-1][0] == at:
+            b = out[-1]
+            b[2] = max(b[2], m[2])
+            b[3] = min(b[3], m[3])
+            b[4] = m[4]
+            b[5] += m[5]
+            b[6] += m[6]
+        else:
+            out.append([at, *m[1:]])
+    return out
 
 
 def candle_json(symbol: str, interval: str, b: Bucket) -> dict:
@@ -44,43 +59,54 @@ def candle_json(symbol: str, interval: str, b: Bucket) -> dict:
 
 
 class SymbolCandles:
-    __slots__ = ("series", "last", "last_ts", "_day")
+    __slots__ = ("minutes", "last", "last_ts", "_day")
 
-    def __init__(self, keep: dict[str, int]) -> None:
-        self.series: dict[str, deque[Bucket]] = {name: deque(maxlen=keep[name]) for name in INTERVALS}
+    def __init__(self, keep: int) -> None:
+        self.minutes: deque[Bucket] = deque(maxlen=keep)
         self.last = 0  # last trade price
         self.last_ts = 0
         self._day: list[int] | None = None  # [window start minute ns, volume, high, low, trades]
 
-    def add(self, ts: int, price: int, qty: int) -> list[tuple[str, Bucket]]:
-        """One trade; returns the (interval, bucket) it changed in each series."""
-        changed = []
-        for name, width in INTERVALS.items():
-            series = self.series[name]
-            start = ts - ts % width
-            if series and series[-1][0] == start:
-                b = series[-1]
-                b[2] = max(b[2], price)
-                b[3] = min(b[3], price)
-                b[4] = price
-                b[5] += qty
-                b[6] += 1
-            elif series and series[-1][0] > start:
-                continue  # events are in sequence order, whose ts never goes back; guard only
-            else:
-                b = [start, price, price, price, price, qty, 1]
-                series.append(b)
-            changed.append((name, b))
+    def add(self, ts: int, price: int, qty: int) -> None:
+        start = ts - ts % MINUTE
+        minutes = self.minutes
+        if minutes and minutes[-1][0] == start:
+            b = minutes[-1]
+            if price > b[2]:
+                b[2] = price
+            elif price < b[3]:
+                b[3] = price
+            b[4] = price
+            b[5] += qty
+            b[6] += 1
+        elif not minutes or minutes[-1][0] < start:  # (the ts of sequenced events never goes back)
+            minutes.append([start, price, price, price, price, qty, 1])
         self.last, self.last_ts = price, ts
         day = self._day
-        if day is not None and ts - ts % MINUTE - DAY_NS + MINUTE == day[0]:
-            day[1] += qty
-            day[2] = max(day[2], price) if day[4] else price
-            day[3] = min(day[3], price) if day[4] else price
-            day[4] += 1
-        else:
-            self._day = None  # the window moved: recomputed on the next read
-        return changed
+        if day is not None:
+            if start - DAY_NS + MINUTE != day[0]:
+                self._day = None  # the window moved: recomputed on the next read
+            elif day[4]:
+                day[1] += qty
+                if price > day[2]:
+                    day[2] = price
+                elif price < day[3]:
+                    day[3] = price
+                day[4] += 1
+            else:
+                day[1:] = [qty, price, price, 1]
+
+    def current(self, interval: str, since: int) -> list[Bucket]:
+        """The buckets of `interval` from the one holding `since` on (for a push)."""
+        width = INTERVALS[interval]
+        lo = since - since % width
+        recent = []
+        for m in reversed(self.minutes):
+            if m[0] < lo:
+                break
+            recent.append(m)
+        recent.reverse()
+        return rollup(recent, width)
 
     def day(self, now_ts: int) -> list[int]:
         """[window start, volume, high, low, trades] of the 24 h ending at `now_ts`'s minute."""
@@ -89,7 +115,7 @@ class SymbolCandles:
         if day is None or day[0] != lo:
             volume = trades = 0
             high = low = 0
-            for b in reversed(self.series["1m"]):
+            for b in reversed(self.minutes):
                 if b[0] < lo:
                     break
                 if b[0] > now_ts:
@@ -107,7 +133,7 @@ class SymbolCandles:
 class Candles:
     def __init__(self, days: int = DEFAULT_DAYS) -> None:
         self.days = days
-        self.keep = keep_for(days)
+        self.keep = max(1, days * DAY_NS // MINUTE)  # 1-minute buckets per symbol
         self.symbols: dict[str, SymbolCandles] = {}
 
     def of(self, symbol: str) -> SymbolCandles:
@@ -116,52 +142,45 @@ class Candles:
             found = self.symbols[symbol] = SymbolCandles(self.keep)
         return found
 
-    def add(self, symbol: str, ts: int, price: int, qty: int) -> list[tuple[str, Bucket]]:
-        return self.of(symbol).add(ts, price, qty)
+    def add(self, symbol: str, ts: int, price: int, qty: int) -> None:
+        found = self.symbols.get(symbol)
+        if found is None:
+            found = self.of(symbol)
+        found.add(ts, price, qty)
 
     def query(self, symbol: str, interval: str, start: int, end: int, limit: int) -> list[Bucket]:
-        """The buckets starting in [start, end) (0: unbounded), oldest first, at most `limit`
-        (the newest ones when there are more)."""
+        """The buckets of `interval` starting in [start, end) (0: unbounded), oldest first,
+        at most `limit` (the newest ones when there are more)."""
         found = self.symbols.get(symbol)
         if found is None:
             return []
-        out = []
-        for b in reversed(found.series[interval]):
-            if end and b[0] >= end:
-                continue
-            if b[0] < start or len(out) == limit:
-                break
-            out.append(b)
-        out.reverse()
-        return out
+        width = INTERVALS[interval]
+        minutes = [m for m in found.minutes if m[0] >= start - start % width and (not end or m[0] < end)]
+        return rollup(minutes, width, start, end)[-limit:]
 
     def export(self) -> dict:
-        """Plain data (picklable): {symbol: {interval: [bucket, ...]}, "last": {symbol: [price, ts]}}."""
+        """Plain data (picklable): 1-minute buckets and the last trade, by symbol."""
         return {
-            "series": {
-                s: {n: list(map(list, c.series[n])) for n in INTERVALS} for s, c in self.symbols.items()
-            },
+            "minutes": {s: list(map(list, c.minutes)) for s, c in self.symbols.items()},
             "last": {s: [c.last, c.last_ts] for s, c in self.symbols.items()},
         }
 
     def merge_older(self, exported: dict) -> None:
         """Put candles read back from history in front of the live ones (built from the
-        trades after the history's end). A bucket both hold is combined: open from the
+        trades after the history's end). A minute both hold is combined: open from the
         older part, close from the live one."""
-        for symbol, series in exported["series"].items():
+        for symbol, older in exported["minutes"].items():
             mine = self.of(symbol)
-            for name, older in series.items():
-                live = mine.series[name]
-                merged: deque[Bucket] = deque(older, maxlen=live.maxlen)
-                for b in live:
-                    if merged and merged[-1][0] == b[0]:
-                        m = merged[-1]
-                        m[2], m[3], m[4] = max(m[2], b[2]), min(m[3], b[3]), b[4]
-                        m[5] += b[5]
-                        m[6] += b[6]
-                    elif not merged or merged[-1][0] < b[0]:
-                        merged.append(b)
-                mine.series[name] = merged
+            merged: deque[Bucket] = deque(older, maxlen=self.keep)
+            for b in mine.minutes:
+                if merged and merged[-1][0] == b[0]:
+                    m = merged[-1]
+                    m[2], m[3], m[4] = max(m[2], b[2]), min(m[3], b[3]), b[4]
+                    m[5] += b[5]
+                    m[6] += b[6]
+                elif not merged or merged[-1][0] < b[0]:
+                    merged.append(b)
+            mine.minutes = merged
             price, ts = exported["last"][symbol]
             if ts > mine.last_ts:
                 mine.last, mine.last_ts = price, ts

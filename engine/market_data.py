@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from engine.candles import INTERVALS, Bucket, Candles, candle_json
+from engine.candles import INTERVALS, Candles, candle_json
 from engine.core.batch_events import BatchEvents
 from engine.core.matcher import MatchingEngine
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
@@ -219,11 +219,9 @@ class MarketData:
         if commands:
             self.last_ts = commands[-1].ts
         # Candles are kept whether or not anyone listens: they are history, not a stream.
-        changed: dict[tuple[str, str, int], Bucket] = {}
         add = self.candles.add
         for t in split.trades:
-            for name, b in add(t.symbol, t.ts, t.price, t.qty):
-                changed[(t.symbol, name, b[0])] = b
+            add(t.symbol, t.ts, t.price, t.qty)
         if not self.feeds:
             return  # nobody has subscribed to anything: nothing to compare or publish
         self.published_at = self.batch_time()
@@ -253,12 +251,22 @@ class MarketData:
                         "ts": t.ts,
                     },
                 )
-        for (symbol, name, _start), b in changed.items():
+        if split.trades:
+            self._candles(split)
+
+    def _candles(self, split: BatchEvents) -> None:
+        """Each candle the batch's trades changed, to its interval's subscribers."""
+        first: dict[str, int] = {}  # symbol -> its first trade's ts in the batch
+        for t in split.trades:
+            first.setdefault(t.symbol, t.ts)
+        for symbol, since in first.items():
             feed = self.feeds.get(symbol)
-            if feed is not None and feed.candle_subscribers[name]:
-                self._publish(
-                    feed.candle_subscribers[name], {"type": "candle", **candle_json(symbol, name, b)}
-                )
+            if feed is None:
+                continue
+            for name, subscribers in feed.candle_subscribers.items():
+                if subscribers:
+                    for b in self.candles.of(symbol).current(name, since):
+                        self._publish(subscribers, {"type": "candle", **candle_json(symbol, name, b)})
 
     def _book(self, feed: SymbolFeed) -> None:
         changes = self._refresh(feed)
