@@ -174,6 +174,14 @@ def _cmd_bench_connections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_marketdata(args: argparse.Namespace) -> int:
+    from engine.bench.marketdata_bench import format_marketdata, run_marketdata_bench
+
+    result = run_marketdata_bench(args.subscribers, args.updates, args.max_rate)
+    print(json.dumps(result) if args.json else format_marketdata(result))
+    return 0
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -447,6 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bc.add_argument("--json", action="store_true")
     bc.set_defaults(func=_cmd_bench_connections)
+    bm = bench_sub.add_parser(
+        "marketdata", help="book fan-out in one process: updates/s, frames/s, encode once vs per subscriber"
+    )
+    bm.add_argument("--subscribers", type=_positive_int, default=1_000, help="book subscribers")
+    bm.add_argument("--updates", type=_positive_int, default=2_000, help="book updates (one per batch)")
+    bm.add_argument(
+        "--max-rate", type=float, default=10.0, help="the conflated run's updates/s per subscriber"
+    )
+    bm.add_argument("--json", action="store_true")
+    bm.set_defaults(func=_cmd_bench_marketdata)
     bf = bench_sub.add_parser(
         "failover",
         help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",

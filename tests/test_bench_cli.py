@@ -94,3 +94,12 @@ def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     assert r["writer"] == "follower" and r["acked_with_fork"] == 2 * 500 * 8
     assert r["snapshots_taken_fork"] >= 2 and r["snapshot_failures_fork"] == 0
     assert 0 < r["p99_ms_with_fork"] <= r["max_ms_with_fork"] and len(r["p99_ratio_by_round_fork"]) == 2
+
+
+def test_bench_marketdata_reports_fan_out_encode_once_and_conflation():
+    r = bench("marketdata", "--subscribers", "50", "--updates", "300", "--max-rate", "5")
+    assert r["subscribers"] == 50 and r["updates"] == 300  # every order changed the book
+    assert r["unconflated_frames"] == 50 * 300  # every update reached every subscriber
+    assert 0 < r["conflated_frames"] < r["unconflated_frames"]
+    assert r["conflated_frames"] % 50 == 0  # a conflated update goes to the whole group
+    assert r["encode_once_us"] > 0 and r["per_subscriber_us"] > 0 and r["updates_per_s"] > 0

@@ -23,7 +23,9 @@ from engine.gateways.rest_admin import (
 )
 from engine.gateways.rest_market import (
     get_book,
+    get_candles,
     get_instruments,
+    get_ticker,
     get_trades,
     healthz,
     metrics_endpoint,
@@ -67,6 +69,8 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_delete("/v1/orders/by-client-id/{client_order_id}", delete_order_by_client_id)
     app.router.add_get("/v1/book/{symbol}", get_book)
     app.router.add_get("/v1/trades/{symbol}", get_trades)
+    app.router.add_get("/v1/candles/{symbol}", get_candles)
+    app.router.add_get("/v1/ticker/{symbol}", get_ticker)
     app.router.add_get("/v1/instruments", get_instruments)
     app.router.add_post("/v1/admin/snapshot", admin_snapshot)
     app.router.add_get("/v1/admin/stats", admin_stats)

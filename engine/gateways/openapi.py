@@ -486,6 +486,41 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "trades"}, **_errors(400, 404)},
             }
         },
+        "/v1/candles/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "OHLCV candles from the durable trades (bucket starts and the range in ns "
+                "since the epoch, the events' own clock; a restart reproduces them). `partial`: "
+                "candles from before the node's start are still being read back",
+                "parameters": [
+                    _SYMBOL,
+                    {
+                        "name": "interval",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["1m", "5m", "1h"]},
+                    },
+                    {"name": "start", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "{symbol, interval, partial, candles: [{start, open, high, low, "
+                        "close, volume, trades}]}, oldest first"
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/v1/ticker/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "Best bid/ask, last trade, and the 24 h volume, high, low and trade count "
+                "(the 24 h ending at the newest durable event)",
+                "responses": {"200": {"description": "ticker"}, **_errors(404)},
+                "parameters": [_SYMBOL],
+            }
+        },
         "/v1/instruments": {
             "get": {"security": [], "responses": {"200": {"description": "listed instruments"}}}
         },
