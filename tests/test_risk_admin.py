@@ -12,7 +12,7 @@ import pytest
 from engine.app import start_exchange
 from engine.cli import main as loom_main
 from engine.config import Config
-from engine.demo import DEMO_INSTRUMENTS
+from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 
 USER_KEY = "k-alice-0123456789abc"
 ADMIN_KEY = "admin-k-0123456789abc"
@@ -27,6 +27,7 @@ def config(tmp_path) -> Config:
         http_port=0,
         fix_port=-1,
         binary_port=-1,
+        assets=list(DEMO_ASSETS),
         instruments=list(DEMO_INSTRUMENTS),
         api_keys={USER_KEY: "alice"},
         admin_key=ADMIN_KEY,

@@ -615,7 +615,8 @@ try_cancel(Ctx *c, PyObject *cmd, const CancelOffsets *o)
     long long seq, oid;
     if (!as_ll(seq_obj, &seq) || !as_ll(oid_obj, &oid) || account == NULL || !PyUnicode_CheckExact(account))
         return 0;
-    if (seq <= c->last_seq || !oid)
+    /* With risk set, `apply` cancels: risk may watch the order flow (risk_watch.py). */
+    if (seq <= c->last_seq || !oid || c->risk_on)
         return 0;
     PyObject *acct = PyDict_GetItemWithError(c->accounts, account);
     if (acct == NULL)

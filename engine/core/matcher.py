@@ -39,6 +39,7 @@ from engine.core.events import (
     Trade,
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
+from engine.core.risk_watch import watched_apply
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -145,6 +146,7 @@ class MatchingEngine:
         self.last_seq = 0
         self.risk = RiskState()
         self.risk_on = False  # any limit, kill switch or halt set: the only cost without any
+        self.risk_watch = False  # risk observes every command (engine/core/risk_watch.py)
         self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
         self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
 
@@ -157,6 +159,8 @@ class MatchingEngine:
 
     def apply(self, cmd: Command) -> list[Event]:
         """Apply one sequenced command; return the events it caused, in order."""
+        if self.risk_watch:  # risk's one hook: it calls back here with the flag down
+            return watched_apply(self, cmd)
         seq = cmd.seq
         if seq <= self.last_seq:
             raise SequenceError(f"command seq {seq} not above last seq {self.last_seq}")

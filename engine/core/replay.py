@@ -268,7 +268,8 @@ class SilentReplayer:
             elif kind is ReplayCancel or kind is Cancel:
                 seq = cmd.seq
                 oid = cmd.order_id
-                if seq > last_seq and oid:
+                # With risk set, `apply` cancels: risk may watch the order flow (risk_watch.py).
+                if seq > last_seq and oid and not risk_on:
                     held = accounts.get(cmd.account)
                     resting = held.open.get(oid) if held is not None else None
                     if held is not None and resting is not None:
