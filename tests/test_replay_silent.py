@@ -126,6 +126,11 @@ risk_limits = st.builds(
             RiskLimits(price_band_bps=500),
             RiskLimits(max_open_orders=2),
             RiskLimits(max_order_notional=3000, max_open_notional=6000),
+            # Risk watches the order flow (engine/core/risk_watch.py): the running open
+            # notional and the throttles' counts, which replay must reproduce.
+            RiskLimits(max_open_notional=20_000),
+            RiskLimits(max_orders_per_sec=3),
+            RiskLimits(max_cancel_ratio=1),
         ]
     ),
 )
