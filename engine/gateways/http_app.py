@@ -40,6 +40,7 @@ from engine.gateways.http import (
 from engine.gateways.http_controls import add_routes as add_risk_routes
 from engine.gateways.landing import add_routes as add_landing_routes
 from engine.gateways.rest_accounts import add_routes as add_account_routes
+from engine.gateways.rest_risk_audit import add_routes as add_risk_audit_routes
 
 
 def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Application:
@@ -76,5 +77,6 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_get("/v1/ws", websocket)
     add_risk_routes(app)
     add_account_routes(app)
+    add_risk_audit_routes(app)
     add_landing_routes(app)  # / and /docs/NAME
     return app
