@@ -29,7 +29,7 @@ from prometheus_proc import prometheus_run
 from engine.app import start_exchange
 from engine.automation import RunbookAutomation, WebhookPayload
 from engine.config import DEMO_ADMIN_KEY, Config
-from engine.demo import DEMO_INSTRUMENTS
+from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
 from telemetry.metrics import ExchangeMetrics
 
 TOKEN = "automation-token-123"
@@ -160,6 +160,7 @@ def test_http_endpoints(tmp_path):
             http_port=0,
             fix_port=-1,
             binary_port=-1,
+            assets=list(DEMO_ASSETS),
             instruments=list(DEMO_INSTRUMENTS),
             api_keys={USER_KEY: "alice"},
             admin_key=ADMIN_KEY,

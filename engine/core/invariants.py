@@ -82,6 +82,8 @@ def check_open_notional(engine: MatchingEngine) -> list[str]:
     risk = engine.risk
     if risk.watching != engine.risk_watch or risk.watching != risk.needs_watching():
         return [f"risk watching {risk.watching}, engine {engine.risk_watch}, needed {risk.needs_watching()}"]
+    if risk.counting != risk.needs_counting() or (risk.throttles and not risk.counting):
+        return [f"throttles counting {risk.counting} with {len(risk.throttles)} counts"]
     if not risk.watching:
         return [f"open notional kept while not watching: {risk.notional}"] if risk.notional else []
     scanned: dict[tuple[str, str], int] = {}

@@ -64,6 +64,7 @@ class RiskState:
         "audit",
         "notional",
         "watching",
+        "counting",
     )
 
     def __init__(self) -> None:
@@ -75,12 +76,15 @@ class RiskState:
         self.audit: list[AuditRecord] = []  # by seq
         self.notional: dict[tuple[str, str], int] = {}  # (account, symbol) -> open notional
         self.watching = False  # a limit needs the order flow observed (engine/core/risk_watch.py)
+        self.counting = False  # a throttle limit is set: the throttles count (engine/core/throttles.py)
 
     def needs_watching(self) -> bool:
-        return any(
-            lim.max_open_notional or lim.max_orders_per_sec or lim.max_cancel_ratio
-            for lim in self.limits.values()
-        )
+        return any(lim.max_open_notional for lim in self.limits.values()) or self.needs_counting()
+
+    def needs_counting(self) -> bool:
+        """Only while a throttle limit is set: state written before throttles existed has no
+        counts, and restoring it must reach the state a replay from the start reaches."""
+        return any(lim.max_orders_per_sec or lim.max_cancel_ratio for lim in self.limits.values())
 
     @property
     def active(self) -> bool:
@@ -286,7 +290,9 @@ def apply_risk_command(engine: RiskEngine, cmd: RiskCommand) -> list[Event]:
         rebuild(risk.notional, engine.accounts)
     elif not watching:
         risk.notional.clear()
-        risk.throttles.clear()  # counted only while watching: stale counts would refuse later
+    risk.counting = risk.needs_counting()
+    if not risk.counting:
+        risk.throttles.clear()  # counted only while a throttle is set: stale counts would refuse
     risk.watching = engine.risk_watch = watching
     return events
 

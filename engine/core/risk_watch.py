@@ -48,6 +48,8 @@ class _Risk(Protocol):
     @property
     def watching(self) -> bool: ...
     @property
+    def counting(self) -> bool: ...
+    @property
     def notional(self) -> dict[tuple[str, str], int]: ...
     @property
     def throttles(self) -> dict[str, Throttle]: ...
@@ -118,6 +120,7 @@ def watched_apply(engine: WatchedEngine, cmd: Command) -> list[Event]:
         return events  # a limits change that starts watching rebuilt the figures already
     notional = risk.notional
     throttles = risk.throttles
+    counting = risk.counting
     own = before[0]
     if target is not None:
         _add(notional, (target.account, target.symbol), -before[1])
@@ -131,13 +134,14 @@ def watched_apply(engine: WatchedEngine, cmd: Command) -> list[Event]:
         elif t is OrderAccepted:
             assert isinstance(ev, OrderAccepted)
             own = ev.order_id
-            lim = risk.effective(ev.account, ev.symbol)
-            count_order(throttles, ev.account, ev.ts, lim.max_orders_per_sec if lim else 0)
+            if counting:
+                lim = risk.effective(ev.account, ev.symbol)
+                count_order(throttles, ev.account, ev.ts, lim.max_orders_per_sec if lim else 0)
         elif t is OrderCancelled:
             assert isinstance(ev, OrderCancelled)
             if ev.order_id != own:
                 recount.add((ev.account, ev.symbol))
-            if ev.reason in _COUNTED_CANCELS:
+            if counting and ev.reason in _COUNTED_CANCELS:
                 count_cancel(throttles, ev.account, ev.ts)
     if own:
         account = target.account if target is not None else _account_of(events)

@@ -11,7 +11,7 @@ rate limits cannot promise that: they run on each process's own clock.
   (successful cancels, and each order a cancel-all took) and the accepted new orders. A new
   order is refused while cancels > R x max(orders, 1) this minute; cancels are never refused.
 
-Counted for every account while any throttle or open-notional limit is set
+Counted for every account while any throttle limit is set
 (engine/core/risk_watch.py observes each command then); an amend is neither.
 """
 
