@@ -211,10 +211,20 @@ def decode_state(data: bytes) -> EngineState:
 
 
 def state_hash(engine: MatchingEngine) -> str:
-    """Deterministic digest of the engine state (BLAKE2b-256, hex). The risk audit trail
-    is left out: it is history that changes no future event, and a state written before it
-    existed (version 3 and older) restores without the records of the commands before it,
-    while a replay from the journal's start rebuilds them: both must hash alike."""
-    state = export_state(engine)
+    """Deterministic digest of the engine state (BLAKE2b-256, hex)."""
+    return hash_state(export_state(engine))
+
+
+def hash_state(state: EngineState) -> str:
+    """The digest of an exported state. The risk audit trail is left out: it is history
+    that changes no future event, and a state written before it existed (version 3 and
+    older) restores without the records of the commands before it, while a replay from the
+    journal's start rebuilds them: both must hash alike."""
+    audit = state.risk_audit
+    if not audit:
+        return hashlib.blake2b(encode_state(state), digest_size=32).hexdigest()
     state.risk_audit = []
-    return hashlib.blake2b(encode_state(state), digest_size=32).hexdigest()
+    try:
+        return hashlib.blake2b(encode_state(state), digest_size=32).hexdigest()
+    finally:
+        state.risk_audit = audit
