@@ -14,7 +14,8 @@ from engine import __version__
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.bench.engine_bench import format_engine_bench, run_engine_bench
 
-    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat)
+    limit = args.max_open_notional
+    result = run_engine_bench(args.ops, args.seed, args.mode, args.repeat, max_open_notional=limit)
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
 
@@ -410,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument(
+        "--max-open-notional", type=int, default=0, help="set this venue risk limit first (0: no risk)"
+    )
     be.set_defaults(func=_cmd_bench_engine)
     bp = bench_sub.add_parser("paths", help="apply and replay (one match loop: events built or counted)")
     bp.add_argument("--ops", type=_positive_int, default=1_000_000)

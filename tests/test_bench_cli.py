@@ -52,6 +52,15 @@ def test_bench_engine_runs_each_workload(mode: str):
     assert r["events"] == events
 
 
+def test_bench_engine_with_an_open_notional_limit_ends_on_one_hash_with_the_limit():
+    plain = bench("engine", "--ops", "5000", "--repeat", "1")
+    limited = bench("engine", "--ops", "5000", "--repeat", "2", "--max-open-notional", str(10**15))
+    assert limited["deterministic"] is True and limited["max_open_notional"] == 10**15
+    # Refusing nothing, it trades as without the limit; the hash covers the limit itself.
+    assert (limited["trades"], limited["events"]) == (plain["trades"], plain["events"])
+    assert limited["state_hash"] != plain["state_hash"]
+
+
 def test_bench_durable_fsyncs_every_batch():
     r = bench("durable", "--orders", "5000", "--batch", "500")
     assert r["orders"] == 5000

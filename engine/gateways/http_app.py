@@ -43,6 +43,7 @@ from engine.gateways.rest_orders import (
     patch_order,
     post_order,
 )
+from engine.gateways.rest_risk_audit import add_routes as add_risk_audit_routes
 from engine.gateways.ws_session import websocket
 
 
@@ -82,5 +83,6 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_get("/v1/ws", websocket)
     add_risk_routes(app)
     add_account_routes(app)
+    add_risk_audit_routes(app)
     add_landing_routes(app)  # / and /docs/NAME
     return app

@@ -80,8 +80,32 @@ _RISK_LIMITS = {
                 "price_band_bps",
                 "max_open_orders",
                 "max_open_notional",
+                "max_orders_per_sec",
+                "max_cancel_ratio",
             )
         },
+    },
+}
+_RISK_AUDIT = {
+    "type": "object",
+    "properties": {
+        "records": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "ts": {"type": "integer", "description": "the sequencer's time, ns since the epoch"},
+                    "requested_by": {"type": "string", "description": "admin, or automation:<alert>"},
+                    "kind": {"type": "string", "enum": ["limits", "kill_switch", "halt"]},
+                    "scope": {"type": "string", "enum": ["venue", "symbol", "account"]},
+                    "target": {"type": "string"},
+                    "old": {"type": "object", "description": "limits; or engaged/halted and reason"},
+                    "new": {"type": "object"},
+                },
+            },
+        },
+        "next_after": {"type": ["integer", "null"], "description": "pass as ?after= for the next page"},
     },
 }
 _KILL_SWITCH = {
@@ -578,6 +602,21 @@ OPENAPI: dict = {
             "get": {
                 "summary": "Risk limits, kill switches and halts (admin key)",
                 "responses": {"200": {"description": "the risk state"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/risk/audit": {
+            "get": {
+                "summary": "Every change of risk limits, kill switches and halts: who, when, scope, "
+                "old and new value, oldest first (admin key or ops key)",
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {"200": _json(_RISK_AUDIT, "audit records"), **_errors(400, 403)},
             }
         },
         "/v1/admin/risk/limits": {
