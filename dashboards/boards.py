@@ -627,8 +627,56 @@ def gateways() -> Board:
                     OPS_FORMAT,
                 ),
             ],
+            [
+                series(
+                    "Market data subscribers by channel",
+                    [target(f"sum by (channel) ({m('loom_md_subscribers')})", "{{channel}}")],
+                ),
+                series(
+                    "Market data fan-out lag (p50 / p99)",
+                    [
+                        target(
+                            f"histogram_quantile({q}, sum by (le) "
+                            f"({rate('loom_md_fanout_lag_seconds_bucket')}))",
+                            f"p{label}",
+                        )
+                        for q, label in ((0.5, "50"), (0.99, "99"))
+                    ],
+                    SECONDS_FORMAT,
+                    "From a batch becoming durable to its market data written to a subscriber's socket "
+                    "(a rate-limited book subscriber's includes its conflation interval).",
+                ),
+            ],
+            [
+                series(
+                    "Market data messages encoded and frames delivered/s",
+                    [
+                        target(f"sum({rate('loom_md_messages_encoded_total')})", "encoded"),
+                        target(f"sum({rate('loom_md_deliveries_total')})", "delivered"),
+                    ],
+                    OPS_FORMAT,
+                    "Each message is encoded once and its bytes shared by every subscriber: delivered / "
+                    "encoded is the fan-out.",
+                ),
+                series(
+                    "Conflated updates, gap recoveries and slow-consumer disconnects/s",
+                    [
+                        target(f"sum({rate('loom_md_conflated_updates_total')})", "conflated"),
+                        target(
+                            f"sum by (channel) ({rate('loom_md_gap_recoveries_total')})", "resync {{channel}}"
+                        ),
+                        target(
+                            f"sum({rate('loom_md_slow_consumer_drops_total')})", "slow-consumer disconnects"
+                        ),
+                    ],
+                    OPS_FORMAT,
+                    "Conflated: book updates folded into a later one for rate-limited subscribers. A "
+                    "slow consumer (its queue at [market_data] max_queued) is told SLOW_CONSUMER and "
+                    "disconnected.",
+                ),
+            ],
         ],
-        "Sessions, rate limits and order-to-ack latency per gateway protocol.",
+        "Sessions, rate limits and order-to-ack latency per gateway protocol; market data fan-out.",
     )
 
 

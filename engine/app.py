@@ -121,6 +121,7 @@ class RunningExchange:
             await self.metrics_runner.cleanup()
         if self.lookups is not None:
             await self.lookups.close()
+        await self.market_data.close()
         if self.shipper is not None:
             self.shipper.close()
         try:
@@ -200,8 +201,10 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     order_store.derive_trace_id = node.derived_trace_id
-    market_data = MarketData(node.engine)
+    market_data = MarketData(node.engine, observer=service.observer, candle_days=cfg.md_candle_days)
     market_data.batch_time = lambda: service.durable_at  # fan-out lag from the durable point
+    market_data.max_queued, market_data.send_buffer_bytes = cfg.md_max_queued, cfg.md_send_buffer_bytes
+    market_data.book_max_rate = cfg.md_book_max_rate
     router = ExecutionRouter()
     # Off the order path: the commit loop appends, a budgeted worker thread analyses.
     surveillance = (
@@ -271,6 +274,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
     lookups = OrderLookups(spec, index, lambda: node.engine)
     lookups.start_rebuild()  # finished orders from before this start, read back in the background
+    market_data.start_read_back(spec)  # candles from before this start, likewise
     ctx = GatewayContext(
         service,
         order_store,

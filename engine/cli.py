@@ -14,7 +14,8 @@ from engine import __version__
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.bench.engine_bench import format_engine_bench, run_engine_bench
 
-    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat)
+    limit = args.max_open_notional
+    result = run_engine_bench(args.ops, args.seed, args.mode, args.repeat, max_open_notional=limit)
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
 
@@ -171,6 +172,14 @@ def _cmd_bench_connections(args: argparse.Namespace) -> int:
         args.idle, args.rate, args.seconds, args.processes, args.nofile, args.flood_nice
     )
     print(json.dumps(result) if args.json else format_connections(result))
+    return 0
+
+
+def _cmd_bench_marketdata(args: argparse.Namespace) -> int:
+    from engine.bench.marketdata_bench import format_marketdata, run_marketdata_bench
+
+    result = run_marketdata_bench(args.subscribers, args.updates, args.max_rate)
+    print(json.dumps(result) if args.json else format_marketdata(result))
     return 0
 
 
@@ -402,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
     be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument(
+        "--max-open-notional", type=int, default=0, help="set this venue risk limit first (0: no risk)"
+    )
     be.set_defaults(func=_cmd_bench_engine)
     bp = bench_sub.add_parser("paths", help="apply and replay (one match loop: events built or counted)")
     bp.add_argument("--ops", type=_positive_int, default=1_000_000)
@@ -447,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bc.add_argument("--json", action="store_true")
     bc.set_defaults(func=_cmd_bench_connections)
+    bm = bench_sub.add_parser(
+        "marketdata", help="book fan-out in one process: updates/s, frames/s, encode once vs per subscriber"
+    )
+    bm.add_argument("--subscribers", type=_positive_int, default=1_000, help="book subscribers")
+    bm.add_argument("--updates", type=_positive_int, default=2_000, help="book updates (one per batch)")
+    bm.add_argument(
+        "--max-rate", type=float, default=10.0, help="the conflated run's updates/s per subscriber"
+    )
+    bm.add_argument("--json", action="store_true")
+    bm.set_defaults(func=_cmd_bench_marketdata)
     bf = bench_sub.add_parser(
         "failover",
         help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",

@@ -28,6 +28,8 @@ LIMIT_FIELDS = (
     "price_band_bps",
     "max_open_orders",
     "max_open_notional",
+    "max_orders_per_sec",  # throttles, on the sequencer's clock (engine/core/throttles.py)
+    "max_cancel_ratio",
 )
 
 
@@ -62,6 +64,10 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = 
 
 def _show(args) -> int:
     return _call(args, "GET", "/v1/admin/risk")
+
+
+def _audit(args) -> int:
+    return _call(args, "GET", f"/v1/admin/risk/audit?after={args.after}&limit={args.limit}")
 
 
 def _surveillance(args) -> int:
@@ -114,6 +120,9 @@ def add_parsers(sub) -> None:
 
     command("show", "limits, kill switches and halts", _show)
     command("surveillance", "abuse findings, anomalies and scores, naming owners and accounts", _surveillance)
+    audit = command("audit", "who changed which limit, switch or halt, when, from what to what", _audit)
+    audit.add_argument("--after", type=_non_negative, default=0, help="records after this seq")
+    audit.add_argument("--limit", type=int, default=100, help="records per page (1-1000)")
     lim = command("limits", "replace the limits of one scope (all 0 removes them)", _limits)
     scoped(lim)
     for name in LIMIT_FIELDS:

@@ -11,6 +11,7 @@ from engine.core.balances import instrument_asset_problem
 from engine.core.domain import Asset, Instrument
 from engine.exchange import SNAPSHOT_WRITERS
 from engine.gateways.admission import AdmissionSettings
+from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER
 from engine.logfmt import FORMATS as LOG_FORMATS
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS
 
@@ -99,6 +100,14 @@ class Config:
     log_format: str = "text"  # or "json" (engine/logfmt.py)
     access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
     environment: str = "dev"  # the spans' deployment.environment
+    # [market_data] (engine/market_data.py, docs/websocket.md): a WebSocket session's queue
+    # bound (messages; reaching it disconnects the session with SLOW_CONSUMER), the bytes its
+    # socket may buffer before the writer waits, the book's default max updates per second
+    # per subscriber (0: every update, unconflated), and the days of candles kept per symbol.
+    md_max_queued: int = 50_000
+    md_send_buffer_bytes: int = DEFAULT_SEND_BUFFER
+    md_book_max_rate: float = 0.0
+    md_candle_days: int = 7
     # [admission]: connection caps per listener and per IP, login and idle deadlines, HTTP
     # timeouts, the descriptor reserve (engine/gateways/admission.py, engine/fdbudget.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
@@ -208,6 +217,12 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         )
     if cfg.retention_standby_stale_s <= 0:
         raise ConfigError("[retention] needs standby_stale_s > 0")
+    if cfg.md_max_queued < 1 or cfg.md_send_buffer_bytes < 1 or cfg.md_candle_days < 1:
+        raise ConfigError("[market_data] needs max_queued, send_buffer_bytes and candle_days of at least 1")
+    if not 0 <= cfg.md_book_max_rate <= 1_000:
+        raise ConfigError(
+            f"[market_data] book_max_rate {cfg.md_book_max_rate} is outside 0..1000 (0 = every update)"
+        )
     if cfg.demo:
         if not cfg.api_keys:
             cfg.api_keys = dict(DEMO_KEYS)
@@ -292,6 +307,12 @@ FILE_SETTINGS: dict[str, type] = {
     "credit_checks": bool,
 }
 SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
+    "market_data": {
+        "max_queued": ("md_max_queued", int),
+        "send_buffer_bytes": ("md_send_buffer_bytes", int),
+        "book_max_rate": ("md_book_max_rate", float),
+        "candle_days": ("md_candle_days", int),
+    },
     "snapshots": {
         "every_commands": ("snapshot_every_commands", int),
         "every_seconds": ("snapshot_every_s", float),

@@ -79,5 +79,14 @@ class Observer:
     def fanout_lag(self, seconds: float) -> None:
         """Market data reached a reader's socket this long after its batch became durable."""
 
+    def md_published(self, deliveries: int) -> None:
+        """One market data message was encoded and queued to `deliveries` subscribers."""
+
+    def md_conflated(self, n: int) -> None:
+        """n book updates were folded into a later one instead of sent (summed over readers)."""
+
+    def md_gap_recovery(self, channel: str) -> None:
+        """A reader asked for a fresh snapshot after a gap (op resync)."""
+
 
 NULL_OBSERVER = Observer()

@@ -90,7 +90,7 @@ def _rebuild(spec: SourceSpec, capacity: int, lo: int, hi: int, upto_seq: int, n
         source.close()
 
 
-def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+def stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """Stop a pool now, its running job too: a long history read must not hold up a drain
     (the interpreter joins pool processes at exit). Python 3.11's executor has no public
     way to end a running job, hence its process table."""
@@ -99,7 +99,7 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _pool() -> concurrent.futures.ProcessPoolExecutor:
+def spawn_pool() -> concurrent.futures.ProcessPoolExecutor:
     # spawn, not fork: the node has threads (the journal's, the NATS link's) a fork would copy mid-flight.
     return concurrent.futures.ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(os.getpid(),)
@@ -131,7 +131,7 @@ class OrderLookups:
         if self.pending >= self.max_pending:
             raise LookupBusy(f"{self.pending} order lookups are already reading the journal")
         if self._worker is None:
-            self._worker = _pool()
+            self._worker = spawn_pool()
         self.pending += 1
         try:
             upto = self.engine().last_seq
@@ -145,7 +145,7 @@ class OrderLookups:
         except TimeoutError:
             # The worker would go on reading for this lookup while `pending` says its slot is
             # free: end it, so the bound stays true (a new worker next time).
-            _stop(self._worker)
+            stop_pool(self._worker)
             self._worker = None
             raise
         finally:
@@ -171,7 +171,7 @@ class OrderLookups:
         attempt = 0
         while True:
             attempt += 1
-            pool = _pool()
+            pool = spawn_pool()
             try:
                 exported = await loop.run_in_executor(pool, _rebuild, *job)
                 break
@@ -186,7 +186,7 @@ class OrderLookups:
                     REBUILD_RETRY_S,
                 )
             finally:
-                _stop(pool)
+                stop_pool(pool)
             await asyncio.sleep(REBUILD_RETRY_S)
         for chunk in exported["chunks"]:
             self.index.merge_chunk(exported, chunk)
@@ -207,5 +207,5 @@ class OrderLookups:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._rebuild
         if self._worker is not None:
-            _stop(self._worker)
+            stop_pool(self._worker)
             self._worker = None

@@ -40,6 +40,8 @@ REJECT_TEXT: dict[int, str] = {
     R.PRICE_OUTSIDE_BAND: "price is outside the allowed band around the reference price",
     R.OPEN_ORDERS_LIMIT: "the account has as many open orders as its risk limit allows",
     R.OPEN_NOTIONAL_LIMIT: "the account's open notional in this symbol would exceed its risk limit",
+    R.ORDER_RATE_LIMIT: "the account placed new orders faster than its risk limit (orders per second)",
+    R.CANCEL_RATIO_LIMIT: "the account cancelled more per order this minute than its risk limit allows",
     R.INVALID_RISK_SCOPE: "risk scope must be venue, symbol or account",
     R.INVALID_RISK_TARGET: "risk target: empty for the venue, a listed symbol, or an account name",
     R.INVALID_RISK_LIMIT: "risk limits must be zero (no limit) or positive",

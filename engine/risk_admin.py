@@ -83,7 +83,8 @@ class KillSwitchActions:
         if ((scope, target) in self.service.node.engine.risk.kill_switches) == engaged:
             return f"{what} already {'engaged' if engaged else 'released'}; nothing journaled"
         reason = f"automation: {labels.get('alertname', 'alert')}"
-        events = await self.service.submit_one(SetKillSwitch(scope, target, engaged, reason))
+        by = f"automation:{labels.get('alertname', 'alert')}"  # the audit trail's who
+        events = await self.service.submit_one(SetKillSwitch(scope, target, engaged, reason, requested_by=by))
         first = events[0]
         if type(first) is OrderRejected:
             raise RuntimeError(f"refused by the exchange: {reject_code(first.reason)}")

@@ -30,6 +30,7 @@ from engine.core.state import (
     decode_state,
     encode_state,
     export_state,
+    hash_state,
     restore_state,
     state_hash,
 )
@@ -74,12 +75,13 @@ class WrittenSnapshot:
 
 
 def encode_snapshot(engine: MatchingEngine) -> tuple[bytes, str]:
-    payload = encode_state(export_state(engine))
-    digest = hashlib.blake2b(payload, digest_size=32)
+    state = export_state(engine)
+    payload = encode_state(state)
+    digest = hash_state(state)  # the state hash (the crc covers every byte of the payload)
     header = HEADER.pack(
-        MAGIC, SNAPSHOT_VERSION, engine.last_seq, digest.digest(), len(payload), zlib.crc32(payload)
+        MAGIC, SNAPSHOT_VERSION, engine.last_seq, bytes.fromhex(digest), len(payload), zlib.crc32(payload)
     )
-    return header + payload, digest.hexdigest()
+    return header + payload, digest
 
 
 def decode_snapshot(data: bytes, name: str = "snapshot") -> LoadedSnapshot:

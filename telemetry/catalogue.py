@@ -588,7 +588,8 @@ _SPECS = [
     MetricSpec(
         "loom_md_subscribers",
         GAUGE,
-        "Market data subscriptions (WebSocket book and trades streams), by channel, over all symbols.",
+        "Market data subscriptions (WebSocket streams: book, trades, ticker, candles, l3), by "
+        "channel, over all symbols.",
         ("channel",),
     ),
     MetricSpec(
@@ -606,6 +607,33 @@ _SPECS = [
         "WebSocket sessions disconnected because they read too slowly (their outbox of market "
         "data, acks and executions reached its bound).",
         (),
+    ),
+    MetricSpec(
+        "loom_md_messages_encoded",
+        COUNTER,
+        "Market data messages encoded (each once, whatever the number of its subscribers).",
+        (),
+    ),
+    MetricSpec(
+        "loom_md_deliveries",
+        COUNTER,
+        "Market data frames queued to subscribers: one per subscriber per message, all sharing "
+        "the message's one encoding (deliveries / messages encoded = the fan-out).",
+        (),
+    ),
+    MetricSpec(
+        "loom_md_conflated_updates",
+        COUNTER,
+        "Book updates a rate-limited subscriber did not receive on their own: folded into a later "
+        "update carrying the latest quantity of each changed level (summed over subscribers).",
+        (),
+    ),
+    MetricSpec(
+        "loom_md_gap_recoveries",
+        COUNTER,
+        "Fresh snapshots sent on request after a client saw a gap in a sequenced stream (the "
+        "WebSocket op resync), by channel (book, l3).",
+        ("channel",),
     ),
     # -- FIX sessions ----------------------------------------------------------------------------
     MetricSpec(

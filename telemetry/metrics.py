@@ -102,6 +102,12 @@ class ExchangeMetrics:
         self.snapshot_failures = self.m["loom_snapshot_failures"]
         self.md_fanout_lag = self.m["loom_md_fanout_lag_seconds"]
         self.md_slow_consumer_drops = self.m["loom_md_slow_consumer_drops"]
+        self.md_encoded = self.m["loom_md_messages_encoded"]
+        self.md_deliveries = self.m["loom_md_deliveries"]
+        self.md_conflated = self.m["loom_md_conflated_updates"]
+        self.md_gap_recoveries = self.m["loom_md_gap_recoveries"]
+        for channel in ("book", "l3"):
+            self.md_gap_recoveries.labels(channel)  # at 0 from the start
         self.loop_lag(MAIN_LOOP)  # exported from the start; other loops add theirs
         # Bounded label sets, so every series exists (at 0) before the first risk event.
         for reason in RISK_REASONS:

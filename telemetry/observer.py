@@ -80,3 +80,14 @@ class MetricsObserver(Observer):
 
     def fanout_lag(self, seconds: float) -> None:
         self.metrics.md_fanout_lag.observe(seconds)
+
+    def md_published(self, deliveries: int) -> None:
+        m = self.metrics
+        m.md_encoded.inc()
+        m.md_deliveries.inc(deliveries)
+
+    def md_conflated(self, n: int) -> None:
+        self.metrics.md_conflated.inc(n)
+
+    def md_gap_recovery(self, channel: str) -> None:
+        self.metrics.md_gap_recoveries.labels(channel).inc()

@@ -52,6 +52,15 @@ def test_bench_engine_runs_each_workload(mode: str):
     assert r["events"] == events
 
 
+def test_bench_engine_with_an_open_notional_limit_ends_on_one_hash_with_the_limit():
+    plain = bench("engine", "--ops", "5000", "--repeat", "1")
+    limited = bench("engine", "--ops", "5000", "--repeat", "2", "--max-open-notional", str(10**15))
+    assert limited["deterministic"] is True and limited["max_open_notional"] == 10**15
+    # Refusing nothing, it trades as without the limit; the hash covers the limit itself.
+    assert (limited["trades"], limited["events"]) == (plain["trades"], plain["events"])
+    assert limited["state_hash"] != plain["state_hash"]
+
+
 def test_bench_durable_fsyncs_every_batch():
     r = bench("durable", "--orders", "5000", "--batch", "500")
     assert r["orders"] == 5000
@@ -94,3 +103,12 @@ def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     assert r["writer"] == "follower" and r["acked_with_fork"] == 2 * 500 * 8
     assert r["snapshots_taken_fork"] >= 2 and r["snapshot_failures_fork"] == 0
     assert 0 < r["p99_ms_with_fork"] <= r["max_ms_with_fork"] and len(r["p99_ratio_by_round_fork"]) == 2
+
+
+def test_bench_marketdata_reports_fan_out_encode_once_and_conflation():
+    r = bench("marketdata", "--subscribers", "50", "--updates", "300", "--max-rate", "5")
+    assert r["subscribers"] == 50 and r["updates"] == 300  # every order changed the book
+    assert r["unconflated_frames"] == 50 * 300  # every update reached every subscriber
+    assert 0 < r["conflated_frames"] < r["unconflated_frames"]
+    assert r["conflated_frames"] % 50 == 0  # a conflated update goes to the whole group
+    assert r["encode_once_us"] > 0 and r["per_subscriber_us"] > 0 and r["updates_per_s"] > 0

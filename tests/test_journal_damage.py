@@ -194,7 +194,15 @@ def test_partial_segment_header_in_a_new_last_segment(tmp_path, k):
 
 
 def test_empty_new_last_segment_is_removed(tmp_path):
-    segment_bytes = 1000  # two records of 10 commands (448 bytes each) fill a segment
+    # A segment just big enough for records of 10, 10 and 1 commands (measured, not assumed:
+    # the commands' encoding grows with their fields), so a record of 10 more rolls over.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    build(reference, [10, 10, 1])
+    segment_bytes = segment_files(reference)[0].stat().st_size
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    tmp_path = journal_dir
     batches = build(tmp_path, [10, 10], segment_bytes=segment_bytes)
     assert len(segment_files(tmp_path)) == 1
     next_seq = batches[-1][-1].seq + 1

@@ -29,8 +29,8 @@ def config(tmp_path) -> Config:
         http_port=0,
         fix_port=-1,
         binary_port=-1,
-        instruments=list(DEMO_INSTRUMENTS),
         assets=list(DEMO_ASSETS),
+        instruments=list(DEMO_INSTRUMENTS),
         api_keys={USER_KEY: "alice"},
         admin_key=ADMIN_KEY,
         rate_limit=0.0,
@@ -199,6 +199,13 @@ def test_kill_switch_automation_actions(tmp_path):
         assert "1 resting orders cancelled" in reply["records"][0]["detail"]
         assert running.node.engine.risk.kill_switches == {(3, "alice"): "automation: LoomAnomalyDetected"}
         seq = running.node.engine.last_seq
+        status, trail = await call("GET", "/v1/admin/risk/audit", ADMIN)
+        [record] = trail["records"]  # the automation is named as who engaged it
+        assert (record["requested_by"], record["target"], record["new"]["engaged"]) == (
+            "automation:LoomAnomalyDetected",
+            "alice",
+            True,
+        ), trail
         # The same notification again is a duplicate; another instance finds it engaged.
         status, reply = await webhook(engage)
         assert reply["duplicate"] == 1, reply

@@ -28,7 +28,6 @@ from engine.config import DEMO_KEYS
 from engine.core.commands import NewOrder
 from engine.core.domain import Instrument, OrderType, Side
 from engine.exchange import ExchangeNode, NodeConfig
-from engine.gateways.ws_session import WsSession
 from engine.service import ExchangeService
 from telemetry.collectors import ExchangeCollector
 from telemetry.runtime import GcPauses
@@ -222,11 +221,9 @@ def test_commit_queue_oldest_age_follows_the_oldest_waiting_submission(tmp_path)
     asyncio.run(main())
 
 
-def test_a_websocket_client_that_stops_reading_is_dropped_and_counted(tmp_path, monkeypatch):
-    # Small bounds so the client is "too slow" after kilobytes rather than megabytes.
-    monkeypatch.setattr(WsSession, "MAX_OUTBOX", 64)
-    monkeypatch.setattr(WsSession, "HIGH_WATER", 0)
-    server = LiveExchange(tmp_path / "ws")
+def test_a_websocket_client_that_stops_reading_is_dropped_and_counted(tmp_path):
+    # Small bounds ([market_data]) so the client is "too slow" after kilobytes rather than megabytes.
+    server = LiveExchange(tmp_path / "ws", md_max_queued=64, md_send_buffer_bytes=1)
     try:
         registry = server.running.service.observer.metrics.registry
 

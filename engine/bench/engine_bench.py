@@ -6,6 +6,11 @@ Two kinds of pass over the same commands, each into a fresh engine:
   ~0.1 µs, which is why its own rate is reported separately as `timed_ops_per_s`).
 Events are produced and counted as in production: they are the product, not an option.
 Every pass must end on the generator's state hash (`deterministic`).
+
+`--max-open-notional N` sets that venue limit in each fresh engine first (risk's running
+open notional, engine/core/risk_watch.py): with N above anything the workload reaches it
+refuses nothing, so the figures show what keeping the limit costs; every pass must then
+end on one hash (it covers the limit, so it is not the generator's).
 """
 
 from __future__ import annotations
@@ -16,14 +21,26 @@ import time
 
 from engine import progress
 from engine.bench.stats import percentile_us
-from engine.bench.workload import generate, make_engine
-from engine.core.commands import Cancel
+from engine.bench.workload import generate
+from engine.bench.workload import make_engine as make_plain_engine
+from engine.core.commands import Cancel, SetRiskLimits
+from engine.core.domain import RiskLimits, RiskScope
 from engine.core.events import Trade
+from engine.core.risk import apply_risk_command
 from engine.core.state import state_hash
 
 
-def _throughput_pass(commands: list) -> tuple[int, str]:
-    engine = make_engine()
+def make_engine(max_open_notional: int = 0):
+    """A fresh engine for a pass, with the venue's open-notional limit when one is set."""
+    engine = make_plain_engine()
+    if max_open_notional:
+        limits = RiskLimits(max_open_notional=max_open_notional)
+        apply_risk_command(engine, SetRiskLimits(int(RiskScope.VENUE), "", limits))  # before seq 1
+    return engine
+
+
+def _throughput_pass(commands: list, max_open_notional: int) -> tuple[int, str]:
+    engine = make_engine(max_open_notional)
     apply = engine.apply
     clock = time.perf_counter_ns
     gc.collect()
@@ -36,8 +53,8 @@ def _throughput_pass(commands: list) -> tuple[int, str]:
     return elapsed, state_hash(engine)
 
 
-def _latency_pass(commands: list) -> dict:
-    engine = make_engine()
+def _latency_pass(commands: list, max_open_notional: int) -> dict:
+    engine = make_engine(max_open_notional)
     apply = engine.apply
     clock = time.perf_counter_ns
     latencies = [0] * len(commands)
@@ -80,16 +97,18 @@ def _latency_pass(commands: list) -> dict:
     }
 
 
-def run_engine_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3) -> dict:
+def run_engine_bench(
+    ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3, max_open_notional: int = 0
+) -> dict:
     workload = generate(ops, seed, mode)
     commands = workload.commands
     n = len(commands)
     progress.phase(f"engine bench ({mode}): passes over {n:,} ops", repeat + 1)
     passes = []
     for _ in range(repeat):
-        passes.append(_throughput_pass(commands))
+        passes.append(_throughput_pass(commands, max_open_notional))
         progress.advance()
-    lat = _latency_pass(commands)
+    lat = _latency_pass(commands, max_open_notional)
     progress.advance()
     rates = [n / (elapsed / 1e9) for elapsed, _ in passes]
     hashes = {h for _, h in passes} | {lat["state_hash"]}
@@ -114,7 +133,8 @@ def run_engine_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", re
         "cancel_p50_us_last_decile": lat["cancel_p50_us_last_decile"],
         "orders_per_level_at_end": lat["orders_per_level_at_end"],
         "state_hash": lat["state_hash"],
-        "deterministic": hashes == {workload.state_hash},
+        "max_open_notional": max_open_notional,
+        "deterministic": len(hashes) == 1 if max_open_notional else hashes == {workload.state_hash},
     }
 
 
@@ -129,5 +149,10 @@ def format_engine_bench(r: dict) -> str:
         f"{r['resting_orders']:,} orders resting at the end ({r['orders_per_level_at_end']:,} per level)\n"
         f"  cancel p50: {r['cancel_p50_us_first_decile']} µs in the first tenth, "
         f"{r['cancel_p50_us_last_decile']} µs in the last (deepest book)\n"
-        f"  state hash {r['state_hash'][:16]}…  every pass matches the generator: {r['deterministic']}"
+        f"  state hash {r['state_hash'][:16]}…  "
+        + (
+            f"max_open_notional {r['max_open_notional']:,}: all passes on one hash: {r['deterministic']}"
+            if r.get("max_open_notional")
+            else f"every pass matches the generator: {r['deterministic']}"
+        )
     )

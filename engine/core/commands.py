@@ -87,6 +87,7 @@ class SetRiskLimits(msgspec.Struct, tag="RL", array_like=True, gc=False):
     limits: RiskLimits
     seq: int = 0
     ts: int = 0
+    requested_by: str = ""  # who asked (the gateway fills it from the key): the audit trail
 
 
 class SetKillSwitch(msgspec.Struct, tag="K", array_like=True, gc=False):
@@ -100,6 +101,7 @@ class SetKillSwitch(msgspec.Struct, tag="K", array_like=True, gc=False):
     cancel_orders: bool = True
     seq: int = 0
     ts: int = 0
+    requested_by: str = ""  # who asked (the gateway fills it from the key): the audit trail
 
 
 class SetTradingHalt(msgspec.Struct, tag="H", array_like=True, gc=False):
@@ -110,6 +112,7 @@ class SetTradingHalt(msgspec.Struct, tag="H", array_like=True, gc=False):
     reason: str = ""
     seq: int = 0
     ts: int = 0
+    requested_by: str = ""  # who asked (the gateway fills it from the key): the audit trail
 
 
 class ListAsset(msgspec.Struct, tag="LA", array_like=True, gc=False):
@@ -164,8 +167,8 @@ Command = (
 
 # -- as replay reads them ------------------------------------------------------------------
 #
-# A replay builds no events, and the fields after `seq` of new orders and cancels (the
-# sequencer's timestamp, the trace ids) only ever go into events. Replay decodes journal
+# A replay builds no events, and the fields after `ts` of new orders and cancels (the trace
+# ids) only ever go into events (`ts` is read by the core's throttles). Replay decodes journal
 # records into these prefixes of `NewOrder` and `Cancel` (msgspec ignores the trailing
 # items of an array-like struct), which saves building and freeing those values for most
 # of a journal's commands. A prefix must stay exactly the leading fields of its command
@@ -174,7 +177,7 @@ Command = (
 
 
 class ReplayNewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
-    """A journaled `NewOrder` up to `seq`."""
+    """A journaled `NewOrder` up to `ts`."""
 
     account: str
     client_order_id: str
@@ -187,19 +190,21 @@ class ReplayNewOrder(msgspec.Struct, tag="N", array_like=True, gc=False):
     post_only: bool = False
     stp: int = SelfTradePrevention.CANCEL_NEWEST
     seq: int = 0
+    ts: int = 0  # the core's throttles read it (engine/core/throttles.py)
 
     def full(self) -> NewOrder:
-        """The `NewOrder` for `MatchingEngine.apply` (timestamp and trace ids left out)."""
+        """The `NewOrder` for `MatchingEngine.apply` (trace ids left out)."""
         return NewOrder(*msgspec.structs.astuple(self))
 
 
 class ReplayCancel(msgspec.Struct, tag="C", array_like=True, gc=False):
-    """A journaled `Cancel` up to `seq`."""
+    """A journaled `Cancel` up to `ts`."""
 
     account: str
     order_id: int = 0
     client_order_id: str = ""
     seq: int = 0
+    ts: int = 0
 
     def full(self) -> Cancel:
         return Cancel(*msgspec.structs.astuple(self))

@@ -75,6 +75,8 @@ class RejectReason(IntEnum):
     PRICE_OUTSIDE_BAND = 413
     OPEN_ORDERS_LIMIT = 421
     OPEN_NOTIONAL_LIMIT = 422
+    ORDER_RATE_LIMIT = 423  # the account's new orders per second (the sequencer's clock) throttle
+    CANCEL_RATIO_LIMIT = 424  # the account's cancels per accepted order, this minute, above the limit
     INVALID_RISK_SCOPE = 431
     INVALID_RISK_TARGET = 432  # venue scope names no target; symbol scope a listed symbol
     INVALID_RISK_LIMIT = 433  # negative limit
@@ -158,6 +160,9 @@ class RiskLimits(msgspec.Struct, frozen=True, array_like=True):
     price_band_bps: int = 0  # around the reference price (last trade, else best price)
     max_open_orders: int = 0  # per account, all symbols
     max_open_notional: int = 0  # gross, per account and symbol, the new order included
+    # Throttles (engine/core/throttles.py), on the sequencer's timestamps: deterministic on replay.
+    max_orders_per_sec: int = 0  # accepted new orders per account, a burst of this many at most
+    max_cancel_ratio: int = 0  # cancels per accepted order, per account in one minute of ts
 
     def is_empty(self) -> bool:
         return not any(msgspec.structs.astuple(self))

@@ -105,6 +105,9 @@ class RiskLimitsChanged(msgspec.Struct, frozen=True, tag="rlim", array_like=True
     scope: int  # RiskScope
     target: str
     limits: RiskLimits  # all zero: the entry was removed
+    # The audit trail (engine/core/risk_audit.py): who asked, and the value replaced.
+    old_limits: RiskLimits = RiskLimits()
+    requested_by: str = ""
 
 
 class KillSwitchChanged(msgspec.Struct, frozen=True, tag="kill", array_like=True, gc=False):
@@ -117,6 +120,8 @@ class KillSwitchChanged(msgspec.Struct, frozen=True, tag="kill", array_like=True
     engaged: bool
     reason: str
     cancelled: int
+    was_engaged: bool = False
+    requested_by: str = ""
 
 
 class TradingHaltChanged(msgspec.Struct, frozen=True, tag="halt", array_like=True, gc=False):
@@ -125,6 +130,8 @@ class TradingHaltChanged(msgspec.Struct, frozen=True, tag="halt", array_like=Tru
     symbol: str
     halted: bool
     reason: str
+    was_halted: bool = False
+    requested_by: str = ""
 
 
 class AssetListed(msgspec.Struct, frozen=True, tag="ast", array_like=True, gc=False):

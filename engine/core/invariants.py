@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine.core.balances import WITHDRAWAL, Ledger
 from engine.core.book import BookSide, RestingOrder
 from engine.core.matcher import MatchingEngine
+from engine.core.risk_watch import rebuild
 
 
 def _check_side(side: BookSide, symbol: str, side_value: int, problems: list[str]) -> list[RestingOrder]:
@@ -72,7 +73,29 @@ def check_engine(engine: MatchingEngine) -> list[str]:
     if indexed != len(booked):
         problems.append(f"{len(booked)} resting orders but {indexed} in account indexes")
     problems.extend(check_ledger(engine.ledger))
+    problems.extend(check_open_notional(engine))
     return problems
+
+
+def check_open_notional(engine: MatchingEngine) -> list[str]:
+    """While risk watches, its running open notional equals a scan of the open orders."""
+    risk = engine.risk
+    if risk.watching != engine.risk_watch or risk.watching != risk.needs_watching():
+        return [f"risk watching {risk.watching}, engine {engine.risk_watch}, needed {risk.needs_watching()}"]
+    if risk.counting != risk.needs_counting() or (risk.throttles and not risk.counting):
+        return [f"throttles counting {risk.counting} with {len(risk.throttles)} counts"]
+    if not risk.watching:
+        return [f"open notional kept while not watching: {risk.notional}"] if risk.notional else []
+    scanned: dict[tuple[str, str], int] = {}
+    rebuild(scanned, engine.accounts)
+    if risk.notional == scanned:
+        return []
+    keys = sorted(set(risk.notional) | set(scanned))
+    return [
+        f"open notional of {k}: running {risk.notional.get(k, 0)} != scan {scanned.get(k, 0)}"
+        for k in keys
+        if risk.notional.get(k, 0) != scanned.get(k, 0)
+    ]
 
 
 class AssetSums:

@@ -49,6 +49,7 @@ from engine.core.events import (
     Trade,
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
+from engine.core.risk_watch import watched_apply
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -159,6 +160,7 @@ class MatchingEngine:
         # on a sample of batches (engine/exchange.py) with a wrapper that reads the clock:
         # the core itself reads none, and the check is never run twice.
         self.check_new: Callable[[MatchingEngine, NewOrder | ReplayNewOrder], int] = check_new
+        self.risk_watch = False  # risk observes every command (engine/core/risk_watch.py)
         self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
         self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
 
@@ -171,6 +173,8 @@ class MatchingEngine:
 
     def apply(self, cmd: Command) -> list[Event]:
         """Apply one sequenced command; return the events it caused, in order."""
+        if self.risk_watch:  # risk's one hook: it calls back here with the flag down
+            return watched_apply(self, cmd)
         seq = cmd.seq
         if seq <= self.last_seq:
             raise SequenceError(f"command seq {seq} not above last seq {self.last_seq}")
@@ -187,7 +191,9 @@ class MatchingEngine:
         returned. Takes the replay prefixes of `decode_for_replay` as well."""
         kind = type(cmd)
         c: Any = cmd  # typed by its branch, as in `_apply_other`
-        if c.seq > self.last_seq:
+        # While risk watches every command (open notional, throttles: risk_watch.py), all
+        # of them go through `apply`, whose one hook keeps those figures.
+        if c.seq > self.last_seq and not self.risk_watch:
             if kind is NewOrder or kind is ReplayNewOrder:
                 self.last_seq = c.seq
                 return self._new_order(c, None)
@@ -203,7 +209,7 @@ class MatchingEngine:
 
     def _new_order(self, cmd: NewOrder | ReplayNewOrder, events: list[Event] | None) -> int:
         """A new order, sequenced: the one order path of `apply` and `replay`. Its events go
-        to `events`, or nowhere when it is None (replay: a replay prefix has no timestamp);
+        to `events`, or nowhere when it is None (replay: it throws them away);
         returns how many there were."""
         symbol = cmd.symbol
         market = self.markets.get(symbol)
@@ -271,7 +277,7 @@ class MatchingEngine:
         seq = cmd.seq
         ts = 0
         if events is not None:
-            ts = cmd.ts  # type: ignore[union-attr]  # events come from whole commands only
+            ts = cmd.ts
             events.append(
                 OrderAccepted(seq, ts, oid, account, clid, symbol, side, order_type, tif, price, qty)
             )
@@ -403,7 +409,7 @@ class MatchingEngine:
             events.append(
                 OrderRejected(
                     cmd.seq,
-                    cmd.ts,  # type: ignore[union-attr]  # events come from whole commands only
+                    cmd.ts,
                     cmd.account,
                     cmd.client_order_id,
                     cmd.symbol,
@@ -576,7 +582,7 @@ class MatchingEngine:
         return [
             OrderRejected(
                 cmd.seq,
-                cmd.ts,  # type: ignore[union-attr]  # only built from whole commands
+                cmd.ts,
                 cmd.account,
                 cmd.client_order_id,
                 symbol,
@@ -588,7 +594,7 @@ class MatchingEngine:
 
     def _cancel(self, cmd: Cancel | ReplayCancel, events: list[Event] | None) -> int:
         """A cancel, sequenced: its one event goes to `events`, or nowhere when it is None
-        (replay: a replay prefix has no timestamp). Returns 1, the number of events."""
+        (replay: it throws it away). Returns 1, the number of events."""
         acct = self.accounts.get(cmd.account)
         oid = cmd.order_id
         if acct is None or not oid:
@@ -621,7 +627,7 @@ class MatchingEngine:
             events.append(
                 OrderCancelled(
                     cmd.seq,
-                    cmd.ts,  # type: ignore[union-attr]  # events come from whole commands only
+                    cmd.ts,
                     oid,
                     order.account,
                     order.symbol,

@@ -6,7 +6,12 @@ Checks run in layers, cheapest and widest first, each with its own decade of rej
 1. venue/instrument: a kill switch engaged for the venue, the symbol or the account; the
    symbol's trading halted;
 2. order ("fat finger"): quantity, notional, price band around a reference price;
-3. account: open orders per account, gross open notional per account and symbol.
+3. account: open orders per account, gross open notional per account and symbol (a running
+   figure, engine/core/risk_watch.py), the throttles: orders per second and cancels per
+   order, on the sequencer's timestamps (engine/core/throttles.py).
+
+Every applied change of limits, kill switches and halts leaves an audit record (who, when,
+scope, old and new value: engine/core/risk_audit.py).
 
 Limits come from three scopes (venue, symbol, account); per field the tightest non-zero
 value applies. With no limits, switches or halts the engine skips all of it on one
@@ -23,6 +28,11 @@ from engine.core.book import BookSide, OrderBook, RestingOrder
 from engine.core.commands import NewOrder, ReplayNewOrder, SetKillSwitch, SetRiskLimits, SetTradingHalt
 from engine.core.domain import CancelReason, Instrument, RejectReason, RequestKind, RiskLimits, RiskScope
 from engine.core.events import Event, KillSwitchChanged, OrderRejected, RiskLimitsChanged, TradingHaltChanged
+from engine.core.risk_audit import HALT, KILL_SWITCH, LIMITS, AuditRecord
+from engine.core.risk_audit import append as audit
+from engine.core.risk_watch import rebuild
+from engine.core.throttles import Throttle
+from engine.core.throttles import check as throttle_check
 
 R = RejectReason
 VENUE = int(RiskScope.VENUE)
@@ -41,16 +51,40 @@ RISK_COMMANDS = frozenset((SetRiskLimits, SetKillSwitch, SetTradingHalt))
 
 
 class RiskState:
-    """Limits, kill switches and halts. `effective` results are cached per (account,
-    symbol); the cache is derived data (not exported, not hashed) and cleared on change."""
+    """Limits, kill switches, halts, the throttles' counters and the audit trail.
+    `effective` results are cached per (account, symbol); the cache and the running open
+    notional are derived data (not exported, not hashed: rebuilt from the rest)."""
 
-    __slots__ = ("limits", "kill_switches", "halts", "_effective")
+    __slots__ = (
+        "limits",
+        "kill_switches",
+        "halts",
+        "_effective",
+        "throttles",
+        "audit",
+        "notional",
+        "watching",
+        "counting",
+    )
 
     def __init__(self) -> None:
         self.limits: dict[tuple[int, str], RiskLimits] = {}
         self.kill_switches: dict[tuple[int, str], str] = {}  # (scope, target) -> reason
         self.halts: dict[str, str] = {}  # symbol -> reason
         self._effective: dict[tuple[str, str], RiskLimits | None] = {}
+        self.throttles: dict[str, Throttle] = {}  # account -> counters, while watching
+        self.audit: list[AuditRecord] = []  # by seq
+        self.notional: dict[tuple[str, str], int] = {}  # (account, symbol) -> open notional
+        self.watching = False  # a limit needs the order flow observed (engine/core/risk_watch.py)
+        self.counting = False  # a throttle limit is set: the throttles count (engine/core/throttles.py)
+
+    def needs_watching(self) -> bool:
+        return any(lim.max_open_notional for lim in self.limits.values()) or self.needs_counting()
+
+    def needs_counting(self) -> bool:
+        """Only while a throttle limit is set: state written before throttles existed has no
+        counts, and restoring it must reach the state a replay from the start reaches."""
+        return any(lim.max_orders_per_sec or lim.max_cancel_ratio for lim in self.limits.values())
 
     @property
     def active(self) -> bool:
@@ -110,6 +144,7 @@ class RiskEngine(Protocol):
 
     risk: RiskState
     risk_on: bool
+    risk_watch: bool
 
     @property
     def instruments(self) -> Mapping[str, Instrument]: ...
@@ -125,14 +160,6 @@ class RiskEngine(Protocol):
 
 
 # -- the checks -------------------------------------------------------------------------------
-
-
-def _open_notional(acct: _Account | None, symbol: str, skip_order_id: int = 0) -> int:
-    if acct is None:
-        return 0
-    return sum(
-        o.price * o.leaves for o in acct.open.values() if o.symbol == symbol and o.order_id != skip_order_id
-    )
 
 
 def order_checks(
@@ -200,12 +227,11 @@ def check_new(engine: RiskEngine, cmd: NewOrder | ReplayNewOrder) -> int:
         if acct is not None and len(acct.open) >= max_open:
             return R.OPEN_ORDERS_LIMIT
     max_open_notional = lim.max_open_notional
-    # A scan of the account's open orders (only with this limit): pair it with max_open_orders.
-    if (
-        max_open_notional
-        and _open_notional(engine.accounts.get(account), symbol) + notional > max_open_notional
-    ):
+    # The running figure (engine/core/risk_watch.py), not a scan of the account's orders.
+    if max_open_notional and risk.notional.get((account, symbol), 0) + notional > max_open_notional:
         return R.OPEN_NOTIONAL_LIMIT
+    if lim.max_orders_per_sec or lim.max_cancel_ratio:
+        return throttle_check(risk.throttles.get(account), lim, cmd.ts)
     return 0
 
 
@@ -225,8 +251,7 @@ def check_amend(engine: RiskEngine, order: RestingOrder, new_qty: int, new_price
     if reason:
         return reason
     if lim.max_open_notional:
-        acct = engine.accounts.get(order.account)
-        rest = _open_notional(acct, symbol, order.order_id)
+        rest = risk.notional.get((order.account, symbol), 0) - order.price * order.leaves
         if rest + new_price * (new_qty - order.filled) > lim.max_open_notional:
             return R.OPEN_NOTIONAL_LIMIT
     return 0
@@ -260,6 +285,15 @@ def apply_risk_command(engine: RiskEngine, cmd: RiskCommand) -> list[Event]:
     risk = engine.risk
     risk.changed()
     engine.risk_on = risk.active
+    watching = risk.needs_watching()
+    if watching and not risk.watching:
+        rebuild(risk.notional, engine.accounts)
+    elif not watching:
+        risk.notional.clear()
+    risk.counting = risk.needs_counting()
+    if not risk.counting:
+        risk.throttles.clear()  # counted only while a throttle is set: stale counts would refuse
+    risk.watching = engine.risk_watch = watching
     return events
 
 
@@ -271,12 +305,16 @@ def _set_limits(engine: RiskEngine, cmd: SetRiskLimits) -> list[Event]:
     if reason:
         return _reject(cmd, reason, target if scope == SYMBOL else "")
     key = (scope, target)
+    risk = engine.risk
+    old = risk.limits.get(key, _NO_LIMITS)
     if limits.is_empty():
-        engine.risk.limits.pop(key, None)
+        risk.limits.pop(key, None)
         limits = _NO_LIMITS
     else:
-        engine.risk.limits[key] = limits
-    return [RiskLimitsChanged(cmd.seq, cmd.ts, scope, target, limits)]
+        risk.limits[key] = limits
+    by = cmd.requested_by
+    audit(risk.audit, AuditRecord(cmd.seq, cmd.ts, by, LIMITS, scope, target, old, limits))
+    return [RiskLimitsChanged(cmd.seq, cmd.ts, scope, target, limits, old, by)]
 
 
 def _set_kill_switch(engine: RiskEngine, cmd: SetKillSwitch) -> list[Event]:
@@ -286,6 +324,8 @@ def _set_kill_switch(engine: RiskEngine, cmd: SetKillSwitch) -> list[Event]:
         return _reject(cmd, reason, target if scope == SYMBOL else "")
     key = (scope, target)
     switches = engine.risk.kill_switches
+    was = key in switches
+    old_reason = switches.get(key, "")
     cancels: list[Event] = []
     if cmd.engaged:
         switches[key] = cmd.reason
@@ -293,10 +333,24 @@ def _set_kill_switch(engine: RiskEngine, cmd: SetKillSwitch) -> list[Event]:
             _cancel_in_scope(engine, scope, target, cmd.seq, cmd.ts, cancels)
     else:
         switches.pop(key, None)
-    return [
-        KillSwitchChanged(cmd.seq, cmd.ts, scope, target, cmd.engaged, cmd.reason, len(cancels)),
-        *cancels,
-    ]
+    by = cmd.requested_by
+    record = AuditRecord(
+        cmd.seq,
+        cmd.ts,
+        by,
+        KILL_SWITCH,
+        scope,
+        target,
+        old_on=was,
+        new_on=cmd.engaged,
+        old_reason=old_reason,
+        new_reason=cmd.reason,
+    )
+    audit(engine.risk.audit, record)
+    changed = KillSwitchChanged(
+        cmd.seq, cmd.ts, scope, target, cmd.engaged, cmd.reason, len(cancels), was, by
+    )
+    return [changed, *cancels]
 
 
 def _cancel_in_scope(
@@ -322,8 +376,25 @@ def _set_halt(engine: RiskEngine, cmd: SetTradingHalt) -> list[Event]:
     symbol = cmd.symbol
     if symbol not in engine.instruments:
         return _reject(cmd, R.UNKNOWN_SYMBOL, symbol)
+    halts = engine.risk.halts
+    was = symbol in halts
+    old_reason = halts.get(symbol, "")
     if cmd.halted:
-        engine.risk.halts[symbol] = cmd.reason
+        halts[symbol] = cmd.reason
     else:
-        engine.risk.halts.pop(symbol, None)
-    return [TradingHaltChanged(cmd.seq, cmd.ts, symbol, cmd.halted, cmd.reason)]
+        halts.pop(symbol, None)
+    by = cmd.requested_by
+    record = AuditRecord(
+        cmd.seq,
+        cmd.ts,
+        by,
+        HALT,
+        SYMBOL,
+        symbol,
+        old_on=was,
+        new_on=cmd.halted,
+        old_reason=old_reason,
+        new_reason=cmd.reason,
+    )
+    audit(engine.risk.audit, record)
+    return [TradingHaltChanged(cmd.seq, cmd.ts, symbol, cmd.halted, cmd.reason, was, by)]

@@ -17,12 +17,16 @@ from engine.core.balances import Balance, TransferRecord
 from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument, RiskLimits
 from engine.core.matcher import AccountOrders, MatchingEngine
+from engine.core.risk_audit import AuditRecord
+from engine.core.risk_watch import rebuild
+from engine.core.throttles import Throttle
 
 # 2: last trade prices and risk state (limits, kill switches, halts); 3: the ledger (assets,
-# balances, transfers, supply, credit checks). A version 2 state restores with an empty
-# ledger: its fields are trailing ones with defaults (`upcast`).
-STATE_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+# balances, transfers, supply, credit checks); 4: the throttles' counters and the risk audit
+# trail. Older states restore with those empty: their fields are trailing ones with defaults
+# (`upcast`).
+STATE_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 
 
 class BookState(msgspec.Struct, array_like=True):
@@ -75,6 +79,9 @@ class EngineState(msgspec.Struct, array_like=True):
     transfers: list[TransferRecord] = []
     supply: list[tuple[str, int]] = []
     credit_checks: bool = False
+    # Version 4: risk's throttle counters by account, and the audit trail (by seq).
+    throttles: list[tuple[str, Throttle]] = []
+    risk_audit: list[AuditRecord] = []
 
 
 def export_state(engine: MatchingEngine) -> EngineState:
@@ -102,6 +109,8 @@ def export_state(engine: MatchingEngine) -> EngineState:
         [KillSwitchEntry(s, t, why) for (s, t), why in sorted(engine.risk.kill_switches.items())],
         sorted(engine.risk.halts.items()),
         *_export_ledger(engine),
+        sorted(engine.risk.throttles.items()),
+        list(engine.risk.audit),
     )
 
 
@@ -126,7 +135,8 @@ def _export_ledger(
 def upcast(state: EngineState) -> EngineState:
     """The state in the current version. A version 2 state (written before the ledger)
     decodes with the ledger's defaults (no assets, balances or transfers, credit checks
-    off), which is what it held; only the version number changes."""
+    off), a version 3 one without throttle counts or audit records, which is what they
+    held (no throttle limits existed, nor audit records); only the version number changes."""
     if state.version not in READABLE_VERSIONS:
         raise ValueError(f"engine state version {state.version} is not one of {READABLE_VERSIONS}")
     state.version = STATE_VERSION
@@ -144,6 +154,8 @@ def restore_state(state: EngineState) -> MatchingEngine:
     risk.limits.update(((e.scope, e.target), e.limits) for e in state.risk_limits)
     risk.kill_switches.update(((e.scope, e.target), e.reason) for e in state.kill_switches)
     risk.halts.update(state.halts)
+    risk.throttles.update(state.throttles)
+    risk.audit.extend(state.risk_audit)
     engine.risk_on = risk.active
     ledger = engine.ledger
     ledger.assets.update((a.name, a) for a in state.assets)
@@ -180,6 +192,10 @@ def restore_state(state: EngineState) -> MatchingEngine:
             held = open_orders.get(order_id)
             if held is not None and held.client_order_id == clid:
                 held.client_order_id = clid
+    risk.watching = engine.risk_watch = risk.needs_watching()
+    risk.counting = risk.needs_counting()
+    if risk.watching:
+        rebuild(risk.notional, engine.accounts)  # derived from the open orders, not exported
     return engine
 
 
@@ -196,4 +212,19 @@ def decode_state(data: bytes) -> EngineState:
 
 def state_hash(engine: MatchingEngine) -> str:
     """Deterministic digest of the engine state (BLAKE2b-256, hex)."""
-    return hashlib.blake2b(encode_state(export_state(engine)), digest_size=32).hexdigest()
+    return hash_state(export_state(engine))
+
+
+def hash_state(state: EngineState) -> str:
+    """The digest of an exported state. The risk audit trail is left out: it is history
+    that changes no future event, and a state written before it existed (version 3 and
+    older) restores without the records of the commands before it, while a replay from the
+    journal's start rebuilds them: both must hash alike."""
+    audit = state.risk_audit
+    if not audit:
+        return hashlib.blake2b(encode_state(state), digest_size=32).hexdigest()
+    state.risk_audit = []
+    try:
+        return hashlib.blake2b(encode_state(state), digest_size=32).hexdigest()
+    finally:
+        state.risk_audit = audit

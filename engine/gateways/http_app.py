@@ -23,7 +23,9 @@ from engine.gateways.rest_admin import (
 )
 from engine.gateways.rest_market import (
     get_book,
+    get_candles,
     get_instruments,
+    get_ticker,
     get_trades,
     healthz,
     metrics_endpoint,
@@ -41,6 +43,7 @@ from engine.gateways.rest_orders import (
     patch_order,
     post_order,
 )
+from engine.gateways.rest_risk_audit import add_routes as add_risk_audit_routes
 from engine.gateways.rest_surveillance import add_routes as add_surveillance_routes
 from engine.gateways.ws_session import websocket
 
@@ -68,6 +71,8 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_delete("/v1/orders/by-client-id/{client_order_id}", delete_order_by_client_id)
     app.router.add_get("/v1/book/{symbol}", get_book)
     app.router.add_get("/v1/trades/{symbol}", get_trades)
+    app.router.add_get("/v1/candles/{symbol}", get_candles)
+    app.router.add_get("/v1/ticker/{symbol}", get_ticker)
     app.router.add_get("/v1/instruments", get_instruments)
     app.router.add_post("/v1/admin/snapshot", admin_snapshot)
     app.router.add_get("/v1/admin/stats", admin_stats)
@@ -80,5 +85,6 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     add_risk_routes(app)
     add_surveillance_routes(app)
     add_account_routes(app)
+    add_risk_audit_routes(app)
     add_landing_routes(app)  # / and /docs/NAME
     return app

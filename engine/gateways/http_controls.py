@@ -26,6 +26,8 @@ from engine.gateways.http_requests import INT64_MAX, decode_body
 from engine.gateways.rest_orders import submit
 from engine.risk_admin import SCOPES, risk_view
 
+ADMIN = "admin"  # requested_by of a change made with the admin key (the audit trail)
+
 Limit = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Target = Annotated[str, msgspec.Meta(max_length=64)]
 Reason = Annotated[str, msgspec.Meta(max_length=200)]
@@ -40,6 +42,8 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     price_band_bps: Limit = 0
     max_open_orders: Limit = 0
     max_open_notional: Limit = 0
+    max_orders_per_sec: Limit = 0
+    max_cancel_ratio: Limit = 0
 
 
 class KillSwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,8 +87,10 @@ async def put_limits(request: web.Request) -> web.Response:
         req.price_band_bps,
         req.max_open_orders,
         req.max_open_notional,
+        req.max_orders_per_sec,
+        req.max_cancel_ratio,
     )
-    cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits)
+    cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits, requested_by=ADMIN)
     return await submit(request, cmd)
 
 
@@ -94,7 +100,9 @@ async def post_kill_switch(request: web.Request) -> web.Response:
     problem = _target_error(request, req.scope, req.target)
     if problem is not None:
         return problem
-    cmd = SetKillSwitch(SCOPES[req.scope], req.target, req.engaged, req.reason, req.cancel_orders)
+    cmd = SetKillSwitch(
+        SCOPES[req.scope], req.target, req.engaged, req.reason, req.cancel_orders, requested_by=ADMIN
+    )
     return await submit(request, cmd)
 
 
@@ -103,7 +111,7 @@ async def post_halt(request: web.Request) -> web.Response:
     req = await decode_body(request, HaltRequest)
     if req.symbol not in request.app[CTX].engine.instruments:
         return error(400, "INVALID_REQUEST", f"symbol: unknown symbol {req.symbol!r}", field="symbol")
-    cmd = SetTradingHalt(req.symbol, req.halted, req.reason)
+    cmd = SetTradingHalt(req.symbol, req.halted, req.reason, requested_by=ADMIN)
     return await submit(request, cmd)
 
 

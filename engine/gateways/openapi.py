@@ -80,8 +80,32 @@ _RISK_LIMITS = {
                 "price_band_bps",
                 "max_open_orders",
                 "max_open_notional",
+                "max_orders_per_sec",
+                "max_cancel_ratio",
             )
         },
+    },
+}
+_RISK_AUDIT = {
+    "type": "object",
+    "properties": {
+        "records": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "ts": {"type": "integer", "description": "the sequencer's time, ns since the epoch"},
+                    "requested_by": {"type": "string", "description": "admin, or automation:<alert>"},
+                    "kind": {"type": "string", "enum": ["limits", "kill_switch", "halt"]},
+                    "scope": {"type": "string", "enum": ["venue", "symbol", "account"]},
+                    "target": {"type": "string"},
+                    "old": {"type": "object", "description": "limits; or engaged/halted and reason"},
+                    "new": {"type": "object"},
+                },
+            },
+        },
+        "next_after": {"type": ["integer", "null"], "description": "pass as ?after= for the next page"},
     },
 }
 _KILL_SWITCH = {
@@ -547,6 +571,41 @@ OPENAPI: dict = {
                 "responses": {"200": {"description": "trades"}, **_errors(400, 404)},
             }
         },
+        "/v1/candles/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "OHLCV candles from the durable trades (bucket starts and the range in ns "
+                "since the epoch, the events' own clock; a restart reproduces them). `partial`: "
+                "candles from before the node's start are still being read back",
+                "parameters": [
+                    _SYMBOL,
+                    {
+                        "name": "interval",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["1m", "5m", "1h"]},
+                    },
+                    {"name": "start", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "{symbol, interval, partial, candles: [{start, open, high, low, "
+                        "close, volume, trades}]}, oldest first"
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/v1/ticker/{symbol}": {
+            "get": {
+                "security": [],
+                "summary": "Best bid/ask, last trade, and the 24 h volume, high, low and trade count "
+                "(the 24 h ending at the newest durable event)",
+                "responses": {"200": {"description": "ticker"}, **_errors(404)},
+                "parameters": [_SYMBOL],
+            }
+        },
         "/v1/instruments": {
             "get": {"security": [], "responses": {"200": {"description": "listed instruments"}}}
         },
@@ -604,6 +663,21 @@ OPENAPI: dict = {
             "get": {
                 "summary": "Risk limits, kill switches and halts (admin key)",
                 "responses": {"200": {"description": "the risk state"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/risk/audit": {
+            "get": {
+                "summary": "Every change of risk limits, kill switches and halts: who, when, scope, "
+                "old and new value, oldest first (admin key or ops key)",
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {"200": _json(_RISK_AUDIT, "audit records"), **_errors(400, 403)},
             }
         },
         "/v1/admin/risk/limits": {

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
+from engine.candles import INTERVALS, candle_json
 from engine.gateways.http_answers import error, ok
 from engine.gateways.http_context import CTX
 from engine.gateways.http_requests import int_query
@@ -44,6 +45,47 @@ async def get_trades(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 100, 1, 1000)
     trades = ctx.order_store.recent_trades(symbol, limit)
     return ok({"symbol": symbol, "trades": [event_json(t) for t in trades]})
+
+
+async def get_candles(request: web.Request) -> web.Response:
+    """OHLCV candles from the durable trades: `interval` 1m, 5m or 1h; `start`/`end` (ns
+    since the epoch, the events' clock) bound the bucket starts, [start, end); `limit` the
+    newest that many. `partial`: candles from before this node's start are still being read
+    back from the journal."""
+    ctx = request.app[CTX]
+    symbol = request.match_info["symbol"]
+    if symbol not in ctx.engine.books:
+        return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
+    interval = request.query.get("interval", "1m")
+    if interval not in INTERVALS:
+        return error(
+            400, "INVALID_QUERY", f"interval must be one of {', '.join(INTERVALS)}, not {interval!r}"
+        )
+    start = int_query(request, "start", 0, 0, 2**63 - 1)
+    end = int_query(request, "end", 0, 0, 2**63 - 1)
+    if end and end <= start:
+        return error(400, "INVALID_QUERY", "end must be after start")
+    limit = int_query(request, "limit", 1000, 1, 10_000)
+    md = ctx.market_data
+    found = md.candles.query(symbol, interval, start, end, limit)
+    return ok(
+        {
+            "symbol": symbol,
+            "interval": interval,
+            "partial": not md.candles_complete,
+            "candles": [candle_json(symbol, interval, b) for b in found],
+        }
+    )
+
+
+async def get_ticker(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    symbol = request.match_info["symbol"]
+    if symbol not in ctx.engine.books:
+        return error(404, "UNKNOWN_SYMBOL", f"unknown symbol {symbol!r}")
+    ticker = ctx.market_data.ticker(symbol)
+    del ticker["type"]
+    return ok({**ticker, "partial": not ctx.market_data.candles_complete})
 
 
 async def get_instruments(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from engine.auth import TokenBucket
+from engine.candles import INTERVALS, candle_json
 from engine.core.commands import Amend, Cancel, CancelAll
 from engine.core.events import OrderRejected
 from engine.gateways.http_answers import error, not_leader_fields
@@ -25,8 +27,10 @@ from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
+from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
 from engine.ledger_index import balance_json
+from engine.market_data import MAX_RATE_HZ
 from engine.overload import InFlight
 from engine.reason_texts import reject_code, reject_text
 from engine.service import NotLeader, Overloaded, ServiceStopped
@@ -34,26 +38,15 @@ from telemetry.trace_ids import parse_traceparent
 
 log = logging.getLogger("loom.http")
 
-_json = msgspec.json.Encoder()
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """One unmasked, final WebSocket text frame (RFC 6455 5.2)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+_CANDLE_INTERVALS = ", ".join(INTERVALS)
 
 
 class WsSession:
     """One WebSocket connection: order entry, market data and execution streams. Replies
-    and pushes go through an outbox drained by one writer task, so the commit loop never
-    waits on a slow client (a client too far behind is disconnected)."""
-
-    MAX_OUTBOX = 50_000
-    HIGH_WATER = 4 * 1024 * 1024  # bytes buffered in the socket before the writer waits
+    and pushes go through an outbox of encoded frames drained by one writer task, so the
+    commit loop never waits on a slow client: a client whose outbox reaches the bound
+    ([market_data] max_queued) is told SLOW_CONSUMER and disconnected. Market data frames
+    are shared with every other subscriber (encoded once by engine/market_data.py)."""
 
     def __init__(
         self, ctx: GatewayContext, ws: web.WebSocketResponse, account: str | None, transport=None
@@ -74,25 +67,51 @@ class WsSession:
         self.control_bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
         # When the oldest market data message in the outbox became durable (0: none queued).
         self.md_since = 0.0
+        self.max_queued = ctx.market_data.max_queued
+        self.high_water = ctx.market_data.send_buffer_bytes  # socket bytes before the writer waits
+        self.dropped = False  # cut off as a slow consumer
+        if self.high_water < DEFAULT_SEND_BUFFER and transport is not None:
+            # A smaller bound than the default also caps the kernel's send buffer, which
+            # autotuning grows to megabytes: "too far behind" then comes that much sooner.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.high_water)
 
     def send(self, message: dict) -> None:
+        self._queue(json_frame(message))
+
+    def push(self, frame: bytes, published_at: float) -> None:
+        """A market data frame (shared, encoded once), noting when its batch became durable."""
+        if not self.md_since:
+            self.md_since = published_at
+        self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
         if self.closed:
             return
-        if len(self.outbox) >= self.MAX_OUTBOX:
-            log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
-            self.ctx.observer.slow_consumer_dropped()
-            self.closed = True
-            self.wake.set()
+        if len(self.outbox) >= self.max_queued:
+            self._drop_slow()
             return
-        self.outbox.append(_json.encode(message))
+        self.outbox.append(frame)
         self.sent += 1
         self.wake.set()
 
-    def send_market_data(self, message: dict) -> None:
-        """A book or trade push: as send, noting when its batch became durable."""
-        if not self.md_since:
-            self.md_since = self.ctx.market_data.published_at
-        self.send(message)
+    def _drop_slow(self) -> None:
+        """Too far behind: what is queued is discarded, the client is told why, and the
+        session ends (its subscriptions at once, so no publisher pays for it any more)."""
+        log.warning("websocket client too slow (%d messages queued); closing", len(self.outbox))
+        self.ctx.observer.slow_consumer_dropped()
+        reason = {
+            "type": "error",
+            "req_id": None,
+            "code": "SLOW_CONSUMER",
+            "message": f"{len(self.outbox)} messages were queued for this session, the limit "
+            "([market_data] max_queued): disconnected. Reconnect, resubscribe and read faster "
+            "(or subscribe to the book with a lower max_rate)",
+        }
+        self.outbox = [json_frame(reason)]
+        self.dropped = True
+        self.close()
 
     async def writer(self) -> None:
         while not self.closed or self.outbox:
@@ -110,14 +129,20 @@ class WsSession:
             # system call) per message cost more than the order behind it. Server frames
             # are unmasked and the socket is uncompressed, so framing here is exact; whole
             # frames never interleave with aiohttp's own (pings, close).
-            transport.write(b"".join([_text_frame(data) for data in batch]))
+            transport.write(b"".join(batch))
             if self.md_since:
                 self.ctx.observer.fanout_lag(time.perf_counter() - self.md_since)
                 self.md_since = 0.0
-            while transport.get_write_buffer_size() > self.HIGH_WATER and not transport.is_closing():
+            while transport.get_write_buffer_size() > self.high_water and not transport.is_closing():
+                if self.dropped and self.outbox:
+                    transport.write(b"".join(self.outbox))  # the SLOW_CONSUMER error, after the rest
+                    self.outbox = []
                 await asyncio.sleep(0.001)
+                if self.dropped:
+                    break
         if not self.ws.closed:
-            await self.ws.close()
+            # A slow consumer's close waits (aiohttp's close timeout) for a peer that may not read.
+            await self.ws.close(code=1008 if self.dropped else 1000)
 
     def fail(self, req_id, code: str, message: str) -> None:
         self.send({"type": "error", "req_id": req_id, "code": code, "message": message})
@@ -279,13 +304,53 @@ class WsSession:
         if req.symbol not in self.ctx.engine.books:
             self.fail(req_id, "UNKNOWN_SYMBOL", f"unknown symbol {req.symbol!r}")
             return
-        feed = self.ctx.market_data.feed(req.symbol)
-        subscribers = feed.book_subscribers if req.channel == "book" else feed.trade_subscribers
-        subscribers.add(self.send_market_data)
-        self.unsubscribers[key] = lambda: subscribers.discard(self.send_market_data)
-        self.send({"type": "subscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol})
+        md = self.ctx.market_data
+        if req.channel == "candles" and req.interval not in INTERVALS:
+            self.fail(req_id, "INVALID_REQUEST", f"candles need an interval: one of {_CANDLE_INTERVALS}")
+            return
+        max_rate = md.book_max_rate if req.max_rate is None else req.max_rate
+        if req.channel == "book" and not 0 <= max_rate <= MAX_RATE_HZ:
+            self.fail(req_id, "INVALID_REQUEST", f"max_rate is 0 (every update) to {MAX_RATE_HZ} per second")
+            return
         if req.channel == "book":
-            self.send(self.ctx.market_data.snapshot(req.symbol))
+            self.unsubscribers[key] = md.subscribe_book(req.symbol, self, max_rate)
+        elif req.channel == "l3":
+            self.unsubscribers[key] = md.subscribe_l3(req.symbol, self)
+        else:
+            self.unsubscribers[key] = md.subscribe(req.channel, req.symbol, self, req.interval)
+        answer = {"type": "subscribed", "req_id": req_id, "channel": req.channel, "symbol": req.symbol}
+        if req.channel == "candles":
+            answer["interval"] = req.interval
+        elif req.channel == "book":
+            answer["max_rate"] = max_rate
+        self.send(answer)
+        self._first_state(req.channel, req.symbol, req.interval)
+
+    def _first_state(self, channel: str, symbol: str, interval: str, req_id=None) -> None:
+        """What a new subscriber starts from: a snapshot, the ticker, the current candle. A
+        resync's snapshot carries its req_id (it is the answer)."""
+        md = self.ctx.market_data
+        if channel == "book":
+            self.send(md.snapshot(symbol) | ({"req_id": req_id} if req_id is not None else {}))
+        elif channel == "l3":
+            self.send(md.l3_snapshot(symbol) | ({"req_id": req_id} if req_id is not None else {}))
+        elif channel == "ticker":
+            self.send(md.ticker(symbol))
+        elif channel == "candles":
+            for b in md.candles.query(symbol, interval, 0, 0, 1):
+                self.send({"type": "candle", **candle_json(symbol, interval, b)})
+
+    def op_resync(self, req_id, msg: dict) -> None:
+        """Gap recovery without resubscribing: a fresh snapshot on the live subscription."""
+        req = msgspec.convert(msg, _WsSubscribe)
+        if req.channel not in ("book", "l3"):
+            self.fail(req_id, "INVALID_REQUEST", "resync is for the sequenced channels: book, l3")
+            return
+        if _sub_key(req) not in self.unsubscribers:
+            self.fail(req_id, "NOT_SUBSCRIBED", f"not subscribed to {req.channel} {req.symbol}")
+            return
+        self.ctx.observer.md_gap_recovery(req.channel)
+        self._first_state(req.channel, req.symbol, "", req_id)
 
     def op_unsubscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
@@ -325,21 +390,23 @@ class _WsCancelAll(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _WsSubscribe(msgspec.Struct, forbid_unknown_fields=True):
-    channel: Literal["book", "trades", "executions", "balances"]
+    channel: Literal["book", "trades", "ticker", "candles", "l3", "executions", "balances"]
     symbol: str = ""
+    interval: str = ""  # candles: 1m, 5m or 1h
+    max_rate: float | None = None  # book: updates per second at most (0: every one); None: the node's default
 
 
 def _sub_key(req: _WsSubscribe) -> tuple:
     # FIX (tests/test_ws_gateway.py): executions are per account, not per symbol; keyed by
     # (channel, symbol) a second subscription naming another symbol was accepted and every
     # execution report was then delivered twice.
-    return (req.channel, "" if req.channel in _PER_ACCOUNT else req.symbol)
+    return (req.channel, "" if req.channel in _PER_ACCOUNT else req.symbol, req.interval)
 
 
 _PER_ACCOUNT = frozenset(("executions", "balances"))
 
 
-_WS_CONTROL = frozenset(("auth", "subscribe", "unsubscribe", "ping"))
+_WS_CONTROL = frozenset(("auth", "subscribe", "unsubscribe", "resync", "ping"))
 _WS_OPS = {
     "auth": WsSession.op_auth,
     "order": WsSession.op_order,
@@ -348,6 +415,7 @@ _WS_OPS = {
     "cancel_all": WsSession.op_cancel_all,
     "subscribe": WsSession.op_subscribe,
     "unsubscribe": WsSession.op_unsubscribe,
+    "resync": WsSession.op_resync,
     "ping": WsSession.op_ping,
 }
 

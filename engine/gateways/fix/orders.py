@@ -78,6 +78,8 @@ _ORD_REJ = {
             R.PRICE_OUTSIDE_BAND,
             R.OPEN_ORDERS_LIMIT,
             R.OPEN_NOTIONAL_LIMIT,
+            R.ORDER_RATE_LIMIT,
+            R.CANCEL_RATIO_LIMIT,
         ),
         OrdRejReason.ORDER_EXCEEDS_LIMIT,
     ),
