@@ -214,6 +214,30 @@ RISK_GROUP = Group(
             labels={"risk_scope": "account"},
             automation=ANOMALY_AUTOMATION,
         ),
+        Alert(
+            "LoomAbuseFound",
+            # Counts by kind and symbol only; the owners and accounts are in the admin report.
+            f"sum by (job, instance, kind, symbol) (increase(loom_surveillance_findings_total"
+            f'{{{JOB}, kind=~"wash_trade|spoofing|layering"}}[{_t("LoomAbuseFound").window}])) '
+            f"> {_t('LoomAbuseFound').value:g}",
+            "warning",
+            "Surveillance found a wash trade, spoofing or layering pattern.",
+            '{{ $value | printf "%.0f" }} {{ $labels.kind }} finding(s) in {{ $labels.symbol }} on '
+            f"{{{{ $labels.instance }}}} over the last {human_duration(_t('LoomAbuseFound').window)}; who: "
+            "`loom risk surveillance` or GET /v1/admin/surveillance/report (admin or ops key).",
+        ),
+        Alert(
+            "LoomFlowAnomaly",
+            f"max by (job, instance, feature) (loom_surveillance_flow_zscore{{{JOB}}}) "
+            f">= {_t('LoomFlowAnomaly').value:g}",
+            "warning",
+            "An account's order flow is far outside the learned norm.",
+            "An account on {{ $labels.instance }} scores a {{ $labels.feature }} z-score of "
+            '{{ $value | printf "%.1f" }} '
+            f"(alert at {_t('LoomFlowAnomaly').value:g}) for {_for('LoomFlowAnomaly')}; which one: "
+            "`loom risk surveillance` or GET /v1/admin/surveillance/report (admin or ops key).",
+            for_=_t("LoomFlowAnomaly").for_,
+        ),
     ),
 )
 

@@ -108,6 +108,10 @@ def _triggers() -> Mapping[str, Trigger]:
             "LoomConnectionsSaturated": Trigger(0.9, "5m", "2m"),
             "LoomAnomalyDetected": Trigger(1, "5m"),  # surveillance score, 1 = threshold
             "LoomKillSwitchEngaged": Trigger(0),
+            # Any wash trade, spoofing or layering finding within the window (counts, no names).
+            "LoomAbuseFound": Trigger(0, "0s", "15m"),
+            # The learned order-flow model: a feature this many sds above the population, for 5m.
+            "LoomFlowAnomaly": Trigger(6, "5m"),
             # Money (docs/accounts.md): any breach of conservation, at once; orders refused for
             # lack of funds above this many per second per symbol over [5m], for 10m.
             "LoomConservationBreach": Trigger(0),
@@ -212,6 +216,7 @@ class SloConfig:
             "standby_report_age_s": t("LoomStandbyReportStale").value,
             "decode_errors_per_s": t("LoomDecodeErrorSpike").value,
             "anomaly_score": t("LoomAnomalyDetected").value,
+            "flow_zscore": t("LoomFlowAnomaly").value,
             "insufficient_balance_per_s": t("LoomInsufficientBalanceSurge").value,
         }
 

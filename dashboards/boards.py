@@ -47,6 +47,7 @@ from dashboards.panels import (
     upper,
     value_text,
 )
+from dashboards.surveillance import surveillance_rows
 
 
 def ack_quantiles(by: tuple[str, ...] = ("protocol",)) -> list[Target]:
@@ -756,10 +757,12 @@ def risk() -> Board:
                     [target(f"sum({m('loom_surveillance_accounts')})", "accounts")],
                 ),
             ],
+            *surveillance_rows(),
             *credit_rows(),
         ],
         "Pre-trade risk rejects by layer, kill switches and halts, limit changes, the "
-        "surveillance anomaly scores, and credit: balances by asset, transfers, insufficient-balance "
+        "surveillance anomaly scores, abuse findings and the analysis backlog, and credit: "
+        "balances by asset, transfers, insufficient-balance "
         "rejects, fees and the ledger's conservation check.",
     )
 

@@ -25,7 +25,6 @@ from engine.automation import RunbookAutomation
 from engine.config import Config
 from engine.console import say
 from engine.core.order_store import OrderStore
-from engine.core.surveillance import Surveillance
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
@@ -44,6 +43,7 @@ from engine.overload import TEXT_RECEIVE_BUFFER, limit_receive_buffers
 from engine.risk_admin import KillSwitchActions
 from engine.routing import ExecutionRouter
 from engine.service import ExchangeService
+from engine.surveillance_desk import SurveillanceDesk
 from telemetry.collectors import (
     AdmissionCollector,
     ClusterCollector,
@@ -54,6 +54,7 @@ from telemetry.collectors import (
     MarketDataCollector,
     RiskCollector,
     StandaloneRoleCollector,
+    SurveillanceCollector,
     TraceExportCollector,
 )
 from telemetry.metrics import MAIN_LOOP, ExchangeMetrics
@@ -149,6 +150,12 @@ def _fix_session_states(server) -> dict[str, int]:
         return dict.fromkeys(session_states(), 0)
 
 
+# The journal thread needs the GIL back the moment its fdatasync returns; CPython's default
+# 5 ms switch interval would add up to 5 ms to an acknowledgement under load (the same holds
+# for a surveillance worker holding the GIL: it must let go within this).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 async def start_exchange(cfg: Config) -> RunningExchange:
     journal = lease = replicated = positions = None
     if cfg.cluster:
@@ -199,17 +206,28 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     market_data.max_queued, market_data.send_buffer_bytes = cfg.md_max_queued, cfg.md_send_buffer_bytes
     market_data.book_max_rate = cfg.md_book_max_rate
     router = ExecutionRouter()
-    surveillance = Surveillance()
+    # Off the order path: the commit loop appends, a budgeted worker thread analyses.
+    surveillance = (
+        SurveillanceDesk(cfg.account_owners, cpu_share=cfg.surveillance_cpu_share)
+        if cfg.surveillance
+        else None
+    )
     ledger = LedgerIndex(cfg.ledger_entries_per_account)
     ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
     service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
-    for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):
+    for listener in (order_store.on_events, market_data.on_events, metrics.on_events):
         service.add_event_listener(listener)  # one shared walk of the batch's events
+    if surveillance is not None:
+        service.add_event_listener(surveillance.on_events)
     sessions: dict[str, Callable[[], int]] = {}
     metrics.registry.register(ExchangeCollector(service, sessions))
     metrics.registry.register(DataDiskCollector(node.config.data_dir))
     metrics.registry.register(RiskCollector(lambda: service.node.engine, surveillance))
+    if surveillance is not None:
+        metrics.registry.register(
+            SurveillanceCollector(surveillance, lambda: service.node.engine.instruments)
+        )
     metrics.registry.register(LedgerCollector(lambda: service.node.engine))
     metrics.registry.register(MarketDataCollector(market_data))
     metrics.registry.register(BuildInfo())
@@ -302,6 +320,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
+    if surveillance is not None:
+        running.tasks.append(asyncio.create_task(surveillance.run(), name="surveillance"))
     running.servers.append((http_server, lambda s=http_server: _stop_listening(s)))
     running.lookups = lookups
     running.ports["http"] = http_server.sockets[0].getsockname()[1]
@@ -393,9 +413,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         probe = LoopLagProbe(loop, metrics.loop_lag(name))
         probe.start()
         running.probes.append(probe)
-    # The journal thread needs the GIL back the moment its fdatasync returns; CPython's
-    # default 5 ms switch interval would add up to 5 ms to an acknowledgement under load.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return running
 
 

@@ -5,7 +5,8 @@
     loom risk kill --scope account --target alice --reason "runaway algo" [--keep-orders]
     loom risk release --scope account --target alice
     loom risk halt BTC-USD --reason "news" / loom risk resume BTC-USD
-    loom risk surveillance                              anomaly scores, top accounts
+    loom risk surveillance                              findings (wash trades, spoofing, layering,
+                                                        price moves), anomalies, scores: names owners
 
 The node is `--url` (or LOOM_URL, default http://127.0.0.1:8080); the admin key is
 `--admin-key` (or LOOM_ADMIN_KEY).
@@ -70,7 +71,7 @@ def _audit(args) -> int:
 
 
 def _surveillance(args) -> int:
-    return _call(args, "GET", "/v1/admin/surveillance")
+    return _call(args, "GET", "/v1/admin/surveillance/report")
 
 
 def _limits(args) -> int:
@@ -118,7 +119,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--target", default="", help="symbol or account (empty for the venue)")
 
     command("show", "limits, kill switches and halts", _show)
-    command("surveillance", "anomaly scores and top accounts per kind", _surveillance)
+    command("surveillance", "abuse findings, anomalies and scores, naming owners and accounts", _surveillance)
     audit = command("audit", "who changed which limit, switch or halt, when, from what to what", _audit)
     audit.add_argument("--after", type=_non_negative, default=0, help="records after this seq")
     audit.add_argument("--limit", type=int, default=100, help="records per page (1-1000)")

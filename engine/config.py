@@ -44,6 +44,9 @@ class Config:
     # an account with none bound may use up to fix_max_comp_ids (engine/gateways/fix/comp_ids.py).
     fix_comp_ids: dict[str, str] = field(default_factory=dict)
     fix_max_comp_ids: int = 16
+    # Beneficial owners ([[accounts]] owner), account -> owner: surveillance counts a trade
+    # between two accounts of one owner as a wash trade (engine/core/wash_trades.py).
+    account_owners: dict[str, str] = field(default_factory=dict)
     instruments: list[Instrument] = field(default_factory=list)
     # [[assets]] balances are held in, and whether the venue checks credit (engine/core/
     # balances.py, docs/accounts.md). Journaled at start; enforced with settlement (next).
@@ -89,6 +92,11 @@ class Config:
     lookup_window_orders: int = 1_000_000
     # GET /v1/ledger keeps each account's newest this many entries; older pages answer 410.
     ledger_entries_per_account: int = 1000
+    # Surveillance (engine/surveillance_desk.py): off the order path in a worker thread that
+    # may use at most this share of one core (it falls behind, then drops, rather than compete
+    # with matching); false = no surveillance at all (nothing buffered, no findings).
+    surveillance: bool = True
+    surveillance_cpu_share: float = 0.1
     log_format: str = "text"  # or "json" (engine/logfmt.py)
     access_log_sample: float = 0.0  # share of REST requests, WS and FIX sessions logged; 0 = off
     environment: str = "dev"  # the spans' deployment.environment
@@ -103,6 +111,14 @@ class Config:
     # [admission]: connection caps per listener and per IP, login and idle deadlines, HTTP
     # timeouts, the descriptor reserve (engine/gateways/admission.py, engine/fdbudget.py).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+
+
+def boolean(text: str) -> bool:
+    """An on/off environment variable: 1/0, true/false, on/off, yes/no."""
+    word = text.strip().lower()
+    if word not in ("1", "true", "on", "yes", "0", "false", "off", "no"):
+        raise ValueError(text)
+    return word in ("1", "true", "on", "yes")
 
 
 _ENV = {
@@ -127,6 +143,8 @@ _ENV = {
     "LOOM_SNAPSHOT_WRITER": ("snapshot_writer", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
     "LOOM_LEDGER_ENTRIES_PER_ACCOUNT": ("ledger_entries_per_account", int),
+    "LOOM_SURVEILLANCE": ("surveillance", boolean),
+    "LOOM_SURVEILLANCE_CPU_SHARE": ("surveillance_cpu_share", float),
     "LOOM_LOG_FORMAT": ("log_format", str),
     "LOOM_ACCESS_LOG_SAMPLE": ("access_log_sample", float),
     "LOOM_ENVIRONMENT": ("environment", str),
@@ -193,6 +211,10 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
     if cfg.ledger_entries_per_account < 1:
         n = cfg.ledger_entries_per_account
         raise ConfigError(f"ledger_entries_per_account must be at least 1, not {n}")
+    if not 0.0 < cfg.surveillance_cpu_share <= 1.0:
+        raise ConfigError(
+            f"surveillance_cpu_share {cfg.surveillance_cpu_share} is outside (0, 1] (of one core)"
+        )
     if cfg.retention_standby_stale_s <= 0:
         raise ConfigError("[retention] needs standby_stale_s > 0")
     if cfg.md_max_queued < 1 or cfg.md_send_buffer_bytes < 1 or cfg.md_candle_days < 1:
@@ -276,6 +298,8 @@ FILE_SETTINGS: dict[str, type] = {
     "journal_retention": str,
     "lookup_window_orders": int,
     "ledger_entries_per_account": int,
+    "surveillance": bool,
+    "surveillance_cpu_share": float,
     "fix_max_comp_ids": int,
     "log_format": str,
     "access_log_sample": float,
@@ -359,6 +383,11 @@ def _apply_file(cfg: Config, raw: dict, path: str) -> None:
                             "api_key of at least 16 characters"
                         )
                     (cfg.ops_keys if role == "ops" else cfg.api_keys)[key] = name
+                    owner = entry.get("owner", "")
+                    if not isinstance(owner, str) or len(owner) > 64:
+                        raise ConfigError(f"{path}: account {name!r}: owner is a name of up to 64 characters")
+                    if owner and cfg.account_owners.setdefault(name, owner) != owner:
+                        raise ConfigError(f"{path}: account {name!r} is given two owners")
                     comp_ids = entry.get("fix_comp_ids", [])
                     if not isinstance(comp_ids, list) or not all(isinstance(c, str) and c for c in comp_ids):
                         raise ConfigError(

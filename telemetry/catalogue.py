@@ -436,6 +436,47 @@ _SPECS = [
         ("kind",),
     ),
     MetricSpec("loom_surveillance_accounts", GAUGE, "Accounts with activity in the surveillance window.", ()),
+    MetricSpec(
+        "loom_surveillance_findings",
+        COUNTER,
+        "Abuse patterns found by surveillance, off the order path, by kind (wash_trade, "
+        "spoofing, layering, price_move) and symbol; which owners and accounts is for "
+        "GET /v1/admin/surveillance/report, never a label.",
+        ("kind", "symbol"),
+    ),
+    MetricSpec(
+        "loom_surveillance_flow_zscore",
+        GAUGE,
+        "Highest z-score over all accounts of the last closed interval, by order-flow feature "
+        "(order_rate, cancel_ratio, order_size, aggressiveness), against the learned EWMA model.",
+        ("feature",),
+    ),
+    MetricSpec(
+        "loom_surveillance_price_move_zscore",
+        GAUGE,
+        "z-score of the symbol's price move over the last closed interval, against its learned EWMA model.",
+        ("symbol",),
+    ),
+    MetricSpec(
+        "loom_surveillance_dropped_batches",
+        COUNTER,
+        "Durable batches surveillance did not analyse because its bounded buffer was full.",
+        (),
+    ),
+    MetricSpec(
+        "loom_surveillance_backlog_events",
+        GAUGE,
+        "Events waiting for the surveillance worker (it analyses within a CPU budget and falls "
+        "behind under load; beyond the buffer's bound whole batches are dropped).",
+        (),
+    ),
+    MetricSpec(
+        "loom_surveillance_analysis_age_seconds",
+        GAUGE,
+        "Seconds since the surveillance worker last published its results (what scrapes, the "
+        "report and the automation read); it publishes about once a second.",
+        (),
+    ),
     # -- accounts and money (engine/core/balances.py, docs/accounts.md) ------------------------------
     MetricSpec(
         "loom_transfers",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import Histogram
@@ -275,6 +275,43 @@ class RiskCollector(Collector):
         accounts = _gauge("loom_surveillance_accounts")
         accounts.add_metric([], summary["accounts"])
         yield from (score, top, alerts, accounts)
+
+
+class SurveillanceCollector(Collector):
+    """The abuse findings by kind and symbol, the anomaly model's highest z-scores, and how far
+    behind the analysis runs: read from what the desk's worker last published, never analysed
+    at scrape time (engine/surveillance_desk.py). No identities: which accounts and owners is
+    for GET /v1/admin/surveillance/report."""
+
+    def __init__(self, desk, symbols: Callable[[], Iterable[str]] = tuple) -> None:
+        self.desk = desk  # engine.surveillance_desk.SurveillanceDesk
+        self.symbols = symbols  # the listed symbols: each kind has a series for each from the start
+
+    def collect(self):
+        from engine.core.surveillance_findings import FINDING_KINDS
+
+        now = self.desk.metrics()
+        spec = CATALOGUE["loom_surveillance_findings"]
+        findings = CounterMetricFamily("loom_surveillance_findings", spec.help, labels=list(spec.labels))
+        # Every (kind, listed symbol) from 0, so increase() sees the first finding.
+        counts = dict.fromkeys(((k, s) for s in self.symbols() for k in FINDING_KINDS), 0)
+        counts.update(now["findings"])
+        for (kind, symbol), n in sorted(counts.items()):
+            findings.add_metric([kind, symbol], n)
+        flow = _gauge("loom_surveillance_flow_zscore")
+        for feature, z in now["flow_z"].items():
+            flow.add_metric([feature], z)
+        moves = _gauge("loom_surveillance_price_move_zscore")
+        for symbol, z in sorted(now["price_move_z"].items()):
+            moves.add_metric([symbol], z)
+        spec = CATALOGUE["loom_surveillance_dropped_batches"]
+        dropped = CounterMetricFamily("loom_surveillance_dropped_batches", spec.help, labels=[])
+        dropped.add_metric([], now["dropped_batches"])
+        backlog = _gauge("loom_surveillance_backlog_events")
+        backlog.add_metric([], now["backlog_events"])
+        age = _gauge("loom_surveillance_analysis_age_seconds")
+        age.add_metric([], now["age_s"])
+        yield from (findings, flow, moves, dropped, backlog, age)
 
 
 class LedgerCollector(Collector):

@@ -395,6 +395,7 @@ THRESHOLD_PANELS = {
     "standby_report_age_s": [("loom-cluster", "Standby report age")],
     "decode_errors_per_s": [("loom-gateways", "Unreadable messages refused/s by protocol and code")],
     "anomaly_score": [("loom-risk", "Anomaly score by kind (highest account)")],
+    "flow_zscore": [("loom-risk", "Order-flow z-score by feature (highest account)")],
     "insufficient_balance_per_s": [("loom-risk", "Insufficient-balance rejects/s by symbol")],
 }
 

@@ -8,11 +8,13 @@ import asyncio
 
 import aiohttp
 import pytest
+from waiting import wait_until_async
 
 from engine.app import start_exchange
 from engine.cli import main as loom_main
 from engine.config import Config
 from engine.demo import DEMO_ASSETS, DEMO_INSTRUMENTS
+from engine.gateways.http_context import CTX
 
 USER_KEY = "k-alice-0123456789abc"
 ADMIN_KEY = "admin-k-0123456789abc"
@@ -251,6 +253,9 @@ def test_the_anomaly_alert_names_no_account_and_the_automation_asks_surveillance
             for side in ("sell", "buy"):
                 order = {"symbol": ETH, "side": side, "qty": 1, "price": 10, "stp": "none"}
                 assert (await call("POST", "/v1/orders", ALICE, json=order))[0] == 201
+        # Scrapes and the automation read what the surveillance worker last published (~1 s).
+        desk = running.http_runner.app[CTX].surveillance
+        await wait_until_async("surveillance to flag alice", lambda: desk.flagged("self_match") == ["alice"])
         metrics = await _text(base + "/metrics")
         assert 'loom_surveillance_top_score{kind="self_match",rank="1"} 1.0' in metrics
         assert "alice" not in metrics  # the score is there, the name is not

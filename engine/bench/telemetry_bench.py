@@ -33,8 +33,15 @@ from engine.service import ExchangeService
 
 
 async def _run(
-    commands: list, telemetry: bool, batch: int, sampling: str, traces: bool = True
+    commands: list,
+    telemetry: bool,
+    batch: int,
+    sampling: str,
+    traces: bool = True,
+    surveillance: bool = False,
 ) -> tuple[float, dict]:
+    """Orders/s of one run; with `surveillance`, the desk listens and its budgeted worker runs
+    as in `loom run` (engine/bench/surveillance_cost.py --e2e compares)."""
     from prometheus_client import generate_latest
 
     from telemetry.collectors import ExchangeCollector
@@ -56,6 +63,13 @@ async def _run(
     if telemetry and traces:
         shipper = TraceShipper(Sampler("all"), {**os.environ, "OTEL_TRACES_EXPORTER": "none"})
         service.add_observer(OrderTraceRecorder(shipper, node.trace_id_of, Sampler(sampling)))
+    desk = worker = None
+    if surveillance:
+        from engine.surveillance_desk import SurveillanceDesk
+
+        desk = SurveillanceDesk()
+        service.add_event_listener(desk.on_events)
+        worker = asyncio.create_task(desk.run())
     service.start()
     extra: dict = {}
     try:
@@ -79,10 +93,13 @@ async def _run(
                 next_scrape += 1.0
         elapsed = time.perf_counter() - started
         timed = len(commands) - warm
+        if desk is not None:  # how far the worker got within its budget while the orders ran
+            extra = {**desk.backlog(), "busy_share": round(desk.busy_s / elapsed, 3)}
+            worker.cancel()
         await service.stop()
         if shipper is not None:
             shipper.close()
-            extra = shipper.stats()
+            extra = {**shipper.stats(), **extra}
     finally:
         node.close()
         shutil.rmtree(tmp, ignore_errors=True)

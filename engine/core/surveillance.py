@@ -67,39 +67,43 @@ class Surveillance:
         self.on_events(commands, results, BatchEvents(results))
 
     def on_events(self, _commands: list[Command], _results: list[list[Event]], split: BatchEvents) -> None:
-        """Feeds one durable batch (a service event listener, from the shared walk). Counts
-        are summed per (account, bucket, slot) first: per event, only a tuple and a dict add."""
-        bucket_ns = self.bucket_ns
-        counts: dict[tuple[str, int, int], int] = {}
-        get = counts.get
+        """Feeds one durable batch (off the order path: the surveillance desk's worker). Per
+        event two dict lookups and an int add in place; opening a bucket is the rare path."""
+        bucket_ns, accounts, slot = self.bucket_ns, self.accounts, self._slot
         for ev in split.accepted:
-            key = (ev.account, ev.ts // bucket_ns, _O)
-            counts[key] = get(key, 0) + 1
+            bucket = ev.ts // bucket_ns
+            acct = accounts.get(ev.account)
+            counts = acct.buckets.get(bucket) if acct is not None else None
+            (counts or slot(ev.account, bucket))[_O] += 1
         for trade in split.trades:
             bucket = trade.ts // bucket_ns
             taker, maker = trade.taker_account, trade.maker_account
-            key = (taker, bucket, _T)
-            counts[key] = get(key, 0) + 1
+            acct = accounts.get(taker)
+            counts = acct.buckets.get(bucket) if acct is not None else None
+            (counts or slot(taker, bucket))[_T] += 1
             # A wash trade counts once as a trade and once as a self-match.
-            key = (maker, bucket, _S if maker == taker else _T)
-            counts[key] = get(key, 0) + 1
+            acct = accounts.get(maker)
+            counts = acct.buckets.get(bucket) if acct is not None else None
+            (counts or slot(maker, bucket))[_S if maker == taker else _T] += 1
         for cancel in split.cancelled:
             reason = cancel.reason
             if reason in _USER_CANCELS:
-                key = (cancel.account, cancel.ts // bucket_ns, _C)
+                kind = _C
             elif reason == _SELF_TRADE:
-                key = (cancel.account, cancel.ts // bucket_ns, _S)
+                kind = _S
             else:
                 continue
-            counts[key] = get(key, 0) + 1
-        for (account, bucket, slot), n in counts.items():
-            self._add(account, bucket, slot, n)
-        # Scoring waits for `evaluate` (every scrape, every admin read): scoring each
-        # touched account per batch cost ~2 µs an order, more than all the counting.
-        if len(self.accounts) > self.config.max_accounts:
+            bucket = cancel.ts // bucket_ns
+            acct = accounts.get(cancel.account)
+            counts = acct.buckets.get(bucket) if acct is not None else None
+            (counts or slot(cancel.account, bucket))[kind] += 1
+        # Scoring waits for `evaluate` (each publication): scoring each touched account per
+        # batch cost ~2 µs an order, more than all the counting.
+        if len(accounts) > self.config.max_accounts:
             self._evict()
 
-    def _add(self, account: str, bucket: int, slot: int, n: int) -> None:
+    def _slot(self, account: str, bucket: int) -> list[int]:
+        """The account's counts in `bucket`, opened (the account too) when missing."""
         if bucket > self.now_bucket:
             self.now_bucket = bucket
         acct = self.accounts.get(account)
@@ -111,7 +115,7 @@ class Surveillance:
             if bucket > acct.last_bucket:
                 acct.last_bucket = bucket
             self._prune(acct)
-        counts[slot] += n
+        return counts
 
     def _prune(self, acct: _Account) -> None:
         oldest = self.now_bucket - self.config.buckets + 1
@@ -198,8 +202,11 @@ class Surveillance:
     def summary(self, now_ns: int | None = None) -> dict[str, Any]:
         """Per kind: the highest score, and the top accounts that score at least
         `top_min_score` (what the metrics and the admin endpoint show)."""
+        return self.summarise(self.evaluate(now_ns))
+
+    def summarise(self, ranked: dict[str, list[tuple[str, float]]]) -> dict[str, Any]:
+        """`summary` of one `evaluate` ranking (one walk of the accounts serves both)."""
         cfg = self.config
-        ranked = self.evaluate(now_ns)
         out: dict[str, Any] = {"accounts": len(self.accounts), "alerts": dict(self.alerts), "kinds": {}}
         for kind, items in ranked.items():
             out["kinds"][kind] = {

@@ -44,6 +44,7 @@ from engine.gateways.rest_orders import (
     post_order,
 )
 from engine.gateways.rest_risk_audit import add_routes as add_risk_audit_routes
+from engine.gateways.rest_surveillance import add_routes as add_surveillance_routes
 from engine.gateways.ws_session import websocket
 
 
@@ -82,6 +83,7 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_post("/v1/admin/cluster/step-down", admin_cluster_step_down)
     app.router.add_get("/v1/ws", websocket)
     add_risk_routes(app)
+    add_surveillance_routes(app)
     add_account_routes(app)
     add_risk_audit_routes(app)
     add_landing_routes(app)  # / and /docs/NAME

@@ -40,7 +40,7 @@ class GatewayContext:
     metrics: object | None = None  # telemetry.metrics.ExchangeMetrics: its registry serves /metrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
-    surveillance: object | None = None  # engine.core.surveillance.Surveillance
+    surveillance: object | None = None  # engine.surveillance_desk.SurveillanceDesk
     lookups: object | None = None  # engine.order_lookup.OrderLookups: history read off the loop
     ledger: LedgerIndex = field(default_factory=LedgerIndex)  # ledger entries and balance pushes
     access: AccessLog = field(default_factory=AccessLog)  # off unless sampled

@@ -142,6 +142,67 @@ _TRANSFER = {
         },
     },
 }
+_FINDINGS = {
+    "type": "object",
+    "properties": {
+        "total": {"type": "integer"},
+        "by_symbol": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "latest": {
+            "type": "array",
+            "description": "newest first; kind-specific fields besides these",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "kind": {"type": "string"},
+                    "symbol": {"type": "string"},
+                    "seq": {"type": "integer"},
+                    "ts": {"type": "integer"},
+                    "owner": {"type": "string"},
+                    "accounts": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_SURVEILLANCE_REPORT = {
+    "type": "object",
+    "properties": {
+        "findings": {
+            "type": "object",
+            "properties": {k: _FINDINGS for k in ("wash_trade", "spoofing", "layering", "price_move")},
+        },
+        "anomaly": {
+            "type": "object",
+            "properties": {
+                "interval_end_ts": {"type": ["integer", "null"]},
+                "max_z": {"type": "object", "additionalProperties": {"type": "number"}},
+                "top_accounts": {"type": "array", "items": {"type": "object"}},
+                "price_move_z": {"type": "object", "additionalProperties": {"type": "number"}},
+                "outliers": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "scores": {"type": "object", "description": "as GET /v1/admin/surveillance"},
+        "analysed_through_seq": {
+            "type": "integer",
+            "description": "the last event the worker had analysed when it published this (0: none yet)",
+        },
+        "analysed_through_ts": {"type": "integer", "description": "that event's sequencer timestamp (ns)"},
+        "published_ns": {
+            "type": "integer",
+            "description": "when the worker published it (ns since the epoch)",
+        },
+        "age_s": {
+            "type": "number",
+            "description": "seconds since then: reads never analyse inline; the worker publishes "
+            "about once a second",
+        },
+        "buffer": {
+            "type": "object",
+            "description": "the worker's backlog now: backlog_events, max_buffered_events, dropped_batches, "
+            "processed_batches, cpu_share (its budget, of one core), busy_s (CPU it spent)",
+        },
+    },
+}
 _LEDGER_PARAMS = [
     {
         "name": "after",
@@ -697,8 +758,16 @@ OPENAPI: dict = {
         },
         "/v1/admin/surveillance": {
             "get": {
-                "summary": "Surveillance anomaly scores and top accounts per kind (admin key)",
+                "summary": "Surveillance anomaly scores and top accounts per kind (admin key), as the "
+                "worker last published them: analysed_through_seq, age_s",
                 "responses": {"200": {"description": "scores"}, **_errors(403)},
+            }
+        },
+        "/v1/admin/surveillance/report": {
+            "get": {
+                "summary": "Surveillance findings naming owners and accounts: wash trades, spoofing, "
+                "layering, price moves; the anomaly model's top accounts (admin or ops key)",
+                "responses": {"200": _json(_SURVEILLANCE_REPORT, "the report"), **_errors(403)},
             }
         },
         "/v1/ws": {
