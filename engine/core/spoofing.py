@@ -63,7 +63,7 @@ class Spoofing:
         self.config = config or SpoofingConfig()
         self.window_ns = int(self.config.cancel_window_s * 1e9)
         self.layer_min = self.config.layer_min_multiple
-        self.sizes: dict[str, list] = {}  # symbol -> [typical size, orders seen]
+        self.sizes: dict[str, list[float]] = {}  # symbol -> [typical size, orders seen]
         self.last_price: dict[str, int] = {}
         self.watched: dict[int, _Watched] = {}
         # Order ids in arrival order: a dict's front after deletions is slow to find
