@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.load.cli import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from engine.suite.cli import add_parser as add_suite_parser
+
+    add_suite_parser(sub)
     from engine.fuzz.cli import add_parser as add_fuzz_parser
 
     add_fuzz_parser(sub)

@@ -107,6 +107,7 @@ def spawned_exchange(
         else:
             raise RuntimeError("loom run did not become ready in time")
         info["data_dir"] = tmp / "data"
+        info["pid"] = proc.pid
         # Keep draining the server's output so it never blocks on a full pipe.
         import threading
 
