@@ -157,7 +157,9 @@ class _Sampler(threading.Thread):
                 next_window += self.window_s
 
 
-def run_soak(minutes: float = 3.0, window_s: float = 30.0, probe_orders: int = 20_000, load: float = 0.5) -> dict:
+def run_soak(
+    minutes: float = 3.0, window_s: float = 30.0, probe_orders: int = 20_000, load: float = 0.5
+) -> dict:
     """Measure the node's maximum rate on the soak's flow (a burst of `probe_orders`), then
     offer `load` of it for `minutes`; per window: ack p99, GC pause p99 and RSS."""
     with spawned_exchange(timeout=120) as info:
