@@ -18,11 +18,10 @@ from pathlib import Path
 from engine.chaos.client import RecordingClient
 from engine.chaos.drill import ACCOUNT
 from engine.chaos.history import OK, History, JournalView, check
-from engine.cluster.drill import ADMIN_KEY, TRADER_KEY, NodeProcess, http, in_sync, leader_of, wait_for
+from engine.cluster.drill import ADMIN_KEY, TRADER_KEY, NodeProcess, http, in_sync, wait_for
 from engine.cluster.journal import NatsJournal
 from engine.cluster.link import NatsLink
 from engine.cluster.natsserver import LocalNatsCluster
-
 
 # The leader purges the stream below each replicated snapshot but for this many commands, so
 # a node with an empty data directory must start from the replicated snapshot (recovery
@@ -151,7 +150,7 @@ def format_dr(r: dict) -> str:
     lines = [
         f"suite dr: {'PASS' if r['passed'] else 'FAIL'} in {r['seconds']} s",
         f"  standby data dir destroyed: rebuilt and in sync in {r['rebuild_s']} s "
-        f"({'from the replicated snapshot' if r['rebuilt_from_replicated_snapshot'] else 'NOT from the replicated snapshot'} "
+        f"({'' if r['rebuilt_from_replicated_snapshot'] else 'NOT '}from the replicated snapshot "
         f"and the stream; {r['orders_acked_during_rebuild']} orders acked meanwhile)",
         f"  leader killed: node {r['new_leader']} took over, first ack {r['takeover_s']} s after the kill",
         f"  orders {c['ops']}: acked {c['ok']}, refused {c['failed']}, unknown {c['unknown']} "

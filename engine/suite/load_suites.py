@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from engine.bench.stats import percentile_us
-from engine.load.runner import MID, LoadOrder, LoadRun
+from engine.load.runner import MID, LoadOrder
 from engine.load.spawn import LOAD_ADMIN_KEY, spawned_exchange
 from engine.suite.mixed import check_against_journal, run_mixed, run_sync, split_sessions
 
@@ -18,11 +18,15 @@ def _latency(report: dict) -> dict:
     return {k: report[k] for k in ("p50_us", "p99_us", "p999_us", "max_us")}
 
 
-def _accounted(report: dict, checked: dict) -> dict:
+def _accounted(report: dict, checked: dict, probe: dict | None = None) -> dict:
     """Every order sent is answered (acked, rejected by the venue or refused by admission
-    control) and no answer is contradicted by the journal."""
+    control) and no answer is contradicted by the journal. `probe`: an earlier run on the
+    same node (the soak's), whose orders the journal check covers too."""
     c = checked["counts"]
     answered = report["acked"] + report["rejected"] + report["overloaded"]
+    if probe is not None:
+        report = {k: report[k] + probe[k] for k in ("sent", "acked", "rejected", "overloaded")}
+        answered += probe["acked"] + probe["rejected"] + probe["overloaded"]
     return {
         "sent": report["sent"],
         "acked": report["acked"],
@@ -163,7 +167,7 @@ def run_soak(
     """Measure the node's maximum rate on the soak's flow (a burst of `probe_orders`), then
     offer `load` of it for `minutes`; per window: ack p99, GC pause p99 and RSS."""
     with spawned_exchange(timeout=120) as info:
-        burst, _, _ = run_sync(
+        burst, probe_history, _ = run_sync(
             run_mixed(info, SOAK_SESSIONS, probe_orders, 10_000_000.0, 120, make=bounded_order)
         )
         max_rate = burst["achieved_rate"]
@@ -177,6 +181,8 @@ def run_soak(
         )
         sampler.stop.set()
         sampler.join()
+        # The journal holds the probe's orders too: both runs are checked.
+        history.ops[:0] = probe_history.ops
         checked = check_against_journal(history, info["data_dir"])
         book = _book_depth(f"http://{info['host']}:{info['http']}")
     windows = _windows(samples, sampler, window_s, minutes * 60)
@@ -184,7 +190,7 @@ def run_soak(
     rss_growth = last["rss_mb"] - first["rss_mb"]
     drift = (last["ack_p99_us"] - first["ack_p99_us"]) / first["ack_p99_us"] if first["ack_p99_us"] else 0.0
     gc_all = _bucket_p99_ms(sampler.gc[0], sampler.gc[-1]) if len(sampler.gc) > 1 else None
-    accounted = _accounted(report, checked)
+    accounted = _accounted(report, checked, burst)
     return {
         "suite": "soak",
         "minutes": minutes,
@@ -192,6 +198,7 @@ def run_soak(
         "max_rate": max_rate,
         "rate": round(rate),
         "orders": report["sent"],
+        "probe_orders": burst["sent"],
         "book_at_end": book,
         "windows": windows,
         "rss_growth_mb": round(rss_growth, 1),
@@ -250,7 +257,8 @@ def format_load_suite(r: dict) -> str:
                 f"GC pause p99 {w['gc_pause_p99_ms']} ms, RSS {w['rss_mb']} MB"
             )
         lines.append(
-            f"  RSS growth {r['rss_growth_mb']} MB (target < 50: {'met' if r['rss_target_met'] else 'MISSED'}); "
+            f"  RSS growth {r['rss_growth_mb']} MB "
+            f"(target < 50: {'met' if r['rss_target_met'] else 'MISSED'}); "
             f"ack p99 drift first to last window {r['ack_p99_drift_pct']}% (target < 20%: "
             f"{'met' if r['drift_target_met'] else 'MISSED'}); GC pause p99 {r['gc_pause_p99_ms']} ms"
         )
@@ -267,9 +275,7 @@ def format_load_suite(r: dict) -> str:
     )
     lines += [f"    {text}" for text in r["contradiction_examples"]]
     lines.append(
-        f"  order-to-ack: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  p99.9 {r['p999_us']} µs  max {r['max_us']} µs"
+        f"  order-to-ack: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  p99.9 {r['p999_us']} µs  "
+        f"max {r['max_us']} µs"
     )
     return "\n".join(lines)
-
-
-__all__ = ["LoadRun", "run_concurrency", "run_stress", "run_soak", "format_load_suite"]
