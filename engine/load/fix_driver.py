@@ -64,9 +64,18 @@ class _FixConnection(asyncio.Protocol):
 
 
 class FixDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        connections: int = 1,
+        hold: bool = False,
+        comp_ids: list[str] | None = None,
+    ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
+        self.comp_ids = comp_ids  # SenderCompIDs bound to the account (more than 16 sessions)
         self.conns: list[_FixConnection] = []
         self.on_ack = None
         self._next = 0
@@ -78,7 +87,7 @@ class FixDriver:
         account = LOAD_ACCOUNTS.get(self.api_key, "load-a")
         loop = asyncio.get_running_loop()
         for i in range(self.n):
-            comp = f"LOAD{i}-{int(time.time() * 1000) % 10**8}"
+            comp = self.comp_ids[i] if self.comp_ids else f"LOAD{i}-{int(time.time() * 1000) % 10**8}"
             _t, conn = await loop.create_connection(
                 lambda c=comp: _FixConnection(self, c), self.host, self.port
             )

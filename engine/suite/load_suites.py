@@ -10,8 +10,14 @@ import urllib.request
 
 from engine.bench.stats import percentile_us
 from engine.load.runner import MID, LoadOrder
-from engine.load.spawn import LOAD_ADMIN_KEY, spawned_exchange
-from engine.suite.mixed import check_against_journal, run_mixed, run_sync, split_sessions
+from engine.load.spawn import LOAD_ADMIN_KEY
+from engine.suite.mixed import (
+    check_against_journal,
+    run_mixed,
+    run_sync,
+    spawned_suite_node,
+    split_sessions,
+)
 
 
 def _latency(report: dict) -> dict:
@@ -44,7 +50,7 @@ def run_concurrency(orders: int = 100_000, sessions: int = 1_000, rate: float = 
     """`orders` orders at `rate`/s from `sessions` sessions spread over REST, WebSocket, FIX
     and binary; every ack checked against the journal."""
     split = split_sessions(sessions)
-    with spawned_exchange(timeout=120) as info:
+    with spawned_suite_node(split) as info:
         started = time.monotonic()
         report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=60))
         seconds = time.monotonic() - started
@@ -68,7 +74,7 @@ def run_stress(orders: int = 200_000, sessions: int = 64) -> dict:
     sessions: throughput, latency and what admission control refused; never a silent drop."""
     split = split_sessions(sessions)
     rate = 10_000_000.0  # the whole burst is due at once: the clients send as fast as they can
-    with spawned_exchange(timeout=120) as info:
+    with spawned_suite_node(split) as info:
         report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=180))
         checked = check_against_journal(history, info["data_dir"])
     accounted = _accounted(report, checked)
@@ -76,7 +82,8 @@ def run_stress(orders: int = 200_000, sessions: int = 64) -> dict:
         "suite": "stress",
         "orders": orders,
         "sessions": dict(split),
-        "throughput_per_s": report["achieved_rate"],
+        "throughput_per_s": report["achieved_rate"],  # journaled (acked or rejected) per second
+        "answers_per_s": round(report["sent"] / report["duration_s"]) if report["duration_s"] else 0,
         "seconds": report["duration_s"],
         "answered_by_protocol": by_protocol,
         **accounted,
@@ -166,7 +173,7 @@ def run_soak(
 ) -> dict:
     """Measure the node's maximum rate on the soak's flow (a burst of `probe_orders`), then
     offer `load` of it for `minutes`; per window: ack p99, GC pause p99 and RSS."""
-    with spawned_exchange(timeout=120) as info:
+    with spawned_suite_node(SOAK_SESSIONS) as info:
         burst, probe_history, _ = run_sync(
             run_mixed(info, SOAK_SESSIONS, probe_orders, 10_000_000.0, 120, make=bounded_order)
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.chaos.history import FAILED, OK, UNKNOWN, History, JournalView, check
 from engine.gateways.binary.protocol import client_order_id_of
 from engine.load.runner import LoadOrder, LoadRun
-from engine.load.spawn import LOAD_ACCOUNTS
+from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange, suite_comp_ids
 
 PROTOCOLS = ("rest", "ws", "fix", "binary")
 KEYS = list(LOAD_ACCOUNTS)  # two trading accounts: the protocols alternate between them
@@ -65,7 +65,13 @@ def mixed_driver(host: str, ports: dict, sessions: Sessions, run: LoadRun) -> tu
         if n <= 0:
             raise ValueError(f"{protocol}: {n} sessions")
         key = KEYS[i % len(KEYS)]
-        drivers.append(_driver(protocol, host, ports, key, n, run))
+        if protocol == "fix":  # SenderCompIDs bound in the node's config (spawned_suite_node)
+            from engine.load.fix_driver import FixDriver
+
+            comp_ids = suite_comp_ids(LOAD_ACCOUNTS[key], n)
+            drivers.append(FixDriver(host, ports["fix"], key, n, comp_ids=comp_ids))
+        else:
+            drivers.append(_driver(protocol, host, ports, key, n, run))
         who.append((protocol, LOAD_ACCOUNTS[key]))
     return MixedDriver(drivers), who
 
@@ -144,6 +150,12 @@ async def run_mixed(
     for i in stats.answers:
         by_protocol[who[route(i)][0]] = by_protocol.get(who[route(i)][0], 0) + 1
     return report, history, by_protocol
+
+
+def spawned_suite_node(sessions: Sessions):
+    """A throwaway `loom run` for a suite, its FIX SenderCompIDs bound for the FIX sessions."""
+    fix = max([n for protocol, n in sessions if protocol == "fix"], default=0)
+    return spawned_exchange(timeout=120, config_text=_config_text(fix_sessions=fix))
 
 
 def run_sync(coro):
