@@ -30,7 +30,9 @@ class MixedDriver:
 
     async def connect(self, on_ack) -> None:
         # One at a time: a thousand logons at once would measure the accept queue, not the node.
-        for d in self.drivers:
+        # The last first: REST leads the routing order, and a keep-alive connection opened
+        # before the others' logons would pass the node's http_idle_s (15 s) and be closed.
+        for d in reversed(self.drivers):
             await d.connect(on_ack)
 
     def send(self, orders: list[LoadOrder]) -> int:
