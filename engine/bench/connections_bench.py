@@ -156,10 +156,10 @@ async def _flood(
     tasks = []
     for i in range(count):
         n = offset + i
-        if authenticated:  # half binary, half WebSocket sessions, all logged on
-            kind = ("binary", "ws")[n % 2]
+        if authenticated:  # all logged on: a third binary, two thirds WebSocket (the node's caps)
+            kind = "binary" if n % 3 == 0 else "ws"
             port = ports["binary" if kind == "binary" else "http"]
-            source = SOURCES[(n // 2) % len(SOURCES)]
+            source = SOURCES[(n // 3) % len(SOURCES)]
             tasks.append(asyncio.create_task(_session(kind, host, port, source, until, stats, gate)))
             continue
         kind = plan[n % len(plan)]
