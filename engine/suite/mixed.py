@@ -30,9 +30,7 @@ class MixedDriver:
 
     async def connect(self, on_ack) -> None:
         # One at a time: a thousand logons at once would measure the accept queue, not the node.
-        # The last first: REST leads the routing order, and a keep-alive connection opened
-        # before the others' logons would pass the node's http_idle_s (15 s) and be closed.
-        for d in reversed(self.drivers):
+        for d in self.drivers:
             await d.connect(on_ack)
 
     def send(self, orders: list[LoadOrder]) -> int:
@@ -157,7 +155,10 @@ async def run_mixed(
 def spawned_suite_node(sessions: Sessions):
     """A throwaway `loom run` for a suite, its FIX SenderCompIDs bound for the FIX sessions."""
     fix = max([n for protocol, n in sessions if protocol == "fix"], default=0)
-    return spawned_exchange(timeout=120, config_text=_config_text(fix_sessions=fix))
+    # A thousand sessions log on one after another on a loaded machine, for longer than the
+    # idle deadlines: the first ones must still be open when the orders start.
+    patient = "[admission]\nsession_idle_s = 600\nhttp_idle_s = 600\n"
+    return spawned_exchange(timeout=120, config_text=_config_text(fix_sessions=fix) + patient)
 
 
 def run_sync(coro):
