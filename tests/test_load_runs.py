@@ -108,3 +108,9 @@ def test_each_ack_counts_once_over_several_sessions_of_one_account(node, protoco
     result, _text = loom_load(protocol, node[protocol], "--connections", "3", "--json")
     assert result["sent"] == 200
     assert result["acked"] == 200 and result["errors"] == 0, result
+
+
+def test_more_than_a_hundred_websocket_sessions_connect(node):
+    """aiohttp's default pool of 100 connections made the 101st WebSocket wait forever."""
+    result, _text = loom_load("ws", node["http"], "--connections", "120", "--json")
+    assert result["sent"] == 200 and result["acked"] == 200 and result["errors"] == 0, result

@@ -157,7 +157,8 @@ class WsDriver:
     async def connect(self, on_ack) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession()
+        # No pool limit: aiohttp's default (100) made the 101st WebSocket wait forever.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for _ in range(self.n):
             ws = await self.session.ws_connect(self.url, headers={"X-API-Key": self.api_key}, max_msg_size=0)
             self.sockets.append(ws)
