@@ -169,7 +169,7 @@ def _cmd_bench_connections(args: argparse.Namespace) -> int:
     from engine.bench.connections_bench import format_connections, run_connections_bench
 
     result = run_connections_bench(
-        args.idle, args.rate, args.seconds, args.processes, args.nofile, args.flood_nice
+        args.idle, args.rate, args.seconds, args.processes, args.nofile, args.flood_nice, args.authenticated
     )
     print(json.dumps(result) if args.json else format_connections(result))
     return 0
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.load.cli import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from engine.suite.cli import add_parser as add_suite_parser
+
+    add_suite_parser(sub)
     from engine.fuzz.cli import add_parser as add_fuzz_parser
 
     add_fuzz_parser(sub)
@@ -456,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=range(20),
         metavar="0-19",
         help="nice value of the flood's processes (an attacker elsewhere takes none of the node's CPU)",
+    )
+    bc.add_argument(
+        "--authenticated",
+        action="store_true",
+        help="idle LOGGED-ON sessions (binary and WebSocket, another account) instead of a flood: "
+        "RSS per 1,000 sessions and the ack p99 against the same run without them",
     )
     bc.add_argument("--json", action="store_true")
     bc.set_defaults(func=_cmd_bench_connections)

@@ -112,3 +112,17 @@ def test_bench_marketdata_reports_fan_out_encode_once_and_conflation():
     assert 0 < r["conflated_frames"] < r["unconflated_frames"]
     assert r["conflated_frames"] % 50 == 0  # a conflated update goes to the whole group
     assert r["encode_once_us"] > 0 and r["per_subscriber_us"] > 0 and r["updates_per_s"] > 0
+
+
+def test_bench_connections_authenticated_holds_logged_on_sessions_and_measures_their_memory():
+    """`loom bench connections --authenticated`, reduced: 300 idle logged-on binary and
+    WebSocket sessions held while orders flow; RSS per 1,000 sessions and the p99 ratio."""
+    r = bench("connections", "--idle", "300", "--authenticated", "--seconds", "1", "--processes", "1")
+    assert r["authenticated"] is True
+    assert r["idle_held"] == 300 and r["idle_held_by_node"] == 300, r
+    assert r["sessions_logged_on"] >= 300, r  # logged on, not merely connected
+    assert r["refused"] == 0 and r["flood_connect_errors"] == 0, r
+    per_1k = (r["rss_mb_during"] - r["rss_mb_before"]) / 0.3  # from the rounded MB: within 0.34
+    assert r["rss_mb_during"] > 0 and abs(r["rss_mb_per_1k_sessions"] - per_1k) < 0.34, r
+    assert r["orders_unanswered"] == 0 and r["orders_acked_during"] == 1000, r
+    assert r["p99_ms_before"] > 0 and r["p99_ratio"] == round(r["p99_ms_during"] / r["p99_ms_before"], 2)

@@ -99,3 +99,18 @@ def test_runs_have_distinct_ids_that_fit_a_binary_client_ref():
     for run in runs:
         assert 0 < run.client_ref(0) < run.client_ref(10**9 - 1) < 2**64
         assert run.index_of_ref(run.client_ref(12345)) == 12345
+
+
+@pytest.mark.parametrize("protocol", ["binary", "fix"])
+def test_each_ack_counts_once_over_several_sessions_of_one_account(node, protocol):
+    """A binary or FIX session receives the execution reports of its whole account: with
+    --connections 3 every ack reached all three and was counted three times (acked 3x sent)."""
+    result, _text = loom_load(protocol, node[protocol], "--connections", "3", "--json")
+    assert result["sent"] == 200
+    assert result["acked"] == 200 and result["errors"] == 0, result
+
+
+def test_more_than_a_hundred_websocket_sessions_connect(node):
+    """aiohttp's default pool of 100 connections made the 101st WebSocket wait forever."""
+    result, _text = loom_load("ws", node["http"], "--connections", "120", "--json")
+    assert result["sent"] == 200 and result["acked"] == 200 and result["errors"] == 0, result

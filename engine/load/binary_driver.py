@@ -26,6 +26,7 @@ class BinaryDriver:
         self.run = run
         self.hold = hold
         self.clients: list[BinaryClient] = []
+        self.pending: list[set[int]] = []  # per connection: the refs it sent and not yet answered
         self._next = 0
 
     async def connect(self, on_ack) -> None:
@@ -33,21 +34,32 @@ class BinaryDriver:
         overloaded = int(p.GatewayRejectReason.OVERLOADED)
         index_of = self.run.index_of_ref
 
-        def on_frames(frames: list) -> None:
-            now = time.perf_counter_ns()
-            for f in frames:
-                kind = type(f)
-                if kind is accepted:
-                    on_ack(index_of(f.client_ref), True, now)
-                elif kind is rejected and f.request == 1:
-                    shed = f.reason == overloaded
-                    on_ack(index_of(f.client_ref), False, now, shed, reason_name(f.reason))
+        # A session receives the execution reports of its whole account (every session of it
+        # and every protocol): each connection counts only the answers to its own orders.
+        # FIX (tests/test_load_runs.py): with --connections 4 every ack was counted 4 times.
+        def reader(mine: set[int]):
+            def on_frames(frames: list) -> None:
+                now = time.perf_counter_ns()
+                for f in frames:
+                    kind = type(f)
+                    if kind is accepted:
+                        if f.client_ref in mine:
+                            mine.discard(f.client_ref)
+                            on_ack(index_of(f.client_ref), True, now, False, None, f.order_id)
+                    elif kind is rejected and f.request == 1 and f.client_ref in mine:
+                        mine.discard(f.client_ref)
+                        shed = f.reason == overloaded
+                        on_ack(index_of(f.client_ref), False, now, shed, reason_name(f.reason))
+
+            return on_frames
 
         for _ in range(self.n):
-            client = await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=on_frames)
+            mine: set[int] = set()
+            client = await BinaryClient.connect(self.host, self.port, self.api_key, on_frames=reader(mine))
             if self.hold:
                 limit_send_buffer(client.transport)
             self.clients.append(client)
+            self.pending.append(mine)
 
     def send(self, orders: list[LoadOrder]) -> int:
         encode = p.encode_new_order
@@ -63,6 +75,7 @@ class BinaryDriver:
             ref = self.run.client_ref(o.index)
             frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append(frame)
+            self.pending[c].add(ref)
         for c, frames in per.items():
             self.clients[c].send_many(frames)
         return held

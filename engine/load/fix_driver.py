@@ -20,6 +20,9 @@ class _FixConnection(asyncio.Protocol):
         self.parser = FixParser()
         self.seq = 0
         self.transport: asyncio.Transport | None = None
+        # The ClOrdIDs this connection sent and not yet answered: a FIX session receives the
+        # execution reports of its whole account (every session and protocol of it).
+        self.pending: set[str] = set()
         self.logged_on = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:
@@ -39,13 +42,16 @@ class _FixConnection(asyncio.Protocol):
             kind = msg.msg_type
             if kind == "8":
                 exec_type = msg.get(150)
-                if exec_type in ("0", "8"):
-                    clid = msg.get(11, "")
+                clid = msg.get(11, "")
+                if exec_type in ("0", "8") and clid in self.pending:
+                    self.pending.discard(clid)
                     index = clid.rsplit("-", 1)[-1]
                     if index.isdigit():
                         text = msg.get(58, "")
                         shed = exec_type == "8" and text.startswith("OVERLOADED")
-                        on_ack(int(index), exec_type == "0", now, shed, text or None)
+                        order_id = msg.get(37, "") if exec_type == "0" else ""
+                        oid = int(order_id) if order_id.isdigit() else 0
+                        on_ack(int(index), exec_type == "0", now, shed, text or None, oid)
             elif kind == "A" and not self.logged_on.done():
                 self.logged_on.set_result(True)
             elif kind == "5" and not self.logged_on.done():
@@ -58,9 +64,18 @@ class _FixConnection(asyncio.Protocol):
 
 
 class FixDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 1, hold: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        connections: int = 1,
+        hold: bool = False,
+        comp_ids: list[str] | None = None,
+    ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
+        self.comp_ids = comp_ids  # SenderCompIDs bound to the account (more than 16 sessions)
         self.conns: list[_FixConnection] = []
         self.on_ack = None
         self._next = 0
@@ -72,7 +87,7 @@ class FixDriver:
         account = LOAD_ACCOUNTS.get(self.api_key, "load-a")
         loop = asyncio.get_running_loop()
         for i in range(self.n):
-            comp = f"LOAD{i}-{int(time.time() * 1000) % 10**8}"
+            comp = self.comp_ids[i] if self.comp_ids else f"LOAD{i}-{int(time.time() * 1000) % 10**8}"
             _t, conn = await loop.create_connection(
                 lambda c=comp: _FixConnection(self, c), self.host, self.port
             )
@@ -107,6 +122,7 @@ class FixDriver:
                 (59, _TIF[o.tif]),
             ]
             per.setdefault(c, []).append(encode_message("D", conn.comp_id, "LOOM", seq, ts, body))
+            conn.pending.add(o.client_order_id)
         for c, frames in per.items():
             self.conns[c].transport.write(b"".join(frames))
         return held

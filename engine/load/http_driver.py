@@ -39,6 +39,19 @@ def _error_code(body: bytes, status: int) -> str:
         return f"HTTP_{status}"
 
 
+def _order_id(buf: bytearray, start: int, stop: int) -> int:
+    """The first "order_id" of an answer's body, found without decoding all of it (the
+    load generator shares the machine with the server it measures); 0 when absent."""
+    i = buf.find(b'"order_id":', start, stop)
+    if i < 0:
+        return 0
+    i += 11
+    j = i
+    while j < stop and 48 <= buf[j] <= 57:
+        j += 1
+    return int(buf[i:j]) if j > i else 0
+
+
 class _HttpConnection(asyncio.Protocol):
     def __init__(self, on_ack, on_error) -> None:
         self.on_ack = on_ack
@@ -69,8 +82,9 @@ class _HttpConnection(asyncio.Protocol):
                 return
             index = self.inflight.popleft()
             if status in (200, 201):
+                order_id = _order_id(buf, end + 4, end + 4 + length)
                 del buf[: end + 4 + length]
-                self.on_ack(index, True, now)
+                self.on_ack(index, True, now, False, None, order_id)
                 continue
             code = _error_code(bytes(buf[end + 4 : end + 4 + length]), status)
             del buf[: end + 4 + length]
@@ -143,7 +157,8 @@ class WsDriver:
     async def connect(self, on_ack) -> None:
         import aiohttp
 
-        self.session = aiohttp.ClientSession()
+        # No pool limit: aiohttp's default (100) made the 101st WebSocket wait forever.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for _ in range(self.n):
             ws = await self.session.ws_connect(self.url, headers={"X-API-Key": self.api_key}, max_msg_size=0)
             self.sockets.append(ws)
@@ -163,7 +178,9 @@ class WsDriver:
                 kind = data.get("type")
                 code = data.get("code")
                 shed = kind == "error" and code == "OVERLOADED"
-                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed, code or kind)
+                events = data.get("events") or [{}]
+                order_id = int(events[0].get("order_id", 0)) if kind == "ack" else 0
+                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed, code or kind, order_id)
 
     async def _write(self, ws, queue: asyncio.Queue) -> None:
         while True:

@@ -9,6 +9,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -102,6 +103,9 @@ class LoadStats:
     overload_latencies_ns: list[int] = field(default_factory=list)
     first_ack_ns: int = 0
     last_ack_ns: int = 0
+    # Each order's answer by index, (ok, overloaded, reason, order id), when kept (the suites
+    # check every one against the journal: engine.suite.ledger).
+    answers: dict[int, tuple[bool, bool, str | None, int]] | None = None
 
     def on_ack(
         self,
@@ -110,8 +114,11 @@ class LoadStats:
         now_ns: int | None = None,
         overloaded: bool = False,
         reason: str | None = None,
+        order_id: int = 0,  # the venue's order id of an ack, where the protocol's answer carries it
     ) -> None:
         now = now_ns if now_ns is not None else time.perf_counter_ns()
+        if self.answers is not None:
+            self.answers[index] = (ok, overloaded, reason, order_id)
         if overloaded:  # shed: not journaled, so not in the order-to-ack figures
             self.overloaded += 1
             self.overload_latencies_ns.append(now - self.scheduled_ns[index])
@@ -162,14 +169,17 @@ async def run_open_loop(
     drain_s: float = 10.0,
     latencies_ns: list[int] | None = None,
     samples: dict | None = None,
+    stats: LoadStats | None = None,
+    make: Callable[[str, int], LoadOrder] = make_order,
 ) -> dict:
     """Offer `rate` orders/s for `duration` s; the report. `latencies_ns`, when given, gets
     every journaled order's latency too (to pool several runs); `samples` gets them as
-    "latencies_ns" and their answer times as "answered_s" (since the first send: --plot)."""
+    "latencies_ns" and their answer times as "answered_s" (since the first send: --plot).
+    `stats`: the run's LoadStats to fill (e.g. keeping every answer); `make`: order i's order."""
     total = int(rate * duration)
     if total > RUN_REFS:
         raise ValueError(f"{total:,} orders in one run: at most {RUN_REFS:,} (lower --rate or --duration)")
-    stats = LoadStats(protocol, rate, duration)
+    stats = stats if stats is not None else LoadStats(protocol, rate, duration)
     stats.scheduled_ns = [0] * total
     await driver.connect(stats.on_ack)
     clock = time.perf_counter_ns
@@ -184,7 +194,7 @@ async def run_open_loop(
             batch = []
             for i in range(sent, due):
                 stats.scheduled_ns[i] = start + int(i * interval_ns)
-                batch.append(make_order(run.prefix, i))
+                batch.append(make(run.prefix, i))
             held = driver.send(batch)
             if held:
                 stats.held += held

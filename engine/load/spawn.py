@@ -26,7 +26,15 @@ def parse_ready(line: str) -> tuple[str, dict[str, int]] | None:
     return m.group(1), {name: int(port) for name, port in (part.split() for part in m.group(2).split(", "))}
 
 
-def _config_text(snapshot_every_s: float = 0, snapshot_writer: str = "follower") -> str:
+def suite_comp_ids(account: str, n: int) -> list[str]:
+    """FIX SenderCompIDs bound to a load account (an account may use 16 unbound ones)."""
+    return [f"S-{account}-{i}" for i in range(n)]
+
+
+def _config_text(
+    snapshot_every_s: float = 0, snapshot_writer: str = "follower", fix_sessions: int = 0
+) -> str:
+    """`fix_sessions`: that many SenderCompIDs bound to each account (suite_comp_ids)."""
     lines = [
         'host = "127.0.0.1"',
         f'admin_key = "{LOAD_ADMIN_KEY}"',
@@ -45,6 +53,8 @@ def _config_text(snapshot_every_s: float = 0, snapshot_writer: str = "follower")
     ]
     for key, name in LOAD_ACCOUNTS.items():
         lines += ["[[accounts]]", f'name = "{name}"', f'api_key = "{key}"']
+        if fix_sessions:
+            lines.append(f"fix_comp_ids = {suite_comp_ids(name, fix_sessions)!r}".replace("'", '"'))
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +117,7 @@ def spawned_exchange(
         else:
             raise RuntimeError("loom run did not become ready in time")
         info["data_dir"] = tmp / "data"
+        info["pid"] = proc.pid
         # Keep draining the server's output so it never blocks on a full pipe.
         import threading
 

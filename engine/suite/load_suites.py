@@ -1,0 +1,288 @@
+"""`loom suite concurrency`, `stress` and `soak`: each against its own `loom run`
+(engine.load.spawn), with the mixed-protocol sessions of engine.suite.mixed; every answer is
+checked against the node's journal afterwards (the chaos history checker)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+from engine.bench.stats import percentile_us
+from engine.load.runner import MID, LoadOrder
+from engine.load.spawn import LOAD_ADMIN_KEY
+from engine.suite.mixed import (
+    check_against_journal,
+    run_mixed,
+    run_sync,
+    spawned_suite_node,
+    split_sessions,
+)
+
+
+def _latency(report: dict) -> dict:
+    return {k: report[k] for k in ("p50_us", "p99_us", "p999_us", "max_us")}
+
+
+def _accounted(report: dict, checked: dict, probe: dict | None = None) -> dict:
+    """Every order sent is answered (acked, rejected by the venue or refused by admission
+    control) and no answer is contradicted by the journal. `probe`: an earlier run on the
+    same node (the soak's), whose orders the journal check covers too."""
+    c = checked["counts"]
+    answered = report["acked"] + report["rejected"] + report["overloaded"]
+    if probe is not None:
+        report = {k: report[k] + probe[k] for k in ("sent", "acked", "rejected", "overloaded")}
+        answered += probe["acked"] + probe["rejected"] + probe["overloaded"]
+    return {
+        "sent": report["sent"],
+        "acked": report["acked"],
+        "rejected": report["rejected"],
+        "refused_overloaded": report["overloaded"],
+        "unanswered": report["sent"] - answered,
+        "journal_checked": {k: c[k] for k in ("ops", "ok", "failed", "unknown", "journal_orders")},
+        "contradictions": checked["contradictions"],
+        "contradiction_examples": checked["contradiction_examples"],
+        "all_accounted": report["sent"] - answered == 0 and checked["contradictions"] == 0,
+    }
+
+
+def run_concurrency(orders: int = 100_000, sessions: int = 1_000, rate: float = 4_000) -> dict:
+    """`orders` orders at `rate`/s from `sessions` sessions spread over REST, WebSocket, FIX
+    and binary; every ack checked against the journal."""
+    split = split_sessions(sessions)
+    with spawned_suite_node(split) as info:
+        started = time.monotonic()
+        report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=60))
+        seconds = time.monotonic() - started
+        checked = check_against_journal(history, info["data_dir"])
+    return {
+        "suite": "concurrency",
+        "orders": orders,
+        "sessions": dict(split),
+        "offered_rate": round(rate),
+        "achieved_rate": report["achieved_rate"],
+        "answered_by_protocol": by_protocol,
+        **_accounted(report, checked),
+        **_latency(report),
+        "seconds": round(seconds, 1),
+        "passed": _accounted(report, checked)["all_accounted"] and report["rejected"] == 0,
+    }
+
+
+def run_stress(orders: int = 200_000, sessions: int = 64) -> dict:
+    """`orders` orders offered at once (as fast as the clients can write them) over mixed
+    sessions: throughput, latency and what admission control refused; never a silent drop."""
+    split = split_sessions(sessions)
+    rate = 10_000_000.0  # the whole burst is due at once: the clients send as fast as they can
+    with spawned_suite_node(split) as info:
+        report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=180))
+        checked = check_against_journal(history, info["data_dir"])
+    accounted = _accounted(report, checked)
+    return {
+        "suite": "stress",
+        "orders": orders,
+        "sessions": dict(split),
+        "throughput_per_s": report["achieved_rate"],  # journaled (acked or rejected) per second
+        "answers_per_s": round(report["sent"] / report["duration_s"]) if report["duration_s"] else 0,
+        "seconds": report["duration_s"],
+        "answered_by_protocol": by_protocol,
+        **accounted,
+        **_latency(report),
+        "passed": accounted["all_accounted"],
+    }
+
+
+# -- soak -------------------------------------------------------------------------------------
+
+
+def bounded_order(run: str, i: int) -> LoadOrder:
+    """The soak's flow, whose book stays small: even orders rest (GTC buys just under the mid,
+    from one account), odd ones are IOC sells from the other account for twice the
+    pair's quantity, which take that buy and any left over from a reordering."""
+    pair = i // 2
+    qty = 1 + (pair * 7) % 50
+    if i % 2 == 0:
+        return LoadOrder(i, f"{run}-{i}", "buy", MID - 1 - pair % 5, qty, "gtc")
+    return LoadOrder(i, f"{run}-{i}", "sell", MID - 60, 2 * qty, "ioc")
+
+
+SOAK_SESSIONS = [("binary", 1), ("binary", 1)]  # even orders on the first account, odd on the second
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _gc_buckets(base: str) -> dict[float, float]:
+    """loom_gc_pause_seconds's cumulative bucket counts, summed over the generations."""
+    req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": LOAD_ADMIN_KEY})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("loom_gc_pause_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The p99 GC pause between two scrapes, as the upper bound of its histogram bucket
+    (None: no collection in between)."""
+    bounds = sorted(after)
+    delta = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = delta[-1] if delta else 0
+    if total <= 0:
+        return None
+    for bound, n in zip(bounds, delta, strict=True):
+        if n >= 0.99 * total:
+            return bound * 1000 if bound != float("inf") else float("inf")
+    return None
+
+
+class _Sampler(threading.Thread):
+    """The node's RSS every second and its GC histogram at every window's end."""
+
+    def __init__(self, pid: int, base: str, window_s: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.base, self.window_s = pid, base, window_s
+        self.stop = threading.Event()
+        self.rss: list[tuple[float, float]] = []
+        self.gc: list[dict[float, float]] = []
+        self.started = 0.0
+
+    def run(self) -> None:
+        self.started = time.perf_counter()
+        self.gc.append(_gc_buckets(self.base))
+        next_window = self.started + self.window_s
+        while not self.stop.wait(1.0):
+            now = time.perf_counter()
+            self.rss.append((now - self.started, _rss_mb(self.pid)))
+            if now >= next_window:
+                self.gc.append(_gc_buckets(self.base))
+                next_window += self.window_s
+
+
+def run_soak(
+    minutes: float = 3.0, window_s: float = 30.0, probe_orders: int = 20_000, load: float = 0.5
+) -> dict:
+    """Measure the node's maximum rate on the soak's flow (a burst of `probe_orders`), then
+    offer `load` of it for `minutes`; per window: ack p99, GC pause p99 and RSS."""
+    with spawned_suite_node(SOAK_SESSIONS) as info:
+        burst, probe_history, _ = run_sync(
+            run_mixed(info, SOAK_SESSIONS, probe_orders, 10_000_000.0, 120, make=bounded_order)
+        )
+        max_rate = burst["achieved_rate"]
+        rate = max(1.0, max_rate * load)
+        orders = int(rate * minutes * 60)
+        sampler = _Sampler(info["pid"], f"http://{info['host']}:{info['http']}", window_s)
+        samples: dict = {}
+        sampler.start()
+        report, history, _ = run_sync(
+            run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
+        )
+        sampler.stop.set()
+        sampler.join()
+        # The journal holds the probe's orders too: both runs are checked.
+        history.ops[:0] = probe_history.ops
+        checked = check_against_journal(history, info["data_dir"])
+        book = _book_depth(f"http://{info['host']}:{info['http']}")
+    windows = _windows(samples, sampler, window_s, minutes * 60)
+    first, last = windows[0], windows[-1]
+    rss_growth = last["rss_mb"] - first["rss_mb"]
+    drift = (last["ack_p99_us"] - first["ack_p99_us"]) / first["ack_p99_us"] if first["ack_p99_us"] else 0.0
+    gc_all = _bucket_p99_ms(sampler.gc[0], sampler.gc[-1]) if len(sampler.gc) > 1 else None
+    accounted = _accounted(report, checked, burst)
+    return {
+        "suite": "soak",
+        "minutes": minutes,
+        "window_s": window_s,
+        "max_rate": max_rate,
+        "rate": round(rate),
+        "orders": report["sent"],
+        "probe_orders": burst["sent"],
+        "book_at_end": book,
+        "windows": windows,
+        "rss_growth_mb": round(rss_growth, 1),
+        "ack_p99_drift_pct": round(drift * 100, 1),
+        "gc_pause_p99_ms": gc_all,
+        "rss_target_met": rss_growth < 50,
+        "drift_target_met": drift < 0.20,
+        **accounted,
+        **_latency(report),
+        "passed": accounted["all_accounted"] and rss_growth < 50 and drift < 0.20,
+    }
+
+
+def _windows(samples: dict, sampler: _Sampler, window_s: float, seconds: float) -> list[dict]:
+    n = max(1, round(seconds / window_s))
+    lat: list[list[int]] = [[] for _ in range(n)]
+    for latency, at in zip(samples["latencies_ns"], samples["answered_s"], strict=True):
+        lat[min(n - 1, int(at / window_s))].append(latency)
+    out = []
+    for w in range(n):
+        rss = [mb for t, mb in sampler.rss if w * window_s <= t < (w + 1) * window_s] or [0.0]
+        gc = _bucket_p99_ms(sampler.gc[w], sampler.gc[w + 1]) if w + 1 < len(sampler.gc) else None
+        out.append(
+            {
+                "window": w,
+                "acks": len(lat[w]),
+                "ack_p99_us": percentile_us(sorted(lat[w]), 99),
+                "gc_pause_p99_ms": gc,
+                "rss_mb": round(rss[-1], 1),
+            }
+        )
+    return out
+
+
+def _book_depth(base: str) -> dict:
+    """The resting book at the end: price levels and quantity (the soak's flow keeps it small)."""
+    import json
+
+    with urllib.request.urlopen(f"{base}/v1/book/LOAD-USD?depth=1000", timeout=10) as resp:
+        book = json.loads(resp.read())
+    levels = book["bids"] + book["asks"]
+    return {"levels": len(levels), "qty": sum(level[1] for level in levels)}
+
+
+def format_load_suite(r: dict) -> str:
+    lines = [f"suite {r['suite']}: {'PASS' if r['passed'] else 'FAIL'}"]
+    if r["suite"] == "soak":
+        lines.append(
+            f"  max rate {r['max_rate']:,}/s measured, soaked at {r['rate']:,}/s for {r['minutes']} min "
+            f"({r['orders']:,} orders); book at the end: {r['book_at_end']['levels']} levels, "
+            f"{r['book_at_end']['qty']:,} resting"
+        )
+        for w in r["windows"]:
+            lines.append(
+                f"  window {w['window']}: {w['acks']:,} acks, ack p99 {w['ack_p99_us']} µs, "
+                f"GC pause p99 {w['gc_pause_p99_ms']} ms, RSS {w['rss_mb']} MB"
+            )
+        lines.append(
+            f"  RSS growth {r['rss_growth_mb']} MB "
+            f"(target < 50: {'met' if r['rss_target_met'] else 'MISSED'}); "
+            f"ack p99 drift first to last window {r['ack_p99_drift_pct']}% (target < 20%: "
+            f"{'met' if r['drift_target_met'] else 'MISSED'}); GC pause p99 {r['gc_pause_p99_ms']} ms"
+        )
+    else:
+        rate = r.get("throughput_per_s", r.get("achieved_rate"))
+        lines.append(
+            f"  {r['orders']:,} orders over sessions {r['sessions']}: {rate:,} orders/s; "
+            f"answered by protocol {r['answered_by_protocol']}"
+        )
+    lines.append(
+        f"  sent {r['sent']:,}: acked {r['acked']:,}, rejected {r['rejected']:,}, refused by admission "
+        f"control {r['refused_overloaded']:,}, unanswered {r['unanswered']:,}; journal check "
+        f"{r['journal_checked']}, contradictions {r['contradictions']}"
+    )
+    lines += [f"    {text}" for text in r["contradiction_examples"]]
+    lines.append(
+        f"  order-to-ack: p50 {r['p50_us']} µs  p99 {r['p99_us']} µs  p99.9 {r['p999_us']} µs  "
+        f"max {r['max_us']} µs"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""`loom suite concurrency|stress|soak|dr`, reduced in size: real `loom run` processes (and a
+local NATS cluster for dr); each run's JSON must account for every order and agree with
+the journal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.load.runner import LoadRun
+from engine.suite.load_suites import bounded_order
+from engine.suite.mixed import split_sessions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def suite(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "suite", *args, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.stdout, done.stderr
+    result = json.loads(done.stdout)
+    assert done.returncode == (0 if result["passed"] else 1), done.stderr
+    return result
+
+
+def _every_order_accounted(r: dict) -> None:
+    assert r["unanswered"] == 0 and r["contradictions"] == 0, r["contradiction_examples"]
+    assert r["acked"] + r["rejected"] + r["refused_overloaded"] == r["sent"]
+    checked = r["journal_checked"]
+    assert checked["ops"] == r["sent"] and checked["unknown"] == 0
+    assert checked["ok"] == r["acked"] == checked["journal_orders"]  # every ack journaled, once
+    assert checked["failed"] == r["rejected"] + r["refused_overloaded"]
+    assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+
+
+def test_concurrency_answers_every_order_over_every_protocol_and_matches_the_journal():
+    r = suite("concurrency", "--orders", "2000", "--sessions", "40", "--rate", "500")
+    assert r["sent"] == 2000 and r["sessions"] == {"rest": 10, "ws": 10, "fix": 10, "binary": 10}
+    assert r["answered_by_protocol"] == {"rest": 500, "ws": 500, "fix": 500, "binary": 500}
+    _every_order_accounted(r)
+    assert r["acked"] > 0 and r["passed"] is True
+
+
+def test_stress_burst_accounts_for_every_order_as_acked_or_refused():
+    r = suite("stress", "--orders", "5000", "--sessions", "8")
+    assert r["sent"] == 5000 and r["throughput_per_s"] > 0
+    _every_order_accounted(r)
+    assert r["passed"] is True
+
+
+def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
+    r = suite("soak", "--minutes", "0.2", "--window", "4", "--probe-orders", "2000")
+    assert r["max_rate"] > 0 and 0 < r["rate"] <= r["max_rate"]
+    assert r["probe_orders"] == 2000 and r["sent"] == 2000 + r["orders"]  # both runs checked
+    _every_order_accounted(r)
+    assert len(r["windows"]) == 3 and all(w["acks"] > 0 and w["rss_mb"] > 0 for w in r["windows"])
+    assert r["rss_growth_mb"] == round(r["windows"][-1]["rss_mb"] - r["windows"][0]["rss_mb"], 1)
+    assert r["rss_target_met"] == (r["rss_growth_mb"] < 50)
+    assert r["drift_target_met"] == (r["ack_p99_drift_pct"] < 20)
+    # The flow takes what it rests: a few levels at the end, not thousands of orders.
+    assert r["book_at_end"]["levels"] <= 5 and r["book_at_end"]["qty"] < 500
+
+
+def test_dr_rebuilds_a_destroyed_standby_from_the_replicated_snapshot_and_takes_over():
+    r = suite("dr", "--orders-after", "50")
+    assert r["rebuilt_from_replicated_snapshot"] is True
+    assert r["contradictions"] == 0, r["contradiction_examples"]
+    c = r["counts"]
+    assert c["ok"] > 2000 and c["unknown"] == c["unknown_present"] + c["unknown_absent"]
+    assert r["state_hash_matches"] is True and r["new_leader"] == "b"
+    assert r["rebuild_s"] > 0 and r["takeover_s"] > 0 and r["passed"] is True
+
+
+def test_sessions_are_spread_over_the_protocols():
+    assert split_sessions(1000) == [("rest", 250), ("ws", 250), ("fix", 250), ("binary", 250)]
+    assert split_sessions(6) == [("rest", 2), ("ws", 2), ("fix", 1), ("binary", 1)]
+    with pytest.raises(ValueError, match="cannot cover"):
+        split_sessions(3)
+
+
+def test_the_soak_flow_keeps_the_book_bounded():
+    """In order, each IOC sell takes its pair's buy and any leftover: at most one buy rests."""
+    run = LoadRun.new().prefix
+    resting = 0
+    for i in range(10_000):
+        o = bounded_order(run, i)
+        resting = resting + o.qty if o.tif == "gtc" else max(0, resting - o.qty)
+        assert resting <= 50
