@@ -163,6 +163,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             () if cfg.cluster else tuple(cfg.instruments),
             () if cfg.cluster else tuple(cfg.assets),
             None if cfg.cluster else cfg.credit_checks,
+            fee_account=cfg.fee_account,
             snapshot_every_commands=cfg.snapshot_every_commands,
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,

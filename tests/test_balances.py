@@ -164,7 +164,8 @@ def test_assets_list_once_and_an_instrument_gains_its_assets_once():
     assert apply(ListInstrument(Instrument("ETH-USD", tick_size=2, base="BTC", quote="USD")))[0].reason == (
         R.INSTRUMENT_CONFLICT
     )
-    assert apply(SetCreditChecks(True))[0].enabled and apply(SetCreditChecks(True)) == []
+    on = SetCreditChecks(True, fee_account="venue-fees")
+    assert apply(on)[0].enabled and apply(SetCreditChecks(True, fee_account="venue-fees")) == []
 
 
 ACCOUNTS = ("alice", "bob", "carol")

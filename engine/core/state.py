@@ -13,16 +13,18 @@ import hashlib
 
 import msgspec
 
-from engine.core.balances import Balance, TransferRecord
+from engine.core.balances import DEFAULT_FEE_ACCOUNT, Balance, TransferRecord
 from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument, RiskLimits
 from engine.core.matcher import AccountOrders, MatchingEngine
 
 # 2: last trade prices and risk state (limits, kill switches, halts); 3: the ledger (assets,
 # balances, transfers, supply, credit checks). A version 2 state restores with an empty
-# ledger: its fields are trailing ones with defaults (`upcast`).
-STATE_VERSION = 3
-READABLE_VERSIONS = (2, 3)
+# ledger: its fields are trailing ones with defaults (`upcast`). 4: settlement (each resting
+# order's reservation, the fee account and the fees collected); a version 3 state holds no
+# reservations (credit checks were not enforced), which is what its defaults say.
+STATE_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 
 
 class BookState(msgspec.Struct, array_like=True):
@@ -75,6 +77,9 @@ class EngineState(msgspec.Struct, array_like=True):
     transfers: list[TransferRecord] = []
     supply: list[tuple[str, int]] = []
     credit_checks: bool = False
+    # Version 4: settlement (engine/core/settlement.py); reservations ride on the orders.
+    fee_account: str = DEFAULT_FEE_ACCOUNT
+    fees: list[tuple[str, int]] = []
 
 
 def export_state(engine: MatchingEngine) -> EngineState:
@@ -102,6 +107,8 @@ def export_state(engine: MatchingEngine) -> EngineState:
         [KillSwitchEntry(s, t, why) for (s, t), why in sorted(engine.risk.kill_switches.items())],
         sorted(engine.risk.halts.items()),
         *_export_ledger(engine),
+        engine.ledger.fee_account,
+        sorted(engine.ledger.fees.items()),
     )
 
 
@@ -126,9 +133,15 @@ def _export_ledger(
 def upcast(state: EngineState) -> EngineState:
     """The state in the current version. A version 2 state (written before the ledger)
     decodes with the ledger's defaults (no assets, balances or transfers, credit checks
-    off), which is what it held; only the version number changes."""
+    off), which is what it held; only the version number changes. A version 3 state's
+    orders reserved nothing, as credit checks were journaled but not enforced then: it is
+    upcast with them off, which is what they did. The node's start-up journals the
+    configured switch again, and turning it on reserves for the resting orders
+    (MatchingEngine._set_credit), so that step is journaled and replays alike."""
     if state.version not in READABLE_VERSIONS:
         raise ValueError(f"engine state version {state.version} is not one of {READABLE_VERSIONS}")
+    if state.version < 4:
+        state.credit_checks = False
     state.version = STATE_VERSION
     return state
 
@@ -152,6 +165,9 @@ def restore_state(state: EngineState) -> MatchingEngine:
     ledger.transfers.update((r.transfer_id, r) for r in state.transfers)
     ledger.supply.update(state.supply)
     ledger.credit_checks = state.credit_checks
+    ledger.fee_account = state.fee_account
+    ledger.fees.update(state.fees)
+    engine.configure_markets()
     for acct_state in state.accounts:
         acct = engine.accounts[acct_state.account] = AccountOrders()
         acct.by_clid.update(acct_state.client_order_ids)

@@ -1,0 +1,128 @@
+"""Pre-trade credit and settlement: what an order reserves, and how a trade moves money.
+
+Part of the deterministic core, applied by the one match loop (engine/core/matcher.py) in
+apply and replay alike. Only for instruments that name base and quote assets, and only while
+the venue's `credit_checks` is on; an instrument without assets trades without money.
+
+Reservation (an order's `reserved`, in the account's `held`): a sell reserves its open base
+quantity (`leaves * contract_size`); a buy reserves, per lot of its open quantity, the quote
+amount of one lot at its limit price plus that amount's fee at the larger of the maker and
+taker rates. Being linear in lots, a fill of `f` releases exactly `reserved * f / leaves`,
+and the fee of any fill at that price or better never exceeds what it releases (a ceiling of
+a sum is at most the sum of ceilings). An incoming order pays its fills from its total
+directly and reserves what rests: it is admitted when its whole reservation (at its limit,
+or a market order's protection price) fits `available`, which covers both.
+
+Fees: `fee = ceil(quote_amount * bps / 10_000)`, in integer units of the quote asset, for
+the maker at `maker_fee_bps` and the taker at `taker_fee_bps`. Rounded up: in the venue's
+favour for a charge, and for a rebate (negative bps) too, which rounds toward zero. The
+buyer pays quote + its fee; the seller receives quote - its fee; the venue fee account
+(`Ledger.fee_account`) receives both fees. Listing requires each rate within +-10,000 bps
+and maker + taker >= 0, so a trade's two fees never sum below zero: the fee account never
+pays out more than the same trade brought in, and a seller's fee never exceeds its quote.
+"""
+
+from __future__ import annotations
+
+from engine.core.balances import Balance, Ledger, quote_amount
+from engine.core.book import RestingOrder
+from engine.core.domain import Asset, Instrument
+
+BPS = 10_000
+BUY = 1
+
+
+def fee(amount: int, bps: int) -> int:
+    """The fee on a quote amount, rounded up (the venue's favour; a rebate toward zero)."""
+    return -(-amount * bps // BPS)
+
+
+class Money:
+    """What credit and settlement need of one instrument with assets, gathered once."""
+
+    __slots__ = ("base", "quote", "contract_size", "scale", "lot", "maker_bps", "taker_bps", "reserve_bps")
+
+    def __init__(self, inst: Instrument, base: Asset) -> None:
+        self.base = inst.base
+        self.quote = inst.quote
+        self.contract_size = inst.contract_size
+        self.scale = base.scale
+        self.lot = inst.lot_size
+        self.maker_bps = inst.maker_fee_bps
+        self.taker_bps = inst.taker_fee_bps
+        # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
+        self.reserve_bps = max(inst.maker_fee_bps, inst.taker_fee_bps, 0)
+
+    def asset(self, side: int) -> str:
+        """The asset an order of this side reserves."""
+        return self.quote if side == BUY else self.base
+
+    def reservation(self, side: int, price: int, qty: int) -> int:
+        """What an order of `qty` reserves: base for a sell; for a buy at `price`, per lot,
+        the lot's quote amount and its largest fee (0 for a buy without a price)."""
+        if side != BUY:
+            return qty * self.contract_size
+        lot = self.lot
+        per_lot = quote_amount(price, lot, self.contract_size, self.scale)
+        return qty // lot * (per_lot + fee(per_lot, self.reserve_bps))
+
+
+def balance(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> Balance:
+    """The account's balance in the asset, created empty when it has none."""
+    held = balances.get(account)
+    if held is None:
+        held = balances[account] = {}
+    b = held.get(asset)
+    if b is None:
+        b = held[asset] = Balance()
+    return b
+
+
+def available(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> int:
+    b = balances.get(account, {}).get(asset)
+    return b.total - b.held if b is not None else 0
+
+
+def release(balances: dict[str, dict[str, Balance]], money: Money, order: RestingOrder) -> None:
+    """An order leaves the book: its whole reservation goes back to `available`."""
+    balances[order.account][money.asset(order.side)].held -= order.reserved
+    order.reserved = 0
+
+
+def settle(
+    ledger: Ledger,
+    money: Money,
+    price: int,
+    fill: int,
+    maker: RestingOrder,
+    maker_leaves: int,
+    taker: str,
+    taker_buys: bool,
+) -> tuple[int, int]:
+    """One trade of `fill` at `price` between a resting maker (`maker_leaves` open before the
+    fill) and an incoming taker: releases the maker's share of its reservation and moves
+    base, quote and both fees. Returns (maker fee, taker fee), in quote units."""
+    balances = ledger.balances
+    quote = money.quote
+    base = money.base
+    amount = quote_amount(price, fill, money.contract_size, money.scale)
+    base_amount = fill * money.contract_size
+    maker_fee = fee(amount, money.maker_bps)
+    taker_fee = fee(amount, money.taker_bps)
+    released = maker.reserved * fill // maker_leaves
+    maker.reserved -= released
+    if taker_buys:
+        buyer, buyer_fee, seller, seller_fee = taker, taker_fee, maker.account, maker_fee
+        balances[seller][base].held -= released
+    else:
+        buyer, buyer_fee, seller, seller_fee = maker.account, maker_fee, taker, taker_fee
+        balances[buyer][quote].held -= released
+    balance(balances, buyer, quote).total -= amount + buyer_fee
+    balance(balances, buyer, base).total += base_amount
+    balance(balances, seller, base).total -= base_amount
+    balance(balances, seller, quote).total += amount - seller_fee
+    fees = maker_fee + taker_fee
+    if fees:
+        balance(balances, ledger.fee_account, quote).total += fees
+        ledger.fees[quote] = ledger.fees.get(quote, 0) + fees
+    return maker_fee, taker_fee
