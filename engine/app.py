@@ -187,7 +187,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.duration_s,
     )
     metrics = ExchangeMetrics()
-    metrics.money_labels(sorted(node.engine.books), sorted(node.engine.ledger.assets))
+    listed = node.engine.instruments
+    fee_assets = {s: i.quote for s, i in listed.items() if i.has_assets}
+    metrics.money_labels(sorted(node.engine.books), sorted(node.engine.ledger.assets), fee_assets)
     service = ExchangeService(
         node, observer=MetricsObserver(metrics), max_queued_commands=cfg.max_queued_commands
     )
@@ -203,6 +205,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     surveillance = Surveillance()
     ledger = LedgerIndex(cfg.ledger_entries_per_account)
     ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
+    ledger.engine = lambda: service.node.engine  # settlement entries count back from its totals
     service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
     for listener in (order_store.on_events, market_data.on_events, metrics.on_events, surveillance.on_events):

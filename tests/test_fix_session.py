@@ -472,7 +472,9 @@ def test_fills_carry_their_fee_as_commission_tags_12_and_13(tmp_path, clock):
         (maker,) = alice.read()  # alice's rest was the maker: 6,000 USD at -10 bps = a rebate of 6
         assert (maker[150], maker[12], maker[13]) == ("F", "-6", "3")
         fees = exchange.node.engine.ledger.balance("fees", "USD")
-        assert fees is not None and fees.total == (8 - 4) + (12 - 6)  # each trade: taker fee less maker rebate
+        assert fees is not None and fees.total == (8 - 4) + (
+            12 - 6
+        )  # each trade: taker fee less maker rebate
     finally:
         exchange.close()
 

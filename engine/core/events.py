@@ -53,6 +53,7 @@ class Trade(msgspec.Struct, frozen=True, tag="trd", array_like=True, gc=False):
     # negative for a rebate; 0 without credit checks or for an instrument without assets.
     maker_fee: int = 0
     taker_fee: int = 0
+    settled: bool = False  # balances moved (credit checks on, an instrument with assets)
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, tag="cxl", array_like=True, gc=False):

@@ -654,6 +654,7 @@ class MatchingEngine:
                             remaining,
                             maker_fee,
                             taker_fee,
+                            money is not None,
                         )
                     )
                 if not mleaves:
