@@ -14,7 +14,9 @@ from engine import __version__
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.bench.engine_bench import format_engine_bench, run_engine_bench
 
-    result = run_engine_bench(ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat)
+    result = run_engine_bench(
+        ops=args.ops, seed=args.seed, mode=args.mode, repeat=args.repeat, credit=args.credit
+    )
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
 
@@ -409,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seed", type=int, default=1)
     be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
+    be.add_argument(
+        "--credit",
+        action="store_true",
+        help="also run the same workload with funded accounts, credit checks and fees (side by side)",
+    )
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.set_defaults(func=_cmd_bench_engine)
     bp = bench_sub.add_parser("paths", help="apply and replay (one match loop: events built or counted)")

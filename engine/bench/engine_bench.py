@@ -6,6 +6,12 @@ Two kinds of pass over the same commands, each into a fresh engine:
   ~0.1 µs, which is why its own rate is reported separately as `timed_ops_per_s`).
 Events are produced and counted as in production: they are the product, not an option.
 Every pass must end on the generator's state hash (`deterministic`).
+
+With `credit` (`--credit`) each round runs one pass more, interleaved with the plain one: the
+same commands against a funded venue with credit checks and fees on (engine/bench/workload.py),
+so both throughputs come from one run (this VM's speed drifts) with their ratio. Its passes
+must agree with each other, make the same trades as the plain ones, and end with the money
+conserved (engine/core/invariants.py).
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ import time
 
 from engine import progress
 from engine.bench.stats import percentile_us
-from engine.bench.workload import generate, make_engine
+from engine.bench.workload import credit_setup, generate, make_engine
 from engine.core.commands import Cancel
 from engine.core.events import Trade
+from engine.core.invariants import check_engine, check_fees
 from engine.core.state import state_hash
 
 
-def _throughput_pass(commands: list) -> tuple[int, str]:
-    engine = make_engine()
+def _throughput_pass(commands: list, credit: bool = False) -> tuple[int, str]:
+    engine = make_engine(credit)
     apply = engine.apply
     clock = time.perf_counter_ns
     gc.collect()
@@ -36,8 +43,8 @@ def _throughput_pass(commands: list) -> tuple[int, str]:
     return elapsed, state_hash(engine)
 
 
-def _latency_pass(commands: list) -> dict:
-    engine = make_engine()
+def _latency_pass(commands: list, credit: bool = False) -> dict:
+    engine = make_engine(credit)
     apply = engine.apply
     clock = time.perf_counter_ns
     latencies = [0] * len(commands)
@@ -77,20 +84,36 @@ def _latency_pass(commands: list) -> dict:
         "events": events,
         "resting_orders": sum(len(a.open) for a in engine.accounts.values()),
         "state_hash": state_hash(engine),
+        "money_problems": (check_engine(engine) + check_fees(engine.ledger))[:3] if credit else [],
+        "fees": dict(engine.ledger.fees),
     }
 
 
-def run_engine_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3) -> dict:
-    workload = generate(ops, seed, mode)
+def run_engine_bench(
+    ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3, credit: bool = False
+) -> dict:
+    # With credit the workload follows the funded venue's setup commands (the plain engine
+    # just starts at a later seq).
+    workload = generate(ops, seed, mode, first_seq=len(credit_setup()) + 1 if credit else 1)
     commands = workload.commands
     n = len(commands)
-    progress.phase(f"engine bench ({mode}): passes over {n:,} ops", repeat + 1)
+    progress.phase(f"engine bench ({mode}): passes over {n:,} ops", (repeat + 1) * (2 if credit else 1))
     passes = []
+    credit_passes = []
     for _ in range(repeat):
         passes.append(_throughput_pass(commands))
         progress.advance()
+        if credit:
+            credit_passes.append(_throughput_pass(commands, credit=True))
+            progress.advance()
     lat = _latency_pass(commands)
     progress.advance()
+    credit_result: dict = {}
+    if credit:
+        clat = _latency_pass(commands, credit=True)
+        progress.advance()
+        credit_rates = [n / (elapsed / 1e9) for elapsed, _ in credit_passes]
+        credit_result = _credit_figures(credit_rates, credit_passes, clat, lat)
     rates = [n / (elapsed / 1e9) for elapsed, _ in passes]
     hashes = {h for _, h in passes} | {lat["state_hash"]}
     latencies = lat["latencies"]
@@ -114,7 +137,27 @@ def run_engine_bench(ops: int = 1_000_000, seed: int = 1, mode: str = "deep", re
         "cancel_p50_us_last_decile": lat["cancel_p50_us_last_decile"],
         "orders_per_level_at_end": lat["orders_per_level_at_end"],
         "state_hash": lat["state_hash"],
-        "deterministic": hashes == {workload.state_hash},
+        "deterministic": hashes == {workload.state_hash} and credit_result.get("credit_deterministic", True),
+        **credit_result,
+    }
+
+
+def _credit_figures(rates: list[float], passes: list[tuple[int, str]], clat: dict, lat: dict) -> dict:
+    hashes = {h for _, h in passes} | {clat["state_hash"]}
+    ops_per_s = round(statistics.median(rates))
+    latencies = clat["latencies"]
+    return {
+        "credit_ops_per_s": ops_per_s,
+        "credit_ops_per_s_runs": [round(r) for r in rates],
+        "credit_p50_us": percentile_us(latencies, 50),
+        "credit_p99_us": percentile_us(latencies, 99),
+        "credit_trades": clat["trades"],
+        "credit_fees": clat["fees"],
+        "credit_money_problems": clat["money_problems"],
+        # Same trades (funds never bind), one hash over every credit pass, money conserved.
+        "credit_deterministic": len(hashes) == 1
+        and clat["trades"] == lat["trades"]
+        and not clat["money_problems"],
     }
 
 
@@ -130,4 +173,18 @@ def format_engine_bench(r: dict) -> str:
         f"  cancel p50: {r['cancel_p50_us_first_decile']} µs in the first tenth, "
         f"{r['cancel_p50_us_last_decile']} µs in the last (deepest book)\n"
         f"  state hash {r['state_hash'][:16]}…  every pass matches the generator: {r['deterministic']}"
+        + (_format_credit(r) if "credit_ops_per_s" in r else "")
+    )
+
+
+def _format_credit(r: dict) -> str:
+    runs = ", ".join(f"{x:,}" for x in r["credit_ops_per_s_runs"])
+    ratio = r["credit_ops_per_s"] / r["ops_per_s"] if r["ops_per_s"] else 0.0
+    fees = ", ".join(f"{v:,} {k}" for k, v in sorted(r["credit_fees"].items())) or "none"
+    return (
+        f"\n  with credit checks (funded accounts, fees): {r['credit_ops_per_s']:,} ops/s "
+        f"(median of {runs}), {ratio:.2f}x without\n"
+        f"  credit latency per op: p50 {r['credit_p50_us']} µs  p99 {r['credit_p99_us']} µs; "
+        f"{r['credit_trades']:,} trades settled, fees {fees}; "
+        f"money conserved: {not r['credit_money_problems']}"
     )

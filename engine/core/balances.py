@@ -19,6 +19,7 @@ Pure like the rest of the core: no clock, no I/O (docs/accounts.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import msgspec
@@ -77,6 +78,15 @@ def fees_problem(inst: Instrument) -> str:
             "the fee account would pay out more than it takes in"
         )
     return ""
+
+
+def quote_factor(contract_size: int, base_scale: int) -> tuple[int, int]:
+    """`quote_amount`'s rule as a reduced fraction (num, den) of price x qty, for the order
+    path: amount = ceil(price * qty * num / den). Settlement computes it once per instrument
+    (engine/core/settlement.py `Money.amount`) and skips the division when den is 1."""
+    unit = 10**base_scale
+    g = math.gcd(contract_size, unit)
+    return contract_size // g, unit // g
 
 
 def instrument_asset_problem(inst: Instrument, assets: Mapping[str, Asset]) -> tuple[int, str]:

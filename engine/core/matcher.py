@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.core.balances import ACCOUNT_COMMANDS, Ledger, apply_account_command, listing_problem
+from engine.core.balances import ACCOUNT_COMMANDS, Balance, Ledger, apply_account_command, listing_problem
 from engine.core.book import BookSide, OrderBook, RestingOrder
 from engine.core.commands import (
     Amend,
@@ -135,7 +135,8 @@ class Market:
     """What the order path needs of one symbol, gathered for a single dict lookup."""
 
     __slots__ = (
-        "book", "bids", "asks", "tick", "lot", "min_qty", "max_qty", "sweep_ticks", "sweep_bps", "money"
+        "book", "bids", "asks", "tick", "lot", "min_qty", "max_qty", "sweep_ticks", "sweep_bps", "money",
+        "credit",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, book: OrderBook) -> None:
@@ -149,13 +150,16 @@ class Market:
         self.sweep_ticks = 0
         self.sweep_bps = 0
         self.money: Money | None = None  # credit and settlement, when it names listed assets
+        self.credit: Money | None = None  # `money` while credit checks are on: the order path's test
 
-    def configure(self, inst: Instrument, assets: dict[str, Asset]) -> None:
-        """The parts an instrument may gain after listing (assets, fees, market protection)."""
+    def configure(self, inst: Instrument, assets: dict[str, Asset], credit_checks: bool) -> None:
+        """The parts an instrument may gain after listing (assets, fees, market protection),
+        and whether its orders are credit-checked now."""
         self.sweep_ticks = inst.max_sweep_ticks
         self.sweep_bps = inst.max_sweep_bps
         base = assets.get(inst.base)
         self.money = Money(inst, base) if base is not None and inst.quote in assets else None
+        self.credit = self.money if credit_checks else None
 
     def protection(self, side: int, touch: int) -> int:
         """The worst price a market order may trade at, `touch` being the best opposite
@@ -175,6 +179,7 @@ class Market:
 class MatchingEngine:
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
+        self.balances = self.ledger.balances  # the same dict, one attribute nearer the order path
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, OrderBook] = {}
         self.markets: dict[str, Market] = {}
@@ -198,13 +203,14 @@ class MatchingEngine:
         self.instruments[inst.symbol] = inst
         book = self.books[inst.symbol] = OrderBook(inst.symbol)
         market = self.markets[inst.symbol] = Market(inst, book)
-        market.configure(inst, self.ledger.assets)
+        market.configure(inst, self.ledger.assets, self.ledger.credit_checks)
 
     def configure_markets(self) -> None:
-        """After assets change (a listing, a restore): each market's money and protection."""
-        assets = self.ledger.assets
+        """After assets or the credit switch change (or a restore): each market's money,
+        credit and protection."""
+        ledger = self.ledger
         for symbol, market in self.markets.items():
-            market.configure(self.instruments[symbol], assets)
+            market.configure(self.instruments[symbol], ledger.assets, ledger.credit_checks)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -281,23 +287,24 @@ class MatchingEngine:
         # The price it may trade to: a limit order's own; a market order's protection price
         # (engine/core/settlement.py explains the credit rules), 0 when unbounded.
         limit = price
-        money = market.money
-        if money is not None and not self.ledger.credit_checks:
-            money = None
+        money = market.credit
         if order_type == MARKET and (market.sweep_ticks or market.sweep_bps or money is not None):
             touch = (market.asks if side == BUY else market.bids).best
             if touch is not None:
                 limit = market.protection(side, touch)
                 if not limit and money is not None and side == BUY:
                     limit = market.asks.worst()  # what a buy needs reserving: the whole book
+        need = 0
+        funds: Balance | None = None  # the balance its reservation comes from
         if money is not None:
-            ledger = self.ledger
             if self.risk_on and side == BUY:
                 reason = self._position_problem(account, symbol, money, qty, 0)
                 if reason:
                     return self._reject_new(cmd, reason, events)
             need = money.reservation(side, limit, qty)
-            if need > available(ledger.balances, account, money.asset(side)):
+            held = self.balances.get(account)
+            funds = held.get(money.assets[side]) if held is not None else None
+            if need and (funds is None or need > funds.total - funds.held):
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
@@ -384,9 +391,12 @@ class MatchingEngine:
                 stp,
                 seq,
             )
-            if money is not None:
-                reserved = order.reserved = money.reservation(side, price, remaining)
-                self.ledger.balances[account][money.asset(side)].held += reserved
+            if funds is not None:  # money is not None: it reserves what rests
+                assert money is not None
+                order.reserved = reserved = (
+                    need if remaining == qty else money.reservation(side, price, remaining)
+                )
+                funds.held += reserved
             # BookSide.add, inlined: this is the most frequent operation of all.
             level = own.levels.get(price)
             if level is None:
@@ -453,8 +463,8 @@ class MatchingEngine:
         else:  # an instrument listed before assets existed gains them (its Market is kept)
             self.instruments[inst.symbol] = inst
             market = self.markets[inst.symbol]
-            market.configure(inst, self.ledger.assets)
-            if market.money is not None and self.ledger.credit_checks:
+            market.configure(inst, self.ledger.assets, self.ledger.credit_checks)
+            if market.credit is not None:
                 self._reserve_resting(inst.symbol, cmd.seq, cmd.ts, cancels)
         return [
             InstrumentListed(
@@ -506,6 +516,7 @@ class MatchingEngine:
         cancels: list[Event] = []
         if cmd.enabled != ledger.credit_checks:
             ledger.credit_checks = cmd.enabled
+            self.configure_markets()
             if cmd.enabled:
                 self._reserve_resting("", cmd.seq, cmd.ts, cancels)
             else:  # a pure matching venue: nothing stays held
@@ -783,8 +794,12 @@ class MatchingEngine:
         if not orders:
             side.drop_level(price)
         del acct.open[oid]
-        if order.reserved:
-            self._release(order)
+        reserved = order.reserved
+        if reserved:
+            money = market.money
+            assert money is not None, "only an instrument with assets reserves"
+            self.ledger.balances[order.account][money.assets[order.side]].held -= reserved
+            order.reserved = 0
         if events is not None:
             events.append(
                 OrderCancelled(
@@ -867,7 +882,7 @@ class MatchingEngine:
             reason = R.POST_ONLY_WOULD_CROSS
         if not reason and self.risk_on and (new_price != order.price or new_qty > order.qty):
             reason = check_amend(self, order, new_qty, new_price)
-        money = self.markets[symbol].money if self.ledger.credit_checks else None
+        money = self.markets[symbol].credit
         if not reason and money is not None:
             if self.risk_on and is_buy and new_qty > order.qty:
                 reason = self._position_problem(

@@ -24,11 +24,12 @@ pays out more than the same trade brought in, and a seller's fee never exceeds i
 
 from __future__ import annotations
 
-from engine.core.balances import Balance, Ledger, quote_amount
+from engine.core.balances import Balance, Ledger, quote_factor
 from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument
 
 BPS = 10_000
+MAX_CACHED_PRICES = 4_096
 BUY = 1
 
 
@@ -40,31 +41,51 @@ def fee(amount: int, bps: int) -> int:
 class Money:
     """What credit and settlement need of one instrument with assets, gathered once."""
 
-    __slots__ = ("base", "quote", "contract_size", "scale", "lot", "maker_bps", "taker_bps", "reserve_bps")
+    __slots__ = (
+        "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
+        "assets", "_per_lot",
+    )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
         self.base = inst.base
         self.quote = inst.quote
         self.contract_size = inst.contract_size
-        self.scale = base.scale
+        self.num, self.den = quote_factor(inst.contract_size, base.scale)
         self.lot = inst.lot_size
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
         # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
         self.reserve_bps = max(inst.maker_fee_bps, inst.taker_fee_bps, 0)
+        # The asset an order reserves, by side (BUY 1: quote, SELL 2: base): a tuple index
+        # is cheaper on the order path than a call.
+        self.assets = ("", inst.quote, inst.base)
+        # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
+        self._per_lot: dict[int, int] = {}
+
+    def amount(self, price: int, qty: int) -> int:
+        """`quote_amount(price, qty, contract_size, base_scale)`, from its reduced factor."""
+        den = self.den
+        if den == 1:
+            return price * qty * self.num
+        return -(-price * qty * self.num // den)
 
     def asset(self, side: int) -> str:
         """The asset an order of this side reserves."""
-        return self.quote if side == BUY else self.base
+        return self.assets[side]
 
     def reservation(self, side: int, price: int, qty: int) -> int:
         """What an order of `qty` reserves: base for a sell; for a buy at `price`, per lot,
         the lot's quote amount and its largest fee (0 for a buy without a price)."""
         if side != BUY:
             return qty * self.contract_size
-        lot = self.lot
-        per_lot = quote_amount(price, lot, self.contract_size, self.scale)
-        return qty // lot * (per_lot + fee(per_lot, self.reserve_bps))
+        reserve = self._per_lot.get(price)
+        if reserve is None:
+            amount = self.amount(price, self.lot)
+            reserve = amount + fee(amount, self.reserve_bps)
+            if len(self._per_lot) >= MAX_CACHED_PRICES:
+                self._per_lot.clear()
+            self._per_lot[price] = reserve
+        return qty // self.lot * reserve
 
 
 def balance(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> Balance:
@@ -85,7 +106,7 @@ def available(balances: dict[str, dict[str, Balance]], account: str, asset: str)
 
 def release(balances: dict[str, dict[str, Balance]], money: Money, order: RestingOrder) -> None:
     """An order leaves the book: its whole reservation goes back to `available`."""
-    balances[order.account][money.asset(order.side)].held -= order.reserved
+    balances[order.account][money.assets[order.side]].held -= order.reserved
     order.reserved = 0
 
 
@@ -105,22 +126,46 @@ def settle(
     balances = ledger.balances
     quote = money.quote
     base = money.base
-    amount = quote_amount(price, fill, money.contract_size, money.scale)
+    den = money.den
+    amount = price * fill * money.num if den == 1 else money.amount(price, fill)
     base_amount = fill * money.contract_size
-    maker_fee = fee(amount, money.maker_bps)
-    taker_fee = fee(amount, money.taker_bps)
-    released = maker.reserved * fill // maker_leaves
+    bps = money.maker_bps
+    maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
+    bps = money.taker_bps
+    taker_fee = -(-amount * bps // BPS) if bps else 0
+    # The maker's share of its reservation, which is linear in lots: what `fill` reserved
+    # (no division of the large reservation by its leaves).
+    released = base_amount if taker_buys else money.reservation(BUY, maker.price, fill)
     maker.reserved -= released
+    maker_balances = balances[maker.account]  # it reserved: it has a balance
+    taker_balances = balances.get(taker)  # it passed its credit check: it has one too
+    if taker_balances is None:
+        taker_balances = balances[taker] = {}
+    # Either side's balance in the asset it receives may be its first: created then.
     if taker_buys:
-        buyer, buyer_fee, seller, seller_fee = taker, taker_fee, maker.account, maker_fee
-        balances[seller][base].held -= released
+        buyer_fee, seller_fee = taker_fee, maker_fee
+        buyer, seller = taker_balances, maker_balances
+        maker_balances[base].held -= released
     else:
-        buyer, buyer_fee, seller, seller_fee = maker.account, maker_fee, taker, taker_fee
-        balances[buyer][quote].held -= released
-    balance(balances, buyer, quote).total -= amount + buyer_fee
-    balance(balances, buyer, base).total += base_amount
-    balance(balances, seller, base).total -= base_amount
-    balance(balances, seller, quote).total += amount - seller_fee
+        buyer_fee, seller_fee = maker_fee, taker_fee
+        buyer, seller = maker_balances, taker_balances
+        maker_balances[quote].held -= released
+    b = buyer.get(quote)
+    if b is None:
+        b = buyer[quote] = Balance()
+    b.total -= amount + buyer_fee
+    b = buyer.get(base)
+    if b is None:
+        b = buyer[base] = Balance()
+    b.total += base_amount
+    b = seller.get(base)
+    if b is None:
+        b = seller[base] = Balance()
+    b.total -= base_amount
+    b = seller.get(quote)
+    if b is None:
+        b = seller[quote] = Balance()
+    b.total += amount - seller_fee
     fees = maker_fee + taker_fee
     if fees:
         balance(balances, ledger.fee_account, quote).total += fees
