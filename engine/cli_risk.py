@@ -27,6 +27,7 @@ LIMIT_FIELDS = (
     "price_band_bps",
     "max_open_orders",
     "max_open_notional",
+    "max_position",
 )
 
 

@@ -347,3 +347,22 @@ def test_checker_finds_a_reservation_that_does_not_match_held():
     assert check_engine(apply.engine) == ["account alice USD: held 1009, its open orders reserve 1010"]
     apply.engine.ledger.fees["USD"] = 5
     assert check_fees(apply.engine.ledger) == ["fee account venue-fees USD: total 0 != fees 5 + transfers"]
+
+
+def test_a_version_3_state_recovers_with_credit_checks_off_as_they_acted_then():
+    """Before settlement the switch was journaled but not enforced, and orders reserved
+    nothing: a version 3 state restores with it off (its resting orders stay unreserved),
+    and the node's next start turns it on by a journaled command that reserves for them."""
+    apply = Seq(MatchingEngine([]))
+    for cmd in (ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)):
+        apply(cmd)
+    apply(Transfer("t1", "alice", "USD", DEP, 10_000))
+    apply(_order("alice", 1, 2, 100, 10, 1, 0))
+    state = export_state(apply.engine)
+    state.version, state.credit_checks = 3, True
+    restored = restore_state(decode_state(encode_state(state)))
+    assert not restored.ledger.credit_checks and check_engine(restored) == []
+    again = Seq(restored)
+    [changed] = again(SetCreditChecks(True, fee_account="venue-fees"))
+    assert changed.cancelled == 0 and restored.ledger.balance("alice", "USD").held == 1_010
+    assert check_engine(restored) == []

@@ -19,7 +19,6 @@ Pure like the rest of the core: no clock, no I/O (docs/accounts.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import msgspec
@@ -85,8 +84,10 @@ def quote_factor(contract_size: int, base_scale: int) -> tuple[int, int]:
     path: amount = ceil(price * qty * num / den). Settlement computes it once per instrument
     (engine/core/settlement.py `Money.amount`) and skips the division when den is 1."""
     unit = 10**base_scale
-    g = math.gcd(contract_size, unit)
-    return contract_size // g, unit // g
+    a, b = contract_size, unit
+    while b:  # Euclid's greatest common divisor (the core imports no math module)
+        a, b = b, a % b
+    return contract_size // a, unit // a
 
 
 def instrument_asset_problem(inst: Instrument, assets: Mapping[str, Asset]) -> tuple[int, str]:

@@ -41,6 +41,7 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     price_band_bps: Limit = 0
     max_open_orders: Limit = 0
     max_open_notional: Limit = 0
+    max_position: Limit = 0  # net position per account and symbol (engine/core/settlement.py)
 
 
 class KillSwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,6 +85,7 @@ async def put_limits(request: web.Request) -> web.Response:
         req.price_band_bps,
         req.max_open_orders,
         req.max_open_notional,
+        req.max_position,
     )
     cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits)
     return await submit(request, cmd)
