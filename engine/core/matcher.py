@@ -514,9 +514,10 @@ class MatchingEngine:
             ]
         ledger.fee_account = fee_account
         cancels: list[Event] = []
-        if cmd.enabled != ledger.credit_checks:
-            ledger.credit_checks = cmd.enabled
-            self.configure_markets()
+        changed = cmd.enabled != ledger.credit_checks
+        ledger.credit_checks = cmd.enabled
+        self.configure_markets()  # each market's Money anew: the credit switch, the fee account
+        if changed:
             if cmd.enabled:
                 self._reserve_resting("", cmd.seq, cmd.ts, cancels)
             else:  # a pure matching venue: nothing stays held
@@ -633,9 +634,7 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:
-                    maker_fee, taker_fee = settle(
-                        self.ledger, money, price, fill, maker, mleaves, account, is_buy
-                    )
+                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, account, is_buy)
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves

@@ -43,7 +43,7 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
-        "assets", "_per_lot",
+        "assets", "_per_lot", "fee_balance",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -61,6 +61,9 @@ class Money:
         self.assets = ("", inst.quote, inst.base)
         # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
         self._per_lot: dict[int, int] = {}
+        # The fee account's balance in the quote asset, found at the first fee (derived: a
+        # new Money is made whenever the fee account or the assets change).
+        self.fee_balance: Balance | None = None
 
     def amount(self, price: int, qty: int) -> int:
         """`quote_amount(price, qty, contract_size, base_scale)`, from its reduced factor."""
@@ -116,13 +119,12 @@ def settle(
     price: int,
     fill: int,
     maker: RestingOrder,
-    maker_leaves: int,
     taker: str,
     taker_buys: bool,
 ) -> tuple[int, int]:
-    """One trade of `fill` at `price` between a resting maker (`maker_leaves` open before the
-    fill) and an incoming taker: releases the maker's share of its reservation and moves
-    base, quote and both fees. Returns (maker fee, taker fee), in quote units."""
+    """One trade of `fill` at `price` between a resting maker and an incoming taker:
+    releases the maker's share of its reservation and moves base, quote and both fees.
+    Returns (maker fee, taker fee), in quote units."""
     balances = ledger.balances
     quote = money.quote
     base = money.base
@@ -135,7 +137,12 @@ def settle(
     taker_fee = -(-amount * bps // BPS) if bps else 0
     # The maker's share of its reservation, which is linear in lots: what `fill` reserved
     # (no division of the large reservation by its leaves).
-    released = base_amount if taker_buys else money.reservation(BUY, maker.price, fill)
+    if taker_buys:
+        released = base_amount
+    else:
+        released = money._per_lot.get(maker.price, 0) * fill // money.lot  # cached when it rested
+        if not released:
+            released = money.reservation(BUY, maker.price, fill)
     maker.reserved -= released
     maker_balances = balances[maker.account]  # it reserved: it has a balance
     taker_balances = balances.get(taker)  # it passed its credit check: it has one too
@@ -168,6 +175,10 @@ def settle(
     b.total += amount - seller_fee
     fees = maker_fee + taker_fee
     if fees:
-        balance(balances, ledger.fee_account, quote).total += fees
-        ledger.fees[quote] = ledger.fees.get(quote, 0) + fees
+        fee_balance = money.fee_balance
+        if fee_balance is None:
+            fee_balance = money.fee_balance = balance(balances, ledger.fee_account, quote)
+        fee_balance.total += fees
+        collected = ledger.fees
+        collected[quote] = collected.get(quote, 0) + fees
     return maker_fee, taker_fee
