@@ -170,6 +170,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             () if cfg.cluster else tuple(cfg.instruments),
             () if cfg.cluster else tuple(cfg.assets),
             None if cfg.cluster else cfg.credit_checks,
+            fee_account=cfg.fee_account,
             snapshot_every_commands=cfg.snapshot_every_commands,
             snapshot_every_s=cfg.snapshot_every_s,
             keep_snapshots=cfg.keep_snapshots,
@@ -193,7 +194,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         rec.duration_s,
     )
     metrics = ExchangeMetrics()
-    metrics.money_labels(sorted(node.engine.books), sorted(node.engine.ledger.assets))
+    listed = node.engine.instruments
+    fee_assets = {s: i.quote for s, i in listed.items() if i.has_assets}
+    metrics.money_labels(sorted(node.engine.books), sorted(node.engine.ledger.assets), fee_assets)
     service = ExchangeService(
         node, observer=MetricsObserver(metrics), max_queued_commands=cfg.max_queued_commands
     )
@@ -214,6 +217,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     )
     ledger = LedgerIndex(cfg.ledger_entries_per_account)
     ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
+    ledger.engine = lambda: service.node.engine  # settlement entries count back from its totals
     service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
     for listener in (order_store.on_events, market_data.on_events, metrics.on_events):

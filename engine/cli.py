@@ -14,8 +14,14 @@ from engine import __version__
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from engine.bench.engine_bench import format_engine_bench, run_engine_bench
 
-    limit = args.max_open_notional
-    result = run_engine_bench(args.ops, args.seed, args.mode, args.repeat, max_open_notional=limit)
+    result = run_engine_bench(
+        ops=args.ops,
+        seed=args.seed,
+        mode=args.mode,
+        repeat=args.repeat,
+        credit=args.credit,
+        max_open_notional=args.max_open_notional,
+    )
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
 
@@ -413,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seed", type=int, default=1)
     be.add_argument("--mode", choices=("deep", "bounded"), default="deep")
     be.add_argument("--repeat", type=_positive_int, default=3, help="throughput passes (median)")
+    be.add_argument(
+        "--credit",
+        action="store_true",
+        help="also run the same workload with funded accounts, credit checks and fees (side by side)",
+    )
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.add_argument(
         "--max-open-notional", type=int, default=0, help="set this venue risk limit first (0: no risk)"

@@ -30,6 +30,7 @@ LIMIT_FIELDS = (
     "max_open_notional",
     "max_orders_per_sec",  # throttles, on the sequencer's clock (engine/core/throttles.py)
     "max_cancel_ratio",
+    "max_position",
 )
 
 

@@ -7,8 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.core.balances import instrument_asset_problem
-from engine.core.domain import Asset, Instrument
+from engine.core.balances import DEFAULT_FEE_ACCOUNT, instrument_asset_problem
+from engine.core.domain import MAX_ACCOUNT_LEN, Asset, Instrument
 from engine.exchange import SNAPSHOT_WRITERS
 from engine.gateways.admission import AdmissionSettings
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER
@@ -52,6 +52,7 @@ class Config:
     # balances.py, docs/accounts.md). Journaled at start; enforced with settlement (next).
     assets: list[Asset] = field(default_factory=list)
     credit_checks: bool = True
+    fee_account: str = DEFAULT_FEE_ACCOUNT  # the account maker and taker fees accrue to
     rate_limit: float = 1_000.0  # REST/WebSocket requests per second per session; 0 = off
     rate_burst: float = 2_000.0
     # Requests without valid credentials (no key, or a wrong one), per client IP; 0 = off.
@@ -240,6 +241,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         problem = instrument_asset_problem(inst, assets)[1]
         if problem:
             raise ConfigError(f"[[instruments]] {problem}")
+    if not 0 < len(cfg.fee_account) <= MAX_ACCOUNT_LEN:
+        raise ConfigError(f"fee_account must be 1-{MAX_ACCOUNT_LEN} characters, not {cfg.fee_account!r}")
     if cfg.ops_keys.keys() & (cfg.api_keys.keys() | {cfg.admin_key}):
         raise ConfigError('an ops key (role = "ops") must not also be an account\'s key or the admin key')
     for name, host in (("host", cfg.host), ("metrics_host", cfg.metrics_host)):
@@ -305,6 +308,7 @@ FILE_SETTINGS: dict[str, type] = {
     "access_log_sample": float,
     "environment": str,
     "credit_checks": bool,
+    "fee_account": str,
 }
 SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "market_data": {

@@ -26,10 +26,12 @@ from engine.core.events import OrderAccepted, OrderCancelled, OrderDone
 # Prices in US cents per whole coin; a quantity unit is a whole coin (10**8 of BTC's and
 # ETH's smallest units), one LOOM token being LOOM's unit.
 DEMO_ASSETS = [Asset("USD", 2), Asset("BTC", 8), Asset("ETH", 8), Asset("LOOM", 0)]
+# Fees: a 1 bps maker rebate and a 5 bps taker fee; market orders sweep at most 2% from the touch.
+_DEMO_FEES = {"maker_fee_bps": -1, "taker_fee_bps": 5, "max_sweep_bps": 200}
 DEMO_INSTRUMENTS = [
-    Instrument("BTC-USD", 5, 1, 1, 10_000, base="BTC", quote="USD", contract_size=10**8),
-    Instrument("ETH-USD", 1, 1, 1, 100_000, base="ETH", quote="USD", contract_size=10**8),
-    Instrument("LOOM-USD", 1, 10, 10, 1_000_000, base="LOOM", quote="USD", contract_size=1),
+    Instrument("BTC-USD", 5, 1, 1, 10_000, base="BTC", quote="USD", contract_size=10**8, **_DEMO_FEES),
+    Instrument("ETH-USD", 1, 1, 1, 100_000, base="ETH", quote="USD", contract_size=10**8, **_DEMO_FEES),
+    Instrument("LOOM-USD", 1, 10, 10, 1_000_000, base="LOOM", quote="USD", contract_size=1, **_DEMO_FEES),
 ]
 DEMO_TRADERS = [f"{kind}{n}" for kind in ("mm", "tk") for n in range(1, 9)]
 DEMO_FUNDS = 10**15  # units of each asset per account: far beyond what the flow trades

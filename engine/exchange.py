@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import snapshot_child
+from engine.core.balances import DEFAULT_FEE_ACCOUNT
 from engine.core.commands import (
     Amend,
     Cancel,
@@ -111,12 +112,16 @@ def _setup_name(cmd) -> str:
 
 
 def setup_stages(
-    assets: Iterable[Asset], instruments: Iterable[Instrument], credit_checks: bool | None
+    assets: Iterable[Asset],
+    instruments: Iterable[Instrument],
+    credit_checks: bool | None,
+    fee_account: str = DEFAULT_FEE_ACCOUNT,
 ) -> list[Callable[[Any], list]]:
     """What a node journals at start (or a cluster leader on promotion), as three stages each
     naming the commands still missing from an engine: assets, then the instruments that name
     them (an instrument listed before assets existed gains its base and quote), then the
-    credit switch (None: as journaled). One rule for the single node and the cluster."""
+    credit switch with the fee account (None: as journaled). One rule for the single node
+    and the cluster."""
     assets, instruments = tuple(assets), tuple(instruments)
 
     def missing_assets(engine) -> list:
@@ -131,9 +136,13 @@ def setup_stages(
         ]
 
     def credit_switch(engine) -> list:
-        if credit_checks is None or engine.ledger.credit_checks == credit_checks:
+        ledger = engine.ledger
+        if credit_checks is None or (ledger.credit_checks, ledger.fee_account) == (
+            credit_checks,
+            fee_account,
+        ):
             return []
-        return [SetCreditChecks(credit_checks)]
+        return [SetCreditChecks(credit_checks, fee_account=fee_account)]
 
     return [missing_assets, missing_instruments, credit_switch]
 
@@ -144,6 +153,7 @@ class NodeConfig:
     instruments: tuple[Instrument, ...] = ()
     assets: tuple[Asset, ...] = ()  # journaled before the instruments that name them
     credit_checks: bool | None = None  # None: as journaled (engine/core/balances.py)
+    fee_account: str = DEFAULT_FEE_ACCOUNT  # where fees accrue (engine/core/settlement.py)
     snapshot_every_commands: int = 500_000  # 0 = never by count
     snapshot_every_s: float = 300.0  # 0 = never by time
     keep_snapshots: int = 3
@@ -297,7 +307,7 @@ class ExchangeNode:
         """Journal the configured assets, instruments and credit switch the engine does not
         have yet, in that order (instruments name assets)."""
         cfg = self.config
-        for stage in setup_stages(cfg.assets, cfg.instruments, cfg.credit_checks):
+        for stage in setup_stages(cfg.assets, cfg.instruments, cfg.credit_checks, cfg.fee_account):
             self._journal_setup(lambda stage=stage: stage(self.engine))
 
     def _journal_setup(self, pending: Callable[[], list]) -> None:

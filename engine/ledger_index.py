@@ -2,20 +2,26 @@
 WebSocket `balances` channel), kept beside the core, fed by the durable events.
 
 A ledger entry is one change of one account's total in one asset: a deposit, withdrawal or
-adjustment today; a trade's settlement and its fee once settlement lands (kinds `trade` and
-`fee`: their events add a converter to ENTRY_SOURCES, nothing else changes). Entries are
-keyed by the seq of the command that made them; one command may make several entries for
-one account (a trade moves base and quote and charges a fee), so a page never splits a seq.
+adjustment (ENTRY_SOURCES), and a trade's settlement (kind `trade`, base and quote) and its
+fees (kind `fee`: the payer's, negative, a rebate's positive, and the fee account's), with
+the symbol and the account's order (`settlement_deltas`). Entries are keyed by the seq of the
+command that made them; one command may make several entries for one account (a trade moves
+base and quote and charges a fee), so a page never splits a seq.
+
+A trade event names amounts, not balances: the balance after each of its entries is counted
+back from the core's totals once the batch is applied (every change of a total has an
+entry, so the walk back is exact); `held` on a trade's entry is the held amount after the
+whole batch (reservations also move without entries, when orders rest or leave).
 
 Cheap on the order path: only balance events reach it (none for an order without
 settlement), and each account keeps at most `per_account` entries in a deque; older ones are
 dropped, and a page asked from before the newest dropped one answers 410 (as an evicted
 order id does), never a silently short page.
 
-Survives a restart without reading the journal: the core keeps every applied transfer for
-its idempotency (`Ledger.transfers`, snapshotted and replayed), so the index is seeded from
-it at start (`seed`). The settlement slice's entries will need their own seed (a core-held
-record, or a read-back like engine/order_lookup.py) when they land.
+Survives a restart without reading the journal for transfers: the core keeps every applied
+transfer for its idempotency (`Ledger.transfers`, snapshotted and replayed), so the index is
+seeded from it at start (`seed`). Settlement entries from before a start are not seeded (the
+core keeps no trades): after a restart a page shows them from the start on.
 """
 
 from __future__ import annotations
@@ -27,17 +33,19 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from engine.core.balances import Ledger, TransferRecord
+from engine.core.balances import Ledger, TransferRecord, quote_amount
 from engine.core.batch_events import BatchEvents
 from engine.core.domain import TransferKind
-from engine.core.events import TransferApplied
+from engine.core.events import Trade, TransferApplied
+from engine.core.matcher import MatchingEngine
 
 log = logging.getLogger("loom.ledger")
 
 DEFAULT_PER_ACCOUNT = 1000  # entries kept per account (~150 B each)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-KIND_NAMES = {int(k): k.name.lower() for k in TransferKind}  # + "trade", "fee" with settlement
+KIND_NAMES = {int(k): k.name.lower() for k in TransferKind}  # and "trade", "fee" (settlement)
+BUY = 1
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, gc=False):
@@ -78,10 +86,41 @@ def _transfer_applied(ev: TransferApplied) -> Iterable[tuple[str, LedgerEntry]]:
     return ((ev.account, transfer_entry(ev.seq, ev.ts, ev, ev.held)),)
 
 
-# Event type -> its entries as (account, entry). Settlement adds its events here.
+# Event type -> its entries as (account, entry): the events that name balances themselves.
 ENTRY_SOURCES: dict[type, Callable[..., Iterable[tuple[str, LedgerEntry]]]] = {
     TransferApplied: _transfer_applied,
 }
+
+# (account, asset, kind, signed amount, order id) of one settled trade
+Delta = tuple[str, str, str, int, int]
+
+
+def settlement_deltas(engine: MatchingEngine, t: Trade) -> list[Delta]:
+    """The changes of totals one settled trade made (engine/core/settlement.py `settle`):
+    each side's base and quote, each side's fee, and the fee account's net fee."""
+    inst = engine.instruments[t.symbol]
+    base, quote = inst.base, inst.quote
+    amount = quote_amount(t.price, t.qty, inst.contract_size, engine.ledger.assets[base].scale)
+    base_amount = t.qty * inst.contract_size
+    buyer_is_taker = t.aggressor_side == BUY
+    taker = (t.taker_account, t.taker_order_id, t.taker_fee)
+    maker = (t.maker_account, t.maker_order_id, t.maker_fee)
+    (buyer, buy_id, buy_fee), (seller, sell_id, sell_fee) = (
+        (taker, maker) if buyer_is_taker else (maker, taker)
+    )
+    out: list[Delta] = [
+        (buyer, base, "trade", base_amount, buy_id),
+        (buyer, quote, "trade", -amount, buy_id),
+        (seller, base, "trade", -base_amount, sell_id),
+        (seller, quote, "trade", amount, sell_id),
+    ]
+    if buy_fee:
+        out.append((buyer, quote, "fee", -buy_fee, buy_id))
+    if sell_fee:
+        out.append((seller, quote, "fee", -sell_fee, sell_id))
+    if buy_fee + sell_fee:
+        out.append((engine.ledger.fee_account, quote, "fee", buy_fee + sell_fee, 0))
+    return out
 
 
 class Evicted(Exception):
@@ -103,6 +142,9 @@ class LedgerIndex:
         self.entries: dict[str, deque[LedgerEntry]] = {}
         self.evicted_through: dict[str, int] = {}  # account -> seq of its newest dropped entry
         self.listeners: dict[str, set[Listener]] = {}
+        # The live engine (a getter: a standby's promotion replaces it), for settlement
+        # entries; None: transfers only.
+        self.engine: Callable[[], MatchingEngine] | None = None
 
     def seed(self, ledger: Ledger) -> int:
         """After recovery: the entries of every transfer the core has applied (its held
@@ -116,6 +158,10 @@ class LedgerIndex:
 
     def on_events(self, _commands: list, _results: list[list], split: BatchEvents) -> None:
         """A service event listener: the batch's balance events become entries and pushes."""
+        settled = self.engine is not None and any(t.settled for t in split.trades) if split.trades else False
+        if settled:
+            self._settlement(split)
+            return
         if not split.other:
             return
         for ev in split.other:
@@ -125,6 +171,44 @@ class LedgerIndex:
             for account, entry in source(ev):
                 self._add(account, entry)
                 self._push(account, entry)
+
+    def _settlement(self, split: BatchEvents) -> None:
+        """A batch with settled trades: its transfers' and trades' entries in seq order, the
+        balance after each counted back from the engine's totals after the batch."""
+        assert self.engine is not None
+        engine = self.engine()
+        pending: list[tuple[int, int, str, str, str, int, int, str, str]] = []
+        for ev in split.other:
+            if type(ev) is TransferApplied and not ev.repeated:
+                amount = ev.new_total - ev.old_total
+                kind = KIND_NAMES.get(ev.kind, str(ev.kind))
+                pending.append((ev.seq, ev.ts, ev.account, ev.asset, kind, amount, 0, ev.transfer_id, ""))
+        for t in split.trades:
+            if t.settled:
+                for account, asset, kind, amount, oid in settlement_deltas(engine, t):
+                    pending.append((t.seq, t.ts, account, asset, kind, amount, oid, "", t.symbol))
+        pending.sort(key=_pending_seq)  # stable: a command's own entries keep their order
+        ledger = engine.ledger
+        after: dict[tuple[str, str], int] = {}
+        balances: list[int] = [0] * len(pending)
+        for i in range(len(pending) - 1, -1, -1):
+            _seq, _ts, account, asset, _kind, amount, _oid, _tid, _sym = pending[i]
+            key = (account, asset)
+            total = after.get(key)
+            if total is None:
+                b = ledger.balance(account, asset)
+                total = b.total if b is not None else 0
+            balances[i] = total
+            after[key] = total - amount
+        for (seq, ts, account, asset, kind, amount, oid, tid, symbol), total in zip(
+            pending, balances, strict=True
+        ):
+            b = ledger.balance(account, asset)
+            entry = LedgerEntry(
+                seq, ts, asset, kind, amount, total, b.held if b is not None else 0, tid, symbol, oid
+            )
+            self._add(account, entry)
+            self._push(account, entry)
 
     def _add(self, account: str, entry: LedgerEntry) -> None:
         held = self.entries.get(account)
@@ -178,6 +262,10 @@ class LedgerIndex:
             except Exception:
                 log.exception("balance listener for %s failed; dropping it", account)
                 listeners.discard(listener)
+
+
+def _pending_seq(p: tuple) -> int:
+    return p[0]
 
 
 def _record_seq(r: TransferRecord) -> int:

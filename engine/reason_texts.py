@@ -45,7 +45,11 @@ REJECT_TEXT: dict[int, str] = {
     R.INVALID_RISK_SCOPE: "risk scope must be venue, symbol or account",
     R.INVALID_RISK_TARGET: "risk target: empty for the venue, a listed symbol, or an account name",
     R.INVALID_RISK_LIMIT: "risk limits must be zero (no limit) or positive",
-    R.INSUFFICIENT_BALANCE: "the amount exceeds the account's available balance (total less held)",
+    R.INSUFFICIENT_BALANCE: (
+        "the amount, or what the order must reserve (a buy: quote plus its largest fee; a sell: "
+        "base), exceeds the account's available balance (total less held)"
+    ),
+    R.POSITION_LIMIT: "the net position in this symbol (base balance plus open buys) would exceed its limit",
     R.UNKNOWN_ASSET: "unknown asset (not listed in [[assets]])",
     R.INVALID_AMOUNT: "amount must be a positive whole number (an adjustment: non-zero) within 2**63-1",
     R.INVALID_TRANSFER_KIND: "kind must be deposit, withdrawal or adjustment",
@@ -54,6 +58,7 @@ REJECT_TEXT: dict[int, str] = {
     R.ASSET_CONFLICT: "the asset is already listed with a different scale",
     R.INVALID_ASSET: "invalid asset",
     R.INEXACT_QUOTE_UNITS: "the instrument's smallest trade is not a whole unit of its quote asset",
+    R.INVALID_FEES: "fees must be within +-10,000 bps, and a maker rebate no larger than the taker fee",
     R.UNKNOWN_COMMAND: "unknown command",
     R.JOURNAL_WRITE_FAILED: "the order could not be made durable; nothing was done, retry later",
     R.OUTCOME_UNKNOWN: (

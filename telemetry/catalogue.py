@@ -489,14 +489,14 @@ _SPECS = [
         "loom_insufficient_balance_rejects",
         COUNTER,
         "New orders and amends refused for lack of available balance (INSUFFICIENT_BALANCE), by "
-        "symbol. Counted once credit checks refuse orders (the settlement slice).",
+        "symbol (credit checks, engine/core/settlement.py).",
         ("symbol",),
     ),
     MetricSpec(
         "loom_fees_collected",
         COUNTER,
         "Fees collected into the venue fee account, in integer units of the asset, by asset (net of "
-        "maker rebates). Fed by trade settlement once it lands; registered now.",
+        "maker rebates), from the fees on the trade events (engine/core/settlement.py).",
         ("asset",),
     ),
     MetricSpec(

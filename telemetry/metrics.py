@@ -77,6 +77,7 @@ class ExchangeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
+        self._fee_assets: dict[str, str] = {}  # symbol -> quote asset (money_labels)
         if process:
             process_collector.ProcessCollector(registry=self.registry)
             platform_collector.PlatformCollector(registry=self.registry)
@@ -120,9 +121,11 @@ class ExchangeMetrics:
             for outcome in ("applied", "repeated"):
                 self.child("loom_transfers", kind, outcome)
 
-    def money_labels(self, symbols, assets) -> None:
+    def money_labels(self, symbols, assets, fee_assets: dict[str, str] | None = None) -> None:
         """The per-symbol and per-asset money series at 0 from the start (the venue's
-        instruments and assets at start-up): rate() and increase() see the first event."""
+        instruments and assets at start-up): rate() and increase() see the first event.
+        `fee_assets` names each settled symbol's quote asset, the asset its fees are in."""
+        self._fee_assets = dict(fee_assets or {})
         for symbol in symbols:
             self.child("loom_insufficient_balance_rejects", symbol)
         for asset in assets:
@@ -174,6 +177,8 @@ class ExchangeMetrics:
                     qty[t.symbol] = qty.get(t.symbol, 0) + t.qty
                 for symbol, n in qty.items():
                     child("loom_traded_quantity", symbol).inc(n)
+            if self._fee_assets:
+                self._count_fees(split.trades)
         if split.cancelled:
             for (symbol, reason), n in collections.Counter(map(_CANCEL_KEY, split.cancelled)).items():
                 child("loom_cancels", symbol, _reason(CancelReason, reason)).inc(n)
@@ -202,6 +207,20 @@ class ExchangeMetrics:
             elif kind is TransferApplied:
                 outcome = "repeated" if ev.repeated else "applied"
                 child("loom_transfers", _TRANSFER_KIND.get(ev.kind, str(ev.kind)), outcome).inc()
+
+    def _count_fees(self, trades: list) -> None:
+        """Both fees of each trade, net (a maker rebate is negative; a trade's net is never
+        below zero), summed per quote asset before one inc each."""
+        fees: dict[str, int] = {}
+        assets = self._fee_assets
+        for t in trades:
+            net = t.maker_fee + t.taker_fee
+            if net:
+                asset = assets.get(t.symbol, "")
+                fees[asset] = fees.get(asset, 0) + net
+        for asset, n in fees.items():
+            if asset:
+                self.child("loom_fees_collected", asset).inc(n)
 
     def _count_refused_transfers(self, commands: list, results: list[list]) -> None:
         """A refused transfer's event names no kind: take it from its command (a rare walk

@@ -8,15 +8,25 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.balances import MAX_AMOUNT, instrument_asset_problem, quote_amount
-from engine.core.commands import ListAsset, ListInstrument, SetCreditChecks, Transfer
-from engine.core.domain import Asset, Instrument, RejectReason, TransferKind
+from engine.core.commands import (
+    Amend,
+    Cancel,
+    ListAsset,
+    ListInstrument,
+    NewOrder,
+    SetCreditChecks,
+    SetKillSwitch,
+    Transfer,
+)
+from engine.core.domain import Asset, Instrument, RejectReason, RiskScope, TransferKind
 from engine.core.events import OrderRejected, TransferApplied
-from engine.core.invariants import check_engine
+from engine.core.invariants import check_engine, check_fees
 from engine.core.matcher import MatchingEngine
 from engine.core.replay import SilentReplayer
 from engine.core.state import decode_state, encode_state, export_state, restore_state, state_hash
@@ -164,7 +174,8 @@ def test_assets_list_once_and_an_instrument_gains_its_assets_once():
     assert apply(ListInstrument(Instrument("ETH-USD", tick_size=2, base="BTC", quote="USD")))[0].reason == (
         R.INSTRUMENT_CONFLICT
     )
-    assert apply(SetCreditChecks(True))[0].enabled and apply(SetCreditChecks(True)) == []
+    on = SetCreditChecks(True, fee_account="venue-fees")
+    assert apply(on)[0].enabled and apply(SetCreditChecks(True, fee_account="venue-fees")) == []
 
 
 ACCOUNTS = ("alice", "bob", "carol")
@@ -251,3 +262,107 @@ def test_a_node_with_data_written_before_the_ledger_recovers_and_gains_money(tmp
         assert node.engine.ledger.balance("alice", "USD").total == 500
     finally:
         node.close()
+
+
+# -- settlement in the mix (engine/core/settlement.py) ---------------------------------------
+
+XUSD = Instrument("X-USD", base="X", quote="USD", maker_fee_bps=-3, taker_fee_bps=7, max_sweep_ticks=3)
+TRADERS = ("alice", "bob", "carol")
+
+
+def _order(account, side, kind, price, qty, tif, stp):
+    return NewOrder(account, "", "X-USD", side, kind, 0 if kind == 1 else price, qty, tif, False, stp)
+
+
+new_order = st.builds(
+    _order,
+    st.sampled_from(TRADERS),
+    st.sampled_from((1, 2)),
+    st.sampled_from((1, 2, 2, 2)),
+    st.integers(95, 105),
+    st.integers(1, 40),
+    st.sampled_from((1, 1, 3, 4)),
+    st.sampled_from((0, 1, 2, 3)),
+)
+others = st.one_of(
+    st.builds(Cancel, st.sampled_from(TRADERS), st.integers(1, 40)),
+    st.builds(
+        Amend,
+        st.sampled_from(TRADERS),
+        st.integers(1, 40),
+        new_qty=st.integers(0, 40),
+        new_price=st.integers(0, 106),
+    ),
+    st.builds(
+        Transfer,
+        st.sampled_from([f"m{i}" for i in range(8)]),
+        st.sampled_from((*TRADERS, "venue-fees")),
+        st.sampled_from(("USD", "X")),
+        st.sampled_from((DEP, WDR)),
+        st.integers(1, 3_000),
+    ),
+    st.builds(SetCreditChecks, st.booleans(), fee_account=st.just("venue-fees")),
+    st.builds(SetKillSwitch, st.just(int(RiskScope.ACCOUNT)), st.sampled_from(TRADERS), st.booleans()),
+    st.builds(SetKillSwitch, st.just(int(RiskScope.ACCOUNT)), st.sampled_from(TRADERS), st.just(False)),
+)
+# Mostly new orders (so trades happen), with the rest of what moves money or reservations.
+money_cmd = st.integers(0, 9).flatmap(lambda n: new_order if n < 7 else others)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(money_cmd, max_size=60))
+def test_property_settlement_conserves_money_after_every_command_and_replays_to_the_same_hash(cmds):
+    """Orders, cancels, amends, transfers, credit switches and kill switches in any order:
+    after every command the ledger is conserved, held equals the open orders' reservations,
+    fees paid equal fees received and nothing is negative; a replay of the journal and a
+    snapshot restore reach the same balances and state hash."""
+    setup = [ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)]
+    setup += [Transfer(f"{a}-{s}", a, s, DEP, n) for a in TRADERS for s, n in (("USD", 12_000), ("X", 90))]
+    setup.append(SetCreditChecks(True, fee_account="venue-fees"))
+    live = Seq(MatchingEngine([]))
+    journal = []
+    for cmd in (*setup, *cmds):
+        live(cmd)
+        journal.append(msgspec.msgpack.decode(msgspec.msgpack.encode(cmd), type=type(cmd)))
+        problems = check_engine(live.engine) + check_fees(live.engine.ledger)
+        assert problems == [], (cmd, problems)
+    digest = state_hash(live.engine)
+    replayed = MatchingEngine([])
+    SilentReplayer(replayed).apply(journal)
+    assert state_hash(replayed) == digest
+    restored = restore_state(decode_state(encode_state(export_state(live.engine))))
+    assert state_hash(restored) == digest and check_engine(restored) == []
+    assert restored.ledger.fees == live.engine.ledger.fees
+
+
+def test_checker_finds_a_reservation_that_does_not_match_held():
+    apply = Seq(MatchingEngine([]))
+    for cmd in (ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)):
+        apply(cmd)
+    apply(Transfer("t1", "alice", "USD", DEP, 10_000))
+    apply(SetCreditChecks(True, fee_account="venue-fees"))
+    apply(_order("alice", 1, 2, 100, 10, 1, 0))
+    assert check_engine(apply.engine) == []
+    apply.engine.ledger.balances["alice"]["USD"].held -= 1
+    assert check_engine(apply.engine) == ["account alice USD: held 1009, its open orders reserve 1010"]
+    apply.engine.ledger.fees["USD"] = 5
+    assert check_fees(apply.engine.ledger) == ["fee account venue-fees USD: total 0 != fees 5 + transfers"]
+
+
+def test_a_version_3_state_recovers_with_credit_checks_off_as_they_acted_then():
+    """Before settlement the switch was journaled but not enforced, and orders reserved
+    nothing: a version 3 state restores with it off (its resting orders stay unreserved),
+    and the node's next start turns it on by a journaled command that reserves for them."""
+    apply = Seq(MatchingEngine([]))
+    for cmd in (ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)):
+        apply(cmd)
+    apply(Transfer("t1", "alice", "USD", DEP, 10_000))
+    apply(_order("alice", 1, 2, 100, 10, 1, 0))
+    state = export_state(apply.engine)
+    state.version, state.credit_checks = 3, True
+    restored = restore_state(decode_state(encode_state(state)))
+    assert not restored.ledger.credit_checks and check_engine(restored) == []
+    again = Seq(restored)
+    [changed] = again(SetCreditChecks(True, fee_account="venue-fees"))
+    assert changed.cancelled == 0 and restored.ledger.balance("alice", "USD").held == 1_010
+    assert check_engine(restored) == []

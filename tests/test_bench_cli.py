@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from engine.bench.workload import generate, make_engine
+from engine.core.invariants import check_engine
 from engine.core.replay import SilentReplayer
 from engine.core.state import state_hash
 
@@ -59,6 +60,18 @@ def test_bench_engine_with_an_open_notional_limit_ends_on_one_hash_with_the_limi
     # Refusing nothing, it trades as without the limit; the hash covers the limit itself.
     assert (limited["trades"], limited["events"]) == (plain["trades"], plain["events"])
     assert limited["state_hash"] != plain["state_hash"]
+
+
+def test_bench_engine_with_credit_runs_the_same_trades_on_a_funded_venue():
+    r = bench("engine", "--credit", "--ops", "5000", "--repeat", "1")
+    assert r["credit_ops_per_s"] > 0 and r["ops_per_s"] > 0
+    assert r["credit_trades"] == r["trades"] > 0  # funds never bind: the same matching
+    assert r["credit_fees"]["USD"] > 0 and r["credit_money_problems"] == []
+    assert r["credit_deterministic"] is True and r["deterministic"] is True
+    # Replayed into a funded engine, the journal ends where every credit pass ended.
+    engine = make_engine(credit=True)
+    SilentReplayer(engine).apply(generate(5000, seed=1, first_seq=engine.last_seq + 1).commands)
+    assert engine.ledger.fees == r["credit_fees"] and check_engine(engine) == []
 
 
 def test_bench_durable_fsyncs_every_batch():

@@ -9,13 +9,14 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.auth import Accounts
-from engine.core.commands import NewOrder
-from engine.core.domain import Instrument, OrderType, Side
+from engine.core.commands import NewOrder, Transfer
+from engine.core.domain import Asset, Instrument, OrderType, Side, TransferKind
 from engine.core.order_store import OrderStore
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
@@ -41,11 +42,22 @@ class Clock:
         self.t += seconds
 
 
+# The same symbol with money: credit checks on, a 10 bps maker rebate and a 20 bps taker fee.
+MONEY_INSTRUMENT = msgspec.structs.replace(
+    INSTRUMENT, base="BTC", quote="USD", maker_fee_bps=-10, taker_fee_bps=20
+)
+MONEY = {
+    "assets": (Asset("USD", 0), Asset("BTC", 0)),
+    "instruments": (MONEY_INSTRUMENT,),
+    "credit_checks": True,
+    "fee_account": "fees",
+}
+
+
 class Exchange:
-    def __init__(self, data_dir: Path) -> None:
-        self.node = ExchangeNode(
-            NodeConfig(data_dir, instruments=(INSTRUMENT,), snapshot_every_commands=0, snapshot_every_s=0)
-        )
+    def __init__(self, data_dir: Path, money: bool = False) -> None:
+        setup = MONEY if money else {"instruments": (INSTRUMENT,)}
+        self.node = ExchangeNode(NodeConfig(data_dir, snapshot_every_commands=0, snapshot_every_s=0, **setup))
         self.orders = OrderStore()
         self.router = ExecutionRouter()
 
@@ -429,6 +441,7 @@ def test_a_fill_against_another_accounts_resting_order(alice, exchange):
     assert new[150] == "0"
     assert trade[150] == "F" and trade[39] == "1" and trade[11] == "o1"
     assert (trade[31], trade[32], trade[14], trade[151], trade[6]) == ("100", "4", "4", "6", "100")
+    assert (trade[12], trade[13]) == ("0", "3")  # no credit checks: no fee
 
 
 def test_a_resting_order_filled_by_others_gets_reports_from_the_router(alice, exchange):
@@ -439,6 +452,31 @@ def test_a_resting_order_filled_by_others_gets_reports_from_the_router(alice, ex
     assert (first[150], first[39], first[32], first[14], first[151]) == ("F", "1", "3", "3", "7")
     assert (second[150], second[39], second[32], second[14], second[151]) == ("F", "2", "7", "10", "0")
     assert second[37] == new[37] and first[17] != second[17]  # ExecIDs are unique
+
+
+def test_fills_carry_their_fee_as_commission_tags_12_and_13(tmp_path, clock):
+    exchange = Exchange(tmp_path / "node", money=True)
+    try:
+        deposits = [
+            Transfer(f"{a}-{s}", a, s, int(TransferKind.DEPOSIT), 1_000_000)
+            for a in ("alice", "bob")
+            for s in ("USD", "BTC")
+        ]
+        exchange.submit(deposits)
+        alice = Gateway(exchange, tmp_path / "fix", clock).connect()
+        alice.logon()
+        exchange.rest("bob", Side.SELL, 1_000, 4, "b1")
+        _new, taker = alice.order("o1", qty=10, price=1_000)  # 4,000 USD: 20 bps = 8
+        assert (taker[150], taker[12], taker[13]) == ("F", "8", "3")
+        exchange.submit([NewOrder("bob", "b2", SYMBOL, int(Side.SELL), int(OrderType.LIMIT), 1_000, 6)])
+        (maker,) = alice.read()  # alice's rest was the maker: 6,000 USD at -10 bps = a rebate of 6
+        assert (maker[150], maker[12], maker[13]) == ("F", "-6", "3")
+        fees = exchange.node.engine.ledger.balance("fees", "USD")
+        assert fees is not None and fees.total == (8 - 4) + (
+            12 - 6
+        )  # each trade: taker fee less maker rebate
+    finally:
+        exchange.close()
 
 
 def test_average_price_over_fills_at_different_prices(alice, exchange):

@@ -248,3 +248,45 @@ def test_a_page_never_splits_one_commands_entries():
     assert first["entries"][1]["symbol"] == "BTC-USD" and first["entries"][1]["order_id"] == 3
     rest = index.page("alice", first["next_after"], limit=2)
     assert [e["seq"] for e in rest["entries"]] == [9] and not rest["has_more"]
+
+
+def test_a_settled_trade_makes_trade_and_fee_entries_execution_fees_and_the_fees_metric(tmp_path):
+    """Credit checks on (the default), BTC-USD with a 20 bps taker fee and a 5 bps maker
+    rebate: bob rests a sell of 1 BTC at $65,000.00, alice buys it. Both ledgers show the
+    trade's base and quote and the fee, the fee account its net fee, the execution JSON
+    the fees, and loom_fees_collected_total the net."""
+    fees = "contract_size = 100000000\ntaker_fee_bps = 20\nmaker_fee_bps = -5\n"
+    config = tmp_path / "loom.toml"
+    config.write_text('fee_account = "house"\n' + CONFIG.replace("contract_size = 100000000\n", fees))
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
+    with loom_run(args, _env()) as base:
+        _transfer(base, "a-usd", "deposit", 10_000_000)
+        _transfer(base, "b-btc", "deposit", 10**8, account="bob", asset="BTC")
+        sell = {"symbol": "BTC-USD", "side": "sell", "type": "limit", "price": 6_500_000, "qty": 1}
+        status, rested = call(base, "POST", "/v1/orders", BOB, sell)
+        assert status == 201, rested
+        buy = dict(sell, side="buy")
+        status, bought = call(base, "POST", "/v1/orders", ALICE, buy)
+        assert status == 201, bought
+        [trade] = [e for e in bought["events"] if e["type"] == "trade"]
+        assert (trade["taker_fee"], trade["maker_fee"]) == (13_000, -3_250)  # $130.00, -$32.50
+        seq = trade["seq"]
+        entries = [e for e in _ledger(base)[1]["entries"] if e["seq"] == seq]
+        assert [(e["asset"], e["kind"], e["amount"], e["balance"]) for e in entries] == [
+            ("BTC", "trade", 10**8, 10**8),
+            ("USD", "trade", -6_500_000, 3_500_000),
+            ("USD", "fee", -13_000, 3_487_000),
+        ]
+        assert all(e["symbol"] == "BTC-USD" and e["order_id"] == trade["taker_order_id"] for e in entries)
+        entries = [e for e in _ledger(base, key=BOB)[1]["entries"] if e["seq"] == seq]
+        assert [(e["asset"], e["kind"], e["amount"], e["balance"]) for e in entries] == [
+            ("BTC", "trade", -(10**8), 0),
+            ("USD", "trade", 6_500_000, 6_500_000),
+            ("USD", "fee", 3_250, 6_503_250),
+        ]
+        status, house = call(base, "GET", "/v1/admin/ledger/house", ADMIN)
+        assert status == 200, house
+        assert [(e["kind"], e["amount"], e["balance"]) for e in house["entries"]] == [("fee", 9_750, 9_750)]
+        assert 'loom_fees_collected_total{asset="USD"} 9750.0' in _metrics(base)
+        status, balances = call(base, "GET", "/v1/balances", ALICE)
+        assert status == 200, balances

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 import test_matcher_rules as rules
+import test_settlement_rules as settlement_rules
 from conftest import STP, Exchange, assert_consistent
 
 from engine.core import matcher
@@ -36,7 +37,13 @@ from engine.journal.format import BatchMeta, decode_for_replay, decode_record
 
 # Every rule test, collected again in this module (pytest collects the test functions a
 # module holds, wherever they were defined); the fixtures below give each a path.
-RULE_TESTS = {name: fn for name, fn in vars(rules).items() if name.startswith("test_") and callable(fn)}
+RULE_MODULES = (rules, settlement_rules)  # the matching rules, and credit, settlement and fees
+RULE_TESTS = {
+    name: fn
+    for module in RULE_MODULES
+    for name, fn in vars(module).items()
+    if name.startswith("test_") and callable(fn)
+}
 globals().update(RULE_TESTS)
 
 # path name -> whether replay reads the replay prefixes (`decode_for_replay`) or whole commands
@@ -117,7 +124,8 @@ def mirrored_exchange(path: PathUnderTest) -> type[Exchange]:
 def path(request, monkeypatch: pytest.MonkeyPatch) -> PathUnderTest:
     """The replay input under test; the rules module builds its exchanges with twins meanwhile."""
     under_test = PathUnderTest(PATHS[request.param])
-    monkeypatch.setattr(rules, "Exchange", mirrored_exchange(under_test))
+    for module in RULE_MODULES:
+        monkeypatch.setattr(module, "Exchange", mirrored_exchange(under_test))
     return under_test
 
 
@@ -129,8 +137,9 @@ def ex(path: PathUnderTest) -> Iterator[Exchange]:
 
 
 def test_every_rule_test_is_collected_here():
-    assert len(RULE_TESTS) > 70
-    assert all(fn.__module__ == "test_matcher_rules" for fn in RULE_TESTS.values())
+    assert len(RULE_TESTS) > 90
+    modules = {fn.__module__ for fn in RULE_TESTS.values()}
+    assert modules == {"test_matcher_rules", "test_settlement_rules"}
 
 
 def test_every_command_of_a_rule_test_is_mirrored(path: PathUnderTest):

@@ -34,6 +34,7 @@ def config(tmp_path) -> Config:
         api_keys={USER_KEY: "alice"},
         admin_key=ADMIN_KEY,
         rate_limit=0.0,
+        credit_checks=False,  # risk administration, not money: alice trades unfunded
     )
 
 

@@ -7,6 +7,12 @@ Two kinds of pass over the same commands, each into a fresh engine:
 Events are produced and counted as in production: they are the product, not an option.
 Every pass must end on the generator's state hash (`deterministic`).
 
+With `credit` (`--credit`) each round runs one pass more, interleaved with the plain one: the
+same commands against a funded venue with credit checks and fees on (engine/bench/workload.py),
+so both throughputs come from one run (this VM's speed drifts) with their ratio. Its passes
+must agree with each other, make the same trades as the plain ones, and end with the money
+conserved (engine/core/invariants.py).
+
 `--max-open-notional N` sets that venue limit in each fresh engine first (risk's running
 open notional, engine/core/risk_watch.py): with N above anything the workload reaches it
 refuses nothing, so the figures show what keeping the limit costs; every pass must then
@@ -21,26 +27,28 @@ import time
 
 from engine import progress
 from engine.bench.stats import percentile_us
-from engine.bench.workload import generate
-from engine.bench.workload import make_engine as make_plain_engine
+from engine.bench.workload import credit_setup, generate
+from engine.bench.workload import make_engine as make_venue
 from engine.core.commands import Cancel, SetRiskLimits
 from engine.core.domain import RiskLimits, RiskScope
 from engine.core.events import Trade
+from engine.core.invariants import check_engine, check_fees
 from engine.core.risk import apply_risk_command
 from engine.core.state import state_hash
 
 
-def make_engine(max_open_notional: int = 0):
-    """A fresh engine for a pass, with the venue's open-notional limit when one is set."""
-    engine = make_plain_engine()
+def make_engine(credit: bool = False, max_open_notional: int = 0):
+    """A fresh engine for a pass: funded with credit checks on (`credit`), with the venue's
+    open-notional limit when one is set."""
+    engine = make_venue(credit)
     if max_open_notional:
         limits = RiskLimits(max_open_notional=max_open_notional)
-        apply_risk_command(engine, SetRiskLimits(int(RiskScope.VENUE), "", limits))  # before seq 1
+        apply_risk_command(engine, SetRiskLimits(int(RiskScope.VENUE), "", limits))  # before the workload
     return engine
 
 
-def _throughput_pass(commands: list, max_open_notional: int) -> tuple[int, str]:
-    engine = make_engine(max_open_notional)
+def _throughput_pass(commands: list, credit: bool = False, max_open_notional: int = 0) -> tuple[int, str]:
+    engine = make_engine(credit, max_open_notional)
     apply = engine.apply
     clock = time.perf_counter_ns
     gc.collect()
@@ -53,8 +61,8 @@ def _throughput_pass(commands: list, max_open_notional: int) -> tuple[int, str]:
     return elapsed, state_hash(engine)
 
 
-def _latency_pass(commands: list, max_open_notional: int) -> dict:
-    engine = make_engine(max_open_notional)
+def _latency_pass(commands: list, credit: bool = False, max_open_notional: int = 0) -> dict:
+    engine = make_engine(credit, max_open_notional)
     apply = engine.apply
     clock = time.perf_counter_ns
     latencies = [0] * len(commands)
@@ -94,22 +102,41 @@ def _latency_pass(commands: list, max_open_notional: int) -> dict:
         "events": events,
         "resting_orders": sum(len(a.open) for a in engine.accounts.values()),
         "state_hash": state_hash(engine),
+        "money_problems": (check_engine(engine) + check_fees(engine.ledger))[:3] if credit else [],
+        "fees": dict(engine.ledger.fees),
     }
 
 
 def run_engine_bench(
-    ops: int = 1_000_000, seed: int = 1, mode: str = "deep", repeat: int = 3, max_open_notional: int = 0
+    ops: int = 1_000_000,
+    seed: int = 1,
+    mode: str = "deep",
+    repeat: int = 3,
+    credit: bool = False,
+    max_open_notional: int = 0,
 ) -> dict:
-    workload = generate(ops, seed, mode)
+    # With credit the workload follows the funded venue's setup commands (the plain engine
+    # just starts at a later seq).
+    workload = generate(ops, seed, mode, first_seq=len(credit_setup()) + 1 if credit else 1)
     commands = workload.commands
     n = len(commands)
-    progress.phase(f"engine bench ({mode}): passes over {n:,} ops", repeat + 1)
+    progress.phase(f"engine bench ({mode}): passes over {n:,} ops", (repeat + 1) * (2 if credit else 1))
     passes = []
+    credit_passes = []
     for _ in range(repeat):
-        passes.append(_throughput_pass(commands, max_open_notional))
+        passes.append(_throughput_pass(commands, max_open_notional=max_open_notional))
         progress.advance()
-    lat = _latency_pass(commands, max_open_notional)
+        if credit:
+            credit_passes.append(_throughput_pass(commands, True, max_open_notional))
+            progress.advance()
+    lat = _latency_pass(commands, max_open_notional=max_open_notional)
     progress.advance()
+    credit_result: dict = {}
+    if credit:
+        clat = _latency_pass(commands, True, max_open_notional)
+        progress.advance()
+        credit_rates = [n / (elapsed / 1e9) for elapsed, _ in credit_passes]
+        credit_result = _credit_figures(credit_rates, credit_passes, clat, lat)
     rates = [n / (elapsed / 1e9) for elapsed, _ in passes]
     hashes = {h for _, h in passes} | {lat["state_hash"]}
     latencies = lat["latencies"]
@@ -134,7 +161,28 @@ def run_engine_bench(
         "orders_per_level_at_end": lat["orders_per_level_at_end"],
         "state_hash": lat["state_hash"],
         "max_open_notional": max_open_notional,
-        "deterministic": len(hashes) == 1 if max_open_notional else hashes == {workload.state_hash},
+        "deterministic": (len(hashes) == 1 if max_open_notional else hashes == {workload.state_hash})
+        and credit_result.get("credit_deterministic", True),
+        **credit_result,
+    }
+
+
+def _credit_figures(rates: list[float], passes: list[tuple[int, str]], clat: dict, lat: dict) -> dict:
+    hashes = {h for _, h in passes} | {clat["state_hash"]}
+    ops_per_s = round(statistics.median(rates))
+    latencies = clat["latencies"]
+    return {
+        "credit_ops_per_s": ops_per_s,
+        "credit_ops_per_s_runs": [round(r) for r in rates],
+        "credit_p50_us": percentile_us(latencies, 50),
+        "credit_p99_us": percentile_us(latencies, 99),
+        "credit_trades": clat["trades"],
+        "credit_fees": clat["fees"],
+        "credit_money_problems": clat["money_problems"],
+        # Same trades (funds never bind), one hash over every credit pass, money conserved.
+        "credit_deterministic": len(hashes) == 1
+        and clat["trades"] == lat["trades"]
+        and not clat["money_problems"],
     }
 
 
@@ -155,4 +203,18 @@ def format_engine_bench(r: dict) -> str:
             if r.get("max_open_notional")
             else f"every pass matches the generator: {r['deterministic']}"
         )
+        + (_format_credit(r) if "credit_ops_per_s" in r else "")
+    )
+
+
+def _format_credit(r: dict) -> str:
+    runs = ", ".join(f"{x:,}" for x in r["credit_ops_per_s_runs"])
+    ratio = r["credit_ops_per_s"] / r["ops_per_s"] if r["ops_per_s"] else 0.0
+    fees = ", ".join(f"{v:,} {k}" for k, v in sorted(r["credit_fees"].items())) or "none"
+    return (
+        f"\n  with credit checks (funded accounts, fees): {r['credit_ops_per_s']:,} ops/s "
+        f"(median of {runs}), {ratio:.2f}x without\n"
+        f"  credit latency per op: p50 {r['credit_p50_us']} µs  p99 {r['credit_p99_us']} µs; "
+        f"{r['credit_trades']:,} trades settled, fees {fees}; "
+        f"money conserved: {not r['credit_money_problems']}"
     )

@@ -2,6 +2,11 @@
 a fixed mid (qty 1-100), 30% cancels of random resting orders, 10% aggressive orders that
 cross (half IOC limits at the far edge of the band, half market orders).
 
+With `credit` (`loom bench engine --credit`) the same commands run against a venue with
+money: the symbol names base and quote assets with fees, every account is funded far beyond
+what it trades and credit checks are on, so every order reserves and every trade settles
+while the matching is exactly the same (the same trades).
+
 Generation runs the commands through an engine of its own so that every cancel names an
 order that really rests (and, in bounded mode, so that the book stays at most
 `max_resting`): the generated list then replays identically into any fresh engine.
@@ -12,8 +17,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from engine.core.commands import Cancel, NewOrder
-from engine.core.domain import Instrument, OrderType, Side, TimeInForce
+import msgspec
+
+from engine.core.commands import (
+    Cancel,
+    Command,
+    ListAsset,
+    ListInstrument,
+    NewOrder,
+    SetCreditChecks,
+    Transfer,
+)
+from engine.core.domain import Asset, Instrument, OrderType, Side, TimeInForce, TransferKind
 from engine.core.events import OrderAccepted, OrderCancelled, OrderDone
 from engine.core.matcher import MatchingEngine
 
@@ -24,6 +39,11 @@ INSTRUMENT = Instrument(SYMBOL, tick_size=1, lot_size=1, min_qty=1, max_qty=1_00
 MAKERS = [f"mm{i:02d}" for i in range(50)]
 TAKERS = [f"tk{i:02d}" for i in range(50)]
 BOUNDED_MAX_RESTING = 5_000
+# With credit: LOOM against USD, both in whole units, a 1 bps maker rebate and a 5 bps taker fee.
+CREDIT_INSTRUMENT = msgspec.structs.replace(
+    INSTRUMENT, base="LOOM", quote="USD", maker_fee_bps=-1, taker_fee_bps=5
+)
+CREDIT_FUNDS = 10**15  # per account and asset: no order of the workload is refused
 
 
 @dataclass
@@ -58,11 +78,36 @@ class RestingPool:
         return len(self.items)
 
 
-def make_engine() -> MatchingEngine:
-    return MatchingEngine([INSTRUMENT])
+def credit_setup() -> list[Command]:
+    """The journaled start of a venue with money, stamped from seq 1 (the workload follows
+    it with `generate(first_seq=len(credit_setup()) + 1)`)."""
+    deposit = int(TransferKind.DEPOSIT)
+    cmds: list[Command] = [
+        ListAsset(Asset("USD")),
+        ListAsset(Asset("LOOM")),
+        ListInstrument(CREDIT_INSTRUMENT),
+    ]
+    cmds += [
+        Transfer(f"{a}-{s}", a, s, deposit, CREDIT_FUNDS, "bench")
+        for a in (*MAKERS, *TAKERS)
+        for s in ("USD", "LOOM")
+    ]
+    cmds.append(SetCreditChecks(True, fee_account="venue-fees"))
+    for i, cmd in enumerate(cmds):
+        cmd.seq = i + 1
+    return cmds
 
 
-def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
+def make_engine(credit: bool = False) -> MatchingEngine:
+    if not credit:
+        return MatchingEngine([INSTRUMENT])
+    engine = MatchingEngine([])
+    for cmd in credit_setup():
+        engine.apply(cmd)
+    return engine
+
+
+def generate(ops: int, seed: int = 1, mode: str = "deep", first_seq: int = 1) -> Workload:
     from engine.core.state import state_hash
 
     if mode not in ("deep", "bounded"):
@@ -94,7 +139,7 @@ def generate(ops: int, seed: int = 1, mode: str = "deep") -> Workload:
                 cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, limit, price, qty, ioc)
             else:
                 cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, market, 0, qty, ioc)
-        cmd.seq = i + 1
+        cmd.seq = first_seq + i
         cmd.ts = 1_700_000_000_000_000_000 + i * 1_000  # a fixed synthetic clock
         commands.append(cmd)
         for ev in engine.apply(cmd):

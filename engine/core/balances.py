@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from engine.core.commands import AccountCommand, ListAsset, SetCreditChecks, Transfer
+from engine.core.commands import AccountCommand, ListAsset, Transfer
 from engine.core.domain import MAX_ACCOUNT_LEN, Asset, Instrument, RejectReason, RequestKind, TransferKind
-from engine.core.events import AssetListed, CreditChecksChanged, Event, OrderRejected, TransferApplied
+from engine.core.events import AssetListed, Event, OrderRejected, TransferApplied
 
 R = RejectReason
 REQ_TRANSFER = int(RequestKind.TRANSFER)
@@ -38,7 +38,8 @@ ADJUSTMENT = int(TransferKind.ADJUSTMENT)
 MAX_AMOUNT = 2**63 - 1
 MAX_TRANSFER_ID_LEN = 64
 MAX_REQUESTED_BY_LEN = 64
-ACCOUNT_COMMANDS = frozenset((ListAsset, Transfer, SetCreditChecks))
+# SetCreditChecks is the matching engine's: switching reserves or releases resting orders.
+ACCOUNT_COMMANDS = frozenset((ListAsset, Transfer))
 
 
 def quote_amount(price: int, qty: int, contract_size: int, base_scale: int) -> int:
@@ -60,9 +61,41 @@ def quote_amount(price: int, qty: int, contract_size: int, base_scale: int) -> i
     return -(-price * qty * contract_size // unit)
 
 
+MAX_FEE_BPS = 10_000
+DEFAULT_FEE_ACCOUNT = "venue-fees"
+
+
+def fees_problem(inst: Instrument) -> str:
+    """Why an instrument's fees cannot be listed ("" when they can): each rate within
+    +-10,000 bps, and a maker rebate no larger than the taker fee (engine/core/settlement.py)."""
+    m, t = inst.maker_fee_bps, inst.taker_fee_bps
+    if not (-MAX_FEE_BPS <= m <= MAX_FEE_BPS and -MAX_FEE_BPS <= t <= MAX_FEE_BPS):
+        return f"instrument {inst.symbol}: maker_fee_bps and taker_fee_bps must be within +-{MAX_FEE_BPS}"
+    if m + t < 0:
+        return (
+            f"instrument {inst.symbol}: the maker rebate ({m} bps) exceeds the taker fee ({t} bps); "
+            "the fee account would pay out more than it takes in"
+        )
+    return ""
+
+
+def quote_factor(contract_size: int, base_scale: int) -> tuple[int, int]:
+    """`quote_amount`'s rule as a reduced fraction (num, den) of price x qty, for the order
+    path: amount = ceil(price * qty * num / den). Settlement computes it once per instrument
+    (engine/core/settlement.py `Money.amount`) and skips the division when den is 1."""
+    unit = 10**base_scale
+    a, b = contract_size, unit
+    while b:  # Euclid's greatest common divisor (the core imports no math module)
+        a, b = b, a % b
+    return contract_size // a, unit // a
+
+
 def instrument_asset_problem(inst: Instrument, assets: Mapping[str, Asset]) -> tuple[int, str]:
     """Why an instrument's money fields cannot be listed against these assets:
     (reason, message), or (0, "") when they can (or it names no assets)."""
+    problem = fees_problem(inst)
+    if problem:
+        return R.INVALID_FEES, problem
     if not inst.has_assets:
         return 0, ""
     for name in (inst.base, inst.quote):
@@ -82,9 +115,18 @@ def instrument_asset_problem(inst: Instrument, assets: Mapping[str, Asset]) -> t
 def listing_problem(assets: Mapping[str, Asset], listed: Instrument | None, inst: Instrument) -> int:
     """The reject reason for listing `inst` over `listed` (None: new), or 0. A listed
     instrument keeps its spec, but one listed before assets existed may gain its base,
-    quote and contract size once (an upgrade of an old venue)."""
+    quote, contract size, fees and sweep limits once (an upgrade of an old venue)."""
     if listed is not None:
-        bare = msgspec.structs.replace(inst, base="", quote="", contract_size=1)
+        bare = msgspec.structs.replace(
+            inst,
+            base="",
+            quote="",
+            contract_size=1,
+            maker_fee_bps=0,
+            taker_fee_bps=0,
+            max_sweep_ticks=0,
+            max_sweep_bps=0,
+        )
         if listed.has_assets or listed != bare:
             return R.INSTRUMENT_CONFLICT
     return instrument_asset_problem(inst, assets)[0]
@@ -122,15 +164,17 @@ class TransferRecord(msgspec.Struct, frozen=True, array_like=True):
 class Ledger:
     """Assets, balances, applied transfers, per-asset supply and the credit switch."""
 
-    __slots__ = ("assets", "balances", "transfers", "supply", "credit_checks")
+    __slots__ = ("assets", "balances", "transfers", "supply", "credit_checks", "fee_account", "fees")
 
     def __init__(self) -> None:
         self.assets: dict[str, Asset] = {}
         self.balances: dict[str, dict[str, Balance]] = {}  # account -> asset -> balance
         self.transfers: dict[str, TransferRecord] = {}  # transfer_id -> record
         self.supply: dict[str, int] = {}  # asset -> deposits - withdrawals + adjustments
-        # Read and journaled now; enforced at order admission by the settlement slice.
+        # Enforced at order admission, settled on every trade (engine/core/settlement.py).
         self.credit_checks = False
+        self.fee_account = DEFAULT_FEE_ACCOUNT  # where fees accrue (SetCreditChecks names it)
+        self.fees: dict[str, int] = {}  # asset -> net fees credited to fee accounts, ever
 
     def balance(self, account: str, asset: str) -> Balance | None:
         return self.balances.get(account, {}).get(asset)
@@ -139,13 +183,8 @@ class Ledger:
 def apply_account_command(ledger: Ledger, cmd: AccountCommand) -> list[Event]:
     if type(cmd) is Transfer:
         return _transfer(ledger, cmd)
-    if type(cmd) is ListAsset:
-        return _list_asset(ledger, cmd)
-    assert type(cmd) is SetCreditChecks
-    if cmd.enabled == ledger.credit_checks:
-        return []
-    ledger.credit_checks = cmd.enabled
-    return [CreditChecksChanged(cmd.seq, cmd.ts, cmd.enabled)]
+    assert type(cmd) is ListAsset, "SetCreditChecks is applied by the matching engine"
+    return _list_asset(ledger, cmd)
 
 
 def _list_asset(ledger: Ledger, cmd: ListAsset) -> list[Event]:

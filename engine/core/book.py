@@ -31,6 +31,9 @@ class RestingOrder(msgspec.Struct, array_like=True, gc=False):
     post_only: bool
     stp: int
     seq: int  # sequence of the command that queued it (time priority)
+    # What it holds of its account's balance (engine/core/settlement.py): base for a sell,
+    # quote and fee for a buy; 0 without credit checks. A trailing default: old snapshots decode.
+    reserved: int = 0
 
 
 class Level:
@@ -95,6 +98,11 @@ class BookSide:
             self.best = self.sign * keys[-1] if keys else None
         else:
             del keys[bisect_left(keys, self.sign * price)]
+
+    def worst(self) -> int:
+        """The worst level price (0 when empty)."""
+        keys = self.keys
+        return self.sign * keys[0] if keys else 0
 
     def prices(self) -> list[int]:
         """Level prices from best to worst."""

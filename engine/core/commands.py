@@ -141,11 +141,16 @@ class Transfer(msgspec.Struct, tag="T", array_like=True, gc=False):
 
 
 class SetCreditChecks(msgspec.Struct, tag="CC", array_like=True, gc=False):
-    """Turn the venue's credit checks on or off (journaled, so a replay sees the same)."""
+    """Turn the venue's credit checks on or off (journaled, so a replay sees the same), and
+    name the account fees accrue to (required: a record without one was journaled before
+    settlement and is replayed as the no-op it was then). Turning them on reserves
+    for every resting order of an instrument with assets (cancelling those the account
+    cannot cover); turning them off releases every reservation (engine/core/settlement.py)."""
 
     enabled: bool
     seq: int = 0
     ts: int = 0
+    fee_account: str = ""  # "": a record from before settlement
 
 
 RiskCommand = SetRiskLimits | SetKillSwitch | SetTradingHalt

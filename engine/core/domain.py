@@ -77,11 +77,14 @@ class RejectReason(IntEnum):
     OPEN_NOTIONAL_LIMIT = 422
     ORDER_RATE_LIMIT = 423  # the account's new orders per second (the sequencer's clock) throttle
     CANCEL_RATIO_LIMIT = 424  # the account's cancels per accepted order, this minute, above the limit
+    POSITION_LIMIT = 425  # net position (base balance + open buys) beyond max_position
     INVALID_RISK_SCOPE = 431
     INVALID_RISK_TARGET = 432  # venue scope names no target; symbol scope a listed symbol
     INVALID_RISK_LIMIT = 433  # negative limit
     # 44x credit (engine/core/balances.py): the money an account holds.
-    INSUFFICIENT_BALANCE = 441  # a withdrawal (or negative adjustment) beyond `available`
+    # A withdrawal (or negative adjustment) beyond `available`, or an order (or an amend)
+    # whose reservation is (engine/core/settlement.py).
+    INSUFFICIENT_BALANCE = 441
     UNKNOWN_COMMAND = 501
     JOURNAL_WRITE_FAILED = 502  # known not to be in the journal: nothing was done, safe to retry
     # The journal's answer was lost (a PubAck timed out, an fdatasync and the cut after it
@@ -97,6 +100,7 @@ class RejectReason(IntEnum):
     ASSET_CONFLICT = 606  # a listed asset cannot change its scale
     INVALID_ASSET = 607  # bad name or scale
     INEXACT_QUOTE_UNITS = 608  # an instrument whose smallest trade is not a whole quote unit
+    INVALID_FEES = 609  # a fee beyond +-10,000 bps, or a maker rebate the taker fee does not cover
 
 
 class CancelReason(IntEnum):
@@ -110,6 +114,10 @@ class CancelReason(IntEnum):
     CANCEL_ALL = 6
     ADMIN = 7
     KILL_SWITCH = 8  # engaging a kill switch cancelled the resting orders in its scope
+    # A market order's remainder beyond the instrument's maximum sweep from the touch.
+    MARKET_PROTECTION = 9
+    # Credit checks turned on: a resting order whose reservation the account cannot cover.
+    INSUFFICIENT_BALANCE = 10
 
 
 class RequestKind(IntEnum):
@@ -163,6 +171,9 @@ class RiskLimits(msgspec.Struct, frozen=True, array_like=True):
     # Throttles (engine/core/throttles.py), on the sequencer's timestamps: deterministic on replay.
     max_orders_per_sec: int = 0  # accepted new orders per account, a burst of this many at most
     max_cancel_ratio: int = 0  # cancels per accepted order, per account in one minute of ts
+    # Net position per account and symbol, in quantity units: for a spot instrument the
+    # account's base balance (in lots of contract_size) plus its open buy quantity.
+    max_position: int = 0
 
     def is_empty(self) -> bool:
         return not any(msgspec.structs.astuple(self))
@@ -203,6 +214,15 @@ class Instrument(msgspec.Struct, frozen=True):
     base: str = ""
     quote: str = ""
     contract_size: int = 1
+    # Fees in basis points of a trade's quote amount, charged in the quote asset (engine/core/
+    # settlement.py): a negative maker fee is a rebate, which the taker fee must cover.
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    # Market-order protection: how far from the touch a market order may trade, in ticks
+    # and/or basis points (the tighter applies; 0 = unbounded). Its remainder beyond is
+    # cancelled (CancelReason.MARKET_PROTECTION).
+    max_sweep_ticks: int = 0
+    max_sweep_bps: int = 0
 
     def __post_init__(self) -> None:
         if not self.symbol:
@@ -216,6 +236,8 @@ class Instrument(msgspec.Struct, frozen=True):
             raise ValueError(f"instrument {self.symbol}: name both base and quote assets, or neither")
         if self.base and self.base == self.quote:
             raise ValueError(f"instrument {self.symbol}: base and quote are both {self.base!r}")
+        if self.max_sweep_ticks < 0 or self.max_sweep_bps < 0:
+            raise ValueError(f"instrument {self.symbol}: max_sweep_ticks and max_sweep_bps must be >= 0")
 
     @property
     def has_assets(self) -> bool:

@@ -49,6 +49,11 @@ class Trade(msgspec.Struct, frozen=True, tag="trd", array_like=True, gc=False):
     taker_order_id: int
     taker_account: str
     taker_leaves: int
+    # Settlement (engine/core/settlement.py): each side's fee in units of the quote asset,
+    # negative for a rebate; 0 without credit checks or for an instrument without assets.
+    maker_fee: int = 0
+    taker_fee: int = 0
+    settled: bool = False  # balances moved (credit checks on, an instrument with assets)
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, tag="cxl", array_like=True, gc=False):
@@ -97,6 +102,10 @@ class InstrumentListed(msgspec.Struct, frozen=True, tag="lst", array_like=True, 
     base: str = ""
     quote: str = ""
     contract_size: int = 1
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    max_sweep_ticks: int = 0
+    max_sweep_bps: int = 0
 
 
 class RiskLimitsChanged(msgspec.Struct, frozen=True, tag="rlim", array_like=True, gc=False):
@@ -163,9 +172,14 @@ class TransferApplied(msgspec.Struct, frozen=True, tag="xfr", array_like=True, g
 
 
 class CreditChecksChanged(msgspec.Struct, frozen=True, tag="cred", array_like=True, gc=False):
+    """Followed by one OrderCancelled (reason INSUFFICIENT_BALANCE) per resting order whose
+    reservation its account could not cover when the checks were turned on."""
+
     seq: int
     ts: int
     enabled: bool
+    fee_account: str = ""
+    cancelled: int = 0
 
 
 Event = (

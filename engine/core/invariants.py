@@ -74,6 +74,55 @@ def check_engine(engine: MatchingEngine) -> list[str]:
         problems.append(f"{len(booked)} resting orders but {indexed} in account indexes")
     problems.extend(check_ledger(engine.ledger))
     problems.extend(check_open_notional(engine))
+    problems.extend(check_reservations(engine))
+    return problems
+
+
+def check_reservations(engine: MatchingEngine) -> list[str]:
+    """Settlement (engine/core/settlement.py): every held amount is exactly the sum of the
+    reservations of the account's open orders in that asset; with credit checks on, each
+    open order of an instrument with assets reserves exactly what its side, price and open
+    quantity need, and with them off none reserves anything."""
+    problems: list[str] = []
+    ledger = engine.ledger
+    expected: dict[tuple[str, str], int] = {}
+    for acct in engine.accounts.values():
+        for o in acct.open.values():
+            money = engine.markets[o.symbol].money
+            if not ledger.credit_checks or money is None:
+                if o.reserved:
+                    problems.append(f"order {o.order_id}: reserves {o.reserved} without credit checks")
+                continue
+            need = money.reservation(o.side, o.price, o.leaves)
+            if o.reserved != need:
+                problems.append(f"order {o.order_id}: reserves {o.reserved}, its open quantity needs {need}")
+            key = (o.account, money.asset(o.side))
+            expected[key] = expected.get(key, 0) + o.reserved
+    for account, held in ledger.balances.items():
+        for asset, b in held.items():
+            want = expected.pop((account, asset), 0)
+            if b.held != want:
+                problems.append(f"account {account} {asset}: held {b.held}, its open orders reserve {want}")
+    for (account, asset), want in expected.items():
+        problems.append(f"account {account} {asset}: no balance, its open orders reserve {want}")
+    return problems
+
+
+def check_fees(ledger: Ledger) -> list[str]:
+    """Fees paid = fees received, while one fee account has served: per asset, the fee
+    account's total is its transfers plus every fee the trades credited to it."""
+    problems: list[str] = []
+    transfers: dict[str, int] = {}
+    for r in ledger.transfers.values():
+        if r.account == ledger.fee_account:
+            transfers[r.asset] = transfers.get(r.asset, 0) + (-r.amount if r.kind == WITHDRAWAL else r.amount)
+    for asset, fees in ledger.fees.items():
+        b = ledger.balance(ledger.fee_account, asset)
+        total = b.total if b is not None else 0
+        if total != fees + transfers.get(asset, 0):
+            problems.append(
+                f"fee account {ledger.fee_account} {asset}: total {total} != fees {fees} + transfers"
+            )
     return problems
 
 

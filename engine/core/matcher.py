@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.core.balances import ACCOUNT_COMMANDS, Ledger, apply_account_command, listing_problem
+from engine.core.balances import ACCOUNT_COMMANDS, Balance, Ledger, apply_account_command, listing_problem
 from engine.core.book import BookSide, OrderBook, RestingOrder
 from engine.core.commands import (
     Amend,
@@ -26,9 +26,12 @@ from engine.core.commands import (
     ReplayCancel,
     ReplayCommand,
     ReplayNewOrder,
+    SetCreditChecks,
+    Transfer,
 )
 from engine.core.domain import (
     MAX_ACCOUNT_LEN,
+    Asset,
     CancelReason,
     Instrument,
     OrderType,
@@ -39,6 +42,7 @@ from engine.core.domain import (
     TimeInForce,
 )
 from engine.core.events import (
+    CreditChecksChanged,
     Event,
     InstrumentListed,
     OrderAccepted,
@@ -50,6 +54,7 @@ from engine.core.events import (
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
+from engine.core.settlement import Money, available, balance, release, settle
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -73,6 +78,7 @@ REQ_CANCEL = int(RequestKind.CANCEL)
 REQ_AMEND = int(RequestKind.AMEND)
 REQ_CANCEL_ALL = int(RequestKind.CANCEL_ALL)
 REQ_LIST = int(RequestKind.LIST_INSTRUMENT)
+REQ_ACCOUNTS_ADMIN = int(RequestKind.ACCOUNTS_ADMIN)
 
 
 def new_order_problem(cmd: NewOrder | ReplayNewOrder, inst: Instrument) -> RejectReason | int:
@@ -129,7 +135,10 @@ class AccountOrders:
 class Market:
     """What the order path needs of one symbol, gathered for a single dict lookup."""
 
-    __slots__ = ("book", "bids", "asks", "tick", "lot", "min_qty", "max_qty")
+    __slots__ = (
+        "book", "bids", "asks", "tick", "lot", "min_qty", "max_qty", "sweep_ticks", "sweep_bps", "money",
+        "credit",
+    )  # fmt: skip
 
     def __init__(self, inst: Instrument, book: OrderBook) -> None:
         self.book = book
@@ -139,10 +148,39 @@ class Market:
         self.lot = inst.lot_size
         self.min_qty = inst.min_qty
         self.max_qty = inst.max_qty
+        self.sweep_ticks = 0
+        self.sweep_bps = 0
+        self.money: Money | None = None  # credit and settlement, when it names listed assets
+        self.credit: Money | None = None  # `money` while credit checks are on: the order path's test
+
+    def configure(self, inst: Instrument, assets: dict[str, Asset], credit_checks: bool) -> None:
+        """The parts an instrument may gain after listing (assets, fees, market protection),
+        and whether its orders are credit-checked now."""
+        self.sweep_ticks = inst.max_sweep_ticks
+        self.sweep_bps = inst.max_sweep_bps
+        base = assets.get(inst.base)
+        self.money = Money(inst, base) if base is not None and inst.quote in assets else None
+        self.credit = self.money if credit_checks else None
+
+    def protection(self, side: int, touch: int) -> int:
+        """The worst price a market order may trade at, `touch` being the best opposite
+        price: the tighter of the instrument's sweeps in ticks and in basis points (whole
+        ticks, at least one), or 0 when it sets neither."""
+        tick = self.tick
+        span = self.sweep_ticks * tick
+        bps = self.sweep_bps
+        if bps:
+            by_bps = max(touch * bps // 10_000 // tick, 1) * tick
+            span = by_bps if not span or by_bps < span else span
+        if not span:
+            return 0
+        return touch + span if side == BUY else max(touch - span, tick)
 
 
 class MatchingEngine:
     def __init__(self, instruments: Iterable[Instrument]) -> None:
+        self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
+        self.balances = self.ledger.balances  # the same dict, one attribute nearer the order path
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, OrderBook] = {}
         self.markets: dict[str, Market] = {}
@@ -162,12 +200,19 @@ class MatchingEngine:
         self.check_new: Callable[[MatchingEngine, NewOrder | ReplayNewOrder], int] = check_new
         self.risk_watch = False  # risk observes every command (engine/core/risk_watch.py)
         self.last_price: dict[str, int] = {}  # symbol -> last trade price (risk's reference)
-        self.ledger = Ledger()  # assets, balances, transfers (engine/core/balances.py)
 
     def _list(self, inst: Instrument) -> None:
         self.instruments[inst.symbol] = inst
         book = self.books[inst.symbol] = OrderBook(inst.symbol)
-        self.markets[inst.symbol] = Market(inst, book)
+        market = self.markets[inst.symbol] = Market(inst, book)
+        market.configure(inst, self.ledger.assets, self.ledger.credit_checks)
+
+    def configure_markets(self) -> None:
+        """After assets or the credit switch change (or a restore): each market's money,
+        credit and protection."""
+        ledger = self.ledger
+        for symbol, market in self.markets.items():
+            market.configure(self.instruments[symbol], ledger.assets, ledger.credit_checks)
 
     # -- entry point -------------------------------------------------------------------
 
@@ -245,6 +290,28 @@ class MatchingEngine:
             reason = self.check_new(self, cmd)
             if reason:
                 return self._reject_new(cmd, reason, events)
+        # The price it may trade to: a limit order's own; a market order's protection price
+        # (engine/core/settlement.py explains the credit rules), 0 when unbounded.
+        limit = price
+        money = market.credit
+        if order_type == MARKET and (market.sweep_ticks or market.sweep_bps or money is not None):
+            touch = (market.asks if side == BUY else market.bids).best
+            if touch is not None:
+                limit = market.protection(side, touch)
+                if not limit and money is not None and side == BUY:
+                    limit = market.asks.worst()  # what a buy needs reserving: the whole book
+        need = 0
+        funds: Balance | None = None  # the balance its reservation comes from
+        if money is not None:
+            if self.risk_on and side == BUY:
+                reason = self._position_problem(account, symbol, money, qty, 0)
+                if reason:
+                    return self._reject_new(cmd, reason, events)
+            need = money.reservation(side, limit, qty)
+            held = self.balances.get(account)
+            funds = held.get(money.assets[side]) if held is not None else None
+            if need and (funds is None or need > funds.total - funds.held):
+                return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
         # Duplicate check and registration in one probe (undone if post-only refuses below).
@@ -286,12 +353,12 @@ class MatchingEngine:
 
         remaining = qty
         if crosses:
-            if tif == FOK and not self._fok_fillable(opp, side, order_type, price, account, stp, qty):
+            if tif == FOK and not self._fok_fillable(opp, side, not limit, limit, account, stp, qty):
                 if events is not None:
                     events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
                 return count
             remaining, stopped, matched = self._match(
-                events, opp, side, order_type == MARKET, price, oid, account, stp, qty, symbol, seq, ts
+                events, opp, side, not limit, limit, oid, account, stp, qty, symbol, seq, ts, money
             )
             count += matched
             if not remaining:
@@ -311,9 +378,9 @@ class MatchingEngine:
                 events.append(OrderCancelled(seq, ts, oid, account, symbol, C.FOK_NOT_FILLABLE, qty, 0))
         elif order_type == MARKET:
             if events is not None:
-                events.append(
-                    OrderCancelled(seq, ts, oid, account, symbol, C.NO_LIQUIDITY, remaining, qty - remaining)
-                )
+                # Stopped by its protection price while the book still had more, or emptied it.
+                why = C.MARKET_PROTECTION if limit and opp.best is not None else C.NO_LIQUIDITY
+                events.append(OrderCancelled(seq, ts, oid, account, symbol, why, remaining, qty - remaining))
         elif tif == GTC:
             order = RestingOrder(
                 oid,
@@ -330,6 +397,12 @@ class MatchingEngine:
                 stp,
                 seq,
             )
+            if funds is not None:  # money is not None: it reserves what rests
+                assert money is not None
+                order.reserved = reserved = (
+                    need if remaining == qty else money.reservation(side, price, remaining)
+                )
+                funds.held += reserved
             # BookSide.add, inlined: this is the most frequent operation of all.
             level = own.levels.get(price)
             if level is None:
@@ -361,8 +434,13 @@ class MatchingEngine:
             return self._list_instrument(c)
         if kind in RISK_COMMANDS:
             return apply_risk_command(self, c)
+        if kind is SetCreditChecks:
+            return self._set_credit(c)
         if kind in ACCOUNT_COMMANDS:
-            return apply_account_command(self.ledger, c)
+            events = apply_account_command(self.ledger, c)
+            if events and type(events[0]) is not OrderRejected and kind is not Transfer:
+                self.configure_markets()  # a new asset: instruments naming it gain money
+            return events
         return [
             OrderRejected(
                 cmd.seq,
@@ -385,10 +463,15 @@ class MatchingEngine:
         reason = listing_problem(self.ledger.assets, listed, inst)
         if reason:
             return [OrderRejected(cmd.seq, cmd.ts, "", "", inst.symbol, REQ_LIST, int(reason))]
+        cancels: list[Event] = []
         if listed is None:
             self._list(inst)
-        else:  # an instrument listed before assets existed gains them (its Market is unchanged)
+        else:  # an instrument listed before assets existed gains them (its Market is kept)
             self.instruments[inst.symbol] = inst
+            market = self.markets[inst.symbol]
+            market.configure(inst, self.ledger.assets, self.ledger.credit_checks)
+            if market.credit is not None:
+                self._reserve_resting(inst.symbol, cmd.seq, cmd.ts, cancels)
         return [
             InstrumentListed(
                 cmd.seq,
@@ -401,8 +484,91 @@ class MatchingEngine:
                 inst.base,
                 inst.quote,
                 inst.contract_size,
-            )
+                inst.maker_fee_bps,
+                inst.taker_fee_bps,
+                inst.max_sweep_ticks,
+                inst.max_sweep_bps,
+            ),
+            *cancels,
         ]
+
+    # -- credit ---------------------------------------------------------------------------
+
+    def _release(self, order: RestingOrder) -> None:
+        money = self.markets[order.symbol].money
+        assert money is not None, "only an instrument with assets reserves"
+        release(self.ledger.balances, money, order)
+
+    def _reserve(self, order: RestingOrder, money: Money, amount: int) -> None:
+        """Set an open order's reservation to `amount`, moving the difference into held."""
+        balance(self.ledger.balances, order.account, money.asset(order.side)).held += amount - order.reserved
+        order.reserved = amount
+
+    def _set_credit(self, cmd: SetCreditChecks) -> list[Event]:
+        ledger = self.ledger
+        fee_account = cmd.fee_account
+        if not fee_account:
+            # Journaled before settlement, when the switch was recorded but not enforced:
+            # replayed as it acted (not at all). Start-up journals the switch again with
+            # the fee account, and enforcement begins there (docs/accounts.md, old data).
+            return []
+        if cmd.enabled == ledger.credit_checks and fee_account == ledger.fee_account:
+            return []
+        if len(fee_account) > MAX_ACCOUNT_LEN:  # the sequencer stamps what a config gave
+            return [
+                OrderRejected(cmd.seq, cmd.ts, fee_account, "", "", REQ_ACCOUNTS_ADMIN, R.INVALID_ACCOUNT)
+            ]
+        ledger.fee_account = fee_account
+        cancels: list[Event] = []
+        changed = cmd.enabled != ledger.credit_checks
+        ledger.credit_checks = cmd.enabled
+        self.configure_markets()  # each market's Money anew: the credit switch, the fee account
+        if changed:
+            if cmd.enabled:
+                self._reserve_resting("", cmd.seq, cmd.ts, cancels)
+            else:  # a pure matching venue: nothing stays held
+                for acct in self.accounts.values():
+                    for order in acct.open.values():
+                        if order.reserved:
+                            self._release(order)
+        return [CreditChecksChanged(cmd.seq, cmd.ts, cmd.enabled, fee_account, len(cancels)), *cancels]
+
+    def _reserve_resting(self, symbol: str, seq: int, ts: int, events: list[Event]) -> None:
+        """Credit checks begin for resting orders (of `symbol`, "" for all): each reserves,
+        in order id order, or is cancelled (INSUFFICIENT_BALANCE) when its account cannot."""
+        orders = sorted(
+            (o for a in self.accounts.values() for o in a.open.values() if not symbol or o.symbol == symbol),
+            key=lambda o: o.order_id,
+        )
+        balances = self.ledger.balances
+        for order in orders:
+            market = self.markets[order.symbol]
+            money = market.money
+            if money is None or order.reserved:
+                continue
+            need = money.reservation(order.side, order.price, order.leaves)
+            if need > available(balances, order.account, money.asset(order.side)):
+                side = market.bids if order.side == BUY else market.asks
+                self.cancel_resting(order, side, C.INSUFFICIENT_BALANCE, seq, ts, events)
+            else:
+                self._reserve(order, money, need)
+
+    def _position_problem(self, account: str, symbol: str, money: Money, qty: int, skip: int) -> int:
+        """Position limit (risk, spot): the account's base balance in quantity units, plus its
+        open buys in the symbol (but order `skip`), plus `qty`, beyond max_position."""
+        lim = self.risk.effective(account, symbol)
+        if lim is None or not lim.max_position:
+            return 0
+        b = self.ledger.balance(account, money.base)
+        position = (b.total // money.contract_size if b is not None else 0) + qty
+        acct = self.accounts.get(account)
+        if acct is not None:
+            position += sum(
+                o.leaves
+                for o in acct.open.values()
+                if o.symbol == symbol and o.side == BUY and o.order_id != skip
+            )
+        return R.POSITION_LIMIT if position > lim.max_position else 0
 
     def _reject_new(self, cmd: NewOrder | ReplayNewOrder, reason: int, events: list[Event] | None) -> int:
         if events is not None:
@@ -433,12 +599,15 @@ class MatchingEngine:
         symbol: str,
         seq: int,
         ts: int,
+        money: Money | None,
     ) -> tuple[int, bool, int]:
         """The match loop, the only one: trades `qty` of an incoming order against the
         opposite side in price-time priority, with self-trade prevention. Its events go to
         `events`, or nowhere when it is None (replay). Returns the quantity left, whether
-        self-trade prevention stopped the incoming order, and how many events there were."""
+        self-trade prevention stopped the incoming order, and how many events there were.
+        With `money` (credit checks on, an instrument with assets) each trade settles."""
         remaining = qty
+        maker_fee = taker_fee = 0
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
@@ -470,6 +639,8 @@ class MatchingEngine:
                         break
                     continue
                 fill = remaining if remaining < mleaves else mleaves
+                if money is not None:
+                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, account, is_buy)
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves
@@ -497,6 +668,9 @@ class MatchingEngine:
                             oid,
                             account,
                             remaining,
+                            maker_fee,
+                            taker_fee,
+                            money is not None,
                         )
                     )
                 if not mleaves:
@@ -513,14 +687,14 @@ class MatchingEngine:
         return remaining, False, count
 
     def _fok_fillable(
-        self, opp: BookSide, side: int, order_type: int, limit: int, account: str, stp: int, qty: int
+        self, opp: BookSide, side: int, is_market: bool, limit: int, account: str, stp: int, qty: int
     ) -> bool:
         """Whether a fill-or-kill order would fill completely, without changing any state."""
         need = qty
         is_buy = side == BUY
         for level in opp.iter_levels():
             price = level.price
-            if order_type != MARKET and (price > limit if is_buy else price < limit):
+            if not is_market and (price > limit if is_buy else price < limit):
                 return False
             if stp == STP_NONE:
                 need -= level.qty
@@ -545,6 +719,8 @@ class MatchingEngine:
         leaves = order.leaves
         side.remove(order)
         del self.accounts[order.account].open[order.order_id]
+        if order.reserved:
+            self._release(order)
         if events is not None:
             events.append(
                 OrderCancelled(
@@ -623,6 +799,12 @@ class MatchingEngine:
         if not orders:
             side.drop_level(price)
         del acct.open[oid]
+        reserved = order.reserved
+        if reserved:
+            money = market.money
+            assert money is not None, "only an instrument with assets reserves"
+            self.ledger.balances[order.account][money.assets[order.side]].held -= reserved
+            order.reserved = 0
         if events is not None:
             events.append(
                 OrderCancelled(
@@ -705,6 +887,19 @@ class MatchingEngine:
             reason = R.POST_ONLY_WOULD_CROSS
         if not reason and self.risk_on and (new_price != order.price or new_qty > order.qty):
             reason = check_amend(self, order, new_qty, new_price)
+        money = self.markets[symbol].credit
+        if not reason and money is not None:
+            if self.risk_on and is_buy and new_qty > order.qty:
+                reason = self._position_problem(
+                    order.account, symbol, money, new_qty - order.filled, order.order_id
+                )
+            # The new reservation less what it holds now must fit `available` (an amend
+            # down always does): as for a new order, it covers any fills when it crosses.
+            need = money.reservation(order.side, new_price, new_qty - order.filled)
+            if not reason and need - order.reserved > available(
+                self.ledger.balances, order.account, money.asset(order.side)
+            ):
+                reason = R.INSUFFICIENT_BALANCE
         if reason:
             return self._reject_target(cmd, REQ_AMEND, reason, symbol)
 
@@ -720,6 +915,8 @@ class MatchingEngine:
             order.qty = new_qty
             order.leaves -= delta
             own.levels[order.price].qty -= delta
+            if money is not None:
+                self._reserve(order, money, money.reservation(order.side, new_price, order.leaves))
             return [
                 OrderAmended(
                     seq,
@@ -737,6 +934,8 @@ class MatchingEngine:
         # Price change or quantity up: loses priority; may cross and trade as a taker.
         filled = order.filled
         own.remove(order)
+        if order.reserved:
+            self._release(order)  # it trades as a taker, paying from its total; then reserves anew
         leaves = new_qty - filled
         events: list[Event] = [
             OrderAmended(
@@ -766,6 +965,7 @@ class MatchingEngine:
                 symbol,
                 seq,
                 ts,
+                money,
             )
             filled += leaves - remaining
             leaves = remaining
@@ -794,6 +994,8 @@ class MatchingEngine:
             order.stp,
             seq,
         )
+        if money is not None:
+            self._reserve(moved, money, money.reservation(moved.side, new_price, leaves))
         own.add(moved)
         acct.open[oid] = moved  # same key: the account index keeps its order
         return events

@@ -13,7 +13,7 @@ import hashlib
 
 import msgspec
 
-from engine.core.balances import Balance, TransferRecord
+from engine.core.balances import DEFAULT_FEE_ACCOUNT, Balance, TransferRecord
 from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument, RiskLimits
 from engine.core.matcher import AccountOrders, MatchingEngine
@@ -22,9 +22,11 @@ from engine.core.risk_watch import rebuild
 from engine.core.throttles import Throttle
 
 # 2: last trade prices and risk state (limits, kill switches, halts); 3: the ledger (assets,
-# balances, transfers, supply, credit checks); 4: the throttles' counters and the risk audit
-# trail. Older states restore with those empty: their fields are trailing ones with defaults
-# (`upcast`).
+# balances, transfers, supply, credit checks); 4: the throttles' counters, the risk audit
+# trail and settlement (each resting order's reservation, the fee account and the fees
+# collected). Older states restore with those empty: their fields are trailing ones with
+# defaults (`upcast`); a version 3 state holds no reservations (credit checks were not
+# enforced then), which is what its defaults say.
 STATE_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)
 
@@ -82,6 +84,9 @@ class EngineState(msgspec.Struct, array_like=True):
     # Version 4: risk's throttle counters by account, and the audit trail (by seq).
     throttles: list[tuple[str, Throttle]] = []
     risk_audit: list[AuditRecord] = []
+    # Version 4: settlement (engine/core/settlement.py); reservations ride on the orders.
+    fee_account: str = DEFAULT_FEE_ACCOUNT
+    fees: list[tuple[str, int]] = []
 
 
 def export_state(engine: MatchingEngine) -> EngineState:
@@ -111,6 +116,8 @@ def export_state(engine: MatchingEngine) -> EngineState:
         *_export_ledger(engine),
         sorted(engine.risk.throttles.items()),
         list(engine.risk.audit),
+        engine.ledger.fee_account,
+        sorted(engine.ledger.fees.items()),
     )
 
 
@@ -135,10 +142,16 @@ def _export_ledger(
 def upcast(state: EngineState) -> EngineState:
     """The state in the current version. A version 2 state (written before the ledger)
     decodes with the ledger's defaults (no assets, balances or transfers, credit checks
-    off), a version 3 one without throttle counts or audit records, which is what they
-    held (no throttle limits existed, nor audit records); only the version number changes."""
+    off), a version 3 one without throttle counts, audit records or reservations, which is
+    what they held (no throttle limits existed, nor audit records; credit checks were
+    journaled but not enforced, so it is upcast with them off, which is what they did). The
+    node's start-up journals the configured switch again, and turning it on reserves for the
+    resting orders (MatchingEngine._set_credit), so that step is journaled and replays alike.
+    Only the version number changes."""
     if state.version not in READABLE_VERSIONS:
         raise ValueError(f"engine state version {state.version} is not one of {READABLE_VERSIONS}")
+    if state.version < 4:
+        state.credit_checks = False
     state.version = STATE_VERSION
     return state
 
@@ -164,6 +177,9 @@ def restore_state(state: EngineState) -> MatchingEngine:
     ledger.transfers.update((r.transfer_id, r) for r in state.transfers)
     ledger.supply.update(state.supply)
     ledger.credit_checks = state.credit_checks
+    ledger.fee_account = state.fee_account
+    ledger.fees.update(state.fees)
+    engine.configure_markets()
     for acct_state in state.accounts:
         acct = engine.accounts[acct_state.account] = AccountOrders()
         acct.by_clid.update(acct_state.client_order_ids)

@@ -44,6 +44,7 @@ class LimitsRequest(msgspec.Struct, forbid_unknown_fields=True):
     max_open_notional: Limit = 0
     max_orders_per_sec: Limit = 0
     max_cancel_ratio: Limit = 0
+    max_position: Limit = 0  # net position per account and symbol (engine/core/settlement.py)
 
 
 class KillSwitchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +90,7 @@ async def put_limits(request: web.Request) -> web.Response:
         req.max_open_notional,
         req.max_orders_per_sec,
         req.max_cancel_ratio,
+        req.max_position,
     )
     cmd = SetRiskLimits(SCOPES[req.scope], req.target, limits, requested_by=ADMIN)
     return await submit(request, cmd)

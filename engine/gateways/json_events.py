@@ -46,6 +46,7 @@ def event_json(ev) -> dict:
             "maker_order_id": ev.maker_order_id, "maker_account": ev.maker_account,
             "maker_leaves": ev.maker_leaves, "taker_order_id": ev.taker_order_id,
             "taker_account": ev.taker_account, "taker_leaves": ev.taker_leaves,
+            "maker_fee": ev.maker_fee, "taker_fee": ev.taker_fee,
         }  # fmt: skip
     if kind is OrderCancelled:
         return {
@@ -84,7 +85,10 @@ def event_json(ev) -> dict:
     if kind is AssetListed:
         return {"type": "asset_listed", "seq": ev.seq, "ts": ev.ts, "asset": ev.asset, "scale": ev.scale}
     if kind is CreditChecksChanged:
-        return {"type": "credit_checks_changed", "seq": ev.seq, "ts": ev.ts, "enabled": ev.enabled}
+        return {
+            "type": "credit_checks_changed", "seq": ev.seq, "ts": ev.ts, "enabled": ev.enabled,
+            "fee_account": ev.fee_account, "cancelled": ev.cancelled,
+        }  # fmt: skip
     if kind is RiskLimitsChanged:
         return {
             "type": "risk_limits_changed", "seq": ev.seq, "ts": ev.ts,

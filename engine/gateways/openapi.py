@@ -82,6 +82,7 @@ _RISK_LIMITS = {
                 "max_open_notional",
                 "max_orders_per_sec",
                 "max_cancel_ratio",
+                "max_position",
             )
         },
     },
@@ -374,7 +375,19 @@ OPENAPI: dict = {
             },
             "Event": {
                 "type": "object",
-                "properties": {"type": {"type": "string"}, "seq": {"type": "integer"}},
+                "description": (
+                    "One core event. A `trade` carries `maker_fee` and `taker_fee`: each side's fee in "
+                    "units of the instrument's quote asset, negative for a maker rebate (docs/accounts.md). "
+                    "An order whose reservation exceeds available is rejected INSUFFICIENT_BALANCE (422); "
+                    "a buy beyond the account's max_position is POSITION_LIMIT; a market order's remainder "
+                    "beyond the instrument's maximum sweep is cancelled MARKET_PROTECTION"
+                ),
+                "properties": {
+                    "type": {"type": "string"},
+                    "seq": {"type": "integer"},
+                    "maker_fee": {"type": "integer"},
+                    "taker_fee": {"type": "integer"},
+                },
             },
             "EventsResult": {
                 "type": "object",

@@ -45,6 +45,8 @@ type  frame          length  body
                              order id or resend it with the same client_ref.
 0x85  Fill           59      seq u64, ts i64, trade_id u64, order_id u64, side u8,
                              liquidity u8 (1 maker, 2 taker), price i64, qty i64, leaves i64
+                             (no fee: the layout is fixed for the protocol version; a fill's
+                             fee is on the REST/WebSocket executions and the ledger)
 0x86  Cancelled      42      seq u64, ts i64, order_id u64, reason u8 (CancelReason),
                              cancelled_qty i64, filled_qty i64
 0x87  Amended        58      seq u64, ts i64, order_id u64, client_ref u64, price i64,

@@ -40,6 +40,7 @@ from engine.gateways.fix.tags import (
 )
 from engine.reason_texts import cancel_code, reject_code, reject_text
 
+COMM_TYPE_ABSOLUTE = "3"  # FIX CommType 3: the Commission (12) is an absolute amount
 log = logging.getLogger("loom.fix")
 
 Reply = tuple[str, list[tuple[int, object]]]
@@ -454,6 +455,7 @@ class OrderFlow:
         clid: str | None = None,
         orig_clid: str = "",
         last: tuple[int, int] | None = None,
+        commission: int | None = None,
         text: str = "",
         rej_reason: int | None = None,
     ) -> Reply:
@@ -482,6 +484,8 @@ class OrderFlow:
         fields.append((Tag.TimeInForce, order.tif))
         if last is not None:
             fields += [(Tag.LastPx, last[0]), (Tag.LastQty, last[1])]
+        if commission is not None:  # a fill: its fee, 0 when none (docs/fix.md)
+            fields += [(Tag.Commission, commission), (Tag.CommType, COMM_TYPE_ABSOLUTE)]
         fields += [
             (Tag.LeavesQty, order.leaves),
             (Tag.CumQty, order.cum_qty),
@@ -512,9 +516,9 @@ class OrderFlow:
 
     def _trade(self, ev: Trade, _req: _Request | None) -> list[Reply]:
         replies = []
-        for order_id, account, leaves, role in (
-            (ev.maker_order_id, ev.maker_account, ev.maker_leaves, "M"),
-            (ev.taker_order_id, ev.taker_account, ev.taker_leaves, "T"),
+        for order_id, account, leaves, role, fee in (
+            (ev.maker_order_id, ev.maker_account, ev.maker_leaves, "M", ev.maker_fee),
+            (ev.taker_order_id, ev.taker_account, ev.taker_leaves, "T", ev.taker_fee),
         ):
             if account != self.account:
                 continue
@@ -529,7 +533,15 @@ class OrderFlow:
             order.leaves = leaves
             exec_id = self._exec_id(ev.seq, f"F{ev.trade_id}{role}")
             replies.append(
-                self._report(order, exec_id, ExecType.TRADE, order.status, ev.ts, last=(ev.price, ev.qty))
+                self._report(
+                    order,
+                    exec_id,
+                    ExecType.TRADE,
+                    order.status,
+                    ev.ts,
+                    last=(ev.price, ev.qty),
+                    commission=fee,
+                )
             )
         return replies
 

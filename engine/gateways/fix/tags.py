@@ -12,6 +12,8 @@ class Tag(IntEnum):
     AvgPx = 6
     BeginSeqNo = 7
     ClOrdID = 11
+    Commission = 12  # the fill's fee in units of the instrument's quote asset (negative: a rebate)
+    CommType = 13  # "3": absolute (Commission is an amount, not per unit or a percentage)
     CumQty = 14
     EndSeqNo = 16
     ExecID = 17

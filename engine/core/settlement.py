@@ -1,0 +1,184 @@
+"""Pre-trade credit and settlement: what an order reserves, and how a trade moves money.
+
+Part of the deterministic core, applied by the one match loop (engine/core/matcher.py) in
+apply and replay alike. Only for instruments that name base and quote assets, and only while
+the venue's `credit_checks` is on; an instrument without assets trades without money.
+
+Reservation (an order's `reserved`, in the account's `held`): a sell reserves its open base
+quantity (`leaves * contract_size`); a buy reserves, per lot of its open quantity, the quote
+amount of one lot at its limit price plus that amount's fee at the larger of the maker and
+taker rates. Being linear in lots, a fill of `f` releases exactly `reserved * f / leaves`,
+and the fee of any fill at that price or better never exceeds what it releases (a ceiling of
+a sum is at most the sum of ceilings). An incoming order pays its fills from its total
+directly and reserves what rests: it is admitted when its whole reservation (at its limit,
+or a market order's protection price) fits `available`, which covers both.
+
+Fees: `fee = ceil(quote_amount * bps / 10_000)`, in integer units of the quote asset, for
+the maker at `maker_fee_bps` and the taker at `taker_fee_bps`. Rounded up: in the venue's
+favour for a charge, and for a rebate (negative bps) too, which rounds toward zero. The
+buyer pays quote + its fee; the seller receives quote - its fee; the venue fee account
+(`Ledger.fee_account`) receives both fees. Listing requires each rate within +-10,000 bps
+and maker + taker >= 0, so a trade's two fees never sum below zero: the fee account never
+pays out more than the same trade brought in, and a seller's fee never exceeds its quote.
+"""
+
+from __future__ import annotations
+
+from engine.core.balances import Balance, Ledger, quote_factor
+from engine.core.book import RestingOrder
+from engine.core.domain import Asset, Instrument
+
+BPS = 10_000
+MAX_CACHED_PRICES = 4_096
+BUY = 1
+
+
+def fee(amount: int, bps: int) -> int:
+    """The fee on a quote amount, rounded up (the venue's favour; a rebate toward zero)."""
+    return -(-amount * bps // BPS)
+
+
+class Money:
+    """What credit and settlement need of one instrument with assets, gathered once."""
+
+    __slots__ = (
+        "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
+        "assets", "_per_lot", "fee_balance",
+    )  # fmt: skip
+
+    def __init__(self, inst: Instrument, base: Asset) -> None:
+        self.base = inst.base
+        self.quote = inst.quote
+        self.contract_size = inst.contract_size
+        self.num, self.den = quote_factor(inst.contract_size, base.scale)
+        self.lot = inst.lot_size
+        self.maker_bps = inst.maker_fee_bps
+        self.taker_bps = inst.taker_fee_bps
+        # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
+        self.reserve_bps = max(inst.maker_fee_bps, inst.taker_fee_bps, 0)
+        # The asset an order reserves, by side (BUY 1: quote, SELL 2: base): a tuple index
+        # is cheaper on the order path than a call.
+        self.assets = ("", inst.quote, inst.base)
+        # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
+        self._per_lot: dict[int, int] = {}
+        # The fee account's balance in the quote asset, found at the first fee (derived: a
+        # new Money is made whenever the fee account or the assets change).
+        self.fee_balance: Balance | None = None
+
+    def amount(self, price: int, qty: int) -> int:
+        """`quote_amount(price, qty, contract_size, base_scale)`, from its reduced factor."""
+        den = self.den
+        if den == 1:
+            return price * qty * self.num
+        return -(-price * qty * self.num // den)
+
+    def asset(self, side: int) -> str:
+        """The asset an order of this side reserves."""
+        return self.assets[side]
+
+    def reservation(self, side: int, price: int, qty: int) -> int:
+        """What an order of `qty` reserves: base for a sell; for a buy at `price`, per lot,
+        the lot's quote amount and its largest fee (0 for a buy without a price)."""
+        if side != BUY:
+            return qty * self.contract_size
+        reserve = self._per_lot.get(price)
+        if reserve is None:
+            amount = self.amount(price, self.lot)
+            reserve = amount + fee(amount, self.reserve_bps)
+            if len(self._per_lot) >= MAX_CACHED_PRICES:
+                self._per_lot.clear()
+            self._per_lot[price] = reserve
+        return qty // self.lot * reserve
+
+
+def balance(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> Balance:
+    """The account's balance in the asset, created empty when it has none."""
+    held = balances.get(account)
+    if held is None:
+        held = balances[account] = {}
+    b = held.get(asset)
+    if b is None:
+        b = held[asset] = Balance()
+    return b
+
+
+def available(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> int:
+    b = balances.get(account, {}).get(asset)
+    return b.total - b.held if b is not None else 0
+
+
+def release(balances: dict[str, dict[str, Balance]], money: Money, order: RestingOrder) -> None:
+    """An order leaves the book: its whole reservation goes back to `available`."""
+    balances[order.account][money.assets[order.side]].held -= order.reserved
+    order.reserved = 0
+
+
+def settle(
+    ledger: Ledger,
+    money: Money,
+    price: int,
+    fill: int,
+    maker: RestingOrder,
+    taker: str,
+    taker_buys: bool,
+) -> tuple[int, int]:
+    """One trade of `fill` at `price` between a resting maker and an incoming taker:
+    releases the maker's share of its reservation and moves base, quote and both fees.
+    Returns (maker fee, taker fee), in quote units."""
+    balances = ledger.balances
+    quote = money.quote
+    base = money.base
+    den = money.den
+    amount = price * fill * money.num if den == 1 else money.amount(price, fill)
+    base_amount = fill * money.contract_size
+    bps = money.maker_bps
+    maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
+    bps = money.taker_bps
+    taker_fee = -(-amount * bps // BPS) if bps else 0
+    # The maker's share of its reservation, which is linear in lots: what `fill` reserved
+    # (no division of the large reservation by its leaves).
+    if taker_buys:
+        released = base_amount
+    else:
+        released = money._per_lot.get(maker.price, 0) * fill // money.lot  # cached when it rested
+        if not released:
+            released = money.reservation(BUY, maker.price, fill)
+    maker.reserved -= released
+    maker_balances = balances[maker.account]  # it reserved: it has a balance
+    taker_balances = balances.get(taker)  # it passed its credit check: it has one too
+    if taker_balances is None:
+        taker_balances = balances[taker] = {}
+    # Either side's balance in the asset it receives may be its first: created then.
+    if taker_buys:
+        buyer_fee, seller_fee = taker_fee, maker_fee
+        buyer, seller = taker_balances, maker_balances
+        maker_balances[base].held -= released
+    else:
+        buyer_fee, seller_fee = maker_fee, taker_fee
+        buyer, seller = maker_balances, taker_balances
+        maker_balances[quote].held -= released
+    b = buyer.get(quote)
+    if b is None:
+        b = buyer[quote] = Balance()
+    b.total -= amount + buyer_fee
+    b = buyer.get(base)
+    if b is None:
+        b = buyer[base] = Balance()
+    b.total += base_amount
+    b = seller.get(base)
+    if b is None:
+        b = seller[base] = Balance()
+    b.total -= base_amount
+    b = seller.get(quote)
+    if b is None:
+        b = seller[quote] = Balance()
+    b.total += amount - seller_fee
+    fees = maker_fee + taker_fee
+    if fees:
+        fee_balance = money.fee_balance
+        if fee_balance is None:
+            fee_balance = money.fee_balance = balance(balances, ledger.fee_account, quote)
+        fee_balance.total += fees
+        collected = ledger.fees
+        collected[quote] = collected.get(quote, 0) + fees
+    return maker_fee, taker_fee
