@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -116,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     yield_cpu_to_the_node()
     try:
         return run(args.data_dir, sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        # The node is gone (it stopped, or failed to start, before reading us): nobody is
+        # left to tell, and nothing was asked that a report could answer. Quiet, and no
+        # second complaint when the interpreter flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the node reads our exit (and logs this line)
         log.error("snapshotter stopped: %s: %s", type(exc).__name__, exc)
         return 1
