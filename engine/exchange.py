@@ -40,6 +40,7 @@ from engine.core.commands import (
     ListAsset,
     ListInstrument,
     NewOrder,
+    ReplayNewOrder,
     SetCreditChecks,
     SetKillSwitch,
     SetRiskLimits,
@@ -543,7 +544,7 @@ class ExchangeNode:
         clock = time.perf_counter_ns
         timed = self.risk_timed
 
-        def timed_check(core, cmd: NewOrder) -> int:
+        def timed_check(core, cmd: NewOrder | ReplayNewOrder) -> int:
             started = clock()
             reason = check_new(core, cmd)
             took = clock() - started

@@ -123,12 +123,11 @@ class FlowAnomaly:
         self._at(min(events[0].ts for events in lists))
         if max(events[-1].ts for events in lists) >= self.boundary:
             for ev in heapq.merge(*lists, key=_seq):
-                kind = type(ev)
-                if kind is Trade:
+                if isinstance(ev, Trade):
                     self.on_trade(ev)
-                elif kind is OrderAccepted:
+                elif isinstance(ev, OrderAccepted):
                     self.on_accepted(ev)
-                else:
+                elif isinstance(ev, OrderCancelled):
                     self.on_cancelled(ev)
             return
         flows = self.flows

@@ -200,13 +200,12 @@ class ExchangeMetrics:
                         child("loom_insufficient_balance_rejects", ev.symbol).inc()
             if any(q == REQ_TRANSFER for q, _r in keys):
                 self._count_refused_transfers(_commands, _results)
-        for ev in split.other:  # rare: risk administration, transfers and the like
-            kind = type(ev)
-            if kind is RiskLimitsChanged:
-                child("loom_risk_limit_changes", _SCOPE.get(ev.scope, str(ev.scope))).inc()
-            elif kind is TransferApplied:
-                outcome = "repeated" if ev.repeated else "applied"
-                child("loom_transfers", _TRANSFER_KIND.get(ev.kind, str(ev.kind)), outcome).inc()
+        for other in split.other:  # rare: risk administration, transfers and the like
+            if isinstance(other, RiskLimitsChanged):
+                child("loom_risk_limit_changes", _SCOPE.get(other.scope, str(other.scope))).inc()
+            elif isinstance(other, TransferApplied):
+                outcome = "repeated" if other.repeated else "applied"
+                child("loom_transfers", _TRANSFER_KIND.get(other.kind, str(other.kind)), outcome).inc()
 
     def _count_fees(self, trades: list) -> None:
         """Both fees of each trade, net (a maker rebate is negative; a trade's net is never
