@@ -250,6 +250,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             tuple(cfg.instruments),
             tuple(cfg.assets),
             cfg.credit_checks,
+            cfg.fee_account,
         )
         member.retention = Retention(
             journal,

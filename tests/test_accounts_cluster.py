@@ -5,9 +5,11 @@ UNKNOWN_ASSET on every leader and the venue had no symbol to trade."""
 
 from __future__ import annotations
 
-from natsproc import unique_stream
+from natsproc import read_commands, unique_stream
 
 from engine.cluster.drill import ADMIN_KEY, TRADER_KEY, NodeProcess, http, wait_for
+from engine.cluster.journal import NatsJournal
+from engine.core.commands import SetCreditChecks
 
 # Appended to the drill's configuration, which ends inside its one [[instruments]] table.
 MONEY = """base = "BTC"
@@ -24,9 +26,12 @@ scale = 0
 """
 
 
-def test_a_cluster_leader_lists_assets_before_the_instruments_that_name_them(nats_cluster, tmp_path):
+def test_a_cluster_leader_lists_assets_before_the_instruments_that_name_them(
+    nats_cluster, nats_link, tmp_path
+):
     stream, _prefix = unique_stream()
-    node = NodeProcess("a", nats_cluster.urls, tmp_path, stream, extra_config=MONEY)
+    settings = 'fee_account = "house"\n'
+    node = NodeProcess("a", nats_cluster.urls, tmp_path, stream, extra_config=MONEY, settings=settings)
     try:
         node.start()
         wait_for("a to lead", lambda: node.status().get("role") == "leader")
@@ -43,5 +48,10 @@ def test_a_cluster_leader_lists_assets_before_the_instruments_that_name_them(nat
         order = {"symbol": "BTC-USD", "side": "buy", "qty": 1, "price": 5, "client_order_id": "c1"}
         status, body = http("POST", node.base + "/v1/orders", order, key=TRADER_KEY)
         assert status in (200, 201), body  # the instrument was listed, with its assets
+        # The credit switch names the configured fee account, as a single node's does
+        # (before: the leader journaled the default, and fees accrued to "venue-fees").
+        commands = read_commands(NatsJournal(nats_link, stream, f"loom.{stream.lower()}"))
+        switches = [c for c in commands if type(c) is SetCreditChecks]
+        assert [(c.enabled, c.fee_account) for c in switches] == [(True, "house")], switches
     finally:
         node.stop()

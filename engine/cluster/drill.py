@@ -66,12 +66,14 @@ class NodeProcess:
         stream: str,
         extra_config: str = "",
         listeners: bool = False,
+        settings: str = "",
     ) -> None:
         self.node_id = node_id
         self.urls = urls
         self.workdir = workdir
         self.stream = stream
         self.extra_config = extra_config  # TOML appended to the drill's configuration
+        self.settings = settings  # top-level TOML keys, put before the drill's tables
         self.listeners = listeners  # FIX and binary listeners too (on free ports)
         self.ports: dict[str, int] = {}  # by protocol, from the readiness line
         self.proc: subprocess.Popen | None = None
@@ -80,7 +82,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         config = self.workdir / f"loom-{self.node_id}.toml"
-        config.write_text(CONFIG + self.extra_config)
+        config.write_text(self.settings + CONFIG + self.extra_config)
         argv = [sys.executable, "-m", "engine.cli", "run", "--config", str(config)]
         argv += ["--cluster", ",".join(self.urls), "--node-id", self.node_id]
         argv += ["--data-dir", str(self.workdir / self.node_id), "--http-port", "0"]

@@ -27,6 +27,7 @@ from engine.cluster.journal import FencedError, NatsJournal, StreamMessage
 from engine.cluster.lease import Lease
 from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
+from engine.core.balances import DEFAULT_FEE_ACCOUNT
 from engine.core.domain import Asset, Instrument
 from engine.core.state import state_hash
 from engine.exchange import setup_stages
@@ -57,6 +58,7 @@ class ClusterMember:
         instruments: tuple[Instrument, ...] = (),
         assets: tuple[Asset, ...] = (),
         credit_checks: bool | None = None,
+        fee_account: str = DEFAULT_FEE_ACCOUNT,
     ) -> None:
         self.node_id = node_id
         self.service = service
@@ -65,7 +67,7 @@ class ClusterMember:
         self.lease = lease
         self.link = journal.link
         # What a leader journals on promotion, as a single node does at start.
-        self.setup = setup_stages(assets, instruments, credit_checks)
+        self.setup = setup_stages(assets, instruments, credit_checks, fee_account)
         # Set by the app (it needs `leading`): replicates the leader's snapshots and purges.
         self.retention: Retention | None = None
         # Set by the app: standbys report their applied seq there, the leader reads them.
