@@ -238,6 +238,20 @@ RISK_GROUP = Group(
             "`loom risk surveillance` or GET /v1/admin/surveillance/report (admin or ops key).",
             for_=_t("LoomFlowAnomaly").for_,
         ),
+        Alert(
+            "LoomSurveillanceDropping",
+            # The analysis runs within a CPU share (engine/surveillance_desk.py): under sustained
+            # load it falls behind and then drops whole batches rather than compete with
+            # matching. Silence from surveillance then means "not looked at", not "clean".
+            f"sum by (job, instance) (increase(loom_surveillance_dropped_batches_total{{{JOB}}}"
+            f"[{_t('LoomSurveillanceDropping').window}])) > {_t('LoomSurveillanceDropping').value:g}",
+            "warning",
+            "Surveillance is dropping batches: its findings are incomplete.",
+            '{{ $value | printf "%.0f" }} durable batch(es) went unanalysed on {{ $labels.instance }} '
+            f"over the last {human_duration(_t('LoomSurveillanceDropping').window)}: the analysis "
+            "is behind its CPU share (`surveillance_cpu_share`). Backlog: "
+            "loom_surveillance_backlog_events; age: loom_surveillance_analysis_age_seconds.",
+        ),
     ),
 )
 

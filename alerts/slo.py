@@ -112,6 +112,9 @@ def _triggers() -> Mapping[str, Trigger]:
             "LoomAbuseFound": Trigger(0, "0s", "15m"),
             # The learned order-flow model: a feature this many sds above the population, for 5m.
             "LoomFlowAnomaly": Trigger(6, "5m"),
+            # Surveillance dropped durable batches (its bounded buffer was full): its findings
+            # are incomplete. Any drop within the window, kept while it is in the window.
+            "LoomSurveillanceDropping": Trigger(0, "0s", "15m"),
             # Money (docs/accounts.md): any breach of conservation, at once; orders refused for
             # lack of funds above this many per second per symbol over [5m], for 10m.
             "LoomConservationBreach": Trigger(0),
