@@ -138,4 +138,5 @@ def test_bench_connections_authenticated_holds_logged_on_sessions_and_measures_t
     per_1k = (r["rss_mb_during"] - r["rss_mb_before"]) / 0.3  # from the rounded MB: within 0.34
     assert r["rss_mb_during"] > 0 and abs(r["rss_mb_per_1k_sessions"] - per_1k) < 0.34, r
     assert r["orders_unanswered"] == 0 and r["orders_acked_during"] == 1000, r
-    assert r["p99_ms_before"] > 0 and r["p99_ratio"] == round(r["p99_ms_during"] / r["p99_ms_before"], 2)
+    # The bench divides the unrounded p99s; these are rounded to 3 decimals: within 0.01.
+    assert r["p99_ms_before"] > 0 and abs(r["p99_ratio"] - r["p99_ms_during"] / r["p99_ms_before"]) <= 0.01

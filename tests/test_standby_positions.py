@@ -64,7 +64,12 @@ def test_the_purge_keeps_what_live_standbys_need_and_ignores_stale_ones(nats_lin
         nats_link.call(b.report(4))  # b applied through 4: it needs 5.. (batch 4..6)
         nats_link.call(c.report(8))
         nats_link.call(leader.report(1))  # the leader's own key (from a standby past) counts not
-        assert snapshot_at_12() == 4  # without the standbys: 10
+        # A KV read may lag the put it follows (one CI run read neither report yet and purged
+        # to 10): this test is about the purge given the reports, so it starts once the
+        # leader sees both. The lag itself is noted for the product (session 6's note).
+        wait_for("the leader to read both reports", lambda: len(nats_link.call(leader.read())) == 2)
+        got = snapshot_at_12()
+        assert got == 4, (got, leader.last, retention.stats)  # without the standbys: 10
         assert [(p.node, p.applied_seq, p.live) for p in leader.last] == [("b", 4, True), ("c", 8, True)]
         assert (retention.stats.standby_floor, retention.stats.held_back) == (4, 1)
 

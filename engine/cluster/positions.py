@@ -79,9 +79,13 @@ class StandbyPositions:
     async def read(self) -> list[StandbyPosition]:
         """Every other node's last report, oldest position first; kept in `last`."""
         try:
-            keys = await self.kv.keys()
+            listed = await self.kv.keys()
         except nats.js.errors.NoKeysError:
-            keys = []
+            listed = []
+        # A listing can come back short (one CI run's leader listed neither of two standbys
+        # that had reported, and purged past both): every node seen before is read by its
+        # key as well; one that withdrew is not found and drops out below.
+        keys = sorted(set(listed) | {p.node for p in self.last})
         now = self.wall()
         found = []
         for key in keys:
