@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from engine.cli_risk import DEFAULT_URL
+from engine.cli_risk import DEFAULT_URL, add_node_options
 from engine.ledger_index import DEFAULT_PAGE, MAX_PAGE
 
 PROG = "loom accounts"
@@ -162,8 +162,7 @@ def add_parsers(sub) -> None:
 
     def command(name: str, help_: str, action) -> argparse.ArgumentParser:
         p = accounts_sub.add_parser(name, help=help_)
-        p.add_argument("--url", help=f"the node's REST base URL (LOOM_URL, default {DEFAULT_URL})")
-        p.add_argument("--admin-key", help="the admin key (LOOM_ADMIN_KEY)")
+        add_node_options(p)
         p.add_argument("--api-key", help="an account's key, for its own balances and ledger (LOOM_API_KEY)")
         p.add_argument("--json", action="store_true", help="print the node's JSON answer")
         p.set_defaults(func=_run, action=action)

@@ -104,14 +104,20 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def add_node_options(p: argparse.ArgumentParser) -> None:
+    """How a node-facing command finds the node and proves it is the admin (`loom risk`,
+    `loom accounts`)."""
+    p.add_argument("--url", help=f"the node's REST base URL (LOOM_URL, default {DEFAULT_URL})")
+    p.add_argument("--admin-key", help="the admin key (LOOM_ADMIN_KEY)")
+
+
 def add_parsers(sub) -> None:
     risk = sub.add_parser("risk", help="pre-trade risk limits, kill switches and halts of a running node")
     risk_sub = risk.add_subparsers(dest="risk", required=True)
 
     def command(name: str, help_: str, func) -> argparse.ArgumentParser:
         p = risk_sub.add_parser(name, help=help_)
-        p.add_argument("--url", help=f"the node's REST base URL (LOOM_URL, default {DEFAULT_URL})")
-        p.add_argument("--admin-key", help="the admin key (LOOM_ADMIN_KEY)")
+        add_node_options(p)
         p.set_defaults(func=func)
         return p
 
