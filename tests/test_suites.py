@@ -66,8 +66,13 @@ def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
     assert r["rss_growth_mb"] == round(r["windows"][-1]["rss_mb"] - r["windows"][0]["rss_mb"], 1)
     assert r["rss_target_met"] == (r["rss_growth_mb"] < 50)
     assert r["drift_target_met"] == (r["ack_p99_drift_pct"] < 20)
-    # The flow takes what it rests: a few levels at the end, not thousands of orders.
-    assert r["book_at_end"]["levels"] <= 5 and r["book_at_end"]["qty"] < 500
+    # The flow takes what it rests: a few levels at the end, not a growing share of the run.
+    # Buys and sells travel on two sessions, so the buys sent in the last few milliseconds
+    # can rest with no sell left to take them (one CI run ended with 689 resting); the bound
+    # is a share of the run, which a book that kept what it rested (~half the orders)
+    # exceeds a hundredfold.
+    assert r["book_at_end"]["levels"] <= 5
+    assert r["book_at_end"]["qty"] <= 50 * max(20, r["sent"] // 200), r["book_at_end"]
 
 
 def test_dr_rebuilds_a_destroyed_standby_from_the_replicated_snapshot_and_takes_over():
