@@ -29,6 +29,7 @@ from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
+from engine.gateways.ws_states import ACTIVE, AWAITING_AUTH, CLOSED, DROPPED, REFUSED, TABLE
 from engine.ledger_index import balance_json
 from engine.market_data import MAX_RATE_HZ
 from engine.overload import InFlight
@@ -46,7 +47,10 @@ class WsSession:
     and pushes go through an outbox of encoded frames drained by one writer task, so the
     commit loop never waits on a slow client: a client whose outbox reaches the bound
     ([market_data] max_queued) is told SLOW_CONSUMER and disconnected. Market data frames
-    are shared with every other subscriber (encoded once by engine/market_data.py)."""
+    are shared with every other subscriber (encoded once by engine/market_data.py).
+
+    Where the session is in its life is `state` (engine/gateways/ws_states.py), moved only
+    by `_move`; what its state does not allow is refused in one place, `_refuses`."""
 
     def __init__(
         self, ctx: GatewayContext, ws: web.WebSocketResponse, account: str | None, transport=None
@@ -54,10 +58,12 @@ class WsSession:
         self.ctx = ctx
         self.ws = ws
         self.account = account
+        self.state = ACTIVE if account is not None else AWAITING_AUTH
+        self._refused = REFUSED[self.state]  # input -> (code, message) or None, for what it refuses
+        self.closed = False  # the state is CLOSED or DROPPED (read on every push: kept by _move)
         self.outbox: list[bytes] = []
         self.transport = transport
         self.wake = asyncio.Event()
-        self.closed = False
         self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
@@ -69,13 +75,33 @@ class WsSession:
         self.md_since = 0.0
         self.max_queued = ctx.market_data.max_queued
         self.high_water = ctx.market_data.send_buffer_bytes  # socket bytes before the writer waits
-        self.dropped = False  # cut off as a slow consumer
         if self.high_water < DEFAULT_SEND_BUFFER and transport is not None:
             # A smaller bound than the default also caps the kernel's send buffer, which
             # autotuning grows to megabytes: "too far behind" then comes that much sooner.
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.high_water)
+
+    @property
+    def dropped(self) -> bool:
+        """Cut off as a slow consumer."""
+        return self.state is DROPPED
+
+    def _move(self, event: str) -> None:
+        """The one place the session changes state (an event the table lacks is a bug)."""
+        self.state = state = TABLE.next(self.state, event)
+        self._refused = REFUSED[state]
+        self.closed = state >= CLOSED
+
+    def _refuses(self, req_id, event: str) -> bool:
+        """Whether the state refuses this input; if it does, the client is told why (a
+        closed session's input is ignored: no reply would be sent)."""
+        if event not in self._refused:
+            return False
+        answer = self._refused[event]
+        if answer is not None:
+            self.fail(req_id, *answer)
+        return True
 
     def send(self, message: dict) -> None:
         self._queue(json_frame(message))
@@ -110,7 +136,7 @@ class WsSession:
             "(or subscribe to the book with a lower max_rate)",
         }
         self.outbox = [json_frame(reason)]
-        self.dropped = True
+        self._move("slow_consumer")
         self.close()
 
     async def writer(self) -> None:
@@ -153,6 +179,8 @@ class WsSession:
         self.fail(req_id, code, message)
 
     def handle(self, raw: str | bytes) -> None:
+        if self._refuses(None, "message"):
+            return
         if too_deep(raw):  # msgspec would recurse until RecursionError ended the session
             self.unreadable(None, "TOO_DEEP", f"message nests JSON deeper than {MAX_DEPTH} levels")
             return
@@ -195,8 +223,7 @@ class WsSession:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 
     def _trading(self, req_id) -> bool:
-        if self.account is None:
-            self.fail(req_id, "UNAUTHENTICATED", "send {'op': 'auth', 'api_key': ...} first")
+        if self._refuses(req_id, "trade"):
             return False
         return self._within_rate(req_id, self.bucket)
 
@@ -245,6 +272,7 @@ class WsSession:
             self.fail(req_id, "UNAUTHENTICATED", "unknown API key")
             return
         self.account = account
+        self._move("authenticated")
         self.send({"type": "authenticated", "req_id": req_id, "account": account})
 
     def op_order(self, req_id, msg: dict) -> None:
@@ -284,8 +312,7 @@ class WsSession:
             self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
             return
         if req.channel == "executions":
-            if self.account is None:
-                self.fail(req_id, "UNAUTHENTICATED", "executions need an authenticated session")
+            if self._refuses(req_id, "subscribe_executions"):
                 return
             self.unsubscribers[key] = self.ctx.router.subscribe(
                 self.account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
@@ -293,8 +320,7 @@ class WsSession:
             self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
             return
         if req.channel == "balances":
-            if self.account is None:
-                self.fail(req_id, "UNAUTHENTICATED", "balances need an authenticated session")
+            if self._refuses(req_id, "subscribe_balances"):
                 return
             self.unsubscribers[key] = self.ctx.ledger.subscribe(
                 self.account, lambda _account, entry: self.send(balance_json(entry))
@@ -365,7 +391,7 @@ class WsSession:
         self.send({"type": "pong", "req_id": req_id})
 
     def close(self) -> None:
-        self.closed = True
+        self._move("closed")
         for stop in self.unsubscribers.values():
             stop()
         self.unsubscribers.clear()
