@@ -103,6 +103,11 @@ class WsSession:
             self.fail(req_id, *answer)
         return True
 
+    def _account_for(self, req_id, event: str) -> str | None:
+        """The session's account, for an input that needs one; None (and the client told
+        why) when the state refuses it (a state that allows it has an account)."""
+        return None if self._refuses(req_id, event) else self.account
+
     def send(self, message: dict) -> None:
         self._queue(json_frame(message))
 
@@ -222,10 +227,10 @@ class WsSession:
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 
-    def _trading(self, req_id) -> bool:
-        if self._refuses(req_id, "trade"):
-            return False
-        return self._within_rate(req_id, self.bucket)
+    def _trading(self, req_id) -> str | None:
+        """The account to trade for, or None: refused by the state or the rate limit."""
+        account = self._account_for(req_id, "trade")
+        return account if account is not None and self._within_rate(req_id, self.bucket) else None
 
     def _within_rate(self, req_id, bucket: TokenBucket) -> bool:
         """The session's rate limit: one bucket for trading, one for control ops (auth, ping,
@@ -278,8 +283,9 @@ class WsSession:
     def op_order(self, req_id, msg: dict) -> None:
         traceparent = msg.pop("traceparent", "")
         req = msgspec.convert(msg, OrderRequest)
-        if self._trading(req_id):
-            cmd = new_order_command(self.account, req)
+        account = self._trading(req_id)
+        if account is not None:
+            cmd = new_order_command(account, req)
             incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
             if incoming:
                 cmd.trace_id, cmd.trace_parent = incoming
@@ -289,21 +295,23 @@ class WsSession:
         req = msgspec.convert(msg, _WsCancel)
         if not req.order_id and not req.client_order_id:
             self.fail(req_id, "INVALID_REQUEST", "cancel needs order_id or client_order_id")
-        elif self._trading(req_id):
-            self._submit(req_id, Cancel(self.account, req.order_id, req.client_order_id))
+        elif (account := self._trading(req_id)) is not None:
+            self._submit(req_id, Cancel(account, req.order_id, req.client_order_id))
 
     def op_amend(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsAmend)
-        if self._trading(req_id):
+        account = self._trading(req_id)
+        if account is not None:
             cmd = Amend(
-                self.account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
+                account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
             )
             self._submit(req_id, cmd)
 
     def op_cancel_all(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsCancelAll)
-        if self._trading(req_id):
-            self._submit(req_id, CancelAll(self.account, req.symbol))
+        account = self._trading(req_id)
+        if account is not None:
+            self._submit(req_id, CancelAll(account, req.symbol))
 
     def op_subscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
@@ -312,18 +320,20 @@ class WsSession:
             self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
             return
         if req.channel == "executions":
-            if self._refuses(req_id, "subscribe_executions"):
+            account = self._account_for(req_id, "subscribe_executions")
+            if account is None:
                 return
             self.unsubscribers[key] = self.ctx.router.subscribe(
-                self.account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
+                account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
             )
             self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
             return
         if req.channel == "balances":
-            if self._refuses(req_id, "subscribe_balances"):
+            account = self._account_for(req_id, "subscribe_balances")
+            if account is None:
                 return
             self.unsubscribers[key] = self.ctx.ledger.subscribe(
-                self.account, lambda _account, entry: self.send(balance_json(entry))
+                account, lambda _account, entry: self.send(balance_json(entry))
             )
             self.send({"type": "subscribed", "req_id": req_id, "channel": "balances"})
             return
