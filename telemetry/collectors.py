@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from telemetry.catalogue import CATALOGUE
+from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM
 
 DEPTH_LEVELS = 10
 
@@ -27,11 +27,33 @@ def _counter(name: str) -> CounterMetricFamily:
     return CounterMetricFamily(name, spec.help, labels=list(spec.labels))
 
 
+_FAMILIES = {COUNTER: CounterMetricFamily, GAUGE: GaugeMetricFamily, HISTOGRAM: HistogramMetricFamily}
+
+
+class CatalogueCollector(Collector):
+    """A scrape-time collector that names its catalogue metrics up front (`METRICS`).
+
+    `describe()` gives the registry those names when the collector is registered, as
+    prometheus_client's own metrics do: a second owner of a name then fails at registration
+    ("Duplicated timeseries"), where without it the scrape would carry the name twice and
+    Prometheus would drop the whole target. `collect()` yields only names from `METRICS`
+    (tests/test_metric_collectors.py checks it against a live node)."""
+
+    METRICS: tuple[str, ...] = ()
+
+    def describe(self) -> Iterable[Metric]:
+        for name in self.METRICS:
+            spec = CATALOGUE[name]
+            yield _FAMILIES[spec.kind](name, spec.help, labels=list(spec.labels))
+
+
 ROLES = ("leader", "standby", "candidate", "standalone")
 
 
-class StandaloneRoleCollector(Collector):
+class StandaloneRoleCollector(CatalogueCollector):
     """A node without a cluster: loom_cluster_role{role="standalone"} 1, nothing else."""
+
+    METRICS = ("loom_cluster_role",)
 
     def collect(self):
         role = _gauge("loom_cluster_role")
@@ -39,9 +61,33 @@ class StandaloneRoleCollector(Collector):
         yield role
 
 
-class ClusterCollector(Collector):
+class ClusterCollector(CatalogueCollector):
     """A cluster member's role, lease, lag and fencing, read from it at scrape time; the
     publish→PubAck histogram is observed by the journal (on the NATS thread)."""
+
+    METRICS = (
+        "loom_replication_publish_seconds",
+        "loom_cluster_role",
+        "loom_lease_held",
+        "loom_lease_renewals",
+        "loom_lease_epoch",
+        "loom_replication_lag_commands",
+        "loom_fencing_rejections",
+        "loom_failovers",
+        "loom_leader_changes",
+        "loom_stream_messages",
+        "loom_stream_first_command_seq",
+        "loom_replicated_snapshot_seq",
+        "loom_replicated_snapshot_age_seconds",
+        "loom_replicated_snapshot_uploads",
+        "loom_stream_purges",
+        "loom_stream_purged_messages",
+        "loom_retention_purges_held_back",
+        "loom_standby_applied_seq",
+        "loom_standby_lag_commands",
+        "loom_standby_report_age_seconds",
+        "loom_retention_purge_floor_seq",
+    )
 
     def __init__(self, member, wall: Callable[[], float] = time.time) -> None:
         self.member = member  # engine.cluster.member.ClusterMember
@@ -126,9 +172,14 @@ class ClusterCollector(Collector):
         yield from (applied, lag, age, floor)
 
 
-class DataDiskCollector(Collector):
+class DataDiskCollector(CatalogueCollector):
     """Free and total bytes of the data directory's file system: a full disk makes every
     journal append fail (trading stops), so it is watched before it happens."""
+
+    METRICS = (
+        "loom_data_disk_free_bytes",
+        "loom_data_disk_size_bytes",
+    )
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
@@ -145,7 +196,32 @@ class DataDiskCollector(Collector):
         yield from (free, size)
 
 
-class ExchangeCollector(Collector):
+class ExchangeCollector(CatalogueCollector):
+    METRICS = (
+        "loom_journal_size_bytes",
+        "loom_journal_last_seq",
+        "loom_journal_torn_tail_truncations",
+        "loom_journal_unknown_outcomes",
+        "loom_journal_unresolved",
+        "loom_journal_segments",
+        "loom_journal_retired_segments",
+        "loom_journal_retired_bytes",
+        "loom_snapshot_age_seconds",
+        "loom_snapshot_seq",
+        "loom_snapshot_size_bytes",
+        "loom_recovery_duration_seconds",
+        "loom_recovery_replayed_commands",
+        "loom_book_best_price",
+        "loom_book_spread",
+        "loom_book_depth_quantity",
+        "loom_book_levels",
+        "loom_open_orders",
+        "loom_sessions",
+        "loom_commit_backlog_commands",
+        "loom_commit_queue_oldest_age_seconds",
+        "loom_ready",
+    )
+
     def __init__(
         self,
         service,
@@ -231,10 +307,19 @@ class ExchangeCollector(Collector):
         yield ready
 
 
-class RiskCollector(Collector):
+class RiskCollector(CatalogueCollector):
     """Kill switches and halts from the engine's risk state, and the surveillance scores,
     read at scrape time. Never an account name as a label: the top scores go out by rank,
     and which accounts they are is for the admin and ops API."""
+
+    METRICS = (
+        "loom_kill_switch_engaged",
+        "loom_trading_halts",
+        "loom_surveillance_anomaly_score",
+        "loom_surveillance_top_score",
+        "loom_surveillance_alerts",
+        "loom_surveillance_accounts",
+    )
 
     def __init__(
         self,
@@ -277,11 +362,20 @@ class RiskCollector(Collector):
         yield from (score, top, alerts, accounts)
 
 
-class SurveillanceCollector(Collector):
+class SurveillanceCollector(CatalogueCollector):
     """The abuse findings by kind and symbol, the anomaly model's highest z-scores, and how far
     behind the analysis runs: read from what the desk's worker last published, never analysed
     at scrape time (engine/surveillance_desk.py). No identities: which accounts and owners is
     for GET /v1/admin/surveillance/report."""
+
+    METRICS = (
+        "loom_surveillance_findings",
+        "loom_surveillance_flow_zscore",
+        "loom_surveillance_price_move_zscore",
+        "loom_surveillance_dropped_batches",
+        "loom_surveillance_backlog_events",
+        "loom_surveillance_analysis_age_seconds",
+    )
 
     def __init__(self, desk, symbols: Callable[[], Iterable[str]] = tuple) -> None:
         self.desk = desk  # engine.surveillance_desk.SurveillanceDesk
@@ -314,9 +408,15 @@ class SurveillanceCollector(Collector):
         yield from (findings, flow, moves, dropped, backlog, age)
 
 
-class LedgerCollector(Collector):
+class LedgerCollector(CatalogueCollector):
     """Balances by asset (never per account) and the ledger's conservation check, read from
     the live engine's ledger at scrape time: one walk of the balances, off the order path."""
+
+    METRICS = (
+        "loom_asset_balances",
+        "loom_asset_held_balances",
+        "loom_ledger_conservation_breaches",
+    )
 
     def __init__(self, engine_of: Callable[[], object]) -> None:
         self.engine_of = engine_of  # the live engine (a failover may replace it)
@@ -334,8 +434,10 @@ class LedgerCollector(Collector):
         yield from (totals, held, breaches)
 
 
-class MarketDataCollector(Collector):
+class MarketDataCollector(CatalogueCollector):
     """Market data subscriptions by channel, counted at scrape time."""
+
+    METRICS = ("loom_md_subscribers",)
 
     def __init__(self, market_data) -> None:
         self.market_data = market_data  # engine.market_data.MarketData
@@ -347,8 +449,10 @@ class MarketDataCollector(Collector):
         yield subscribers
 
 
-class FixSessionsCollector(Collector):
+class FixSessionsCollector(CatalogueCollector):
     """FIX connections by session state; `states()` counts them (every state, 0 included)."""
+
+    METRICS = ("loom_fix_sessions",)
 
     def __init__(self, states: Callable[[], dict[str, int]]) -> None:
         self.states = states
@@ -360,9 +464,15 @@ class FixSessionsCollector(Collector):
         yield sessions
 
 
-class TraceExportCollector(Collector):
+class TraceExportCollector(CatalogueCollector):
     """Spans exported, dropped and failed: the worker's counts (TraceShipper.export_stats)
     plus the records the exchange dropped before the worker."""
+
+    METRICS = (
+        "loom_trace_spans_exported",
+        "loom_trace_spans_dropped",
+        "loom_trace_export_errors",
+    )
 
     def __init__(self, shipper) -> None:
         self.shipper = shipper  # telemetry.tracing.TraceShipper
@@ -380,9 +490,16 @@ class TraceExportCollector(Collector):
         yield from (exported, dropped, errors)
 
 
-class AdmissionCollector(Collector):
+class AdmissionCollector(CatalogueCollector):
     """Each listener's open connections, cap, refusals and deadline closures
     (engine.gateways.admission.Admission objects, listed as listeners start)."""
+
+    METRICS = (
+        "loom_connections",
+        "loom_connection_limit",
+        "loom_connections_refused",
+        "loom_connection_timeouts",
+    )
 
     def __init__(self, admissions: list) -> None:
         self.admissions = admissions

@@ -34,7 +34,22 @@ from engine.core.domain import (
     risk_layer,
 )
 from engine.core.events import OrderRejected, RiskLimitsChanged, TransferApplied
-from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM, TRACING_ONLY, MetricSpec
+from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM, MetricSpec
+from telemetry.collectors import (
+    AdmissionCollector,
+    CatalogueCollector,
+    ClusterCollector,
+    DataDiskCollector,
+    ExchangeCollector,
+    FixSessionsCollector,
+    LedgerCollector,
+    MarketDataCollector,
+    RiskCollector,
+    StandaloneRoleCollector,
+    SurveillanceCollector,
+    TraceExportCollector,
+)
+from telemetry.runtime import BuildInfo, GcPauses
 
 _SIDE = {int(s): s.name.lower() for s in Side}
 _TYPE = {int(t): t.name.lower() for t in OrderType}
@@ -230,60 +245,24 @@ class ExchangeMetrics:
                 self.child("loom_transfers", kind, _reason(RejectReason, events[0].reason)).inc()
 
 
-SCRAPE_TIME = (
-    {
-        "loom_journal_size_bytes",
-        "loom_journal_segments",
-        "loom_journal_retired_segments",
-        "loom_journal_retired_bytes",
-        "loom_journal_last_seq",
-        "loom_journal_torn_tail_truncations",
-        "loom_journal_unknown_outcomes",
-        "loom_journal_unresolved",
-        "loom_snapshot_age_seconds",
-        "loom_snapshot_seq",
-        "loom_snapshot_size_bytes",
-        "loom_recovery_duration_seconds",
-        "loom_recovery_replayed_commands",
-        "loom_data_disk_free_bytes",
-        "loom_data_disk_size_bytes",
-        "loom_book_best_price",
-        "loom_book_spread",
-        "loom_book_depth_quantity",
-        "loom_book_levels",
-        "loom_open_orders",
-        "loom_sessions",
-        "loom_connections",
-        "loom_connection_limit",
-        "loom_connections_refused",
-        "loom_connection_timeouts",
-        "loom_ready",
-        "loom_commit_backlog_commands",
-        "loom_cluster_role",
-        "loom_kill_switch_engaged",
-        "loom_trading_halts",
-        "loom_surveillance_anomaly_score",
-        "loom_surveillance_top_score",
-        "loom_surveillance_alerts",
-        "loom_surveillance_accounts",
-        "loom_surveillance_findings",
-        "loom_surveillance_flow_zscore",
-        "loom_surveillance_price_move_zscore",
-        "loom_surveillance_dropped_batches",
-        "loom_surveillance_backlog_events",
-        "loom_surveillance_analysis_age_seconds",
-        "loom_build_info",
-        "loom_gc_pause_seconds",
-        "loom_commit_queue_oldest_age_seconds",
-        "loom_md_subscribers",
-        "loom_fix_sessions",
-        "loom_asset_balances",
-        "loom_asset_held_balances",
-        "loom_ledger_conservation_breaches",
-    }
-    | CLUSTER_ONLY
-    | TRACING_ONLY
-)  # a cluster node's are read from its member; spans: from the worker
+# The collectors that read state at scrape time; what they name is not built here. One list:
+# each collector's METRICS (which its describe() also registers) is the source of truth.
+SCRAPE_COLLECTORS: tuple[type[CatalogueCollector], ...] = (
+    StandaloneRoleCollector,
+    ClusterCollector,
+    DataDiskCollector,
+    ExchangeCollector,
+    RiskCollector,
+    SurveillanceCollector,
+    LedgerCollector,
+    MarketDataCollector,
+    FixSessionsCollector,
+    TraceExportCollector,
+    AdmissionCollector,
+    GcPauses,
+    BuildInfo,
+)
+SCRAPE_TIME = frozenset(name for collector in SCRAPE_COLLECTORS for name in collector.METRICS)
 
 
 def _read_at_scrape(spec: MetricSpec) -> bool:

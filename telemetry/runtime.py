@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from telemetry.catalogue import CATALOGUE
+from telemetry.collectors import CatalogueCollector
 
 PROBE_INTERVAL_S = 0.1
 PACKAGE = "loom-exchange"
@@ -66,7 +66,7 @@ class LoopLagProbe:
         self._schedule()
 
 
-class GcPauses(Collector):
+class GcPauses(CatalogueCollector):
     """Times every collection through `gc.callbacks` and exports loom_gc_pause_seconds.
 
     The counts are plain lists, not prometheus_client metrics: the callback runs inside an
@@ -75,6 +75,7 @@ class GcPauses(Collector):
     (A forked snapshot child inherits the callback; it runs with gc disabled, so it never
     fires there.)"""
 
+    METRICS = ("loom_gc_pause_seconds",)
     GENERATIONS = (0, 1, 2)
 
     def __init__(self) -> None:
@@ -159,8 +160,10 @@ def git_revision(root: Path = ROOT) -> str:
     return f"{head}+dirty" if head and dirty else head or "unknown"
 
 
-class BuildInfo(Collector):
+class BuildInfo(CatalogueCollector):
     """loom_build_info{version, revision} 1, both read once when it is built."""
+
+    METRICS = ("loom_build_info",)
 
     def __init__(self, version: str | None = None, revision: str | None = None) -> None:
         self.version = version or package_version()

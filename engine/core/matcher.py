@@ -909,7 +909,8 @@ class MatchingEngine:
         if new_clid and new_clid != order.client_order_id:
             acct.by_clid[new_clid] = oid
             order.client_order_id = new_clid
-        if new_price == order.price and new_qty <= order.qty:
+        kept = new_price == order.price and new_qty <= order.qty
+        if kept:
             # Quantity down (or only a new client id): keeps time priority.
             delta = order.qty - new_qty
             order.qty = new_qty
@@ -917,40 +918,20 @@ class MatchingEngine:
             own.levels[order.price].qty -= delta
             if money is not None:
                 self._reserve(order, money, money.reservation(order.side, new_price, order.leaves))
-            return [
-                OrderAmended(
-                    seq,
-                    ts,
-                    oid,
-                    order.account,
-                    order.client_order_id,
-                    symbol,
-                    new_price,
-                    new_qty,
-                    order.leaves,
-                    True,
-                )
-            ]
-        # Price change or quantity up: loses priority; may cross and trade as a taker.
-        filled = order.filled
-        own.remove(order)
-        if order.reserved:
-            self._release(order)  # it trades as a taker, paying from its total; then reserves anew
-        leaves = new_qty - filled
-        events: list[Event] = [
-            OrderAmended(
-                seq,
-                ts,
-                oid,
-                order.account,
-                order.client_order_id,
-                symbol,
-                new_price,
-                new_qty,
-                leaves,
-                False,
-            )
-        ]
+            leaves = order.leaves
+        else:
+            # Price change or quantity up: loses priority; may cross and trade as a taker.
+            filled = order.filled
+            own.remove(order)
+            if order.reserved:
+                self._release(order)  # it trades as a taker, paying from its total; then reserves anew
+            leaves = new_qty - filled
+        amended = OrderAmended(
+            seq, ts, oid, order.account, order.client_order_id, symbol, new_price, new_qty, leaves, kept
+        )
+        if kept:
+            return [amended]
+        events: list[Event] = [amended]
         if crosses:
             remaining, stopped, _ = self._match(
                 events,

@@ -22,7 +22,7 @@ only reduce quantity at the same price: reducing risk must always be possible.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from engine.core.book import BookSide, OrderBook, RestingOrder
 from engine.core.commands import NewOrder, ReplayNewOrder, SetKillSwitch, SetRiskLimits, SetTradingHalt
@@ -322,35 +322,54 @@ def _set_kill_switch(engine: RiskEngine, cmd: SetKillSwitch) -> list[Event]:
     reason = _target_problem(engine, scope, target)
     if reason:
         return _reject(cmd, reason, target if scope == SYMBOL else "")
-    key = (scope, target)
-    switches = engine.risk.kill_switches
-    was = key in switches
-    old_reason = switches.get(key, "")
-    cancels: list[Event] = []
-    if cmd.engaged:
-        switches[key] = cmd.reason
-        if cmd.cancel_orders:
-            _cancel_in_scope(engine, scope, target, cmd.seq, cmd.ts, cancels)
-    else:
-        switches.pop(key, None)
     by = cmd.requested_by
-    record = AuditRecord(
-        cmd.seq,
-        cmd.ts,
-        by,
-        KILL_SWITCH,
-        scope,
-        target,
-        old_on=was,
-        new_on=cmd.engaged,
-        old_reason=old_reason,
-        new_reason=cmd.reason,
-    )
-    audit(engine.risk.audit, record)
+    switches = engine.risk.kill_switches
+    was = _switch(engine, cmd, KILL_SWITCH, scope, target, switches, (scope, target), cmd.engaged, cmd.reason)
+    cancels: list[Event] = []
+    if cmd.engaged and cmd.cancel_orders:
+        _cancel_in_scope(engine, scope, target, cmd.seq, cmd.ts, cancels)
     changed = KillSwitchChanged(
         cmd.seq, cmd.ts, scope, target, cmd.engaged, cmd.reason, len(cancels), was, by
     )
     return [changed, *cancels]
+
+
+_Key = TypeVar("_Key", tuple[int, str], str)  # a kill switch's (scope, target), a halt's symbol
+
+
+def _switch(
+    engine: RiskEngine,
+    cmd: SetKillSwitch | SetTradingHalt,
+    kind: int,
+    scope: int,
+    target: str,
+    table: dict[_Key, str],
+    key: _Key,
+    on: bool,
+    reason: str,
+) -> bool:
+    """Turn one kill switch or halt on (with its reason) or off, and audit the change: the
+    one shape of both records. Returns whether it was on before."""
+    was = key in table
+    old_reason = table.get(key, "")
+    if on:
+        table[key] = reason
+    else:
+        table.pop(key, None)
+    record = AuditRecord(
+        cmd.seq,
+        cmd.ts,
+        cmd.requested_by,
+        kind,
+        scope,
+        target,
+        old_on=was,
+        new_on=on,
+        old_reason=old_reason,
+        new_reason=reason,
+    )
+    audit(engine.risk.audit, record)
+    return was
 
 
 def _cancel_in_scope(
@@ -376,25 +395,6 @@ def _set_halt(engine: RiskEngine, cmd: SetTradingHalt) -> list[Event]:
     symbol = cmd.symbol
     if symbol not in engine.instruments:
         return _reject(cmd, R.UNKNOWN_SYMBOL, symbol)
-    halts = engine.risk.halts
-    was = symbol in halts
-    old_reason = halts.get(symbol, "")
-    if cmd.halted:
-        halts[symbol] = cmd.reason
-    else:
-        halts.pop(symbol, None)
     by = cmd.requested_by
-    record = AuditRecord(
-        cmd.seq,
-        cmd.ts,
-        by,
-        HALT,
-        SYMBOL,
-        symbol,
-        old_on=was,
-        new_on=cmd.halted,
-        old_reason=old_reason,
-        new_reason=cmd.reason,
-    )
-    audit(engine.risk.audit, record)
+    was = _switch(engine, cmd, HALT, SYMBOL, symbol, engine.risk.halts, symbol, cmd.halted, cmd.reason)
     return [TradingHaltChanged(cmd.seq, cmd.ts, symbol, cmd.halted, cmd.reason, was, by)]

@@ -29,6 +29,7 @@ from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
+from engine.gateways.ws_states import ACTIVE, AWAITING_AUTH, CLOSED, DROPPED, REFUSED, TABLE
 from engine.ledger_index import balance_json
 from engine.market_data import MAX_RATE_HZ
 from engine.overload import InFlight
@@ -46,7 +47,10 @@ class WsSession:
     and pushes go through an outbox of encoded frames drained by one writer task, so the
     commit loop never waits on a slow client: a client whose outbox reaches the bound
     ([market_data] max_queued) is told SLOW_CONSUMER and disconnected. Market data frames
-    are shared with every other subscriber (encoded once by engine/market_data.py)."""
+    are shared with every other subscriber (encoded once by engine/market_data.py).
+
+    Where the session is in its life is `state` (engine/gateways/ws_states.py), moved only
+    by `_move`; what its state does not allow is refused in one place, `_refuses`."""
 
     def __init__(
         self, ctx: GatewayContext, ws: web.WebSocketResponse, account: str | None, transport=None
@@ -54,10 +58,12 @@ class WsSession:
         self.ctx = ctx
         self.ws = ws
         self.account = account
+        self.state = ACTIVE if account is not None else AWAITING_AUTH
+        self._refused = REFUSED[self.state]  # input -> (code, message) or None, for what it refuses
+        self.closed = False  # the state is CLOSED or DROPPED (read on every push: kept by _move)
         self.outbox: list[bytes] = []
         self.transport = transport
         self.wake = asyncio.Event()
-        self.closed = False
         self.sent = 0  # messages queued to the client (the access log's messages_out)
         self.unsubscribers: dict[tuple, Callable[[], None]] = {}
         self.bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
@@ -69,13 +75,38 @@ class WsSession:
         self.md_since = 0.0
         self.max_queued = ctx.market_data.max_queued
         self.high_water = ctx.market_data.send_buffer_bytes  # socket bytes before the writer waits
-        self.dropped = False  # cut off as a slow consumer
         if self.high_water < DEFAULT_SEND_BUFFER and transport is not None:
             # A smaller bound than the default also caps the kernel's send buffer, which
             # autotuning grows to megabytes: "too far behind" then comes that much sooner.
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.high_water)
+
+    @property
+    def dropped(self) -> bool:
+        """Cut off as a slow consumer."""
+        return self.state is DROPPED
+
+    def _move(self, event: str) -> None:
+        """The one place the session changes state (an event the table lacks is a bug)."""
+        self.state = state = TABLE.next(self.state, event)
+        self._refused = REFUSED[state]
+        self.closed = state >= CLOSED
+
+    def _refuses(self, req_id, event: str) -> bool:
+        """Whether the state refuses this input; if it does, the client is told why (a
+        closed session's input is ignored: no reply would be sent)."""
+        if event not in self._refused:
+            return False
+        answer = self._refused[event]
+        if answer is not None:
+            self.fail(req_id, *answer)
+        return True
+
+    def _account_for(self, req_id, event: str) -> str | None:
+        """The session's account, for an input that needs one; None (and the client told
+        why) when the state refuses it (a state that allows it has an account)."""
+        return None if self._refuses(req_id, event) else self.account
 
     def send(self, message: dict) -> None:
         self._queue(json_frame(message))
@@ -110,7 +141,7 @@ class WsSession:
             "(or subscribe to the book with a lower max_rate)",
         }
         self.outbox = [json_frame(reason)]
-        self.dropped = True
+        self._move("slow_consumer")
         self.close()
 
     async def writer(self) -> None:
@@ -153,6 +184,8 @@ class WsSession:
         self.fail(req_id, code, message)
 
     def handle(self, raw: str | bytes) -> None:
+        if self._refuses(None, "message"):
+            return
         if too_deep(raw):  # msgspec would recurse until RecursionError ended the session
             self.unreadable(None, "TOO_DEEP", f"message nests JSON deeper than {MAX_DEPTH} levels")
             return
@@ -194,11 +227,10 @@ class WsSession:
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 
-    def _trading(self, req_id) -> bool:
-        if self.account is None:
-            self.fail(req_id, "UNAUTHENTICATED", "send {'op': 'auth', 'api_key': ...} first")
-            return False
-        return self._within_rate(req_id, self.bucket)
+    def _trading(self, req_id) -> str | None:
+        """The account to trade for, or None: refused by the state or the rate limit."""
+        account = self._account_for(req_id, "trade")
+        return account if account is not None and self._within_rate(req_id, self.bucket) else None
 
     def _within_rate(self, req_id, bucket: TokenBucket) -> bool:
         """The session's rate limit: one bucket for trading, one for control ops (auth, ping,
@@ -245,13 +277,15 @@ class WsSession:
             self.fail(req_id, "UNAUTHENTICATED", "unknown API key")
             return
         self.account = account
+        self._move("authenticated")
         self.send({"type": "authenticated", "req_id": req_id, "account": account})
 
     def op_order(self, req_id, msg: dict) -> None:
         traceparent = msg.pop("traceparent", "")
         req = msgspec.convert(msg, OrderRequest)
-        if self._trading(req_id):
-            cmd = new_order_command(self.account, req)
+        account = self._trading(req_id)
+        if account is not None:
+            cmd = new_order_command(account, req)
             incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
             if incoming:
                 cmd.trace_id, cmd.trace_parent = incoming
@@ -261,21 +295,23 @@ class WsSession:
         req = msgspec.convert(msg, _WsCancel)
         if not req.order_id and not req.client_order_id:
             self.fail(req_id, "INVALID_REQUEST", "cancel needs order_id or client_order_id")
-        elif self._trading(req_id):
-            self._submit(req_id, Cancel(self.account, req.order_id, req.client_order_id))
+        elif (account := self._trading(req_id)) is not None:
+            self._submit(req_id, Cancel(account, req.order_id, req.client_order_id))
 
     def op_amend(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsAmend)
-        if self._trading(req_id):
+        account = self._trading(req_id)
+        if account is not None:
             cmd = Amend(
-                self.account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
+                account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
             )
             self._submit(req_id, cmd)
 
     def op_cancel_all(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsCancelAll)
-        if self._trading(req_id):
-            self._submit(req_id, CancelAll(self.account, req.symbol))
+        account = self._trading(req_id)
+        if account is not None:
+            self._submit(req_id, CancelAll(account, req.symbol))
 
     def op_subscribe(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsSubscribe)
@@ -284,20 +320,20 @@ class WsSession:
             self.fail(req_id, "ALREADY_SUBSCRIBED", f"already subscribed to {req.channel} {req.symbol}")
             return
         if req.channel == "executions":
-            if self.account is None:
-                self.fail(req_id, "UNAUTHENTICATED", "executions need an authenticated session")
+            account = self._account_for(req_id, "subscribe_executions")
+            if account is None:
                 return
             self.unsubscribers[key] = self.ctx.router.subscribe(
-                self.account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
+                account, lambda ev: self.send({"type": "execution", "event": event_json(ev)})
             )
             self.send({"type": "subscribed", "req_id": req_id, "channel": "executions"})
             return
         if req.channel == "balances":
-            if self.account is None:
-                self.fail(req_id, "UNAUTHENTICATED", "balances need an authenticated session")
+            account = self._account_for(req_id, "subscribe_balances")
+            if account is None:
                 return
             self.unsubscribers[key] = self.ctx.ledger.subscribe(
-                self.account, lambda _account, entry: self.send(balance_json(entry))
+                account, lambda _account, entry: self.send(balance_json(entry))
             )
             self.send({"type": "subscribed", "req_id": req_id, "channel": "balances"})
             return
@@ -365,7 +401,7 @@ class WsSession:
         self.send({"type": "pong", "req_id": req_id})
 
     def close(self) -> None:
-        self.closed = True
+        self._move("closed")
         for stop in self.unsubscribers.values():
             stop()
         self.unsubscribers.clear()

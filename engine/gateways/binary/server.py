@@ -38,6 +38,7 @@ from engine.core.domain import RequestKind
 from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
 from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
+from engine.gateways.binary.states import CLOSED, CLOSING, REFUSED, TABLE, State
 from engine.logfmt import fields
 from engine.observer import NULL_OBSERVER
 from engine.overload import InFlight, limit_receive_buffers
@@ -53,8 +54,6 @@ MAX_OUTPUT_BUFFER = 32 * 1024 * 1024  # unsent report bytes before a session is 
 LOGIN_TIMEOUT_S = 10.0  # as FIX's logon timeout ([admission] login_timeout_s)
 SESSION_IDLE_S = 60.0  # a logged-on session that sends nothing ([admission] session_idle_s)
 
-_NOT_LOGGED_IN = p.encode_error(p.ErrorCode.NOT_LOGGED_IN, "log in first")
-_ALREADY_LOGGED_IN = p.encode_error(p.ErrorCode.ALREADY_LOGGED_IN, "already logged in")
 _REQ_NEW = int(RequestKind.NEW)
 _REQ_CANCEL = int(RequestKind.CANCEL)
 _REQ_AMEND = int(RequestKind.AMEND)
@@ -194,6 +193,9 @@ def not_leader_frame(exc: NotLeader) -> bytes:
 
 
 class BinarySession(asyncio.Protocol):
+    """One connection. Where it is in its life is `state` (engine/gateways/binary/states.py),
+    moved only by `_move`; a frame its state does not allow is answered from `_refused`."""
+
     def __init__(self, config: _Config, sessions: set) -> None:
         self._cfg = config
         self._service = config.service
@@ -212,8 +214,8 @@ class BinarySession(asyncio.Protocol):
         self._cancel_alls = 0  # CancelAll commands built so far (to spot them in a submission)
         self._paused_write = False
         self._reading_paused = False
-        self._closing = False  # no more input is processed; close once the in-flight work is answered
-        self._closed = False
+        self.state = State.AWAITING_LOGIN
+        self._refused = REFUSED[self.state]  # frame -> answer, for the frames this state refuses
         # Built on the first bytes (issue 13): a connection that never sends anything (a
         # flood of idle sockets) costs no decoder table.
         self._decoder: p.Decoder | None = None
@@ -238,22 +240,27 @@ class BinarySession(asyncio.Protocol):
 
     # -- builders: decoded fields -> engine command (or reply bytes) ------------------------
 
+    def _move(self, event: str) -> None:
+        """The one place the session changes state (an event the table lacks is a bug)."""
+        self.state = state = TABLE.next(self.state, event)
+        self._refused = REFUSED[state]
+
     def _b_login(self, api_key: str, version: int) -> bytes:
-        if self.account is not None:
-            return _ALREADY_LOGGED_IN
-        if self._closing:  # a refused login earlier in the same read: no second try
-            return _NOT_LOGGED_IN
+        refused = self._refused.get("login")  # logged in already; or a refused login earlier in the read
+        if refused is not None:
+            return refused
         if not p.MIN_PROTOCOL_VERSION <= version <= p.PROTOCOL_VERSION:
-            self._closing = True
+            self._move("login_refused")
             BAD_INPUT.note("binary", self.peer, f"login refused: protocol version {version}")
             return p.encode_login_reject(p.LoginRejectReason.UNSUPPORTED_VERSION)
         account = self._cfg.accounts.authenticate(api_key)
         if account is None:
-            self._closing = True
+            self._move("login_refused")
             BAD_INPUT.note("binary", self.peer, "login refused: bad credentials")
             return p.encode_login_reject(p.LoginRejectReason.BAD_CREDENTIALS)
         self.account = account
         self.version = version
+        self._move("login_accepted")
         self._unsubscribe = self._cfg.router.subscribe(account, self._on_event)
         log.info("binary session %s logged in as %s", self.peer, account, extra=fields(account=account))
         cfg = self._cfg
@@ -273,34 +280,39 @@ class BinarySession(asyncio.Protocol):
     def _b_heartbeat(self, token: int) -> bytes:
         # FIX (issue 13): a Heartbeat before Login was echoed, so a connection that never
         # logs on could keep itself busy; it is not logged in like any other frame.
-        return _NOT_LOGGED_IN if self.account is None else p.encode_heartbeat(token)
+        refused = self._refused.get("heartbeat")
+        return p.encode_heartbeat(token) if refused is None else refused
 
     def _b_new_order(self, ref, symbol, side, order_type, tif, post_only, stp, price, qty):
+        refused = self._refused.get("new_order")
+        if refused is not None:
+            return refused
         account = self.account
-        if account is None:
-            return _NOT_LOGGED_IN
         return NewOrder(
             account, str(ref) if ref else "", symbol, side, order_type, price, qty, tif, post_only, stp
         )
 
     def _b_cancel(self, order_id, ref):
+        refused = self._refused.get("cancel")
+        if refused is not None:
+            return refused
         account = self.account
-        if account is None:
-            return _NOT_LOGGED_IN
         return Cancel(account, order_id, str(ref) if ref else "")
 
     def _b_amend(self, order_id, ref, new_qty, new_price, new_ref):
+        refused = self._refused.get("amend")
+        if refused is not None:
+            return refused
         account = self.account
-        if account is None:
-            return _NOT_LOGGED_IN
         return Amend(
             account, order_id, str(ref) if ref else "", new_qty, new_price, str(new_ref) if new_ref else ""
         )
 
     def _b_cancel_all(self, symbol):
+        refused = self._refused.get("cancel_all")
+        if refused is not None:
+            return refused
         account = self.account
-        if account is None:
-            return _NOT_LOGGED_IN
         self._cancel_alls += 1
         return CancelAll(account, symbol)
 
@@ -320,7 +332,7 @@ class BinarySession(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self.state >= CLOSING:
             return
         self._watch.touch()
         started = time.perf_counter()
@@ -343,14 +355,14 @@ class BinarySession(asyncio.Protocol):
             kind = type(item)
             if kind is bytes:  # a reply made by a builder: login, heartbeat, not logged in
                 out.append(item)
-                if self._closing:  # refused login: ignore whatever follows it
+                if self.state >= CLOSING:  # refused login: ignore whatever follows it
                     break
             elif kind is p.DecodeError:
                 out.append(p.encode_error(item.code, item.text))
                 decode_errors.append(item.code)
                 if item.fatal:
                     BAD_INPUT.note("binary", self.peer, f"{item.text}; closing")
-                    self._closing = True
+                    self._move("fatal_input")
             else:
                 cmds.append(item)
         if shed:
@@ -367,7 +379,7 @@ class BinarySession(asyncio.Protocol):
                 cmds = self._rate_limit(cmds)
             if cmds:
                 self._submit(cmds, self._cancel_alls != cancel_alls, started)
-        if self._closing:
+        if self.state >= CLOSING:
             self._update_reading()
             self._close_when_answered()
         self._flush()
@@ -381,8 +393,7 @@ class BinarySession(asyncio.Protocol):
         self._update_reading()
 
     def connection_lost(self, exc) -> None:
-        self._closed = True
-        self._closing = True
+        self._move("lost")
         self._out.clear()
         self._sessions.discard(self)
         if self._watch is not None:
@@ -427,7 +438,7 @@ class BinarySession(asyncio.Protocol):
         exc = None if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             exc = task.exception()
-        if not self._closed:
+        if self.state is not CLOSED:
             if exc is None:
                 if has_cancel_all:
                     self._report_mass_cancels(cmds, task.result())
@@ -449,10 +460,10 @@ class BinarySession(asyncio.Protocol):
                 self._out.append(
                     p.encode_error(p.ErrorCode.SERVICE_UNAVAILABLE, "exchange failed; reconnect")
                 )
-                self._closing = True
+                self._move("submit_failed")
         if resume:
             self._update_reading()
-        if self._closing:
+        if self.state >= CLOSING:
             self._close_when_answered()
         if self._out:
             self._flush()
@@ -486,7 +497,7 @@ class BinarySession(asyncio.Protocol):
         out = self._out
         if not out:
             return
-        if self._closed:
+        if self.state is CLOSED:
             out.clear()
             return
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -495,24 +506,25 @@ class BinarySession(asyncio.Protocol):
         transport.write(data)
         if transport.get_write_buffer_size() > self._cfg.max_output:
             log.warning("binary session %s (%s): slow consumer, disconnecting", self.peer, self.account)
-            self._closed = True
+            self._move("closed")
             transport.abort()
 
     # -- flow control and closing -----------------------------------------------------------
 
     def _update_reading(self) -> None:
-        pause = self._flight.paused or self._paused_write or self._closing
-        if pause != self._reading_paused and not self._closed:
+        closing = self.state >= CLOSING
+        pause = self._flight.paused or self._paused_write or closing
+        if pause != self._reading_paused and self.state is not CLOSED:
             self._reading_paused = pause
             if pause:
-                self.read_pauses += not self._closing
+                self.read_pauses += not closing
                 self._transport.pause_reading()
             else:
                 self._transport.resume_reading()
 
     def _timed_out(self, reason: str) -> None:
         """A missed deadline (engine/gateways/admission.py IdleWatch): say which, and close."""
-        if self._closed:
+        if self.state is CLOSED:
             return
         if reason == LOGIN_TIMEOUT:
             frame = p.encode_error(p.ErrorCode.LOGIN_TIMEOUT, f"no Login within {self._cfg.login_s:g} s")
@@ -524,21 +536,21 @@ class BinarySession(asyncio.Protocol):
         if self._cfg.admission is not None:
             self._cfg.admission.timed_out(reason)
         self._out.append(frame)
-        self._closing = True
+        self._move("timed_out")
         self._update_reading()
         self._close_when_answered()
 
     def _close_when_answered(self) -> None:
-        if self._flight.count == 0 and not self._closed:
+        if self._flight.count == 0 and self.state is not CLOSED:
             self._flush()
-            self._closed = True
+            self._move("closed")
             self._transport.close()  # sends what is buffered, then closes
 
     def close(self) -> None:
         """Server shutdown: drop the connection now."""
-        if self._transport is not None and not self._closed:
+        if self._transport is not None and self.state is not CLOSED:
             self._flush()
-            self._closed = True
+            self._move("closed")
             self._transport.close()
 
 

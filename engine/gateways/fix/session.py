@@ -49,6 +49,7 @@ from engine.gateways.fix.tags import (
     Tag,
     tag_name,
 )
+from engine.gateways.session_states import StateTable
 from engine.logfmt import fields
 
 log = logging.getLogger("loom.fix")
@@ -94,6 +95,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.LOGOUT_SENT, "close"): State.CLOSED,
     (State.CLOSED, "close"): State.CLOSED,
 }
+TABLE = StateTable("FIX", State, ("logon_accepted", "logout_sent", "close"), TRANSITIONS)
 
 # Messages with these types are handled even when their MsgSeqNum is ahead of the expected
 # one (before the gap is filled): a Logout, and a ResendRequest (the counterparty may be
@@ -278,10 +280,7 @@ class FixSession:
     # -- state and output ------------------------------------------------------------
 
     def _transition(self, what: str) -> None:
-        nxt = TRANSITIONS.get((self.state, what))
-        if nxt is None:
-            raise RuntimeError(f"FIX session: no transition from {self.state} on {what!r}")
-        self.state = nxt
+        self.state = TABLE.next(self.state, what)
 
     def _close(self, reason: str) -> None:
         if not self.closed:
