@@ -245,3 +245,31 @@ def test_loom_load_refuses_an_in_flight_bound_without_hold():
         timeout=60,
     )
     assert proc.returncode != 0 and "--max-in-flight" in proc.stderr and "--hold" in proc.stderr, proc.stderr
+
+
+def test_the_capacity_search_halves_below_a_failed_start_instead_of_reporting_0():
+    from engine.bench.overload_bench import find_capacity
+
+    def report(rate: float, ok: bool) -> dict:
+        p99_us = 10_000 if ok else 900_000
+        return dict(
+            sent=int(rate),
+            overloaded=0,
+            held=0,
+            errors=0,
+            p99_us=p99_us,
+            offered_rate=rate,
+            achieved_rate=rate,
+        )
+
+    tried: list[float] = []
+
+    def busy_machine(rate: float) -> dict:  # sustains 700/s, far below the start
+        tried.append(rate)
+        return report(rate, rate <= 700)
+
+    capacity, steps = find_capacity(busy_machine, 10_000, 640_000, lambda line: None)
+    assert capacity == 625 and tried[:5] == [10_000, 5_000, 2_500, 1_250, 625], tried
+    assert len(steps) == len(tried) == 7  # then two bisections between 625 and 1,250
+    capacity, _ = find_capacity(lambda rate: report(rate, False), 10_000, 640_000, lambda line: None)
+    assert capacity == 0  # nothing passes down to the floor (start / 32 and two halvings below)

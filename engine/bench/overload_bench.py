@@ -39,6 +39,7 @@ CEILING = {"binary": 640_000, "ws": 256_000, "rest": 64_000, "fix": 64_000}
 PORT_KEY = {"binary": "binary", "ws": "http", "rest": "http", "fix": "fix"}
 CONNECTIONS = {"binary": 1, "ws": 4, "rest": 32, "fix": 1}  # loom load's defaults, passed explicitly
 BISECT_STEPS = 2
+FLOOR_DIVISOR = 32  # the lowest rate tried is the start / this
 
 
 def in_flight_per_connection(protocol: str, capacity: float, budget_ms: float) -> int:
@@ -137,6 +138,13 @@ def find_capacity(run, start: float, ceiling: float, log) -> tuple[float, list[d
         rate *= 2
     if not bad:
         return good, steps
+    # The start failed (a busy machine): halve down to a floor, so that C (and the 2C and 4C
+    # offered from it) is what this machine sustains now rather than 0, which no target can meet.
+    while not good and bad / 2 >= start / FLOOR_DIVISOR:
+        if passes(bad / 2):
+            good = bad / 2
+        else:
+            bad = bad / 2
     for _ in range(BISECT_STEPS):
         mid = (good + bad) / 2 if good else bad / 2
         if passes(mid):
