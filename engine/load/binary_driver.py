@@ -77,13 +77,16 @@ class BinaryDriver:
             room(self.hold, c.transport, len(mine), self.max_in_flight, len(orders))
             for c, mine in zip(self.clients, self.pending, strict=True)
         ]
-        for o in orders:
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
             if free[c] <= 0:
                 held += 1
                 continue
             free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             ref = self.run.client_ref(o.index)
             frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append(frame)

@@ -106,13 +106,16 @@ class FixDriver:
         held = 0
         cap = self.max_in_flight
         free = [room(self.hold, c.transport, len(c.pending), cap, len(orders)) for c in self.conns]
-        for o in orders:
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
             if free[c] <= 0:  # not sent: no sequence number spent
                 held += 1
                 continue
             free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             conn = self.conns[c]
             seq, ts = conn.next_header()
             body = [

@@ -135,13 +135,16 @@ class RestDriver:
         free = [
             room(self.hold, c.transport, len(c.inflight), self.max_in_flight, len(orders)) for c in self.conns
         ]
-        for o in orders:
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
             if free[c] <= 0:
                 held += 1
                 continue
             free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             body = _order_body(o)
             per_conn.setdefault(c, []).append(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
             self.conns[c].inflight.append(o.index)
@@ -222,13 +225,16 @@ class WsDriver:
         per: dict[int, list[str]] = {}
         held = 0
         free = [self._room(c, len(orders)) for c in range(self.n)]
-        for o in orders:
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
             if free[c] <= 0:
                 held += 1
                 continue
             free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             self.in_flight[c] += 1
             msg = {
                 "op": "order",
