@@ -216,6 +216,9 @@ def format_overload(r: dict) -> str:
         f"{r['refused_2x']:,}, held back {r['held_2x']:,}\n"
         f"  4C: goodput {r['goodput_4x']:,}/s, acked p99 {r['acked_p99_ms_4x']} ms, refused "
         f"{r['refused_4x']:,}, held back {r['held_4x']:,}\n"
+        f"  client: at most {r['client_max_in_flight'] or 'any number of'} orders in flight per connection "
+        f"at 2C and 4C (budget {r['client_budget_ms']:g} ms), niceness {r['generator_nice']}; load average "
+        f"{r['load_average']}\n"
         f"  client errors {r['client_errors']}; targets: "
         + ", ".join(f"{name} {mark[ok]}" for name, ok in met.items())
     )
