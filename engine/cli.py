@@ -166,7 +166,13 @@ def _cmd_bench_overload(args: argparse.Namespace) -> int:
     from engine.bench.overload_bench import format_overload, run_overload_bench
 
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = run_overload_bench(args.protocol, duration=args.step, log=log)
+    result = run_overload_bench(
+        args.protocol,
+        duration=args.step,
+        log=log,
+        budget_ms=args.client_budget_ms,
+        generator_nice=args.generator_nice,
+    )
     print(json.dumps(result) if args.json else format_overload(result))
     return 0 if all(result["targets_met"].values()) else 1
 
@@ -559,6 +565,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bo.add_argument("--protocol", choices=("binary", "ws", "rest", "fix"), required=True)
     bo.add_argument("--step", type=float, default=2.0, help="seconds of load per step")
+    bo.add_argument(
+        "--client-budget-ms",
+        type=float,
+        default=0.0,
+        help="at 2C and 4C the client keeps at most C x this many orders sent and not yet answered "
+        "(spread over its connections; the rest held), as a client wanting answers within it "
+        "does; 0: no bound, only TCP backpressure holds it back",
+    )
+    bo.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        help="run each load generator at this niceness (a real client has its own machine)",
+    )
     bo.add_argument("--json", action="store_true")
     bo.set_defaults(func=_cmd_bench_overload)
     return parser

@@ -158,3 +158,118 @@ def test_a_flooded_connection_gets_every_order_answered_and_the_node_stays_respo
     assert poller.answers > 0 and not poller.failures, poller.failures
     if protocol == "rest":  # one connection pipelining: the excess is refused, not queued
         assert report["overloaded"] > 0, report
+
+
+# -- the load generator's own latency budget (loom load --hold --max-in-flight) ------------------
+
+
+def test_room_holds_everything_while_pushed_back_and_keeps_in_flight_within_the_bound():
+    from engine.load.backpressure import room
+
+    class Transport:
+        def __init__(self, unsent: int) -> None:
+            self.unsent = unsent
+
+        def get_write_buffer_size(self) -> int:
+            return self.unsent
+
+    free, full = Transport(0), Transport(1)
+    assert room(False, full, 10**6, 4, 50) == 50  # no hold: everything is sent
+    assert room(True, full, 0, 0, 50) == 0  # pushed back: nothing
+    assert room(True, free, 0, 0, 50) == 50  # no bound
+    assert room(True, free, 3, 8, 50) == 5  # up to the bound
+    assert room(True, free, 9, 8, 50) == 0  # past it (answers still to come): nothing, never negative
+    assert room(True, free, 0, 8, 2) == 2
+
+
+def test_the_bench_budget_is_capacity_times_budget_over_the_connections():
+    from engine.bench.overload_bench import in_flight_per_connection
+
+    assert in_flight_per_connection("rest", 5_000, 100) == 16  # 500 over 32 connections
+    assert in_flight_per_connection("binary", 70_000, 100) == 7_000
+    assert in_flight_per_connection("fix", 1, 100) == 1  # never 0: 0 means no bound
+    assert in_flight_per_connection("ws", 16_000, 0) == 0
+
+
+def _in_flight(driver) -> list[int]:
+    """Orders each of a driver's connections has sent and not yet had answered."""
+    if hasattr(driver, "in_flight"):  # WebSocket
+        return list(driver.in_flight)
+    if hasattr(driver, "pending"):  # binary
+        return [len(p) for p in driver.pending]
+    return [len(getattr(c, "pending", getattr(c, "inflight", ()))) for c in driver.conns]
+
+
+@pytest.mark.parametrize(("protocol", "rate"), FLOODS, ids=[f[0] for f in FLOODS])
+def test_a_client_with_an_in_flight_bound_never_exceeds_it_and_holds_the_rest(node, protocol, rate):
+    bound = 8
+    run = LoadRun.new()
+    driver = _driver(protocol, node["host"], node, next(iter(LOAD_ACCOUNTS)), 2, run, True, bound)
+    seen: list[int] = []
+    send = driver.send
+
+    def watched(orders):
+        held = send(orders)
+        seen.extend(_in_flight(driver))
+        return held
+
+    driver.send = watched
+    report = asyncio.run(run_open_loop(driver, protocol, rate, 1.0, run, 30.0))
+    assert seen and max(seen) <= bound, max(seen)
+    assert report["held"] > 0, report  # offered far beyond what 2 x 8 in flight can carry
+    answered = report["acked"] + report["rejected"] + report["overloaded"]
+    assert report["errors"] == 0 and answered + report["held"] == report["sent"] == rate, report
+    assert report["acked"] > 0, report
+    assert _in_flight(driver) == [0, 0]  # every order sent was answered, once
+
+
+def test_loom_load_refuses_an_in_flight_bound_without_hold():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "load",
+            "--protocol",
+            "binary",
+            "--port",
+            "1",
+            "--max-in-flight",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "--max-in-flight" in proc.stderr and "--hold" in proc.stderr, proc.stderr
+
+
+def test_the_capacity_search_halves_below_a_failed_start_instead_of_reporting_0():
+    from engine.bench.overload_bench import find_capacity
+
+    def report(rate: float, ok: bool) -> dict:
+        p99_us = 10_000 if ok else 900_000
+        return dict(
+            sent=int(rate),
+            overloaded=0,
+            held=0,
+            errors=0,
+            p99_us=p99_us,
+            offered_rate=rate,
+            achieved_rate=rate,
+        )
+
+    tried: list[float] = []
+
+    def busy_machine(rate: float) -> dict:  # sustains 700/s, far below the start
+        tried.append(rate)
+        return report(rate, rate <= 700)
+
+    capacity, steps = find_capacity(busy_machine, 10_000, 640_000, lambda line: None)
+    assert capacity == 625 and tried[:5] == [10_000, 5_000, 2_500, 1_250, 625], tried
+    assert len(steps) == len(tried) == 7  # then two bisections between 625 and 1,250
+    capacity, _ = find_capacity(lambda rate: report(rate, False), 10_000, 640_000, lambda line: None)
+    assert capacity == 0  # nothing passes down to the floor (start / 32 and two halvings below)

@@ -9,7 +9,7 @@ from engine.client.ledger import reason_name
 from engine.core.domain import OrderType, SelfTradePrevention, Side, TimeInForce
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
-from engine.load.backpressure import limit_send_buffer, pressed
+from engine.load.backpressure import limit_send_buffer, room
 from engine.load.runner import SYMBOL, LoadOrder, LoadRun
 
 _SIDE = {"buy": int(Side.BUY), "sell": int(Side.SELL)}
@@ -20,11 +20,19 @@ _STP = int(SelfTradePrevention.CANCEL_NEWEST)
 
 class BinaryDriver:
     def __init__(
-        self, host: str, port: int, api_key: str, connections: int, run: LoadRun, hold: bool = False
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        connections: int,
+        run: LoadRun,
+        hold: bool = False,
+        max_in_flight: int = 0,
     ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.run = run
         self.hold = hold
+        self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
         self.clients: list[BinaryClient] = []
         self.pending: list[set[int]] = []  # per connection: the refs it sent and not yet answered
         self._next = 0
@@ -65,13 +73,20 @@ class BinaryDriver:
         encode = p.encode_new_order
         per: dict[int, list[bytes]] = {}
         held = 0
-        hold = [self.hold and pressed(c.transport) for c in self.clients]
-        for o in orders:
+        free = [
+            room(self.hold, c.transport, len(mine), self.max_in_flight, len(orders))
+            for c, mine in zip(self.clients, self.pending, strict=True)
+        ]
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
-            if hold[c]:
+            if free[c] <= 0:
                 held += 1
                 continue
+            free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             ref = self.run.client_ref(o.index)
             frame = encode(ref, SYMBOL, _SIDE[o.side], _LIMIT, _TIF[o.tif], False, _STP, o.price, o.qty)
             per.setdefault(c, []).append(frame)

@@ -23,23 +23,24 @@ def _driver(
     connections: int | None,
     run: LoadRun,
     hold: bool = False,
+    max_in_flight: int = 0,
 ):
     if protocol == "rest":
         from engine.load.http_driver import RestDriver
 
-        return RestDriver(host, ports["http"], api_key, connections or 32, hold)
+        return RestDriver(host, ports["http"], api_key, connections or 32, hold, max_in_flight)
     if protocol == "ws":
         from engine.load.http_driver import WsDriver
 
-        return WsDriver(host, ports["http"], api_key, connections or 4, hold)
+        return WsDriver(host, ports["http"], api_key, connections or 4, hold, max_in_flight)
     if protocol == "binary":
         from engine.load.binary_driver import BinaryDriver
 
-        return BinaryDriver(host, ports["binary"], api_key, connections or 1, run, hold)
+        return BinaryDriver(host, ports["binary"], api_key, connections or 1, run, hold, max_in_flight)
     if protocol == "fix":
         from engine.load.fix_driver import FixDriver
 
-        return FixDriver(host, ports["fix"], api_key, connections or 1, hold)
+        return FixDriver(host, ports["fix"], api_key, connections or 1, hold, max_in_flight=max_in_flight)
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
@@ -78,7 +79,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         else:
             host = args.host
             ports = {"http": args.port, "binary": args.port, "fix": args.port}
-        driver = _driver(args.protocol, host, ports, api_key, args.connections, run, args.hold)
+        if args.max_in_flight and not args.hold:
+            raise SystemExit("loom load: --max-in-flight bounds what --hold keeps back; give --hold too")
+        driver = _driver(
+            args.protocol, host, ports, api_key, args.connections, run, args.hold, args.max_in_flight
+        )
         result = asyncio.run(
             run_open_loop(driver, args.protocol, args.rate, args.duration, run, samples=samples)
         )
@@ -174,6 +179,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="respect the server's TCP backpressure: keep back (count as held) the orders due on "
         "a connection whose socket is full, instead of buffering them client-side",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --hold, also keep back the orders due on a connection with N orders sent and not "
+        "yet answered, as a client with a latency budget does (default 0: no bound)",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument(

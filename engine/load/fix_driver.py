@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from engine.gateways.fix.codec import FixMessage, FixParser, encode_message, utc_timestamp
-from engine.load.backpressure import limit_send_buffer, pressed
+from engine.load.backpressure import limit_send_buffer, room
 
 _SIDE = {"buy": "1", "sell": "2"}
 _TIF = {"gtc": "1", "ioc": "3"}
@@ -72,9 +72,11 @@ class FixDriver:
         connections: int = 1,
         hold: bool = False,
         comp_ids: list[str] | None = None,
+        max_in_flight: int = 0,
     ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
+        self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
         self.comp_ids = comp_ids  # SenderCompIDs bound to the account (more than 16 sessions)
         self.conns: list[_FixConnection] = []
         self.on_ack = None
@@ -102,13 +104,18 @@ class FixDriver:
     def send(self, orders) -> int:
         per: dict[int, list[bytes]] = {}
         held = 0
-        hold = [self.hold and pressed(c.transport) for c in self.conns]
-        for o in orders:
+        cap = self.max_in_flight
+        free = [room(self.hold, c.transport, len(c.pending), cap, len(orders)) for c in self.conns]
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
-            if hold[c]:  # not sent: no sequence number spent
+            if free[c] <= 0:  # not sent: no sequence number spent
                 held += 1
                 continue
+            free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             conn = self.conns[c]
             seq, ts = conn.next_header()
             body = [

@@ -12,7 +12,7 @@ from collections import deque
 
 import msgspec
 
-from engine.load.backpressure import limit_send_buffer, pressed
+from engine.load.backpressure import limit_send_buffer, room
 from engine.load.runner import SYMBOL, LoadOrder
 
 _json = msgspec.json.Encoder()
@@ -95,9 +95,18 @@ class _HttpConnection(asyncio.Protocol):
 
 
 class RestDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 32, hold: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        connections: int = 32,
+        hold: bool = False,
+        max_in_flight: int = 0,
+    ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
+        self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
         self.conns: list[_HttpConnection] = []
         self.errors = 0
         self._next = 0
@@ -123,13 +132,19 @@ class RestDriver:
     def send(self, orders: list[LoadOrder]) -> int:
         per_conn: dict[int, list[bytes]] = {}
         held = 0
-        hold = [self.hold and pressed(c.transport) for c in self.conns]
-        for o in orders:
+        free = [
+            room(self.hold, c.transport, len(c.inflight), self.max_in_flight, len(orders)) for c in self.conns
+        ]
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
-            if hold[c]:
+            if free[c] <= 0:
                 held += 1
                 continue
+            free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
             body = _order_body(o)
             per_conn.setdefault(c, []).append(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
             self.conns[c].inflight.append(o.index)
@@ -143,10 +158,20 @@ class RestDriver:
 
 
 class WsDriver:
-    def __init__(self, host: str, port: int, api_key: str, connections: int = 4, hold: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        api_key: str,
+        connections: int = 4,
+        hold: bool = False,
+        max_in_flight: int = 0,
+    ) -> None:
         self.url = f"http://{host}:{port}/v1/ws"
         self.api_key, self.n = api_key, connections
         self.hold = hold
+        self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
+        self.in_flight: list[int] = []  # per connection: orders sent and not yet answered
         self.session = None
         self.sockets: list = []
         self.readers: list[asyncio.Task] = []
@@ -166,15 +191,17 @@ class WsDriver:
                 limit_send_buffer(ws._writer.transport)  # aiohttp exposes no public handle
             queue: asyncio.Queue = asyncio.Queue()
             self.queues.append(queue)
-            self.readers.append(asyncio.create_task(self._read(ws, on_ack)))
+            self.in_flight.append(0)
+            self.readers.append(asyncio.create_task(self._read(ws, on_ack, len(self.sockets) - 1)))
             self.writers.append(asyncio.create_task(self._write(ws, queue)))
 
-    async def _read(self, ws, on_ack) -> None:
+    async def _read(self, ws, on_ack, c: int) -> None:
         decode = msgspec.json.decode
         async for msg in ws:
             data = decode(msg.data)
             req_id = data.get("req_id")
             if req_id is not None:
+                self.in_flight[c] -= 1
                 kind = data.get("type")
                 code = data.get("code")
                 shed = kind == "error" and code == "OVERLOADED"
@@ -188,20 +215,27 @@ class WsDriver:
             for frame in frames:
                 await ws.send_str(frame)
 
-    def _pressed(self, c: int) -> bool:
-        # The writer task has not caught up with the last batch, or the socket is full.
-        return not self.queues[c].empty() or pressed(self.sockets[c]._writer.transport)
+    def _room(self, c: int, due: int) -> int:
+        # Nothing while the writer task has not caught up with the last batch.
+        if self.hold and not self.queues[c].empty():
+            return 0
+        return room(self.hold, self.sockets[c]._writer.transport, self.in_flight[c], self.max_in_flight, due)
 
     def send(self, orders: list[LoadOrder]) -> int:
         per: dict[int, list[str]] = {}
         held = 0
-        hold = [self.hold and self._pressed(c) for c in range(self.n)]
-        for o in orders:
+        free = [self._room(c, len(orders)) for c in range(self.n)]
+        if not any(free):  # every connection holds: nothing to build or route
+            return len(orders)
+        for k in range(len(orders)):
             c = self._next
             self._next = (c + 1) % self.n
-            if hold[c]:
+            if free[c] <= 0:
                 held += 1
                 continue
+            free[c] -= 1
+            o = orders[k]  # built only now (engine.load.runner.OrderBatch)
+            self.in_flight[c] += 1
             msg = {
                 "op": "order",
                 "req_id": o.index,
