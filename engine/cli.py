@@ -189,6 +189,16 @@ def _cmd_bench_marketdata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_fanout(args: argparse.Namespace) -> int:
+    from engine.bench.fanout_bench import format_fanout, run_fanout_bench
+
+    result = run_fanout_bench(
+        args.subscribers, args.rate, args.duration, args.max_rate, args.processes, args.marketdata
+    )
+    print(json.dumps(result) if args.json else format_fanout(result))
+    return 0
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -489,6 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bm.add_argument("--json", action="store_true")
     bm.set_defaults(func=_cmd_bench_marketdata)
+    bo = bench_sub.add_parser(
+        "fanout",
+        help="N WebSocket book subscribers on a real loom run while the book changes: lag p99, frames/s",
+    )
+    bo.add_argument("--subscribers", type=_positive_int, default=1_000, help="WebSocket book subscribers")
+    bo.add_argument("--rate", type=_positive_int, default=1_000, help="book changes (orders) per second")
+    bo.add_argument("--duration", type=float, default=10.0, help="seconds measured")
+    bo.add_argument("--max-rate", type=float, default=10.0, help="each subscriber's max_rate (0 = every update)")
+    bo.add_argument("--processes", type=_positive_int, default=4, help="client processes holding the subscribers")
+    bo.add_argument(
+        "--marketdata",
+        type=int,
+        default=0,
+        help="serve the subscribers from this many `loom marketdata` processes fed over NATS (a cluster node)",
+    )
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(func=_cmd_bench_fanout)
     bf = bench_sub.add_parser(
         "failover",
         help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",

@@ -43,7 +43,7 @@ class Conflated:
     """The subscribers of one symbol's book at one maximum rate, and the changes folded
     since their last update."""
 
-    __slots__ = ("interval", "subscribers", "changes", "prev_seq", "folded", "handle", "durable_at")
+    __slots__ = ("interval", "subscribers", "changes", "prev_seq", "folded", "handle", "durable_at", "ts")
 
     def __init__(self, rate_hz: float) -> None:
         self.interval = 1.0 / rate_hz
@@ -53,6 +53,7 @@ class Conflated:
         self.folded = 0
         self.handle: asyncio.TimerHandle | None = None
         self.durable_at = 0.0
+        self.ts = 0  # the newest folded update's durable event ts
 
 
 class SymbolFeed:
@@ -281,6 +282,7 @@ class MarketData:
                 "seq": feed.seq,
                 "prev_seq": feed.seq - 1,
                 "changes": changes,
+                "ts": self.last_ts,
             }
             self._publish(feed.book_subscribers, message)
         for group in list(feed.conflated.values()):
@@ -292,6 +294,7 @@ class MarketData:
                 group.changes[(side, price)] = qty
             group.folded += 1
             group.durable_at = self.published_at
+            group.ts = self.last_ts
             if group.handle is None:
                 loop = asyncio.get_running_loop()
                 group.handle = loop.call_later(group.interval, self._flush, feed, group)
@@ -310,6 +313,7 @@ class MarketData:
             "seq": feed.seq,
             "prev_seq": group.prev_seq,
             "changes": [[side, price, qty] for (side, price), qty in group.changes.items()],
+            "ts": group.ts,
         }
         if group.folded > 1:
             self.observer.md_conflated((group.folded - 1) * len(group.subscribers))
