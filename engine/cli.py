@@ -199,6 +199,27 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_marketdata(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine.marketdata_process import serve_marketdata
+
+    servers = [u for u in args.cluster.split(",") if u]
+    if not servers or not all(u.startswith(("nats://", "tls://")) for u in servers):
+        print(f"loom marketdata: --cluster needs nats:// URLs, not {args.cluster!r}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(
+        serve_marketdata(servers, args.stream, args.host, args.http_port, args.max_queued, args.book_max_rate)
+    )
+    return 0
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -339,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    mdp = sub.add_parser(
+        "marketdata",
+        help="serve the market-data API (WebSocket and REST) from a cluster's NATS: any number may run",
+    )
+    mdp.add_argument("--cluster", required=True, help="NATS URLs, comma-separated (nats://host:port)")
+    mdp.add_argument("--stream", default="LOOM_JOURNAL", help="the cluster's stream name (cluster_stream)")
+    mdp.add_argument("--host", default="127.0.0.1")
+    mdp.add_argument("--http-port", type=int, default=8090, help="0: any free port (printed when ready)")
+    mdp.add_argument("--max-queued", type=_positive_int, default=50_000, help="[market_data] max_queued")
+    mdp.add_argument("--book-max-rate", type=float, default=0.0, help="[market_data] book_max_rate")
+    mdp.set_defaults(func=_cmd_marketdata)
     run = sub.add_parser("run", help="run the exchange (single node, or a cluster member with --cluster)")
     run.add_argument("--config", help="TOML configuration file (or LOOM_CONFIG)")
     run.add_argument("--demo", action="store_true", help="demo instruments, accounts and simulated traders")
@@ -506,13 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--subscribers", type=_positive_int, default=1_000, help="WebSocket book subscribers")
     bo.add_argument("--rate", type=_positive_int, default=1_000, help="book changes (orders) per second")
     bo.add_argument("--duration", type=float, default=10.0, help="seconds measured")
-    bo.add_argument("--max-rate", type=float, default=10.0, help="each subscriber's max_rate (0 = every update)")
-    bo.add_argument("--processes", type=_positive_int, default=4, help="client processes holding the subscribers")
+    bo.add_argument(
+        "--max-rate", type=float, default=10.0, help="each subscriber's max_rate (0 = every update)"
+    )
+    bo.add_argument(
+        "--processes", type=_positive_int, default=4, help="client processes holding the subscribers"
+    )
     bo.add_argument(
         "--marketdata",
         type=int,
         default=0,
-        help="serve the subscribers from this many `loom marketdata` processes fed over NATS (a cluster node)",
+        help="also serve subscribers from this many `loom marketdata` processes (a cluster node, NATS)",
     )
     bo.add_argument("--json", action="store_true")
     bo.set_defaults(func=_cmd_bench_fanout)

@@ -118,7 +118,9 @@ class _Subscriber(asyncio.Protocol):
             self.subscribed.set_result(False)
 
 
-async def _subscribers(host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop) -> dict:
+async def _subscribers(
+    host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop
+) -> dict:
     loop = asyncio.get_running_loop()
     stats = {"frames": 0, "lags": [], "first_seq": 1 << 62, "last_seq": 0, "refused": 0, "lost": 0}
     stats["errors"] = []
@@ -150,7 +152,9 @@ async def _subscribers(host: str, port: int, count: int, offset: int, max_rate: 
     return stats
 
 
-def _client_process(host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop) -> None:
+def _client_process(
+    host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop
+) -> None:
     _raise_nofile(count + 256)
     try:
         import uvloop
@@ -203,14 +207,16 @@ async def _measure(
             break
         host, port, _pid = servers[i % len(servers)]
         p = ctx.Process(
-            target=_client_process, args=(host, port, count, i * share, max_rate, window, out, stop), daemon=True
+            target=_client_process,
+            args=(host, port, count, i * share, max_rate, window, out, stop),
+            daemon=True,
         )
         p.start()
         procs.append(p)
     began = time.perf_counter()
     subscribed = 0
     for _ in procs:
-        kind, n = await asyncio.to_thread(out.get, True, 600)
+        _kind, n = await asyncio.to_thread(out.get, True, 600)
         subscribed += n
     ramp_s = time.perf_counter() - began
     trader = _Trader()
@@ -270,7 +276,11 @@ def run_fanout_bench(
 
 
 def format_fanout(r: dict) -> str:
-    where = f"the node and {r['marketdata_processes']} loom marketdata" if r["marketdata_processes"] else "the node"
+    where = (
+        f"the node and {r['marketdata_processes']} loom marketdata"
+        if r["marketdata_processes"]
+        else "the node"
+    )
     verdict = "within" if r["lag_p99_ms"] is not None and r["lag_p99_ms"] <= 100 else "ABOVE"
     return (
         f"{r['subscribers']:,} of {r['subscribers_requested']:,} book subscribers on {where} "

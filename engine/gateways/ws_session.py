@@ -305,6 +305,9 @@ class WsSession:
             self.fail(req_id, "UNKNOWN_SYMBOL", f"unknown symbol {req.symbol!r}")
             return
         md = self.ctx.market_data
+        if req.channel == "l3" and not md.l3_available:
+            self.fail(req_id, "NOT_AVAILABLE", "l3 is served by the matching node only (this serves levels)")
+            return
         if req.channel == "candles" and req.interval not in INTERVALS:
             self.fail(req_id, "INVALID_REQUEST", f"candles need an interval: one of {_CANDLE_INTERVALS}")
             return
