@@ -15,7 +15,7 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import msgspec
 
@@ -179,16 +179,17 @@ def fanout_config(subscribers: int) -> str:
 
 @contextmanager
 def _serving(subscribers: int, marketdata: int) -> Iterator[tuple[dict, list[tuple[str, int, int]]]]:
-    """The node, and where the subscribers connect: (host, http port, pid) of each server."""
+    """The node (a one-node cluster with `marketdata` processes beside it), and where the
+    subscribers connect: (host, http port, pid) of each server, the node first."""
     nofile = subscribers + 4_096
-    with ExitStack() as stack:
-        info = stack.enter_context(spawned_exchange(config_text=fanout_config(subscribers), nofile=nofile))
-        servers = [(info["host"], info["http"], info["pid"])]
-        if marketdata:
-            from engine.marketdata_spawn import clustered_marketdata
+    if marketdata:
+        from engine.marketdata_spawn import clustered_marketdata
 
-            info, servers = stack.enter_context(clustered_marketdata(subscribers, marketdata, nofile))
-        yield info, servers
+        with clustered_marketdata(fanout_config(subscribers), marketdata, nofile) as found:
+            yield found
+        return
+    with spawned_exchange(config_text=fanout_config(subscribers), nofile=nofile) as info:
+        yield info, [(info["host"], info["http"], info["pid"])]
 
 
 async def _measure(
