@@ -160,7 +160,6 @@ class NatsFeed:
         self.trades: dict[str, deque[Trade]] = {}
         self.synced = asyncio.Event()
         self.buffer: list[Update] = []
-        self.gaps = 0  # resyncs after the first sync: a gap or a new leader
         self.applied = 0
         self._resync: asyncio.Task | None = None
 
@@ -185,11 +184,10 @@ class NatsFeed:
         if not self.synced.is_set():
             self.buffer.append(update)
         elif not self._apply(update):
-            self._start_resync()
+            self._start_resync(update)
 
-    def _start_resync(self) -> None:
-        self.gaps += 1
-        self.md.observer.md_gap_recovery("nats")
+    def _start_resync(self, update: Update) -> None:
+        self.md.observer.md_feed_resync("leader" if update.epoch != self.epoch else "gap")
         self.synced.clear()
         self._resync = asyncio.get_running_loop().create_task(self._sync())
 
@@ -212,7 +210,7 @@ class NatsFeed:
         self.synced.set()
         for update in pending:
             if not self._apply(update):
-                self._start_resync()
+                self._start_resync(update)
                 return
         log.info("marketdata: in sync with leader epoch %s at seq %d", self.epoch, self.books.last_seq)
 

@@ -68,7 +68,9 @@ def clustered_marketdata(config_text: str, count: int, nofile: int) -> Iterator[
         nats = stack.enter_context(LocalNatsCluster(tmp / "nats"))
         stream = f"FANOUT{uuid.uuid4().hex[:8].upper()}"
         head = f'cluster = "{",".join(nats.urls)}"\nnode_id = "a"\ncluster_stream = "{stream}"\n'
-        info = stack.enter_context(spawned_exchange(config_text=head + config_text, nofile=nofile))
+        info = stack.enter_context(
+            spawned_exchange(config_text=head + config_text, nofile=nofile, fix_port=-1)
+        )
         base = f"http://{info['host']}:{info['http']}"
         wait_for("the node to lead", lambda: http("GET", base + "/readyz")[0] == 200, 60)
         servers = [(info["host"], info["http"], info["pid"])]

@@ -120,7 +120,7 @@ def test_a_marketdata_process_serves_the_leaders_sequence_trades_and_rest_and_re
                 await nc.flush()
                 await nc.close()
                 wait = time.monotonic() + 20
-                while metric(md_base, "loom_md_gap_recoveries_total", '{channel="nats"}') < 1:
+                while metric(md_base, "loom_md_feed_resyncs_total", '{reason="gap"}') < 1:
                     assert time.monotonic() < wait, "the marketdata process never saw the gap"
                     await asyncio.sleep(0.05)
                 await trade_flow(trader, 8, base=20_000)

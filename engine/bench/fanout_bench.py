@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,18 +178,26 @@ def fanout_config(subscribers: int) -> str:
     )
 
 
+def _nofile(subscribers: int) -> int:
+    """The servers' RLIMIT_NOFILE: all this process may give (the HTTP listener's share of
+    it, two thirds with FIX off, must hold the subscribers), or what they need beyond it."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    need = subscribers * 3 // 2 + 4_096
+    return 2 * need if hard == resource.RLIM_INFINITY else min(hard, 2 * need)
+
+
 @contextmanager
 def _serving(subscribers: int, marketdata: int) -> Iterator[tuple[dict, list[tuple[str, int, int]]]]:
     """The node (a one-node cluster with `marketdata` processes beside it), and where the
     subscribers connect: (host, http port, pid) of each server, the node first."""
-    nofile = subscribers + 4_096
+    nofile = _nofile(subscribers)
     if marketdata:
         from engine.marketdata_spawn import clustered_marketdata
 
         with clustered_marketdata(fanout_config(subscribers), marketdata, nofile) as found:
             yield found
         return
-    with spawned_exchange(config_text=fanout_config(subscribers), nofile=nofile) as info:
+    with spawned_exchange(config_text=fanout_config(subscribers), nofile=nofile, fix_port=-1) as info:
         yield info, [(info["host"], info["http"], info["pid"])]
 
 
@@ -271,7 +280,7 @@ def run_fanout_bench(
     processes: int = 4,
     marketdata: int = 0,
 ) -> dict:
-    _raise_nofile(subscribers + 4_096)
+    _raise_nofile(_nofile(subscribers))
     with _serving(subscribers, marketdata) as (info, servers):
         return asyncio.run(_measure(info, servers, subscribers, rate, seconds, max_rate, processes))
 
