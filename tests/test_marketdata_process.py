@@ -137,3 +137,79 @@ def test_a_marketdata_process_serves_the_leaders_sequence_trades_and_rest_and_re
         if md_proc is not None:
             stop(md_proc)
         node.stop()
+
+
+def test_a_marketdata_process_follows_a_new_leader_with_its_subscribers_seqs_still_increasing(
+    nats_cluster, tmp_path
+):
+    """The new leader counts its own seqs: the process resyncs from it (reason "leader") and
+    offsets them, so a subscriber that stays connected sees no step back, and no gap it could
+    not apply: its book then equals the new leader's."""
+    stream, _prefix = unique_stream()
+    a = NodeProcess("a", nats_cluster.urls, tmp_path, stream)
+    b = NodeProcess("b", nats_cluster.urls, tmp_path, stream)
+    md_proc = None
+    try:
+        a.start()
+        wait_for("a to lead", lambda: a.status().get("role") == "leader")
+        md_proc, md_base = start_marketdata(nats_cluster.urls, stream, tmp_path / "marketdata.log")
+        wait_for("marketdata in sync", lambda: http("GET", md_base + "/readyz")[0] == 200, timeout=60)
+
+        async def orders(base: str, n: int, price: int) -> None:
+            async with aiohttp.ClientSession() as s:
+                trader = Client(await s.ws_connect(base.replace("http", "ws") + "/v1/ws"))
+                assert (await trader.request("auth", api_key=TRADER_KEY))["type"] == "authenticated"
+                await trade_flow(trader, n, base=price)
+
+        async def main() -> None:
+            async with aiohttp.ClientSession() as s:
+                on_md = await subscribe(s, md_base)
+                await orders(a.base, 12, 10_000)
+                last = (await (await s.get(f"{a.base}/v1/book/{SYMBOL}")).json())["md_seq"]
+                await on_md.until(lambda: any(m["seq"] == last for m in on_md.of("l2update")))
+                # b starts now: it recovers this book from the stream, its seqs counting from 0.
+                await asyncio.to_thread(b.start)
+                await asyncio.to_thread(wait_for, "b to follow", lambda: b.status().get("role") == "standby")
+                a.kill()
+                wait_for("b to lead", lambda: b.status().get("role") == "leader", timeout=60)
+                await orders(b.base, 12, 20_000)
+                wanted = await (await s.get(f"{b.base}/v1/book/{SYMBOL}?depth=50")).json()
+                wanted = {side: [lv[:2] for lv in wanted[side]] for side in ("bids", "asks")}
+                snapshot = on_md.of("l2snapshot")[0]
+                book = {
+                    "bid": {p: q for p, q in snapshot["bids"]},
+                    "ask": {p: q for p, q in snapshot["asks"]},
+                }
+                seq = snapshot["seq"]
+
+                def caught_up() -> bool:
+                    nonlocal seq
+                    for m in on_md.of("l2update"):
+                        if m["seq"] <= seq:
+                            continue
+                        assert m["prev_seq"] <= seq, (m, seq)  # never a gap this subscriber must resync
+                        for side, price, qty in m["changes"]:
+                            if qty:
+                                book[side][price] = qty
+                            else:
+                                book[side].pop(price, None)
+                        seq = m["seq"]
+                    bids = sorted(([p, q] for p, q in book["bid"].items()), reverse=True)
+                    return (
+                        bids == wanted["bids"]
+                        and sorted([p, q] for p, q in book["ask"].items()) == wanted["asks"]
+                    )
+
+                deadline = time.monotonic() + 30
+                while not caught_up():
+                    assert time.monotonic() < deadline, (seq, book, wanted)
+                    await on_md.next()
+                assert seq > last, (seq, last)
+                assert metric(md_base, "loom_md_feed_resyncs_total", '{reason="leader"}') >= 1
+
+        asyncio.run(main())
+    finally:
+        if md_proc is not None:
+            stop(md_proc)
+        b.stop()
+        a.stop()
