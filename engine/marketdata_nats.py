@@ -5,9 +5,11 @@ MarketData object from them and serve the WebSocket and REST market-data API.
 - `loom.md.<stream>.<symbol>`: one message per batch that touched the symbol: the leader's
   book `seq` and `prev_seq`, the changed levels (as its own subscribers get them), the
   batch's trades and its newest `ts`, and the leader's `epoch` (one per process).
-- `loom.mdsnap.<stream>`: request/reply, answered by the leader only: every book's levels
-  and seq, the candles, recent trades and the instruments. A process starts from it, and
-  returns to it on a gap or a new epoch (a new leader counts its seqs afresh, so the
+- `loom.mdsnap.<stream>` and `loom.mdsnap.<stream>.<symbol>`: request/reply, answered by the
+  leader only (zlib-compressed JSON): the venue's instruments and symbols, then each symbol's
+  levels and seq, candles and recent trades (a reply per symbol: a NATS message is at most
+  1 MB, and a week of 1-minute candles is most of that). A process starts from them, and
+  returns to them on a gap or a new epoch (a new leader counts its seqs afresh, so the
   process offsets them to keep its own subscribers' seqs increasing).
 
 Core NATS (not JetStream): the messages are derived state, rebuilt from the journal by a
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable
 
@@ -37,8 +40,8 @@ def update_subject(stream: str, symbol: str = "*") -> str:
     return f"loom.md.{stream}.{symbol}"
 
 
-def snapshot_subject(stream: str) -> str:
-    return f"loom.mdsnap.{stream}"
+def snapshot_subject(stream: str, symbol: str = "") -> str:
+    return f"loom.mdsnap.{stream}.{symbol}" if symbol else f"loom.mdsnap.{stream}"
 
 
 class Update(msgspec.Struct):
@@ -52,27 +55,29 @@ class Update(msgspec.Struct):
     trades: list[Trade] = []
 
 
-class BookState(msgspec.Struct):
-    seq: int
-    bids: list[list[int]]
-    asks: list[list[int]]
-
-
-class State(msgspec.Struct):
+class VenueState(msgspec.Struct):
     epoch: str
     depth: int
     last_seq: int
     ts: int
     instruments: list[dict]
-    books: dict[str, BookState]
-    candles: dict
     candles_complete: bool
-    trades: dict[str, list[Trade]]
+
+
+class SymbolState(msgspec.Struct):
+    epoch: str
+    seq: int
+    bids: list[list[int]]
+    asks: list[list[int]]
+    minutes: list[list[int]]  # the symbol's 1-minute candles (engine/candles.py export)
+    last: list[int]  # [price, ts] of its last trade
+    trades: list[Trade]
 
 
 _encode = msgspec.json.Encoder().encode
 _decode_update = msgspec.json.Decoder(Update).decode
-_decode_state = msgspec.json.Decoder(State).decode
+_decode_venue = msgspec.json.Decoder(VenueState).decode
+_decode_symbol = msgspec.json.Decoder(SymbolState).decode
 
 
 class MarketDataPublisher:
@@ -86,14 +91,18 @@ class MarketDataPublisher:
         self.epoch = uuid.uuid4().hex[:12]
         self.published = 0
         self._service_loop: asyncio.AbstractEventLoop | None = None
-        self._sub = None
+        self._subs: list = []
 
     def start(self) -> None:
         self._service_loop = asyncio.get_running_loop()
         for symbol in self.md.engine.books:
             self.md.feed(symbol)  # every symbol's seq counts from now, listened to or not
         self.md.on_update = self.on_update
-        self._sub = self.link.call(self.link.nc.subscribe(snapshot_subject(self.stream), cb=self._answer))
+        nc = self.link.nc
+        self._subs = [
+            self.link.call(nc.subscribe(snapshot_subject(self.stream), cb=self._answer)),
+            self.link.call(nc.subscribe(snapshot_subject(self.stream, "*"), cb=self._answer)),
+        ]
 
     def on_update(self, feed: SymbolFeed, changes: list[list], trades: list) -> None:
         if not (changes or trades) or not self.leading():
@@ -116,36 +125,47 @@ class MarketDataPublisher:
     def _send(self, subject: str, data: bytes) -> None:
         self.link.loop.create_task(self.link.nc.publish(subject, data))
 
-    def state(self) -> bytes:
-        """Everything a marketdata process starts from (on the service's loop, between batches)."""
+    def state(self, symbol: str) -> bytes | None:
+        """The venue's state ("") or one symbol's, compressed; None for an unknown symbol.
+        Read on the service's loop, between batches."""
         md = self.md
-        books = {}
-        for symbol in md.engine.books:
-            snap = md.snapshot(symbol)
-            books[symbol] = BookState(snap["seq"], snap["bids"], snap["asks"])
-        return _encode(
-            State(
+        if not symbol:
+            state: msgspec.Struct = VenueState(
                 self.epoch,
                 md.depth,
                 md.engine.last_seq,
                 md.last_ts,
                 [msgspec.to_builtins(i) for i in md.engine.instruments.values()],
-                books,
-                md.candles.export(),
                 md.candles_complete,
-                {s: self.recent_trades(s, RECENT_TRADES) for s in md.engine.books},
             )
-        )
+        elif symbol in md.engine.books:
+            snap = md.snapshot(symbol)
+            candles = md.candles.of(symbol)
+            state = SymbolState(
+                self.epoch,
+                snap["seq"],
+                snap["bids"],
+                snap["asks"],
+                list(map(list, candles.minutes)),
+                [candles.last, candles.last_ts],
+                self.recent_trades(symbol, RECENT_TRADES),
+            )
+        else:
+            return None
+        return zlib.compress(_encode(state), 1)
 
     async def _answer(self, msg) -> None:
         if not self.leading() or self._service_loop is None:
             return  # only the leader answers; the requester retries until one does
+        base = snapshot_subject(self.stream)
+        symbol = msg.subject[len(base) + 1 :] if msg.subject != base else ""
 
-        async def read() -> bytes:
-            return self.state()
+        async def read() -> bytes | None:
+            return self.state(symbol)
 
         data = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(read(), self._service_loop))
-        await msg.respond(data)
+        if data is not None:
+            await msg.respond(data)
 
 
 class NatsFeed:
@@ -191,21 +211,32 @@ class NatsFeed:
         self.synced.clear()
         self._resync = asyncio.get_running_loop().create_task(self._sync())
 
-    async def _sync(self) -> None:
+    async def _ask(self, subject: str, decode):
+        """The leader's answer on `subject`, asked until one comes (no leader yet: no
+        responders or a timeout)."""
         while True:
             try:
-                reply = await self.nc.request(snapshot_subject(self.stream), b"", timeout=2.0)
-                break
-            except Exception as exc:  # no leader yet (no responders, timeout): ask again
-                log.info("marketdata: waiting for the leader's state (%s)", type(exc).__name__)
+                reply = await self.nc.request(subject, b"", timeout=2.0)
+            except Exception as exc:
+                log.info("marketdata: waiting for the leader's state on %s (%s)", subject, type(exc).__name__)
                 await asyncio.sleep(0.5)
-        try:
-            self._load(_decode_state(reply.data))
-        except Exception:
-            log.exception("marketdata: the leader's state could not be loaded; asking again")
-            await asyncio.sleep(0.5)
-            self._resync = asyncio.get_running_loop().create_task(self._sync())
-            return
+                continue
+            try:
+                return decode(zlib.decompress(reply.data))
+            except (zlib.error, msgspec.DecodeError) as exc:
+                log.error("marketdata: unreadable state on %s (%s); asking again", subject, exc)
+                await asyncio.sleep(0.5)
+
+    async def _sync(self) -> None:
+        while True:
+            venue = await self._ask(snapshot_subject(self.stream), _decode_venue)
+            symbols: dict[str, SymbolState] = {}
+            for instrument in venue.instruments:
+                symbol = instrument["symbol"]
+                symbols[symbol] = await self._ask(snapshot_subject(self.stream, symbol), _decode_symbol)
+            if all(s.epoch == venue.epoch for s in symbols.values()):
+                break  # (else the leader changed while asking: ask the new one)
+        self._load(venue, symbols)
         pending, self.buffer = self.buffer, []
         self.synced.set()
         for update in pending:
@@ -214,20 +245,23 @@ class NatsFeed:
                 return
         log.info("marketdata: in sync with leader epoch %s at seq %d", self.epoch, self.books.last_seq)
 
-    def _load(self, state: State) -> None:
+    def _load(self, venue: VenueState, symbols: dict[str, SymbolState]) -> None:
         md, books = self.md, self.books
-        new_epoch = state.epoch != self.epoch
-        self.epoch = state.epoch
-        md.depth = state.depth
-        books.instruments = {i["symbol"]: i for i in state.instruments}
-        books.last_seq = state.last_seq
-        md.last_ts = state.ts
+        new_epoch = venue.epoch != self.epoch
+        self.epoch = venue.epoch
+        md.depth = venue.depth
+        books.instruments = {i["symbol"]: i for i in venue.instruments}
+        books.last_seq = venue.last_seq
+        md.last_ts = venue.ts
         md.candles = type(md.candles)(md.candles.days)
-        md.candles.merge_older(state.candles)
-        md.candles_complete = state.candles_complete
-        for symbol, trades in state.trades.items():
-            self.trades[symbol] = deque(trades, maxlen=RECENT_TRADES)
-        for symbol, snap in state.books.items():
+        exported = {"minutes": {}, "last": {}}
+        for symbol, state in symbols.items():
+            exported["minutes"][symbol] = state.minutes
+            exported["last"][symbol] = state.last
+            self.trades[symbol] = deque(state.trades, maxlen=RECENT_TRADES)
+        md.candles.merge_older(exported)
+        md.candles_complete = venue.candles_complete
+        for symbol, snap in symbols.items():
             book = books.books.get(symbol)
             if book is None:
                 book = books.books[symbol] = LevelBook()
