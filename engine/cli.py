@@ -193,7 +193,13 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
     from engine.bench.fanout_bench import format_fanout, run_fanout_bench
 
     result = run_fanout_bench(
-        args.subscribers, args.rate, args.duration, args.max_rate, args.processes, args.marketdata
+        args.subscribers,
+        args.rate,
+        args.duration,
+        args.max_rate,
+        args.processes,
+        args.marketdata,
+        args.client_nice,
     )
     print(json.dumps(result) if args.json else format_fanout(result))
     return 0
@@ -549,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="also serve subscribers from this many `loom marketdata` processes (a cluster node, NATS)",
+    )
+    bo.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="nice value of the subscribers' processes (clients elsewhere take none of the servers' CPU)",
     )
     bo.add_argument("--json", action="store_true")
     bo.set_defaults(func=_cmd_bench_fanout)

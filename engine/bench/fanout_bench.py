@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import resource
 import time
 from collections.abc import Iterator
@@ -154,9 +155,11 @@ async def _subscribers(
 
 
 def _client_process(
-    host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop
+    host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop, nice: int
 ) -> None:
     _raise_nofile(count + 256)
+    if nice:  # subscribers elsewhere take none of the servers' CPU: these yield the shared cores
+        os.nice(nice)
     try:
         import uvloop
 
@@ -202,7 +205,14 @@ def _serving(subscribers: int, marketdata: int) -> Iterator[tuple[dict, list[tup
 
 
 async def _measure(
-    info: dict, servers: list, subscribers: int, rate: int, seconds: float, max_rate: float, processes: int
+    info: dict,
+    servers: list,
+    subscribers: int,
+    rate: int,
+    seconds: float,
+    max_rate: float,
+    processes: int,
+    client_nice: int = 0,
 ) -> dict:
     import aiohttp
 
@@ -218,7 +228,7 @@ async def _measure(
         host, port, _pid = servers[i % len(servers)]
         p = ctx.Process(
             target=_client_process,
-            args=(host, port, count, i * share, max_rate, window, out, stop),
+            args=(host, port, count, i * share, max_rate, window, out, stop, client_nice),
             daemon=True,
         )
         p.start()
@@ -269,6 +279,7 @@ async def _measure(
         "processes": len(procs),
         "marketdata_processes": len(servers) - 1 if len(servers) > 1 else 0,
         "ramp_s": round(ramp_s, 1),
+        "client_nice": client_nice,
     }
 
 
@@ -279,10 +290,13 @@ def run_fanout_bench(
     max_rate: float = 10.0,
     processes: int = 4,
     marketdata: int = 0,
+    client_nice: int = 0,
 ) -> dict:
     _raise_nofile(_nofile(subscribers))
     with _serving(subscribers, marketdata) as (info, servers):
-        return asyncio.run(_measure(info, servers, subscribers, rate, seconds, max_rate, processes))
+        return asyncio.run(
+            _measure(info, servers, subscribers, rate, seconds, max_rate, processes, client_nice)
+        )
 
 
 def format_fanout(r: dict) -> str:
