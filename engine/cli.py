@@ -207,22 +207,39 @@ def _cmd_bench_fanout(args: argparse.Namespace) -> int:
 
 def _cmd_marketdata(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
-    from engine.marketdata_process import serve_marketdata
+    from engine.console import ConsoleHandler
+    from engine.logfmt import formatter
+    from engine.marketdata_process import StartFailed, serve_marketdata
 
     servers = [u for u in args.cluster.split(",") if u]
     if not servers or not all(u.startswith(("nats://", "tls://")) for u in servers):
         print(f"loom marketdata: --cluster needs nats:// URLs, not {args.cluster!r}", file=sys.stderr)
         return 2
+    handler = ConsoleHandler()
+    handler.setFormatter(formatter(args.log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(
-        serve_marketdata(servers, args.stream, args.host, args.http_port, args.max_queued, args.book_max_rate)
-    )
+    try:
+        asyncio.run(
+            serve_marketdata(
+                servers, args.stream, args.host, args.http_port, args.max_queued, args.book_max_rate
+            )
+        )
+    except StartFailed as exc:
+        print(f"loom marketdata: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the HTTP port: in use, or not ours to bind
+        print(
+            f"loom marketdata: cannot listen on {args.host}:{args.http_port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -376,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     mdp.add_argument("--http-port", type=int, default=8090, help="0: any free port (printed when ready)")
     mdp.add_argument("--max-queued", type=_positive_int, default=50_000, help="[market_data] max_queued")
     mdp.add_argument("--book-max-rate", type=float, default=0.0, help="[market_data] book_max_rate")
+    mdp.add_argument("--log-format", choices=("text", "json"), default="text")
     mdp.set_defaults(func=_cmd_marketdata)
     run = sub.add_parser("run", help="run the exchange (single node, or a cluster member with --cluster)")
     run.add_argument("--config", help="TOML configuration file (or LOOM_CONFIG)")

@@ -15,6 +15,7 @@ import logging
 import signal
 
 import nats
+import nats.errors
 from aiohttp import web
 
 from engine.auth import Accounts
@@ -37,6 +38,13 @@ from engine.marketdata_books import LevelBooks
 from engine.marketdata_nats import NatsFeed
 
 log = logging.getLogger("loom.marketdata")
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class StartFailed(Exception):
+    """No NATS server answered, or the HTTP port could not be bound: said in one line, exit 1."""
+
 
 REFUSAL = "a loom marketdata process serves market data only: send orders to the node"
 
@@ -110,13 +118,21 @@ async def serve_marketdata(
     async def quiet_error(exc: Exception) -> None:
         log.debug("nats: %s", exc)
 
-    nc = await nats.connect(
-        servers,
-        name="loom-marketdata",
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,
-        error_cb=quiet_error,
-    )
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers,
+                name="loom-marketdata",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,
+                error_cb=quiet_error,
+            ),
+            CONNECT_TIMEOUT_S,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        raise StartFailed(
+            f"no NATS server answered at {', '.join(servers)} within {CONNECT_TIMEOUT_S:g} s ({exc!r})"
+        ) from None
     feed = NatsFeed(nc, stream, md, books)
     ctx = GatewayContext(
         service=MarketDataOnly(books, observer),  # type: ignore[arg-type]
@@ -129,7 +145,11 @@ async def serve_marketdata(
     runner = web.AppRunner(build_marketdata_app(ctx, feed), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await nc.close()
+        raise StartFailed(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     await feed.start()
     print(f"loom: ready on {host} (http {bound}); market data from NATS stream {stream}", flush=True)

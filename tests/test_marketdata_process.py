@@ -213,3 +213,29 @@ def test_a_marketdata_process_follows_a_new_leader_with_its_subscribers_seqs_sti
             stop(md_proc)
         b.stop()
         a.stop()
+
+
+def test_loom_marketdata_refuses_bad_input_in_one_line(nats_cluster):
+    """Not a NATS URL, no NATS server, the HTTP port taken: one line naming what is wrong and a
+    non-zero exit, never a traceback."""
+    import socket
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "engine.cli", "marketdata", *args]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert "Traceback" not in done.stderr + done.stdout, done
+        return done
+
+    done = run("--cluster", "localhost:4222")
+    assert done.returncode == 2 and "--cluster needs nats:// URLs, not 'localhost:4222'" in done.stderr, done
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: nothing answers there
+        done = run("--cluster", f"nats://127.0.0.1:{port}", "--http-port", "0")
+    assert done.returncode == 1 and f"no NATS server answered at nats://127.0.0.1:{port}" in done.stderr, done
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("--cluster", nats_cluster.urls[0], "--http-port", str(port))
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done
