@@ -90,6 +90,7 @@ class MarketDataPublisher:
         self.recent_trades = trades  # (symbol, limit) -> [Trade]: the node's order store
         self.epoch = uuid.uuid4().hex[:12]
         self.published = 0
+        self.dropped = 0  # updates not published in the current NATS outage
         self._service_loop: asyncio.AbstractEventLoop | None = None
         self._subs: list = []
 
@@ -123,7 +124,21 @@ class MarketDataPublisher:
         self.link.loop.call_soon_threadsafe(self._send, subject, data)
 
     def _send(self, subject: str, data: bytes) -> None:
-        self.link.loop.create_task(self.link.nc.publish(subject, data))
+        self.link.loop.create_task(self._publish(subject, data))
+
+    async def _publish(self, subject: str, data: bytes) -> None:
+        """Lost while NATS is (a marketdata process sees the gap and resyncs): said once per
+        outage, never a traceback per message."""
+        try:
+            await self.link.nc.publish(subject, data)
+        except Exception as exc:
+            if not self.dropped:
+                log.warning("market data to NATS dropped while it is unreachable (%s)", type(exc).__name__)
+            self.dropped += 1
+            return
+        if self.dropped:
+            log.info("market data to NATS again; %d updates were dropped", self.dropped)
+            self.dropped = 0
 
     def state(self, symbol: str) -> bytes | None:
         """The venue's state ("") or one symbol's, compressed; None for an unknown symbol.
