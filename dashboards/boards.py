@@ -668,11 +668,16 @@ def gateways() -> Board:
                         target(
                             f"sum({rate('loom_md_slow_consumer_drops_total')})", "slow-consumer disconnects"
                         ),
+                        target(
+                            f"sum by (reason) ({rate('loom_md_feed_resyncs_total')})",
+                            "marketdata process resync ({{reason}})",
+                        ),
                     ],
                     OPS_FORMAT,
                     "Conflated: book updates folded into a later one for rate-limited subscribers. A "
                     "slow consumer (its queue at [market_data] max_queued) is told SLOW_CONSUMER and "
-                    "disconnected.",
+                    "disconnected. A `loom marketdata` process resyncs from the leader after a gap in "
+                    "NATS or on a new leader.",
                 ),
             ],
         ],

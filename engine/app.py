@@ -265,6 +265,12 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         collector = ClusterCollector(member)
         journal.on_publish = collector.publish_seconds.observe
         metrics.registry.register(collector)
+        # The durable market data to NATS, one subject per symbol, for `loom marketdata`.
+        from engine.marketdata_nats import MarketDataPublisher
+
+        MarketDataPublisher(
+            market_data, member.link, cfg.cluster_stream, member.leading, order_store.recent_trades
+        ).start()
     else:
         metrics.registry.register(StandaloneRoleCollector())
     automation = RunbookAutomation(

@@ -195,6 +195,60 @@ def _cmd_bench_marketdata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_fanout(args: argparse.Namespace) -> int:
+    from engine.bench.fanout_bench import format_fanout, run_fanout_bench
+
+    result = run_fanout_bench(
+        args.subscribers,
+        args.rate,
+        args.duration,
+        args.max_rate,
+        args.processes,
+        args.marketdata,
+        args.client_nice,
+    )
+    print(json.dumps(result) if args.json else format_fanout(result))
+    return 0
+
+
+def _cmd_marketdata(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from engine.console import ConsoleHandler
+    from engine.logfmt import formatter
+    from engine.marketdata_process import StartFailed, serve_marketdata
+
+    servers = [u for u in args.cluster.split(",") if u]
+    if not servers or not all(u.startswith(("nats://", "tls://")) for u in servers):
+        print(f"loom marketdata: --cluster needs nats:// URLs, not {args.cluster!r}", file=sys.stderr)
+        return 2
+    handler = ConsoleHandler()
+    handler.setFormatter(formatter(args.log_format))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(
+            serve_marketdata(
+                servers, args.stream, args.host, args.http_port, args.max_queued, args.book_max_rate
+            )
+        )
+    except StartFailed as exc:
+        print(f"loom marketdata: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the HTTP port: in use, or not ours to bind
+        print(
+            f"loom marketdata: cannot listen on {args.host}:{args.http_port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def _cmd_dashboards_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -335,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    mdp = sub.add_parser(
+        "marketdata",
+        help="serve the market-data API (WebSocket and REST) from a cluster's NATS: any number may run",
+    )
+    mdp.add_argument("--cluster", required=True, help="NATS URLs, comma-separated (nats://host:port)")
+    mdp.add_argument("--stream", default="LOOM_JOURNAL", help="the cluster's stream name (cluster_stream)")
+    mdp.add_argument("--host", default="127.0.0.1")
+    mdp.add_argument("--http-port", type=int, default=8090, help="0: any free port (printed when ready)")
+    mdp.add_argument("--max-queued", type=_positive_int, default=50_000, help="[market_data] max_queued")
+    mdp.add_argument("--book-max-rate", type=float, default=0.0, help="[market_data] book_max_rate")
+    mdp.add_argument("--log-format", choices=("text", "json"), default="text")
+    mdp.set_defaults(func=_cmd_marketdata)
     run = sub.add_parser("run", help="run the exchange (single node, or a cluster member with --cluster)")
     run.add_argument("--config", help="TOML configuration file (or LOOM_CONFIG)")
     run.add_argument("--demo", action="store_true", help="demo instruments, accounts and simulated traders")
@@ -495,6 +561,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bm.add_argument("--json", action="store_true")
     bm.set_defaults(func=_cmd_bench_marketdata)
+    bo = bench_sub.add_parser(
+        "fanout",
+        help="N WebSocket book subscribers on a real loom run while the book changes: lag p99, frames/s",
+    )
+    bo.add_argument("--subscribers", type=_positive_int, default=1_000, help="WebSocket book subscribers")
+    bo.add_argument("--rate", type=_positive_int, default=1_000, help="book changes (orders) per second")
+    bo.add_argument("--duration", type=float, default=10.0, help="seconds measured")
+    bo.add_argument(
+        "--max-rate", type=float, default=10.0, help="each subscriber's max_rate (0 = every update)"
+    )
+    bo.add_argument(
+        "--processes", type=_positive_int, default=4, help="client processes holding the subscribers"
+    )
+    bo.add_argument(
+        "--marketdata",
+        type=int,
+        default=0,
+        help="also serve subscribers from this many `loom marketdata` processes (a cluster node, NATS)",
+    )
+    bo.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="nice value of the subscribers' processes (clients elsewhere take none of the servers' CPU)",
+    )
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(func=_cmd_bench_fanout)
     bf = bench_sub.add_parser(
         "failover",
         help="HA on a local 3-server NATS cluster: publish-ack, replicated orders/s, failover time",

@@ -43,7 +43,7 @@ class Conflated:
     """The subscribers of one symbol's book at one maximum rate, and the changes folded
     since their last update."""
 
-    __slots__ = ("interval", "subscribers", "changes", "prev_seq", "folded", "handle", "durable_at")
+    __slots__ = ("interval", "subscribers", "changes", "prev_seq", "folded", "handle", "durable_at", "ts")
 
     def __init__(self, rate_hz: float) -> None:
         self.interval = 1.0 / rate_hz
@@ -53,6 +53,7 @@ class Conflated:
         self.folded = 0
         self.handle: asyncio.TimerHandle | None = None
         self.durable_at = 0.0
+        self.ts = 0  # the newest folded update's durable event ts
 
 
 class SymbolFeed:
@@ -98,6 +99,10 @@ class MarketData:
         self.send_buffer_bytes = DEFAULT_SEND_BUFFER
         self.book_max_rate = 0.0
         self._read_back: asyncio.Task | None = None
+        # A cluster leader's NATS publisher (engine/marketdata_nats.py): every touched symbol's
+        # feed, its changes (as published, [] if none) and its trades, after each batch.
+        self.on_update: Callable[[SymbolFeed, list[list], list], None] | None = None
+        self.l3_available = True  # False where only levels are known (a `loom marketdata` process)
 
     def start_read_back(self, spec) -> None:
         """Read the candles from before this start back from the journal, in the background
@@ -216,26 +221,36 @@ class MarketData:
         self.on_events(commands, results, BatchEvents(results))
 
     def on_events(self, commands: list, _results: list[list], split: BatchEvents) -> None:
-        if commands:
-            self.last_ts = commands[-1].ts
+        self.publish(commands[-1].ts if commands else self.last_ts, split.trades, split.symbols(), split)
+
+    def publish(self, ts: int, trades: list, touched, split: BatchEvents | None = None) -> None:
+        """One durable batch: its newest command's `ts`, its trades and the symbols it touched
+        (`split` for the L3 feed). The commit loop calls it through on_events; a `loom
+        marketdata` process with the batches it reads from NATS (engine/marketdata_nats.py)."""
+        self.last_ts = ts
         # Candles are kept whether or not anyone listens: they are history, not a stream.
         add = self.candles.add
-        for t in split.trades:
+        for t in trades:
             add(t.symbol, t.ts, t.price, t.qty)
-        if not self.feeds:
+        if not self.feeds and self.on_update is None:
             return  # nobody has subscribed to anything: nothing to compare or publish
         self.published_at = self.batch_time()
-        touched = split.symbols()
         for symbol in touched:
             feed = self.feeds.get(symbol)
-            if feed is None or symbol not in self.engine.books:
-                continue  # nobody has asked for it yet: the first subscriber gets a snapshot
-            self._book(feed)
-            if feed.l3_subscribers:
+            if symbol not in self.engine.books:
+                continue
+            if feed is None:
+                if self.on_update is None:
+                    continue  # nobody has asked for it yet: the first subscriber gets a snapshot
+                feed = self.feed(symbol)  # seq 0 is the book after this batch: nothing to send
+            changes = self._book(feed)
+            if self.on_update is not None:
+                self.on_update(feed, changes, [t for t in trades if t.symbol == symbol])
+            if feed.l3_subscribers and split is not None:
                 self._l3(feed, split)
             if feed.ticker_subscribers:
                 self._publish(feed.ticker_subscribers, self.ticker(symbol))
-        for t in split.trades:
+        for t in trades:
             feed = self.feeds.get(t.symbol)
             if feed is not None and feed.trade_subscribers:
                 self._publish(
@@ -251,13 +266,13 @@ class MarketData:
                         "ts": t.ts,
                     },
                 )
-        if split.trades:
-            self._candles(split)
+        if trades:
+            self._candles(trades)
 
-    def _candles(self, split: BatchEvents) -> None:
+    def _candles(self, trades: list) -> None:
         """Each candle the batch's trades changed, to its interval's subscribers."""
         first: dict[str, int] = {}  # symbol -> its first trade's ts in the batch
-        for t in split.trades:
+        for t in trades:
             first.setdefault(t.symbol, t.ts)
         for symbol, since in first.items():
             feed = self.feeds.get(symbol)
@@ -268,10 +283,11 @@ class MarketData:
                     for b in self.candles.of(symbol).current(name, since):
                         self._publish(subscribers, {"type": "candle", **candle_json(symbol, name, b)})
 
-    def _book(self, feed: SymbolFeed) -> None:
+    def _book(self, feed: SymbolFeed) -> list[list]:
+        """The feed's changed levels, published as its next seq; [] when none changed."""
         changes = self._refresh(feed)
         if not changes:
-            return
+            return changes
         feed.seq += 1
         self.updates_published += 1
         if feed.book_subscribers:
@@ -281,6 +297,7 @@ class MarketData:
                 "seq": feed.seq,
                 "prev_seq": feed.seq - 1,
                 "changes": changes,
+                "ts": self.last_ts,
             }
             self._publish(feed.book_subscribers, message)
         for group in list(feed.conflated.values()):
@@ -292,9 +309,11 @@ class MarketData:
                 group.changes[(side, price)] = qty
             group.folded += 1
             group.durable_at = self.published_at
+            group.ts = self.last_ts
             if group.handle is None:
                 loop = asyncio.get_running_loop()
                 group.handle = loop.call_later(group.interval, self._flush, feed, group)
+        return changes
 
     def _flush(self, feed: SymbolFeed, group: Conflated) -> None:
         """One update for the group: the latest quantity of every level changed since the
@@ -310,6 +329,7 @@ class MarketData:
             "seq": feed.seq,
             "prev_seq": group.prev_seq,
             "changes": [[side, price, qty] for (side, price), qty in group.changes.items()],
+            "ts": group.ts,
         }
         if group.folded > 1:
             self.observer.md_conflated((group.folded - 1) * len(group.subscribers))
@@ -358,6 +378,14 @@ class MarketData:
                 "orders": orders,
             }
             self._publish(feed.l3_subscribers, message)
+
+    def levels_replaced(self, feed: SymbolFeed, seq: int) -> None:
+        """The book under `feed` was replaced wholesale (a `loom marketdata` process back in
+        sync with the leader): the difference goes out as update `seq`, whose prev_seq shows
+        every subscriber holding an older seq that it missed some (so it resyncs)."""
+        feed.seq = seq - 1
+        if not self._book(feed):
+            feed.seq = seq
 
     # -- subscribers ------------------------------------------------------------------------
 

@@ -88,5 +88,8 @@ class Observer:
     def md_gap_recovery(self, channel: str) -> None:
         """A reader asked for a fresh snapshot after a gap (op resync)."""
 
+    def md_feed_resync(self, reason: str) -> None:
+        """A marketdata process went back to the leader's state (reason: gap or leader)."""
+
 
 NULL_OBSERVER = Observer()

@@ -635,6 +635,14 @@ _SPECS = [
         "WebSocket op resync), by channel (book, l3).",
         ("channel",),
     ),
+    MetricSpec(
+        "loom_md_feed_resyncs",
+        COUNTER,
+        "Times a `loom marketdata` process went back to the cluster leader's market-data state "
+        "(engine/marketdata_nats.py), by reason: gap (an update from NATS did not follow the last "
+        "one) or leader (a new leader's epoch). Its subscribers holding older seqs then resync.",
+        ("reason",),
+    ),
     # -- FIX sessions ----------------------------------------------------------------------------
     MetricSpec(
         "loom_fix_sessions",

@@ -124,6 +124,9 @@ class ExchangeMetrics:
         self.md_gap_recoveries = self.m["loom_md_gap_recoveries"]
         for channel in ("book", "l3"):
             self.md_gap_recoveries.labels(channel)  # at 0 from the start
+        self.md_feed_resyncs = self.m["loom_md_feed_resyncs"]
+        for reason in ("gap", "leader"):
+            self.md_feed_resyncs.labels(reason)
         self.loop_lag(MAIN_LOOP)  # exported from the start; other loops add theirs
         # Bounded label sets, so every series exists (at 0) before the first risk event.
         for reason in RISK_REASONS:

@@ -91,3 +91,6 @@ class MetricsObserver(Observer):
 
     def md_gap_recovery(self, channel: str) -> None:
         self.metrics.md_gap_recoveries.labels(channel).inc()
+
+    def md_feed_resync(self, reason: str) -> None:
+        self.metrics.md_feed_resyncs.labels(reason).inc()

@@ -127,6 +127,21 @@ def test_bench_marketdata_reports_fan_out_encode_once_and_conflation():
     assert r["encode_once_us"] > 0 and r["per_subscriber_us"] > 0 and r["updates_per_s"] > 0
 
 
+@pytest.mark.parametrize("marketdata", [0, 1])
+def test_bench_fanout_reports_every_subscriber_its_frames_and_lag(marketdata: int):
+    """`loom bench fanout`, reduced: 100 WebSocket book subscribers at 10 Hz on a real node
+    (and, with --marketdata 1, half of them on a `loom marketdata` process fed over NATS)."""
+    args = ["--subscribers", "100", "--duration", "2", "--processes", "2", "--marketdata", str(marketdata)]
+    r = bench("fanout", *args)
+    assert {"subscribers", "updates_per_s", "frames_per_s", "lag_p50_ms", "lag_p99_ms"} <= r.keys()
+    assert r["subscribers"] == 100 and r["connections_lost"] == 0 and r["client_errors"] == [], r
+    assert r["marketdata_processes"] == marketdata and len(r["rss_mb_by_server"]) == 1 + marketdata, r
+    assert r["updates_per_s"] > 0 and r["slow_disconnects"] == 0 and r["rss_mb"] > 0, r
+    # Conflated to 10 Hz: never more than 10 frames a second per subscriber (+1 at the edges).
+    assert 0 < r["frames_per_s"] <= 100 * 10 * (1 + 1 / r["seconds"]), r
+    assert 0 < r["lag_p50_ms"] <= r["lag_p99_ms"], r
+
+
 def test_bench_connections_authenticated_holds_logged_on_sessions_and_measures_their_memory():
     """`loom bench connections --authenticated`, reduced: 300 idle logged-on binary and
     WebSocket sessions held while orders flow; RSS per 1,000 sessions and the p99 ratio."""

@@ -231,11 +231,10 @@ class _Trader:
 
         self.client = await BinaryClient.connect(host, port, key, on_frames=on_frames)
 
-    async def trade(self, rate: int, seconds: float) -> list[int]:
+    async def trade(self, rate: int, seconds: float, tick: float = 0.01) -> list[int]:
         from engine.gateways.binary import protocol as p
 
         start = len(self.latencies)
-        tick = 0.01
         per_tick = max(1, int(rate * tick))
         began = time.perf_counter()
         ticks = int(seconds / tick)

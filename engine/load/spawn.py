@@ -66,12 +66,14 @@ def spawned_exchange(
     seed_data: Path | None = None,
     config_text: str | None = None,
     nofile: int | None = None,
+    fix_port: int = 0,
 ):
     """Yields {"host": ..., "http": port, "fix": port, "binary": port, "data_dir": path}.
     `event_loop` is the server's `--event-loop` (default: its own default); `seed_data`: a
     data directory to start from (copied; e.g. a prepared deep book); `config_text`: the
     node's TOML instead of the load generator's; `nofile`: the node's RLIMIT_NOFILE, soft
-    and hard (as `ulimit -n` sets it)."""
+    and hard (as `ulimit -n` sets it); `fix_port` -1 leaves FIX off (its share of the
+    descriptors goes to the other listeners)."""
     tmp = Path(tempfile.mkdtemp(prefix="loom-load-"))
     config = tmp / "load.toml"
     config.write_text(config_text if config_text is not None else _config_text(snapshot_every_s))
@@ -89,7 +91,7 @@ def spawned_exchange(
         "--http-port",
         "0",
         "--fix-port",
-        "0",
+        str(fix_port),
         "--binary-port",
         "0",
         *(["--event-loop", event_loop] if event_loop else []),
