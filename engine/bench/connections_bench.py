@@ -208,6 +208,7 @@ class _Trader:
     def __init__(self) -> None:
         self.sent: dict[int, int] = {}
         self.latencies: list[int] = []
+        self.acked_at: list[int] = []  # perf_counter_ns of each latency's send, for the timeline
         self.rejected = 0
         self.next_ref = 1
         self.client = None
@@ -225,6 +226,7 @@ class _Trader:
                     sent = self.sent.pop(f.client_ref, None)
                     if sent is not None:
                         self.latencies.append(now - sent)
+                        self.acked_at.append(sent)
                 elif type(f) is rejected:
                     self.sent.pop(f.client_ref, None)
                     self.rejected += 1
@@ -234,7 +236,8 @@ class _Trader:
     async def trade(self, rate: int, seconds: float) -> list[int]:
         from engine.gateways.binary import protocol as p
 
-        start = len(self.latencies)
+        start = self.phase_start = len(self.latencies)
+        self.phase_began_ns = time.perf_counter_ns()
         tick = 0.01
         per_tick = max(1, int(rate * tick))
         began = time.perf_counter()
@@ -251,6 +254,16 @@ class _Trader:
             await asyncio.sleep(max(0.0, began + (n + 1) * tick - time.perf_counter()))
         await asyncio.sleep(0.5)  # the last acks
         return self.latencies[start:]
+
+    def timeline(self) -> list[float]:
+        """The last phase's ack p99 (ms) per second of sending: when in the phase it is lost
+        (the flood's connect, deadline-expiry and reconnect waves come at known times)."""
+        by_second: dict[int, list[int]] = {}
+        for sent, latency in zip(
+            self.acked_at[self.phase_start :], self.latencies[self.phase_start :], strict=True
+        ):
+            by_second.setdefault(int((sent - self.phase_began_ns) / 1e9), []).append(latency)
+        return [round(percentile_us(sorted(by_second[s]), 99) / 1000, 1) for s in sorted(by_second)]
 
 
 async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool], failures: list) -> None:
@@ -343,6 +356,7 @@ async def _measure(
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
         during = await trader.trade(rate, seconds)
+        timeline = trader.timeline()
         held_by_node = await _metric_sum(session, base, "loom_connections")
         async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
             snapshot_ok = resp.status == 200
@@ -380,6 +394,7 @@ async def _measure(
         "p99_ms_before": round(p99_before, 3),
         "p99_ms_during": round(p99_during, 3),
         "p99_ratio": round(p99_during / p99_before, 2) if p99_before else 0.0,
+        "p99_ms_by_second_during": timeline,  # the flood started ramp_s before this phase
         "orders_acked_before": len(before),
         "orders_acked_during": len(during),
         "orders_unanswered": len(trader.sent),
