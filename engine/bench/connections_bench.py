@@ -196,7 +196,10 @@ def _flood_process(
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    out.put(runner(_flood(host, ports, count, offset, seconds, auth, stop)))
+    stats = runner(_flood(host, ports, count, offset, seconds, auth, stop))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stats["cpu_s"] = usage.ru_utime + usage.ru_stime
+    out.put(stats)
 
 
 # -- the legitimate client (this process) ----------------------------------------------------
@@ -285,6 +288,13 @@ async def _metric_sum(session, base: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+def _cpu_s(pid: int) -> float:
+    """The process's CPU time so far (user + system): its work, whatever the machine's load."""
+    with open(f"/proc/{pid}/stat") as f:
+        utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -314,7 +324,9 @@ async def _measure(
         failures: list[str] = []
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_healthz(session, base, stop, healthz, failures))
+        cpu_start = _cpu_s(info["pid"])
         before = await trader.trade(rate, seconds)
+        cpu_before = _cpu_s(info["pid"]) - cpu_start
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         stop_flood = ctx.Event()
@@ -355,7 +367,9 @@ async def _measure(
         rss_during = _rss_mb(info["pid"])
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
+        cpu_start = _cpu_s(info["pid"])
         during = await trader.trade(rate, seconds)
+        cpu_during = _cpu_s(info["pid"]) - cpu_start
         timeline = trader.timeline()
         held_by_node = await _metric_sum(session, base, "loom_connections")
         async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
@@ -394,7 +408,12 @@ async def _measure(
         "p99_ms_before": round(p99_before, 3),
         "p99_ms_during": round(p99_during, 3),
         "p99_ratio": round(p99_during / p99_before, 2) if p99_before else 0.0,
-        "p99_ms_by_second_during": timeline,  # the flood started ramp_s before this phase
+        "p99_ms_by_second_during": timeline,
+        "node_cpu_s_before": round(cpu_before, 2),  # over the phase (seconds + 0.5 s drain)
+        "node_cpu_s_during": round(cpu_during, 2),
+        "flood_cpu_s": round(
+            sum(f.get("cpu_s", 0.0) for f in floods), 2
+        ),  # over its whole run  # the flood started ramp_s before this phase
         "orders_acked_before": len(before),
         "orders_acked_during": len(during),
         "orders_unanswered": len(trader.sent),
