@@ -268,6 +268,24 @@ class _Trader:
             by_second.setdefault(int((sent - self.phase_began_ns) / 1e9), []).append(latency)
         return [round(percentile_us(sorted(by_second[s]), 99) / 1000, 1) for s in sorted(by_second)]
 
+    def split(self, at_ns: int) -> tuple[list[int], list[int]]:
+        """The last phase's latencies of orders sent before `at_ns` (perf_counter_ns) and after."""
+        early: list[int] = []
+        late: list[int] = []
+        for sent, latency in zip(
+            self.acked_at[self.phase_start :], self.latencies[self.phase_start :], strict=True
+        ):
+            (early if sent < at_ns else late).append(latency)
+        return sorted(early), sorted(late)
+
+
+def _first_deadline_s() -> float:
+    """The soonest an idle connection is closed by the default `[admission]` (the node's)."""
+    from engine.gateways.admission import AdmissionSettings
+
+    defaults = AdmissionSettings()
+    return min(defaults.login_timeout_s, defaults.http_idle_s)
+
 
 async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool], failures: list) -> None:
     while not stop.is_set():
@@ -355,6 +373,9 @@ async def _measure(
         for proc in procs:
             proc.start()
         ramp_started = time.monotonic()
+        # No idle connection can have met a deadline before this: the churn (expiry waves, and
+        # the flood reconnecting after them) starts here; before it the node only holds them.
+        first_expiry_ns = time.perf_counter_ns() + int(_first_deadline_s() * 1e9)
         if authenticated:
             while time.monotonic() - ramp_started < ramp:
                 if await _metric_sum(session, base, "loom_connections") - 2 >= 0.99 * idle:
@@ -371,6 +392,8 @@ async def _measure(
         during = await trader.trade(rate, seconds)
         cpu_during = _cpu_s(info["pid"]) - cpu_start
         timeline = trader.timeline()
+        # (logged-on sessions have no login deadline: no split)
+        held_phase, churn_phase = ([], []) if authenticated else trader.split(first_expiry_ns)
         held_by_node = await _metric_sum(session, base, "loom_connections")
         async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
             snapshot_ok = resp.status == 200
@@ -409,6 +432,11 @@ async def _measure(
         "p99_ms_during": round(p99_during, 3),
         "p99_ratio": round(p99_during / p99_before, 2) if p99_before else 0.0,
         "p99_ms_by_second_during": timeline,
+        # The during phase split where the first idle connection may meet its deadline: before
+        # it the node holds N idle connections; after it they expire and the flood reconnects.
+        "p99_ms_during_held": round(percentile_us(held_phase, 99) / 1000, 3) if held_phase else None,
+        "p99_ms_during_churn": round(percentile_us(churn_phase, 99) / 1000, 3) if churn_phase else None,
+        "orders_during_held": len(held_phase),
         "node_cpu_s_before": round(cpu_before, 2),  # over the phase (seconds + 0.5 s drain)
         "node_cpu_s_during": round(cpu_during, 2),
         "flood_cpu_s": round(
@@ -456,7 +484,9 @@ def format_connections(r: dict) -> str:
         f"{r['idle_requested']:,} requested, {r['idle_held']:,} held "
         f"(node: {r['idle_held_by_node']:,}), {r['refused']:,} refused, {r['closed_by_deadlines']:,} "
         f"closed by deadlines; order ack p99 {r['p99_ms_before']} ms before, {r['p99_ms_during']} ms "
-        f"during (x{r['p99_ratio']}, {verdict} the {target}x target); {r['orders_acked_during']:,} orders "
+        f"during (x{r['p99_ratio']}, {verdict} the {target}x target; {r['p99_ms_during_held']} ms while "
+        f"only held, {r['p99_ms_during_churn']} ms once deadlines close them and the flood reconnects); "
+        f"{r['orders_acked_during']:,} orders "
         f"acked during, {r['orders_unanswered']} unanswered; healthz ok {r['healthz_ok']} "
         f"({r['healthz_polls']} polls); snapshot during the flood ok {r['snapshot_during_flood_ok']}; "
         f"node RLIMIT_NOFILE {r['node_nofile']}, {r['node_log_refusal_lines']} refusal log lines"
