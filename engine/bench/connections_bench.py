@@ -313,6 +313,20 @@ def _cpu_s(pid: int) -> float:
     return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
 
+CPU_WINDOW_S = 0.25
+
+
+async def _sample_cpu(pid: int, shares: list[float]) -> None:
+    """The node's CPU share (of one core) per CPU_WINDOW_S, appended until cancelled: how
+    bunched its work is (an expiry or accept wave) whatever else the machine runs."""
+    last_cpu, last_wall = _cpu_s(pid), time.monotonic()
+    while True:
+        await asyncio.sleep(CPU_WINDOW_S)
+        cpu, wall = _cpu_s(pid), time.monotonic()
+        shares.append((cpu - last_cpu) / (wall - last_wall))
+        last_cpu, last_wall = cpu, wall
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -389,7 +403,10 @@ async def _measure(
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
         cpu_start = _cpu_s(info["pid"])
+        shares: list[float] = []
+        sampler = asyncio.create_task(_sample_cpu(info["pid"], shares))
         during = await trader.trade(rate, seconds)
+        sampler.cancel()
         cpu_during = _cpu_s(info["pid"]) - cpu_start
         timeline = trader.timeline()
         # (logged-on sessions have no login deadline: no split)
@@ -439,6 +456,8 @@ async def _measure(
         "orders_during_held": len(held_phase),
         "node_cpu_s_before": round(cpu_before, 2),  # over the phase (seconds + 0.5 s drain)
         "node_cpu_s_during": round(cpu_during, 2),
+        # its busiest CPU_WINDOW_S of the during phase, in share of a core (1.0: a whole core)
+        "node_cpu_share_max_during": round(max(shares, default=0.0), 2),
         "flood_cpu_s": round(
             sum(f.get("cpu_s", 0.0) for f in floods), 2
         ),  # over its whole run  # the flood started ramp_s before this phase
