@@ -38,13 +38,6 @@ from engine.overload import (
 log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
-# A journal write (fdatasync) at least this long also moves to the journal thread: the disk is
-# slow now (shared, or busy), and inline it would stall every connection on the loop that
-# long. Session 7: under a connection flood on a loaded VM, py-spy put 38% of the loop's time
-# in an inline fdatasync (the node used under a core, so the CPU rule kept it inline), the
-# accepts and closes then running after it, in series with the orders. 2 ms is some ten
-# times the hand-off's cost (a thread wake-up and the GIL back), which a fast disk never pays.
-SLOW_JOURNAL_NS = 2_000_000
 # Admission control: the most commands that may wait for the commit loop. 10,000 is
 # - over two full batches (max_batch 4096): a node that keeps up holds about one batch's
 #   worth while the previous one is written, so it never sheds;
@@ -444,13 +437,11 @@ class ExchangeService:
                 t1 = time.perf_counter()
                 if node.remote_journal:  # replication: await the PubAck, keep serving
                     error = await node.write_async(batch, meta)
-                elif self._io is not None and (
-                    self._prev_durations[1] >= SLOW_JOURNAL_NS or self._cpu_saturated()
-                ):
-                    # The core is busy (e.g. parsing HTTP), or the disk is slow: fdatasync
-                    # waits on the disk, not the CPU, so on a worker thread the event loop
-                    # keeps reading meanwhile. With CPU to spare and a fast disk the thread
-                    # hand-off (GIL, wake-ups) would only add latency, so the write stays inline.
+                elif self._io is not None and self._cpu_saturated():
+                    # The core is busy (e.g. parsing HTTP): fdatasync waits on the disk, not
+                    # the CPU, so on a worker thread the event loop keeps parsing requests
+                    # meanwhile. With CPU to spare the thread hand-off (GIL, wake-ups) would
+                    # only add latency, so the write stays inline.
                     self.threaded_writes += 1
                     error = await asyncio.get_running_loop().run_in_executor(
                         self._io, node.write, batch, meta
