@@ -10,12 +10,13 @@ most `BATCH` callbacks per `PACE_S`, so an expiry wave is spread over time inste
 stalling the loop.
 
 Pacing by time, not only by loop turn (session 7): with a batch per turn, the 10,000 idle
-connections a flood opened in one burst still expired within ~0.2 s, and the flood's
-reconnects came back as one storm 2 s later (an accept storm the loop drains in one go):
-the order session's ack p99 rose from 7-17 ms to 100-220 ms in exactly those seconds of
-`loom bench connections`. At `BATCH` per `PACE_S` (6,400 a second) such a wave takes
-~1.6 s, the closes and the reconnects that follow them are spread alike, and a deadline
-fires at most that much late (they are seconds long: a login within 10 s).
+connections a flood opened in one burst still expired together (a few hundred ms of turns
+carrying 256 closes each), and the flood's reconnects came back as one storm 2 s later (an
+accept storm the loop drains in one go): the order session's ack p99 rose from 7-17 ms to
+100-220 ms in exactly those seconds of `loom bench connections`. At `BATCH` per `PACE_S`
+(6,400 a second) such a wave takes ~1.6 s, the closes and the reconnects that follow them
+are spread alike, and a deadline fires at most that much late (they are seconds long: a
+login within 10 s).
 
     wheel = deadline_wheel()            # the running loop's
     wheel.add(loop.time() + 10.0, check)   # check() runs within RESOLUTION_S after that
@@ -28,7 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-RESOLUTION_S = 0.25  # a deadline fires up to this late (deadlines here are seconds long)
+RESOLUTION_S = 0.25  # a deadline fires up to this late, plus its wave's pacing (seconds-long deadlines)
 BATCH = 64  # callbacks per drain: an expiry wave yields to I/O between batches
 PACE_S = 0.01  # between drains of a wave: the wave's share of the loop is bounded
 
