@@ -296,3 +296,9 @@ def test_bench_connections_reduced_under_a_low_descriptor_limit():
     assert result["orders_acked_during"] == 200 and result["orders_unanswered"] == 0, result
     assert result["snapshot_during_flood_ok"], result
     assert 1 <= result["node_log_refusal_lines"] <= 6, result
+    # The during phase (1 s, after a 5 s ramp) ends before any idle connection's 10 s login
+    # deadline: all of it is "held", none "churn"; its seconds and the node's CPU are given.
+    assert result["orders_during_held"] == 200 and result["p99_ms_during_churn"] is None, result
+    assert result["p99_ms_during_held"] == result["p99_ms_during"], result
+    # (a loaded machine may send the last orders of the 1 s phase a little late: 1 or 2 seconds)
+    assert 1 <= len(result["p99_ms_by_second_during"]) <= 2 and result["node_cpu_s_during"] > 0, result

@@ -10,10 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 
-from test_admission import DEADLINES, _connect, _get_metrics, _metric, _read_until_closed, _run
+from test_admission import (
+    DEADLINES,
+    KEY,
+    _binary_frame,
+    _connect,
+    _frames,
+    _get_metrics,
+    _metric,
+    _read_until_closed,
+    _run,
+)
 from test_fix_server import Peer, start, stop
 
 from engine.gateways.admission import LOGIN_TIMEOUT, Admission
+from engine.gateways.binary import protocol as p
 from engine.gateways.deadlines import DeadlineWheel
 from engine.gateways.fix.server import fix_gateway, refusal_logout, start_fix_server, stop_fix_server
 
@@ -49,6 +60,57 @@ def test_the_wheel_fires_each_deadline_once_in_time_and_spreads_a_wave_over_loop
         assert any(0 < n < 350 for n in seen_between), seen_between
 
     asyncio.run(main())
+
+
+def test_an_expiry_wave_is_paced_over_time_not_only_over_loop_turns():
+    # Session 7: 10,000 connections a flood opened in one burst expired within ~0.2 s (a
+    # batch per loop turn), and their reconnects came back as one accept storm: the ack p99
+    # of the orders in those seconds rose 10-20x. A wave now runs `batch` per `pace`.
+    async def main():
+        loop = asyncio.get_running_loop()
+        wheel = DeadlineWheel(loop, resolution=0.05, batch=100, pace=0.1)
+        ran_at: list[float] = []
+        due = loop.time() + 0.05
+        for _ in range(300):
+            wheel.add(due, lambda: ran_at.append(loop.time()))
+        async with asyncio.timeout(5):
+            while len(ran_at) < 300:
+                await asyncio.sleep(0.02)
+        # Three batches, a pace apart at least (a timer never fires early by more than the
+        # loop's clock rounding, 1 ms): before, all 300 ran within a few loop turns.
+        assert ran_at[99] - ran_at[0] < ran_at[100] - ran_at[99]
+        assert ran_at[100] - ran_at[99] >= 0.099 and ran_at[200] - ran_at[199] >= 0.099
+        assert wheel.fired == 300 and len(wheel) == 0
+
+    asyncio.run(main())
+
+
+def test_silent_binary_connections_cost_no_session_and_are_told_their_login_timed_out(tmp_path):
+    with _run(tmp_path, DEADLINES) as (_proc, ports):
+        silent = [_connect(ports["binary"], "127.0.0.2") for _ in range(20)]
+        metrics = _get_metrics(ports["http"])
+        deadline = time.monotonic() + 5
+        while _metric(metrics, "loom_connections", protocol="binary") < 20:
+            assert time.monotonic() < deadline, "the node never counted the 20 connections"
+            metrics = _get_metrics(ports["http"])
+        # Before: a BinarySession (decoder, token bucket, in-flight window, watch) each.
+        assert _metric(metrics, "loom_sessions", protocol="binary") == 0
+        # One that speaks gets its session then, and logs on as before.
+        trader = _connect(ports["binary"])
+        trader.sendall(p.encode_login(KEY))
+        assert type(_binary_frame(trader)) is p.LoginAck
+        assert _metric(_get_metrics(ports["http"]), "loom_sessions", protocol="binary") == 1
+        # The silent ones are told their Login timed out, as a session would tell them.
+        for sock in silent:
+            data, _ = _read_until_closed(sock, 5)
+            assert _frames(data) == [p.Error(p.ErrorCode.LOGIN_TIMEOUT, "no Login within 1 s")]
+            sock.close()
+        metrics = _get_metrics(ports["http"])
+        assert (
+            _metric(metrics, "loom_connection_timeouts_total", protocol="binary", reason="login_timeout")
+            == 20
+        )
+        trader.close()
 
 
 def test_silent_fix_connections_cost_no_task_and_meet_the_logon_deadline_from_connect(tmp_path):

@@ -196,7 +196,10 @@ def _flood_process(
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    out.put(runner(_flood(host, ports, count, offset, seconds, auth, stop)))
+    stats = runner(_flood(host, ports, count, offset, seconds, auth, stop))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    stats["cpu_s"] = usage.ru_utime + usage.ru_stime
+    out.put(stats)
 
 
 # -- the legitimate client (this process) ----------------------------------------------------
@@ -208,6 +211,7 @@ class _Trader:
     def __init__(self) -> None:
         self.sent: dict[int, int] = {}
         self.latencies: list[int] = []
+        self.acked_at: list[int] = []  # perf_counter_ns of each latency's send, for the timeline
         self.rejected = 0
         self.next_ref = 1
         self.client = None
@@ -225,6 +229,7 @@ class _Trader:
                     sent = self.sent.pop(f.client_ref, None)
                     if sent is not None:
                         self.latencies.append(now - sent)
+                        self.acked_at.append(sent)
                 elif type(f) is rejected:
                     self.sent.pop(f.client_ref, None)
                     self.rejected += 1
@@ -234,7 +239,8 @@ class _Trader:
     async def trade(self, rate: int, seconds: float, tick: float = 0.01) -> list[int]:
         from engine.gateways.binary import protocol as p
 
-        start = len(self.latencies)
+        start = self.phase_start = len(self.latencies)
+        self.phase_began_ns = time.perf_counter_ns()
         per_tick = max(1, int(rate * tick))
         began = time.perf_counter()
         ticks = int(seconds / tick)
@@ -250,6 +256,34 @@ class _Trader:
             await asyncio.sleep(max(0.0, began + (n + 1) * tick - time.perf_counter()))
         await asyncio.sleep(0.5)  # the last acks
         return self.latencies[start:]
+
+    def timeline(self) -> list[float]:
+        """The last phase's ack p99 (ms) per second of sending: when in the phase it is lost
+        (the flood's connect, deadline-expiry and reconnect waves come at known times)."""
+        by_second: dict[int, list[int]] = {}
+        for sent, latency in zip(
+            self.acked_at[self.phase_start :], self.latencies[self.phase_start :], strict=True
+        ):
+            by_second.setdefault(int((sent - self.phase_began_ns) / 1e9), []).append(latency)
+        return [round(percentile_us(sorted(by_second[s]), 99) / 1000, 1) for s in sorted(by_second)]
+
+    def split(self, at_ns: int) -> tuple[list[int], list[int]]:
+        """The last phase's latencies of orders sent before `at_ns` (perf_counter_ns) and after."""
+        early: list[int] = []
+        late: list[int] = []
+        for sent, latency in zip(
+            self.acked_at[self.phase_start :], self.latencies[self.phase_start :], strict=True
+        ):
+            (early if sent < at_ns else late).append(latency)
+        return sorted(early), sorted(late)
+
+
+def _first_deadline_s() -> float:
+    """The soonest an idle connection is closed by the default `[admission]` (the node's)."""
+    from engine.gateways.admission import AdmissionSettings
+
+    defaults = AdmissionSettings()
+    return min(defaults.login_timeout_s, defaults.http_idle_s)
 
 
 async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[bool], failures: list) -> None:
@@ -269,6 +303,27 @@ async def _metric_sum(session, base: str, name: str) -> float:
     async with session.get(f"{base}/metrics") as resp:
         text = await resp.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _cpu_s(pid: int) -> float:
+    """The process's CPU time so far (user + system): its work, whatever the machine's load."""
+    with open(f"/proc/{pid}/stat") as f:
+        utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+
+CPU_WINDOW_S = 0.25
+
+
+async def _sample_cpu(pid: int, shares: list[float]) -> None:
+    """The node's CPU share (of one core) per CPU_WINDOW_S, appended until cancelled: how
+    bunched its work is (an expiry or accept wave) whatever else the machine runs."""
+    last_cpu, last_wall = _cpu_s(pid), time.monotonic()
+    while True:
+        await asyncio.sleep(CPU_WINDOW_S)
+        cpu, wall = _cpu_s(pid), time.monotonic()
+        shares.append((cpu - last_cpu) / (wall - last_wall))
+        last_cpu, last_wall = cpu, wall
 
 
 def _rss_mb(pid: int) -> float:
@@ -300,7 +355,9 @@ async def _measure(
         failures: list[str] = []
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_healthz(session, base, stop, healthz, failures))
+        cpu_start = _cpu_s(info["pid"])
         before = await trader.trade(rate, seconds)
+        cpu_before = _cpu_s(info["pid"]) - cpu_start
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         stop_flood = ctx.Event()
@@ -329,6 +386,9 @@ async def _measure(
         for proc in procs:
             proc.start()
         ramp_started = time.monotonic()
+        # No idle connection can have met a deadline before this: the churn (expiry waves, and
+        # the flood reconnecting after them) starts here; before it the node only holds them.
+        first_expiry_ns = time.perf_counter_ns() + int(_first_deadline_s() * 1e9)
         if authenticated:
             while time.monotonic() - ramp_started < ramp:
                 if await _metric_sum(session, base, "loom_connections") - 2 >= 0.99 * idle:
@@ -341,7 +401,15 @@ async def _measure(
         rss_during = _rss_mb(info["pid"])
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
+        cpu_start = _cpu_s(info["pid"])
+        shares: list[float] = []
+        sampler = asyncio.create_task(_sample_cpu(info["pid"], shares))
         during = await trader.trade(rate, seconds)
+        sampler.cancel()
+        cpu_during = _cpu_s(info["pid"]) - cpu_start
+        timeline = trader.timeline()
+        # (logged-on sessions have no login deadline: no split)
+        held_phase, churn_phase = ([], []) if authenticated else trader.split(first_expiry_ns)
         held_by_node = await _metric_sum(session, base, "loom_connections")
         async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
             snapshot_ok = resp.status == 200
@@ -379,6 +447,19 @@ async def _measure(
         "p99_ms_before": round(p99_before, 3),
         "p99_ms_during": round(p99_during, 3),
         "p99_ratio": round(p99_during / p99_before, 2) if p99_before else 0.0,
+        "p99_ms_by_second_during": timeline,
+        # The during phase split where the first idle connection may meet its deadline: before
+        # it the node holds N idle connections; after it they expire and the flood reconnects.
+        "p99_ms_during_held": round(percentile_us(held_phase, 99) / 1000, 3) if held_phase else None,
+        "p99_ms_during_churn": round(percentile_us(churn_phase, 99) / 1000, 3) if churn_phase else None,
+        "orders_during_held": len(held_phase),
+        "node_cpu_s_before": round(cpu_before, 2),  # over the phase (seconds + 0.5 s drain)
+        "node_cpu_s_during": round(cpu_during, 2),
+        # its busiest CPU_WINDOW_S of the during phase, in share of a core (1.0: a whole core)
+        "node_cpu_share_max_during": round(max(shares, default=0.0), 2),
+        "flood_cpu_s": round(
+            sum(f.get("cpu_s", 0.0) for f in floods), 2
+        ),  # over its whole run  # the flood started ramp_s before this phase
         "orders_acked_before": len(before),
         "orders_acked_during": len(during),
         "orders_unanswered": len(trader.sent),
@@ -421,7 +502,9 @@ def format_connections(r: dict) -> str:
         f"{r['idle_requested']:,} requested, {r['idle_held']:,} held "
         f"(node: {r['idle_held_by_node']:,}), {r['refused']:,} refused, {r['closed_by_deadlines']:,} "
         f"closed by deadlines; order ack p99 {r['p99_ms_before']} ms before, {r['p99_ms_during']} ms "
-        f"during (x{r['p99_ratio']}, {verdict} the {target}x target); {r['orders_acked_during']:,} orders "
+        f"during (x{r['p99_ratio']}, {verdict} the {target}x target; {r['p99_ms_during_held']} ms while "
+        f"only held, {r['p99_ms_during_churn']} ms once deadlines close them and the flood reconnects); "
+        f"{r['orders_acked_during']:,} orders "
         f"acked during, {r['orders_unanswered']} unanswered; healthz ok {r['healthz_ok']} "
         f"({r['healthz_polls']} polls); snapshot during the flood ok {r['snapshot_during_flood_ok']}; "
         f"node RLIMIT_NOFILE {r['node_nofile']}, {r['node_log_refusal_lines']} refusal log lines"

@@ -152,19 +152,21 @@ class Admission:
         self._refusals[reason] = (now, data)
         return data
 
-    def gate(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for `loop.create_server` that admits, then builds `factory()`."""
-        return lambda: _Gate(self, lambda _opened: factory())
-
     def lazy_gate(
-        self, factory: Callable[[float], asyncio.BaseProtocol], silent_s: float, reason: str = LOGIN_TIMEOUT
+        self,
+        factory: Callable[[float], asyncio.BaseProtocol],
+        silent_s: float,
+        reason: str = LOGIN_TIMEOUT,
+        farewell: bytes = b"",
     ) -> Callable[[], asyncio.Protocol]:
-        """As `gate`, but the real protocol, `factory(opened)` (`opened`: the connection's
-        time.monotonic()), is built on the connection's first bytes: until then it holds only
+        """A protocol factory for `loop.create_server` that admits a connection; its real
+        protocol, `factory(opened)` (`opened`: the connection's time.monotonic()), is built
+        on the connection's first bytes: until then it holds only
         a slot on the loop's deadline wheel, and is closed (a timeout counted as `reason`) if
-        nothing arrives within `silent_s`. Issue 13: an aiohttp handler, or a FIX task and
-        stream, per idle socket of a flood is what stalled the event loop."""
-        return lambda: _Gate(self, factory, silent_s, reason)
+        nothing arrives within `silent_s` (after sending it `farewell`, the protocol's own
+        word for the timeout, if any). Issue 13: an aiohttp handler, a FIX task and stream,
+        or a binary session, per idle socket of a flood is what stalled the event loop."""
+        return lambda: _Gate(self, factory, silent_s, reason, farewell)
 
 
 class _Gate(asyncio.Protocol):
@@ -172,7 +174,17 @@ class _Gate(asyncio.Protocol):
     builds the real one (at once, or on the first bytes when `silent_s`), forwards every
     callback, and releases the count when the transport goes."""
 
-    __slots__ = ("_admission", "_factory", "_inner", "_ip", "_transport", "_opened", "_silent_s", "_reason")
+    __slots__ = (
+        "_admission",
+        "_factory",
+        "_inner",
+        "_ip",
+        "_transport",
+        "_opened",
+        "_silent_s",
+        "_reason",
+        "_farewell",
+    )
 
     def __init__(
         self,
@@ -180,6 +192,7 @@ class _Gate(asyncio.Protocol):
         factory: Callable[[float], asyncio.BaseProtocol],
         silent_s: float = 0.0,
         reason: str = "",
+        farewell: bytes = b"",
     ) -> None:
         self._admission = admission
         self._factory = factory
@@ -189,6 +202,7 @@ class _Gate(asyncio.Protocol):
         self._opened = 0.0
         self._silent_s = silent_s
         self._reason = reason  # the timeout a silent connection is counted as
+        self._farewell = farewell  # what it is sent before it is closed
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -216,6 +230,8 @@ class _Gate(asyncio.Protocol):
             self._transport = None
             self._admission.silent -= 1
             self._admission.timed_out(self._reason)
+            if self._farewell:
+                transport.write(self._farewell)
             transport.close()
 
     def connection_lost(self, exc) -> None:

@@ -6,8 +6,17 @@ and connections opened in one burst expired in one burst: thousands of closes in
 turn, hundreds of ms during which no order was read. The wheel holds each deadline in a
 slot of `RESOLUTION_S` (insertion O(1), nothing to cancel: a callback that is no longer
 wanted is dropped by its owner), wakes the loop only while something is due, and runs at
-most `BATCH` callbacks per loop turn, yielding to I/O between batches, so an expiry wave
-is spread over turns instead of stalling them.
+most `BATCH` callbacks per `PACE_S`, so an expiry wave is spread over time instead of
+stalling the loop.
+
+Pacing by time, not only by loop turn (session 7): with a batch per turn, the 10,000 idle
+connections a flood opened in one burst still expired together (a few hundred ms of turns
+carrying 256 closes each), and the flood's reconnects came back as one storm 2 s later (an
+accept storm the loop drains in one go): the order session's ack p99 rose from 7-17 ms to
+100-220 ms in exactly those seconds of `loom bench connections`. At `BATCH` per `PACE_S`
+(6,400 a second) such a wave takes ~1.6 s, the closes and the reconnects that follow them
+are spread alike, and a deadline fires at most that much late (they are seconds long: a
+login within 10 s).
 
     wheel = deadline_wheel()            # the running loop's
     wheel.add(loop.time() + 10.0, check)   # check() runs within RESOLUTION_S after that
@@ -20,8 +29,9 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-RESOLUTION_S = 0.25  # a deadline fires up to this late (deadlines here are seconds long)
-BATCH = 256  # callbacks per loop turn: an expiry wave yields to I/O between batches
+RESOLUTION_S = 0.25  # a deadline fires up to this late, plus its wave's pacing (seconds-long deadlines)
+BATCH = 64  # callbacks per drain: an expiry wave yields to I/O between batches
+PACE_S = 0.01  # between drains of a wave: the wave's share of the loop is bounded
 
 _WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineWheel] = weakref.WeakKeyDictionary()
 
@@ -30,11 +40,16 @@ class DeadlineWheel:
     """Deadlines of one loop, in slots of `resolution` seconds; see the module docstring."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, resolution: float = RESOLUTION_S, batch: int = BATCH
+        self,
+        loop: asyncio.AbstractEventLoop,
+        resolution: float = RESOLUTION_S,
+        batch: int = BATCH,
+        pace: float = PACE_S,
     ) -> None:
         self._loop = loop
         self._resolution = resolution
         self._batch = batch
+        self._pace = pace
         self._slots: dict[int, list[Callable[[], None]]] = {}
         self._next = 0  # the first slot not yet swept
         self._due: deque[Callable[[], None]] = deque()  # expired, waiting for their batch
@@ -86,7 +101,7 @@ class DeadlineWheel:
             callback()
         if due:
             self._draining = True
-            self._loop.call_soon(self._drain)  # the rest after this turn's I/O
+            self._loop.call_later(self._pace, self._drain)  # the rest later, I/O meanwhile
             return
         self._draining = False
         if self._slots and self._timer is None:

@@ -196,8 +196,9 @@ class BinarySession(asyncio.Protocol):
     """One connection. Where it is in its life is `state` (engine/gateways/binary/states.py),
     moved only by `_move`; a frame its state does not allow is answered from `_refused`."""
 
-    def __init__(self, config: _Config, sessions: set) -> None:
+    def __init__(self, config: _Config, sessions: set, opened: float | None = None) -> None:
         self._cfg = config
+        self._opened = opened  # time.monotonic() at connect, when built after it (lazily)
         self._service = config.service
         self._sessions = sessions
         self._loop = asyncio.get_running_loop()
@@ -323,8 +324,10 @@ class BinarySession(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self._sessions.add(self)
         cfg = self._cfg
+        # The Login deadline counts from the connect, not from the first bytes.
+        waited = 0.0 if self._opened is None else time.monotonic() - self._opened
         self._watch = IdleWatch(
-            cfg.login_s,
+            max(0.0, cfg.login_s - waited),
             cfg.idle_s,
             lambda: self.account is not None,
             lambda: self._flight.count > 0 or self._reading_paused,
@@ -527,7 +530,7 @@ class BinarySession(asyncio.Protocol):
         if self.state is CLOSED:
             return
         if reason == LOGIN_TIMEOUT:
-            frame = p.encode_error(p.ErrorCode.LOGIN_TIMEOUT, f"no Login within {self._cfg.login_s:g} s")
+            frame = _login_timeout_frame(self._cfg.login_s)
         else:
             frame = p.encode_error(
                 p.ErrorCode.IDLE_TIMEOUT, f"nothing received for {self._cfg.idle_s:g} s; send Heartbeats"
@@ -555,6 +558,11 @@ class BinarySession(asyncio.Protocol):
 
 
 # -- server ----------------------------------------------------------------------------------
+
+
+def _login_timeout_frame(login_s: float) -> bytes:
+    return p.encode_error(p.ErrorCode.LOGIN_TIMEOUT, f"no Login within {login_s:g} s")
+
 
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.Server, set[BinarySession]] = weakref.WeakKeyDictionary()
 
@@ -584,9 +592,16 @@ async def start_binary_server(
     config = _Config(
         service, router, accounts, rate, burst, max_in_flight, max_output, clock, login_s, idle_s, admission
     )
-    factory = lambda: BinarySession(config, sessions)  # noqa: E731
     if admission is not None:
-        factory = admission.gate(factory)
+        # Built on the first bytes (issue 13): a flood's silent socket costs no session, only
+        # its gate and a slot on the deadline wheel, and is told its Login timed out as a
+        # session would tell it.
+        timed_out = _login_timeout_frame(login_s)
+        factory = admission.lazy_gate(
+            lambda opened: BinarySession(config, sessions, opened), login_s, farewell=timed_out
+        )
+    else:
+        factory = lambda: BinarySession(config, sessions)  # noqa: E731
     server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
     limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
