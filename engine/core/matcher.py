@@ -236,14 +236,16 @@ class MatchingEngine:
         returned. Takes the replay prefixes of `decode_for_replay` as well."""
         kind = type(cmd)
         c: Any = cmd  # typed by its branch, as in `_apply_other`
+        seq = c.seq
         # While risk watches every command (open notional, throttles: risk_watch.py), all
-        # of them go through `apply`, whose one hook keeps those figures.
-        if c.seq > self.last_seq and not self.risk_watch:
-            if kind is NewOrder or kind is ReplayNewOrder:
-                self.last_seq = c.seq
+        # of them go through `apply`, whose one hook keeps those figures. The replay
+        # prefixes first: a file journal's replay reads nothing else.
+        if seq > self.last_seq and not self.risk_watch:
+            if kind is ReplayNewOrder or kind is NewOrder:
+                self.last_seq = seq
                 return self._new_order(c, None)
-            if kind is Cancel or kind is ReplayCancel:
-                self.last_seq = c.seq
+            if kind is ReplayCancel or kind is Cancel:
+                self.last_seq = seq
                 return self._cancel(c, None)
         # The rest (and a stale seq, which `apply` refuses) builds its few events.
         if kind is ReplayNewOrder or kind is ReplayCancel:
@@ -257,8 +259,9 @@ class MatchingEngine:
         to `events`, or nowhere when it is None (replay: it throws them away);
         returns how many there were."""
         symbol = cmd.symbol
-        market = self.markets.get(symbol)
-        if market is None:
+        try:  # a subscript, cheaper than a `get` call; an unknown symbol is rare
+            market = self.markets[symbol]
+        except KeyError:
             return self._reject_new(cmd, R.UNKNOWN_SYMBOL, events)
         side = cmd.side
         qty = cmd.qty
@@ -781,8 +784,10 @@ class MatchingEngine:
                 return 1
             oid = order.order_id
             acct = self.accounts[order.account]
+            del acct.open[oid]
         else:
-            order = acct.open.get(oid)
+            # Found and taken off the account's index in one probe.
+            order = acct.open.pop(oid, None)
             if order is None:
                 if events is not None:
                     events += self._reject_target(cmd, REQ_CANCEL, R.UNKNOWN_ORDER)
@@ -798,7 +803,6 @@ class MatchingEngine:
         level.qty -= leaves
         if not orders:
             side.drop_level(price)
-        del acct.open[oid]
         reserved = order.reserved
         if reserved:
             money = market.money
