@@ -277,3 +277,25 @@ def test_full_commands_take_the_same_paths_as_their_replay_prefixes():
     counts = [SilentReplayer(engine).apply(cmds) for engine, cmds in batches]
     assert counts[0] == counts[1] > len(full)
     assert state_hash(engines[0]) == state_hash(engines[1]) == workload.state_hash
+
+
+@pytest.mark.parametrize("for_replay", [True, False])
+def test_resting_orders_share_their_symbol_and_account_strings(for_replay):
+    """Each decoded command brings fresh copies of its symbol and account; a resting order
+    keeps the market's and the account's one string instead (a deep book would otherwise
+    hold two strings per order), whether it came through replay or `apply`."""
+    workload = generate(2_000, seed=5)
+    engine = make_engine()
+    wire = from_the_wire(workload.commands, for_replay)
+    if for_replay:
+        SilentReplayer(engine).apply(wire)
+    else:
+        for cmd in wire:
+            engine.apply(cmd)
+    assert state_hash(engine) == workload.state_hash
+    (book,) = engine.books.values()
+    resting = [o for acct in engine.accounts.values() for o in acct.open.values()]
+    assert len(resting) > 100
+    for order in resting:
+        assert order.symbol is book.symbol
+        assert order.account is engine.accounts[order.account].name

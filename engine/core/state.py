@@ -181,7 +181,7 @@ def restore_state(state: EngineState) -> MatchingEngine:
     ledger.fees.update(state.fees)
     engine.configure_markets()
     for acct_state in state.accounts:
-        acct = engine.accounts[acct_state.account] = AccountOrders()
+        acct = engine.accounts[acct_state.account] = AccountOrders(acct_state.account)
         acct.by_clid.update(acct_state.client_order_ids)
     # The decoder gives every order its own copy of its account, symbol, price and client
     # order id (also a key of by_clid): share one object per value instead, as orders that
@@ -199,7 +199,7 @@ def restore_state(state: EngineState) -> MatchingEngine:
                 account = accounts.get(order.account)
                 if account is None:
                     account = accounts[order.account] = order.account
-                    engine.accounts[account] = AccountOrders()
+                    engine.accounts[account] = AccountOrders(account)
                 order.account = account
                 engine.accounts[account].open[order.order_id] = order
     for acct_state in state.accounts:
