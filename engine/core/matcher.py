@@ -54,7 +54,7 @@ from engine.core.events import (
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
-from engine.core.settlement import Money, available, balance, release, settle
+from engine.core.settlement import Money, available, balance, release, settle, taker_funds
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -307,7 +307,13 @@ class MatchingEngine:
                 reason = self._position_problem(account, symbol, money, qty, 0)
                 if reason:
                     return self._reject_new(cmd, reason, events)
-            need = money.reservation(side, limit, qty)
+            if side == BUY:  # Money.reservation, inlined: the per-lot figure is cached by price
+                per_lot = money.buy_lots.get(limit)
+                if per_lot is None:
+                    per_lot = money.buy_per_lot(limit)
+                need = qty // market.lot * per_lot
+            else:
+                need = qty * money.contract_size
             held = self.balances.get(account)
             funds = held.get(money.assets[side]) if held is not None else None
             if need and (funds is None or need > funds.total - funds.held):
@@ -608,6 +614,7 @@ class MatchingEngine:
         With `money` (credit checks on, an instrument with assets) each trade settles."""
         remaining = qty
         maker_fee = taker_fee = 0
+        funds: tuple[Balance, Balance] | None = None  # the taker's (quote, base), at its first fill
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
@@ -640,7 +647,9 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:
-                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, account, is_buy)
+                    if funds is None:
+                        funds = taker_funds(self.balances, money, account)
+                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, funds, is_buy)
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves

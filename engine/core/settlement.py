@@ -43,7 +43,7 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
-        "assets", "_per_lot", "fee_balance",
+        "assets", "buy_lots", "fee_balance",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -60,7 +60,7 @@ class Money:
         # is cheaper on the order path than a call.
         self.assets = ("", inst.quote, inst.base)
         # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
-        self._per_lot: dict[int, int] = {}
+        self.buy_lots: dict[int, int] = {}
         # The fee account's balance in the quote asset, found at the first fee (derived: a
         # new Money is made whenever the fee account or the assets change).
         self.fee_balance: Balance | None = None
@@ -78,17 +78,24 @@ class Money:
 
     def reservation(self, side: int, price: int, qty: int) -> int:
         """What an order of `qty` reserves: base for a sell; for a buy at `price`, per lot,
-        the lot's quote amount and its largest fee (0 for a buy without a price)."""
+        the lot's quote amount and its largest fee (0 for a buy without a price).
+        The matcher's new-order path inlines it (a call is a quarter of its cost there)."""
         if side != BUY:
             return qty * self.contract_size
-        reserve = self._per_lot.get(price)
+        reserve = self.buy_lots.get(price)
         if reserve is None:
-            amount = self.amount(price, self.lot)
-            reserve = amount + fee(amount, self.reserve_bps)
-            if len(self._per_lot) >= MAX_CACHED_PRICES:
-                self._per_lot.clear()
-            self._per_lot[price] = reserve
+            reserve = self.buy_per_lot(price)
         return qty // self.lot * reserve
+
+    def buy_per_lot(self, price: int) -> int:
+        """A buy's reservation per lot at `price`: the lot's quote amount and its largest
+        fee, cached in `buy_lots` (bounded)."""
+        amount = self.amount(price, self.lot)
+        reserve = amount + fee(amount, self.reserve_bps)
+        if len(self.buy_lots) >= MAX_CACHED_PRICES:
+            self.buy_lots.clear()
+        self.buy_lots[price] = reserve
+        return reserve
 
 
 def balance(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> Balance:
@@ -113,71 +120,76 @@ def release(balances: dict[str, dict[str, Balance]], money: Money, order: Restin
     order.reserved = 0
 
 
+def taker_funds(balances: dict[str, dict[str, Balance]], money: Money, taker: str) -> tuple[Balance, Balance]:
+    """The incoming order's (quote, base) balances, looked up once per match rather than
+    per fill; either may be its first, created then (as a trade would)."""
+    held = balances.get(taker)
+    if held is None:
+        held = balances[taker] = {}
+    quote = held.get(money.quote)
+    if quote is None:
+        quote = held[money.quote] = Balance()
+    base = held.get(money.base)
+    if base is None:
+        base = held[money.base] = Balance()
+    return quote, base
+
+
 def settle(
     ledger: Ledger,
     money: Money,
     price: int,
     fill: int,
     maker: RestingOrder,
-    taker: str,
+    taker: tuple[Balance, Balance],
     taker_buys: bool,
 ) -> tuple[int, int]:
-    """One trade of `fill` at `price` between a resting maker and an incoming taker:
-    releases the maker's share of its reservation and moves base, quote and both fees.
-    Returns (maker fee, taker fee), in quote units."""
-    balances = ledger.balances
+    """One trade of `fill` at `price` between a resting maker and an incoming taker (its
+    `taker_funds`): releases the maker's share of its reservation and moves base, quote
+    and both fees. Returns (maker fee, taker fee), in quote units."""
     quote = money.quote
     base = money.base
-    den = money.den
-    amount = price * fill * money.num if den == 1 else money.amount(price, fill)
+    amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
     base_amount = fill * money.contract_size
     bps = money.maker_bps
     maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
     bps = money.taker_bps
     taker_fee = -(-amount * bps // BPS) if bps else 0
+    maker_balances = ledger.balances[maker.account]  # it reserved: it has a balance
+    taker_quote, taker_base = taker
     # The maker's share of its reservation, which is linear in lots: what `fill` reserved
-    # (no division of the large reservation by its leaves).
-    if taker_buys:
-        released = base_amount
-    else:
-        released = money._per_lot.get(maker.price, 0) * fill // money.lot  # cached when it rested
+    # (no division of the large reservation by its leaves). The maker's balance in the
+    # asset it receives may be its first: created then.
+    if taker_buys:  # the maker sells: base held and paid, quote received
+        maker.reserved -= base_amount
+        b = maker_balances[base]
+        b.held -= base_amount
+        b.total -= base_amount
+        b = maker_balances.get(quote)
+        if b is None:
+            b = maker_balances[quote] = Balance()
+        b.total += amount - maker_fee
+        taker_quote.total -= amount + taker_fee
+        taker_base.total += base_amount
+    else:  # the maker buys: quote held and paid with its fee, base received
+        released = money.buy_lots.get(maker.price, 0) * fill // money.lot  # cached when it rested
         if not released:
             released = money.reservation(BUY, maker.price, fill)
-    maker.reserved -= released
-    maker_balances = balances[maker.account]  # it reserved: it has a balance
-    taker_balances = balances.get(taker)  # it passed its credit check: it has one too
-    if taker_balances is None:
-        taker_balances = balances[taker] = {}
-    # Either side's balance in the asset it receives may be its first: created then.
-    if taker_buys:
-        buyer_fee, seller_fee = taker_fee, maker_fee
-        buyer, seller = taker_balances, maker_balances
-        maker_balances[base].held -= released
-    else:
-        buyer_fee, seller_fee = maker_fee, taker_fee
-        buyer, seller = maker_balances, taker_balances
-        maker_balances[quote].held -= released
-    b = buyer.get(quote)
-    if b is None:
-        b = buyer[quote] = Balance()
-    b.total -= amount + buyer_fee
-    b = buyer.get(base)
-    if b is None:
-        b = buyer[base] = Balance()
-    b.total += base_amount
-    b = seller.get(base)
-    if b is None:
-        b = seller[base] = Balance()
-    b.total -= base_amount
-    b = seller.get(quote)
-    if b is None:
-        b = seller[quote] = Balance()
-    b.total += amount - seller_fee
+        maker.reserved -= released
+        b = maker_balances[quote]
+        b.held -= released
+        b.total -= amount + maker_fee
+        b = maker_balances.get(base)
+        if b is None:
+            b = maker_balances[base] = Balance()
+        b.total += base_amount
+        taker_base.total -= base_amount
+        taker_quote.total += amount - taker_fee
     fees = maker_fee + taker_fee
     if fees:
         fee_balance = money.fee_balance
         if fee_balance is None:
-            fee_balance = money.fee_balance = balance(balances, ledger.fee_account, quote)
+            fee_balance = money.fee_balance = balance(ledger.balances, ledger.fee_account, quote)
         fee_balance.total += fees
         collected = ledger.fees
         collected[quote] = collected.get(quote, 0) + fees
