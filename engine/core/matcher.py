@@ -388,6 +388,11 @@ class MatchingEngine:
                 why = C.MARKET_PROTECTION if limit and opp.best is not None else C.NO_LIQUIDITY
                 events.append(OrderCancelled(seq, ts, oid, account, symbol, why, remaining, qty - remaining))
         elif tif == GTC:
+            reserved = 0  # what it holds of `funds` (credit checks on): given to the constructor,
+            if funds is not None:  # as a Struct's setattr afterwards costs several times more
+                assert money is not None
+                reserved = need if remaining == qty else money.reservation(side, price, remaining)
+                funds.held += reserved
             order = RestingOrder(
                 oid,
                 account,
@@ -402,13 +407,8 @@ class MatchingEngine:
                 post_only,
                 stp,
                 seq,
+                reserved,
             )
-            if funds is not None:  # money is not None: it reserves what rests
-                assert money is not None
-                order.reserved = reserved = (
-                    need if remaining == qty else money.reservation(side, price, remaining)
-                )
-                funds.held += reserved
             # BookSide.add, inlined: this is the most frequent operation of all.
             level = own.levels.get(price)
             if level is None:
@@ -809,11 +809,10 @@ class MatchingEngine:
             side.drop_level(price)
         del acct.open[oid]
         reserved = order.reserved
-        if reserved:
+        if reserved:  # release(), inlined; the order is dropped, so its `reserved` stays as is
             money = market.money
             assert money is not None, "only an instrument with assets reserves"
-            self.ledger.balances[order.account][money.assets[order.side]].held -= reserved
-            order.reserved = 0
+            self.balances[order.account][money.assets[order.side]].held -= reserved
         if events is not None:
             events.append(
                 OrderCancelled(

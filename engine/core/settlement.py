@@ -161,7 +161,8 @@ def settle(
     # (no division of the large reservation by its leaves). The maker's balance in the
     # asset it receives may be its first: created then.
     if taker_buys:  # the maker sells: base held and paid, quote received
-        maker.reserved -= base_amount
+        if fill != maker.leaves:  # a filled maker leaves the book with its reservation
+            maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
         b = maker_balances[base]
         b.held -= base_amount
         b.total -= base_amount
@@ -172,10 +173,13 @@ def settle(
         taker_quote.total -= amount + taker_fee
         taker_base.total += base_amount
     else:  # the maker buys: quote held and paid with its fee, base received
-        released = money.buy_lots.get(maker.price, 0) * fill // money.lot  # cached when it rested
-        if not released:
-            released = money.reservation(BUY, maker.price, fill)
-        maker.reserved -= released
+        if fill == maker.leaves:  # all it still holds (linear in lots); it leaves the book
+            released = maker.reserved
+        else:
+            released = money.buy_lots.get(maker.price, 0) * fill // money.lot  # cached when it rested
+            if not released:
+                released = money.reservation(BUY, maker.price, fill)
+            maker.reserved -= released
         b = maker_balances[quote]
         b.held -= released
         b.total -= amount + maker_fee
