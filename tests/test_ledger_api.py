@@ -14,9 +14,10 @@ import sys
 import urllib.request
 
 import aiohttp
-from loomproc import REPO, loom_run
+from loomproc import REPO, loom_run, loom_run_process
 from test_accounts_rest import ADMIN, ALICE, ARGS, OPS, call
 from test_accounts_rest import CONFIG as ACCOUNTS_CONFIG
+from waiting import wait_until
 
 BOB = "ledger-bob-key-0000000000"
 PER_ACCOUNT = 3
@@ -290,3 +291,49 @@ def test_a_settled_trade_makes_trade_and_fee_entries_execution_fees_and_the_fees
         assert 'loom_fees_collected_total{asset="USD"} 9750.0' in _metrics(base)
         status, balances = call(base, "GET", "/v1/balances", ALICE)
         assert status == 200, balances
+
+
+def _ledger_when_ready(base: str, key: str, path: str = "/v1/ledger") -> dict:
+    """The ledger page once the node answers it (503 while it reads its history back)."""
+
+    def probe() -> dict | None:
+        status, page = call(base, "GET", path, key)
+        if status == 503:
+            assert page["error"]["code"] == "LEDGER_REBUILDING", page
+            return None
+        assert status == 200, page
+        return page
+
+    return wait_until("the ledger read back", probe, timeout=60)
+
+
+def test_trade_and_fee_entries_survive_a_restart_and_a_kill(tmp_path):
+    """Issue 15: a trader's ledger lists its settled trades' entries after a restart (SIGTERM)
+    and after a SIGKILL, read back from the journal as the order index is: each page equals
+    the one served before, for both traders and the fee account."""
+    fees = "contract_size = 100000000\ntaker_fee_bps = 20\nmaker_fee_bps = -5\n"
+    config = tmp_path / "loom.toml"
+    unbounded = CONFIG.replace(f"ledger_entries_per_account = {PER_ACCOUNT}\n", "")
+    config.write_text('fee_account = "house"\n' + unbounded.replace("contract_size = 100000000\n", fees))
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
+    pages = [(ALICE, "/v1/ledger"), (BOB, "/v1/ledger"), (ADMIN, "/v1/admin/ledger/house")]
+    with loom_run(args, _env()) as base:
+        _transfer(base, "a-usd", "deposit", 20_000_000)
+        _transfer(base, "b-btc", "deposit", 2 * 10**8, account="bob", asset="BTC")
+        for price in (6_500_000, 6_400_000):
+            sell = {"symbol": "BTC-USD", "side": "sell", "type": "limit", "price": price, "qty": 1}
+            status, rested = call(base, "POST", "/v1/orders", BOB, sell)
+            assert status == 201, rested
+            status, bought = call(base, "POST", "/v1/orders", ALICE, dict(sell, side="buy"))
+            assert status == 201 and any(e["type"] == "trade" for e in bought["events"]), bought
+        before = [_ledger_when_ready(base, key, path) for key, path in pages]
+    kinds = [e["kind"] for e in before[0]["entries"]]
+    assert kinds == ["deposit", "trade", "trade", "fee", "trade", "trade", "fee"], kinds
+    assert [e["kind"] for e in before[2]["entries"]] == ["fee", "fee"]
+    with loom_run_process(args, _env()) as (proc, ports):
+        base = f"http://127.0.0.1:{ports['http']}"
+        assert [_ledger_when_ready(base, key, path) for key, path in pages] == before
+        proc.kill()  # SIGKILL: recovery from the journal alone
+        proc.wait(timeout=30)
+    with loom_run(args, _env()) as base:
+        assert [_ledger_when_ready(base, key, path) for key, path in pages] == before
