@@ -54,7 +54,7 @@ from engine.core.events import (
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
-from engine.core.settlement import Money, available, balance, release, settle, taker_funds
+from engine.core.settlement import Money, TradePair, available, balance, funds, release, settle
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -314,8 +314,7 @@ class MatchingEngine:
                 need = qty // market.lot * per_lot
             else:
                 need = qty * money.contract_size
-            held = self.balances.get(account)
-            funds = held.get(money.assets[side]) if held is not None else None
+            funds = (money.pairs.get(account) or money.pair(self.balances, account))[side]
             if need and (funds is None or need > funds.total - funds.held):
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
@@ -614,7 +613,7 @@ class MatchingEngine:
         With `money` (credit checks on, an instrument with assets) each trade settles."""
         remaining = qty
         maker_fee = taker_fee = 0
-        funds: tuple[Balance, Balance] | None = None  # the taker's (quote, base), at its first fill
+        taker: TradePair | None = None  # the incoming order's balances, at its first fill
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
@@ -647,9 +646,9 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:
-                    if funds is None:
-                        funds = taker_funds(self.balances, money, account)
-                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, funds, is_buy)
+                    if taker is None:
+                        taker = funds(self.balances, money, account)
+                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, taker, is_buy)
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves
@@ -812,7 +811,8 @@ class MatchingEngine:
         if reserved:  # release(), inlined; the order is dropped, so its `reserved` stays as is
             money = market.money
             assert money is not None, "only an instrument with assets reserves"
-            self.balances[order.account][money.assets[order.side]].held -= reserved
+            pair = money.pairs.get(order.account) or money.pair(self.balances, order.account)
+            pair[order.side].held -= reserved  # type: ignore[union-attr]  # it reserved: it has one
         if events is not None:
             events.append(
                 OrderCancelled(

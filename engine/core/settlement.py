@@ -31,6 +31,8 @@ from engine.core.domain import Asset, Instrument
 BPS = 10_000
 MAX_CACHED_PRICES = 4_096
 BUY = 1
+Pair = tuple[None, "Balance | None", "Balance | None"]
+TradePair = tuple[None, "Balance", "Balance"]
 
 
 def fee(amount: int, bps: int) -> int:
@@ -43,7 +45,7 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
-        "assets", "buy_lots", "fee_balance",
+        "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -64,6 +66,23 @@ class Money:
         # The fee account's balance in the quote asset, found at the first fee (derived: a
         # new Money is made whenever the fee account or the assets change).
         self.fee_balance: Balance | None = None
+        # account -> (None, quote, base): its two balances, indexed by side (BUY 1: quote,
+        # SELL 2: base), for accounts holding both (derived like the above; a Balance is
+        # never replaced in the ledger): one probe on the order path instead of two.
+        self.pairs: dict[str, TradePair] = {}
+
+    def pair(self, balances: dict[str, dict[str, Balance]], account: str) -> Pair:
+        """The account's (None, quote, base) balances, either None when it has none (then
+        not cached: creating one would change the ledger)."""
+        cached = self.pairs.get(account)
+        if cached is not None:
+            return cached
+        held = balances.get(account) or {}
+        quote, base = held.get(self.quote), held.get(self.base)
+        if quote is not None and base is not None:
+            cached = self.pairs[account] = (None, quote, base)
+            return cached
+        return (None, quote, base)
 
     def amount(self, price: int, qty: int) -> int:
         """`quote_amount(price, qty, contract_size, base_scale)`, from its reduced factor."""
@@ -120,19 +139,22 @@ def release(balances: dict[str, dict[str, Balance]], money: Money, order: Restin
     order.reserved = 0
 
 
-def taker_funds(balances: dict[str, dict[str, Balance]], money: Money, taker: str) -> tuple[Balance, Balance]:
-    """The incoming order's (quote, base) balances, looked up once per match rather than
-    per fill; either may be its first, created then (as a trade would)."""
-    held = balances.get(taker)
-    if held is None:
-        held = balances[taker] = {}
-    quote = held.get(money.quote)
-    if quote is None:
-        quote = held[money.quote] = Balance()
-    base = held.get(money.base)
-    if base is None:
-        base = held[money.base] = Balance()
-    return quote, base
+def funds(balances: dict[str, dict[str, Balance]], money: Money, account: str) -> TradePair:
+    """The account's (None, quote, base) balances for a trade, looked up once per match for
+    the taker; either may be its first, created then (as a trade would)."""
+    pair = money.pairs.get(account)
+    if pair is None:
+        held = balances.get(account)
+        if held is None:
+            held = balances[account] = {}
+        quote = held.get(money.quote)
+        if quote is None:
+            quote = held[money.quote] = Balance()
+        base = held.get(money.base)
+        if base is None:
+            base = held[money.base] = Balance()
+        pair = money.pairs[account] = (None, quote, base)
+    return pair
 
 
 def settle(
@@ -141,35 +163,30 @@ def settle(
     price: int,
     fill: int,
     maker: RestingOrder,
-    taker: tuple[Balance, Balance],
+    taker: TradePair,
     taker_buys: bool,
 ) -> tuple[int, int]:
     """One trade of `fill` at `price` between a resting maker and an incoming taker (its
-    `taker_funds`): releases the maker's share of its reservation and moves base, quote
+    `funds`): releases the maker's share of its reservation and moves base, quote
     and both fees. Returns (maker fee, taker fee), in quote units."""
     quote = money.quote
-    base = money.base
     amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
     base_amount = fill * money.contract_size
     bps = money.maker_bps
     maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
     bps = money.taker_bps
     taker_fee = -(-amount * bps // BPS) if bps else 0
-    maker_balances = ledger.balances[maker.account]  # it reserved: it has a balance
-    taker_quote, taker_base = taker
+    pair = money.pairs.get(maker.account) or funds(ledger.balances, money, maker.account)
+    _, maker_quote, maker_base = pair
+    _, taker_quote, taker_base = taker
     # The maker's share of its reservation, which is linear in lots: what `fill` reserved
-    # (no division of the large reservation by its leaves). The maker's balance in the
-    # asset it receives may be its first: created then.
+    # (no division of the large reservation by its leaves).
     if taker_buys:  # the maker sells: base held and paid, quote received
         if fill != maker.leaves:  # a filled maker leaves the book with its reservation
             maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
-        b = maker_balances[base]
-        b.held -= base_amount
-        b.total -= base_amount
-        b = maker_balances.get(quote)
-        if b is None:
-            b = maker_balances[quote] = Balance()
-        b.total += amount - maker_fee
+        maker_base.held -= base_amount
+        maker_base.total -= base_amount
+        maker_quote.total += amount - maker_fee
         taker_quote.total -= amount + taker_fee
         taker_base.total += base_amount
     else:  # the maker buys: quote held and paid with its fee, base received
@@ -180,13 +197,9 @@ def settle(
             if not released:
                 released = money.reservation(BUY, maker.price, fill)
             maker.reserved -= released
-        b = maker_balances[quote]
-        b.held -= released
-        b.total -= amount + maker_fee
-        b = maker_balances.get(base)
-        if b is None:
-            b = maker_balances[base] = Balance()
-        b.total += base_amount
+        maker_quote.held -= released
+        maker_quote.total -= amount + maker_fee
+        maker_base.total += base_amount
         taker_base.total -= base_amount
         taker_quote.total += amount - taker_fee
     fees = maker_fee + taker_fee
