@@ -251,6 +251,42 @@ def test_a_page_never_splits_one_commands_entries():
     assert [e["seq"] for e in rest["entries"]] == [9] and not rest["has_more"]
 
 
+def test_entries_read_back_go_before_the_new_ones_and_a_trimmed_history_counts_as_evicted():
+    """merge_read_back: the read-back entries (seqs history_from..upto) replace what the index
+    held for them (the seeded transfers), the ones made since stay after them, pages answer
+    Rebuilding until then, and a history that begins after seq 1 answers 410 before it."""
+    import pytest
+
+    from engine.ledger_index import Evicted, LedgerEntry, LedgerIndex, Rebuilding
+
+    def entry(seq: int, kind: str = "trade") -> LedgerEntry:
+        return LedgerEntry(seq, 0, "USD", kind, 1, 1, 0)
+
+    index = LedgerIndex(per_account=4)
+    index.rebuilt = False
+    index._add("alice", entry(3, "deposit"))  # seeded at start
+    index._add("alice", entry(12))  # made after the start (upto 10)
+    with pytest.raises(Rebuilding):
+        index.page("alice", None)
+    read_back = {"history_from": 1, "entries": {"alice": [entry(3, "deposit"), entry(6), entry(8)]}}
+    index.merge_read_back({**read_back, "evicted_through": {}}, upto_seq=10)
+    page = index.page("alice", None)
+    assert [(e["seq"], e["kind"]) for e in page["entries"]] == [
+        (3, "deposit"),
+        (6, "trade"),
+        (8, "trade"),
+        (12, "trade"),
+    ]
+    assert page["evicted_through"] == 0
+
+    trimmed = LedgerIndex(per_account=4)
+    trimmed._add("bob", entry(2, "deposit"))
+    trimmed.merge_read_back({"history_from": 5, "entries": {"bob": [entry(7)]}, "evicted_through": {}}, 10)
+    assert [e["seq"] for e in trimmed.page("bob", None)["entries"]] == [7]
+    with pytest.raises(Evicted):
+        trimmed.page("bob", 0)
+
+
 def test_a_settled_trade_makes_trade_and_fee_entries_execution_fees_and_the_fees_metric(tmp_path):
     """Credit checks on (the default), BTC-USD with a 20 bps taker fee and a 5 bps maker
     rebate: bob rests a sell of 1 BTC at $65,000.00, alice buys it. Both ledgers show the
