@@ -216,7 +216,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
         else None
     )
     ledger = LedgerIndex(cfg.ledger_entries_per_account)
-    ledger.seed(node.engine.ledger)  # the transfers before this start (the core keeps them all)
+    ledger.seed(node.engine.ledger)  # the transfers before this start, until the read-back below
     ledger.engine = lambda: service.node.engine  # settlement entries count back from its totals
     service.add_event_listener(ledger.on_events)  # ledger entries and balances pushes
     service.add_listener(router.on_batch)  # execution reports: every event, in sequence order
@@ -285,6 +285,7 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     spec = SourceSpec(str(cfg.data_dir), tuple(cfg.cluster), cfg.cluster_stream, cfg.node_id)
     lookups = OrderLookups(spec, index, lambda: node.engine)
     lookups.start_rebuild()  # finished orders from before this start, read back in the background
+    lookups.start_ledger_rebuild(ledger)  # and the ledger entries (trades, fees) likewise
     market_data.start_read_back(spec)  # candles from before this start, likewise
     ctx = GatewayContext(
         service,

@@ -18,10 +18,13 @@ settlement), and each account keeps at most `per_account` entries in a deque; ol
 dropped, and a page asked from before the newest dropped one answers 410 (as an evicted
 order id does), never a silently short page.
 
-Survives a restart without reading the journal for transfers: the core keeps every applied
-transfer for its idempotency (`Ledger.transfers`, snapshotted and replayed), so the index is
-seeded from it at start (`seed`). Settlement entries from before a start are not seeded (the
-core keeps no trades): after a restart a page shows them from the start on.
+Survives a restart and a failover: the entries from before a node's start are read back
+from its journal or stream in the lookup worker (engine/ledger_history.py), as the
+finished-order index is, and merged in front of the ones made since (`merge_read_back`).
+Until then a page answers Rebuilding (503): never a page silently missing the history. The
+transfers alone need no journal (the core keeps every applied one, `seed`: all a node
+that has seen no trade reads back); a journal
+trimmed by retention loses the entries before its oldest snapshot (they count as evicted).
 """
 
 from __future__ import annotations
@@ -134,6 +137,10 @@ class Evicted(Exception):
         self.evicted_through = evicted_through
 
 
+class Rebuilding(Exception):
+    """The entries from before this node's start are still being read back."""
+
+
 class LedgerIndex:
     def __init__(self, per_account: int = DEFAULT_PER_ACCOUNT) -> None:
         if per_account < 1:
@@ -145,6 +152,8 @@ class LedgerIndex:
         # The live engine (a getter: a standby's promotion replaces it), for settlement
         # entries; None: transfers only.
         self.engine: Callable[[], MatchingEngine] | None = None
+        # False from the node's start until the entries before it are read back (`merge_read_back`).
+        self.rebuilt = True
 
     def seed(self, ledger: Ledger) -> int:
         """After recovery: the entries of every transfer the core has applied (its held
@@ -155,6 +164,27 @@ class LedgerIndex:
             self._add(r.account, transfer_entry(r.seq, r.ts, r, b.held if b is not None else 0))
             n += 1
         return n
+
+    def merge_read_back(self, read_back: dict, upto_seq: int) -> None:
+        """The entries of seqs `history_from`..`upto_seq` read back from the journal
+        (engine/ledger_history.py) take the place of what the index held for them (the
+        transfers seeded at start); entries made since stay after them. A trimmed history
+        (history_from > 1) counts what came before it as evicted."""
+        history_from = read_back["history_from"]
+        rebuilt: dict[str, list[LedgerEntry]] = read_back["entries"]
+        for account in set(self.entries) | set(rebuilt):
+            held = self.entries.pop(account, ())
+            newer = [e for e in held if e.seq > upto_seq]
+            self.evicted_through[account] = max(
+                self.evicted_through.get(account, 0),
+                read_back["evicted_through"].get(account, 0),
+                history_from - 1,
+            )
+            for entry in [*rebuilt.get(account, ()), *newer]:
+                self._add(account, entry)
+            if not self.evicted_through[account]:
+                del self.evicted_through[account]
+        self.rebuilt = True
 
     def on_events(self, _commands: list, _results: list[list], split: BatchEvents) -> None:
         """A service event listener: the batch's balance events become entries and pushes."""
@@ -220,7 +250,10 @@ class LedgerIndex:
 
     def page(self, account: str, after: int | None, limit: int = DEFAULT_PAGE) -> dict:
         """The account's entries with seq > after (from the oldest held when None), oldest
-        first, at most `limit` plus the rest of the last entry's seq. Raises Evicted."""
+        first, at most `limit` plus the rest of the last entry's seq. Raises Evicted, and
+        Rebuilding until the entries from before this node's start are in."""
+        if not self.rebuilt:
+            raise Rebuilding("this node is still reading its ledger entries back from the journal")
         evicted = self.evicted_through.get(account, 0)
         if after is not None and after < evicted:
             raise Evicted(evicted, self.per_account)

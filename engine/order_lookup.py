@@ -27,6 +27,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.ledger_history import read_back_ledger
+from engine.ledger_index import LedgerIndex
 from engine.order_history import HistorySource, history, history_json, rebuild_index
 from engine.order_index import FinishedOrders
 from engine.procutil import die_with_parent
@@ -90,6 +92,35 @@ def _rebuild(spec: SourceSpec, capacity: int, lo: int, hi: int, upto_seq: int, n
         source.close()
 
 
+def _rebuild_ledger(spec: SourceSpec, per_account: int, upto_seq: int) -> dict:
+    source = open_source(spec)
+    try:
+        return read_back_ledger(source, per_account, upto_seq)
+    finally:
+        source.close()
+
+
+async def _read_back(fn: Callable[..., dict], job: tuple, what: str) -> dict:
+    """fn(*job) in a one-shot worker process, retried until it succeeds (a journal being
+    trimmed under it, a stream not reachable yet)."""
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        attempt += 1
+        pool = spawn_pool()
+        try:
+            return await loop.run_in_executor(pool, fn, *job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            (log.warning if attempt == 1 else log.error)(
+                "lookup: %s failed: %s; retrying in %.0f s", what, exc, REBUILD_RETRY_S
+            )
+        finally:
+            stop_pool(pool)
+        await asyncio.sleep(REBUILD_RETRY_S)
+
+
 def stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """Stop a pool now, its running job too: a long history read must not hold up a drain
     (the interpreter joins pool processes at exit). Python 3.11's executor has no public
@@ -124,6 +155,7 @@ class OrderLookups:
         self.pending = 0
         self._worker: concurrent.futures.ProcessPoolExecutor | None = None
         self._rebuild: asyncio.Task | None = None
+        self._ledger: asyncio.Task | None = None
 
     async def trace(self, order_id: int) -> dict | None:
         """The order's history (history_json) from the worker, or None when the journal
@@ -165,29 +197,33 @@ class OrderLookups:
             loop = asyncio.get_running_loop()
             self._rebuild = loop.create_task(self._run_rebuild(job), name="index-rebuild")
 
+    def start_ledger_rebuild(self, ledger: LedgerIndex) -> None:
+        """Read back the ledger entries from before this node's start (in the background);
+        until they are in, ledger pages answer Rebuilding."""
+        engine = self.engine()
+        upto = engine.last_seq
+        if engine.next_trade_id == 1:
+            return  # no trade before this start: the seeded transfers are every entry there was
+        ledger.rebuilt = False
+        job = (self.spec, ledger.per_account, upto)
+        what = f"reading back the ledger entries up to seq {upto}"
+        self._ledger = asyncio.get_running_loop().create_task(
+            self._run_ledger_rebuild(ledger, job, what), name="ledger-rebuild"
+        )
+
+    async def _run_ledger_rebuild(self, ledger: LedgerIndex, job: tuple, what: str) -> None:
+        read_back = await _read_back(_rebuild_ledger, job, what)
+        upto = job[-1]
+        ledger.merge_read_back(read_back, upto)
+        log.info(
+            "lookup: ledger entries read back up to seq %d (history from seq %d)",
+            upto,
+            read_back["history_from"],
+        )
+
     async def _run_rebuild(self, job: tuple) -> None:
         _spec, _capacity, lo, hi, upto, _names = job
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        while True:
-            attempt += 1
-            pool = spawn_pool()
-            try:
-                exported = await loop.run_in_executor(pool, _rebuild, *job)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                (log.warning if attempt == 1 else log.error)(
-                    "lookup: rebuilding the order index (ids %d..%d) failed: %s; retrying in %.0f s",
-                    lo,
-                    hi - 1,
-                    exc,
-                    REBUILD_RETRY_S,
-                )
-            finally:
-                stop_pool(pool)
-            await asyncio.sleep(REBUILD_RETRY_S)
+        exported = await _read_back(_rebuild, job, f"rebuilding the order index (ids {lo}..{hi - 1})")
         for chunk in exported["chunks"]:
             self.index.merge_chunk(exported, chunk)
             await asyncio.sleep(0)  # one chunk at a time: answers go on in between
@@ -202,10 +238,11 @@ class OrderLookups:
         )
 
     async def close(self) -> None:
-        if self._rebuild is not None:
-            self._rebuild.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._rebuild
+        for task in (self._rebuild, self._ledger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._worker is not None:
             stop_pool(self._worker)
             self._worker = None

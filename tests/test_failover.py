@@ -8,15 +8,18 @@ from __future__ import annotations
 import threading
 
 import pytest
+from money_drill import ASSETS, BOB_KEY, INSTRUMENT_MONEY, TOP, MoneyTrader, accounts_toml, check_money
 from natsproc import assert_stream_is_the_record, unique_stream
 
 from engine.cluster.drill import (
+    ADMIN_KEY,
     TRADER_KEY,
     NodeProcess,
     OrderSender,
     failover_once,
     http,
     in_sync,
+    leader_of,
     wait_for,
 )
 
@@ -70,3 +73,36 @@ def test_sigkill_of_the_leader_loses_no_acknowledged_order(drill, nats_link):
         nats_link, stream, f"loom.{stream.lower()}", b.base, sender.acked
     )
     assert verified["applied_seq"] == journal.last_seq
+
+
+def test_sigkill_of_the_leader_keeps_every_balance(nats_cluster, tmp_path):
+    """The failover drill with money (issue 15): a funded venue (fees, a rebate) traded over
+    REST by two accounts, the leader SIGKILLed mid-flow; on the new leader, read through its
+    API, the balances conserve what was deposited less withdrawn, none is negative, and every
+    acknowledged trade is settled exactly once (tests/money_drill.py)."""
+    stream, _prefix = unique_stream()
+    extra = INSTRUMENT_MONEY + ASSETS + accounts_toml(with_alice=False)
+    nodes = [NodeProcess(n, nats_cluster.urls, tmp_path, stream, extra, settings=TOP) for n in ("a", "b")]
+    trader = MoneyTrader(
+        lambda: [n.base for n in nodes if n.alive()], {"alice": TRADER_KEY, "bob": BOB_KEY}, ADMIN_KEY
+    )
+    thread = threading.Thread(target=trader.run, daemon=True)
+    try:
+        nodes[0].start()
+        wait_for("a to lead", lambda: nodes[0].status().get("role") == "leader", 60)
+        nodes[1].start()
+        wait_for("b to follow a", lambda: in_sync(nodes), 60)
+        trader.fund()
+        thread.start()
+        wait_for("trades before the kill", lambda: len(trader.trades) >= 10, 60)
+        nodes[0].kill()
+        acked = len(trader.trades)
+        wait_for("trades on the new leader", lambda: len(trader.trades) >= acked + 10, 60)
+        trader.stop.set()
+        thread.join(30)
+        assert leader_of(nodes) is nodes[1]
+        print(f"\nmoney after the failover: {check_money(nodes[1].base, trader)}")
+    finally:
+        trader.stop.set()
+        for node in nodes:
+            node.stop()

@@ -14,9 +14,10 @@ import sys
 import urllib.request
 
 import aiohttp
-from loomproc import REPO, loom_run
+from loomproc import REPO, loom_run, loom_run_process
 from test_accounts_rest import ADMIN, ALICE, ARGS, OPS, call
 from test_accounts_rest import CONFIG as ACCOUNTS_CONFIG
+from waiting import wait_until
 
 BOB = "ledger-bob-key-0000000000"
 PER_ACCOUNT = 3
@@ -250,6 +251,42 @@ def test_a_page_never_splits_one_commands_entries():
     assert [e["seq"] for e in rest["entries"]] == [9] and not rest["has_more"]
 
 
+def test_entries_read_back_go_before_the_new_ones_and_a_trimmed_history_counts_as_evicted():
+    """merge_read_back: the read-back entries (seqs history_from..upto) replace what the index
+    held for them (the seeded transfers), the ones made since stay after them, pages answer
+    Rebuilding until then, and a history that begins after seq 1 answers 410 before it."""
+    import pytest
+
+    from engine.ledger_index import Evicted, LedgerEntry, LedgerIndex, Rebuilding
+
+    def entry(seq: int, kind: str = "trade") -> LedgerEntry:
+        return LedgerEntry(seq, 0, "USD", kind, 1, 1, 0)
+
+    index = LedgerIndex(per_account=4)
+    index.rebuilt = False
+    index._add("alice", entry(3, "deposit"))  # seeded at start
+    index._add("alice", entry(12))  # made after the start (upto 10)
+    with pytest.raises(Rebuilding):
+        index.page("alice", None)
+    read_back = {"history_from": 1, "entries": {"alice": [entry(3, "deposit"), entry(6), entry(8)]}}
+    index.merge_read_back({**read_back, "evicted_through": {}}, upto_seq=10)
+    page = index.page("alice", None)
+    assert [(e["seq"], e["kind"]) for e in page["entries"]] == [
+        (3, "deposit"),
+        (6, "trade"),
+        (8, "trade"),
+        (12, "trade"),
+    ]
+    assert page["evicted_through"] == 0
+
+    trimmed = LedgerIndex(per_account=4)
+    trimmed._add("bob", entry(2, "deposit"))
+    trimmed.merge_read_back({"history_from": 5, "entries": {"bob": [entry(7)]}, "evicted_through": {}}, 10)
+    assert [e["seq"] for e in trimmed.page("bob", None)["entries"]] == [7]
+    with pytest.raises(Evicted):
+        trimmed.page("bob", 0)
+
+
 def test_a_settled_trade_makes_trade_and_fee_entries_execution_fees_and_the_fees_metric(tmp_path):
     """Credit checks on (the default), BTC-USD with a 20 bps taker fee and a 5 bps maker
     rebate: bob rests a sell of 1 BTC at $65,000.00, alice buys it. Both ledgers show the
@@ -290,3 +327,49 @@ def test_a_settled_trade_makes_trade_and_fee_entries_execution_fees_and_the_fees
         assert 'loom_fees_collected_total{asset="USD"} 9750.0' in _metrics(base)
         status, balances = call(base, "GET", "/v1/balances", ALICE)
         assert status == 200, balances
+
+
+def _ledger_when_ready(base: str, key: str, path: str = "/v1/ledger") -> dict:
+    """The ledger page once the node answers it (503 while it reads its history back)."""
+
+    def probe() -> dict | None:
+        status, page = call(base, "GET", path, key)
+        if status == 503:
+            assert page["error"]["code"] == "LEDGER_REBUILDING", page
+            return None
+        assert status == 200, page
+        return page
+
+    return wait_until("the ledger read back", probe, timeout=60)
+
+
+def test_trade_and_fee_entries_survive_a_restart_and_a_kill(tmp_path):
+    """Issue 15: a trader's ledger lists its settled trades' entries after a restart (SIGTERM)
+    and after a SIGKILL, read back from the journal as the order index is: each page equals
+    the one served before, for both traders and the fee account."""
+    fees = "contract_size = 100000000\ntaker_fee_bps = 20\nmaker_fee_bps = -5\n"
+    config = tmp_path / "loom.toml"
+    unbounded = CONFIG.replace(f"ledger_entries_per_account = {PER_ACCOUNT}\n", "")
+    config.write_text('fee_account = "house"\n' + unbounded.replace("contract_size = 100000000\n", fees))
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "data"), *ARGS]
+    pages = [(ALICE, "/v1/ledger"), (BOB, "/v1/ledger"), (ADMIN, "/v1/admin/ledger/house")]
+    with loom_run(args, _env()) as base:
+        _transfer(base, "a-usd", "deposit", 20_000_000)
+        _transfer(base, "b-btc", "deposit", 2 * 10**8, account="bob", asset="BTC")
+        for price in (6_500_000, 6_400_000):
+            sell = {"symbol": "BTC-USD", "side": "sell", "type": "limit", "price": price, "qty": 1}
+            status, rested = call(base, "POST", "/v1/orders", BOB, sell)
+            assert status == 201, rested
+            status, bought = call(base, "POST", "/v1/orders", ALICE, dict(sell, side="buy"))
+            assert status == 201 and any(e["type"] == "trade" for e in bought["events"]), bought
+        before = [_ledger_when_ready(base, key, path) for key, path in pages]
+    kinds = [e["kind"] for e in before[0]["entries"]]
+    assert kinds == ["deposit", "trade", "trade", "fee", "trade", "trade", "fee"], kinds
+    assert [e["kind"] for e in before[2]["entries"]] == ["fee", "fee"]
+    with loom_run_process(args, _env()) as (proc, ports):
+        base = f"http://127.0.0.1:{ports['http']}"
+        assert [_ledger_when_ready(base, key, path) for key, path in pages] == before
+        proc.kill()  # SIGKILL: recovery from the journal alone
+        proc.wait(timeout=30)
+    with loom_run(args, _env()) as base:
+        assert [_ledger_when_ready(base, key, path) for key, path in pages] == before

@@ -54,7 +54,7 @@ from engine.core.events import (
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
-from engine.core.settlement import Money, available, balance, release, settle
+from engine.core.settlement import Money, TradePair, available, balance, funds, release, settle
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -316,9 +316,14 @@ class MatchingEngine:
                 reason = self._position_problem(account, symbol, money, qty, 0)
                 if reason:
                     return self._reject_new(cmd, reason, events)
-            need = money.reservation(side, limit, qty)
-            held = self.balances.get(account)
-            funds = held.get(money.assets[side]) if held is not None else None
+            if side == BUY:  # Money.reservation, inlined: the per-lot figure is cached by price
+                per_lot = money.buy_lots.get(limit)
+                if per_lot is None:
+                    per_lot = money.buy_per_lot(limit)
+                need = qty // market.lot * per_lot
+            else:
+                need = qty * money.contract_size
+            funds = (money.pairs.get(account) or money.pair(self.balances, account))[side]
             if need and (funds is None or need > funds.total - funds.held):
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
@@ -393,6 +398,11 @@ class MatchingEngine:
                 why = C.MARKET_PROTECTION if limit and opp.best is not None else C.NO_LIQUIDITY
                 events.append(OrderCancelled(seq, ts, oid, account, symbol, why, remaining, qty - remaining))
         elif tif == GTC:
+            reserved = 0  # what it holds of `funds` (credit checks on): given to the constructor,
+            if funds is not None:  # as a Struct's setattr afterwards costs several times more
+                assert money is not None
+                reserved = need if remaining == qty else money.reservation(side, price, remaining)
+                funds.held += reserved
             order = RestingOrder(
                 oid,
                 account,
@@ -407,13 +417,8 @@ class MatchingEngine:
                 post_only,
                 stp,
                 seq,
+                reserved,
             )
-            if funds is not None:  # money is not None: it reserves what rests
-                assert money is not None
-                order.reserved = reserved = (
-                    need if remaining == qty else money.reservation(side, price, remaining)
-                )
-                funds.held += reserved
             # BookSide.add, inlined: this is the most frequent operation of all.
             level = own.levels.get(price)
             if level is None:
@@ -619,6 +624,7 @@ class MatchingEngine:
         With `money` (credit checks on, an instrument with assets) each trade settles."""
         remaining = qty
         maker_fee = taker_fee = 0
+        taker: TradePair | None = None  # the incoming order's balances, at its first fill
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
@@ -651,7 +657,9 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:
-                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, account, is_buy)
+                    if taker is None:
+                        taker = funds(self.balances, money, account)
+                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, taker, is_buy)
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves
@@ -812,11 +820,11 @@ class MatchingEngine:
         if not orders:
             side.drop_level(price)
         reserved = order.reserved
-        if reserved:
+        if reserved:  # release(), inlined; the order is dropped, so its `reserved` stays as is
             money = market.money
             assert money is not None, "only an instrument with assets reserves"
-            self.ledger.balances[order.account][money.assets[order.side]].held -= reserved
-            order.reserved = 0
+            pair = money.pairs.get(order.account) or money.pair(self.balances, order.account)
+            pair[order.side].held -= reserved  # type: ignore[union-attr]  # it reserved: it has one
         if events is not None:
             events.append(
                 OrderCancelled(

@@ -31,6 +31,8 @@ from engine.core.domain import Asset, Instrument
 BPS = 10_000
 MAX_CACHED_PRICES = 4_096
 BUY = 1
+Pair = tuple[None, "Balance | None", "Balance | None"]
+TradePair = tuple[None, "Balance", "Balance"]
 
 
 def fee(amount: int, bps: int) -> int:
@@ -43,7 +45,7 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
-        "assets", "_per_lot", "fee_balance",
+        "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -60,10 +62,27 @@ class Money:
         # is cheaper on the order path than a call.
         self.assets = ("", inst.quote, inst.base)
         # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
-        self._per_lot: dict[int, int] = {}
+        self.buy_lots: dict[int, int] = {}
         # The fee account's balance in the quote asset, found at the first fee (derived: a
         # new Money is made whenever the fee account or the assets change).
         self.fee_balance: Balance | None = None
+        # account -> (None, quote, base): its two balances, indexed by side (BUY 1: quote,
+        # SELL 2: base), for accounts holding both (derived like the above; a Balance is
+        # never replaced in the ledger): one probe on the order path instead of two.
+        self.pairs: dict[str, TradePair] = {}
+
+    def pair(self, balances: dict[str, dict[str, Balance]], account: str) -> Pair:
+        """The account's (None, quote, base) balances, either None when it has none (then
+        not cached: creating one would change the ledger)."""
+        cached = self.pairs.get(account)
+        if cached is not None:
+            return cached
+        held = balances.get(account) or {}
+        quote, base = held.get(self.quote), held.get(self.base)
+        if quote is not None and base is not None:
+            cached = self.pairs[account] = (None, quote, base)
+            return cached
+        return (None, quote, base)
 
     def amount(self, price: int, qty: int) -> int:
         """`quote_amount(price, qty, contract_size, base_scale)`, from its reduced factor."""
@@ -78,17 +97,24 @@ class Money:
 
     def reservation(self, side: int, price: int, qty: int) -> int:
         """What an order of `qty` reserves: base for a sell; for a buy at `price`, per lot,
-        the lot's quote amount and its largest fee (0 for a buy without a price)."""
+        the lot's quote amount and its largest fee (0 for a buy without a price).
+        The matcher's new-order path inlines it (a call is a quarter of its cost there)."""
         if side != BUY:
             return qty * self.contract_size
-        reserve = self._per_lot.get(price)
+        reserve = self.buy_lots.get(price)
         if reserve is None:
-            amount = self.amount(price, self.lot)
-            reserve = amount + fee(amount, self.reserve_bps)
-            if len(self._per_lot) >= MAX_CACHED_PRICES:
-                self._per_lot.clear()
-            self._per_lot[price] = reserve
+            reserve = self.buy_per_lot(price)
         return qty // self.lot * reserve
+
+    def buy_per_lot(self, price: int) -> int:
+        """A buy's reservation per lot at `price`: the lot's quote amount and its largest
+        fee, cached in `buy_lots` (bounded)."""
+        amount = self.amount(price, self.lot)
+        reserve = amount + fee(amount, self.reserve_bps)
+        if len(self.buy_lots) >= MAX_CACHED_PRICES:
+            self.buy_lots.clear()
+        self.buy_lots[price] = reserve
+        return reserve
 
 
 def balance(balances: dict[str, dict[str, Balance]], account: str, asset: str) -> Balance:
@@ -113,71 +139,74 @@ def release(balances: dict[str, dict[str, Balance]], money: Money, order: Restin
     order.reserved = 0
 
 
+def funds(balances: dict[str, dict[str, Balance]], money: Money, account: str) -> TradePair:
+    """The account's (None, quote, base) balances for a trade, looked up once per match for
+    the taker; either may be its first, created then (as a trade would)."""
+    pair = money.pairs.get(account)
+    if pair is None:
+        held = balances.get(account)
+        if held is None:
+            held = balances[account] = {}
+        quote = held.get(money.quote)
+        if quote is None:
+            quote = held[money.quote] = Balance()
+        base = held.get(money.base)
+        if base is None:
+            base = held[money.base] = Balance()
+        pair = money.pairs[account] = (None, quote, base)
+    return pair
+
+
 def settle(
     ledger: Ledger,
     money: Money,
     price: int,
     fill: int,
     maker: RestingOrder,
-    taker: str,
+    taker: TradePair,
     taker_buys: bool,
 ) -> tuple[int, int]:
-    """One trade of `fill` at `price` between a resting maker and an incoming taker:
-    releases the maker's share of its reservation and moves base, quote and both fees.
-    Returns (maker fee, taker fee), in quote units."""
-    balances = ledger.balances
+    """One trade of `fill` at `price` between a resting maker and an incoming taker (its
+    `funds`): releases the maker's share of its reservation and moves base, quote
+    and both fees. Returns (maker fee, taker fee), in quote units."""
     quote = money.quote
-    base = money.base
-    den = money.den
-    amount = price * fill * money.num if den == 1 else money.amount(price, fill)
+    amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
     base_amount = fill * money.contract_size
     bps = money.maker_bps
     maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
     bps = money.taker_bps
     taker_fee = -(-amount * bps // BPS) if bps else 0
+    pair = money.pairs.get(maker.account) or funds(ledger.balances, money, maker.account)
+    _, maker_quote, maker_base = pair
+    _, taker_quote, taker_base = taker
     # The maker's share of its reservation, which is linear in lots: what `fill` reserved
     # (no division of the large reservation by its leaves).
-    if taker_buys:
-        released = base_amount
-    else:
-        released = money._per_lot.get(maker.price, 0) * fill // money.lot  # cached when it rested
-        if not released:
-            released = money.reservation(BUY, maker.price, fill)
-    maker.reserved -= released
-    maker_balances = balances[maker.account]  # it reserved: it has a balance
-    taker_balances = balances.get(taker)  # it passed its credit check: it has one too
-    if taker_balances is None:
-        taker_balances = balances[taker] = {}
-    # Either side's balance in the asset it receives may be its first: created then.
-    if taker_buys:
-        buyer_fee, seller_fee = taker_fee, maker_fee
-        buyer, seller = taker_balances, maker_balances
-        maker_balances[base].held -= released
-    else:
-        buyer_fee, seller_fee = maker_fee, taker_fee
-        buyer, seller = maker_balances, taker_balances
-        maker_balances[quote].held -= released
-    b = buyer.get(quote)
-    if b is None:
-        b = buyer[quote] = Balance()
-    b.total -= amount + buyer_fee
-    b = buyer.get(base)
-    if b is None:
-        b = buyer[base] = Balance()
-    b.total += base_amount
-    b = seller.get(base)
-    if b is None:
-        b = seller[base] = Balance()
-    b.total -= base_amount
-    b = seller.get(quote)
-    if b is None:
-        b = seller[quote] = Balance()
-    b.total += amount - seller_fee
+    if taker_buys:  # the maker sells: base held and paid, quote received
+        if fill != maker.leaves:  # a filled maker leaves the book with its reservation
+            maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
+        maker_base.held -= base_amount
+        maker_base.total -= base_amount
+        maker_quote.total += amount - maker_fee
+        taker_quote.total -= amount + taker_fee
+        taker_base.total += base_amount
+    else:  # the maker buys: quote held and paid with its fee, base received
+        if fill == maker.leaves:  # all it still holds (linear in lots); it leaves the book
+            released = maker.reserved
+        else:
+            released = money.buy_lots.get(maker.price, 0) * fill // money.lot  # cached when it rested
+            if not released:
+                released = money.reservation(BUY, maker.price, fill)
+            maker.reserved -= released
+        maker_quote.held -= released
+        maker_quote.total -= amount + maker_fee
+        maker_base.total += base_amount
+        taker_base.total -= base_amount
+        taker_quote.total += amount - taker_fee
     fees = maker_fee + taker_fee
     if fees:
         fee_balance = money.fee_balance
         if fee_balance is None:
-            fee_balance = money.fee_balance = balance(balances, ledger.fee_account, quote)
+            fee_balance = money.fee_balance = balance(ledger.balances, ledger.fee_account, quote)
         fee_balance.total += fees
         collected = ledger.fees
         collected[quote] = collected.get(quote, 0) + fees

@@ -258,7 +258,12 @@ _LEDGER_ERRORS = {
         _ERROR,
         "LEDGER_EVICTED: `after` is older than the entries held (the newest ledger_entries_per_account, "
         "default 1,000, per account); error.evicted_through is the lowest `after` answered",
-    )
+    ),
+    "503": _json(
+        _ERROR,
+        "LEDGER_REBUILDING: the node started moments ago and is still reading the entries from "
+        "before its start back from the journal or stream; retry after Retry-After",
+    ),
 }
 _BALANCES = {
     "type": "object",

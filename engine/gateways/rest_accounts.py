@@ -27,7 +27,7 @@ from engine.gateways.http_auth import admin_action, admin_view, trading_account
 from engine.gateways.http_context import CTX
 from engine.gateways.http_requests import decode_body, int_query
 from engine.gateways.rest_orders import submit
-from engine.ledger_index import DEFAULT_PAGE, MAX_PAGE, Evicted
+from engine.ledger_index import DEFAULT_PAGE, MAX_PAGE, Evicted, Rebuilding
 
 KINDS = {k.name.lower(): int(k) for k in TransferKind}
 ADMIN = "admin"  # requested_by of a transfer made with the admin key (there is one)
@@ -76,6 +76,8 @@ def ledger_page(request: web.Request, account: str) -> web.Response:
         return ok(request.app[CTX].ledger.page(account, after if after >= 0 else None, limit))
     except Evicted as exc:
         return error(410, "LEDGER_EVICTED", str(exc), evicted_through=exc.evicted_through)
+    except Rebuilding as exc:
+        return error(503, "LEDGER_REBUILDING", f"{exc}: retry after Retry-After")
 
 
 async def get_own_ledger(request: web.Request) -> web.Response:
