@@ -72,10 +72,12 @@ class FixDriver:
         connections: int = 1,
         hold: bool = False,
         comp_ids: list[str] | None = None,
+        account: str | None = None,
     ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
         self.comp_ids = comp_ids  # SenderCompIDs bound to the account (more than 16 sessions)
+        self.account = account  # the key's account (default: a load account's)
         self.conns: list[_FixConnection] = []
         self.on_ack = None
         self._next = 0
@@ -84,7 +86,7 @@ class FixDriver:
         from engine.load.spawn import LOAD_ACCOUNTS
 
         self.on_ack = on_ack
-        account = LOAD_ACCOUNTS.get(self.api_key, "load-a")
+        account = self.account or LOAD_ACCOUNTS.get(self.api_key, "load-a")
         loop = asyncio.get_running_loop()
         for i in range(self.n):
             comp = self.comp_ids[i] if self.comp_ids else f"LOAD{i}-{int(time.time() * 1000) % 10**8}"

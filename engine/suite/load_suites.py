@@ -13,6 +13,8 @@ from engine.load.runner import MID, LoadOrder
 from engine.load.spawn import LOAD_ADMIN_KEY
 from engine.suite.mixed import (
     check_against_journal,
+    client_accounts,
+    client_sessions,
     run_mixed,
     run_sync,
     spawned_suite_node,
@@ -50,15 +52,19 @@ def run_concurrency(orders: int = 100_000, sessions: int = 1_000, rate: float = 
     """`orders` orders at `rate`/s from `sessions` sessions spread over REST, WebSocket, FIX
     and binary; every ack checked against the journal."""
     split = split_sessions(sessions)
-    with spawned_suite_node(split) as info:
+    clients, accounts = client_sessions(split), client_accounts(sessions)
+    with spawned_suite_node(clients, accounts) as info:
         started = time.monotonic()
-        report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=60))
+        report, history, by_protocol = run_sync(
+            run_mixed(info, clients, orders, rate, drain_s=60, accounts=accounts)
+        )
         seconds = time.monotonic() - started
         checked = check_against_journal(history, info["data_dir"])
     return {
         "suite": "concurrency",
         "orders": orders,
         "sessions": dict(split),
+        "accounts": len(accounts),  # one per session: independent clients
         "offered_rate": round(rate),
         "achieved_rate": report["achieved_rate"],
         "answered_by_protocol": by_protocol,
@@ -73,15 +79,19 @@ def run_stress(orders: int = 200_000, sessions: int = 64) -> dict:
     """`orders` orders offered at once (as fast as the clients can write them) over mixed
     sessions: throughput, latency and what admission control refused; never a silent drop."""
     split = split_sessions(sessions)
+    clients, accounts = client_sessions(split), client_accounts(sessions)
     rate = 10_000_000.0  # the whole burst is due at once: the clients send as fast as they can
-    with spawned_suite_node(split) as info:
-        report, history, by_protocol = run_sync(run_mixed(info, split, orders, rate, drain_s=180))
+    with spawned_suite_node(clients, accounts) as info:
+        report, history, by_protocol = run_sync(
+            run_mixed(info, clients, orders, rate, drain_s=180, accounts=accounts)
+        )
         checked = check_against_journal(history, info["data_dir"])
     accounted = _accounted(report, checked)
     return {
         "suite": "stress",
         "orders": orders,
         "sessions": dict(split),
+        "accounts": len(accounts),
         "throughput_per_s": report["achieved_rate"],  # journaled (acked or rejected) per second
         "answers_per_s": round(report["sent"] / report["duration_s"]) if report["duration_s"] else 0,
         "seconds": report["duration_s"],
