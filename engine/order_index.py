@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -93,10 +94,14 @@ _LONG = 255  # the length byte of a client order id kept in memory
 
 
 class _FileSlots:
-    """The ring in a file, read and written with pread/pwrite: the finished orders of the
-    window (1M by default) sit in the kernel's page cache, which it may write out and drop,
-    not in the node's heap. The file is scratch: it is recreated at every start, and the
-    index of the orders finished before the start is read back from the journal as before."""
+    """The ring in a file: the finished orders of the window (1M by default) sit in the
+    kernel's page cache, which it may write out and drop, not in the node's heap. The file is
+    scratch: recreated at every start; the orders finished before the start are read back
+    from the journal as before. Each slot's order id stays in memory (8 bytes a slot, fixed:
+    no read to find a slot's owner or to miss), and records are written behind in sorted
+    runs of up to WRITE_BEHIND: a pwrite per finished order cost ~40 us on the order path."""
+
+    WRITE_BEHIND = 4096
 
     def __init__(self, slots: int, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,44 +109,67 @@ class _FileSlots:
         self.slots = slots
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
         os.ftruncate(self.fd, slots * FILE_SLOT.size)  # sparse: unwritten slots read as zeros
-        self.touched = bytearray((slots + CHUNK - 1) // CHUNK)  # chunks written to at all
+        self.oids = array("q", bytes(8 * slots))  # the order id each slot holds (0: none)
+        self.pending: dict[int, bytes] = {}  # slot -> its slot bytes, not written yet
         self.long_clids: dict[int, str] = {}  # slot -> a client order id too long for the field
 
     def close(self) -> None:
         if self.fd >= 0:
+            self.flush()
             os.close(self.fd)
             self.fd = -1
 
-    def held(self, slot: int) -> int:
-        if not self.touched[slot // CHUNK]:
-            return 0
-        return _OID.unpack(os.pread(self.fd, _OID.size, slot * FILE_SLOT.size))[0]
+    def flush(self) -> None:
+        """Write the pending slots, one pwrite per run of consecutive slots."""
+        pending, self.pending = self.pending, {}
+        run: list[bytes] = []
+        start = prev = -2
+        for slot in sorted(pending):
+            if slot != prev + 1 and run:
+                os.pwrite(self.fd, b"".join(run), start * FILE_SLOT.size)
+                run = []
+            if not run:
+                start = slot
+            run.append(pending[slot])
+            prev = slot
+        if run:
+            os.pwrite(self.fd, b"".join(run), start * FILE_SLOT.size)
 
-    def put(self, slot: int, record: bytes, clid: str) -> None:
+    def held(self, slot: int) -> int:
+        return self.oids[slot]
+
+    def _slot_bytes(self, slot: int, record: bytes, clid: str) -> bytes:
         raw = clid.encode()
         if len(raw) > _FILE_CLID:
             self.long_clids[slot] = clid
-            raw, n = b"", _LONG
-        else:
-            n = len(raw)
-            if self.long_clids:
-                self.long_clids.pop(slot, None)
-        self.touched[slot // CHUNK] = 1
-        os.pwrite(self.fd, record + bytes((n,)) + raw.ljust(_FILE_CLID, b"\0"), slot * FILE_SLOT.size)
+            return record + bytes((_LONG,)) + bytes(_FILE_CLID)
+        if self.long_clids:
+            self.long_clids.pop(slot, None)
+        return record + bytes((len(raw),)) + raw.ljust(_FILE_CLID, b"\0")
+
+    def put(self, slot: int, record: bytes, clid: str) -> None:
+        self.oids[slot] = _OID.unpack_from(record)[0]
+        self.pending[slot] = self._slot_bytes(slot, record, clid)
+        if len(self.pending) >= self.WRITE_BEHIND:
+            self.flush()
 
     def _decode(self, slot: int, fields: tuple) -> tuple[tuple, str]:
         *rec, n, raw = fields
         return tuple(rec), (self.long_clids.get(slot, "") if n == _LONG else raw[:n].decode())
 
     def get(self, slot: int) -> tuple[tuple, str] | None:
-        if not self.touched[slot // CHUNK]:
+        if not self.oids[slot]:
             return None
-        return self._decode(slot, FILE_SLOT.unpack(os.pread(self.fd, FILE_SLOT.size, slot * FILE_SLOT.size)))
+        data = self.pending.get(slot) or os.pread(self.fd, FILE_SLOT.size, slot * FILE_SLOT.size)
+        return self._decode(slot, FILE_SLOT.unpack(data))
 
     def export(self) -> list[tuple[int, bytes, list[str]]]:
+        self.flush()
         out = []
-        for c in (c for c, t in enumerate(self.touched) if t):
+        for c in range((self.slots + CHUNK - 1) // CHUNK):
             n = min(CHUNK, self.slots - c * CHUNK)
+            if not any(self.oids[c * CHUNK : c * CHUNK + n]):
+                continue
             data = os.pread(self.fd, n * FILE_SLOT.size, c * CHUNK * FILE_SLOT.size)
             records, clids = bytearray(RECORD.size * CHUNK), [""] * CHUNK
             for i, fields in enumerate(FILE_SLOT.iter_unpack(data)):
@@ -151,22 +179,18 @@ class _FileSlots:
         return out
 
     def adopt(self, c: int, data: bytes, clids: list[str]) -> bool:
-        """Write a whole chunk (one pwrite) when nothing was written there yet."""
-        if self.touched[c]:
-            return False
+        """Write a whole chunk (one pwrite) when none of its slots holds an order yet."""
         base = c * CHUNK
         n = min(CHUNK, self.slots - base)
+        if any(self.oids[base : base + n]):
+            return False
         out = bytearray(n * FILE_SLOT.size)
         for i, rec in enumerate(RECORD.iter_unpack(data[: n * RECORD.size])):
-            raw = clids[i].encode()
-            if len(raw) > _FILE_CLID:
-                self.long_clids[base + i] = clids[i]
-                raw, length = b"", _LONG
-            else:
-                length = len(raw)
-            FILE_SLOT.pack_into(out, i * FILE_SLOT.size, *rec, length, raw)
+            out[i * FILE_SLOT.size : (i + 1) * FILE_SLOT.size] = self._slot_bytes(
+                base + i, RECORD.pack(*rec), clids[i]
+            )
+            self.oids[base + i] = rec[0]
         os.pwrite(self.fd, out, base * FILE_SLOT.size)
-        self.touched[c] = 1
         return True
 
 
