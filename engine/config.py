@@ -95,8 +95,8 @@ class Config:
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
     # Where the compact records of those finished orders live: "file" (a scratch file in the
-    # data dir, read with pread: the page cache, not the heap; ~141 bytes an order on disk) or
-    # "memory" (~140 bytes of heap an order once the window fills: 140 MB at the default).
+    # data dir, read with pread: the page cache, not the heap; ~141 bytes an order on disk,
+    # 8 of heap a slot) or "memory" (~140 bytes of heap an order once the window fills).
     lookup_index: str = "file"
     # GET /v1/ledger keeps each account's newest this many entries; older pages answer 410.
     ledger_entries_per_account: int = 1000
