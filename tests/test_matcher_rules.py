@@ -526,8 +526,9 @@ def test_client_order_id_stays_taken_after_order_is_gone(ex):
 
 @pytest.fixture
 def window5(monkeypatch):
-    """A client order id window of 5 orders (the rule's constant, made small)."""
+    """A client order id window of 5 orders, pruned every 2 (the rule's constants, made small)."""
     monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_WINDOW", 5)
+    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)
 
 
 def test_client_order_id_of_a_finished_order_is_free_again_past_the_window(ex, window5):
@@ -566,12 +567,12 @@ def test_client_order_id_of_an_open_order_stays_taken_past_the_window(ex, window
 
 def test_client_order_id_table_stays_bounded_and_pruning_never_changes_the_state_hash(ex, window5):
     """The table grew by every order ever accepted (issue 16's soak: 185 MB in 3 minutes).
-    Now it holds at most 1.5 windows' worth of finished orders' ids, and a node restored from
+    Now it holds a window and a pass's worth of finished orders' ids, and a node restored from
     a snapshot (no dead ids) hashes and decides exactly like the live one (dead ids held)."""
     keep = ex.place("a", BUY, 50, 10, clid="keep")
     for i in range(40):
         ex.buy("a", 100, 10, clid=f"i{i}", tif=IOC)  # finished at once: nothing rests
-        assert len(ex.engine.accounts["a"].by_clid) <= 5 + 5 // 2 + 1  # window, half a window, "keep"
+        assert len(ex.engine.accounts["a"].by_clid) <= 5 + 2 + 1  # the window, a pass's worth, "keep"
         restored = restore_state(decode_state(encode_state(export_state(ex.engine))))
         assert state_hash(restored) == state_hash(ex.engine)
     assert ex.engine.accounts["a"].live_clid("keep", ex.engine.next_order_id) == keep
@@ -581,6 +582,18 @@ def test_client_order_id_table_stays_bounded_and_pruning_never_changes_the_state
             twin.buy("a", 100, 10, clid=clid, tif=IOC)
         )
     assert state_hash(twin.engine) == state_hash(ex.engine)
+
+
+def test_a_deep_book_of_old_orders_keeps_its_ids_and_never_stops_the_pruning(ex, window5):
+    """Each pass looks at a bounded slice (4 passes' worth: 8 ids here); open orders' ids move
+    back, so resting orders older than the window neither lose their ids nor pin the dead ones."""
+    resting = [ex.place("a", BUY, 50, 10, clid=f"r{i}") for i in range(30)]
+    for i in range(200):
+        ex.buy("a", 100, 10, clid=f"i{i}", tif=IOC)
+        assert len(ex.engine.accounts["a"].by_clid) <= 30 + 5 + 8 + 2
+    acct = ex.engine.accounts["a"]
+    assert all(acct.live_clid(f"r{i}", ex.engine.next_order_id) == oid for i, oid in enumerate(resting))
+    assert_rejected(ex.buy("a", 50, 10, clid="r0"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
 
 
 def test_empty_client_order_id_may_repeat(ex):
