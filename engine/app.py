@@ -124,6 +124,8 @@ class RunningExchange:
         await self.market_data.close()
         if self.shipper is not None:
             self.shipper.close()
+        if self.order_store.index is not None:
+            self.order_store.index.close()
         try:
             if self.node.engine.last_seq > self.node.last_snapshot_seq:
                 written = self.node.take_snapshot()
@@ -200,7 +202,8 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     service = ExchangeService(
         node, observer=MetricsObserver(metrics), max_queued_commands=cfg.max_queued_commands
     )
-    index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id)
+    index_file = cfg.data_dir / "lookup" / "finished-orders" if cfg.lookup_index == "file" else None
+    index = FinishedOrders(cfg.lookup_window_orders, lambda: node.engine.next_order_id, index_file)
     order_store = OrderStore(index=index)
     order_store.seed_open_orders(node.engine)  # orders that survived a restart stay queryable
     order_store.derive_trace_id = node.derived_trace_id

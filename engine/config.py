@@ -19,6 +19,7 @@ DEMO_KEYS = {f"demo-{name}-key-000000": name for name in ("alice", "bob", "carol
 DEMO_ADMIN_KEY = "demo-admin-key-000000"
 DEMO_OPS_KEYS = {"demo-ops-key-000000000": "ops"}  # read-only: dashboards and on-call
 JOURNAL_RETENTION = ("keep", "archive", "delete")  # engine/journal/retention.py POLICIES
+LOOKUP_INDEXES = ("file", "memory")  # engine/order_index.py
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,10 @@ class Config:
     # Order lookup (GET /v1/orders/{id}, by client order id) answers for the newest this many
     # order ids, finished ones too, across restarts and failovers; older ids answer 410.
     lookup_window_orders: int = 1_000_000
+    # Where the compact records of those finished orders live: "file" (a scratch file in the
+    # data dir, read with pread: the page cache, not the heap; ~141 bytes an order on disk,
+    # 8 of heap a slot) or "memory" (~140 bytes of heap an order once the window fills).
+    lookup_index: str = "file"
     # GET /v1/ledger keeps each account's newest this many entries; older pages answer 410.
     ledger_entries_per_account: int = 1000
     # Surveillance (engine/surveillance_desk.py): off the order path in a worker thread that
@@ -145,6 +150,7 @@ _ENV = {
     "LOOM_JOURNAL_RETENTION": ("journal_retention", str),
     "LOOM_SNAPSHOT_WRITER": ("snapshot_writer", str),
     "LOOM_LOOKUP_WINDOW_ORDERS": ("lookup_window_orders", int),
+    "LOOM_LOOKUP_INDEX": ("lookup_index", str),
     "LOOM_LEDGER_ENTRIES_PER_ACCOUNT": ("ledger_entries_per_account", int),
     "LOOM_SURVEILLANCE": ("surveillance", boolean),
     "LOOM_SURVEILLANCE_CPU_SHARE": ("surveillance_cpu_share", float),
@@ -211,6 +217,8 @@ def load_config(path: str | None, env: dict[str, str] | None = None, **overrides
         raise ConfigError("environment must not be empty (it names the deployment in spans)")
     if cfg.lookup_window_orders < 1:
         raise ConfigError(f"lookup_window_orders must be at least 1, not {cfg.lookup_window_orders}")
+    if cfg.lookup_index not in LOOKUP_INDEXES:
+        raise ConfigError(f"lookup_index {cfg.lookup_index!r} is not one of {', '.join(LOOKUP_INDEXES)}")
     if cfg.ledger_entries_per_account < 1:
         n = cfg.ledger_entries_per_account
         raise ConfigError(f"ledger_entries_per_account must be at least 1, not {n}")
@@ -302,6 +310,7 @@ FILE_SETTINGS: dict[str, type] = {
     "lease_ttl": float,
     "journal_retention": str,
     "lookup_window_orders": int,
+    "lookup_index": str,
     "ledger_entries_per_account": int,
     "surveillance": bool,
     "surveillance_cpu_share": float,

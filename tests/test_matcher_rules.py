@@ -34,6 +34,7 @@ from conftest import (
     resting,
 )
 
+from engine.core import matcher
 from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.core.domain import CancelReason, RejectReason, RequestKind
 from engine.core.events import OrderAmended
@@ -521,6 +522,78 @@ def test_client_order_id_stays_taken_after_order_is_gone(ex):
     assert_rejected(ex.buy("a", 100, 10, clid="x"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
     ex.buy("a", 100, 10, clid="ioc", tif=IOC)  # cancelled immediately, but was accepted
     assert_rejected(ex.buy("a", 100, 10, clid="ioc"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
+
+
+@pytest.fixture
+def window5(monkeypatch):
+    """A client order id window of 5 orders, pruned every 2 (the rule's constants, made small)."""
+    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_WINDOW", 5)
+    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)
+
+
+def test_client_order_id_of_a_finished_order_is_free_again_past_the_window(ex, window5):
+    oid = ex.place("a", BUY, 100, 10, clid="x")
+    ex.cancel("a", oid)
+    for _ in range(3):  # still within the newest 5 order ids: taken
+        ex.place("a", BUY, 90, 10)
+        assert_rejected(
+            ex.buy("a", 100, 10, clid="x"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW
+        )
+    ex.place("a", BUY, 90, 10)
+    ex.place("a", BUY, 90, 10)  # the order named "x" is now 6 orders back
+    # A cancel by that client id no longer finds it, and the id may name a new order.
+    assert_rejected(ex.cancel("a", client_order_id="x"), RejectReason.UNKNOWN_ORDER, RequestKind.CANCEL)
+    events = ex.buy("a", 100, 10, clid="x")
+    assert kinds(events) == ["OrderAccepted"] and events[0].order_id != oid
+    assert_rejected(ex.buy("a", 100, 10, clid="x"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
+    assert kinds(ex.cancel("a", client_order_id="x")) == ["OrderCancelled"]
+
+
+def test_client_order_id_of_an_open_order_stays_taken_past_the_window(ex, window5):
+    ex.place("a", BUY, 100, 10, clid="x")
+    ex.amend("a", client_order_id="x", new_client_order_id="y")
+    for _ in range(12):
+        ex.place("a", BUY, 90, 10)
+    for clid in ("x", "y"):  # the old client id of an amended open order too
+        assert_rejected(
+            ex.buy("a", 100, 10, clid=clid), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW
+        )
+    assert_rejected(
+        ex.amend("a", client_order_id="y", new_qty=20, new_client_order_id="x"),
+        RejectReason.DUPLICATE_CLIENT_ORDER_ID,
+        RequestKind.AMEND,
+    )
+
+
+def test_client_order_id_table_stays_bounded_and_pruning_never_changes_the_state_hash(ex, window5):
+    """The table grew by every order ever accepted (issue 16's soak: 185 MB in 3 minutes).
+    Now it holds a window and a pass's worth of finished orders' ids, and a node restored from
+    a snapshot (no dead ids) hashes and decides exactly like the live one (dead ids held)."""
+    keep = ex.place("a", BUY, 50, 10, clid="keep")
+    for i in range(40):
+        ex.buy("a", 100, 10, clid=f"i{i}", tif=IOC)  # finished at once: nothing rests
+        assert len(ex.engine.accounts["a"].by_clid) <= 5 + 2 + 1  # the window, a pass's worth, "keep"
+        restored = restore_state(decode_state(encode_state(export_state(ex.engine))))
+        assert state_hash(restored) == state_hash(ex.engine)
+    assert ex.engine.accounts["a"].live_clid("keep", ex.engine.next_order_id) == keep
+    twin = Exchange(engine=restore_state(decode_state(encode_state(export_state(ex.engine)))))
+    for clid in ("keep", "i39", "i30", "i0", "i1"):
+        assert kinds(ex.buy("a", 100, 10, clid=clid, tif=IOC)) == kinds(
+            twin.buy("a", 100, 10, clid=clid, tif=IOC)
+        )
+    assert state_hash(twin.engine) == state_hash(ex.engine)
+
+
+def test_a_deep_book_of_old_orders_keeps_its_ids_and_never_stops_the_pruning(ex, window5):
+    """Each pass looks at a bounded slice (4 passes' worth: 8 ids here); open orders' ids move
+    back, so resting orders older than the window neither lose their ids nor pin the dead ones."""
+    resting = [ex.place("a", BUY, 50, 10, clid=f"r{i}") for i in range(30)]
+    for i in range(200):
+        ex.buy("a", 100, 10, clid=f"i{i}", tif=IOC)
+        assert len(ex.engine.accounts["a"].by_clid) <= 30 + 5 + 8 + 2
+    acct = ex.engine.accounts["a"]
+    assert all(acct.live_clid(f"r{i}", ex.engine.next_order_id) == oid for i, oid in enumerate(resting))
+    assert_rejected(ex.buy("a", 50, 10, clid="r0"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
 
 
 def test_empty_client_order_id_may_repeat(ex):

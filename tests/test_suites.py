@@ -13,7 +13,7 @@ import pytest
 
 from engine.load.runner import LoadRun
 from engine.suite.load_suites import bounded_order
-from engine.suite.mixed import split_sessions
+from engine.suite.mixed import client_accounts, client_sessions, mixed_driver, split_sessions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,7 @@ def _every_order_accounted(r: dict) -> None:
 def test_concurrency_answers_every_order_over_every_protocol_and_matches_the_journal():
     r = suite("concurrency", "--orders", "2000", "--sessions", "40", "--rate", "500")
     assert r["sent"] == 2000 and r["sessions"] == {"rest": 10, "ws": 10, "fix": 10, "binary": 10}
+    assert r["accounts"] == 40
     assert r["answered_by_protocol"] == {"rest": 500, "ws": 500, "fix": 500, "binary": 500}
     _every_order_accounted(r)
     assert r["acked"] > 0 and r["passed"] is True
@@ -92,6 +93,20 @@ def test_sessions_are_spread_over_the_protocols():
         split_sessions(3)
 
 
+def test_each_client_session_has_an_account_of_its_own():
+    """The full-size concurrency run failed (30 journaled orders/s, REST answers lost) with 1,000
+    sessions on two accounts: the node reports every event of an account to each of its
+    sessions, so each order made ~250 FIX execution reports. Clients are independent now."""
+    clients = client_sessions(split_sessions(10))
+    assert clients == [(p, 1) for p in ("rest", "ws", "fix", "binary")] * 2 + [("rest", 1), ("ws", 1)]
+    accounts = client_accounts(len(clients))
+    driver, who = mixed_driver(
+        "127.0.0.1", {"http": 1, "fix": 2, "binary": 3}, clients, LoadRun.new(), accounts
+    )
+    assert len(driver.drivers) == 10 and len({account for _, account in who}) == 10
+    assert [protocol for protocol, _ in who] == [p for p, _ in clients]
+
+
 def test_the_soak_flow_keeps_the_book_bounded():
     """In order, each IOC sell takes its pair's buy and any leftover: at most one buy rests."""
     run = LoadRun.new().prefix
@@ -100,3 +115,25 @@ def test_the_soak_flow_keeps_the_book_bounded():
         o = bounded_order(run, i)
         resting = resting + o.qty if o.tif == "gtc" else max(0, resting - o.qty)
         assert resting <= 50
+
+
+def test_the_soak_sampler_outlives_a_metrics_scrape_that_fails():
+    """A /metrics scrape that timed out on a saturated node killed the sampler thread: the
+    later windows read RSS 0 and the soak reported a negative growth as the target met."""
+    import os
+    import socket
+    import time
+
+    from engine.suite.load_suites import _bucket_p99_ms, _Sampler
+
+    with socket.socket() as s:  # a port nothing listens on: every scrape fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sampler = _Sampler(os.getpid(), f"http://127.0.0.1:{port}", window_s=1.0)
+    sampler.start()
+    time.sleep(3.5)
+    sampler.stop.set()
+    sampler.join()
+    assert sampler.is_alive() is False and sampler.scrape_failures >= 3
+    assert len(sampler.rss) >= 3 and all(mb > 0 for _, mb in sampler.rss)
+    assert all(gc == {} for gc in sampler.gc) and _bucket_p99_ms({}, {}) is None

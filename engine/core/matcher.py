@@ -70,6 +70,14 @@ STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
 _VALID_TIF = frozenset((GTC, IOC, FOK))
 VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
 MAX_CLIENT_ORDER_ID_LEN = 64
+# A client order id stays taken while its order is open and while the order is among the
+# venue's newest CLIENT_ORDER_ID_WINDOW order ids: long enough for a client to resend or look
+# up an order after a lost answer or a failover (seconds at this node's peak of ~10,000
+# orders/s, hours at hundreds a second), short enough that the table stays bounded (it kept
+# every id ever accepted: ~130 bytes each, most of a 3-minute soak's 185 MB of growth). A rule
+# of the core, not a setting: a replay must decide every duplicate as the live node did.
+CLIENT_ORDER_ID_WINDOW = 100_000
+CLIENT_ORDER_ID_PRUNE_EVERY = 1024  # orders between two passes over the ids that left it
 
 R = RejectReason
 C = CancelReason
@@ -122,8 +130,10 @@ class SequenceError(RuntimeError):
 
 
 class AccountOrders:
-    """Per-account index: open orders by id, and every client order id ever accepted
-    (duplicate detection, so a client may resend safely after a failover). `name` is the
+    """Per-account index: open orders by id, and the client order ids accepted (duplicate
+    detection, so a client may resend safely after a failover). `by_clid` may still hold ids
+    past their window (pruned every CLIENT_ORDER_ID_PRUNE_EVERY orders): every reader asks
+    `live_clid`, so what it holds physically never changes an answer. `name` is the
     account's one string object, which its resting orders share (see `Market.symbol`)."""
 
     __slots__ = ("name", "open", "by_clid")
@@ -132,6 +142,44 @@ class AccountOrders:
         self.name = name
         self.open: dict[int, RestingOrder] = {}
         self.by_clid: dict[str, int] = {}
+
+    def live_clid(self, clid: str, next_order_id: int) -> int | None:
+        """The order id a client order id still names, else None (never used, or its order
+        finished and left the window)."""
+        oid = self.by_clid.get(clid)
+        if oid is None or oid in self.open or oid >= next_order_id - CLIENT_ORDER_ID_WINDOW:
+            return oid
+        return None
+
+    def live_clids(self, next_order_id: int) -> dict[str, int]:
+        """Every client order id still taken (in the dict's order)."""
+        lo = next_order_id - CLIENT_ORDER_ID_WINDOW
+        open_ = self.open
+        return {c: o for c, o in self.by_clid.items() if o >= lo or o in open_}
+
+    def prune_clids(self, next_order_id: int) -> None:
+        """Drop the ids at the front of the table that left the window: the table is in
+        registration order, nearly order id order, so a pass stops at the first id still in
+        the window and costs only what left it since the last pass. An open order's ids move
+        to the back, to be looked at again a window later. A pass looks at most at four
+        passes' worth of ids, so a deep book's old orders move back a slice at a time (a
+        rebuild of the whole table paused the order path ~50 ms at 150,000 ids, ~1 s with
+        800,000 resting orders)."""
+        lo = next_order_id - CLIENT_ORDER_ID_WINDOW
+        open_ = self.open
+        by_clid = self.by_clid
+        dead: list[str] = []
+        still_open: list[str] = []
+        budget = 4 * CLIENT_ORDER_ID_PRUNE_EVERY
+        for clid, oid in by_clid.items():
+            if oid >= lo or not budget:
+                break
+            budget -= 1
+            (still_open if oid in open_ else dead).append(clid)
+        for clid in dead:
+            del by_clid[clid]
+        for clid in still_open:
+            by_clid[clid] = by_clid.pop(clid)
 
 
 class Market:
@@ -333,8 +381,11 @@ class MatchingEngine:
         if acct is not None:
             account = acct.name
             if clid:
-                if acct.by_clid.setdefault(clid, oid) != oid:
-                    return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID, events)
+                prior = acct.by_clid.setdefault(clid, oid)
+                if prior != oid:
+                    if acct.live_clid(clid, oid) is not None:
+                        return self._reject_new(cmd, R.DUPLICATE_CLIENT_ORDER_ID, events)
+                    acct.by_clid[clid] = oid  # its old order left the window: the id is free again
                 registered = True
 
         if side == BUY:
@@ -357,6 +408,8 @@ class MatchingEngine:
             if clid:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
+        if not oid % CLIENT_ORDER_ID_PRUNE_EVERY:
+            self._prune_clids()
         seq = cmd.seq
         ts = 0
         if events is not None:
@@ -747,6 +800,13 @@ class MatchingEngine:
                 )
             )
 
+    def _prune_clids(self) -> None:
+        """Every CLIENT_ORDER_ID_PRUNE_EVERY orders: forget the client order ids that left
+        their window since (a few dict operations an order, in passes of ~1,000 ids)."""
+        next_oid = self.next_order_id
+        for acct in self.accounts.values():
+            acct.prune_clids(next_oid)
+
     # -- cancel, amend, cancel-all -------------------------------------------------------
 
     def _find_open(self, cmd: Cancel | ReplayCancel | Amend) -> tuple[RestingOrder | None, int]:
@@ -759,7 +819,7 @@ class MatchingEngine:
             clid = cmd.client_order_id
             if not clid:
                 return None, R.UNKNOWN_ORDER
-            found = acct.by_clid.get(clid)
+            found = acct.live_clid(clid, self.next_order_id)
             if found is None:
                 return None, R.UNKNOWN_ORDER
             oid = found
@@ -890,7 +950,11 @@ class MatchingEngine:
             reason = R.AMEND_QUANTITY_NOT_ABOVE_FILLED
         elif new_clid and len(new_clid) > MAX_CLIENT_ORDER_ID_LEN:
             reason = R.INVALID_CLIENT_ORDER_ID
-        elif new_clid and new_clid != order.client_order_id and new_clid in acct.by_clid:
+        elif (
+            new_clid
+            and new_clid != order.client_order_id
+            and acct.live_clid(new_clid, self.next_order_id) is not None
+        ):
             reason = R.DUPLICATE_CLIENT_ORDER_ID
         elif (
             new_qty == order.qty

@@ -26,9 +26,11 @@ from engine.core.throttles import Throttle
 # trail and settlement (each resting order's reservation, the fee account and the fees
 # collected). Older states restore with those empty: their fields are trailing ones with
 # defaults (`upcast`); a version 3 state holds no reservations (credit checks were not
-# enforced then), which is what its defaults say.
-STATE_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+# enforced then), which is what its defaults say. 5: the client order ids still taken, by
+# order id (CLIENT_ORDER_ID_WINDOW), not every one ever accepted in acceptance order: an older
+# state restores whole (the ids past their window are then pruned like any others).
+STATE_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
 
 
 class BookState(msgspec.Struct, array_like=True):
@@ -39,7 +41,7 @@ class BookState(msgspec.Struct, array_like=True):
 
 class AccountState(msgspec.Struct, array_like=True):
     account: str
-    client_order_ids: list[tuple[str, int]]  # in acceptance order
+    client_order_ids: list[tuple[str, int]]  # by order id (version 4 and older: in acceptance order)
 
 
 class RiskLimitsEntry(msgspec.Struct, array_like=True):
@@ -89,6 +91,16 @@ class EngineState(msgspec.Struct, array_like=True):
     fees: list[tuple[str, int]] = []
 
 
+def _live_clids(acct: AccountOrders, next_order_id: int) -> list[tuple[str, int]]:
+    """The client order ids still taken, by order id: not the dict's history, which differs
+    between a node that pruned and one restored from a snapshot (engine/core/matcher.py)."""
+    return sorted(acct.live_clids(next_order_id).items(), key=_by_order_id)
+
+
+def _by_order_id(entry: tuple[str, int]) -> tuple[int, str]:
+    return entry[1], entry[0]
+
+
 def export_state(engine: MatchingEngine) -> EngineState:
     books = []
     for symbol in sorted(engine.books):
@@ -100,7 +112,9 @@ def export_state(engine: MatchingEngine) -> EngineState:
                 [o for level in book.asks.iter_levels() for o in level.orders.values()],
             )
         )
-    accounts = [AccountState(name, list(acct.by_clid.items())) for name, acct in engine.accounts.items()]
+    accounts = [
+        AccountState(name, _live_clids(acct, engine.next_order_id)) for name, acct in engine.accounts.items()
+    ]
     return EngineState(
         STATE_VERSION,
         engine.last_seq,

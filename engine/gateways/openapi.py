@@ -552,8 +552,9 @@ OPENAPI: dict = {
         "/v1/orders/by-client-id/{client_order_id}": {
             "get": {
                 "summary": (
-                    "The order a client order id named (the venue keeps every account's client order "
-                    "ids), answered like GET /v1/orders/{order_id}: the lookup after a lost answer"
+                    "The order a client order id named (taken while the order is open or among the "
+                    "venue's newest 100,000 orders), answered like GET /v1/orders/{order_id}: the "
+                    "lookup after a lost answer"
                 ),
                 "parameters": [
                     {"name": "client_order_id", "in": "path", "required": True, "schema": {"type": "string"}},

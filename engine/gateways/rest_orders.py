@@ -136,14 +136,15 @@ async def get_order(request: web.Request) -> web.Response:
 
 
 async def get_order_by_client_id(request: web.Request) -> web.Response:
-    """The order a client order id named: the engine keeps every account's client order
-    ids for the venue's life (duplicate detection), so this resolves old ids too. Client
-    order ids are per account: an ops key names it (`?account=`)."""
+    """The order a client order id named: the engine keeps an account's client order ids
+    while their orders are open or among the newest CLIENT_ORDER_ID_WINDOW (duplicate
+    detection), so this resolves finished orders too. Client order ids are per account: an
+    ops key names it (`?account=`)."""
     account = reader(request) or named_account(request)
     ctx = request.app[CTX]
     clid = request.match_info["client_order_id"]
     acct = ctx.engine.accounts.get(account)
-    oid = acct.by_clid.get(clid) if acct is not None else None
+    oid = acct.live_clid(clid, ctx.engine.next_order_id) if acct is not None else None
     if oid is None:
         held = ctx.service.node.unresolved
         if held is not None and held.holds_order(account, clid):

@@ -73,11 +73,13 @@ class FixDriver:
         hold: bool = False,
         comp_ids: list[str] | None = None,
         max_in_flight: int = 0,
+        account: str | None = None,
     ) -> None:
         self.host, self.port, self.api_key, self.n = host, port, api_key, connections
         self.hold = hold
         self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
         self.comp_ids = comp_ids  # SenderCompIDs bound to the account (more than 16 sessions)
+        self.account = account  # the key's account (default: a load account's)
         self.conns: list[_FixConnection] = []
         self.on_ack = None
         self._next = 0
@@ -86,7 +88,7 @@ class FixDriver:
         from engine.load.spawn import LOAD_ACCOUNTS
 
         self.on_ack = on_ack
-        account = LOAD_ACCOUNTS.get(self.api_key, "load-a")
+        account = self.account or LOAD_ACCOUNTS.get(self.api_key, "load-a")
         loop = asyncio.get_running_loop()
         for i in range(self.n):
             comp = self.comp_ids[i] if self.comp_ids else f"LOAD{i}-{int(time.time() * 1000) % 10**8}"

@@ -40,7 +40,7 @@ class LoadRun:
     """One run's own client order ids. FIX (tests/test_cli_defects.py): the binary driver sent
     client_ref = order index, so a second `loom load --port` against the same node resent the
     first run's ids and nearly every order came back DUPLICATE_CLIENT_ORDER_ID (a client order
-    id is unique per account for the life of the venue). A random run number (one in 1.8e10)
+    id stays taken while its order is among the venue's newest 100,000). A random run number (one in 1.8e10)
     now prefixes the text ids and offsets the binary refs."""
 
     number: int

@@ -7,6 +7,7 @@ order's index, so a composite only has to route each order to one of them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,24 +56,49 @@ def split_sessions(sessions: int, protocols: Sequence[str] = PROTOCOLS) -> Sessi
     return [(p, base + (i < extra)) for i, p in enumerate(protocols)]
 
 
-def mixed_driver(host: str, ports: dict, sessions: Sessions, run: LoadRun) -> tuple[MixedDriver, list]:
-    """The composite and, per sub-driver, (protocol, account) in routing order; the
-    sub-drivers alternate between the two load accounts."""
-    from engine.load.cli import _driver
+def client_sessions(split: Sessions) -> Sessions:
+    """One session per client, the protocols interleaved (rest, ws, fix, binary, rest, ...):
+    with `client_accounts`, each its own account, as a thousand independent traders are.
+    The node reports every event of an account to each of the account's live sessions
+    (engine/routing.py): 250 FIX sessions sharing one account turned each order into 250
+    execution reports, each written to a FIX message store, which is what failed the
+    concurrency suite at full size (30 journaled orders/s, REST answers lost)."""
+    out: Sessions = []
+    for i in range(max(n for _, n in split)):
+        out += [(protocol, 1) for protocol, n in split if i < n]
+    return out
 
+
+def client_accounts(n: int) -> dict[str, str]:
+    """API key -> account name for `n` suite clients."""
+    return {f"suite-client-{i:05d}-key-0000": f"client-{i:05d}" for i in range(n)}
+
+
+def _key_of(i: int, keys: Sequence[str]) -> str:
+    """Sub-driver i's API key: they take turns over the accounts."""
+    return keys[i % len(keys)]
+
+
+def mixed_driver(
+    host: str, ports: dict, sessions: Sessions, run: LoadRun, accounts: dict[str, str] = LOAD_ACCOUNTS
+) -> tuple[MixedDriver, list]:
+    """The composite and, per sub-driver, (protocol, account) in routing order; the
+    sub-drivers take turns over `accounts` (API key -> name; default the two load accounts)."""
+    from engine.load.cli import _driver
+    from engine.load.fix_driver import FixDriver
+
+    keys = list(accounts)
     drivers, who = [], []
     for i, (protocol, n) in enumerate(sessions):
         if n <= 0:
             raise ValueError(f"{protocol}: {n} sessions")
-        key = KEYS[i % len(KEYS)]
+        key = _key_of(i, keys)
         if protocol == "fix":  # SenderCompIDs bound in the node's config (spawned_suite_node)
-            from engine.load.fix_driver import FixDriver
-
-            comp_ids = suite_comp_ids(LOAD_ACCOUNTS[key], n)
-            drivers.append(FixDriver(host, ports["fix"], key, n, comp_ids=comp_ids))
+            comp_ids = suite_comp_ids(accounts[key], n)
+            drivers.append(FixDriver(host, ports["fix"], key, n, comp_ids=comp_ids, account=accounts[key]))
         else:
             drivers.append(_driver(protocol, host, ports, key, n, run))
-        who.append((protocol, LOAD_ACCOUNTS[key]))
+        who.append((protocol, accounts[key]))
     return MixedDriver(drivers), who
 
 
@@ -130,6 +156,7 @@ async def run_mixed(
     drain_s: float,
     make=None,
     samples: dict | None = None,
+    accounts: dict[str, str] = LOAD_ACCOUNTS,
 ) -> tuple[dict, History, dict]:
     """Offer `orders` orders at `rate` over the mixed sessions; (the load report, the history,
     the answer counts by protocol)."""
@@ -137,7 +164,7 @@ async def run_mixed(
 
     make = make or make_order
     run = LoadRun.new()
-    driver, who = mixed_driver(info["host"], info, sessions, run)
+    driver, who = mixed_driver(info["host"], info, sessions, run, accounts)
     duration = (orders + 0.5) / rate  # the runner sends int(rate * duration) orders
     stats = LoadStats("mixed", rate, duration)
     stats.answers = {}
@@ -152,13 +179,25 @@ async def run_mixed(
     return report, history, by_protocol
 
 
-def spawned_suite_node(sessions: Sessions):
-    """A throwaway `loom run` for a suite, its FIX SenderCompIDs bound for the FIX sessions."""
-    fix = max([n for protocol, n in sessions if protocol == "fix"], default=0)
+def spawned_suite_node(sessions: Sessions, accounts: dict[str, str] = LOAD_ACCOUNTS):
+    """A throwaway `loom run` for a suite: the two load accounts, `accounts` too when they
+    are others (`client_accounts`), and the FIX SenderCompIDs of the FIX sessions bound."""
+    keys = list(accounts)
+    fix: dict[str, int] = {}  # account -> its FIX sessions
+    for i, (protocol, n) in enumerate(sessions):
+        if protocol == "fix":
+            name = accounts[_key_of(i, keys)]
+            fix[name] = max(fix.get(name, 0), n)
+    text = _config_text(fix_sessions=max(fix.values(), default=0) if accounts is LOAD_ACCOUNTS else 0)
+    if accounts is not LOAD_ACCOUNTS:
+        for key, name in accounts.items():
+            text += f'[[accounts]]\nname = "{name}"\napi_key = "{key}"\n'
+            if fix.get(name):
+                text += f"fix_comp_ids = {json.dumps(suite_comp_ids(name, fix[name]))}\n"
     # A thousand sessions log on one after another on a loaded machine, for longer than the
     # idle deadlines: the first ones must still be open when the orders start.
     patient = "[admission]\nsession_idle_s = 600\nhttp_idle_s = 600\n"
-    return spawned_exchange(timeout=120, config_text=_config_text(fix_sessions=fix) + patient)
+    return spawned_exchange(timeout=120, config_text=text + patient)
 
 
 def run_sync(coro):
