@@ -234,3 +234,13 @@ __all__ = [
     "open_ids",
     "resting",
 ]
+
+
+@pytest.fixture
+def window5(monkeypatch):
+    """A client order id window of 5 orders, pruned every 2 (the rule's constants, made small;
+    here so that every match path running the rule suite has it)."""
+    from engine.core import matcher
+
+    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_WINDOW", 5)
+    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)

@@ -34,7 +34,6 @@ from conftest import (
     resting,
 )
 
-from engine.core import matcher
 from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.core.domain import CancelReason, RejectReason, RequestKind
 from engine.core.events import OrderAmended
@@ -522,13 +521,6 @@ def test_client_order_id_stays_taken_after_order_is_gone(ex):
     assert_rejected(ex.buy("a", 100, 10, clid="x"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
     ex.buy("a", 100, 10, clid="ioc", tif=IOC)  # cancelled immediately, but was accepted
     assert_rejected(ex.buy("a", 100, 10, clid="ioc"), RejectReason.DUPLICATE_CLIENT_ORDER_ID, RequestKind.NEW)
-
-
-@pytest.fixture
-def window5(monkeypatch):
-    """A client order id window of 5 orders, pruned every 2 (the rule's constants, made small)."""
-    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_WINDOW", 5)
-    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)
 
 
 def test_client_order_id_of_a_finished_order_is_free_again_past_the_window(ex, window5):
