@@ -33,6 +33,7 @@ from engine.gateways.http_app import build_app
 from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
+from engine.gateways.http_shed import PipelineShed
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.ledger_index import LedgerIndex
 from engine.logfmt import fields
@@ -318,7 +319,11 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # keepalive_timeout: the idle and request-head deadline (engine/gateways/http_limits.py);
     # the quiet runner answers malformed HTTP in the JSON error format (http_errors.py).
     runner = QuietAppRunner(
-        app, observer=service.observer, access_log=None, keepalive_timeout=cfg.admission.http_idle_s
+        app,
+        observer=service.observer,
+        shed=PipelineShed(service),
+        access_log=None,
+        keepalive_timeout=cfg.admission.http_idle_s,
     )
     await runner.setup()
     # The listener is built here rather than by a web.TCPSite: admission wraps aiohttp's

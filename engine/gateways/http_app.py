@@ -10,6 +10,7 @@ from aiohttp import web
 from engine.gateways.http_context import CTX, MAX_BODY, SESSIONS, GatewayContext
 from engine.gateways.http_controls import add_routes as add_risk_routes
 from engine.gateways.http_middleware import json_errors
+from engine.gateways.http_shed import ORDERS_PATH
 from engine.gateways.landing import add_routes as add_landing_routes
 from engine.gateways.rest_accounts import add_routes as add_account_routes
 from engine.gateways.rest_admin import (
@@ -59,7 +60,7 @@ def build_app(ctx: GatewayContext, serve_metrics: bool = True) -> web.Applicatio
     app.router.add_get("/v1/openapi.json", openapi)
     if serve_metrics:
         app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_post("/v1/orders", post_order)
+    app.router.add_post(ORDERS_PATH, post_order)
     app.router.add_get("/v1/orders", list_orders)
     app.router.add_delete("/v1/orders", cancel_all)
     app.router.add_get("/v1/orders/{order_id}", get_order)

@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
+from engine.gateways.http_shed import PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
@@ -40,8 +41,74 @@ def describe(exc: BaseException | None) -> tuple[int, str, str]:
     return 400, "MALFORMED_REQUEST", "malformed HTTP request"
 
 
+class _Sent:
+    """What `_handle_request` returns for an answer already written (aiohttp's loop reads only
+    whether the connection stays open)."""
+
+    keep_alive = True
+
+
+_SENT = _Sent()
+_REFUSALS_PER_SEND = 64  # refused pipelined orders written together at most (~13 KB)
+
+
 class QuietRequestHandler(RequestHandler):
-    __slots__ = ("observer",)  # engine.observer.Observer
+    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed; refusals not yet written
+    __slots__ = ("observer", "shed", "_refusals")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.observer: Observer = NULL_OBSERVER
+        self.shed: PipelineShed | None = None
+        self._refusals: list[bytes] = []
+
+    async def _handle_request(self, request, start_time, request_handler):
+        shed = self.shed
+        refusal = shed.refusal(request, len(self._messages)) if shed is not None else None
+        if refusal is None:
+            if self._refusals:  # answers go out in request order
+                await self._write_refusals()
+            return await super()._handle_request(request, start_time, request_handler)
+        # A pipelined order refused before routing: its pre-encoded answer, written with the
+        # refusals after it in one send (one send each cost half the node's time refusing).
+        # They are due before the next answer: a refused request has at least MAX_PIPELINE
+        # requests behind it, so the connection's next request that is not refused (or its
+        # close) writes them.
+        request._finish()
+        if self.transport is None:
+            return _SENT, True
+        self._refusals.append(refusal)
+        if len(self._refusals) >= _REFUSALS_PER_SEND and not await self._write_refusals():
+            return _SENT, True
+        return _SENT, False
+
+    async def _write_refusals(self) -> bool:
+        """Send the refusals held, then wait while the client is not reading (as aiohttp does
+        for any answer). False when the connection is gone."""
+        self._send_refusals()
+        try:
+            await self._drain_helper()
+        except ConnectionError:
+            return False
+        return True
+
+    def _send_refusals(self) -> None:
+        refusals, self._refusals = self._refusals, []
+        transport = self.transport
+        if refusals and transport is not None and not transport.is_closing():
+            transport.write(b"".join(refusals))
+
+    def close(self) -> None:
+        self._send_refusals()
+        super().close()
+
+    def force_close(self) -> None:
+        self._send_refusals()
+        super().force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._refusals = []
+        super().connection_lost(exc)
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: an answer is already on the wire
@@ -76,19 +143,28 @@ class QuietRequestHandler(RequestHandler):
 
 class QuietServer(web.Server):
     observer: Observer = NULL_OBSERVER
+    shed: PipelineShed | None = None  # the cheap refusal of pipelined orders (order-entry listeners)
 
     def __call__(self) -> RequestHandler:
         handler = QuietRequestHandler(self, loop=self._loop, **self._kwargs)
         handler.observer = self.observer
+        handler.shed = self.shed
         return handler
 
 
 class QuietAppRunner(web.AppRunner):
     """An AppRunner whose connections use QuietRequestHandler."""
 
-    def __init__(self, app: web.Application, observer: Observer = NULL_OBSERVER, **kwargs) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        observer: Observer = NULL_OBSERVER,
+        shed: PipelineShed | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._observer = observer
+        self._shed = shed
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -100,4 +176,5 @@ class QuietAppRunner(web.AppRunner):
             **plain._kwargs,
         )
         server.observer = self._observer
+        server.shed = self._shed
         return server

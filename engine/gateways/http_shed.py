@@ -7,19 +7,31 @@ body is read, instead of each waiting its turn behind the others (measured befor
 15k/s offered answered in p50 5.6 s). The listener's socket buffers are kept small
 (engine.overload), so what a paused connection sends waits in the client, not in the node.
 
+A refused new order (POST /v1/orders, the flood's request) is answered from pre-encoded bytes
+written straight to the connection (`PipelineShed`), before aiohttp's routing, middleware and
+response machinery: that cycle made a refusal cost about what an accepted order does, so a
+pipelining client at 4x capacity had the node spend itself refusing (BENCHMARKS.md, session 7).
+Other order-entry routes keep the same rule through the middleware (`shed_pipeline`).
+
 WebSocket: a session with `WS_MAX_IN_FLIGHT` orders submitted and not yet answered is not
 read until half of them are (engine.overload.InFlight); aiohttp then stops reading the socket.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
 
-from engine.overload import overloaded_text
+from aiohttp import HttpVersion11, web
+from aiohttp.web_request import BaseRequest
+
+from engine.gateways.http_auth import api_key
+from engine.gateways.http_context import request_trace_id
+from engine.overload import OVERLOADED, RETRY_AFTER_S, overloaded_text
 from engine.service import Overloaded
 
 MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
 WS_MAX_IN_FLIGHT = 1024  # orders one WebSocket session may have submitted and not yet answered
+ORDERS_PATH = "/v1/orders"  # where new orders are posted (http_app registers the route from here)
 
 
 def pipeline_depth(request: web.Request) -> int:
@@ -28,14 +40,59 @@ def pipeline_depth(request: web.Request) -> int:
     return len(messages) if messages is not None else 0
 
 
+def too_deep(depth: int) -> bool:
+    """The pipeline rule: a request with `depth` requests queued behind it is refused."""
+    return depth >= MAX_PIPELINE
+
+
 def shed_pipeline(request: web.Request, service) -> None:
     """Raise Overloaded (503 OVERLOADED, Retry-After) when too many requests wait behind this
     one on its connection; counted as a REST overload refusal."""
     depth = pipeline_depth(request)
-    if depth >= MAX_PIPELINE:
+    if too_deep(depth):
         service.refused("rest", 1)
         raise Overloaded(
             f"{depth} requests pipelined behind this one (at most {MAX_PIPELINE}); "
             + overloaded_text(service.queued, service.max_queued_commands),
             service.queued,
         )
+
+
+_BODY = json.dumps(
+    {
+        "error": {
+            "code": OVERLOADED,
+            "message": f"more than {MAX_PIPELINE} requests pipelined on this connection; "
+            f"not accepted, retry in {RETRY_AFTER_S} s",
+        }
+    },
+    separators=(",", ":"),
+).encode()
+_HEAD = (
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    f"Content-Length: {len(_BODY)}\r\nRetry-After: {RETRY_AFTER_S}\r\nX-Trace-Id: "
+).encode()
+
+
+class PipelineShed:
+    """The cheap refusal of a pipelined new order, asked by the connection's request handler
+    (engine.gateways.http_errors) before the request is routed."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, service) -> None:
+        self.service = service
+
+    def refusal(self, request: BaseRequest, depth: int) -> bytes | None:
+        """The bytes answering `request` (counted as a REST overload refusal), or None when
+        it goes the ordinary way: not too deep, not a new order, a request without a key
+        (the middleware answers it as any unauthenticated one), or one whose connection
+        must not stay open as these bytes leave it (HTTP/1.0, Connection: close, Expect)."""
+        if not too_deep(depth) or request.method != "POST" or request.path != ORDERS_PATH:
+            return None
+        if request.version != HttpVersion11 or not request.keep_alive or "Expect" in request.headers:
+            return None
+        if not api_key(request):
+            return None
+        self.service.refused("rest", 1)
+        return _HEAD + request_trace_id(request).encode() + b"\r\n\r\n" + _BODY

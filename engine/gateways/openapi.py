@@ -22,7 +22,8 @@ def _errors(*codes: int) -> dict:
         429: "RATE_LIMITED: the account's (or ops key's) rate limit, or, for requests without a valid "
         "key, the per-IP limit (preauth_rate_limit)",
         503: "JOURNAL_WRITE_FAILED (known not journaled: nothing was done), not ready, OVERLOADED "
-        "(refused unsequenced) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
+        "(refused unsequenced; also an order-entry request with 16 or more requests pipelined behind it on "
+        "its connection) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
         "fix and binary endpoints; during an election error.election is true and error.retry_after_s "
         "says when); retry after Retry-After",
         504: "OUTCOME_UNKNOWN: the journal did not answer and the command may be durable (the node "
