@@ -638,7 +638,6 @@ class MatchingEngine:
         # much as the settlement itself), and the taker's balances and the fee account's
         # once per match, from these sums: integer sums, so every balance ends the same.
         taker: TradePair | None = None  # the incoming order's balances, at its first fill
-        paid = taker_fees = fees = 0  # its trades' quote amount, its fees, both sides' fees
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
@@ -670,8 +669,9 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
-                    if taker is None:
+                    if taker is None:  # its first fill (set here: the plain path skips it)
                         taker = money.pairs.get(account) or funds(self.balances, money, account)
+                        paid = taker_fees = fees = 0  # its quote amount, its fees, both sides' fees
                     amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
                     bps = money.maker_bps
                     maker_fee = -(-amount * bps // BPS) if bps else 0  # settlement.fee(), inlined
