@@ -210,6 +210,22 @@ def test_self_trade_prevention_releases_the_cancelled_makers_reservation():
     assert bal(ex, "a", "X") == (1_000, 0) and bal(ex, "a", "USD") == (1_000_000, 5_010)
 
 
+@pytest.mark.parametrize("stp", [STP.CANCEL_NEWEST, STP.CANCEL_BOTH])
+def test_a_taker_stopped_by_self_trade_prevention_pays_for_what_it_traded(stp):
+    # The match settles the taker once, after its last trade: a stop halfway through counts too.
+    ex = money()
+    order(ex, "b", SELL, 1_000, 2)
+    order(ex, "a", SELL, 1_001, 3)
+    events = order(ex, "a", BUY, 1_001, 5, stp=stp)
+    assert [t.qty for t in of_type(events, Trade)] == [2]
+    assert of_type(events, OrderCancelled)[-1].reason == C.SELF_TRADE
+    # 2 X for 2,000 USD and a 20 bps taker fee of 4; the maker b gets its 2 USD rebate.
+    assert bal(ex, "a", "USD") == (1_000_000 - 2_004, 0)
+    assert bal(ex, "a", "X") == (1_002, 0 if stp == STP.CANCEL_BOTH else 3)
+    assert bal(ex, "b", "USD") == (1_000_000 + 2_000 + 2, 0) and bal(ex, "b", "X") == (998, 0)
+    assert bal(ex, "fees", "USD") == (4 - 2, 0)
+
+
 def test_cancel_and_a_kill_switch_release_reservations():
     ex = money()
     oid = order(ex, "a", BUY, 1_000, 10)[0].order_id

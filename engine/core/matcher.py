@@ -54,7 +54,16 @@ from engine.core.events import (
 )
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
-from engine.core.settlement import Money, TradePair, available, balance, funds, release, settle
+from engine.core.settlement import (
+    BPS,
+    Money,
+    TradePair,
+    available,
+    balance,
+    fee_balance,
+    funds,
+    release,
+)
 
 # Plain ints for the hot path (an IntEnum attribute lookup costs more than a global int).
 BUY = int(Side.BUY)
@@ -354,7 +363,8 @@ class MatchingEngine:
         if order_type == MARKET and (market.sweep_ticks or market.sweep_bps or money is not None):
             touch = (market.asks if side == BUY else market.bids).best
             if touch is not None:
-                limit = market.protection(side, touch)
+                if market.sweep_ticks or market.sweep_bps:  # else no protection: skip the call
+                    limit = market.protection(side, touch)
                 if not limit and money is not None and side == BUY:
                     limit = market.asks.worst()  # what a buy needs reserving: the whole book
         need = 0
@@ -677,11 +687,15 @@ class MatchingEngine:
         With `money` (credit checks on, an instrument with assets) each trade settles."""
         remaining = qty
         maker_fee = taker_fee = 0
+        # With money, each trade settles the maker here, inlined (a call per trade cost as
+        # much as the settlement itself), and the taker's balances and the fee account's
+        # once per match, from these sums: integer sums, so every balance ends the same.
         taker: TradePair | None = None  # the incoming order's balances, at its first fill
         levels = opp.levels
         accounts = self.accounts
         traded = 0  # the last fill's price, kept for risk's price band once per call
         count = 0
+        stopped = False
         is_buy = side == BUY
         while remaining:
             price = opp.best
@@ -696,23 +710,51 @@ class MatchingEngine:
                 mleaves = maker.leaves
                 if stp and maker.account == account:
                     if stp == STP_NEWEST:
-                        if traded:
-                            self.last_price[symbol] = traded
-                        return remaining, True, count
+                        stopped = True
+                        break
                     self.cancel_resting(maker, opp, C.SELF_TRADE, seq, ts, events)
                     count += 1
                     if stp == STP_BOTH:
-                        if traded:
-                            self.last_price[symbol] = traded
-                        return remaining, True, count
+                        stopped = True
+                        break
                     if opp.best != price:  # that emptied the level
                         break
                     continue
                 fill = remaining if remaining < mleaves else mleaves
-                if money is not None:
-                    if taker is None:
-                        taker = funds(self.balances, money, account)
-                    maker_fee, taker_fee = settle(self.ledger, money, price, fill, maker, taker, is_buy)
+                if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
+                    if taker is None:  # its first fill (set here: the plain path skips it)
+                        taker = money.pairs.get(account) or funds(self.balances, money, account)
+                        paid = taker_fees = fees = 0  # its quote amount, its fees, both sides' fees
+                    amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
+                    bps = money.maker_bps
+                    maker_fee = -(-amount * bps // BPS) if bps else 0  # settlement.fee(), inlined
+                    bps = money.taker_bps
+                    taker_fee = -(-amount * bps // BPS) if bps else 0
+                    paid += amount
+                    taker_fees += taker_fee
+                    fees += maker_fee + taker_fee
+                    _, mquote, mbase = money.pairs.get(maker.account) or funds(
+                        self.balances, money, maker.account
+                    )
+                    # The maker's share of its reservation, linear in lots: what `fill` reserved.
+                    if is_buy:  # the maker sells: base held and paid, quote received
+                        base_amount = fill * money.contract_size
+                        if fill != mleaves:  # a filled maker leaves the book with its reservation
+                            maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
+                        mbase.held -= base_amount
+                        mbase.total -= base_amount
+                        mquote.total += amount - maker_fee
+                    else:  # the maker buys: quote held and paid with its fee, base received
+                        if fill == mleaves:  # all it still holds; it leaves the book
+                            released = maker.reserved
+                        else:
+                            released = money.buy_lots.get(maker.price, 0) * fill // money.lot
+                            if not released:  # cached when it rested, unless cleared since
+                                released = money.reservation(BUY, maker.price, fill)
+                            maker.reserved -= released
+                        mquote.held -= released
+                        mquote.total -= amount + maker_fee
+                        mbase.total += fill * money.contract_size
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves
@@ -754,9 +796,25 @@ class MatchingEngine:
                     if not orders:
                         opp.drop_level(price)
                         break
+            if stopped:
+                break
         if traded:
             self.last_price[symbol] = traded
-        return remaining, False, count
+            if taker is not None:  # the taker's side and the fee account's, summed
+                assert money is not None
+                _, tquote, tbase = taker
+                base_amount = (qty - remaining) * money.contract_size
+                if is_buy:
+                    tquote.total -= paid + taker_fees
+                    tbase.total += base_amount
+                else:
+                    tbase.total -= base_amount
+                    tquote.total += paid - taker_fees
+                if fees:  # each trade's two fees sum to >= 0: see engine/core/settlement.py
+                    (money.fee_balance or fee_balance(self.ledger, money)).total += fees
+                    collected = self.ledger.fees
+                    collected[money.quote] = collected.get(money.quote, 0) + fees
+        return remaining, stopped, count
 
     def _fok_fillable(
         self, opp: BookSide, side: int, is_market: bool, limit: int, account: str, stp: int, qty: int

@@ -157,57 +157,11 @@ def funds(balances: dict[str, dict[str, Balance]], money: Money, account: str) -
     return pair
 
 
-def settle(
-    ledger: Ledger,
-    money: Money,
-    price: int,
-    fill: int,
-    maker: RestingOrder,
-    taker: TradePair,
-    taker_buys: bool,
-) -> tuple[int, int]:
-    """One trade of `fill` at `price` between a resting maker and an incoming taker (its
-    `funds`): releases the maker's share of its reservation and moves base, quote
-    and both fees. Returns (maker fee, taker fee), in quote units."""
-    quote = money.quote
-    amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
-    base_amount = fill * money.contract_size
-    bps = money.maker_bps
-    maker_fee = -(-amount * bps // BPS) if bps else 0  # fee(), inlined: once per trade
-    bps = money.taker_bps
-    taker_fee = -(-amount * bps // BPS) if bps else 0
-    pair = money.pairs.get(maker.account) or funds(ledger.balances, money, maker.account)
-    _, maker_quote, maker_base = pair
-    _, taker_quote, taker_base = taker
-    # The maker's share of its reservation, which is linear in lots: what `fill` reserved
-    # (no division of the large reservation by its leaves).
-    if taker_buys:  # the maker sells: base held and paid, quote received
-        if fill != maker.leaves:  # a filled maker leaves the book with its reservation
-            maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
-        maker_base.held -= base_amount
-        maker_base.total -= base_amount
-        maker_quote.total += amount - maker_fee
-        taker_quote.total -= amount + taker_fee
-        taker_base.total += base_amount
-    else:  # the maker buys: quote held and paid with its fee, base received
-        if fill == maker.leaves:  # all it still holds (linear in lots); it leaves the book
-            released = maker.reserved
-        else:
-            released = money.buy_lots.get(maker.price, 0) * fill // money.lot  # cached when it rested
-            if not released:
-                released = money.reservation(BUY, maker.price, fill)
-            maker.reserved -= released
-        maker_quote.held -= released
-        maker_quote.total -= amount + maker_fee
-        maker_base.total += base_amount
-        taker_base.total -= base_amount
-        taker_quote.total += amount - taker_fee
-    fees = maker_fee + taker_fee
-    if fees:
-        fee_balance = money.fee_balance
-        if fee_balance is None:
-            fee_balance = money.fee_balance = balance(ledger.balances, ledger.fee_account, quote)
-        fee_balance.total += fees
-        collected = ledger.fees
-        collected[quote] = collected.get(quote, 0) + fees
-    return maker_fee, taker_fee
+def fee_balance(ledger: Ledger, money: Money) -> Balance:
+    """The fee account's balance in the quote asset, created and cached at the first fee.
+    Fees accrue per match (engine/core/matcher.py `_match`, which settles each trade by
+    the rules above, inlined: a call per trade cost as much as the settlement itself)."""
+    found = money.fee_balance
+    if found is None:
+        found = money.fee_balance = balance(ledger.balances, ledger.fee_account, money.quote)
+    return found
