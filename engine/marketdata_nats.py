@@ -269,7 +269,7 @@ class NatsFeed:
         books.last_seq = venue.last_seq
         md.last_ts = venue.ts
         md.candles = type(md.candles)(md.candles.days)
-        exported = {"minutes": {}, "last": {}}
+        exported: dict[str, dict] = {"minutes": {}, "last": {}}
         for symbol, state in symbols.items():
             exported["minutes"][symbol] = state.minutes
             exported["last"][symbol] = state.last

@@ -33,17 +33,19 @@ def marketdata_process(urls: list[str], stream: str, nofile: int, timeout: float
         text=True,
         preexec_fn=lambda: _limit_nofile(nofile),
     )
+    stdout = proc.stdout
+    assert stdout is not None  # started with stdout=PIPE
     try:
         deadline = time.monotonic() + timeout
         found = None
         while found is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
+            line = stdout.readline()
             if not line:
                 raise RuntimeError(f"loom marketdata exited with {proc.wait()} before it was ready")
             found = _READY.search(line)
         if found is None:
             raise RuntimeError("loom marketdata did not listen in time")
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep draining
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()  # keep draining
         host, port = found.group(1), int(found.group(2))
         wait_for(
             "loom marketdata in sync", lambda: http("GET", f"http://{host}:{port}/readyz")[0] == 200, timeout

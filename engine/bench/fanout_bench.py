@@ -16,8 +16,9 @@ import multiprocessing
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import msgspec
 
@@ -47,7 +48,7 @@ class _Subscriber(asyncio.Protocol):
         self.subscribed = subscribed
         self.buf = b""
         self.upgraded = False
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -124,7 +125,14 @@ async def _subscribers(
     host: str, port: int, count: int, offset: int, max_rate: float, window, out, stop
 ) -> dict:
     loop = asyncio.get_running_loop()
-    stats = {"frames": 0, "lags": [], "first_seq": 1 << 62, "last_seq": 0, "refused": 0, "lost": 0}
+    stats: dict[str, Any] = {
+        "frames": 0,
+        "lags": [],
+        "first_seq": 1 << 62,
+        "last_seq": 0,
+        "refused": 0,
+        "lost": 0,
+    }
     stats["errors"] = []
     gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
 
@@ -160,6 +168,7 @@ def _client_process(
     _raise_nofile(count + 256)
     if nice:  # subscribers elsewhere take none of the servers' CPU: these yield the shared cores
         os.nice(nice)
+    runner: Callable[..., Any]
     try:
         import uvloop
 

@@ -26,7 +26,7 @@ from engine.gateways.http_requests import (
 )
 from engine.gateways.json_events import event_json
 from engine.logfmt import fields
-from engine.order_index import Lookup
+from engine.order_index import FinishedOrders, Lookup
 from telemetry.trace_ids import parse_traceparent
 
 log = logging.getLogger("loom.http")
@@ -91,13 +91,19 @@ def _find(ctx: GatewayContext, account: str | None, oid: int) -> OrderView | Loo
     view = ctx.order_store.find(oid)
     if view is not None:
         return view if account is None or view.account == account else Lookup.UNKNOWN
-    index = ctx.order_store.index
+    index = _finished(ctx)
     return index.missing(oid) if index is not None else Lookup.UNKNOWN
 
 
-def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
+def _finished(ctx: GatewayContext) -> FinishedOrders | None:
+    """The node's index of finished orders (the store sees it only as a sink of records)."""
     index = ctx.order_store.index
-    if why is Lookup.EVICTED:
+    return index if isinstance(index, FinishedOrders) else None
+
+
+def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
+    index = _finished(ctx)
+    if index is not None and why is Lookup.EVICTED:
         return error(
             410,
             "ORDER_EVICTED",
@@ -107,7 +113,7 @@ def _missing(ctx: GatewayContext, oid: int, why: Lookup) -> web.Response:
             order_id=oid,
             window_orders=index.capacity,
         )
-    if why is Lookup.HISTORY_GONE:
+    if index is not None and why is Lookup.HISTORY_GONE:
         return error(
             410,
             "ORDER_HISTORY_GONE",

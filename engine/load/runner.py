@@ -81,22 +81,22 @@ class OrderBatch(Sequence[LoadOrder]):
     5000`): building every due order was about two thirds of the generator's CPU, most of
     them then held, on a machine whose other core was the node's."""
 
-    __slots__ = ("count", "first", "make", "prefix")
+    __slots__ = ("first", "make", "n", "prefix")  # not `count`: Sequence.count is a method
 
     def __init__(self, make: Callable[[str, int], LoadOrder], prefix: str, first: int, count: int) -> None:
-        self.make, self.prefix, self.first, self.count = make, prefix, first, count
+        self.make, self.prefix, self.first, self.n = make, prefix, first, count
 
     def __len__(self) -> int:
-        return self.count
+        return self.n
 
-    def __getitem__(self, k):  # an int k only (drivers read order k when they send it)
-        if not 0 <= k < self.count:
+    def __getitem__(self, k):  # type: ignore[override]  # an int k only (drivers read order k when they send it)
+        if not 0 <= k < self.n:
             raise IndexError(k)
         return self.make(self.prefix, self.first + k)
 
     def __iter__(self) -> Iterator[LoadOrder]:
         make, prefix = self.make, self.prefix
-        return (make(prefix, i) for i in range(self.first, self.first + self.count))
+        return (make(prefix, i) for i in range(self.first, self.first + self.n))
 
 
 class Driver(Protocol):

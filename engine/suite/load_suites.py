@@ -252,7 +252,9 @@ def _windows(samples: dict, sampler: _Sampler, window_s: float, seconds: float) 
         lat[min(n - 1, int(at / window_s))].append(latency)
     out = []
     for w in range(n):
-        rss = [mb for t, mb in sampler.rss if w * window_s <= t < (w + 1) * window_s] or [None]
+        rss: list[float | None] = [mb for t, mb in sampler.rss if w * window_s <= t < (w + 1) * window_s] or [
+            None
+        ]
         gc = _bucket_p99_ms(sampler.gc[w], sampler.gc[w + 1]) if w + 1 < len(sampler.gc) else None
         out.append(
             {
