@@ -29,6 +29,7 @@ from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
+from engine.gateways.ws_shed import OverloadedFrames, shed_req_id
 from engine.gateways.ws_states import ACTIVE, AWAITING_AUTH, CLOSED, DROPPED, REFUSED, TABLE
 from engine.ledger_index import balance_json
 from engine.market_data import MAX_RATE_HZ
@@ -71,6 +72,7 @@ class WsSession:
         self.readable = asyncio.Event()  # cleared while the in-flight bound holds reading
         self.readable.set()
         self.control_bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
+        self.overloaded = OverloadedFrames()  # the cheap refusal's frames (engine/gateways/ws_shed.py)
         # When the oldest market data message in the outbox became durable (0: none queued).
         self.md_since = 0.0
         self.max_queued = ctx.market_data.max_queued
@@ -207,6 +209,8 @@ class WsSession:
         if too_deep(raw):  # msgspec would recurse until RecursionError ended the session
             self.unreadable(None, "TOO_DEEP", f"message nests JSON deeper than {MAX_DEPTH} levels")
             return
+        if self._shed(raw):
+            return
         try:
             msg = msgspec.json.decode(raw)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -244,6 +248,21 @@ class WsSession:
             self.send({"type": "error", "req_id": req_id, "code": "NOT_LEADER", **body})
         except ServiceStopped as exc:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
+
+    def _shed(self, raw: str | bytes) -> bool:
+        """While the commit queue refuses new orders, an order or amend of an authenticated
+        session within its rate limit is refused from its op and req_id alone, before the
+        full decode (engine/gateways/ws_shed.py): the answer the ordinary path would give
+        (OVERLOADED), at a fraction of its cost. Anything else goes the ordinary way."""
+        service = self.ctx.service
+        if self.state is not ACTIVE or not service.accepting or not service.refuses_orders(1):
+            return False
+        req_id = shed_req_id(raw)
+        if req_id is None or not self.bucket.allow(time.monotonic()):
+            return False  # (over the rate limit: the ordinary path answers RATE_LIMITED)
+        service.refused("websocket", 1)
+        self._queue(self.overloaded.frame(req_id, service))
+        return True
 
     def _trading(self, req_id) -> str | None:
         """The account to trade for, or None: refused by the state or the rate limit."""
