@@ -14,6 +14,7 @@ Values are decoded as Latin-1, so every byte string round-trips exactly.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -346,25 +347,29 @@ def _show(data: bytes) -> str:
 # -- encoding -------------------------------------------------------------------------
 
 
-def _field(tag: int, value: object) -> bytes:
-    if isinstance(value, bool):
+def _text(tag: int, value: object) -> str:
+    """A field's value as text, checked: non-empty and free of SOH."""
+    if value.__class__ is str:
+        text = value
+    elif isinstance(value, bool):
         text = "Y" if value else "N"
     elif isinstance(value, int):
         text = str(int(value))
     else:
         text = value if isinstance(value, str) else str(value)
-    data = text.encode("latin-1")
-    if not data or SOH in data:
+    if not text or "\x01" in text:
         raise ValueError(f"tag {tag}: a FIX value must be non-empty and free of SOH, got {text!r}")
-    return b"%d=%s\x01" % (tag, data)
+    return text
 
 
 def encode_fields(fields: Iterable[tuple[int, object]]) -> bytes:
     """A complete message from its fields (header and body, in order, without 8, 9 and
-    10): adds BeginString and BodyLength in front and the CheckSum behind."""
-    body = b"".join(_field(tag, value) for tag, value in fields if tag not in (8, 9, 10))
-    head = b"8=%s\x019=%d\x01" % (BEGIN_STRING.encode(), len(body))
-    msg = head + body
+    10): adds BeginString and BodyLength in front and the CheckSum behind. Built as one
+    string and encoded once (ExecutionReports are most of what FIX sends under overload;
+    issue 13)."""
+    body = "".join([f"{tag:d}={_text(tag, value)}\x01" for tag, value in fields if tag not in (8, 9, 10)])
+    data = body.encode("latin-1")
+    msg = b"%s9=%d\x01%s" % (BEGIN_MARKER, len(data), data)
     return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
 
 
@@ -405,5 +410,10 @@ def utc_timestamp(epoch_seconds: float) -> str:
 
 def utc_timestamp_ns(epoch_ns: int) -> str:
     ms = epoch_ns // 1_000_000
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return f"{moment:%Y%m%d-%H:%M:%S}.{ms % 1000:03d}"
+    return f"{_utc_second(ms // 1000)}.{ms % 1000:03d}"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(epoch_s: int) -> str:
+    """A second's "YYYYmmdd-HH:MM:SS" (every message of a second shares it)."""
+    return f"{datetime.fromtimestamp(epoch_s, tz=UTC):%Y%m%d-%H:%M:%S}"
