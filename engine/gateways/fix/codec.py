@@ -33,7 +33,6 @@ _TRAILER_BYTES = 7  # "10=" + 3 digits + SOH
 REQUIRED_HEADER_TAGS = (35, 49, 56, 34, 52)
 HEADER_TAGS = frozenset({8, 9, 35, 49, 56, 34, 43, 52, 97, 122, 115, 128, 50, 57, 142, 143})
 
-_TAG = re.compile(rb"[1-9][0-9]{0,8}")
 _POSITIVE_INT = re.compile(r"[1-9][0-9]{0,17}")
 
 
@@ -281,21 +280,23 @@ def _parse_frame(
 ) -> FixMessage | ParseError:
     fields: list[tuple[int, str]] = [(8, BEGIN_STRING), (9, str(body_len))]
     problem: tuple[ParseErrorCode, str, int] | None = None
-    parts = raw[body_start : body_end - 1].split(SOH) if body_len else []
+    # Decoded once, then split (Latin-1 maps each byte to one character: the same fields
+    # as splitting the bytes, at a fraction of the cost per field; issue 13).
+    parts = raw[body_start : body_end - 1].decode("latin-1").split("\x01") if body_len else []
     for i, part in enumerate(parts, start=3):
-        eq = part.find(b"=")
-        tag_bytes = part[:eq] if eq >= 0 else part
-        if eq < 0 or not _TAG.fullmatch(tag_bytes):
+        tag_text, eq, value = part.partition("=")
+        if not eq or not _is_tag(tag_text):
             if problem is None:
-                what = "has no '='" if eq < 0 else f"has an invalid tag {_show(tag_bytes)}"
-                problem = (ParseErrorCode.BAD_FIELD, f"field {i} {_show(part)} {what}", 0)
+                shown = _show(part.encode("latin-1"))
+                what = "has no '='" if not eq else f"has an invalid tag {_show(tag_text.encode('latin-1'))}"
+                problem = (ParseErrorCode.BAD_FIELD, f"field {i} {shown} {what}", 0)
             continue
-        tag = int(tag_bytes)
-        if eq == len(part) - 1:
+        tag = int(tag_text)
+        if not value:
             if problem is None:
                 problem = (ParseErrorCode.BAD_FIELD, f"tag {tag} has no value", tag)
             continue
-        fields.append((tag, part[eq + 1 :].decode("latin-1")))
+        fields.append((tag, value))
     fields.append((10, f"{checksum:03d}"))
     if problem is None:
         problem = _header_problem(fields)
@@ -318,6 +319,11 @@ def _header_problem(fields: list[tuple[int, str]]) -> tuple[ParseErrorCode, str,
     if not is_positive_int(seq):
         return ParseErrorCode.BAD_HEADER, f"MsgSeqNum (34) must be a positive integer, got {seq!r}", 34
     return None
+
+
+def _is_tag(text: str) -> bool:
+    """A tag number: [1-9][0-9]{0,8}, checked without a regex call per field."""
+    return 0 < len(text) < 10 and text.isascii() and text.isdigit() and text[0] != "0"
 
 
 def is_positive_int(text: str) -> bool:
