@@ -14,6 +14,7 @@ Values are decoded as Latin-1, so every byte string round-trips exactly.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ _TRAILER_BYTES = 7  # "10=" + 3 digits + SOH
 REQUIRED_HEADER_TAGS = (35, 49, 56, 34, 52)
 HEADER_TAGS = frozenset({8, 9, 35, 49, 56, 34, 43, 52, 97, 122, 115, 128, 50, 57, 142, 143})
 
-_TAG = re.compile(rb"[1-9][0-9]{0,8}")
 _POSITIVE_INT = re.compile(r"[1-9][0-9]{0,17}")
 
 
@@ -280,21 +280,23 @@ def _parse_frame(
 ) -> FixMessage | ParseError:
     fields: list[tuple[int, str]] = [(8, BEGIN_STRING), (9, str(body_len))]
     problem: tuple[ParseErrorCode, str, int] | None = None
-    parts = raw[body_start : body_end - 1].split(SOH) if body_len else []
+    # Decoded once, then split (Latin-1 maps each byte to one character: the same fields
+    # as splitting the bytes, at a fraction of the cost per field; issue 13).
+    parts = raw[body_start : body_end - 1].decode("latin-1").split("\x01") if body_len else []
     for i, part in enumerate(parts, start=3):
-        eq = part.find(b"=")
-        tag_bytes = part[:eq] if eq >= 0 else part
-        if eq < 0 or not _TAG.fullmatch(tag_bytes):
+        tag_text, eq, value = part.partition("=")
+        if not eq or not _is_tag(tag_text):
             if problem is None:
-                what = "has no '='" if eq < 0 else f"has an invalid tag {_show(tag_bytes)}"
-                problem = (ParseErrorCode.BAD_FIELD, f"field {i} {_show(part)} {what}", 0)
+                shown = _show(part.encode("latin-1"))
+                what = "has no '='" if not eq else f"has an invalid tag {_show(tag_text.encode('latin-1'))}"
+                problem = (ParseErrorCode.BAD_FIELD, f"field {i} {shown} {what}", 0)
             continue
-        tag = int(tag_bytes)
-        if eq == len(part) - 1:
+        tag = int(tag_text)
+        if not value:
             if problem is None:
                 problem = (ParseErrorCode.BAD_FIELD, f"tag {tag} has no value", tag)
             continue
-        fields.append((tag, part[eq + 1 :].decode("latin-1")))
+        fields.append((tag, value))
     fields.append((10, f"{checksum:03d}"))
     if problem is None:
         problem = _header_problem(fields)
@@ -317,6 +319,11 @@ def _header_problem(fields: list[tuple[int, str]]) -> tuple[ParseErrorCode, str,
     if not is_positive_int(seq):
         return ParseErrorCode.BAD_HEADER, f"MsgSeqNum (34) must be a positive integer, got {seq!r}", 34
     return None
+
+
+def _is_tag(text: str) -> bool:
+    """A tag number: [1-9][0-9]{0,8}, checked without a regex call per field."""
+    return 0 < len(text) < 10 and text.isascii() and text.isdigit() and text[0] != "0"
 
 
 def is_positive_int(text: str) -> bool:
@@ -346,25 +353,29 @@ def _show(data: bytes) -> str:
 # -- encoding -------------------------------------------------------------------------
 
 
-def _field(tag: int, value: object) -> bytes:
-    if isinstance(value, bool):
+def _text(tag: int, value: object) -> str:
+    """A field's value as text, checked: non-empty and free of SOH."""
+    if value.__class__ is str:
+        text = value
+    elif isinstance(value, bool):
         text = "Y" if value else "N"
     elif isinstance(value, int):
         text = str(int(value))
     else:
         text = value if isinstance(value, str) else str(value)
-    data = text.encode("latin-1")
-    if not data or SOH in data:
+    if not text or "\x01" in text:
         raise ValueError(f"tag {tag}: a FIX value must be non-empty and free of SOH, got {text!r}")
-    return b"%d=%s\x01" % (tag, data)
+    return text
 
 
 def encode_fields(fields: Iterable[tuple[int, object]]) -> bytes:
     """A complete message from its fields (header and body, in order, without 8, 9 and
-    10): adds BeginString and BodyLength in front and the CheckSum behind."""
-    body = b"".join(_field(tag, value) for tag, value in fields if tag not in (8, 9, 10))
-    head = b"8=%s\x019=%d\x01" % (BEGIN_STRING.encode(), len(body))
-    msg = head + body
+    10): adds BeginString and BodyLength in front and the CheckSum behind. Built as one
+    string and encoded once (ExecutionReports are most of what FIX sends under overload;
+    issue 13)."""
+    body = "".join([f"{tag:d}={_text(tag, value)}\x01" for tag, value in fields if tag not in (8, 9, 10)])
+    data = body.encode("latin-1")
+    msg = b"%s9=%d\x01%s" % (BEGIN_MARKER, len(data), data)
     return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
 
 
@@ -405,5 +416,10 @@ def utc_timestamp(epoch_seconds: float) -> str:
 
 def utc_timestamp_ns(epoch_ns: int) -> str:
     ms = epoch_ns // 1_000_000
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return f"{moment:%Y%m%d-%H:%M:%S}.{ms % 1000:03d}"
+    return f"{_utc_second(ms // 1000)}.{ms % 1000:03d}"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(epoch_s: int) -> str:
+    """A second's "YYYYmmdd-HH:MM:SS" (every message of a second shares it)."""
+    return f"{datetime.fromtimestamp(epoch_s, tz=UTC):%Y%m%d-%H:%M:%S}"

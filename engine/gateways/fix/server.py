@@ -68,6 +68,8 @@ class _Connection:
         self.submissions: set[asyncio.Task] = set()  # reads' batches not yet settled
         self.flight = InFlight(MAX_IN_FLIGHT)
         self.readable = asyncio.Event()  # set when a paused session may be read again
+        self._flush_due = False  # a flush of event reports is scheduled
+        self._loop = asyncio.get_running_loop()
 
     def flush(self) -> None:
         """Write what the session has to send; close the transport once the session is
@@ -87,7 +89,16 @@ class _Connection:
             writer.transport.abort()
 
     def on_event(self, event) -> None:
+        """An event of the account: its report is written with the rest of its batch's, once
+        the router has handed them all over (one send and one store write per batch, not per
+        report: a read's hundreds of orders are answered together; issue 13)."""
         self.session.on_event(event)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        self._flush_due = False
         self.flush()
 
 
