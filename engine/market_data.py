@@ -35,8 +35,9 @@ MAX_RATE_HZ = 1_000  # the highest `max_rate` a book subscriber may ask for
 
 
 class Subscriber(Protocol):
-    def push(self, frame: bytes, published_at: float) -> None:
-        """Queue one shared, already encoded frame (it must not be changed)."""
+    def push(self, frame: bytes, published_at: float) -> bool | None:
+        """Queue one shared, already encoded frame (it must not be changed). True when it was
+        written to the socket at once (the publisher samples the fan-out lag for those)."""
 
 
 class Conflated:
@@ -447,12 +448,15 @@ class MarketData:
     def _publish(self, subscribers: set[Subscriber], message: dict) -> None:
         frame = json_frame(message)  # once, for every subscriber
         at = self.published_at
+        written = False
         for sub in list(subscribers):
             try:
-                sub.push(frame, at)
+                written = sub.push(frame, at) or written
             except Exception:
                 log.exception("market data subscriber failed; dropping it")
                 subscribers.discard(sub)
+        if written:  # one sample for the frames written at once: the last of them, the slowest
+            self.observer.fanout_lag(time.perf_counter() - at)
         self.observer.md_published(len(subscribers))
 
 

@@ -247,9 +247,13 @@ async def _measure(
     acks = await trader.trade(rate, seconds, TICK_S)
     rss = [_rss_mb(pid) for _h, _p, pid in servers]
     async with aiohttp.ClientSession() as session:
-        slow = 0.0
+        slow = refused_by_node = timed_out = 0.0
         for host, port, _pid in servers:
-            slow += await _metric_sum(session, f"http://{host}:{port}", "loom_md_slow_consumer_drops_total")
+            base = f"http://{host}:{port}"
+            slow += await _metric_sum(session, base, "loom_md_slow_consumer_drops_total")
+            # Why a connection was lost, as the servers count it: admission caps, deadlines.
+            refused_by_node += await _metric_sum(session, base, "loom_connections_refused_total")
+            timed_out += await _metric_sum(session, base, "loom_connection_timeouts_total")
     stop.set()
     results = [(await asyncio.to_thread(out.get, True, 120))[1] for _ in procs]
     for p in procs:
@@ -270,6 +274,9 @@ async def _measure(
         "rss_mb_by_server": [round(r, 1) for r in rss],
         "subscribers_requested": subscribers,
         "connections_lost": sum(r["lost"] for r in results),
+        "connections_refused": sum(r["refused"] for r in results),  # answered, but not upgraded
+        "server_refusals": int(refused_by_node),
+        "server_timeouts": int(timed_out),
         "client_errors": [e for r in results for e in r["errors"]][:5],
         "order_rate": rate,
         "orders_acked": len(acks),
