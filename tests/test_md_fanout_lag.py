@@ -4,6 +4,7 @@ fifth of a 10,000-subscriber flush); frames a session queues are sampled by its 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from engine.bench.workload import INSTRUMENT, SYMBOL
@@ -63,3 +64,48 @@ def test_queued_frames_are_left_to_the_session_writer():
     assert lags.lags == []
     mixed = _publish_updates([_Subscriber(False), _Subscriber(True)], 3)
     assert len(mixed.lags) == 3
+
+
+class _Timed:
+    """A subscriber noting the loop time of each frame it is given."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def push(self, _frame: bytes, _published_at: float) -> bool:
+        self.times.append(asyncio.get_running_loop().time())
+        return True
+
+
+def test_many_conflated_subscribers_flush_in_groups_spread_over_the_interval():
+    """2,500 subscribers at 10 Hz: three groups of at most GROUP_SIZE, flushing at different
+    moments of the 100 ms interval, each subscriber still never above its rate."""
+
+    async def run() -> list[_Timed]:
+        engine = MatchingEngine([INSTRUMENT])
+        md = MarketData(engine)
+        subs = [_Timed() for _ in range(2_500)]
+        for sub in subs:
+            md.subscribe_book(SYMBOL, sub, 10)
+        assert sorted(len(g.subscribers) for g in md.feeds[SYMBOL].conflated.values()) == [500, 1000, 1000]
+        ts = time.time_ns()
+        for i in range(40):  # a book change every 10 ms for 0.4 s
+            cmd = NewOrder("mm", "", SYMBOL, Side.BUY, OrderType.LIMIT, 9_000 + i, 1)
+            cmd.seq, cmd.ts = engine.last_seq + 1, ts + i
+            results = [engine.apply(cmd)]
+            md.on_events([cmd], results, BatchEvents(results))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.25)
+        return subs
+
+    subs = asyncio.run(run())
+    assert all(len(s.times) >= 3 for s in subs)  # every subscriber kept being updated
+    for s in subs:
+        # Never faster than max_rate: flushes sit on a 100 ms grid (a late timer makes one
+        # gap a little shorter, never two frames in one interval).
+        gaps = [b - a for a, b in zip(s.times, s.times[1:], strict=False)]
+        assert min(gaps) >= 0.05
+        assert (len(s.times) - 1) * 0.1 <= s.times[-1] - s.times[0] + 0.01
+    # The groups' phases are 0, 10 and 20 ms into the interval: not one tick for all 2,500.
+    first_flush = [s.times[0] for s in subs]
+    assert max(first_flush) - min(first_flush) >= 0.015
