@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -32,21 +33,44 @@ from engine.observer import NULL_OBSERVER, Observer
 log = logging.getLogger("loom.marketdata")
 
 MAX_RATE_HZ = 1_000  # the highest `max_rate` a book subscriber may ask for
+# A conflation group holds at most this many subscribers; the groups of one rate flush at
+# PHASES different offsets of the interval, so no one tick writes every subscriber's frame
+# (10,000 at once held the loop ~60 ms, the last subscriber waiting for all the others).
+GROUP_SIZE = 1_000
+PHASES = 10
 
 
 class Subscriber(Protocol):
-    def push(self, frame: bytes, published_at: float) -> None:
-        """Queue one shared, already encoded frame (it must not be changed)."""
+    def push(self, frame: bytes, published_at: float) -> bool | None:
+        """Queue one shared, already encoded frame (it must not be changed). True when it was
+        written to the socket at once (the publisher samples the fan-out lag for those)."""
 
 
 class Conflated:
     """The subscribers of one symbol's book at one maximum rate, and the changes folded
     since their last update."""
 
-    __slots__ = ("interval", "subscribers", "changes", "prev_seq", "folded", "handle", "durable_at", "ts")
+    __slots__ = (
+        "interval",
+        "phase",
+        "last_flush",
+        "due",
+        "subscribers",
+        "changes",
+        "prev_seq",
+        "folded",
+        "handle",
+        "durable_at",
+        "ts",
+    )
 
-    def __init__(self, rate_hz: float) -> None:
+    def __init__(self, rate_hz: float, index: int = 0) -> None:
         self.interval = 1.0 / rate_hz
+        # Flushes fall on the loop-clock grid phase + k * interval: one per interval at
+        # most, and the groups of a rate spread over the interval.
+        self.phase = self.interval * (index % PHASES) / PHASES
+        self.last_flush = float("-inf")
+        self.due = 0.0
         self.subscribers: set[Subscriber] = set()
         self.changes: dict[tuple[str, int], int] = {}
         self.prev_seq = -1  # the seq before the first folded update (-1: nothing folded)
@@ -63,7 +87,7 @@ class SymbolFeed:
         self.bids: dict[int, int] = {}
         self.asks: dict[int, int] = {}
         self.book_subscribers: set[Subscriber] = set()
-        self.conflated: dict[float, Conflated] = {}
+        self.conflated: dict[tuple[float, int], Conflated] = {}  # (max_rate, group index)
         self.trade_subscribers: set[Subscriber] = set()
         self.ticker_subscribers: set[Subscriber] = set()
         self.candle_subscribers: dict[str, set[Subscriber]] = {name: set() for name in INTERVALS}
@@ -312,13 +336,15 @@ class MarketData:
             group.ts = self.last_ts
             if group.handle is None:
                 loop = asyncio.get_running_loop()
-                group.handle = loop.call_later(group.interval, self._flush, feed, group)
+                group.due = _next_flush(group, loop.time())
+                group.handle = loop.call_at(group.due, self._flush, feed, group)
         return changes
 
     def _flush(self, feed: SymbolFeed, group: Conflated) -> None:
         """One update for the group: the latest quantity of every level changed since the
         last, covering seqs prev_seq+1..seq."""
         group.handle = None
+        group.last_flush = group.due  # the grid point, not the (later) moment the timer ran
         if not group.changes or not group.subscribers:
             group.changes.clear()
             group.prev_seq, group.folded = -1, 0
@@ -394,9 +420,13 @@ class MarketData:
         if max_rate <= 0:
             feed.book_subscribers.add(sub)
             return lambda: feed.book_subscribers.discard(sub)
-        group = feed.conflated.get(max_rate)
+        index = 0
+        groups = feed.conflated
+        while (key := (max_rate, index)) in groups and len(groups[key].subscribers) >= GROUP_SIZE:
+            index += 1
+        group = feed.conflated.get(key)
         if group is None:
-            group = feed.conflated[max_rate] = Conflated(max_rate)
+            group = feed.conflated[key] = Conflated(max_rate, index)
         group.subscribers.add(sub)
 
         def stop() -> None:
@@ -404,7 +434,7 @@ class MarketData:
             if not group.subscribers:
                 if group.handle is not None:
                     group.handle.cancel()
-                feed.conflated.pop(max_rate, None)
+                feed.conflated.pop(key, None)
 
         return stop
 
@@ -447,13 +477,24 @@ class MarketData:
     def _publish(self, subscribers: set[Subscriber], message: dict) -> None:
         frame = json_frame(message)  # once, for every subscriber
         at = self.published_at
+        written = False
         for sub in list(subscribers):
             try:
-                sub.push(frame, at)
+                written = sub.push(frame, at) or written
             except Exception:
                 log.exception("market data subscriber failed; dropping it")
                 subscribers.discard(sub)
+        if written:  # one sample for the frames written at once: the last of them, the slowest
+            self.observer.fanout_lag(time.perf_counter() - at)
         self.observer.md_published(len(subscribers))
 
 
 _SIDE = {1: "bid", 2: "ask"}
+
+
+def _next_flush(group: Conflated, now: float) -> float:
+    """The group's first grid point at or after `now` and a whole interval after its last
+    flush (so it never sends faster than its rate)."""
+    at = max(now, group.last_flush + group.interval)
+    periods = math.ceil((at - group.phase) / group.interval - 1e-6)
+    return group.phase + periods * group.interval

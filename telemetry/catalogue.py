@@ -596,7 +596,8 @@ _SPECS = [
         "loom_md_fanout_lag_seconds",
         HISTOGRAM,
         "From a batch becoming durable to its market data reaching a subscriber's socket: one "
-        "sample per write to a WebSocket subscriber, for the oldest market data message in it.",
+        "sample per message for the subscribers it was written to at once (when the last of "
+        "them was written), and one per queued write, for the oldest market data message in it.",
         (),
         "seconds",
         LATENCY_BUCKETS,

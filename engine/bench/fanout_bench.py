@@ -73,6 +73,7 @@ class _Subscriber(asyncio.Protocol):
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
                 self.stats["refused"] += 1
+                self.stats["errors"].append(buf[: min(end, 200)].decode(errors="replace"))
                 self.transport.close()
                 return
             self.upgraded = True
@@ -256,9 +257,14 @@ async def _measure(
     acks = await trader.trade(rate, seconds, TICK_S)
     rss = [_rss_mb(pid) for _h, _p, pid in servers]
     async with aiohttp.ClientSession() as session:
-        slow = 0.0
+        slow = refused_by_node = timed_out = shed = 0.0
         for host, port, _pid in servers:
-            slow += await _metric_sum(session, f"http://{host}:{port}", "loom_md_slow_consumer_drops_total")
+            base = f"http://{host}:{port}"
+            slow += await _metric_sum(session, base, "loom_md_slow_consumer_drops_total")
+            # Why a connection was lost, as the servers count it: admission caps, deadlines.
+            refused_by_node += await _metric_sum(session, base, "loom_connections_refused_total")
+            timed_out += await _metric_sum(session, base, "loom_connection_timeouts_total")
+            shed += await _metric_sum(session, base, "loom_overload_refusals_total")
     stop.set()
     results = [(await asyncio.to_thread(out.get, True, 120))[1] for _ in procs]
     for p in procs:
@@ -279,6 +285,10 @@ async def _measure(
         "rss_mb_by_server": [round(r, 1) for r in rss],
         "subscribers_requested": subscribers,
         "connections_lost": sum(r["lost"] for r in results),
+        "connections_refused": sum(r["refused"] for r in results),  # answered, but not upgraded
+        "server_refusals": int(refused_by_node),
+        "server_timeouts": int(timed_out),
+        "server_overload_refusals": int(shed),
         "client_errors": [e for r in results for e in r["errors"]][:5],
         "order_rate": rate,
         "orders_acked": len(acks),
