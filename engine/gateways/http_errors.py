@@ -10,7 +10,10 @@ summary), never with a traceback.
 It leans on two aiohttp internals, pinned by tests/test_http_errors.py: the
 `RequestHandler.handle_error` hook, and that a parse error met while a request's body is
 being read is queued as a new message (the handler waiting for the body would hang until
-the client gave up); here it fails that body read instead.
+the client gave up); here it fails that body read instead. The pipelined-order refusal
+(`QuietRequestHandler._handle_request`, engine/gateways/http_shed.py) leans on a third:
+`_handle_request`'s signature and `_drain_helper`, pinned by tests/test_rest_pipeline_shed.py
+and by constraints.txt's aiohttp version.
 """
 
 from __future__ import annotations
