@@ -96,10 +96,11 @@ _LONG = 255  # the length byte of a client order id kept in memory
 class _FileSlots:
     """The ring in a file: the finished orders of the window (1M by default) sit in the
     kernel's page cache, which it may write out and drop, not in the node's heap. The file is
-    scratch: recreated at every start; the orders finished before the start are read back
-    from the journal as before. Each slot's order id stays in memory (8 bytes a slot, fixed:
-    no read to find a slot's owner or to miss), and records are written behind in sorted
-    runs of up to WRITE_BEHIND: a pwrite per finished order cost ~40 us on the order path."""
+    scratch: recreated at every start and unlinked as soon as it is open; the orders
+    finished before the start are read back from the journal as before. Each slot's order
+    id stays in memory (8 bytes a slot, fixed: no read to find a slot's owner or to miss),
+    and records are written behind in sorted runs of up to WRITE_BEHIND: a pwrite per
+    finished order cost ~40 us on the order path."""
 
     WRITE_BEHIND = 4096
 
@@ -108,6 +109,9 @@ class _FileSlots:
         self.path = path
         self.slots = slots
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        # Unnamed at once: scratch, so a killed node leaves nothing behind (the kernel frees
+        # it with the last descriptor).
+        os.unlink(path)
         os.ftruncate(self.fd, slots * FILE_SLOT.size)  # sparse: unwritten slots read as zeros
         self.oids = array("q", bytes(8 * slots))  # the order id each slot holds (0: none)
         self.pending: dict[int, bytes] = {}  # slot -> its slot bytes, not written yet
