@@ -34,6 +34,7 @@ from engine.core.domain import (
 )
 from engine.core.events import CreditChecksChanged
 from engine.core.invariants import check_fees
+from engine.core.settlement import fee
 
 R = RejectReason
 C = CancelReason
@@ -109,6 +110,17 @@ def test_fees_round_up_in_the_venues_favour():
     [trade] = of_type(order(ex, "b", BUY, 7, 3), Trade)
     assert (trade.maker_fee, trade.taker_fee) == (0, 1)
     assert bal(ex, "fees", "USD") == (1, 0)
+
+
+def test_the_match_loops_inlined_fees_are_settlement_fee():
+    """`_match` inlines the fee rule for speed: every trade's fees must stay what the one
+    written rule, `settlement.fee`, gives (rounding included, rebates toward zero)."""
+    ex = money()
+    for price, qty in [(7, 3), (1, 1), (999, 7), (13, 77), (1_000, 1), (3, 333)]:
+        order(ex, "a", SELL, price, qty)
+        [trade] = of_type(order(ex, "b", BUY, price, qty), Trade)
+        amount = price * qty
+        assert (trade.maker_fee, trade.taker_fee) == (fee(amount, -10), fee(amount, 20)), (price, qty)
 
 
 def test_a_taker_buying_below_its_limit_is_charged_the_trade_price():
