@@ -12,7 +12,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from telemetry.catalogue import CATALOGUE, COUNTER, GAUGE, HISTOGRAM
+from telemetry.catalogue import CATALOGUE, CLUSTER_ONLY, COUNTER, GAUGE, HISTOGRAM
 
 DEPTH_LEVELS = 10
 
@@ -65,29 +65,8 @@ class ClusterCollector(CatalogueCollector):
     """A cluster member's role, lease, lag and fencing, read from it at scrape time; the
     publish→PubAck histogram is observed by the journal (on the NATS thread)."""
 
-    METRICS = (
-        "loom_replication_publish_seconds",
-        "loom_cluster_role",
-        "loom_lease_held",
-        "loom_lease_renewals",
-        "loom_lease_epoch",
-        "loom_replication_lag_commands",
-        "loom_fencing_rejections",
-        "loom_failovers",
-        "loom_leader_changes",
-        "loom_stream_messages",
-        "loom_stream_first_command_seq",
-        "loom_replicated_snapshot_seq",
-        "loom_replicated_snapshot_age_seconds",
-        "loom_replicated_snapshot_uploads",
-        "loom_stream_purges",
-        "loom_stream_purged_messages",
-        "loom_retention_purges_held_back",
-        "loom_standby_applied_seq",
-        "loom_standby_lag_commands",
-        "loom_standby_report_age_seconds",
-        "loom_retention_purge_floor_seq",
-    )
+    # The role, and every name the catalogue marks as a cluster member's alone (one list).
+    METRICS = ("loom_cluster_role", *sorted(CLUSTER_ONLY))
 
     def __init__(self, member, wall: Callable[[], float] = time.time) -> None:
         self.member = member  # engine.cluster.member.ClusterMember
