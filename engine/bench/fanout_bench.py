@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from engine.bench.connections_bench import SOURCES, _metric_sum, _raise_nofile, _rss_mb, _Trader
+from engine.bench.connections_bench import SOURCES, _cpu_s, _metric_sum, _raise_nofile, _rss_mb, _Trader
 from engine.bench.stats import percentile_us
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 
@@ -259,7 +259,13 @@ async def _measure(
     await trader.trade(rate, 1.0, TICK_S)  # warm up: the conflation groups and the client loops
     now = time.time()
     window[0], window[1] = now, now + seconds
+    # Who had the CPU over the window: the servers, and the subscribers' own processes (which
+    # share this machine's cores with them; clients elsewhere would not).
+    pids = [pid for _h, _p, pid in servers] + [p.pid for p in procs]
+    cpu_before, wall_before = [_cpu_s(pid) for pid in pids], time.perf_counter()
     acks = await trader.trade(rate, seconds, TICK_S)
+    wall = time.perf_counter() - wall_before
+    cores = [(_cpu_s(pid) - before) / wall for pid, before in zip(pids, cpu_before, strict=True)]
     rss = [_rss_mb(pid) for _h, _p, pid in servers]
     async with aiohttp.ClientSession() as session:
         slow = refused_by_node = timed_out = shed = rate_limited = 0.0
@@ -306,6 +312,9 @@ async def _measure(
         "marketdata_processes": len(servers) - 1 if len(servers) > 1 else 0,
         "ramp_s": round(ramp_s, 1),
         "client_nice": client_nice,
+        "server_cpu_cores": [round(c, 2) for c in cores[: len(servers)]],  # each server's, over the window
+        "client_cpu_cores": round(sum(cores[len(servers) :]), 2),  # the subscribers' processes, together
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, at the end
     }
 
 
@@ -338,5 +347,7 @@ def format_fanout(r: dict) -> str:
         f"{r['updates_per_s']:,}/s (orders {r['order_rate']:,}/s, ack p99 {r['ack_p99_ms']} ms)\n"
         f"frames received {r['frames_per_s']:,}/s; lag p50 {r['lag_p50_ms']} ms, p99 {r['lag_p99_ms']} ms "
         f"({verdict} the 100 ms target); slow-consumer disconnects {r['slow_disconnects']}; "
-        f"connections lost {r['connections_lost']}; server RSS {r['rss_mb']} MB"
+        f"connections lost {r['connections_lost']}; server RSS {r['rss_mb']} MB\n"
+        f"CPU over the window (cores): servers {r['server_cpu_cores']}, subscriber processes "
+        f"{r['client_cpu_cores']}; load average {r['load_average_1m']}"
     )
