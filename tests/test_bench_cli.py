@@ -140,6 +140,12 @@ def test_bench_fanout_reports_every_subscriber_its_frames_and_lag(marketdata: in
     # Conflated to 10 Hz: never more than 10 frames a second per subscriber (+1 at the edges).
     assert 0 < r["frames_per_s"] <= 100 * 10 * (1 + 1 / r["seconds"]), r
     assert 0 < r["lag_p50_ms"] <= r["lag_p99_ms"], r
+    # Where the CPU went over the window: each server's share (the node's, taking the orders,
+    # is above the 10 ms tick of /proc's counters; 50 subscribers' may not be), and the
+    # subscribers' processes.
+    cores = r["server_cpu_cores"]
+    assert len(cores) == 1 + marketdata and cores[0] > 0 and min(cores) >= 0, r
+    assert r["client_cpu_cores"] >= 0 and r["load_average_1m"] > 0 and r["server_rate_limited"] == 0, r
 
 
 def test_bench_connections_authenticated_holds_logged_on_sessions_and_measures_their_memory():

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from engine.bench.connections_bench import SOURCES, _metric_sum, _raise_nofile, _rss_mb, _Trader
+from engine.bench.connections_bench import SOURCES, _cpu_s, _metric_sum, _raise_nofile, _rss_mb, _Trader
 from engine.bench.stats import percentile_us
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 
@@ -181,14 +181,19 @@ def _client_process(
 
 def fanout_config(subscribers: int) -> str:
     """The load node's config with room for the subscribers: one listener holds them all,
-    spread over 16 source addresses; they only read, so no idle deadline or ping ends them."""
-    return _config_text() + (
+    spread over 16 source addresses; they only read, so no idle deadline or ping ends them.
+    The subscribers carry no key, and each address stands for hundreds of clients, so the
+    per-IP limit on keyless requests is off: at its default (100/s, burst 200) an address's
+    625 upgrades of a 10,000 ramp faster than ~4 s were answered 429 RATE_LIMITED, the
+    "lost" connections of session 7 (top-level key: it must precede the tables)."""
+    admission = (
         "[admission]\n"
         f"max_connections = {subscribers + 1_000}\n"
         f"max_connections_per_ip = {subscribers + 1_000}\n"
         "session_idle_s = 3600\n"
         "ws_heartbeat_s = 3600\n"
     )
+    return "preauth_rate_limit = 0\n" + _config_text() + admission
 
 
 def _nofile(subscribers: int) -> int:
@@ -254,10 +259,16 @@ async def _measure(
     await trader.trade(rate, 1.0, TICK_S)  # warm up: the conflation groups and the client loops
     now = time.time()
     window[0], window[1] = now, now + seconds
+    # Who had the CPU over the window: the servers, and the subscribers' own processes (which
+    # share this machine's cores with them; clients elsewhere would not).
+    pids = [pid for _h, _p, pid in servers] + [p.pid for p in procs]
+    cpu_before, wall_before = [_cpu_s(pid) for pid in pids], time.perf_counter()
     acks = await trader.trade(rate, seconds, TICK_S)
+    wall = time.perf_counter() - wall_before
+    cores = [(_cpu_s(pid) - before) / wall for pid, before in zip(pids, cpu_before, strict=True)]
     rss = [_rss_mb(pid) for _h, _p, pid in servers]
     async with aiohttp.ClientSession() as session:
-        slow = refused_by_node = timed_out = shed = 0.0
+        slow = refused_by_node = timed_out = shed = rate_limited = 0.0
         for host, port, _pid in servers:
             base = f"http://{host}:{port}"
             slow += await _metric_sum(session, base, "loom_md_slow_consumer_drops_total")
@@ -265,6 +276,7 @@ async def _measure(
             refused_by_node += await _metric_sum(session, base, "loom_connections_refused_total")
             timed_out += await _metric_sum(session, base, "loom_connection_timeouts_total")
             shed += await _metric_sum(session, base, "loom_overload_refusals_total")
+            rate_limited += await _metric_sum(session, base, "loom_rate_limited_total")  # 429s
     stop.set()
     results = [(await asyncio.to_thread(out.get, True, 120))[1] for _ in procs]
     for p in procs:
@@ -289,6 +301,7 @@ async def _measure(
         "server_refusals": int(refused_by_node),
         "server_timeouts": int(timed_out),
         "server_overload_refusals": int(shed),
+        "server_rate_limited": int(rate_limited),
         "client_errors": [e for r in results for e in r["errors"]][:5],
         "order_rate": rate,
         "orders_acked": len(acks),
@@ -299,6 +312,9 @@ async def _measure(
         "marketdata_processes": len(servers) - 1 if len(servers) > 1 else 0,
         "ramp_s": round(ramp_s, 1),
         "client_nice": client_nice,
+        "server_cpu_cores": [round(c, 2) for c in cores[: len(servers)]],  # each server's, over the window
+        "client_cpu_cores": round(sum(cores[len(servers) :]), 2),  # the subscribers' processes, together
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, at the end
     }
 
 
@@ -331,5 +347,7 @@ def format_fanout(r: dict) -> str:
         f"{r['updates_per_s']:,}/s (orders {r['order_rate']:,}/s, ack p99 {r['ack_p99_ms']} ms)\n"
         f"frames received {r['frames_per_s']:,}/s; lag p50 {r['lag_p50_ms']} ms, p99 {r['lag_p99_ms']} ms "
         f"({verdict} the 100 ms target); slow-consumer disconnects {r['slow_disconnects']}; "
-        f"connections lost {r['connections_lost']}; server RSS {r['rss_mb']} MB"
+        f"connections lost {r['connections_lost']}; server RSS {r['rss_mb']} MB\n"
+        f"CPU over the window (cores): servers {r['server_cpu_cores']}, subscriber processes "
+        f"{r['client_cpu_cores']}; load average {r['load_average_1m']}"
     )
