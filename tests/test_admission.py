@@ -300,8 +300,10 @@ def test_bench_connections_reduced_under_a_low_descriptor_limit():
     # deadline: all of it is "held", none "churn"; its seconds and the node's CPU are given.
     assert result["orders_during_held"] == 200 and result["p99_ms_during_churn"] is None, result
     assert result["p99_ms_during_held"] == result["p99_ms_during"], result
-    # (a loaded machine may send the last orders of the 1 s phase a little late: 1 or 2 seconds)
-    assert 1 <= len(result["p99_ms_by_second_during"]) <= 2 and result["node_cpu_s_during"] > 0, result
+    # A p99 for each second in which the phase sent orders: how many seconds that took is the
+    # loaded machine's (it sends the 1 s phase's last orders late), never asserted.
+    timeline = result["p99_ms_by_second_during"]
+    assert timeline and all(p99 > 0 for p99 in timeline) and result["node_cpu_s_during"] > 0, result
 
 
 def test_bench_connections_polls_healthz_on_a_connection_of_its_own(tmp_path):
