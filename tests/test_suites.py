@@ -66,14 +66,16 @@ def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
     assert len(r["windows"]) == 3 and all(w["acks"] > 0 and w["rss_mb"] > 0 for w in r["windows"])
     assert r["rss_growth_mb"] == round(r["windows"][-1]["rss_mb"] - r["windows"][0]["rss_mb"], 1)
     assert r["rss_target_met"] == (r["rss_growth_mb"] < 50)
-    assert r["drift_target_met"] == (r["ack_p99_drift_pct"] < 20)
-    # The flow takes what it rests: a few levels at the end, not a growing share of the run.
-    # Buys and sells travel on two sessions, so the buys sent in the last few milliseconds
-    # can rest with no sell left to take them (one CI run ended with 689 resting); the bound
-    # is a share of the run, which a book that kept what it rested (~half the orders)
-    # exceeds a hundredfold.
-    assert r["book_at_end"]["levels"] <= 5
-    assert r["book_at_end"]["qty"] <= 50 * max(20, r["sent"] // 200), r["book_at_end"]
+    # The drift from the windows' own p99s, unrounded: the report's percentage is rounded to
+    # 0.1, so a drift of 19.96% reads 20.0 while its target is met (a loaded machine's drift
+    # lands anywhere; the test checks the verdict, never the figure).
+    first, last = r["windows"][0]["ack_p99_us"], r["windows"][-1]["ack_p99_us"]
+    drift = (last - first) / first
+    assert r["ack_p99_drift_pct"] == round(drift * 100, 1) and r["drift_target_met"] == (drift < 0.20), r
+    # The flow nets to nothing in any interleaving of its two sessions: what rests at the end
+    # is exactly what the acked orders leave (all of them acked: nothing), at one price.
+    book = r["book_at_end"]
+    assert book["qty"] == book["net_acked_qty"] and book["levels"] == (1 if book["qty"] else 0), book
 
 
 def test_dr_rebuilds_a_destroyed_standby_from_the_replicated_snapshot_and_takes_over():
@@ -107,14 +109,33 @@ def test_each_client_session_has_an_account_of_its_own():
     assert [protocol for protocol, _ in who] == [p for p, _ in clients]
 
 
-def test_the_soak_flow_keeps_the_book_bounded():
-    """In order, each IOC sell takes its pair's buy and any leftover: at most one buy rests."""
+def test_the_soak_flow_nets_to_nothing_in_any_interleaving_of_its_sessions():
+    """Each pair's buy and sell (two sessions, two accounts) cross at one price: whichever
+    session the node reads first, at most their lag rests, and nothing once both are in.
+    (The IOC-sell flow left every buy sequenced after the last sell: 13,250 lots under load.)"""
+    import random
+
     run = LoadRun.new().prefix
-    resting = 0
-    for i in range(10_000):
-        o = bounded_order(run, i)
-        resting = resting + o.qty if o.tif == "gtc" else max(0, resting - o.qty)
-        assert resting <= 50
+    orders = [bounded_order(run, i) for i in range(2_000)]
+    buys, sells = orders[0::2], orders[1::2]
+    assert {(o.side, o.tif) for o in buys} == {("buy", "gtc")}
+    assert {(o.side, o.tif) for o in sells} == {("sell", "gtc")}
+    assert len({o.price for o in orders}) == 1
+    assert [o.qty for o in buys] == [o.qty for o in sells]
+    in_order = [o for pair in zip(buys, sells, strict=True) for o in pair]
+    sells_first = sells + buys
+    rng = random.Random(7)
+    shuffled = []
+    left, right = list(buys), list(sells)
+    while left or right:  # a random merge: each session's own order kept, as the node reads them
+        shuffled.append((left if left and (not right or rng.random() < 0.5) else right).pop(0))
+    for flow in (in_order, sells_first, shuffled):
+        resting = 0  # > 0: buys rest; < 0: sells rest (one price: they never both rest)
+        for o in flow:
+            resting += o.qty if o.side == "buy" else -o.qty
+            if flow is in_order:
+                assert abs(resting) <= 50
+        assert resting == 0
 
 
 def test_the_soak_sampler_outlives_a_metrics_scrape_that_fails():

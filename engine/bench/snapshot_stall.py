@@ -128,6 +128,34 @@ def _scrape(host: str, port: int) -> dict[str, float]:
     }
 
 
+SNAPSHOT_SETTLE_S = 300.0  # the longest the run waits for the snapshots it started to be written
+
+
+def _settled_scrape(host: str, port: int, before: dict[str, float]) -> dict[str, float]:
+    """The scrape once every snapshot started since `before` is written or has failed.
+
+    The load ends at a fixed time, the snapshots do not: one started in the run's last
+    seconds (or by a snapshotter that runs only on CPU the node leaves idle, on a machine
+    that leaves none) is still being written when the load ends. Scraped then, it counted
+    as never taken, and its write time was missing from the figures."""
+    deadline = time.monotonic() + SNAPSHOT_SETTLE_S
+    after = _scrape(host, port)
+    while _in_flight(before, after) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = _scrape(host, port)
+    return after
+
+
+def _in_flight(before: dict[str, float], after: dict[str, float]) -> float:
+    """Snapshots started between two scrapes and neither written nor failed by the second."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    started = delta("loom_snapshot_capture_seconds_count")
+    return started - delta("loom_snapshot_duration_seconds_count") - delta("loom_snapshot_failures_total")
+
+
 def run_one(
     seed: Path,
     snapshot_every_s: float,
@@ -143,7 +171,7 @@ def run_one(
         run = LoadRun.new()
         driver = BinaryDriver(host, info["binary"], next(iter(LOAD_ACCOUNTS)), 1, run)
         result = asyncio.run(run_open_loop(driver, "binary", rate, duration, run, latencies_ns=latencies_ns))
-        after = _scrape(host, info["http"])
+        after = _settled_scrape(host, info["http"], before)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)

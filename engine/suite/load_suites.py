@@ -9,7 +9,8 @@ import time
 import urllib.request
 
 from engine.bench.stats import percentile_us
-from engine.load.runner import MID, LoadOrder
+from engine.chaos.history import OK
+from engine.load.runner import MID, RUN_REFS, LoadOrder
 from engine.load.spawn import LOAD_ADMIN_KEY
 from engine.suite.mixed import (
     check_against_journal,
@@ -105,15 +106,46 @@ def run_stress(orders: int = 200_000, sessions: int = 64) -> dict:
 # -- soak -------------------------------------------------------------------------------------
 
 
-def bounded_order(run: str, i: int) -> LoadOrder:
-    """The soak's flow, whose book stays small: even orders rest (GTC buys just under the mid,
-    from one account), odd ones are IOC sells from the other account for twice the
-    pair's quantity, which take that buy and any left over from a reordering."""
+SOAK_PRICE = MID - 1  # every order of the soak's flow: a buy and a sell at one price always cross
+
+
+def _soak_qty(i: int) -> int:
     pair = i // 2
-    qty = 1 + (pair * 7) % 50
-    if i % 2 == 0:
-        return LoadOrder(i, f"{run}-{i}", "buy", MID - 1 - pair % 5, qty, "gtc")
-    return LoadOrder(i, f"{run}-{i}", "sell", MID - 60, 2 * qty, "ioc")
+    return 1 + (pair * 7) % 50
+
+
+def bounded_order(run: str, i: int) -> LoadOrder:
+    """The soak's flow, whose book stays small in any interleaving: pairs of GTC orders of
+    one quantity at one price, the buy (even i) from one account, the sell (odd i) from the
+    other. Whichever of a pair is sequenced first rests (or takes what the other side left)
+    and its twin takes it: the book holds one side at one price, no more than the two
+    sessions' lag, and nets to nothing once both sessions' orders are in.
+
+    (Session 7's flow, resting buys and IOC sells of twice the quantity, depended on the
+    buys being sequenced first: under load one session's read ran ahead of the other's,
+    the IOC sells found nothing, and the buys journaled after the last sell stayed: 13,250
+    lots on a 36,440-order soak, a share of the run that only the two sessions' lag set.)"""
+    side = "buy" if i % 2 == 0 else "sell"
+    return LoadOrder(i, f"{run}-{i}", side, SOAK_PRICE, _soak_qty(i), "gtc")
+
+
+def net_resting_qty(history) -> int:
+    """What the acked orders of the soak's flow leave on the book: the acked buys' quantity
+    less the acked sells' (either side; a refused order's twin stays unmatched)."""
+    net = 0
+    for op in history.ops:
+        if op.outcome == OK:
+            i = _order_index(op.client_order_id)
+            net += _soak_qty(i) if i % 2 == 0 else -_soak_qty(i)
+    return abs(net)
+
+
+def _order_index(client_order_id: str) -> int:
+    """The flow's index of an order from its client order id: "<run prefix>-<i>" on the
+    text protocols, the binary client_ref (LoadRun.client_ref) on binary."""
+    if "-" in client_order_id:
+        return int(client_order_id.rsplit("-", 1)[1])
+    return (int(client_order_id) - 1) % RUN_REFS
 
 
 SOAK_SESSIONS = [("binary", 1), ("binary", 1)]  # even orders on the first account, odd on the second
@@ -215,6 +247,7 @@ def run_soak(
         history.ops[:0] = probe_history.ops
         checked = check_against_journal(history, info["data_dir"])
         book = _book_depth(f"http://{info['host']}:{info['http']}")
+    book["net_acked_qty"] = net_resting_qty(history)
     windows = _windows(samples, sampler, window_s, minutes * 60)
     first, last = windows[0], windows[-1]
     # None (not met) when a window has no RSS sample: never a growth computed from a gap.
@@ -284,7 +317,8 @@ def format_load_suite(r: dict) -> str:
         lines.append(
             f"  max rate {r['max_rate']:,}/s measured, soaked at {r['rate']:,}/s for {r['minutes']} min "
             f"({r['orders']:,} orders); book at the end: {r['book_at_end']['levels']} levels, "
-            f"{r['book_at_end']['qty']:,} resting"
+            f"{r['book_at_end']['qty']:,} resting (what the acked orders leave: "
+            f"{r['book_at_end']['net_acked_qty']:,})"
         )
         for w in r["windows"]:
             lines.append(
