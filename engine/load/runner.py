@@ -217,6 +217,7 @@ async def run_open_loop(
     clock = time.perf_counter_ns
     interval_ns = 1e9 / rate
     progress.phase(f"{protocol} load: orders sent", total)
+    cpu_start = time.process_time()
     start = stats.start_ns = clock()
     stats.interval_ns = interval_ns
     sent = 0
@@ -242,9 +243,15 @@ async def run_open_loop(
         progress.update(stats.acked + stats.rejected + stats.overloaded + stats.held)
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
+    # The generator's own CPU over its sending and draining: near one core's worth of the
+    # wall time, it (not the venue) set the pace (it shares the machine with the node).
+    cpu_s, wall_s = time.process_time() - cpu_start, (clock() - start) / 1e9
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
     await driver.close()
     report = stats.report(elapsed)
+    report["client_cpu_s"] = round(cpu_s, 3)
+    report["client_wall_s"] = round(wall_s, 3)
+    report["client_busy"] = round(cpu_s / wall_s, 3) if wall_s > 0 else 0.0
     if latencies_ns is not None:
         latencies_ns.extend(stats.latencies_ns)
     if samples is not None:
