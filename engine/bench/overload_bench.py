@@ -201,11 +201,12 @@ def run_overload_bench(
         "refused_4x": over[4]["overloaded"],
         "held_2x": over[2]["held"],
         "held_4x": over[4]["held"],
-        # CPU per second of the step (1.0 = one core): which of the two set the pace.
+        # Which of the two set the pace: the node's CPU per second of the step (1.0 = one
+        # core) and how late the generator sent (p99, ms; microseconds when it keeps up).
         "node_busy_2x": over[2].get("node_busy"),
         "node_busy_4x": over[4].get("node_busy"),
-        "client_busy_2x": over[2].get("client_busy"),
-        "client_busy_4x": over[4].get("client_busy"),
+        "client_late_p99_ms_2x": over[2].get("client_late_p99_ms"),
+        "client_late_p99_ms_4x": over[4].get("client_late_p99_ms"),
         "client_errors": errors,
         "step_duration_s": duration,
         "client_budget_ms": budget_ms,
@@ -236,8 +237,8 @@ def format_overload(r: dict) -> str:
         f"{r['refused_2x']:,}, held back {r['held_2x']:,}\n"
         f"  4C: goodput {r['goodput_4x']:,}/s, acked p99 {r['acked_p99_ms_4x']} ms, refused "
         f"{r['refused_4x']:,}, held back {r['held_4x']:,}\n"
-        f"  CPU (cores) 2C: node {r['node_busy_2x']}, generator {r['client_busy_2x']}; 4C: node "
-        f"{r['node_busy_4x']}, generator {r['client_busy_4x']}\n"
+        f"  node CPU (cores) 2C {r['node_busy_2x']}, 4C {r['node_busy_4x']}; generator sent late by "
+        f"p99 {r['client_late_p99_ms_2x']} / {r['client_late_p99_ms_4x']} ms\n"
         f"  client: at most {r['client_max_in_flight'] or 'any number of'} orders in flight per connection "
         f"at 2C and 4C (budget {r['client_budget_ms']:g} ms), niceness {r['generator_nice']}; load average "
         f"{r['load_average']}\n"
