@@ -1,5 +1,6 @@
-"""The load generator's cheap WebSocket and FIX readers and writers (engine/load), and the CPU
-figures `loom load` and `loom bench overload` report (which of node and generator set the pace).
+"""The load generator's cheap FIX report reader (engine/load/fix_driver.py), the raw WebSocket
+framing the tests use (tests/wsframes.py), and the figures `loom load` and `loom bench
+overload` report on which of node and generator set the pace (node CPU, generator lateness).
 
 The readers find only what an answer needs; these tests hold them to what the full decoders
 (the project's FIX codec, msgspec, aiohttp's WebSocket reader) read from the same bytes."""
@@ -12,12 +13,12 @@ import time
 
 import msgspec
 import pytest
+from wsframes import client_frame, server_frames
 
 from engine.bench.overload_bench import format_overload, process_cpu_s, targets_met
 from engine.gateways.fix.codec import FixParser, encode_message, utc_timestamp
 from engine.gateways.ws_frames import json_frame
 from engine.load.fix_driver import framed, report_fields
-from engine.load.http_driver import client_frame, server_frames
 
 TS = utc_timestamp(1_700_000_000.0)
 

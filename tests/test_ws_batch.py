@@ -12,8 +12,7 @@ import re
 import urllib.request
 
 from test_overload import BTC, KEYS, WAIT, loom_args, loom_env
-
-from engine.load.http_driver import client_frame, server_frames
+from wsframes import client_frame, server_frames
 
 ORDERS = 300
 

@@ -1,15 +1,12 @@
 """REST and WebSocket load drivers.
 
-REST uses a minimal pipelining HTTP/1.1 client, WebSocket a minimal RFC 6455 client, both on
-raw asyncio protocols: an aiohttp client costs more CPU per request than the server it is
-measuring, and the load generator shares the machine with the server."""
+REST uses a minimal pipelining HTTP/1.1 client on raw asyncio protocols: an aiohttp client
+costs more CPU per request than the server it is measuring, and the load generator shares
+the machine with the server."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import random
-import secrets
 import time
 from collections import deque
 
@@ -160,117 +157,7 @@ class RestDriver:
             c.transport.close()
 
 
-class _Event(msgspec.Struct):
-    order_id: int = 0
-
-
-class _Answer(msgspec.Struct):
-    """What the generator needs of a WebSocket answer (msgspec skips the rest in C)."""
-
-    type: str = ""
-    req_id: int | None = None
-    code: str | None = None
-    events: list[_Event] = []
-
-
-_decode_answer = msgspec.json.Decoder(_Answer).decode
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One final, masked client frame (RFC 6455 5.2; clients must mask). The mask is XORed as
-    one big integer: a loop per byte cost more than the order it carries."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    key = random.getrandbits(32).to_bytes(4, "big")
-    mask = (key * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    return head + key + masked
-
-
-def server_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
-    """The complete (unmasked, unfragmented) server frames at the start of `buf` as (opcode,
-    payload), and how many bytes they span."""
-    frames = []
-    pos, n = 0, len(buf)
-    while n - pos >= 2:
-        length, head = buf[pos + 1] & 0x7F, 2
-        if length == 126:
-            if n - pos < 4:
-                break
-            length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-        elif length == 127:
-            if n - pos < 10:
-                break
-            length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-        if n - pos < head + length:
-            break
-        frames.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + length])))
-        pos += head + length
-    return frames, pos
-
-
-class _WsConnection(asyncio.Protocol):
-    """One WebSocket order session on a raw asyncio protocol: the upgrade, then masked text
-    frames out and the answers in, each decoded only for its type, req_id, code and order id."""
-
-    def __init__(self, on_ack, request: bytes) -> None:
-        self.on_ack = on_ack
-        self.request = request
-        self.buf = bytearray()
-        self.in_flight = 0  # orders sent and not yet answered
-        self.transport: asyncio.Transport | None = None
-        self.opened = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        if not self.opened.done():
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(buf[:end].split(b"\r\n", 1)[0])
-            if b" 101 " not in status + b" ":
-                self.opened.set_exception(ConnectionError(f"WebSocket upgrade refused: {status.decode()}"))
-                return
-            del buf[: end + 4]
-            self.opened.set_result(None)
-        frames, used = server_frames(buf)
-        del buf[:used]
-        now = time.perf_counter_ns()
-        on_ack = self.on_ack
-        for opcode, payload in frames:
-            if opcode == 0x1:
-                a = _decode_answer(payload)
-                if a.req_id is not None:
-                    self.in_flight -= 1
-                    shed = a.type == "error" and a.code == "OVERLOADED"
-                    order_id = a.events[0].order_id if a.type == "ack" and a.events else 0
-                    on_ack(a.req_id, a.type == "ack", now, shed, a.code or a.type, order_id)
-            elif opcode == 0x9:  # the server's heartbeat ping
-                self.transport.write(client_frame(payload, 0xA))
-            elif opcode == 0x8:
-                self.transport.close()
-
-    def connection_lost(self, exc) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"WebSocket connection lost: {exc}"))
-
-
 class WsDriver:
-    """WebSocket order sessions on raw asyncio protocols (`_WsConnection`), not aiohttp's
-    client: its per-frame send and per-message receive coroutines, and decoding every answer
-    whole, made the generator's CPU, not the venue, set the bench's WebSocket figures at 2C
-    (py-spy, BENCHMARKS.md "Session 8: WebSocket and FIX under overload")."""
-
     def __init__(
         self,
         host: str,
@@ -280,36 +167,64 @@ class WsDriver:
         hold: bool = False,
         max_in_flight: int = 0,
     ) -> None:
-        self.host, self.port, self.api_key, self.n = host, port, api_key, connections
+        self.url = f"http://{host}:{port}/v1/ws"
+        self.api_key, self.n = api_key, connections
         self.hold = hold
         self.max_in_flight = max_in_flight  # per connection, with hold (engine.load.backpressure)
-        self.conns: list[_WsConnection] = []
+        self.in_flight: list[int] = []  # per connection: orders sent and not yet answered
+        self.session = None
+        self.sockets: list = []
+        self.readers: list[asyncio.Task] = []
+        self.queues: list[asyncio.Queue] = []
+        self.writers: list[asyncio.Task] = []
         self._next = 0
 
-    def _upgrade(self) -> bytes:
-        key = base64.b64encode(secrets.token_bytes(16)).decode()
-        return (
-            f"GET /v1/ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"X-API-Key: {self.api_key}\r\n\r\n"
-        ).encode()
-
     async def connect(self, on_ack) -> None:
-        loop = asyncio.get_running_loop()
+        import aiohttp
+
+        # No pool limit: aiohttp's default (100) made the 101st WebSocket wait forever.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for _ in range(self.n):
-            transport, conn = await loop.create_connection(
-                lambda: _WsConnection(on_ack, self._upgrade()), self.host, self.port
-            )
-            await asyncio.wait_for(conn.opened, 10)
+            ws = await self.session.ws_connect(self.url, headers={"X-API-Key": self.api_key}, max_msg_size=0)
+            self.sockets.append(ws)
             if self.hold:
-                limit_send_buffer(transport)
-            self.conns.append(conn)
+                limit_send_buffer(ws._writer.transport)  # aiohttp exposes no public handle
+            queue: asyncio.Queue = asyncio.Queue()
+            self.queues.append(queue)
+            self.in_flight.append(0)
+            self.readers.append(asyncio.create_task(self._read(ws, on_ack, len(self.sockets) - 1)))
+            self.writers.append(asyncio.create_task(self._write(ws, queue)))
+
+    async def _read(self, ws, on_ack, c: int) -> None:
+        decode = msgspec.json.decode
+        async for msg in ws:
+            data = decode(msg.data)
+            req_id = data.get("req_id")
+            if req_id is not None:
+                self.in_flight[c] -= 1
+                kind = data.get("type")
+                code = data.get("code")
+                shed = kind == "error" and code == "OVERLOADED"
+                events = data.get("events") or [{}]
+                order_id = int(events[0].get("order_id", 0)) if kind == "ack" else 0
+                on_ack(req_id, kind == "ack", time.perf_counter_ns(), shed, code or kind, order_id)
+
+    async def _write(self, ws, queue: asyncio.Queue) -> None:
+        while True:
+            frames = await queue.get()
+            for frame in frames:
+                await ws.send_str(frame)
+
+    def _room(self, c: int, due: int) -> int:
+        # Nothing while the writer task has not caught up with the last batch.
+        if self.hold and not self.queues[c].empty():
+            return 0
+        return room(self.hold, self.sockets[c]._writer.transport, self.in_flight[c], self.max_in_flight, due)
 
     def send(self, orders: list[LoadOrder]) -> int:
-        per: dict[int, list[bytes]] = {}
+        per: dict[int, list[str]] = {}
         held = 0
-        conns = self.conns
-        free = [room(self.hold, c.transport, c.in_flight, self.max_in_flight, len(orders)) for c in conns]
+        free = [self._room(c, len(orders)) for c in range(self.n)]
         if not any(free):  # every connection holds: nothing to build or route
             return len(orders)
         for k in range(len(orders)):
@@ -320,7 +235,7 @@ class WsDriver:
                 continue
             free[c] -= 1
             o = orders[k]  # built only now (engine.load.runner.OrderBatch)
-            conns[c].in_flight += 1
+            self.in_flight[c] += 1
             msg = {
                 "op": "order",
                 "req_id": o.index,
@@ -331,13 +246,15 @@ class WsDriver:
                 "tif": o.tif,
                 "client_order_id": o.client_order_id,
             }
-            per.setdefault(c, []).append(client_frame(_json.encode(msg)))
+            per.setdefault(c, []).append(_json.encode(msg).decode())
         for c, frames in per.items():
-            conns[c].transport.write(b"".join(frames))
+            self.queues[c].put_nowait(frames)
         return held
 
     async def close(self) -> None:
-        for c in self.conns:
-            if c.transport is not None and not c.transport.is_closing():
-                c.transport.write(client_frame(b"\x03\xe8", 0x8))  # close 1000
-                c.transport.close()
+        for t in self.writers + self.readers:
+            t.cancel()
+        for ws in self.sockets:
+            await ws.close()
+        if self.session is not None:
+            await self.session.close()
