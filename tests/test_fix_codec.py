@@ -337,3 +337,17 @@ def test_truncations_wait_for_more_data(hdr, body, cut):
     parser.receive_data(raw[cut:])
     (msg,) = list(parser.events())
     assert isinstance(msg, FixMessage) and encode(msg) == raw
+
+
+def test_a_parsed_message_reads_as_one_built_field_by_field():
+    """FixMessage.parsed (the parser's, indexed at once) answers get/count/get_all as a
+    message built with append does, repeated tags included (the session rejects those)."""
+    fields = [(8, "FIX.4.4"), (9, "60"), (35, "D"), (11, "a"), (55, "X"), (11, "b"), (38, "5"), (11, "c")]
+    for some in (fields, fields[:5]):
+        built, parsed = FixMessage(some), FixMessage.parsed(list(some), b"raw")
+        assert parsed == built and parsed.raw == b"raw"
+        for tag in (8, 11, 35, 55, 38, 999):
+            assert parsed.get(tag) == built.get(tag)
+            assert parsed.count(tag) == built.count(tag) == sum(t == tag for t, _ in some)
+            assert parsed.get_all(tag) == built.get_all(tag)
+    assert FixMessage.parsed(fields, b"").count(11) == 3 and FixMessage.parsed(fields, b"").get(11) == "a"

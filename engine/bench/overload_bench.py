@@ -60,8 +60,12 @@ def _step(
     duration: float,
     max_in_flight: int = 0,
     nice: int = 0,
+    node_pid: int | None = None,
 ) -> dict:
-    """One `loom load --hold` run in its own process (at niceness `nice`): its JSON report."""
+    """One `loom load --hold` run in its own process (at niceness `nice`): its JSON report,
+    with `node_busy` when `node_pid` is given: the node's CPU seconds over the step (idle
+    while the generator starts) per second of the generator's sending and draining."""
+    node_cpu = process_cpu_s(node_pid) if node_pid else 0.0
     cmd = [
         sys.executable,
         "-m",
@@ -98,7 +102,17 @@ def _step(
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"loom load failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return json.loads(lines[-1])
+    report = json.loads(lines[-1])
+    if node_pid and report.get("client_wall_s"):
+        report["node_busy"] = round((process_cpu_s(node_pid) - node_cpu) / report["client_wall_s"], 3)
+    return report
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sustainable(report: dict) -> bool:
@@ -162,7 +176,7 @@ def run_overload_bench(
         host, port = info["host"], info[PORT_KEY[protocol]]
 
         def run(rate: float, max_in_flight: int = 0) -> dict:
-            return _step(protocol, host, port, rate, duration, max_in_flight, generator_nice)
+            return _step(protocol, host, port, rate, duration, max_in_flight, generator_nice, info["pid"])
 
         log(f"{protocol}: warming up")
         run(START[protocol])  # the node's first seconds (allocation, first GCs) are not measured
@@ -187,6 +201,12 @@ def run_overload_bench(
         "refused_4x": over[4]["overloaded"],
         "held_2x": over[2]["held"],
         "held_4x": over[4]["held"],
+        # Which of the two set the pace: the node's CPU per second of the step (1.0 = one
+        # core) and how late the generator sent (p99, ms; microseconds when it keeps up).
+        "node_busy_2x": over[2].get("node_busy"),
+        "node_busy_4x": over[4].get("node_busy"),
+        "client_late_p99_ms_2x": over[2].get("client_late_p99_ms"),
+        "client_late_p99_ms_4x": over[4].get("client_late_p99_ms"),
         "client_errors": errors,
         "step_duration_s": duration,
         "client_budget_ms": budget_ms,
@@ -217,6 +237,8 @@ def format_overload(r: dict) -> str:
         f"{r['refused_2x']:,}, held back {r['held_2x']:,}\n"
         f"  4C: goodput {r['goodput_4x']:,}/s, acked p99 {r['acked_p99_ms_4x']} ms, refused "
         f"{r['refused_4x']:,}, held back {r['held_4x']:,}\n"
+        f"  node CPU (cores) 2C {r['node_busy_2x']}, 4C {r['node_busy_4x']}; generator sent late by "
+        f"p99 {r['client_late_p99_ms_2x']} / {r['client_late_p99_ms_4x']} ms\n"
         f"  client: at most {r['client_max_in_flight'] or 'any number of'} orders in flight per connection "
         f"at 2C and 4C (budget {r['client_budget_ms']:g} ms), niceness {r['generator_nice']}; load average "
         f"{r['load_average']}\n"

@@ -38,7 +38,38 @@ class MaskedFramesOnly:
         self._reader.feed_eof()
 
     def _all_masked(self, data: bytes) -> bool:
-        i, n = 0, len(data)
+        n = len(data)
+        i = min(self._skip, n)  # the rest of a payload begun in an earlier read
+        self._skip -= i
+        head = self._head
+        if head:  # a header split across reads: byte by byte until it is whole
+            i = self._finish_head(data, i)
+            if i < 0:
+                return False
+        # The usual case, one iteration per frame with locals only (a loop iteration per
+        # header and payload, with the offsets on self, was a fifth of the node's main
+        # thread at 4C: py-spy, BENCHMARKS.md "Session 8: WebSocket and FIX under overload").
+        while i + 14 <= n:  # a whole header here, however long its length field
+            second = data[i + 1]
+            if not second & 0x80:
+                return False
+            length = second & 0x7F
+            if length < 126:
+                i += 6 + length
+            elif length == 126:
+                i += 8 + int.from_bytes(data[i + 2 : i + 4], "big")
+            else:
+                i += 14 + int.from_bytes(data[i + 2 : i + 10], "big")
+        if i >= n:
+            self._skip += i - n  # (what the byte-wise path left to skip stays counted)
+            return True
+        return self._finish_head(data, i) >= 0
+
+    def _finish_head(self, data: bytes, i: int) -> int:
+        """Read header bytes from data[i:] into `_head` until one header is whole and its
+        payload passed over (or the data ends); then go on with whole frames. The offset
+        reached, or -1 at an unmasked frame."""
+        n = len(data)
         head = self._head
         while i < n:
             if self._skip:
@@ -46,25 +77,14 @@ class MaskedFramesOnly:
                 self._skip -= step
                 i += step
                 continue
-            if not head and n - i >= 14:  # a whole header here (the usual case): read it at once
-                second = data[i + 1]
-                if not second & 0x80:
-                    return False
-                length = second & 0x7F
-                if length < 126:
-                    i += 6
-                elif length == 126:
-                    length, i = int.from_bytes(data[i + 2 : i + 4], "big"), i + 8
-                else:
-                    length, i = int.from_bytes(data[i + 2 : i + 10], "big"), i + 14
-                self._skip = length
-                continue
+            if not head and n - i >= 14:
+                return i  # back to the fast loop
             head.append(data[i])
             i += 1
             if len(head) < 2:
                 continue
             if not head[1] & 0x80:
-                return False
+                return -1
             length = head[1] & 0x7F
             extra = 2 if length == 126 else 8 if length == 127 else 0
             if len(head) < 2 + extra + 4:  # the extended length and the masking key
@@ -73,7 +93,7 @@ class MaskedFramesOnly:
                 length = int.from_bytes(head[2 : 2 + extra], "big")
             self._skip = length
             head.clear()
-        return True
+        return i
 
 
 def require_masked_frames(request: web.Request, ws: web.WebSocketResponse) -> None:

@@ -27,6 +27,7 @@ from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
 from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
+from engine.gateways.ws_batch import OrderBatch
 from engine.gateways.ws_frames import DEFAULT_SEND_BUFFER, json_frame
 from engine.gateways.ws_masking import require_masked_frames
 from engine.gateways.ws_shed import OverloadedFrames, shed_req_id
@@ -73,6 +74,7 @@ class WsSession:
         self.readable.set()
         self.control_bucket = TokenBucket(ctx.rate, ctx.burst or max(1.0, ctx.rate))
         self.overloaded = OverloadedFrames()  # the cheap refusal's frames (engine/gateways/ws_shed.py)
+        self.batch = OrderBatch(self._submit_now)  # this loop turn's orders (engine/gateways/ws_batch.py)
         # When the oldest market data message in the outbox became durable (0: none queued).
         self.md_since = 0.0
         self.max_queued = ctx.market_data.max_queued
@@ -235,7 +237,12 @@ class WsSession:
             handler(self, req_id, msg)
         except msgspec.ValidationError as exc:
             self.unreadable(req_id, "INVALID_REQUEST", str(exc))
-        except Overloaded as exc:  # nothing was sequenced: resend after retry_after_s
+        except (Overloaded, NotLeader, ServiceStopped) as exc:
+            self._refusal(req_id, exc)
+
+    def _refusal(self, req_id, exc: Overloaded | NotLeader | ServiceStopped) -> None:
+        """The answer to a command the exchange did not take (nothing was sequenced)."""
+        if isinstance(exc, Overloaded):  # resend after retry_after_s
             self.send(
                 {
                     "type": "error",
@@ -245,10 +252,10 @@ class WsSession:
                     "retry_after_s": exc.retry_after_s,
                 }
             )
-        except NotLeader as exc:
+        elif isinstance(exc, NotLeader):
             body = not_leader_fields(exc)
             self.send({"type": "error", "req_id": req_id, "code": "NOT_LEADER", **body})
-        except ServiceStopped as exc:
+        else:
             self.fail(req_id, "SHUTTING_DOWN", str(exc))
 
     def _shed(self, raw: str | bytes) -> bool:
@@ -257,7 +264,12 @@ class WsSession:
         full decode (engine/gateways/ws_shed.py): the answer the ordinary path would give
         (OVERLOADED), at a fraction of its cost. Anything else goes the ordinary way."""
         service = self.ctx.service
-        if self.state is not ACTIVE or not service.accepting or not service.refuses_orders(1):
+        # (this read's orders not yet submitted count: the batch would be refused with them)
+        if (
+            self.state is not ACTIVE
+            or not service.accepting
+            or not service.refuses_orders(len(self.batch) + 1)
+        ):
             return False
         req_id = shed_req_id(raw)
         if req_id is None or not self.bucket.allow(time.monotonic()):
@@ -281,11 +293,37 @@ class WsSession:
             return False
         return True
 
-    def _submit(self, req_id, command) -> None:
-        def done(results: list[list]) -> None:
-            if self.flight.done():
+    def _submit(self, req_id, command, batched: bool = False) -> None:
+        """Submit one command; `batched` (new orders, amends): with the others of this loop
+        turn (engine/gateways/ws_batch.py). Anything else flushes those first, so the queue
+        sees the session's commands in the order it sent them."""
+        if self.flight.add():  # stop reading this session until half its orders are answered
+            self.readable.clear()
+        if batched:
+            self.batch.add(req_id, command)
+            return
+        self.batch.flush()
+        self._submit_now([req_id], [command])
+
+    def _submit_now(self, req_ids: list, commands: list) -> None:
+        try:
+            self.ctx.service.enqueue(commands, lambda results: self._answer(req_ids, results), "websocket")
+        except (Overloaded, NotLeader, ServiceStopped) as exc:  # nothing was sequenced
+            if self.flight.done(len(req_ids)):
                 self.readable.set()
-            events = results[0]
+            if isinstance(exc, Overloaded) and len(req_ids) > 1:  # counted by the service
+                frames = self.overloaded
+                for req_id in req_ids:
+                    self._queue(frames.frame(msgspec.json.encode(req_id), self.ctx.service))
+                return
+            for req_id in req_ids:
+                self._refusal(req_id, exc)
+
+    def _answer(self, req_ids: list, results: list[list]) -> None:
+        """The committed answer of each command of one submission, in the order sent."""
+        if self.flight.done(len(req_ids)):
+            self.readable.set()
+        for req_id, events in zip(req_ids, results, strict=True):
             if events and type(events[0]) is OrderRejected:
                 ev = events[0]
                 self.send(
@@ -299,10 +337,6 @@ class WsSession:
                 )
             else:
                 self.send({"type": "ack", "req_id": req_id, "events": [event_json(e) for e in events]})
-
-        self.ctx.service.enqueue([command], done, "websocket")
-        if self.flight.add():  # stop reading this session until half its orders are answered
-            self.readable.clear()
 
     def op_auth(self, req_id, msg: dict) -> None:
         key = msg.get("api_key")
@@ -328,7 +362,7 @@ class WsSession:
             incoming = parse_traceparent(traceparent) if isinstance(traceparent, str) else None
             if incoming:
                 cmd.trace_id, cmd.trace_parent = incoming
-            self._submit(req_id, cmd)
+            self._submit(req_id, cmd, batched=True)
 
     def op_cancel(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsCancel)
@@ -344,7 +378,7 @@ class WsSession:
             cmd = Amend(
                 account, req.order_id, req.client_order_id, req.qty, req.price, req.new_client_order_id
             )
-            self._submit(req_id, cmd)
+            self._submit(req_id, cmd, batched=True)
 
     def op_cancel_all(self, req_id, msg: dict) -> None:
         req = msgspec.convert(msg, _WsCancelAll)

@@ -217,14 +217,19 @@ async def run_open_loop(
     clock = time.perf_counter_ns
     interval_ns = 1e9 / rate
     progress.phase(f"{protocol} load: orders sent", total)
+    cpu_start = time.process_time()
     start = stats.start_ns = clock()
     stats.interval_ns = interval_ns
     sent = 0
     prefix = run.prefix
+    # How late each send was for its first order: a generator that keeps up sends within
+    # microseconds; late by milliseconds, it (or the CPU it could not get) set the pace.
+    late_ns: list[int] = []
     while sent < total:
         now = clock()
         due = min(total, int((now - start) / interval_ns) + 1)
         if due > sent:
+            late_ns.append(now - start - int(sent * interval_ns))
             held = driver.send(OrderBatch(make, prefix, sent, due - sent))
             if held:
                 stats.held += held
@@ -242,9 +247,17 @@ async def run_open_loop(
         progress.update(stats.acked + stats.rejected + stats.overloaded + stats.held)
         await asyncio.sleep(0.005)
     elapsed = (max(stats.last_ack_ns, start) - start) / 1e9
+    # The generator's CPU over its sending and draining (it yields rather than sleeps between
+    # orders less than 2 ms apart, so on an idle core this reads near the wall time).
+    cpu_s, wall_s = time.process_time() - cpu_start, (clock() - start) / 1e9
     figures = getattr(driver, "figures", None)  # a leader-following driver's failover figures
     await driver.close()
     report = stats.report(elapsed)
+    report["client_cpu_s"] = round(cpu_s, 3)
+    report["client_wall_s"] = round(wall_s, 3)
+    late_ns.sort()
+    report["client_late_p99_ms"] = round(percentile_us(late_ns, 99) / 1000, 2)
+    report["client_late_max_ms"] = round(late_ns[-1] / 1e6, 2) if late_ns else 0.0
     if latencies_ns is not None:
         latencies_ns.extend(stats.latencies_ns)
     if samples is not None:

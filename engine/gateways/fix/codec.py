@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,19 +87,41 @@ class FixMessage:
     """An ordered list of (tag, value) fields with dict-style access to the first value of
     each tag. Values are strings; `raw` holds the bytes a parsed message came from."""
 
-    __slots__ = ("fields", "raw", "_index")
+    __slots__ = ("_index", "_repeated", "fields", "raw")
 
     def __init__(self, fields: Iterable[tuple[int, str]] = (), raw: bytes = b"") -> None:
         self.fields: list[tuple[int, str]] = []
         self._index: dict[int, str] = {}
+        self._repeated: set[int] | None = None  # tags that appear more than once
         self.raw = raw
         for tag, value in fields:
             self.append(tag, value)
 
+    @classmethod
+    def parsed(cls, fields: list[tuple[int, str]], raw: bytes) -> FixMessage:
+        """A message of fields already (int, str), indexed at C speed (the parser's; field by
+        field through `append`, and `count` walking every field per tag read, were a sixth
+        of the node's FIX reading: py-spy, BENCHMARKS.md "Session 8: WebSocket and FIX
+        under overload")."""
+        msg = cls.__new__(cls)
+        msg.fields = fields
+        msg.raw = raw
+        msg._index = index = dict(reversed(fields))  # the first value of each tag
+        msg._repeated = None
+        if len(index) < len(fields):
+            counts = Counter(t for t, _ in fields)
+            msg._repeated = {t for t, n in counts.items() if n > 1}
+        return msg
+
     def append(self, tag: int, value: object) -> FixMessage:
         text = value if isinstance(value, str) else str(value)
         self.fields.append((tag, text))
-        self._index.setdefault(tag, text)
+        if tag in self._index:
+            if self._repeated is None:
+                self._repeated = set()
+            self._repeated.add(tag)
+        else:
+            self._index[tag] = text
         return self
 
     def __getitem__(self, tag: int) -> str:
@@ -114,6 +137,8 @@ class FixMessage:
         return [v for t, v in self.fields if t == tag]
 
     def count(self, tag: int) -> int:
+        if self._repeated is None or tag not in self._repeated:
+            return 1 if tag in self._index else 0
         return sum(1 for t, _ in self.fields if t == tag)
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
@@ -303,7 +328,7 @@ def _parse_frame(
     if problem is not None:
         code, text, ref_tag = problem
         return ParseError(code, text, raw[:256], tuple(fields), ref_tag)
-    return FixMessage(fields, raw)
+    return FixMessage.parsed(fields, raw)
 
 
 def _header_problem(fields: list[tuple[int, str]]) -> tuple[ParseErrorCode, str, int] | None:
