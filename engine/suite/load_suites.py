@@ -210,6 +210,9 @@ class _Sampler(threading.Thread):
             if now >= next_window:
                 self._window_end()
                 next_window += self.window_s
+        # The run ends just short of the last window's end: without this sample the last
+        # window, the one the drift compares, had no GC or CPU figure.
+        self._window_end()
 
 
 # The sustained-rate probe's first rate and the most it offers (orders/s): the doubling of
