@@ -60,13 +60,15 @@ def test_stress_burst_accounts_for_every_order_as_acked_or_refused():
 
 def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
     r = suite("soak", "--minutes", "0.2", "--window", "4", "--probe-seconds", "1")
-    assert r["max_rate"] > 0 and abs(r["rate"] - r["max_rate"] / 2) <= 1
     # The maximum is a rate the node sustained, held three steps' time on the warm node (the
     # probe's last step), not a burst's throughput (session 7: soaked at half of it, 24% refused).
     steps = r["probe_steps"]
-    assert steps[-1]["sustained"] and steps[-1]["offered_rate"] == r["max_rate"]
-    assert steps[-1]["duration_s"] >= 2.5 and len(steps) >= 3
-    assert sum(s["sent"] for s in steps) == r["probe_orders"]
+    assert len(steps) >= 3 and sum(s["sent"] for s in steps) == r["probe_orders"]
+    if r["max_rate"]:
+        assert steps[-1]["sustained"] and steps[-1]["offered_rate"] == r["max_rate"]
+        assert steps[-1]["duration_s"] >= 2.5 and abs(r["rate"] - r["max_rate"] / 2) <= 1
+    else:  # a machine too loaded to hold even the probe's floor: said, and not a pass
+        assert not steps[-1]["sustained"] and r["passed"] is False
     assert r["sent"] == r["probe_orders"] + r["orders"]  # the probe's orders are checked too
     _every_order_accounted(r)
     assert len(r["windows"]) == 3 and all(w["acks"] > 0 and w["rss_mb"] > 0 for w in r["windows"])
