@@ -37,7 +37,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     elif args.suite == "stress":
         result = s.run_stress(args.orders or 200_000, args.sessions or 64)
     else:
-        result = s.run_soak(args.minutes, args.window, args.probe_orders)
+        result = s.run_soak(args.minutes, args.window, args.probe_seconds)
     print(json.dumps(result) if args.json else s.format_load_suite(result))
     return 0 if result["passed"] else 1
 
@@ -55,7 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=_positive_float, default=3.0, help="soak: how long")
     p.add_argument("--window", type=_positive_float, default=30.0, help="soak: seconds per window")
     p.add_argument(
-        "--probe-orders", type=_positive_int, default=20_000, help="soak: the burst measuring the maximum"
+        "--probe-seconds",
+        type=_positive_float,
+        default=5.0,
+        help="soak: seconds per step of the probe finding the sustained maximum rate",
     )
     p.add_argument("--orders-after", type=_positive_int, default=200, help="dr: orders acked after each step")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="dr: concurrent REST senders")
