@@ -302,3 +302,7 @@ def test_bench_connections_reduced_under_a_low_descriptor_limit():
     assert result["p99_ms_during_held"] == result["p99_ms_during"], result
     # (a loaded machine may send the last orders of the 1 s phase a little late: 1 or 2 seconds)
     assert 1 <= len(result["p99_ms_by_second_during"]) <= 2 and result["node_cpu_s_during"] > 0, result
+    # The node's full GC passes in the during phase, and their pause (one without the other
+    # would be a misread histogram).
+    full, paused = result["gc_full_collections_during"], result["gc_full_pause_ms_during"]
+    assert full >= 0 and (full == 0) == (paused == 0.0), result

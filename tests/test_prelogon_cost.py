@@ -223,13 +223,16 @@ def test_a_silent_connection_is_its_own_deadline_callback_and_still_meets_it():
         async with asyncio.timeout(5):
             while admission.silent < 20:
                 await asyncio.sleep(0.01)
-        gates = [o for o in gc.get_objects() if type(o) is _Gate]
+        gates = [o for o in gc.get_objects() if type(o) is _Gate and o._admission is admission]
         assert len(gates) == 20
         # (an event loop may cache a bound data_received of its protocol: not the wheel's)
         bound = [
             o
             for o in gc.get_objects()
-            if type(o) is types.MethodType and type(o.__self__) is _Gate and o.__name__ != "data_received"
+            if type(o) is types.MethodType
+            and type(o.__self__) is _Gate
+            and o.__self__._admission is admission
+            and o.__name__ != "data_received"
         ]
         assert bound == [], bound[:3]
         for reader, writer in clients:
