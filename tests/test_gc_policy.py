@@ -1,8 +1,8 @@
 """The node's GC policy (engine/gc_policy.py): full collections rarer once start-up is done.
 
-Session 8: under `loom bench connections --idle 20000` every full pass walked ~145,000
-objects, ~120,000 of them the held connections', freed nothing, and stopped the loop for
-27-345 ms on a loaded VM; CPython's default ran one every ~8 s of a reconnecting flood.
+Session 8: under `loom bench connections --idle 20000` every full pass walked 80,000-156,000
+objects, ~80% of them the held connections', freed nothing, and stopped the loop for
+30-345 ms on a loaded VM; CPython's default ran one every 6-12 s of a reconnecting flood.
 Each case runs in its own interpreter: the policy is process-wide."""
 
 from __future__ import annotations

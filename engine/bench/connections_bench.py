@@ -307,7 +307,7 @@ async def _metric_sum(session, base: str, name: str) -> float:
 
 async def _full_collections(session, base: str) -> tuple[float, float]:
     """The node's full (generation 2) garbage collections so far: (count, seconds paused).
-    Session 8: during a flood such a pass walks every held connection's objects (27-345 ms
+    Session 8: during a flood such a pass walks every held connection's objects (30-345 ms
     on a loaded VM): the during phase's share says whether a run's slow second was one."""
     async with session.get(f"{base}/metrics") as resp:
         text = await resp.text()
