@@ -474,7 +474,7 @@ async def _measure(
         # its busiest CPU_WINDOW_S of the during phase, in share of a core (1.0: a whole core)
         "node_cpu_share_max_during": round(max(shares, default=0.0), 2),
         # full collections in the during phase (and their pause): the node's own stall, at
-        # any second, as long as the live heap (held connections, resting orders) is large
+        # whatever second it comes, walking the live heap (the held connections, mostly)
         "gc_full_collections_during": int(gc_end[0] - gc_start[0]),
         "gc_full_pause_ms_during": round((gc_end[1] - gc_start[1]) * 1000, 1),
         "flood_cpu_s": round(
