@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -37,6 +36,7 @@ from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.http_shed import PipelineShed
 from engine.gateways.preauth_limit import PerIpLimit
+from engine.gc_policy import settle_after_start_up
 from engine.ledger_index import LedgerIndex
 from engine.logfmt import fields
 from engine.market_data import MarketData
@@ -431,9 +431,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
             else run_demo_flow(service, cfg.demo_rate, accounts=tuple(sorted(set(cfg.api_keys.values()))))
         )
         running.tasks.append(asyncio.create_task(flow, name="demo"))
-    # Start-up objects are long-lived: keep them out of every future collection.
-    gc.collect()
-    gc.freeze()
+    # Start-up objects are long-lived: keep them out of every future collection; full
+    # collections rarer (a flood's held connections are what they would walk).
+    settle_after_start_up()
     running.gc_pauses = gc_pauses.install()  # after the start-up collection: pauses in service
     loops = [(MAIN_LOOP, asyncio.get_running_loop())]
     if member is not None:  # the lease renews on the NATS thread's own loop: watch it too

@@ -304,6 +304,10 @@ def test_bench_connections_reduced_under_a_low_descriptor_limit():
     # loaded machine's (it sends the 1 s phase's last orders late), never asserted.
     timeline = result["p99_ms_by_second_during"]
     assert timeline and all(p99 > 0 for p99 in timeline) and result["node_cpu_s_during"] > 0, result
+    # The node's full GC passes in the during phase, and their pause (one without the other
+    # would be a misread histogram).
+    full, paused = result["gc_full_collections_during"], result["gc_full_pause_ms_during"]
+    assert full >= 0 and (full == 0) == (paused == 0.0), result
 
 
 def test_bench_connections_polls_healthz_on_a_connection_of_its_own(tmp_path):

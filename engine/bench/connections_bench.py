@@ -309,6 +309,20 @@ async def _metric_sum(session, base: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+async def _full_collections(session, base: str) -> tuple[float, float]:
+    """The node's full (generation 2) garbage collections so far: (count, seconds paused).
+    Session 8: during a flood such a pass walks every held connection's objects (30-345 ms
+    on a loaded VM): the during phase's share says whether a run's slow second was one."""
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    found = {}
+    for line in text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f'loom_gc_pause_seconds_{part}{{generation="2"}}'):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found.get("count", 0.0), found.get("sum", 0.0)
+
+
 def _cpu_s(pid: int) -> float:
     """The process's CPU time so far (user + system): its work, whatever the machine's load."""
     with open(f"/proc/{pid}/stat") as f:
@@ -412,6 +426,7 @@ async def _measure(
         rss_during = _rss_mb(info["pid"])
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
+        gc_start = await _full_collections(session, base)
         cpu_start = _cpu_s(info["pid"])
         shares: list[float] = []
         sampler = asyncio.create_task(_sample_cpu(info["pid"], shares))
@@ -421,6 +436,7 @@ async def _measure(
         timeline = trader.timeline()
         # (logged-on sessions have no login deadline: no split)
         held_phase, churn_phase = ([], []) if authenticated else trader.split(first_expiry_ns)
+        gc_end = await _full_collections(session, base)
         held_by_node = await _metric_sum(session, base, "loom_connections")
         async with session.post(f"{base}/v1/admin/snapshot", headers={"X-API-Key": LOAD_ADMIN_KEY}) as resp:
             snapshot_ok = resp.status == 200
@@ -468,6 +484,10 @@ async def _measure(
         "node_cpu_s_during": round(cpu_during, 2),
         # its busiest CPU_WINDOW_S of the during phase, in share of a core (1.0: a whole core)
         "node_cpu_share_max_during": round(max(shares, default=0.0), 2),
+        # full collections in the during phase (and their pause): the node's own stall, at
+        # whatever second it comes, walking the live heap (the held connections, mostly)
+        "gc_full_collections_during": int(gc_end[0] - gc_start[0]),
+        "gc_full_pause_ms_during": round((gc_end[1] - gc_start[1]) * 1000, 1),
         "flood_cpu_s": round(
             sum(f.get("cpu_s", 0.0) for f in floods), 2
         ),  # over its whole run  # the flood started ramp_s before this phase
@@ -518,5 +538,6 @@ def format_connections(r: dict) -> str:
         f"{r['orders_acked_during']:,} orders "
         f"acked during, {r['orders_unanswered']} unanswered; healthz ok {r['healthz_ok']} "
         f"({r['healthz_polls']} polls); snapshot during the flood ok {r['snapshot_during_flood_ok']}; "
-        f"node RLIMIT_NOFILE {r['node_nofile']}, {r['node_log_refusal_lines']} refusal log lines"
+        f"node RLIMIT_NOFILE {r['node_nofile']}, {r['node_log_refusal_lines']} refusal log lines; "
+        f"{r['gc_full_collections_during']} full GC passes during ({r['gc_full_pause_ms_during']} ms)"
     )

@@ -219,12 +219,16 @@ class _Gate(asyncio.Protocol):
             self._transport = transport
             admission.silent += 1
             loop = asyncio.get_running_loop()
-            deadline_wheel(loop).add(loop.time() + self._silent_s, self._silent_deadline)
+            # The gate is its own deadline callback (__call__), not a bound method: one object
+            # fewer per held connection for every full GC pass to walk (a flood's connections
+            # are most of the live heap: session 8 counted 6 tracked objects each, now 5).
+            deadline_wheel(loop).add(loop.time() + self._silent_s, self)
             return
         self._inner = self._factory(self._opened)
         self._inner.connection_made(transport)
 
-    def _silent_deadline(self) -> None:
+    def __call__(self) -> None:
+        """The silent deadline, run by the loop's deadline wheel."""
         transport = self._transport
         if transport is not None and self._inner is None:
             self._transport = None
