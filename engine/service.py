@@ -5,8 +5,8 @@ the submitters and out to subscribers (market data, execution reports, the order
 Batches grow by themselves: while one batch is being written and fdatasync'd (on a
 worker thread when the disk is slow or the CPU busy, so the disk wait does not stop the
 event loop) the gateways go on reading, and everything that arrives meanwhile forms the
-next batch. That wait is the disk's, not a backlog, so the queue-delay bound does not count
-it (engine.overload.JournalWaits). One batch is in flight at a
+next batch. That wait is the group commit's, not a backlog, so the queue-delay bound does not
+count it (engine.overload.CommitCycles). One batch is in flight at a
 time, so the journal, the engine and the acknowledgements all follow sequence order.
 """
 
@@ -32,7 +32,7 @@ from engine.observer import NULL_OBSERVER, CommittedBatch, Observer
 from engine.overload import (
     MAX_QUEUE_DELAY_S,
     RETRY_AFTER_S,
-    JournalWaits,
+    CommitCycles,
     cancels_refused,
     orders_refused,
     overloaded_text,
@@ -116,7 +116,7 @@ class ExchangeService:
         self._queued = 0  # commands in self._queue, kept with it (read on every submission)
         self.max_queued_commands = max_queued_commands
         self.max_queue_delay_s = max_queue_delay_s  # 0: no time bound (engine.overload)
-        self.journal_waits = JournalWaits()  # what the queue-delay bound does not count
+        self.cycles = CommitCycles()  # what the queue-delay bound does not count
         self.max_queued_cancels = max_queued_commands + max(1, int(max_queued_commands * CANCEL_HEADROOM))
         self.overload_refusals = 0  # commands refused by admission control
         self._wakeup = asyncio.Event()
@@ -280,7 +280,7 @@ class ExchangeService:
         queue = self._queue
         if not queue:
             return False
-        waited = self.journal_waits.backlog_wait(queue[0].queued_at, time.perf_counter())
+        waited = self.cycles.backlog_wait(queue[0].queued_at, time.perf_counter())
         return orders_refused(self._queued, n, self.max_queued_commands, waited, self.max_queue_delay_s)
 
     def refused(self, protocol: str, n: int) -> None:
@@ -452,7 +452,7 @@ class ExchangeService:
                 )
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
-                self.journal_waits.begin(t1)
+                self.cycles.begin(t1)
                 if node.remote_journal:  # replication: await the PubAck, keep serving
                     error = await node.write_async(batch, meta)
                 elif self._write_off_loop():
@@ -467,10 +467,6 @@ class ExchangeService:
                 else:
                     error = node.write(batch, meta)
                 t2 = self.durable_at = time.perf_counter()
-                # Marked once the commit loop is back, not when the thread's fdatasync returns:
-                # everything queued until now goes in the next batch (up to max_batch), so a
-                # process starved of CPU meanwhile (measured: a loaded machine) is no backlog.
-                self.journal_waits.end(t2)
                 results = node.finish(batch, before, error)
                 t3 = time.perf_counter()
             except Exception as exc:  # a broken invariant: crash-only, after telling everyone
@@ -510,6 +506,9 @@ class ExchangeService:
                 self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self._batch_observers:
                 self._observe(taken, batch, results, (t0, t1, t2, t3, t4), error, split)
+            # The cycle ends here, not when fdatasync returns: what was read meanwhile goes in
+            # the next batch (up to max_batch) whatever this batch's apply and answers cost.
+            self.cycles.end(time.perf_counter())
             # Let gateways read more input before the next batch.
             await asyncio.sleep(0)
 

@@ -27,7 +27,7 @@ from engine.gateways.binary.client import BinaryClient
 from engine.gateways.binary.server import start_binary_server, stop_binary_server
 from engine.journal import segments as segments_mod
 from engine.journal.segments import FileJournal
-from engine.overload import JournalWaits
+from engine.overload import CommitCycles
 from engine.routing import ExecutionRouter
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS, ExchangeService, Overloaded, ServiceStopped
 from telemetry.metrics import ExchangeMetrics
@@ -210,13 +210,13 @@ class _SlowDisk:
         gate.set()
 
 
-def test_the_queue_delay_does_not_count_the_journal_write_a_submission_arrived_during():
-    waits = JournalWaits()
+def test_the_queue_delay_does_not_count_the_commit_cycle_a_submission_arrived_during():
+    waits = CommitCycles()
     waits.begin(1.0)
-    assert waits.backlog_wait(1.01, 1.5) == 0.0  # arrived during the write in flight
+    assert waits.backlog_wait(1.01, 1.5) == 0.0  # arrived during the cycle in flight
     assert waits.backlog_wait(0.9, 1.5) == pytest.approx(0.6)  # queued before it, left out of its batch
     waits.end(2.0)
-    assert waits.backlog_wait(1.01, 2.03) == pytest.approx(0.03)  # counted from the write's end
+    assert waits.backlog_wait(1.01, 2.03) == pytest.approx(0.03)  # counted from the cycle's end
     assert waits.backlog_wait(2.01, 2.03) == pytest.approx(0.02)  # arrived after it: all of it
     assert waits.backlog_wait(0.9, 2.03) == pytest.approx(1.13)
 
