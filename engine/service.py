@@ -3,8 +3,10 @@ whatever is waiting into one group-commit batch, and the durable events flow bac
 the submitters and out to subscribers (market data, execution reports, the order store).
 
 Batches grow by themselves: while one batch is being written and fdatasync'd (on a
-worker thread, so the disk wait does not stop the event loop) the gateways go on reading,
-and everything that arrives meanwhile forms the next batch. One batch is in flight at a
+worker thread when the disk is slow or the CPU busy, so the disk wait does not stop the
+event loop) the gateways go on reading, and everything that arrives meanwhile forms the
+next batch. That wait is the group commit's, not a backlog, so the queue-delay bound does not
+count it (engine.overload.CommitCycles). One batch is in flight at a
 time, so the journal, the engine and the acknowledgements all follow sequence order.
 """
 
@@ -30,6 +32,7 @@ from engine.observer import NULL_OBSERVER, CommittedBatch, Observer
 from engine.overload import (
     MAX_QUEUE_DELAY_S,
     RETRY_AFTER_S,
+    CommitCycles,
     cancels_refused,
     orders_refused,
     overloaded_text,
@@ -38,6 +41,12 @@ from engine.overload import (
 log = logging.getLogger("loom.service")
 
 SATURATED_CPU = 0.8  # share of a core above which fdatasync moves to the journal thread
+# An fdatasync this slow moves the next writes to the journal thread too: a process waiting
+# on the disk uses no CPU, so the CPU test alone kept a slow disk's wait on the event loop
+# (no accept, read or close while it synced: most of the loop's time under a connection
+# flood, session 7). A quiet disk syncs in ~0.2-0.3 ms; below this the thread's hand-off
+# (GIL, wake-ups) costs more than it frees (binary p99 at 20k/s 0.7 -> 3-4 ms when always on).
+SLOW_FSYNC_NS = 2_000_000
 # Admission control: the most commands that may wait for the commit loop. 10,000 is
 # - over two full batches (max_batch 4096): a node that keeps up holds about one batch's
 #   worth while the previous one is written, so it never sheds;
@@ -107,6 +116,7 @@ class ExchangeService:
         self._queued = 0  # commands in self._queue, kept with it (read on every submission)
         self.max_queued_commands = max_queued_commands
         self.max_queue_delay_s = max_queue_delay_s  # 0: no time bound (engine.overload)
+        self.cycles = CommitCycles()  # what the queue-delay bound does not count
         self.max_queued_cancels = max_queued_commands + max(1, int(max_queued_commands * CANCEL_HEADROOM))
         self.overload_refusals = 0  # commands refused by admission control
         self._wakeup = asyncio.Event()
@@ -270,7 +280,7 @@ class ExchangeService:
         queue = self._queue
         if not queue:
             return False
-        waited = time.perf_counter() - queue[0].queued_at
+        waited = self.cycles.backlog_wait(queue[0].queued_at, time.perf_counter())
         return orders_refused(self._queued, n, self.max_queued_commands, waited, self.max_queue_delay_s)
 
     def refused(self, protocol: str, n: int) -> None:
@@ -340,6 +350,13 @@ class ExchangeService:
             self._saturated = (cpu - self._window[1]) / span > SATURATED_CPU
             self._window = (wall, cpu)
         return self._saturated
+
+    def _write_off_loop(self) -> bool:
+        """Whether the next journal write goes to the journal thread: when the disk was slow
+        at the last fdatasync, or the CPU is busy (there is request parsing to overlap)."""
+        return self._io is not None and (
+            self.node.journal.last_fsync_ns >= SLOW_FSYNC_NS or self._cpu_saturated()
+        )
 
     async def _resolve_unknown(self) -> bool:
         """Hold the commit loop while the node has a batch with an unknown outcome: the
@@ -435,13 +452,14 @@ class ExchangeService:
                 )
                 before = node.stamp(batch)
                 t1 = time.perf_counter()
+                self.cycles.begin(t1)
                 if node.remote_journal:  # replication: await the PubAck, keep serving
                     error = await node.write_async(batch, meta)
-                elif self._io is not None and self._cpu_saturated():
-                    # The core is busy (e.g. parsing HTTP): fdatasync waits on the disk, not
-                    # the CPU, so on a worker thread the event loop keeps parsing requests
-                    # meanwhile. With CPU to spare the thread hand-off (GIL, wake-ups) would
-                    # only add latency, so the write stays inline.
+                elif self._write_off_loop():
+                    # fdatasync waits on the disk, not the CPU: on a worker thread the event
+                    # loop keeps accepting and parsing requests meanwhile. With a fast disk and
+                    # CPU to spare the thread hand-off (GIL, wake-ups) would only add latency,
+                    # so the write stays inline.
                     self.threaded_writes += 1
                     error = await asyncio.get_running_loop().run_in_executor(
                         self._io, node.write, batch, meta
@@ -488,6 +506,9 @@ class ExchangeService:
                 self._prev_durations = (0, 0, 0, 0)  # the refused batch is not in the journal
             if self._batch_observers:
                 self._observe(taken, batch, results, (t0, t1, t2, t3, t4), error, split)
+            # The cycle ends here, not when fdatasync returns: what was read meanwhile goes in
+            # the next batch (up to max_batch) whatever this batch's apply and answers cost.
+            self.cycles.end(time.perf_counter())
             # Let gateways read more input before the next batch.
             await asyncio.sleep(0)
 

@@ -109,6 +109,7 @@ def test_bench_snapshot_stall_runs_with_and_without_snapshots():
     assert keys <= r.keys()
     assert r["resting"] == 20_000
     assert r["acked_with"] == r["acked_without"] == 2 * 500 * 8 and r["errors"] == 0
+    assert r["overloaded_with"] == r["overloaded_without"] == 0
     assert r["rounds"] == 2 and len(r["p99_ratio_by_round"]) == 2
     assert r["snapshots_taken"] >= 2 and r["snapshots_taken_without"] == 0 and r["snapshot_failures"] == 0
     assert r["snapshot_bytes"] > 20_000 * 20  # every resting order is in it

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -23,7 +25,9 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.client import BinaryClient
 from engine.gateways.binary.server import start_binary_server, stop_binary_server
+from engine.journal import segments as segments_mod
 from engine.journal.segments import FileJournal
+from engine.overload import CommitCycles
 from engine.routing import ExecutionRouter
 from engine.service import DEFAULT_MAX_QUEUED_COMMANDS, ExchangeService, Overloaded, ServiceStopped
 from telemetry.metrics import ExchangeMetrics
@@ -173,6 +177,117 @@ def test_a_kill_switch_gets_through_an_order_backlog(tmp_path):
         assert events and type(events[0]) is not OrderRejected
         await service.stop()
         node.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+class _SlowDisk:
+    """Stands in for `os` inside engine.journal.segments: each fdatasync first takes `delay` s
+    (a slow disk), and while `gate` is set it waits until the test opens it (a disk held up,
+    e.g. by a snapshot's writeback). `held` counts the syncs that reached a gate."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.gate: threading.Event | None = None
+        self.held = 0
+        self.held_too_long = False
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fdatasync(self, fd):
+        os.fdatasync(fd)
+        if self.delay:
+            time.sleep(self.delay)
+        gate = self.gate
+        if gate is not None:
+            self.held += 1
+            self.held_too_long |= not gate.wait(WAIT)
+
+    def release(self, hold_next: bool = False) -> None:
+        """Let the held sync finish; with `hold_next`, the next one is held at a new gate."""
+        gate, self.gate = self.gate, threading.Event() if hold_next else None
+        gate.set()
+
+
+def test_the_queue_delay_does_not_count_the_commit_cycle_a_submission_arrived_during():
+    waits = CommitCycles()
+    waits.begin(1.0)
+    assert waits.backlog_wait(1.01, 1.5) == 0.0  # arrived during the cycle in flight
+    assert waits.backlog_wait(0.9, 1.5) == pytest.approx(0.6)  # queued before it, left out of its batch
+    waits.end(2.0)
+    assert waits.backlog_wait(1.01, 2.03) == pytest.approx(0.03)  # counted from the cycle's end
+    assert waits.backlog_wait(2.01, 2.03) == pytest.approx(0.02)  # arrived after it: all of it
+    assert waits.backlog_wait(0.9, 2.03) == pytest.approx(1.13)
+
+
+async def _held_write(service: ExchangeService, disk: _SlowDisk, clid: str) -> asyncio.Future:
+    """Make the disk slow for one write (inline: nothing to overlap yet), then hold the next
+    one at the gate; returns that write's submission once the journal thread is in its sync."""
+    disk.delay = 0.005  # over SLOW_FSYNC_NS: the next writes go to the journal thread
+    await service.submit([buy(f"{clid}-slow")])
+    disk.delay = 0.0
+    disk.gate = threading.Event()
+    before = disk.held
+    held = asyncio.ensure_future(service.submit([buy(clid)]))
+    await wait_until_async("the journal thread held in fdatasync", lambda: disk.held > before, timeout=WAIT)
+    return held
+
+
+def test_a_slow_disk_does_not_refuse_orders_but_a_backlog_still_does(tmp_path, monkeypatch):
+    """The defect: with the journal's fdatasync off the event loop, the loop went on reading
+    orders while a slow disk held the write, and the 50 ms queue-delay bound refused them
+    (344 of 4,000 in `loom bench snapshot-stall`), though the next batch would take them all.
+    A queue the batch left behind (more than max_batch) is a backlog and is still refused."""
+    disk = _SlowDisk()
+    monkeypatch.setattr(segments_mod, "os", disk)
+
+    async def main():
+        node = new_node(tmp_path)
+        service = ExchangeService(node, max_batch=4, max_queued_commands=100, max_queue_delay_s=0.05)
+        service.start()
+        held = await _held_write(service, disk, "held")
+        assert service.threaded_writes >= 1  # the held write is on the journal thread: the loop runs
+        acked: dict[str, list] = {}
+        for i in range(3):  # fits in the next batch with what arrives later
+            service.enqueue([buy(f"q{i}")], lambda results, i=i: acked.__setitem__(f"q{i}", results[0]))
+        await wait_until_async(
+            "the queue's oldest past 3x the delay bound", lambda: service.oldest_queued_age() > 0.15
+        )
+        assert not service.refuses_orders(1)
+        late = asyncio.ensure_future(service.submit([buy("late")]))  # admitted, not Overloaded
+        await asyncio.sleep(0)
+        assert service.queued == 4 and service.overload_refusals == 0
+        disk.release()
+        assert type((await held)[0][0]) is OrderAccepted
+        assert type((await late)[0][0]) is OrderAccepted
+        assert [type(acked[f"q{i}"][0]) for i in range(3)] == [OrderAccepted] * 3
+
+        # The same slow disk with more queued than one batch takes (max_batch 4): the next
+        # batch leaves two behind, and their whole wait counts.
+        held = await _held_write(service, disk, "held-2")
+        behind: dict[str, list] = {}
+        for i in range(6):
+            service.enqueue([buy(f"b{i}")], lambda results, i=i: behind.__setitem__(f"b{i}", results[0]))
+        before = disk.held
+        disk.release(hold_next=True)
+        await wait_until_async(
+            "the next batch (4 of 6) held in its sync", lambda: disk.held > before and service.queued == 2
+        )
+        await wait_until_async(
+            "the left-behind oldest past the delay bound", lambda: service.oldest_queued_age() > 0.05
+        )
+        assert service.refuses_orders(1)
+        with pytest.raises(Overloaded):
+            await service.submit([buy("refused")])
+        assert service.overload_refusals == 1
+        disk.release()
+        await held
+        await service.stop()
+        assert [type(behind[f"b{i}"][0]) for i in range(6)] == [OrderAccepted] * 6
+        node.close()
+        assert not disk.held_too_long
+        assert "refused" not in journaled_clids(tmp_path) and "late" in journaled_clids(tmp_path)
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

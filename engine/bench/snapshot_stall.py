@@ -200,6 +200,8 @@ def _pooled(runs: list[dict], latencies_ns: list[int], suffix: str) -> dict:
         f"p999_ms_{suffix}": round(percentile_us(lat, 99.9) / 1000, 2),
         f"max_ms_{suffix}": round(lat[-1] / 1e6, 2) if lat else 0.0,
         f"acked_{suffix}": sum(r["acked"] for r in runs),
+        # Refused for overload: a snapshot's writeback slowing the journal is not an overload.
+        f"overloaded_{suffix}": sum(r["overloaded"] for r in runs),
     }
 
 
@@ -294,6 +296,7 @@ def format_snapshot_stall(r: dict) -> str:
         f"order path paused {r['capture_mean_ms']} ms each)",
         f"  snapshots off:        p50 {r['p50_ms_without']} ms  p99 {r['p99_ms_without']} ms  "
         f"p99.9 {r['p999_ms_without']} ms  max {r['max_ms_without']} ms",
+        f"  refused for overload: {r['overloaded_with']} with snapshots, {r['overloaded_without']} without",
     ]
     if "p99_ms_with_fork" in r:
         lines.append(
