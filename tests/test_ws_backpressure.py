@@ -23,9 +23,9 @@ from engine.app import start_exchange
 from engine.config import Config
 from engine.core.domain import Instrument
 from engine.gateways.http_context import SESSIONS
-from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
 from engine.journal import segments as segments_mod
 from engine.load.backpressure import limit_send_buffer
+from engine.overload import WS_MAX_IN_FLIGHT
 
 KEY = "alice-key-0123456789abcdef"
 ORDERS = 4 * WS_MAX_IN_FLIGHT  # far more than the bound, the kernel's and aiohttp's buffers hold

@@ -13,7 +13,7 @@ response machinery: that cycle made a refusal cost about what an accepted order 
 pipelining client at 4x capacity had the node spend itself refusing (BENCHMARKS.md, session 7).
 Other order-entry routes keep the same rule through the middleware (`shed_pipeline`).
 
-WebSocket: a session with `WS_MAX_IN_FLIGHT` orders submitted and not yet answered is not
+WebSocket: a session with `WS_MAX_IN_FLIGHT` (engine.overload) orders submitted and not yet answered is not
 read until half of them are (engine.overload.InFlight), and its socket is paused at once
 (`HeldSocket`): left to aiohttp, the socket was read on into aiohttp's message queue (128 KiB,
 ~600 orders) before aiohttp paused it, and each of those orders waited, unseen by any rule,
@@ -33,7 +33,6 @@ from engine.overload import OVERLOADED, RETRY_AFTER_S, overloaded_text
 from engine.service import Overloaded
 
 MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
-WS_MAX_IN_FLIGHT = 1024  # orders one WebSocket session may have submitted and not yet answered
 ORDERS_PATH = "/v1/orders"  # where new orders are posted (http_app registers the route from here)
 
 

@@ -24,7 +24,7 @@ from engine.gateways.http_auth import api_key
 from engine.gateways.http_context import CTX, MAX_BODY, SESSIONS, GatewayContext
 from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
-from engine.gateways.http_shed import WS_MAX_IN_FLIGHT, HeldSocket
+from engine.gateways.http_shed import HeldSocket
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_batch import OrderBatch
@@ -34,7 +34,7 @@ from engine.gateways.ws_shed import OverloadedFrames, shed_req_id
 from engine.gateways.ws_states import ACTIVE, AWAITING_AUTH, CLOSED, DROPPED, REFUSED, TABLE
 from engine.ledger_index import balance_json
 from engine.market_data import MAX_RATE_HZ
-from engine.overload import InFlight
+from engine.overload import WS_MAX_IN_FLIGHT, InFlight
 from engine.reason_texts import reject_code, reject_text
 from engine.service import NotLeader, Overloaded, ServiceStopped
 from telemetry.trace_ids import parse_traceparent
