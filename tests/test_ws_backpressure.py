@@ -3,7 +3,7 @@ http_shed.py HeldSocket), so what its client sends next waits in the kernel's sm
 then in the client (TCP backpressure), and every order is still answered once the bound lifts.
 
 Before: the session only stopped taking messages from aiohttp's queue; aiohttp read the socket
-on until its queue passed its own bound (128 KiB counted, ~440 orders), and each of those orders
+on until its queue passed its own bound (512 KiB counted, ~1,800 orders at 4C), and each of those orders
 waited behind the bound's, unseen by any rule: part of the WebSocket acked p99 of 200-260 ms at
 4C (BENCHMARKS.md "Session 8: WebSocket p99 at 4C").
 

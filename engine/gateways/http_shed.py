@@ -13,11 +13,12 @@ response machinery: that cycle made a refusal cost about what an accepted order 
 pipelining client at 4x capacity had the node spend itself refusing (BENCHMARKS.md, session 7).
 Other order-entry routes keep the same rule through the middleware (`shed_pipeline`).
 
-WebSocket: a session with `WS_MAX_IN_FLIGHT` (engine.overload) orders submitted and not yet answered is not
-read until half of them are (engine.overload.InFlight), and its socket is paused at once
-(`HeldSocket`): left to aiohttp, the socket was read on into aiohttp's message queue (128 KiB,
-~600 orders) before aiohttp paused it, and each of those orders waited, unseen by any rule,
-behind the bound's (BENCHMARKS.md "Session 8: WebSocket p99 at 4C").
+WebSocket: a session with `WS_MAX_IN_FLIGHT` (engine.overload) orders submitted and not yet
+answered is not read until half of them are (engine.overload.InFlight), and its socket is
+paused at once (`HeldSocket`): left to aiohttp, the socket was read on into aiohttp's message
+queue (paused only past 512 KiB, counted with 128 B per message: ~1,800 orders at 4C), and each
+of those orders waited, unseen by any rule, behind the bound's (BENCHMARKS.md "Session 8:
+WebSocket p99 at 4C").
 """
 
 from __future__ import annotations
