@@ -11,7 +11,10 @@ And one place pushes back: a connection whose session has `InFlight.high` reques
 and not yet answered is not read until it is down to `low`, so the backlog waits in the
 client (TCP backpressure), not in the node. A small socket receive buffer
 (`limit_receive_buffer`) makes the pause felt within milliseconds rather than after the
-kernel has queued megabytes on the client's behalf.
+kernel has queued megabytes on the client's behalf. The pause must be the socket's: a
+WebSocket session that only stopped taking messages from aiohttp's queue left aiohttp reading
+on (up to ~524 KB of orders counted per session at 4C, each waiting behind the bound's), so
+the session pauses its socket itself (engine/gateways/http_shed.py `HeldSocket`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ RECEIVE_BUFFER = 256 * 1024
 # ~8k/s here, at ~150-200 bytes each), so 256 KiB (512 KiB as Linux doubles it) could hold
 # ~0.6 s of FIX orders for a paused session: their listeners keep 50-80 ms of their capacity instead.
 TEXT_RECEIVE_BUFFER = 32 * 1024
+# Orders one WebSocket session may have submitted and not yet answered; at the bound its socket
+# is paused until half are answered. 256 was tried (session 7: no better p99 at 4C, less goodput
+# at 32k/s); with the socket paused at once the bound is most of what a session holds in the node.
+WS_MAX_IN_FLIGHT = 1024
 # The longest the oldest queued submission may have waited for the commit loop before new
 # orders are refused: what an admitted order waits is bounded in time, not only in count (a
 # count that is 0.1 s of binary capacity is 0.8 s of REST).

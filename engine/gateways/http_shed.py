@@ -13,8 +13,12 @@ response machinery: that cycle made a refusal cost about what an accepted order 
 pipelining client at 4x capacity had the node spend itself refusing (BENCHMARKS.md, session 7).
 Other order-entry routes keep the same rule through the middleware (`shed_pipeline`).
 
-WebSocket: a session with `WS_MAX_IN_FLIGHT` orders submitted and not yet answered is not
-read until half of them are (engine.overload.InFlight); aiohttp then stops reading the socket.
+WebSocket: a session with `WS_MAX_IN_FLIGHT` (engine.overload) orders submitted and not yet
+answered is not read until half of them are (engine.overload.InFlight), and its socket is
+paused at once (`HeldSocket`): left to aiohttp, the socket was read on into aiohttp's message
+queue (paused only past 512 KiB, counted with 128 B per message: ~1,800 orders at 4C), and each
+of those orders waited, unseen by any rule, behind the bound's (BENCHMARKS.md "Session 8:
+WebSocket p99 at 4C").
 """
 
 from __future__ import annotations
@@ -30,8 +34,32 @@ from engine.overload import OVERLOADED, RETRY_AFTER_S, overloaded_text
 from engine.service import Overloaded
 
 MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
-WS_MAX_IN_FLIGHT = 1024  # orders one WebSocket session may have submitted and not yet answered
 ORDERS_PATH = "/v1/orders"  # where new orders are posted (http_app registers the route from here)
+
+
+class HeldSocket:
+    """Pauses an upgraded aiohttp connection's socket while its WebSocket session's in-flight
+    bound holds, so what the client sends waits in the kernel's small buffers and then in the
+    client (TCP backpressure), not in aiohttp's queue. Only a pause made here is undone here:
+    aiohttp pauses the same socket when its own queue is full, and resumes it as that drains."""
+
+    __slots__ = ("held", "protocol")
+
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol  # aiohttp's RequestHandler (a BaseProtocol), or None
+        self.held = False
+
+    def hold(self) -> None:
+        protocol = self.protocol
+        if protocol is not None and not protocol._reading_paused:  # aiohttp has no public flag
+            protocol.pause_reading()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self.protocol._reading_paused:
+                self.protocol.resume_reading()
 
 
 def pipeline_depth(request: web.Request) -> int:

@@ -24,7 +24,7 @@ from engine.gateways.http_auth import api_key
 from engine.gateways.http_context import CTX, MAX_BODY, SESSIONS, GatewayContext
 from engine.gateways.http_limits import limits_of, ws_watch
 from engine.gateways.http_requests import Int64, OrderRequest, new_order_command
-from engine.gateways.http_shed import WS_MAX_IN_FLIGHT
+from engine.gateways.http_shed import HeldSocket
 from engine.gateways.json_depth import MAX_DEPTH, too_deep
 from engine.gateways.json_events import event_json
 from engine.gateways.ws_batch import OrderBatch
@@ -34,7 +34,7 @@ from engine.gateways.ws_shed import OverloadedFrames, shed_req_id
 from engine.gateways.ws_states import ACTIVE, AWAITING_AUTH, CLOSED, DROPPED, REFUSED, TABLE
 from engine.ledger_index import balance_json
 from engine.market_data import MAX_RATE_HZ
-from engine.overload import InFlight
+from engine.overload import WS_MAX_IN_FLIGHT, InFlight
 from engine.reason_texts import reject_code, reject_text
 from engine.service import NotLeader, Overloaded, ServiceStopped
 from telemetry.trace_ids import parse_traceparent
@@ -552,6 +552,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if logged:
         ctx.access.session("websocket", "open", request.remote, account or "", path=request.path)
     received = 0
+    socket_hold = HeldSocket(request.protocol)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -563,8 +564,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if session.closed:
                 break
             if not session.readable.is_set():
+                socket_hold.hold()  # else aiohttp reads on into its queue (engine/gateways/http_shed.py)
                 await session.readable.wait()
+                socket_hold.release()
     finally:
+        socket_hold.release()  # (a close handshake reads the client's close frame)
         watch.cancel()
         request.app[SESSIONS].discard(session)
         session.close()
