@@ -4,10 +4,12 @@ checked against the node's journal afterwards (the chaos history checker)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 
 from engine.bench.overload_bench import FLOOR_DIVISOR, find_capacity, keeps_up
 from engine.bench.stats import percentile_us
@@ -247,6 +249,59 @@ class _Sampler(threading.Thread):
         self._window_end()
 
 
+@contextmanager
+def client_collector_paused():
+    """Collect and freeze what this process holds (no later pass walks it again), and pause
+    the cyclic collector while a measured run sends; it resumes after.
+
+    The soak's client (this process) keeps every order's answer and each probe step's
+    history for the journal check, millions of tracked objects (Op, Placement, lists), and
+    CPython's full passes walk them all: passes of 0.3-1.5 s in a 1-minute soak and, in the
+    3-minute one, a ~1 s stall in the last window (session 8: ack p99 825 ms there against
+    17-46 ms before, 15,539 orders refused after the burst the stalled client then sent).
+    Freezing alone made passes more frequent (a quarter's growth of a small unfrozen
+    generation) and they still grew to 650 ms within a 1-minute run at 24,000/s. A client
+    stall is not the node's latency. The records stay alive until the journal check, and
+    a full pass in the client freed ~100 objects each: nothing to wait for. Reference
+    counting frees the rest as ever."""
+    gc.collect()
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class ClientGcPauses:
+    """This process's (the load client's) collector pauses, (seconds since `started`, ms):
+    what tells a stall of the client from one of the node in a window's p99."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.pauses: list[tuple[float, float]] = []
+        self._began = 0.0
+
+    def _on_gc(self, phase: str, _info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._began = now
+        else:
+            self.pauses.append((now - self.started, (now - self._began) * 1000))
+
+    def __enter__(self) -> ClientGcPauses:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def max_ms(self, start_s: float, end_s: float) -> float:
+        return round(max((ms for at, ms in self.pauses if start_s <= at < end_s), default=0.0), 1)
+
+
 # The sustained-rate probe's first rate and the most it offers (orders/s): the doubling of
 # `loom bench overload` (find_capacity), on the soak's own flow and sessions.
 PROBE_START = 2_000
@@ -296,9 +351,10 @@ def find_sustained_rate(info: dict, step_s: float, log=lambda _line: None) -> tu
     def step(rate: float, seconds: float = step_s) -> dict:
         samples: dict = {}
         orders = max(1, int(rate * seconds))
-        report, history, _ = run_sync(
-            run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
-        )
+        with client_collector_paused():  # the earlier steps' histories: never walked in this one
+            report, history, _ = run_sync(
+                run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
+            )
         bounded = step_held(samples["latencies_ns"], samples["answered_s"], seconds)
         report["sustained"] = keeps_up(report) and bounded
         reports.append(report)
@@ -317,27 +373,35 @@ def run_soak(minutes: float = 3.0, window_s: float = 30.0, probe_s: float = 5.0,
     """Measure the node's sustained maximum rate on the soak's flow (find_sustained_rate,
     `probe_s` seconds a step), then offer `load` of it for `minutes`; per window: ack p99,
     GC pause p99 and RSS."""
-    with spawned_suite_node(SOAK_SESSIONS) as info:
-        max_rate, probe_reports, probe_histories = find_sustained_rate(info, probe_s)
-        probe = _merge_reports(probe_reports)
-        # No rate passed even at the probe's floor: the soak runs at the floor's half, and
-        # fails (a figure at a rate the node did not sustain is not the soak's).
-        rate = max(1.0, (max_rate or PROBE_START / FLOOR_DIVISOR) * load)
-        orders = int(rate * minutes * 60)
-        sampler = _Sampler(info["pid"], f"http://{info['host']}:{info['http']}", window_s)
-        samples: dict = {}
+    try:
+        with spawned_suite_node(SOAK_SESSIONS) as info:
+            return _soak(info, minutes, window_s, probe_s, load)
+    finally:
+        gc.unfreeze()  # client_collector_paused's: the records are this process's garbage now
+
+
+def _soak(info: dict, minutes: float, window_s: float, probe_s: float, load: float) -> dict:
+    max_rate, probe_reports, probe_histories = find_sustained_rate(info, probe_s)
+    probe = _merge_reports(probe_reports)
+    # No rate passed even at the probe's floor: the soak runs at the floor's half, and
+    # fails (a figure at a rate the node did not sustain is not the soak's).
+    rate = max(1.0, (max_rate or PROBE_START / FLOOR_DIVISOR) * load)
+    orders = int(rate * minutes * 60)
+    sampler = _Sampler(info["pid"], f"http://{info['host']}:{info['http']}", window_s)
+    samples: dict = {}
+    with client_collector_paused(), ClientGcPauses() as client_gc:
         sampler.start()
         report, history, _ = run_sync(
             run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
         )
         sampler.stop.set()
         sampler.join()
-        # The journal holds the probe's orders too: every run is checked.
-        history.ops[:0] = [op for h in probe_histories for op in h.ops]
-        checked = check_against_journal(history, info["data_dir"])
-        book = _book_depth(f"http://{info['host']}:{info['http']}")
+    # The journal holds the probe's orders too: every run is checked.
+    history.ops[:0] = [op for h in probe_histories for op in h.ops]
+    checked = check_against_journal(history, info["data_dir"])
+    book = _book_depth(f"http://{info['host']}:{info['http']}")
     book["net_acked_qty"] = net_resting_qty(history)
-    windows = _windows(samples, sampler, window_s, minutes * 60)
+    windows = _windows(samples, sampler, client_gc, window_s, minutes * 60)
     first, last = windows[0], windows[-1]
     # None (not met) when a window has no RSS sample: never a growth computed from a gap.
     rss_growth = last["rss_mb"] - first["rss_mb"] if last["rss_mb"] and first["rss_mb"] else None
@@ -374,7 +438,9 @@ def _probe_step(report: dict) -> dict:
     return {k: report[k] for k in keys}
 
 
-def _windows(samples: dict, sampler: _Sampler, window_s: float, seconds: float) -> list[dict]:
+def _windows(
+    samples: dict, sampler: _Sampler, client_gc: ClientGcPauses, window_s: float, seconds: float
+) -> list[dict]:
     n = max(1, round(seconds / window_s))
     lat: list[list[int]] = [[] for _ in range(n)]
     for latency, at in zip(samples["latencies_ns"], samples["answered_s"], strict=True):
@@ -400,6 +466,11 @@ def _windows(samples: dict, sampler: _Sampler, window_s: float, seconds: float) 
                 "node_cpu_us_per_ack": _per_ack_us(cpu, len(lat[w])),
                 "client_cpu_us_per_ack": _per_ack_us(client, len(lat[w])),
                 "load_avg_1m": round(sampler.load[w + 1], 1) if w + 1 < len(sampler.load) else None,
+                # The client's longest collector pause in the window (the last window: to
+                # the end of the drain): a stall the p99 would otherwise blame on the node.
+                "client_gc_pause_max_ms": client_gc.max_ms(
+                    w * window_s, (w + 1) * window_s if w + 1 < n else float("inf")
+                ),
             }
         )
     return out
@@ -440,7 +511,7 @@ def format_load_suite(r: dict) -> str:
                 f"  window {w['window']}: {w['acks']:,} acks, ack p99 {w['ack_p99_us']} µs, "
                 f"GC pause p99 {w['gc_pause_p99_ms']} ms, RSS {w['rss_mb']} MB, node CPU "
                 f"{w['node_cpu_us_per_ack']} µs/ack (client {w['client_cpu_us_per_ack']}), "
-                f"load average {w['load_avg_1m']}"
+                f"load average {w['load_avg_1m']}, client GC pause max {w['client_gc_pause_max_ms']} ms"
             )
         lines.append(
             f"  RSS growth {r['rss_growth_mb']} MB "
