@@ -17,7 +17,7 @@ import json
 
 from test_overload import WAIT, _held_write, _SlowDisk
 from waiting import wait_until_async
-from wsframes import client_frame, server_frames
+from wsframes import client_frame, server_frames, upgrade
 
 from engine.app import start_exchange
 from engine.config import Config
@@ -47,16 +47,7 @@ async def _flood_while_the_disk_is_held(data_dir, disk: _SlowDisk) -> dict:
     try:
         held = await _held_write(running.service, disk, "held")  # nothing commits until released
         port = running.ports["http"]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            (
-                f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                f"Sec-WebSocket-Version: 13\r\nX-API-Key: {KEY}\r\n\r\n"
-            ).encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        assert head.startswith(b"HTTP/1.1 101"), head
+        reader, writer = await upgrade(port, KEY, WAIT)
         (session,) = running.http_runner.app[SESSIONS]
         limit_send_buffer(writer.transport)  # as `loom load` does: the kernel keeps 128 KiB, not megabytes
         frames = []

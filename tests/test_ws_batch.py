@@ -12,23 +12,14 @@ import re
 import urllib.request
 
 from test_overload import BTC, KEYS, WAIT, loom_args, loom_env
-from wsframes import client_frame, server_frames
+from wsframes import client_frame, server_frames, upgrade
 
 ORDERS = 300
 
 
 async def _one_write(port: int, key: str) -> list[dict]:
     """Upgrade, then ORDERS orders and a cancel of the first in one write; every answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        (
-            f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"X-API-Key: {key}\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-    assert head.startswith(b"HTTP/1.1 101"), head
+    reader, writer = await upgrade(port, key, WAIT)
     frames = []
     for i in range(ORDERS):
         order = {"op": "order", "req_id": i, "symbol": BTC, "side": "buy", "qty": 1, "price": 100 + i % 7}

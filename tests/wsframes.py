@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 
@@ -42,3 +43,18 @@ def server_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
         frames.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + length])))
         pos += head + length
     return frames, pos
+
+
+async def upgrade(port: int, key: str, wait: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the node's /v1/ws, upgraded with API key `key` (asserts the 101)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"X-API-Key: {key}\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
