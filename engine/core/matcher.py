@@ -302,6 +302,9 @@ class MatchingEngine:
         new_order = self._new_order
         cancel = self._cancel
         events = 0
+        # Both change only under `apply` (a risk command may start the watch): read again after it.
+        last_seq = self.last_seq
+        watched = self.risk_watch
         for cmd in commands:
             kind = type(cmd)
             c: Any = cmd  # typed by its branch, as in `_apply_other`
@@ -309,19 +312,21 @@ class MatchingEngine:
             # While risk watches every command (open notional, throttles: risk_watch.py),
             # all of them go through `apply`, whose one hook keeps those figures. The
             # replay prefixes first: a file journal's replay reads nothing else.
-            if seq > self.last_seq and not self.risk_watch:
+            if seq > last_seq and not watched:
                 if kind is ReplayNewOrder or kind is NewOrder:
-                    self.last_seq = seq
+                    self.last_seq = last_seq = seq
                     events += new_order(c, None)
                     continue
                 if kind is ReplayCancel or kind is Cancel:
-                    self.last_seq = seq
+                    self.last_seq = last_seq = seq
                     events += cancel(c, None)
                     continue
             # The rest (and a stale seq, which `apply` refuses) builds its few events.
             if kind is ReplayNewOrder or kind is ReplayCancel:
                 c = c.full()
             events += len(self.apply(c))
+            last_seq = self.last_seq
+            watched = self.risk_watch
         return events
 
     # -- new order ---------------------------------------------------------------------
