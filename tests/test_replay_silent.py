@@ -299,3 +299,32 @@ def test_resting_orders_share_their_symbol_and_account_strings(for_replay):
     for order in resting:
         assert order.symbol is book.symbol
         assert order.account is engine.accounts[order.account].name
+
+
+def test_one_batch_in_which_a_risk_command_starts_and_stops_the_watch():
+    """`MatchingEngine.replay` takes a whole record's batch and keeps the risk watch flag and
+    the last seq in locals: a throttle set mid-batch must send the orders after it through
+    `apply`'s hook (the third order is refused, counts kept), and its removal must send them
+    back to the silent path, exactly as command-by-command `apply` decides."""
+    throttle = RiskLimits(max_orders_per_sec=2)
+    cmds = sequenced(
+        [
+            NewOrder("acct-a", "c1", BTC, 1, 2, 100, 10),
+            SetRiskLimits(3, "acct-a", throttle),  # RiskScope.ACCOUNT: the watch starts
+            NewOrder("acct-a", "c2", BTC, 1, 2, 95, 10),
+            NewOrder("acct-a", "c3", BTC, 1, 2, 90, 10),
+            NewOrder("acct-a", "c4", BTC, 1, 2, 85, 10),  # third within the second: refused
+            Cancel("acct-a", 1),
+            SetRiskLimits(3, "acct-a", RiskLimits()),  # removed: the watch stops
+            NewOrder("acct-a", "c5", BTC, 2, 2, 85, 10),  # crosses c2 and c3
+            Cancel("acct-a", 2),
+        ]
+    )
+    counts, hashes = live_run(cmds)
+    assert counts[4] == 1  # the throttle refused c4 under apply
+    for for_replay in (True, False):
+        engine = MatchingEngine(LISTED)
+        assert SilentReplayer(engine).apply(from_the_wire(cmds, for_replay)) == sum(counts)
+        assert state_hash(engine) == hashes[-1]
+        assert not engine.risk_watch
+        assert check_engine(engine) == []

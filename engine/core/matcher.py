@@ -293,27 +293,41 @@ class MatchingEngine:
         self._new_order(cmd, events)
         return events
 
-    def replay(self, cmd: Command | ReplayCommand) -> int:
-        """Apply one sequenced command as `apply` does, without building the events of a new
-        order (recovery throws them away): returns how many events `apply` would have
-        returned. Takes the replay prefixes of `decode_for_replay` as well."""
-        kind = type(cmd)
-        c: Any = cmd  # typed by its branch, as in `_apply_other`
-        seq = c.seq
-        # While risk watches every command (open notional, throttles: risk_watch.py), all
-        # of them go through `apply`, whose one hook keeps those figures. The replay
-        # prefixes first: a file journal's replay reads nothing else.
-        if seq > self.last_seq and not self.risk_watch:
-            if kind is ReplayNewOrder or kind is NewOrder:
-                self.last_seq = seq
-                return self._new_order(c, None)
-            if kind is ReplayCancel or kind is Cancel:
-                self.last_seq = seq
-                return self._cancel(c, None)
-        # The rest (and a stale seq, which `apply` refuses) builds its few events.
-        if kind is ReplayNewOrder or kind is ReplayCancel:
-            c = c.full()
-        return len(self.apply(c))
+    def replay(self, commands: Iterable[Command | ReplayCommand]) -> int:
+        """Apply a batch of sequenced commands as `apply` does, without building the events
+        of new orders and cancels (recovery throws them away): returns how many events
+        `apply` would have returned for them. Takes the replay prefixes of
+        `decode_for_replay` as well. A batch per call, not a command: the dispatch is the
+        one piece of replay's work that is not the order path's own."""
+        new_order = self._new_order
+        cancel = self._cancel
+        events = 0
+        # Both change only under `apply` (a risk command may start the watch): read again after it.
+        last_seq = self.last_seq
+        watched = self.risk_watch
+        for cmd in commands:
+            kind = type(cmd)
+            c: Any = cmd  # typed by its branch, as in `_apply_other`
+            seq = c.seq
+            # While risk watches every command (open notional, throttles: risk_watch.py),
+            # all of them go through `apply`, whose one hook keeps those figures. The
+            # replay prefixes first: a file journal's replay reads nothing else.
+            if seq > last_seq and not watched:
+                if kind is ReplayNewOrder or kind is NewOrder:
+                    self.last_seq = last_seq = seq
+                    events += new_order(c, None)
+                    continue
+                if kind is ReplayCancel or kind is Cancel:
+                    self.last_seq = last_seq = seq
+                    events += cancel(c, None)
+                    continue
+            # The rest (and a stale seq, which `apply` refuses) builds its few events.
+            if kind is ReplayNewOrder or kind is ReplayCancel:
+                c = c.full()
+            events += len(self.apply(c))
+            last_seq = self.last_seq
+            watched = self.risk_watch
+        return events
 
     # -- new order ---------------------------------------------------------------------
 

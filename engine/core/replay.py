@@ -1,7 +1,7 @@
 """Replay: applying journaled commands when nobody listens to the events.
 
 Recovery applies a million commands and throws every event away, counting them only.
-`SilentReplayer` hands each command to `MatchingEngine.replay`, the same order path and
+`SilentReplayer` hands each batch to `MatchingEngine.replay`, the same order path and
 match loop as `apply` with no event sink: a new order changes the state exactly as under
 `apply` and returns the number of events `apply` would have emitted, without building
 them. Every rule (validation, risk, price-time priority, self-trade prevention, post-only,
@@ -30,8 +30,4 @@ class SilentReplayer:
     def apply(self, commands: Iterable[Command | ReplayCommand]) -> int:
         """Apply the commands in order; return how many events `MatchingEngine.apply`
         would have emitted for them."""
-        replay = self.engine.replay
-        events = 0
-        for cmd in commands:
-            events += replay(cmd)
-        return events
+        return self.engine.replay(commands)
