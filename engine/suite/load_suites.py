@@ -552,6 +552,10 @@ def format_load_suite(r: dict) -> str:
                 f"load average {w['load_avg_1m']}, client GC pause max {w['client_gc_pause_max_ms']} ms"
             )
         lines.append(
+            f"  the generator sent on a {r['client_tick_ms']} ms tick: {r['client_sends']:,} writes, "
+            f"late p99 {r['client_late_p99_ms']} ms (counted in each order's latency)"
+        )
+        lines.append(
             f"  RSS growth {r['rss_growth_mb']} MB "
             f"(target < 50: {'met' if r['rss_target_met'] else 'MISSED'}); "
             f"ack p99 drift first to last window {r['ack_p99_drift_pct']}% (target < 20%: "
