@@ -77,6 +77,9 @@ def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
     assert all(w["node_cpu_us_per_ack"] > 0 and w["load_avg_1m"] >= 0 for w in r["windows"])
     # The client's own collector pauses per window: a client stall is not the node's latency.
     assert all(w["client_gc_pause_max_ms"] >= 0 for w in r["windows"])
+    # The generator writes at most once a tick (it spun, one write per order, on the node's
+    # core: session 9), over the soak's orders/rate seconds.
+    assert r["client_tick_ms"] == 1.0 and 0 < r["client_sends"] <= r["orders"] / r["rate"] * 1000 + 2, r
     assert r["rss_growth_mb"] == round(r["windows"][-1]["rss_mb"] - r["windows"][0]["rss_mb"], 1)
     assert r["rss_target_met"] == (r["rss_growth_mb"] < 50)
     # The drift from the windows' own p99s, unrounded: the report's percentage is rounded to
@@ -217,3 +220,49 @@ def test_the_soak_client_does_not_walk_its_records_while_it_measures():
     finally:
         gc.unfreeze()
     assert records[-1] == [49_999]
+
+
+def test_the_soak_reads_the_nodes_full_collections_from_its_metrics():
+    """Per window, the node's full (generation 2) collections and their summed pause: the GC
+    histogram's p99 over every generation (thousands of young collections) hid them."""
+    import gc
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from engine.suite.load_suites import _full_passes, _gc_scrape
+    from telemetry.runtime import GcPauses
+
+    pauses = GcPauses().install()
+    try:
+        gc.collect(0)
+        gc.collect()
+        gc.collect()
+    finally:
+        pauses.remove()
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    body = generate_latest(registry)  # the node's own exposition of loom_gc_pause_seconds
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        buckets, full = _gc_scrape(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert full[0] == 2 and 0 < full[1] == pauses.sums[2], full  # the two full passes
+    assert buckets[float("inf")] == 3  # the histogram over every generation, as before
+    count, seconds = _full_passes([(1.0, 0.25), (3.0, 0.75)])
+    assert count == 2 and seconds == 0.5
+    assert _full_passes([None, full]) is None and _full_passes([full]) is None  # a failed scrape

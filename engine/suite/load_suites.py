@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from engine.bench.overload_bench import FLOOR_DIVISOR, find_capacity, keeps_up
 from engine.bench.stats import percentile_us
-from engine.chaos.history import OK
+from engine.chaos.history import OK, History
 from engine.load.runner import MID, RUN_REFS, LoadOrder
 from engine.load.spawn import LOAD_ADMIN_KEY
 from engine.suite.mixed import (
@@ -170,18 +170,25 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _gc_buckets(base: str) -> dict[float, float]:
-    """loom_gc_pause_seconds's cumulative bucket counts, summed over the generations."""
+_FULL_COUNT_SUM = ('loom_gc_pause_seconds_count{generation="2"}', 'loom_gc_pause_seconds_sum{generation="2"}')
+
+
+def _gc_scrape(base: str) -> tuple[dict[float, float], tuple[float, float]]:
+    """loom_gc_pause_seconds from /metrics: its cumulative bucket counts summed over the
+    generations, and the full (generation 2) collections' (count, seconds)."""
     req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": LOAD_ADMIN_KEY})
     with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
     buckets: dict[float, float] = {}
+    full = [0.0, 0.0]
     for line in text.splitlines():
         if line.startswith("loom_gc_pause_seconds_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    return buckets
+        elif line.startswith(_FULL_COUNT_SUM):
+            full[line.startswith(_FULL_COUNT_SUM[1])] = float(line.rsplit(" ", 1)[1])
+    return buckets, (full[0], full[1])
 
 
 def _bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
@@ -212,27 +219,30 @@ class _Sampler(threading.Thread):
         self.stop = threading.Event()
         self.rss: list[tuple[float, float]] = []
         self.gc: list[dict[float, float]] = []
+        self.gc_full: list[tuple[float, float] | None] = []  # full collections: (count, seconds)
         self.cpu: list[float] = []
         self.client_cpu: list[float] = []  # this process's: the load generator's
         self.load: list[float] = []
         self.scrape_failures = 0
         self.started = 0.0
 
-    def _scrape(self) -> dict[float, float]:
+    def _scrape(self) -> None:
         """The GC histogram, or {} when /metrics does not answer in time (a node saturated by
         the soak): that window's GC figure is then unknown, and the RSS sampling goes on (a
         scrape timeout once killed this thread, and the RSS of the later windows read 0)."""
         try:
-            return _gc_buckets(self.base)
+            buckets, full = _gc_scrape(self.base)
         except OSError:
             self.scrape_failures += 1
-            return {}
+            buckets, full = {}, None
+        self.gc.append(buckets)
+        self.gc_full.append(full)
 
     def _window_end(self) -> None:
         self.cpu.append(_cpu_s(self.pid))
         self.client_cpu.append(time.process_time())
         self.load.append(os.getloadavg()[0])
-        self.gc.append(self._scrape())
+        self._scrape()
 
     def run(self) -> None:
         self.started = time.perf_counter()
@@ -309,6 +319,12 @@ PROBE_CEILING = 640_000
 CONFIRM_STEPS = 3  # the rate found is held this many steps' time on the warm node
 PROBE_P99_CAP_MS = 500.0  # a step whose p99 reaches this is not sustained, steady or not
 PROBE_MEDIAN_FLOOR_MS = 10.0  # medians under this are not a queue, whatever their ratio
+# The generator's send tick in the probe and the soak (run_open_loop's tick_s): it sleeps
+# between sends instead of spinning. Spinning, it took a core at the soak's rates (40 µs of
+# CPU per ack at 24,000/s against the node's 30), and on two cores that was the node's core:
+# 3x the node's involuntary context switches and a 10x ack p99 at 12,000/s (session 9). Each
+# order's latency is still counted from its scheduled time, lateness included.
+SOAK_TICK_S = 0.001
 
 
 def _merge_reports(reports: list[dict]) -> dict:
@@ -335,6 +351,16 @@ def step_held(latencies_ns: list[int], answered_s: list[float], seconds: float) 
     )
 
 
+def _soak_flow(info: dict, orders: int, rate: float, samples: dict) -> tuple[dict, History]:
+    """`orders` of the soak's flow at `rate` over its sessions, the generator on its tick:
+    (the load report, the history)."""
+    flow = run_mixed(
+        info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples, tick_s=SOAK_TICK_S
+    )
+    report, history, _ = run_sync(flow)
+    return report, history
+
+
 def find_sustained_rate(info: dict, step_s: float, log=lambda _line: None) -> tuple[float, list, list]:
     """The highest rate the node sustains on the soak's flow: each step offers a rate for
     `step_s` seconds and passes when the node keeps up, its p99 stays bounded and no queue
@@ -352,9 +378,7 @@ def find_sustained_rate(info: dict, step_s: float, log=lambda _line: None) -> tu
         samples: dict = {}
         orders = max(1, int(rate * seconds))
         with client_collector_paused():  # the earlier steps' histories: never walked in this one
-            report, history, _ = run_sync(
-                run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
-            )
+            report, history = _soak_flow(info, orders, rate, samples)
         bounded = step_held(samples["latencies_ns"], samples["answered_s"], seconds)
         report["sustained"] = keeps_up(report) and bounded
         reports.append(report)
@@ -391,9 +415,7 @@ def _soak(info: dict, minutes: float, window_s: float, probe_s: float, load: flo
     samples: dict = {}
     with client_collector_paused(), ClientGcPauses() as client_gc:
         sampler.start()
-        report, history, _ = run_sync(
-            run_mixed(info, SOAK_SESSIONS, orders, rate, 30, make=bounded_order, samples=samples)
-        )
+        report, history = _soak_flow(info, orders, rate, samples)
         sampler.stop.set()
         sampler.join()
     # The journal holds the probe's orders too: every run is checked.
@@ -419,6 +441,9 @@ def _soak(info: dict, minutes: float, window_s: float, probe_s: float, load: flo
         "orders": report["sent"],
         "probe_orders": probe["sent"],
         "probe_steps": [_probe_step(r) for r in probe_reports],
+        "client_tick_ms": SOAK_TICK_S * 1000,
+        "client_sends": report["client_sends"],  # the soak's writes (at most one a tick)
+        "client_late_p99_ms": report["client_late_p99_ms"],
         "book_at_end": book,
         "windows": windows,
         "rss_growth_mb": None if rss_growth is None else round(rss_growth, 1),
@@ -451,6 +476,7 @@ def _windows(
             None
         ]
         gc = _bucket_p99_ms(sampler.gc[w], sampler.gc[w + 1]) if w + 1 < len(sampler.gc) else None
+        full = _full_passes(sampler.gc_full[w : w + 2])
         ended = w + 1 < len(sampler.cpu)
         cpu = sampler.cpu[w + 1] - sampler.cpu[w] if ended else None
         client = sampler.client_cpu[w + 1] - sampler.client_cpu[w] if ended else None
@@ -460,6 +486,10 @@ def _windows(
                 "acks": len(lat[w]),
                 "ack_p99_us": percentile_us(sorted(lat[w]), 99),
                 "gc_pause_p99_ms": gc,
+                # The node's full collections in the window and their summed pause (None: a
+                # scrape failed): what the histogram's p99, over thousands of young ones, hides.
+                "node_gc_full_passes": None if full is None else round(full[0]),
+                "node_gc_full_pause_ms": None if full is None else round(full[1] * 1000, 1),
                 "rss_mb": None if rss[-1] is None else round(rss[-1], 1),
                 # The node's CPU over the window per order answered in it (None: the run
                 # ended before the window's sample).
@@ -474,6 +504,13 @@ def _windows(
             }
         )
     return out
+
+
+def _full_passes(ends: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """(count, seconds) of full collections between a window's two scrapes."""
+    if len(ends) < 2 or ends[0] is None or ends[1] is None:
+        return None
+    return ends[1][0] - ends[0][0], ends[1][1] - ends[0][1]
 
 
 def _per_ack_us(cpu_s: float | None, acks: int) -> float | None:
@@ -509,10 +546,15 @@ def format_load_suite(r: dict) -> str:
         for w in r["windows"]:
             lines.append(
                 f"  window {w['window']}: {w['acks']:,} acks, ack p99 {w['ack_p99_us']} µs, "
-                f"GC pause p99 {w['gc_pause_p99_ms']} ms, RSS {w['rss_mb']} MB, node CPU "
+                f"GC pause p99 {w['gc_pause_p99_ms']} ms (full passes {w['node_gc_full_passes']}: "
+                f"{w['node_gc_full_pause_ms']} ms), RSS {w['rss_mb']} MB, node CPU "
                 f"{w['node_cpu_us_per_ack']} µs/ack (client {w['client_cpu_us_per_ack']}), "
                 f"load average {w['load_avg_1m']}, client GC pause max {w['client_gc_pause_max_ms']} ms"
             )
+        lines.append(
+            f"  the generator sent on a {r['client_tick_ms']} ms tick: {r['client_sends']:,} writes, "
+            f"late p99 {r['client_late_p99_ms']} ms (counted in each order's latency)"
+        )
         lines.append(
             f"  RSS growth {r['rss_growth_mb']} MB "
             f"(target < 50: {'met' if r['rss_target_met'] else 'MISSED'}); "

@@ -157,9 +157,10 @@ async def run_mixed(
     make=None,
     samples: dict | None = None,
     accounts: dict[str, str] = LOAD_ACCOUNTS,
+    tick_s: float = 0.0,
 ) -> tuple[dict, History, dict]:
     """Offer `orders` orders at `rate` over the mixed sessions; (the load report, the history,
-    the answer counts by protocol)."""
+    the answer counts by protocol). `tick_s`: the generator's send tick (run_open_loop)."""
     from engine.load.runner import LoadStats, make_order, run_open_loop
 
     make = make or make_order
@@ -169,7 +170,7 @@ async def run_mixed(
     stats = LoadStats("mixed", rate, duration)
     stats.answers = {}
     report = await run_open_loop(
-        driver, "mixed", rate, duration, run, drain_s, samples=samples, stats=stats, make=make
+        driver, "mixed", rate, duration, run, drain_s, samples=samples, stats=stats, make=make, tick_s=tick_s
     )
     route = lambda i: i % len(driver.drivers)  # noqa: E731 (MixedDriver's default routing)
     history = history_of(stats.answers, stats.sent, who, route, run, make)
