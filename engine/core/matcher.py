@@ -368,7 +368,7 @@ class MatchingEngine:
                     limit = market.protection(side, touch)
                 if not limit and money is not None and side == BUY:
                     limit = market.asks.worst()  # what a buy needs reserving: the whole book
-        need = 0
+        need = held = 0  # held: what `funds` would hold with it, reused when it rests untouched
         funds: Balance | None = None  # the balance its reservation comes from
         if money is not None:
             # Dict subscripts, not `get` calls (a call costs as much again); misses are rare.
@@ -392,7 +392,7 @@ class MatchingEngine:
             if funds is None:
                 if need:
                     return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
-            elif funds.held + need > funds.total and need:
+            elif (held := funds.held + need) > funds.total and need:
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
@@ -475,6 +475,9 @@ class MatchingEngine:
             # Struct's setattr afterwards costs several times more.
             if funds is None:
                 reserved = 0
+            elif not crosses:  # nothing moved `funds` since the check: its sum stands
+                reserved = need
+                funds.held = held
             else:
                 reserved = need if remaining == qty else money.reservation(side, price, remaining)  # type: ignore[union-attr]
                 funds.held += reserved
@@ -740,7 +743,10 @@ class MatchingEngine:
                         except KeyError:
                             taker = funds(self.balances, money, account)
                         paid = taker_fees = maker_fees = 0  # its quote amount, both sides' fees
-                    amount = price * fill * money.num if money.exact else money.amount(price, fill)
+                    if money.unit:  # amount = price x qty: whole base units of one per contract
+                        amount = price * fill
+                    else:
+                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
                     # settlement.fee(), inlined: ceil(amount * bps / BPS), also for 0 bps
                     maker_fee = (amount * money.maker_bps + BPS_UP) // BPS
                     taker_fee = (amount * money.taker_bps + BPS_UP) // BPS

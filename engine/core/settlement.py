@@ -45,7 +45,7 @@ class Money:
     """What credit and settlement need of one instrument with assets, gathered once."""
 
     __slots__ = (
-        "base", "quote", "contract_size", "num", "den", "exact", "lot", "maker_bps", "taker_bps",
+        "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
         "reserve_bps", "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
@@ -55,6 +55,7 @@ class Money:
         self.contract_size = inst.contract_size
         self.num, self.den = quote_factor(inst.contract_size, base.scale)
         self.exact = self.den == 1  # amount = price * qty * num, no division (the usual case)
+        self.unit = self.exact and self.num == 1  # amount = price * qty: no multiplication either
         self.lot = inst.lot_size
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
