@@ -1,8 +1,8 @@
 """The credit path's cost, this tree against another commit, in one process: the plain and
 the credit engines of both trees apply the same `loom bench engine` workload (deep, seed 1),
-timed with time.process_time, and each tree's credit/plain ratio is reported per round and
-as the ratio of the medians. On a shared VM two separate runs differ by up to 2x; within one
-process both trees see the same machine.
+timed with time.process_time, and each tree's credit/plain ratio is reported per round, as
+the ratio of the medians and as the ratio of the best passes. On a shared VM two separate
+runs differ by up to 2x; within one process both trees see the same machine.
 
     python scripts/credit_ab.py --base 767a8a8 --ops 300000 --rounds 8            # whole passes
     python scripts/credit_ab.py --base 767a8a8 --ops 300000 --rounds 6 --batch 1000  # interleaved
@@ -118,13 +118,15 @@ def main() -> None:
     same = all(len(h) == 1 for h in hashes.values()) and all(
         hashes[("base", c)] == hashes[("tree", c)] for c in (False, True)
     )
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    print(
-        "median ops/s "
-        + ", ".join(f"{label(k)} {v:,.0f}" for k, v in med.items())
-        + f"; credit/plain base {med[KEYS[1]] / med[KEYS[0]]:.3f}, tree {med[KEYS[3]] / med[KEYS[2]]:.3f}"
-        + f"; same state hashes: {same}"
-    )
+    # The median, and the best pass (the one the shared machine disturbed least) of each.
+    for name, pick in (("median", statistics.median), ("best", max)):
+        fig = {k: pick(v) for k, v in rates.items()}
+        print(
+            f"{name} ops/s "
+            + ", ".join(f"{label(k)} {v:,.0f}" for k, v in fig.items())
+            + f"; credit/plain base {fig[KEYS[1]] / fig[KEYS[0]]:.3f}, tree {fig[KEYS[3]] / fig[KEYS[2]]:.3f}"
+        )
+    print(f"same state hashes: {same}")
     if not same:
         sys.exit(1)
 
