@@ -968,7 +968,7 @@ class MatchingEngine:
             money = market.money
             assert money is not None, "only an instrument with assets reserves"
             try:  # a subscript, not a `get` call; a miss is an account holding one of the assets
-                money.pairs[order.account][order.side].held -= reserved
+                money.pairs[order.account][order.side].held -= reserved  # type: ignore[union-attr]  # side 1|2
             except KeyError:
                 release(self.balances, money, order)
         if events is not None:
