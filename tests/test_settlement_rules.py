@@ -123,6 +123,21 @@ def test_the_match_loops_inlined_fees_are_settlement_fee():
         assert (trade.maker_fee, trade.taker_fee) == (fee(amount, -10), fee(amount, 20)), (price, qty)
 
 
+def test_fee_is_the_exact_ceiling_of_amount_times_bps_for_charges_and_rebates():
+    """`fee` (and the match loop's inlined copy) computes ceil(amount * bps / 10,000) as
+    (amount * bps + 9,999) // 10,000: checked against exact fractions on both sides of every
+    multiple, for charges, rebates (negative bps, rounding toward zero) and 0 bps."""
+    from fractions import Fraction
+    from math import ceil
+
+    for bps in (-10_000, -37, -10, -1, 0, 1, 5, 20, 9_999, 10_000):
+        for base in (0, 1, 2_000, 10_000, 123_456_789, 10**15):
+            for amount in (base - 1, base, base + 1):
+                if amount < 0:
+                    continue
+                assert fee(amount, bps) == ceil(Fraction(amount * bps, 10_000)), (amount, bps)
+
+
 def test_a_taker_buying_below_its_limit_is_charged_the_trade_price():
     ex = money()
     order(ex, "a", SELL, 900, 5)

@@ -56,6 +56,7 @@ from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check
 from engine.core.risk_watch import watched_apply
 from engine.core.settlement import (
     BPS,
+    BPS_UP,
     Money,
     TradePair,
     available,
@@ -381,22 +382,31 @@ class MatchingEngine:
                     limit = market.protection(side, touch)
                 if not limit and money is not None and side == BUY:
                     limit = market.asks.worst()  # what a buy needs reserving: the whole book
-        need = 0
+        need = held = 0  # held: what `funds` would hold with it, reused when it rests untouched
         funds: Balance | None = None  # the balance its reservation comes from
         if money is not None:
-            if self.risk_on and side == BUY:
-                reason = self._position_problem(account, symbol, money, qty, 0)
-                if reason:
-                    return self._reject_new(cmd, reason, events)
-            if side == BUY:  # Money.reservation, inlined: the per-lot figure is cached by price
-                per_lot = money.buy_lots.get(limit)
-                if per_lot is None:
-                    per_lot = money.buy_per_lot(limit)
-                need = qty // market.lot * per_lot
+            # Dict subscripts, not `get` calls (a call costs as much again); misses are rare.
+            if side == BUY:
+                if self.risk_on:
+                    reason = self._position_problem(account, symbol, money, qty, 0)
+                    if reason:
+                        return self._reject_new(cmd, reason, events)
+                try:  # Money.reservation, inlined: the per-lot figure is cached by price
+                    need = qty // market.lot * money.buy_lots[limit]
+                except KeyError:
+                    need = qty // market.lot * money.buy_per_lot(limit)
             else:
                 need = qty * money.contract_size
-            funds = (money.pairs.get(account) or money.pair(self.balances, account))[side]
-            if need and (funds is None or need > funds.total - funds.held):
+            try:
+                funds = money.pairs[account][side]
+            except KeyError:
+                funds = money.pair(self.balances, account)[side]
+            # available >= need, as held + need <= total: a small sum against the total
+            # costs less than the total's difference (a fresh large integer) on every order.
+            if funds is None:
+                if need:
+                    return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
+            elif (held := funds.held + need) > funds.total and need:
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
@@ -475,10 +485,15 @@ class MatchingEngine:
                 why = C.MARKET_PROTECTION if limit and opp.best is not None else C.NO_LIQUIDITY
                 events.append(OrderCancelled(seq, ts, oid, account, symbol, why, remaining, qty - remaining))
         elif tif == GTC:
-            reserved = 0  # what it holds of `funds` (credit checks on): given to the constructor,
-            if funds is not None:  # as a Struct's setattr afterwards costs several times more
-                assert money is not None
-                reserved = need if remaining == qty else money.reservation(side, price, remaining)
+            # What it holds of `funds` (credit checks on): given to the constructor, as a
+            # Struct's setattr afterwards costs several times more.
+            if funds is None:
+                reserved = 0
+            elif not crosses:  # nothing moved `funds` since the check: its sum stands
+                reserved = need
+                funds.held = held
+            else:
+                reserved = need if remaining == qty else money.reservation(side, price, remaining)  # type: ignore[union-attr]
                 funds.held += reserved
             order = RestingOrder(
                 oid,
@@ -737,19 +752,25 @@ class MatchingEngine:
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
                     if taker is None:  # its first fill (set here: the plain path skips it)
-                        taker = money.pairs.get(account) or funds(self.balances, money, account)
-                        paid = taker_fees = fees = 0  # its quote amount, its fees, both sides' fees
-                    amount = price * fill * money.num if money.den == 1 else money.amount(price, fill)
-                    bps = money.maker_bps
-                    maker_fee = -(-amount * bps // BPS) if bps else 0  # settlement.fee(), inlined
-                    bps = money.taker_bps
-                    taker_fee = -(-amount * bps // BPS) if bps else 0
+                        try:  # subscripts, not `get` calls; a miss creates (settlement.funds)
+                            taker = money.pairs[account]
+                        except KeyError:
+                            taker = funds(self.balances, money, account)
+                        paid = taker_fees = maker_fees = 0  # its quote amount, both sides' fees
+                    if money.unit:  # amount = price x qty: whole base units of one per contract
+                        amount = price * fill
+                    else:
+                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
+                    # settlement.fee(), inlined: ceil(amount * bps / BPS), also for 0 bps
+                    maker_fee = (amount * money.maker_bps + BPS_UP) // BPS
+                    taker_fee = (amount * money.taker_bps + BPS_UP) // BPS
                     paid += amount
                     taker_fees += taker_fee
-                    fees += maker_fee + taker_fee
-                    _, mquote, mbase = money.pairs.get(maker.account) or funds(
-                        self.balances, money, maker.account
-                    )
+                    maker_fees += maker_fee
+                    try:
+                        _, mquote, mbase = money.pairs[maker.account]
+                    except KeyError:
+                        _, mquote, mbase = funds(self.balances, money, maker.account)
                     # The maker's share of its reservation, linear in lots: what `fill` reserved.
                     if is_buy:  # the maker sells: base held and paid, quote received
                         base_amount = fill * money.contract_size
@@ -762,8 +783,9 @@ class MatchingEngine:
                         if fill == mleaves:  # all it still holds; it leaves the book
                             released = maker.reserved
                         else:
-                            released = money.buy_lots.get(maker.price, 0) * fill // money.lot
-                            if not released:  # cached when it rested, unless cleared since
+                            try:  # cached when it rested, unless cleared since
+                                released = money.buy_lots[maker.price] * fill // money.lot
+                            except KeyError:
                                 released = money.reservation(BUY, maker.price, fill)
                             maker.reserved -= released
                         mquote.held -= released
@@ -824,10 +846,14 @@ class MatchingEngine:
                 else:
                     tbase.total -= base_amount
                     tquote.total += paid - taker_fees
+                fees = maker_fees + taker_fees
                 if fees:  # each trade's two fees sum to >= 0: see engine/core/settlement.py
                     (money.fee_balance or fee_balance(self.ledger, money)).total += fees
                     collected = self.ledger.fees
-                    collected[money.quote] = collected.get(money.quote, 0) + fees
+                    try:  # a subscript, not a `get` call: present after the asset's first fee
+                        collected[money.quote] += fees
+                    except KeyError:
+                        collected[money.quote] = fees
         return remaining, stopped, count
 
     def _fok_fillable(
@@ -955,8 +981,10 @@ class MatchingEngine:
         if reserved:  # release(), inlined; the order is dropped, so its `reserved` stays as is
             money = market.money
             assert money is not None, "only an instrument with assets reserves"
-            pair = money.pairs.get(order.account) or money.pair(self.balances, order.account)
-            pair[order.side].held -= reserved  # type: ignore[union-attr]  # it reserved: it has one
+            try:  # a subscript, not a `get` call; a miss is an account holding one of the assets
+                money.pairs[order.account][order.side].held -= reserved  # type: ignore[union-attr]  # side 1|2
+            except KeyError:
+                release(self.balances, money, order)
         if events is not None:
             events.append(
                 OrderCancelled(

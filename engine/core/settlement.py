@@ -29,6 +29,7 @@ from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument
 
 BPS = 10_000
+BPS_UP = BPS - 1  # ceil(x / BPS) == (x + BPS_UP) // BPS for every integer x, negative too
 MAX_CACHED_PRICES = 4_096
 BUY = 1
 Pair = tuple[None, "Balance | None", "Balance | None"]
@@ -37,15 +38,15 @@ TradePair = tuple[None, "Balance", "Balance"]
 
 def fee(amount: int, bps: int) -> int:
     """The fee on a quote amount, rounded up (the venue's favour; a rebate toward zero)."""
-    return -(-amount * bps // BPS)
+    return (amount * bps + BPS_UP) // BPS
 
 
 class Money:
     """What credit and settlement need of one instrument with assets, gathered once."""
 
     __slots__ = (
-        "base", "quote", "contract_size", "num", "den", "lot", "maker_bps", "taker_bps", "reserve_bps",
-        "assets", "buy_lots", "fee_balance", "pairs",
+        "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
+        "reserve_bps", "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -53,6 +54,8 @@ class Money:
         self.quote = inst.quote
         self.contract_size = inst.contract_size
         self.num, self.den = quote_factor(inst.contract_size, base.scale)
+        self.exact = self.den == 1  # amount = price * qty * num, no division (the usual case)
+        self.unit = self.exact and self.num == 1  # amount = price * qty: no multiplication either
         self.lot = inst.lot_size
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
