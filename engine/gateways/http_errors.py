@@ -13,7 +13,8 @@ being read is queued as a new message (the handler waiting for the body would ha
 the client gave up); here it fails that body read instead. The pipelined-order refusal
 (`QuietRequestHandler._handle_request`, engine/gateways/http_shed.py) leans on a third:
 `_handle_request`'s signature and `_drain_helper`, pinned by tests/test_rest_pipeline_shed.py
-and by constraints.txt's aiohttp version.
+and by constraints.txt's aiohttp version. Pipelined new orders submitted together
+(engine/gateways/http_pipeline.py) lean on the internals named there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
-from engine.gateways.http_shed import PipelineShed
+from engine.gateways.http_pipeline import Pipeline
+from engine.gateways.http_shed import PipelineShed, plain_order
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
@@ -56,21 +58,35 @@ _REFUSALS_PER_SEND = 64  # refused pipelined orders written together at most (~1
 
 
 class QuietRequestHandler(RequestHandler):
-    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed; refusals not yet written
-    __slots__ = ("observer", "shed", "_refusals")
+    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed; refusals not yet
+    # written; orders started ahead of their turn (engine.gateways.http_pipeline)
+    __slots__ = ("observer", "shed", "_refusals", "pipeline")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.observer: Observer = NULL_OBSERVER
         self.shed: PipelineShed | None = None
         self._refusals: list[bytes] = []
+        self.pipeline = Pipeline()
 
     async def _handle_request(self, request, start_time, request_handler):
+        early = self.pipeline.take(request)
+        if early is not None:  # started ahead of its turn: its answer is due now
+            request, task = early
+            self.pipeline.start(self, request_handler)  # the orders queued behind it since
+            try:
+                return await super()._handle_request(request, start_time, lambda _: task)
+            finally:
+                request._task = None  # as aiohttp's loop does for its own: no reference cycle
         shed = self.shed
         refusal = shed.refusal(request, len(self._messages)) if shed is not None else None
         if refusal is None:
             if self._refusals:  # answers go out in request order
                 await self._write_refusals()
+            if shed is not None and plain_order(request) and request.content.is_eof():
+                # Its handler submits it before yielding (its body is here), so the orders
+                # started behind it reach the commit queue after it, in this loop turn.
+                self.pipeline.start(self, request_handler)
             return await super()._handle_request(request, start_time, request_handler)
         # A pipelined order refused before routing: its pre-encoded answer, written with the
         # refusals after it in one send (one send each cost half the node's time refusing).
@@ -111,6 +127,7 @@ class QuietRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._refusals = []
+        self.pipeline.cancel()
         super().connection_lost(exc)
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:

@@ -470,6 +470,11 @@ OPENAPI: dict = {
         "/v1/orders": {
             "post": {
                 "summary": "Submit an order",
+                "description": (
+                    "Orders pipelined on one HTTP/1.1 connection are answered in request order. "
+                    "New orders queued behind the one being handled (up to 16) are submitted "
+                    "together and share its commit batch; any other request waits its turn."
+                ),
                 "requestBody": {
                     "required": True,
                     "content": {
