@@ -28,7 +28,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
 from engine.gateways.http_pipeline import Pipeline
-from engine.gateways.http_shed import PipelineShed, plain_order
+from engine.gateways.http_shed import PIPELINED, PipelineShed, plain_order
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
@@ -71,33 +71,36 @@ class QuietRequestHandler(RequestHandler):
 
     async def _handle_request(self, request, start_time, request_handler):
         early = self.pipeline.take(request)
+        if early is not None and early.refusal is not None:
+            return await self._refuse(request, early.refusal)
+        if self._refusals:  # answers go out in request order
+            await self._write_refusals()
         if early is not None:  # started ahead of its turn: its answer is due now
-            request, task = early
-            self.pipeline.start(self, request_handler)  # the orders queued behind it since
+            request, task = early.request, early.task
+            self.pipeline.start(self, request_handler, self.shed)  # the orders queued behind it since
             try:
                 return await super()._handle_request(request, start_time, lambda _: task)
             finally:
                 request._task = None  # as aiohttp's loop does for its own: no reference cycle
-        shed = self.shed
-        refusal = shed.refusal(request, len(self._messages)) if shed is not None else None
-        if refusal is None:
-            if self._refusals:  # answers go out in request order
-                await self._write_refusals()
-            if shed is not None and plain_order(request) and request.content.is_eof():
-                # Its handler submits it before yielding (its body is here), so the orders
-                # started behind it reach the commit queue after it, in this loop turn.
-                self.pipeline.start(self, request_handler)
-            return await super()._handle_request(request, start_time, request_handler)
-        # A pipelined order refused before routing: its pre-encoded answer, written with the
-        # refusals after it in one send (one send each cost half the node's time refusing).
-        # They are due before the next answer: a refused request has at least MAX_PIPELINE
-        # requests behind it, so the connection's next request that is not refused (or its
-        # close) writes them.
+        if self.shed is not None and plain_order(request) and request.content.is_eof():
+            # Its handler submits it before yielding (its body is here), so the orders
+            # started behind it reach the commit queue after it, in this loop turn. Nothing is
+            # in flight ahead of it: the pipeline rule admits it.
+            request[PIPELINED] = True
+            self.pipeline.start(self, request_handler, self.shed)
+        return await super()._handle_request(request, start_time, request_handler)
+
+    async def _refuse(self, request, refusal: bytes):
+        """A pipelined order refused before routing: its pre-encoded answer, written with the
+        refusals after it in one send (one send each cost half the node's time refusing),
+        or now when nothing more is queued (the next answer, or the close, would write it)."""
         request._finish()
         if self.transport is None:
             return _SENT, True
         self._refusals.append(refusal)
-        if len(self._refusals) >= _REFUSALS_PER_SEND and not await self._write_refusals():
+        if (
+            len(self._refusals) >= _REFUSALS_PER_SEND or not self._messages
+        ) and not await self._write_refusals():
             return _SENT, True
         return _SENT, False
 

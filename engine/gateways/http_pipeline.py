@@ -35,7 +35,7 @@ from aiohttp.http import StreamWriter
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
-from engine.gateways.http_shed import PIPELINED, plain_order, too_deep
+from engine.gateways.http_shed import MAX_PIPELINE, PIPELINED, PipelineShed, plain_order
 
 Handler = Callable[[BaseRequest], Awaitable]
 
@@ -47,56 +47,74 @@ def _retrieved(task: asyncio.Task) -> None:
         task.exception()
 
 
-class Pipeline:
-    """The orders of one connection started ahead of their turn: the front of its handler's
-    `_messages`, in order, each with its request and the task building its answer."""
+class Early:
+    """A new order dealt with ahead of its turn: started (`task` builds its answer) or
+    refused (`refusal`, its pre-encoded answer)."""
 
-    __slots__ = ("started",)
+    __slots__ = ("message", "refusal", "request", "task")
+
+    def __init__(self, message, request: BaseRequest, task: asyncio.Task | None, refusal: bytes | None):
+        self.message, self.request, self.task, self.refusal = message, request, task, refusal
+
+
+class Pipeline:
+    """The new orders of one connection dealt with ahead of their turn: the front of its
+    handler's `_messages`, in order."""
+
+    __slots__ = ("early",)
 
     def __init__(self) -> None:
-        self.started: deque[tuple[object, BaseRequest, asyncio.Task]] = deque()
+        self.early: deque[Early] = deque()
 
     def __len__(self) -> int:
-        return len(self.started)
+        return len(self.early)
 
-    def take(self, request: BaseRequest) -> tuple[BaseRequest, asyncio.Task] | None:
-        """The request started for the message `request` was built from (its answer's
-        task), or None when that message was not started."""
-        started = self.started
-        if started and started[0][0] is request._message:
-            _, early, task = started.popleft()
-            return early, task
+    def take(self, request: BaseRequest) -> Early | None:
+        """What was done early with the message `request` was built from, or None."""
+        early = self.early
+        if early and early[0].message is request._message:
+            return early.popleft()
         return None
 
-    def start(self, handler: RequestHandler, request_handler: Handler) -> None:
-        """Start the plain new orders queued behind the request being handled (which must be
-        a plain new order, or one started, so that everything ahead of them is submitted
-        first), up to the first that is not one, has its body still arriving, or has
-        MAX_PIPELINE or more requests behind it."""
+    def in_flight(self) -> int:
+        """Orders started and not yet answered by the handler (submitted, or about to be)."""
+        return sum(1 for e in self.early if e.task is not None and not e.task.done())
+
+    def start(self, handler: RequestHandler, request_handler: Handler, shed: PipelineShed) -> None:
+        """Deal with the plain new orders queued behind the request being handled (which
+        must be a plain new order, or one dealt with, so that everything ahead of them is
+        submitted first), up to the first that is not one or has its body still arriving:
+        each is started while fewer than MAX_PIPELINE are in flight, else refused."""
         factory = handler._request_factory  # None once the connection is lost
         if factory is None or handler.transport is None:
             return
         messages = handler._messages
-        started = self.started
+        early = self.early
         loop = asyncio.get_running_loop()
-        for i in range(len(started), len(messages)):
+        flying = self.in_flight()
+        for i in range(len(early), len(messages)):
             message, payload = messages[i]
-            if isinstance(message, _ErrInfo) or message.upgrade:
-                return
-            if too_deep(len(messages) - i - 1) or not payload.is_eof():
+            if isinstance(message, _ErrInfo) or message.upgrade or not payload.is_eof():
                 return
             request = factory(message, payload, handler, StreamWriter(handler, loop), handler._task_handler)
             if not plain_order(request):
                 return
+            if flying >= MAX_PIPELINE:
+                refusal = shed.refusal(request)
+                if refusal is not None:  # None: no key, answered by the middleware (started)
+                    early.append(Early(message, request, None, refusal))
+                    continue
             request[PIPELINED] = True
             task = loop.create_task(request_handler(request))
             task.add_done_callback(_retrieved)
-            started.append((message, request, task))
+            early.append(Early(message, request, task, None))
+            flying += 1
 
     def cancel(self) -> None:
         """The connection is gone: nothing started will be answered (a task not yet run
         submits nothing; one awaiting its commit stops waiting, as aiohttp's own handler
         would with handler cancellation)."""
-        for _, _, task in self.started:
-            task.cancel()
-        self.started.clear()
+        for e in self.early:
+            if e.task is not None:
+                e.task.cancel()
+        self.early.clear()

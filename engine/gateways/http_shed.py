@@ -4,8 +4,10 @@ REST: aiohttp answers a connection's pipelined requests in order, parsing up to 
 then pausing the socket. A client that keeps more than `MAX_PIPELINE` order-entry requests
 queued on one connection gets the excess answered 503 OVERLOADED at once, before its key or
 body is read, instead of each waiting its turn behind the others (measured before: REST at
-15k/s offered answered in p50 5.6 s). New orders within the bound are submitted together,
-ahead of their turn (engine.gateways.http_pipeline): the rule is applied when one starts.
+15k/s offered answered in p50 5.6 s). Plain new orders (`plain_order`) have their own form
+of the rule (engine.gateways.http_pipeline): up to MAX_PIPELINE of a connection's are
+submitted together, ahead of their turn, and one parsed while that many are in flight is
+refused.
 The listener's socket buffers are kept small (engine.overload), so what a paused connection
 sends waits in the client, not in the node.
 
@@ -37,8 +39,8 @@ from engine.service import Overloaded
 
 MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
 ORDERS_PATH = "/v1/orders"  # where new orders are posted (http_app registers the route from here)
-# A new order started ahead of its turn (engine.gateways.http_pipeline): the pipeline rule
-# admitted it when it started, so the requests queued behind it now do not refuse it.
+# A plain new order the pipeline rule admitted (engine.gateways.http_pipeline: fewer than
+# MAX_PIPELINE in flight ahead of it), so the requests queued behind it do not refuse it.
 PIPELINED = web.RequestKey("pipelined", bool)
 
 
@@ -111,8 +113,8 @@ _BODY = json.dumps(
     {
         "error": {
             "code": OVERLOADED,
-            "message": f"more than {MAX_PIPELINE} requests pipelined on this connection; "
-            f"not accepted, retry in {RETRY_AFTER_S} s",
+            "message": f"more than {MAX_PIPELINE} requests pipelined on this connection "
+            f"(orders in flight); not accepted, retry in {RETRY_AFTER_S} s",
         }
     },
     separators=(",", ":"),
@@ -124,20 +126,20 @@ _HEAD = (
 
 
 class PipelineShed:
-    """The cheap refusal of a pipelined new order, asked by the connection's request handler
-    (engine.gateways.http_errors) before the request is routed."""
+    """The cheap refusal of a pipelined new order beyond the connection's MAX_PIPELINE in
+    flight, asked by engine.gateways.http_pipeline before the request is routed."""
 
     __slots__ = ("service",)
 
     def __init__(self, service) -> None:
         self.service = service
 
-    def refusal(self, request: BaseRequest, depth: int) -> bytes | None:
-        """The bytes answering `request` (counted as a REST overload refusal), or None when
-        it goes the ordinary way: not too deep, not a new order, a request without a key
-        (the middleware answers it as any unauthenticated one), or one whose connection
-        must not stay open as these bytes leave it (HTTP/1.0, Connection: close, Expect)."""
-        if not too_deep(depth) or not plain_order(request) or not api_key(request):
+    def refusal(self, request: BaseRequest) -> bytes | None:
+        """The bytes refusing `request` (counted as a REST overload refusal), or None when
+        it must go the ordinary way: not a plain new order (`plain_order`: its connection
+        must stay open as these bytes leave it), or a request without a key (the
+        middleware answers it as any unauthenticated one)."""
+        if not plain_order(request) or not api_key(request):
             return None
         self.service.refused("rest", 1)
         return _HEAD + request_trace_id(request).encode() + b"\r\n\r\n" + _BODY
