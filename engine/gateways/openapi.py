@@ -23,7 +23,8 @@ def _errors(*codes: int) -> dict:
         "key, the per-IP limit (preauth_rate_limit)",
         503: "JOURNAL_WRITE_FAILED (known not journaled: nothing was done), not ready, OVERLOADED "
         "(refused unsequenced; also an order-entry request with 16 or more requests pipelined behind it on "
-        "its connection) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
+        "its connection, or a new order read while 16 of its connection's are in flight) or "
+        "NOT_LEADER (a cluster standby: error.leader names the leader's url, "
         "fix and binary endpoints; during an election error.election is true and error.retry_after_s "
         "says when); retry after Retry-After",
         504: "OUTCOME_UNKNOWN: the journal did not answer and the command may be durable (the node "
@@ -472,8 +473,9 @@ OPENAPI: dict = {
                 "summary": "Submit an order",
                 "description": (
                     "Orders pipelined on one HTTP/1.1 connection are answered in request order. "
-                    "New orders queued behind the one being handled (up to 16) are submitted "
-                    "together and share its commit batch; any other request waits its turn."
+                    "New orders queued behind the one being handled are submitted together and "
+                    "share its commit batch while fewer than 16 are in flight behind it; one read "
+                    "while 16 are is refused 503 OVERLOADED. Any other request waits its turn."
                 ),
                 "requestBody": {
                     "required": True,
