@@ -162,6 +162,11 @@ class QuietRequestHandler(RequestHandler):
             self._messages.pop()
             current.content.set_exception(last.exc or BadHttpMessage(last.message))
             current.content.feed_eof()
+        elif self.shed is not None and (self.pipeline or current.get(PIPELINED)) and self._request_handler:
+            # Behind an admitted order (submitted): deal with the orders this read brought
+            # now, not when the start loop reaches them, so they join the next batch or are
+            # refused as they arrive.
+            self.pipeline.start(self, self._request_handler, self.shed)
 
 
 class QuietServer(web.Server):
