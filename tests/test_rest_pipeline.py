@@ -96,6 +96,27 @@ def test_a_request_that_is_not_a_new_order_waits_for_the_orders_before_it(node):
     assert set(later) <= open_ids and not open_ids & set(placed), answers[9][2]
 
 
+def test_a_cancel_pipelined_behind_its_order_sees_it_and_not_a_refused_one(node):
+    """Orders past the bound, then a cancel (by client order id) of an admitted one and of a
+    refused one, pipelined: the cancel of the admitted order finds it (it was submitted
+    before the cancel was handled), the refused one was never placed."""
+    first, n = 60_000, 3 * MAX_PIPELINE
+    orders = [order(first + k) for k in range(n)]
+    admitted, refused = f"p{first + 3}", f"p{first + n - 1}"
+    cancels = [
+        ask(first + n, "DELETE", f"/v1/orders/by-client-id/{admitted}"),
+        ask(first + n + 1, "DELETE", f"/v1/orders/by-client-id/{refused}", close=True),
+    ]
+    answers = pipeline(node, [*orders, *cancels])
+    assert answers[3][0] == 201 and answers[n - 1][0] == 503, (answers[3], answers[n - 1])
+    status, _, body = answers[n]
+    assert status == 200, body
+    assert [e["type"] for e in body["events"]] == ["cancelled"], body
+    assert body["events"][0]["order_id"] == answers[3][2]["order"]["order_id"], body
+    status, _, body = answers[n + 1]
+    assert (status, body["error"]["code"]) == (404, "UNKNOWN_ORDER"), body
+
+
 def test_a_client_that_leaves_mid_pipeline_leaves_no_error_and_the_node_serves_on(node):
     seen = len(node["log"])
     for round_ in range(5):

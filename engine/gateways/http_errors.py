@@ -10,11 +10,11 @@ summary), never with a traceback.
 It leans on two aiohttp internals, pinned by tests/test_http_errors.py: the
 `RequestHandler.handle_error` hook, and that a parse error met while a request's body is
 being read is queued as a new message (the handler waiting for the body would hang until
-the client gave up); here it fails that body read instead. The pipelined-order refusal
-(`QuietRequestHandler._handle_request`, engine/gateways/http_shed.py) leans on a third:
-`_handle_request`'s signature and `_drain_helper`, pinned by tests/test_rest_pipeline_shed.py
-and by constraints.txt's aiohttp version. Pipelined new orders submitted together
-(engine/gateways/http_pipeline.py) lean on the internals named there.
+the client gave up); here it fails that body read instead. Pipelined new orders
+(engine/gateways/http_pipeline.py: admitted and started together, or refused as they are
+read) lean on the internals named there, and on `_handle_request`'s signature and
+`_drain_helper`; tests/test_rest_pipeline_internals.py and constraints.txt's aiohttp
+version pin them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
 from engine.gateways.http_pipeline import Pipeline
-from engine.gateways.http_shed import PIPELINED, PipelineShed, plain_order
+from engine.gateways.http_shed import PIPELINED, PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
@@ -46,90 +46,46 @@ def describe(exc: BaseException | None) -> tuple[int, str, str]:
     return 400, "MALFORMED_REQUEST", "malformed HTTP request"
 
 
-class _Sent:
-    """What `_handle_request` returns for an answer already written (aiohttp's loop reads only
-    whether the connection stays open)."""
-
-    keep_alive = True
-
-
-_SENT = _Sent()
-_REFUSALS_PER_SEND = 64  # refused pipelined orders written together at most (~13 KB)
-
-
 class QuietRequestHandler(RequestHandler):
-    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed; refusals not yet
-    # written; orders started ahead of their turn (engine.gateways.http_pipeline)
-    __slots__ = ("observer", "shed", "_refusals", "pipeline")
+    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed (None: not an
+    # order-entry listener); the connection's pipelined new orders (engine.gateways.http_pipeline)
+    __slots__ = ("observer", "shed", "pipeline")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.observer: Observer = NULL_OBSERVER
         self.shed: PipelineShed | None = None
-        self._refusals: list[bytes] = []
         self.pipeline = Pipeline()
 
     async def _handle_request(self, request, start_time, request_handler):
-        early = self.pipeline.take(request)
-        if early is not None and early.refusal is not None:
-            return await self._refuse(request, early.refusal)
-        if self._refusals:  # answers go out in request order
-            await self._write_refusals()
+        pipeline = self.pipeline
+        early = pipeline.take(request)
         if early is not None:  # started ahead of its turn: its answer is due now
             request, task = early.request, early.task
-            self.pipeline.start(self, request_handler, self.shed)  # the orders queued behind it since
+            pipeline.start(self, request_handler)  # the admitted orders queued behind it since
             try:
-                return await super()._handle_request(request, start_time, lambda _: task)
+                response, reset = await super()._handle_request(request, start_time, lambda _: task)
             finally:
                 request._task = None  # as aiohttp's loop does for its own: no reference cycle
-        if self.shed is not None and plain_order(request) and request.content.is_eof():
-            # Its handler submits it before yielding (its body is here), so the orders
-            # started behind it reach the commit queue after it, in this loop turn. Nothing is
-            # in flight ahead of it: the pipeline rule admits it.
-            request[PIPELINED] = True
-            self.pipeline.start(self, request_handler, self.shed)
-        return await super()._handle_request(request, start_time, request_handler)
+        else:
+            if self.shed is not None and pipeline.is_admitted(request):
+                # Its handler submits it before yielding (its body is here), so the orders
+                # started behind it reach the commit queue after it, in this loop turn.
+                request[PIPELINED] = True
+                pipeline.start(self, request_handler)
+            response, reset = await super()._handle_request(request, start_time, request_handler)
+        if pipeline.answered(self, request) and not reset:
+            try:  # refusals written after it: wait while the client is not reading, as for any answer
+                await self._drain_helper()
+            except ConnectionError:
+                reset = True
+        return response, reset
 
-    async def _refuse(self, request, refusal: bytes):
-        """A pipelined order refused before routing: its pre-encoded answer, written with the
-        refusals after it in one send (one send each cost half the node's time refusing),
-        or now when nothing more is queued (the next answer, or the close, would write it)."""
-        request._finish()
-        if self.transport is None:
-            return _SENT, True
-        self._refusals.append(refusal)
-        if (
-            len(self._refusals) >= _REFUSALS_PER_SEND or not self._messages
-        ) and not await self._write_refusals():
-            return _SENT, True
-        return _SENT, False
-
-    async def _write_refusals(self) -> bool:
-        """Send the refusals held, then wait while the client is not reading (as aiohttp does
-        for any answer). False when the connection is gone."""
-        self._send_refusals()
-        try:
-            await self._drain_helper()
-        except ConnectionError:
-            return False
-        return True
-
-    def _send_refusals(self) -> None:
-        refusals, self._refusals = self._refusals, []
-        transport = self.transport
-        if refusals and transport is not None and not transport.is_closing():
-            transport.write(b"".join(refusals))
-
-    def close(self) -> None:
-        self._send_refusals()
-        super().close()
-
-    def force_close(self) -> None:
-        self._send_refusals()
-        super().force_close()
+    def _resume_transport_reading(self) -> None:
+        if not self.pipeline.held:  # aiohttp's own resumes wait for the refusals held to go out
+            super()._resume_transport_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._refusals = []
         self.pipeline.cancel()
         super().connection_lost(exc)
 
@@ -152,21 +108,26 @@ class QuietRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
-        current = self._current_request
-        if current is None or len(self._messages) <= queued:
+        if len(self._messages) <= queued:
             return
+        current = self._current_request
         last = self._messages[-1][0]
-        if isinstance(last, _ErrInfo) and not current.content.is_eof():
+        if current is not None and isinstance(last, _ErrInfo) and not current.content.is_eof():
             # A parse error in the body of the request being handled (a bad chunk): fail
             # its body read (the handler answers 400) rather than queue a second answer.
             self._messages.pop()
             current.content.set_exception(last.exc or BadHttpMessage(last.message))
             current.content.feed_eof()
-        elif self.shed is not None and (self.pipeline or current.get(PIPELINED)) and self._request_handler:
-            # Behind an admitted order (submitted): deal with the orders this read brought
-            # now, not when the start loop reaches them, so they join the next batch or are
-            # refused as they arrive.
-            self.pipeline.start(self, self._request_handler, self.shed)
+            return
+        shed, request_handler = self.shed, self._request_handler
+        if shed is None or request_handler is None:
+            return
+        pipeline = self.pipeline
+        pipeline.received(self, queued, shed)  # each new order admitted or refused, as it is read
+        if pipeline.early or (current is not None and current.get(PIPELINED)):
+            # Behind an admitted order (submitted): the admitted orders this read brought
+            # are started now, to join the next commit batch.
+            pipeline.start(self, request_handler)
 
 
 class QuietServer(web.Server):

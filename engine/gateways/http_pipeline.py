@@ -1,28 +1,41 @@
-"""A REST connection's pipelined new orders submitted together, answered in order.
+"""A REST connection's pipelined new orders: admitted up to a bound in flight and submitted
+together, refused beyond it as they are read, every answer in request order.
 
 aiohttp handles a connection's requests one at a time: each order awaited its commit before
 the next one on the connection was even routed, so a connection put at most one order in
-each commit cycle. With the load generator's 32 connections the batches held at most 32
-orders, and goodput at 2C stopped near 32 per cycle (4-5k/s here) with a third of a core
-idle, while the orders queued behind each one were refused for pipelining too deep
-(BENCHMARKS.md, "Session 8: REST under overload").
+each commit cycle (32 connections: batches of at most 32, goodput capped near 32 per cycle).
+And every parsed request holds a slot in its queue (`_messages`, 32 slots) until its answer
+is written, refused ones included, so a connection whose queue is full is not read: the
+client's later orders waited in the socket buffers, and their latency with them (session 8:
+acked p99 3-6 s at 8-32k/s offered; BENCHMARKS.md "Session 8: REST under overload").
 
-Now, when a plain new order (`http_shed.plain_order`: POST /v1/orders, HTTP/1.1 keep-alive,
-no Expect) whose body is read in full is handled, the plain new orders queued right behind
-it are started as well, each a task running the app's handler (middleware, key, decode,
-submit) on its own request: they reach the commit queue in this turn of the event loop, in
-the order sent, and share a batch. Each answer is written when aiohttp's loop reaches its
-request, in order, as if handled in turn. The pipeline rule is the same: an order is started
-only while fewer than MAX_PIPELINE requests wait behind it (`http_shed.too_deep`); one that
-reaches its turn deeper is refused as before. Anything else (a cancel, an amend, a read)
-waits its turn, so it sees every order sent before it answered, and stops the starting: no
-order behind it starts before it is handled.
+Here, as each read is parsed (`Pipeline.received`, from the handler's data_received), every
+plain new order (`http_shed.plain_order`, whole body read) is dealt with at once:
+- admitted while fewer than MAX_PIPELINE of the connection's orders are in flight (admitted
+  and not yet answered); an admitted order with only admitted orders ahead of it is started
+  (`start`: a task running the app's handler: middleware, key, decode, submit), so the
+  connection's orders reach the commit queue in this turn of the event loop, in the order
+  sent, and share a batch; its answer is written when aiohttp's loop reaches its request;
+- refused beyond the bound: its pre-encoded 503 OVERLOADED (`http_shed.PipelineShed`) is
+  taken out of aiohttp's queue (so the connection is read as fast as the client sends) and
+  held as a trailer of the request before it, written right after that request's answer
+  (`answered`): in request order, without waiting for anything but the answers ahead of it.
+Anything else (a cancel, an amend, a read, an order without its whole body) keeps its turn:
+it waits for every request before it, and no order behind it is started before it is
+answered (so a cancel sees the orders sent before it, and none sent after). A request that
+closes the connection, an upgrade, or one aiohttp could not parse ends the dealing for the
+connection: what follows goes the ordinary way. Refusals held past `HELD_BYTES` (a client
+not reading its answers) pause reading the socket until they are written.
 
-It leans on aiohttp internals of `RequestHandler` (pinned by constraints.txt and
-tests/test_rest_pipeline.py): the parsed-and-waiting queue `_messages` of (message, payload)
-pairs (`_ErrInfo` for one that did not parse), which its `start` loop pops in order;
-`_request_factory` (None once the connection is lost) and `_task_handler`, with which that
-loop builds each request; and a request's `_message`, to know it again.
+It leans on aiohttp 3.14 internals (pinned by constraints.txt and by
+tests/test_rest_pipeline_internals.py): `RequestHandler._messages`, the deque of parsed
+(message, payload) pairs (`_ErrInfo` for one that did not parse) that its `start` loop pops
+in order; `_parser.message_consumed()`, which frees the parser's slot of a message taken
+out of that queue (the parser stops at 32 unconsumed); `_request_factory` (None once the
+connection is lost) and `_task_handler`, with which that loop builds each request;
+`_buffer_paused`, `_reading_paused`, `_pause_transport_reading` and
+`_resume_transport_reading`/`_resume_reading_for_buffer` (BaseProtocol's read pauses); and a
+request's `_message`, to know it again.
 """
 
 from __future__ import annotations
@@ -38,6 +51,10 @@ from aiohttp.web_request import BaseRequest
 from engine.gateways.http_shed import MAX_PIPELINE, PIPELINED, PipelineShed, plain_order
 
 Handler = Callable[[BaseRequest], Awaitable]
+# Refusal bytes one connection may hold for answers not yet written before it is no longer
+# read (~300 refusals): a pipelining client that does not read its answers is pushed back
+# (TCP), not buffered for.
+HELD_BYTES = 64 * 1024
 
 
 def _retrieved(task: asyncio.Task) -> None:
@@ -48,73 +65,147 @@ def _retrieved(task: asyncio.Task) -> None:
 
 
 class Early:
-    """A new order dealt with ahead of its turn: started (`task` builds its answer) or
-    refused (`refusal`, its pre-encoded answer)."""
+    """An admitted new order started ahead of its turn (`task` builds its answer)."""
 
-    __slots__ = ("message", "refusal", "request", "task")
+    __slots__ = ("message", "request", "task")
 
-    def __init__(self, message, request: BaseRequest, task: asyncio.Task | None, refusal: bytes | None):
-        self.message, self.request, self.task, self.refusal = message, request, task, refusal
+    def __init__(self, message, request: BaseRequest, task: asyncio.Task) -> None:
+        self.message, self.request, self.task = message, request, task
 
 
 class Pipeline:
-    """The new orders of one connection dealt with ahead of their turn: the front of its
-    handler's `_messages`, in order."""
+    """One connection's pipelined new orders: those admitted and not yet answered, those
+    started ahead of their turn (the front of its handler's `_messages`, in order), and the
+    refusals held until the answer before each is written."""
 
-    __slots__ = ("early",)
+    __slots__ = ("admitted", "early", "trailers", "held_bytes", "held", "ordinary")
 
     def __init__(self) -> None:
+        self.admitted: set[int] = set()  # id() of each admitted order's message (alive till answered)
         self.early: deque[Early] = deque()
+        # (the message whose answer they follow, refusal bytes), in request order
+        self.trailers: deque[tuple[object, list[bytes]]] = deque()
+        self.held_bytes = 0
+        self.held = False  # reading paused for refusals held (HELD_BYTES)
+        self.ordinary = False  # dealing ended: a closing, upgrade or unparsable request came
 
     def __len__(self) -> int:
         return len(self.early)
 
+    def in_flight(self) -> int:
+        """Orders admitted and not yet answered: the bound's count."""
+        return len(self.admitted)
+
+    def is_admitted(self, request: BaseRequest) -> bool:
+        return id(request._message) in self.admitted
+
     def take(self, request: BaseRequest) -> Early | None:
-        """What was done early with the message `request` was built from, or None."""
+        """The started order `request` was built from (aiohttp's loop reached it), or None."""
         early = self.early
         if early and early[0].message is request._message:
             return early.popleft()
         return None
 
-    def in_flight(self) -> int:
-        """Orders started and not yet answered by the handler (submitted, or about to be)."""
-        return sum(1 for e in self.early if e.task is not None and not e.task.done())
+    def received(self, handler: RequestHandler, queued: int, shed: PipelineShed) -> None:
+        """Deal with the requests a read appended to `handler._messages` (those from index
+        `queued` on): each plain new order admitted or refused; then parse on as far as the
+        refusals freed the parser's slots, and resume reading if aiohttp paused it for a
+        queue the refusals have since emptied."""
+        messages = handler._messages
+        while True:
+            fresh = [messages.pop() for _ in range(len(messages) - queued)]
+            refused = 0
+            admitted = self.admitted
+            for item in reversed(fresh):
+                message, payload = item
+                if self.ordinary or isinstance(message, _ErrInfo) or message.should_close or message.upgrade:
+                    self.ordinary = True  # what follows may not be answered on this connection
+                elif plain_order(message) and payload.is_eof():
+                    if len(admitted) < MAX_PIPELINE:
+                        admitted.add(id(message))
+                    elif (refusal := shed.refusal(message)) is not None:
+                        handler._parser.message_consumed()  # its slot: the parser reads on
+                        self._hold(handler, messages, refusal)
+                        refused += 1
+                        continue
+                messages.append(item)
+            if not refused or handler._parser is None:
+                break
+            queued = len(messages)
+            RequestHandler.data_received(handler, b"")  # the rest of the read, if the parser stopped
+            if len(messages) == queued:
+                break
+        if handler._buffer_paused and len(messages) < handler._max_msg_queue_size and not self.held:
+            handler._resume_reading_for_buffer()
 
-    def start(self, handler: RequestHandler, request_handler: Handler, shed: PipelineShed) -> None:
-        """Deal with the plain new orders queued behind the request being handled (which
-        must be a plain new order, or one dealt with, so that everything ahead of them is
-        submitted first), up to the first that is not one or has its body still arriving:
-        each is started while fewer than MAX_PIPELINE are in flight, else refused."""
+    def _hold(self, handler: RequestHandler, messages, refusal: bytes) -> None:
+        """Hold `refusal` until the answer before it is written. With MAX_PIPELINE admitted
+        orders unanswered and at most one of them out of the queue (the one aiohttp's loop is
+        answering), the request before it is always queued; the write at once is a guard."""
+        if not messages:
+            transport = handler.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(refusal)
+            return
+        before = messages[-1][0]
+        trailers = self.trailers
+        if trailers and trailers[-1][0] is before:
+            trailers[-1][1].append(refusal)
+        else:
+            trailers.append((before, [refusal]))
+        self.held_bytes += len(refusal)
+        if self.held_bytes > HELD_BYTES and not self.held:
+            self.held = True
+            handler._pause_transport_reading()
+
+    def answered(self, handler: RequestHandler, request: BaseRequest) -> bool:
+        """`request`'s answer is written: count it out of the bound and write the refusals
+        that follow it. True when some were written (the caller waits while the client is
+        not reading)."""
+        message = request._message
+        self.admitted.discard(id(message))
+        trailers = self.trailers
+        if not trailers or trailers[0][0] is not message:
+            return False
+        _, refusals = trailers.popleft()
+        self.held_bytes -= sum(len(r) for r in refusals)
+        transport = handler.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(refusals))
+        if self.held and self.held_bytes <= HELD_BYTES // 2:
+            self.held = False
+            if not handler._reading_paused and not handler._buffer_paused:
+                handler._resume_transport_reading()
+        return True
+
+    def start(self, handler: RequestHandler, request_handler: Handler) -> None:
+        """Start the admitted orders queued behind the request being handled (which must be
+        an admitted order, so that everything ahead of them is submitted first), up to the
+        first request that is not one."""
         factory = handler._request_factory  # None once the connection is lost
         if factory is None or handler.transport is None:
             return
         messages = handler._messages
         early = self.early
+        admitted = self.admitted
         loop = asyncio.get_running_loop()
-        flying = self.in_flight()
         for i in range(len(early), len(messages)):
             message, payload = messages[i]
-            if isinstance(message, _ErrInfo) or message.upgrade or not payload.is_eof():
+            if id(message) not in admitted:
                 return
             request = factory(message, payload, handler, StreamWriter(handler, loop), handler._task_handler)
-            if not plain_order(request):
-                return
-            if flying >= MAX_PIPELINE:
-                refusal = shed.refusal(request)
-                if refusal is not None:  # None: no key, answered by the middleware (started)
-                    early.append(Early(message, request, None, refusal))
-                    continue
             request[PIPELINED] = True
             task = loop.create_task(request_handler(request))
             task.add_done_callback(_retrieved)
-            early.append(Early(message, request, task, None))
-            flying += 1
+            early.append(Early(message, request, task))
 
     def cancel(self) -> None:
         """The connection is gone: nothing started will be answered (a task not yet run
         submits nothing; one awaiting its commit stops waiting, as aiohttp's own handler
         would with handler cancellation)."""
         for e in self.early:
-            if e.task is not None:
-                e.task.cancel()
+            e.task.cancel()
         self.early.clear()
+        self.admitted.clear()
+        self.trailers.clear()
+        self.held_bytes = 0

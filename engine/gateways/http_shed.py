@@ -1,21 +1,19 @@
 """Bounded in-flight work per HTTP connection (REST pipelining, WebSocket sessions).
 
 REST: aiohttp answers a connection's pipelined requests in order, parsing up to 32 ahead and
-then pausing the socket. A client that keeps more than `MAX_PIPELINE` order-entry requests
-queued on one connection gets the excess answered 503 OVERLOADED at once, before its key or
-body is read, instead of each waiting its turn behind the others (measured before: REST at
-15k/s offered answered in p50 5.6 s). Plain new orders (`plain_order`) have their own form
-of the rule (engine.gateways.http_pipeline): up to MAX_PIPELINE of a connection's are
-submitted together, ahead of their turn, and one parsed while that many are in flight is
-refused.
-The listener's socket buffers are kept small (engine.overload), so what a paused connection
-sends waits in the client, not in the node.
+then pausing the socket. Plain new orders (`plain_order`) are bounded by orders in flight
+(engine.gateways.http_pipeline): up to MAX_PIPELINE of a connection's are admitted (and
+submitted together); one read while that many are in flight is refused 503 OVERLOADED at
+once, as it is parsed, from pre-encoded bytes (`PipelineShed`), and leaves aiohttp's queue,
+so the connection is read as fast as the client sends. Other order-entry requests (cancel,
+amend) keep the depth rule through the middleware (`shed_pipeline`): refused when
+MAX_PIPELINE requests wait behind them. The listener's socket buffers are kept small
+(engine.overload), so what a paused connection sends waits in the client, not in the node.
 
-A refused new order (POST /v1/orders, the flood's request) is answered from pre-encoded bytes
-written straight to the connection (`PipelineShed`), before aiohttp's routing, middleware and
-response machinery: that cycle made a refusal cost about what an accepted order does, so a
-pipelining client at 4x capacity had the node spend itself refusing (BENCHMARKS.md, session 7).
-Other order-entry routes keep the same rule through the middleware (`shed_pipeline`).
+A refusal is built from the parsed message's headers alone, before aiohttp's request object,
+routing, middleware, key check, JSON decode and response machinery: that cycle made a
+refusal cost about what an accepted order does, so a pipelining client at 4x capacity had
+the node spend itself refusing (BENCHMARKS.md, session 7).
 
 WebSocket: a session with `WS_MAX_IN_FLIGHT` (engine.overload) orders submitted and not yet
 answered is not read until half of them are (engine.overload.InFlight), and its socket is
@@ -30,17 +28,19 @@ from __future__ import annotations
 import json
 
 from aiohttp import HttpVersion11, web
-from aiohttp.web_request import BaseRequest
+from aiohttp.http import RawRequestMessage
 
-from engine.gateways.http_auth import api_key
-from engine.gateways.http_context import request_trace_id
+from engine.gateways.http_auth import api_key_in
+from engine.gateways.http_context import trace_id_in
 from engine.overload import OVERLOADED, RETRY_AFTER_S, overloaded_text
 from engine.service import Overloaded
 
-MAX_PIPELINE = 16  # order-entry requests one connection may have queued behind the current one
+# Plain new orders one connection may have in flight (admitted, not yet answered); also the
+# order-entry requests one connection may have queued behind the one being handled.
+MAX_PIPELINE = 16
 ORDERS_PATH = "/v1/orders"  # where new orders are posted (http_app registers the route from here)
 # A plain new order the pipeline rule admitted (engine.gateways.http_pipeline: fewer than
-# MAX_PIPELINE in flight ahead of it), so the requests queued behind it do not refuse it.
+# MAX_PIPELINE in flight when it was read), so the requests queued behind it do not refuse it.
 PIPELINED = web.RequestKey("pipelined", bool)
 
 
@@ -78,16 +78,17 @@ def pipeline_depth(request: web.Request) -> int:
     return len(messages) if messages is not None else 0
 
 
-def plain_order(request: BaseRequest) -> bool:
+def plain_order(message: RawRequestMessage) -> bool:
     """A new order whose answer may be written while its connection stays open and without
-    an interim answer: POST /v1/orders over HTTP/1.1 keep-alive, no Expect (the requests a
-    pipeline refuses cheaply, and starts ahead of their turn)."""
+    an interim answer: POST /v1/orders over HTTP/1.1 keep-alive, no Expect, no upgrade (the
+    requests a pipeline admits ahead of their turn, or refuses cheaply)."""
     return (
-        request.method == "POST"
-        and request.path == ORDERS_PATH
-        and request.version == HttpVersion11
-        and request.keep_alive
-        and "Expect" not in request.headers
+        message.method == "POST"
+        and message.version == HttpVersion11
+        and not message.should_close
+        and not message.upgrade
+        and message.url.path == ORDERS_PATH
+        and "Expect" not in message.headers
     )
 
 
@@ -126,20 +127,20 @@ _HEAD = (
 
 
 class PipelineShed:
-    """The cheap refusal of a pipelined new order beyond the connection's MAX_PIPELINE in
-    flight, asked by engine.gateways.http_pipeline before the request is routed."""
+    """The cheap refusal of a pipelined new order read while its connection has MAX_PIPELINE
+    in flight, asked by engine.gateways.http_pipeline as the order is parsed."""
 
     __slots__ = ("service",)
 
     def __init__(self, service) -> None:
         self.service = service
 
-    def refusal(self, request: BaseRequest) -> bytes | None:
-        """The bytes refusing `request` (counted as a REST overload refusal), or None when
-        it must go the ordinary way: not a plain new order (`plain_order`: its connection
-        must stay open as these bytes leave it), or a request without a key (the
-        middleware answers it as any unauthenticated one)."""
-        if not plain_order(request) or not api_key(request):
+    def refusal(self, message: RawRequestMessage) -> bytes | None:
+        """The bytes refusing the plain new order `message` (`plain_order`; counted as a REST
+        overload refusal), with Retry-After and its own X-Trace-Id; None for a request
+        without a key (the middleware answers it as any unauthenticated one)."""
+        headers = message.headers
+        if not api_key_in(headers):
             return None
         self.service.refused("rest", 1)
-        return _HEAD + request_trace_id(request).encode() + b"\r\n\r\n" + _BODY
+        return _HEAD + trace_id_in(headers).encode() + b"\r\n\r\n" + _BODY

@@ -473,9 +473,10 @@ OPENAPI: dict = {
                 "summary": "Submit an order",
                 "description": (
                     "Orders pipelined on one HTTP/1.1 connection are answered in request order. "
-                    "New orders queued behind the one being handled are submitted together and "
-                    "share its commit batch while fewer than 16 are in flight behind it; one read "
-                    "while 16 are is refused 503 OVERLOADED. Any other request waits its turn."
+                    "A connection's new orders are admitted while fewer than 16 are in flight (admitted, "
+                    "not yet answered) and submitted together, sharing a commit batch; one read while 16 "
+                    "are is refused at once, 503 OVERLOADED with Retry-After. Any other request waits "
+                    "its turn."
                 ),
                 "requestBody": {
                     "required": True,
