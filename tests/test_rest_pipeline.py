@@ -9,6 +9,7 @@ is read from its trace (`stages.batch_first_seq`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.request
@@ -115,6 +116,40 @@ def test_a_cancel_pipelined_behind_its_order_sees_it_and_not_a_refused_one(node)
     assert body["events"][0]["order_id"] == answers[3][2]["order"]["order_id"], body
     status, _, body = answers[n + 1]
     assert (status, body["error"]["code"]) == (404, "UNKNOWN_ORDER"), body
+
+
+def test_orders_written_one_at_a_time_while_others_are_answered_are_each_handled_once(node):
+    """A client writing an order a millisecond on one connection, reading its answers as they
+    come: reads land while the node is between answers (its loop has taken the next started
+    order off the queue and not yet handled it). Every order is handled once and answered in
+    order: one started a second time read its body again, found it empty and was answered
+    400 INVALID_REQUEST ("missing required field `symbol`")."""
+    first, n = 70_000, 1000
+
+    async def run() -> list[tuple[int, dict]]:
+        reader, writer = await asyncio.open_connection(node["host"], node["http"])
+
+        async def send() -> None:
+            for k in range(n):
+                writer.write(order(first + k))
+                await asyncio.sleep(0.001)  # pacing, as a client placing orders one by one
+
+        sender = asyncio.create_task(send())
+        answers = []
+        for _ in range(n):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            size = int(head.lower().split("content-length:")[1].split("\r\n")[0])
+            answers.append((int(head[9:12]), json.loads(await reader.readexactly(size))))
+        await sender
+        writer.close()
+        return answers
+
+    answers = asyncio.run(run())
+    odd = [(k, status, body) for k, (status, body) in enumerate(answers) if status not in (201, 503)]
+    assert not odd, odd[:3]
+    for k, (status, body) in enumerate(answers):
+        if status == 201:
+            assert body["order"]["client_order_id"] == f"p{first + k}", (k, body)
 
 
 def test_a_client_that_leaves_mid_pipeline_leaves_no_error_and_the_node_serves_on(node):

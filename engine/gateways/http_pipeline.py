@@ -67,22 +67,25 @@ def _retrieved(task: asyncio.Task) -> None:
 class Early:
     """An admitted new order started ahead of its turn (`task` builds its answer)."""
 
-    __slots__ = ("message", "request", "task")
+    __slots__ = ("request", "task")
 
-    def __init__(self, message, request: BaseRequest, task: asyncio.Task) -> None:
-        self.message, self.request, self.task = message, request, task
+    def __init__(self, request: BaseRequest, task: asyncio.Task) -> None:
+        self.request, self.task = request, task
 
 
 class Pipeline:
     """One connection's pipelined new orders: those admitted and not yet answered, those
-    started ahead of their turn (the front of its handler's `_messages`, in order), and the
-    refusals held until the answer before each is written."""
+    started ahead of their turn, and the refusals held until the answer before each is
+    written. Messages are known by id(): each is alive (in aiohttp's queue, or the request
+    being answered holds it) until its answer is written, when it is forgotten here."""
 
     __slots__ = ("admitted", "early", "trailers", "held_bytes", "held", "ordinary")
 
     def __init__(self) -> None:
-        self.admitted: set[int] = set()  # id() of each admitted order's message (alive till answered)
-        self.early: deque[Early] = deque()
+        self.admitted: set[int] = set()  # each admitted order's message
+        # the admitted orders started ahead of their turn, by message: in aiohttp's queue,
+        # or (one) just taken off it by its loop and not yet handed to _handle_request
+        self.early: dict[int, Early] = {}
         # (the message whose answer they follow, refusal bytes), in request order
         self.trailers: deque[tuple[object, list[bytes]]] = deque()
         self.held_bytes = 0
@@ -101,10 +104,7 @@ class Pipeline:
 
     def take(self, request: BaseRequest) -> Early | None:
         """The started order `request` was built from (aiohttp's loop reached it), or None."""
-        early = self.early
-        if early and early[0].message is request._message:
-            return early.popleft()
-        return None
+        return self.early.pop(id(request._message), None) if self.early else None
 
     def received(self, handler: RequestHandler, queued: int, shed: PipelineShed) -> None:
         """Deal with the requests a read appended to `handler._messages` (those from index
@@ -181,29 +181,30 @@ class Pipeline:
     def start(self, handler: RequestHandler, request_handler: Handler) -> None:
         """Start the admitted orders queued behind the request being handled (which must be
         an admitted order, so that everything ahead of them is submitted first), up to the
-        first request that is not one."""
+        first request that is not one; those started already are passed over."""
         factory = handler._request_factory  # None once the connection is lost
         if factory is None or handler.transport is None:
             return
-        messages = handler._messages
         early = self.early
         admitted = self.admitted
         loop = asyncio.get_running_loop()
-        for i in range(len(early), len(messages)):
-            message, payload = messages[i]
-            if id(message) not in admitted:
+        for message, payload in handler._messages:
+            key = id(message)
+            if key in early:
+                continue
+            if key not in admitted:
                 return
             request = factory(message, payload, handler, StreamWriter(handler, loop), handler._task_handler)
             request[PIPELINED] = True
             task = loop.create_task(request_handler(request))
             task.add_done_callback(_retrieved)
-            early.append(Early(message, request, task))
+            early[key] = Early(request, task)
 
     def cancel(self) -> None:
         """The connection is gone: nothing started will be answered (a task not yet run
         submits nothing; one awaiting its commit stops waiting, as aiohttp's own handler
         would with handler cancellation)."""
-        for e in self.early:
+        for e in self.early.values():
             e.task.cancel()
         self.early.clear()
         self.admitted.clear()
