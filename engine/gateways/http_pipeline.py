@@ -112,6 +112,7 @@ class Pipeline:
         refusals freed the parser's slots, and resume reading if aiohttp paused it for a
         queue the refusals have since emptied."""
         messages = handler._messages
+        total = 0
         while True:
             fresh = [messages.pop() for _ in range(len(messages) - queued)]
             refused = 0
@@ -129,12 +130,15 @@ class Pipeline:
                         refused += 1
                         continue
                 messages.append(item)
+            total += refused
             if not refused or handler._parser is None:
                 break
             queued = len(messages)
             RequestHandler.data_received(handler, b"")  # the rest of the read, if the parser stopped
             if len(messages) == queued:
                 break
+        if total:
+            shed.count(total)
         if handler._buffer_paused and len(messages) < handler._max_msg_queue_size and not self.held:
             handler._resume_reading_for_buffer()
 
