@@ -31,7 +31,16 @@ def test_aiohttp_is_the_pinned_version():
 
 
 def test_the_request_handler_internals_the_pipeline_names():
-    for name in ("_messages", "_request_factory", "_request_handler", "_task_handler", "_current_request"):
+    for name in (
+        "_messages",
+        "_request_factory",
+        "_request_handler",
+        "_task_handler",
+        "_current_request",
+        "_force_close",
+        "_msg_queue_resume_size",
+        "_logging_enabled",
+    ):
         assert name in RequestHandler.__slots__, name
     for name in ("_buffer_paused", "_reading_paused", "_paused", "_parser"):
         assert name in BaseProtocol.__slots__, name
@@ -39,6 +48,7 @@ def test_the_request_handler_internals_the_pipeline_names():
         "_pause_transport_reading",
         "_resume_transport_reading",
         "_resume_reading_for_buffer",
+        "_resume_reading_if_drained",
         "_drain_helper",
     ):
         assert callable(getattr(RequestHandler, name)), name

@@ -60,21 +60,34 @@ class QuietRequestHandler(RequestHandler):
     async def _handle_request(self, request, start_time, request_handler):
         pipeline = self.pipeline
         early = pipeline.take(request)
+        if early is None and self.shed is not None and pipeline.is_admitted(request):
+            # Its handler submits it before yielding (its body is here), so the orders
+            # started behind it reach the commit queue after it, in this loop turn.
+            request[PIPELINED] = True
+            pipeline.start(self, request_handler)
+        response, reset = await self._answer(request, start_time, request_handler, early)
+        # The started orders queued right behind it whose answers are ready are answered now,
+        # in order, rather than one per pass of aiohttp's loop (two event-loop turns each,
+        # and a request object built again for each: at 4x capacity a connection's 16
+        # answers waited out 32 turns, each parsing every connection's reads).
+        while not reset and response.keep_alive and (ready := pipeline.ready(self)) is not None:
+            start = self._loop.time() if self._logging_enabled else None
+            response, reset = await self._answer(ready.request, start, request_handler, ready)
+        return response, reset
+
+    async def _answer(self, request, start_time, request_handler, early):
+        """Handle `request` (or await the answer of the order started for it), write its
+        answer and the refusals that follow it."""
         if early is not None:  # started ahead of its turn: its answer is due now
             request, task = early.request, early.task
-            pipeline.start(self, request_handler)  # the admitted orders queued behind it since
+            self.pipeline.start(self, request_handler)  # the admitted orders queued behind it since
             try:
                 response, reset = await super()._handle_request(request, start_time, lambda _: task)
             finally:
                 request._task = None  # as aiohttp's loop does for its own: no reference cycle
         else:
-            if self.shed is not None and pipeline.is_admitted(request):
-                # Its handler submits it before yielding (its body is here), so the orders
-                # started behind it reach the commit queue after it, in this loop turn.
-                request[PIPELINED] = True
-                pipeline.start(self, request_handler)
             response, reset = await super()._handle_request(request, start_time, request_handler)
-        if pipeline.answered(self, request) and not reset:
+        if self.pipeline.answered(self, request) and not reset:
             try:  # refusals written after it: wait while the client is not reading, as for any answer
                 await self._drain_helper()
             except ConnectionError:

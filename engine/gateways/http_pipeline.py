@@ -34,8 +34,10 @@ in order; `_parser.message_consumed()`, which frees the parser's slot of a messa
 out of that queue (the parser stops at 32 unconsumed); `_request_factory` (None once the
 connection is lost) and `_task_handler`, with which that loop builds each request;
 `_buffer_paused`, `_reading_paused`, `_pause_transport_reading` and
-`_resume_transport_reading`/`_resume_reading_for_buffer` (BaseProtocol's read pauses); and a
-request's `_message`, to know it again.
+`_resume_transport_reading`/`_resume_reading_for_buffer` (BaseProtocol's read pauses); a
+request's `_message`, to know it again; and, to answer a run of started orders whose
+answers are ready without a pass of that loop each (`ready`), `_force_close`,
+`_msg_queue_resume_size` and `_resume_reading_if_drained`, which that loop uses as it pops.
 """
 
 from __future__ import annotations
@@ -105,6 +107,24 @@ class Pipeline:
     def take(self, request: BaseRequest) -> Early | None:
         """The started order `request` was built from (aiohttp's loop reached it), or None."""
         return self.early.pop(id(request._message), None) if self.early else None
+
+    def ready(self, handler: RequestHandler) -> Early | None:
+        """The started order at the front of aiohttp's queue if its answer is ready, taken
+        off the queue as aiohttp's loop would take it (its parser slot freed, reading
+        resumed if the queue held it), to be answered by the caller; else None."""
+        messages = handler._messages
+        if not messages or not self.early or handler._parser is None or handler._force_close:
+            return None
+        key = id(messages[0][0])
+        early = self.early.get(key)
+        if early is None or not early.task.done():
+            return None
+        messages.popleft()
+        del self.early[key]
+        handler._parser.message_consumed()
+        if handler._buffer_paused and len(messages) <= handler._msg_queue_resume_size:
+            handler._resume_reading_if_drained()
+        return early
 
     def received(self, handler: RequestHandler, queued: int, shed: PipelineShed) -> None:
         """Deal with the requests a read appended to `handler._messages` (those from index
