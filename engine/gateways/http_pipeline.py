@@ -16,10 +16,12 @@ plain new order (`http_shed.plain_order`, whole body read) is dealt with at once
   (`start`: a task running the app's handler: middleware, key, decode, submit), so the
   connection's orders reach the commit queue in this turn of the event loop, in the order
   sent, and share a batch; its answer is written when aiohttp's loop reaches its request;
-- refused beyond the bound: its pre-encoded 503 OVERLOADED (`http_shed.PipelineShed`) is
-  taken out of aiohttp's queue (so the connection is read as fast as the client sends) and
-  held as a trailer of the request before it, written right after that request's answer
-  (`answered`): in request order, without waiting for anything but the answers ahead of it.
+- refused beyond the bound, or while the commit queue refuses new orders
+  (`ExchangeService.refuses_orders`, the rule every gateway sheds by): its pre-encoded 503
+  OVERLOADED (`http_shed.PipelineShed`) is taken out of aiohttp's queue (so the connection
+  is read as fast as the client sends) and held as a trailer of the request before it,
+  written right after that request's answer (`answered`): in request order, without
+  waiting for anything but the answers ahead of it.
 Anything else (a cancel, an amend, a read, an order without its whole body) keeps its turn:
 it waits for every request before it, and no order behind it is started before it is
 answered (so a cancel sees the orders sent before it, and none sent after). A request that
@@ -133,6 +135,7 @@ class Pipeline:
         queue the refusals have since emptied."""
         messages = handler._messages
         total = 0
+        queue_refuses: bool | None = None  # the commit queue's rule, asked once per read
         while True:
             fresh = [messages.pop() for _ in range(len(messages) - queued)]
             refused = 0
@@ -142,7 +145,9 @@ class Pipeline:
                 if self.ordinary or isinstance(message, _ErrInfo) or message.should_close or message.upgrade:
                     self.ordinary = True  # what follows may not be answered on this connection
                 elif plain_order(message) and payload.is_eof():
-                    if len(admitted) < MAX_PIPELINE:
+                    if queue_refuses is None:
+                        queue_refuses = shed.service.refuses_orders(1)
+                    if len(admitted) < MAX_PIPELINE and not queue_refuses:
                         admitted.add(id(message))
                     elif (refusal := shed.refusal(message)) is not None:
                         handler._parser.message_consumed()  # its slot: the parser reads on
