@@ -17,11 +17,11 @@ import urllib.request
 import pytest
 from test_rest_pipeline_shed import order, read_answers
 
-from engine.gateways.http_shed import MAX_PIPELINE
+from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 
 KEY = next(iter(LOAD_ACCOUNTS))
-N = 8  # well within MAX_PIPELINE: none refused
+N = MAX_ORDERS_IN_FLIGHT  # all admitted: none refused
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,6 @@ def pipeline(node, requests: list[bytes]) -> list[tuple[int, dict[str, str], dic
 
 
 def test_pipelined_orders_share_a_commit_batch_and_are_answered_in_order(node):
-    assert N < MAX_PIPELINE
     first = 20_000
     answers = pipeline(node, [order(first + k) for k in range(N - 1)] + [order(first + N - 1, close=True)])
     ids = []
@@ -101,7 +100,7 @@ def test_a_cancel_pipelined_behind_its_order_sees_it_and_not_a_refused_one(node)
     """Orders past the bound, then a cancel (by client order id) of an admitted one and of a
     refused one, pipelined: the cancel of the admitted order finds it (it was submitted
     before the cancel was handled), the refused one was never placed."""
-    first, n = 60_000, 3 * MAX_PIPELINE
+    first, n = 60_000, 3 * MAX_ORDERS_IN_FLIGHT
     orders = [order(first + k) for k in range(n)]
     admitted, refused = f"p{first + 3}", f"p{first + n - 1}"
     cancels = [
@@ -156,7 +155,7 @@ def test_a_client_that_leaves_mid_pipeline_leaves_no_error_and_the_node_serves_o
     seen = len(node["log"])
     for round_ in range(5):
         with socket.create_connection((node["host"], node["http"]), timeout=30) as sock:
-            sock.sendall(b"".join(order(40_000 + 100 * round_ + k) for k in range(MAX_PIPELINE)))
+            sock.sendall(b"".join(order(40_000 + 100 * round_ + k) for k in range(MAX_ORDERS_IN_FLIGHT)))
             sock.recv(1)  # the first answer is on its way: the rest are started or queued
     status, body = request(node, "GET", "/v1/orders?symbol=LOAD-USD")
     assert status == 200 and "orders" in body

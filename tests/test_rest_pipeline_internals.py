@@ -40,9 +40,11 @@ def test_the_request_handler_internals_the_pipeline_names():
         "_force_close",
         "_msg_queue_resume_size",
         "_logging_enabled",
+        "_waiter",
+        "_payload_parser",
     ):
         assert name in RequestHandler.__slots__, name
-    for name in ("_buffer_paused", "_reading_paused", "_paused", "_parser"):
+    for name in ("_buffer_paused", "_reading_paused", "_paused", "_parser", "_upgraded"):
         assert name in BaseProtocol.__slots__, name
     for name in (
         "_pause_transport_reading",
@@ -64,6 +66,8 @@ def test_the_request_handler_internals_the_pipeline_names():
     # start() pops the queue from the left and frees the parser's slot as it does
     source = inspect.getsource(RequestHandler.start)
     assert "self._messages.popleft()" in source and "message_consumed()" in source
+    # ... after awaiting _waiter while the queue is empty (woken by data_received)
+    assert "await self._waiter" in source
 
 
 def _order(k: int) -> bytes:

@@ -1,6 +1,6 @@
 """The cheap refusal of pipelined REST orders (engine.gateways.http_shed.PipelineShed): a client
 pipelining far past the bound on one connection gets every request answered once, in order,
-at most MAX_PIPELINE of its orders in flight (engine.gateways.http_pipeline), the excess
+at most MAX_ORDERS_IN_FLIGHT of its orders in flight (engine.gateways.http_pipeline), the excess
 refused as it is read, while the admitted ones are in flight, with 503 OVERLOADED from
 pre-encoded bytes that still carry Retry-After and the request's own X-Trace-Id; a request
 without a key and a closing request go the ordinary way (the middleware's rule, or its 401).
@@ -17,11 +17,11 @@ from collections import Counter
 
 import pytest
 
-from engine.gateways.http_shed import MAX_PIPELINE
+from engine.gateways.http_shed import IN_FLIGHT_TEXT, MAX_ORDERS_IN_FLIGHT
 from engine.load.spawn import LOAD_ACCOUNTS, LOAD_ADMIN_KEY, spawned_exchange
 
 KEY = next(iter(LOAD_ACCOUNTS))
-N = 600  # far past MAX_PIPELINE: one send holds hundreds of requests
+N = 600  # far past MAX_ORDERS_IN_FLIGHT: one send holds hundreds of requests
 KEYLESS = 300  # the index of the request sent without a key
 
 
@@ -120,9 +120,7 @@ def test_a_deep_pipeline_is_answered_in_order_with_cheap_overloaded_refusals(nod
         if status == 503:
             refused += 1
             assert body["error"]["code"] == "OVERLOADED" and headers["retry-after"] == "1", body
-            assert (
-                f"more than {MAX_PIPELINE} requests pipelined on this connection" in body["error"]["message"]
-            )
+            assert IN_FLIGHT_TEXT in body["error"]["message"], body
             assert headers["content-type"] == "application/json"
         else:
             assert status == 201 and body.get("order", body).get("client_order_id") == f"p{k}", (
@@ -134,17 +132,17 @@ def test_a_deep_pipeline_is_answered_in_order_with_cheap_overloaded_refusals(nod
     assert status == 201, "the last request (it asks to close) is not refused from bytes"
     assert refused > 0, "the pipeline was not shed"
     assert refusals(node) - before == refused  # every refusal counted in loom_overload_refusals
-    # The rule: at most MAX_PIPELINE orders in flight, so no commit batch holds more of them
+    # The rule: at most MAX_ORDERS_IN_FLIGHT orders in flight, so no commit batch holds more of them
     # (a batch's orders were all in flight together; +1: the closing request is outside it).
     batches: Counter[int] = Counter()
     for status, _, body in answers:
         if status == 201:
             batches[first_seq(node, body["order"]["order_id"])] += 1
-    assert batches and max(batches.values()) <= MAX_PIPELINE + 1, batches
+    assert batches and max(batches.values()) <= MAX_ORDERS_IN_FLIGHT + 1, batches
 
 
 def test_orders_past_the_bound_are_refused_as_read_while_the_admitted_are_in_flight(node):
-    """One send of far more orders than aiohttp queues (32): the first MAX_PIPELINE are
+    """One send of far more orders than aiohttp queues (32): the first MAX_ORDERS_IN_FLIGHT are
     admitted and share a commit batch; every later one is refused, each answered in order
     right behind them. A refusal that waited for a queue slot (session 8) or for its turn
     (main's depth rule) would be decided after the admitted orders' commit completed, and
@@ -158,10 +156,12 @@ def test_orders_past_the_bound_are_refused_as_read_while_the_admitted_are_in_fli
     assert [h.get("x-trace-id") for _, h, _ in answers] == [trace_id(first + k) for k in range(n)]
     statuses = [status for status, _, _ in answers]
     admitted_at = [k for k, status in enumerate(statuses) if status == 201]
-    assert statuses == [201] * MAX_PIPELINE + [503] * (n - MAX_PIPELINE), f"admitted: {admitted_at}"
-    for _, headers, body in answers[MAX_PIPELINE:]:
+    assert statuses == [201] * MAX_ORDERS_IN_FLIGHT + [503] * (n - MAX_ORDERS_IN_FLIGHT), (
+        f"admitted: {admitted_at}"
+    )
+    for _, headers, body in answers[MAX_ORDERS_IN_FLIGHT:]:
         assert body["error"]["code"] == "OVERLOADED" and headers["retry-after"] == "1", body
-    assert refusals(node) - before == n - MAX_PIPELINE
-    batches = {first_seq(node, body["order"]["order_id"]) for _, _, body in answers[:MAX_PIPELINE]}
+    assert refusals(node) - before == n - MAX_ORDERS_IN_FLIGHT
+    batches = {first_seq(node, body["order"]["order_id"]) for _, _, body in answers[:MAX_ORDERS_IN_FLIGHT]}
     # Submitted together: one batch, two if the commit loop was mid-batch when the first came.
     assert len(batches) <= 2, f"the admitted orders went into {len(batches)} commit batches"

@@ -119,6 +119,22 @@ class QuietRequestHandler(RequestHandler):
         return response
 
     def data_received(self, data: bytes) -> None:
+        if self.shed is None or self._upgraded or self._payload_parser is not None:
+            self._received(data)
+            return
+        # aiohttp wakes its loop for any request parsed; a read whose orders are all refused
+        # leaves none to handle, and the woken loop would pop an empty queue: it is woken
+        # here instead, once the read is dealt with, if a request is left.
+        waiter, self._waiter = self._waiter, None
+        try:
+            self._received(data)
+        finally:
+            if waiter is not None:
+                self._waiter = waiter
+                if self._messages and not waiter.done():
+                    waiter.set_result(None)
+
+    def _received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) <= queued:

@@ -11,8 +11,9 @@ acked p99 3-6 s at 8-32k/s offered; BENCHMARKS.md "Session 8: REST under overloa
 
 Here, as each read is parsed (`Pipeline.received`, from the handler's data_received), every
 plain new order (`http_shed.plain_order`, whole body read) is dealt with at once:
-- admitted while fewer than MAX_PIPELINE of the connection's orders are in flight (admitted
-  and not yet answered); an admitted order with only admitted orders ahead of it is started
+- admitted while fewer than MAX_ORDERS_IN_FLIGHT of the connection's orders are in flight
+  (admitted and not yet answered); an admitted order with only admitted orders ahead of it is
+  started
   (`start`: a task running the app's handler: middleware, key, decode, submit), so the
   connection's orders reach the commit queue in this turn of the event loop, in the order
   sent, and share a batch; its answer is written when aiohttp's loop reaches its request;
@@ -39,7 +40,10 @@ connection is lost) and `_task_handler`, with which that loop builds each reques
 `_resume_transport_reading`/`_resume_reading_for_buffer` (BaseProtocol's read pauses); a
 request's `_message`, to know it again; and, to answer a run of started orders whose
 answers are ready without a pass of that loop each (`ready`), `_force_close`,
-`_msg_queue_resume_size` and `_resume_reading_if_drained`, which that loop uses as it pops.
+`_msg_queue_resume_size` and `_resume_reading_if_drained`, which that loop uses as it pops;
+and `_waiter`, the future that loop awaits while the queue is empty, `_upgraded` and
+`_payload_parser` (engine/gateways/http_errors.py wakes the loop itself after a read is
+dealt with).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from aiohttp.http import StreamWriter
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
-from engine.gateways.http_shed import MAX_PIPELINE, PIPELINED, PipelineShed, plain_order
+from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT, PIPELINED, PipelineShed, plain_order
 
 Handler = Callable[[BaseRequest], Awaitable]
 # Refusal bytes one connection may hold for answers not yet written before it is no longer
@@ -83,13 +87,14 @@ class Pipeline:
     written. Messages are known by id(): each is alive (in aiohttp's queue, or the request
     being answered holds it) until its answer is written, when it is forgotten here."""
 
-    __slots__ = ("admitted", "early", "trailers", "held_bytes", "held", "ordinary")
+    __slots__ = ("admitted", "early", "last", "trailers", "held_bytes", "held", "ordinary")
 
     def __init__(self) -> None:
         self.admitted: set[int] = set()  # each admitted order's message
         # the admitted orders started ahead of their turn, by message: in aiohttp's queue,
         # or (one) just taken off it by its loop and not yet handed to _handle_request
         self.early: dict[int, Early] = {}
+        self.last: object | None = None  # the last request queued here, until it is answered
         # (the message whose answer they follow, refusal bytes), in request order
         self.trailers: deque[tuple[object, list[bytes]]] = deque()
         self.held_bytes = 0
@@ -147,14 +152,15 @@ class Pipeline:
                 elif plain_order(message) and payload.is_eof():
                     if queue_refuses is None:
                         queue_refuses = shed.service.refuses_orders(1)
-                    if len(admitted) < MAX_PIPELINE and not queue_refuses:
+                    if len(admitted) < MAX_ORDERS_IN_FLIGHT and not queue_refuses:
                         admitted.add(id(message))
-                    elif (refusal := shed.refusal(message)) is not None:
+                    elif (refusal := shed.refusal(message, queue_refuses)) is not None:
                         handler._parser.message_consumed()  # its slot: the parser reads on
                         self._hold(handler, messages, refusal)
                         refused += 1
                         continue
                 messages.append(item)
+                self.last = message
             total += refused
             if not refused or handler._parser is None:
                 break
@@ -168,15 +174,15 @@ class Pipeline:
             handler._resume_reading_for_buffer()
 
     def _hold(self, handler: RequestHandler, messages, refusal: bytes) -> None:
-        """Hold `refusal` until the answer before it is written. With MAX_PIPELINE admitted
-        orders unanswered and at most one of them out of the queue (the one aiohttp's loop is
-        answering), the request before it is always queued; the write at once is a guard."""
-        if not messages:
+        """Hold `refusal` until the answer of the request before it is written: the last
+        one queued, else the last one aiohttp's loop took off the queue (being answered, or
+        about to be) if not answered yet; with none unanswered it is written now."""
+        before = messages[-1][0] if messages else self.last
+        if before is None:
             transport = handler.transport
             if transport is not None and not transport.is_closing():
                 transport.write(refusal)
             return
-        before = messages[-1][0]
         trailers = self.trailers
         if trailers and trailers[-1][0] is before:
             trailers[-1][1].append(refusal)
@@ -193,6 +199,8 @@ class Pipeline:
         not reading)."""
         message = request._message
         self.admitted.discard(id(message))
+        if self.last is message:
+            self.last = None
         trailers = self.trailers
         if not trailers or trailers[0][0] is not message:
             return False
@@ -239,3 +247,4 @@ class Pipeline:
         self.admitted.clear()
         self.trailers.clear()
         self.held_bytes = 0
+        self.last = None
