@@ -12,9 +12,14 @@ from engine.gateways.http_requests import Denied
 
 
 def api_key(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key")
+    return api_key_in(request.headers)
+
+
+def api_key_in(headers) -> str | None:
+    """The API key in a request's headers (X-API-Key, else a Bearer token), or None."""
+    key = headers.get("X-API-Key")
     if not key:
-        auth = request.headers.get("Authorization", "")
+        auth = headers.get("Authorization", "")
         key = auth[7:] if auth.startswith("Bearer ") else None
     # FIX: a header with bytes that are not UTF-8 arrives with surrogate escapes, which
     # made hashing the key raise UnicodeEncodeError (a 500): no such key can exist.

@@ -98,9 +98,14 @@ def request_trace_id(request: web.Request) -> str:
     """This request's own trace id: the caller's (W3C traceparent) or a fresh one."""
     trace_id = request.get(TRACE_ID)
     if trace_id is None:
-        incoming = parse_traceparent(request.headers.get("traceparent", ""))
-        trace_id = request[TRACE_ID] = incoming[0] if incoming else new_trace_id()
+        trace_id = request[TRACE_ID] = trace_id_in(request.headers)
     return trace_id
+
+
+def trace_id_in(headers) -> str:
+    """The trace id a request's headers carry (W3C traceparent), or a fresh one."""
+    incoming = parse_traceparent(headers.get("traceparent", ""))
+    return incoming[0] if incoming else new_trace_id()
 
 
 SESSIONS = web.AppKey("sessions", set)  # the open WebSocket sessions (ws_session.py)

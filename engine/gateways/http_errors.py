@@ -10,10 +10,11 @@ summary), never with a traceback.
 It leans on two aiohttp internals, pinned by tests/test_http_errors.py: the
 `RequestHandler.handle_error` hook, and that a parse error met while a request's body is
 being read is queued as a new message (the handler waiting for the body would hang until
-the client gave up); here it fails that body read instead. The pipelined-order refusal
-(`QuietRequestHandler._handle_request`, engine/gateways/http_shed.py) leans on a third:
-`_handle_request`'s signature and `_drain_helper`, pinned by tests/test_rest_pipeline_shed.py
-and by constraints.txt's aiohttp version.
+the client gave up); here it fails that body read instead. Pipelined new orders
+(engine/gateways/http_pipeline.py: admitted and started together, or refused as they are
+read) lean on the internals named there, and on `_handle_request`'s signature and
+`_drain_helper`; tests/test_rest_pipeline_internals.py and constraints.txt's aiohttp
+version pin them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
-from engine.gateways.http_shed import PipelineShed
+from engine.gateways.http_pipeline import Pipeline
+from engine.gateways.http_shed import PIPELINED, PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
 
 log = logging.getLogger("loom.http")
@@ -44,73 +46,60 @@ def describe(exc: BaseException | None) -> tuple[int, str, str]:
     return 400, "MALFORMED_REQUEST", "malformed HTTP request"
 
 
-class _Sent:
-    """What `_handle_request` returns for an answer already written (aiohttp's loop reads only
-    whether the connection stays open)."""
-
-    keep_alive = True
-
-
-_SENT = _Sent()
-_REFUSALS_PER_SEND = 64  # refused pipelined orders written together at most (~13 KB)
-
-
 class QuietRequestHandler(RequestHandler):
-    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed; refusals not yet written
-    __slots__ = ("observer", "shed", "_refusals")
+    # engine.observer.Observer; engine.gateways.http_shed.PipelineShed (None: not an
+    # order-entry listener); the connection's pipelined new orders (engine.gateways.http_pipeline)
+    __slots__ = ("observer", "shed", "pipeline")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.observer: Observer = NULL_OBSERVER
         self.shed: PipelineShed | None = None
-        self._refusals: list[bytes] = []
+        self.pipeline = Pipeline()
 
     async def _handle_request(self, request, start_time, request_handler):
-        shed = self.shed
-        refusal = shed.refusal(request, len(self._messages)) if shed is not None else None
-        if refusal is None:
-            if self._refusals:  # answers go out in request order
-                await self._write_refusals()
-            return await super()._handle_request(request, start_time, request_handler)
-        # A pipelined order refused before routing: its pre-encoded answer, written with the
-        # refusals after it in one send (one send each cost half the node's time refusing).
-        # They are due before the next answer: a refused request has at least MAX_PIPELINE
-        # requests behind it, so the connection's next request that is not refused (or its
-        # close) writes them.
-        request._finish()
-        if self.transport is None:
-            return _SENT, True
-        self._refusals.append(refusal)
-        if len(self._refusals) >= _REFUSALS_PER_SEND and not await self._write_refusals():
-            return _SENT, True
-        return _SENT, False
+        pipeline = self.pipeline
+        early = pipeline.take(request)
+        if early is None and self.shed is not None and pipeline.is_admitted(request):
+            # Its handler submits it before yielding (its body is here), so the orders
+            # started behind it reach the commit queue after it, in this loop turn.
+            request[PIPELINED] = True
+            pipeline.start(self, request_handler)
+        response, reset = await self._answer(request, start_time, request_handler, early)
+        # The started orders queued right behind it whose answers are ready are answered now,
+        # in order, rather than one per pass of aiohttp's loop (two event-loop turns each,
+        # and a request object built again for each: at 4x capacity a connection's 16
+        # answers waited out 32 turns, each parsing every connection's reads).
+        while not reset and response.keep_alive and (ready := pipeline.ready(self)) is not None:
+            start = self._loop.time() if self._logging_enabled else None
+            response, reset = await self._answer(ready.request, start, request_handler, ready)
+        return response, reset
 
-    async def _write_refusals(self) -> bool:
-        """Send the refusals held, then wait while the client is not reading (as aiohttp does
-        for any answer). False when the connection is gone."""
-        self._send_refusals()
-        try:
-            await self._drain_helper()
-        except ConnectionError:
-            return False
-        return True
+    async def _answer(self, request, start_time, request_handler, early):
+        """Handle `request` (or await the answer of the order started for it), write its
+        answer and the refusals that follow it."""
+        if early is not None:  # started ahead of its turn: its answer is due now
+            request, task = early.request, early.task
+            self.pipeline.start(self, request_handler)  # the admitted orders queued behind it since
+            try:
+                response, reset = await super()._handle_request(request, start_time, lambda _: task)
+            finally:
+                request._task = None  # as aiohttp's loop does for its own: no reference cycle
+        else:
+            response, reset = await super()._handle_request(request, start_time, request_handler)
+        if self.pipeline.answered(self, request) and not reset:
+            try:  # refusals written after it: wait while the client is not reading, as for any answer
+                await self._drain_helper()
+            except ConnectionError:
+                reset = True
+        return response, reset
 
-    def _send_refusals(self) -> None:
-        refusals, self._refusals = self._refusals, []
-        transport = self.transport
-        if refusals and transport is not None and not transport.is_closing():
-            transport.write(b"".join(refusals))
-
-    def close(self) -> None:
-        self._send_refusals()
-        super().close()
-
-    def force_close(self) -> None:
-        self._send_refusals()
-        super().force_close()
+    def _resume_transport_reading(self) -> None:
+        if not self.pipeline.held:  # aiohttp's own resumes wait for the refusals held to go out
+            super()._resume_transport_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._refusals = []
+        self.pipeline.cancel()
         super().connection_lost(exc)
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
@@ -130,18 +119,44 @@ class QuietRequestHandler(RequestHandler):
         return response
 
     def data_received(self, data: bytes) -> None:
+        if self.shed is None or self._upgraded or self._payload_parser is not None:
+            self._received(data)
+            return
+        # aiohttp wakes its loop for any request parsed; a read whose orders are all refused
+        # leaves none to handle, and the woken loop would pop an empty queue: it is woken
+        # here instead, once the read is dealt with, if a request is left.
+        waiter, self._waiter = self._waiter, None
+        try:
+            self._received(data)
+        finally:
+            if waiter is not None:
+                self._waiter = waiter
+                if self._messages and not waiter.done():
+                    waiter.set_result(None)
+
+    def _received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
-        current = self._current_request
-        if current is None or len(self._messages) <= queued:
+        if len(self._messages) <= queued:
             return
+        current = self._current_request
         last = self._messages[-1][0]
-        if isinstance(last, _ErrInfo) and not current.content.is_eof():
+        if current is not None and isinstance(last, _ErrInfo) and not current.content.is_eof():
             # A parse error in the body of the request being handled (a bad chunk): fail
             # its body read (the handler answers 400) rather than queue a second answer.
             self._messages.pop()
             current.content.set_exception(last.exc or BadHttpMessage(last.message))
             current.content.feed_eof()
+            return
+        shed, request_handler = self.shed, self._request_handler
+        if shed is None or request_handler is None:
+            return
+        pipeline = self.pipeline
+        pipeline.received(self, queued, shed)  # each new order admitted or refused, as it is read
+        if pipeline.early or (current is not None and current.get(PIPELINED)):
+            # Behind an admitted order (submitted): the admitted orders this read brought
+            # are started now, to join the next commit batch.
+            pipeline.start(self, request_handler)
 
 
 class QuietServer(web.Server):

@@ -23,7 +23,8 @@ def _errors(*codes: int) -> dict:
         "key, the per-IP limit (preauth_rate_limit)",
         503: "JOURNAL_WRITE_FAILED (known not journaled: nothing was done), not ready, OVERLOADED "
         "(refused unsequenced; also an order-entry request with 16 or more requests pipelined behind it on "
-        "its connection) or NOT_LEADER (a cluster standby: error.leader names the leader's url, "
+        "its connection, or a new order read while 8 of its connection's are in flight) or "
+        "NOT_LEADER (a cluster standby: error.leader names the leader's url, "
         "fix and binary endpoints; during an election error.election is true and error.retry_after_s "
         "says when); retry after Retry-After",
         504: "OUTCOME_UNKNOWN: the journal did not answer and the command may be durable (the node "
@@ -470,6 +471,13 @@ OPENAPI: dict = {
         "/v1/orders": {
             "post": {
                 "summary": "Submit an order",
+                "description": (
+                    "Orders pipelined on one HTTP/1.1 connection are answered in request order. "
+                    "A connection's new orders are admitted while fewer than 8 are in flight (admitted, "
+                    "not yet answered) and submitted together, sharing a commit batch; one read while 8 "
+                    "are, or while the commit queue refuses orders, is refused at once, 503 OVERLOADED "
+                    "with Retry-After. Any other request waits its turn."
+                ),
                 "requestBody": {
                     "required": True,
                     "content": {
