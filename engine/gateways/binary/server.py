@@ -36,9 +36,10 @@ from engine.bad_input_log import BAD_INPUT
 from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.core.domain import RequestKind
 from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
+from engine.gateways.admission import LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.states import CLOSED, CLOSING, REFUSED, TABLE, State
+from engine.gateways.listener import listen
 from engine.logfmt import fields
 from engine.observer import NULL_OBSERVER
 from engine.overload import InFlight, limit_receive_buffers
@@ -587,7 +588,6 @@ async def start_binary_server(
     rate 0 = unlimited). Port 0 picks a free port: read it from `server.sockets`.
     `login_s`/`idle_s`: the login and idle deadlines; `admission`: the connection caps.
     The router must already receive the service's batches (`service.add_listener(router.on_batch)`)."""
-    loop = asyncio.get_running_loop()
     sessions: set[BinarySession] = set()
     config = _Config(
         service, router, accounts, rate, burst, max_in_flight, max_output, clock, login_s, idle_s, admission
@@ -602,7 +602,7 @@ async def start_binary_server(
         )
     else:
         factory = lambda: BinarySession(config, sessions)  # noqa: E731
-    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
+    server = await listen(factory, host, port, admission)
     limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)

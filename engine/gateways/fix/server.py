@@ -29,11 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.access_log import AccessLog
-from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission
+from engine.gateways.admission import LOGIN_TIMEOUT, Admission
 from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
+from engine.gateways.listener import listen
 from engine.observer import NULL_OBSERVER
 from engine.overload import TEXT_RECEIVE_BUFFER, InFlight, coded_text, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
@@ -343,7 +344,6 @@ async def start_fix_server(
     if access is not None:
         gateway.access = access
     gateway.admission = admission
-    loop = asyncio.get_running_loop()
 
     def stream(opened: float) -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(), lambda r, w: gateway.serve(r, w, opened))
@@ -352,7 +352,7 @@ async def start_fix_server(
         factory = admission.lazy_gate(stream, cfg.logon_timeout)
     else:
         factory = lambda: stream(time.monotonic())  # noqa: E731
-    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
+    server = await listen(factory, host, port, admission)
     # Small socket buffers make a paused session's pause reach the client at once instead
     # of parking its orders in the kernel.
     limit_receive_buffers(server, TEXT_RECEIVE_BUFFER)
