@@ -198,7 +198,10 @@ def test_a_paused_listener_queues_connections_and_admits_them_when_room_came():
     import uvloop
 
     async def scenario() -> None:
-        admission = Admission("binary", 2, 2, lambda text: b"FULL\n", refusal_rate=3, backoff_s=0.3)
+        # A clock that stands still: the bucket (BURST_S of 30 a second: 3) does not refill.
+        admission = Admission(
+            "binary", 2, 2, lambda text: b"FULL\n", clock=lambda: 0.0, refusal_rate=30, backoff_s=0.3
+        )
         listener = await listen(lambda: _Gate(admission, _Quiet), "127.0.0.1", 0, admission)
         port = listener.sockets[0].getsockname()[1]
         try:

@@ -39,6 +39,7 @@ LOGIN_TIMEOUT = "login_timeout"
 IDLE_TIMEOUT = "idle_timeout"
 BODY_TIMEOUT = "body_timeout"
 TIMEOUT_REASONS = (LOGIN_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT)
+BURST_S = 0.1  # a full listener's refusals at once before it pauses: this long at refusal_rate
 
 
 @dataclass
@@ -292,11 +293,12 @@ class RefusalBrake:
     Under `ulimit -n 1024` a flood's 20,000 sockets are nearly all refused, and each comes
     back 2 s later: ~10,000 accepts, refusals and closes a second, which cost the node little
     but the flood's process a core of the two, and the trader's acks waited for CPU. A token
-    bucket of `rate` refusals a second (a second's worth of burst): when it is empty the
-    listener (engine/gateways/listener.py, `pause`) stops accepting for `backoff_s`. Meanwhile
-    connections wait in the kernel's accept queue (LISTEN_BACKLOG), then in their SYN retries,
-    costing neither side CPU; when it resumes they are admitted if room came, else refused as
-    before. One WARNING line when pausing begins, then summaries (engine/summarised_log.py).
+    bucket of `rate` refusals a second, BURST_S's worth at once (a burst of refusals is one
+    stall of the loop): when it is empty the listener (engine/gateways/listener.py, `pause`)
+    stops accepting for `backoff_s`. Meanwhile connections wait in the kernel's accept queue
+    (kept short while paused), then in their SYN retries, costing neither side CPU; when it
+    resumes they are admitted if room came, else refused as before. One WARNING line when
+    pausing begins, then summaries (engine/summarised_log.py).
     """
 
     def __init__(
@@ -308,7 +310,8 @@ class RefusalBrake:
         self.pause: Callable[[float], bool] | None = None  # set by the listener; True: it paused now
         self.pauses = 0
         self._clock = clock
-        self._tokens = rate
+        self._burst = max(1.0, rate * BURST_S)
+        self._tokens = self._burst
         self._at = clock()
         self._runs = SummarisedLog(self._summary, every_s, clock, quiet_s=every_s)
 
@@ -317,7 +320,7 @@ class RefusalBrake:
         if self.rate <= 0 or self.pause is None:
             return
         now = self._clock()
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         if self._tokens >= 1.0:
             self._tokens -= 1.0

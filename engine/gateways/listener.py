@@ -4,7 +4,8 @@ Neither asyncio's nor uvloop's `Server` can pause accepting (libuv has no "stop 
 so a `Listener` keeps its own duplicate of each listening socket: pausing closes the loop's
 server, and the kernel's socket, with its accept queue, stays open behind the duplicate, so
 connections arriving meanwhile wait there (then in their SYN retries) instead of being reset;
-resuming serves a fresh duplicate. Connections already accepted are untouched (closing a
+resuming serves a fresh duplicate (with the full backlog again: the queue is kept short while
+paused). Connections already accepted are untouched (closing a
 server only stops listening). Used by each gateway's admission (RefusalBrake in
 engine/gateways/admission.py) to bound how fast a full listener accepts only to refuse.
 
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from engine.gateways.admission import LISTEN_BACKLOG, Admission
 
 log = logging.getLogger("loom.admission")
+
+PAUSED_BACKLOG = 64  # the kernel's accept queue while a listener is paused (resuming restores it)
 
 
 class Listener:
@@ -62,6 +65,12 @@ class Listener:
             return False
         self._server.close()
         self._server = None
+        for sock in self._socks:
+            # A short queue while paused: accepting again takes the whole queue in one loop
+            # turn (libuv accepts until EAGAIN), so 1,024 queued refusals were one ~12 ms stall;
+            # past PAUSED_BACKLOG the kernel drops the SYN and the client retries it later.
+            with contextlib.suppress(OSError):
+                sock.listen(PAUSED_BACKLOG)
         self.paused_s += for_s
         self._resume = self._loop.call_later(for_s, self._start_resuming)
         return True
