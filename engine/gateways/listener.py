@@ -104,6 +104,8 @@ class Listener:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self._server is not None:
             self._server.close()
             self._server = None
