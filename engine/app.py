@@ -35,7 +35,7 @@ from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.http_shed import PipelineShed
-from engine.gateways.listener import listen
+from engine.gateways.listener import Listener, listen
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.gc_policy import settle_after_start_up
 from engine.ledger_index import LedgerIndex
@@ -83,7 +83,7 @@ class RunningExchange:
     accounts: Accounts
     http_runner: web.AppRunner
     ports: dict[str, int] = field(default_factory=dict)
-    servers: list[tuple[asyncio.AbstractServer, Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    servers: list[tuple[Listener, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
     shipper: TraceShipper | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
@@ -476,7 +476,7 @@ def _admissions(cfg: Config) -> dict[str, Admission]:
     }
 
 
-async def _stop_listening(server: asyncio.AbstractServer) -> None:
+async def _stop_listening(server: Listener) -> None:
     server.close()  # its connections are aiohttp's: the runner's cleanup closes them
 
 

@@ -5,9 +5,9 @@ so a `Listener` keeps its own duplicate of each listening socket: pausing closes
 server, and the kernel's socket, with its accept queue, stays open behind the duplicate, so
 connections arriving meanwhile wait there (then in their SYN retries) instead of being reset;
 resuming serves a fresh duplicate (with the full backlog again: the queue is kept short while
-paused). Connections already accepted are untouched (closing a
-server only stops listening). Used by each gateway's admission (RefusalBrake in
-engine/gateways/admission.py) to bound how fast a full listener accepts only to refuse.
+paused). Connections already accepted are untouched (closing a server only stops listening).
+Used by each gateway's admission (RefusalBrake in engine/gateways/admission.py) to bound how
+fast a full listener accepts only to refuse.
 
 The `Listener` stands where the gateways had the `asyncio.Server` (`sockets`, `close`,
 `wait_closed`, `is_serving`), so shutdown and port lookups did not change.
@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from engine.gateways.admission import LISTEN_BACKLOG, Admission
 
@@ -30,11 +30,13 @@ PAUSED_BACKLOG = 64  # the kernel's accept queue while a listener is paused (res
 
 
 class Listener:
+    """One listener's server(s), paused and served again; see the module docstring."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         factory: Callable[[], asyncio.BaseProtocol],
-        server: asyncio.AbstractServer,
+        server: asyncio.Server,
         backlog: int,
     ) -> None:
         self._loop = loop
@@ -47,6 +49,7 @@ class Listener:
         self._resume: asyncio.TimerHandle | None = None
         self._resuming: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._closed = False
+        self._failing = False  # resuming failed last time (logged once)
         self.paused_s = 0.0  # over the listener's life (a figure for tests and benches)
 
     @property
@@ -86,7 +89,11 @@ class Listener:
                 server = await self._loop.create_server(self._factory, sock=sock.dup(), backlog=self._backlog)
                 servers.append(server)
         except OSError as exc:  # the descriptor budget is the connections': a dup may fail
-            log.warning("a listener could not resume accepting (%s); retrying in 0.5 s", exc)
+            # Once per failing run, not every 0.5 s.
+            (log.debug if self._failing else log.warning)(
+                "a listener could not resume accepting (%s); retrying every 0.5 s", exc
+            )
+            self._failing = True
             for server in servers:
                 server.close()
             if not self._closed:
@@ -96,6 +103,7 @@ class Listener:
             for server in servers:
                 server.close()
             return
+        self._failing = False
         # One server per listening socket (a host name may resolve to several addresses).
         self._server = self._last = servers[0] if len(servers) == 1 else _Servers(servers)
 
@@ -120,7 +128,7 @@ class Listener:
 class _Servers:
     """Several servers closed and awaited as one."""
 
-    def __init__(self, servers: list[asyncio.AbstractServer]) -> None:
+    def __init__(self, servers: Sequence[asyncio.AbstractServer]) -> None:
         self._servers = servers
 
     def close(self) -> None:
