@@ -29,12 +29,13 @@ from engine.core.order_store import OrderStore
 from engine.endpoints import banner, url_host
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.fdbudget import compute_budget, describe, per_ip_cap
-from engine.gateways.admission import IDLE_TIMEOUT, LISTEN_BACKLOG, Admission, http_refusal
+from engine.gateways.admission import IDLE_TIMEOUT, Admission, http_refusal
 from engine.gateways.http_app import build_app
 from engine.gateways.http_context import SESSIONS, GatewayContext
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.http_shed import PipelineShed
+from engine.gateways.listener import Listener, listen
 from engine.gateways.preauth_limit import PerIpLimit
 from engine.gc_policy import settle_after_start_up
 from engine.ledger_index import LedgerIndex
@@ -82,7 +83,7 @@ class RunningExchange:
     accounts: Accounts
     http_runner: web.AppRunner
     ports: dict[str, int] = field(default_factory=dict)
-    servers: list[tuple[asyncio.AbstractServer, Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    servers: list[tuple[Listener, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
     shipper: TraceShipper | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
@@ -339,13 +340,13 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # protocol factory, so a refused connection never gets a request handler, and one that
     # has sent nothing yet gets none either (built on its first bytes; closed silent after
     # http_idle_s, as aiohttp's keep-alive timer would).
-    http_server = await asyncio.get_running_loop().create_server(
+    http_server = await listen(
         admissions["http"].lazy_gate(
             lambda _opened: runner.server(), cfg.admission.http_idle_s, IDLE_TIMEOUT
         ),
         cfg.host,
         cfg.http_port,
-        backlog=LISTEN_BACKLOG,
+        admissions["http"],
     )
     limit_receive_buffers(http_server, TEXT_RECEIVE_BUFFER)  # a paused session's client feels it at once
     running = RunningExchange(cfg, node, service, order_store, market_data, router, accounts, runner)
@@ -468,12 +469,14 @@ def _admissions(cfg: Config) -> dict[str, Admission]:
             per_ip_cap(settings.max_connections_per_ip, cap),
             refusals[name],
             settings.summary_every_s,
+            refusal_rate=settings.refusal_rate,
+            backoff_s=settings.refusal_backoff_s,
         )
         for name, cap in budget.caps.items()
     }
 
 
-async def _stop_listening(server: asyncio.AbstractServer) -> None:
+async def _stop_listening(server: Listener) -> None:
     server.close()  # its connections are aiohttp's: the runner's cleanup closes them
 
 

@@ -39,6 +39,7 @@ LOGIN_TIMEOUT = "login_timeout"
 IDLE_TIMEOUT = "idle_timeout"
 BODY_TIMEOUT = "body_timeout"
 TIMEOUT_REASONS = (LOGIN_TIMEOUT, IDLE_TIMEOUT, BODY_TIMEOUT)
+BURST_S = 0.1  # a full listener's refusals at once before it pauses: this long at refusal_rate
 
 
 @dataclass
@@ -54,12 +55,17 @@ class AdmissionSettings:
     ws_heartbeat_s: float = 30.0  # WebSocket ping interval; no pong within half of it closes
     reserve_fds: int = 128  # descriptors kept from connections: journal, snapshots, NATS, metrics
     summary_every_s: float = 10.0  # refusals are summarised this often while they go on
+    # A full listener refuses at most about this many connections a second; past it, it stops
+    # accepting for `refusal_backoff_s` (the rest wait in the kernel's accept queue): 0 = never.
+    refusal_rate: float = 500.0
+    refusal_backoff_s: float = 0.5
 
     def check(self) -> None:
         """Raises ValueError naming the first setting out of range."""
         for f in fields(self):
             value = getattr(self, f.name)
-            least = 0 if f.name in ("max_connections", "max_connections_per_ip", "reserve_fds") else 0.1
+            zero_ok = ("max_connections", "max_connections_per_ip", "reserve_fds", "refusal_rate")
+            least = 0 if f.name in zero_ok else 0.1
             if value < least:
                 raise ValueError(f"[admission] {f.name} must be at least {least:g}, not {value!r}")
 
@@ -99,6 +105,8 @@ class Admission:
         refusal: Callable[[str], bytes],
         summary_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        refusal_rate: float = 0.0,
+        backoff_s: float = 0.5,
     ) -> None:
         self.protocol = protocol
         self.limit = limit
@@ -112,6 +120,7 @@ class Admission:
         self._summary = RefusalSummary(protocol, summary_every_s, clock)
         self._clock = clock
         self._refusals: dict[str, tuple[float, bytes]] = {}  # reason -> (built at, bytes)
+        self.brake = RefusalBrake(protocol, refusal_rate, backoff_s, summary_every_s, clock)
 
     def admit(self, ip: str) -> str | None:
         """Counts the connection in and returns None, or returns why it is refused."""
@@ -125,6 +134,8 @@ class Admission:
             return None
         self.refused[reason] += 1
         self._summary.refused(reason, ip, self.open, self.limit, self.per_ip)
+        if reason == LISTENER_FULL:  # never for per_ip: the listener has room for others
+            self.brake.refused()
         return reason
 
     def release(self, ip: str) -> None:
@@ -274,6 +285,68 @@ class _Gate(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
+
+
+class RefusalBrake:
+    """Bounds the rate at which a full listener accepts only to refuse (session 9).
+
+    Under `ulimit -n 1024` a flood's 20,000 sockets are nearly all refused, and each comes
+    back 2 s later: ~10,000 accepts, refusals and closes a second, which cost the node little
+    but the flood's process a core of the two, and the trader's acks waited for CPU. A token
+    bucket of `rate` refusals a second, BURST_S's worth at once (a burst of refusals is one
+    stall of the loop): when it is empty the listener (engine/gateways/listener.py, `pause`)
+    stops accepting for `backoff_s`. Meanwhile connections wait in the kernel's accept queue
+    (kept short while paused), then in their SYN retries, costing neither side CPU; when it
+    resumes they are admitted if room came, else refused as before. One WARNING line when
+    pausing begins, then summaries (engine/summarised_log.py).
+    """
+
+    def __init__(
+        self, protocol: str, rate: float, backoff_s: float, every_s: float, clock: Callable[[], float]
+    ) -> None:
+        self.protocol = protocol
+        self.rate = rate
+        self.backoff_s = backoff_s
+        self.pause: Callable[[float], bool] | None = None  # set by the listener; True: it paused now
+        self.pauses = 0
+        self._clock = clock
+        self._burst = max(1.0, rate * BURST_S)
+        self._tokens = self._burst
+        self._at = clock()
+        self._runs = SummarisedLog(self._summary, every_s, clock, quiet_s=every_s)
+
+    def refused(self) -> None:
+        """One full-listener refusal: pause the listener when it is over its rate."""
+        if self.rate <= 0 or self.pause is None:
+            return
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return
+        if not self.pause(self.backoff_s):
+            return  # already paused: the rest of an accept batch
+        self.pauses += 1
+        if self._runs.note("paused", now=now):
+            log.warning(
+                "%s listener full and refusing over %g connections a second: not accepting for "
+                "%g s at a time (new connections wait in the accept queue); further pauses "
+                "summarised every %g s",
+                self.protocol,
+                self.rate,
+                self.backoff_s,
+                self._runs.every_s,
+            )
+
+    def _summary(self, window: Window, now: float) -> None:
+        log.warning(
+            "%s listener paused accepting %d times in the last %.0f s (full, refusing over %g a second)",
+            self.protocol,
+            window.events,
+            min(now, window.last + self._runs.every_s) - window.start,
+            self.rate,
+        )
 
 
 class RefusalSummary:

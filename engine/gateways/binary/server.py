@@ -36,9 +36,10 @@ from engine.bad_input_log import BAD_INPUT
 from engine.core.commands import Amend, Cancel, CancelAll, NewOrder
 from engine.core.domain import RequestKind
 from engine.core.events import OrderAccepted, OrderAmended, OrderCancelled, OrderDone, OrderRejected, Trade
-from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission, IdleWatch
+from engine.gateways.admission import LOGIN_TIMEOUT, Admission, IdleWatch
 from engine.gateways.binary import protocol as p
 from engine.gateways.binary.states import CLOSED, CLOSING, REFUSED, TABLE, State
+from engine.gateways.listener import Listener, listen
 from engine.logfmt import fields
 from engine.observer import NULL_OBSERVER
 from engine.overload import InFlight, limit_receive_buffers
@@ -564,7 +565,7 @@ def _login_timeout_frame(login_s: float) -> bytes:
     return p.encode_error(p.ErrorCode.LOGIN_TIMEOUT, f"no Login within {login_s:g} s")
 
 
-_SESSIONS: weakref.WeakKeyDictionary[asyncio.Server, set[BinarySession]] = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary[Listener, set[BinarySession]] = weakref.WeakKeyDictionary()
 
 
 async def start_binary_server(
@@ -582,12 +583,11 @@ async def start_binary_server(
     login_s: float = LOGIN_TIMEOUT_S,
     idle_s: float = SESSION_IDLE_S,
     admission: Admission | None = None,
-) -> asyncio.Server:
+) -> Listener:
     """Listen for binary sessions. `rate`/`burst`: the per-session token bucket (requests/s;
     rate 0 = unlimited). Port 0 picks a free port: read it from `server.sockets`.
     `login_s`/`idle_s`: the login and idle deadlines; `admission`: the connection caps.
     The router must already receive the service's batches (`service.add_listener(router.on_batch)`)."""
-    loop = asyncio.get_running_loop()
     sessions: set[BinarySession] = set()
     config = _Config(
         service, router, accounts, rate, burst, max_in_flight, max_output, clock, login_s, idle_s, admission
@@ -602,7 +602,7 @@ async def start_binary_server(
         )
     else:
         factory = lambda: BinarySession(config, sessions)  # noqa: E731
-    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
+    server = await listen(factory, host, port, admission)
     limit_receive_buffers(server)  # a paused session's client feels it at once
     _SESSIONS[server] = sessions
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
@@ -610,12 +610,12 @@ async def start_binary_server(
     return server
 
 
-def binary_sessions(server: asyncio.Server) -> set[BinarySession]:
+def binary_sessions(server: Listener) -> set[BinarySession]:
     """The live sessions of a server started by `start_binary_server`."""
     return set(_SESSIONS.get(server, ()))
 
 
-async def stop_binary_server(server: asyncio.Server) -> None:
+async def stop_binary_server(server: Listener) -> None:
     """Stop listening and close every session (asyncio.Server.close leaves them open)."""
     server.close()
     for session in binary_sessions(server):

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.access_log import AccessLog
-from engine.gateways.admission import LISTEN_BACKLOG, LOGIN_TIMEOUT, Admission
+from engine.gateways.admission import LOGIN_TIMEOUT, Admission
 from engine.gateways.fix.codec import encode_message, utc_timestamp
 from engine.gateways.fix.comp_ids import DEFAULT_MAX_PER_ACCOUNT, CompIdBinding
 from engine.gateways.fix.session import FixSession, SessionConfig, SessionEnv, State
 from engine.gateways.fix.store import FileStore, store_dir_name
+from engine.gateways.listener import Listener, listen
 from engine.observer import NULL_OBSERVER
 from engine.overload import TEXT_RECEIVE_BUFFER, InFlight, coded_text, limit_receive_buffers
 from engine.service import NotLeader, Overloaded, ServiceStopped
@@ -309,7 +310,7 @@ class FixGateway:
             self._ticker = None
 
 
-_GATEWAYS: weakref.WeakKeyDictionary[asyncio.base_events.Server, FixGateway] = weakref.WeakKeyDictionary()
+_GATEWAYS: weakref.WeakKeyDictionary[Listener, FixGateway] = weakref.WeakKeyDictionary()
 
 
 async def start_fix_server(
@@ -328,7 +329,7 @@ async def start_fix_server(
     admission: Admission | None = None,
     comp_ids: dict[str, str] | None = None,
     max_comp_ids: int = DEFAULT_MAX_PER_ACCOUNT,
-) -> asyncio.base_events.Server:
+) -> Listener:
     """Listen for FIX 4.4 clients. `heartbeat_timeout` is how long a counterparty has to
     answer our TestRequest (sent after HeartBtInt + 20% of silence) before it is logged
     out and disconnected; `store_dir` keeps each SenderCompID's sequence numbers and sent
@@ -343,7 +344,6 @@ async def start_fix_server(
     if access is not None:
         gateway.access = access
     gateway.admission = admission
-    loop = asyncio.get_running_loop()
 
     def stream(opened: float) -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds
         return asyncio.StreamReaderProtocol(asyncio.StreamReader(), lambda r, w: gateway.serve(r, w, opened))
@@ -352,7 +352,7 @@ async def start_fix_server(
         factory = admission.lazy_gate(stream, cfg.logon_timeout)
     else:
         factory = lambda: stream(time.monotonic())  # noqa: E731
-    server = await loop.create_server(factory, host, port, backlog=LISTEN_BACKLOG)
+    server = await listen(factory, host, port, admission)
     # Small socket buffers make a paused session's pause reach the client at once instead
     # of parking its orders in the kernel.
     limit_receive_buffers(server, TEXT_RECEIVE_BUFFER)
@@ -366,12 +366,12 @@ def refusal_logout(text: str, comp_id: str = "LOOM") -> bytes:
     return encode_message("5", comp_id, "UNKNOWN", 1, utc_timestamp(time.time()), [(58, text)])
 
 
-def fix_gateway(server: asyncio.base_events.Server) -> FixGateway:
+def fix_gateway(server: Listener) -> FixGateway:
     """The gateway state behind a server from `start_fix_server` (live sessions etc.)."""
     return _GATEWAYS[server]
 
 
-async def stop_fix_server(server: asyncio.base_events.Server, timeout: float = 5.0) -> None:
+async def stop_fix_server(server: Listener, timeout: float = 5.0) -> None:
     """Stop accepting, log every session out, close the connections and the stores."""
     server.close()
     gateway = _GATEWAYS.pop(server, None)
