@@ -50,15 +50,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
-from aiohttp.http import StreamWriter
+from aiohttp.http import RawRequestMessage, StreamWriter
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
 from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT, PIPELINED, PipelineShed, plain_order
 
-Handler = Callable[[BaseRequest], Awaitable]
+Handler = Callable[[BaseRequest], Coroutine[Any, Any, Any]]
 # Refusal bytes one connection may hold for answers not yet written before it is no longer
 # read (~300 refusals): a pipelining client that does not read its answers is pushed back
 # (TCP), not buffered for.
@@ -155,7 +156,8 @@ class Pipeline:
                     if len(admitted) < MAX_ORDERS_IN_FLIGHT and not queue_refuses:
                         admitted.add(id(message))
                     elif (refusal := shed.refusal(message, queue_refuses)) is not None:
-                        handler._parser.message_consumed()  # its slot: the parser reads on
+                        if (parser := handler._parser) is not None:  # its slot: the parser reads on
+                            parser.message_consumed()
                         self._hold(handler, messages, refusal)
                         refused += 1
                         continue
@@ -231,9 +233,13 @@ class Pipeline:
                 continue
             if key not in admitted:
                 return
-            request = factory(message, payload, handler, StreamWriter(handler, loop), handler._task_handler)
+            # Only parsed messages are admitted, and the handler's task runs this very loop.
+            raw = cast(RawRequestMessage, message)
+            request = factory(
+                raw, payload, handler, StreamWriter(handler, loop), cast(asyncio.Task, handler._task_handler)
+            )
             request[PIPELINED] = True
-            task = loop.create_task(request_handler(request))
+            task: asyncio.Task = loop.create_task(request_handler(request))
             task.add_done_callback(_retrieved)
             early[key] = Early(request, task)
 
