@@ -15,6 +15,7 @@ descriptors (an order acked and a snapshot written during the flood say so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -303,6 +304,24 @@ async def _poll_healthz(session, base: str, stop: asyncio.Event, results: list[b
         await asyncio.sleep(0.1)
 
 
+KEEP_ALIVE_S = 5.0  # well inside the node's keep-alive idle timeout ([admission] http_idle_s, 15 s)
+
+
+async def _keep_alive(session, base: str, stop: asyncio.Event) -> None:
+    """Keep the bench's own connection in use: left idle through the trading before the
+    flood and the ramp (over 15 s), the node closed it, and the bench's next scrape or
+    snapshot request opened a new one into a full listener: a 503, read as 0 refused and a
+    failed snapshot (session 9)."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), KEEP_ALIVE_S)
+        if not stop.is_set():
+            # A failure shows in the scrapes that follow; this one only keeps the connection.
+            with contextlib.suppress(Exception):
+                async with session.get(f"{base}/healthz") as resp:
+                    await resp.read()
+
+
 async def _metric_sum(session, base: str, name: str) -> float:
     async with session.get(f"{base}/metrics") as resp:
         text = await resp.text()
@@ -380,6 +399,7 @@ async def _measure(
         failures: list[str] = []
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_healthz(checker, base, stop, healthz, failures))
+        keeper = asyncio.create_task(_keep_alive(session, base, stop))
         cpu_start = _cpu_s(info["pid"])
         before = await trader.trade(rate, seconds)
         cpu_before = _cpu_s(info["pid"]) - cpu_start
@@ -449,6 +469,7 @@ async def _measure(
             proc.join()
         stop.set()
         await poller
+        await keeper
     trader.client.close()
     before.sort()
     during.sort()
