@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+from engine.gateways.ws_frames import server_frames  # noqa: F401  (the tests' reader: one copy)
+
 
 def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """One final, masked client frame (RFC 6455 5.2; clients must mask). The mask is XORed as
@@ -21,28 +23,6 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     mask = (key * (n // 4 + 1))[:n]
     masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
     return head + key + masked
-
-
-def server_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
-    """The complete (unmasked, unfragmented) server frames at the start of `buf` as (opcode,
-    payload), and how many bytes they span."""
-    frames = []
-    pos, n = 0, len(buf)
-    while n - pos >= 2:
-        length, head = buf[pos + 1] & 0x7F, 2
-        if length == 126:
-            if n - pos < 4:
-                break
-            length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-        elif length == 127:
-            if n - pos < 10:
-                break
-            length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-        if n - pos < head + length:
-            break
-        frames.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + length])))
-        pos += head + length
-    return frames, pos
 
 
 async def upgrade(port: int, key: str, wait: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

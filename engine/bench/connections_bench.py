@@ -21,7 +21,7 @@ import os
 import resource
 import time
 
-from engine.bench.stats import percentile_us
+from engine.bench.stats import percentile_us, process_cpu_s
 from engine.load.spawn import LOAD_ACCOUNTS, LOAD_ADMIN_KEY, spawned_exchange
 
 SOURCES = [f"127.0.0.{n}" for n in range(2, 18)]
@@ -342,23 +342,16 @@ async def _full_collections(session, base: str) -> tuple[float, float]:
     return found.get("count", 0.0), found.get("sum", 0.0)
 
 
-def _cpu_s(pid: int) -> float:
-    """The process's CPU time so far (user + system): its work, whatever the machine's load."""
-    with open(f"/proc/{pid}/stat") as f:
-        utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
-    return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
-
-
 CPU_WINDOW_S = 0.25
 
 
 async def _sample_cpu(pid: int, shares: list[float]) -> None:
     """The node's CPU share (of one core) per CPU_WINDOW_S, appended until cancelled: how
     bunched its work is (an expiry or accept wave) whatever else the machine runs."""
-    last_cpu, last_wall = _cpu_s(pid), time.monotonic()
+    last_cpu, last_wall = process_cpu_s(pid), time.monotonic()
     while True:
         await asyncio.sleep(CPU_WINDOW_S)
-        cpu, wall = _cpu_s(pid), time.monotonic()
+        cpu, wall = process_cpu_s(pid), time.monotonic()
         shares.append((cpu - last_cpu) / (wall - last_wall))
         last_cpu, last_wall = cpu, wall
 
@@ -400,9 +393,9 @@ async def _measure(
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_healthz(checker, base, stop, healthz, failures))
         keeper = asyncio.create_task(_keep_alive(session, base, stop))
-        cpu_start = _cpu_s(info["pid"])
+        cpu_start = process_cpu_s(info["pid"])
         before = await trader.trade(rate, seconds)
-        cpu_before = _cpu_s(info["pid"]) - cpu_start
+        cpu_before = process_cpu_s(info["pid"]) - cpu_start
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         stop_flood = ctx.Event()
@@ -447,12 +440,12 @@ async def _measure(
         # Sessions logged on (binary) or open (WebSocket), less the trader's.
         logged_on = int(await _metric_sum(session, base, "loom_sessions")) - 1
         gc_start = await _full_collections(session, base)
-        cpu_start = _cpu_s(info["pid"])
+        cpu_start = process_cpu_s(info["pid"])
         shares: list[float] = []
         sampler = asyncio.create_task(_sample_cpu(info["pid"], shares))
         during = await trader.trade(rate, seconds)
         sampler.cancel()
-        cpu_during = _cpu_s(info["pid"]) - cpu_start
+        cpu_during = process_cpu_s(info["pid"]) - cpu_start
         timeline = trader.timeline()
         # (logged-on sessions have no login deadline: no split)
         held_phase, churn_phase = ([], []) if authenticated else trader.split(first_expiry_ns)

@@ -22,8 +22,9 @@ from typing import Any
 
 import msgspec
 
-from engine.bench.connections_bench import SOURCES, _cpu_s, _metric_sum, _raise_nofile, _rss_mb, _Trader
-from engine.bench.stats import percentile_us
+from engine.bench.connections_bench import SOURCES, _metric_sum, _raise_nofile, _rss_mb, _Trader
+from engine.bench.stats import percentile_us, process_cpu_s
+from engine.gateways.ws_frames import server_frames
 from engine.load.spawn import LOAD_ACCOUNTS, _config_text, spawned_exchange
 
 SYMBOL = "LOAD-USD"
@@ -80,23 +81,9 @@ class _Subscriber(asyncio.Protocol):
             buf = buf[end + 4 :]
             sub = {"op": "subscribe", "channel": "book", "symbol": SYMBOL, "max_rate": self.max_rate}
             self._send_text(msgspec.json.encode(sub))
-        pos, size = 0, len(buf)
         stats, window = self.stats, self.window
-        while size - pos >= 2:
-            opcode, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
-            head = 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if size - pos < head + n:
-                break
-            payload = buf[pos + head : pos + head + n]
-            pos += head + n
+        frames, pos = server_frames(buf)
+        for opcode, payload in frames:
             if opcode == 0x9:  # the node's ping
                 self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
                 continue
@@ -262,10 +249,10 @@ async def _measure(
     # Who had the CPU over the window: the servers, and the subscribers' own processes (which
     # share this machine's cores with them; clients elsewhere would not).
     pids = [pid for _h, _p, pid in servers] + [p.pid for p in procs]
-    cpu_before, wall_before = [_cpu_s(pid) for pid in pids], time.perf_counter()
+    cpu_before, wall_before = [process_cpu_s(pid) for pid in pids], time.perf_counter()
     acks = await trader.trade(rate, seconds, TICK_S)
     wall = time.perf_counter() - wall_before
-    cores = [(_cpu_s(pid) - before) / wall for pid, before in zip(pids, cpu_before, strict=True)]
+    cores = [(process_cpu_s(pid) - before) / wall for pid, before in zip(pids, cpu_before, strict=True)]
     rss = [_rss_mb(pid) for _h, _p, pid in servers]
     async with aiohttp.ClientSession() as session:
         slow = refused_by_node = timed_out = shed = rate_limited = 0.0

@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 
+from engine.bench.stats import process_cpu_s
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 
 P99_TARGET_MS = 50.0
@@ -106,13 +107,6 @@ def _step(
     if node_pid and report.get("client_wall_s"):
         report["node_busy"] = round((process_cpu_s(node_pid) - node_cpu) / report["client_wall_s"], 3)
     return report
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def keeps_up(report: dict) -> bool:

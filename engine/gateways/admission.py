@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+from engine.auth import TokenBucket
 from engine.gateways.deadlines import deadline_wheel
 from engine.summarised_log import SummarisedLog, Window
 
@@ -310,9 +311,7 @@ class RefusalBrake:
         self.pause: Callable[[float], bool] | None = None  # set by the listener; True: it paused now
         self.pauses = 0
         self._clock = clock
-        self._burst = max(1.0, rate * BURST_S)
-        self._tokens = self._burst
-        self._at = clock()
+        self._bucket = TokenBucket(rate, max(1.0, rate * BURST_S))
         self._runs = SummarisedLog(self._summary, every_s, clock, quiet_s=every_s)
 
     def refused(self) -> None:
@@ -320,10 +319,7 @@ class RefusalBrake:
         if self.rate <= 0 or self.pause is None:
             return
         now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._bucket.allow(now):
             return
         if not self.pause(self.backoff_s):
             return  # already paused: the rest of an accept batch

@@ -102,13 +102,6 @@ class Pipeline:
         self.held = False  # reading paused for refusals held (HELD_BYTES)
         self.ordinary = False  # dealing ended: a closing, upgrade or unparsable request came
 
-    def __len__(self) -> int:
-        return len(self.early)
-
-    def in_flight(self) -> int:
-        """Orders admitted and not yet answered: the bound's count."""
-        return len(self.admitted)
-
     def is_admitted(self, request: BaseRequest) -> bool:
         return id(request._message) in self.admitted
 

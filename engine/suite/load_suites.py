@@ -12,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 
 from engine.bench.overload_bench import FLOOR_DIVISOR, find_capacity, keeps_up
-from engine.bench.stats import percentile_us
+from engine.bench.stats import percentile_us, process_cpu_s
 from engine.chaos.history import OK, History
 from engine.load.runner import MID, RUN_REFS, LoadOrder
 from engine.load.spawn import LOAD_ADMIN_KEY
@@ -163,13 +163,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _cpu_s(pid: int) -> float:
-    """The process's CPU time (user + system) in seconds, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 _FULL_COUNT_SUM = ('loom_gc_pause_seconds_count{generation="2"}', 'loom_gc_pause_seconds_sum{generation="2"}')
 
 
@@ -239,7 +232,7 @@ class _Sampler(threading.Thread):
         self.gc_full.append(full)
 
     def _window_end(self) -> None:
-        self.cpu.append(_cpu_s(self.pid))
+        self.cpu.append(process_cpu_s(self.pid))
         self.client_cpu.append(time.process_time())
         self.load.append(os.getloadavg()[0])
         self._scrape()
