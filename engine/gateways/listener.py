@@ -50,7 +50,6 @@ class Listener:
         self._resuming: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self._closed = False
         self._failing = False  # resuming failed last time (logged once)
-        self.paused_s = 0.0  # over the listener's life (a figure for tests and benches)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -74,7 +73,6 @@ class Listener:
             # past PAUSED_BACKLOG the kernel drops the SYN and the client retries it later.
             with contextlib.suppress(OSError):
                 sock.listen(PAUSED_BACKLOG)
-        self.paused_s += for_s
         self._resume = self._loop.call_later(for_s, self._start_resuming)
         return True
 
