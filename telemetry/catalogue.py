@@ -253,6 +253,14 @@ _SPECS = [
         ("protocol", "reason"),
     ),
     MetricSpec(
+        "loom_listener_pauses",
+        COUNTER,
+        "Times a full listener stopped accepting for [admission] refusal_backoff_s because it was "
+        "refusing over [admission] refusal_rate connections a second (new connections wait in the "
+        "kernel's accept queue meanwhile).",
+        ("protocol",),
+    ),
+    MetricSpec(
         "loom_overload_refusals",
         COUNTER,
         "Commands refused by admission control because the commit queue was at its bound "

@@ -470,7 +470,7 @@ class TraceExportCollector(CatalogueCollector):
 
 
 class AdmissionCollector(CatalogueCollector):
-    """Each listener's open connections, cap, refusals and deadline closures
+    """Each listener's open connections, cap, refusals, deadline closures and accept pauses
     (engine.gateways.admission.Admission objects, listed as listeners start)."""
 
     METRICS = (
@@ -478,6 +478,7 @@ class AdmissionCollector(CatalogueCollector):
         "loom_connection_limit",
         "loom_connections_refused",
         "loom_connection_timeouts",
+        "loom_listener_pauses",
     )
 
     def __init__(self, admissions: list) -> None:
@@ -488,6 +489,7 @@ class AdmissionCollector(CatalogueCollector):
         limit = _gauge("loom_connection_limit")
         refused = _counter("loom_connections_refused")
         timeouts = _counter("loom_connection_timeouts")
+        pauses = _counter("loom_listener_pauses")
         for adm in self.admissions:
             open_.add_metric([adm.protocol], adm.open)
             limit.add_metric([adm.protocol], adm.limit)
@@ -495,4 +497,5 @@ class AdmissionCollector(CatalogueCollector):
                 refused.add_metric([adm.protocol, reason], n)
             for reason, n in adm.timeouts.items():
                 timeouts.add_metric([adm.protocol, reason], n)
-        yield from (open_, limit, refused, timeouts)
+            pauses.add_metric([adm.protocol], adm.brake.pauses)
+        yield from (open_, limit, refused, timeouts, pauses)

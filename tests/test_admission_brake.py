@@ -147,9 +147,9 @@ def test_a_full_listener_under_a_connection_storm_refuses_at_a_bounded_rate(tmp_
             time.sleep(0.02)
         storm.join()
         took = time.monotonic() - started
-        refused_by_node = (
-            _metric(_get_metrics(ports["http"]), "loom_connections_refused_total", protocol="binary") - before
-        )
+        metrics = _get_metrics(ports["http"])
+        refused_by_node = _metric(metrics, "loom_connections_refused_total", protocol="binary") - before
+        pauses = _metric(metrics, "loom_listener_pauses_total", protocol="binary")
         healthz.halt.set()
         healthz.join(10)
 
@@ -164,6 +164,8 @@ def test_a_full_listener_under_a_connection_storm_refuses_at_a_bounded_rate(tmp_
         resumes = took / BACKOFF_S + 1
         bound = RATE + RATE * took + resumes * STORMERS
         assert refused_by_node <= bound, f"{refused_by_node:.0f} refusals in {took:.1f} s (bound {bound:.0f})"
+        # Each pause is counted where an SRE sees it, not only in the log's summaries.
+        assert 1 <= pauses <= resumes, f"{pauses} pauses counted in {took:.1f} s"
         # The listener still accepts: with room made, a new connection is admitted. First the
         # storm's last connects, left in the accept queue, are taken (refused, or admitted into
         # the room): until the counts hold still over more than a pause.
@@ -200,6 +202,7 @@ def test_a_listener_with_room_never_pauses(tmp_path):
         assert (
             _metric(metrics, "loom_connections_refused_total", protocol="binary", reason="listener_full") == 0
         )
+        assert _metric(metrics, "loom_listener_pauses_total", protocol="binary") == 0
         for sock in [*held, trader]:
             sock.close()
     log = proc.stdout.read()
