@@ -585,6 +585,38 @@ def gateways() -> Board:
             ],
             [
                 series(
+                    "Connections held against the cap by listener",
+                    [
+                        target(f"sum by (protocol) ({m('loom_connections')})", "{{protocol}} open"),
+                        target(f"sum by (protocol) ({m('loom_connection_limit')})", "{{protocol}} cap"),
+                    ],
+                    description="Open connections per listener (logged on or not) and the listener's cap "
+                    "([admission] max_connections, else its share of the descriptor budget). "
+                    "LoomConnectionsSaturated fires after 5 minutes above 90% of a cap.",
+                ),
+                series(
+                    "Connections refused, closed by deadlines, accept pauses/s",
+                    [
+                        target(
+                            f"sum by (protocol, reason) ({rate('loom_connections_refused_total')})",
+                            "refused {{protocol}} {{reason}}",
+                        ),
+                        target(
+                            f"sum by (protocol, reason) ({rate('loom_connection_timeouts_total')})",
+                            "closed {{protocol}} {{reason}}",
+                        ),
+                        target(
+                            f"sum by (protocol) ({rate('loom_listener_pauses_total')})", "paused {{protocol}}"
+                        ),
+                    ],
+                    OPS_FORMAT,
+                    "Refused: at the listener's cap (listener_full) or the address's (per_ip). Closed: a "
+                    "missed login, idle or body deadline. Paused: a full listener refusing over "
+                    "refusal_rate stops accepting for refusal_backoff_s (a reconnect storm).",
+                ),
+            ],
+            [
+                series(
                     "Unreadable messages refused/s by protocol and code",
                     [
                         target(
