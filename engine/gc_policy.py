@@ -46,14 +46,14 @@ def settle_after_start_up() -> None:
 
 
 def due_generation(
-    counts: tuple[int, int, int], thresholds: tuple[int, int, int], old: int, old_after_full: int
+    counts: tuple[int, int, int], thresholds: tuple[int, int, int], grown: int, old: int
 ) -> int:
     """The generation a pass should collect now: CPython's own choice (collect_generations),
     the oldest whose count is past its threshold, generation 0 at least. A full pass also
-    waits until generation 2 has grown by a quarter since the last one (`old` objects now,
-    `old_after_full` then), as CPython's does: what it walks grows with the run, so passes
-    at a fixed count would cost quadratic time."""
-    if counts[2] > thresholds[2] and old - old_after_full > old_after_full // 4:
+    waits until generation 2 has `grown` by more than a quarter of the `old` objects the last
+    one left, as CPython's does: what it walks grows with the run, so passes at a fixed count
+    would cost quadratic time."""
+    if counts[2] > thresholds[2] and grown > old // 4:
         return 2
     return 1 if counts[1] > thresholds[1] else 0
 
@@ -65,10 +65,7 @@ class YoungPasses:
 
     def __init__(self, interval: float = YOUNG_PASS_S) -> None:
         self.interval = interval
-        # What the last full pass left: start-up's survivors, frozen since (CPython's own
-        # long_lived_total counts them too). From an empty generation 2 instead, the first
-        # full pass came ~100 s in, whatever it would find (13.5 ms in a soak, session 10).
-        self.old_after_full = len(gc.get_objects(2)) + gc.get_freeze_count()
+        self._after_full()
         self.passes = [0, 0, 0]  # by generation
 
     def collect(self) -> int:
@@ -78,13 +75,21 @@ class YoungPasses:
             return -1
         counts, thresholds = gc.get_count(), gc.get_threshold()
         # Counting generation 2 costs a list of it: only when its count says a pass may be due.
-        old = len(gc.get_objects(2)) if counts[2] > thresholds[2] else 0
-        generation = due_generation(counts, thresholds, old, self.old_after_full)
+        grown = len(gc.get_objects(2)) - self.gen2_after_full if counts[2] > thresholds[2] else 0
+        generation = due_generation(counts, thresholds, grown, self.old)
         gc.collect(generation)
         if generation == 2:
-            self.old_after_full = len(gc.get_objects(2))
+            self._after_full()
         self.passes[generation] += 1
         return generation
+
+    def _after_full(self) -> None:
+        """What the last full pass (or start-up's, at first) left: generation 2, and the old
+        objects with start-up's frozen survivors (CPython's own long_lived_total counts them
+        too: from generation 2 alone, empty after the freeze, the first full pass came ~100 s
+        in, whatever it would find: 13.5 ms in a soak, session 10)."""
+        self.gen2_after_full = len(gc.get_objects(2))
+        self.old = self.gen2_after_full + gc.get_freeze_count()
 
     async def run(self) -> None:
         while True:
