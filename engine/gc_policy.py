@@ -50,9 +50,9 @@ def due_generation(
 ) -> int:
     """The generation a pass should collect now: CPython's own choice (collect_generations),
     the oldest whose count is past its threshold, generation 0 at least. A full pass also
-    waits until generation 2 has `grown` by more than a quarter of the `old` objects the last
-    one left, as CPython's does: what it walks grows with the run, so passes at a fixed count
-    would cost quadratic time."""
+    waits until `grown` objects have moved to generation 2, more than a quarter of the `old`
+    objects the last one left, as CPython's does: what it walks grows with the run, so passes
+    at a fixed count would cost quadratic time."""
     if counts[2] > thresholds[2] and grown > old // 4:
         return 2
     return 1 if counts[1] > thresholds[1] else 0
@@ -73,13 +73,16 @@ class YoungPasses:
         a tool that turned it off); returns the generation, or -1."""
         if not gc.isenabled():
             return -1
-        counts, thresholds = gc.get_count(), gc.get_threshold()
-        # Counting generation 2 costs a list of it: only when its count says a pass may be due.
-        grown = len(gc.get_objects(2)) - self.gen2_after_full if counts[2] > thresholds[2] else 0
-        generation = due_generation(counts, thresholds, grown, self.old)
-        gc.collect(generation)
+        generation = due_generation(gc.get_count(), gc.get_threshold(), self.pending, self.old)
+        # What a generation-1 pass moves to generation 2 is what it walks less what it frees:
+        # counted from the young generations (a second's survivors), never by listing
+        # generation 2, which holds the whole book (a million objects cost milliseconds).
+        young = len(gc.get_objects(0)) + len(gc.get_objects(1)) if generation == 1 else 0
+        found = gc.collect(generation)
         if generation == 2:
             self._after_full()
+        elif generation == 1:
+            self.pending += max(0, young - found)
         self.passes[generation] += 1
         return generation
 
@@ -88,8 +91,8 @@ class YoungPasses:
         objects with start-up's frozen survivors (CPython's own long_lived_total counts them
         too: from generation 2 alone, empty after the freeze, the first full pass came ~100 s
         in, whatever it would find: 13.5 ms in a soak, session 10)."""
-        self.gen2_after_full = len(gc.get_objects(2))
-        self.old = self.gen2_after_full + gc.get_freeze_count()
+        self.pending = 0  # objects the passes moved to generation 2 since (CPython's long_lived_pending)
+        self.old = len(gc.get_objects(2)) + gc.get_freeze_count()
 
     async def run(self) -> None:
         while True:

@@ -188,3 +188,27 @@ def test_a_full_pass_waits_for_generation_2_to_grow_by_a_quarter_of_start_ups_su
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
     assert got == {"after_small_growth": 0, "after_large_growth": 1}, got
+
+
+def test_passes_never_list_generation_2_until_a_full_pass_is_due(monkeypatch):
+    """Generation 2 holds the whole book (a million resting orders: listing it costs ~7 ms):
+    a pass counts what moved there from the young generations instead, so only a full pass
+    (which walks it anyway) lists it."""
+    import gc
+
+    from engine.gc_policy import YoungPasses
+
+    asked: list[int] = []
+    listing = gc.get_objects
+
+    def get_objects(generation=None):
+        asked.append(generation)
+        return listing(generation)
+
+    passes = YoungPasses()
+    monkeypatch.setattr(gc, "get_objects", get_objects)
+    monkeypatch.setattr(gc, "get_count", lambda: (5, 11, FULL_EVERY + 1))  # generation 2 past its count
+    for _ in range(50):
+        passes.collect()
+    assert passes.passes[2] == 0 and passes.passes[1] == 50, passes.passes
+    assert 2 not in asked and None not in asked, asked
