@@ -37,7 +37,7 @@ from engine.gateways.http_limits import LIMITS, HttpLimits, body_deadline
 from engine.gateways.http_shed import PipelineShed
 from engine.gateways.listener import Listener, listen
 from engine.gateways.preauth_limit import PerIpLimit
-from engine.gc_policy import settle_after_start_up
+from engine.gc_policy import YoungPasses, settle_after_start_up
 from engine.ledger_index import LedgerIndex
 from engine.logfmt import fields
 from engine.market_data import MarketData
@@ -436,6 +436,9 @@ async def start_exchange(cfg: Config) -> RunningExchange:
     # collections rarer (a flood's held connections are what they would walk).
     settle_after_start_up()
     running.gc_pauses = gc_pauses.install()  # after the start-up collection: pauses in service
+    # Young collections on a clock: a steady state's count hovers while its young generation
+    # fills, then one pass walks it all (engine/gc_policy.py).
+    running.tasks.append(asyncio.create_task(YoungPasses().run(), name="gc-young-passes"))
     loops = [(MAIN_LOOP, asyncio.get_running_loop())]
     if member is not None:  # the lease renews on the NATS thread's own loop: watch it too
         loops.append(("nats", member.link.loop))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.gc_policy import YOUNG_PASS_S
 from engine.load.runner import LoadRun
 from engine.suite.load_suites import bounded_order
 from engine.suite.mixed import client_accounts, client_sessions, mixed_driver, split_sessions
@@ -75,6 +76,13 @@ def test_soak_reports_windows_rss_gc_and_drift_with_a_bounded_book():
     # Node CPU per ack and the load average per window: what tells a node doing more work per
     # order as the run goes on from a machine giving it less of a core.
     assert all(w["node_cpu_us_per_ack"] > 0 and w["load_avg_1m"] >= 0 for w in r["windows"])
+    # The node's events per window, from its /metrics differenced: the journal's fdatasyncs
+    # (the disk), its young collections (on a 0.1 s clock: engine/gc_policy.py, half of them
+    # at least on a loaded machine) and its loop's lag, each with its p99 and slowest bucket.
+    for w in r["windows"]:
+        assert w["node_fsync_n"] > 0 and 0 < w["node_fsync_p99_ms"] <= w["node_fsync_slowest_ms"], w
+        assert w["node_loop_lag_p99_ms"] <= w["node_loop_lag_slowest_ms"], w
+    assert all(w["node_gc_young_n"] >= 0.5 * 4 / YOUNG_PASS_S for w in r["windows"][:-1]), r["windows"]
     # The client's own collector pauses per window: a client stall is not the node's latency.
     assert all(w["client_gc_pause_max_ms"] >= 0 for w in r["windows"])
     # The generator writes at most once a tick (it spun, one write per order, on the node's

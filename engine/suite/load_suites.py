@@ -164,29 +164,54 @@ def _rss_mb(pid: int) -> float:
 
 
 _FULL_COUNT_SUM = ('loom_gc_pause_seconds_count{generation="2"}', 'loom_gc_pause_seconds_sum{generation="2"}')
+# The node's histograms the soak differences per window, beside the GC's: what stalls the
+# loop or the batch. name: (the family's bucket lines, the labels of the series summed).
+NODE_HISTOGRAMS = {
+    "fsync": ("loom_journal_fsync_seconds_bucket{", ("",)),  # each batch's fdatasync: the disk
+    "loop_lag": ("loom_event_loop_lag_seconds_bucket{", ('loop="main"',)),  # a 0.1 s probe's lateness
+    "gc_young": ("loom_gc_pause_seconds_bucket{", ('generation="0"', 'generation="1"')),
+}
+
+
+def _metrics_page(base: str) -> str:
+    req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": LOAD_ADMIN_KEY})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read().decode()
 
 
 def _gc_scrape(base: str) -> tuple[dict[float, float], tuple[float, float]]:
     """loom_gc_pause_seconds from /metrics: its cumulative bucket counts summed over the
     generations, and the full (generation 2) collections' (count, seconds)."""
-    req = urllib.request.Request(base + "/metrics", headers={"X-API-Key": LOAD_ADMIN_KEY})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        text = resp.read().decode()
+    buckets, full, _node = _parse_page(_metrics_page(base))
+    return buckets, full
+
+
+def _parse_page(text: str) -> tuple[dict[float, float], tuple[float, float], dict[str, dict[float, float]]]:
+    """(the GC histogram summed over generations, the full collections' (count, seconds),
+    NODE_HISTOGRAMS' cumulative buckets by name) from one /metrics page."""
     buckets: dict[float, float] = {}
     full = [0.0, 0.0]
+    node: dict[str, dict[float, float]] = {name: {} for name in NODE_HISTOGRAMS}
     for line in text.splitlines():
         if line.startswith("loom_gc_pause_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+            _add_bucket(buckets, line)
         elif line.startswith(_FULL_COUNT_SUM):
             full[line.startswith(_FULL_COUNT_SUM[1])] = float(line.rsplit(" ", 1)[1])
-    return buckets, (full[0], full[1])
+        for name, (prefix, series) in NODE_HISTOGRAMS.items():
+            if line.startswith(prefix) and any(label in line for label in series):
+                _add_bucket(node[name], line)
+    return buckets, (full[0], full[1]), node
 
 
-def _bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The p99 GC pause between two scrapes, as the upper bound of its histogram bucket
-    (None: no collection in between, or a scrape that failed)."""
+def _add_bucket(buckets: dict[float, float], line: str) -> None:
+    le = line.split('le="', 1)[1].split('"', 1)[0]
+    bound = float("inf") if le == "+Inf" else float(le)
+    buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+
+
+def _bucket_p99_ms(before: dict[float, float], after: dict[float, float], q: float = 0.99) -> float | None:
+    """The `q` quantile (the p99; 1.0: the slowest) of a histogram between two scrapes, as
+    the upper bound of its bucket (None: nothing observed in between, or a scrape that failed)."""
     if not before or not after:
         return None
     bounds = sorted(after)
@@ -195,9 +220,26 @@ def _bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> flo
     if total <= 0:
         return None
     for bound, n in zip(bounds, delta, strict=True):
-        if n >= 0.99 * total:
+        if n >= q * total:
             return bound * 1000 if bound != float("inf") else float("inf")
     return None
+
+
+def _node_window(
+    before: dict[str, dict[float, float]] | None, after: dict[str, dict[float, float]] | None
+) -> dict:
+    """A window's node figures from its two scrapes (None each: a scrape failed): how many
+    fdatasyncs and young collections, and the p99 and slowest bucket of each and of the
+    loop's lag. A window's ack tail lines up with one of them, or with none (the machine)."""
+    out: dict = {}
+    for name in NODE_HISTOGRAMS:
+        b, a = (before or {}).get(name, {}), (after or {}).get(name, {})
+        count = a.get(float("inf"), 0.0) - b.get(float("inf"), 0.0) if a and b else None
+        if name != "loop_lag":  # the probe runs every 0.1 s: its count is the window's length
+            out[f"node_{name}_n"] = None if count is None else round(count)
+        out[f"node_{name}_p99_ms"] = _bucket_p99_ms(b, a)
+        out[f"node_{name}_slowest_ms"] = _bucket_p99_ms(b, a, 1.0)
+    return out
 
 
 class _Sampler(threading.Thread):
@@ -213,6 +255,7 @@ class _Sampler(threading.Thread):
         self.rss: list[tuple[float, float]] = []
         self.gc: list[dict[float, float]] = []
         self.gc_full: list[tuple[float, float] | None] = []  # full collections: (count, seconds)
+        self.node: list[dict[str, dict[float, float]] | None] = []  # NODE_HISTOGRAMS' buckets
         self.cpu: list[float] = []
         self.client_cpu: list[float] = []  # this process's: the load generator's
         self.load: list[float] = []
@@ -224,12 +267,13 @@ class _Sampler(threading.Thread):
         the soak): that window's GC figure is then unknown, and the RSS sampling goes on (a
         scrape timeout once killed this thread, and the RSS of the later windows read 0)."""
         try:
-            buckets, full = _gc_scrape(self.base)
+            buckets, full, node = _parse_page(_metrics_page(self.base))
         except OSError:
             self.scrape_failures += 1
-            buckets, full = {}, None
+            buckets, full, node = {}, None, None
         self.gc.append(buckets)
         self.gc_full.append(full)
+        self.node.append(node)
 
     def _window_end(self) -> None:
         self.cpu.append(process_cpu_s(self.pid))
@@ -483,6 +527,7 @@ def _windows(
                 # scrape failed): what the histogram's p99, over thousands of young ones, hides.
                 "node_gc_full_passes": None if full is None else round(full[0]),
                 "node_gc_full_pause_ms": None if full is None else round(full[1] * 1000, 1),
+                **_node_window(*(sampler.node[w : w + 2] if w + 1 < len(sampler.node) else (None, None))),
                 "rss_mb": None if rss[-1] is None else round(rss[-1], 1),
                 # The node's CPU over the window per order answered in it (None: the run
                 # ended before the window's sample).
@@ -542,7 +587,11 @@ def format_load_suite(r: dict) -> str:
                 f"GC pause p99 {w['gc_pause_p99_ms']} ms (full passes {w['node_gc_full_passes']}: "
                 f"{w['node_gc_full_pause_ms']} ms), RSS {w['rss_mb']} MB, node CPU "
                 f"{w['node_cpu_us_per_ack']} µs/ack (client {w['client_cpu_us_per_ack']}), "
-                f"load average {w['load_avg_1m']}, client GC pause max {w['client_gc_pause_max_ms']} ms"
+                f"load average {w['load_avg_1m']}, client GC pause max {w['client_gc_pause_max_ms']} ms; "
+                f"node: {w['node_fsync_n']} fdatasyncs (p99 {w['node_fsync_p99_ms']}, slowest "
+                f"{w['node_fsync_slowest_ms']} ms), {w['node_gc_young_n']} young collections (p99 "
+                f"{w['node_gc_young_p99_ms']}, slowest {w['node_gc_young_slowest_ms']} ms), loop lag p99 "
+                f"{w['node_loop_lag_p99_ms']}, slowest {w['node_loop_lag_slowest_ms']} ms (bucket bounds)"
             )
         lines.append(
             f"  the generator sent on a {r['client_tick_ms']} ms tick: {r['client_sends']:,} writes, "
