@@ -28,6 +28,7 @@ from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http_auth import api_key_in
 from engine.gateways.http_context import trace_id_in
 from engine.gateways.http_errors import QuietAppRunner
+from engine.gateways.http_pipeline import HELD_BYTES
 from engine.gateways.http_raw import DOUBT, INCOMPLETE, frame
 from engine.gateways.http_shed import IN_FLIGHT_TEXT, MAX_ORDERS_IN_FLIGHT, ORDERS_PATH, PipelineShed
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
@@ -36,6 +37,8 @@ from engine.service import ExchangeService
 KEY = next(iter(LOAD_ACCOUNTS))
 WAIT = 30.0
 INSTRUMENTS = (Instrument("LOAD-USD"),)
+OFFERED = 24 << 20  # bytes of orders a client that does not read offers (HELD_BYTES: 64 KiB)
+STALL_S = 2.0  # a send making no progress this long: the node has stopped reading
 
 
 def order(k: int, *, key: str | None = KEY, trace: bool = True, names=None, extra=(), body=None) -> bytes:
@@ -164,18 +167,19 @@ class Listener:
         self.runner, self.port, self.service = runner, port, service
         self.seen: set = set()
 
+    async def handler(self):
+        """The handler of the connection just opened (built on connection_made)."""
+        while not (fresh := [h for h in self.runner.server.connections if h not in self.seen]):
+            await asyncio.sleep(0.001)
+        self.seen.add(fresh[0])
+        return fresh[0]
+
     async def answers(self, chunks: list[bytes], n: int) -> tuple[list[bytes], int]:
         """The n answers to `chunks`, each handed to the connection's handler as one read,
         and how many requests aiohttp's parser produced."""
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         try:
-            handler = None
-            while handler is None:  # the server builds the handler on connection_made
-                fresh = [h for h in self.runner.server.connections if h not in self.seen]
-                handler = fresh[0] if fresh else None
-                if handler is None:
-                    await asyncio.sleep(0.001)
-            self.seen.add(handler)
+            handler = await self.handler()
             for chunk in chunks:  # one read each, back to back: the same loop turn
                 handler.data_received(chunk)
             out = []
@@ -303,6 +307,50 @@ def test_a_stream_split_into_reads_anywhere_is_answered_as_one_read(listener):
 def _trace(answer: bytes) -> bytes | None:
     found = re.search(rb"X-Trace-Id: (\w+)", answer)
     return found.group(1) if found else None
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_past_the_refusals_held(listener):
+    """Refusals wait behind the answer before them; a client that never reads its answers
+    leaves that answer unwritten (once the kernel's buffers are full), so its refusals pile
+    up. Past HELD_BYTES of them the connection is no longer read: the client's sends block
+    (TCP) rather than the node holding refusals for all it sends. Once the client reads,
+    every complete request it sent is answered, in order."""
+    size = len(order(100_000))
+    requests = b"".join(order(k) for k in range(100_000, 100_000 + OFFERED // size))
+    refusal = len(PipelineShed(None).refusal_for({"X-API-Key": KEY, "traceparent": ""}))
+    # One read (asyncio reads at most 256 KiB) may refuse all it holds before reading stops.
+    bound = HELD_BYTES + ((256 << 10) // size + 1) * refusal
+
+    async def test(node: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no room for answers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", node.port))
+            handler = await node.handler()
+            sent, stalled = 0, loop.time()
+            # Send until the node has read nothing for STALL_S (its buffers and ours full).
+            while sent < len(requests) and loop.time() - stalled < STALL_S:
+                try:
+                    sent += sock.send(requests[sent : sent + (1 << 16)])
+                    stalled = loop.time()
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            held = handler.pipeline.held_bytes
+            assert sent < len(requests), "the node read all that was sent"
+            assert 0 < held <= bound, f"{held} bytes of refusals held (at most {bound})"
+            answers: list[tuple[int, str | None]] = []
+            buf = b""
+            while len(answers) < sent // size:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), WAIT)
+                assert chunk, f"closed after {len(answers)} answers"
+                got, buf = _parse(buf + chunk)
+                answers += got
+        assert len(answers) == sent // size and answers[0] == (201, None)
+        assert {status for status, _ in answers} == {201, 503}
+
+    listener(test)
 
 
 # -- unusual requests, on a real node ------------------------------------------------------
