@@ -31,28 +31,34 @@ _HEAD = re.compile(_REQUEST_LINE + rb"(?:" + _LINE + rb"){0,100}\r\n")
 # partial line of the characters a head holds (a bare LF or a control byte is a doubt now,
 # not after the client has sent the rest).
 _PARTIAL = re.compile(rb"(?:" + _REQUEST_LINE + rb"(?:" + _LINE + rb")*)?[\t\r -~]*\Z")
-_NAMES = re.compile(rb"\n([^:]*):")
-# Headers that change how llhttp frames a request or what aiohttp does with the connection.
-_FRAMING = (b"\ntransfer-encoding:", b"\nexpect:", b"\nupgrade:")
-# aiohttp answers 400 for a repeated Host (or other singleton), a missing Host and
-# Sec-WebSocket-Key1, and decodes a Content-Encoding body (which may fail): its rules.
-_PARSER_RULES = frozenset((b"content-encoding", b"sec-websocket-key1"))
-_REFUSAL = (b"x-api-key", b"authorization", b"traceparent")  # what PipelineShed reads
+# A head's header lines, once _HEAD has checked them: (name, value without its leading
+# blanks; aiohttp strips the trailing ones too, done here as a value is read).
+_PAIRS = re.compile(rb"\n([^:]*):[ \t]*([^\r]*)")
+# Headers that change how llhttp frames a request or what aiohttp does with the connection
+# (any Connection but keep-alive), or that aiohttp has a rule for (a 400, a body to decode).
+_FRAMING = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+_SPECIAL = _FRAMING | {b"connection", b"content-encoding", b"sec-websocket-key1"}
 
 INCOMPLETE: Final = -1  # the head is not all here yet (and may still be in the grammar)
 DOUBT: Final = -2  # outside the grammar: the parser frames it, and all that follows
 
 
-class RawHeaders(dict):
-    """The headers a refusal reads (`_REFUSAL`), by lower-case name, answering `get` as a
-    CIMultiDict would, so engine.gateways.http_auth.api_key_in and
-    http_context.trace_id_in read them as they read a parsed request's."""
+class RawHeaders:
+    """A raw request's headers, by lower-case name, answering `get` as a CIMultiDict would
+    (str values), so engine.gateways.http_auth.api_key_in and http_context.trace_id_in read
+    them as they read a parsed request's."""
 
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
+    __slots__ = ("fields",)
 
-    def __contains__(self, name) -> bool:
-        return dict.__contains__(self, name.lower())
+    def __init__(self, fields: dict[bytes, bytes]) -> None:
+        self.fields = fields
+
+    def get(self, name: str, default=None):
+        value = self.fields.get(name.lower().encode())
+        return default if value is None else value.rstrip(b" \t").decode()
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower().encode() in self.fields
 
 
 def frame(data: bytes, pos: int) -> tuple[int, RawHeaders | None]:
@@ -66,41 +72,29 @@ def frame(data: bytes, pos: int) -> tuple[int, RawHeaders | None]:
             return INCOMPLETE, None
         return DOUBT, None
     head_end = m.end()
-    low = data[pos:head_end].lower()
-    for name in _FRAMING:
-        if name in low:
+    pairs = _PAIRS.findall(data, pos, head_end)
+    names, values = zip(*pairs, strict=True) if pairs else ((), ())
+    fields = dict(zip(b"\n".join(names).lower().split(b"\n"), values, strict=True))
+    repeated = len(fields) != len(pairs)  # a header repeated: the parser's rule (a 400 for some)
+    special = not _SPECIAL.isdisjoint(fields)
+    if special or repeated:
+        lowered = [name.lower() for name in names]
+        if lowered.count(b"content-length") > 1 or lowered.count(b"connection") > 1:
+            return DOUBT, None  # two lengths (llhttp refuses them), or a list of options
+        if not _FRAMING.isdisjoint(fields):
             return DOUBT, None
-    i = low.find(b"\nconnection:")
-    if i >= 0 and (low.count(b"\nconnection:") > 1 or _value(low, i + 12) != b"keep-alive"):
-        return DOUBT, None  # close, upgrade or a list: the parser decides what follows
-    size = 0
-    i = low.find(b"\ncontent-length:")
-    if i >= 0:
-        if low.find(b"\ncontent-length:", i + 1) >= 0:
-            return DOUBT, None
-        digits = _value(low, i + 16)
+        option = fields.get(b"connection")
+        if option is not None and option.rstrip(b" \t").lower() != b"keep-alive":
+            return DOUBT, None  # close or upgrade: the parser decides what follows
+    end = head_end
+    digits = fields.get(b"content-length")
+    if digits is not None:
+        digits = digits.rstrip(b" \t")
         if not digits.isdigit() or len(digits) > 12:
             return DOUBT, None
-        size = int(digits)
-    end = head_end + size
-    if not data.startswith(ORDER_LINE, pos):
+        end += int(digits)
+    if repeated or b"host" not in fields or not data.startswith(ORDER_LINE, pos):
+        return end, None  # not a plain new order, or the parser's rule answers it
+    if special and (b"content-encoding" in fields or b"sec-websocket-key1" in fields):
         return end, None
-    names = _NAMES.findall(low)
-    unique = set(names)
-    if len(unique) != len(names) or b"host" not in unique or not unique.isdisjoint(_PARSER_RULES):
-        return end, None  # a header the parser has a rule for (a 400 for some): its answer
-    headers = RawHeaders()
-    for name in _REFUSAL:
-        i = low.find(b"\n" + name + b":")
-        if i >= 0:
-            start = pos + i + len(name) + 2
-            value = data[start : data.index(b"\r", start)].lstrip(b" \t")
-            if value.endswith((b" ", b"\t")):
-                return end, None  # whether llhttp keeps trailing blanks: not decided here
-            headers[name.decode()] = value.decode()
-    return end, headers
-
-
-def _value(low: bytes, start: int) -> bytes:
-    """The value of the header line whose colon ends at `start`, without its blanks."""
-    return low[start : low.index(b"\r", start)].strip(b" \t")
+    return end, RawHeaders(fields)
