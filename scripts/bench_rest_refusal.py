@@ -35,7 +35,14 @@ KEY = next(iter(LOAD_ACCOUNTS))
 
 def order(k: int) -> bytes:
     body = json.dumps(
-        {"symbol": "LOAD-USD", "side": "buy", "price": 100, "qty": 1, "tif": "gtc", "client_order_id": f"b{k}"}
+        {
+            "symbol": "LOAD-USD",
+            "side": "buy",
+            "price": 100,
+            "qty": 1,
+            "tif": "gtc",
+            "client_order_id": f"b{k}",
+        }
     ).encode()
     head = (
         f"POST /v1/orders HTTP/1.1\r\nHost: loom\r\nContent-Type: application/json\r\n"

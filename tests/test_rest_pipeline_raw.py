@@ -29,7 +29,7 @@ from engine.gateways.http_auth import api_key_in
 from engine.gateways.http_context import trace_id_in
 from engine.gateways.http_errors import QuietAppRunner
 from engine.gateways.http_pipeline import HELD_BYTES
-from engine.gateways.http_raw import DOUBT, INCOMPLETE, frame
+from engine.gateways.http_raw import DOUBT, INCOMPLETE, Framer, frame
 from engine.gateways.http_shed import IN_FLIGHT_TEXT, MAX_ORDERS_IN_FLIGHT, ORDERS_PATH, PipelineShed
 from engine.load.spawn import LOAD_ACCOUNTS, spawned_exchange
 from engine.service import ExchangeService
@@ -143,6 +143,41 @@ def test_an_order_with_headers_the_parser_has_a_rule_for_is_framed_but_left_to_i
     for request_bytes in odd:
         end, headers = frame(request_bytes, 0)
         assert end == len(request_bytes) and headers is None, request_bytes
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    (end_a, headers_a), (end_b, headers_b) = a, b
+    fields = lambda h: None if h is None else {k: h.get(k.decode()) for k in h.fields}  # noqa: E731
+    return end_a == end_b and fields(headers_a) == fields(headers_b)
+
+
+def test_a_connection_s_framer_frames_as_the_full_framing_does():
+    """Framer frames a request with its connection's last order head but for its
+    Content-Length and traceparent values without the full framing: for the same answer."""
+    rng = random.Random(10)
+    framer = Framer()
+    learned = order(1)
+    assert _same(framer.frame(learned, 0), frame(learned, 0)) and framer.fixed
+    others = [
+        order(2),
+        order(123456, body=b"x" * 1234),
+        order(3, trace=False),
+        order(4, key="other-key"),
+        order(5, extra=["X-More: 1"]),
+        order(6).replace(b"traceparent: 00", b"traceparent:   00"),
+        order(7).replace(b"-01\r\n", b"-01  \r\n"),  # trailing blanks after the trace id
+        order(8).replace(b"-01\r\n", b"-0\n1\r\n"),  # a bare LF inside the value
+        order(9).replace(b"-01\r\n", b"-0\x001\r\n"),
+        order(10).replace(b"Content-Length: ", b"Content-Length: +"),
+        order(11).replace(b"Content-Length: ", b"Content-Length: 0"),
+        order(12).replace(b"-00000000000000aa-01", b"-aa-01" + b"0" * 200),
+        order(13).replace(b"Host: loom", b"host: loom"),
+        *[order(100 + k)[:cut] for k, cut in enumerate(rng.sample(range(1, 300), 40))],
+    ]
+    for request_bytes in others:
+        data = request_bytes + ping()
+        assert _same(framer.frame(data, 0), frame(data, 0)), request_bytes
+        framer.frame(learned, 0)  # learned again (an order framed in full teaches its head)
 
 
 # -- the connection, in-process -----------------------------------------------------------

@@ -29,7 +29,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
 from engine.gateways.http_pipeline import Pipeline
-from engine.gateways.http_raw import DOUBT, INCOMPLETE, frame
+from engine.gateways.http_raw import DOUBT, INCOMPLETE
 from engine.gateways.http_shed import PIPELINED, PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
 
@@ -156,6 +156,7 @@ class QuietRequestHandler(RequestHandler):
             pipeline.owed -= pos
             pipeline.fed += not pipeline.owed
         queue_refuses: bool | None = None  # the commit queue's rule, asked once per read
+        frame = pipeline.framer.frame
         while pos < n:
             end, headers = frame(data, pos)
             if end == INCOMPLETE:

@@ -57,6 +57,7 @@ from aiohttp.http import RawRequestMessage, StreamWriter
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
+from engine.gateways.http_raw import Framer
 from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT, PIPELINED, PipelineShed, plain_order
 
 Handler = Callable[[BaseRequest], Coroutine[Any, Any, Any]]
@@ -97,6 +98,7 @@ class Pipeline:
         "held",
         "ordinary",
         "framing",
+        "framer",
         "carry",
         "owed",
         "fed",
@@ -117,6 +119,7 @@ class Pipeline:
         # request outside its grammar; a head not all read yet, kept from the parser; the
         # bytes of a framed request still to go to the parser; the requests given to it whole.
         self.framing = True
+        self.framer = Framer()
         self.carry = b""
         self.owed = 0
         self.fed = 0

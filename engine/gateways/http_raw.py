@@ -12,7 +12,9 @@ most one Content-Length of digits, no Transfer-Encoding, Expect, Upgrade or Conn
 than keep-alive, a head within aiohttp's line limits. A request outside it (`DOUBT`) ends
 the framing of its connection: from there on every byte goes to the parser, as before. A
 request inside it that is not a keyed plain new order (or whose key or trace id headers are
-odd: repeated, trailing blanks) is framed, so the framing goes on, and handed to the parser.
+odd: a repeated header, no Host) is framed, so the framing goes on, and handed to the parser.
+A connection's `Framer` frames an order whose head is its last order's but for the
+Content-Length and traceparent values without the regular expressions (what a client sends).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _HEAD = re.compile(_REQUEST_LINE + rb"(?:" + _LINE + rb"){0,100}\r\n")
 # not after the client has sent the rest).
 _PARTIAL = re.compile(rb"(?:" + _REQUEST_LINE + rb"(?:" + _LINE + rb")*)?[\t\r -~]*\Z")
 # A head's header lines, once _HEAD has checked them: (name, value without its leading
-# blanks; aiohttp strips the trailing ones too, done here as a value is read).
+# blanks; aiohttp strips the trailing ones too: RawHeaders strips both as a value is read).
 _PAIRS = re.compile(rb"\n([^:]*):[ \t]*([^\r]*)")
 # Headers that change how llhttp frames a request or what aiohttp does with the connection
 # (any Connection but keep-alive), or that aiohttp has a rule for (a 400, a body to decode).
@@ -55,7 +57,7 @@ class RawHeaders:
 
     def get(self, name: str, default=None):
         value = self.fields.get(name.lower().encode())
-        return default if value is None else value.rstrip(b" \t").decode()
+        return default if value is None else value.strip(b" \t").decode()
 
     def __contains__(self, name: str) -> bool:
         return name.lower().encode() in self.fields
@@ -98,3 +100,85 @@ def frame(data: bytes, pos: int) -> tuple[int, RawHeaders | None]:
     if special and (b"content-encoding" in fields or b"sec-websocket-key1" in fields):
         return end, None
     return end, RawHeaders(fields)
+
+
+# The header values that differ from one order to the next of a client sending the same head:
+# its body's length and its trace context.
+_VARIABLE = (b"\ncontent-length:", b"\ntraceparent:")
+_VALUE_CHARS = bytes([9, *range(0x20, 0x7F)])  # what a header value may hold (_LINE)
+_VALUE_MAX = 128  # a variable value longer than this: the full framing
+
+
+class Framer:
+    """`frame` for one connection, remembering the head of the last plain new order framed:
+    a client sends the same head each time but for its Content-Length and traceparent
+    values, so a request matching that head's fixed bytes around two values of the grammar
+    is the same request to llhttp but for them, framed without the regular expressions and
+    header table (the cost of framing, at 4x capacity, where most orders are refused)."""
+
+    __slots__ = ("fixed", "names", "fields")
+
+    def __init__(self) -> None:
+        self.fixed: list[bytes] = []  # the head's bytes around its variable values
+        self.names: list[bytes] = []  # each variable value's header (lower case)
+        self.fields: dict[bytes, bytes] = {}
+
+    def frame(self, data: bytes, pos: int) -> tuple[int, RawHeaders | None]:
+        if self.fixed:
+            found = self._same_head(data, pos)
+            if found is not None:
+                return found
+        end, headers = frame(data, pos)
+        if headers is not None:
+            self._learn(data, pos, headers.fields)
+        return end, headers
+
+    def _same_head(self, data: bytes, pos: int) -> tuple[int, RawHeaders] | None:
+        fixed = self.fixed
+        if not data.startswith(fixed[0], pos):
+            return None
+        p = pos + len(fixed[0])
+        fields = self.fields.copy()
+        size = 0
+        for k, name in enumerate(self.names):
+            q = data.find(b"\r", p, p + _VALUE_MAX)
+            if q < 0:
+                return None
+            value = data[p:q]
+            if name == b"content-length":
+                if not value.isdigit() or len(value) > 12:
+                    return None
+                size = int(value)
+            elif value.translate(None, _VALUE_CHARS):
+                return None  # a byte outside the grammar (a bare LF among them)
+            fields[name] = value
+            if not data.startswith(fixed[k + 1], q):
+                return None
+            p = q + len(fixed[k + 1])
+        if p - pos > HEAD_MAX:
+            return None
+        return p + size, RawHeaders(fields)
+
+    def _learn(self, data: bytes, pos: int, fields: dict[bytes, bytes]) -> None:
+        head_end = data.index(b"\r\n\r\n", pos) + 4
+        head = data[pos:head_end]
+        low = head.lower()
+        spans = []
+        for name in _VARIABLE:
+            i = low.find(name)
+            if i >= 0:
+                start = i + len(name)
+                while head[start] in b" \t":  # the blanks before a value stay fixed
+                    start += 1
+                spans.append((start, head.index(b"\r", start), name[1:-1]))
+        spans.sort()
+        self.fixed, self.names, last = [], [], 0
+        for start, end, name in spans:
+            if start == end:  # an empty value: not a variable one
+                self.fixed = []
+                return
+            self.fixed.append(head[last:start])
+            self.names.append(name)
+            last = end
+        self.fixed.append(head[last:])
+        self.fields = fields
