@@ -23,6 +23,9 @@ plain new order (`http_shed.plain_order`, whole body read) is dealt with at once
   is read as fast as the client sends) and held as a trailer of the request before it,
   written right after that request's answer (`answered`): in request order, without
   waiting for anything but the answers ahead of it.
+While the connection cannot admit one, a plain new order is refused so before it is even
+parsed, from its raw bytes (engine/gateways/http_raw.py, http_errors.QuietRequestHandler._read),
+when its framing is beyond doubt; the same bytes, held and counted the same way.
 Anything else (a cancel, an amend, a read, an order without its whole body) keeps its turn:
 it waits for every request before it, and no order behind it is started before it is
 answered (so a cancel sees the orders sent before it, and none sent after). A request that
