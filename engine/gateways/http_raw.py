@@ -5,16 +5,17 @@ order its connection cannot admit is refused before aiohttp's parser sees it
 At 4x capacity three requests in four are refused, and aiohttp's C parser was most of a
 refusal's cost (its RawRequestMessage, CIMultiDict of headers, yarl URL and payload
 StreamReader): 5.5 us a refusal parsed, 3.1 us from raw bytes (scripts/bench_rest_refusal.py;
-BENCHMARKS.md "Session 10: REST refusals before the parser"). What is skipped here must be exactly one request as llhttp would frame it, so the
-grammar is a conservative subset of HTTP/1.1 (request smuggling is a disagreement on
-framing): origin-form target, `HTTP/1.1`, CRLF lines of ASCII only, token header names, at
-most one Content-Length of digits, no Transfer-Encoding, Expect, Upgrade or Connection other
-than keep-alive, a head within aiohttp's line limits. A request outside it (`DOUBT`) ends
-the framing of its connection: from there on every byte goes to the parser, as before. A
-request inside it that is not a keyed plain new order (or whose key or trace id headers are
-odd: a repeated header, no Host) is framed, so the framing goes on, and handed to the parser.
-A connection's `Framer` frames an order whose head is its last order's but for the
-Content-Length and traceparent values without the regular expressions (what a client sends).
+BENCHMARKS.md "Session 10: REST refusals before the parser"). What is skipped here must be
+exactly one request as llhttp would frame it, so the grammar is a conservative subset of
+HTTP/1.1 (request smuggling is a disagreement on framing): origin-form target, `HTTP/1.1`,
+CRLF lines of ASCII only, token header names, at most one Content-Length of digits, no
+Transfer-Encoding, Expect, Upgrade or Connection other than keep-alive, a head within
+aiohttp's line limits. A request outside it (`DOUBT`) ends the framing of its connection:
+from there on every byte goes to the parser, as before. A request inside it that is not a
+keyed plain new order, or that aiohttp has a rule for (a repeated header, no Host), is
+framed, so the framing goes on, and handed to the parser. A connection's `Framer` frames an
+order whose head is its last order's but for the Content-Length and traceparent values
+without the regular expressions (a client sends the same head each time).
 """
 
 from __future__ import annotations
