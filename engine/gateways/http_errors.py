@@ -14,7 +14,8 @@ the client gave up); here it fails that body read instead. Pipelined new orders
 (engine/gateways/http_pipeline.py: admitted and started together, or refused as they are
 read) lean on the internals named there, and on `_handle_request`'s signature and
 `_drain_helper`; tests/test_rest_pipeline_internals.py and constraints.txt's aiohttp
-version pin them.
+version pin them, as they pin `_request_count` and `_close`, which the refusals taken
+before the parser (`_read`, engine/gateways/http_raw.py) lean on.
 """
 
 from __future__ import annotations
