@@ -145,6 +145,55 @@ def test_an_order_with_headers_the_parser_has_a_rule_for_is_framed_but_left_to_i
         assert end == len(request_bytes) and headers is None, request_bytes
 
 
+def llhttp_or_error(data: bytes) -> list | Exception:
+    try:
+        return llhttp(data)
+    except Exception as exc:  # aiohttp's BadHttpMessage and kin: the parser refuses it
+        return exc
+
+
+def test_mutated_requests_are_framed_as_llhttp_frames_them_or_left_to_it():
+    """Seeded mutations (a byte inserted, removed or replaced by one that matters to HTTP
+    framing) of requests in the grammar: whatever the framer frames, llhttp frames the same
+    way (one whole request, then the next one); what it would refuse from its raw bytes,
+    llhttp also reads as a keyed plain new order with the same key and trace id. A
+    connection's Framer, which learned an order's head, frames each the same."""
+    rng = random.Random(2026)
+    alphabet = b"\r\n \t:,;0123456789aAzZ-\x00\x7f\x80\xff"
+    framed = refusable = 0
+    for _ in range(3000):
+        data = bytearray(rng.choice(IN_GRAMMAR))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            what = rng.randrange(3)
+            if what == 0:
+                data.insert(at, rng.choice(alphabet))
+            elif what == 1:
+                del data[at]
+            else:
+                data[at] = rng.choice(alphabet)
+        buf = bytes(data) + ping()
+        end, headers = frame(buf, 0)
+        framer = Framer()  # the same from a connection's framer that learned an order's head
+        framer.frame(order(1), 0)
+        assert _same(framer.frame(buf, 0), (end, headers)), buf
+        if end < 0 or end >= len(buf):
+            continue
+        framed += 1
+        parsed = llhttp_or_error(buf[:end] + ping())
+        if isinstance(parsed, Exception):
+            assert headers is None, (bytes(data), parsed)  # refused raw, never parsed: a 400 lost
+            continue
+        assert len(parsed) == 2 and parsed[0][1] and parsed[1][0].path == "/ping", bytes(data)
+        if headers is not None:
+            refusable += 1
+            message = parsed[0][0]
+            assert message.method == "POST" and message.path == ORDERS_PATH and not message.should_close
+            assert api_key_in(headers) == api_key_in(message.headers), bytes(data)
+            assert headers.get("traceparent") == message.headers.get("traceparent"), bytes(data)
+    assert framed > 500 and refusable > 100, (framed, refusable)
+
+
 def _same(a: tuple, b: tuple) -> bool:
     (end_a, headers_a), (end_b, headers_b) = a, b
     fields = lambda h: None if h is None else {k: h.get(k.decode()) for k in h.fields}  # noqa: E731
