@@ -20,6 +20,7 @@ without the regular expressions (a client sends the same head each time).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Final
 
@@ -117,15 +118,16 @@ class Framer:
     is the same request to llhttp but for them, framed without the regular expressions and
     header table (the cost of framing, at 4x capacity, where most orders are refused)."""
 
-    __slots__ = ("fixed", "names", "fields")
+    __slots__ = ("first", "rest", "fields")
 
     def __init__(self) -> None:
-        self.fixed: list[bytes] = []  # the head's bytes around its variable values
-        self.names: list[bytes] = []  # each variable value's header (lower case)
+        self.first = b""  # the head's bytes up to its first variable value (b"": none learned)
+        # each variable value's header (lower case) and the head's bytes after that value
+        self.rest: list[tuple[bytes, bytes]] = []
         self.fields: dict[bytes, bytes] = {}
 
     def frame(self, data: bytes, pos: int) -> tuple[int, RawHeaders | None]:
-        if self.fixed:
+        if self.first and data.startswith(self.first, pos):
             found = self._same_head(data, pos)
             if found is not None:
                 return found
@@ -135,15 +137,14 @@ class Framer:
         return end, headers
 
     def _same_head(self, data: bytes, pos: int) -> tuple[int, RawHeaders] | None:
-        fixed = self.fixed
-        if not data.startswith(fixed[0], pos):
-            return None
-        p = pos + len(fixed[0])
+        """The request at `pos` (which starts with the head's first fixed bytes), if the rest
+        of it is the head's too."""
+        p = pos + len(self.first)
         fields = self.fields.copy()
         size = 0
-        for k, name in enumerate(self.names):
+        for name, after in self.rest:
             q = data.find(b"\r", p, p + _VALUE_MAX)
-            if q < 0:
+            if q < 0 or not data.startswith(after, q):
                 return None
             value = data[p:q]
             if name == b"content-length":
@@ -153,9 +154,7 @@ class Framer:
             elif value.translate(None, _VALUE_CHARS):
                 return None  # a byte outside the grammar (a bare LF among them)
             fields[name] = value
-            if not data.startswith(fixed[k + 1], q):
-                return None
-            p = q + len(fixed[k + 1])
+            p = q + len(after)
         if p - pos > HEAD_MAX:
             return None
         return p + size, RawHeaders(fields)
@@ -173,13 +172,11 @@ class Framer:
                     start += 1
                 spans.append((start, head.index(b"\r", start), name[1:-1]))
         spans.sort()
-        self.fixed, self.names, last = [], [], 0
-        for start, end, name in spans:
+        spans.append((len(head), len(head), b""))
+        self.first, self.rest = b"", []
+        for (start, end, name), (after, _, _) in itertools.pairwise(spans):
             if start == end:  # an empty value: not a variable one
-                self.fixed = []
                 return
-            self.fixed.append(head[last:start])
-            self.names.append(name)
-            last = end
-        self.fixed.append(head[last:])
+            self.rest.append((name, head[end:after]))
+        self.first = head[: spans[0][0]] if len(spans) > 1 else head
         self.fields = fields
