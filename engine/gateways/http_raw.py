@@ -4,7 +4,7 @@ order its connection cannot admit is refused before aiohttp's parser sees it
 
 At 4x capacity three requests in four are refused, and aiohttp's C parser was most of a
 refusal's cost (its RawRequestMessage, CIMultiDict of headers, yarl URL and payload
-StreamReader): 5.5 us a refusal parsed, 3.1 us from raw bytes (scripts/bench_rest_refusal.py;
+StreamReader): 5.4 us a refusal parsed, 2.9 us from raw bytes (scripts/bench_rest_refusal.py;
 BENCHMARKS.md "Session 10: REST refusals before the parser"). What is skipped here must be
 exactly one request as llhttp would frame it, so the grammar is a conservative subset of
 HTTP/1.1 (request smuggling is a disagreement on framing): origin-form target, `HTTP/1.1`,
