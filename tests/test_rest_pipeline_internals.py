@@ -42,8 +42,12 @@ def test_the_request_handler_internals_the_pipeline_names():
         "_logging_enabled",
         "_waiter",
         "_payload_parser",
+        "_request_count",  # raw refusals wait until the parser has emitted all it was given
+        "_close",
     ):
         assert name in RequestHandler.__slots__, name
+    # ... counting each request it emits (engine/gateways/http_errors.py, _refuses)
+    assert "self._request_count += 1" in inspect.getsource(RequestHandler.data_received)
     for name in ("_buffer_paused", "_reading_paused", "_paused", "_parser", "_upgraded"):
         assert name in BaseProtocol.__slots__, name
     for name in (

@@ -14,12 +14,14 @@ the client gave up); here it fails that body read instead. Pipelined new orders
 (engine/gateways/http_pipeline.py: admitted and started together, or refused as they are
 read) lean on the internals named there, and on `_handle_request`'s signature and
 `_drain_helper`; tests/test_rest_pipeline_internals.py and constraints.txt's aiohttp
-version pin them.
+version pin them, as they pin `_request_count` and `_close`, which the refusals taken
+before the parser (`_read`, engine/gateways/http_raw.py) lean on.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
@@ -28,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
 from engine.gateways.http_pipeline import Pipeline
+from engine.gateways.http_raw import DOUBT, INCOMPLETE
 from engine.gateways.http_shed import PIPELINED, PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
 
@@ -127,12 +130,74 @@ class QuietRequestHandler(RequestHandler):
         # here instead, once the read is dealt with, if a request is left.
         waiter, self._waiter = self._waiter, None
         try:
-            self._received(data)
+            if self.pipeline.framing:
+                self._read(data)
+            else:
+                self._received(data)
         finally:
             if waiter is not None:
                 self._waiter = waiter
                 if self._messages and not waiter.done():
                     waiter.set_result(None)
+
+    def _read(self, data: bytes) -> None:
+        """Frame the read into whole requests (engine.gateways.http_raw) and refuse each plain
+        new order the connection cannot admit now from its raw bytes, never parsed: held
+        behind the answer before it as a parsed refusal is (Pipeline.hold), and counted. The
+        rest goes to the parser in order, whole requests only (a head not all here is kept
+        for the next read; a framed request's body may be split), so the parser never holds
+        part of a request a refusal skips; anything outside the grammar ends the framing."""
+        pipeline, shed = self.pipeline, cast(PipelineShed, self.shed)
+        if pipeline.carry:
+            data, pipeline.carry = pipeline.carry + data, b""
+        n = fed_to = len(data)  # the parser gets data[fed_from:fed_to]
+        pos = fed_from = refused = 0
+        if pipeline.owed:  # the rest of a framed request the parser has the head of
+            pos = min(pipeline.owed, n)
+            pipeline.owed -= pos
+            pipeline.fed += not pipeline.owed
+        queue_refuses: bool | None = None  # the commit queue's rule, asked once per read
+        frame = pipeline.framer.frame
+        while pos < n:
+            end, headers = frame(data, pos)
+            if end == INCOMPLETE:
+                pipeline.carry, fed_to = data[pos:], pos
+                break
+            if end == DOUBT:
+                pipeline.framing = False
+                break
+            if end > n:
+                pipeline.owed = end - n
+                break
+            if headers is not None:
+                if fed_from < pos:  # what precedes it first: it may change the rule
+                    self._received(data[fed_from:pos])
+                    fed_from = pos
+                if queue_refuses is None:
+                    queue_refuses = shed.service.refuses_orders(1)
+                if self._refuses(queue_refuses) and (refusal := shed.refusal_for(headers, queue_refuses)):
+                    pipeline.hold(self, refusal)
+                    refused += 1
+                    pos = fed_from = end
+                    continue
+            pipeline.fed += 1
+            pos = end
+        if fed_from < fed_to:
+            self._received(data[fed_from:fed_to])
+        if refused:
+            shed.count(refused)
+
+    def _refuses(self, queue_refuses: bool) -> bool:
+        """A plain new order read now, at a request boundary, is refused: the bound holds
+        (or the commit queue refuses), and its refusal can be held in request order (the
+        parser has emitted every request given to it, none of which ended the dealing)."""
+        pipeline = self.pipeline
+        if pipeline.ordinary or self._force_close or self._close or self._request_count != pipeline.fed:
+            return False
+        messages = self._messages
+        if messages and isinstance(messages[-1][0], _ErrInfo):
+            return False
+        return queue_refuses or pipeline.full()
 
     def _received(self, data: bytes) -> None:
         queued = len(self._messages)

@@ -23,6 +23,9 @@ plain new order (`http_shed.plain_order`, whole body read) is dealt with at once
   is read as fast as the client sends) and held as a trailer of the request before it,
   written right after that request's answer (`answered`): in request order, without
   waiting for anything but the answers ahead of it.
+While the connection cannot admit one, a plain new order is refused so before it is even
+parsed, from its raw bytes (engine/gateways/http_raw.py, http_errors.QuietRequestHandler._read),
+when its framing is beyond doubt; the same bytes, held and counted the same way.
 Anything else (a cancel, an amend, a read, an order without its whole body) keeps its turn:
 it waits for every request before it, and no order behind it is started before it is
 answered (so a cancel sees the orders sent before it, and none sent after). A request that
@@ -57,6 +60,7 @@ from aiohttp.http import RawRequestMessage, StreamWriter
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
+from engine.gateways.http_raw import Framer
 from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT, PIPELINED, PipelineShed, plain_order
 
 Handler = Callable[[BaseRequest], Coroutine[Any, Any, Any]]
@@ -88,7 +92,20 @@ class Pipeline:
     written. Messages are known by id(): each is alive (in aiohttp's queue, or the request
     being answered holds it) until its answer is written, when it is forgotten here."""
 
-    __slots__ = ("admitted", "early", "last", "trailers", "held_bytes", "held", "ordinary")
+    __slots__ = (
+        "admitted",
+        "early",
+        "last",
+        "trailers",
+        "held_bytes",
+        "held",
+        "ordinary",
+        "framing",
+        "framer",
+        "carry",
+        "owed",
+        "fed",
+    )
 
     def __init__(self) -> None:
         self.admitted: set[int] = set()  # each admitted order's message
@@ -101,6 +118,18 @@ class Pipeline:
         self.held_bytes = 0
         self.held = False  # reading paused for refusals held (HELD_BYTES)
         self.ordinary = False  # dealing ended: a closing, upgrade or unparsable request came
+        # Raw framing (engine.gateways.http_raw, QuietRequestHandler._read): on until a
+        # request outside its grammar; a head not all read yet, kept from the parser; the
+        # bytes of a framed request still to go to the parser; the requests given to it whole.
+        self.framing = True
+        self.framer = Framer()
+        self.carry = b""
+        self.owed = 0
+        self.fed = 0
+
+    def full(self) -> bool:
+        """The bound holds: a plain new order read now is refused."""
+        return len(self.admitted) >= MAX_ORDERS_IN_FLIGHT
 
     def is_admitted(self, request: BaseRequest) -> bool:
         return id(request._message) in self.admitted
@@ -146,12 +175,12 @@ class Pipeline:
                 elif plain_order(message) and payload.is_eof():
                     if queue_refuses is None:
                         queue_refuses = shed.service.refuses_orders(1)
-                    if len(admitted) < MAX_ORDERS_IN_FLIGHT and not queue_refuses:
+                    if not queue_refuses and not self.full():
                         admitted.add(id(message))
                     elif (refusal := shed.refusal(message, queue_refuses)) is not None:
                         if (parser := handler._parser) is not None:  # its slot: the parser reads on
                             parser.message_consumed()
-                        self._hold(handler, messages, refusal)
+                        self.hold(handler, refusal)
                         refused += 1
                         continue
                 messages.append(item)
@@ -168,10 +197,11 @@ class Pipeline:
         if handler._buffer_paused and len(messages) < handler._max_msg_queue_size and not self.held:
             handler._resume_reading_for_buffer()
 
-    def _hold(self, handler: RequestHandler, messages, refusal: bytes) -> None:
+    def hold(self, handler: RequestHandler, refusal: bytes) -> None:
         """Hold `refusal` until the answer of the request before it is written: the last
         one queued, else the last one aiohttp's loop took off the queue (being answered, or
         about to be) if not answered yet; with none unanswered it is written now."""
+        messages = handler._messages
         before = messages[-1][0] if messages else self.last
         if before is None:
             transport = handler.transport
@@ -247,3 +277,4 @@ class Pipeline:
         self.trailers.clear()
         self.held_bytes = 0
         self.last = None
+        self.framing, self.carry = False, b""

@@ -145,7 +145,11 @@ class PipelineShed:
         connection's orders in flight (or, `queue`, for the commit queue's rule), with
         Retry-After and its own X-Trace-Id; None for a request without a key (the middleware
         answers it as any unauthenticated one). The caller counts what it refused (`count`)."""
-        headers = message.headers
+        return self.refusal_for(message.headers, queue)
+
+    def refusal_for(self, headers, queue: bool = False) -> bytes | None:
+        """`refusal` from a request's headers alone: a parsed message's, or those read from
+        its raw bytes before the parser (engine.gateways.http_raw.RawHeaders)."""
         if not api_key_in(headers):
             return None
         head, tail = _QUEUE if queue else _IN_FLIGHT
