@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import socket
 import statistics
@@ -27,29 +28,10 @@ from engine.core.domain import Instrument
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http_errors import QuietAppRunner, QuietRequestHandler
 from engine.gateways.http_shed import MAX_ORDERS_IN_FLIGHT, ORDERS_PATH, PipelineShed
-from engine.load.spawn import LOAD_ACCOUNTS
 from engine.service import ExchangeService
 
-KEY = next(iter(LOAD_ACCOUNTS))
-
-
-def order(k: int) -> bytes:
-    body = json.dumps(
-        {
-            "symbol": "LOAD-USD",
-            "side": "buy",
-            "price": 100,
-            "qty": 1,
-            "tif": "gtc",
-            "client_order_id": f"b{k}",
-        }
-    ).encode()
-    head = (
-        f"POST /v1/orders HTTP/1.1\r\nHost: loom\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\ntraceparent: 00-{k + 1:032x}-00000000000000aa-01\r\n"
-        f"X-API-Key: {KEY}\r\n\r\n"
-    )
-    return head.encode() + body
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+order = importlib.import_module("test_rest_pipeline_shed").order  # the tests' keyed order: one builder
 
 
 async def admitted(request: web.Request) -> web.Response:

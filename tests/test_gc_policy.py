@@ -40,16 +40,17 @@ print(json.dumps({"full": gc.get_stats()[2]["collections"] - full, "threshold": 
 """
 
 
-def _full_passes(mode: str) -> dict:
+def _run(script: str, *args: str) -> dict:
+    """`script`'s JSON line, run in its own interpreter (the policy is process-wide)."""
     out = subprocess.run(
-        [sys.executable, "-c", CHURN, mode], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
 
 def test_full_collections_are_rarer_under_connection_churn():
-    default, policy = _full_passes("default"), _full_passes("policy")
+    default, policy = _run(CHURN, "default"), _run(CHURN, "policy")
     # CPython's defaults (700, 10, 10) run several full passes over the held "connections";
     # the policy keeps the young thresholds and runs a tenth as many full ones, or none.
     assert default["full"] >= 5, default
@@ -99,16 +100,8 @@ print(json.dumps({"largest_young": largest[0], "cyclic_alive": len(cycles), "pas
 """
 
 
-def _steady(mode: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", STEADY, mode], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)
-
-
 def test_young_passes_keep_the_young_generation_small_in_a_steady_state():
-    default, timed = _steady("default"), _steady("passes")
+    default, timed = _run(STEADY, "default"), _run(STEADY, "passes")
     # CPython's count alone: tens of thousands of young objects wait for a pass (the
     # node: 10,000-160,000), and the cyclic garbage with them.
     assert default["largest_young"] >= 20_000, default
@@ -182,11 +175,7 @@ print(json.dumps({"after_small_growth": small, "after_large_growth": passes.pass
 
 
 def test_a_full_pass_waits_for_generation_2_to_grow_by_a_quarter_of_start_ups_survivors():
-    out = subprocess.run(
-        [sys.executable, "-c", FULL_RULE], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout)
+    got = _run(FULL_RULE)
     assert got == {"after_small_growth": 0, "after_large_growth": 1}, got
 
 
