@@ -55,8 +55,6 @@ from engine.core.events import (
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
 from engine.core.settlement import (
-    BPS,
-    BPS_UP,
     Money,
     TradePair,
     available,
@@ -751,22 +749,31 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
+                    if money.unit:  # amount = price x qty: whole base units of one per contract
+                        amount = price * fill
+                    else:
+                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
+                    # The fees by settlement.fee_terms, the one rule: (amount * mul + up) // den
+                    if money.fee_unit:  # both rates +-1/den (most are): mul is 1
+                        maker_fee = (amount + money.maker_up) // money.maker_den
+                        taker_fee = (amount + money.taker_up) // money.taker_den
+                    else:
+                        maker_fee = (amount * money.maker_mul + money.maker_up) // money.maker_den
+                        taker_fee = (amount * money.taker_mul + money.taker_up) // money.taker_den
                     if taker is None:  # its first fill (set here: the plain path skips it)
                         try:  # subscripts, not `get` calls; a miss creates (settlement.funds)
                             taker = money.pairs[account]
                         except KeyError:
                             taker = funds(self.balances, money, account)
-                        paid = taker_fees = maker_fees = 0  # its quote amount, both sides' fees
-                    if money.unit:  # amount = price x qty: whole base units of one per contract
-                        amount = price * fill
+                        # Its quote amount and both sides' fees so far: the first fill's own
+                        # (not sums from 0: each sum makes a new integer object).
+                        paid = amount
+                        taker_fees = taker_fee
+                        maker_fees = maker_fee
                     else:
-                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
-                    # settlement.fee(), inlined: ceil(amount * bps / BPS), also for 0 bps
-                    maker_fee = (amount * money.maker_bps + BPS_UP) // BPS
-                    taker_fee = (amount * money.taker_bps + BPS_UP) // BPS
-                    paid += amount
-                    taker_fees += taker_fee
-                    maker_fees += maker_fee
+                        paid += amount
+                        taker_fees += taker_fee
+                        maker_fees += maker_fee
                     try:
                         _, mquote, mbase = money.pairs[maker.account]
                     except KeyError:
