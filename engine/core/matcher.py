@@ -367,6 +367,8 @@ class MatchingEngine:
             return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]), events)
         if self.risk_on:
             reason = self.check_new(self, cmd)
+            if not reason and side == BUY and market.credit is not None:  # spot position limits
+                reason = self._position_problem(account, symbol, market.credit, qty, 0)
             if reason:
                 return self._reject_new(cmd, reason, events)
         # The price it may trade to: a limit order's own; a market order's protection price
@@ -385,10 +387,6 @@ class MatchingEngine:
         if money is not None:
             # Dict subscripts, not `get` calls (a call costs as much again); misses are rare.
             if side == BUY:
-                if self.risk_on:
-                    reason = self._position_problem(account, symbol, money, qty, 0)
-                    if reason:
-                        return self._reject_new(cmd, reason, events)
                 try:  # Money.reservation, inlined: the per-lot figure is cached by price
                     need = qty // market.lot * money.buy_lots[limit]
                 except KeyError:
@@ -397,14 +395,12 @@ class MatchingEngine:
                 need = qty * money.contract_size
             try:
                 funds = money.pairs[account][side]
-            except KeyError:
-                funds = money.pair(self.balances, account)[side]
+            except KeyError:  # without both balances (rare); one it lacks holds nothing: a
+                # throwaway empty one refuses any need, and no order that needs 0 rests
+                funds = money.pair(self.balances, account)[side] or Balance()
             # available >= need, as held + need <= total: a small sum against the total
             # costs less than the total's difference (a fresh large integer) on every order.
-            if funds is None:
-                if need:
-                    return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
-            elif (held := funds.held + need) > funds.total and need:
+            if (held := funds.held + need) > funds.total and need:
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
