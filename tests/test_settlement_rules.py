@@ -112,25 +112,32 @@ def test_fees_round_up_in_the_venues_favour():
     assert bal(ex, "fees", "USD") == (1, 0)
 
 
-def test_the_match_loops_inlined_fees_are_settlement_fee():
-    """`_match` inlines the fee rule for speed: every trade's fees must stay what the one
-    written rule, `settlement.fee`, gives (rounding included, rebates toward zero)."""
-    ex = money()
-    for price, qty in [(7, 3), (1, 1), (999, 7), (13, 77), (1_000, 1), (3, 333)]:
+FEE_RATES = [(-10, 20), (-1, 5), (2, 4), (-3, 7), (0, 7), (0, 0), (-37, 37)]
+
+
+@pytest.mark.parametrize("maker_bps, taker_bps", FEE_RATES)
+def test_the_match_loops_fees_are_settlement_fee(maker_bps, taker_bps):
+    """`_match` evaluates each market's `settlement.fee_terms` inline for speed, without the
+    multiplication when both rates are +-1/den (the first three cases) and with it otherwise:
+    every trade's fees must stay what `settlement.fee` gives (rounding included, rebates
+    toward zero)."""
+    ex = money(inst=Instrument(X, base="X", quote="USD", maker_fee_bps=maker_bps, taker_fee_bps=taker_bps))
+    for price, qty in [(7, 3), (1, 1), (999, 7), (13, 77), (1_000, 1), (3, 333), (143, 7)]:
         order(ex, "a", SELL, price, qty)
         [trade] = of_type(order(ex, "b", BUY, price, qty), Trade)
         amount = price * qty
-        assert (trade.maker_fee, trade.taker_fee) == (fee(amount, -10), fee(amount, 20)), (price, qty)
+        expected = (fee(amount, maker_bps), fee(amount, taker_bps))
+        assert (trade.maker_fee, trade.taker_fee) == expected, (price, qty)
 
 
 def test_fee_is_the_exact_ceiling_of_amount_times_bps_for_charges_and_rebates():
-    """`fee` (and the match loop's inlined copy) computes ceil(amount * bps / 10,000) as
-    (amount * bps + 9,999) // 10,000: checked against exact fractions on both sides of every
+    """`fee` (whose terms, `fee_terms`, the match loop evaluates inline) computes
+    ceil(amount * bps / 10,000): checked against exact fractions on both sides of every
     multiple, for charges, rebates (negative bps, rounding toward zero) and 0 bps."""
     from fractions import Fraction
     from math import ceil
 
-    for bps in (-10_000, -37, -10, -1, 0, 1, 5, 20, 9_999, 10_000):
+    for bps in (-10_000, -5_000, -37, -10, -3, -1, 0, 1, 3, 5, 20, 9_999, 10_000):
         for base in (0, 1, 2_000, 10_000, 123_456_789, 10**15):
             for amount in (base - 1, base, base + 1):
                 if amount < 0:

@@ -55,8 +55,6 @@ from engine.core.events import (
 from engine.core.risk import RISK_COMMANDS, RiskState, apply_risk_command, check_amend, check_new
 from engine.core.risk_watch import watched_apply
 from engine.core.settlement import (
-    BPS,
-    BPS_UP,
     Money,
     TradePair,
     available,
@@ -369,6 +367,8 @@ class MatchingEngine:
             return self._reject_new(cmd, new_order_problem(cmd, self.instruments[symbol]), events)
         if self.risk_on:
             reason = self.check_new(self, cmd)
+            if not reason and side == BUY and market.credit is not None:  # spot position limits
+                reason = self._position_problem(account, symbol, market.credit, qty, 0)
             if reason:
                 return self._reject_new(cmd, reason, events)
         # The price it may trade to: a limit order's own; a market order's protection price
@@ -387,10 +387,6 @@ class MatchingEngine:
         if money is not None:
             # Dict subscripts, not `get` calls (a call costs as much again); misses are rare.
             if side == BUY:
-                if self.risk_on:
-                    reason = self._position_problem(account, symbol, money, qty, 0)
-                    if reason:
-                        return self._reject_new(cmd, reason, events)
                 try:  # Money.reservation, inlined: the per-lot figure is cached by price
                     need = qty // market.lot * money.buy_lots[limit]
                 except KeyError:
@@ -399,14 +395,12 @@ class MatchingEngine:
                 need = qty * money.contract_size
             try:
                 funds = money.pairs[account][side]
-            except KeyError:
-                funds = money.pair(self.balances, account)[side]
+            except KeyError:  # without both balances (rare); one it lacks holds nothing: a
+                # throwaway empty one refuses any need, and no order that needs 0 rests
+                funds = money.pair(self.balances, account)[side] or Balance()
             # available >= need, as held + need <= total: a small sum against the total
             # costs less than the total's difference (a fresh large integer) on every order.
-            if funds is None:
-                if need:
-                    return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
-            elif (held := funds.held + need) > funds.total and need:
+            if (held := funds.held + need) > funds.total and need:
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
         oid = self.next_order_id
         acct = self.accounts.get(account)
@@ -751,22 +745,31 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
+                    if money.unit:  # amount = price x qty: whole base units of one per contract
+                        amount = price * fill
+                    else:
+                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
+                    # The fees by settlement.fee_terms, the one rule: (amount * mul + up) // den
+                    if money.fee_unit:  # both rates +-1/den (most are): mul is 1
+                        maker_fee = (amount + money.maker_up) // money.maker_den
+                        taker_fee = (amount + money.taker_up) // money.taker_den
+                    else:
+                        maker_fee = (amount * money.maker_mul + money.maker_up) // money.maker_den
+                        taker_fee = (amount * money.taker_mul + money.taker_up) // money.taker_den
                     if taker is None:  # its first fill (set here: the plain path skips it)
                         try:  # subscripts, not `get` calls; a miss creates (settlement.funds)
                             taker = money.pairs[account]
                         except KeyError:
                             taker = funds(self.balances, money, account)
-                        paid = taker_fees = maker_fees = 0  # its quote amount, both sides' fees
-                    if money.unit:  # amount = price x qty: whole base units of one per contract
-                        amount = price * fill
+                        # Its quote amount and both sides' fees so far: the first fill's own
+                        # (not sums from 0: each sum makes a new integer object).
+                        paid = amount
+                        taker_fees = taker_fee
+                        maker_fees = maker_fee
                     else:
-                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
-                    # settlement.fee(), inlined: ceil(amount * bps / BPS), also for 0 bps
-                    maker_fee = (amount * money.maker_bps + BPS_UP) // BPS
-                    taker_fee = (amount * money.taker_bps + BPS_UP) // BPS
-                    paid += amount
-                    taker_fees += taker_fee
-                    maker_fees += maker_fee
+                        paid += amount
+                        taker_fees += taker_fee
+                        maker_fees += maker_fee
                     try:
                         _, mquote, mbase = money.pairs[maker.account]
                     except KeyError:

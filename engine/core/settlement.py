@@ -29,16 +29,34 @@ from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument
 
 BPS = 10_000
-BPS_UP = BPS - 1  # ceil(x / BPS) == (x + BPS_UP) // BPS for every integer x, negative too
 MAX_CACHED_PRICES = 4_096
 BUY = 1
 Pair = tuple[None, "Balance | None", "Balance | None"]
 TradePair = tuple[None, "Balance", "Balance"]
+FeeTerms = tuple[int, int, int]
+
+
+def fee_terms(bps: int) -> FeeTerms:
+    """The fee rule, ceil(amount * bps / BPS), as the terms (mul, up, den) of
+    `(amount * mul + up) // den`: the one place that says how a fee rounds. The rate is in
+    lowest terms with its sign in `den` (mul >= 0), so that a rate of +-1/den, as most are
+    (1, 2, 5, 10, 20... bps), needs no multiplication (`Money.fee_unit`, engine/core/matcher.py).
+
+    For a charge, ceil(x / d) = (x + d - 1) // d; for a rebate, ceil(-x / d) = -floor(x / d)
+    = (x - d + 1) // -d; a rate of 0 is (0, 0, 1). Exact for every integer amount."""
+    a, b = abs(bps), BPS
+    while b:  # Euclid's greatest common divisor (the core imports no math module)
+        a, b = b, a % b
+    mul, den = abs(bps) // a, BPS // a
+    if bps < 0:
+        return mul, 1 - den, -den
+    return mul, den - 1, den
 
 
 def fee(amount: int, bps: int) -> int:
     """The fee on a quote amount, rounded up (the venue's favour; a rebate toward zero)."""
-    return (amount * bps + BPS_UP) // BPS
+    mul, up, den = fee_terms(bps)
+    return (amount * mul + up) // den
 
 
 class Money:
@@ -46,6 +64,7 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
+        "maker_mul", "maker_up", "maker_den", "taker_mul", "taker_up", "taker_den", "fee_unit",
         "reserve_bps", "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
@@ -59,6 +78,11 @@ class Money:
         self.lot = inst.lot_size
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
+        # Each trade's two fees, by `fee_terms` (the match loop evaluates them inline: a call
+        # per fee cost more than the fee); without multiplying when both rates are +-1/den.
+        self.maker_mul, self.maker_up, self.maker_den = fee_terms(inst.maker_fee_bps)
+        self.taker_mul, self.taker_up, self.taker_den = fee_terms(inst.taker_fee_bps)
+        self.fee_unit = self.maker_mul == 1 and self.taker_mul == 1
         # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
         self.reserve_bps = max(inst.maker_fee_bps, inst.taker_fee_bps, 0)
         # The asset an order reserves, by side (BUY 1: quote, SELL 2: base): a tuple index
