@@ -44,8 +44,12 @@ def test_the_request_handler_internals_the_pipeline_names():
         "_payload_parser",
         "_request_count",  # raw refusals wait until the parser has emitted all it was given
         "_close",
+        "_keepalive_timeout",  # a refused read pushes the keep-alive deadline back
+        "_next_keepalive_close_time",
     ):
         assert name in RequestHandler.__slots__, name
+    # ... which the keep-alive check reads again before closing an idle connection
+    assert "self._next_keepalive_close_time" in inspect.getsource(RequestHandler._process_keepalive)
     # ... counting each request it emits (engine/gateways/http_errors.py, _refuses)
     assert "self._request_count += 1" in inspect.getsource(RequestHandler.data_received)
     for name in ("_buffer_paused", "_reading_paused", "_paused", "_parser", "_upgraded"):

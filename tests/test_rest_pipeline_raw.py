@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 
+from engine.core.commands import NewOrder
 from engine.core.domain import Instrument
 from engine.exchange import ExchangeNode, NodeConfig
 from engine.gateways.http_auth import api_key_in
@@ -280,7 +281,7 @@ class Listener:
 def listener(tmp_path):
     """Runs a test coroutine against a fresh Listener."""
 
-    def run(test) -> None:
+    def run(test, keepalive_timeout: float = 75.0, max_queued_commands: int | None = None) -> None:
         async def main() -> None:
             node = ExchangeNode(
                 NodeConfig(
@@ -290,11 +291,16 @@ def listener(tmp_path):
                     snapshot_every_s=0,
                 )
             )
-            service = ExchangeService(node)  # not started: its commit queue takes orders
+            # Not started: its commit queue takes orders (and keeps them: with a bound, the
+            # test can fill it, and the queue's own rule refuses what follows).
+            bound = {} if max_queued_commands is None else {"max_queued_commands": max_queued_commands}
+            service = ExchangeService(node, **bound)
             app = web.Application()
             app.router.add_post(ORDERS_PATH, place)
             app.router.add_get("/ping", pong)
-            runner = QuietAppRunner(app, shed=PipelineShed(service), access_log=None)
+            runner = QuietAppRunner(
+                app, shed=PipelineShed(service), access_log=None, keepalive_timeout=keepalive_timeout
+            )
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -435,6 +441,40 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_past_the_refusals_h
         assert {status for status, _ in answers} == {201, 503}
 
     listener(test)
+
+
+IDLE_S = 0.5  # the keep-alive deadline (http_idle_s) in the next test
+
+
+def test_a_client_whose_every_order_is_refused_is_not_closed_as_idle(listener):
+    """aiohttp pushes a connection's keep-alive deadline back only as its loop answers a
+    request, and a refusal never passes through that loop: while the commit queue refused,
+    a client sending an order every IDLE_S / 4 was closed as idle after IDLE_S."""
+
+    async def test(node: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        first = NewOrder("x", "c1", "LOAD-USD", 1, 1, 100, 1)
+        waiting = asyncio.ensure_future(node.service.submit_one(first))
+        while not node.service.refuses_orders(1):  # the queue at its bound of 1, never committed
+            await asyncio.sleep(0.001)
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        try:
+            started, k = loop.time(), 0
+            while loop.time() - started < 4 * IDLE_S:
+                writer.write(order(300_000 + k))
+                k += 1
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+                assert head.startswith(b"HTTP/1.1 503"), (k, head)
+                await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+                await asyncio.sleep(IDLE_S / 4)  # the client's pace: the time under test
+            writer.write(ping())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+            assert head.startswith(b"HTTP/1.1 200"), head
+        finally:
+            writer.close()
+            waiting.cancel()
+
+    listener(test, keepalive_timeout=IDLE_S, max_queued_commands=1)
 
 
 # -- unusual requests, on a real node ------------------------------------------------------

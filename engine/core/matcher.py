@@ -394,14 +394,15 @@ class MatchingEngine:
             else:
                 need = qty * money.contract_size
             try:
-                funds = money.pairs[account][side]
+                balance: Balance = money.pairs[account][side]  # type: ignore[assignment]  # side 1|2
             except KeyError:  # without both balances (rare); one it lacks holds nothing: a
                 # throwaway empty one refuses any need, and no order that needs 0 rests
-                funds = money.pair(self.balances, account)[side] or Balance()
+                balance = money.pair(self.balances, account)[side] or Balance()
             # available >= need, as held + need <= total: a small sum against the total
             # costs less than the total's difference (a fresh large integer) on every order.
-            if (held := funds.held + need) > funds.total and need:
+            if (held := balance.held + need) > balance.total and need:
                 return self._reject_new(cmd, R.INSUFFICIENT_BALANCE, events)
+            funds = balance
         oid = self.next_order_id
         acct = self.accounts.get(account)
         # Duplicate check and registration in one probe (undone if post-only refuses below).

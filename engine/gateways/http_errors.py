@@ -29,7 +29,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from engine.bad_input_log import BAD_INPUT
 from engine.gateways.http_answers import error
-from engine.gateways.http_pipeline import Pipeline
+from engine.gateways.http_pipeline import Pipeline, refused_read
 from engine.gateways.http_raw import DOUBT, INCOMPLETE
 from engine.gateways.http_shed import PIPELINED, PipelineShed
 from engine.observer import NULL_OBSERVER, Observer
@@ -185,7 +185,7 @@ class QuietRequestHandler(RequestHandler):
         if fed_from < fed_to:
             self._received(data[fed_from:fed_to])
         if refused:
-            shed.count(refused)
+            refused_read(self, shed, refused)
 
     def _refuses(self, queue_refuses: bool) -> bool:
         """A plain new order read now, at a request boundary, is refused: the bound holds

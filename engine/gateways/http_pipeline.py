@@ -46,7 +46,8 @@ answers are ready without a pass of that loop each (`ready`), `_force_close`,
 `_msg_queue_resume_size` and `_resume_reading_if_drained`, which that loop uses as it pops;
 and `_waiter`, the future that loop awaits while the queue is empty, `_upgraded` and
 `_payload_parser` (engine/gateways/http_errors.py wakes the loop itself after a read is
-dealt with).
+dealt with); and `_keepalive_timeout` and `_next_keepalive_close_time`, to push the
+keep-alive deadline back for a read whose orders were refused (`refused_read`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ def _retrieved(task: asyncio.Task) -> None:
     # awaits it, and an error it raised must not be logged as never retrieved.
     if not task.cancelled():
         task.exception()
+
+
+def refused_read(handler: RequestHandler, shed: PipelineShed, n: int) -> None:
+    """n orders of one read refused (as parsed, or from raw bytes): counted, and the
+    connection's keep-alive deadline pushed back as an answered request pushes it. aiohttp
+    only does that as its loop answers a request, which a refusal never passes through: a
+    client whose every order was refused for `http_idle_s` (the commit queue refusing) was
+    closed as idle while it sent."""
+    shed.count(n)
+    if handler._keepalive_timeout:
+        handler._next_keepalive_close_time = asyncio.get_running_loop().time() + handler._keepalive_timeout
 
 
 class Early:
@@ -193,7 +205,7 @@ class Pipeline:
             if len(messages) == queued:
                 break
         if total:
-            shed.count(total)
+            refused_read(handler, shed, total)
         if handler._buffer_paused and len(messages) < handler._max_msg_queue_size and not self.held:
             handler._resume_reading_for_buffer()
 
