@@ -52,21 +52,28 @@ class TextRenderer:
 def render_families(families, renderer: TextRenderer) -> bytes:
     output: list[str] = []
     append = output.append
+    cached = renderer._prefix.get
     prefix_of = renderer._sample_prefix
+    # Values repeat within a page (bucket counts, zeros): each is formatted once a render. Not
+    # 0: -0.0 == 0.0 as a key, and they print differently.
+    texts: dict[float, str] = {}
     for metric in families:
         try:
             family = metric.name
             append(renderer._family_header(family, metric.type, metric.documentation))
             om_samples: dict[str, list[str]] = {}
-            for s in metric.samples:
-                prefix, suffix = prefix_of(family, s.name, s.labels)
-                line = prefix + floatToGoString(s.value)
-                if s.timestamp is not None:
-                    line += f" {int(float(s.timestamp) * 1000):d}"
-                if suffix is None:
+            for name, labels, value, timestamp, _exemplar, *_ in metric.samples:
+                found = cached((family, name, *labels.items())) or prefix_of(family, name, labels)
+                text = texts.get(value) if value else None
+                if text is None:
+                    text = texts[value] = floatToGoString(value)
+                line = found[0] + text
+                if timestamp is not None:
+                    line += f" {int(float(timestamp) * 1000):d}"
+                if found[1] is None:
                     append(line + "\n")
                 else:
-                    om_samples.setdefault(suffix, []).append(line + "\n")
+                    om_samples.setdefault(found[1], []).append(line + "\n")
         except Exception as exception:  # as generate_latest: the failing family named
             exception.args = (exception.args or ("",)) + (metric,)
             raise
