@@ -116,3 +116,91 @@ def _om_suffix(family: str, name: str) -> str | None:
         if name == family + suffix:
             return suffix
     return None
+
+
+class OpenMetricsRenderer(TextRenderer):
+    """The OpenMetrics text (1.0.0) of a registry, byte for byte prometheus_client's
+    `openmetrics.exposition.generate_latest` (Prometheus asks for it first), with the same
+    cached series prefixes. Exemplars and timestamps are written per scrape, never cached; a
+    family holding native histogram samples is handed to prometheus_client whole."""
+
+    def render(self) -> bytes:
+        output: list[str] = []
+        append = output.append
+        cached = self._prefix.get
+        texts: dict[float, str] = {}  # as render_families: values formatted once a render
+        for metric in self.registry.collect():
+            family = metric.name
+            if any(s.native_histogram for s in metric.samples):
+                append(openmetrics.generate_latest(_One(metric)).decode("utf-8").removesuffix("# EOF\n"))
+                continue
+            try:
+                append(self._family_header(family, metric.unit, metric.type + "\n" + metric.documentation))
+                for s in metric.samples:
+                    name, labels, value = s.name, s.labels, s.value
+                    key = (family, name, *labels.items())
+                    found = cached(key)
+                    if found is None:
+                        found = self._sample_prefix(family, name, labels)
+                    if value is None:
+                        text = ""
+                    else:
+                        text = texts.get(value) if value else None
+                        if text is None:
+                            text = texts[value] = floatToGoString(value)
+                    line = found[0] + text
+                    if s.timestamp is not None:
+                        line += f" {s.timestamp}"
+                    if s.exemplar:
+                        line += openmetrics._compose_exemplar_string(metric, s, s.exemplar)
+                    append(line + "\n")
+            except Exception as exception:  # as generate_latest: the failing family named
+                exception.args = (exception.args or ("",)) + (metric,)
+                raise
+        append("# EOF\n")
+        return "".join(output).encode("utf-8")
+
+    def _sample_prefix(self, family: str, name: str, labels: dict) -> tuple[str, str | None]:
+        key = (family, name, *labels.items())
+        found = self._prefix.get(key)
+        if found is None:
+            if len(self._prefix) >= MAX_CACHED:
+                self._prefix.clear()
+            found = self._prefix[key] = (_om_prefix(name, labels), None)
+        return found
+
+    def _family_header(self, name: str, unit: str, type_and_doc: str) -> str:
+        key = (name, unit, type_and_doc)
+        found = self._header.get(key)
+        if found is None:
+            mtype, doc = type_and_doc.split("\n", 1)
+            escaped = openmetrics.escape_metric_name(name, openmetrics.UNDERSCORES)
+            help_ = openmetrics._escape(doc, openmetrics.ALLOWUTF8, openmetrics._is_legacy_labelname_rune)
+            found = f"# HELP {escaped} {help_}\n# TYPE {escaped} {mtype}\n"
+            if unit:
+                found += f"# UNIT {escaped} {unit}\n"
+            self._header[key] = found
+        return found
+
+
+class _One:
+    """One family as a registry (prometheus_client's renderers take a registry)."""
+
+    def __init__(self, metric) -> None:
+        self.metric = metric
+
+    def collect(self):
+        return iter((self.metric,))
+
+
+def _om_prefix(name: str, labels: dict) -> str:
+    rune = openmetrics._is_legacy_labelname_rune
+    escaped = openmetrics._escape(name, openmetrics.UNDERSCORES, rune)
+    if not labels:
+        return escaped + " "
+    name_of, value_of = openmetrics.escape_label_name, openmetrics._escape
+    pairs = ",".join(
+        f'{name_of(k, openmetrics.UNDERSCORES)}="{value_of(v, openmetrics.ALLOWUTF8, rune)}"'
+        for k, v in sorted(labels.items())
+    )
+    return f"{escaped}{{{pairs}}} "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 import telemetry.exposition as exposition
 from engine.app import start_exchange
@@ -17,7 +18,7 @@ from engine.config import Config
 from engine.core.commands import Cancel, NewOrder
 from engine.core.domain import Instrument
 from engine.gateways.http_context import CTX
-from telemetry.exposition import TextRenderer, render_families
+from telemetry.exposition import OpenMetricsRenderer, TextRenderer, render_families
 
 SYMBOLS = ("AAA-USD", "BBB-USD")
 BUY, SELL, LIMIT = 1, 2, 2
@@ -82,6 +83,11 @@ def test_a_scrape_is_generate_latests_text_for_the_same_state(tmp_path):
     assert b"loom_open_orders" in expected and b"loom_stage_duration_seconds_bucket" in expected
     assert render_families(families, renderer) == expected  # fresh: every prefix built
     assert render_families(families, renderer) == expected  # cached: every prefix reused
+    om = OpenMetricsRenderer(Frozen(families))
+    expected_om = openmetrics_latest(Frozen(families))
+    assert b"loom_orders_total{" in expected_om and expected_om.endswith(b"# EOF\n")
+    assert om.render() == expected_om
+    assert om.render() == expected_om
 
 
 def test_open_orders_counted_from_the_books_match_the_accounts(tmp_path):
@@ -107,10 +113,17 @@ def test_changed_values_and_label_sets_render_as_generate_latest_does():
     counter.labels("x", "y").inc()
     hist.labels("match").observe(0.01)
 
+    om = OpenMetricsRenderer(registry)
+
     def same() -> None:
         families = list(registry.collect())
         assert render_families(families, renderer) == generate_latest(Frozen(families))
+        om.registry = Frozen(families)
+        assert om.render() == openmetrics_latest(Frozen(families))
 
+    same()
+    counter.labels("x", "y").inc(2, exemplar={"trace_id": "abc"})  # OpenMetrics writes exemplars
+    hist.labels("match").observe(0.05, exemplar={"trace_id": "def"})
     same()
     gauge.labels("A").set(2.5e9)  # a value changes under a cached prefix
     counter.labels("x", "y").inc(3)
@@ -134,9 +147,17 @@ def test_the_prefix_cache_is_bounded_and_starts_over_when_full(monkeypatch):
         assert len(renderer._prefix) <= 10
 
 
-@pytest.mark.parametrize("accept", [None, "text/plain"])
-def test_the_metrics_route_serves_the_renderers_text(tmp_path, accept):
-    """The route renders with the node's TextRenderer (its cache kept between scrapes)."""
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        (None, "text/plain"),
+        ("text/plain", "text/plain"),
+        ("application/openmetrics-text", "application/openmetrics-text"),
+    ],
+)
+def test_the_metrics_route_serves_the_renderers_text(tmp_path, accept, content_type):
+    """The route renders with the node's renderer of the format asked for (its cache kept
+    between scrapes)."""
 
     async def scrape():
         from aiohttp import ClientSession
@@ -149,14 +170,20 @@ def test_the_metrics_route_serves_the_renderers_text(tmp_path, accept):
                 for _ in range(2):
                     async with session.get(url, headers=headers) as resp:
                         assert resp.status == 200
-                        assert resp.headers["Content-Type"].startswith("text/plain")
+                        assert resp.headers["Content-Type"].startswith(content_type)
                         text = await resp.text()
-            cached = len(running.http_runner.app[CTX].metrics.text._prefix)
+            metrics = running.http_runner.app[CTX].metrics
+            renderer = metrics.openmetrics if "openmetrics" in content_type else metrics.text
+            cached = len(renderer._prefix)
             return text, cached
         finally:
             await running.stop()
 
     text, cached = asyncio.run(scrape())
-    assert "# TYPE loom_orders_total counter" in text and "# TYPE loom_open_orders gauge" in text
+    assert "# TYPE loom_open_orders gauge" in text
     assert 'loom_open_orders{symbol="AAA-USD"} 0.0' in text
+    if "openmetrics" in content_type:
+        assert "# TYPE loom_orders counter" in text and text.endswith("# EOF\n")
+    else:
+        assert "# TYPE loom_orders_total counter" in text
     assert cached > 100  # every series of the page, kept for the next scrape
