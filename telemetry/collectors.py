@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from pathlib import Path
 
 from prometheus_client import Histogram
@@ -175,6 +176,16 @@ class DataDiskCollector(CatalogueCollector):
         yield from (free, size)
 
 
+def resting_orders(side) -> int:
+    """The orders resting on one book side, counted per level (in C) rather than per order:
+    each open order rests in exactly one level (engine/core/invariants.py checks it), and a
+    walk of every account's open orders made a scrape cost O(open orders) on the loop."""
+    return sum(map(len, map(_ORDERS, side.levels.values())))
+
+
+_ORDERS = attrgetter("orders")
+
+
 class ExchangeCollector(CatalogueCollector):
     METRICS = (
         "loom_journal_size_bytes",
@@ -257,10 +268,6 @@ class ExchangeCollector(CatalogueCollector):
         depth = _gauge("loom_book_depth_quantity")
         levels = _gauge("loom_book_levels")
         open_orders = _gauge("loom_open_orders")
-        per_symbol_open: dict[str, int] = {}
-        for account in engine.accounts.values():
-            for order in account.open.values():
-                per_symbol_open[order.symbol] = per_symbol_open.get(order.symbol, 0) + 1
         for symbol, book in engine.books.items():
             for side_name, side in (("bid", book.bids), ("ask", book.asks)):
                 if side.best is not None:
@@ -269,7 +276,7 @@ class ExchangeCollector(CatalogueCollector):
                 levels.add_metric([symbol, side_name], len(side.levels))
             if book.bids.best is not None and book.asks.best is not None:
                 spread.add_metric([symbol], book.asks.best - book.bids.best)
-            open_orders.add_metric([symbol], per_symbol_open.get(symbol, 0))
+            open_orders.add_metric([symbol], resting_orders(book.bids) + resting_orders(book.asks))
         yield from (best, spread, depth, levels, open_orders)
 
         sessions = _gauge("loom_sessions")

@@ -49,6 +49,7 @@ from telemetry.collectors import (
     SurveillanceCollector,
     TraceExportCollector,
 )
+from telemetry.exposition import OpenMetricsRenderer, TextRenderer
 from telemetry.runtime import BuildInfo, GcPauses
 
 _SIDE = {int(s): s.name.lower() for s in Side}
@@ -92,6 +93,9 @@ class ExchangeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
+        # /metrics in the text format and in OpenMetrics, each with its series' text cached
+        self.text = TextRenderer(self.registry)
+        self.openmetrics = OpenMetricsRenderer(self.registry)
         self._fee_assets: dict[str, str] = {}  # symbol -> quote asset (money_labels)
         if process:
             process_collector.ProcessCollector(registry=self.registry)

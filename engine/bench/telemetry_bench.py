@@ -42,8 +42,6 @@ async def _run(
 ) -> tuple[float, dict]:
     """Orders/s of one run; with `surveillance`, the desk listens and its budgeted worker runs
     as in `loom run` (engine/bench/surveillance_cost.py --e2e compares)."""
-    from prometheus_client import generate_latest
-
     from telemetry.collectors import ExchangeCollector
     from telemetry.metrics import ExchangeMetrics
     from telemetry.observer import MetricsObserver
@@ -89,7 +87,7 @@ async def _run(
             # Fresh command objects each run: the service stamps them in place.
             await service.submit([c.__copy__() for c in commands[i : i + batch]])
             if telemetry and time.perf_counter() >= next_scrape:
-                generate_latest(metrics.registry)
+                metrics.text.render()  # as /metrics renders it
                 next_scrape += 1.0
         elapsed = time.perf_counter() - started
         timed = len(commands) - warm

@@ -7,9 +7,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
-from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from engine.candles import INTERVALS, candle_json
 from engine.gateways.http_answers import error, ok
@@ -118,11 +116,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     if ctx.metrics is None:
         return error(404, "NOT_AVAILABLE", "metrics are not configured")
-    registry = ctx.metrics.registry
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
-        body, content_type = openmetrics_latest(registry), OPENMETRICS_CONTENT_TYPE
+        body, content_type = ctx.metrics.openmetrics.render(), OPENMETRICS_CONTENT_TYPE
     else:
-        body, content_type = generate_latest(registry), PROMETHEUS_CONTENT_TYPE
+        body, content_type = ctx.metrics.text.render(), PROMETHEUS_CONTENT_TYPE
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
