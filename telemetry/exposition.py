@@ -27,7 +27,7 @@ class TextRenderer:
     def __init__(self, registry: Collector) -> None:
         self.registry = registry
         self._prefix: dict[tuple, tuple[str, str | None]] = {}  # -> (line up to the value, om suffix)
-        self._header: dict[tuple, tuple[str, str]] = {}  # (name, type, help) -> (HELP+TYPE, name)
+        self._header: dict[tuple, str] = {}  # (name, type, help) -> its HELP and TYPE lines
 
     def render(self) -> bytes:
         return render_families(self.registry.collect(), self)
@@ -104,8 +104,9 @@ def _prefix(name: str, labels: dict) -> str:
     if not labels:
         return escaped + " "
     name_of, value_of = openmetrics.escape_label_name, openmetrics._escape
+    rune = openmetrics._is_legacy_labelname_rune  # unused by ALLOWUTF8's escaping
     pairs = ",".join(
-        f'{name_of(k, openmetrics.UNDERSCORES)}="{value_of(v, openmetrics.ALLOWUTF8, False)}"'
+        f'{name_of(k, openmetrics.UNDERSCORES)}="{value_of(v, openmetrics.ALLOWUTF8, rune)}"'
         for k, v in sorted(labels.items())
     )
     return f"{escaped}{{{pairs}}} "

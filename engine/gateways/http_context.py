@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from engine.service import ExchangeService
 from engine.snapshots import WrittenSnapshot
 from telemetry.trace_ids import new_trace_id, parse_traceparent
 
+if TYPE_CHECKING:  # telemetry.metrics is imported where metrics are wanted, not by every gateway
+    from telemetry.metrics import ExchangeMetrics
+
 MAX_BODY = 64 * 1024
 
 
@@ -37,7 +41,7 @@ class GatewayContext:
     rate: float = 0.0  # requests per second per account (REST) or per session (WS); 0 = off
     burst: float = 0.0
     take_snapshot: Callable[[], Awaitable[WrittenSnapshot]] | None = None
-    metrics: object | None = None  # telemetry.metrics.ExchangeMetrics: its registry serves /metrics
+    metrics: ExchangeMetrics | None = None  # its renderers serve /metrics
     automation: RunbookAutomation | None = None
     cluster: object | None = None  # engine.cluster.member.ClusterMember in cluster mode
     surveillance: object | None = None  # engine.surveillance_desk.SurveillanceDesk
