@@ -108,7 +108,7 @@ def client_order_id(protocol: str, run: LoadRun, order: LoadOrder) -> str:
 
 
 def history_of(
-    answers: dict, sent: int, who: list, route: Callable[[int], int], run: LoadRun, make
+    answers: list, sent: int, who: list, route: Callable[[int], int], run: LoadRun, make
 ) -> History:
     """Every sent order as a chaos-history operation: acked (with its order id) is ok, a
     refusal or an admission-control shed is failed, no answer is unknown."""
@@ -118,7 +118,7 @@ def history_of(
         protocol, account = who[route(i)]
         order = make(run.prefix, i)
         op = history.invoke(account, client_order_id(protocol, run, order), protocol, now)
-        answer = answers.get(i)
+        answer = answers[i]
         if answer is None:
             history.complete(op, UNKNOWN, "never answered", now)
             continue
@@ -168,14 +168,17 @@ async def run_mixed(
     driver, who = mixed_driver(info["host"], info, sessions, run, accounts)
     duration = (orders + 0.5) / rate  # the runner sends int(rate * duration) orders
     stats = LoadStats("mixed", rate, duration)
-    stats.answers = {}
+    stats.keep_answers = True
     report = await run_open_loop(
         driver, "mixed", rate, duration, run, drain_s, samples=samples, stats=stats, make=make, tick_s=tick_s
     )
     route = lambda i: i % len(driver.drivers)  # noqa: E731 (MixedDriver's default routing)
-    history = history_of(stats.answers, stats.sent, who, route, run, make)
+    answers = stats.answers or []  # reserved by run_open_loop (keep_answers)
+    history = history_of(answers, stats.sent, who, route, run, make)
     by_protocol: dict[str, int] = {}
-    for i in stats.answers:
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
         by_protocol[who[route(i)][0]] = by_protocol.get(who[route(i)][0], 0) + 1
     return report, history, by_protocol
 
