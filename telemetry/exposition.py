@@ -38,8 +38,12 @@ class TextRenderer:
         if found is None:
             if len(self._prefix) >= MAX_CACHED:
                 self._prefix.clear()
-            found = self._prefix[key] = (_prefix(name, labels), _om_suffix(family, name))
+            found = self._prefix[key] = self._built_prefix(family, name, labels)
         return found
+
+    def _built_prefix(self, family: str, name: str, labels: dict) -> tuple[str, str | None]:
+        """A series' text up to its value, and the family it moves to (OpenMetrics suffixes)."""
+        return _prefix(name, labels), _om_suffix(family, name)
 
     def _family_header(self, name: str, mtype: str, doc: str) -> str:
         key = (name, mtype, doc)
@@ -161,14 +165,8 @@ class OpenMetricsRenderer(TextRenderer):
         append("# EOF\n")
         return "".join(output).encode("utf-8")
 
-    def _sample_prefix(self, family: str, name: str, labels: dict) -> tuple[str, str | None]:
-        key = (family, name, *labels.items())
-        found = self._prefix.get(key)
-        if found is None:
-            if len(self._prefix) >= MAX_CACHED:
-                self._prefix.clear()
-            found = self._prefix[key] = (_om_prefix(name, labels), None)
-        return found
+    def _built_prefix(self, family: str, name: str, labels: dict) -> tuple[str, str | None]:
+        return _om_prefix(name, labels), None
 
     def _family_header(self, name: str, unit: str, type_and_doc: str) -> str:
         key = (name, unit, type_and_doc)
