@@ -55,7 +55,12 @@ def fee_terms(bps: int) -> FeeTerms:
 
 def fee(amount: int, bps: int) -> int:
     """The fee on a quote amount, rounded up (the venue's favour; a rebate toward zero)."""
-    mul, up, den = fee_terms(bps)
+    return fee_by(amount, fee_terms(bps))
+
+
+def fee_by(amount: int, terms: FeeTerms) -> int:
+    """`fee` with the rate's terms worked out once (`fee_terms`)."""
+    mul, up, den = terms
     return (amount * mul + up) // den
 
 
@@ -65,7 +70,7 @@ class Money:
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
         "maker_mul", "maker_up", "maker_den", "taker_mul", "taker_up", "taker_den", "fee_unit",
-        "reserve_bps", "assets", "buy_lots", "fee_balance", "pairs",
+        "reserve_terms", "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -84,7 +89,8 @@ class Money:
         self.taker_mul, self.taker_up, self.taker_den = fee_terms(inst.taker_fee_bps)
         self.fee_unit = self.maker_mul == 1 and self.taker_mul == 1
         # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
-        self.reserve_bps = max(inst.maker_fee_bps, inst.taker_fee_bps, 0)
+        # (its terms worked out once, not per price cached)
+        self.reserve_terms = fee_terms(max(inst.maker_fee_bps, inst.taker_fee_bps, 0))
         # The asset an order reserves, by side (BUY 1: quote, SELL 2: base): a tuple index
         # is cheaper on the order path than a call.
         self.assets = ("", inst.quote, inst.base)
@@ -137,7 +143,7 @@ class Money:
         """A buy's reservation per lot at `price`: the lot's quote amount and its largest
         fee, cached in `buy_lots` (bounded)."""
         amount = self.amount(price, self.lot)
-        reserve = amount + fee(amount, self.reserve_bps)
+        reserve = amount + fee_by(amount, self.reserve_terms)
         if len(self.buy_lots) >= MAX_CACHED_PRICES:
             self.buy_lots.clear()
         self.buy_lots[price] = reserve
