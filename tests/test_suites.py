@@ -239,7 +239,7 @@ def test_the_soak_reads_the_nodes_full_collections_from_its_metrics():
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from engine.suite.load_suites import _full_passes, _gc_scrape
+    from engine.suite.load_suites import _full_passes, _metrics_page, _parse_page
     from telemetry.runtime import GcPauses
 
     pauses = GcPauses().install()
@@ -265,7 +265,7 @@ def test_the_soak_reads_the_nodes_full_collections_from_its_metrics():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        buckets, full = _gc_scrape(f"http://127.0.0.1:{server.server_port}")
+        buckets, full, _node = _parse_page(_metrics_page(f"http://127.0.0.1:{server.server_port}"))
     finally:
         server.shutdown()
         server.server_close()

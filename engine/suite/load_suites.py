@@ -179,13 +179,6 @@ def _metrics_page(base: str) -> str:
         return resp.read().decode()
 
 
-def _gc_scrape(base: str) -> tuple[dict[float, float], tuple[float, float]]:
-    """loom_gc_pause_seconds from /metrics: its cumulative bucket counts summed over the
-    generations, and the full (generation 2) collections' (count, seconds)."""
-    buckets, full, _node = _parse_page(_metrics_page(base))
-    return buckets, full
-
-
 def _parse_page(text: str) -> tuple[dict[float, float], tuple[float, float], dict[str, dict[float, float]]]:
     """(the GC histogram summed over generations, the full collections' (count, seconds),
     NODE_HISTOGRAMS' cumulative buckets by name) from one /metrics page."""
