@@ -29,6 +29,7 @@ from engine.exchange import DataDirLocked, ExchangeNode, NodeConfig
 from engine.service import ExchangeService
 from engine.snapshot_child import HOLD_ENV, SnapshotWriteError
 from engine.snapshots import SnapshotStore, decode_snapshot
+from engine.stack.procs import alive  # running: a zombie not yet reaped is not
 from telemetry.metrics import ExchangeMetrics
 from telemetry.observer import MetricsObserver
 
@@ -54,15 +55,6 @@ def filled_node(tmp_path: Path, n: int = 100, **kw) -> ExchangeNode:
     for i in range(0, n, 10):
         node.submit(orders(i, 10))
     return node
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie not yet reaped is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(") ", 1)[1][0] != "Z"
 
 
 @pytest.fixture
@@ -254,7 +246,19 @@ def _post_expecting_the_kill(url: str) -> None:
 def _children(pid: int) -> set[int]:
     out = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        out |= {int(c) for c in (task / "children").read_text().split()}
+        # A thread can end between the listing and the read (a CI run failed so).
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def open_files(pid: int) -> set[str]:
+    """What the process's descriptors point at. A descriptor can close between the listing and
+    its readlink (a starting interpreter opens and closes its modules' files)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     return out
 
 
