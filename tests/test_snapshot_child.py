@@ -142,6 +142,27 @@ def test_the_order_path_goes_on_while_the_child_writes(tmp_path, hold):
     node.close()
 
 
+@pytest.mark.parametrize("waiter", ["take_snapshot", "a bare node's submit"])
+def test_a_child_the_node_waits_for_keeps_the_nodes_priority(tmp_path, hold, waiter):
+    """A SCHED_IDLE child the node blocks on is a priority inversion: on a busy machine every
+    other process ran first, ~1 s a snapshot (the crash drill's driver, a bare node taking one
+    every 3 orders, outlived its 60 s guard). A child no one waits for still yields."""
+    node = filled_node(tmp_path, 50, snapshot_every_commands=60)
+    hold.touch()
+    wait = node.take_snapshot if waiter == "take_snapshot" else lambda: node.submit(orders(50, 10))
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    try:
+        wait_until("the snapshot to start", lambda: node.snapshot_in_flight, timeout=30)
+        pid, _tmp = held_child(node)  # past its choice of policy: in its write
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    finally:
+        hold.unlink()
+        waiting.join(60)
+    assert not waiting.is_alive() and node.last_snapshot.seq == node.engine.last_seq
+    node.close()
+
+
 def test_a_killed_child_is_counted_and_the_previous_snapshot_stands(tmp_path, hold):
     node = filled_node(tmp_path, 50, snapshot_every_commands=60)
     previous = node.take_snapshot()
@@ -268,7 +289,7 @@ def snapshotter_pid(node: int) -> int | None:
         try:
             if b"engine.snapshotter" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ended after the listing
             continue
     return None
 
