@@ -580,20 +580,21 @@ class ExchangeNode:
             # The batch is already durable and applied: a snapshot that cannot be written
             # must not fail it. Logged and counted; tried again after another interval.
             try:
-                self._start_snapshot()
+                self._start_snapshot(awaited=not self.background_snapshots)
             except OSError as exc:
                 self._snapshot_failed(self.engine.last_seq, str(exc))
                 return
             if not self.background_snapshots:
                 self._snapshot_done(block=True)
 
-    def _start_snapshot(self, fork: bool = False) -> SnapshotJob:
+    def _start_snapshot(self, fork: bool = False, awaited: bool = False) -> SnapshotJob:
+        """`awaited`: the caller blocks on the job (a forked child then keeps its priority)."""
         self.last_snapshot_attempt_seq = self.engine.last_seq
         self._last_snapshot_attempt_at = self._clock()
         if self.snapshotter is not None and not fork:
             job = self._snapshot_job = self.snapshotter.request(self.engine.last_seq)
         else:
-            job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine)
+            job = self._snapshot_job = snapshot_child.fork_snapshot(self.snapshots, self.engine, awaited)
         self.snapshot_captures += 1
         self.last_capture_s = job.capture_s
         if self.snapshot_observer is not None:
@@ -660,13 +661,13 @@ class ExchangeNode:
         self.last_snapshot_error = error
         log.error("snapshot at seq %d failed (the previous one stands): %s", seq, error)
 
-    def _snapshot_now(self) -> SnapshotJob:
+    def _snapshot_now(self, awaited: bool = False) -> SnapshotJob:
         """The job that will hold a snapshot of the state as it is now: the one in flight
         if it already covers it, else a new one (the caller has reaped any other)."""
         job = self._snapshot_job
         if job is not None and job.seq == self.engine.last_seq:
             return job
-        return self._start_snapshot()
+        return self._start_snapshot(awaited=awaited)
 
     def _outcome(self, job: SnapshotJob) -> WrittenSnapshot:
         if job.written is None:
@@ -681,16 +682,16 @@ class ExchangeNode:
         if self._snapshot_job is not None and self._snapshot_job.seq != self.engine.last_seq:
             self._snapshot_done(block=True)
         try:
-            job = self._snapshot_now()
+            job = self._snapshot_now(awaited=True)
         except OSError as exc:
             if self.snapshotter is None:
                 raise
             log.warning("snapshot at seq %d: %s; writing it with a fork", self.engine.last_seq, exc)
-            job = self._start_snapshot(fork=True)
+            job = self._start_snapshot(fork=True, awaited=True)
         self._snapshot_done(block=True)
         if job.unanswered and job.writer == "follower":
             log.warning("snapshot at seq %d: %s; writing it with a fork", job.seq, job.error)
-            job = self._start_snapshot(fork=True)
+            job = self._start_snapshot(fork=True, awaited=True)
             self._snapshot_done(block=True)
         return self._outcome(job)
 

@@ -12,6 +12,8 @@ on huge pages made the fork cheaper but the order path slower: BENCHMARKS.md).
                                              data dir's LOCK too: closing keeps the
                                              parent's flock, which is per open file)
                                              SCHED_IDLE: the order path keeps the CPU
+                                             (unless the node waits for it: then the
+                                             node's CPU is the child's)
                                              encode, write tmp, fsync, rename, fsync dir
     poll: waitpid(WNOHANG) ◀── report ────  one JSON line on the pipe; os._exit
     gc.enable(); prune, retention, upload
@@ -64,9 +66,13 @@ class SnapshotJob:
     unanswered: bool = False  # the writer ended without a report (killed, crashed)
 
 
-def fork_snapshot(store: SnapshotStore, engine: MatchingEngine) -> SnapshotJob:
+def fork_snapshot(store: SnapshotStore, engine: MatchingEngine, awaited: bool = False) -> SnapshotJob:
     """Fork a child that writes `engine` as it is now. Call at a batch boundary, from the
-    thread that lives as long as the process (the child's death signal is tied to it)."""
+    thread that lives as long as the process (the child's death signal is tied to it).
+
+    `awaited`: the caller blocks until the child ends, so the child keeps the caller's
+    priority. Yielding then gains the node nothing and makes it wait on CPU that any other
+    process can take (a SCHED_IDLE child on a busy machine took ~1 s a snapshot)."""
     read_fd, write_fd = os.pipe()
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -81,7 +87,7 @@ def fork_snapshot(store: SnapshotStore, engine: MatchingEngine) -> SnapshotJob:
             gc.enable()
         raise
     if pid == 0:  # pragma: no cover (runs in the child, which never returns)
-        _child(store, engine, write_fd, parent)
+        _child(store, engine, write_fd, parent, awaited)
     capture_s = time.perf_counter() - started
     os.close(write_fd)
     return SnapshotJob(pid, engine.last_seq, capture_s, read_fd, gc_was_enabled)
@@ -154,7 +160,7 @@ def hold_if_asked(_tmp: Path) -> None:
         time.sleep(0.005)
 
 
-def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: int) -> None:
+def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: int, awaited: bool) -> None:
     """Write the snapshot, report on the pipe, and _exit: never returns to the caller."""
     code = 1
     try:
@@ -164,7 +170,8 @@ def _child(store: SnapshotStore, engine: MatchingEngine, write_fd: int, parent: 
         signal.set_wakeup_fd(-1)
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, _MAX_FD)
-        yield_cpu_to_the_node()
+        if not awaited:
+            yield_cpu_to_the_node()
         try:
             written = store.write_file(engine, before_write=hold_if_asked)
             report = report_of(written)

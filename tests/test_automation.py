@@ -25,6 +25,7 @@ from alertmanager_proc import alertmanager_run
 from loomproc import loom_run
 from prometheus_client import CollectorRegistry
 from prometheus_proc import prometheus_run
+from snapshot_request import SNAPSHOT_ANSWER_S
 from waiting import wait_until
 
 from engine.app import start_exchange
@@ -302,7 +303,7 @@ def test_prometheus_alertmanager_drive_a_snapshot(tmp_path):
                 req = urllib.request.Request(
                     base + "/v1/admin/snapshot", data=b"", method="POST", headers=admin
                 )
-                with urllib.request.urlopen(req, timeout=10) as resp:
+                with urllib.request.urlopen(req, timeout=SNAPSHOT_ANSWER_S) as resp:
                     assert resp.status == 200
                 reset_at = time.time()
 

@@ -19,6 +19,7 @@ import pytest
 from loomproc import REPO, loom_run
 from natsproc import unique_stream
 from prometheus_proc import prometheus_run
+from snapshot_request import request_snapshot
 
 from alerts.slo import CONFIG
 from dashboards.build import GENERATED, build, differences, render
@@ -312,7 +313,7 @@ def test_every_query_returns_data_from_a_real_exchange(tmp_path):
     ):
         # After two scrapes, so that increase() sees the snapshot count rise.
         prom.wait_for("two scrapes of loom", lambda: prom.query("count_over_time(up[1m]) >= 2"), 30)
-        status, body = http("POST", base + "/v1/admin/snapshot", key=ADMIN_KEY)
+        status, body = request_snapshot(base)
         assert status == 200, body
         snapshots = annotation_queries({"Snapshots"})["Snapshots"]
         assert_every_query_answers(
@@ -347,7 +348,7 @@ def test_every_cluster_query_returns_data_from_a_real_cluster(nats_cluster, tmp_
                 }
                 status, body = http("POST", nodes[0].base + "/v1/orders", order, key=TRADER_KEY)
                 assert status == 201, body
-            status, body = http("POST", nodes[0].base + "/v1/admin/snapshot")  # replicated by the leader
+            status, body = request_snapshot(nodes[0].base)  # replicated by the leader
             assert status == 200, body
             assert_every_query_answers(prom, queries, set())
             leaders = prom.query(runnable('sum(loom_cluster_role{role="leader"})'))

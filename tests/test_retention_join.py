@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from natsproc import unique_stream
 from prometheus_client.parser import text_string_to_metric_families
+from snapshot_request import request_snapshot
 
 from engine.cluster.drill import TRADER_KEY, NodeProcess, OrderSender, failover_once, http, in_sync, wait_for
 from engine.cluster.journal import NatsJournal
@@ -80,7 +81,7 @@ def test_a_new_node_joins_after_a_purge_and_takes_over(nodes, nats_link):
     sender = OrderSender([a, b])
     thread = run_sender(sender)
     wait_for("60 acked orders", lambda: len(sender.acked) >= 60)
-    status, written = http("POST", a.base + "/v1/admin/snapshot")
+    status, written = request_snapshot(a.base)
     assert status == 200, written
     wait_for("the purge behind the replicated snapshot", lambda: a.status().get("purges", 0) >= 1)
     after_purge = a.status()

@@ -23,6 +23,7 @@ from test_snapshot_child import (
     _sample,
     alive,
     hold,  # noqa: F401 (a fixture)
+    open_files,
     orders,
     snapshotter_pid,
 )
@@ -170,13 +171,14 @@ def test_loom_run_uses_the_snapshotter_which_takes_no_lock_and_comes_back_after_
     try:
         base = f"http://127.0.0.1:{node.wait_line(READY_RE).group(2)}"
         pid = wait_until("the snapshotter to start", lambda: snapshotter_pid(node.proc.pid), timeout=30)
-        # Read-only beside the node: it holds no descriptor of the data dir's LOCK.
+        # Read-only beside the node: it holds no descriptor of the data dir's LOCK (the node does).
         lock = str(data / "LOCK")
-        assert all(os.readlink(f"/proc/{pid}/fd/{fd}") != lock for fd in os.listdir(f"/proc/{pid}/fd"))
+        assert lock in open_files(node.proc.pid) and lock not in open_files(pid)
         for i in range(10):
             _place(base, i)
         status, snap = _post(f"{base}/v1/admin/snapshot", None, ADMIN_KEY)
         assert status == 200 and snap["seq"] > 0, snap
+        assert lock not in open_files(pid)  # nor once it has read the data dir and written
         os.kill(pid, signal.SIGKILL)
         _place(base, 10)
         again = wait_until(

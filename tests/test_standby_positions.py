@@ -15,8 +15,9 @@ import pytest
 from journal_contract import make_batches
 from natsproc import unique_stream
 from prometheus_client.parser import text_string_to_metric_families
+from snapshot_request import request_snapshot
 
-from engine.cluster.drill import NodeProcess, OrderSender, http, in_sync, wait_for
+from engine.cluster.drill import NodeProcess, OrderSender, in_sync, wait_for
 from engine.cluster.journal import NatsJournal
 from engine.cluster.positions import StandbyPositions
 from engine.cluster.retention import Retention
@@ -109,7 +110,7 @@ def scrape(node: NodeProcess) -> dict:
 
 def snapshot_round(leader: NodeProcess) -> dict:
     """Take a snapshot on the leader and wait for its purge decision; the leader's status."""
-    status, written = http("POST", leader.base + "/v1/admin/snapshot")
+    status, written = request_snapshot(leader.base)
     assert status == 200, written
     return wait_for(
         f"the purge decision behind the snapshot at {written['seq']}",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from engine.gc_policy import YOUNG_PASS_S
 from engine.load.runner import LoadRun
@@ -167,7 +168,6 @@ def test_the_soak_sampler_outlives_a_metrics_scrape_that_fails():
     later windows read RSS 0 and the soak reported a negative growth as the target met."""
     import os
     import socket
-    import time
 
     from engine.suite.load_suites import _bucket_p99_ms, _Sampler
 
@@ -176,7 +176,9 @@ def test_the_soak_sampler_outlives_a_metrics_scrape_that_fails():
         port = s.getsockname()[1]
     sampler = _Sampler(os.getpid(), f"http://127.0.0.1:{port}", window_s=1.0)
     sampler.start()
-    time.sleep(3.5)
+    # Three seconds' samples, however late a loaded machine runs the thread (a fixed 3.5 s
+    # sleep left no margin for that).
+    wait_until("three RSS samples", lambda: len(sampler.rss) >= 3, timeout=60)
     sampler.stop.set()
     sampler.join()
     assert sampler.is_alive() is False and sampler.scrape_failures >= 3

@@ -219,9 +219,9 @@ def install_stall(spec: str, node_holder: dict, out) -> None:
 
         real_fork = child_mod.fork_snapshot
 
-        def counting_fork(store, engine):
+        def counting_fork(store, engine, *args):
             count["n"] += 1
-            return real_fork(store, engine)
+            return real_fork(store, engine, *args)
 
         child_mod.fork_snapshot = counting_fork
 
