@@ -267,6 +267,19 @@ def test_a_node_with_data_written_before_the_ledger_recovers_and_gains_money(tmp
 # -- settlement in the mix (engine/core/settlement.py) ---------------------------------------
 
 XUSD = Instrument("X-USD", base="X", quote="USD", maker_fee_bps=-3, taker_fee_bps=7, max_sweep_ticks=3)
+# Lots of 5 and contracts of 3 (the match loop's general path; X-USD's ones take the short
+# one), with fees of +-1/den (no multiplication; X-USD's -3/7 bps need it).
+LOTS = Instrument(
+    "X-USD",
+    base="X",
+    quote="USD",
+    maker_fee_bps=-1,
+    taker_fee_bps=5,
+    max_sweep_ticks=3,
+    lot_size=5,
+    min_qty=5,
+    contract_size=3,
+)
 TRADERS = ("alice", "bob", "carol")
 
 
@@ -309,15 +322,30 @@ others = st.one_of(
 money_cmd = st.integers(0, 9).flatmap(lambda n: new_order if n < 7 else others)
 
 
+def _in_lots(cmd, lot: int):
+    """A command's quantities in lots of `lot` (a new order's and an amend's)."""
+    if type(cmd) is NewOrder:
+        return msgspec.structs.replace(cmd, qty=cmd.qty * lot)
+    if type(cmd) is Amend:
+        return msgspec.structs.replace(cmd, new_qty=cmd.new_qty * lot)
+    return cmd
+
+
+@pytest.mark.parametrize("inst", [XUSD, LOTS], ids=["ones", "lots"])
 @settings(max_examples=150, deadline=None)
-@given(st.lists(money_cmd, max_size=60))
-def test_property_settlement_conserves_money_after_every_command_and_replays_to_the_same_hash(cmds):
+@given(cmds=st.lists(money_cmd, max_size=60))
+def test_property_settlement_conserves_money_after_every_command_and_replays_to_the_same_hash(inst, cmds):
     """Orders, cancels, amends, transfers, credit switches and kill switches in any order:
     after every command the ledger is conserved, held equals the open orders' reservations,
     fees paid equal fees received and nothing is negative; a replay of the journal and a
-    snapshot restore reach the same balances and state hash."""
-    setup = [ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)]
-    setup += [Transfer(f"{a}-{s}", a, s, DEP, n) for a in TRADERS for s, n in (("USD", 12_000), ("X", 90))]
+    snapshot restore reach the same balances and state hash. For lots and contracts of one
+    and for lots of 5 and contracts of 3 (the match loop and the order path skip the lot
+    arithmetic for the first: both must keep to `Money.reservation`, the one rule)."""
+    cmds = [_in_lots(cmd, inst.lot_size) for cmd in cmds]
+    setup = [ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(inst)]
+    scale = inst.lot_size * inst.contract_size  # the same funds in lots as X-USD's
+    funds = (("USD", 12_000 * scale), ("X", 90 * scale))
+    setup += [Transfer(f"{a}-{s}", a, s, DEP, n) for a in TRADERS for s, n in funds]
     setup.append(SetCreditChecks(True, fee_account="venue-fees"))
     live = Seq(MatchingEngine([]))
     journal = []
