@@ -267,8 +267,8 @@ def test_a_node_with_data_written_before_the_ledger_recovers_and_gains_money(tmp
 # -- settlement in the mix (engine/core/settlement.py) ---------------------------------------
 
 XUSD = Instrument("X-USD", base="X", quote="USD", maker_fee_bps=-3, taker_fee_bps=7, max_sweep_ticks=3)
-# Lots of 5 and contracts of 3 (the match loop's general path; X-USD's ones take the short
-# one), with fees of +-1/den (no multiplication; X-USD's -3/7 bps need it).
+# Lots of 5 and contracts of 3 (the lot and contract arithmetic of reservation and
+# settlement), with fees of +-1/den (no multiplication; X-USD's -3/7 bps need it).
 LOTS = Instrument(
     "X-USD",
     base="X",
@@ -339,8 +339,8 @@ def test_property_settlement_conserves_money_after_every_command_and_replays_to_
     after every command the ledger is conserved, held equals the open orders' reservations,
     fees paid equal fees received and nothing is negative; a replay of the journal and a
     snapshot restore reach the same balances and state hash. For lots and contracts of one
-    and for lots of 5 and contracts of 3 (the match loop and the order path skip the lot
-    arithmetic for the first: both must keep to `Money.reservation`, the one rule)."""
+    and for lots of 5 and contracts of 3 (the order path's and the match loop's inlined lot
+    arithmetic must keep to `Money.reservation`, the one rule)."""
     cmds = [_in_lots(cmd, inst.lot_size) for cmd in cmds]
     setup = [ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(inst)]
     scale = inst.lot_size * inst.contract_size  # the same funds in lots as X-USD's

@@ -388,12 +388,11 @@ class MatchingEngine:
             # Dict subscripts, not `get` calls (a call costs as much again); misses are rare.
             if side == BUY:
                 try:  # Money.reservation, inlined: the per-lot figure is cached by price
-                    per_lot = money.buy_lots[limit]
+                    need = qty // market.lot * money.buy_lots[limit]
                 except KeyError:
-                    per_lot = money.buy_per_lot(limit)
-                need = qty * per_lot if money.ones else qty // market.lot * per_lot
+                    need = qty // market.lot * money.buy_per_lot(limit)
             else:
-                need = qty if money.ones else qty * money.contract_size
+                need = qty * money.contract_size
             try:
                 balance: Balance = money.pairs[account][side]  # type: ignore[assignment]  # side 1|2
             except KeyError:  # without both balances (rare); one it lacks holds nothing: a
@@ -778,7 +777,7 @@ class MatchingEngine:
                         _, mquote, mbase = funds(self.balances, money, maker.account)
                     # The maker's share of its reservation, linear in lots: what `fill` reserved.
                     if is_buy:  # the maker sells: base held and paid, quote received
-                        base_amount = fill if money.ones else fill * money.contract_size
+                        base_amount = fill * money.contract_size
                         if fill != mleaves:  # a filled maker leaves the book with its reservation
                             maker.reserved -= base_amount  # (a Struct's setattr: worth skipping)
                         mbase.held -= base_amount
@@ -789,15 +788,13 @@ class MatchingEngine:
                             released = maker.reserved
                         else:
                             try:  # cached when it rested, unless cleared since
-                                released = money.buy_lots[maker.price] * fill
-                                if not money.ones:
-                                    released //= money.lot
+                                released = money.buy_lots[maker.price] * fill // money.lot
                             except KeyError:
                                 released = money.reservation(BUY, maker.price, fill)
                             maker.reserved -= released
                         mquote.held -= released
                         mquote.total -= amount + maker_fee
-                        mbase.total += fill if money.ones else fill * money.contract_size
+                        mbase.total += fill * money.contract_size
                 remaining -= fill
                 mleaves -= fill
                 maker.leaves = mleaves
@@ -846,9 +843,7 @@ class MatchingEngine:
             if taker is not None:  # the taker's side and the fee account's, summed
                 assert money is not None
                 _, tquote, tbase = taker
-                base_amount = qty - remaining
-                if not money.ones:
-                    base_amount *= money.contract_size
+                base_amount = (qty - remaining) * money.contract_size
                 if is_buy:
                     tquote.total -= paid + taker_fees
                     tbase.total += base_amount

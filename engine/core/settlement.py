@@ -70,7 +70,7 @@ class Money:
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
         "maker_mul", "maker_up", "maker_den", "taker_mul", "taker_up", "taker_den", "fee_unit",
-        "reserve_terms", "assets", "buy_lots", "fee_balance", "pairs", "ones",
+        "reserve_terms", "assets", "buy_lots", "fee_balance", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -81,9 +81,6 @@ class Money:
         self.exact = self.den == 1  # amount = price * qty * num, no division (the usual case)
         self.unit = self.exact and self.num == 1  # amount = price * qty: no multiplication either
         self.lot = inst.lot_size
-        # Lots and contracts of one (the defaults): a quantity is its own lot count and base
-        # amount, so the order path and the match loop skip those divisions and multiplications.
-        self.ones = inst.lot_size == 1 and inst.contract_size == 1
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
         # Each trade's two fees, by `fee_terms` (the match loop evaluates them inline: a call
