@@ -7,8 +7,6 @@ around it: a replay must reproduce each limit and kill switch exactly.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 
 from engine.core.commands import SetKillSwitch
@@ -50,7 +48,7 @@ class KillSwitchActions:
 
     def __init__(self, service, surveillance=None) -> None:
         self.service = service
-        self.surveillance = surveillance  # engine.core.surveillance.Surveillance
+        self.surveillance = surveillance  # engine.surveillance_desk.SurveillanceDesk
 
     def register(self, automation) -> None:
         automation.register("engage-kill-switch", self.engage)
@@ -71,7 +69,7 @@ class KillSwitchActions:
             return None
         if self.surveillance is None or not labels.get("kind"):
             return None
-        return self.surveillance.flagged(labels["kind"], time.time_ns())
+        return self.surveillance.flagged(labels["kind"])  # as last published: no clock here
 
     async def release(self, labels: dict[str, str]) -> str:
         return await self._set(labels, False)

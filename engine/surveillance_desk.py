@@ -241,7 +241,7 @@ class SurveillanceDesk:
         published = self.published
         return {**published["scores"], **self._age(published)}
 
-    def flagged(self, kind: str, _now_ns: int | None = None) -> list[str]:
+    def flagged(self, kind: str) -> list[str]:
         """The accounts whose `kind` score was at or above its threshold when last published."""
         return list(self.published["flagged"].get(kind, ()))
 
