@@ -25,7 +25,7 @@ from alertmanager_proc import alertmanager_run
 from loomproc import loom_run
 from prometheus_client import CollectorRegistry
 from prometheus_proc import prometheus_run
-from snapshot_request import SNAPSHOT_ANSWER_S
+from snapshot_request import request_snapshot
 from waiting import wait_until
 
 from engine.app import start_exchange
@@ -300,11 +300,8 @@ def test_prometheus_alertmanager_drive_a_snapshot(tmp_path):
                 )
                 # The fault starts now, with everything watching: a fresh snapshot, then none
                 # (the schedule is 300 s), so the age crosses the threshold THRESHOLD_S later.
-                req = urllib.request.Request(
-                    base + "/v1/admin/snapshot", data=b"", method="POST", headers=admin
-                )
-                with urllib.request.urlopen(req, timeout=SNAPSHOT_ANSWER_S) as resp:
-                    assert resp.status == 200
+                status, body = request_snapshot(base, DEMO_ADMIN_KEY)
+                assert status == 200, body
                 reset_at = time.time()
 
                 def quiet_since_reset():

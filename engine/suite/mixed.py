@@ -177,9 +177,9 @@ async def run_mixed(
     history = history_of(answers, stats.sent, who, route, run, make)
     by_protocol: dict[str, int] = {}
     for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        by_protocol[who[route(i)][0]] = by_protocol.get(who[route(i)][0], 0) + 1
+        if answer is not None:
+            protocol = who[route(i)][0]
+            by_protocol[protocol] = by_protocol.get(protocol, 0) + 1
     return report, history, by_protocol
 
 
