@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.balances import MAX_AMOUNT, instrument_asset_problem, quote_amount
+from engine.core.balances import MAX_AMOUNT, FeeTally, instrument_asset_problem, quote_amount
 from engine.core.commands import (
     Amend,
     Cancel,
@@ -373,7 +373,7 @@ def test_checker_finds_a_reservation_that_does_not_match_held():
     assert check_engine(apply.engine) == []
     apply.engine.ledger.balances["alice"]["USD"].held -= 1
     assert check_engine(apply.engine) == ["account alice USD: held 1009, its open orders reserve 1010"]
-    apply.engine.ledger.fees["USD"] = 5
+    apply.engine.ledger.fee_tallies["USD"] = FeeTally(5)
     assert check_fees(apply.engine.ledger) == ["fee account venue-fees USD: total 0 != fees 5 + transfers"]
 
 
