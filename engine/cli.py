@@ -21,6 +21,7 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         credit=args.credit,
         max_open_notional=args.max_open_notional,
+        accounts=args.accounts,
     )
     print(json.dumps(result) if args.json else format_engine_bench(result))
     return 0 if result["deterministic"] else 1
@@ -495,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--credit",
         action="store_true",
         help="also run the same workload with funded accounts, credit checks and fees (side by side)",
+    )
+    be.add_argument(
+        "--accounts",
+        type=_positive_int,
+        default=100,
+        help="trading accounts, half makers and half takers (the venue's per-account work)",
     )
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.add_argument(

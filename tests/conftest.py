@@ -240,7 +240,7 @@ __all__ = [
 def window5(monkeypatch):
     """A client order id window of 5 orders, pruned every 2 (the rule's constants, made small;
     here so that every match path running the rule suite has it)."""
-    from engine.core import matcher
+    from engine.core import client_ids
 
-    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_WINDOW", 5)
-    monkeypatch.setattr(matcher, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)
+    monkeypatch.setattr(client_ids, "CLIENT_ORDER_ID_WINDOW", 5)
+    monkeypatch.setattr(client_ids, "CLIENT_ORDER_ID_PRUNE_EVERY", 2)

@@ -75,6 +75,16 @@ def test_bench_engine_with_credit_runs_the_same_trades_on_a_funded_venue():
     assert engine.ledger.fees == r["credit_fees"] and check_engine(engine) == []
 
 
+def test_bench_engine_spreads_its_orders_over_the_accounts_asked_for_funded_within_64_bits():
+    r = bench("engine", "--credit", "--accounts", "10000", "--ops", "3000", "--repeat", "1")
+    assert r["accounts"] == 10000 and r["deterministic"] is True
+    # Each account funded with the default's per-account sum refused every deposit past the
+    # asset's 64-bit supply: orders were refused for want of funds and the trades differed.
+    assert r["credit_trades"] == r["trades"] > 0 and r["credit_money_problems"] == []
+    owners = {c.account for c in generate(3000, seed=1, accounts=10000).commands}
+    assert len(owners) > 1000
+
+
 def test_bench_durable_fsyncs_every_batch():
     r = bench("durable", "--orders", "5000", "--batch", "500")
     assert r["orders"] == 5000

@@ -577,8 +577,9 @@ def test_client_order_id_table_stays_bounded_and_pruning_never_changes_the_state
 
 
 def test_a_deep_book_of_old_orders_keeps_its_ids_and_never_stops_the_pruning(ex, window5):
-    """Each pass looks at a bounded slice (4 passes' worth: 8 ids here); open orders' ids move
-    back, so resting orders older than the window neither lose their ids nor pin the dead ones."""
+    """Each pass looks at a bounded slice (4 passes' worth: 8 ids here); open orders' ids are
+    set aside, so resting orders older than the window neither lose their ids nor pin the dead
+    ones (engine/core/client_ids.py)."""
     resting = [ex.place("a", BUY, 50, 10, clid=f"r{i}") for i in range(30)]
     for i in range(200):
         ex.buy("a", 100, 10, clid=f"i{i}", tif=IOC)

@@ -27,7 +27,7 @@ import time
 
 from engine import progress
 from engine.bench.stats import percentile_us
-from engine.bench.workload import credit_setup, generate
+from engine.bench.workload import ACCOUNTS, credit_setup, generate
 from engine.bench.workload import make_engine as make_venue
 from engine.core.commands import Cancel, SetRiskLimits
 from engine.core.domain import RiskLimits, RiskScope
@@ -37,18 +37,20 @@ from engine.core.risk import apply_risk_command
 from engine.core.state import state_hash
 
 
-def make_engine(credit: bool = False, max_open_notional: int = 0):
+def make_engine(credit: bool = False, max_open_notional: int = 0, accounts: int = ACCOUNTS):
     """A fresh engine for a pass: funded with credit checks on (`credit`), with the venue's
     open-notional limit when one is set."""
-    engine = make_venue(credit)
+    engine = make_venue(credit, accounts)
     if max_open_notional:
         limits = RiskLimits(max_open_notional=max_open_notional)
         apply_risk_command(engine, SetRiskLimits(int(RiskScope.VENUE), "", limits))  # before the workload
     return engine
 
 
-def _throughput_pass(commands: list, credit: bool = False, max_open_notional: int = 0) -> tuple[int, str]:
-    engine = make_engine(credit, max_open_notional)
+def _throughput_pass(
+    commands: list, credit: bool = False, max_open_notional: int = 0, accounts: int = ACCOUNTS
+) -> tuple[int, str]:
+    engine = make_engine(credit, max_open_notional, accounts)
     apply = engine.apply
     clock = time.perf_counter_ns
     gc.collect()
@@ -61,8 +63,10 @@ def _throughput_pass(commands: list, credit: bool = False, max_open_notional: in
     return elapsed, state_hash(engine)
 
 
-def _latency_pass(commands: list, credit: bool = False, max_open_notional: int = 0) -> dict:
-    engine = make_engine(credit, max_open_notional)
+def _latency_pass(
+    commands: list, credit: bool = False, max_open_notional: int = 0, accounts: int = ACCOUNTS
+) -> dict:
+    engine = make_engine(credit, max_open_notional, accounts)
     apply = engine.apply
     clock = time.perf_counter_ns
     latencies = [0] * len(commands)
@@ -114,26 +118,28 @@ def run_engine_bench(
     repeat: int = 3,
     credit: bool = False,
     max_open_notional: int = 0,
+    accounts: int = ACCOUNTS,
 ) -> dict:
     # With credit the workload follows the funded venue's setup commands (the plain engine
     # just starts at a later seq).
-    workload = generate(ops, seed, mode, first_seq=len(credit_setup()) + 1 if credit else 1)
+    first_seq = len(credit_setup(accounts)) + 1 if credit else 1
+    workload = generate(ops, seed, mode, first_seq, accounts)
     commands = workload.commands
     n = len(commands)
     progress.phase(f"engine bench ({mode}): passes over {n:,} ops", (repeat + 1) * (2 if credit else 1))
     passes = []
     credit_passes = []
     for _ in range(repeat):
-        passes.append(_throughput_pass(commands, max_open_notional=max_open_notional))
+        passes.append(_throughput_pass(commands, False, max_open_notional, accounts))
         progress.advance()
         if credit:
-            credit_passes.append(_throughput_pass(commands, True, max_open_notional))
+            credit_passes.append(_throughput_pass(commands, True, max_open_notional, accounts))
             progress.advance()
-    lat = _latency_pass(commands, max_open_notional=max_open_notional)
+    lat = _latency_pass(commands, False, max_open_notional, accounts)
     progress.advance()
     credit_result: dict = {}
     if credit:
-        clat = _latency_pass(commands, True, max_open_notional)
+        clat = _latency_pass(commands, True, max_open_notional, accounts)
         progress.advance()
         credit_rates = [n / (elapsed / 1e9) for elapsed, _ in credit_passes]
         credit_result = _credit_figures(credit_rates, credit_passes, clat, lat)
@@ -144,6 +150,7 @@ def run_engine_bench(
         "bench": "engine",
         "mode": mode,
         "seed": seed,
+        "accounts": accounts,
         "ops": n,
         "ops_per_s": round(statistics.median(rates)),
         "ops_per_s_runs": [round(r) for r in rates],

@@ -36,14 +36,24 @@ SYMBOL = "LOOM-USD"
 MID = 100_000
 BAND = 50
 INSTRUMENT = Instrument(SYMBOL, tick_size=1, lot_size=1, min_qty=1, max_qty=1_000_000)
-MAKERS = [f"mm{i:02d}" for i in range(50)]
-TAKERS = [f"tk{i:02d}" for i in range(50)]
+ACCOUNTS = 100  # half makers, half takers (`loom bench engine --accounts`)
+
+
+def traders(accounts: int = ACCOUNTS) -> tuple[list[str], list[str]]:
+    """The workload's makers and takers: `accounts` of them, half each (mm00.., tk00..)."""
+    half = max(accounts // 2, 1)
+    return [f"mm{i:02d}" for i in range(half)], [f"tk{i:02d}" for i in range(half)]
+
+
+MAKERS, TAKERS = traders()
 BOUNDED_MAX_RESTING = 5_000
 # With credit: LOOM against USD, both in whole units, a 1 bps maker rebate and a 5 bps taker fee.
 CREDIT_INSTRUMENT = msgspec.structs.replace(
     INSTRUMENT, base="LOOM", quote="USD", maker_fee_bps=-1, taker_fee_bps=5
 )
-CREDIT_FUNDS = 10**15  # per account and asset: no order of the workload is refused
+# Per account and asset at the default 100 accounts: no order of the workload is refused.
+# More accounts share the same total (an asset's supply must fit 64 bits).
+CREDIT_FUNDS = 10**15
 
 
 @dataclass
@@ -78,9 +88,10 @@ class RestingPool:
         return len(self.items)
 
 
-def credit_setup() -> list[Command]:
+def credit_setup(accounts: int = ACCOUNTS) -> list[Command]:
     """The journaled start of a venue with money, stamped from seq 1 (the workload follows
     it with `generate(first_seq=len(credit_setup()) + 1)`)."""
+    makers, takers = traders(accounts)
     deposit = int(TransferKind.DEPOSIT)
     cmds: list[Command] = [
         ListAsset(Asset("USD")),
@@ -88,8 +99,8 @@ def credit_setup() -> list[Command]:
         ListInstrument(CREDIT_INSTRUMENT),
     ]
     cmds += [
-        Transfer(f"{a}-{s}", a, s, deposit, CREDIT_FUNDS, "bench")
-        for a in (*MAKERS, *TAKERS)
+        Transfer(f"{a}-{s}", a, s, deposit, CREDIT_FUNDS * ACCOUNTS // max(accounts, ACCOUNTS), "bench")
+        for a in (*makers, *takers)
         for s in ("USD", "LOOM")
     ]
     cmds.append(SetCreditChecks(True, fee_account="venue-fees"))
@@ -98,21 +109,24 @@ def credit_setup() -> list[Command]:
     return cmds
 
 
-def make_engine(credit: bool = False) -> MatchingEngine:
+def make_engine(credit: bool = False, accounts: int = ACCOUNTS) -> MatchingEngine:
     if not credit:
         return MatchingEngine([INSTRUMENT])
     engine = MatchingEngine([])
-    for cmd in credit_setup():
+    for cmd in credit_setup(accounts):
         engine.apply(cmd)
     return engine
 
 
-def generate(ops: int, seed: int = 1, mode: str = "deep", first_seq: int = 1) -> Workload:
+def generate(
+    ops: int, seed: int = 1, mode: str = "deep", first_seq: int = 1, accounts: int = ACCOUNTS
+) -> Workload:
     from engine.core.state import state_hash
 
     if mode not in ("deep", "bounded"):
         raise ValueError(f"unknown workload mode {mode!r}: use deep or bounded")
     rng = random.Random(seed)
+    makers, takers = traders(accounts)
     engine = make_engine()
     pool = RestingPool()
     commands: list = []
@@ -130,15 +144,15 @@ def generate(ops: int, seed: int = 1, mode: str = "deep", first_seq: int = 1) ->
             side = buy if rng.random() < 0.5 else sell
             offset = rng.randint(1, BAND)
             price = MID - offset if side == buy else MID + offset
-            cmd = NewOrder(rng.choice(MAKERS), f"o{i}", SYMBOL, side, limit, price, rng.randint(1, 100), gtc)
+            cmd = NewOrder(rng.choice(makers), f"o{i}", SYMBOL, side, limit, price, rng.randint(1, 100), gtc)
         else:
             side = buy if rng.random() < 0.5 else sell
             qty = rng.randint(1, 100)
             if rng.random() < 0.5:
                 price = MID + BAND if side == buy else MID - BAND
-                cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, limit, price, qty, ioc)
+                cmd = NewOrder(rng.choice(takers), f"o{i}", SYMBOL, side, limit, price, qty, ioc)
             else:
-                cmd = NewOrder(rng.choice(TAKERS), f"o{i}", SYMBOL, side, market, 0, qty, ioc)
+                cmd = NewOrder(rng.choice(takers), f"o{i}", SYMBOL, side, market, 0, qty, ioc)
         cmd.seq = first_seq + i
         cmd.ts = 1_700_000_000_000_000_000 + i * 1_000  # a fixed synthetic clock
         commands.append(cmd)

@@ -60,6 +60,9 @@ def check_engine(engine: MatchingEngine) -> list[str]:
             if o.order_id >= engine.next_order_id:
                 problems.append(f"order {o.order_id} beyond next id {engine.next_order_id}")
     indexed = 0
+    # Every id a table holds is queued or set aside for expiry (engine/core/client_ids.py):
+    # else it would never be forgotten.
+    expiring = engine.clid_expiry.held()
     for name, acct in engine.accounts.items():
         for oid, o in acct.open.items():
             indexed += 1
@@ -70,6 +73,8 @@ def check_engine(engine: MatchingEngine) -> list[str]:
         for clid, oid in acct.by_clid.items():
             if not 0 < oid < engine.next_order_id:
                 problems.append(f"account {name}: client id {clid!r} maps to bad id {oid}")
+            elif (name, clid) not in expiring:
+                problems.append(f"account {name}: client id {clid!r} is never looked at for expiry")
     if indexed != len(booked):
         problems.append(f"{len(booked)} resting orders but {indexed} in account indexes")
     problems.extend(check_ledger(engine.ledger))

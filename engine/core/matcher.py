@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.core.balances import ACCOUNT_COMMANDS, Balance, Ledger, apply_account_command, listing_problem
 from engine.core.book import BookSide, OrderBook, RestingOrder
+from engine.core.client_ids import AccountOrders, ClientIdExpiry
 from engine.core.commands import (
     Amend,
     Cancel,
@@ -78,14 +79,6 @@ STP_BOTH = int(SelfTradePrevention.CANCEL_BOTH)
 _VALID_TIF = frozenset((GTC, IOC, FOK))
 VALID_STP = frozenset(int(m) for m in SelfTradePrevention)
 MAX_CLIENT_ORDER_ID_LEN = 64
-# A client order id stays taken while its order is open and while the order is among the
-# venue's newest CLIENT_ORDER_ID_WINDOW order ids: long enough for a client to resend or look
-# up an order after a lost answer or a failover (seconds at this node's peak of ~10,000
-# orders/s, hours at hundreds a second), short enough that the table stays bounded (it kept
-# every id ever accepted: ~130 bytes each, most of a 3-minute soak's 185 MB of growth). A rule
-# of the core, not a setting: a replay must decide every duplicate as the live node did.
-CLIENT_ORDER_ID_WINDOW = 100_000
-CLIENT_ORDER_ID_PRUNE_EVERY = 1024  # orders between two passes over the ids that left it
 
 R = RejectReason
 C = CancelReason
@@ -135,59 +128,6 @@ def new_order_problem(cmd: NewOrder | ReplayNewOrder, inst: Instrument) -> Rejec
 
 class SequenceError(RuntimeError):
     """A command arrived with a sequence number not above the last one: a sequencer bug."""
-
-
-class AccountOrders:
-    """Per-account index: open orders by id, and the client order ids accepted (duplicate
-    detection, so a client may resend safely after a failover). `by_clid` may still hold ids
-    past their window (pruned every CLIENT_ORDER_ID_PRUNE_EVERY orders): every reader asks
-    `live_clid`, so what it holds physically never changes an answer. `name` is the
-    account's one string object, which its resting orders share (see `Market.symbol`)."""
-
-    __slots__ = ("name", "open", "by_clid")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.open: dict[int, RestingOrder] = {}
-        self.by_clid: dict[str, int] = {}
-
-    def live_clid(self, clid: str, next_order_id: int) -> int | None:
-        """The order id a client order id still names, else None (never used, or its order
-        finished and left the window)."""
-        oid = self.by_clid.get(clid)
-        if oid is None or oid in self.open or oid >= next_order_id - CLIENT_ORDER_ID_WINDOW:
-            return oid
-        return None
-
-    def live_clids(self, next_order_id: int) -> dict[str, int]:
-        """Every client order id still taken (in the dict's order)."""
-        lo = next_order_id - CLIENT_ORDER_ID_WINDOW
-        open_ = self.open
-        return {c: o for c, o in self.by_clid.items() if o >= lo or o in open_}
-
-    def prune_clids(self, next_order_id: int) -> None:
-        """Drop the ids at the front of the table that left the window: the table is in
-        registration order, nearly order id order, so a pass stops at the first id still in
-        the window and costs only what left it since the last pass. An open order's ids move
-        to the back, to be looked at again a window later. A pass looks at most at four
-        passes' worth of ids, so a deep book's old orders move back a slice at a time (a
-        rebuild of the whole table paused the order path ~50 ms at 150,000 ids, ~1 s with
-        800,000 resting orders)."""
-        lo = next_order_id - CLIENT_ORDER_ID_WINDOW
-        open_ = self.open
-        by_clid = self.by_clid
-        dead: list[str] = []
-        still_open: list[str] = []
-        budget = 4 * CLIENT_ORDER_ID_PRUNE_EVERY
-        for clid, oid in by_clid.items():
-            if oid >= lo or not budget:
-                break
-            budget -= 1
-            (still_open if oid in open_ else dead).append(clid)
-        for clid in dead:
-            del by_clid[clid]
-        for clid in still_open:
-            by_clid[clid] = by_clid.pop(clid)
 
 
 class Market:
@@ -251,6 +191,12 @@ class MatchingEngine:
                 raise ValueError(f"duplicate instrument {inst.symbol}")
             self._list(inst)
         self.accounts: dict[str, AccountOrders] = {}
+        # Forgets client order ids once free (engine/core/client_ids.py): the order path
+        # queues each registration, and a pass is due every so many orders.
+        self.clid_expiry = ClientIdExpiry()
+        queue = self.clid_expiry.queue
+        self.clid_accounts, self.clid_keys = queue.accounts, queue.clids
+        self.clid_pass_at = 0  # the first order's pass sets it (from the constant read then)
         self.next_order_id = 1
         self.next_trade_id = 1
         self.last_seq = 0
@@ -437,8 +383,11 @@ class MatchingEngine:
             if clid:
                 acct.by_clid[clid] = oid
         self.next_order_id = oid + 1
-        if not oid % CLIENT_ORDER_ID_PRUNE_EVERY:
-            self._prune_clids()
+        if clid:
+            self.clid_accounts.append(acct)
+            self.clid_keys.append(clid)
+        if oid >= self.clid_pass_at:
+            self.clid_pass_at = self.clid_expiry.prune(oid + 1)
         seq = cmd.seq
         ts = 0
         if events is not None:
@@ -897,13 +846,6 @@ class MatchingEngine:
                 )
             )
 
-    def _prune_clids(self) -> None:
-        """Every CLIENT_ORDER_ID_PRUNE_EVERY orders: forget the client order ids that left
-        their window since (a few dict operations an order, in passes of ~1,000 ids)."""
-        next_oid = self.next_order_id
-        for acct in self.accounts.values():
-            acct.prune_clids(next_oid)
-
     # -- cancel, amend, cancel-all -------------------------------------------------------
 
     def _find_open(self, cmd: Cancel | ReplayCancel | Amend) -> tuple[RestingOrder | None, int]:
@@ -1091,6 +1033,7 @@ class MatchingEngine:
         oid = order.order_id
         if new_clid and new_clid != order.client_order_id:
             acct.by_clid[new_clid] = oid
+            self.clid_expiry.queue.append(acct, new_clid)
             order.client_order_id = new_clid
         kept = new_price == order.price and new_qty <= order.qty
         if kept:

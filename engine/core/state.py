@@ -15,8 +15,9 @@ import msgspec
 
 from engine.core.balances import DEFAULT_FEE_ACCOUNT, Balance, FeeTally, TransferRecord
 from engine.core.book import RestingOrder
+from engine.core.client_ids import AccountOrders
 from engine.core.domain import Asset, Instrument, RiskLimits
-from engine.core.matcher import AccountOrders, MatchingEngine
+from engine.core.matcher import MatchingEngine
 from engine.core.risk_audit import AuditRecord
 from engine.core.risk_watch import rebuild
 from engine.core.throttles import Throttle
@@ -222,6 +223,7 @@ def restore_state(state: EngineState) -> MatchingEngine:
             held = open_orders.get(order_id)
             if held is not None and held.client_order_id == clid:
                 held.client_order_id = clid
+    engine.clid_expiry.rebuild(engine.accounts.values())
     risk.watching = engine.risk_watch = risk.needs_watching()
     risk.counting = risk.needs_counting()
     if risk.watching:
