@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.balances import MAX_AMOUNT, instrument_asset_problem, quote_amount
+from engine.core.balances import MAX_AMOUNT, FeeTally, instrument_asset_problem, quote_amount
 from engine.core.commands import (
     Amend,
     Cancel,
@@ -373,8 +373,36 @@ def test_checker_finds_a_reservation_that_does_not_match_held():
     assert check_engine(apply.engine) == []
     apply.engine.ledger.balances["alice"]["USD"].held -= 1
     assert check_engine(apply.engine) == ["account alice USD: held 1009, its open orders reserve 1010"]
-    apply.engine.ledger.fees["USD"] = 5
+    apply.engine.ledger.fee_tallies["USD"] = FeeTally(5)
     assert check_fees(apply.engine.ledger) == ["fee account venue-fees USD: total 0 != fees 5 + transfers"]
+
+
+def test_fees_accrue_into_the_ledgers_tallies_after_a_restore_and_a_fee_account_change():
+    """The match loop adds each match's fees to the cells it finds once per market's Money
+    (settlement.fee_cells): a restored engine's, and after the fee account changes, are
+    still the ledger's own (a stale cell would count fees nowhere)."""
+    apply = Seq(MatchingEngine([]))
+    for cmd in (ListAsset(Asset("USD", 0)), ListAsset(Asset("X", 0)), ListInstrument(XUSD)):
+        apply(cmd)
+    for a in ("alice", "bob"):
+        apply(Transfer(f"{a}-usd", a, "USD", DEP, 1_000_000))
+        apply(Transfer(f"{a}-x", a, "X", DEP, 1_000))
+    apply(SetCreditChecks(True, fee_account="venue-fees"))
+
+    def trade(seq: Seq) -> None:  # 10 at 100: the maker's -3 bps round to 0, the taker's 7 bps to 1
+        seq(_order("alice", 2, 2, 100, 10, 1, 0))
+        seq(_order("bob", 1, 2, 100, 10, 3, 0))
+
+    trade(apply)
+    assert apply.engine.ledger.fees == {"USD": 1}
+    restored = Seq(restore_state(decode_state(encode_state(export_state(apply.engine)))))
+    trade(restored)
+    ledger = restored.engine.ledger
+    assert ledger.fees == {"USD": 2} and check_fees(ledger) == [] and check_engine(restored.engine) == []
+    restored(SetCreditChecks(True, fee_account="other-fees"))
+    trade(restored)
+    assert ledger.fees == {"USD": 3}
+    assert [ledger.balances[a]["USD"].total for a in ("venue-fees", "other-fees")] == [2, 1]
 
 
 def test_a_version_3_state_recovers_with_credit_checks_off_as_they_acted_then():

@@ -161,10 +161,20 @@ class TransferRecord(msgspec.Struct, frozen=True, array_like=True):
     ts: int  # the sequencer's timestamp of the command that applied it
 
 
+class FeeTally:
+    """The fees of one asset credited to fee accounts, ever: a cell the match loop adds to
+    (engine/core/settlement.py `fee_cells`), as it adds to the fee account's balance."""
+
+    __slots__ = ("total",)
+
+    def __init__(self, total: int = 0) -> None:
+        self.total = total
+
+
 class Ledger:
     """Assets, balances, applied transfers, per-asset supply and the credit switch."""
 
-    __slots__ = ("assets", "balances", "transfers", "supply", "credit_checks", "fee_account", "fees")
+    __slots__ = ("assets", "balances", "transfers", "supply", "credit_checks", "fee_account", "fee_tallies")
 
     def __init__(self) -> None:
         self.assets: dict[str, Asset] = {}
@@ -174,7 +184,14 @@ class Ledger:
         # Enforced at order admission, settled on every trade (engine/core/settlement.py).
         self.credit_checks = False
         self.fee_account = DEFAULT_FEE_ACCOUNT  # where fees accrue (SetCreditChecks names it)
-        self.fees: dict[str, int] = {}  # asset -> net fees credited to fee accounts, ever
+        # asset -> net fees credited to fee accounts, ever (read as `fees`). A cell per asset,
+        # not an int in a dict: the match loop adds to it without two dict probes a match.
+        self.fee_tallies: dict[str, FeeTally] = {}
+
+    @property
+    def fees(self) -> dict[str, int]:
+        """Asset -> net fees credited to fee accounts, ever (a copy: the cells are the record)."""
+        return {asset: tally.total for asset, tally in self.fee_tallies.items()}
 
     def balance(self, account: str, asset: str) -> Balance | None:
         return self.balances.get(account, {}).get(asset)

@@ -60,7 +60,7 @@ from engine.core.settlement import (
     TradePair,
     available,
     balance,
-    fee_balance,
+    fee_cells,
     funds,
     release,
 )
@@ -695,15 +695,13 @@ class MatchingEngine:
                     continue
                 fill = remaining if remaining < mleaves else mleaves
                 if money is not None:  # the maker's side (engine/core/settlement.py: the rules)
-                    if money.unit:  # amount = price x qty: whole base units of one per contract
-                        amount = price * fill
-                    else:
-                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
                     # The fees by settlement.fee_terms, the one rule: (amount * mul + up) // den
-                    if money.fee_unit:  # both rates +-1/den (most are): mul is 1
+                    if money.simple:  # amount = price x qty, both rates +-1/den: mul is 1
+                        amount = price * fill
                         maker_fee = (amount + money.maker_up) // money.maker_den
                         taker_fee = (amount + money.taker_up) // money.taker_den
                     else:
+                        amount = price * fill * money.num if money.exact else money.amount(price, fill)
                         maker_fee = (amount * money.maker_mul + money.maker_up) // money.maker_den
                         taker_fee = (amount * money.taker_mul + money.taker_up) // money.taker_den
                     if taker is None:  # its first fill (set here: the plain path skips it)
@@ -801,12 +799,9 @@ class MatchingEngine:
                     tquote.total += paid - taker_fees
                 fees = maker_fees + taker_fees
                 if fees:  # each trade's two fees sum to >= 0: see engine/core/settlement.py
-                    (money.fee_balance or fee_balance(self.ledger, money)).total += fees
-                    collected = self.ledger.fees
-                    try:  # a subscript, not a `get` call: present after the asset's first fee
-                        collected[money.quote] += fees
-                    except KeyError:
-                        collected[money.quote] = fees
+                    fee_balance, tally = money.fee_cells or fee_cells(self.ledger, money)
+                    fee_balance.total += fees
+                    tally.total += fees
         return remaining, stopped, count
 
     def _fok_fillable(

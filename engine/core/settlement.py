@@ -24,7 +24,7 @@ pays out more than the same trade brought in, and a seller's fee never exceeds i
 
 from __future__ import annotations
 
-from engine.core.balances import Balance, Ledger, quote_factor
+from engine.core.balances import Balance, FeeTally, Ledger, quote_factor
 from engine.core.book import RestingOrder
 from engine.core.domain import Asset, Instrument
 
@@ -40,7 +40,7 @@ def fee_terms(bps: int) -> FeeTerms:
     """The fee rule, ceil(amount * bps / BPS), as the terms (mul, up, den) of
     `(amount * mul + up) // den`: the one place that says how a fee rounds. The rate is in
     lowest terms with its sign in `den` (mul >= 0), so that a rate of +-1/den, as most are
-    (1, 2, 5, 10, 20... bps), needs no multiplication (`Money.fee_unit`, engine/core/matcher.py).
+    (1, 2, 5, 10, 20... bps), needs no multiplication (`Money.simple`, engine/core/matcher.py).
 
     For a charge, ceil(x / d) = (x + d - 1) // d; for a rebate, ceil(-x / d) = -floor(x / d)
     = (x - d + 1) // -d; a rate of 0 is (0, 0, 1). Exact for every integer amount."""
@@ -69,8 +69,8 @@ class Money:
 
     __slots__ = (
         "base", "quote", "contract_size", "num", "den", "exact", "unit", "lot", "maker_bps", "taker_bps",
-        "maker_mul", "maker_up", "maker_den", "taker_mul", "taker_up", "taker_den", "fee_unit",
-        "reserve_terms", "assets", "buy_lots", "fee_balance", "pairs",
+        "maker_mul", "maker_up", "maker_den", "taker_mul", "taker_up", "taker_den", "simple",
+        "reserve_terms", "assets", "buy_lots", "fee_cells", "pairs",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, base: Asset) -> None:
@@ -84,10 +84,12 @@ class Money:
         self.maker_bps = inst.maker_fee_bps
         self.taker_bps = inst.taker_fee_bps
         # Each trade's two fees, by `fee_terms` (the match loop evaluates them inline: a call
-        # per fee cost more than the fee); without multiplying when both rates are +-1/den.
+        # per fee cost more than the fee).
         self.maker_mul, self.maker_up, self.maker_den = fee_terms(inst.maker_fee_bps)
         self.taker_mul, self.taker_up, self.taker_den = fee_terms(inst.taker_fee_bps)
-        self.fee_unit = self.maker_mul == 1 and self.taker_mul == 1
+        # The usual case, one test per trade: amount = price x qty and both rates +-1/den,
+        # so that a trade's amount and fees need no multiplication.
+        self.simple = self.unit and self.maker_mul == 1 and self.taker_mul == 1
         # The fee an order may pay at most, per unit of quote: it may trade as maker or taker.
         # (its terms worked out once, not per price cached)
         self.reserve_terms = fee_terms(max(inst.maker_fee_bps, inst.taker_fee_bps, 0))
@@ -96,9 +98,10 @@ class Money:
         self.assets = ("", inst.quote, inst.base)
         # price -> a buy's reservation per lot: derived (never exported or hashed), bounded.
         self.buy_lots: dict[int, int] = {}
-        # The fee account's balance in the quote asset, found at the first fee (derived: a
-        # new Money is made whenever the fee account or the assets change).
-        self.fee_balance: Balance | None = None
+        # The fee account's balance in the quote asset and the quote asset's fee tally, found
+        # at the first fee (derived: a new Money is made whenever the fee account or the
+        # assets change).
+        self.fee_cells: tuple[Balance, FeeTally] | None = None
         # account -> (None, quote, base): its two balances, indexed by side (BUY 1: quote,
         # SELL 2: base), for accounts holding both (derived like the above; a Balance is
         # never replaced in the ledger): one probe on the order path instead of two.
@@ -190,11 +193,16 @@ def funds(balances: dict[str, dict[str, Balance]], money: Money, account: str) -
     return pair
 
 
-def fee_balance(ledger: Ledger, money: Money) -> Balance:
-    """The fee account's balance in the quote asset, created and cached at the first fee.
-    Fees accrue per match (engine/core/matcher.py `_match`, which settles each trade by
-    the rules above, inlined: a call per trade cost as much as the settlement itself)."""
-    found = money.fee_balance
+def fee_cells(ledger: Ledger, money: Money) -> tuple[Balance, FeeTally]:
+    """The fee account's balance in the quote asset and the asset's fee tally, created and
+    cached at the first fee. Fees accrue per match (engine/core/matcher.py `_match`, which
+    settles each trade by the rules above, inlined: a call per trade cost as much as the
+    settlement itself)."""
+    found = money.fee_cells
     if found is None:
-        found = money.fee_balance = balance(ledger.balances, ledger.fee_account, money.quote)
+        fee_balance = balance(ledger.balances, ledger.fee_account, money.quote)
+        tally = ledger.fee_tallies.get(money.quote)
+        if tally is None:
+            tally = ledger.fee_tallies[money.quote] = FeeTally()
+        found = money.fee_cells = (fee_balance, tally)
     return found

@@ -13,7 +13,7 @@ import hashlib
 
 import msgspec
 
-from engine.core.balances import DEFAULT_FEE_ACCOUNT, Balance, TransferRecord
+from engine.core.balances import DEFAULT_FEE_ACCOUNT, Balance, FeeTally, TransferRecord
 from engine.core.book import RestingOrder
 from engine.core.client_ids import AccountOrders
 from engine.core.domain import Asset, Instrument, RiskLimits
@@ -193,7 +193,7 @@ def restore_state(state: EngineState) -> MatchingEngine:
     ledger.supply.update(state.supply)
     ledger.credit_checks = state.credit_checks
     ledger.fee_account = state.fee_account
-    ledger.fees.update(state.fees)
+    ledger.fee_tallies.update((asset, FeeTally(total)) for asset, total in state.fees)
     engine.configure_markets()
     for acct_state in state.accounts:
         acct = engine.accounts[acct_state.account] = AccountOrders(acct_state.account)
