@@ -121,6 +121,7 @@ class ClientIdExpiry:
             clid = clids.popleft()
             oid = acct.by_clid.pop(clid, None)
             if oid is None:  # forgotten already (an id queued twice)
+                budget -= 1
                 continue
             if oid >= lo:  # in the window, and so is what follows
                 acct.by_clid[clid] = oid
@@ -137,7 +138,7 @@ class ClientIdExpiry:
                 return due
             self.sweep_left = len(parked)
         n = min(self.sweep_left, 4 * CLIENT_ORDER_ID_PRUNE_EVERY)
-        for _ in range(n):
+        for _ in range(n):  # looked up, not taken off: here most ids stay (their orders rest)
             acct = parked_accounts.popleft()
             clid = parked_clids.popleft()
             oid = acct.by_clid.get(clid)
@@ -158,13 +159,17 @@ class ClientIdExpiry:
         self.parked.clear()
         self.sweep_left = self.sweep_at = 0
         self.queue.clear()  # the same deques: the engine holds them for the order path
-        held = sorted((oid, acct.name, clid) for acct in accounts for clid, oid in acct.by_clid.items())
-        indexes = {acct.name: acct for acct in accounts}
-        for _, name, clid in held:
-            self.queue.append(indexes[name], clid)
+        held = [(oid, acct, clid) for acct in accounts for clid, oid in acct.by_clid.items()]
+        held.sort(key=_oid)
+        for _, acct, clid in held:
+            self.queue.append(acct, clid)
 
     def held(self) -> set[tuple[str, str]]:
         """(account, client order id) of every registration it will look at again: the
         invariant checker asks that every id the tables hold is among them (else it would
         never be forgotten)."""
         return self.queue.entries() | self.parked.entries()
+
+
+def _oid(held: tuple[int, AccountOrders, str]) -> int:
+    return held[0]
