@@ -118,21 +118,32 @@ async def serve_marketdata(
     async def quiet_error(exc: Exception) -> None:
         log.debug("nats: %s", exc)
 
-    try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                servers,
-                name="loom-marketdata",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.2,
-                error_cb=quiet_error,
-            ),
-            CONNECT_TIMEOUT_S,
+    nc = nats.NATS()
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            servers,
+            name="loom-marketdata",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,  # type: ignore[arg-type]  # typed int, slept as a float
+            error_cb=quiet_error,
         )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
+    )
+    # Not asyncio.wait_for: on 3.11 a cancel that meets the client's own connect timeout can
+    # turn into a TimeoutError that its retry loop swallows, and wait_for then waits forever
+    # (seen once in CI: the process hung past 60 s instead of this line and exit 1).
+    await asyncio.wait({connecting}, timeout=CONNECT_TIMEOUT_S)
+    if not connecting.done():
+        nc.options["max_reconnect_attempts"] = 1  # ends the retry loop even if a cancel is lost
+        connecting.cancel()
+        await asyncio.wait({connecting}, timeout=CONNECT_TIMEOUT_S)
+        raise StartFailed(f"no NATS server answered at {', '.join(servers)} within {CONNECT_TIMEOUT_S:g} s")
+    failed = connecting.exception()
+    if isinstance(failed, TimeoutError | OSError | nats.errors.Error):
         raise StartFailed(
-            f"no NATS server answered at {', '.join(servers)} within {CONNECT_TIMEOUT_S:g} s ({exc!r})"
+            f"no NATS server answered at {', '.join(servers)} within {CONNECT_TIMEOUT_S:g} s ({failed!r})"
         ) from None
+    if failed is not None:
+        raise failed
     feed = NatsFeed(nc, stream, md, books)
     ctx = GatewayContext(
         service=MarketDataOnly(books, observer),  # type: ignore[arg-type]
